@@ -1,0 +1,198 @@
+/*
+ * checkpt-helper: the few things Node.js cannot do itself.
+ *
+ *   checkpt-helper init --pid N --mount DIR --fifo PATH --message TEXT [--status-fd FD] -- CRIU ARGS...
+ *     Runs as PID 1 of a fresh PID+mount namespace: gives this restore a private control FIFO,
+ *     runs `criu restore -d`, wakes the restored process through the FIFO, then reaps it and
+ *     exits with its status (criu itself does not report it). Reports on FD:
+ *       "restored\n", then "exit CODE\n" or "signal SIG\n"; or "restore-failed STATUS\n".
+ *
+ *   checkpt-helper noiouring -- COMMAND ARGS...
+ *     Execs COMMAND with io_uring_setup/enter/register failing with EPERM (a seccomp filter that
+ *     survives checkpoint and restore), so libuv in Node 22/24 falls back to epoll and CRIU can
+ *     dump the process. Affects this process tree only.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define EXIT_RESTORE_FAILED 125
+#define EXIT_USAGE 126
+
+static volatile sig_atomic_t target_pid = 0;
+static volatile sig_atomic_t pending_sig = 0;
+
+static void die(const char *what) {
+  fprintf(stderr, "checkpt-helper: %s: %s\n", what, strerror(errno));
+  exit(EXIT_USAGE);
+}
+
+static void forward(int sig, siginfo_t *info, void *ctx) {
+  (void)ctx;
+  /* Terminal-generated signals already reach the program through its process group. */
+  if (info->si_code != SI_USER && info->si_code != SI_QUEUE && info->si_code != SI_TKILL) return;
+  if (target_pid > 0)
+    kill(target_pid, sig);
+  else
+    pending_sig = sig;
+}
+
+static void mkdirs(const char *path) {
+  char buf[4096];
+  if (strlen(path) >= sizeof buf) die("path too long");
+  strcpy(buf, path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0700) < 0 && errno != EEXIST) die(buf);
+    *p = '/';
+  }
+  if (mkdir(buf, 0700) < 0 && errno != EEXIST) die(buf);
+}
+
+static void report(int fd, const char *fmt, int value) {
+  char line[64];
+  if (fd < 0) return;
+  int n = snprintf(line, sizeof line, fmt, value);
+  if (write(fd, line, (size_t)n) < 0) { /* the launcher may be gone (detached resume) */ }
+}
+
+static int cmd_init(int argc, char **argv) {
+  pid_t pid = 0;
+  const char *mnt = NULL, *fifo = NULL, *message = "";
+  int status_fd = -1, i;
+  for (i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--")) { i++; break; }
+    if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper init: %s needs a value\n", argv[i]); return EXIT_USAGE; }
+    if (!strcmp(argv[i], "--pid")) pid = (pid_t)atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--mount")) mnt = argv[++i];
+    else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
+    else if (!strcmp(argv[i], "--message")) message = argv[++i];
+    else if (!strcmp(argv[i], "--status-fd")) status_fd = atoi(argv[++i]);
+    else { fprintf(stderr, "checkpt-helper init: unknown option %s\n", argv[i]); return EXIT_USAGE; }
+  }
+  if (pid <= 1 || !mnt || !fifo || i >= argc) {
+    fprintf(stderr, "usage: checkpt-helper init --pid N --mount DIR --fifo PATH --message TEXT [--status-fd FD] -- criu restore ...\n");
+    return EXIT_USAGE;
+  }
+  if (status_fd >= 0) fcntl(status_fd, F_SETFD, FD_CLOEXEC);
+  signal(SIGPIPE, SIG_IGN);
+
+  /* A tmpfs of our own at the FIFO's directory: concurrent restores of one image never share a channel. */
+  mkdirs(mnt);
+  if (mount("checkpt", mnt, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0) die("mount tmpfs");
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", fifo);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) { *slash = '\0'; mkdirs(dir); }
+  if (mkfifo(fifo, 0600) < 0) die("mkfifo");
+  int ctl = open(fifo, O_RDWR | O_CLOEXEC);
+  if (ctl < 0) die("open fifo");
+
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = forward;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
+  for (size_t k = 0; k < sizeof sigs / sizeof sigs[0]; k++) sigaction(sigs[k], &sa, NULL);
+
+  pid_t criu = fork();
+  if (criu < 0) die("fork");
+  if (criu == 0) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (size_t k = 0; k < sizeof sigs / sizeof sigs[0]; k++) sigaction(sigs[k], &dfl, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    execvp(argv[i], argv + i);
+    fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", argv[i], strerror(errno));
+    _exit(127);
+  }
+  int st;
+  for (;;) {
+    pid_t w = waitpid(-1, &st, 0);
+    if (w == criu) break;
+    if (w < 0 && errno != EINTR) die("waitpid criu");
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    report(status_fd, "restore-failed %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    return EXIT_RESTORE_FAILED;
+  }
+
+  target_pid = pid;
+  size_t len = strlen(message);
+  char *line = malloc(len + 2);
+  if (!line) die("malloc");
+  memcpy(line, message, len);
+  line[len] = '\n';
+  if (write(ctl, line, len + 1) != (ssize_t)(len + 1)) die("write fifo");
+  free(line);
+  close(ctl);
+  report(status_fd, "restored %d\n", (int)pid);
+  if (pending_sig) kill(pid, pending_sig);
+
+  for (;;) {
+    pid_t w = waitpid(-1, &st, 0);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      /* The program is not our child: nothing left to wait for. */
+      report(status_fd, "exit %d\n", 0);
+      return 0;
+    }
+    if (w != pid) continue;
+    if (WIFSIGNALED(st)) {
+      report(status_fd, "signal %d\n", WTERMSIG(st));
+      return 128 + WTERMSIG(st);
+    }
+    report(status_fd, "exit %d\n", WEXITSTATUS(st));
+    return WEXITSTATUS(st);
+  }
+}
+
+static int cmd_noiouring(int argc, char **argv) {
+  int i = 0;
+  if (i < argc && !strcmp(argv[i], "--")) i++;
+  if (i >= argc) {
+    fprintf(stderr, "usage: checkpt-helper noiouring -- COMMAND [ARGS...]\n");
+    return EXIT_USAGE;
+  }
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 425 /* io_uring_setup */, 0, 2),
+      BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, 427 /* io_uring_register */, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = (unsigned short)(sizeof filter / sizeof filter[0]), .filter = filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("prctl(NO_NEW_PRIVS)");
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) die("prctl(SECCOMP)");
+  execvp(argv[i], argv + i);
+  fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", argv[i], strerror(errno));
+  return 127;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "noiouring")) return cmd_noiouring(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
+  fprintf(stderr, "usage: checkpt-helper init|noiouring ... (internal to checkpt)\n");
+  return EXIT_USAGE;
+}

@@ -1,0 +1,126 @@
+import { closeSync, openSync, readSync, constants } from 'node:fs';
+import { Socket } from 'node:net';
+import { CheckptError } from './errors.js';
+import type { ControlMessage } from '../engine/job.js';
+
+/**
+ * The read end of the control FIFO. The process blocks on it while it is dumped, so a restore
+ * wakes up inside the same read and learns from the message that it was restored.
+ */
+export class ControlChannel {
+  private buffered = '';
+  private fd: number;
+  private socket: Socket | undefined;
+
+  constructor(fifo: string) {
+    // O_RDWR never blocks on open; it only exists to get the blocking read-only end below.
+    const keeper = openSync(fifo, constants.O_RDWR);
+    try {
+      this.fd = openSync(fifo, constants.O_RDONLY);
+    } catch (e) {
+      closeSync(keeper);
+      throw e;
+    }
+    this.keeper = keeper;
+  }
+
+  private keeper: number | undefined;
+
+  get readFd(): number {
+    return this.fd;
+  }
+
+  get keeperFd(): number {
+    if (this.keeper === undefined) throw new Error('control channel already released');
+    return this.keeper;
+  }
+
+  /** After the worker holds its own write end, drop ours: the worker dying then reads as EOF. */
+  releaseKeeper(): void {
+    if (this.keeper !== undefined) closeSync(this.keeper);
+    this.keeper = undefined;
+  }
+
+  readSync(): ControlMessage | undefined {
+    const buf = Buffer.alloc(64 * 1024);
+    for (;;) {
+      const line = this.takeLine();
+      if (line !== undefined) return parse(line);
+      let n: number;
+      try {
+        n = readSync(this.fd, buf, 0, buf.length, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EINTR' || (e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+        throw e;
+      }
+      if (n === 0) return undefined;
+      this.buffered += buf.toString('utf8', 0, n);
+    }
+  }
+
+  readAsync(): Promise<ControlMessage | undefined> {
+    const line = this.takeLine();
+    if (line !== undefined) return Promise.resolve(parse(line));
+    return new Promise((resolve, reject) => {
+      const socket = this.socket ?? new Socket({ fd: this.fd, readable: true, writable: false });
+      this.socket = socket;
+      const onData = (d: Buffer): void => {
+        this.buffered += d.toString('utf8');
+        const l = this.takeLine();
+        if (l === undefined) return;
+        cleanup();
+        try {
+          resolve(parse(l));
+        } catch (e) {
+          reject(e);
+        }
+      };
+      const onEnd = (): void => {
+        cleanup();
+        resolve(undefined);
+      };
+      const onError = (e: Error): void => {
+        cleanup();
+        reject(e);
+      };
+      const cleanup = (): void => {
+        socket.off('data', onData);
+        socket.off('end', onEnd);
+        socket.off('error', onError);
+      };
+      socket.on('data', onData);
+      socket.on('end', onEnd);
+      socket.on('error', onError);
+    });
+  }
+
+  close(): void {
+    this.releaseKeeper();
+    if (this.socket) {
+      this.socket.destroy();
+      this.socket = undefined;
+    } else {
+      try {
+        closeSync(this.fd);
+      } catch {
+        // already closed
+      }
+    }
+  }
+
+  private takeLine(): string | undefined {
+    const i = this.buffered.indexOf('\n');
+    if (i < 0) return undefined;
+    const line = this.buffered.slice(0, i);
+    this.buffered = this.buffered.slice(i + 1);
+    return line;
+  }
+}
+
+function parse(line: string): ControlMessage {
+  try {
+    return JSON.parse(line) as ControlMessage;
+  } catch (e) {
+    throw new CheckptError('EHELPER', `The checkpoint helper sent a malformed message: ${line.slice(0, 200)}`, { cause: e });
+  }
+}

@@ -1,0 +1,263 @@
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  accessSync,
+  constants,
+  writeFileSync,
+} from 'node:fs';
+import { hostname, release, tmpdir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import { ControlChannel } from './channel.js';
+import { CheckptError } from './errors.js';
+import { defaultCheckpointFile } from './template.js';
+import { criuVersion } from '../engine/criu.js';
+import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
+import { dumpWorkerPath, helperExists, helperPath, runDir } from '../engine/paths.js';
+import { describeStdio } from '../engine/stdio.js';
+import { FORMAT_VERSION } from '../image/format.js';
+
+export interface CheckptOptions {
+  /** End the process (exit status 0) once the checkpoint file is durable: "checkpoint and exit". */
+  exit?: boolean;
+  /** Milliseconds CRIU may take to dump before the checkpoint is abandoned (default 120000). */
+  timeout?: number;
+}
+
+/** What a restored process knows about the restore that woke it. */
+export interface RestoreInfo {
+  /** 1 for a process resumed from an original's checkpoint, 2 for a resume of a resumed copy's, … */
+  generation: number;
+  image: string;
+  restoredAt: string;
+}
+
+let busy = false;
+let lastRestore: RestoreInfo | undefined;
+
+/** Set when this process is a resumed copy; undefined in an original. */
+export function restoreInfo(): RestoreInfo | undefined {
+  return lastRestore;
+}
+
+interface Session {
+  target: string;
+  ctlDir: string;
+  workDir: string;
+  channel: ControlChannel;
+}
+
+/**
+ * Writes a checkpoint of this process to `file` (default: CHECKPT_FILE or %N.ckpt) and returns 0
+ * once it is durable. In a process resumed from that file, the same call returns 1.
+ */
+export function checkpt(file?: string, options: CheckptOptions = {}): number {
+  const s = begin(file, options, 'sync');
+  let msg: ControlMessage | undefined;
+  try {
+    msg = s.channel.readSync();
+  } finally {
+    finish(s, msg);
+  }
+  return conclude(s, msg, options);
+}
+
+/**
+ * The same as checkpt(), but the event loop runs again as soon as CRIU has dumped the process,
+ * while the image is packed and written; the promise settles once the file is durable.
+ */
+export async function checkpoint(file?: string, options: CheckptOptions = {}): Promise<number> {
+  const s = begin(file, options, 'async');
+  let msg: ControlMessage | undefined;
+  try {
+    msg = s.channel.readSync();
+    if (msg?.t === 'dumped') msg = await s.channel.readAsync();
+  } finally {
+    finish(s, msg);
+  }
+  return conclude(s, msg, options);
+}
+
+function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' | 'async'): Session {
+  if (busy)
+    throw new CheckptError(
+      'EBUSY',
+      'A checkpoint of this process is already in progress; wait for it to finish before asking for another.',
+    );
+  const target = resolveTarget(file);
+  preflight(target);
+  busy = true;
+  const id = `${process.pid}-${randomBytes(6).toString('hex')}`;
+  const ctlDir = join(runDir, id);
+  let workDir: string | undefined;
+  let channel: ControlChannel | undefined;
+  try {
+    mkdirSync(ctlDir, { recursive: true, mode: 0o700 });
+    const fifo = join(ctlDir, 'ctl');
+    const mk = spawnSync('mkfifo', ['-m', '600', fifo]);
+    if (mk.error || mk.status !== 0)
+      throw new CheckptError('EHELPER', `Could not create the control FIFO ${fifo}: ${mk.error?.message ?? mk.stderr}`);
+    workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-dump-'));
+    channel = new ControlChannel(fifo);
+    const job: DumpJob = {
+      pid: process.pid,
+      waitFd: channel.readFd,
+      target,
+      workDir,
+      mode,
+      timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
+      manifest: manifestBase(fifo),
+    };
+    const jobFile = join(workDir, 'job.json');
+    writeFileSync(jobFile, JSON.stringify(job), { mode: 0o600 });
+    const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
+    // setsid -f: the worker must not be our child, or CRIU would dump it along with us.
+    const r = spawnSync('setsid', ['-f', process.execPath, dumpWorkerPath, jobFile], {
+      stdio: ['ignore', log, log, channel.keeperFd],
+      env: { ...process.env, NODE_OPTIONS: '' },
+    });
+    closeSync(log);
+    if (r.error || r.status !== 0)
+      throw new CheckptError(
+        'EHELPER',
+        `Could not start the checkpoint worker (${r.error?.message ?? `setsid exited with ${r.status}`}).`,
+        { cause: r.error },
+      );
+    channel.releaseKeeper();
+    return { target, ctlDir, workDir, channel };
+  } catch (e) {
+    channel?.close();
+    rmSync(ctlDir, { recursive: true, force: true });
+    if (workDir) rmSync(workDir, { recursive: true, force: true });
+    busy = false;
+    throw e;
+  }
+}
+
+function finish(s: Session, msg: ControlMessage | undefined): void {
+  s.channel.close();
+  rmSync(s.ctlDir, { recursive: true, force: true });
+  busy = false;
+  if (msg === undefined) return;
+  if (msg.t === 'restored') return;
+  // The worker removes its work dir; only a worker that died leaves it behind.
+}
+
+function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptOptions): number {
+  if (msg === undefined) {
+    const log = readTail(join(s.workDir, 'worker.log'));
+    rmSync(s.workDir, { recursive: true, force: true });
+    throw new CheckptError(
+      'EHELPER',
+      `The checkpoint worker exited without finishing; no checkpoint was written to ${s.target} and the program keeps running.${log ? ' Its last output: ' + log : ''}`,
+      { path: s.target, logTail: log },
+    );
+  }
+  switch (msg.t) {
+    case 'restored':
+      lastRestore = { generation: msg.generation, image: msg.image, restoredAt: msg.restoredAt };
+      return 1;
+    case 'ok':
+      if (options.exit) process.exit(0);
+      return 0;
+    case 'err': {
+      const opts = msg.logTail === undefined ? { path: s.target } : { path: s.target, logTail: msg.logTail };
+      throw new CheckptError(msg.code, msg.message, opts);
+    }
+    default:
+      throw new CheckptError('EHELPER', `Unexpected message from the checkpoint worker: ${JSON.stringify(msg)}`);
+  }
+}
+
+function readTail(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n').slice(-10).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+function resolveTarget(file: string | undefined): string {
+  if (file !== undefined && typeof file !== 'string')
+    throw new CheckptError('EBADNAME', `checkpt(file): file must be a string, got ${typeof file}.`);
+  if (file === '') throw new CheckptError('EBADNAME', 'checkpt(file): the file name is empty.');
+  const name = file ?? defaultCheckpointFile();
+  if (name.includes('\0')) throw new CheckptError('EBADNAME', 'The checkpoint file name contains a NUL byte.');
+  return resolve(name);
+}
+
+/** Fails fast, before anything is frozen, on the problems we can see from here. */
+function preflight(target: string): void {
+  const dir = dirname(target);
+  try {
+    if (!statSync(dir).isDirectory()) throw new Error('not a directory');
+    accessSync(dir, constants.W_OK);
+  } catch (e) {
+    throw new CheckptError(
+      'ETARGET',
+      `Cannot write a checkpoint into ${dir}: ${(e as Error).message}. Create the directory or choose a writable path; the program keeps running.`,
+      { cause: e, path: target },
+    );
+  }
+  try {
+    if (statSync(target).isDirectory())
+      throw new CheckptError('ETARGET', `${target} is a directory; give a file name for the checkpoint.`, {
+        path: target,
+      });
+  } catch (e) {
+    if (e instanceof CheckptError) throw e;
+  }
+  if (basename(target).length > 200)
+    throw new CheckptError('EBADNAME', `The checkpoint file name is too long: ${basename(target).slice(0, 40)}…`);
+  if (!helperExists())
+    throw new CheckptError(
+      'EHELPER',
+      `checkpt's native helper is missing (${helperPath}). Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.`,
+    );
+  criuVersion();
+  if (hasIoUring())
+    throw new CheckptError(
+      'EIOURING',
+      `Node ${process.version} opened an io_uring instance, which CRIU cannot checkpoint. Start the program with 'checkpt exec -- node …' (turns io_uring off for this program only), or set 'sysctl kernel.io_uring_disabled=2' for the whole machine. The program keeps running.`,
+    );
+}
+
+export function hasIoUring(pid: number | 'self' = 'self'): boolean {
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[io_uring]') return true;
+    } catch {
+      // the fd closed while we looked
+    }
+  }
+  return false;
+}
+
+function manifestBase(fifo: string): ManifestBase {
+  const mem = process.memoryUsage();
+  return {
+    formatVersion: FORMAT_VERSION,
+    createdAt: new Date().toISOString(),
+    host: hostname(),
+    argv: process.argv,
+    execPath: process.execPath,
+    cwd: process.cwd(),
+    pid: process.pid,
+    uid: process.getuid?.() ?? 0,
+    node: process.version,
+    kernel: release(),
+    rssBytes: mem.rss,
+    heapUsedBytes: mem.heapUsed,
+    stdio: describeStdio(),
+    control: { mount: runDir, fifo },
+    generation: lastRestore?.generation ?? 0,
+  };
+}

@@ -1,0 +1,44 @@
+/** Stable codes carried by every CheckptError; scripts match on these, never on messages. */
+export type CheckptErrorCode =
+  | 'EBADIMAGE' // the checkpoint file is damaged, truncated or not a checkpt file
+  | 'EIMAGEVERSION' // written by a newer checkpt
+  | 'EBADNAME' // the file name or template is unusable
+  | 'ETARGET' // the target directory is missing or not writable
+  | 'ENOCRIU' // CRIU missing, too old, or not working on this machine
+  | 'EPERM' // not enough privilege to checkpoint or restore
+  | 'EIOURING' // Node opened an io_uring instance that CRIU cannot dump
+  | 'EDUMP' // CRIU failed to dump the process
+  | 'ERESTORE' // CRIU failed to restore the process
+  | 'EHELPER' // the checkpoint helper died or could not start
+  | 'ETIMEOUT' // a checkpoint took longer than allowed
+  | 'EBUSY' // a checkpoint of this process is already in progress
+  | 'EIO'; // reading or writing a file failed
+
+export interface CheckptErrorOptions {
+  cause?: unknown;
+  logTail?: string;
+  path?: string;
+}
+
+/** The one error class checkpt throws; `code` is stable, `message` says what to do. */
+export class CheckptError extends Error {
+  readonly code: CheckptErrorCode | string;
+  readonly logTail?: string;
+  readonly path?: string;
+
+  constructor(code: CheckptErrorCode | string, message: string, options: CheckptErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'CheckptError';
+    this.code = code;
+    if (options.logTail !== undefined) this.logTail = options.logTail;
+    if (options.path !== undefined) this.path = options.path;
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { name: this.name, code: this.code, message: this.message, path: this.path, logTail: this.logTail };
+  }
+}
+
+export function isCheckptError(e: unknown): e is CheckptError {
+  return e instanceof CheckptError;
+}

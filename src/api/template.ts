@@ -1,0 +1,56 @@
+import { basename, extname } from 'node:path';
+import { CheckptError } from './errors.js';
+
+export const DEFAULT_TEMPLATE = '%N.ckpt';
+
+export interface TemplateValues {
+  /** Program name: the main script's base name without extension, else the executable's. */
+  name: string;
+  pid: number;
+  uid: number;
+}
+
+/** Expands %N, %P, %U and %% the way DragonFly's kern.ckptfile does; anything else is an error. */
+export function expandTemplate(template: string, values: TemplateValues): string {
+  if (template === '') throw new CheckptError('EBADNAME', 'The checkpoint file name template is empty.');
+  let out = '';
+  for (let i = 0; i < template.length; i++) {
+    const c = template[i];
+    if (c !== '%') {
+      out += c;
+      continue;
+    }
+    const k = template[++i];
+    if (k === 'N') out += values.name;
+    else if (k === 'P') out += String(values.pid);
+    else if (k === 'U') out += String(values.uid);
+    else if (k === '%') out += '%';
+    else
+      throw new CheckptError(
+        'EBADNAME',
+        `Unknown escape '%${k ?? ''}' in checkpoint file template '${template}': use %N (program name), %P (pid), %U (uid) or %% (a literal %).`,
+      );
+  }
+  if (out.includes('\0'))
+    throw new CheckptError('EBADNAME', 'The checkpoint file name contains a NUL byte.');
+  return out;
+}
+
+/** The program name %N stands for: `node server.js` is "server", a bare `node` is "node". */
+export function programName(argv: readonly string[] = process.argv): string {
+  const script = argv[1];
+  const base = script ? basename(script) : basename(argv[0] ?? 'node');
+  const ext = extname(base);
+  const name = ext && ext !== base ? base.slice(0, -ext.length) : base;
+  return name === '' ? 'node' : name;
+}
+
+/** The file a checkpoint without an explicit name goes to: CHECKPT_FILE, else %N.ckpt. */
+export function defaultCheckpointFile(env: NodeJS.ProcessEnv = process.env): string {
+  const template = env.CHECKPT_FILE || DEFAULT_TEMPLATE;
+  return expandTemplate(template, {
+    name: programName(),
+    pid: process.pid,
+    uid: process.getuid?.() ?? 0,
+  });
+}

@@ -1,0 +1,95 @@
+/** The commands the CLI understands, as plain data; parsing knows nothing about doing them. */
+export type Command =
+  | { cmd: 'restore'; file: string; detach: boolean }
+  | { cmd: 'inspect'; file: string; json: boolean; verify: boolean }
+  | { cmd: 'check'; json: boolean; nodes: string[] }
+  | { cmd: 'exec'; command: string; args: string[] }
+  | { cmd: 'help'; topic?: string }
+  | { cmd: 'version' };
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export function parseArgs(argv: readonly string[]): Command {
+  const [first, ...rest] = argv;
+  if (first === undefined || first === '-h' || first === '--help' || first === 'help')
+    return rest[0] === undefined ? { cmd: 'help' } : { cmd: 'help', topic: rest[0] };
+  if (first === '-V' || first === '--version') return { cmd: 'version' };
+  if (first === '-r' || first === 'restore' || first === 'resume') return parseRestore(rest);
+  if (first === 'inspect') return parseInspect(rest);
+  if (first === 'check') return parseCheck(rest);
+  if (first === 'exec') return parseExec(rest);
+  // DragonFly's checkpt(1) accepts -r anywhere before the file: `checkpt -d -r f`.
+  if (first === '-d' || first === '--detach') {
+    const r = parseRestore(rest);
+    if (r.cmd === 'restore') return { ...r, detach: true };
+  }
+  throw new UsageError(`unknown command '${first}'. Run 'checkpt --help' for the commands.`);
+}
+
+function parseRestore(args: readonly string[]): Command {
+  let detach = false;
+  let file: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === '-d' || a === '--detach') detach = true;
+    else if (a === '-r') continue;
+    else if (a === '--') {
+      file = one(args.slice(i + 1), file);
+      break;
+    } else if (a.startsWith('-') && a !== '-') throw new UsageError(`restore: unknown option '${a}'.`);
+    else file = one([a], file);
+  }
+  if (file === undefined) throw new UsageError('restore: which checkpoint? Usage: checkpt -r FILE.ckpt [-d]');
+  return { cmd: 'restore', file, detach };
+}
+
+function parseInspect(args: readonly string[]): Command {
+  let json = false;
+  let verify = false;
+  let file: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === '--json') json = true;
+    else if (a === '--verify') verify = true;
+    else if (a === '--') {
+      file = one(args.slice(i + 1), file);
+      break;
+    } else if (a.startsWith('-')) throw new UsageError(`inspect: unknown option '${a}'.`);
+    else file = one([a], file);
+  }
+  if (file === undefined) throw new UsageError('inspect: which checkpoint? Usage: checkpt inspect FILE.ckpt [--json] [--verify]');
+  return { cmd: 'inspect', file, json, verify };
+}
+
+function parseCheck(args: readonly string[]): Command {
+  let json = false;
+  const nodes: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === '--json') json = true;
+    else if (a === '--node') {
+      const v = args[++i];
+      if (v === undefined) throw new UsageError('check: --node needs the path of a node binary.');
+      nodes.push(v);
+    } else throw new UsageError(`check: unknown option '${a}'.`);
+  }
+  return { cmd: 'check', json, nodes };
+}
+
+function parseExec(args: readonly string[]): Command {
+  const rest = args[0] === '--' ? args.slice(1) : args;
+  const [command, ...cmdArgs] = rest;
+  if (command === undefined) throw new UsageError('exec: what to run? Usage: checkpt exec -- node app.js');
+  return { cmd: 'exec', command, args: cmdArgs };
+}
+
+function one(values: readonly string[], already: string | undefined): string {
+  if (already !== undefined || values.length !== 1)
+    throw new UsageError('give exactly one checkpoint file.');
+  return values[0] as string;
+}

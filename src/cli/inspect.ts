@@ -1,0 +1,42 @@
+import type { ImageInfo } from '../image/format.js';
+
+function size(n: unknown): string {
+  if (typeof n !== 'number') return '?';
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+/** The manifest for a person: what program, from where, when, and how big. */
+export function formatInspect(file: string, info: ImageInfo & { verified?: boolean }): string {
+  const m = info.manifest as Record<string, unknown>;
+  const argv = Array.isArray(m.argv) ? (m.argv as string[]).join(' ') : '?';
+  const stdio = Array.isArray(m.stdio)
+    ? (m.stdio as Array<{ fd: number; kind: string; link: string }>)
+        .map((d) => `${d.fd}=${d.kind}${d.link ? ` (${d.link})` : ''}`)
+        .join(', ')
+    : '?';
+  const lines: Array<[string, string]> = [
+    ['file', file],
+    ['format', `checkpt image v${info.formatVersion}${info.verified ? ', checksum verified' : ''}`],
+    ['created', String(m.createdAt ?? '?')],
+    ['host', String(m.host ?? '?')],
+    ['command', argv],
+    ['directory', String(m.cwd ?? '?')],
+    ['pid', String(m.pid ?? '?')],
+    ['generation', `${String(m.generation ?? 0)} (0 = an original, n = taken in an n-th resume)`],
+    ['node', String(m.node ?? '?')],
+    ['criu', String(m.criu ?? '?')],
+    ['kernel', String(m.kernel ?? '?')],
+    ['memory', `rss ${size(m.rssBytes)}, heap used ${size(m.heapUsedBytes)}`],
+    ['image', `${size(m.imageBytes)} in ${info.entries.length} CRIU images, file ${size(info.fileSize)}`],
+    ['stdio', stdio],
+  ];
+  const w = Math.max(...lines.map(([k]) => k.length));
+  return lines.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n');
+}

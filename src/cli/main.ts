@@ -1,0 +1,83 @@
+#!/usr/bin/env node
+import { CheckptError } from '../api/errors.js';
+import { resume } from '../engine/restore.js';
+import { probe } from '../engine/probe.js';
+import { readImageInfo, verifyImage } from '../image/format.js';
+import { execCheckpointable } from '../launcher/exec.js';
+import { exitLike, relaySignals } from '../launcher/signals.js';
+import { parseArgs, UsageError, type Command } from './args.js';
+import { HELP } from './help.js';
+import { formatInspect } from './inspect.js';
+
+const EXIT_FAILED = 125;
+const EXIT_USAGE = 2;
+
+async function run(c: Command): Promise<number> {
+  switch (c.cmd) {
+    case 'help':
+      process.stdout.write(HELP);
+      return 0;
+    case 'version':
+      process.stdout.write('checkpt 0.1.0\n');
+      return 0;
+    case 'inspect': {
+      const info = c.verify ? { ...(await verifyImage(c.file)), verified: true } : await readImageInfo(c.file);
+      process.stdout.write(
+        c.json ? JSON.stringify({ file: c.file, ...info }, null, 2) + '\n' : formatInspect(c.file, info) + '\n',
+      );
+      return 0;
+    }
+    case 'check': {
+      const findings = probe(c.nodes.length ? c.nodes : [process.execPath]);
+      const ok = findings.every((f) => f.ok);
+      if (c.json) process.stdout.write(JSON.stringify({ ok, findings }, null, 2) + '\n');
+      else
+        for (const f of findings) {
+          const mark = !f.ok ? 'FAIL' : f.warning ? 'WARN' : 'ok  ';
+          process.stdout.write(`${mark}  ${f.detail}${f.fix ? `\n      -> ${f.fix}` : ''}\n`);
+        }
+      return ok ? 0 : 1;
+    }
+    case 'exec': {
+      const st = await execCheckpointable({ command: c.command, args: c.args });
+      return exitLike(st);
+    }
+    case 'restore': {
+      const r = await resume(c.file, { detach: c.detach });
+      if (c.detach) {
+        process.stdout.write(`${r.pid}\n`);
+        return 0;
+      }
+      const unrelay = relaySignals(() => r.initPid);
+      const st = await r.exited;
+      unrelay();
+      return exitLike(st);
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  let command: Command;
+  try {
+    command = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`checkpt: ${e.message}\n`);
+      process.exit(EXIT_USAGE);
+    }
+    throw e;
+  }
+  try {
+    process.exitCode = await run(command);
+  } catch (e) {
+    if (e instanceof CheckptError) {
+      process.stderr.write(`checkpt: ${e.message}\n`);
+      if (e.logTail && process.env.CHECKPT_DEBUG) process.stderr.write(`--- CRIU log (tail) ---\n${e.logTail}\n`);
+      else if (e.logTail) process.stderr.write('(set CHECKPT_DEBUG=1 to see the tail of CRIU\'s log)\n');
+      process.exit(EXIT_FAILED);
+    }
+    throw e;
+  }
+}
+
+void main();

@@ -1,0 +1,183 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CheckptError } from '../api/errors.js';
+import { criuPath } from './paths.js';
+
+export const MIN_CRIU_MAJOR = 4;
+
+export interface CriuResult {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  timedOut: boolean;
+  stderr: string;
+}
+
+export interface DumpRequest {
+  pid: number;
+  imagesDir: string;
+  workDir: string;
+  /** Unix socket inodes outside the tree (stdio socketpairs) that CRIU may leave unconnected. */
+  externalUnix?: number[];
+  timeoutMs: number;
+}
+
+export interface RestoreArgsRequest {
+  imagesDir: string;
+  workDir: string;
+  /** Resource key (as CRIU names it) to the restorer's fd that replaces it. */
+  inherit: Array<{ fd: number; key: string }>;
+}
+
+const LOG_TAIL_LINES = 25;
+
+/** Every CRIU verb goes through here: one place for logging, timeouts and error shape. */
+export function runCriu(args: string[], timeoutMs: number): Promise<CriuResult> {
+  return new Promise((resolve) => {
+    const child = spawn(criuPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: criuEnv() });
+    let stderr = '';
+    let timedOut = false;
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (d: string) => {
+      if (stderr.length < 65536) stderr += d;
+    });
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      resolve({ status: null, signal: null, timedOut, stderr: stderr + String(err.message) });
+    });
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      resolve({ status, signal, timedOut, stderr });
+    });
+  });
+}
+
+export async function logTail(file: string, lines = LOG_TAIL_LINES): Promise<string> {
+  try {
+    const text = await readFile(file, 'utf8');
+    return tailOf(text, lines);
+  } catch {
+    return '';
+  }
+}
+
+export function tailOf(text: string, lines = LOG_TAIL_LINES): string {
+  // CRIU logs this on every run here; it is noise, not the reason for a failure.
+  const useful = text
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.includes("Can't setup RLIMIT_NOFILE"));
+  return useful.slice(-lines).join('\n');
+}
+
+/** The first error line CRIU logged: usually the one that says why. */
+export function firstError(log: string): string | undefined {
+  return log.split('\n').find((l) => /Error \(|: Error|\bError\b/.test(l));
+}
+
+export async function dump(req: DumpRequest): Promise<void> {
+  const log = 'dump.log';
+  const args = [
+    'dump',
+    '-t',
+    String(req.pid),
+    '-D',
+    req.imagesDir,
+    '-W',
+    req.workDir,
+    '-o',
+    log,
+    '-v4',
+    '--leave-running',
+    '--shell-job',
+    '--file-locks',
+  ];
+  for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
+  const r = await runCriu(args, req.timeoutMs);
+  if (r.status === 0) return;
+  const tail = await logTail(join(req.workDir, log));
+  if (r.timedOut)
+    throw new CheckptError(
+      'ETIMEOUT',
+      `CRIU did not finish the dump within ${Math.round(req.timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.`,
+      { logTail: tail },
+    );
+  throw new CheckptError('EDUMP', dumpFailureMessage(tail || r.stderr), { logTail: tail || r.stderr });
+}
+
+function dumpFailureMessage(log: string): string {
+  const why = firstError(log);
+  if (/io_uring/.test(log))
+    return 'CRIU cannot dump the io_uring instance Node opened. Start the program with `checkpt exec -- node ...` (blocks io_uring for this program only) or set sysctl kernel.io_uring_disabled=2.';
+  if (/external|unix.*connected|Can't dump half of stream unix/i.test(log))
+    return `CRIU cannot dump a socket connected to a process outside this program (${why ?? 'see the log tail'}). Close such connections before checkpointing, or start the program under checkpt run.`;
+  return `CRIU could not dump the process: ${why ?? 'see the log tail in error.logTail'}. The program keeps running; fix the cause and try again.`;
+}
+
+/**
+ * CRIU stops a task at sigreturn with a hardware breakpoint; on some VMs (PVM guests among them)
+ * debug registers never fire and CRIU waits forever. CRIU's fault-injection code 130 makes it
+ * single-step through syscalls instead: a little slower, but it works everywhere.
+ */
+export function criuEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  if (env.CHECKPT_CRIU_BREAKPOINTS === '1' || env.CRIU_FAULT) return env;
+  return { ...env, CRIU_FAULT: '130' };
+}
+
+export function restoreArgs(req: RestoreArgsRequest): string[] {
+  const args = [
+    'restore',
+    '-D',
+    req.imagesDir,
+    '-W',
+    req.workDir,
+    '-o',
+    'restore.log',
+    '-v4',
+    '--restore-detached',
+    '--shell-job',
+    '--file-locks',
+  ];
+  for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);
+  return args;
+}
+
+export interface CriuVersion {
+  major: number;
+  minor: number;
+  patch: number;
+  text: string;
+}
+
+let cachedVersion: CriuVersion | undefined;
+
+/** `criu --version`; throws ENOCRIU with "need 4.0, found X" when missing or too old. */
+export function criuVersion(): CriuVersion {
+  if (cachedVersion) return cachedVersion;
+  const r = spawnSync(criuPath, ['--version'], { encoding: 'utf8' });
+  if (r.error)
+    throw new CheckptError(
+      'ENOCRIU',
+      `CRIU is not installed (could not run '${criuPath}': ${r.error.message}). Install CRIU ${MIN_CRIU_MAJOR}.0 or newer: run scripts/install-criu.sh from the checkpt package as root.`,
+      { cause: r.error },
+    );
+  const m = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(r.stdout);
+  if (!m)
+    throw new CheckptError('ENOCRIU', `Could not read CRIU's version from: ${r.stdout.trim()}`);
+  const v = {
+    major: Number(m[1]),
+    minor: Number(m[2]),
+    patch: Number(m[3] ?? 0),
+    text: `${m[1]}.${m[2]}${m[3] ? '.' + m[3] : ''}`,
+  };
+  if (v.major < MIN_CRIU_MAJOR)
+    throw new CheckptError(
+      'ENOCRIU',
+      `CRIU is too old: need ${MIN_CRIU_MAJOR}.0 or newer, found ${v.text}. Run scripts/install-criu.sh as root (on Debian bookworm it installs trixie's CRIU).`,
+    );
+  cachedVersion = v;
+  return v;
+}

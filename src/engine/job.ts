@@ -1,0 +1,46 @@
+import type { StdioDescriptor } from './stdio.js';
+
+/** What the process hands its dump worker: everything needed to dump, pack and report. */
+export interface DumpJob {
+  pid: number;
+  /** The fd the process blocks on while it is dumped; the worker waits until it is really blocked. */
+  waitFd: number;
+  target: string;
+  workDir: string;
+  mode: 'sync' | 'async';
+  timeoutMs: number;
+  manifest: ManifestBase;
+}
+
+/** The manifest fields the process knows; the worker adds CRIU's version and the sizes. */
+export interface ManifestBase {
+  formatVersion: number;
+  createdAt: string;
+  host: string;
+  argv: string[];
+  execPath: string;
+  cwd: string;
+  pid: number;
+  uid: number;
+  node: string;
+  kernel: string;
+  rssBytes: number;
+  heapUsedBytes: number;
+  stdio: StdioDescriptor[];
+  control: { mount: string; fifo: string };
+  /** How many restores this process descends from (0 for an original). */
+  generation: number;
+}
+
+export interface Manifest extends ManifestBase {
+  criu: string;
+  imageBytes: number;
+  dumpMs: number;
+}
+
+/** Lines on the control channel, one JSON object each. */
+export type ControlMessage =
+  | { t: 'dumped' }
+  | { t: 'ok'; bytes: number; file: string }
+  | { t: 'err'; code: string; message: string; logTail?: string }
+  | { t: 'restored'; generation: number; image: string; restoredAt: string };

@@ -1,0 +1,129 @@
+import { spawnSync } from 'node:child_process';
+import { accessSync, constants, mkdirSync, readFileSync } from 'node:fs';
+import { CheckptError } from '../api/errors.js';
+import { criuVersion, MIN_CRIU_MAJOR, tailOf } from './criu.js';
+import { criuPath, helperExists, helperPath, runDir } from './paths.js';
+
+export interface Finding {
+  name: string;
+  ok: boolean;
+  /** What was found, in a few words. */
+  detail: string;
+  /** One line saying what to do; present when !ok or when something needs attention. */
+  fix?: string;
+  /** A warning does not stop checkpoints of every program, only of some. */
+  warning?: boolean;
+}
+
+/** Everything `checkpt check` looks at, in order; each finding is one actionable line. */
+export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
+  const out: Finding[] = [];
+  const root = process.getuid?.() === 0;
+  out.push(
+    root
+      ? { name: 'privileges', ok: true, detail: 'running as root' }
+      : {
+          name: 'privileges',
+          ok: false,
+          detail: `running as uid ${process.getuid?.()}`,
+          fix: 'CRIU needs root to dump and restore: run the program and checkpt as root (or with sudo).',
+        },
+  );
+  let version: string | undefined;
+  try {
+    version = criuVersion().text;
+    out.push({ name: 'criu', ok: true, detail: `CRIU ${version} (need ${MIN_CRIU_MAJOR}.0 or newer)` });
+  } catch (e) {
+    out.push({
+      name: 'criu',
+      ok: false,
+      detail: e instanceof CheckptError ? e.message : String(e),
+      fix: 'Run scripts/install-criu.sh from the checkpt package as root.',
+    });
+  }
+  if (version !== undefined && root) {
+    const r = spawnSync(criuPath, ['check'], { encoding: 'utf8' });
+    const text = `${r.stdout}${r.stderr}`;
+    out.push(
+      r.status === 0
+        ? { name: 'criu check', ok: true, detail: 'criu check: Looks good' }
+        : {
+            name: 'criu check',
+            ok: false,
+            detail: `criu check failed: ${tailOf(text, 3).replace(/\n/g, ' | ')}`,
+            fix: 'This kernel or CRIU build cannot checkpoint; install a CRIU that matches the kernel (scripts/install-criu.sh).',
+          },
+    );
+  }
+  out.push(
+    helperExists()
+      ? { name: 'helper', ok: true, detail: `native helper at ${helperPath}` }
+      : {
+          name: 'helper',
+          ok: false,
+          detail: `native helper missing at ${helperPath}`,
+          fix: "Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.",
+        },
+  );
+  for (const tool of ['unshare', 'setsid', 'mkfifo']) {
+    const r = spawnSync(tool, ['--version'], { encoding: 'utf8' });
+    out.push(
+      r.error
+        ? {
+            name: tool,
+            ok: false,
+            detail: `${tool} not found`,
+            fix: `Install util-linux and coreutils (they provide ${tool}).`,
+          }
+        : { name: tool, ok: true, detail: `${tool} found` },
+    );
+  }
+  try {
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
+    accessSync(runDir, constants.W_OK);
+    out.push({ name: 'run dir', ok: true, detail: `${runDir} is writable` });
+  } catch (e) {
+    out.push({
+      name: 'run dir',
+      ok: false,
+      detail: `${runDir} is not writable (${(e as Error).message})`,
+      fix: `Run as root, or point CHECKPT_RUN_DIR at a writable directory.`,
+    });
+  }
+  out.push(...nodeFindings(nodeBinaries));
+  return out;
+}
+
+function ioUringSysctl(): number | undefined {
+  try {
+    return Number(readFileSync('/proc/sys/kernel/io_uring_disabled', 'utf8').trim());
+  } catch {
+    return undefined;
+  }
+}
+
+const COUNT_RINGS = `const fs=require('fs');let n=0;for(const f of fs.readdirSync('/proc/self/fd')){try{if(fs.readlinkSync('/proc/self/fd/'+f)==='anon_inode:[io_uring]')n++}catch{}}console.log(process.version+' '+n)`;
+
+/** Whether each Node binary opens io_uring here, with and without checkpt exec's filter. */
+function nodeFindings(binaries: string[]): Finding[] {
+  const sysctl = ioUringSysctl();
+  return binaries.map((bin): Finding => {
+    const r = spawnSync(bin, ['-e', COUNT_RINGS], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+    const [ver, rings] = r.stdout.trim().split(' ');
+    if (r.status !== 0 || !ver)
+      return { name: `node ${bin}`, ok: false, detail: `could not run ${bin}`, fix: 'Check the Node.js installation.' };
+    if (Number(rings) === 0)
+      return {
+        name: `node ${ver}`,
+        ok: true,
+        detail: `Node ${ver} opens no io_uring${sysctl === 2 ? ' (kernel.io_uring_disabled=2)' : ''}: checkpoints work as is`,
+      };
+    return {
+      name: `node ${ver}`,
+      ok: true,
+      warning: true,
+      detail: `Node ${ver} opens io_uring, which CRIU cannot dump`,
+      fix: `Start programs on Node ${ver} with 'checkpt exec -- node app.js' (io_uring off for that program only), or set 'sysctl -w kernel.io_uring_disabled=2' for the whole machine.`,
+    };
+  });
+}

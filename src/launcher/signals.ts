@@ -1,0 +1,47 @@
+/** Signals a launcher passes on to the program it runs, so checkpt stays out of the way. */
+const RELAYED = ['SIGTERM', 'SIGHUP', 'SIGUSR2', 'SIGINT', 'SIGQUIT'] as const;
+
+/**
+ * Forwards signals sent to this process to `target()`. On a terminal, ^C and ^\ already reach the
+ * program through the foreground process group, so those are swallowed here instead of doubled.
+ * Returns a function that removes the handlers.
+ */
+export function relaySignals(target: () => number | undefined): () => void {
+  const fromTerminal = process.stdin.isTTY === true;
+  const installed = RELAYED.map((sig) => {
+    const handler = (): void => {
+      if (fromTerminal && (sig === 'SIGINT' || sig === 'SIGQUIT')) return;
+      const pid = target();
+      if (pid)
+        try {
+          process.kill(pid, sig);
+        } catch {
+          // it is already gone
+        }
+    };
+    process.on(sig, handler);
+    return [sig, handler] as const;
+  });
+  return () => {
+    for (const [sig, handler] of installed) process.off(sig, handler);
+  };
+}
+
+/** Ends this process the way the program ended: same exit code, or the same signal. */
+export function exitLike(status: {
+  code?: number | null | undefined;
+  signal?: number | NodeJS.Signals | null | undefined;
+}): never {
+  if (status.signal !== undefined && status.signal !== null) {
+    const sig = status.signal;
+    for (const s of RELAYED) process.removeAllListeners(s);
+    try {
+      process.kill(process.pid, sig);
+    } catch {
+      // fall through to an exit code
+    }
+    const num = typeof sig === 'number' ? sig : 0;
+    process.exit(128 + num);
+  }
+  process.exit(status.code ?? 0);
+}

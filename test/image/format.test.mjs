@@ -1,0 +1,456 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  FORMAT_VERSION,
+  extractImage,
+  readImageInfo,
+  verifyImage,
+  writeImage,
+} from '../../dist/image/format.js';
+import { CheckptError } from '../../dist/api/errors.js';
+
+function tempDir(t) {
+  const dir = fs.mkdtempSync(os.tmpdir() + '/checkpt-img-');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function u32(n) {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+}
+
+function u64(n) {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+}
+
+/** Builds container bytes by hand, straight from the documented layout. */
+function build({
+  magic = 'CHECKPT\n',
+  version = 1,
+  flags = 0,
+  manifest = '{}',
+  manifestLength,
+  entries = [],
+  count,
+}) {
+  const m = Buffer.from(manifest, 'utf8');
+  const parts = [Buffer.from(magic, 'latin1'), u32(version), u32(flags)];
+  parts.push(u32(manifestLength ?? m.length), m, u32(count ?? entries.length));
+  for (const e of entries) {
+    const name = Buffer.isBuffer(e.name) ? e.name : Buffer.from(e.name, 'utf8');
+    const data = Buffer.from(e.data ?? '');
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(name.length);
+    parts.push(len, name, u64(e.size ?? data.length), data);
+  }
+  const body = Buffer.concat(parts);
+  const hash = createHash('sha256').update(body).digest();
+  return Buffer.concat([body, Buffer.from('CKPTEND\n', 'latin1'), hash]);
+}
+
+async function rejectsWith(promise, codes, message) {
+  const wanted = Array.isArray(codes) ? codes : [codes];
+  await assert.rejects(promise, (err) => {
+    assert.ok(err instanceof CheckptError, `${message}: not a CheckptError: ${err?.stack ?? err}`);
+    assert.ok(wanted.includes(err.code), `${message}: code ${err.code}: ${err.message}`);
+    return true;
+  });
+}
+
+/** Asserts that verification, info and extraction all reject `bytes` and nothing is created. */
+async function assertRejected(root, bytes, codes, label) {
+  const file = path.join(root, 'bad.ckpt');
+  fs.writeFileSync(file, bytes);
+  const out = fs.mkdtempSync(path.join(root, 'out-'));
+  const before = fs.readdirSync(root).sort();
+  await rejectsWith(verifyImage(file), codes, `${label} (verify)`);
+  await rejectsWith(extractImage(file, out), codes, `${label} (extract)`);
+  assert.deepEqual(fs.readdirSync(out), [], `${label}: extract dir not empty`);
+  assert.deepEqual(fs.readdirSync(root).sort(), before, `${label}: files appeared next to it`);
+  fs.rmSync(out, { recursive: true });
+}
+
+const sampleEntries = [
+  { name: 'core-1.img', data: 'core data here' },
+  { name: 'empty.img', data: '' },
+  { name: 'pages-1.img', data: 'p'.repeat(100) },
+];
+const sampleManifest = JSON.stringify({ pid: 42, node: 'v20', tags: ['a', 'b'] });
+
+test('round trip keeps manifest, entries and bytes, and the file has mode 0600', async (t) => {
+  const root = tempDir(t);
+  const src = path.join(root, 'src');
+  fs.mkdirSync(src);
+  const files = {
+    'b.img': Buffer.from('hello'),
+    'empty.img': Buffer.alloc(0),
+    'big.img': randomBytes(5 * 1024 * 1024),
+    'exact.img': randomBytes(4 * 1024 * 1024 + 1),
+    'a.img': Buffer.from('first'),
+  };
+  for (const [name, data] of Object.entries(files)) fs.writeFileSync(path.join(src, name), data);
+  const manifest = { version: 1, pid: 1234, argv: ['node', 'app.js'], nested: { ok: true } };
+  const target = path.join(root, 'app.ckpt');
+
+  const { bytes } = await writeImage(target, manifest, { dir: src });
+  assert.equal(bytes, fs.statSync(target).size);
+  assert.equal(fs.statSync(target).mode & 0o777, 0o600);
+
+  const names = Object.keys(files).sort();
+  const entries = names.map((name) => ({ name, size: files[name].length }));
+  const info = await verifyImage(target);
+  assert.deepEqual(info, { formatVersion: FORMAT_VERSION, manifest, entries, fileSize: bytes });
+  const quick = await readImageInfo(target);
+  assert.deepEqual(quick, { ...info, verified: false });
+
+  const out = path.join(root, 'out');
+  fs.mkdirSync(out);
+  assert.deepEqual(await extractImage(target, out), info);
+  assert.deepEqual(fs.readdirSync(out).sort(), names);
+  for (const name of names) {
+    assert.ok(fs.readFileSync(path.join(out, name)).equals(files[name]), name);
+    assert.equal(fs.statSync(path.join(out, name)).mode & 0o777, 0o600);
+  }
+});
+
+test('writeImage output matches the documented layout byte for byte', async (t) => {
+  const root = tempDir(t);
+  const src = path.join(root, 'src');
+  fs.mkdirSync(src);
+  for (const e of sampleEntries) fs.writeFileSync(path.join(src, e.name), e.data);
+  const target = path.join(root, 'x.ckpt');
+  await writeImage(target, JSON.parse(sampleManifest), { dir: src });
+  const expected = build({ manifest: sampleManifest, entries: sampleEntries });
+  assert.ok(fs.readFileSync(target).equals(expected));
+});
+
+test('an explicit file list is packed in the given order under base names', async (t) => {
+  const root = tempDir(t);
+  fs.writeFileSync(path.join(root, 'z'), 'zz');
+  fs.writeFileSync(path.join(root, 'a'), 'a');
+  fs.writeFileSync(path.join(root, 'ignored'), 'not listed');
+  const target = path.join(root, 'list.ckpt');
+  await writeImage(target, {}, { dir: root, files: ['z', path.join(root, 'a')] });
+  const info = await verifyImage(target);
+  assert.deepEqual(info.entries, [
+    { name: 'z', size: 2 },
+    { name: 'a', size: 1 },
+  ]);
+  await rejectsWith(
+    writeImage(path.join(root, 'dup.ckpt'), {}, { dir: root, files: ['a', './a'] }),
+    'EIO',
+    'duplicate names',
+  );
+  assert.equal(fs.existsSync(path.join(root, 'dup.ckpt')), false);
+});
+
+test('a manifest near the 1 MiB limit round-trips; a larger one is refused', async (t) => {
+  const root = tempDir(t);
+  const src = path.join(root, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'a.img'), 'data');
+  const manifest = { notes: 'n'.repeat(1024 * 1024 - 100) };
+  const target = path.join(root, 'big.ckpt');
+  await writeImage(target, manifest, { dir: src });
+  assert.deepEqual((await verifyImage(target)).manifest, manifest);
+  assert.deepEqual((await readImageInfo(target)).manifest, manifest);
+
+  const tooBig = { notes: 'n'.repeat(1024 * 1024) };
+  await assert.rejects(writeImage(path.join(root, 'huge.ckpt'), tooBig, { dir: src }), RangeError);
+  assert.deepEqual(fs.readdirSync(root).sort(), ['big.ckpt', 'src']);
+});
+
+test('a failed write leaves the old target intact and no temporary file', async (t) => {
+  const root = tempDir(t);
+  const src = path.join(root, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'a.img'), 'data');
+  fs.mkdirSync(path.join(src, 'sub'));
+  const target = path.join(root, 'app.ckpt');
+  const old = randomBytes(1000);
+  fs.writeFileSync(target, old);
+
+  await assert.rejects(writeImage(target, {}, { dir: src }), (err) => {
+    assert.ok(err instanceof CheckptError);
+    assert.match(err.message, /sub/);
+    return true;
+  });
+  assert.ok(fs.readFileSync(target).equals(old));
+  assert.deepEqual(fs.readdirSync(root).sort(), ['app.ckpt', 'src']);
+
+  // A failure at the very end (rename onto a non-empty directory) must also clean up.
+  fs.rmdirSync(path.join(src, 'sub'));
+  const dirTarget = path.join(root, 'taken');
+  fs.mkdirSync(dirTarget);
+  fs.writeFileSync(path.join(dirTarget, 'keep'), 'keep');
+  await assert.rejects(writeImage(dirTarget, {}, { dir: src }), CheckptError);
+  assert.deepEqual(fs.readdirSync(dirTarget), ['keep']);
+  assert.deepEqual(fs.readdirSync(root).sort(), ['app.ckpt', 'src', 'taken']);
+
+  await rejectsWith(
+    writeImage(path.join(root, 'missing', 'x.ckpt'), {}, { dir: src }),
+    'ETARGET',
+    'missing target directory',
+  );
+});
+
+test('a symlink at the target is replaced, not followed', async (t) => {
+  const root = tempDir(t);
+  const src = path.join(root, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'a.img'), 'data');
+  const victim = path.join(root, 'victim');
+  fs.writeFileSync(victim, 'precious');
+  const target = path.join(root, 'app.ckpt');
+  fs.symlinkSync(victim, target);
+
+  await writeImage(target, {}, { dir: src });
+  assert.ok(fs.lstatSync(target).isFile());
+  assert.equal(fs.readFileSync(victim, 'utf8'), 'precious');
+  assert.equal((await verifyImage(target)).entries.length, 1);
+});
+
+test('truncation at every structural boundary is rejected', async (t) => {
+  const root = tempDir(t);
+  const good = build({ manifest: sampleManifest, entries: sampleEntries });
+  const m = Buffer.byteLength(sampleManifest);
+  const first = 20 + m + 4;
+  const nameLen = Buffer.byteLength(sampleEntries[0].name);
+  const cuts = {
+    empty: 0,
+    'in magic': 5,
+    'after magic': 8,
+    'in version': 10,
+    'in flags': 14,
+    'in manifest length': 18,
+    'mid-manifest': 20 + Math.floor(m / 2),
+    'in count': 20 + m + 2,
+    'in name length': first + 1,
+    'mid-name': first + 2 + Math.floor(nameLen / 2),
+    'mid-size': first + 2 + nameLen + 4,
+    'mid-data': first + 2 + nameLen + 8 + 5,
+    'before trailer': good.length - 40,
+    'mid-trailer': good.length - 36,
+    'mid-hash': good.length - 16,
+    '1 byte short': good.length - 1,
+  };
+  for (const [label, len] of Object.entries(cuts)) {
+    assert.ok(len < good.length);
+    await assertRejected(root, good.subarray(0, len), 'EBADIMAGE', label);
+    await rejectsWith(readImageInfo(path.join(root, 'bad.ckpt')), 'EBADIMAGE', `${label} (info)`);
+  }
+  const file = path.join(root, 'bad.ckpt');
+  fs.writeFileSync(file, good.subarray(0, good.length - 1));
+  await assert.rejects(verifyImage(file), /truncated|damaged/);
+});
+
+test('flipped bytes are caught by the checksum', async (t) => {
+  const root = tempDir(t);
+  const good = build({ manifest: sampleManifest, entries: sampleEntries });
+  const m = Buffer.byteLength(sampleManifest);
+  const data = good.indexOf('core data here');
+  const positions = {
+    manifest: 20 + 5,
+    'first data byte': data,
+    'last data byte': good.length - 41,
+    'hash start': good.length - 32,
+    'hash end': good.length - 1,
+    'manifest length': 19,
+    count: 20 + m + 3,
+  };
+  for (const [label, pos] of Object.entries(positions)) {
+    const bad = Buffer.from(good);
+    bad[pos] ^= 0x04;
+    await assertRejected(root, bad, 'EBADIMAGE', label);
+  }
+  const bad = Buffer.from(good);
+  bad[data] ^= 1;
+  const file = path.join(root, 'bad.ckpt');
+  fs.writeFileSync(file, bad);
+  await assert.rejects(verifyImage(file), /checksum mismatch/);
+  // The cheap reader does not hash, so it accepts this one and says so.
+  assert.equal((await readImageInfo(file)).verified, false);
+});
+
+test('a newer format version and unknown flags are refused', async (t) => {
+  const root = tempDir(t);
+  await assertRejected(root, build({ version: 2 }), 'EIMAGEVERSION', 'version 2');
+  const file = path.join(root, 'v2.ckpt');
+  fs.writeFileSync(file, build({ version: 2, entries: sampleEntries }));
+  await assert.rejects(verifyImage(file), /newer checkpt \(format 2.*upgrade checkpt/);
+  await rejectsWith(readImageInfo(file), 'EIMAGEVERSION', 'version 2 (info)');
+  await assertRejected(root, build({ version: 0 }), 'EBADIMAGE', 'version 0');
+  await assertRejected(root, build({ flags: 1 }), 'EBADIMAGE', 'flag bit 0');
+  await assertRejected(root, build({ flags: 0x80000000 }), 'EBADIMAGE', 'flag bit 31');
+});
+
+test("another tool's file is reported as not a checkpt file", async (t) => {
+  const root = tempDir(t);
+  const others = {
+    gzip: [Buffer.concat([Buffer.from([0x1f, 0x8b, 0x08, 0x00]), randomBytes(200)]), /gzip/],
+    text: [Buffer.from('hello world\nthis is not a checkpoint\n'.repeat(5)), /text file/],
+    short: [Buffer.from('abc'), /text file/],
+    'almost magic': [Buffer.concat([Buffer.from('CHECKPX\n'), randomBytes(100)]), /signature/],
+  };
+  for (const [label, [bytes, hint]] of Object.entries(others)) {
+    await assertRejected(root, bytes, 'EBADIMAGE', label);
+    await assert.rejects(verifyImage(path.join(root, 'bad.ckpt')), /not a checkpt file/, label);
+    await assert.rejects(verifyImage(path.join(root, 'bad.ckpt')), hint, label);
+  }
+});
+
+test('hostile or invalid entry names are refused before anything is written', async (t) => {
+  const root = tempDir(t);
+  const hostile = {
+    'parent path': [{ name: '../x', data: 'evil' }],
+    'absolute path': [{ name: '/tmp/x', data: 'evil' }],
+    'nested path': [{ name: 'a/b', data: 'evil' }],
+    backslash: [{ name: 'a\\b', data: 'evil' }],
+    dot: [{ name: '.', data: 'evil' }],
+    'dot dot': [{ name: '..', data: 'evil' }],
+    empty: [{ name: '', data: 'evil' }],
+    newline: [{ name: 'a\nb', data: 'evil' }],
+    nul: [{ name: 'a\0b', data: 'evil' }],
+    'invalid UTF-8': [{ name: Buffer.from([0x61, 0xff]), data: 'evil' }],
+    'over 255 bytes': [{ name: 'n'.repeat(256), data: 'evil' }],
+    duplicate: [
+      { name: 'x', data: 'one' },
+      { name: 'x', data: 'two' },
+    ],
+    'duplicate after a good one': [
+      { name: 'ok', data: 'fine' },
+      { name: 'x', data: '' },
+      { name: 'x', data: '' },
+    ],
+  };
+  for (const [label, entries] of Object.entries(hostile)) {
+    await assertRejected(root, build({ entries }), 'EBADIMAGE', label);
+    assert.equal(fs.existsSync(path.join(root, 'x')), false, label);
+  }
+});
+
+test('lengths larger than the file are refused without huge allocations', async (t) => {
+  const root = tempDir(t);
+  const cases = {
+    'manifest length 4 GiB': build({ manifestLength: 0xffffffff }),
+    'manifest length just over 1 MiB': build({ manifestLength: 1024 * 1024 + 1 }),
+    'manifest length past the end': build({ manifestLength: 1000 }),
+    'entry size 1 TiB': build({ entries: [{ name: 'a', data: 'abc', size: 2 ** 40 }] }),
+    'entry size 2^64-1': build({ entries: [{ name: 'a', data: 'abc', size: 2n ** 64n - 1n }] }),
+    'entry size one too many': build({ entries: [{ name: 'a', data: 'abc', size: 4 }] }),
+    'entry size one too few': build({ entries: [{ name: 'a', data: 'abc', size: 2 }] }),
+    'count 2^32-1': build({ count: 0xffffffff }),
+    'count 100000': build({ count: 100000 }),
+    'count too small': build({ entries: sampleEntries, count: 2 }),
+    'count too large': build({ entries: sampleEntries, count: 4 }),
+    'manifest not JSON': build({ manifest: '{nope' }),
+    'manifest an array': build({ manifest: '[1,2]' }),
+  };
+  const before = process.memoryUsage().rss;
+  for (const [label, bytes] of Object.entries(cases)) {
+    await assertRejected(root, bytes, 'EBADIMAGE', label);
+    await rejectsWith(readImageInfo(path.join(root, 'bad.ckpt')), 'EBADIMAGE', `${label} (info)`);
+  }
+  assert.ok(process.memoryUsage().rss - before < 256 * 1024 * 1024, 'memory grew too much');
+});
+
+test('files that cannot be opened get clear errors', async (t) => {
+  const root = tempDir(t);
+  await rejectsWith(verifyImage(path.join(root, 'nope.ckpt')), 'ENOENT', 'missing file');
+  await assert.rejects(verifyImage(path.join(root, 'nope.ckpt')), /does not exist/);
+  await rejectsWith(verifyImage(root), 'EISDIR', 'directory');
+  const file = path.join(root, 'ok.ckpt');
+  fs.writeFileSync(file, build({ entries: sampleEntries }));
+  const out = path.join(root, 'out');
+  fs.mkdirSync(out);
+  fs.writeFileSync(path.join(out, 'other'), '');
+  await rejectsWith(extractImage(file, out), 'ENOTEMPTY', 'non-empty extract dir');
+  await rejectsWith(extractImage(file, path.join(root, 'absent')), 'ENOENT', 'missing dir');
+});
+
+function xorshift32(seed) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+test(
+  'fuzz: random mutations never verify and never escape as other errors',
+  { timeout: 30_000 },
+  async (t) => {
+    const seed = Number(process.env.CHECKPT_FUZZ_SEED ?? 0x5eed1234);
+    const next = xorshift32(seed);
+    const below = (n) => (n <= 0 ? 0 : next() % n);
+    const root = tempDir(t);
+    const good = build({ manifest: sampleManifest, entries: sampleEntries });
+    const file = path.join(root, 'fuzz.ckpt');
+    fs.writeFileSync(file, good);
+    const original = await verifyImage(file);
+    const out = path.join(root, 'out');
+    fs.mkdirSync(out);
+
+    for (let i = 0; i < 300; i++) {
+      let bytes = Buffer.from(good);
+      const ops = [];
+      for (let k = 1 + below(3); k > 0; k--) {
+        const op = below(5);
+        const pos = below(bytes.length + 1);
+        if (op === 0 && bytes.length > 0) {
+          const p = below(bytes.length);
+          bytes[p] ^= 1 << below(8);
+          ops.push(`flip@${p}`);
+        } else if (op === 1 && bytes.length > 0) {
+          const p = below(bytes.length);
+          bytes[p] = below(256);
+          ops.push(`set@${p}`);
+        } else if (op === 2) {
+          bytes = bytes.subarray(0, pos);
+          ops.push(`truncate@${pos}`);
+        } else if (op === 3) {
+          const ins = Buffer.from(Array.from({ length: 1 + below(16) }, () => below(256)));
+          bytes = Buffer.concat([bytes.subarray(0, pos), ins, bytes.subarray(pos)]);
+          ops.push(`insert${ins.length}@${pos}`);
+        } else {
+          const n = 1 + below(16);
+          bytes = Buffer.concat([bytes.subarray(0, pos), bytes.subarray(pos + n)]);
+          ops.push(`delete${n}@${pos}`);
+        }
+      }
+      const where = `seed ${seed} iteration ${i} (${ops.join(' ')})`;
+      fs.writeFileSync(file, bytes);
+      if (bytes.equals(good)) {
+        assert.deepEqual(await verifyImage(file), original, where);
+        continue;
+      }
+      for (const [name, run] of [
+        ['verify', () => verifyImage(file)],
+        ['info', () => readImageInfo(file)],
+        ['extract', () => extractImage(file, out)],
+      ]) {
+        try {
+          await run();
+          // Only the checksum-free reader may accept a mutated file.
+          assert.equal(name, 'info', `${where}: ${name} accepted a mutated file`);
+        } catch (err) {
+          assert.ok(err instanceof CheckptError, `${where}: ${name} threw ${err?.stack ?? err}`);
+          assert.ok(['EBADIMAGE', 'EIMAGEVERSION'].includes(err.code), `${where}: ${err.code}`);
+        }
+        assert.deepEqual(fs.readdirSync(out), [], `${where}: ${name} left files behind`);
+      }
+    }
+  },
+);
