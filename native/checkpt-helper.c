@@ -6,25 +6,15 @@
  *     runs `criu restore -d`, wakes the restored process through the FIFO, then reaps it and
  *     exits with its status (criu itself does not report it). Reports on FD:
  *       "restored\n", then "exit CODE\n" or "signal SIG\n"; or "restore-failed STATUS\n".
- *
- *   checkpt-helper noiouring -- COMMAND ARGS...
- *     Execs COMMAND with io_uring_setup/enter/register failing with EPERM (a seccomp filter that
- *     survives checkpoint and restore), so libuv in Node 22/24 falls back to epoll and CRIU can
- *     dump the process. Affects this process tree only.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <signal.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -164,35 +154,9 @@ static int cmd_init(int argc, char **argv) {
   }
 }
 
-static int cmd_noiouring(int argc, char **argv) {
-  int i = 0;
-  if (i < argc && !strcmp(argv[i], "--")) i++;
-  if (i >= argc) {
-    fprintf(stderr, "usage: checkpt-helper noiouring -- COMMAND [ARGS...]\n");
-    return EXIT_USAGE;
-  }
-  struct sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 425 /* io_uring_setup */, 0, 2),
-      BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, 427 /* io_uring_register */, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  struct sock_fprog prog = {.len = (unsigned short)(sizeof filter / sizeof filter[0]), .filter = filter};
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("prctl(NO_NEW_PRIVS)");
-  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) die("prctl(SECCOMP)");
-  execvp(argv[i], argv + i);
-  fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", argv[i], strerror(errno));
-  return 127;
-}
-
 int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
-  if (argc >= 2 && !strcmp(argv[1], "noiouring")) return cmd_noiouring(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
-  fprintf(stderr, "usage: checkpt-helper init|noiouring ... (internal to checkpt)\n");
+  fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;
 }

@@ -5,17 +5,24 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const src = join(root, 'native', 'checkpt-helper.c');
-const out = join(root, 'build', 'checkpt-helper');
+const targets = [
+  { src: join(root, 'native', 'checkpt-helper.c'), out: join(root, 'build', 'checkpt-helper'), flags: [] },
+  {
+    src: join(root, 'native', 'nouring.c'),
+    out: join(root, 'build', 'libcheckpt-nouring.so'),
+    flags: ['-shared', '-fPIC'],
+  },
+];
 // During `npm install` a missing compiler must not fail the install: `checkpt check` explains it later.
 const lenient = process.argv.includes('--if-sources');
 
-if (!existsSync(src)) process.exit(0);
-if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) process.exit(0);
-mkdirSync(dirname(out), { recursive: true });
 const cc = process.env.CC || 'cc';
-const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-o', out, src], { stdio: 'inherit' });
-if (r.error || r.status !== 0) {
+for (const { src, out, flags } of targets) {
+  if (!existsSync(src)) continue;
+  if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) continue;
+  mkdirSync(dirname(out), { recursive: true });
+  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...flags, '-o', out, src], { stdio: 'inherit' });
+  if (!r.error && r.status === 0) continue;
   const why = r.error ? r.error.message : `exit status ${r.status}`;
   console.error(
     `checkpt: could not build the native helper with '${cc}' (${why}).\n` +

@@ -7,6 +7,9 @@ export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '
 
 export const helperPath = process.env.CHECKPT_HELPER || join(packageRoot, 'build', 'checkpt-helper');
 
+/** LD_PRELOAD library that keeps libuv (Node 22/24) off io_uring, which CRIU cannot dump. */
+export const nouringLibPath = join(packageRoot, 'build', 'libcheckpt-nouring.so');
+
 export const dumpWorkerPath = join(packageRoot, 'dist', 'engine', 'dump-worker.js');
 
 export const criuPath = process.env.CHECKPT_CRIU || 'criu';

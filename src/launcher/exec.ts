@@ -1,28 +1,42 @@
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { CheckptError } from '../api/errors.js';
-import { helperExists, helperPath } from '../engine/paths.js';
+import { nouringLibPath } from '../engine/paths.js';
 import { relaySignals } from './signals.js';
 
 export interface ExecOptions {
   command: string;
   args: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+/** The environment that keeps a program (and what it starts) off io_uring. */
+export function checkpointableEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  if (!existsSync(nouringLibPath))
+    throw new CheckptError(
+      'EHELPER',
+      `checkpt's io_uring library is missing (${nouringLibPath}). Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.`,
+    );
+  const preload = env.LD_PRELOAD ? `${nouringLibPath}:${env.LD_PRELOAD}` : nouringLibPath;
+  return { ...env, LD_PRELOAD: preload };
 }
 
 /**
- * Runs a program so that it can be checkpointed: io_uring is refused to it (and to what it
- * starts) by a seccomp filter, so libuv in Node 22/24 uses epoll, which CRIU can dump.
- * Resolves with the program's exit status; signals sent to us are passed on.
+ * Runs a program so that it can be checkpointed: its io_uring_setup fails (LD_PRELOAD), so
+ * libuv in Node 22/24 uses epoll, which CRIU can dump. Signals sent to us are passed on;
+ * resolves with the program's exit status.
  */
-export function execCheckpointable(opts: ExecOptions): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-  if (!helperExists())
-    throw new CheckptError(
-      'EHELPER',
-      `checkpt's native helper is missing (${helperPath}). Install a C compiler and run 'npm rebuild checkpt'.`,
-    );
+export function execCheckpointable(
+  opts: ExecOptions,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  const env = checkpointableEnv(opts.env);
   return new Promise((resolve, reject) => {
-    const child = spawn(helperPath, ['noiouring', '--', opts.command, ...opts.args], { stdio: 'inherit' });
+    const child = spawn(opts.command, opts.args, { stdio: 'inherit', env });
     const unrelay = relaySignals(() => child.pid);
-    child.on('error', (e) => reject(new CheckptError('EHELPER', `Could not start ${opts.command}: ${e.message}`, { cause: e })));
+    child.on('error', (e) => {
+      unrelay();
+      reject(new CheckptError('EHELPER', `Could not start ${opts.command}: ${e.message}`, { cause: e }));
+    });
     child.on('exit', (code, signal) => {
       unrelay();
       resolve({ code, signal });
