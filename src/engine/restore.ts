@@ -24,7 +24,7 @@ export interface Resumed {
   innerPid: number;
   /** The pid of checkpt's init for the resumed program's namespace; signals sent to it are forwarded. */
   initPid: number;
-  /** Settles when the program ends (foreground and detached alike). */
+  /** Settles when the program ends; a detached resume stops listening, so only use it in the foreground. */
   exited: Promise<ExitStatus>;
   manifest: Manifest;
 }
@@ -99,7 +99,11 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       if (s.kind === 'signal') return { signal: s.value };
       return { code: child?.exitCode ?? 0 };
     });
-    if (options.detach) child.unref();
+    if (options.detach) {
+      // Let checkpt exit now; the helper stays as the copy's init and ignores the closed pipe.
+      (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
+      child.unref();
+    }
     return { pid: hostPid, innerPid: manifest.pid, initPid, exited, manifest };
   } catch (e) {
     if (child && child.exitCode === null) child.kill('SIGKILL');

@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, openSync, readFileSync, readSync, writeSync, closeSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cleanup, cli, fixture, nodeBinaries, pidAlive, removeDir, startNode, tempDir, waitFor } from '../helpers.mjs';
+
+const node = nodeBinaries()[0];
+const run = (args, opts = {}) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', ...opts });
+
+describe('checkpt CLI on a real checkpoint', () => {
+  let dir;
+  let file;
+  let original;
+  before(async () => {
+    dir = tempDir();
+    file = join(dir, 'real.ckpt');
+    const p = startNode(node, fixture('state.mjs'), [file]);
+    original = await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+    await p.closed;
+  });
+  after(async () => {
+    await cleanup();
+    removeDir(dir);
+  });
+
+  test('inspect prints the manifest for a person', () => {
+    const r = run(['inspect', file]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`^pid\\s+${original.pid}$`, 'm'));
+    assert.match(r.stdout, /^command\s+.*state\.mjs/m);
+    assert.match(r.stdout, /^criu\s+4\.\d+/m);
+    assert.match(r.stdout, /^node\s+v\d+/m);
+  });
+
+  test('inspect --json --verify gives the manifest, entries and a verified checksum', () => {
+    const r = run(['inspect', '--json', '--verify', file]);
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.verified, true);
+    assert.equal(j.formatVersion, 1);
+    assert.equal(j.manifest.pid, original.pid);
+    assert.equal(j.manifest.generation, 0);
+    assert.ok(j.manifest.rssBytes > 0 && j.manifest.imageBytes > 0);
+    assert.equal(j.fileSize, statSync(file).size);
+    assert.ok(j.entries.some((e) => e.name === 'inventory.img'));
+    for (const key of ['createdAt', 'host', 'argv', 'cwd', 'node', 'criu', 'kernel'])
+      assert.ok(key in j.manifest, `manifest has ${key}`);
+  });
+
+  test('a damaged image is refused before any process starts (exit 125, EBADIMAGE message)', () => {
+    const bad = join(dir, 'bad.ckpt');
+    copyFileSync(file, bad);
+    const fd = openSync(bad, 'r+');
+    const b = Buffer.alloc(1);
+    const at = Math.floor(statSync(bad).size / 2);
+    readSync(fd, b, 0, 1, at);
+    b[0] ^= 0xff;
+    writeSync(fd, b, 0, 1, at);
+    closeSync(fd);
+    const r = run(['-r', bad]);
+    assert.equal(r.status, 125);
+    assert.match(r.stderr, /damaged|checksum/i);
+    assert.doesNotMatch(r.stdout, /returned/, 'nothing ran');
+  });
+
+  test('-d resumes in the background and prints the pid of the running copy', async () => {
+    const out = join(dir, 'detached.out');
+    const fd = openSync(out, 'w');
+    // The copy inherits checkpt's stdout, as a shell's background job would.
+    const r = spawnSync(process.execPath, [cli, '-r', '-d', file], { stdio: ['ignore', fd, fd] });
+    closeSync(fd);
+    assert.equal(r.status, 0, readFileSync(out, 'utf8'));
+    const pid = Number(readFileSync(out, 'utf8').split('\n')[0]);
+    assert.ok(pid > 1, `printed a pid: ${readFileSync(out, 'utf8')}`);
+    assert.ok(pidAlive(pid), 'the copy runs after checkpt returned');
+    for (let i = 0; i < 200 && pidAlive(pid); i++) await sleep(50);
+    assert.equal(pidAlive(pid), false, 'the detached copy ran to its end');
+    assert.match(readFileSync(out, 'utf8'), /"event":"returned","r":1/);
+  });
+});
+
+describe('checkpt CLI errors', () => {
+  test('usage errors exit 2 with a hint', () => {
+    for (const args of [['-r'], ['frobnicate'], ['inspect'], ['restore', 'a', 'b'], ['inspect', '--bogus', 'x']]) {
+      const r = run(args);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, /^checkpt: /);
+    }
+  });
+
+  test('a missing file, and another tool\'s file, are reported clearly', () => {
+    const dir = tempDir();
+    try {
+      const r = run(['-r', join(dir, 'nope.ckpt')]);
+      assert.equal(r.status, 125);
+      assert.match(r.stderr, /nope\.ckpt/);
+      const other = join(dir, 'other.ckpt');
+      writeFileSync(other, 'just some text\n');
+      const i = run(['inspect', other]);
+      assert.equal(i.status, 125);
+      assert.match(i.stderr, /not a checkpt file/i);
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  test('--help and --version', () => {
+    assert.match(run(['--help']).stdout, /checkpt -r FILE/);
+    assert.match(run(['--version']).stdout, /^checkpt \d+\.\d+\.\d+/);
+  });
+
+  test('check reports CRIU and each Node binary, one line per finding', () => {
+    const r = run(['check', '--json', ...nodeBinaries().flatMap((n) => ['--node', n.bin])]);
+    const j = JSON.parse(r.stdout);
+    assert.equal(r.status, j.ok ? 0 : 1);
+    const criu = j.findings.find((f) => f.name === 'criu');
+    assert.equal(criu.ok, true, criu.detail);
+    for (const n of nodeBinaries()) {
+      const f = j.findings.find((x) => x.name.startsWith(`node v${n.major}.`));
+      assert.ok(f, `a finding for node ${n.major}`);
+      if (n.major >= 22) assert.match(f.fix ?? f.detail, /checkpt exec|io_uring/);
+    }
+  });
+});
