@@ -6,7 +6,11 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const targets = [
-  { src: join(root, 'native', 'checkpt-helper.c'), out: join(root, 'build', 'checkpt-helper'), flags: [] },
+  {
+    src: join(root, 'native', 'checkpt-helper.c'),
+    out: join(root, 'build', 'checkpt-helper'),
+    flags: [],
+  },
   {
     src: join(root, 'native', 'nouring.c'),
     out: join(root, 'build', 'libcheckpt-nouring.so'),
@@ -21,7 +25,9 @@ for (const { src, out, flags } of targets) {
   if (!existsSync(src)) continue;
   if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) continue;
   mkdirSync(dirname(out), { recursive: true });
-  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...flags, '-o', out, src], { stdio: 'inherit' });
+  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...flags, '-o', out, src], {
+    stdio: 'inherit',
+  });
   if (!r.error && r.status === 0) continue;
   const why = r.error ? r.error.message : `exit status ${r.status}`;
   console.error(

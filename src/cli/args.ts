@@ -41,10 +41,12 @@ function parseRestore(args: readonly string[]): Command {
     else if (a === '--') {
       file = one(args.slice(i + 1), file);
       break;
-    } else if (a.startsWith('-') && a !== '-') throw new UsageError(`restore: unknown option '${a}'.`);
+    } else if (a.startsWith('-') && a !== '-')
+      throw new UsageError(`restore: unknown option '${a}'.`);
     else file = one([a], file);
   }
-  if (file === undefined) throw new UsageError('restore: which checkpoint? Usage: checkpt -r FILE.ckpt [-d]');
+  if (file === undefined)
+    throw new UsageError('restore: which checkpoint? Usage: checkpt -r FILE.ckpt [-d]');
   return { cmd: 'restore', file, detach };
 }
 
@@ -62,7 +64,10 @@ function parseInspect(args: readonly string[]): Command {
     } else if (a.startsWith('-')) throw new UsageError(`inspect: unknown option '${a}'.`);
     else file = one([a], file);
   }
-  if (file === undefined) throw new UsageError('inspect: which checkpoint? Usage: checkpt inspect FILE.ckpt [--json] [--verify]');
+  if (file === undefined)
+    throw new UsageError(
+      'inspect: which checkpoint? Usage: checkpt inspect FILE.ckpt [--json] [--verify]',
+    );
   return { cmd: 'inspect', file, json, verify };
 }
 
@@ -84,7 +89,8 @@ function parseCheck(args: readonly string[]): Command {
 function parseExec(args: readonly string[]): Command {
   const rest = args[0] === '--' ? args.slice(1) : args;
   const [command, ...cmdArgs] = rest;
-  if (command === undefined) throw new UsageError('exec: what to run? Usage: checkpt exec -- node app.js');
+  if (command === undefined)
+    throw new UsageError('exec: what to run? Usage: checkpt exec -- node app.js');
   return { cmd: 'exec', command, args: cmdArgs };
 }
 

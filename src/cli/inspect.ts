@@ -34,7 +34,10 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     ['criu', String(m.criu ?? '?')],
     ['kernel', String(m.kernel ?? '?')],
     ['memory', `rss ${size(m.rssBytes)}, heap used ${size(m.heapUsedBytes)}`],
-    ['image', `${size(m.imageBytes)} in ${info.entries.length} CRIU images, file ${size(info.fileSize)}`],
+    [
+      'image',
+      `${size(m.imageBytes)} in ${info.entries.length} CRIU images, file ${size(info.fileSize)}`,
+    ],
     ['stdio', stdio],
   ];
   const w = Math.max(...lines.map(([k]) => k.length));

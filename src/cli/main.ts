@@ -21,9 +21,13 @@ async function run(c: Command): Promise<number> {
       process.stdout.write('checkpt 0.1.0\n');
       return 0;
     case 'inspect': {
-      const info = c.verify ? { ...(await verifyImage(c.file)), verified: true } : await readImageInfo(c.file);
+      const info = c.verify
+        ? { ...(await verifyImage(c.file)), verified: true }
+        : await readImageInfo(c.file);
       process.stdout.write(
-        c.json ? JSON.stringify({ file: c.file, ...info }, null, 2) + '\n' : formatInspect(c.file, info) + '\n',
+        c.json
+          ? JSON.stringify({ file: c.file, ...info }, null, 2) + '\n'
+          : formatInspect(c.file, info) + '\n',
       );
       return 0;
     }
@@ -72,8 +76,10 @@ async function main(): Promise<void> {
   } catch (e) {
     if (e instanceof CheckptError) {
       process.stderr.write(`checkpt: ${e.message}\n`);
-      if (e.logTail && process.env.CHECKPT_DEBUG) process.stderr.write(`--- CRIU log (tail) ---\n${e.logTail}\n`);
-      else if (e.logTail) process.stderr.write('(set CHECKPT_DEBUG=1 to see the tail of CRIU\'s log)\n');
+      if (e.logTail && process.env.CHECKPT_DEBUG)
+        process.stderr.write(`--- CRIU log (tail) ---\n${e.logTail}\n`);
+      else if (e.logTail)
+        process.stderr.write("(set CHECKPT_DEBUG=1 to see the tail of CRIU's log)\n");
       process.exit(EXIT_FAILED);
     }
     throw e;

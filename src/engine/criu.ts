@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
+import { ioUringAdvice } from './iouring.js';
 import { criuPath } from './paths.js';
 
 export const MIN_CRIU_MAJOR = 4;
@@ -105,13 +106,14 @@ export async function dump(req: DumpRequest): Promise<void> {
       `CRIU did not finish the dump within ${Math.round(req.timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.`,
       { logTail: tail },
     );
-  throw new CheckptError('EDUMP', dumpFailureMessage(tail || r.stderr), { logTail: tail || r.stderr });
+  throw new CheckptError('EDUMP', dumpFailureMessage(tail || r.stderr), {
+    logTail: tail || r.stderr,
+  });
 }
 
 function dumpFailureMessage(log: string): string {
   const why = firstError(log);
-  if (/io_uring/.test(log))
-    return 'CRIU cannot dump the io_uring instance Node opened. Start the program with `checkpt exec -- node ...` (blocks io_uring for this program only) or set sysctl kernel.io_uring_disabled=2.';
+  if (/io_uring/.test(log)) return ioUringAdvice(process.version);
   if (/external|unix.*connected|Can't dump half of stream unix/i.test(log))
     return `CRIU cannot dump a socket connected to a process outside this program (${why ?? 'see the log tail'}). Close such connections before checkpointing, or start the program under checkpt run.`;
   return `CRIU could not dump the process: ${why ?? 'see the log tail in error.logTail'}. The program keeps running; fix the cause and try again.`;

@@ -26,7 +26,9 @@ async function waitUntilBlocked(pid: number, fd: number, timeoutMs: number): Pro
     try {
       line = readFileSync(`/proc/${pid}/syscall`, 'utf8');
     } catch (e) {
-      throw new CheckptError('EHELPER', `Process ${pid} vanished before it could be dumped.`, { cause: e });
+      throw new CheckptError('EHELPER', `Process ${pid} vanished before it could be dumped.`, {
+        cause: e,
+      });
     }
     if (line.startsWith(want)) return;
     if (Date.now() > deadline)

@@ -5,7 +5,8 @@ import { fileURLToPath } from 'node:url';
 /** The package root: dist/engine/paths.js lives two levels below it. */
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-export const helperPath = process.env.CHECKPT_HELPER || join(packageRoot, 'build', 'checkpt-helper');
+export const helperPath =
+  process.env.CHECKPT_HELPER || join(packageRoot, 'build', 'checkpt-helper');
 
 /** LD_PRELOAD library that keeps libuv (Node 22/24) off io_uring, which CRIU cannot dump. */
 export const nouringLibPath = join(packageRoot, 'build', 'libcheckpt-nouring.so');

@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, mkdirSync, readFileSync } from 'node:fs';
 import { CheckptError } from '../api/errors.js';
 import { criuVersion, MIN_CRIU_MAJOR, tailOf } from './criu.js';
+import { ioUringAdvice } from './iouring.js';
 import { criuPath, helperExists, helperPath, runDir } from './paths.js';
 
 export interface Finding {
@@ -32,7 +33,11 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
   let version: string | undefined;
   try {
     version = criuVersion().text;
-    out.push({ name: 'criu', ok: true, detail: `CRIU ${version} (need ${MIN_CRIU_MAJOR}.0 or newer)` });
+    out.push({
+      name: 'criu',
+      ok: true,
+      detail: `CRIU ${version} (need ${MIN_CRIU_MAJOR}.0 or newer)`,
+    });
   } catch (e) {
     out.push({
       name: 'criu',
@@ -104,14 +109,22 @@ function ioUringSysctl(): number | undefined {
 
 const COUNT_RINGS = `const fs=require('fs');let n=0;for(const f of fs.readdirSync('/proc/self/fd')){try{if(fs.readlinkSync('/proc/self/fd/'+f)==='anon_inode:[io_uring]')n++}catch{}}console.log(process.version+' '+n)`;
 
-/** Whether each Node binary opens io_uring here, with and without checkpt exec's filter. */
+/** Whether each Node binary opens io_uring here (checkpt exec keeps it off). */
 function nodeFindings(binaries: string[]): Finding[] {
   const sysctl = ioUringSysctl();
   return binaries.map((bin): Finding => {
-    const r = spawnSync(bin, ['-e', COUNT_RINGS], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+    const r = spawnSync(bin, ['-e', COUNT_RINGS], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: '' },
+    });
     const [ver, rings] = r.stdout.trim().split(' ');
     if (r.status !== 0 || !ver)
-      return { name: `node ${bin}`, ok: false, detail: `could not run ${bin}`, fix: 'Check the Node.js installation.' };
+      return {
+        name: `node ${bin}`,
+        ok: false,
+        detail: `could not run ${bin}`,
+        fix: 'Check the Node.js installation.',
+      };
     if (Number(rings) === 0)
       return {
         name: `node ${ver}`,
@@ -123,7 +136,7 @@ function nodeFindings(binaries: string[]): Finding[] {
       ok: true,
       warning: true,
       detail: `Node ${ver} opens io_uring, which CRIU cannot dump`,
-      fix: `Start programs on Node ${ver} with 'checkpt exec -- node app.js' (io_uring off for that program only), or set 'sysctl -w kernel.io_uring_disabled=2' for the whole machine.`,
+      fix: ioUringAdvice(ver),
     };
   });
 }

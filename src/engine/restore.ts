@@ -15,7 +15,8 @@ export interface ResumeOptions {
   detach?: boolean;
 }
 
-export type ExitStatus = { code: number; signal?: undefined } | { code?: undefined; signal: number };
+export type ExitStatus =
+  { code: number; signal?: undefined } | { code?: undefined; signal: number };
 
 export interface Resumed {
   /** The resumed program's pid as this (the host's) PID namespace sees it. */
@@ -37,7 +38,10 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       `checkpt's native helper is missing (${helperPath}). Install a C compiler and run 'npm rebuild checkpt'.`,
     );
   if (process.getuid?.() !== 0)
-    throw new CheckptError('EPERM', 'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.');
+    throw new CheckptError(
+      'EPERM',
+      'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.',
+    );
   criuVersion();
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-restore-'));
   let child: ChildProcess | undefined;

@@ -35,7 +35,9 @@ export function execCheckpointable(
     const unrelay = relaySignals(() => child.pid);
     child.on('error', (e) => {
       unrelay();
-      reject(new CheckptError('EHELPER', `Could not start ${opts.command}: ${e.message}`, { cause: e }));
+      reject(
+        new CheckptError('EHELPER', `Could not start ${opts.command}: ${e.message}`, { cause: e }),
+      );
     });
     child.on('exit', (code, signal) => {
       unrelay();

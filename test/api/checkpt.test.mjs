@@ -1,8 +1,18 @@
 import assert from 'node:assert/strict';
-import { existsSync, statSync, readdirSync } from 'node:fs';
+import { statSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { cleanup, cli, events, fixture, nodeBinaries, removeDir, start, startNode, tempDir, waitFor } from '../helpers.mjs';
+import {
+  cleanup,
+  cli,
+  fixture,
+  nodeBinaries,
+  removeDir,
+  start,
+  startNode,
+  tempDir,
+  waitFor,
+} from '../helpers.mjs';
 
 after(cleanup);
 
@@ -13,14 +23,22 @@ for (const node of nodeBinaries()) {
       try {
         const file = join(dir, 'state.ckpt');
         const orig = startNode(node, fixture('state.mjs'), [file]);
-        const first = await waitFor(orig, (e) => e.event === 'returned', 'the checkpoint to return');
+        const first = await waitFor(
+          orig,
+          (e) => e.event === 'returned',
+          'the checkpoint to return',
+        );
         assert.equal(first.r, 0);
         assert.equal((await orig.closed).code, 0, orig.stderrText);
         assert.equal(statSync(file).mode & 0o777, 0o600);
         assert.deepEqual(readdirSync(dir), ['state.ckpt'], 'no temporary files left beside it');
 
         const resumed = start(process.execPath, [cli, '-r', file]);
-        const again = await waitFor(resumed, (e) => e.event === 'returned', 'the resumed call to return');
+        const again = await waitFor(
+          resumed,
+          (e) => e.event === 'returned',
+          'the resumed call to return',
+        );
         assert.equal(again.r, 1);
         assert.equal(again.pid, first.pid, 'the copy keeps its pid inside its namespace');
         assert.equal(again.moduleCounter, 41);
@@ -29,9 +47,17 @@ for (const node of nodeBinaries()) {
         assert.equal(again.tree, first.tree);
         assert.equal(again.closure, 102);
         assert.equal(again.generation, 1);
-        await waitFor(resumed, (e) => e.event === 'timer', 'the pending timer to fire after resume');
+        await waitFor(
+          resumed,
+          (e) => e.event === 'timer',
+          'the pending timer to fire after resume',
+        );
         const st = await resumed.closed;
-        assert.equal(st.code, 7, `checkpt -r exits with the program's status; stderr: ${resumed.stderrText}`);
+        assert.equal(
+          st.code,
+          7,
+          `checkpt -r exits with the program's status; stderr: ${resumed.stderrText}`,
+        );
       } finally {
         removeDir(dir);
       }

@@ -30,7 +30,10 @@ test('{ exit: true } ends the program with status 0 once the file is durable; th
     await waitFor(orig, (e) => e.event === 'ready', 'ready');
     const st = await orig.closed;
     assert.equal(st.code, 0, orig.stderrText);
-    assert.ok(!orig.lines.some((l) => l.includes('"returned"')), 'the original never returns from the call');
+    assert.ok(
+      !orig.lines.some((l) => l.includes('"returned"')),
+      'the original never returns from the call',
+    );
     assert.ok(statSync(file).size > 1_000_000);
     const resumed = start(process.execPath, [cli, '-r', file]);
     const again = await waitFor(resumed, (e) => e.event === 'returned', 'resumed return');
@@ -79,7 +82,10 @@ test('one file resumed twice at once while the original still runs, then again a
       waitFor(b, (e) => e.event === 'tick', 'copy B ticking'),
       waitFor(orig, (e) => e.event === 'tick', 'original ticking'),
     ]);
-    assert.ok(pidAlive(orig.pid) && pidAlive(a.pid) && pidAlive(b.pid), 'all three run side by side');
+    assert.ok(
+      pidAlive(orig.pid) && pidAlive(a.pid) && pidAlive(b.pid),
+      'all three run side by side',
+    );
 
     process.kill(orig.pid, 'SIGKILL');
     await orig.closed;
@@ -104,7 +110,16 @@ test('stdout redirected to a file, and a log file, that grew after the checkpoin
     const out = join(dir, 'out.txt');
     const logFile = join(dir, 'app.log');
     // A shell redirect, as a user would write it: fd 1 is the file itself (O_TRUNC, not O_APPEND).
-    const orig = start('sh', ['-c', `exec "$0" "$@" > "${out}"`, node.bin, fixture('state.mjs'), file, '--linger', '--log', logFile]);
+    const orig = start('sh', [
+      '-c',
+      `exec "$0" "$@" > "${out}"`,
+      node.bin,
+      fixture('state.mjs'),
+      file,
+      '--linger',
+      '--log',
+      logFile,
+    ]);
     const deadline = Date.now() + 60_000;
     while (!existsSync(out) || !readFileSync(out, 'utf8').includes('"tick"')) {
       assert.ok(Date.now() < deadline, `original never ticked: ${orig.stderrText}`);
@@ -115,8 +130,12 @@ test('stdout redirected to a file, and a log file, that grew after the checkpoin
     process.kill(orig.pid, 'SIGKILL');
     await orig.closed;
     const resumed = start(process.execPath, [cli, '-r', file]);
-    const again = await waitFor(resumed, (e) => e.event === 'returned', 'resume despite grown files');
-    assert.equal(again.r, 1, 'the resumed output arrives on the restorer\'s stdout');
+    const again = await waitFor(
+      resumed,
+      (e) => e.event === 'returned',
+      'resume despite grown files',
+    );
+    assert.equal(again.r, 1, "the resumed output arrives on the restorer's stdout");
     await waitFor(resumed, (e) => e.event === 'tick', 'resumed ticking');
     const logText = readFileSync(logFile, 'utf8');
     const copyTicks = logText.split('\n').filter((l) => l === `tick ${again.pid}`).length;
@@ -139,7 +158,11 @@ test('a checkpoint into an unwritable or missing directory throws ETARGET; the p
       assert.equal(err.name, 'CheckptError');
       assert.equal(err.code, 'ETARGET');
       assert.match(err.message, /Cannot write a checkpoint into/);
-      await waitFor(p, (e) => e.event === 'alive' && e.mapSize === 100_000, 'the program to carry on');
+      await waitFor(
+        p,
+        (e) => e.event === 'alive' && e.mapSize === 100_000,
+        'the program to carry on',
+      );
       assert.equal((await p.closed).code, 3);
       assert.ok(!existsSync(target));
     }
@@ -150,7 +173,7 @@ test('a checkpoint into an unwritable or missing directory throws ETARGET; the p
   }
 });
 
-test('a dump CRIU refuses throws EDUMP with CRIU\'s log; the program runs on; the older checkpoint stays intact', async () => {
+test("a dump CRIU refuses throws EDUMP with CRIU's log; the program runs on; the older checkpoint stays intact", async () => {
   const dir = tempDir();
   const sockPath = join(dir, 'outside.sock');
   const server = createServer(() => {}).listen(sockPath);
@@ -164,7 +187,11 @@ test('a dump CRIU refuses throws EDUMP with CRIU\'s log; the program runs on; th
     const bad = startNode(node, fixture('state.mjs'), [file, '--connect', sockPath]);
     const err = await waitFor(bad, (e) => e.event === 'error', 'the dump error');
     assert.equal(err.code, 'EDUMP', err.message);
-    await waitFor(bad, (e) => e.event === 'alive' && e.mapSize === 100_000, 'the program to carry on');
+    await waitFor(
+      bad,
+      (e) => e.event === 'alive' && e.mapSize === 100_000,
+      'the program to carry on',
+    );
     assert.equal((await bad.closed).code, 3);
     assert.equal(sha(file), before, 'the older checkpoint is untouched');
     assert.deepEqual(readdirSync(dir).sort(), ['keep.ckpt', 'outside.sock']);
@@ -188,6 +215,27 @@ test('CHECKPT_FILE names the file from a template when checkpt() is given none',
     await waitFor(plain, (e) => e.event === 'returned', 'return with the default template');
     await plain.closed;
     assert.ok(existsSync(join(dir, 'state.ckpt')), 'default %N.ckpt in the working directory');
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('Node 22/24 started without checkpt exec: EIOURING says what to do, and the program runs on', async (t) => {
+  const modern = nodeBinaries().filter((n) => n.major >= 22);
+  if (modern.length === 0) return t.skip('no Node 22/24 installed (scripts/install-nodes.sh)');
+  const dir = tempDir();
+  try {
+    for (const n of modern) {
+      const file = join(dir, `uring${n.major}.ckpt`);
+      const p = start(n.bin, [fixture('state.mjs'), file]);
+      const err = await waitFor(p, (e) => e.event === 'error', `the error on Node ${n.major}`);
+      assert.equal(err.code, 'EIOURING');
+      assert.match(err.message, /checkpt exec -- node/);
+      assert.match(err.message, /io_uring_disabled=2/);
+      await waitFor(p, (e) => e.event === 'alive', 'the program to carry on');
+      assert.equal((await p.closed).code, 3);
+      assert.ok(!existsSync(file));
+    }
   } finally {
     removeDir(dir);
   }

@@ -14,7 +14,10 @@ test('%N %P %U %% expand like DragonFly kern.ckptfile', () => {
 
 test('unknown escapes, a trailing %, and an empty template are errors with a fix', () => {
   for (const t of ['%X.ckpt', 'a%', '%n']) {
-    assert.throws(() => expandTemplate(t, v), (e) => e.code === 'EBADNAME' && /%N .*%P .*%U .*%%/.test(e.message));
+    assert.throws(
+      () => expandTemplate(t, v),
+      (e) => e.code === 'EBADNAME' && /%N .*%P .*%U .*%%/.test(e.message),
+    );
   }
   assert.throws(() => expandTemplate('', v), { code: 'EBADNAME' });
 });

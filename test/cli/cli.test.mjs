@@ -1,13 +1,33 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, openSync, readFileSync, readSync, writeSync, closeSync, statSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  openSync,
+  readFileSync,
+  readSync,
+  writeSync,
+  closeSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cleanup, cli, fixture, nodeBinaries, pidAlive, removeDir, startNode, tempDir, waitFor } from '../helpers.mjs';
+import {
+  cleanup,
+  cli,
+  fixture,
+  nodeBinaries,
+  pidAlive,
+  removeDir,
+  startNode,
+  tempDir,
+  waitFor,
+} from '../helpers.mjs';
 
 const node = nodeBinaries()[0];
-const run = (args, opts = {}) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', ...opts });
+const run = (args, opts = {}) =>
+  spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', ...opts });
 
 describe('checkpt CLI on a real checkpoint', () => {
   let dir;
@@ -83,14 +103,20 @@ describe('checkpt CLI on a real checkpoint', () => {
 
 describe('checkpt CLI errors', () => {
   test('usage errors exit 2 with a hint', () => {
-    for (const args of [['-r'], ['frobnicate'], ['inspect'], ['restore', 'a', 'b'], ['inspect', '--bogus', 'x']]) {
+    for (const args of [
+      ['-r'],
+      ['frobnicate'],
+      ['inspect'],
+      ['restore', 'a', 'b'],
+      ['inspect', '--bogus', 'x'],
+    ]) {
       const r = run(args);
       assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, /^checkpt: /);
     }
   });
 
-  test('a missing file, and another tool\'s file, are reported clearly', () => {
+  test("a missing file, and another tool's file, are reported clearly", () => {
     const dir = tempDir();
     try {
       const r = run(['-r', join(dir, 'nope.ckpt')]);

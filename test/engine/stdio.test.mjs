@@ -23,7 +23,7 @@ test('each stdio kind gets the resource key CRIU uses for --inherit-fd', () => {
   );
 });
 
-test('describeFd reads this process\'s own descriptors', () => {
+test("describeFd reads this process's own descriptors", () => {
   const d = describeFd('self', 999);
   assert.equal(d.kind, 'closed');
   const out = describeFd('self', 1);
@@ -32,9 +32,9 @@ test('describeFd reads this process\'s own descriptors', () => {
 
 test('CRIU log tails drop the harmless RLIMIT line and find the first error', () => {
   const log = [
-    '(00.01) Error (criu/util.c:1533): rlimit: Can\'t setup RLIMIT_NOFILE for self: Operation not permitted',
+    "(00.01) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted",
     '(00.02) something',
-    '(00.03) Error (criu/sk-unix.c:890): unix: Can\'t dump half of stream unix connection.',
+    "(00.03) Error (criu/sk-unix.c:890): unix: Can't dump half of stream unix connection.",
     '(00.04) Error (criu/cr-dump.c:2111): Dumping FAILED.',
   ].join('\n');
   assert.doesNotMatch(tailOf(log), /RLIMIT/);
