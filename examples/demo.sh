@@ -22,12 +22,14 @@ trap 'echo "demo: FAILED (examples/demo.sh line $LINENO)" >&2' ERR
 # Node 22 and 24 open an io_uring instance that CRIU cannot dump; `checkpt exec` keeps them off it.
 if [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 22 ]; then
   run=("${checkpt[@]}" exec -- node)
+  shown="checkpt exec -- node"
 else
   run=(node)
+  shown=node
 fi
 
 step "1. Run the program ($(node --version)); it calls checkpt('$ckpt') halfway"
-echo "\$ ${run[*]} examples/counter.mjs $ckpt"
+echo "\$ $shown examples/counter.mjs $ckpt"
 # stdin from /dev/null and stderr into the same pipe: a resume then needs no terminal.
 "${run[@]}" "$example" "$ckpt" </dev/null 2>&1 | tee "$work/original.txt"
 

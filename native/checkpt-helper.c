@@ -1,11 +1,14 @@
 /*
  * checkpt-helper: the few things Node.js cannot do itself.
  *
- *   checkpt-helper init --pid N --mount DIR --fifo PATH --message TEXT [--status-fd FD] -- CRIU ARGS...
- *     Runs as PID 1 of a fresh PID+mount namespace: gives this restore a private control FIFO,
- *     runs `criu restore -d`, wakes the restored process through the FIFO, then reaps it and
- *     exits with its status (criu itself does not report it). Reports on FD:
- *       "restored\n", then "exit CODE\n" or "signal SIG\n"; or "restore-failed STATUS\n".
+ *   checkpt-helper init [--attached] --pid N --mount DIR --fifo PATH --message TEXT
+ *                       [--status-fd FD] -- CRIU ARGS...
+ *     Creates a PID and mount namespace and forks its init, which gives this restore a private
+ *     control FIFO, runs `criu restore -d`, wakes the restored process through the FIFO, then
+ *     reaps it and exits with its status (criu itself does not report it). Reports on FD:
+ *       "restored PID\n", then "exit CODE\n" or "signal SIG\n"; or "restore-failed STATUS\n".
+ *     --attached: a foreground resume. Everything dies with the launcher, and on a terminal the
+ *     resumed program becomes its foreground process group until it ends.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -25,6 +30,7 @@
 
 static volatile sig_atomic_t target_pid = 0;
 static volatile sig_atomic_t pending_sig = 0;
+static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
 static void die(const char *what) {
   fprintf(stderr, "checkpt-helper: %s: %s\n", what, strerror(errno));
@@ -61,12 +67,17 @@ static void report(int fd, const char *fmt, int value) {
   if (write(fd, line, (size_t)n) < 0) { /* the launcher may be gone (detached resume) */ }
 }
 
+static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *message, int status_fd,
+                    char **criu_argv);
+
+/* Outside the new namespace: owns the terminal hand-over and passes signals to the init. */
 static int cmd_init(int argc, char **argv) {
   pid_t pid = 0;
   const char *mnt = NULL, *fifo = NULL, *message = "";
-  int status_fd = -1, i;
+  int status_fd = -1, attached = 0, i;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
+    if (!strcmp(argv[i], "--attached")) { attached = 1; continue; }
     if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper init: %s needs a value\n", argv[i]); return EXIT_USAGE; }
     if (!strcmp(argv[i], "--pid")) pid = (pid_t)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--mount")) mnt = argv[++i];
@@ -81,6 +92,45 @@ static int cmd_init(int argc, char **argv) {
   }
   if (status_fd >= 0) fcntl(status_fd, F_SETFD, FD_CLOEXEC);
   signal(SIGPIPE, SIG_IGN);
+  if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
+  int tty = attached && isatty(0);
+  pid_t fg = tty ? tcgetpgrp(0) : -1;
+  if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(PID|mount namespace)");
+  pid_t init = fork();
+  if (init < 0) die("fork init");
+  if (init == 0) {
+    if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("mount /proc");
+    if (tty) {
+      /* CRIU gives the terminal to its parent's group, which must be visible in this namespace. */
+      signal(SIGTTOU, SIG_IGN);
+      if (setpgid(0, 0) < 0 || tcsetpgrp(0, getpgrp()) < 0) die("take the terminal");
+      signal(SIGTTOU, SIG_DFL);
+    }
+    return run_init(pid, mnt, fifo, message, status_fd, argv + i);
+  }
+  if (status_fd >= 0) close(status_fd);
+  target_pid = init;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = forward;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
+  int st;
+  while (waitpid(init, &st, 0) < 0)
+    if (errno != EINTR) die("waitpid init");
+  if (fg > 0) {
+    signal(SIGTTOU, SIG_IGN);
+    tcsetpgrp(0, fg);
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* PID 1 of the new namespace. */
+static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *message, int status_fd,
+                    char **criu_argv) {
 
   /* A tmpfs of our own at the FIFO's directory: concurrent restores of one image never share a channel. */
   mkdirs(mnt);
@@ -98,8 +148,7 @@ static int cmd_init(int argc, char **argv) {
   sa.sa_sigaction = forward;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigemptyset(&sa.sa_mask);
-  int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
-  for (size_t k = 0; k < sizeof sigs / sizeof sigs[0]; k++) sigaction(sigs[k], &sa, NULL);
+  for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
 
   pid_t criu = fork();
   if (criu < 0) die("fork");
@@ -107,10 +156,10 @@ static int cmd_init(int argc, char **argv) {
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
-    for (size_t k = 0; k < sizeof sigs / sizeof sigs[0]; k++) sigaction(sigs[k], &dfl, NULL);
+    for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &dfl, NULL);
     signal(SIGPIPE, SIG_DFL);
-    execvp(argv[i], argv + i);
-    fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", argv[i], strerror(errno));
+    execvp(criu_argv[0], criu_argv);
+    fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", criu_argv[0], strerror(errno));
     _exit(127);
   }
   int st;

@@ -64,12 +64,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     };
     const inherit = inheritPlan(stdio);
     const args = [
-      '--pid',
-      '--fork',
-      '--mount-proc',
-      '--',
-      helperPath,
       'init',
+      ...(options.detach ? [] : ['--attached']),
       '--pid',
       String(manifest.pid),
       '--mount',
@@ -84,7 +80,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       criuPath,
       ...restoreArgs({ imagesDir, workDir, inherit }),
     ];
-    child = spawn('unshare', args, {
+    child = spawn(helperPath, args, {
       stdio: [options.detach ? 'ignore' : 'inherit', 'inherit', 'inherit', 'pipe'],
       detached: options.detach === true,
       env: criuEnv(),

