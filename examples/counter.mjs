@@ -53,7 +53,9 @@ if (r === 0) {
   log(`checkpt() returned 0: I am the ORIGINAL; my state is saved in ${file}`);
 } else {
   const info = restoreInfo();
-  log(`checkpt() returned ${r}: I am the RESUMED COPY (generation ${info?.generation}, from ${info?.image})`);
+  log(
+    `checkpt() returned ${r}: I am the RESUMED COPY (generation ${info?.generation}, from ${info?.image})`,
+  );
 }
 log(`state after checkpt: ${summary()}`);
 

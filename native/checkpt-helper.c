@@ -7,6 +7,9 @@
  *     control FIFO, runs `criu restore -d`, wakes the restored process through the FIFO, then
  *     reaps it and exits with its status (criu itself does not report it). Reports on FD:
  *       "restored PID\n", then "exit CODE\n" or "signal SIG\n"; or "restore-failed STATUS\n".
+ *     --relay FD (1 or 2, repeatable): CRIU reopens an inherited pipe through /proc/self/fd, which
+ *     turns a regular file (`checkpt -r f >> log`) into a new open at offset 0 without O_APPEND, and
+ *     fails on a socket. For such an FD the program gets a pipe, and a relay copies it to the FD.
  *     --attached: a foreground resume. Everything dies with the launcher, and on a terminal the
  *     resumed program becomes its foreground process group until it ends.
  */
@@ -30,6 +33,8 @@
 
 static volatile sig_atomic_t target_pid = 0;
 static volatile sig_atomic_t pending_sig = 0;
+static int relay_fds[2];
+static int nrelay = 0;
 static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
 static void die(const char *what) {
@@ -80,6 +85,11 @@ static int cmd_init(int argc, char **argv) {
     if (!strcmp(argv[i], "--attached")) { attached = 1; continue; }
     if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper init: %s needs a value\n", argv[i]); return EXIT_USAGE; }
     if (!strcmp(argv[i], "--pid")) pid = (pid_t)atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--relay")) {
+      int fd = atoi(argv[++i]);
+      if ((fd != 1 && fd != 2) || nrelay >= 2) { fprintf(stderr, "checkpt-helper init: --relay takes 1 or 2\n"); return EXIT_USAGE; }
+      relay_fds[nrelay++] = fd;
+    }
     else if (!strcmp(argv[i], "--mount")) mnt = argv[++i];
     else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
     else if (!strcmp(argv[i], "--message")) message = argv[++i];
@@ -128,6 +138,33 @@ static int cmd_init(int argc, char **argv) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/* Copies what the program writes into the pipe on to the real destination, until EOF. */
+static pid_t start_relay(int fd) {
+  int p[2];
+  if (pipe(p) < 0) die("pipe");
+  pid_t r = fork();
+  if (r < 0) die("fork relay");
+  if (r == 0) {
+    close(p[1]);
+    char buf[65536];
+    for (;;) {
+      ssize_t n = read(p[0], buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) _exit(0);
+      for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(fd, buf + off, (size_t)(n - off));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) _exit(1);
+        off += w;
+      }
+    }
+  }
+  close(p[0]);
+  if (dup2(p[1], fd) < 0) die("dup2 relay");
+  close(p[1]);
+  return r;
+}
+
 /* PID 1 of the new namespace. */
 static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *message, int status_fd,
                     char **criu_argv) {
@@ -150,6 +187,13 @@ static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *me
   sigemptyset(&sa.sa_mask);
   for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
 
+  int relays_left = 0, pid_status = 0;
+  pid_t relay_pids[2] = {0, 0};
+  for (int k = 0; k < nrelay; k++) {
+    relay_pids[k] = start_relay(relay_fds[k]);
+    relays_left++;
+  }
+
   pid_t criu = fork();
   if (criu < 0) die("fork");
   if (criu == 0) {
@@ -167,6 +211,8 @@ static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *me
     pid_t w = waitpid(-1, &st, 0);
     if (w == criu) break;
     if (w < 0 && errno != EINTR) die("waitpid criu");
+    for (int k = 0; k < nrelay; k++)
+      if (w == relay_pids[k]) relays_left--;
   }
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     report(status_fd, "restore-failed %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
@@ -184,23 +230,35 @@ static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *me
   close(ctl);
   report(status_fd, "restored %d\n", (int)pid);
   if (pending_sig) kill(pid, pending_sig);
+  /* Only the program may hold the relay pipes now, so its exit reads as EOF there. */
+  int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  for (int k = 0; k < nrelay; k++) dup2(devnull, relay_fds[k]);
 
+  /* The program's status is reported once its output has gone through the relays too. */
+  int done = 0;
   for (;;) {
+    if (done && relays_left == 0) break;
     pid_t w = waitpid(-1, &st, 0);
     if (w < 0) {
       if (errno == EINTR) continue;
-      /* The program is not our child: nothing left to wait for. */
-      report(status_fd, "exit %d\n", 0);
-      return 0;
+      break;
     }
-    if (w != pid) continue;
-    if (WIFSIGNALED(st)) {
-      report(status_fd, "signal %d\n", WTERMSIG(st));
-      return 128 + WTERMSIG(st);
-    }
-    report(status_fd, "exit %d\n", WEXITSTATUS(st));
-    return WEXITSTATUS(st);
+    if (w == pid) done = 1;
+    for (int k = 0; k < nrelay; k++)
+      if (w == relay_pids[k]) relays_left--;
+    if (w == pid) pid_status = st;
   }
+  if (!done) {
+    /* The program is not our child: nothing left to wait for. */
+    report(status_fd, "exit %d\n", 0);
+    return 0;
+  }
+  if (WIFSIGNALED(pid_status)) {
+    report(status_fd, "signal %d\n", WTERMSIG(pid_status));
+    return 128 + WTERMSIG(pid_status);
+  }
+  report(status_fd, "exit %d\n", WEXITSTATUS(pid_status));
+  return WEXITSTATUS(pid_status);
 }
 
 int main(int argc, char **argv) {

@@ -25,8 +25,10 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 . /etc/os-release
-if [ "${VERSION_CODENAME:-}" = "bookworm" ]; then
-  src=/etc/apt/sources.list.d/checkpt-trixie.sources
+src=/etc/apt/sources.list.d/checkpt-trixie.sources
+# trixie's libc brings trixie's base-files, after which os-release says trixie: the source file
+# we added is the reliable sign that this machine takes CRIU from trixie.
+if [ "${VERSION_CODENAME:-}" = "bookworm" ] || [ -f "$src" ]; then
   if [ ! -f "$src" ]; then
     # Same mirror and keyring the machine already trusts, trixie suite only.
     uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)

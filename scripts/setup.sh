@@ -21,6 +21,14 @@ else
   apt-get install -y -qq gcc libc6-dev >/dev/null
 fi
 
+# tmux plays the person at a terminal in the terminal tests.
+if ! command -v tmux >/dev/null 2>&1; then
+  say "installing tmux"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq tmux >/dev/null
+fi
+
 say "CRIU"
 bash scripts/install-criu.sh
 

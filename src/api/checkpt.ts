@@ -231,6 +231,11 @@ function preflight(target: string): void {
       'EBADNAME',
       `The checkpoint file name is too long: ${basename(target).slice(0, 40)}…`,
     );
+  if (process.getuid?.() !== 0)
+    throw new CheckptError(
+      'EPERM',
+      `Checkpointing needs root: CRIU dumps processes as root (running as uid ${process.getuid?.()}). Run the program as root; it keeps running.`,
+    );
   if (!helperExists())
     throw new CheckptError(
       'EHELPER',

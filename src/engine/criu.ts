@@ -57,26 +57,43 @@ export function runCriu(args: string[], timeoutMs: number): Promise<CriuResult> 
   });
 }
 
-export async function logTail(file: string, lines = LOG_TAIL_LINES): Promise<string> {
+export interface CriuLog {
+  /** The last lines, for error.logTail. */
+  tail: string;
+  /** CRIU's first error line, the one that usually says why, without its timestamp and source. */
+  reason?: string;
+}
+
+/** Reads a CRIU log: the first error can sit far above the tail (single-stepping is verbose). */
+export async function readLog(file: string, lines = LOG_TAIL_LINES): Promise<CriuLog> {
+  let text: string;
   try {
-    const text = await readFile(file, 'utf8');
-    return tailOf(text, lines);
+    text = await readFile(file, 'utf8');
   } catch {
-    return '';
+    return { tail: '' };
   }
+  const useful = usefulLines(text);
+  const reason = firstError(useful.join('\n'));
+  const tail = useful.slice(-lines).join('\n');
+  return reason === undefined ? { tail } : { tail, reason };
 }
 
 export function tailOf(text: string, lines = LOG_TAIL_LINES): string {
-  // CRIU logs this on every run here; it is noise, not the reason for a failure.
-  const useful = text
-    .split('\n')
-    .filter((l) => l.trim() !== '' && !l.includes("Can't setup RLIMIT_NOFILE"));
-  return useful.slice(-lines).join('\n');
+  return usefulLines(text).slice(-lines).join('\n');
 }
 
-/** The first error line CRIU logged: usually the one that says why. */
+function usefulLines(text: string): string[] {
+  // CRIU logs this on every run here; it is noise, not the reason for a failure.
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.includes("Can't setup RLIMIT_NOFILE"));
+}
+
+/** The first error line, preferring a specific one over CRIU's closing "Dumping FAILED." */
 export function firstError(log: string): string | undefined {
-  return log.split('\n').find((l) => /Error \(|: Error|\bError\b/.test(l));
+  const errors = log.split('\n').filter((l) => /\bError\b/.test(l));
+  const specific = errors.find((l) => !/(Dumping|Restoring) FAILED/.test(l)) ?? errors[0];
+  return specific?.replace(/^\(\d+\.\d+\)\s+(\d+:\s+)?Error \([^)]*\):\s*/, '').trim();
 }
 
 export async function dump(req: DumpRequest): Promise<void> {
@@ -99,24 +116,24 @@ export async function dump(req: DumpRequest): Promise<void> {
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
   const r = await runCriu(args, req.timeoutMs);
   if (r.status === 0) return;
-  const tail = await logTail(join(req.workDir, log));
+  const { tail, reason } = await readLog(join(req.workDir, log));
   if (r.timedOut)
     throw new CheckptError(
       'ETIMEOUT',
       `CRIU did not finish the dump within ${Math.round(req.timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.`,
       { logTail: tail },
     );
-  throw new CheckptError('EDUMP', dumpFailureMessage(tail || r.stderr), {
+  throw new CheckptError('EDUMP', dumpFailureMessage(reason ?? firstError(r.stderr), tail), {
     logTail: tail || r.stderr,
   });
 }
 
-function dumpFailureMessage(log: string): string {
-  const why = firstError(log);
-  if (/io_uring/.test(log)) return ioUringAdvice(process.version);
-  if (/external|unix.*connected|Can't dump half of stream unix/i.test(log))
-    return `CRIU cannot dump a socket connected to a process outside this program (${why ?? 'see the log tail'}). Close such connections before checkpointing, or start the program under checkpt run.`;
-  return `CRIU could not dump the process: ${why ?? 'see the log tail in error.logTail'}. The program keeps running; fix the cause and try again.`;
+function dumpFailureMessage(reason: string | undefined, log: string): string {
+  if (/io_uring/.test(`${reason ?? ''}\n${log}`)) return ioUringAdvice(process.version);
+  const why = reason ?? 'see error.logTail';
+  if (/unix|socket|tcp|inet/i.test(why))
+    return `CRIU cannot dump a socket of this program (${why}). Close connections and listening sockets before checkpointing and re-create them after; the program keeps running.`;
+  return `CRIU could not dump the process: ${why}. The program keeps running; fix the cause and try again.`;
 }
 
 /**

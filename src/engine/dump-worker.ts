@@ -52,7 +52,7 @@ async function main(): Promise<void> {
   const job = JSON.parse(readFileSync(jobFile, 'utf8')) as DumpJob;
   try {
     const version = criuVersion();
-    await waitUntilBlocked(job.pid, job.waitFd, 10_000);
+    await waitUntilBlocked(job.pid, job.waitFd, job.timeoutMs);
     const imagesDir = join(job.workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
     const external = job.manifest.stdio

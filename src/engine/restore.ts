@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { fstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { CheckptError } from '../api/errors.js';
 import { extractImage } from '../image/format.js';
-import { criuEnv, criuVersion, firstError, logTail, restoreArgs } from './criu.js';
+import { criuEnv, criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { criuPath, helperExists, helperPath } from './paths.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
@@ -66,6 +66,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const args = [
       'init',
       ...(options.detach ? [] : ['--attached']),
+      ...relaysFor(inherit).flatMap((fd) => ['--relay', String(fd)]),
       '--pid',
       String(manifest.pid),
       '--mount',
@@ -88,8 +89,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const status = statusLines(child);
     const first = await status.next();
     if (first.kind !== 'restored') {
-      const tail = await logTail(join(workDir, 'restore.log'));
-      throw restoreError(file, tail, first.kind === 'failed' ? first.value : undefined);
+      const log = await readLog(join(workDir, 'restore.log'));
+      throw restoreError(file, log, first.kind === 'failed' ? first.value : undefined);
     }
     const initPid = findChild(child.pid ?? 0) ?? 0;
     const hostPid = findByNsPid(initPid, manifest.pid) ?? 0;
@@ -110,6 +111,21 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     rmSync(workDir, { recursive: true, force: true });
     throw e;
   }
+}
+
+/**
+ * CRIU reopens an inherited pipe through /proc/self/fd: our stdout as a regular file would be
+ * reopened at offset 0 without O_APPEND (`checkpt -r f >> log` would overwrite the log), and a
+ * socket cannot be reopened at all. Those get a pipe from the helper and a relay behind it.
+ */
+function relaysFor(inherit: ReadonlyArray<{ fd: number; key: string }>): number[] {
+  return inherit
+    .filter(({ fd, key }) => (fd === 1 || fd === 2) && key.startsWith('pipe:'))
+    .filter(({ fd }) => {
+      const st = fstatSync(fd);
+      return st.isFile() || st.isSocket();
+    })
+    .map(({ fd }) => fd);
 }
 
 type Status =
@@ -179,23 +195,25 @@ function checkManifest(m: Record<string, unknown>, file: string): Manifest {
   return { ...(m as unknown as Manifest), stdio: m.stdio as StdioDescriptor[] };
 }
 
-function restoreError(file: string, tail: string, criuStatus: number | undefined): CheckptError {
+function restoreError(file: string, log: CriuLog, criuStatus: number | undefined): CheckptError {
+  const tail = log.tail;
   const opts = { logTail: tail, path: file };
-  const size = /File (\S+) has bad size (\d+) \(expect (\d+)\)/.exec(tail);
+  const text = `${log.reason ?? ''}\n${tail}`;
+  const size = /File (\S+) has bad size (\d+) \(expect (\d+)\)/.exec(text);
   if (size)
     return new CheckptError(
       'ERESTORE',
       `Cannot resume ${file}: the program had /${size[1]} open and it changed since the checkpoint (now ${size[2]} bytes, was ${size[3]}). Put the file back as it was, or checkpoint again.`,
       opts,
     );
-  const missing = /Can't open file (\S+)|open\(([^)]+)\).*No such file/.exec(tail);
+  const missing = /Can't open file (\S+)|open\(([^)]+)\).*No such file/.exec(text);
   if (missing)
     return new CheckptError(
       'ERESTORE',
       `Cannot resume ${file}: a file the program had open is missing (${missing[1] ?? missing[2]}). Restore that file, then try again.`,
       opts,
     );
-  const why = firstError(tail);
+  const why = log.reason;
   return new CheckptError(
     'ERESTORE',
     `CRIU could not resume ${file}${criuStatus !== undefined ? ` (criu exited with ${criuStatus})` : ''}: ${why ?? 'see the log tail'}. No process was left running.`,

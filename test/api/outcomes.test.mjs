@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, statSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -187,6 +187,7 @@ test("a dump CRIU refuses throws EDUMP with CRIU's log; the program runs on; the
     const bad = startNode(node, fixture('state.mjs'), [file, '--connect', sockPath]);
     const err = await waitFor(bad, (e) => e.event === 'error', 'the dump error');
     assert.equal(err.code, 'EDUMP', err.message);
+    assert.match(err.message, /socket/i, 'the message names the cause');
     await waitFor(
       bad,
       (e) => e.event === 'alive' && e.mapSize === 100_000,
@@ -236,6 +237,34 @@ test('Node 22/24 started without checkpt exec: EIOURING says what to do, and the
       assert.equal((await p.closed).code, 3);
       assert.ok(!existsSync(file));
     }
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('checkpt -r FILE >> log appends to the log, though the program wrote to a pipe when checkpointed', async () => {
+  const dir = tempDir();
+  try {
+    const file = join(dir, 'piped.ckpt');
+    const orig = start('sh', ['-c', `"$0" "$@" | cat`, node.bin, fixture('state.mjs'), file]);
+    await waitFor(orig, (e) => e.event === 'returned', 'checkpoint through a pipe');
+    await orig.closed;
+    const log = join(dir, 'log.txt');
+    writeFileSync(log, 'KEEP 1\nKEEP 2\n');
+    const resumed = start('sh', [
+      '-c',
+      `"$0" "$1" -r "$2" >> "$3"`,
+      process.execPath,
+      cli,
+      file,
+      log,
+    ]);
+    const st = await resumed.closed;
+    assert.equal(st.code, 7, resumed.stderrText);
+    const lines = readFileSync(log, 'utf8').split('\n');
+    assert.deepEqual(lines.slice(0, 2), ['KEEP 1', 'KEEP 2'], 'what was in the log stays');
+    assert.match(lines[2], /"event":"returned","r":1/);
+    assert.match(lines[3], /"event":"timer"/);
   } finally {
     removeDir(dir);
   }

@@ -93,7 +93,11 @@ describe('checkpt CLI on a real checkpoint', () => {
     closeSync(fd);
     assert.equal(r.status, 0, readFileSync(out, 'utf8'));
     // The copy may print before checkpt does: the pid is the line that is only a number.
-    const pid = Number(readFileSync(out, 'utf8').split('\n').find((l) => /^\d+$/.test(l)));
+    const pid = Number(
+      readFileSync(out, 'utf8')
+        .split('\n')
+        .find((l) => /^\d+$/.test(l)),
+    );
     assert.ok(pid > 1, `printed a pid: ${readFileSync(out, 'utf8')}`);
     assert.ok(pidAlive(pid), 'the copy runs after checkpt returned');
     for (let i = 0; i < 200 && pidAlive(pid); i++) await sleep(50);
