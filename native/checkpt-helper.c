@@ -117,6 +117,10 @@ static int cmd_init(int argc, char **argv) {
       signal(SIGTTOU, SIG_IGN);
       if (setpgid(0, 0) < 0 || tcsetpgrp(0, getpgrp()) < 0) die("take the terminal");
       signal(SIGTTOU, SIG_DFL);
+    } else if (setsid() < 0) {
+      /* CRIU gives the program its restorer's session; one led from outside this namespace
+       * would make a checkpoint taken in the resumed copy fail. */
+      die("setsid");
     }
     return run_init(pid, mnt, fifo, message, status_fd, argv + i);
   }

@@ -114,16 +114,18 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
 }
 
 /**
+ * Which of our stdout/stderr the program gets through a relay pipe instead of directly.
  * CRIU reopens an inherited pipe through /proc/self/fd: our stdout as a regular file would be
  * reopened at offset 0 without O_APPEND (`checkpt -r f >> log` would overwrite the log), and a
- * socket cannot be reopened at all. Those get a pipe from the helper and a relay behind it.
+ * socket cannot be reopened at all. A regular file opened outside the copy's mount namespace
+ * also makes any later checkpoint of the copy fail (CRIU cannot find its mount).
  */
 function relaysFor(inherit: ReadonlyArray<{ fd: number; key: string }>): number[] {
   return inherit
-    .filter(({ fd, key }) => (fd === 1 || fd === 2) && key.startsWith('pipe:'))
-    .filter(({ fd }) => {
+    .filter(({ fd }) => fd === 1 || fd === 2)
+    .filter(({ fd, key }) => {
       const st = fstatSync(fd);
-      return st.isFile() || st.isSocket();
+      return st.isFile() || (st.isSocket() && key.startsWith('pipe:'));
     })
     .map(({ fd }) => fd);
 }

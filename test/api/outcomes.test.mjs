@@ -269,3 +269,30 @@ test('checkpt -r FILE >> log appends to the log, though the program wrote to a p
     removeDir(dir);
   }
 });
+
+test('a resumed copy checkpoints itself again: clones of clones know their generation', async () => {
+  const dir = tempDir();
+  try {
+    const orig = startNode(node, fixture('generations.mjs'), [dir]);
+    await waitFor(orig, (e) => e.r === 0 && e.hop === 0, 'first checkpoint');
+    assert.equal((await orig.closed).code, 0, orig.stderrText);
+    const one = start(process.execPath, [cli, '-r', join(dir, 'gen0.ckpt')]);
+    const back1 = await waitFor(one, (e) => e.r === 1, 'first resume');
+    assert.deepEqual([back1.hop, back1.generation], [0, 1]);
+    const again = await waitFor(one, (e) => e.hop === 1, 'checkpoint taken in the copy');
+    assert.equal(again.r, 0);
+    assert.equal((await one.closed).code, 0, one.stderrText);
+    const manifest = JSON.parse(
+      spawnSync(process.execPath, [cli, 'inspect', '--json', join(dir, 'gen1.ckpt')], {
+        encoding: 'utf8',
+      }).stdout,
+    ).manifest;
+    assert.equal(manifest.generation, 1);
+    const two = start(process.execPath, [cli, '-r', join(dir, 'gen1.ckpt')]);
+    const back2 = await waitFor(two, (e) => e.r === 1, 'resume of the copy');
+    assert.deepEqual([back2.hop, back2.generation, back2.trail], [1, 2, [1, 1]]);
+    assert.equal((await two.closed).code, 0, two.stderrText);
+  } finally {
+    removeDir(dir);
+  }
+});
