@@ -44,11 +44,13 @@ test('{ exit: true } ends the program with status 0 once the file is durable; th
   }
 });
 
-test('checkpoint() (async) resolves 0, and 1 in the resumed copy', async () => {
+test('checkpoint() (async) resolves 0, refuses a second request meanwhile (EBUSY), and resolves 1 in the resumed copy', async () => {
   const dir = tempDir();
   try {
     const file = join(dir, 'async.ckpt');
-    const orig = startNode(node, fixture('state.mjs'), [file, '--async']);
+    const orig = startNode(node, fixture('state.mjs'), [file, '--busy']);
+    const busy = await waitFor(orig, (e) => e.event === 'busy', 'a second request meanwhile');
+    assert.equal(busy.code, 'EBUSY');
     const first = await waitFor(orig, (e) => e.event === 'returned', 'async return');
     assert.equal(first.r, 0);
     assert.equal((await orig.closed).code, 0, orig.stderrText);
