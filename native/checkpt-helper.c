@@ -52,6 +52,16 @@ static void forward(int sig, siginfo_t *info, void *ctx) {
     pending_sig = sig;
 }
 
+/* Both the launcher side and the init pass user-sent signals one step further down. */
+static void relay_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = forward;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
+}
+
 static void mkdirs(const char *path) {
   char buf[4096];
   if (strlen(path) >= sizeof buf) die("path too long");
@@ -126,12 +136,7 @@ static int cmd_init(int argc, char **argv) {
   }
   if (status_fd >= 0) close(status_fd);
   target_pid = init;
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = forward;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
-  for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
+  relay_signals();
   int st;
   while (waitpid(init, &st, 0) < 0)
     if (errno != EINTR) die("waitpid init");
@@ -184,12 +189,7 @@ static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *me
   int ctl = open(fifo, O_RDWR | O_CLOEXEC);
   if (ctl < 0) die("open fifo");
 
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = forward;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
-  for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
+  relay_signals();
 
   int relays_left = 0, pid_status = 0;
   pid_t relay_pids[2] = {0, 0};
