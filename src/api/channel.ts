@@ -55,7 +55,7 @@ export class ControlChannel {
           (e as NodeJS.ErrnoException).code === 'EAGAIN'
         )
           continue;
-        throw e;
+        throw lostChannel(e);
       }
       if (n === 0) return undefined;
       this.buffered += buf.toString('utf8', 0, n);
@@ -85,7 +85,7 @@ export class ControlChannel {
       };
       const onError = (e: Error): void => {
         cleanup();
-        reject(e);
+        reject(lostChannel(e));
       };
       const cleanup = (): void => {
         socket.off('data', onData);
@@ -119,6 +119,14 @@ export class ControlChannel {
     this.buffered = this.buffered.slice(i + 1);
     return line;
   }
+}
+
+function lostChannel(cause: unknown): CheckptError {
+  return new CheckptError(
+    'EHELPER',
+    `Lost the channel to the checkpoint worker (${(cause as Error).message}); the program keeps running.`,
+    { cause },
+  );
 }
 
 function parse(line: string): ControlMessage {
