@@ -8,6 +8,7 @@ import { after, test } from 'node:test';
 import {
   cleanup,
   cli,
+  killGroup,
   fixture,
   nodeBinaries,
   pidAlive,
@@ -22,88 +23,94 @@ after(cleanup);
 const node = nodeBinaries()[0];
 const sha = (f) => createHash('sha256').update(readFileSync(f)).digest('hex');
 
-test('{ exit: true } ends the program with status 0 once the file is durable; the resume returns 1', async () => {
-  const dir = tempDir();
-  try {
-    const file = join(dir, 'exit.ckpt');
-    const orig = startNode(node, fixture('state.mjs'), [file, '--exit']);
-    await waitFor(orig, (e) => e.event === 'ready', 'ready');
-    const st = await orig.closed;
-    assert.equal(st.code, 0, orig.stderrText);
-    assert.ok(
-      !orig.lines.some((l) => l.includes('"returned"')),
-      'the original never returns from the call',
-    );
-    assert.ok(statSync(file).size > 1_000_000);
-    const resumed = start(process.execPath, [cli, '-r', file]);
-    const again = await waitFor(resumed, (e) => e.event === 'returned', 'resumed return');
-    assert.equal(again.r, 1);
-    assert.equal((await resumed.closed).code, 7);
-  } finally {
-    removeDir(dir);
-  }
-});
+for (const node of nodeBinaries()) {
+  test(`Node ${node.major}: { exit: true } ends the program with status 0 once the file is durable; the resume returns 1`, async () => {
+    const dir = tempDir();
+    try {
+      const file = join(dir, 'exit.ckpt');
+      const orig = startNode(node, fixture('state.mjs'), [file, '--exit']);
+      await waitFor(orig, (e) => e.event === 'ready', 'ready');
+      const st = await orig.closed;
+      assert.equal(st.code, 0, orig.stderrText);
+      assert.ok(
+        !orig.lines.some((l) => l.includes('"returned"')),
+        'the original never returns from the call',
+      );
+      assert.ok(statSync(file).size > 1_000_000);
+      const resumed = start(process.execPath, [cli, '-r', file]);
+      const again = await waitFor(resumed, (e) => e.event === 'returned', 'resumed return');
+      assert.equal(again.r, 1);
+      assert.equal((await resumed.closed).code, 7);
+    } finally {
+      removeDir(dir);
+    }
+  });
+}
 
-test('checkpoint() (async) resolves 0, refuses a second request meanwhile (EBUSY), and resolves 1 in the resumed copy', async () => {
-  const dir = tempDir();
-  try {
-    const file = join(dir, 'async.ckpt');
-    const orig = startNode(node, fixture('state.mjs'), [file, '--busy']);
-    const busy = await waitFor(orig, (e) => e.event === 'busy', 'a second request meanwhile');
-    assert.equal(busy.code, 'EBUSY');
-    const first = await waitFor(orig, (e) => e.event === 'returned', 'async return');
-    assert.equal(first.r, 0);
-    assert.equal((await orig.closed).code, 0, orig.stderrText);
-    const resumed = start(process.execPath, [cli, 'restore', file]);
-    const again = await waitFor(resumed, (e) => e.event === 'returned', 'resumed async return');
-    assert.equal(again.r, 1);
-    assert.equal(again.mapSize, 100_000);
-    assert.equal((await resumed.closed).code, 7);
-  } finally {
-    removeDir(dir);
-  }
-});
+for (const node of nodeBinaries()) {
+  test(`Node ${node.major}: checkpoint() (async) resolves 0, refuses a second request meanwhile (EBUSY), and resolves 1 in the resumed copy`, async () => {
+    const dir = tempDir();
+    try {
+      const file = join(dir, 'async.ckpt');
+      const orig = startNode(node, fixture('state.mjs'), [file, '--busy']);
+      const busy = await waitFor(orig, (e) => e.event === 'busy', 'a second request meanwhile');
+      assert.equal(busy.code, 'EBUSY');
+      const first = await waitFor(orig, (e) => e.event === 'returned', 'async return');
+      assert.equal(first.r, 0);
+      assert.equal((await orig.closed).code, 0, orig.stderrText);
+      const resumed = start(process.execPath, [cli, 'restore', file]);
+      const again = await waitFor(resumed, (e) => e.event === 'returned', 'resumed async return');
+      assert.equal(again.r, 1);
+      assert.equal(again.mapSize, 100_000);
+      assert.equal((await resumed.closed).code, 7);
+    } finally {
+      removeDir(dir);
+    }
+  });
+}
 
-test('one file resumed twice at once while the original still runs, then again after it was killed', async () => {
-  const dir = tempDir();
-  try {
-    const file = join(dir, 'many.ckpt');
-    const orig = startNode(node, fixture('state.mjs'), [file, '--linger']);
-    const first = await waitFor(orig, (e) => e.event === 'returned', 'original return');
-    assert.equal(first.r, 0);
-    const a = start(process.execPath, [cli, '-r', file]);
-    const b = start(process.execPath, [cli, '-r', file]);
-    const [ra, rb] = await Promise.all([
-      waitFor(a, (e) => e.event === 'returned', 'copy A'),
-      waitFor(b, (e) => e.event === 'returned', 'copy B'),
-    ]);
-    assert.equal(ra.r, 1);
-    assert.equal(rb.r, 1);
-    await Promise.all([
-      waitFor(a, (e) => e.event === 'tick', 'copy A ticking'),
-      waitFor(b, (e) => e.event === 'tick', 'copy B ticking'),
-      waitFor(orig, (e) => e.event === 'tick', 'original ticking'),
-    ]);
-    assert.ok(
-      pidAlive(orig.pid) && pidAlive(a.pid) && pidAlive(b.pid),
-      'all three run side by side',
-    );
+for (const node of nodeBinaries()) {
+  test(`Node ${node.major}: one file resumed twice at once while the original still runs, then again after it was killed`, async () => {
+    const dir = tempDir();
+    try {
+      const file = join(dir, 'many.ckpt');
+      const orig = startNode(node, fixture('state.mjs'), [file, '--linger']);
+      const first = await waitFor(orig, (e) => e.event === 'returned', 'original return');
+      assert.equal(first.r, 0);
+      const a = start(process.execPath, [cli, '-r', file]);
+      const b = start(process.execPath, [cli, '-r', file]);
+      const [ra, rb] = await Promise.all([
+        waitFor(a, (e) => e.event === 'returned', 'copy A'),
+        waitFor(b, (e) => e.event === 'returned', 'copy B'),
+      ]);
+      assert.equal(ra.r, 1);
+      assert.equal(rb.r, 1);
+      await Promise.all([
+        waitFor(a, (e) => e.event === 'tick', 'copy A ticking'),
+        waitFor(b, (e) => e.event === 'tick', 'copy B ticking'),
+        waitFor(orig, (e) => e.event === 'tick', 'original ticking'),
+      ]);
+      assert.ok(
+        pidAlive(orig.pid) && pidAlive(a.pid) && pidAlive(b.pid),
+        'all three run side by side',
+      );
 
-    process.kill(orig.pid, 'SIGKILL');
-    await orig.closed;
-    const c = start(process.execPath, [cli, '-r', file]);
-    const rc = await waitFor(c, (e) => e.event === 'returned', 'copy C after the original died');
-    assert.equal(rc.r, 1);
+      killGroup(orig);
+      await orig.closed;
+      const c = start(process.execPath, [cli, '-r', file]);
+      const rc = await waitFor(c, (e) => e.event === 'returned', 'copy C after the original died');
+      assert.equal(rc.r, 1);
 
-    // Signals sent to `checkpt -r` reach the program: it dies of the same signal.
-    await waitFor(c, (e) => e.event === 'tick', 'copy C ticking');
-    process.kill(c.pid, 'SIGTERM');
-    const st = await c.closed;
-    assert.equal(st.signal, 'SIGTERM', `stderr: ${c.stderrText}`);
-  } finally {
-    removeDir(dir);
-  }
-});
+      // Signals sent to `checkpt -r` reach the program: it dies of the same signal.
+      await waitFor(c, (e) => e.event === 'tick', 'copy C ticking');
+      process.kill(c.pid, 'SIGTERM');
+      const st = await c.closed;
+      assert.equal(st.signal, 'SIGTERM', `stderr: ${c.stderrText}`);
+    } finally {
+      removeDir(dir);
+    }
+  });
+}
 
 test('stdout redirected to a file, and a log file, that grew after the checkpoint do not stop a resume', async () => {
   const dir = tempDir();
