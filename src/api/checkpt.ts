@@ -64,7 +64,7 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
   try {
     msg = s.channel.readSync();
   } finally {
-    finish(s, msg);
+    finish(s);
   }
   return conclude(s, msg, options);
 }
@@ -80,7 +80,7 @@ export async function checkpoint(file?: string, options: CheckptOptions = {}): P
     msg = s.channel.readSync();
     if (msg?.t === 'dumped') msg = await s.channel.readAsync();
   } finally {
-    finish(s, msg);
+    finish(s);
   }
   return conclude(s, msg, options);
 }
@@ -144,13 +144,11 @@ function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' |
   }
 }
 
-function finish(s: Session, msg: ControlMessage | undefined): void {
+/** The worker removes its own work dir; only one that died leaves it, and conclude() cleans that. */
+function finish(s: Session): void {
   s.channel.close();
   rmSync(s.ctlDir, { recursive: true, force: true });
   busy = false;
-  if (msg === undefined) return;
-  if (msg.t === 'restored') return;
-  // The worker removes its work dir; only a worker that died leaves it behind.
 }
 
 function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptOptions): number {

@@ -158,7 +158,6 @@ function statusLines(child: ChildProcess): { next(): Promise<Status> } {
   });
   rl.on('close', () => {
     // Whatever was not reported by now never will be.
-    child.once('exit', () => undefined);
     const gone: Status = { kind: 'gone', value: child.exitCode ?? -1 };
     for (;;) {
       const w = waiters.shift();
