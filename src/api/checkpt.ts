@@ -19,7 +19,7 @@ import { CheckptError } from './errors.js';
 import { defaultCheckpointFile } from './template.js';
 import { criuVersion } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
-import { dumpWorkerPath, helperExists, helperPath, runDir } from '../engine/paths.js';
+import { dumpWorkerPath, requireHelper, runDir } from '../engine/paths.js';
 import { describeStdio } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { FORMAT_VERSION } from '../image/format.js';
@@ -234,11 +234,7 @@ function preflight(target: string): void {
       'EPERM',
       `Checkpointing needs root: CRIU dumps processes as root (running as uid ${process.getuid?.()}). Run the program as root; it keeps running.`,
     );
-  if (!helperExists())
-    throw new CheckptError(
-      'EHELPER',
-      `checkpt's native helper is missing (${helperPath}). Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.`,
-    );
+  requireHelper();
   criuVersion();
   if (hasIoUring())
     throw new CheckptError(

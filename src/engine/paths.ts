@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CheckptError } from '../api/errors.js';
 
 /** The package root: dist/engine/paths.js lives two levels below it. */
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -20,4 +21,13 @@ export const runDir = process.env.CHECKPT_RUN_DIR || '/run/checkpt';
 
 export function helperExists(): boolean {
   return existsSync(helperPath);
+}
+
+/** Throws EHELPER, saying how to build it, when the native helper is missing. */
+export function requireHelper(): void {
+  if (!helperExists())
+    throw new CheckptError(
+      'EHELPER',
+      `checkpt's native helper is missing (${helperPath}). Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.`,
+    );
 }

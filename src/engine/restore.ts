@@ -7,7 +7,7 @@ import { CheckptError } from '../api/errors.js';
 import { extractImage } from '../image/format.js';
 import { criuEnv, criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
 import type { ControlMessage, Manifest } from './job.js';
-import { criuPath, helperExists, helperPath } from './paths.js';
+import { criuPath, helperPath, requireHelper } from './paths.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 
 export interface ResumeOptions {
@@ -32,11 +32,7 @@ export interface Resumed {
 
 /** Verifies and unpacks a checkpoint, then restores it in a PID and mount namespace of its own. */
 export async function resume(file: string, options: ResumeOptions = {}): Promise<Resumed> {
-  if (!helperExists())
-    throw new CheckptError(
-      'EHELPER',
-      `checkpt's native helper is missing (${helperPath}). Install a C compiler and run 'npm rebuild checkpt'.`,
-    );
+  requireHelper();
   if (process.getuid?.() !== 0)
     throw new CheckptError(
       'EPERM',
