@@ -11,22 +11,20 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# A C compiler builds the native helper (build/checkpt-helper) and build/libcheckpt-nouring.so.
+# A C compiler builds the native helper (build/checkpt-helper) and build/libcheckpt-nouring.so;
+# tmux plays the person at a terminal in the terminal tests.
+missing=()
 if command -v cc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ]; then
   say "C compiler: $(command -v cc)"
 else
-  say "installing a C compiler (gcc, libc6-dev)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq gcc libc6-dev >/dev/null
+  missing+=(gcc libc6-dev)
 fi
-
-# tmux plays the person at a terminal in the terminal tests.
-if ! command -v tmux >/dev/null 2>&1; then
-  say "installing tmux"
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq tmux >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 say "CRIU"
