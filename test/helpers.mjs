@@ -58,6 +58,11 @@ export function start(cmd, args, options = {}) {
   return child;
 }
 
+/** `checkpt -r FILE` in the foreground, as a person would type it. */
+export function resume(file, options = {}) {
+  return start(process.execPath, [cli, '-r', file], options);
+}
+
 /** Runs a Node program on `bin`, through `checkpt exec` where Node opens io_uring (22, 24). */
 export function startNode(node, script, args = [], options = {}) {
   if (node.major >= 22)

@@ -4,11 +4,10 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import {
   cleanup,
-  cli,
   fixture,
   nodeBinaries,
   removeDir,
-  start,
+  resume,
   startNode,
   tempDir,
   waitFor,
@@ -33,7 +32,7 @@ for (const node of nodeBinaries()) {
         assert.equal(statSync(file).mode & 0o777, 0o600);
         assert.deepEqual(readdirSync(dir), ['state.ckpt'], 'no temporary files left beside it');
 
-        const resumed = start(process.execPath, [cli, '-r', file]);
+        const resumed = resume(file);
         const again = await waitFor(
           resumed,
           (e) => e.event === 'returned',

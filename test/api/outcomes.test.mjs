@@ -17,6 +17,7 @@ import {
   startNode,
   tempDir,
   waitFor,
+  resume,
 } from '../helpers.mjs';
 
 after(cleanup);
@@ -37,7 +38,7 @@ for (const node of nodeBinaries()) {
         'the original never returns from the call',
       );
       assert.ok(statSync(file).size > 1_000_000);
-      const resumed = start(process.execPath, [cli, '-r', file]);
+      const resumed = resume(file);
       const again = await waitFor(resumed, (e) => e.event === 'returned', 'resumed return');
       assert.equal(again.r, 1);
       assert.equal((await resumed.closed).code, 7);
@@ -77,8 +78,8 @@ for (const node of nodeBinaries()) {
       const orig = startNode(node, fixture('state.mjs'), [file, '--linger']);
       const first = await waitFor(orig, (e) => e.event === 'returned', 'original return');
       assert.equal(first.r, 0);
-      const a = start(process.execPath, [cli, '-r', file]);
-      const b = start(process.execPath, [cli, '-r', file]);
+      const a = resume(file);
+      const b = resume(file);
       const [ra, rb] = await Promise.all([
         waitFor(a, (e) => e.event === 'returned', 'copy A'),
         waitFor(b, (e) => e.event === 'returned', 'copy B'),
@@ -97,7 +98,7 @@ for (const node of nodeBinaries()) {
 
       killGroup(orig);
       await orig.closed;
-      const c = start(process.execPath, [cli, '-r', file]);
+      const c = resume(file);
       const rc = await waitFor(c, (e) => e.event === 'returned', 'copy C after the original died');
       assert.equal(rc.r, 1);
 
@@ -138,7 +139,7 @@ test('stdout redirected to a file, and a log file, that grew after the checkpoin
     assert.ok(sizeAfter > 0);
     process.kill(orig.pid, 'SIGKILL');
     await orig.closed;
-    const resumed = start(process.execPath, [cli, '-r', file]);
+    const resumed = resume(file);
     const again = await waitFor(
       resumed,
       (e) => e.event === 'returned',
@@ -285,7 +286,7 @@ test('a resumed copy checkpoints itself again: clones of clones know their gener
     const orig = startNode(node, fixture('generations.mjs'), [dir]);
     await waitFor(orig, (e) => e.r === 0 && e.hop === 0, 'first checkpoint');
     assert.equal((await orig.closed).code, 0, orig.stderrText);
-    const one = start(process.execPath, [cli, '-r', join(dir, 'gen0.ckpt')]);
+    const one = resume(join(dir, 'gen0.ckpt'));
     const back1 = await waitFor(one, (e) => e.r === 1, 'first resume');
     assert.deepEqual([back1.hop, back1.generation], [0, 1]);
     const again = await waitFor(one, (e) => e.hop === 1, 'checkpoint taken in the copy');
@@ -297,7 +298,7 @@ test('a resumed copy checkpoints itself again: clones of clones know their gener
       }).stdout,
     ).manifest;
     assert.equal(manifest.generation, 1);
-    const two = start(process.execPath, [cli, '-r', join(dir, 'gen1.ckpt')]);
+    const two = resume(join(dir, 'gen1.ckpt'));
     const back2 = await waitFor(two, (e) => e.r === 1, 'resume of the copy');
     assert.deepEqual([back2.hop, back2.generation, back2.trail], [1, 2, [1, 1]]);
     assert.equal((await two.closed).code, 0, two.stderrText);
