@@ -12,6 +12,12 @@
  *     fails on a socket. For such an FD the program gets a pipe, and a relay copies it to the FD.
  *     --attached: a foreground resume. Everything dies with the launcher, and on a terminal the
  *     resumed program becomes its foreground process group until it ends.
+ *     --run: instead of restoring, start ARGS as the program (`checkpt run`); reports "started PID".
+ *     --pty (with --attached, on a terminal): the program gets a pseudo-terminal of its own, led by
+ *     the init, so a resumed copy can be checkpointed again; this side relays keys and output,
+ *     passes window size changes on, and reports the checkpoint key as "key PGRP" (--key BYTE,
+ *     default 5 = ^E, -1 for none) instead of passing it through.
+ *     Without --fifo the restored program is not waiting to be told (it was dumped from outside).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,10 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sched.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +45,8 @@ static volatile sig_atomic_t target_pid = 0;
 static volatile sig_atomic_t pending_sig = 0;
 static int relay_fds[2];
 static int nrelay = 0;
+static int pty_mode = 0;
+static int wake_fd[2] = {-1, -1};
 static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
 static void die(const char *what) {
@@ -45,6 +57,13 @@ static void die(const char *what) {
 static void forward(int sig, siginfo_t *info, void *ctx) {
   (void)ctx;
   /* Terminal-generated signals already reach the program through its process group. */
+  if (pty_mode && sig == SIGWINCH) {
+    /* Our own terminal changed size: the relay loop passes it on to the program's. */
+    int e = errno;
+    if (write(wake_fd[1], "w", 1) < 0) { /* the loop is already awake */ }
+    errno = e;
+    return;
+  }
   if (info->si_code != SI_USER && info->si_code != SI_QUEUE && info->si_code != SI_TKILL) return;
   if (target_pid > 0)
     kill(target_pid, sig);
@@ -82,39 +101,75 @@ static void report(int fd, const char *fmt, int value) {
   if (write(fd, line, (size_t)n) < 0) { /* the launcher may be gone (detached resume) */ }
 }
 
-static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *message, int status_fd,
-                    char **criu_argv);
+struct init_opts {
+  pid_t pid;
+  int run;
+  const char *mnt, *fifo, *message;
+  int status_fd;
+  const char *slave;
+  char **argv;
+};
+
+static int run_init(struct init_opts *o);
+static int relay_pty(int master, pid_t init, int status_fd, int key);
+
+static void on_child(int sig) {
+  (void)sig;
+  int e = errno;
+  if (write(wake_fd[1], "c", 1) < 0) { /* the loop is already awake */ }
+  errno = e;
+}
 
 /* Outside the new namespace: owns the terminal hand-over and passes signals to the init. */
 static int cmd_init(int argc, char **argv) {
-  pid_t pid = 0;
-  const char *mnt = NULL, *fifo = NULL, *message = "";
-  int status_fd = -1, attached = 0, i;
+  struct init_opts o = {0, 0, NULL, NULL, "", -1, NULL, NULL};
+  int attached = 0, key = 5, i;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
     if (!strcmp(argv[i], "--attached")) { attached = 1; continue; }
+    if (!strcmp(argv[i], "--run")) { o.run = 1; continue; }
+    if (!strcmp(argv[i], "--pty")) { pty_mode = 1; continue; }
     if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper init: %s needs a value\n", argv[i]); return EXIT_USAGE; }
-    if (!strcmp(argv[i], "--pid")) pid = (pid_t)atoi(argv[++i]);
+    if (!strcmp(argv[i], "--pid")) o.pid = (pid_t)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--relay")) {
       int fd = atoi(argv[++i]);
       if ((fd != 1 && fd != 2) || nrelay >= 2) { fprintf(stderr, "checkpt-helper init: --relay takes 1 or 2\n"); return EXIT_USAGE; }
       relay_fds[nrelay++] = fd;
     }
-    else if (!strcmp(argv[i], "--mount")) mnt = argv[++i];
-    else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
-    else if (!strcmp(argv[i], "--message")) message = argv[++i];
-    else if (!strcmp(argv[i], "--status-fd")) status_fd = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--mount")) o.mnt = argv[++i];
+    else if (!strcmp(argv[i], "--fifo")) o.fifo = argv[++i];
+    else if (!strcmp(argv[i], "--message")) o.message = argv[++i];
+    else if (!strcmp(argv[i], "--status-fd")) o.status_fd = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--key")) key = atoi(argv[++i]);
     else { fprintf(stderr, "checkpt-helper init: unknown option %s\n", argv[i]); return EXIT_USAGE; }
   }
-  if (pid <= 1 || !mnt || !fifo || i >= argc) {
-    fprintf(stderr, "usage: checkpt-helper init --pid N --mount DIR --fifo PATH --message TEXT [--status-fd FD] -- criu restore ...\n");
+  if ((!o.run && o.pid <= 1) || (o.fifo && !o.mnt) || i >= argc) {
+    fprintf(stderr, "usage: checkpt-helper init (--pid N | --run) [--mount DIR --fifo PATH --message TEXT] [--pty] [--status-fd FD] -- ARGS...\n");
     return EXIT_USAGE;
   }
-  if (status_fd >= 0) fcntl(status_fd, F_SETFD, FD_CLOEXEC);
+  o.argv = argv + i;
+  if (o.status_fd >= 0) fcntl(o.status_fd, F_SETFD, FD_CLOEXEC);
   signal(SIGPIPE, SIG_IGN);
   if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
-  int tty = attached && isatty(0);
+  if (pty_mode && !(attached && isatty(0))) pty_mode = 0;
+  int tty = attached && isatty(0) && !pty_mode;
   pid_t fg = tty ? tcgetpgrp(0) : -1;
+  int master = -1;
+  if (pty_mode) {
+    master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0) die("open a pseudo-terminal");
+    o.slave = ptsname(master);
+    if (!o.slave) die("ptsname");
+    /* The program starts with our terminal's modes and size, as if it ran on it directly. */
+    struct termios t;
+    struct winsize ws;
+    int s = open(o.slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (s < 0) die("open the pseudo-terminal");
+    if (tcgetattr(0, &t) == 0) tcsetattr(s, TCSANOW, &t);
+    if (ioctl(0, TIOCGWINSZ, &ws) == 0) ioctl(s, TIOCSWINSZ, &ws);
+    close(s);
+    if (pipe2(wake_fd, O_CLOEXEC | O_NONBLOCK) < 0) die("pipe");
+  }
   if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(PID|mount namespace)");
   pid_t init = fork();
   if (init < 0) die("fork init");
@@ -122,7 +177,21 @@ static int cmd_init(int argc, char **argv) {
     if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("mount /proc");
-    if (tty) {
+    if (pty_mode) {
+      close(master);
+      close(wake_fd[0]);
+      close(wake_fd[1]);
+      pty_mode = 0;
+      /* The init leads the program's session, so a checkpoint of the program finds its session
+       * leader outside the dumped tree but inside this namespace. */
+      if (setsid() < 0) die("setsid");
+      int s = open(o.slave, O_RDWR);
+      if (s < 0) die("open the pseudo-terminal");
+      if (ioctl(s, TIOCSCTTY, 0) < 0) die("TIOCSCTTY");
+      for (int fd = 0; fd <= 2; fd++)
+        if (dup2(s, fd) < 0) die("dup2");
+      if (s > 2) close(s);
+    } else if (tty) {
       /* CRIU gives the terminal to its parent's group, which must be visible in this namespace. */
       signal(SIGTTOU, SIG_IGN);
       if (setpgid(0, 0) < 0 || tcsetpgrp(0, getpgrp()) < 0) die("take the terminal");
@@ -132,19 +201,106 @@ static int cmd_init(int argc, char **argv) {
        * would make a checkpoint taken in the resumed copy fail. */
       die("setsid");
     }
-    return run_init(pid, mnt, fifo, message, status_fd, argv + i);
+    return run_init(&o);
   }
-  if (status_fd >= 0) close(status_fd);
+  if (!pty_mode && o.status_fd >= 0) close(o.status_fd);
   target_pid = init;
   relay_signals();
   int st;
-  while (waitpid(init, &st, 0) < 0)
-    if (errno != EINTR) die("waitpid init");
+  if (pty_mode) {
+    st = relay_pty(master, init, o.status_fd, key);
+  } else {
+    while (waitpid(init, &st, 0) < 0)
+      if (errno != EINTR) die("waitpid init");
+  }
   if (fg > 0) {
     signal(SIGTTOU, SIG_IGN);
     tcsetpgrp(0, fg);
   }
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int write_all(int fd, const char *buf, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, buf, n);
+    if (w < 0 && (errno == EINTR || errno == EAGAIN)) {
+      if (errno == EAGAIN) poll(&(struct pollfd){fd, POLLOUT, 0}, 1, 100);
+      continue;
+    }
+    if (w <= 0) return -1;
+    buf += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/*
+ * Our terminal in raw mode, bytes passed both ways between it and the program's pseudo-terminal,
+ * until the init ends. The key byte is not passed on: it is reported as a checkpoint request.
+ */
+static int relay_pty(int master, pid_t init, int status_fd, int key) {
+  struct termios saved, raw;
+  int have_tty = tcgetattr(0, &saved) == 0;
+  if (have_tty) {
+    raw = saved;
+    cfmakeraw(&raw);
+    tcsetattr(0, TCSADRAIN, &raw);
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_child;
+  sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGCHLD, &sa, NULL);
+  int st = 0, in_open = 1, out_open = 1;
+  char buf[65536];
+  for (;;) {
+    if (waitpid(init, &st, WNOHANG) == init) break;
+    struct pollfd p[3] = {{wake_fd[0], POLLIN, 0}, {in_open ? 0 : -1, POLLIN, 0}, {out_open ? master : -1, POLLIN, 0}};
+    if (poll(p, 3, -1) < 0) {
+      if (errno == EINTR) continue;
+      die("poll");
+    }
+    if (p[0].revents & POLLIN) {
+      char c[64];
+      ssize_t n = read(wake_fd[0], c, sizeof c);
+      for (ssize_t k = 0; k < n; k++)
+        if (c[k] == 'w') {
+          struct winsize ws;
+          if (ioctl(0, TIOCGWINSZ, &ws) == 0) ioctl(master, TIOCSWINSZ, &ws);
+        }
+    }
+    if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t n = read(0, buf, sizeof buf);
+      if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) in_open = 0;
+      size_t from = 0;
+      for (ssize_t k = 0; k < n; k++) {
+        if ((unsigned char)buf[k] != key) continue;
+        if ((size_t)k > from && write_all(master, buf + from, (size_t)k - from) < 0) out_open = 0;
+        from = (size_t)k + 1;
+        char line[64];
+        int len = snprintf(line, sizeof line, "key %d\n", (int)tcgetpgrp(master));
+        if (status_fd >= 0 && write(status_fd, line, (size_t)len) < 0) { /* the launcher is gone */ }
+      }
+      if (n > 0 && (size_t)n > from && write_all(master, buf + from, (size_t)n - from) < 0) out_open = 0;
+    }
+    if (p[2].revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t n = read(master, buf, sizeof buf);
+      if (n > 0) write_all(1, buf, (size_t)n);
+      /* EIO: no one holds the program's side open any more (it may still be running detached). */
+      else if (n == 0 || (errno != EINTR && errno != EAGAIN)) out_open = 0;
+    }
+  }
+  /* What the program wrote just before it ended. */
+  fcntl(master, F_SETFL, O_NONBLOCK);
+  for (;;) {
+    ssize_t n = read(master, buf, sizeof buf);
+    if (n <= 0) break;
+    write_all(1, buf, (size_t)n);
+  }
+  if (have_tty) tcsetattr(0, TCSADRAIN, &saved);
+  close(master);
+  return st;
 }
 
 /* Copies what the program writes into the pipe on to the real destination, until EOF. */
@@ -174,22 +330,75 @@ static pid_t start_relay(int fd) {
   return r;
 }
 
-/* PID 1 of the new namespace. */
-static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *message, int status_fd,
-                    char **criu_argv) {
+static void default_signals(void) {
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &dfl, NULL);
+  signal(SIGPIPE, SIG_DFL);
+}
 
-  /* A tmpfs of our own at the FIFO's directory: concurrent restores of one image never share a channel. */
-  mkdirs(mnt);
-  if (mount("checkpt", mnt, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0) die("mount tmpfs");
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s", fifo);
-  char *slash = strrchr(dir, '/');
-  if (slash && slash != dir) { *slash = '\0'; mkdirs(dir); }
-  if (mkfifo(fifo, 0600) < 0) die("mkfifo");
-  int ctl = open(fifo, O_RDWR | O_CLOEXEC);
-  if (ctl < 0) die("open fifo");
+/*
+ * CRIU finds an open file through its mount, and a /dev/null or a file our launcher opened belongs
+ * to a mount outside this namespace: the program gets the same files opened from in here.
+ */
+static void reopen_inside(void) {
+  for (int fd = 0; fd <= 2; fd++) {
+    struct stat sb;
+    if (fstat(fd, &sb) < 0) continue;
+    int nfd = -1;
+    if (S_ISCHR(sb.st_mode) && sb.st_rdev == makedev(1, 3)) {
+      nfd = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+    } else if (S_ISREG(sb.st_mode)) {
+      char path[64];
+      snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+      int flags = fcntl(fd, F_GETFL);
+      off_t off = lseek(fd, 0, SEEK_CUR);
+      nfd = open(path, flags & (O_ACCMODE | O_APPEND));
+      if (nfd >= 0 && off > 0) lseek(nfd, off, SEEK_SET);
+    }
+    if (nfd < 0) continue;
+    dup2(nfd, fd);
+    close(nfd);
+  }
+}
+
+/*
+ * CRIU gives every restored process its old pid, so our own helpers here (relays, criu) must not
+ * take one: they get pids from the far end of the range from the program's.
+ */
+static void keep_pids_free(pid_t pid) {
+  long max = 32768;
+  FILE *f = fopen("/proc/sys/kernel/pid_max", "r");
+  if (f) {
+    if (fscanf(f, "%ld", &max) != 1) max = 32768;
+    fclose(f);
+  }
+  long last = pid < max / 2 ? max - 1000 : 1;
+  f = fopen("/proc/sys/kernel/ns_last_pid", "w");
+  if (!f) die("open ns_last_pid");
+  fprintf(f, "%ld", last);
+  if (fclose(f) != 0) die("write ns_last_pid");
+}
+
+/* PID 1 of the new namespace. */
+static int run_init(struct init_opts *o) {
+  int ctl = -1;
+  if (o->fifo) {
+    /* A tmpfs of our own at the FIFO's directory: concurrent restores of one image never share a channel. */
+    mkdirs(o->mnt);
+    if (mount("checkpt", o->mnt, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0) die("mount tmpfs");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", o->fifo);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) { *slash = '\0'; mkdirs(dir); }
+    if (mkfifo(o->fifo, 0600) < 0) die("mkfifo");
+    ctl = open(o->fifo, O_RDWR | O_CLOEXEC);
+    if (ctl < 0) die("open fifo");
+  }
 
   relay_signals();
+  if (!o->run) keep_pids_free(o->pid);
 
   int relays_left = 0, pid_status = 0;
   pid_t relay_pids[2] = {0, 0};
@@ -198,45 +407,72 @@ static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *me
     relays_left++;
   }
 
-  pid_t criu = fork();
-  if (criu < 0) die("fork");
-  if (criu == 0) {
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &dfl, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    execvp(criu_argv[0], criu_argv);
-    fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", criu_argv[0], strerror(errno));
-    _exit(127);
-  }
   int st;
-  for (;;) {
-    pid_t w = waitpid(-1, &st, 0);
-    if (w == criu) break;
-    if (w < 0 && errno != EINTR) die("waitpid criu");
-    for (int k = 0; k < nrelay; k++)
-      if (w == relay_pids[k]) relays_left--;
+  pid_t pid;
+  if (o->run) {
+    reopen_inside();
+    pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+      default_signals();
+      setpgid(0, 0);
+      if (isatty(0)) {
+        signal(SIGTTOU, SIG_IGN);
+        tcsetpgrp(0, getpid());
+        signal(SIGTTOU, SIG_DFL);
+      }
+      execvp(o->argv[0], o->argv);
+      fprintf(stderr, "checkpt: cannot run %s: %s\n", o->argv[0], strerror(errno));
+      _exit(errno == ENOENT ? 127 : 126);
+    }
+    setpgid(pid, pid);
+    target_pid = pid;
+    report(o->status_fd, "started %d\n", (int)pid);
+  } else {
+    pid = o->pid;
+    pid_t criu = fork();
+    if (criu < 0) die("fork");
+    if (criu == 0) {
+      default_signals();
+      execvp(o->argv[0], o->argv);
+      fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", o->argv[0], strerror(errno));
+      _exit(127);
+    }
+    for (;;) {
+      pid_t w = waitpid(-1, &st, 0);
+      if (w == criu) break;
+      if (w < 0 && errno != EINTR) die("waitpid criu");
+      for (int k = 0; k < nrelay; k++)
+        if (w == relay_pids[k]) relays_left--;
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      report(o->status_fd, "restore-failed %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+      return EXIT_RESTORE_FAILED;
+    }
+    target_pid = pid;
+    if (ctl >= 0) {
+      size_t len = strlen(o->message);
+      char *line = malloc(len + 2);
+      if (!line) die("malloc");
+      memcpy(line, o->message, len);
+      line[len] = '\n';
+      if (write(ctl, line, len + 1) != (ssize_t)(len + 1)) die("write fifo");
+      free(line);
+      close(ctl);
+    }
+    report(o->status_fd, "restored %d\n", (int)pid);
   }
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-    report(status_fd, "restore-failed %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
-    return EXIT_RESTORE_FAILED;
-  }
-
-  target_pid = pid;
-  size_t len = strlen(message);
-  char *line = malloc(len + 2);
-  if (!line) die("malloc");
-  memcpy(line, message, len);
-  line[len] = '\n';
-  if (write(ctl, line, len + 1) != (ssize_t)(len + 1)) die("write fifo");
-  free(line);
-  close(ctl);
-  report(status_fd, "restored %d\n", (int)pid);
   if (pending_sig) kill(pid, pending_sig);
   /* Only the program may hold the relay pipes now, so its exit reads as EOF there. */
   int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
   for (int k = 0; k < nrelay; k++) dup2(devnull, relay_fds[k]);
+  /* Nor the terminal: the launcher's relay sees the end of the program's output. */
+  if (isatty(0)) {
+    int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    dup2(in, 0);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+  }
 
   /* The program's status is reported once its output has gone through the relays too. */
   int done = 0;
@@ -254,14 +490,14 @@ static int run_init(pid_t pid, const char *mnt, const char *fifo, const char *me
   }
   if (!done) {
     /* The program is not our child: nothing left to wait for. */
-    report(status_fd, "exit %d\n", 0);
+    report(o->status_fd, "exit %d\n", 0);
     return 0;
   }
   if (WIFSIGNALED(pid_status)) {
-    report(status_fd, "signal %d\n", WTERMSIG(pid_status));
+    report(o->status_fd, "signal %d\n", WTERMSIG(pid_status));
     return 128 + WTERMSIG(pid_status);
   }
-  report(status_fd, "exit %d\n", WEXITSTATUS(pid_status));
+  report(o->status_fd, "exit %d\n", WEXITSTATUS(pid_status));
   return WEXITSTATUS(pid_status);
 }
 

@@ -7,15 +7,13 @@ import {
   openSync,
   readFileSync,
   rmSync,
-  statSync,
-  accessSync,
-  constants,
   writeFileSync,
 } from 'node:fs';
 import { hostname, release, tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
 import { CheckptError } from './errors.js';
+import { checkTarget } from './target.js';
 import { defaultCheckpointFile } from './template.js';
 import { criuVersion } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
@@ -201,34 +199,7 @@ function resolveTarget(file: string | undefined): string {
 
 /** Fails fast, before anything is frozen, on the problems we can see from here. */
 function preflight(target: string): void {
-  const dir = dirname(target);
-  try {
-    if (!statSync(dir).isDirectory()) throw new Error('not a directory');
-    accessSync(dir, constants.W_OK);
-  } catch (e) {
-    throw new CheckptError(
-      'ETARGET',
-      `Cannot write a checkpoint into ${dir}: ${(e as Error).message}. Create the directory or choose a writable path; the program keeps running.`,
-      { cause: e, path: target },
-    );
-  }
-  try {
-    if (statSync(target).isDirectory())
-      throw new CheckptError(
-        'ETARGET',
-        `${target} is a directory; give a file name for the checkpoint.`,
-        {
-          path: target,
-        },
-      );
-  } catch (e) {
-    if (e instanceof CheckptError) throw e;
-  }
-  if (basename(target).length > 200)
-    throw new CheckptError(
-      'EBADNAME',
-      `The checkpoint file name is too long: ${basename(target).slice(0, 40)}…`,
-    );
+  checkTarget(target);
   if (process.getuid?.() !== 0)
     throw new CheckptError(
       'EPERM',

@@ -55,3 +55,14 @@ export function defaultCheckpointFile(env: NodeJS.ProcessEnv = process.env): str
     uid: process.getuid?.() ?? 0,
   });
 }
+
+// Interpreters whose program is better named by the script they run than by themselves.
+const INTERPRETERS = /^(node|nodejs|python[\d.]*|ruby|perl|php|bash|sh|dash|zsh|lua)$/;
+
+/** %N for any command line: `python3 loop.py` is "loop", `sleep 60` is "sleep". */
+export function commandName(argv: readonly string[]): string {
+  const exe = basename(argv[0] ?? 'program');
+  const script = argv[1];
+  if (INTERPRETERS.test(exe) && script && !script.startsWith('-')) return programName(argv);
+  return exe || 'program';
+}

@@ -1,9 +1,17 @@
 /** The commands the CLI understands, as plain data; parsing knows nothing about doing them. */
 export type Command =
-  | { cmd: 'restore'; file: string; detach: boolean }
+  | { cmd: 'restore'; file: string; detach: boolean; key: number | null; pty: boolean }
   | { cmd: 'inspect'; file: string; json: boolean; verify: boolean }
   | { cmd: 'check'; json: boolean; nodes: string[] }
   | { cmd: 'exec'; command: string; args: string[] }
+  | {
+      cmd: 'run';
+      command: string;
+      args: string[];
+      file?: string;
+      key: number | null;
+      pty: boolean;
+    }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
 
@@ -23,6 +31,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'inspect') return parseInspect(rest);
   if (first === 'check') return parseCheck(rest);
   if (first === 'exec') return parseExec(rest);
+  if (first === 'run') return parseRun(rest);
   // DragonFly's checkpt(1) accepts -r anywhere before the file: `checkpt -d -r f`.
   if (first === '-d' || first === '--detach') {
     const r = parseRestore(rest);
@@ -34,9 +43,13 @@ export function parseArgs(argv: readonly string[]): Command {
 function parseRestore(args: readonly string[]): Command {
   let detach = false;
   let file: string | undefined;
+  let key: number | null = CTRL_E;
+  let pty = true;
   for (let i = 0; i < args.length; i++) {
     const a = args[i] as string;
     if (a === '-d' || a === '--detach') detach = true;
+    else if (a === '--no-pty') pty = false;
+    else if (a === '--key') key = parseKey(args[++i], 'restore');
     else if (a === '-r') continue;
     else if (a === '--') {
       file = one(args.slice(i + 1), file);
@@ -47,7 +60,7 @@ function parseRestore(args: readonly string[]): Command {
   }
   if (file === undefined)
     throw new UsageError('restore: which checkpoint? Usage: checkpt -r FILE.ckpt [-d]');
-  return { cmd: 'restore', file, detach };
+  return { cmd: 'restore', file, detach, key, pty };
 }
 
 function parseInspect(args: readonly string[]): Command {
@@ -92,6 +105,65 @@ function parseExec(args: readonly string[]): Command {
   if (command === undefined)
     throw new UsageError('exec: what to run? Usage: checkpt exec -- node app.js');
   return { cmd: 'exec', command, args: cmdArgs };
+}
+
+const CTRL_E = 5;
+
+function parseRun(args: readonly string[]): Command {
+  let file: string | undefined;
+  let key: number | null = CTRL_E;
+  let pty = true;
+  let i = 0;
+  for (; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === '--') {
+      i++;
+      break;
+    }
+    if (a === '--no-pty') pty = false;
+    else if (a === '--key') key = parseKey(args[++i], 'run');
+    else if (a === '--file' || a === '-f') {
+      file = args[++i];
+      if (file === undefined || file === '')
+        throw new UsageError(
+          'run: --file needs a file name template, e.g. --file /var/ckpt/%N.ckpt',
+        );
+    } else if (a.startsWith('-')) throw new UsageError(`run: unknown option '${a}'.`);
+    else break;
+  }
+  const [command, ...cmdArgs] = args.slice(i);
+  if (command === undefined)
+    throw new UsageError(
+      'run: what to run? Usage: checkpt run [--file T] [--key K] -- COMMAND [ARGS...]',
+    );
+  return {
+    cmd: 'run',
+    command,
+    args: cmdArgs,
+    key,
+    pty,
+    ...(file === undefined ? {} : { file }),
+  };
+}
+
+/** `^E`, `C-e`, `ctrl-e` or `none`: the key that asks for a checkpoint on the terminal. */
+export function parseKey(spec: string | undefined, cmd: string): number | null {
+  if (spec === undefined) throw new UsageError(`${cmd}: --key needs a key such as ^E, or none.`);
+  const s = spec.trim().toLowerCase();
+  if (s === 'none' || s === 'off' || s === '') return null;
+  const m = /^(?:\^|c-|ctrl-|ctrl\+)([a-z\\\]^_])$/.exec(s);
+  if (m) {
+    const c = (m[1] as string).toUpperCase().charCodeAt(0);
+    // Keys the terminal already gives a meaning: interrupt, EOF, suspend, flow control, line ends.
+    if ([3, 4, 8, 9, 10, 13, 17, 19, 26, 28].includes(c - 64))
+      throw new UsageError(
+        `${cmd}: --key ${spec} is taken by the terminal; choose another (the default is ^E).`,
+      );
+    return c - 64;
+  }
+  throw new UsageError(
+    `${cmd}: --key takes a control key such as ^E or C-e, or none (got '${spec}').`,
+  );
 }
 
 function one(values: readonly string[], already: string | undefined): string {

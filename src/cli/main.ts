@@ -3,7 +3,10 @@ import { CheckptError } from '../api/errors.js';
 import { resume } from '../engine/restore.js';
 import { probe } from '../engine/probe.js';
 import { readImageInfo, verifyImage } from '../image/format.js';
+import type { Running } from '../engine/restore.js';
 import { execCheckpointable } from '../launcher/exec.js';
+import { runProgram } from '../launcher/run.js';
+import { Supervisor } from '../launcher/supervisor.js';
 import { exitLike, relaySignals } from '../launcher/signals.js';
 import { parseArgs, UsageError, type Command } from './args.js';
 import { HELP } from './help.js';
@@ -47,17 +50,50 @@ async function run(c: Command): Promise<number> {
       return exitLike(st);
     }
     case 'restore': {
-      const r = await resume(c.file, { detach: c.detach });
+      const r = await resume(c.file, { detach: c.detach, key: c.key, pty: c.pty });
       if (c.detach) {
         process.stdout.write(`${r.pid}\n`);
         return 0;
       }
-      const unrelay = relaySignals(() => r.initPid);
-      const st = await r.exited;
-      unrelay();
-      return exitLike(st);
+      return supervise(r, { generation: r.manifest.generation + 1, pty: c.pty });
+    }
+    case 'run': {
+      const r = await runProgram({
+        command: c.command,
+        args: c.args,
+        key: c.key,
+        pty: c.pty,
+        ...(c.file === undefined ? {} : { file: c.file }),
+      });
+      return supervise(r, {
+        generation: 0,
+        pty: c.pty,
+        ...(c.file === undefined ? {} : { template: c.file }),
+      });
     }
   }
+}
+
+/** Waits for the program, carrying out checkpoint requests and passing signals on meanwhile. */
+async function supervise(
+  r: Running,
+  o: { generation: number; pty: boolean; template?: string },
+): Promise<number> {
+  // On its own pseudo-terminal our terminal is raw: a line needs its carriage return.
+  const raw = o.pty && process.stdin.isTTY === true;
+  const sup = new Supervisor({
+    running: r,
+    generation: o.generation,
+    say: (line) => process.stderr.write(raw ? `\r${line}\r\n` : `${line}\n`),
+    ...(o.template === undefined ? {} : { template: o.template }),
+  });
+  const stop = sup.install();
+  const unrelay = relaySignals(() => r.initPid, { terminalSignals: !raw });
+  const st = await r.exited;
+  unrelay();
+  stop();
+  if (sup.stoppedByCheckpoint) return 0;
+  return exitLike(st);
 }
 
 async function main(): Promise<void> {

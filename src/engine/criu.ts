@@ -21,6 +21,10 @@ export interface DumpRequest {
   /** Unix socket inodes outside the tree (stdio socketpairs) that CRIU may leave unconnected. */
   externalUnix?: number[];
   timeoutMs: number;
+  /** Run CRIU in the PID and mount namespaces of this (host) pid: `pid` is then as seen there. */
+  enter?: number;
+  /** After the dump: keep running (default), or stay stopped until the caller decides. */
+  leave?: 'running' | 'stopped';
 }
 
 export interface RestoreArgsRequest {
@@ -33,9 +37,13 @@ export interface RestoreArgsRequest {
 const LOG_TAIL_LINES = 25;
 
 /** Every CRIU verb goes through here: one place for logging, timeouts and error shape. */
-export function runCriu(args: string[], timeoutMs: number): Promise<CriuResult> {
+export function runCriu(args: string[], timeoutMs: number, enter?: number): Promise<CriuResult> {
+  const [cmd, argv] =
+    enter === undefined
+      ? [criuPath, args]
+      : ['nsenter', ['-t', String(enter), '-p', '-m', '--', criuPath, ...args]];
   return new Promise((resolve) => {
-    const child = spawn(criuPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: criuEnv() });
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: criuEnv() });
     let stderr = '';
     let timedOut = false;
     child.stderr.setEncoding('utf8');
@@ -109,12 +117,12 @@ export async function dump(req: DumpRequest): Promise<void> {
     '-o',
     log,
     '-v4',
-    '--leave-running',
+    req.leave === 'stopped' ? '--leave-stopped' : '--leave-running',
     '--shell-job',
     '--file-locks',
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
-  const r = await runCriu(args, req.timeoutMs);
+  const r = await runCriu(args, req.timeoutMs, req.enter);
   if (r.status === 0) return;
   const { tail, reason } = await readLog(join(req.workDir, log));
   if (r.timedOut)

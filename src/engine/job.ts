@@ -22,12 +22,14 @@ export interface ManifestBase {
   cwd: string;
   pid: number;
   uid: number;
-  node: string;
+  /** Node's version; absent for a program dumped from outside by `checkpt run`. */
+  node?: string;
   kernel: string;
   rssBytes: number;
-  heapUsedBytes: number;
+  heapUsedBytes?: number;
   stdio: StdioDescriptor[];
-  control: { mount: string; fifo: string };
+  /** The FIFO a program that checkpointed itself waits on; absent when it was dumped from outside. */
+  control?: { mount: string; fifo: string };
   /** How many restores this process descends from (0 for an original). */
   generation: number;
 }

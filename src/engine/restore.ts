@@ -1,33 +1,51 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { fstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { fstatSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { CheckptError } from '../api/errors.js';
 import { extractImage } from '../image/format.js';
-import { criuEnv, criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
+import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
+import {
+  exitStatusOf,
+  findByNsPid,
+  initPidOf,
+  spawnHelper,
+  type ExitStatus,
+  type Helper,
+} from './helper.js';
 import type { ControlMessage, Manifest } from './job.js';
-import { criuPath, helperPath, requireHelper } from './paths.js';
+import { criuPath, requireHelper } from './paths.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 
 export interface ResumeOptions {
   /** Run the resumed program in the background (stdin from /dev/null) and return once it runs. */
   detach?: boolean;
+  /** On a terminal, give the copy a pseudo-terminal of its own (default true): see HelperOptions. */
+  pty?: boolean;
+  /** The checkpoint key on that terminal (default 5, ^E); null turns it off. */
+  key?: number | null;
 }
 
-export type ExitStatus =
-  { code: number; signal?: undefined } | { code?: undefined; signal: number };
-
-export interface Resumed {
-  /** The resumed program's pid as this (the host's) PID namespace sees it. */
+/** A program running under checkpt's helper, in a PID and mount namespace of its own. */
+export interface Running {
+  /** The program's pid as this (the host's) PID namespace sees it. */
   pid: number;
-  /** Its pid inside its own namespace: the pid it had when it was checkpointed. */
+  /** Its pid inside its own namespace (for a resumed copy: the pid it had when it was checkpointed). */
   innerPid: number;
-  /** The pid of checkpt's init for the resumed program's namespace; signals sent to it are forwarded. */
+  /** The pid of checkpt's init for the program's namespace; signals sent to it are forwarded. */
   initPid: number;
-  /** Settles when the program ends; a detached resume stops listening, so only use it in the foreground. */
+  /** Settles when the program ends; a detached program stops being watched, so only use it in the foreground. */
   exited: Promise<ExitStatus>;
+  /** Called when the checkpoint key is pressed on the program's terminal. */
+  onKey(listener: (pgrp: number) => void): void;
+}
+
+export interface Resumed extends Running {
   manifest: Manifest;
+}
+
+/** Whether a foreground program on our terminal gets a pseudo-terminal of its own. */
+export function wantsPty(detach: boolean | undefined, pty: boolean | undefined): boolean {
+  return !detach && pty !== false && process.stdin.isTTY === true;
 }
 
 /** Verifies and unpacks a checkpoint, then restores it in a PID and mount namespace of its own. */
@@ -40,7 +58,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     );
   criuVersion();
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-restore-'));
-  let child: ChildProcess | undefined;
+  let helper: Helper | undefined;
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
@@ -59,55 +77,61 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       restoredAt: new Date().toISOString(),
     };
     const inherit = inheritPlan(stdio);
-    const args = [
-      'init',
-      ...(options.detach ? [] : ['--attached']),
-      ...relaysFor(inherit).flatMap((fd) => ['--relay', String(fd)]),
-      '--pid',
-      String(manifest.pid),
-      '--mount',
-      manifest.control.mount,
-      '--fifo',
-      manifest.control.fifo,
-      '--message',
-      JSON.stringify(message),
-      '--status-fd',
-      '3',
-      '--',
-      criuPath,
-      ...restoreArgs({ imagesDir, workDir, inherit }),
-    ];
-    child = spawn(helperPath, args, {
-      stdio: [options.detach ? 'ignore' : 'inherit', 'inherit', 'inherit', 'pipe'],
-      detached: options.detach === true,
-      env: criuEnv(),
-    });
-    const status = statusLines(child);
-    const first = await status.next();
+    const control = manifest.control
+      ? [
+          '--mount',
+          manifest.control.mount,
+          '--fifo',
+          manifest.control.fifo,
+          '--message',
+          JSON.stringify(message),
+        ]
+      : [];
+    const pty = wantsPty(options.detach, options.pty);
+    helper = spawnHelper(
+      [
+        '--pid',
+        String(manifest.pid),
+        ...control,
+        '--',
+        criuPath,
+        ...restoreArgs({ imagesDir, workDir, inherit }),
+      ],
+      {
+        detach: options.detach === true,
+        pty,
+        ...(options.key === null ? {} : { key: options.key ?? CTRL_E }),
+        relays: relaysFor(inherit),
+      },
+    );
+    const first = await helper.next();
     if (first.kind !== 'restored') {
       const log = await readLog(join(workDir, 'restore.log'));
       throw restoreError(file, log, first.kind === 'failed' ? first.value : undefined);
     }
-    const initPid = findChild(child.pid ?? 0) ?? 0;
+    const initPid = initPidOf(helper);
     const hostPid = findByNsPid(initPid, manifest.pid) ?? 0;
     rmSync(workDir, { recursive: true, force: true });
-    const exited = status.next().then((s): ExitStatus => {
-      if (s.kind === 'exit') return { code: s.value };
-      if (s.kind === 'signal') return { signal: s.value };
-      return { code: child?.exitCode ?? 0 };
-    });
-    if (options.detach) {
-      // Let checkpt exit now; the helper stays as the copy's init and ignores the closed pipe.
-      (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
-      child.unref();
-    }
-    return { pid: hostPid, innerPid: manifest.pid, initPid, exited, manifest };
+    const exited = exitStatusOf(helper);
+    // Let checkpt exit now; the helper stays as the copy's init and ignores the closed pipe.
+    if (options.detach) helper.release();
+    const h = helper;
+    return {
+      pid: hostPid,
+      innerPid: manifest.pid,
+      initPid,
+      exited,
+      manifest,
+      onKey: (l) => h.onKey(l),
+    };
   } catch (e) {
-    if (child && child.exitCode === null) child.kill('SIGKILL');
+    if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });
     throw e;
   }
 }
+
+export const CTRL_E = 5;
 
 /**
  * Which of our stdout/stderr the program gets through a relay pipe instead of directly.
@@ -126,52 +150,6 @@ function relaysFor(inherit: ReadonlyArray<{ fd: number; key: string }>): number[
     .map(({ fd }) => fd);
 }
 
-type Status =
-  | { kind: 'restored'; value: number }
-  | { kind: 'exit'; value: number }
-  | { kind: 'signal'; value: number }
-  | { kind: 'failed'; value: number }
-  | { kind: 'gone'; value: number };
-
-function statusLines(child: ChildProcess): { next(): Promise<Status> } {
-  const stream = child.stdio[3];
-  if (!stream || !('on' in stream)) throw new Error('no status pipe');
-  const queue: Status[] = [];
-  const waiters: Array<(s: Status) => void> = [];
-  const push = (s: Status): void => {
-    const w = waiters.shift();
-    if (w) w(s);
-    else queue.push(s);
-  };
-  const rl = createInterface({ input: stream as NodeJS.ReadableStream });
-  rl.on('line', (line) => {
-    const [word, num] = line.split(' ');
-    const value = Number(num);
-    if (word === 'restored') push({ kind: 'restored', value });
-    else if (word === 'exit') push({ kind: 'exit', value });
-    else if (word === 'signal') push({ kind: 'signal', value });
-    else if (word === 'restore-failed') push({ kind: 'failed', value });
-  });
-  rl.on('close', () => {
-    // Whatever was not reported by now never will be.
-    const gone: Status = { kind: 'gone', value: child.exitCode ?? -1 };
-    for (;;) {
-      const w = waiters.shift();
-      if (!w) break;
-      w(gone);
-    }
-    queue.push(gone);
-  });
-  return {
-    next: () =>
-      new Promise((resolve) => {
-        const s = queue.shift();
-        if (s) resolve(s);
-        else waiters.push(resolve);
-      }),
-  };
-}
-
 function checkManifest(m: Record<string, unknown>, file: string): Manifest {
   const control = m.control as { mount?: unknown; fifo?: unknown } | undefined;
   const ok =
@@ -179,10 +157,11 @@ function checkManifest(m: Record<string, unknown>, file: string): Manifest {
     Number.isInteger(m.pid) &&
     m.pid > 1 &&
     Array.isArray(m.stdio) &&
-    typeof control?.mount === 'string' &&
-    typeof control.fifo === 'string' &&
-    control.fifo.startsWith(control.mount + '/') &&
-    !control.fifo.includes('/../') &&
+    (control === undefined ||
+      (typeof control.mount === 'string' &&
+        typeof control.fifo === 'string' &&
+        control.fifo.startsWith(control.mount + '/') &&
+        !control.fifo.includes('/../'))) &&
     typeof m.generation === 'number';
   if (!ok)
     throw new CheckptError(
@@ -216,35 +195,4 @@ function restoreError(file: string, log: CriuLog, criuStatus: number | undefined
     `CRIU could not resume ${file}${criuStatus !== undefined ? ` (criu exited with ${criuStatus})` : ''}: ${why ?? 'see the log tail'}. No process was left running.`,
     opts,
   );
-}
-
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  try {
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      const text = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
-      if (text) out.push(...text.split(/\s+/).map(Number));
-    }
-  } catch {
-    // it exited
-  }
-  return out;
-}
-
-function findChild(pid: number): number | undefined {
-  return childrenOf(pid)[0];
-}
-
-/** The host pid of the process that is `innerPid` in the namespace whose init is `initPid`. */
-function findByNsPid(initPid: number, innerPid: number): number | undefined {
-  for (const c of childrenOf(initPid)) {
-    try {
-      const status = readFileSync(`/proc/${c}/status`, 'utf8');
-      const ns = /^NSpid:\s+(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/).map(Number);
-      if (ns && ns[ns.length - 1] === innerPid) return c;
-    } catch {
-      // it exited
-    }
-  }
-  return undefined;
 }

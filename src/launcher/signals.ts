@@ -2,12 +2,15 @@
 const RELAYED = ['SIGTERM', 'SIGHUP', 'SIGUSR2', 'SIGINT', 'SIGQUIT'] as const;
 
 /**
- * Forwards signals sent to this process to `target()`. On a terminal, ^C and ^\ already reach the
- * program through the foreground process group, so those are swallowed here instead of doubled.
- * Returns a function that removes the handlers.
+ * Forwards signals sent to this process to `target()`. When the program shares our terminal, ^C
+ * and ^\ already reach it through the foreground process group, so those are swallowed here
+ * instead of doubled. Returns a function that removes the handlers.
  */
-export function relaySignals(target: () => number | undefined): () => void {
-  const fromTerminal = process.stdin.isTTY === true;
+export function relaySignals(
+  target: () => number | undefined,
+  opts: { terminalSignals?: boolean } = {},
+): () => void {
+  const fromTerminal = opts.terminalSignals !== false && process.stdin.isTTY === true;
   const installed = RELAYED.map((sig) => {
     const handler = (): void => {
       if (fromTerminal && (sig === 'SIGINT' || sig === 'SIGQUIT')) return;

@@ -1,0 +1,146 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { criuEnv } from './criu.js';
+import { helperPath } from './paths.js';
+
+/** What the native helper reports on its status pipe (see native/checkpt-helper.c). */
+export type HelperStatus =
+  | { kind: 'started'; value: number }
+  | { kind: 'restored'; value: number }
+  | { kind: 'exit'; value: number }
+  | { kind: 'signal'; value: number }
+  | { kind: 'failed'; value: number }
+  | { kind: 'gone'; value: number };
+
+export type ExitStatus =
+  { code: number; signal?: undefined } | { code?: undefined; signal: number };
+
+export interface HelperOptions {
+  detach: boolean;
+  /** Give the program a pseudo-terminal of its own (the launcher must be on a terminal). */
+  pty: boolean;
+  /** The byte that asks for a checkpoint on that terminal; undefined turns the key off. */
+  key?: number;
+  relays: number[];
+  env?: NodeJS.ProcessEnv;
+}
+
+/** One running helper: its status lines in order, and checkpoint keys as they are pressed. */
+export interface Helper {
+  child: ChildProcess;
+  next(): Promise<HelperStatus>;
+  /** Called with the terminal's foreground process group each time the checkpoint key is pressed. */
+  onKey(listener: (pgrp: number) => void): void;
+  /** Stops listening so this process may exit while the helper runs on. */
+  release(): void;
+}
+
+/** Starts `checkpt-helper init` with the common options in front of `args`. */
+export function spawnHelper(args: string[], opts: HelperOptions): Helper {
+  const full = [
+    'init',
+    ...(opts.detach ? [] : ['--attached']),
+    ...(opts.pty ? ['--pty', '--key', String(opts.key ?? -1)] : []),
+    ...opts.relays.flatMap((fd) => ['--relay', String(fd)]),
+    '--status-fd',
+    '3',
+    ...args,
+  ];
+  const child = spawn(helperPath, full, {
+    stdio: [opts.detach ? 'ignore' : 'inherit', 'inherit', 'inherit', 'pipe'],
+    detached: opts.detach,
+    env: criuEnv(opts.env),
+  });
+  return statusOf(child);
+}
+
+function statusOf(child: ChildProcess): Helper {
+  const stream = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
+  const queue: HelperStatus[] = [];
+  const waiters: Array<(s: HelperStatus) => void> = [];
+  let keyListener: ((pgrp: number) => void) | undefined;
+  const push = (s: HelperStatus): void => {
+    const w = waiters.shift();
+    if (w) w(s);
+    else queue.push(s);
+  };
+  const rl = createInterface({ input: stream });
+  rl.on('line', (line) => {
+    const [word, num] = line.split(' ');
+    const value = Number(num);
+    if (word === 'key') keyListener?.(value);
+    else if (word === 'started') push({ kind: 'started', value });
+    else if (word === 'restored') push({ kind: 'restored', value });
+    else if (word === 'exit') push({ kind: 'exit', value });
+    else if (word === 'signal') push({ kind: 'signal', value });
+    else if (word === 'restore-failed') push({ kind: 'failed', value });
+  });
+  rl.on('close', () => {
+    // Whatever was not reported by now never will be.
+    const gone: HelperStatus = { kind: 'gone', value: child.exitCode ?? -1 };
+    for (;;) {
+      const w = waiters.shift();
+      if (!w) break;
+      w(gone);
+    }
+    queue.push(gone);
+  });
+  return {
+    child,
+    next: () =>
+      new Promise((resolve) => {
+        const s = queue.shift();
+        if (s) resolve(s);
+        else waiters.push(resolve);
+      }),
+    onKey: (listener) => {
+      keyListener = listener;
+    },
+    release: () => {
+      stream.destroy();
+      child.unref();
+    },
+  };
+}
+
+/** The program's exit as the helper reported it. */
+export function exitStatusOf(helper: Helper): Promise<ExitStatus> {
+  return helper.next().then((s): ExitStatus => {
+    if (s.kind === 'exit') return { code: s.value };
+    if (s.kind === 'signal') return { signal: s.value };
+    return { code: helper.child.exitCode ?? 0 };
+  });
+}
+
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const text = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
+      if (text) out.push(...text.split(/\s+/).map(Number));
+    }
+  } catch {
+    // it exited
+  }
+  return out;
+}
+
+/** The init the helper forked into the new namespace. */
+export function initPidOf(helper: Helper): number {
+  return childrenOf(helper.child.pid ?? 0)[0] ?? 0;
+}
+
+/** The host pid of the process that is `innerPid` in the namespace whose init is `initPid`. */
+export function findByNsPid(initPid: number, innerPid: number): number | undefined {
+  for (const c of childrenOf(initPid)) {
+    try {
+      const status = readFileSync(`/proc/${c}/status`, 'utf8');
+      const ns = /^NSpid:\s+(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/).map(Number);
+      if (ns && ns[ns.length - 1] === innerPid) return c;
+    } catch {
+      // it exited
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,123 @@
+/**
+ * Checkpoints a program from outside, for programs that do not import checkpt (a Python loop,
+ * a C program, a Node program that never asked): CRIU runs inside the program's namespaces,
+ * and the program goes on running (or, for "checkpoint and exit", is stopped once the file is
+ * durable, and only then).
+ */
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { hostname, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CheckptError } from '../api/errors.js';
+import { checkTarget } from '../api/target.js';
+import { writeImage, FORMAT_VERSION } from '../image/format.js';
+import { cmdline, linkOf, procStatus, processTree, treeUsesIoUring } from '../launcher/procfs.js';
+import { criuVersion, dump } from './criu.js';
+import type { Manifest } from './job.js';
+import { describeStdio } from './stdio.js';
+
+export interface OutsideDumpRequest {
+  /** The program's pid on the host. */
+  pid: number;
+  /** Its pid in its own namespace, as the image records it. */
+  innerPid: number;
+  /** A host pid in the program's PID and mount namespaces (checkpt's init there). */
+  nsPid: number;
+  target: string;
+  /** "Checkpoint and exit": the program never runs past the checkpoint; it is killed once the file is durable. */
+  exit: boolean;
+  generation: number;
+  timeoutMs: number;
+}
+
+export interface OutsideDumpResult {
+  bytes: number;
+  dumpMs: number;
+}
+
+export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideDumpResult> {
+  const version = criuVersion();
+  checkTarget(req.target);
+  const status = procStatus(req.pid);
+  if (!status)
+    throw new CheckptError(
+      'EDUMP',
+      `The program (pid ${req.pid}) has already ended; nothing to checkpoint.`,
+    );
+  const tree = processTree(req.pid);
+  const uring = treeUsesIoUring(tree);
+  if (uring !== undefined)
+    throw new CheckptError(
+      'EIOURING',
+      `Process ${uring} of the program uses io_uring, which CRIU cannot checkpoint. It was started without checkpt's LD_PRELOAD (a program that resets LD_PRELOAD?), or set sysctl kernel.io_uring_disabled=2. The program keeps running.`,
+    );
+  const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-dump-'));
+  let stopped = false;
+  try {
+    const imagesDir = join(workDir, 'images');
+    mkdirSync(imagesDir, { mode: 0o700 });
+    const stdio = describeStdio(req.pid);
+    const argv = cmdline(req.pid);
+    const t0 = process.hrtime.bigint();
+    await dump({
+      pid: req.innerPid,
+      enter: req.nsPid,
+      imagesDir,
+      workDir,
+      externalUnix: stdio
+        .filter((d) => d.kind === 'socket' && d.inode !== undefined)
+        .map((d) => d.inode as number),
+      timeoutMs: req.timeoutMs,
+      leave: req.exit ? 'stopped' : 'running',
+    });
+    stopped = req.exit;
+    const dumpMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
+    const manifest: Manifest = {
+      formatVersion: FORMAT_VERSION,
+      createdAt: new Date().toISOString(),
+      host: hostname(),
+      argv,
+      execPath: linkOf(req.pid, 'exe'),
+      cwd: linkOf(req.pid, 'cwd'),
+      pid: req.innerPid,
+      uid: Number(status.Uid?.split(/\s+/)[0] ?? 0),
+      kernel: release(),
+      rssBytes: Number(status.VmRSS?.split(/\s+/)[0] ?? 0) * 1024,
+      stdio,
+      generation: req.generation,
+      criu: version.text,
+      imageBytes: dirBytes(imagesDir),
+      dumpMs,
+    };
+    const { bytes } = await writeImage(req.target, manifest as unknown as Record<string, unknown>, {
+      dir: imagesDir,
+    });
+    if (stopped) for (const pid of tree) kill(pid, 'SIGKILL');
+    stopped = false;
+    return { bytes, dumpMs };
+  } catch (e) {
+    if (e instanceof CheckptError) throw e;
+    throw new CheckptError(
+      'EIO',
+      `Writing the checkpoint failed: ${(e as Error).message}. Nothing was written to ${req.target}; the program keeps running.`,
+      { cause: e, path: req.target },
+    );
+  } finally {
+    // A failed "checkpoint and exit" must not leave the program frozen.
+    if (stopped) for (const pid of tree) kill(pid, 'SIGCONT');
+    rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+function kill(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // it is already gone
+  }
+}
+
+function dirBytes(dir: string): number {
+  let total = 0;
+  for (const f of readdirSync(dir)) total += statSync(join(dir, f)).size;
+  return total;
+}

@@ -1,0 +1,67 @@
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { childrenOf } from '../engine/helper.js';
+
+/** Reads /proc/PID/status into its fields; undefined when the process is gone. */
+export function procStatus(pid: number): Record<string, string> | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const out: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1).trim();
+  }
+  return out;
+}
+
+/** Whether the process has a handler installed for signal number `sig` (its SigCgt mask). */
+export function catchesSignal(pid: number, sig: number): boolean {
+  const mask = procStatus(pid)?.SigCgt;
+  if (!mask) return false;
+  return ((BigInt(`0x${mask}`) >> BigInt(sig - 1)) & 1n) === 1n;
+}
+
+/** The process and all its descendants, parents first. */
+export function processTree(pid: number): number[] {
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length) {
+    const p = todo.shift() as number;
+    out.push(p);
+    todo.push(...childrenOf(p));
+  }
+  return out;
+}
+
+export function cmdline(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
+  } catch {
+    return [];
+  }
+}
+
+export function linkOf(pid: number, what: string): string {
+  try {
+    return readlinkSync(`/proc/${pid}/${what}`);
+  } catch {
+    return '';
+  }
+}
+
+/** The first process of the tree that uses io_uring, which CRIU cannot dump. */
+export function treeUsesIoUring(pids: readonly number[]): number | undefined {
+  for (const pid of pids) {
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    if (fds.some((fd) => linkOf(pid, `fd/${fd}`) === 'anon_inode:[io_uring]')) return pid;
+  }
+  return undefined;
+}

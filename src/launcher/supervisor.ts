@@ -1,0 +1,113 @@
+import { isAbsolute, join } from 'node:path';
+import { CheckptError } from '../api/errors.js';
+import { checkpointSignals, signalNumber, type CheckpointSignals } from '../api/signals.js';
+import { commandName, DEFAULT_TEMPLATE, expandTemplate } from '../api/template.js';
+import { dumpFromOutside } from '../engine/outside.js';
+import type { Running } from '../engine/restore.js';
+import { catchesSignal, cmdline, linkOf } from './procfs.js';
+
+export interface SupervisorOptions {
+  running: Running;
+  /** File name template for checkpoints taken from outside (default CHECKPT_FILE, else %N.ckpt). */
+  template?: string;
+  /** The generation of the running program (0 for one started by `checkpt run`). */
+  generation: number;
+  /** Where to say what happened; on a raw terminal lines need "\r\n". */
+  say: (line: string) => void;
+  timeoutMs?: number;
+}
+
+/**
+ * Carries out SIGCKPT and SIGCKPTEXIT (sent to `checkpt run`, or the key on its terminal) for the
+ * program it runs: a program that catches the signal gets it and picks the moment itself; for any
+ * other program this is the default action, a checkpoint taken from outside.
+ * Requests that arrive while one is being carried out collapse into one more, made afterwards
+ * ("checkpoint and exit" if any of them asked for it): none is lost, none runs concurrently.
+ */
+export class Supervisor {
+  readonly signals: CheckpointSignals;
+  /** Set once the program was stopped by "checkpoint and exit": its end is then a success. */
+  stoppedByCheckpoint: string | undefined;
+  private busy = false;
+  private pending: { exit: boolean } | undefined;
+  private readonly opts: SupervisorOptions;
+
+  constructor(opts: SupervisorOptions) {
+    this.opts = opts;
+    this.signals = checkpointSignals();
+  }
+
+  /** Listens for the two signals and the terminal key; returns a function that stops listening. */
+  install(): () => void {
+    const ckpt = (): void => this.request(false);
+    const exit = (): void => this.request(true);
+    process.on(this.signals.ckpt, ckpt);
+    process.on(this.signals.exit, exit);
+    this.opts.running.onKey(() => this.request(false));
+    return () => {
+      process.off(this.signals.ckpt, ckpt);
+      process.off(this.signals.exit, exit);
+      this.opts.running.onKey(() => undefined);
+    };
+  }
+
+  request(exit: boolean): void {
+    if (this.busy) {
+      this.pending = { exit: exit || this.pending?.exit === true };
+      return;
+    }
+    this.busy = true;
+    void this.carryOut(exit).finally(() => {
+      this.busy = false;
+      const next = this.pending;
+      this.pending = undefined;
+      if (next && !this.stoppedByCheckpoint) this.request(next.exit);
+    });
+  }
+
+  /** Resolves once the request is carried out or has failed (the failure is reported, not thrown). */
+  private async carryOut(exit: boolean): Promise<void> {
+    const { running } = this.opts;
+    const sig = exit ? this.signals.exit : this.signals.ckpt;
+    if (catchesSignal(running.pid, signalNumber(sig))) {
+      try {
+        process.kill(running.pid, sig);
+      } catch {
+        // it has just ended
+      }
+      return;
+    }
+    let target = '';
+    try {
+      target = this.targetFile();
+      const r = await dumpFromOutside({
+        pid: running.pid,
+        innerPid: running.innerPid,
+        nsPid: running.initPid,
+        target,
+        exit,
+        generation: this.opts.generation,
+        timeoutMs: this.opts.timeoutMs ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
+      });
+      if (exit) this.stoppedByCheckpoint = target;
+      this.opts.say(
+        `checkpt: checkpoint written to ${target} (${(r.bytes / 1048576).toFixed(1)} MiB, program paused ${r.dumpMs} ms)${exit ? '; the program was stopped' : ''}. Resume it with: checkpt -r ${target}`,
+      );
+    } catch (e) {
+      const msg = e instanceof CheckptError ? e.message : String(e);
+      this.opts.say(`checkpt: checkpoint${target ? ` to ${target}` : ''} failed: ${msg}`);
+    }
+  }
+
+  private targetFile(): string {
+    const { running } = this.opts;
+    const template = this.opts.template ?? (process.env.CHECKPT_FILE || DEFAULT_TEMPLATE);
+    const name = expandTemplate(template, {
+      name: commandName(cmdline(running.pid)),
+      pid: running.innerPid,
+      uid: process.getuid?.() ?? 0,
+    });
+    // Relative names are relative to the program's directory, as for a checkpoint it takes itself.
+    return isAbsolute(name) ? name : join(linkOf(running.pid, 'cwd') || process.cwd(), name);
+  }
+}
