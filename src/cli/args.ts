@@ -4,6 +4,7 @@ export type Command =
   | { cmd: 'inspect'; file: string; json: boolean; verify: boolean }
   | { cmd: 'check'; json: boolean; nodes: string[] }
   | { cmd: 'exec'; command: string; args: string[] }
+  | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
 
@@ -23,6 +24,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'inspect') return parseInspect(rest);
   if (first === 'check') return parseCheck(rest);
   if (first === 'exec') return parseExec(rest);
+  if (first === 'signal') return parseSignal(rest);
   // DragonFly's checkpt(1) accepts -r anywhere before the file: `checkpt -d -r f`.
   if (first === '-d' || first === '--detach') {
     const r = parseRestore(rest);
@@ -92,6 +94,24 @@ function parseExec(args: readonly string[]): Command {
   if (command === undefined)
     throw new UsageError('exec: what to run? Usage: checkpt exec -- node app.js');
   return { cmd: 'exec', command, args: cmdArgs };
+}
+
+function parseSignal(args: readonly string[]): Command {
+  const usage = 'Usage: checkpt signal [--exit] [--verbose] PID';
+  let exit = false;
+  let verbose = false;
+  let pid: string | undefined;
+  for (const a of args) {
+    if (a === '--exit') exit = true;
+    else if (a === '-v' || a === '--verbose') verbose = true;
+    else if (a.startsWith('-')) throw new UsageError(`signal: unknown option '${a}'. ${usage}`);
+    else if (pid !== undefined) throw new UsageError(`signal: give exactly one PID. ${usage}`);
+    else pid = a;
+  }
+  if (pid === undefined) throw new UsageError(`signal: which process? ${usage}`);
+  if (!/^[1-9][0-9]{0,9}$/.test(pid))
+    throw new UsageError(`signal: '${pid}' is not a process id (a positive number). ${usage}`);
+  return { cmd: 'signal', pid: Number(pid), exit, verbose };
 }
 
 function one(values: readonly string[], already: string | undefined): string {
