@@ -1,3 +1,5 @@
+import { installRequestListeners } from './api/requests.js';
+
 export {
   checkpt,
   checkpoint,
@@ -7,3 +9,22 @@ export {
 } from './api/checkpt.js';
 export { CheckptError, isCheckptError, type CheckptErrorCode } from './api/errors.js';
 export { expandTemplate, defaultCheckpointFile, DEFAULT_TEMPLATE } from './api/template.js';
+export {
+  checkpointSignals,
+  DEFAULT_SIGCKPT,
+  DEFAULT_SIGCKPTEXIT,
+  type CheckpointSignals,
+} from './api/signals.js';
+export {
+  onCheckpointRequest,
+  type CheckpointRequest,
+  type CheckpointRequestHandler,
+} from './api/requests.js';
+export {
+  requestCheckpoint,
+  type RequestCheckpointOptions,
+  type RequestCheckpointResult,
+} from './launcher/request.js';
+
+// Importing checkpt makes the program answer SIGCKPT / SIGCKPTEXIT instead of dying of them.
+installRequestListeners();

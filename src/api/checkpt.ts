@@ -38,7 +38,28 @@ export interface RestoreInfo {
 }
 
 let busy = false;
+let idleWaiters: Array<() => void> = [];
 let lastRestore: RestoreInfo | undefined;
+
+/** @internal Whether a checkpoint of this process is in progress (checkpt() or checkpoint()). */
+export function checkpointInProgress(): boolean {
+  return busy;
+}
+
+/**
+ * @internal Resolves once no checkpoint of this process is in progress, so checkpoint requests can
+ * wait for one the program started itself instead of failing with EBUSY.
+ */
+export function whenIdle(): Promise<void> {
+  return busy ? new Promise((resolve) => idleWaiters.push(resolve)) : Promise.resolve();
+}
+
+function setIdle(): void {
+  busy = false;
+  const waiters = idleWaiters;
+  idleWaiters = [];
+  for (const w of waiters) w();
+}
 
 /** Set when this process is a resumed copy; undefined in an original. */
 export function restoreInfo(): RestoreInfo | undefined {
@@ -137,7 +158,7 @@ function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' |
     channel?.close();
     rmSync(ctlDir, { recursive: true, force: true });
     if (workDir) rmSync(workDir, { recursive: true, force: true });
-    busy = false;
+    setIdle();
     throw e;
   }
 }
@@ -146,7 +167,7 @@ function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' |
 function finish(s: Session): void {
   s.channel.close();
   rmSync(s.ctlDir, { recursive: true, force: true });
-  busy = false;
+  setIdle();
 }
 
 function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptOptions): number {

@@ -12,6 +12,8 @@ export type CheckptErrorCode =
   | 'EHELPER' // the checkpoint helper died or could not start
   | 'ETIMEOUT' // a checkpoint took longer than allowed
   | 'EBUSY' // a checkpoint of this process is already in progress
+  | 'ESRCH' // the process to send a checkpoint request to does not exist
+  | 'ENOTARGET' // neither the process nor an ancestor handles checkpoint requests
   | 'EIO'; // reading or writing a file failed
 
 export interface CheckptErrorOptions {

@@ -12,6 +12,7 @@ export type Command =
       key: number | null;
       pty: boolean;
     }
+  | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
 
@@ -32,6 +33,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'check') return parseCheck(rest);
   if (first === 'exec') return parseExec(rest);
   if (first === 'run') return parseRun(rest);
+  if (first === 'signal') return parseSignal(rest);
   // DragonFly's checkpt(1) accepts -r anywhere before the file: `checkpt -d -r f`.
   if (first === '-d' || first === '--detach') {
     const r = parseRestore(rest);
@@ -164,6 +166,24 @@ export function parseKey(spec: string | undefined, cmd: string): number | null {
   throw new UsageError(
     `${cmd}: --key takes a control key such as ^E or C-e, or none (got '${spec}').`,
   );
+}
+
+function parseSignal(args: readonly string[]): Command {
+  const usage = 'Usage: checkpt signal [--exit] [--verbose] PID';
+  let exit = false;
+  let verbose = false;
+  let pid: string | undefined;
+  for (const a of args) {
+    if (a === '--exit') exit = true;
+    else if (a === '-v' || a === '--verbose') verbose = true;
+    else if (a.startsWith('-')) throw new UsageError(`signal: unknown option '${a}'. ${usage}`);
+    else if (pid !== undefined) throw new UsageError(`signal: give exactly one PID. ${usage}`);
+    else pid = a;
+  }
+  if (pid === undefined) throw new UsageError(`signal: which process? ${usage}`);
+  if (!/^[1-9][0-9]{0,9}$/.test(pid))
+    throw new UsageError(`signal: '${pid}' is not a process id (a positive number). ${usage}`);
+  return { cmd: 'signal', pid: Number(pid), exit, verbose };
 }
 
 function one(values: readonly string[], already: string | undefined): string {

@@ -7,6 +7,7 @@ import type { Running } from '../engine/restore.js';
 import { execCheckpointable } from '../launcher/exec.js';
 import { runProgram } from '../launcher/run.js';
 import { Supervisor } from '../launcher/supervisor.js';
+import { requestCheckpoint } from '../launcher/request.js';
 import { exitLike, relaySignals } from '../launcher/signals.js';
 import { parseArgs, UsageError, type Command } from './args.js';
 import { HELP } from './help.js';
@@ -48,6 +49,16 @@ async function run(c: Command): Promise<number> {
     case 'exec': {
       const st = await execCheckpointable({ command: c.command, args: c.args });
       return exitLike(st);
+    }
+    case 'signal': {
+      const r = requestCheckpoint(c.pid, { exit: c.exit });
+      if (c.verbose)
+        process.stdout.write(
+          r.viaAncestor
+            ? `checkpt: sent ${r.signal} to ${r.target}, the nearest ancestor of ${c.pid} that handles checkpoint requests\n`
+            : `checkpt: sent ${r.signal} to ${r.target}\n`,
+        );
+      return 0;
     }
     case 'restore': {
       const r = await resume(c.file, { detach: c.detach, key: c.key, pty: c.pty });
