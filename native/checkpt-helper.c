@@ -47,6 +47,7 @@ static int relay_fds[2];
 static int nrelay = 0;
 static int pty_mode = 0;
 static int wake_fd[2] = {-1, -1};
+static int hold_slave = -1;
 static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
 static void die(const char *what) {
@@ -167,7 +168,9 @@ static int cmd_init(int argc, char **argv) {
     if (s < 0) die("open the pseudo-terminal");
     if (tcgetattr(0, &t) == 0) tcsetattr(s, TCSANOW, &t);
     if (ioctl(0, TIOCGWINSZ, &ws) == 0) ioctl(s, TIOCSWINSZ, &ws);
-    close(s);
+    /* Held open here, so the master never reads as hung up while the program is being set up or
+     * restored; the end of the program is the end of the init. */
+    hold_slave = s;
     if (pipe2(wake_fd, O_CLOEXEC | O_NONBLOCK) < 0) die("pipe");
   }
   if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(PID|mount namespace)");
@@ -179,6 +182,7 @@ static int cmd_init(int argc, char **argv) {
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("mount /proc");
     if (pty_mode) {
       close(master);
+      close(hold_slave);
       close(wake_fd[0]);
       close(wake_fd[1]);
       pty_mode = 0;

@@ -1,6 +1,6 @@
 // Shared test plumbing: real node binaries, real CRIU, and cleanup of every process started.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -131,5 +131,51 @@ export function pidAlive(pid) {
     return true;
   } catch {
     return false;
+  }
+}
+
+/** `checkpt run ARGS...`, in a process group of its own like every process a test starts. */
+export function run(args, options = {}) {
+  return start(process.execPath, [cli, 'run', ...args], options);
+}
+
+function childrenOf(pid) {
+  const out = [];
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`))
+      out.push(
+        ...readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
+          .trim()
+          .split(/\s+/)
+          .filter(Boolean)
+          .map(Number),
+      );
+  } catch {
+    // it exited
+  }
+  return out;
+}
+
+/**
+ * The pid, as ps shows it, of the program a `checkpt run` or `checkpt -r` (child) runs: the first
+ * descendant that is not checkpt's helper.
+ */
+export async function programPid(child, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const todo = [...childrenOf(child.pid)];
+    while (todo.length) {
+      const p = todo.shift();
+      let exe = '';
+      try {
+        exe = readlinkSync(`/proc/${p}/exe`);
+      } catch {
+        continue;
+      }
+      if (!exe.endsWith('/checkpt-helper') && !exe.endsWith('/criu')) return p;
+      todo.push(...childrenOf(p));
+    }
+    if (Date.now() > deadline) throw new Error(`no program found under ${child.pid}`);
+    await sleep(50);
   }
 }

@@ -4,6 +4,7 @@ import { checkpointSignals, signalNumber, type CheckpointSignals } from '../api/
 import { commandName, DEFAULT_TEMPLATE, expandTemplate } from '../api/template.js';
 import { dumpFromOutside } from '../engine/outside.js';
 import type { Running } from '../engine/restore.js';
+import { Coalescer } from './coalesce.js';
 import { catchesSignal, cmdline, linkOf } from './procfs.js';
 
 export interface SupervisorOptions {
@@ -28,13 +29,16 @@ export class Supervisor {
   readonly signals: CheckpointSignals;
   /** Set once the program was stopped by "checkpoint and exit": its end is then a success. */
   stoppedByCheckpoint: string | undefined;
-  private busy = false;
-  private pending: { exit: boolean } | undefined;
+  private readonly queue: Coalescer;
   private readonly opts: SupervisorOptions;
 
   constructor(opts: SupervisorOptions) {
     this.opts = opts;
     this.signals = checkpointSignals();
+    this.queue = new Coalescer(
+      (exit) => this.carryOut(exit),
+      () => this.stoppedByCheckpoint !== undefined,
+    );
   }
 
   /** Listens for the two signals and the terminal key; returns a function that stops listening. */
@@ -52,17 +56,7 @@ export class Supervisor {
   }
 
   request(exit: boolean): void {
-    if (this.busy) {
-      this.pending = { exit: exit || this.pending?.exit === true };
-      return;
-    }
-    this.busy = true;
-    void this.carryOut(exit).finally(() => {
-      this.busy = false;
-      const next = this.pending;
-      this.pending = undefined;
-      if (next && !this.stoppedByCheckpoint) this.request(next.exit);
-    });
+    this.queue.request(exit);
   }
 
   /** Resolves once the request is carried out or has failed (the failure is reported, not thrown). */

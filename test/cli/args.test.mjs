@@ -3,21 +3,33 @@ import { test } from 'node:test';
 import { parseArgs, UsageError } from '../../dist/cli/args.js';
 
 test('restore spellings: -r FILE, restore FILE, -d before or after', () => {
-  assert.deepEqual(parseArgs(['-r', 'a.ckpt']), { cmd: 'restore', file: 'a.ckpt', detach: false });
+  assert.deepEqual(parseArgs(['-r', 'a.ckpt']), {
+    cmd: 'restore',
+    file: 'a.ckpt',
+    detach: false,
+    key: 5,
+    pty: true,
+  });
   assert.deepEqual(parseArgs(['restore', 'a.ckpt', '-d']), {
     cmd: 'restore',
     file: 'a.ckpt',
     detach: true,
+    key: 5,
+    pty: true,
   });
   assert.deepEqual(parseArgs(['-d', '-r', 'a.ckpt']), {
     cmd: 'restore',
     file: 'a.ckpt',
     detach: true,
+    key: 5,
+    pty: true,
   });
   assert.deepEqual(parseArgs(['-r', '--', '-odd name.ckpt']), {
     cmd: 'restore',
     file: '-odd name.ckpt',
     detach: false,
+    key: 5,
+    pty: true,
   });
 });
 

@@ -1,0 +1,200 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  cleanup,
+  cli,
+  events,
+  fixture,
+  nodeBinaries,
+  pidAlive,
+  programPid,
+  removeDir,
+  resume,
+  run,
+  start,
+  tempDir,
+  waitFor,
+} from '../helpers.mjs';
+
+const dir = tempDir();
+after(async () => {
+  await cleanup();
+  removeDir(dir);
+});
+
+const checkptCli = (args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+const ticks = (child) => events(child).filter((e) => e.event === 'tick');
+const lastTick = (child) => ticks(child).at(-1)?.n ?? 0;
+
+async function until(what, pred, child, ms = 60_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = pred();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out: ${what}; stderr: ${child?.stderrText ?? ''}`);
+    await sleep(50);
+  }
+}
+
+function verify(file) {
+  const r = checkptCli(['inspect', '--verify', '--json', file]);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+const written = (child) => (child.stderrText.match(/checkpoint written to/g) ?? []).length;
+
+test('checkpt run: a shell loop that knows nothing of checkpt is checkpointed by checkpt signal on its pid, goes on, and resumes where it was', async () => {
+  const file = join(dir, 'loop.ckpt');
+  const p = run(['--file', file, '--', 'sh', fixture('loop.sh')], { cwd: dir });
+  await waitFor(p, (e) => e.event === 'tick' && e.n >= 3, 'ticks');
+  const pid = await programPid(p);
+  const r = checkptCli(['signal', '--verbose', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`sent SIGSTKFLT to ${p.pid}`));
+  await until('the checkpoint', () => written(p) === 1, p);
+  const atCheckpoint = lastTick(p);
+  const info = verify(file);
+  assert.equal(info.manifest.generation, 0);
+  assert.deepEqual(info.manifest.argv, ['sh', fixture('loop.sh')]);
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+  // It goes on after the checkpoint.
+  await waitFor(p, (e) => e.event === 'tick' && e.n >= atCheckpoint + 5, 'ticks after');
+  assert.ok(pidAlive(pid));
+
+  const copy = resume(file);
+  const first = await waitFor(copy, (e) => e.event === 'tick', 'the resumed copy');
+  // It counts on from where it was when checkpointed, not from 1.
+  assert.ok(
+    first.n > 1 && first.n <= atCheckpoint + 2,
+    `resumed at ${first.n}, checkpointed at ${atCheckpoint}`,
+  );
+  process.kill(copy.pid, 'SIGTERM');
+  assert.deepEqual(await copy.closed, { code: null, signal: 'SIGTERM' });
+  process.kill(p.pid, 'SIGTERM');
+  assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' });
+  assert.ok(!pidAlive(pid));
+});
+
+test('checkpt signal --exit on checkpt run: the program stops only once the file is durable; checkpt run exits 0', async () => {
+  const file = join(dir, 'exit.ckpt');
+  const p = run(['--file', file, '--', 'sh', fixture('loop.sh'), '100'], { cwd: dir });
+  await waitFor(p, (e) => e.event === 'tick' && e.n >= 102, 'ticks');
+  const pid = await programPid(p);
+  const r = checkptCli(['signal', '--exit', String(p.pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(await p.closed, { code: 0, signal: null });
+  assert.match(p.stderrText, /the program was stopped/);
+  assert.ok(!pidAlive(pid));
+  const stoppedAt = lastTick(p);
+  verify(file);
+  const copy = resume(file);
+  // Not one tick was lost or repeated: the program did not run on past its checkpoint.
+  const first = await waitFor(copy, (e) => e.event === 'tick', 'the resumed copy');
+  assert.equal(first.n, stoppedAt + 1);
+  process.kill(copy.pid, 'SIGKILL');
+  await copy.closed;
+});
+
+test('checkpt run passes on the exit status and signals, and the pid the program sees is its own', async () => {
+  const st = spawnSync(process.execPath, [cli, 'run', '--', 'sh', '-c', 'echo pid $$; exit 7'], {
+    encoding: 'utf8',
+  });
+  assert.equal(st.status, 7, st.stderr);
+  assert.match(st.stdout, /^pid \d+\n$/);
+  const missing = spawnSync(process.execPath, [cli, 'run', '--', '/nonexistent/prog'], {
+    encoding: 'utf8',
+  });
+  assert.equal(missing.status, 127);
+  assert.match(missing.stderr, /cannot run \/nonexistent\/prog/);
+
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
+    const p = run(['--', 'sh', fixture('loop.sh')]);
+    await waitFor(p, (e) => e.event === 'tick', 'ticks');
+    const pid = await programPid(p);
+    process.kill(p.pid, sig);
+    assert.deepEqual(await p.closed, { code: null, signal: sig }, p.stderrText);
+    assert.ok(!pidAlive(pid));
+  }
+});
+
+test('requests while a checkpoint from outside is being taken collapse into one more; an exit request wins', async () => {
+  const file = join(dir, 'burst.ckpt');
+  const work = join(dir, 'work');
+  mkdirSync(work);
+  const p = run(['--file', file, '--', 'sh', fixture('loop.sh')], {
+    cwd: dir,
+    env: { ...process.env, CHECKPT_TMPDIR: work },
+  });
+  await waitFor(p, (e) => e.event === 'tick' && e.n >= 2, 'ticks');
+  process.kill(p.pid, 'SIGSTKFLT');
+  // The dump's work directory exists from its start to its end: send more while it is there.
+  await until('the first checkpoint to start', () => readdirSync(work).length > 0, p);
+  process.kill(p.pid, 'SIGSTKFLT');
+  process.kill(p.pid, 'SIGPWR');
+  assert.deepEqual(await p.closed, { code: 0, signal: null });
+  assert.equal(written(p), 2, p.stderrText);
+  assert.match(p.stderrText, /the program was stopped/);
+  assert.doesNotMatch(p.stderrText, /failed/);
+  assert.deepEqual(readdirSync(work), []);
+  verify(file);
+});
+
+test('a failed checkpoint from outside says why, leaves no file, and the program goes on', async () => {
+  const file = join(dir, 'missing-dir', 'x.ckpt');
+  const p = run(['--file', file, '--', 'sh', fixture('loop.sh')], { cwd: dir });
+  await waitFor(p, (e) => e.event === 'tick', 'ticks');
+  process.kill(p.pid, 'SIGPWR');
+  await until('the failure', () => /failed: Cannot write a checkpoint into/.test(p.stderrText), p);
+  const n = lastTick(p);
+  await waitFor(p, (e) => e.event === 'tick' && e.n > n + 3, 'ticks after');
+  assert.ok(!existsSync(file));
+  process.kill(p.pid, 'SIGTERM');
+  assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' });
+});
+
+test('stdout to a file: checkpt run output lands in it, and the program can be checkpointed', async () => {
+  const file = join(dir, 'out.ckpt');
+  const out = join(dir, 'out.log');
+  const sh = `exec ${process.execPath} ${cli} run --file ${file} -- sh ${fixture('loop.sh')} > ${out}`;
+  const wrapper = start('sh', ['-c', sh]);
+  await until(
+    'output in the file',
+    () => existsSync(out) && readFileSync(out, 'utf8').includes('"n":3'),
+    wrapper,
+  );
+  process.kill(wrapper.pid, 'SIGSTKFLT');
+  await until('the checkpoint', () => /checkpoint written/.test(wrapper.stderrText), wrapper);
+  verify(file);
+  process.kill(wrapper.pid, 'SIGTERM');
+  await wrapper.closed;
+  rmSync(out);
+});
+
+for (const n of nodeBinaries()) {
+  test(`Node ${n.major} under checkpt run: the in-process API works unchanged, and requests reach the program's own handler`, async () => {
+    const file = join(dir, `node${n.major}.ckpt`);
+    const p = run(['--', n.bin, fixture('requests.mjs'), '--handler', 'count', '--checkpoint'], {
+      cwd: dir,
+      env: { ...process.env, CHECKPT_FILE: file },
+    });
+    await waitFor(p, (e) => e.event === 'ready', 'ready');
+    const r = checkptCli(['signal', String(p.pid)]);
+    assert.equal(r.status, 0, r.stderr);
+    await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'its own checkpoint');
+    // The supervisor handed the request on instead of dumping from outside.
+    assert.doesNotMatch(p.stderrText, /checkpoint written/);
+    verify(file);
+    const copy = resume(file);
+    await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
+    await waitFor(copy, (e) => e.event === 'tick' && e.gen === 1, 'ticks in the copy');
+    process.kill(copy.pid, 'SIGTERM');
+    await copy.closed;
+    process.kill(p.pid, 'SIGTERM');
+    await p.closed;
+  });
+}
