@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setImmediate } from 'node:timers';
 import { Coalescer } from '../../dist/launcher/coalesce.js';
 
 /** An action whose runs the test finishes by hand, recording what it was asked. */
