@@ -112,6 +112,47 @@ struct init_opts {
 };
 
 static int run_init(struct init_opts *o);
+
+/*
+ * The program's terminal: a pseudo-terminal from a devpts instance of its own, mounted over
+ * /dev/pts in its mount namespace. A resumed copy gets the same /dev/pts/N it had (CRIU reopens
+ * a terminal's other open files by that path), and never anyone else's terminal.
+ */
+static int open_private_pty(int index, const char **slave) {
+  if (index < 0 || index > 4096) { errno = EINVAL; die("--pty-index"); }
+  if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") < 0)
+    die("mount a devpts instance");
+  /* Programs that open /dev/ptmx themselves must get terminals from the same instance. */
+  if (mount("/dev/pts/ptmx", "/dev/ptmx", NULL, MS_BIND, NULL) < 0) { /* /dev/ptmx may be a symlink already */ }
+  int *spare = calloc((size_t)index + 1, sizeof(int));
+  if (!spare) die("calloc");
+  int master = -1, n = 0;
+  for (;;) {
+    master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || unlockpt(master) < 0) die("open a pseudo-terminal");
+    int got = -1;
+    if (ioctl(master, TIOCGPTN, &got) < 0) die("TIOCGPTN");
+    if (got == index) break;
+    if (got > index) { errno = EEXIST; die("allocate the pseudo-terminal's number"); }
+    spare[n++] = master;
+  }
+  while (n > 0) close(spare[--n]);
+  free(spare);
+  *slave = ptsname(master);
+  if (!*slave) die("ptsname");
+  /* The program starts with our terminal's modes and size, as if it ran on it directly. */
+  struct termios t;
+  struct winsize ws;
+  int s = open(*slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (s < 0) die("open the pseudo-terminal");
+  if (tcgetattr(0, &t) == 0) tcsetattr(s, TCSANOW, &t);
+  if (ioctl(0, TIOCGWINSZ, &ws) == 0) ioctl(s, TIOCSWINSZ, &ws);
+  /* Held open here, so the master never reads as hung up while the program is being set up or
+   * restored; the end of the program is the end of the init. */
+  hold_slave = s;
+  if (pipe2(wake_fd, O_CLOEXEC | O_NONBLOCK) < 0) die("pipe");
+  return master;
+}
 static int relay_pty(int master, pid_t init, int status_fd, int key);
 
 static void on_child(int sig) {
@@ -124,7 +165,7 @@ static void on_child(int sig) {
 /* Outside the new namespace: owns the terminal hand-over and passes signals to the init. */
 static int cmd_init(int argc, char **argv) {
   struct init_opts o = {0, 0, NULL, NULL, "", -1, NULL, NULL};
-  int attached = 0, key = 5, i;
+  int attached = 0, key = 5, pty_index = 0, i;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
     if (!strcmp(argv[i], "--attached")) { attached = 1; continue; }
@@ -142,6 +183,7 @@ static int cmd_init(int argc, char **argv) {
     else if (!strcmp(argv[i], "--message")) o.message = argv[++i];
     else if (!strcmp(argv[i], "--status-fd")) o.status_fd = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--key")) key = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--pty-index")) pty_index = atoi(argv[++i]);
     else { fprintf(stderr, "checkpt-helper init: unknown option %s\n", argv[i]); return EXIT_USAGE; }
   }
   if ((!o.run && o.pid <= 1) || (o.fifo && !o.mnt) || i >= argc) {
@@ -155,30 +197,14 @@ static int cmd_init(int argc, char **argv) {
   if (pty_mode && !(attached && isatty(0))) pty_mode = 0;
   int tty = attached && isatty(0) && !pty_mode;
   pid_t fg = tty ? tcgetpgrp(0) : -1;
-  int master = -1;
-  if (pty_mode) {
-    master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0) die("open a pseudo-terminal");
-    o.slave = ptsname(master);
-    if (!o.slave) die("ptsname");
-    /* The program starts with our terminal's modes and size, as if it ran on it directly. */
-    struct termios t;
-    struct winsize ws;
-    int s = open(o.slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (s < 0) die("open the pseudo-terminal");
-    if (tcgetattr(0, &t) == 0) tcsetattr(s, TCSANOW, &t);
-    if (ioctl(0, TIOCGWINSZ, &ws) == 0) ioctl(s, TIOCSWINSZ, &ws);
-    /* Held open here, so the master never reads as hung up while the program is being set up or
-     * restored; the end of the program is the end of the init. */
-    hold_slave = s;
-    if (pipe2(wake_fd, O_CLOEXEC | O_NONBLOCK) < 0) die("pipe");
-  }
   if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(PID|mount namespace)");
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
+  int master = -1;
+  if (pty_mode) master = open_private_pty(pty_index, &o.slave);
   pid_t init = fork();
   if (init < 0) die("fork init");
   if (init == 0) {
     if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("mount /proc");
     if (pty_mode) {
       close(master);
@@ -434,6 +460,9 @@ static int run_init(struct init_opts *o) {
     report(o->status_fd, "started %d\n", (int)pid);
   } else {
     pid = o->pid;
+    /* CRIU puts back the size the terminal had at the checkpoint; this one's is what counts. */
+    struct winsize ws;
+    int have_ws = isatty(0) && ioctl(0, TIOCGWINSZ, &ws) == 0;
     pid_t criu = fork();
     if (criu < 0) die("fork");
     if (criu == 0) {
@@ -465,6 +494,17 @@ static int run_init(struct init_opts *o) {
       close(ctl);
     }
     report(o->status_fd, "restored %d\n", (int)pid);
+    if (isatty(0)) {
+      /* CRIU restores an external terminal without its foreground group: give it the program's. */
+      pid_t pg = getpgid(pid);
+      signal(SIGTTOU, SIG_IGN);
+      if (pg > 0 && tcgetpgrp(0) != pg) tcsetpgrp(0, pg);
+      signal(SIGTTOU, SIG_DFL);
+      /* The terminal it wakes up on may have another size than the one it was checkpointed on. */
+      if (have_ws) ioctl(0, TIOCSWINSZ, &ws);
+      pid_t fg = tcgetpgrp(0);
+      if (fg > 0) kill(-fg, SIGWINCH);
+    }
   }
   if (pending_sig) kill(pid, pending_sig);
   /* Only the program may hold the relay pipes now, so its exit reads as EOF there. */

@@ -66,7 +66,13 @@ async function run(c: Command): Promise<number> {
         process.stdout.write(`${r.pid}\n`);
         return 0;
       }
-      return supervise(r, { generation: r.manifest.generation + 1, pty: c.pty });
+      // A copy checkpointed from outside goes on using the file names it was started with.
+      const template = r.manifest.template;
+      return supervise(r, {
+        generation: r.manifest.generation + 1,
+        pty: c.pty,
+        ...(template === undefined ? {} : { template }),
+      });
     }
     case 'run': {
       const r = await runProgram({

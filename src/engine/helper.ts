@@ -23,6 +23,8 @@ export interface HelperOptions {
   /** The byte that asks for a checkpoint on that terminal; undefined turns the key off. */
   key?: number;
   relays: number[];
+  /** The /dev/pts number the program's terminal had, so that its path is the same again. */
+  ptyIndex?: number;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -41,7 +43,9 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
   const full = [
     'init',
     ...(opts.detach ? [] : ['--attached']),
-    ...(opts.pty ? ['--pty', '--key', String(opts.key ?? -1)] : []),
+    ...(opts.pty
+      ? ['--pty', '--key', String(opts.key ?? -1), '--pty-index', String(opts.ptyIndex ?? 0)]
+      : []),
     ...opts.relays.flatMap((fd) => ['--relay', String(fd)]),
     '--status-fd',
     '3',

@@ -30,6 +30,8 @@ export interface ManifestBase {
   stdio: StdioDescriptor[];
   /** The FIFO a program that checkpointed itself waits on; absent when it was dumped from outside. */
   control?: { mount: string; fifo: string };
+  /** The file name template of checkpoints taken from outside, kept for the resumed copy's. */
+  template?: string;
   /** How many restores this process descends from (0 for an original). */
   generation: number;
 }

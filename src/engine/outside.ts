@@ -26,6 +26,7 @@ export interface OutsideDumpRequest {
   /** "Checkpoint and exit": the program never runs past the checkpoint; it is killed once the file is durable. */
   exit: boolean;
   generation: number;
+  template: string;
   timeoutMs: number;
 }
 
@@ -84,6 +85,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       rssBytes: Number(status.VmRSS?.split(/\s+/)[0] ?? 0) * 1024,
       stdio,
       generation: req.generation,
+      template: req.template,
       criu: version.text,
       imageBytes: dirBytes(imagesDir),
       dumpMs,

@@ -65,10 +65,10 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const info = await extractImage(file, imagesDir);
     const manifest = checkManifest(info.manifest, file);
     const stdio = manifest.stdio;
-    if (stdio.some((d) => d.kind === 'tty') && !options.detach && !process.stdin.isTTY)
+    if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
       throw new CheckptError(
         'ERESTORE',
-        `${file} was checkpointed while it used a terminal; resume it from a terminal (its stdin must be a tty).`,
+        `${file} was checkpointed while it used a terminal; resume it in the foreground of a terminal (checkpt -r without -d, stdin a tty).`,
       );
     const message: ControlMessage = {
       t: 'restored',
@@ -102,6 +102,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         pty,
         ...(options.key === null ? {} : { key: options.key ?? CTRL_E }),
         relays: relaysFor(inherit),
+        ptyIndex: ptyIndexOf(stdio),
       },
     );
     const first = await helper.next();
@@ -132,6 +133,15 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
 }
 
 export const CTRL_E = 5;
+
+/** The number of the /dev/pts terminal the program was on (0 when it was on none or another kind). */
+function ptyIndexOf(stdio: readonly StdioDescriptor[]): number {
+  for (const d of stdio) {
+    const m = d.kind === 'tty' ? /^\/dev\/pts\/(\d+)$/.exec(d.link) : null;
+    if (m) return Number(m[1]);
+  }
+  return 0;
+}
 
 /**
  * Which of our stdout/stderr the program gets through a relay pipe instead of directly.

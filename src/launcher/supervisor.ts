@@ -72,8 +72,9 @@ export class Supervisor {
       return;
     }
     let target = '';
+    const template = this.opts.template ?? (process.env.CHECKPT_FILE || DEFAULT_TEMPLATE);
     try {
-      target = this.targetFile();
+      target = this.targetFile(template);
       const r = await dumpFromOutside({
         pid: running.pid,
         innerPid: running.innerPid,
@@ -81,6 +82,7 @@ export class Supervisor {
         target,
         exit,
         generation: this.opts.generation,
+        template,
         timeoutMs: this.opts.timeoutMs ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
       });
       if (exit) this.stoppedByCheckpoint = target;
@@ -93,9 +95,8 @@ export class Supervisor {
     }
   }
 
-  private targetFile(): string {
+  private targetFile(template: string): string {
     const { running } = this.opts;
-    const template = this.opts.template ?? (process.env.CHECKPT_FILE || DEFAULT_TEMPLATE);
     const name = expandTemplate(template, {
       name: commandName(cmdline(running.pid)),
       pid: running.innerPid,
