@@ -12,7 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # A C compiler builds the native helper (build/checkpt-helper) and build/libcheckpt-nouring.so;
-# tmux plays the person at a terminal in the terminal tests.
+# tmux plays the person at a terminal in the terminal tests, and python3 is one of the programs
+# that `checkpt run` checkpoints there; nsenter (util-linux) runs CRIU inside a program's namespaces.
 missing=()
 if command -v cc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ]; then
   say "C compiler: $(command -v cc)"
@@ -20,6 +21,8 @@ else
   missing+=(gcc libc6-dev)
 fi
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

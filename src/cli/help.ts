@@ -1,18 +1,33 @@
 export const HELP = `checkpt: checkpoint and resume running Node.js programs (on CRIU)
 
 Usage:
+  checkpt run [OPTIONS] -- COMMAND [ARGS]   run any program so it can be checkpointed
   checkpt -r FILE.ckpt [-d]        resume a checkpointed program (also: checkpt restore FILE)
   checkpt inspect FILE.ckpt        show what a checkpoint holds [--json] [--verify]
   checkpt check                    can this machine checkpoint? [--json] [--node PATH]...
   checkpt exec -- COMMAND [ARGS]   run a program so it can be checkpointed (io_uring off)
   checkpt signal [--exit] PID      ask a running program to checkpoint itself [--verbose]
 
+Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]):
+  Starts COMMAND (Node or not) in a PID namespace of its own, off io_uring; on a terminal, on a
+  pseudo-terminal of its own. SIGCKPT (SIGSTKFLT) sent to checkpt run or the program, or the key
+  (default ^E), checkpoints it: a program that catches the signal (imports checkpt) gets it,
+  any other is dumped from outside and goes on, to TEMPLATE (default CHECKPT_FILE, else %N.ckpt).
+  SIGCKPTEXIT (SIGPWR, checkpt signal --exit) stops it once the file is durable; checkpt run
+  then exits 0. Requests during a checkpoint collapse into one more. Other signals reach the
+  program; the exit status is the program's.
+  --file T     checkpoint file name template (also given to the program as CHECKPT_FILE)
+  --key K      the checkpoint key on the terminal: ^E (default), ^G, C-g, ..., or none
+  --no-pty     run on checkpt's own terminal (no key, copies not re-checkpointable there)
+
 Resume:
   In the foreground (default) the program gets checkpt's own stdin, stdout and stderr, signals
   sent to checkpt reach it, and checkpt exits with the program's exit status (or dies of the
   same signal). Each resume runs in a PID namespace of its own, so one file can be resumed any
   number of times, concurrently, while the original still runs.
+  On a terminal the copy gets a terminal of its own, with the key, as under checkpt run.
   -d, --detach   resume in the background (stdin from /dev/null) and print its pid
+  --key K, --no-pty   as for checkpt run
 
 Checkpoint requests:
   checkpt signal PID sends SIGCKPT (SIGSTKFLT), checkpt signal --exit PID SIGCKPTEXIT (SIGPWR),

@@ -70,7 +70,7 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
           fix: "Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.",
         },
   );
-  for (const tool of ['setsid', 'mkfifo']) {
+  for (const tool of ['setsid', 'mkfifo', 'nsenter']) {
     const r = spawnSync(tool, ['--version'], { encoding: 'utf8' });
     out.push(
       r.error
