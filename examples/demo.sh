@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # checkpt demo: run examples/counter.mjs, which checkpoints itself; look inside the checkpoint;
-# resume it and check that the resumed copy carries on with the state it had.
+# resume it and check that the resumed copy carries on with the state it had. Then the same for
+# a shell loop that knows nothing of checkpt, run under `checkpt run` and checkpointed from outside.
 # Needs root, CRIU and a built checkpt (npm run demo runs scripts/setup.sh first). Works from any cwd.
 set -euo pipefail
 
@@ -53,4 +54,22 @@ grep -q 'returned 1: I am the RESUMED COPY' "$work/resumed.txt" || fail "checkpt
 grep -q 'resumed copy done' "$work/resumed.txt" || fail "the resumed copy did not finish its work"
 echo "saved by the original:     $saved"
 echo "found by the resumed copy: $resumed_after"
+
+step "5. Any program, unchanged: a shell loop under checkpt run, stopped by SIGCKPTEXIT from outside"
+loop='i=0; while [ $i -lt 20 ]; do i=$((i + 1)); echo "tick $i"; sleep 0.1; done'
+echo "\$ checkpt run --file $work/loop.ckpt -- sh -c '$loop' &"
+"${checkpt[@]}" run --file "$work/loop.ckpt" -- sh -c "$loop" </dev/null >"$work/loop1.txt" 2>&1 &
+runner=$!
+until grep -q 'tick 5' "$work/loop1.txt"; do sleep 0.05; done
+echo "\$ checkpt signal --exit $runner"
+"${checkpt[@]}" signal --exit "$runner"
+wait "$runner" || fail "checkpt run did not exit 0 after SIGCKPTEXIT"
+cat "$work/loop1.txt"
+stopped=$(sed -n 's/^tick //p' "$work/loop1.txt" | tail -1)
+echo "\$ checkpt -r $work/loop.ckpt"
+"${checkpt[@]}" -r "$work/loop.ckpt" </dev/null 2>&1 | tee "$work/loop2.txt" | sed -n '1p;$p'
+first=$(sed -n 's/^tick //p' "$work/loop2.txt" | head -1)
+[ "$first" = "$((stopped + 1))" ] || fail "the resumed loop began at tick $first, not $((stopped + 1))"
+grep -q '^tick 20$' "$work/loop2.txt" || fail "the resumed loop did not count to 20"
+echo "stopped after tick $stopped; the resumed copy went on from tick $first to 20"
 echo "demo: OK"

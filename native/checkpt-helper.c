@@ -341,6 +341,13 @@ static pid_t start_relay(int fd) {
   if (r < 0) die("fork relay");
   if (r == 0) {
     close(p[1]);
+    /* Hold nothing but our two ends: another relay's pipe or the status fd held here would
+     * never let it see its end. */
+    int null = open("/dev/null", O_RDWR);
+    for (int k = 0; k <= 2; k++)
+      if (k != fd) dup2(null, k);
+    for (int k = 3; k < 1024; k++)
+      if (k != p[0]) close(k);
     char buf[65536];
     for (;;) {
       ssize_t n = read(p[0], buf, sizeof buf);

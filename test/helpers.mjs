@@ -109,9 +109,28 @@ export function killGroup(child, sig = 'SIGKILL') {
   }
 }
 
+/** Every process below `pid`, found through /proc (a namespace's init leads its own session). */
+export function descendants(pid) {
+  const out = [];
+  const todo = [pid];
+  while (todo.length) {
+    const kids = childrenOf(todo.shift());
+    out.push(...kids);
+    todo.push(...kids);
+  }
+  return out;
+}
+
 export async function cleanup() {
   for (const c of started) {
+    const below = descendants(c.pid);
     killGroup(c);
+    for (const p of below)
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // already gone
+      }
     if (c.exitCode === null && c.signalCode === null) await c.closed;
   }
   started.clear();

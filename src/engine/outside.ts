@@ -44,8 +44,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       'EDUMP',
       `The program (pid ${req.pid}) has already ended; nothing to checkpoint.`,
     );
-  const tree = processTree(req.pid);
-  const uring = treeUsesIoUring(tree);
+  const uring = treeUsesIoUring(processTree(req.pid));
   if (uring !== undefined)
     throw new CheckptError(
       'EIOURING',
@@ -53,6 +52,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
     );
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-dump-'));
   let stopped = false;
+  let tree: number[] = [];
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
@@ -71,6 +71,8 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       leave: req.exit ? 'stopped' : 'running',
     });
     stopped = req.exit;
+    // Only now, with the tree stopped, is the list of its processes final (a shell forks on).
+    if (stopped) tree = processTree(req.pid);
     const dumpMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
     const manifest: Manifest = {
       formatVersion: FORMAT_VERSION,

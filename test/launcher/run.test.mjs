@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   cleanup,
   cli,
+  descendants,
   events,
   fixture,
   nodeBinaries,
@@ -157,21 +158,25 @@ test('a failed checkpoint from outside says why, leaves no file, and the program
   assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' });
 });
 
-test('stdout to a file: checkpt run output lands in it, and the program can be checkpointed', async () => {
+test('stdout and stderr to one file: output lands in it, and checkpt run ends after SIGCKPTEXIT with nothing left behind', async () => {
   const file = join(dir, 'out.ckpt');
   const out = join(dir, 'out.log');
-  const sh = `exec ${process.execPath} ${cli} run --file ${file} -- sh ${fixture('loop.sh')} > ${out}`;
+  const sh = `exec ${process.execPath} ${cli} run --file ${file} -- sh ${fixture('loop.sh')} > ${out} 2>&1`;
   const wrapper = start('sh', ['-c', sh]);
   await until(
     'output in the file',
     () => existsSync(out) && readFileSync(out, 'utf8').includes('"n":3'),
     wrapper,
   );
-  process.kill(wrapper.pid, 'SIGSTKFLT');
-  await until('the checkpoint', () => /checkpoint written/.test(wrapper.stderrText), wrapper);
+  const pid = await programPid(wrapper);
+  const helpers = descendants(wrapper.pid);
+  process.kill(wrapper.pid, 'SIGPWR');
+  // Both relays, the init and the loop's own children (a stopped `sleep`) must be gone for this.
+  assert.deepEqual(await wrapper.closed, { code: 0, signal: null });
+  assert.match(readFileSync(out, 'utf8'), /checkpoint written to .*the program was stopped/);
+  assert.ok(!pidAlive(pid));
+  assert.deepEqual(helpers.filter(pidAlive), []);
   verify(file);
-  process.kill(wrapper.pid, 'SIGTERM');
-  await wrapper.closed;
   rmSync(out);
 });
 
