@@ -12,6 +12,15 @@ interface RandAddon {
 }
 
 let addon: RandAddon | undefined;
+let enabled = true;
+
+/**
+ * @internal For tests: turns refreshIdentity() into a no-op, to show what copies of one checkpoint
+ * share without it.
+ */
+export function setIdentityRefresh(on: boolean): void {
+  enabled = on;
+}
 
 function loadAddon(): RandAddon {
   addon ??= createRequire(import.meta.url)(randAddonPath) as RandAddon;
@@ -97,6 +106,7 @@ function seedMathRandom(): void {
  * a failure it writes one warning line to stderr and does the rest.
  */
 export function refreshIdentity(): void {
+  if (!enabled) return;
   const failed: string[] = [];
   try {
     if (!loadAddon().reseed()) failed.push('OpenSSL reseed (RAND_poll) failed');
