@@ -1,4 +1,5 @@
-// Builds native/checkpt-helper.c into build/checkpt-helper with the system C compiler.
+// Builds native/*.c into build/ with the system C compiler: the helper, the io_uring blocker and
+// the N-API addon that reseeds OpenSSL in resumed copies (no node-gyp: it needs no Node headers).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -15,6 +16,11 @@ const targets = [
     src: join(root, 'native', 'nouring.c'),
     out: join(root, 'build', 'libcheckpt-nouring.so'),
     flags: ['-shared', '-fPIC'],
+  },
+  {
+    src: join(root, 'native', 'checkpt-rand.c'),
+    out: join(root, 'build', 'checkpt-rand.node'),
+    flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
 ];
 // During `npm install` a missing compiler must not fail the install: `checkpt check` explains it later.

@@ -13,6 +13,7 @@ import { hostname, release, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
 import { CheckptError } from './errors.js';
+import { refreshIdentity } from './identity.js';
 import { checkTarget } from './target.js';
 import { hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
 import { defaultCheckpointFile } from './template.js';
@@ -253,9 +254,11 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
   switch (msg.t) {
     case 'restored':
       lastRestore = { generation: msg.generation, image: msg.image, restoredAt: msg.restoredAt };
+      refreshIdentity(); // each copy: random generators of its own
       return 1;
     case 'ok':
       if (options.exit) process.exit(0);
+      refreshIdentity(); // the original: no longer the same generators as the image
       return 0;
     case 'err': {
       const opts =

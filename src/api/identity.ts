@@ -1,0 +1,148 @@
+import { closeSync, openSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes, randomInt, randomUUID } from 'node:crypto';
+import { packageRoot } from '../engine/paths.js';
+
+/** The N-API addon (native/checkpt-rand.c) whose reseed() calls OpenSSL's RAND_poll(). */
+export const randAddonPath = join(packageRoot, 'build', 'checkpt-rand.node');
+
+interface RandAddon {
+  reseed(): boolean;
+}
+
+let addon: RandAddon | undefined;
+let enabled = true;
+
+/**
+ * @internal For tests: turns refreshIdentity() into a no-op, to show what copies of one checkpoint
+ * share without it.
+ */
+export function setIdentityRefresh(on: boolean): void {
+  enabled = on;
+}
+
+function loadAddon(): RandAddon {
+  if (!addon) {
+    // process.dlopen directly: a tenth of the time require() takes to set up and load it.
+    const mod = { exports: {} as RandAddon };
+    process.dlopen(mod, randAddonPath);
+    addon = mod.exports;
+  }
+  return addon;
+}
+
+// Node's randomUUID() (and randomUUIDv7() in Node 24) serves 16-byte slots of one 128-slot buffer.
+const UUID_BATCH = 128;
+// crypto.randomInt() draws 6 bytes at a time from a 6 KiB cache: 1024 draws.
+const RANDOM_INT_DRAWS = 1024;
+
+/** xoshiro128** state; Math.random is replaced by random() from the first refresh on. */
+let s0 = 0,
+  s1 = 0,
+  s2 = 0,
+  s3 = 0;
+let mathRandomInstalled = false;
+
+function next32(): number {
+  const result = Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0;
+  const t = s1 << 9;
+  s2 ^= s0;
+  s3 ^= s1;
+  s1 ^= s2;
+  s0 ^= s3;
+  s2 ^= t;
+  s3 = rotl(s3, 11);
+  return result;
+}
+
+function rotl(x: number, k: number): number {
+  return (x << k) | (x >>> (32 - k));
+}
+
+/** A double in [0, 1) from 53 random bits, like V8's; a method, so not a constructor. */
+const random = {
+  random(): number {
+    return ((next32() >>> 5) * 67108864 + (next32() >>> 6)) / 9007199254740992;
+  },
+}.random;
+
+/** 16 bytes straight from the kernel, independent of OpenSSL's state (empty if unreadable). */
+function kernelBytes(): Buffer {
+  const buf = Buffer.alloc(16);
+  try {
+    const fd = openSync('/dev/urandom', 'r');
+    try {
+      if (readSync(fd, buf, 0, 16, null) === 16) return buf;
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // fall back to OpenSSL's bytes alone
+  }
+  return Buffer.alloc(0);
+}
+
+function seedMathRandom(): void {
+  const seed = randomBytes(16);
+  const extra = kernelBytes();
+  for (let i = 0; i < extra.length; i++) seed[i]! ^= extra[i]!;
+  s0 = seed.readInt32LE(0);
+  s1 = seed.readInt32LE(4);
+  s2 = seed.readInt32LE(8);
+  s3 = seed.readInt32LE(12);
+  if ((s0 | s1 | s2 | s3) === 0) s0 = 1; // the one state xoshiro never leaves
+  if (!mathRandomInstalled) {
+    Object.defineProperty(Math, 'random', {
+      value: random,
+      writable: true,
+      enumerable: false,
+      configurable: true,
+    });
+    mathRandomInstalled = true;
+  }
+}
+
+/**
+ * Gives this process randomness of its own after a checkpoint, in the original and in every
+ * resumed copy, which otherwise all continue from the same generator states: reseeds OpenSSL
+ * (randomBytes, getRandomValues, key generation, TLS), flushes Node's randomUUID() and randomInt()
+ * caches, and replaces Math.random with a generator seeded afresh. Synchronous, never throws; on
+ * a failure it writes one warning line to stderr and does the rest.
+ */
+export function refreshIdentity(): void {
+  if (!enabled) return;
+  const failed: string[] = [];
+  try {
+    if (!loadAddon().reseed()) failed.push('OpenSSL reseed (RAND_poll) failed');
+  } catch (e) {
+    failed.push(`OpenSSL not reseeded: ${(e as Error).message} (run 'npm rebuild checkpt')`);
+  }
+  try {
+    // getBufferedUUID() refills its buffer exactly when its slot counter is 0 and the counter goes
+    // round 128 slots, so 128 calls from any position include one refill, and every UUID after
+    // them comes from that post-reseed refill (same code in Node 20, 22 and 24; v7 shares it).
+    for (let i = 0; i < UUID_BATCH; i++) randomUUID();
+  } catch (e) {
+    failed.push(`randomUUID cache: ${(e as Error).message}`);
+  }
+  try {
+    // randomInt() reads 6 bytes per draw from a 6 KiB buffer and refills it only when it is used
+    // up, so 1024 draws use up what was left from before and anything after comes from a refill.
+    for (let i = 0; i < RANDOM_INT_DRAWS; i++) randomInt(1);
+  } catch (e) {
+    failed.push(`randomInt cache: ${(e as Error).message}`);
+  }
+  try {
+    seedMathRandom();
+  } catch (e) {
+    failed.push(`Math.random: ${(e as Error).message}`);
+  }
+  if (failed.length === 0) return;
+  try {
+    process.stderr.write(
+      `checkpt: warning: this copy may share random values with other copies of its checkpoint: ${failed.join('; ')}\n`,
+    );
+  } catch {
+    // nowhere to warn
+  }
+}

@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import {
+  cleanup,
+  fixture,
+  nodeBinaries,
+  removeDir,
+  resume,
+  startNode,
+  tempDir,
+  waitFor,
+} from '../helpers.mjs';
+
+after(cleanup);
+
+const FRESH_EVERYWHERE = [
+  'randomBytes',
+  'randomUUID',
+  'getRandomValues',
+  'webcrypto',
+  'randomInt',
+  'mathRandom',
+  'ecPublicKey',
+  'ecdsaSignature',
+];
+// Fresh from OpenSSL alone; the JS-side caches still hold bytes drawn before the checkpoint.
+const FROM_OPENSSL = [
+  'randomBytes',
+  'getRandomValues',
+  'webcrypto',
+  'ecPublicKey',
+  'ecdsaSignature',
+];
+const CACHED_IN_JS = ['randomUUID', 'randomInt', 'mathRandom'];
+
+/** Checkpoints the fixture in `mode`, resumes the file twice at once; the three sets of values. */
+async function threeCopies(node, mode) {
+  const dir = tempDir();
+  try {
+    const file = join(dir, 'identity.ckpt');
+    const orig = startNode(node, fixture('identity.mjs'), [file, mode]);
+    const o = await waitFor(orig, (e) => e.event === 'values', 'the original to go on');
+    assert.equal(o.r, 0);
+    assert.equal((await orig.closed).code, 0, orig.stderrText);
+    const a = resume(file);
+    const b = resume(file);
+    const [ra, rb] = await Promise.all([
+      waitFor(a, (e) => e.event === 'values', 'copy A'),
+      waitFor(b, (e) => e.event === 'values', 'copy B'),
+    ]);
+    assert.equal(ra.r, 1);
+    assert.equal(rb.r, 1);
+    assert.equal((await a.closed).code, 7, a.stderrText);
+    assert.equal((await b.closed).code, 7, b.stderrText);
+    for (const c of [orig, a, b]) assert.doesNotMatch(c.stderrText, /warning/);
+    return { original: o.values, a: ra.values, b: rb.values };
+  } finally {
+    removeDir(dir);
+  }
+}
+
+/** Every value (every element of a list) differs between the three processes. */
+function assertAllDiffer(copies, keys) {
+  for (const key of keys) {
+    const lists = Object.values(copies).map((v) => [v[key]].flat());
+    for (let i = 0; i < lists[0].length; i++) {
+      const seen = lists.map((l) => l[i]);
+      assert.equal(new Set(seen).size, 3, `${key}[${i}] is shared: ${JSON.stringify(seen)}`);
+    }
+  }
+}
+
+function assertAllEqual(copies, keys) {
+  for (const key of keys) {
+    assert.deepEqual(copies.a[key], copies.original[key], `${key}: copy A vs the original`);
+    assert.deepEqual(copies.b[key], copies.original[key], `${key}: copy B vs the original`);
+  }
+}
+
+for (const node of nodeBinaries()) {
+  describe(`identity of resumed copies on Node ${node.major}`, () => {
+    test('after refreshIdentity() the original and two concurrent copies draw different random values, UUIDs, keys and signatures', async () => {
+      assertAllDiffer(await threeCopies(node, 'refresh'), FRESH_EVERYWHERE);
+    });
+
+    test('control: without the refresh, the original and both copies draw exactly the same values', async () => {
+      assertAllEqual(await threeCopies(node, 'control'), FRESH_EVERYWHERE);
+    });
+
+    test("the OpenSSL reseed alone freshens OpenSSL's output but not randomUUID, randomInt or Math.random, which need their caches flushed", async () => {
+      const copies = await threeCopies(node, 'reseed-only');
+      assertAllDiffer(copies, FROM_OPENSSL);
+      assertAllEqual(copies, CACHED_IN_JS);
+    });
+  });
+}
