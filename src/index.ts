@@ -1,3 +1,5 @@
+import { setBuiltInResources } from './api/hooks.js';
+import { networkResource } from './api/network.js';
 import { installRequestListeners } from './api/requests.js';
 
 export {
@@ -26,5 +28,18 @@ export {
   type RequestCheckpointResult,
 } from './launcher/request.js';
 
+export {
+  register,
+  onRestore,
+  HookFailure,
+  type Resource,
+  type RegisterOptions,
+  type CheckpointContext,
+  type RestoreContext,
+} from './api/hooks.js';
+
 // Importing checkpt makes the program answer SIGCKPT / SIGCKPTEXIT instead of dying of them.
 installRequestListeners();
+// Servers listen again and connections are closed around every checkpoint, unless turned off.
+if (!/^(0|off|false|no)$/i.test(process.env.CHECKPT_NETWORK ?? ''))
+  setBuiltInResources([networkResource]);

@@ -14,6 +14,7 @@ import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
 import { CheckptError } from './errors.js';
 import { checkTarget } from './target.js';
+import { hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
 import { defaultCheckpointFile } from './template.js';
 import { criuVersion } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
@@ -76,35 +77,67 @@ interface Session {
 /**
  * Writes a checkpoint of this process to `file` (default: CHECKPT_FILE or %N.ckpt) and returns 0
  * once it is durable. In a process resumed from that file, the same call returns 1.
+ * Registered resources' steps run around it (synchronously: async steps need checkpoint()).
  */
 export function checkpt(file?: string, options: CheckptOptions = {}): number {
-  const s = begin(file, options, 'sync');
-  let msg: ControlMessage | undefined;
+  const target = claim(file);
   try {
-    msg = s.channel.readSync();
+    const before = runStepsSync('beforeCheckpoint', { exit: options.exit === true, file: target });
+    if (before.length) throw abandoned(before, runStepsSync('afterRestore', notTaken()), target);
+    let result: number;
+    try {
+      const s = begin(target, options, 'sync');
+      let msg: ControlMessage | undefined;
+      try {
+        msg = s.channel.readSync();
+      } finally {
+        finish(s);
+      }
+      result = conclude(s, msg, options);
+    } catch (e) {
+      throw withSteps(e, runStepsSync('afterRestore', notTaken()));
+    }
+    return settle(result, runStepsSync('afterRestore', taken(result)), target);
   } finally {
-    finish(s);
+    setIdle();
   }
-  return conclude(s, msg, options);
 }
 
 /**
  * The same as checkpt(), but the event loop runs again as soon as CRIU has dumped the process,
  * while the image is packed and written; the promise settles once the file is durable.
+ * Registered resources' steps, async ones too, run around it.
  */
 export async function checkpoint(file?: string, options: CheckptOptions = {}): Promise<number> {
-  const s = begin(file, options, 'async');
-  let msg: ControlMessage | undefined;
+  const target = claim(file);
   try {
-    msg = s.channel.readSync();
-    if (msg?.t === 'dumped') msg = await s.channel.readAsync();
+    const before = await runSteps('beforeCheckpoint', {
+      exit: options.exit === true,
+      file: target,
+    });
+    if (before.length) throw abandoned(before, await runSteps('afterRestore', notTaken()), target);
+    let result: number;
+    try {
+      const s = begin(target, options, 'async');
+      let msg: ControlMessage | undefined;
+      try {
+        msg = s.channel.readSync();
+        if (msg?.t === 'dumped') msg = await s.channel.readAsync();
+      } finally {
+        finish(s);
+      }
+      result = conclude(s, msg, options);
+    } catch (e) {
+      throw withSteps(e, await runSteps('afterRestore', notTaken()));
+    }
+    return settle(result, await runSteps('afterRestore', taken(result)), target);
   } finally {
-    finish(s);
+    setIdle();
   }
-  return conclude(s, msg, options);
 }
 
-function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' | 'async'): Session {
+/** Fails fast (EBUSY, bad name, preflight) before any step runs, then marks a checkpoint in progress. */
+function claim(file: string | undefined): string {
   if (busy)
     throw new CheckptError(
       'EBUSY',
@@ -113,6 +146,45 @@ function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' |
   const target = resolveTarget(file);
   preflight(target);
   busy = true;
+  return target;
+}
+
+const generation = (): number => lastRestore?.generation ?? 0;
+const notTaken = () => ({ restored: false, checkpointed: false, generation: generation() });
+const taken = (result: number) => ({
+  restored: result === 1,
+  checkpointed: true,
+  generation: generation(),
+});
+
+function abandoned(before: HookFailure[], after: HookFailure[], target: string): CheckptError {
+  return hookError(
+    [...before, ...after],
+    'before the checkpoint, so it was abandoned: nothing was written and the program goes on',
+    { path: target },
+  );
+}
+
+/** A failed checkpoint's own error, carrying the "after" steps that failed as well. */
+function withSteps(e: unknown, after: HookFailure[]): unknown {
+  if (after.length && e instanceof CheckptError) e.errors = [...(e.errors ?? []), ...after];
+  return e;
+}
+
+function settle(result: number, after: HookFailure[], target: string): number {
+  if (!after.length) return result;
+  const err = hookError(
+    after,
+    result === 1
+      ? 'after the restore (this is the resumed copy)'
+      : 'after the checkpoint (the file was written; this is the original)',
+    { path: target },
+  );
+  err.restored = result === 1;
+  throw err;
+}
+
+function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'): Session {
   const id = `${process.pid}-${randomBytes(6).toString('hex')}`;
   const ctlDir = join(runDir, id);
   let workDir: string | undefined;
@@ -158,7 +230,6 @@ function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' |
     channel?.close();
     rmSync(ctlDir, { recursive: true, force: true });
     if (workDir) rmSync(workDir, { recursive: true, force: true });
-    setIdle();
     throw e;
   }
 }
@@ -167,7 +238,6 @@ function begin(file: string | undefined, options: CheckptOptions, mode: 'sync' |
 function finish(s: Session): void {
   s.channel.close();
   rmSync(s.ctlDir, { recursive: true, force: true });
-  setIdle();
 }
 
 function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptOptions): number {

@@ -14,6 +14,7 @@ export type CheckptErrorCode =
   | 'EBUSY' // a checkpoint of this process is already in progress
   | 'ESRCH' // the process to send a checkpoint request to does not exist
   | 'ENOTARGET' // neither the process nor an ancestor handles checkpoint requests
+  | 'EHOOK' // a step of a registered resource failed (see errors)
   | 'EIO'; // reading or writing a file failed
 
 export interface CheckptErrorOptions {
@@ -27,6 +28,10 @@ export class CheckptError extends Error {
   readonly code: CheckptErrorCode | string;
   readonly logTail?: string;
   readonly path?: string;
+  /** For EHOOK: every step that failed, in the order they ran. */
+  errors?: Error[];
+  /** For EHOOK after a checkpoint: whether this is a resumed copy (true) or the original. */
+  restored?: boolean;
 
   constructor(code: CheckptErrorCode | string, message: string, options: CheckptErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -43,6 +48,8 @@ export class CheckptError extends Error {
       message: this.message,
       path: this.path,
       logTail: this.logTail,
+      ...(this.errors ? { errors: this.errors.map((e) => e.message) } : {}),
+      ...(this.restored === undefined ? {} : { restored: this.restored }),
     };
   }
 }
