@@ -12,8 +12,7 @@
 // copy. The Redis connection is the program's own, so it registers a resource for it: closed
 // before the checkpoint, opened again after it.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { checkpoint, restoreInfo } from 'checkpt';
-import { hooksAvailable, register } from './hooks.js';
+import { checkpoint, register, restoreInfo } from 'checkpt';
 import { RedisClient } from './redis.js';
 
 function option(name: string, fallback: string): string {
@@ -134,7 +133,6 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
       dbsize,
       pid: process.pid,
       generation: restoreInfo()?.generation ?? 0,
-      hooks: hooksAvailable,
       lastCheckpoint: lastCheckpoint ?? null,
     });
   }
@@ -176,8 +174,5 @@ const server = createServer((req, res) => {
 await connectRedis();
 server.listen(port, () => {
   const addr = server.address();
-  log('listening', {
-    port: typeof addr === 'object' && addr ? addr.port : port,
-    hooks: hooksAvailable,
-  });
+  log('listening', { port: typeof addr === 'object' && addr ? addr.port : port });
 });

@@ -18,17 +18,11 @@ import {
 } from '../helpers.mjs';
 import { freePort, redisMissing, startRedis } from '../redis.mjs';
 import { RedisClient } from '../../dist-examples/server/redis.js';
-import * as lib from '../../dist/index.js';
 
 after(cleanup);
 
 const serverJs = join(root, 'dist-examples', 'server', 'server.js');
 const missing = redisMissing();
-// The checkpoint test needs the hook API of issue 4 (register(), built-in re-listen of servers).
-const hooks = typeof lib.register === 'function';
-const noHooks = hooks
-  ? false
-  : 'this build of checkpt has no hook API yet (register(), servers closed and listened again)';
 
 /** One HTTP request; resolves { status, body } (body parsed as JSON when it is). */
 function request(port, method, path, { body, agent, timeoutMs = 30_000 } = {}) {
@@ -96,6 +90,7 @@ function hammer(port, notes, loops = 2) {
   const agent = new Agent({ keepAlive: true, maxSockets: loops });
   const outcomes = [];
   let stopped = false;
+  const state = { phase: 'serving' };
   const one = async (i) => {
     const [id, text] = notes[i % notes.length];
     const path = i % 3 === 2 ? '/stats' : `/notes/${id}`;
@@ -108,12 +103,19 @@ function hammer(port, notes, loops = 2) {
           : r.body.id === id && r.body.text === text);
       outcomes.push(
         right
-          ? { ok: true, path, generation: r.body.generation }
-          : { ok: false, kind: 'wrong', path, status: r.status, body: r.body },
+          ? { ok: true, phase: state.phase, path, generation: r.body.generation }
+          : { ok: false, phase: state.phase, kind: 'wrong', path, status: r.status, body: r.body },
       );
     } catch (e) {
       const kind = e.code === 'HANG' ? 'hang' : CLEAR.has(e.code) ? 'clear' : 'unclear';
-      outcomes.push({ ok: false, kind, path, code: e.code, message: e.message });
+      outcomes.push({
+        ok: false,
+        phase: state.phase,
+        kind,
+        path,
+        code: e.code,
+        message: e.message,
+      });
       await sleep(20); // no busy loop while nobody listens
     }
   };
@@ -123,6 +125,10 @@ function hammer(port, notes, loops = 2) {
   const running = Promise.all(Array.from({ length: loops }, (_, n) => loop(n)));
   return {
     outcomes,
+    /** The part of the test that requests are counted under. */
+    set phase(p) {
+      state.phase = p;
+    },
     okCount: (pred = () => true) => outcomes.filter((o) => o.ok && pred(o)).length,
     async stop() {
       stopped = true;
@@ -171,104 +177,104 @@ test('the example serves notes from memory, stores them in Redis and counts requ
 });
 
 for (const node of nodeBinaries()) {
-  test(
-    `Node ${node.major}: checkpointed while a client hammers it, then resumed: same port, same notes and counter, Redis again; every failed request failed clearly`,
-    { todo: noHooks },
-    async (t) => {
-      if (missing) return t.skip(missing);
-      const redis = await startRedis();
-      const dir = tempDir();
-      let load;
-      let db;
-      try {
-        const file = join(dir, 'notes.ckpt');
-        const { server, port } = await startExample(node, redis.port, dir);
-        const texts = ['alpha', 'beta', 'gamma', 'delta', 'epsilon'];
-        const ids = await postNotes(port, texts);
-        const notes = ids.map((id, i) => [id, texts[i]]);
+  test(`Node ${node.major}: checkpointed while a client hammers it, then resumed: same port, same notes and counter, Redis again; every failed request failed clearly`, async (t) => {
+    if (missing) return t.skip(missing);
+    const redis = await startRedis();
+    const dir = tempDir();
+    let load;
+    let db;
+    try {
+      const file = join(dir, 'notes.ckpt');
+      const { server, port } = await startExample(node, redis.port, dir);
+      const texts = ['alpha', 'beta', 'gamma', 'delta', 'epsilon'];
+      const ids = await postNotes(port, texts);
+      const notes = ids.map((id, i) => [id, texts[i]]);
 
-        load = hammer(port, notes);
-        await until(() => load.okCount() >= 20, 'the client to get answers');
-        const before = (await request(port, 'GET', '/stats')).body;
+      load = hammer(port, notes);
+      await until(() => load.okCount() >= 20, 'the client to get answers');
+      const before = (await request(port, 'GET', '/stats')).body;
 
-        const asked = await request(port, 'POST', `/checkpoint?file=${encodeURIComponent(file)}`);
-        assert.equal(asked.status, 202, JSON.stringify(asked.body));
-        const outcome = await waitFor(
-          server,
-          (e) => e.event === 'checkpoint-written' || e.event === 'checkpoint-failed',
-          'the checkpoint',
-        );
-        assert.equal(outcome.event, 'checkpoint-written', outcome.message);
-        await waitFor(
-          server,
-          (e) => e.event === 'after-restore' && e.restored === false,
-          'the original to reconnect',
-        );
-        // The original goes on serving on its port (checkpt listened again for it).
-        const okBeforeKill = load.okCount();
-        await until(() => load.okCount() >= okBeforeKill + 10, 'answers from the original again');
+      load.phase = 'checkpoint';
+      const asked = await request(port, 'POST', `/checkpoint?file=${encodeURIComponent(file)}`);
+      assert.equal(asked.status, 202, JSON.stringify(asked.body));
+      const outcome = await waitFor(
+        server,
+        (e) => e.event === 'checkpoint-written' || e.event === 'checkpoint-failed',
+        'the checkpoint',
+      );
+      assert.equal(outcome.event, 'checkpoint-written', outcome.message);
+      await waitFor(
+        server,
+        (e) => e.event === 'after-restore' && e.restored === false,
+        'the original to reconnect',
+      );
+      // The original goes on serving on its port (checkpt listened again for it).
+      load.phase = 'original after';
+      const okBeforeKill = load.okCount();
+      await until(() => load.okCount() >= okBeforeKill + 10, 'answers from the original again');
 
-        killGroup(server);
-        await server.closed;
-        const copy = resume(file, { cwd: dir });
-        const back = await waitFor(copy, (e) => e.event === 'resumed', 'the resumed copy');
-        assert.equal(back.generation, 1);
-        await waitFor(
-          copy,
-          (e) => e.event === 'after-restore' && e.restored === true && e.generation === 1,
-          'the copy to reconnect to Redis',
-        );
-        await until(
-          () => load.okCount((o) => o.generation === 1) >= 5,
-          'the hammering client to get answers from the copy',
-        );
-        await load.stop();
+      load.phase = 'killed, resuming';
+      killGroup(server);
+      await server.closed;
+      const copy = resume(file, { cwd: dir });
+      const back = await waitFor(copy, (e) => e.event === 'resumed', 'the resumed copy');
+      assert.equal(back.generation, 1);
+      await waitFor(
+        copy,
+        (e) => e.event === 'after-restore' && e.restored === true && e.generation === 1,
+        'the copy to reconnect to Redis',
+      );
+      load.phase = 'resumed';
+      await until(
+        () => load.okCount((o) => o.generation === 1) >= 5,
+        'the hammering client to get answers from the copy',
+      );
+      await load.stop();
 
-        // Same port, same in-memory state.
-        const stats = await request(port, 'GET', '/stats');
-        assert.equal(stats.status, 200);
-        assert.equal(stats.body.generation, 1);
-        assert.equal(stats.body.notes, texts.length);
-        assert.ok(
-          stats.body.requests > before.requests,
-          `the counter goes on from the checkpoint (${stats.body.requests} after, ${before.requests} before)`,
-        );
-        for (const [id, text] of notes) {
-          const r = await request(port, 'GET', `/notes/${id}`);
-          assert.deepEqual([r.status, r.body.text], [200, text]);
-        }
-        // Redis works again in the copy: a new note lands there.
-        const added = await request(port, 'POST', '/notes', { body: 'after the resume' });
-        assert.equal(added.status, 201, JSON.stringify(added.body));
-        assert.equal(added.body.id, texts.length + 1, 'ids go on from the checkpointed state');
-        db = await RedisClient.connect({ port: redis.port });
-        assert.equal(await db.command('GET', `note:${added.body.id}`), 'after the resume');
-        const after = (await request(port, 'GET', '/stats')).body;
-        assert.equal(after.dbsize, texts.length + 1);
-
-        // Every request either got the right answer or failed with a clear connection error.
-        const failed = load.outcomes.filter((o) => !o.ok);
-        const byKind = {};
-        for (const o of failed)
-          byKind[`${o.kind}:${o.code ?? o.status}`] =
-            (byKind[`${o.kind}:${o.code ?? o.status}`] ?? 0) + 1;
-        t.diagnostic(
-          `${load.outcomes.length} requests: ${load.okCount()} answered right, failures ${JSON.stringify(byKind)}`,
-        );
-        assert.deepEqual(
-          failed.filter((o) => o.kind !== 'clear'),
-          [],
-          'no hang, no wrong answer, no unclear error',
-        );
-        killGroup(copy);
-        await copy.closed;
-      } finally {
-        await load?.stop();
-        await db?.close();
-        await cleanup();
-        await redis.stop();
-        removeDir(dir);
+      // Same port, same in-memory state.
+      const stats = await request(port, 'GET', '/stats');
+      assert.equal(stats.status, 200);
+      assert.equal(stats.body.generation, 1);
+      assert.equal(stats.body.notes, texts.length);
+      assert.ok(
+        stats.body.requests > before.requests,
+        `the counter goes on from the checkpoint (${stats.body.requests} after, ${before.requests} before)`,
+      );
+      for (const [id, text] of notes) {
+        const r = await request(port, 'GET', `/notes/${id}`);
+        assert.deepEqual([r.status, r.body.text], [200, text]);
       }
-    },
-  );
+      // Redis works again in the copy: a new note lands there.
+      const added = await request(port, 'POST', '/notes', { body: 'after the resume' });
+      assert.equal(added.status, 201, JSON.stringify(added.body));
+      assert.equal(added.body.id, texts.length + 1, 'ids go on from the checkpointed state');
+      db = await RedisClient.connect({ port: redis.port });
+      assert.equal(await db.command('GET', `note:${added.body.id}`), 'after the resume');
+      const after = (await request(port, 'GET', '/stats')).body;
+      assert.equal(after.dbsize, texts.length + 1);
+
+      // Every request either got the right answer or failed with a clear connection error.
+      const failed = load.outcomes.filter((o) => !o.ok);
+      const tally = {};
+      for (const o of load.outcomes) {
+        const key = o.ok ? 'ok' : `${o.kind}:${o.code ?? o.status}`;
+        tally[o.phase] ??= {};
+        tally[o.phase][key] = (tally[o.phase][key] ?? 0) + 1;
+      }
+      t.diagnostic(`${load.outcomes.length} requests by phase: ${JSON.stringify(tally)}`);
+      assert.deepEqual(
+        failed.filter((o) => o.kind !== 'clear'),
+        [],
+        'no hang, no wrong answer, no unclear error',
+      );
+      killGroup(copy);
+      await copy.closed;
+    } finally {
+      await load?.stop();
+      await db?.close();
+      await cleanup();
+      await redis.stop();
+      removeDir(dir);
+    }
+  });
 }
