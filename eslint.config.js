@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'build/', 'node_modules/', '.tools/'] },
+  { ignores: ['dist/', 'dist-examples/', 'build/', 'node_modules/', '.tools/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -13,7 +13,9 @@ fi
 
 # A C compiler builds the native helper (build/checkpt-helper) and build/libcheckpt-nouring.so;
 # tmux plays the person at a terminal in the terminal tests, and python3 is one of the programs
-# that `checkpt run` checkpoints there; nsenter (util-linux) runs CRIU inside a program's namespaces.
+# that `checkpt run` checkpoints there; nsenter (util-linux) runs CRIU inside a program's namespaces;
+# redis-server is the outside service of the example server's test (each test starts a private
+# one on a free port: the system service is kept from starting and disabled).
 missing=()
 if command -v cc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ]; then
   say "C compiler: $(command -v cc)"
@@ -23,11 +25,30 @@ fi
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # No service may start during the install (redis-server's would): a policy-rc.d that denies
+  # every start, unless the machine already has one (Docker images do).
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+fi
+# The tests start their own redis-server; a system one is neither needed nor wanted.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
 say "CRIU"
