@@ -1,5 +1,5 @@
 import { setBuiltInResources } from './api/hooks.js';
-import { networkResource } from './api/network.js';
+import { networkResource, trackUnref } from './api/network.js';
 import { installRequestListeners } from './api/requests.js';
 
 export {
@@ -41,5 +41,7 @@ export {
 // Importing checkpt makes the program answer SIGCKPT / SIGCKPTEXIT instead of dying of them.
 installRequestListeners();
 // Servers listen again and connections are closed around every checkpoint, unless turned off.
-if (!/^(0|off|false|no)$/i.test(process.env.CHECKPT_NETWORK ?? ''))
+if (!/^(0|off|false|no)$/i.test(process.env.CHECKPT_NETWORK ?? '')) {
+  trackUnref();
   setBuiltInResources([networkResource]);
+}

@@ -21,9 +21,32 @@ type WithHandle = { _handle?: Handle | null };
 
 let closed: Closed[] = [];
 
+// Node lists only handles that keep the loop alive; an agent's pooled sockets are unref'd.
+const unrefd = new Set<WeakRef<Socket | Server>>();
+
+/** Notes every socket or server that leaves the list of active handles through unref(). */
+export function trackUnref(): void {
+  for (const proto of [Socket.prototype, Server.prototype] as const) {
+    const original = proto.unref as (this: Socket | Server) => Socket | Server;
+    if ((original as { checkptTracked?: boolean }).checkptTracked) continue;
+    const wrapped = function (this: Socket | Server): Socket | Server {
+      unrefd.add(new WeakRef(this));
+      return original.call(this);
+    };
+    (wrapped as { checkptTracked?: boolean }).checkptTracked = true;
+    (proto as { unref: unknown }).unref = wrapped;
+  }
+}
+
 function activeHandles(): unknown[] {
   const get = (process as unknown as { _getActiveHandles?: () => unknown[] })._getActiveHandles;
-  return typeof get === 'function' ? get.call(process) : [];
+  const listed = new Set<unknown>(typeof get === 'function' ? get.call(process) : []);
+  for (const ref of unrefd) {
+    const h = ref.deref();
+    if (h === undefined || (h instanceof Socket && h.destroyed)) unrefd.delete(ref);
+    else listed.add(h);
+  }
+  return [...listed];
 }
 
 function listeningServers(): Server[] {

@@ -104,6 +104,40 @@ test('an idle keep-alive connection sees an orderly close (FIN, no reset) before
   await p.closed;
 });
 
+test('a keep-alive agent in the program: its pooled connection is closed cleanly, and it connects anew on both sides', async () => {
+  let n = 0;
+  const ends = [];
+  const up = createServer((sock) => {
+    sock.on('end', () => ends.push('end'));
+    sock.on('error', (e) => ends.push(`error ${e.code}`));
+    sock.on('data', () => {
+      n++;
+      sock.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi`);
+    });
+  });
+  await new Promise((r) => up.listen(0, '127.0.0.1', r));
+  const upPort = up.address().port;
+  try {
+    const { port, file, p } = await startServer(nodeBinaries()[0], 'agent');
+    assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
+    await http(port, '/checkpoint', 'POST');
+    await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
+    // The pooled connection was closed in order before the dump: the upstream saw its end.
+    assert.deepEqual(ends, ['end']);
+    assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
+    killGroup(p);
+    await p.closed;
+    const copy = resume(file);
+    await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
+    assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
+    assert.equal(n, 3);
+    copy.kill('SIGTERM');
+    await copy.closed;
+  } finally {
+    up.close();
+  }
+});
+
 test('a copy resumed while the original still holds the port says so in one EHOOK and keeps running', async () => {
   const { port, file, p } = await startServer(nodeBinaries()[0], 'busyport');
   await http(port, '/checkpoint', 'POST');
