@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { option, serve } from './common.mjs';
 
-const MODULES = 100;
+const MODULES = 160;
 const FUNCS = 120;
 const RECORDS = 400;
 
