@@ -1,0 +1,115 @@
+// Shared by the reference programs: the HTTP endpoints the bench talks to, a 1 ms heartbeat that
+// sees how long the event loop was stopped, and self-checkpointing on request.
+//
+//   GET  /                      "ok" (the bench times the first answer after a start or resume)
+//   GET  /stats                 pid, rss, heap, and the app's own figures
+//   POST /arm                   start watching the heartbeat (before a raw CRIU dump)
+//   GET  /gap                   the largest heartbeat gap since /arm, in ms
+//   POST /checkpoint?file=F     answers 202, then checkpt(F) (or checkpoint(F) with &mode=async)
+//   GET  /last                  what the last checkpoint saw: call time and largest gap
+//   POST /unlisten              answers, then closes the listener and its connections and starts
+//                               watching the heartbeat: CRIU cannot dump a TCP socket on this
+//                               machine, so a raw `criu dump` needs the program to let go of it,
+//                               as checkpt does by itself; SIGUSR2 makes it listen again
+//
+// Output goes nowhere (the bench starts apps with stdio on /dev/null): everything is over HTTP.
+import { createServer } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { setImmediate } from 'node:timers';
+import { checkpt, checkpoint } from '../../dist/index.js';
+
+const HEARTBEAT_MS = 1;
+
+export function option(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : fallback;
+}
+
+let lastBeat = performance.now();
+let maxGap = 0;
+setInterval(() => {
+  const now = performance.now();
+  const gap = now - lastBeat;
+  if (gap > maxGap) maxGap = gap;
+  lastBeat = now;
+}, HEARTBEAT_MS);
+
+function arm() {
+  lastBeat = performance.now();
+  maxGap = 0;
+}
+
+/** Resolves after `ms` of heartbeats, so a gap that just ended has been seen. */
+const settle = (ms) => new Promise((r) => setTimeout(r, ms));
+
+let last;
+
+async function selfCheckpoint(file, mode) {
+  arm();
+  const t0 = performance.now();
+  let result;
+  let error;
+  let firstTick;
+  // The first event-loop turn after the call: when the program really runs again.
+  const probe = new Promise((r) => setImmediate(() => r(performance.now())));
+  try {
+    result = mode === 'async' ? await checkpoint(file) : checkpt(file);
+  } catch (e) {
+    error = `${e.code ?? ''} ${e.message}`;
+  }
+  const callMs = performance.now() - t0;
+  firstTick = (await probe) - t0;
+  await settle(50);
+  last = { file, mode, result, error, callMs, firstTickMs: firstTick, maxGapMs: maxGap };
+}
+
+/** Starts the HTTP server; `extra` is merged into /stats. */
+export function serve(extra = () => ({})) {
+  const port = Number(option('port', '0'));
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const json = (code, body) => {
+      res.writeHead(code, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    if (req.method === 'GET' && url.pathname === '/') return json(200, { ok: true });
+    if (url.pathname === '/stats') {
+      const m = process.memoryUsage();
+      return json(200, { pid: process.pid, rss: m.rss, heapUsed: m.heapUsed, ...extra() });
+    }
+    if (req.method === 'POST' && url.pathname === '/arm') {
+      arm();
+      return json(200, { armed: true });
+    }
+    if (url.pathname === '/gap') {
+      // Let a few beats through first: the gap under way is counted once it ends.
+      return void settle(50).then(() => json(200, { maxGapMs: maxGap }));
+    }
+    if (req.method === 'POST' && url.pathname === '/checkpoint') {
+      const file = url.searchParams.get('file');
+      if (!file) return json(400, { error: 'file= needed' });
+      last = undefined;
+      res.on('finish', () => void selfCheckpoint(file, url.searchParams.get('mode') ?? 'sync'));
+      res.setHeader('connection', 'close');
+      return json(202, { accepted: file });
+    }
+    if (url.pathname === '/last') return json(200, last ?? null);
+    if (req.method === 'POST' && url.pathname === '/unlisten') {
+      res.on('finish', () => {
+        server.close();
+        server.closeAllConnections();
+        arm();
+      });
+      res.setHeader('connection', 'close');
+      return json(200, { unlistening: true });
+    }
+    json(404, { error: 'not found' });
+  });
+  server.keepAliveTimeout = 1;
+  const listen = () => server.listen(port, '127.0.0.1');
+  process.on('SIGUSR2', () => {
+    if (!server.listening) listen();
+  });
+  listen();
+  return server;
+}
