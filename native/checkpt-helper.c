@@ -30,6 +30,7 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <termios.h>
+#include <time.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -552,8 +553,203 @@ static int run_init(struct init_opts *o) {
   return WEXITSTATUS(pid_status);
 }
 
+#define DUMPED "{\"t\":\"dumped\"}\n"
+
+static long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static void nap_us(long us) {
+  struct timespec ts = {0, us * 1000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Whether the process sits in read(2) on fd: only then does a restore resume it where it waits. */
+static int blocked_on(pid_t pid, int fd) {
+  char path[64], buf[128], want[32];
+  snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+  snprintf(want, sizeof want, "0 0x%x ", fd);
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return -1;
+  ssize_t n = read(f, buf, sizeof buf - 1);
+  close(f);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  return strncmp(buf, want, strlen(want)) == 0;
+}
+
+/* CRIU holds the process with ptrace while it is frozen: TracerPid is its pid until it lets go. */
+static int traced(pid_t pid) {
+  char path[64], buf[4096];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return -1;
+  ssize_t n = read(f, buf, sizeof buf - 1);
+  close(f);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  char *t = strstr(buf, "TracerPid:");
+  return t ? atoi(t + 10) != 0 : -1;
+}
+
+/*
+ * checkpt-helper dump --pid P --wait-fd FD --timeout-ms N [--async] --worker NODE SCRIPT JOB
+ *                    -- CRIU ARGS...
+ * The front of a checkpoint, started by the program itself (it detaches from the program's tree at
+ * once). The packing worker (Node) starts loading right away, in parallel; meanwhile this waits
+ * until the program blocks on its control FIFO, runs CRIU, and with --async tells the program
+ * "dumped" (on fd 3, the FIFO) the moment CRIU lets go of it, before CRIU has even exited. Then it
+ * tells the worker how CRIU ended ("criu STATUS MS", "timeout MS" or "blocked WHY") on a pipe.
+ */
+static int cmd_dump(int argc, char **argv) {
+  pid_t pid = 0;
+  int wait_fd = -1, async = 0, i;
+  long timeout = 120000;
+  char *node = NULL, *script = NULL, *job = NULL, *fifo = NULL;
+  for (i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--")) { i++; break; }
+    if (!strcmp(argv[i], "--async")) { async = 1; continue; }
+    if (!strcmp(argv[i], "--worker") && i + 3 < argc) {
+      node = argv[++i]; script = argv[++i]; job = argv[++i];
+      continue;
+    }
+    if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper dump: %s needs a value\n", argv[i]); return EXIT_USAGE; }
+    if (!strcmp(argv[i], "--pid")) pid = (pid_t)atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--wait-fd")) wait_fd = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--timeout-ms")) timeout = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
+    else { fprintf(stderr, "checkpt-helper dump: unknown option %s\n", argv[i]); return EXIT_USAGE; }
+  }
+  if (pid <= 0 || wait_fd < 0 || !node || i >= argc) {
+    fprintf(stderr, "usage: checkpt-helper dump --pid P --wait-fd FD [--async] --worker NODE SCRIPT JOB -- criu dump ...\n");
+    return EXIT_USAGE;
+  }
+  char **criu_argv = argv + i;
+  /* Out of the program's tree and session, or CRIU would dump us along with it. */
+  pid_t d = fork();
+  if (d < 0) die("fork");
+  if (d > 0) _exit(0);
+  setsid();
+  signal(SIGPIPE, SIG_IGN);
+
+  int go[2];
+  if (pipe(go) < 0) die("pipe");
+  pid_t worker = fork();
+  if (worker < 0) die("fork worker");
+  if (worker == 0) {
+    close(go[1]);
+    char fdarg[16];
+    snprintf(fdarg, sizeof fdarg, "%d", go[0]);
+    execl(node, node, script, job, "--go-fd", fdarg, (char *)NULL);
+    fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", node, strerror(errno));
+    _exit(127);
+  }
+  close(go[0]);
+  char line[128];
+  long start = now_ms();
+  /* With --async the program runs on until CRIU's pre-dump hook tells it to block. */
+  for (; !async;) {
+    int b = blocked_on(pid, wait_fd);
+    if (b == 1) break;
+    if (b < 0) {
+      int n = snprintf(line, sizeof line, "blocked vanished\n");
+      if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone: it reports nothing either way */ }
+      return 0;
+    }
+    if (now_ms() - start > timeout) {
+      int n = snprintf(line, sizeof line, "blocked timeout\n");
+      if (write(go[1], line, (size_t)n) < 0) { /* as above */ }
+      return 0;
+    }
+    nap_us(500);
+  }
+
+  long t0 = now_ms();
+  pid_t criu = fork();
+  if (criu < 0) die("fork criu");
+  if (criu == 0) {
+    close(go[1]);
+    close(3);
+    if (async) {
+      char v[32];
+      snprintf(v, sizeof v, "%d", (int)pid);
+      setenv("CHECKPT_HOOK_PID", v, 1);
+      snprintf(v, sizeof v, "%d", wait_fd);
+      setenv("CHECKPT_HOOK_FD", v, 1);
+      snprintf(v, sizeof v, "%ld", timeout);
+      setenv("CHECKPT_HOOK_TIMEOUT_MS", v, 1);
+      if (fifo) setenv("CHECKPT_HOOK_FIFO", fifo, 1);
+    }
+    execvp(criu_argv[0], criu_argv);
+    fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", criu_argv[0], strerror(errno));
+    _exit(127);
+  }
+  int st = 0, seen_traced = 0, told = !async, timed_out = 0;
+  for (;;) {
+    pid_t w = waitpid(criu, &st, WNOHANG);
+    if (w == criu) break;
+    if (!told) {
+      int t = traced(pid);
+      if (t == 1) seen_traced = 1;
+      else if (t == 0 && seen_traced) {
+        if (write(3, DUMPED, strlen(DUMPED)) < 0) { /* the program is gone */ }
+        told = 1;
+      }
+    }
+    if (!timed_out && now_ms() - t0 > timeout) {
+      kill(criu, SIGKILL);
+      timed_out = 1;
+    }
+    nap_us(told ? 2000 : 250);
+  }
+  long ms = now_ms() - t0;
+  int ok = !timed_out && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  if (!told && ok) {
+    if (write(3, DUMPED, strlen(DUMPED)) < 0) { /* the program is gone */ }
+  }
+  int n = timed_out ? snprintf(line, sizeof line, "timeout %ld\n", ms)
+                    : snprintf(line, sizeof line, "criu %d %ld\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), ms);
+  if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone */ }
+  return 0;
+}
+
+/*
+ * checkpt-helper as CRIU's action script (no arguments, CRTOOLS_SCRIPT_ACTION set): for for checkpoint() (async). CRIU runs it as
+ * "pre-dump" right before it freezes the program: only now is the program told to block on its
+ * control FIFO, so it ran through CRIU's own start-up; the hook returns once it is blocked.
+ * Environment: CHECKPT_HOOK_PID, CHECKPT_HOOK_FD, CHECKPT_HOOK_FIFO, CHECKPT_HOOK_TIMEOUT_MS.
+ */
+static int cmd_hook(void) {
+  const char *action = getenv("CRTOOLS_SCRIPT_ACTION");
+  if (!action || strcmp(action, "pre-dump") != 0) return 0;
+  const char *p = getenv("CHECKPT_HOOK_PID"), *f = getenv("CHECKPT_HOOK_FD"), *fifo = getenv("CHECKPT_HOOK_FIFO");
+  const char *t = getenv("CHECKPT_HOOK_TIMEOUT_MS");
+  if (!p || !f || !fifo) return 0;
+  pid_t pid = (pid_t)atoi(p);
+  int fd = atoi(f);
+  long timeout = t ? atol(t) : 120000;
+  int w = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (w < 0) { fprintf(stderr, "checkpt hook: open %s: %s\n", fifo, strerror(errno)); return 1; }
+  const char *msg = "{\"t\":\"freeze\"}\n";
+  if (write(w, msg, strlen(msg)) < 0) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); return 1; }
+  close(w);
+  long start = now_ms();
+  for (;;) {
+    int b = blocked_on(pid, fd);
+    if (b == 1) return 0;
+    if (b < 0) { fprintf(stderr, "checkpt hook: process %d is gone\n", (int)pid); return 1; }
+    if (now_ms() - start > timeout) { fprintf(stderr, "checkpt hook: process %d did not block\n", (int)pid); return 1; }
+    nap_us(200);
+  }
+}
+
 int main(int argc, char **argv) {
+  /* CRIU runs an action script by its path alone, with the event in its environment. */
+  if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) return cmd_hook();
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;

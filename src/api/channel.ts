@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync, constants } from 'node:fs';
+import { closeSync, openSync, read, readSync, constants } from 'node:fs';
 import { Socket } from 'node:net';
 import { CheckptError } from './errors.js';
 import type { ControlMessage } from '../engine/job.js';
@@ -60,6 +60,35 @@ export class ControlChannel {
       if (n === 0) return undefined;
       this.buffered += buf.toString('utf8', 0, n);
     }
+  }
+
+  /**
+   * One message, read in the thread pool on the blocking fd, so the event loop runs meanwhile and
+   * the fd stays blocking for a readSync() afterwards (a Socket would make it non-blocking).
+   */
+  readFirst(): Promise<ControlMessage | undefined> {
+    const line = this.takeLine();
+    if (line !== undefined) return Promise.resolve(parse(line));
+    const buf = Buffer.alloc(64 * 1024);
+    return new Promise((resolve, reject) => {
+      const again = (): void =>
+        read(this.fd, buf, 0, buf.length, null, (err, n) => {
+          if (err) {
+            if (err.code === 'EINTR' || err.code === 'EAGAIN') return again();
+            return reject(lostChannel(err));
+          }
+          if (n === 0) return resolve(undefined);
+          this.buffered += buf.toString('utf8', 0, n);
+          const l = this.takeLine();
+          if (l === undefined) return again();
+          try {
+            resolve(parse(l));
+          } catch (e) {
+            reject(e);
+          }
+        });
+      again();
+    });
   }
 
   readAsync(): Promise<ControlMessage | undefined> {

@@ -17,9 +17,9 @@ import { refreshIdentity } from './identity.js';
 import { checkTarget } from './target.js';
 import { hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
 import { defaultCheckpointFile } from './template.js';
-import { criuVersion } from '../engine/criu.js';
+import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
-import { dumpWorkerPath, requireHelper, runDir } from '../engine/paths.js';
+import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
 import { describeStdio } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { FORMAT_VERSION } from '../image/format.js';
@@ -122,7 +122,9 @@ export async function checkpoint(file?: string, options: CheckptOptions = {}): P
       const s = begin(target, options, 'async');
       let msg: ControlMessage | undefined;
       try {
-        msg = s.channel.readSync();
+        // The program runs on until CRIU is about to freeze it; then it blocks, to be frozen there.
+        msg = await s.channel.readFirst();
+        if (msg?.t === 'freeze') msg = s.channel.readSync();
         if (msg?.t === 'dumped') msg = await s.channel.readAsync();
       } finally {
         finish(s);
@@ -212,17 +214,45 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     };
     const jobFile = join(workDir, 'job.json');
     writeFileSync(jobFile, JSON.stringify(job), { mode: 0o600 });
-    const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
-    // setsid -f: the worker must not be our child, or CRIU would dump it along with us.
-    const r = spawnSync('setsid', ['-f', process.execPath, dumpWorkerPath, jobFile], {
-      stdio: ['ignore', log, log, channel.keeperFd],
-      env: { ...process.env, NODE_OPTIONS: '' },
+    const imagesDir = join(workDir, 'images');
+    mkdirSync(imagesDir, { mode: 0o700 });
+    const criuArgs = dumpArgs({
+      pid: process.pid,
+      imagesDir,
+      workDir,
+      externalUnix: job.manifest.stdio
+        .filter((d) => d.kind === 'socket' && d.inode !== undefined)
+        .map((d) => d.inode as number),
     });
+    const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
+    // The front detaches at once: it must not be our child, or CRIU would dump it along with us.
+    const r = spawnSync(
+      helperPath,
+      [
+        'dump',
+        '--pid',
+        String(process.pid),
+        '--wait-fd',
+        String(channel.readFd),
+        '--timeout-ms',
+        String(job.timeoutMs),
+        ...(mode === 'async' ? ['--async', '--fifo', fifo] : []),
+        '--worker',
+        process.execPath,
+        dumpWorkerPath,
+        jobFile,
+        '--',
+        criuPath,
+        ...criuArgs,
+        ...(mode === 'async' ? ['--action-script', helperPath] : []),
+      ],
+      { stdio: ['ignore', log, log, channel.keeperFd], env: { ...criuEnv(), NODE_OPTIONS: '' } },
+    );
     closeSync(log);
     if (r.error || r.status !== 0)
       throw new CheckptError(
         'EHELPER',
-        `Could not start the checkpoint worker (${r.error?.message ?? `setsid exited with ${r.status}`}).`,
+        `Could not start the checkpoint worker (${r.error?.message ?? `checkpt-helper exited with ${r.status}`}).`,
         { cause: r.error },
       );
     channel.releaseKeeper();

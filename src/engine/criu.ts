@@ -104,8 +104,8 @@ export function firstError(log: string): string | undefined {
   return specific?.replace(/^\(\d+\.\d+\)\s+(\d+:\s+)?Error \([^)]*\):\s*/, '').trim();
 }
 
-export async function dump(req: DumpRequest): Promise<void> {
-  const log = 'dump.log';
+/** The arguments of `criu dump` for a request (the program's dump front runs them itself). */
+export function dumpArgs(req: Omit<DumpRequest, 'timeoutMs' | 'enter'>): string[] {
   const args = [
     'dump',
     '-t',
@@ -115,24 +115,41 @@ export async function dump(req: DumpRequest): Promise<void> {
     '-W',
     req.workDir,
     '-o',
-    log,
+    DUMP_LOG,
     '-v4',
     req.leave === 'stopped' ? '--leave-stopped' : '--leave-running',
     '--shell-job',
     '--file-locks',
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
-  const r = await runCriu(args, req.timeoutMs, req.enter);
-  if (r.status === 0) return;
-  const { tail, reason } = await readLog(join(req.workDir, log));
-  if (r.timedOut)
+  return args;
+}
+
+const DUMP_LOG = 'dump.log';
+
+export async function dump(req: DumpRequest): Promise<void> {
+  const r = await runCriu(dumpArgs(req), req.timeoutMs, req.enter);
+  await checkDump(r.status, r.timedOut, req.workDir, req.timeoutMs, r.stderr);
+}
+
+/** Turns how `criu dump` ended into nothing (it worked) or the CheckptError that says why not. */
+export async function checkDump(
+  status: number | null,
+  timedOut: boolean,
+  workDir: string,
+  timeoutMs: number,
+  stderr = '',
+): Promise<void> {
+  if (status === 0 && !timedOut) return;
+  const { tail, reason } = await readLog(join(workDir, DUMP_LOG));
+  if (timedOut)
     throw new CheckptError(
       'ETIMEOUT',
-      `CRIU did not finish the dump within ${Math.round(req.timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.`,
+      `CRIU did not finish the dump within ${Math.round(timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.`,
       { logTail: tail },
     );
-  throw new CheckptError('EDUMP', dumpFailureMessage(reason ?? firstError(r.stderr), tail), {
-    logTail: tail || r.stderr,
+  throw new CheckptError('EDUMP', dumpFailureMessage(reason ?? firstError(stderr), tail), {
+    logTail: tail || stderr,
   });
 }
 

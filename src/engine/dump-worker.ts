@@ -1,13 +1,12 @@
 /**
- * The dump worker: started by checkpt() outside the process's tree (setsid -f), it waits until
- * the process is blocked on its control FIFO, has CRIU dump it, packs the image into one file
- * and reports on fd 3, the FIFO's write end. If it dies, the process reads EOF and throws.
+ * The dump worker: started by the dump front (checkpt-helper dump) outside the process's tree, it
+ * loads while the front waits for the process and runs CRIU, then packs the images into one file
+ * and reports on fd 3, the FIFO's write end. If it and the front die, the process reads EOF.
  */
-import { readFileSync, rmSync, writeSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { createReadStream, readFileSync, rmSync, writeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckptError } from '../api/errors.js';
-import { criuVersion, dump } from './criu.js';
+import { checkDump, criuVersion } from './criu.js';
 import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { writeImage } from '../image/format.js';
 
@@ -17,27 +16,36 @@ function send(msg: ControlMessage): void {
   writeSync(CONTROL_FD, JSON.stringify(msg) + '\n');
 }
 
-/** Dumping before the process sits in its read would make a restore resume somewhere else. */
-async function waitUntilBlocked(pid: number, fd: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  const want = `0 0x${fd.toString(16)} `;
-  for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
-    let line = '';
-    try {
-      line = readFileSync(`/proc/${pid}/syscall`, 'utf8');
-    } catch (e) {
-      throw new CheckptError('EHELPER', `Process ${pid} vanished before it could be dumped.`, {
-        cause: e,
-      });
-    }
-    if (line.startsWith(want)) return;
-    if (Date.now() > deadline)
-      throw new CheckptError(
-        'ETIMEOUT',
-        `Process ${pid} did not wait on its checkpoint channel within ${timeoutMs} ms (it is in: ${line.trim()}).`,
-      );
-    await sleep(delay);
-  }
+/** How the dump front (native/checkpt-helper.c, `dump`) says CRIU ended: one line on a pipe. */
+function awaitFront(
+  fd: number,
+  job: DumpJob,
+): Promise<{ status: number | null; timedOut: boolean; ms: number }> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const stream = createReadStream('', { fd, encoding: 'utf8' });
+    stream.on('data', (d) => (text += d));
+    stream.on('error', reject);
+    stream.on('close', () => {
+      const [word, a, b] = text.trim().split(' ');
+      if (word === 'criu') resolve({ status: Number(a), timedOut: false, ms: Number(b) });
+      else if (word === 'timeout') resolve({ status: null, timedOut: true, ms: Number(a) });
+      else if (word === 'blocked' && a === 'timeout')
+        reject(
+          new CheckptError(
+            'ETIMEOUT',
+            `Process ${job.pid} did not wait on its checkpoint channel within ${job.timeoutMs} ms; nothing was written and it keeps running.`,
+          ),
+        );
+      else
+        reject(
+          new CheckptError(
+            'EHELPER',
+            `The checkpoint front ended without a word (${text.trim() || 'nothing'}); nothing was written.`,
+          ),
+        );
+    });
+  });
 }
 
 function dirBytes(dir: string): number {
@@ -48,26 +56,17 @@ function dirBytes(dir: string): number {
 
 async function main(): Promise<void> {
   const jobFile = process.argv[2];
-  if (!jobFile) throw new Error('usage: dump-worker JOB.json');
+  const goFd = Number(process.argv[process.argv.indexOf('--go-fd') + 1]);
+  if (!jobFile || !Number.isInteger(goFd))
+    throw new Error('usage: dump-worker JOB.json --go-fd FD');
   const job = JSON.parse(readFileSync(jobFile, 'utf8')) as DumpJob;
   try {
+    // Everything this needs is loaded while the front waits for the program and runs CRIU.
     const version = criuVersion();
-    await waitUntilBlocked(job.pid, job.waitFd, job.timeoutMs);
     const imagesDir = join(job.workDir, 'images');
-    mkdirSync(imagesDir, { mode: 0o700 });
-    const external = job.manifest.stdio
-      .filter((d) => d.kind === 'socket' && d.inode !== undefined)
-      .map((d) => d.inode as number);
-    const t0 = process.hrtime.bigint();
-    await dump({
-      pid: job.pid,
-      imagesDir,
-      workDir: job.workDir,
-      externalUnix: external,
-      timeoutMs: job.timeoutMs,
-    });
-    const dumpMs = Number(process.hrtime.bigint() - t0) / 1e6;
-    if (job.mode === 'async') send({ t: 'dumped' });
+    const front = await awaitFront(goFd, job);
+    await checkDump(front.status, front.timedOut, job.workDir, job.timeoutMs);
+    const dumpMs = front.ms;
     const manifest: Manifest = {
       ...job.manifest,
       criu: version.text,

@@ -44,6 +44,7 @@ export interface Manifest extends ManifestBase {
 
 /** Lines on the control channel, one JSON object each. */
 export type ControlMessage =
+  | { t: 'freeze' }
   | { t: 'dumped' }
   | { t: 'ok'; bytes: number; file: string }
   | { t: 'err'; code: string; message: string; logTail?: string }
