@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, mkdirSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { CheckptError } from '../api/errors.js';
+import { randAddonPath } from '../api/identity.js';
 import { criuVersion, MIN_CRIU_MAJOR, tailOf } from './criu.js';
 import { ioUringAdvice } from './iouring.js';
 import { criuPath, helperExists, helperPath, runDir } from './paths.js';
@@ -67,6 +68,18 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
           name: 'helper',
           ok: false,
           detail: `native helper missing at ${helperPath}`,
+          fix: "Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.",
+        },
+  );
+  // Without it resumed copies still work, but share OpenSSL's random state with the original.
+  out.push(
+    existsSync(randAddonPath)
+      ? { name: 'rand addon', ok: true, detail: `random-state refresh addon at ${randAddonPath}` }
+      : {
+          name: 'rand addon',
+          ok: true,
+          warning: true,
+          detail: `random-state refresh addon missing at ${randAddonPath}: resumed copies would share OpenSSL's random numbers`,
           fix: "Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.",
         },
   );
