@@ -566,18 +566,25 @@ static void nap_us(long us) {
   nanosleep(&ts, NULL);
 }
 
-/* Whether the process sits in read(2) on fd: only then does a restore resume it where it waits. */
-static int blocked_on(pid_t pid, int fd) {
-  char path[64], buf[128], want[32];
+/*
+ * Whether the process sits in read(2) on the control FIFO (whatever its fd number): only then does
+ * a restore resume it where it waits.
+ */
+static int blocked_on(pid_t pid, const struct stat *fifo) {
+  char path[64], buf[128];
   snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
-  snprintf(want, sizeof want, "0 0x%x ", fd);
   int f = open(path, O_RDONLY | O_CLOEXEC);
   if (f < 0) return -1;
   ssize_t n = read(f, buf, sizeof buf - 1);
   close(f);
   if (n <= 0) return -1;
   buf[n] = '\0';
-  return strncmp(buf, want, strlen(want)) == 0;
+  unsigned long fd;
+  if (strncmp(buf, "0 0x", 4) != 0 || sscanf(buf + 4, "%lx", &fd) != 1) return 0;
+  struct stat sb;
+  snprintf(path, sizeof path, "/proc/%d/fd/%lu", (int)pid, fd);
+  if (stat(path, &sb) < 0) return 0;
+  return sb.st_ino == fifo->st_ino && sb.st_dev == fifo->st_dev;
 }
 
 /* CRIU holds the process with ptrace while it is frozen: TracerPid is its pid until it lets go. */
@@ -595,7 +602,7 @@ static int traced(pid_t pid) {
 }
 
 /*
- * checkpt-helper dump --pid P --wait-fd FD --timeout-ms N [--async] --worker NODE SCRIPT JOB
+ * checkpt-helper dump --pid P --fifo PATH --timeout-ms N [--async] --worker NODE SCRIPT JOB
  *                    -- CRIU ARGS...
  * The front of a checkpoint, started by the program itself (it detaches from the program's tree at
  * once). The packing worker (Node) starts loading right away, in parallel; meanwhile this waits
@@ -605,7 +612,7 @@ static int traced(pid_t pid) {
  */
 static int cmd_dump(int argc, char **argv) {
   pid_t pid = 0;
-  int wait_fd = -1, async = 0, i;
+  int async = 0, i;
   long timeout = 120000;
   char *node = NULL, *script = NULL, *job = NULL, *fifo = NULL;
   for (i = 0; i < argc; i++) {
@@ -617,16 +624,26 @@ static int cmd_dump(int argc, char **argv) {
     }
     if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper dump: %s needs a value\n", argv[i]); return EXIT_USAGE; }
     if (!strcmp(argv[i], "--pid")) pid = (pid_t)atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--wait-fd")) wait_fd = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--timeout-ms")) timeout = atol(argv[++i]);
     else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
     else { fprintf(stderr, "checkpt-helper dump: unknown option %s\n", argv[i]); return EXIT_USAGE; }
   }
-  if (pid <= 0 || wait_fd < 0 || !node || i >= argc) {
-    fprintf(stderr, "usage: checkpt-helper dump --pid P --wait-fd FD [--async] --worker NODE SCRIPT JOB -- criu dump ...\n");
+  if (pid <= 0 || !fifo || !node || i >= argc) {
+    fprintf(stderr, "usage: checkpt-helper dump --pid P --fifo PATH [--async] --worker NODE SCRIPT JOB -- criu dump ...\n");
     return EXIT_USAGE;
   }
   char **criu_argv = argv + i;
+  /* The control FIFO, held open on fd 3 before the program opens its read end (which then never
+   * blocks): when this and the worker are gone, the program reads end-of-file, never hangs. */
+  if (mkfifo(fifo, 0600) < 0) die("mkfifo");
+  int keep = open(fifo, O_RDWR);
+  if (keep < 0) die("open the control FIFO");
+  if (keep != 3) {
+    if (dup2(keep, 3) < 0) die("dup2");
+    close(keep);
+  }
+  struct stat fifo_st;
+  if (fstat(3, &fifo_st) < 0) die("fstat the control FIFO");
   /* Out of the program's tree and session, or CRIU would dump us along with it. */
   pid_t d = fork();
   if (d < 0) die("fork");
@@ -651,7 +668,7 @@ static int cmd_dump(int argc, char **argv) {
   long start = now_ms();
   /* With --async the program runs on until CRIU's pre-dump hook tells it to block. */
   for (; !async;) {
-    int b = blocked_on(pid, wait_fd);
+    int b = blocked_on(pid, &fifo_st);
     if (b == 1) break;
     if (b < 0) {
       int n = snprintf(line, sizeof line, "blocked vanished\n");
@@ -676,11 +693,9 @@ static int cmd_dump(int argc, char **argv) {
       char v[32];
       snprintf(v, sizeof v, "%d", (int)pid);
       setenv("CHECKPT_HOOK_PID", v, 1);
-      snprintf(v, sizeof v, "%d", wait_fd);
-      setenv("CHECKPT_HOOK_FD", v, 1);
       snprintf(v, sizeof v, "%ld", timeout);
       setenv("CHECKPT_HOOK_TIMEOUT_MS", v, 1);
-      if (fifo) setenv("CHECKPT_HOOK_FIFO", fifo, 1);
+      setenv("CHECKPT_HOOK_FIFO", fifo, 1);
     }
     execvp(criu_argv[0], criu_argv);
     fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", criu_argv[0], strerror(errno));
@@ -719,25 +734,25 @@ static int cmd_dump(int argc, char **argv) {
  * checkpt-helper as CRIU's action script (no arguments, CRTOOLS_SCRIPT_ACTION set): for for checkpoint() (async). CRIU runs it as
  * "pre-dump" right before it freezes the program: only now is the program told to block on its
  * control FIFO, so it ran through CRIU's own start-up; the hook returns once it is blocked.
- * Environment: CHECKPT_HOOK_PID, CHECKPT_HOOK_FD, CHECKPT_HOOK_FIFO, CHECKPT_HOOK_TIMEOUT_MS.
+ * Environment: CHECKPT_HOOK_PID, CHECKPT_HOOK_FIFO, CHECKPT_HOOK_TIMEOUT_MS.
  */
 static int cmd_hook(void) {
   const char *action = getenv("CRTOOLS_SCRIPT_ACTION");
   if (!action || strcmp(action, "pre-dump") != 0) return 0;
-  const char *p = getenv("CHECKPT_HOOK_PID"), *f = getenv("CHECKPT_HOOK_FD"), *fifo = getenv("CHECKPT_HOOK_FIFO");
+  const char *p = getenv("CHECKPT_HOOK_PID"), *fifo = getenv("CHECKPT_HOOK_FIFO");
   const char *t = getenv("CHECKPT_HOOK_TIMEOUT_MS");
-  if (!p || !f || !fifo) return 0;
+  if (!p || !fifo) return 0;
   pid_t pid = (pid_t)atoi(p);
-  int fd = atoi(f);
   long timeout = t ? atol(t) : 120000;
   int w = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-  if (w < 0) { fprintf(stderr, "checkpt hook: open %s: %s\n", fifo, strerror(errno)); return 1; }
+  struct stat fifo_st;
+  if (w < 0 || fstat(w, &fifo_st) < 0) { fprintf(stderr, "checkpt hook: open %s: %s\n", fifo, strerror(errno)); return 1; }
   const char *msg = "{\"t\":\"freeze\"}\n";
   if (write(w, msg, strlen(msg)) < 0) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); return 1; }
   close(w);
   long start = now_ms();
   for (;;) {
-    int b = blocked_on(pid, fd);
+    int b = blocked_on(pid, &fifo_st);
     if (b == 1) return 0;
     if (b < 0) { fprintf(stderr, "checkpt hook: process %d is gone\n", (int)pid); return 1; }
     if (now_ms() - start > timeout) { fprintf(stderr, "checkpt hook: process %d did not block\n", (int)pid); return 1; }

@@ -12,33 +12,24 @@ export class ControlChannel {
   private fd: number;
   private socket: Socket | undefined;
 
-  constructor(fifo: string) {
-    // O_RDWR never blocks on open; it only exists to get the blocking read-only end below.
-    const keeper = openSync(fifo, constants.O_RDWR);
-    try {
-      this.fd = openSync(fifo, constants.O_RDONLY);
-    } catch (e) {
-      closeSync(keeper);
-      throw e;
-    }
-    this.keeper = keeper;
+  private constructor(fd: number) {
+    this.fd = fd;
   }
 
-  private keeper: number | undefined;
+  /**
+   * Opens the read end of a FIFO that the dump front already holds open: the open does not block,
+   * and when the front and its worker are gone a read returns end-of-file instead of hanging.
+   */
+  static open(fifo: string): ControlChannel {
+    try {
+      return new ControlChannel(openSync(fifo, constants.O_RDONLY));
+    } catch (e) {
+      throw lostChannel(e);
+    }
+  }
 
   get readFd(): number {
     return this.fd;
-  }
-
-  get keeperFd(): number {
-    if (this.keeper === undefined) throw new Error('control channel already released');
-    return this.keeper;
-  }
-
-  /** After the worker holds its own write end, drop ours: the worker dying then reads as EOF. */
-  releaseKeeper(): void {
-    if (this.keeper !== undefined) closeSync(this.keeper);
-    this.keeper = undefined;
   }
 
   readSync(): ControlMessage | undefined {
@@ -128,7 +119,6 @@ export class ControlChannel {
   }
 
   close(): void {
-    this.releaseKeeper();
     if (this.socket) {
       this.socket.destroy();
       this.socket = undefined;

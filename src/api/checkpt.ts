@@ -195,17 +195,9 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
   try {
     mkdirSync(ctlDir, { recursive: true, mode: 0o700 });
     const fifo = join(ctlDir, 'ctl');
-    const mk = spawnSync('mkfifo', ['-m', '600', fifo]);
-    if (mk.error || mk.status !== 0)
-      throw new CheckptError(
-        'EHELPER',
-        `Could not create the control FIFO ${fifo}: ${mk.error?.message ?? mk.stderr}`,
-      );
     workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-dump-'));
-    channel = new ControlChannel(fifo);
     const job: DumpJob = {
       pid: process.pid,
-      waitFd: channel.readFd,
       target,
       workDir,
       mode,
@@ -225,18 +217,19 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
         .map((d) => d.inode as number),
     });
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
-    // The front detaches at once: it must not be our child, or CRIU would dump it along with us.
+    // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
+    // would dump it along with us. One process start, before anything is frozen.
     const r = spawnSync(
       helperPath,
       [
         'dump',
         '--pid',
         String(process.pid),
-        '--wait-fd',
-        String(channel.readFd),
+        '--fifo',
+        fifo,
         '--timeout-ms',
         String(job.timeoutMs),
-        ...(mode === 'async' ? ['--async', '--fifo', fifo] : []),
+        ...(mode === 'async' ? ['--async'] : []),
         '--worker',
         process.execPath,
         dumpWorkerPath,
@@ -246,7 +239,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
         ...criuArgs,
         ...(mode === 'async' ? ['--action-script', helperPath] : []),
       ],
-      { stdio: ['ignore', log, log, channel.keeperFd], env: { ...criuEnv(), NODE_OPTIONS: '' } },
+      { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '' } },
     );
     closeSync(log);
     if (r.error || r.status !== 0)
@@ -255,7 +248,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
         `Could not start the checkpoint worker (${r.error?.message ?? `checkpt-helper exited with ${r.status}`}).`,
         { cause: r.error },
       );
-    channel.releaseKeeper();
+    channel = ControlChannel.open(fifo);
     return { target, ctlDir, workDir, channel };
   } catch (e) {
     channel?.close();

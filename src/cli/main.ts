@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { CheckptError } from '../api/errors.js';
+import { checkpointSignals } from '../api/signals.js';
 import { resume } from '../engine/restore.js';
 import { probe } from '../engine/probe.js';
 import { readImageInfo, verifyImage } from '../image/format.js';
@@ -61,6 +62,7 @@ async function run(c: Command): Promise<number> {
       return 0;
     }
     case 'restore': {
+      const held = c.detach ? undefined : holdRequests();
       const r = await resume(c.file, { detach: c.detach, key: c.key, pty: c.pty });
       if (c.detach) {
         process.stdout.write(`${r.pid}\n`);
@@ -71,10 +73,12 @@ async function run(c: Command): Promise<number> {
       return supervise(r, {
         generation: r.manifest.generation + 1,
         pty: c.pty,
+        ...(held === undefined ? {} : { held }),
         ...(template === undefined ? {} : { template }),
       });
     }
     case 'run': {
+      const held = holdRequests();
       const r = await runProgram({
         command: c.command,
         args: c.args,
@@ -85,16 +89,39 @@ async function run(c: Command): Promise<number> {
       return supervise(r, {
         generation: 0,
         pty: c.pty,
+        held,
         ...(c.file === undefined ? {} : { template: c.file }),
       });
     }
   }
 }
 
+interface HeldRequests {
+  /** Stops holding; returns the requests that came meanwhile (true: checkpoint and exit). */
+  release(): boolean[];
+}
+
+/** Catches SIGCKPT/SIGCKPTEXIT while the program starts, so an early request is not lost. */
+function holdRequests(): HeldRequests {
+  const sig = checkpointSignals();
+  const got: boolean[] = [];
+  const ckpt = (): void => void got.push(false);
+  const exit = (): void => void got.push(true);
+  process.on(sig.ckpt, ckpt);
+  process.on(sig.exit, exit);
+  return {
+    release: () => {
+      process.off(sig.ckpt, ckpt);
+      process.off(sig.exit, exit);
+      return got;
+    },
+  };
+}
+
 /** Waits for the program, carrying out checkpoint requests and passing signals on meanwhile. */
 async function supervise(
   r: Running,
-  o: { generation: number; pty: boolean; template?: string },
+  o: { generation: number; pty: boolean; template?: string; held?: HeldRequests },
 ): Promise<number> {
   // On its own pseudo-terminal our terminal is raw: a line needs its carriage return.
   const raw = o.pty && process.stdin.isTTY === true;
@@ -105,6 +132,7 @@ async function supervise(
     ...(o.template === undefined ? {} : { template: o.template }),
   });
   const stop = sup.install();
+  for (const exit of o.held?.release() ?? []) sup.request(exit);
   const unrelay = relaySignals(() => r.initPid, { terminalSignals: !raw });
   const st = await r.exited;
   unrelay();

@@ -3,8 +3,6 @@ import type { StdioDescriptor } from './stdio.js';
 /** What the process hands its dump worker: everything needed to dump, pack and report. */
 export interface DumpJob {
   pid: number;
-  /** The fd the process blocks on while it is dumped; the worker waits until it is really blocked. */
-  waitFd: number;
   target: string;
   workDir: string;
   mode: 'sync' | 'async';
