@@ -59,6 +59,13 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   criuVersion();
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-restore-'));
   let helper: Helper | undefined;
+  // Killed while restoring (the copy may already answer): the unpacked images must not stay.
+  const onSignal = (sig: NodeJS.Signals): void => {
+    rmSync(workDir, { recursive: true, force: true });
+    for (const s of STOPPING) process.off(s, onSignal);
+    process.kill(process.pid, sig);
+  };
+  for (const s of STOPPING) process.once(s, onSignal);
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
@@ -129,8 +136,12 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });
     throw e;
+  } finally {
+    for (const s of STOPPING) process.off(s, onSignal);
   }
 }
+
+const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 
 export const CTRL_E = 5;
 

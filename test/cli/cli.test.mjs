@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
   copyFileSync,
+  mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   readSync,
   writeSync,
@@ -20,6 +22,7 @@ import {
   nodeBinaries,
   pidAlive,
   removeDir,
+  resume,
   startNode,
   tempDir,
   waitFor,
@@ -103,6 +106,33 @@ describe('checkpt CLI on a real checkpoint', () => {
     for (let i = 0; i < 200 && pidAlive(pid); i++) await sleep(50);
     assert.equal(pidAlive(pid), false, 'the detached copy ran to its end');
     assert.match(readFileSync(out, 'utf8'), /"event":"returned","r":1/);
+  });
+});
+
+describe('checkpt -r stopped while it restores', () => {
+  test('SIGTERM at any moment of a restore leaves no unpacked images behind', async () => {
+    const dir = tempDir();
+    try {
+      const file = join(dir, 'stop.ckpt');
+      const p = startNode(node, fixture('state.mjs'), [file]);
+      await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+      await p.closed;
+      const staging = join(dir, 'staging');
+      mkdirSync(staging);
+      // Stop it at several points: while unpacking, while CRIU restores, as the copy wakes up.
+      for (const delay of [0, 50, 150, 300, 600]) {
+        const r = resume(file, { env: { ...process.env, CHECKPT_TMPDIR: staging } });
+        while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null)
+          await sleep(5);
+        await sleep(delay);
+        r.kill('SIGTERM');
+        await r.closed;
+        assert.deepEqual(readdirSync(staging), [], `after ${delay} ms`);
+      }
+    } finally {
+      await cleanup();
+      removeDir(dir);
+    }
   });
 });
 
