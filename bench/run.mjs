@@ -26,6 +26,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { processTree } from '../dist/launcher/procfs.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(root, 'dist', 'cli', 'main.js');
@@ -89,33 +90,7 @@ function start(cmd, args, options = {}) {
   return child;
 }
 
-function childrenOf(pid) {
-  const out = [];
-  try {
-    for (const tid of readdirSync(`/proc/${pid}/task`))
-      out.push(
-        ...readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
-          .trim()
-          .split(/\s+/)
-          .filter(Boolean)
-          .map(Number),
-      );
-  } catch {
-    // it exited
-  }
-  return out;
-}
-
-function descendants(pid) {
-  const out = [];
-  const todo = [pid];
-  while (todo.length) {
-    const kids = childrenOf(todo.shift());
-    out.push(...kids);
-    todo.push(...kids);
-  }
-  return out;
-}
+const descendants = (pid) => processTree(pid).slice(1);
 
 const kill = (pid, sig = 'SIGKILL') => {
   try {

@@ -566,19 +566,26 @@ static void nap_us(long us) {
   nanosleep(&ts, NULL);
 }
 
+/* One /proc/PID/NAME file, NUL-terminated, into buf; -1 when the process is gone. */
+static ssize_t read_proc(pid_t pid, const char *name, char *buf, size_t size) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return -1;
+  ssize_t n = read(f, buf, size - 1);
+  close(f);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  return n;
+}
+
 /*
  * Whether the process sits in read(2) on the control FIFO (whatever its fd number): only then does
  * a restore resume it where it waits.
  */
 static int blocked_on(pid_t pid, const struct stat *fifo) {
-  char path[64], buf[128];
-  snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
-  int f = open(path, O_RDONLY | O_CLOEXEC);
-  if (f < 0) return -1;
-  ssize_t n = read(f, buf, sizeof buf - 1);
-  close(f);
-  if (n <= 0) return -1;
-  buf[n] = '\0';
+  char buf[128], path[64];
+  if (read_proc(pid, "syscall", buf, sizeof buf) < 0) return -1;
   unsigned long fd;
   if (strncmp(buf, "0 0x", 4) != 0 || sscanf(buf + 4, "%lx", &fd) != 1) return 0;
   struct stat sb;
@@ -587,16 +594,21 @@ static int blocked_on(pid_t pid, const struct stat *fifo) {
   return sb.st_ino == fifo->st_ino && sb.st_dev == fifo->st_dev;
 }
 
+/* Polls until the process blocks on the FIFO: 1, or 0 after timeout ms, or -1 if it is gone. */
+static int wait_blocked(pid_t pid, const struct stat *fifo, long timeout, long nap) {
+  long start = now_ms();
+  for (;;) {
+    int b = blocked_on(pid, fifo);
+    if (b != 0) return b;
+    if (now_ms() - start > timeout) return 0;
+    nap_us(nap);
+  }
+}
+
 /* CRIU holds the process with ptrace while it is frozen: TracerPid is its pid until it lets go. */
 static int traced(pid_t pid) {
-  char path[64], buf[4096];
-  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-  int f = open(path, O_RDONLY | O_CLOEXEC);
-  if (f < 0) return -1;
-  ssize_t n = read(f, buf, sizeof buf - 1);
-  close(f);
-  if (n <= 0) return -1;
-  buf[n] = '\0';
+  char buf[4096];
+  if (read_proc(pid, "status", buf, sizeof buf) < 0) return -1;
   char *t = strstr(buf, "TracerPid:");
   return t ? atoi(t + 10) != 0 : -1;
 }
@@ -665,22 +677,12 @@ static int cmd_dump(int argc, char **argv) {
   }
   close(go[0]);
   char line[128];
-  long start = now_ms();
   /* With --async the program runs on until CRIU's pre-dump hook tells it to block. */
-  for (; !async;) {
-    int b = blocked_on(pid, &fifo_st);
-    if (b == 1) break;
-    if (b < 0) {
-      int n = snprintf(line, sizeof line, "blocked vanished\n");
-      if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone: it reports nothing either way */ }
-      return 0;
-    }
-    if (now_ms() - start > timeout) {
-      int n = snprintf(line, sizeof line, "blocked timeout\n");
-      if (write(go[1], line, (size_t)n) < 0) { /* as above */ }
-      return 0;
-    }
-    nap_us(500);
+  int b = async ? 1 : wait_blocked(pid, &fifo_st, timeout, 500);
+  if (b != 1) {
+    int n = snprintf(line, sizeof line, "blocked %s\n", b < 0 ? "vanished" : "timeout");
+    if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone: it reports nothing either way */ }
+    return 0;
   }
 
   long t0 = now_ms();
@@ -750,14 +752,10 @@ static int cmd_hook(void) {
   const char *msg = "{\"t\":\"freeze\"}\n";
   if (write(w, msg, strlen(msg)) < 0) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); return 1; }
   close(w);
-  long start = now_ms();
-  for (;;) {
-    int b = blocked_on(pid, &fifo_st);
-    if (b == 1) return 0;
-    if (b < 0) { fprintf(stderr, "checkpt hook: process %d is gone\n", (int)pid); return 1; }
-    if (now_ms() - start > timeout) { fprintf(stderr, "checkpt hook: process %d did not block\n", (int)pid); return 1; }
-    nap_us(200);
-  }
+  int b = wait_blocked(pid, &fifo_st, timeout, 200);
+  if (b < 0) fprintf(stderr, "checkpt hook: process %d is gone\n", (int)pid);
+  if (b == 0) fprintf(stderr, "checkpt hook: process %d did not block\n", (int)pid);
+  return b == 1 ? 0 : 1;
 }
 
 int main(int argc, char **argv) {

@@ -1,10 +1,12 @@
 // Shared test plumbing: real node binaries, real CRIU, and cleanup of every process started.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { childrenOf } from '../dist/engine/helper.js';
+import { processTree } from '../dist/launcher/procfs.js';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const cli = join(root, 'dist', 'cli', 'main.js');
@@ -110,16 +112,7 @@ export function killGroup(child, sig = 'SIGKILL') {
 }
 
 /** Every process below `pid`, found through /proc (a namespace's init leads its own session). */
-export function descendants(pid) {
-  const out = [];
-  const todo = [pid];
-  while (todo.length) {
-    const kids = childrenOf(todo.shift());
-    out.push(...kids);
-    todo.push(...kids);
-  }
-  return out;
-}
+export const descendants = (pid) => processTree(pid).slice(1);
 
 export async function cleanup() {
   for (const c of started) {
@@ -156,23 +149,6 @@ export function pidAlive(pid) {
 /** `checkpt run ARGS...`, in a process group of its own like every process a test starts. */
 export function run(args, options = {}) {
   return start(process.execPath, [cli, 'run', ...args], options);
-}
-
-function childrenOf(pid) {
-  const out = [];
-  try {
-    for (const tid of readdirSync(`/proc/${pid}/task`))
-      out.push(
-        ...readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
-          .trim()
-          .split(/\s+/)
-          .filter(Boolean)
-          .map(Number),
-      );
-  } catch {
-    // it exited
-  }
-  return out;
 }
 
 /**

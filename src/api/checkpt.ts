@@ -20,7 +20,7 @@ import { defaultCheckpointFile } from './template.js';
 import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
 import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
-import { describeStdio } from '../engine/stdio.js';
+import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { FORMAT_VERSION } from '../image/format.js';
 
@@ -200,7 +200,6 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       pid: process.pid,
       target,
       workDir,
-      mode,
       timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
       manifest: manifestBase(fifo),
     };
@@ -212,9 +211,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       pid: process.pid,
       imagesDir,
       workDir,
-      externalUnix: job.manifest.stdio
-        .filter((d) => d.kind === 'socket' && d.inode !== undefined)
-        .map((d) => d.inode as number),
+      externalUnix: externalSockets(job.manifest.stdio),
     });
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU

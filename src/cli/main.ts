@@ -4,7 +4,7 @@ import { checkpointSignals } from '../api/signals.js';
 import { resume } from '../engine/restore.js';
 import { probe } from '../engine/probe.js';
 import { readImageInfo, verifyImage } from '../image/format.js';
-import type { Running } from '../engine/restore.js';
+import type { Running } from '../engine/helper.js';
 import { execCheckpointable } from '../launcher/exec.js';
 import { runProgram } from '../launcher/run.js';
 import { Supervisor } from '../launcher/supervisor.js';

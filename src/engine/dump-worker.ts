@@ -3,12 +3,12 @@
  * loads while the front waits for the process and runs CRIU, then packs the images into one file
  * and reports on fd 3, the FIFO's write end. If it and the front die, the process reads EOF.
  */
-import { createReadStream, readFileSync, rmSync, writeSync, readdirSync, statSync } from 'node:fs';
+import { createReadStream, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkDump, criuVersion } from './criu.js';
 import type { ControlMessage, DumpJob, Manifest } from './job.js';
-import { writeImage } from '../image/format.js';
+import { dirBytes, writeImage } from '../image/format.js';
 
 const CONTROL_FD = 3;
 
@@ -46,12 +46,6 @@ function awaitFront(
         );
     });
   });
-}
-
-function dirBytes(dir: string): number {
-  let total = 0;
-  for (const f of readdirSync(dir)) total += statSync(join(dir, f)).size;
-  return total;
 }
 
 async function main(): Promise<void> {

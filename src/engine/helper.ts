@@ -108,6 +108,30 @@ function statusOf(child: ChildProcess): Helper {
   };
 }
 
+/** A program running under checkpt's helper, in a PID and mount namespace of its own. */
+export interface Running {
+  /** The program's pid as this (the host's) PID namespace sees it. */
+  pid: number;
+  /** Its pid inside its own namespace (for a resumed copy: the pid it had when it was checkpointed). */
+  innerPid: number;
+  /** The pid of checkpt's init for the program's namespace; signals sent to it are forwarded. */
+  initPid: number;
+  /** Settles when the program ends; a detached program stops being watched, so only use it in the foreground. */
+  exited: Promise<ExitStatus>;
+  /** Called when the checkpoint key is pressed on the program's terminal. */
+  onKey(listener: (pgrp: number) => void): void;
+}
+
+/** The program the helper runs, once it reported it started or restored as `innerPid`. */
+export function runningUnder(helper: Helper, innerPid: number, detach: boolean): Running {
+  const initPid = initPidOf(helper);
+  const pid = findByNsPid(initPid, innerPid) ?? 0;
+  const exited = exitStatusOf(helper);
+  // Let checkpt exit now; the helper stays as the program's init and ignores the closed pipe.
+  if (detach) helper.release();
+  return { pid, innerPid, initPid, exited, onKey: (l) => helper.onKey(l) };
+}
+
 /** The program's exit as the helper reported it. */
 export function exitStatusOf(helper: Helper): Promise<ExitStatus> {
   return helper.next().then((s): ExitStatus => {

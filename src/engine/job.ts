@@ -5,7 +5,6 @@ export interface DumpJob {
   pid: number;
   target: string;
   workDir: string;
-  mode: 'sync' | 'async';
   timeoutMs: number;
   manifest: ManifestBase;
 }

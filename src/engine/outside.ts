@@ -4,16 +4,16 @@
  * and the program goes on running (or, for "checkpoint and exit", is stopped once the file is
  * durable, and only then).
  */
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { hostname, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkTarget } from '../api/target.js';
-import { writeImage, FORMAT_VERSION } from '../image/format.js';
+import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
 import { cmdline, linkOf, procStatus, processTree, treeUsesIoUring } from '../launcher/procfs.js';
 import { criuVersion, dump } from './criu.js';
 import type { Manifest } from './job.js';
-import { describeStdio } from './stdio.js';
+import { describeStdio, externalSockets } from './stdio.js';
 
 export interface OutsideDumpRequest {
   /** The program's pid on the host. */
@@ -64,9 +64,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       enter: req.nsPid,
       imagesDir,
       workDir,
-      externalUnix: stdio
-        .filter((d) => d.kind === 'socket' && d.inode !== undefined)
-        .map((d) => d.inode as number),
+      externalUnix: externalSockets(stdio),
       timeoutMs: req.timeoutMs,
       leave: req.exit ? 'stopped' : 'running',
     });
@@ -118,10 +116,4 @@ function kill(pid: number, sig: NodeJS.Signals): void {
   } catch {
     // it is already gone
   }
-}
-
-function dirBytes(dir: string): number {
-  let total = 0;
-  for (const f of readdirSync(dir)) total += statSync(join(dir, f)).size;
-  return total;
 }

@@ -4,14 +4,7 @@ import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { extractImage } from '../image/format.js';
 import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
-import {
-  exitStatusOf,
-  findByNsPid,
-  initPidOf,
-  spawnHelper,
-  type ExitStatus,
-  type Helper,
-} from './helper.js';
+import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { criuPath, requireHelper } from './paths.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
@@ -23,20 +16,6 @@ export interface ResumeOptions {
   pty?: boolean;
   /** The checkpoint key on that terminal (default 5, ^E); null turns it off. */
   key?: number | null;
-}
-
-/** A program running under checkpt's helper, in a PID and mount namespace of its own. */
-export interface Running {
-  /** The program's pid as this (the host's) PID namespace sees it. */
-  pid: number;
-  /** Its pid inside its own namespace (for a resumed copy: the pid it had when it was checkpointed). */
-  innerPid: number;
-  /** The pid of checkpt's init for the program's namespace; signals sent to it are forwarded. */
-  initPid: number;
-  /** Settles when the program ends; a detached program stops being watched, so only use it in the foreground. */
-  exited: Promise<ExitStatus>;
-  /** Called when the checkpoint key is pressed on the program's terminal. */
-  onKey(listener: (pgrp: number) => void): void;
 }
 
 export interface Resumed extends Running {
@@ -117,21 +96,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       const log = await readLog(join(workDir, 'restore.log'));
       throw restoreError(file, log, first.kind === 'failed' ? first.value : undefined);
     }
-    const initPid = initPidOf(helper);
-    const hostPid = findByNsPid(initPid, manifest.pid) ?? 0;
     rmSync(workDir, { recursive: true, force: true });
-    const exited = exitStatusOf(helper);
-    // Let checkpt exit now; the helper stays as the copy's init and ignores the closed pipe.
-    if (options.detach) helper.release();
-    const h = helper;
-    return {
-      pid: hostPid,
-      innerPid: manifest.pid,
-      initPid,
-      exited,
-      manifest,
-      onKey: (l) => h.onKey(l),
-    };
+    return { ...runningUnder(helper, manifest.pid, options.detach === true), manifest };
   } catch (e) {
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });

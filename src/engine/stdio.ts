@@ -47,3 +47,10 @@ export function inheritPlan(stdio: readonly StdioDescriptor[]): Array<{ fd: numb
   }
   return plan;
 }
+
+/** Inodes of the stdio sockets whose peers are outside the program: CRIU leaves them external. */
+export function externalSockets(stdio: readonly StdioDescriptor[]): number[] {
+  return stdio
+    .filter((d) => d.kind === 'socket' && d.inode !== undefined)
+    .map((d) => d.inode as number);
+}

@@ -6,7 +6,7 @@
  *   | "CKPTEND\n" | SHA-256 of every byte before "CKPTEND\n"
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
+import { constants as fsc, readdirSync, statSync } from 'node:fs';
 import { lstat, open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { TextDecoder } from 'node:util';
@@ -785,6 +785,13 @@ async function checkEmptyDir(dir: string): Promise<void> {
       { path: dir },
     );
   }
+}
+
+/** The bytes of the files in `dir` (CRIU's images, before they are packed). */
+export function dirBytes(dir: string): number {
+  let total = 0;
+  for (const f of readdirSync(dir)) total += statSync(join(dir, f)).size;
+  return total;
 }
 
 /**

@@ -17,11 +17,15 @@ export function procStatus(pid: number): Record<string, string> | undefined {
   return out;
 }
 
-/** Whether the process has a handler installed for signal number `sig` (its SigCgt mask). */
-export function catchesSignal(pid: number, sig: number): boolean {
-  const mask = procStatus(pid)?.SigCgt;
+/** Whether a process with this status has a handler installed for signal number `sig` (SigCgt). */
+export function catches(status: Record<string, string> | undefined, sig: number): boolean {
+  const mask = status?.SigCgt;
   if (!mask) return false;
   return ((BigInt(`0x${mask}`) >> BigInt(sig - 1)) & 1n) === 1n;
+}
+
+export function catchesSignal(pid: number, sig: number): boolean {
+  return catches(procStatus(pid), sig);
 }
 
 /** The process and all its descendants, parents first. */

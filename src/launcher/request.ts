@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { CheckptError } from '../api/errors.js';
 import { checkpointSignals, signalNumber } from '../api/signals.js';
+import { catches, procStatus } from './procfs.js';
 
 export interface RequestCheckpointOptions {
   /** Ask for "checkpoint and exit" (SIGCKPTEXIT) instead of "checkpoint and go on" (SIGCKPT). */
@@ -21,30 +21,17 @@ export interface RequestCheckpointResult {
 interface ProcInfo {
   ppid: number;
   zombie: boolean;
-  caught: bigint;
+  status: Record<string, string>;
 }
 
 function procInfo(pid: number): ProcInfo | undefined {
-  let status: string;
-  let stat: string;
-  try {
-    status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  // The command name in parentheses may itself hold spaces and parentheses.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const caught = /^SigCgt:\s*([0-9a-f]+)$/im.exec(status)?.[1] ?? '0';
-  return {
-    ppid: Number(fields[1]),
-    zombie: fields[0] === 'Z' || fields[0] === 'X',
-    caught: BigInt(`0x${caught}`),
-  };
+  const status = procStatus(pid);
+  if (!status) return undefined;
+  return { ppid: Number(status.PPid), zombie: /^[ZX]/.test(status.State ?? ''), status };
 }
 
-const catches = (info: ProcInfo, sig: NodeJS.Signals): boolean =>
-  ((info.caught >> BigInt(signalNumber(sig) - 1)) & 1n) === 1n;
+const handles = (info: ProcInfo, sig: NodeJS.Signals): boolean =>
+  catches(info.status, signalNumber(sig));
 
 /**
  * Sends a checkpoint request (SIGCKPT, or SIGCKPTEXIT with `exit`) to `pid` if it handles it, else
@@ -69,7 +56,7 @@ export function requestCheckpoint(
   let info: ProcInfo | undefined = first;
   // An ancestor must catch both signals: one catching only SIGPWR is likely an init, not checkpt.
   while (
-    !(target === pid ? catches(info, signal) : catches(info, sig.ckpt) && catches(info, sig.exit))
+    !(target === pid ? handles(info, signal) : handles(info, sig.ckpt) && handles(info, sig.exit))
   ) {
     // PID 1 (init, or a namespace's) is never a target: it may give SIGPWR its own meaning.
     if (info.ppid <= 1) {

@@ -1,14 +1,8 @@
 import { fstatSync } from 'node:fs';
 import { CheckptError } from '../api/errors.js';
-import {
-  exitStatusOf,
-  findByNsPid,
-  initPidOf,
-  spawnHelper,
-  type Helper,
-} from '../engine/helper.js';
+import { runningUnder, spawnHelper, type Helper, type Running } from '../engine/helper.js';
 import { requireHelper } from '../engine/paths.js';
-import { CTRL_E, wantsPty, type Running } from '../engine/restore.js';
+import { CTRL_E, wantsPty } from '../engine/restore.js';
 import { checkpointableEnv } from './exec.js';
 
 export interface RunOptions {
@@ -53,11 +47,7 @@ export async function runProgram(opts: RunOptions): Promise<Running> {
       `Could not start ${opts.command} under checkpt (helper status ${first.kind} ${first.value}).`,
     );
   }
-  const initPid = initPidOf(helper);
-  const pid = findByNsPid(initPid, first.value) ?? 0;
-  const exited = exitStatusOf(helper);
-  if (opts.detach) helper.release();
-  return { pid, innerPid: first.value, initPid, exited, onKey: (l) => helper.onKey(l) };
+  return runningUnder(helper, first.value, opts.detach === true);
 }
 
 /**

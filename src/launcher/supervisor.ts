@@ -3,7 +3,7 @@ import { CheckptError } from '../api/errors.js';
 import { checkpointSignals, signalNumber, type CheckpointSignals } from '../api/signals.js';
 import { commandName, DEFAULT_TEMPLATE, expandTemplate } from '../api/template.js';
 import { dumpFromOutside } from '../engine/outside.js';
-import type { Running } from '../engine/restore.js';
+import type { Running } from '../engine/helper.js';
 import { Coalescer } from './coalesce.js';
 import { catchesSignal, cmdline, linkOf } from './procfs.js';
 

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 // Not dist/index.js: importing that would make this test process itself answer SIGCKPT.
 import { checkpointSignals, signalNumber } from '../../dist/api/signals.js';
 import { parseArgs } from '../../dist/cli/args.js';
+import { catchesSignal } from '../../dist/launcher/procfs.js';
 import {
   cleanup,
   cli,
@@ -30,10 +31,7 @@ const checkptCli = (args, env = process.env) =>
   spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env });
 
 /** Whether `pid` has a handler for `sig`, from SigCgt in /proc/PID/status. */
-function catches(pid, sig) {
-  const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1];
-  return ((BigInt(`0x${mask}`) >> BigInt(signalNumber(sig) - 1)) & 1n) === 1n;
-}
+const catches = (pid, sig) => catchesSignal(pid, signalNumber(sig));
 
 /** The first event matching `pred` after the first `from` events. */
 function waitAfter(child, from, pred, what) {
