@@ -6,6 +6,7 @@ import { extractImage } from '../image/format.js';
 import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import type { ControlMessage, Manifest } from './job.js';
+import { procStatus, processTree } from '../launcher/procfs.js';
 import { criuPath, requireHelper } from './paths.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 
@@ -38,11 +39,18 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   criuVersion();
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-restore-'));
   let helper: Helper | undefined;
-  // Killed while restoring (the copy may already answer): the unpacked images must not stay.
+  // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
+  // recreates its work directory if it still runs, so the helper's tree goes first.
+  let stopped = false;
   const onSignal = (sig: NodeJS.Signals): void => {
-    rmSync(workDir, { recursive: true, force: true });
+    stopped = true;
     for (const s of STOPPING) process.off(s, onSignal);
-    process.kill(process.pid, sig);
+    const tree = helper?.child.pid ? processTree(helper.child.pid) : [];
+    for (const p of tree) signalQuietly(p, 'SIGKILL');
+    void untilGone(tree, 5000).then(() => {
+      rmSync(workDir, { recursive: true, force: true });
+      process.kill(process.pid, sig);
+    });
   };
   for (const s of STOPPING) process.once(s, onSignal);
   try {
@@ -96,9 +104,12 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       const log = await readLog(join(workDir, 'restore.log'));
       throw restoreError(file, log, first.kind === 'failed' ? first.value : undefined);
     }
+    if (stopped) return await STOPPING_FOREVER;
     rmSync(workDir, { recursive: true, force: true });
     return { ...runningUnder(helper, manifest.pid, options.detach === true), manifest };
   } catch (e) {
+    // The signal handler ends this process once the helper's tree is gone; nothing else may.
+    if (stopped) return await STOPPING_FOREVER;
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });
     throw e;
@@ -108,6 +119,22 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
 }
 
 const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+const STOPPING_FOREVER = new Promise<never>(() => undefined);
+
+function signalQuietly(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}
+
+/** Resolves once none of `pids` runs any more (a zombie counts as gone), or after `ms`. */
+async function untilGone(pids: readonly number[], ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  const running = (p: number): boolean => !/^[ZX]/.test(procStatus(p)?.State ?? 'X');
+  while (pids.some(running) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+}
 
 export const CTRL_E = 5;
 
