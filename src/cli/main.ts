@@ -66,6 +66,7 @@ async function run(c: Command): Promise<number> {
       const r = await resume(c.file, { detach: c.detach, key: c.key, pty: c.pty });
       if (c.detach) {
         process.stdout.write(`${r.pid}\n`);
+        await r.loaded;
         return 0;
       }
       // A copy checkpointed from outside goes on using the file names it was started with.
@@ -73,6 +74,8 @@ async function run(c: Command): Promise<number> {
       return supervise(r, {
         generation: r.manifest.generation + 1,
         pty: c.pty,
+        // A copy stopped because its memory could not be loaded is a failed restore.
+        beforeExit: () => r.loaded,
         ...(held === undefined ? {} : { held }),
         ...(template === undefined ? {} : { template }),
       });
@@ -121,7 +124,13 @@ function holdRequests(): HeldRequests {
 /** Waits for the program, carrying out checkpoint requests and passing signals on meanwhile. */
 async function supervise(
   r: Running,
-  o: { generation: number; pty: boolean; template?: string; held?: HeldRequests },
+  o: {
+    generation: number;
+    pty: boolean;
+    template?: string;
+    held?: HeldRequests;
+    beforeExit?: () => Promise<void>;
+  },
 ): Promise<number> {
   // On its own pseudo-terminal our terminal is raw: a line needs its carriage return.
   const raw = o.pty && process.stdin.isTTY === true;
@@ -137,6 +146,7 @@ async function supervise(
   const st = await r.exited;
   unrelay();
   stop();
+  await o.beforeExit?.();
   if (sup.stoppedByCheckpoint) return 0;
   return exitLike(st);
 }

@@ -32,6 +32,8 @@ export interface RestoreArgsRequest {
   workDir: string;
   /** Resource key (as CRIU names it) to the restorer's fd that replaces it. */
   inherit: Array<{ fd: number; key: string }>;
+  /** Memory comes from CRIU's lazy-pages daemon, already listening in workDir. */
+  lazy?: boolean;
 }
 
 const LOG_TAIL_LINES = 25;
@@ -185,6 +187,7 @@ export function restoreArgs(req: RestoreArgsRequest): string[] {
     '--shell-job',
     '--file-locks',
   ];
+  if (req.lazy) args.push('--lazy-pages');
   for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);
   return args;
 }

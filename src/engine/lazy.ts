@@ -1,0 +1,75 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { CheckptError } from '../api/errors.js';
+import { criuEnv } from './criu.js';
+import { criuPath } from './paths.js';
+
+/**
+ * CRIU's lazy-pages daemon for one restore: the copy starts with its memory still in the images
+ * and the daemon fills it through userfaultfd, faulted pages first, the rest in the background.
+ * A restore's cost then no longer grows with the heap (docs/PERFORMANCE.md).
+ */
+export interface LazyPages {
+  /** Settles when every page is in the copy (or the copy ended); rejects if the daemon failed. */
+  done: Promise<void>;
+  /** Stops the daemon (a failed restore, or checkpt stopped meanwhile). */
+  stop(): void;
+  child: ChildProcess;
+}
+
+/** Whether this restore should load memory lazily: on by default, `CHECKPT_LAZY=0` turns it off. */
+export function lazyWanted(): boolean {
+  return process.env.CHECKPT_LAZY !== '0';
+}
+
+/**
+ * Starts `criu lazy-pages` on the images and resolves once it listens for the restore, or with
+ * undefined when it cannot run here (no userfaultfd): the restore then loads memory eagerly.
+ */
+export function startLazyPages(imagesDir: string, workDir: string): Promise<LazyPages | undefined> {
+  const args = [
+    'lazy-pages',
+    '-D',
+    imagesDir,
+    '-W',
+    workDir,
+    '-o',
+    'lazy-pages.log',
+    '-v2',
+    '--status-fd',
+    '3',
+  ];
+  const child = spawn(criuPath, args, {
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    env: criuEnv(),
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('error', () => resolve({ code: null, signal: null }));
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  const status = child.stdio[3] as NodeJS.ReadableStream;
+  return new Promise((resolve) => {
+    let ready = false;
+    status.once('data', () => {
+      ready = true;
+      const done = exited.then(({ code, signal }) => {
+        if (code === 0) return;
+        throw new CheckptError(
+          'ERESTORE',
+          `CRIU's lazy-pages daemon ${signal ? `was killed by ${signal}` : `exited with ${code}`} before the copy had all of its memory; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).`,
+        );
+      });
+      // Nobody may be listening yet; the caller reads the outcome from `done`.
+      done.catch(() => undefined);
+      resolve({
+        child,
+        done,
+        stop: () => {
+          if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+        },
+      });
+    });
+    void exited.then(() => {
+      if (!ready) resolve(undefined);
+    });
+  });
+}

@@ -1,0 +1,136 @@
+import assert from 'node:assert/strict';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  cleanup,
+  fixture,
+  nodeBinaries,
+  removeDir,
+  resume,
+  startNode,
+  tempDir,
+  waitFor,
+} from '../helpers.mjs';
+
+const node = nodeBinaries()[0];
+
+/**
+ * A `criu` that records each verb and its flags, then runs the real one; `FAIL_LAZY=1` makes the
+ * lazy-pages daemon report a failure once it has served the copy.
+ */
+function criuWrapper(dir) {
+  const path = join(dir, 'criu-wrapper.sh');
+  const log = join(dir, 'criu-calls.log');
+  writeFileSync(
+    path,
+    `#!/bin/sh
+printf '%s\\n' "$*" >> '${log}'
+if [ "$1" = lazy-pages ] && [ "$FAIL_LAZY" = 1 ]; then criu "$@"; exit 1; fi
+exec criu "$@"
+`,
+  );
+  chmodSync(path, 0o755);
+  return { path, calls: () => readFileSync(log, 'utf8').split('\n').filter(Boolean) };
+}
+
+/** Live processes whose command line names `arg` (the fixture's checkpoint file is unique). */
+function runningWith(arg) {
+  const found = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      const state = /State:\s+(\S)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1];
+      if (argv.includes(arg) && state !== 'Z' && state !== 'X') found.push(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+describe('lazy restore', () => {
+  let dir;
+  let file;
+  before(async () => {
+    dir = tempDir();
+    file = join(dir, 'lazy.ckpt');
+    const p = startNode(node, fixture('state.mjs'), [file]);
+    await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+    await p.closed;
+  });
+  after(async () => {
+    await cleanup();
+    removeDir(dir);
+  });
+
+  const resumeWith = (name, env) => {
+    const staging = join(dir, name);
+    mkdirSync(staging);
+    const criu = criuWrapper(staging);
+    const r = resume(file, {
+      env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_CRIU: criu.path, ...env },
+    });
+    return { r, criu, staging };
+  };
+
+  test('the copy starts before its memory is in, gets all of it, and the images are removed', async () => {
+    const { r, criu, staging } = resumeWith('lazy', {});
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.r, 1);
+    assert.equal(back.mapSize, 100_000);
+    assert.deepEqual(back.mapSample, { i: 99999, sq: 99999 * 99999 });
+    assert.equal((await r.closed).code, 7, r.stderrText);
+    const calls = criu.calls();
+    assert.ok(
+      calls.some((c) => c.startsWith('lazy-pages ')),
+      calls.join('\n'),
+    );
+    assert.ok(
+      calls.some((c) => c.startsWith('restore ') && c.includes('--lazy-pages')),
+      calls.join('\n'),
+    );
+    assert.deepEqual(
+      readdirSync(staging).filter((n) => n.startsWith('checkpt-restore-')),
+      [],
+    );
+  });
+
+  test('CHECKPT_LAZY=0 loads all memory before the copy runs', async () => {
+    const { r, criu } = resumeWith('eager', { CHECKPT_LAZY: '0' });
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.mapSize, 100_000);
+    assert.equal((await r.closed).code, 7, r.stderrText);
+    const calls = criu.calls();
+    assert.ok(!calls.some((c) => c.startsWith('lazy-pages ')), calls.join('\n'));
+    assert.ok(
+      calls.some((c) => c.startsWith('restore ') && !c.includes('--lazy-pages')),
+      calls.join('\n'),
+    );
+  });
+
+  test('a failing lazy-pages daemon stops the copy, says why, and leaves nothing behind', async () => {
+    const p = startNode(node, fixture('state.mjs'), [join(dir, 'linger.ckpt'), '--linger']);
+    await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+    await sleep(300);
+    p.kill('SIGKILL');
+    await p.closed;
+    const staging = join(dir, 'failing');
+    mkdirSync(staging);
+    const criu = criuWrapper(staging);
+    const r = resume(join(dir, 'linger.ckpt'), {
+      env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_CRIU: criu.path, FAIL_LAZY: '1' },
+    });
+    const end = await r.closed;
+    assert.equal(end.code, 125, r.stderrText);
+    assert.match(r.stderrText, /lazy-pages daemon exited with 1/);
+    assert.match(r.stderrText, /CHECKPT_LAZY=0/);
+    assert.deepEqual(runningWith(join(dir, 'linger.ckpt')), [], 'no process of the copy is left');
+    assert.deepEqual(
+      readdirSync(staging).filter((n) => n.startsWith('checkpt-restore-')),
+      [],
+    );
+  });
+});
