@@ -1,15 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import {
-  closeSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
-import { hostname, release, tmpdir } from 'node:os';
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { hostname, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
 import { CheckptError } from './errors.js';
@@ -20,6 +12,7 @@ import { defaultCheckpointFile } from './template.js';
 import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
 import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
+import { makeStagingDir } from '../engine/staging.js';
 import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { FORMAT_VERSION } from '../image/format.js';
@@ -195,7 +188,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
   try {
     mkdirSync(ctlDir, { recursive: true, mode: 0o700 });
     const fifo = join(ctlDir, 'ctl');
-    workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-dump-'));
+    workDir = makeStagingDir('dump', process.memoryUsage.rss());
     const job: DumpJob = {
       pid: process.pid,
       target,

@@ -4,8 +4,8 @@
  * and the program goes on running (or, for "checkpoint and exit", is stopped once the file is
  * durable, and only then).
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { hostname, release, tmpdir } from 'node:os';
+import { mkdirSync, rmSync } from 'node:fs';
+import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkTarget } from '../api/target.js';
@@ -13,6 +13,7 @@ import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
 import { cmdline, linkOf, procStatus, processTree, treeUsesIoUring } from '../launcher/procfs.js';
 import { criuVersion, dump } from './criu.js';
 import type { Manifest } from './job.js';
+import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
 
 export interface OutsideDumpRequest {
@@ -50,7 +51,11 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       'EIOURING',
       `Process ${uring} of the program uses io_uring, which CRIU cannot checkpoint. It was started without checkpt's LD_PRELOAD (a program that resets LD_PRELOAD?), or set sysctl kernel.io_uring_disabled=2. The program keeps running.`,
     );
-  const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-dump-'));
+  const rss = processTree(req.pid).reduce(
+    (sum, p) => sum + (Number(/^(\d+)/.exec(procStatus(p)?.VmRSS ?? '')?.[1]) || 0) * 1024,
+    0,
+  );
+  const workDir = makeStagingDir('dump', rss);
   let stopped = false;
   let tree: number[] = [];
   try {

@@ -1,5 +1,4 @@
-import { fstatSync, mkdirSync, mkdtempSync, rmSync, statSync, statfsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { fstatSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { extractImage } from '../image/format.js';
@@ -9,6 +8,7 @@ import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree } from '../launcher/procfs.js';
 import { criuPath, requireHelper } from './paths.js';
+import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 
 export interface ResumeOptions {
@@ -43,7 +43,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.',
     );
   criuVersion();
-  const workDir = mkdtempSync(join(stagingRoot(file), 'checkpt-restore-'));
+  // A missing file is reported by extractImage, which says what it expected there.
+  const workDir = makeStagingDir('restore', sizeOf(file));
   let helper: Helper | undefined;
   let lazy: LazyPages | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
@@ -150,23 +151,13 @@ function loadedBy(lazy: LazyPages | undefined, helper: Helper, workDir: string):
   return loaded;
 }
 
-/**
- * Unpacked images go to /dev/shm when it has room: CRIU and the lazy-pages daemon read them from
- * memory, and a large image unpacks about 2.5x faster there than on disk (docs/PERFORMANCE.md).
- */
-function stagingRoot(file: string): string {
-  if (process.env.CHECKPT_TMPDIR) return process.env.CHECKPT_TMPDIR;
+function sizeOf(file: string): number {
   try {
-    const need = statSync(file).size * 1.1 + 64 * 1024 * 1024;
-    const fs = statfsSync(SHM);
-    if (fs.bavail * fs.bsize > need) return SHM;
+    return statSync(file).size;
   } catch {
-    // no /dev/shm here
+    return 0;
   }
-  return tmpdir();
 }
-
-const SHM = '/dev/shm';
 
 const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 const STOPPING_FOREVER = new Promise<never>(() => undefined);
