@@ -16,9 +16,17 @@ export interface LazyPages {
   child: ChildProcess;
 }
 
-/** Whether this restore should load memory lazily: on by default, `CHECKPT_LAZY=0` turns it off. */
-export function lazyWanted(): boolean {
-  return process.env.CHECKPT_LAZY !== '0';
+/** Below this much memory in the image, starting the daemon costs more than it saves. */
+export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Whether a restore of `pageBytes` of memory loads it lazily: by default when there is at least
+ * LAZY_MIN_BYTES of it; `CHECKPT_LAZY=1` always, `CHECKPT_LAZY=0` never.
+ */
+export function lazyWanted(pageBytes: number): boolean {
+  if (process.env.CHECKPT_LAZY === '0') return false;
+  if (process.env.CHECKPT_LAZY === '1') return true;
+  return pageBytes >= LAZY_MIN_BYTES;
 }
 
 /**

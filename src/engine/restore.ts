@@ -91,7 +91,10 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ]
       : [];
     const pty = wantsPty(options.detach, options.pty);
-    lazy = lazyWanted() ? await startLazyPages(imagesDir, workDir) : undefined;
+    const pageBytes = info.entries
+      .filter((e) => /^pages-\d+\.img$/.test(e.name))
+      .reduce((sum, e) => sum + e.size, 0);
+    lazy = lazyWanted(pageBytes) ? await startLazyPages(imagesDir, workDir) : undefined;
     if (stopped) return await STOPPING_FOREVER;
     helper = spawnHelper(
       [

@@ -77,7 +77,7 @@ describe('lazy restore', () => {
   };
 
   test('the copy starts before its memory is in, gets all of it, and the images are removed', async () => {
-    const { r, criu, staging } = resumeWith('lazy', {});
+    const { r, criu, staging } = resumeWith('lazy', { CHECKPT_LAZY: '1' });
     const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
     assert.equal(back.r, 1);
     assert.equal(back.mapSize, 100_000);
@@ -98,18 +98,22 @@ describe('lazy restore', () => {
     );
   });
 
-  test('CHECKPT_LAZY=0 loads all memory before the copy runs', async () => {
-    const { r, criu } = resumeWith('eager', { CHECKPT_LAZY: '0' });
-    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
-    assert.equal(back.mapSize, 100_000);
-    assert.equal((await r.closed).code, 7, r.stderrText);
-    const calls = criu.calls();
-    assert.ok(!calls.some((c) => c.startsWith('lazy-pages ')), calls.join('\n'));
-    assert.ok(
-      calls.some((c) => c.startsWith('restore ') && !c.includes('--lazy-pages')),
-      calls.join('\n'),
-    );
-  });
+  for (const [name, env] of [
+    ['CHECKPT_LAZY=0 loads all memory before the copy runs', { CHECKPT_LAZY: '0' }],
+    ['a small image (under 32 MiB of memory) is loaded before the copy runs by default', {}],
+  ])
+    test(name, async () => {
+      const { r, criu } = resumeWith(`eager${Object.keys(env).length}`, env);
+      const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+      assert.equal(back.mapSize, 100_000);
+      assert.equal((await r.closed).code, 7, r.stderrText);
+      const calls = criu.calls();
+      assert.ok(!calls.some((c) => c.startsWith('lazy-pages ')), calls.join('\n'));
+      assert.ok(
+        calls.some((c) => c.startsWith('restore ') && !c.includes('--lazy-pages')),
+        calls.join('\n'),
+      );
+    });
 
   test('a failing lazy-pages daemon stops the copy, says why, and leaves nothing behind', async () => {
     const p = startNode(node, fixture('state.mjs'), [join(dir, 'linger.ckpt'), '--linger']);
@@ -121,7 +125,13 @@ describe('lazy restore', () => {
     mkdirSync(staging);
     const criu = criuWrapper(staging);
     const r = resume(join(dir, 'linger.ckpt'), {
-      env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_CRIU: criu.path, FAIL_LAZY: '1' },
+      env: {
+        ...process.env,
+        CHECKPT_TMPDIR: staging,
+        CHECKPT_CRIU: criu.path,
+        CHECKPT_LAZY: '1',
+        FAIL_LAZY: '1',
+      },
     });
     const end = await r.closed;
     assert.equal(end.code, 125, r.stderrText);
