@@ -15,7 +15,8 @@ fi
 # tmux plays the person at a terminal in the terminal tests, and python3 is one of the programs
 # that `checkpt run` checkpoints there; nsenter (util-linux) runs CRIU inside a program's namespaces;
 # redis-server is the outside service of the example server's test (each test starts a private
-# one on a free port: the system service is kept from starting and disabled).
+# one on a free port: the system service is kept from starting and disabled); zstd compresses
+# the memory in checkpoint files.
 missing=()
 if command -v cc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ]; then
   say "C compiler: $(command -v cc)"
@@ -26,6 +27,7 @@ command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -15,6 +15,7 @@ import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../
 import { makeStagingDir } from '../engine/staging.js';
 import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
+import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION } from '../image/format.js';
 
 export interface CheckptOptions {
@@ -194,6 +195,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       target,
       workDir,
       timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
+      compress: compressionWanted(mode),
       manifest: manifestBase(fifo),
     };
     const jobFile = join(workDir, 'job.json');

@@ -36,7 +36,7 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     ['memory', `rss ${size(m.rssBytes)}, heap used ${size(m.heapUsedBytes)}`],
     [
       'image',
-      `${size(m.imageBytes)} in ${info.entries.length} CRIU images, file ${size(info.fileSize)}`,
+      `${size(m.imageBytes)} in ${info.entries.length} CRIU images, file ${size(info.fileSize)}${m.compression ? ` (memory ${String(m.compression)}-compressed)` : ''}`,
     ],
     ['stdio', stdio],
   ];

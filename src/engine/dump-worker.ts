@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkDump, criuVersion } from './criu.js';
 import type { ControlMessage, DumpJob, Manifest } from './job.js';
+import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
 
 const CONTROL_FD = 3;
@@ -67,6 +68,7 @@ async function main(): Promise<void> {
       imageBytes: dirBytes(imagesDir),
       dumpMs: Math.round(dumpMs),
     };
+    if (job.compress && (await compressImages(imagesDir)) > 0) manifest.compression = 'zstd';
     const { bytes } = await writeImage(job.target, manifest as unknown as Record<string, unknown>, {
       dir: imagesDir,
     });

@@ -6,6 +6,8 @@ export interface DumpJob {
   target: string;
   workDir: string;
   timeoutMs: number;
+  /** Compress the memory images before packing (zstd; src/image/compress.ts). */
+  compress: boolean;
   manifest: ManifestBase;
 }
 
@@ -35,7 +37,10 @@ export interface ManifestBase {
 
 export interface Manifest extends ManifestBase {
   criu: string;
+  /** CRIU's images before compression. */
   imageBytes: number;
+  /** How the memory images are compressed, when they are. */
+  compression?: 'zstd';
   dumpMs: number;
 }
 

@@ -9,6 +9,7 @@ import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkTarget } from '../api/target.js';
+import { compressImages, compressionWanted } from '../image/compress.js';
 import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
 import { cmdline, linkOf, procStatus, processTree, treeUsesIoUring } from '../launcher/procfs.js';
 import { criuVersion, dump } from './criu.js';
@@ -95,6 +96,8 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       imageBytes: dirBytes(imagesDir),
       dumpMs,
     };
+    if (compressionWanted('outside') && (await compressImages(imagesDir)) > 0)
+      manifest.compression = 'zstd';
     const { bytes } = await writeImage(req.target, manifest as unknown as Record<string, unknown>, {
       dir: imagesDir,
     });

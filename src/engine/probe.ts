@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { CheckptError } from '../api/errors.js';
 import { randAddonPath } from '../api/identity.js';
+import { zstdAvailable } from '../image/compress.js';
 import { criuVersion, MIN_CRIU_MAJOR, tailOf } from './criu.js';
 import { ioUringAdvice } from './iouring.js';
 import { criuPath, helperExists, helperPath, runDir } from './paths.js';
@@ -94,6 +95,18 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
           fix: 'Install util-linux (it provides nsenter).',
         }
       : { name: 'nsenter', ok: true, detail: 'nsenter found' },
+  );
+  out.push(
+    zstdAvailable()
+      ? { name: 'zstd', ok: true, detail: 'zstd found: checkpoint files are compressed' }
+      : {
+          name: 'zstd',
+          ok: true,
+          warning: true,
+          detail:
+            'zstd not found: checkpoint files are written uncompressed (about twice as large), and compressed ones from elsewhere cannot be resumed',
+          fix: 'Install zstd (apt-get install zstd).',
+        },
   );
   try {
     mkdirSync(runDir, { recursive: true, mode: 0o700 });

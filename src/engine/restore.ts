@@ -1,6 +1,7 @@
-import { fstatSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
+import { decompressImages } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
@@ -66,6 +67,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
     const info = await extractImage(file, imagesDir);
+    await decompressImages(imagesDir, file);
     const manifest = checkManifest(info.manifest, file);
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
@@ -91,9 +93,9 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ]
       : [];
     const pty = wantsPty(options.detach, options.pty);
-    const pageBytes = info.entries
-      .filter((e) => /^pages-\d+\.img$/.test(e.name))
-      .reduce((sum, e) => sum + e.size, 0);
+    const pageBytes = readdirSync(imagesDir)
+      .filter((n) => /^pages-\d+\.img$/.test(n))
+      .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     lazy = lazyWanted(pageBytes) ? await startLazyPages(imagesDir, workDir) : undefined;
     if (stopped) return await STOPPING_FOREVER;
     helper = spawnHelper(

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, statfsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -32,7 +32,37 @@ export function stagingRoot(bytes: number): string {
   return tmpdir();
 }
 
-/** A fresh 0700 directory for one dump or restore, named `checkpt-KIND-XXXXXX`. */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes what restores killed with SIGKILL left in `root`: unpacked images in /dev/shm hold
+ * memory. A restore's directory names the checkpt process that owns it.
+ */
+function sweep(root: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(root);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const m = /^checkpt-restore-(\d+)-/.exec(n);
+    if (m && Number(m[1]) !== process.pid && !alive(Number(m[1])))
+      rmSync(join(root, n), { recursive: true, force: true });
+  }
+}
+
+/** A fresh 0700 directory for one dump or restore, named `checkpt-KIND-[PID-]XXXXXX`. */
 export function makeStagingDir(kind: 'dump' | 'restore', bytes: number): string {
-  return mkdtempSync(join(stagingRoot(bytes), `checkpt-${kind}-`));
+  const root = stagingRoot(bytes);
+  if (kind === 'dump') return mkdtempSync(join(root, 'checkpt-dump-'));
+  sweep(root);
+  return mkdtempSync(join(root, `checkpt-restore-${process.pid}-`));
 }

@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { extractImage, writeImage } from '../../dist/image/format.js';
+import {
+  cleanup,
+  cli,
+  fixture,
+  nodeBinaries,
+  removeDir,
+  resume,
+  startNode,
+  tempDir,
+  waitFor,
+} from '../helpers.mjs';
+
+const node = nodeBinaries()[0];
+
+const inspect = (file, env = process.env) => {
+  const r = spawnSync(process.execPath, [cli, 'inspect', '--json', '--verify', file], {
+    encoding: 'utf8',
+    env,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout);
+};
+
+async function checkpointOnce(file, args, env = {}) {
+  const p = startNode(node, fixture('state.mjs'), [file, ...args], {
+    env: { ...process.env, ...env },
+  });
+  const back = await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+  assert.equal(back.r, 0);
+  await p.closed;
+}
+
+describe('compressed images', () => {
+  let dir;
+  before(() => {
+    dir = tempDir();
+  });
+  after(async () => {
+    await cleanup();
+    removeDir(dir);
+  });
+
+  test('checkpoint() compresses memory after the program runs again, and the copy has it all', async () => {
+    const file = join(dir, 'async.ckpt');
+    await checkpointOnce(file, ['--async']);
+    const j = inspect(file);
+    assert.equal(j.manifest.compression, 'zstd');
+    const pages = j.entries.filter((e) => /^pages-\d+\.img\.zst$/.test(e.name));
+    assert.ok(pages.length >= 1, JSON.stringify(j.entries.map((e) => e.name)));
+    assert.ok(j.fileSize < j.manifest.imageBytes, `${j.fileSize} < ${j.manifest.imageBytes}`);
+    const r = resume(file);
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.r, 1);
+    assert.equal(back.mapSize, 100_000);
+    assert.deepEqual(back.mapSample, { i: 99999, sq: 99999 * 99999 });
+    assert.equal((await r.closed).code, 7, r.stderrText);
+  });
+
+  test('checkpt() (the program waits) is not compressed unless CHECKPT_COMPRESS=1', async () => {
+    const plain = join(dir, 'sync.ckpt');
+    await checkpointOnce(plain, []);
+    assert.equal(inspect(plain).manifest.compression, undefined);
+    assert.ok(inspect(plain).entries.some((e) => /^pages-\d+\.img$/.test(e.name)));
+    const forced = join(dir, 'sync-z.ckpt');
+    await checkpointOnce(forced, [], { CHECKPT_COMPRESS: '1' });
+    assert.equal(inspect(forced).manifest.compression, 'zstd');
+    const off = join(dir, 'async-plain.ckpt');
+    await checkpointOnce(off, ['--async'], { CHECKPT_COMPRESS: '0' });
+    assert.equal(inspect(off).manifest.compression, undefined);
+  });
+
+  test('without zstd a compressed image is refused with advice, and nothing starts', () => {
+    const r = spawnSync(process.execPath, [cli, '-r', join(dir, 'async.ckpt')], {
+      encoding: 'utf8',
+      env: { ...process.env, CHECKPT_ZSTD: join(dir, 'no-such-zstd') },
+    });
+    assert.equal(r.status, 125, r.stderr);
+    assert.match(r.stderr, /zstd program is missing.*apt-get install zstd/);
+    assert.doesNotMatch(r.stdout, /"event":"returned"/);
+  });
+
+  test('compressed memory that does not decompress is refused before any process starts', async () => {
+    const unpacked = join(dir, 'unpacked');
+    mkdirSync(unpacked);
+    const info = await extractImage(join(dir, 'async.ckpt'), unpacked);
+    const name = readdirSync(unpacked).find((n) => n.endsWith('.zst'));
+    const bytes = readFileSync(join(unpacked, name));
+    // Damage the compressed data, then pack it under a valid checksum: only zstd can tell.
+    for (let i = 64; i < bytes.length; i += 4096) bytes[i] ^= 0x5a;
+    writeFileSync(join(unpacked, name), bytes);
+    const bad = join(dir, 'bad-zstd.ckpt');
+    await writeImage(bad, info.manifest, { dir: unpacked });
+    const r = resume(bad);
+    const end = await r.closed;
+    assert.equal(end.code, 125, r.stderrText);
+    assert.match(r.stderrText, /damaged \(its compressed memory does not decompress/);
+    assert.deepEqual(r.lines, []);
+  });
+});
