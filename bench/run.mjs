@@ -101,9 +101,13 @@ const kill = (pid, sig = 'SIGKILL') => {
 };
 
 /** Kills a started process, its group and everything below it (namespace inits lead sessions of their own). */
-async function stop(child) {
+async function stop(child, first) {
   if (!started.has(child)) return;
   const below = descendants(child.pid);
+  if (first && child.exitCode === null && child.signalCode === null) {
+    kill(child.pid, first);
+    await Promise.race([child.closed, sleep(5000)]);
+  }
   kill(-child.pid);
   kill(child.pid);
   for (const p of below) kill(p);
@@ -337,7 +341,8 @@ async function cycle(app, i) {
       if (last.error || last.result !== 0) throw new Error(`checkpoint() failed: ${last.error}`);
       r.asyncGapMs = last.maxGapMs;
       r.asyncCallMs = last.callMs;
-      rmSync(file, { force: true });
+      // Compressed by default (it is written while the program runs): resumed below as well.
+      r.asyncBytes = statSync(file).size;
     } else if (what === 'checkpt') {
       const res = await http('POST', port, `/checkpoint?file=${encodeURIComponent(ckpt)}`);
       if (res.status !== 202) throw new Error(`checkpoint request: ${JSON.stringify(res.body)}`);
@@ -389,19 +394,27 @@ async function cycle(app, i) {
   await stop(orig);
   await untilClosed(port);
 
-  // checkpt -r FILE (foreground, as a person would type it) until the first answer.
-  t0 = performance.now();
-  const copy = start(node, [cli, '-r', ckpt], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let copyErr = '';
-  copy.stderr.setEncoding('utf8');
-  copy.stderr.on('data', (d) => (copyErr += d));
-  try {
-    r.resumeMs = await firstAnswer(port, t0, timeout, copy);
-  } catch (e) {
-    throw new Error(`checkpt -r: ${e.message} ${copyErr}`);
+  // checkpt -r FILE (foreground, as a person would type it) until the first answer: the file
+  // checkpt() wrote (uncompressed), then the one checkpoint() wrote (compressed).
+  for (const [key, file] of [
+    ['resumeMs', ckpt],
+    ['resumeZMs', `${ckpt}.async`],
+  ]) {
+    t0 = performance.now();
+    const copy = start(node, [cli, '-r', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let copyErr = '';
+    copy.stderr.setEncoding('utf8');
+    copy.stderr.on('data', (d) => (copyErr += d));
+    try {
+      r[key] = await firstAnswer(port, t0, timeout, copy);
+    } catch (e) {
+      throw new Error(`checkpt -r: ${e.message} ${copyErr}`);
+    }
+    // Gently: checkpt -r then removes its unpacked images itself.
+    await stop(copy, 'SIGTERM');
+    await untilClosed(port);
+    rmSync(file, { force: true });
   }
-  await stop(copy);
-  await untilClosed(port);
 
   // Raw `criu restore -d` of the raw images, in a fresh PID namespace under checkpt's helper as
   // init (CRIU needs the old pid free; the original is gone but its pid may be reused). The
@@ -442,21 +455,88 @@ async function cycle(app, i) {
     throw new Error(
       `raw criu restore failed (${status.trim()}): ${tail(join(rawDir, 'restore.log'))}`,
     );
-  const prog = descendants(raw.pid).find((p) => {
-    try {
-      return readlinkSync(`/proc/${p}/exe`) === readlinkSync(`/proc/self/exe`);
-    } catch {
-      return false;
-    }
-  });
+  const prog = programUnder(raw.pid);
   if (!prog) throw new Error('raw restore: no program found');
   kill(prog, 'SIGUSR2');
   r.rawRestoreMs = await firstAnswer(port, t0, timeout, raw);
   await stop(raw);
   await untilClosed(port);
   r.rawRestoreStats = criuStats(join(rawDir, 'stats-restore'));
+  r.rawLazyMs = await rawLazyRestore(rawDir, origPid, port, timeout);
   rmSync(dir, { recursive: true, force: true });
   return r;
+}
+
+/**
+ * The same raw images restored with CRIU's lazy pages (its lazy-pages daemon, then `criu restore
+ * --lazy-pages`), as checkpt -r does for large images: the fair baseline for a lazy resume.
+ */
+async function rawLazyRestore(rawDir, origPid, port, timeout) {
+  const w = join(rawDir, 'lazy');
+  mkdirSync(w, { recursive: true });
+  const t0 = performance.now();
+  const daemon = start(
+    'criu',
+    ['lazy-pages', '-D', rawDir, '-W', w, '-o', 'lazy.log', '--status-fd', '3'],
+    { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], env: criuEnv },
+  );
+  await new Promise((resolve, reject) => {
+    daemon.stdio[3].once('data', resolve);
+    daemon.once('exit', () => reject(new Error(`criu lazy-pages: ${tail(join(w, 'lazy.log'))}`)));
+  });
+  const raw = start(
+    helperBin,
+    [
+      'init',
+      '--pid',
+      String(origPid),
+      '--status-fd',
+      '3',
+      '--',
+      'criu',
+      'restore',
+      '-D',
+      rawDir,
+      '-W',
+      w,
+      '-o',
+      'restore.log',
+      '-d',
+      '--shell-job',
+      '--lazy-pages',
+    ],
+    { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], env: criuEnv },
+  );
+  const status = await new Promise((resolve) => {
+    let text = '';
+    raw.stdio[3].setEncoding('utf8');
+    raw.stdio[3].on('data', (d) => {
+      text += d;
+      if (/^(restored|restore-failed|exit|signal)/m.test(text)) resolve(text);
+    });
+    raw.stdio[3].on('end', () => resolve(text));
+  });
+  if (!/^restored/m.test(status))
+    throw new Error(`raw lazy restore failed (${status.trim()}): ${tail(join(w, 'restore.log'))}`);
+  const prog = programUnder(raw.pid);
+  if (!prog) throw new Error('raw lazy restore: no program found');
+  kill(prog, 'SIGUSR2');
+  const ms = await firstAnswer(port, t0, timeout, raw);
+  await stop(raw);
+  await stop(daemon);
+  await untilClosed(port);
+  return ms;
+}
+
+/** The restored Node program below a namespace init. */
+function programUnder(pid) {
+  return descendants(pid).find((p) => {
+    try {
+      return readlinkSync(`/proc/${p}/exe`) === readlinkSync(`/proc/self/exe`);
+    } catch {
+      return false;
+    }
+  });
 }
 
 function tail(file) {
@@ -490,10 +570,13 @@ const METRICS = [
   ['rawDumpWallMs', 'raw criu dump wall time', 'ms'],
   ['raw.frozenMs', 'CRIU frozen time, raw dump', 'ms'],
   ['checkptCriuDumpMs', 'criu dump wall inside checkpt', 'ms'],
-  ['resumeMs', 'resume, checkpt -r to first answer', 'ms'],
+  ['resumeMs', 'resume, checkpt -r to first answer (checkpt() file)', 'ms'],
+  ['resumeZMs', 'resume, checkpt -r to first answer (compressed file)', 'ms'],
   ['rawRestoreCriuMs', 'raw criu restore done', 'ms'],
   ['rawRestoreMs', 'resume, raw criu restore to answer', 'ms'],
-  ['ckptBytes', 'image, .ckpt file', 'MB'],
+  ['rawLazyMs', 'resume, raw criu restore --lazy-pages to answer', 'ms'],
+  ['ckptBytes', 'image, .ckpt file of checkpt()', 'MB'],
+  ['asyncBytes', 'image, .ckpt file of checkpoint() (compressed)', 'MB'],
   ['rawBytes', 'image, raw CRIU dir', 'MB'],
 ];
 const pick = (r, key) =>
@@ -539,16 +622,17 @@ function targets(sum) {
     add('pause ≤ 1.1 × raw dump, checkpt()', app, p, 1.1, p <= 1.1, `${p.toFixed(2)}× raw`);
     const pa = ratio(s.asyncGapMs.median, s.rawGapMs.median);
     add('pause ≤ 1.1 × raw dump, checkpoint()', app, pa, 1.1, pa <= 1.1, `${pa.toFixed(2)}× raw`);
-    const q = ratio(s.resumeMs.median, s.rawRestoreMs.median);
+    // The compressed file: the one that meets the size target is the one that must resume fast.
+    const q = ratio(s.resumeZMs.median, s.rawRestoreMs.median);
     add('resume ≤ 1.1 × raw restore', app, q, 1.1, q <= 1.1, `${q.toFixed(2)}× raw`);
   }
   if (sum.heavy) {
-    const c = ratio(sum.heavy.coldMs.median, sum.heavy.resumeMs.median);
+    const c = ratio(sum.heavy.coldMs.median, sum.heavy.resumeZMs.median);
     add('resume ≥ 10 × faster than cold', 'heavy', c, 10, c >= 10, `${c.toFixed(2)}× faster`);
   }
   for (const [app, s] of Object.entries(sum)) {
     if (app === 'idle') continue;
-    const im = ratio(s.ckptBytes.median, s.rssBytes.median);
+    const im = ratio(s.asyncBytes.median, s.rssBytes.median);
     add('image ≤ 0.5 × RSS', app, im, 0.5, im <= 0.5, `${im.toFixed(2)}× RSS`);
   }
   const heaps = Object.keys(sum)
@@ -556,7 +640,7 @@ function targets(sum) {
     .map((a) => ({
       app: a,
       mb: allApps.find((x) => x.name === a).heapMb,
-      ms: sum[a].resumeMs.median,
+      ms: sum[a].resumeZMs.median,
     }))
     .sort((a, b) => a.mb - b.mb);
   if (heaps.length >= 2) {
@@ -632,7 +716,7 @@ async function main() {
       const r = await cycle(app, i);
       results[app.name].push(r);
       console.log(
-        ` cold ${r.coldMs.toFixed(0)} ms, pause ${r.checkptGapMs.toFixed(0)} vs raw ${r.rawGapMs.toFixed(0)} ms, resume ${r.resumeMs.toFixed(0)} vs raw ${r.rawRestoreMs.toFixed(0)} ms`,
+        ` cold ${r.coldMs.toFixed(0)} ms, pause ${r.checkptGapMs.toFixed(0)} / ${r.asyncGapMs.toFixed(0)} vs raw ${r.rawGapMs.toFixed(0)} ms, resume ${r.resumeMs.toFixed(0)} / ${r.resumeZMs.toFixed(0)} vs raw ${r.rawRestoreMs.toFixed(0)} / lazy ${r.rawLazyMs.toFixed(0)} ms`,
       );
     }
   }
@@ -645,9 +729,27 @@ async function main() {
   const ratioRow = (label, f) => rows.push([label, ...names.map((n) => f(sum[n]).toFixed(2))]);
   ratioRow('ratio pause checkpt / raw', (s) => s.checkptGapMs.median / s.rawGapMs.median);
   ratioRow('ratio pause checkpoint() / raw', (s) => s.asyncGapMs.median / s.rawGapMs.median);
-  ratioRow('ratio resume checkpt / raw', (s) => s.resumeMs.median / s.rawRestoreMs.median);
-  ratioRow('ratio cold / resume checkpt', (s) => s.coldMs.median / s.resumeMs.median);
-  ratioRow('ratio .ckpt / RSS', (s) => s.ckptBytes.median / s.rssBytes.median);
+  ratioRow(
+    'ratio resume checkpt / raw (checkpt() file)',
+    (s) => s.resumeMs.median / s.rawRestoreMs.median,
+  );
+  ratioRow(
+    'ratio resume checkpt / raw (compressed file)',
+    (s) => s.resumeZMs.median / s.rawRestoreMs.median,
+  );
+  ratioRow(
+    'ratio resume checkpt / raw lazy (compressed file)',
+    (s) => s.resumeZMs.median / s.rawLazyMs.median,
+  );
+  ratioRow(
+    'ratio cold / resume checkpt (compressed file)',
+    (s) => s.coldMs.median / s.resumeZMs.median,
+  );
+  ratioRow('ratio .ckpt / RSS, checkpt()', (s) => s.ckptBytes.median / s.rssBytes.median);
+  ratioRow(
+    'ratio .ckpt / RSS, checkpoint() (compressed)',
+    (s) => s.asyncBytes.median / s.rssBytes.median,
+  );
   ratioRow('ratio raw images / RSS', (s) => s.rawBytes.median / s.rssBytes.median);
   console.log(`\n${table(rows)}\n`);
   const ts = targets(sum);
