@@ -23,6 +23,7 @@ import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../
 import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { FORMAT_VERSION } from '../image/format.js';
+import { checkKeyFile, keyFilePath } from '../image/key.js';
 
 export interface CheckptOptions {
   /** End the process (exit status 0) once the checkpoint file is durable: "checkpoint and exit". */
@@ -203,6 +204,9 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
       manifest: manifestBase(fifo),
     };
+    // Only the path: the key itself is read by the worker, never into this process's memory.
+    const keyFile = keyFilePath();
+    if (keyFile !== undefined) job.keyFile = keyFile;
     const jobFile = join(workDir, 'job.json');
     writeFileSync(jobFile, JSON.stringify(job), { mode: 0o600 });
     const imagesDir = join(workDir, 'images');
@@ -321,6 +325,8 @@ function preflight(target: string): void {
     );
   requireHelper();
   criuVersion();
+  const keyFile = keyFilePath();
+  if (keyFile !== undefined) checkKeyFile(keyFile);
   if (hasIoUring())
     throw new CheckptError(
       'EIOURING',

@@ -9,6 +9,7 @@ import { CheckptError } from '../api/errors.js';
 import { checkDump, criuVersion } from './criu.js';
 import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { dirBytes, writeImage } from '../image/format.js';
+import { readKeyFile } from '../image/key.js';
 
 const CONTROL_FD = 3;
 
@@ -67,9 +68,15 @@ async function main(): Promise<void> {
       imageBytes: dirBytes(imagesDir),
       dumpMs: Math.round(dumpMs),
     };
-    const { bytes } = await writeImage(job.target, manifest as unknown as Record<string, unknown>, {
-      dir: imagesDir,
-    });
+    // Read only now: an error before CRIU has finished would wake the program too early.
+    const key = job.keyFile === undefined ? undefined : readKeyFile(job.keyFile);
+    const { bytes } = await writeImage(
+      job.target,
+      manifest as unknown as Record<string, unknown>,
+      { dir: imagesDir },
+      { key },
+    );
+    key?.fill(0);
     send({ t: 'ok', bytes, file: job.target });
   } catch (e) {
     const err =

@@ -7,6 +7,8 @@ export interface DumpJob {
   workDir: string;
   timeoutMs: number;
   manifest: ManifestBase;
+  /** The key file to seal the checkpoint with (absolute; CHECKPT_KEY_FILE when the program asked). */
+  keyFile?: string;
 }
 
 /** The manifest fields the process knows; the worker adds CRIU's version and the sizes. */

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkTarget } from '../api/target.js';
 import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
+import { loadKey } from '../image/key.js';
 import { cmdline, linkOf, procStatus, processTree, treeUsesIoUring } from '../launcher/procfs.js';
 import { criuVersion, dump } from './criu.js';
 import type { Manifest } from './job.js';
@@ -38,6 +39,8 @@ export interface OutsideDumpResult {
 export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideDumpResult> {
   const version = criuVersion();
   checkTarget(req.target);
+  // Before anything is dumped: a bad key file must not cost a frozen program.
+  const key = loadKey();
   const status = procStatus(req.pid);
   if (!status)
     throw new CheckptError(
@@ -90,9 +93,12 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       imageBytes: dirBytes(imagesDir),
       dumpMs,
     };
-    const { bytes } = await writeImage(req.target, manifest as unknown as Record<string, unknown>, {
-      dir: imagesDir,
-    });
+    const { bytes } = await writeImage(
+      req.target,
+      manifest as unknown as Record<string, unknown>,
+      { dir: imagesDir },
+      { key },
+    );
     if (stopped) for (const pid of tree) kill(pid, 'SIGKILL');
     stopped = false;
     return { bytes, dumpMs };
@@ -106,6 +112,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   } finally {
     // A failed "checkpoint and exit" must not leave the program frozen.
     if (stopped) for (const pid of tree) kill(pid, 'SIGCONT');
+    key?.fill(0);
     rmSync(workDir, { recursive: true, force: true });
   }
 }

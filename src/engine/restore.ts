@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { extractImage } from '../image/format.js';
+import { loadKey } from '../image/key.js';
 import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import type { ControlMessage, Manifest } from './job.js';
@@ -37,6 +38,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.',
     );
   criuVersion();
+  const key = loadKey();
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-restore-'));
   let helper: Helper | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
@@ -56,7 +58,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
-    const info = await extractImage(file, imagesDir);
+    const info = await extractImage(file, imagesDir, { key });
+    key?.fill(0);
     const manifest = checkManifest(info.manifest, file);
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))

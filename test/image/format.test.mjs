@@ -107,7 +107,13 @@ test('round trip keeps manifest, entries and bytes, and the file has mode 0600',
   const names = Object.keys(files).sort();
   const entries = names.map((name) => ({ name, size: files[name].length }));
   const info = await verifyImage(target);
-  assert.deepEqual(info, { formatVersion: FORMAT_VERSION, manifest, entries, fileSize: bytes });
+  assert.deepEqual(info, {
+    formatVersion: FORMAT_VERSION,
+    manifest,
+    entries,
+    fileSize: bytes,
+    encrypted: false,
+  });
   const quick = await readImageInfo(target);
   assert.deepEqual(quick, { ...info, verified: false });
 
@@ -288,7 +294,9 @@ test('a newer format version and unknown flags are refused', async (t) => {
   await assert.rejects(verifyImage(file), /newer checkpt \(format 2.*upgrade checkpt/);
   await rejectsWith(readImageInfo(file), 'EIMAGEVERSION', 'version 2 (info)');
   await assertRejected(root, build({ version: 0 }), 'EBADIMAGE', 'version 0');
-  await assertRejected(root, build({ flags: 1 }), 'EBADIMAGE', 'flag bit 0');
+  await assertRejected(root, build({ flags: 2 }), 'EBADIMAGE', 'flag bit 1');
+  // Bit 0 is "encrypted": without a key that is what is said, whatever follows.
+  await assertRejected(root, build({ flags: 1 }), 'EKEY', 'flag bit 0');
   await assertRejected(root, build({ flags: 0x80000000 }), 'EBADIMAGE', 'flag bit 31');
 });
 
@@ -447,7 +455,10 @@ test(
           assert.equal(name, 'info', `${where}: ${name} accepted a mutated file`);
         } catch (err) {
           assert.ok(err instanceof CheckptError, `${where}: ${name} threw ${err?.stack ?? err}`);
-          assert.ok(['EBADIMAGE', 'EIMAGEVERSION'].includes(err.code), `${where}: ${err.code}`);
+          assert.ok(
+            ['EBADIMAGE', 'EIMAGEVERSION', 'EKEY'].includes(err.code),
+            `${where}: ${err.code}`,
+          );
         }
         assert.deepEqual(fs.readdirSync(out), [], `${where}: ${name} left files behind`);
       }
