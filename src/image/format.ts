@@ -995,6 +995,15 @@ async function parseBody(
       `sizes do not add up: ${r.remaining} unexpected bytes after the last entry`,
     );
   }
+  // The writers record what they packed; a manifest that disagrees was not written by them.
+  const stated = manifest.imageBytes;
+  const held = entries.reduce((n, e) => n + e.size, 0);
+  if (stated !== undefined && stated !== held) {
+    throw damaged(
+      file,
+      `its manifest says the CRIU images hold ${JSON.stringify(stated)} bytes but its entries hold ${held}`,
+    );
+  }
   return { manifest, entries };
 }
 

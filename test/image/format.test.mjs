@@ -1,12 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import {
   FORMAT_VERSION,
   extractImage,
+  readImageHeader,
   readImageInfo,
   verifyImage,
   writeImage,
@@ -56,11 +59,12 @@ function build({
   return Buffer.concat([body, Buffer.from('CKPTEND\n', 'latin1'), hash]);
 }
 
-async function rejectsWith(promise, codes, message) {
+async function rejectsWith(promise, codes, message, text) {
   const wanted = Array.isArray(codes) ? codes : [codes];
   await assert.rejects(promise, (err) => {
     assert.ok(err instanceof CheckptError, `${message}: not a CheckptError: ${err?.stack ?? err}`);
     assert.ok(wanted.includes(err.code), `${message}: code ${err.code}: ${err.message}`);
+    if (text) assert.match(err.message, text, message);
     return true;
   });
 }
@@ -320,6 +324,11 @@ test('hostile or invalid entry names are refused before anything is written', as
   const hostile = {
     'parent path': [{ name: '../x', data: 'evil' }],
     'absolute path': [{ name: '/tmp/x', data: 'evil' }],
+    'absolute path into /etc': [{ name: '/etc/x', data: 'evil' }],
+    'parent of a parent': [{ name: '../../x', data: 'evil' }],
+    'trailing slash': [{ name: 'x/', data: 'evil' }],
+    'NUL at the end': [{ name: 'x\0', data: 'evil' }],
+    'C1 control': [{ name: 'x\u0085', data: 'evil' }],
     'nested path': [{ name: 'a/b', data: 'evil' }],
     backslash: [{ name: 'a\\b', data: 'evil' }],
     dot: [{ name: '.', data: 'evil' }],
@@ -465,3 +474,92 @@ test(
     }
   },
 );
+
+test('truncation at every length short of the whole file is refused, by every reader', async (t) => {
+  const root = tempDir(t);
+  // Every structural boundary of every entry, the trailer magic and the hash are among these.
+  const good = build({ manifest: sampleManifest, entries: sampleEntries });
+  const file = path.join(root, 'cut.ckpt');
+  const out = path.join(root, 'out');
+  fs.mkdirSync(out);
+  for (let len = 0; len < good.length; len++) {
+    fs.writeFileSync(file, good.subarray(0, len));
+    for (const [name, run] of [
+      ['verify', () => verifyImage(file)],
+      ['info', () => readImageInfo(file)],
+      ['extract', () => extractImage(file, out)],
+    ]) {
+      await rejectsWith(run(), 'EBADIMAGE', `cut to ${len} (${name})`);
+      assert.deepEqual(fs.readdirSync(out), [], `cut to ${len} (${name}) left files`);
+    }
+  }
+  fs.writeFileSync(file, good);
+  assert.equal((await verifyImage(file)).entries.length, sampleEntries.length);
+});
+
+test('a manifest that lies about the size of the images is refused', async (t) => {
+  const root = tempDir(t);
+  const held = sampleEntries.reduce((n, e) => n + e.data.length, 0);
+  const honest = build({ manifest: JSON.stringify({ imageBytes: held }), entries: sampleEntries });
+  const file = path.join(root, 'ok.ckpt');
+  fs.writeFileSync(file, honest);
+  assert.equal((await verifyImage(file)).manifest.imageBytes, held);
+  for (const [label, imageBytes] of [
+    ['one too many', held + 1],
+    ['one too few', held - 1],
+    ['zero', 0],
+    ['a string', String(held)],
+    ['null', null],
+  ]) {
+    // A correct checksum: the file is exactly as written, and still wrong.
+    const bytes = build({ manifest: JSON.stringify({ imageBytes }), entries: sampleEntries });
+    await assertRejected(root, bytes, 'EBADIMAGE', label);
+    await assert.rejects(verifyImage(path.join(root, 'bad.ckpt')), /imageBytes|CRIU images hold/);
+    await rejectsWith(readImageInfo(path.join(root, 'bad.ckpt')), 'EBADIMAGE', `${label} (info)`);
+  }
+});
+
+test("other tools' files and things that are not files are refused without hanging", async (t) => {
+  const root = tempDir(t);
+  const tarHeader = Buffer.alloc(1024);
+  tarHeader.write('server.ckpt', 0);
+  tarHeader.write('0000644\0', 100);
+  tarHeader.write('ustar\x0000', 257);
+  const files = {
+    tar: [tarHeader, /signature/],
+    gzip: [zlib.gzipSync(build({ entries: sampleEntries })), /gzip/],
+    ELF: [fs.readFileSync(process.execPath).subarray(0, 4096), /executable/],
+    zip: [Buffer.concat([Buffer.from('PK\x03\x04', 'latin1'), randomBytes(100)]), /zip/],
+    JSON: [Buffer.from('{"pid": 1, "imageBytes": 10}\n'), /text file/],
+    empty: [Buffer.alloc(0), /is empty/],
+    'CRIU image': [Buffer.from([0x54, 0x4b, 0x18, 0x58, 0x2a, 0, 0, 0]), /signature/],
+  };
+  for (const [label, [bytes, hint]] of Object.entries(files)) {
+    await assertRejected(root, bytes, 'EBADIMAGE', label);
+    await assert.rejects(verifyImage(path.join(root, 'bad.ckpt')), hint, label);
+  }
+
+  // A FIFO with no writer would block a plain open forever; a device could act when opened.
+  const fifo = path.join(root, 'fifo.ckpt');
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+  const viaLink = path.join(root, 'fifo-link.ckpt');
+  fs.symlinkSync(fifo, viaLink);
+  for (const p of [fifo, viaLink, '/dev/null', '/dev/zero']) {
+    for (const run of [verifyImage, readImageInfo, readImageHeader]) {
+      await rejectsWith(run(p), 'EBADIMAGE', p, /not a regular file/);
+    }
+    const out = fs.mkdtempSync(path.join(root, 'out-'));
+    await rejectsWith(extractImage(p, out), 'EBADIMAGE', `${p} (extract)`, /not a regular file/);
+  }
+  await rejectsWith(readImageHeader(root), 'EISDIR', 'directory', /is a directory/);
+  const dangling = path.join(root, 'dangling.ckpt');
+  fs.symlinkSync(path.join(root, 'gone'), dangling);
+  await rejectsWith(verifyImage(dangling), 'ENOENT', 'dangling symlink', /does not exist/);
+
+  // A symlink to a real checkpoint (a "latest.ckpt" link) is followed: it names a regular file.
+  const real = path.join(root, 'real.ckpt');
+  fs.writeFileSync(real, build({ entries: sampleEntries }));
+  const latest = path.join(root, 'latest.ckpt');
+  fs.symlinkSync(real, latest);
+  assert.equal((await verifyImage(latest)).entries.length, sampleEntries.length);
+});
