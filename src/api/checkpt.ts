@@ -17,6 +17,7 @@ import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION } from '../image/format.js';
+import { checkKeyFile, keyFilePath } from '../image/key.js';
 
 export interface CheckptOptions {
   /** End the process (exit status 0) once the checkpoint file is durable: "checkpoint and exit". */
@@ -198,6 +199,9 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       compress: compressionWanted(mode),
       manifest: manifestBase(fifo),
     };
+    // Only the path: the key itself is read by the worker, never into this process's memory.
+    const keyFile = keyFilePath();
+    if (keyFile !== undefined) job.keyFile = keyFile;
     const jobFile = join(workDir, 'job.json');
     writeFileSync(jobFile, JSON.stringify(job), { mode: 0o600 });
     const imagesDir = join(workDir, 'images');
@@ -316,6 +320,8 @@ function preflight(target: string): void {
     );
   requireHelper();
   criuVersion();
+  const keyFile = keyFilePath();
+  if (keyFile !== undefined) checkKeyFile(keyFile);
   if (hasIoUring())
     throw new CheckptError(
       'EIOURING',

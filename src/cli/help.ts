@@ -42,5 +42,8 @@ Inside a program:
 
 Exit status: the resumed program's; 125 when checkpt itself failed; 2 for usage errors.
 Environment: CHECKPT_FILE (name template: %N program, %P pid, %U uid, %% a %; default %N.ckpt),
-  CHECKPT_TIMEOUT (ms), CHECKPT_TMPDIR (staging directory).
+  CHECKPT_TIMEOUT (ms), CHECKPT_TMPDIR (staging directory),
+  CHECKPT_KEY_FILE (32 random bytes or 64 hex digits, mode 0600: new checkpoints are encrypted
+  with it, and -r and inspect read them with it; -r then refuses unencrypted ones).
+A file name that starts with '-' goes after '--': checkpt -r -- -x.ckpt
 `;

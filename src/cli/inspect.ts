@@ -1,4 +1,5 @@
-import type { ImageInfo } from '../image/format.js';
+import type { ImageHeader, ImageInfo } from '../image/format.js';
+import { KEY_ENV } from '../image/key.js';
 
 function size(n: unknown): string {
   if (typeof n !== 'number') return '?';
@@ -23,7 +24,10 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     : '?';
   const lines: Array<[string, string]> = [
     ['file', file],
-    ['format', `checkpt image v${info.formatVersion}${info.verified ? ', checksum verified' : ''}`],
+    [
+      'format',
+      `checkpt image v${info.formatVersion}${info.encrypted ? ', encrypted (AES-256-GCM)' : ''}${info.verified ? (info.encrypted ? ', every chunk authenticated' : ', checksum verified') : ''}`,
+    ],
     ['created', String(m.createdAt ?? '?')],
     ['host', String(m.host ?? '?')],
     ['command', argv],
@@ -40,6 +44,20 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     ],
     ['stdio', stdio],
   ];
+  return table(lines);
+}
+
+function table(lines: Array<[string, string]>): string {
   const w = Math.max(...lines.map(([k]) => k.length));
   return lines.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n');
+}
+
+/** An encrypted file seen without its key: only what the header says. */
+export function formatHeader(file: string, head: ImageHeader): string {
+  return table([
+    ['file', file],
+    ['format', `checkpt image v${head.formatVersion}, encrypted (AES-256-GCM)`],
+    ['size', size(head.fileSize)],
+    ['manifest', `encrypted; set ${KEY_ENV} to the key file it was written with to see it`],
+  ]);
 }

@@ -3,7 +3,8 @@ import { CheckptError } from '../api/errors.js';
 import { checkpointSignals } from '../api/signals.js';
 import { resume } from '../engine/restore.js';
 import { probe } from '../engine/probe.js';
-import { readImageInfo, verifyImage } from '../image/format.js';
+import { readImageHeader, readImageInfo, verifyImage } from '../image/format.js';
+import { loadKey } from '../image/key.js';
 import type { Running } from '../engine/helper.js';
 import { execCheckpointable } from '../launcher/exec.js';
 import { runProgram } from '../launcher/run.js';
@@ -12,7 +13,7 @@ import { requestCheckpoint } from '../launcher/request.js';
 import { exitLike, relaySignals } from '../launcher/signals.js';
 import { parseArgs, UsageError, type Command } from './args.js';
 import { HELP } from './help.js';
-import { formatInspect } from './inspect.js';
+import { formatHeader, formatInspect } from './inspect.js';
 
 const EXIT_FAILED = 125;
 const EXIT_USAGE = 2;
@@ -26,9 +27,22 @@ async function run(c: Command): Promise<number> {
       process.stdout.write('checkpt 0.1.0\n');
       return 0;
     case 'inspect': {
+      const key = loadKey();
+      const head = await readImageHeader(c.file);
+      // Without the key only the header can be shown; --verify then fails with what to do.
+      if (head.encrypted && key === undefined && !c.verify) {
+        process.stdout.write(
+          c.json
+            ? JSON.stringify({ file: c.file, ...head }, null, 2) + '\n'
+            : formatHeader(c.file, head) + '\n',
+        );
+        return 0;
+      }
+      // Looking is harmless, so a plain file is shown even when a key is set.
+      const opts = { key, allowPlain: true };
       const info = c.verify
-        ? { ...(await verifyImage(c.file)), verified: true }
-        : await readImageInfo(c.file);
+        ? { ...(await verifyImage(c.file, opts)), verified: true }
+        : await readImageInfo(c.file, opts);
       process.stdout.write(
         c.json
           ? JSON.stringify({ file: c.file, ...info }, null, 2) + '\n'

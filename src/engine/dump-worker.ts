@@ -10,6 +10,7 @@ import { checkDump, criuVersion } from './criu.js';
 import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
+import { readKeyFile } from '../image/key.js';
 
 const CONTROL_FD = 3;
 
@@ -68,10 +69,19 @@ async function main(): Promise<void> {
       imageBytes: dirBytes(imagesDir),
       dumpMs: Math.round(dumpMs),
     };
-    if (job.compress && (await compressImages(imagesDir)) > 0) manifest.compression = 'zstd';
-    const { bytes } = await writeImage(job.target, manifest as unknown as Record<string, unknown>, {
-      dir: imagesDir,
-    });
+    if (job.compress && (await compressImages(imagesDir)) > 0) {
+      manifest.compression = 'zstd';
+      manifest.packedBytes = dirBytes(imagesDir);
+    }
+    // Read only now: an error before CRIU has finished would wake the program too early.
+    const key = job.keyFile === undefined ? undefined : readKeyFile(job.keyFile);
+    const { bytes } = await writeImage(
+      job.target,
+      manifest as unknown as Record<string, unknown>,
+      { dir: imagesDir },
+      { key },
+    );
+    key?.fill(0);
     send({ t: 'ok', bytes, file: job.target });
   } catch (e) {
     const err =

@@ -9,6 +9,8 @@ export interface DumpJob {
   /** Compress the memory images before packing (zstd; src/image/compress.ts). */
   compress: boolean;
   manifest: ManifestBase;
+  /** The key file to seal the checkpoint with (absolute; CHECKPT_KEY_FILE when the program asked). */
+  keyFile?: string;
 }
 
 /** The manifest fields the process knows; the worker adds CRIU's version and the sizes. */
@@ -41,6 +43,8 @@ export interface Manifest extends ManifestBase {
   imageBytes: number;
   /** How the memory images are compressed, when they are. */
   compression?: 'zstd';
+  /** The images as packed, after compression (imageBytes when they are not compressed). */
+  packedBytes?: number;
   dumpMs: number;
 }
 

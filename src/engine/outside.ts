@@ -11,6 +11,7 @@ import { CheckptError } from '../api/errors.js';
 import { checkTarget } from '../api/target.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
 import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
+import { loadKey } from '../image/key.js';
 import { cmdline, linkOf, procStatus, processTree, treeUsesIoUring } from '../launcher/procfs.js';
 import { criuVersion, dump } from './criu.js';
 import type { Manifest } from './job.js';
@@ -40,6 +41,8 @@ export interface OutsideDumpResult {
 export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideDumpResult> {
   const version = criuVersion();
   checkTarget(req.target);
+  // Before anything is dumped: a bad key file must not cost a frozen program.
+  const key = loadKey();
   const status = procStatus(req.pid);
   if (!status)
     throw new CheckptError(
@@ -96,11 +99,16 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       imageBytes: dirBytes(imagesDir),
       dumpMs,
     };
-    if (compressionWanted('outside') && (await compressImages(imagesDir)) > 0)
+    if (compressionWanted('outside') && (await compressImages(imagesDir)) > 0) {
       manifest.compression = 'zstd';
-    const { bytes } = await writeImage(req.target, manifest as unknown as Record<string, unknown>, {
-      dir: imagesDir,
-    });
+      manifest.packedBytes = dirBytes(imagesDir);
+    }
+    const { bytes } = await writeImage(
+      req.target,
+      manifest as unknown as Record<string, unknown>,
+      { dir: imagesDir },
+      { key },
+    );
     if (stopped) for (const pid of tree) kill(pid, 'SIGKILL');
     stopped = false;
     return { bytes, dumpMs };
@@ -114,6 +122,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   } finally {
     // A failed "checkpoint and exit" must not leave the program frozen.
     if (stopped) for (const pid of tree) kill(pid, 'SIGCONT');
+    key?.fill(0);
     rmSync(workDir, { recursive: true, force: true });
   }
 }

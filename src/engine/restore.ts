@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { decompressImages } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
+import { loadKey } from '../image/key.js';
 import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
@@ -44,6 +45,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.',
     );
   criuVersion();
+  const key = loadKey();
   // A missing file is reported by extractImage, which says what it expected there.
   const workDir = makeStagingDir('restore', sizeOf(file));
   let helper: Helper | undefined;
@@ -66,7 +68,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
-    const info = await extractImage(file, imagesDir);
+    const info = await extractImage(file, imagesDir, { key });
+    key?.fill(0);
     await decompressImages(imagesDir, file);
     const manifest = checkManifest(info.manifest, file);
     const stdio = manifest.stdio;

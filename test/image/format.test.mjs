@@ -1,12 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import {
   FORMAT_VERSION,
   extractImage,
+  readImageHeader,
   readImageInfo,
   verifyImage,
   writeImage,
@@ -56,11 +59,12 @@ function build({
   return Buffer.concat([body, Buffer.from('CKPTEND\n', 'latin1'), hash]);
 }
 
-async function rejectsWith(promise, codes, message) {
+async function rejectsWith(promise, codes, message, text) {
   const wanted = Array.isArray(codes) ? codes : [codes];
   await assert.rejects(promise, (err) => {
     assert.ok(err instanceof CheckptError, `${message}: not a CheckptError: ${err?.stack ?? err}`);
     assert.ok(wanted.includes(err.code), `${message}: code ${err.code}: ${err.message}`);
+    if (text) assert.match(err.message, text, message);
     return true;
   });
 }
@@ -107,7 +111,13 @@ test('round trip keeps manifest, entries and bytes, and the file has mode 0600',
   const names = Object.keys(files).sort();
   const entries = names.map((name) => ({ name, size: files[name].length }));
   const info = await verifyImage(target);
-  assert.deepEqual(info, { formatVersion: FORMAT_VERSION, manifest, entries, fileSize: bytes });
+  assert.deepEqual(info, {
+    formatVersion: FORMAT_VERSION,
+    manifest,
+    entries,
+    fileSize: bytes,
+    encrypted: false,
+  });
   const quick = await readImageInfo(target);
   assert.deepEqual(quick, { ...info, verified: false });
 
@@ -288,7 +298,9 @@ test('a newer format version and unknown flags are refused', async (t) => {
   await assert.rejects(verifyImage(file), /newer checkpt \(format 2.*upgrade checkpt/);
   await rejectsWith(readImageInfo(file), 'EIMAGEVERSION', 'version 2 (info)');
   await assertRejected(root, build({ version: 0 }), 'EBADIMAGE', 'version 0');
-  await assertRejected(root, build({ flags: 1 }), 'EBADIMAGE', 'flag bit 0');
+  await assertRejected(root, build({ flags: 2 }), 'EBADIMAGE', 'flag bit 1');
+  // Bit 0 is "encrypted": without a key that is what is said, whatever follows.
+  await assertRejected(root, build({ flags: 1 }), 'EKEY', 'flag bit 0');
   await assertRejected(root, build({ flags: 0x80000000 }), 'EBADIMAGE', 'flag bit 31');
 });
 
@@ -312,6 +324,11 @@ test('hostile or invalid entry names are refused before anything is written', as
   const hostile = {
     'parent path': [{ name: '../x', data: 'evil' }],
     'absolute path': [{ name: '/tmp/x', data: 'evil' }],
+    'absolute path into /etc': [{ name: '/etc/x', data: 'evil' }],
+    'parent of a parent': [{ name: '../../x', data: 'evil' }],
+    'trailing slash': [{ name: 'x/', data: 'evil' }],
+    'NUL at the end': [{ name: 'x\0', data: 'evil' }],
+    'C1 control': [{ name: 'x\u0085', data: 'evil' }],
     'nested path': [{ name: 'a/b', data: 'evil' }],
     backslash: [{ name: 'a\\b', data: 'evil' }],
     dot: [{ name: '.', data: 'evil' }],
@@ -447,10 +464,102 @@ test(
           assert.equal(name, 'info', `${where}: ${name} accepted a mutated file`);
         } catch (err) {
           assert.ok(err instanceof CheckptError, `${where}: ${name} threw ${err?.stack ?? err}`);
-          assert.ok(['EBADIMAGE', 'EIMAGEVERSION'].includes(err.code), `${where}: ${err.code}`);
+          assert.ok(
+            ['EBADIMAGE', 'EIMAGEVERSION', 'EKEY'].includes(err.code),
+            `${where}: ${err.code}`,
+          );
         }
         assert.deepEqual(fs.readdirSync(out), [], `${where}: ${name} left files behind`);
       }
     }
   },
 );
+
+test('truncation at every length short of the whole file is refused, by every reader', async (t) => {
+  const root = tempDir(t);
+  // Every structural boundary of every entry, the trailer magic and the hash are among these.
+  const good = build({ manifest: sampleManifest, entries: sampleEntries });
+  const file = path.join(root, 'cut.ckpt');
+  const out = path.join(root, 'out');
+  fs.mkdirSync(out);
+  for (let len = 0; len < good.length; len++) {
+    fs.writeFileSync(file, good.subarray(0, len));
+    for (const [name, run] of [
+      ['verify', () => verifyImage(file)],
+      ['info', () => readImageInfo(file)],
+      ['extract', () => extractImage(file, out)],
+    ]) {
+      await rejectsWith(run(), 'EBADIMAGE', `cut to ${len} (${name})`);
+      assert.deepEqual(fs.readdirSync(out), [], `cut to ${len} (${name}) left files`);
+    }
+  }
+  fs.writeFileSync(file, good);
+  assert.equal((await verifyImage(file)).entries.length, sampleEntries.length);
+});
+
+test('a manifest that lies about the size of the images is refused', async (t) => {
+  const root = tempDir(t);
+  const held = sampleEntries.reduce((n, e) => n + e.data.length, 0);
+  const honest = build({ manifest: JSON.stringify({ imageBytes: held }), entries: sampleEntries });
+  const file = path.join(root, 'ok.ckpt');
+  fs.writeFileSync(file, honest);
+  assert.equal((await verifyImage(file)).manifest.imageBytes, held);
+  for (const [label, imageBytes] of [
+    ['one too many', held + 1],
+    ['one too few', held - 1],
+    ['zero', 0],
+    ['a string', String(held)],
+    ['null', null],
+  ]) {
+    // A correct checksum: the file is exactly as written, and still wrong.
+    const bytes = build({ manifest: JSON.stringify({ imageBytes }), entries: sampleEntries });
+    await assertRejected(root, bytes, 'EBADIMAGE', label);
+    await assert.rejects(verifyImage(path.join(root, 'bad.ckpt')), /imageBytes|CRIU images hold/);
+    await rejectsWith(readImageInfo(path.join(root, 'bad.ckpt')), 'EBADIMAGE', `${label} (info)`);
+  }
+});
+
+test("other tools' files and things that are not files are refused without hanging", async (t) => {
+  const root = tempDir(t);
+  const tarHeader = Buffer.alloc(1024);
+  tarHeader.write('server.ckpt', 0);
+  tarHeader.write('0000644\0', 100);
+  tarHeader.write('ustar\x0000', 257);
+  const files = {
+    tar: [tarHeader, /signature/],
+    gzip: [zlib.gzipSync(build({ entries: sampleEntries })), /gzip/],
+    ELF: [fs.readFileSync(process.execPath).subarray(0, 4096), /executable/],
+    zip: [Buffer.concat([Buffer.from('PK\x03\x04', 'latin1'), randomBytes(100)]), /zip/],
+    JSON: [Buffer.from('{"pid": 1, "imageBytes": 10}\n'), /text file/],
+    empty: [Buffer.alloc(0), /is empty/],
+    'CRIU image': [Buffer.from([0x54, 0x4b, 0x18, 0x58, 0x2a, 0, 0, 0]), /signature/],
+  };
+  for (const [label, [bytes, hint]] of Object.entries(files)) {
+    await assertRejected(root, bytes, 'EBADIMAGE', label);
+    await assert.rejects(verifyImage(path.join(root, 'bad.ckpt')), hint, label);
+  }
+
+  // A FIFO with no writer would block a plain open forever; a device could act when opened.
+  const fifo = path.join(root, 'fifo.ckpt');
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+  const viaLink = path.join(root, 'fifo-link.ckpt');
+  fs.symlinkSync(fifo, viaLink);
+  for (const p of [fifo, viaLink, '/dev/null', '/dev/zero']) {
+    for (const run of [verifyImage, readImageInfo, readImageHeader]) {
+      await rejectsWith(run(p), 'EBADIMAGE', p, /not a regular file/);
+    }
+    const out = fs.mkdtempSync(path.join(root, 'out-'));
+    await rejectsWith(extractImage(p, out), 'EBADIMAGE', `${p} (extract)`, /not a regular file/);
+  }
+  await rejectsWith(readImageHeader(root), 'EISDIR', 'directory', /is a directory/);
+  const dangling = path.join(root, 'dangling.ckpt');
+  fs.symlinkSync(path.join(root, 'gone'), dangling);
+  await rejectsWith(verifyImage(dangling), 'ENOENT', 'dangling symlink', /does not exist/);
+
+  // A symlink to a real checkpoint (a "latest.ckpt" link) is followed: it names a regular file.
+  const real = path.join(root, 'real.ckpt');
+  fs.writeFileSync(real, build({ entries: sampleEntries }));
+  const latest = path.join(root, 'latest.ckpt');
+  fs.symlinkSync(real, latest);
+  assert.equal((await verifyImage(latest)).entries.length, sampleEntries.length);
+});
