@@ -1,7 +1,7 @@
 import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
-import { decompressImages } from '../image/compress.js';
+import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
 import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
@@ -68,9 +68,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
-    const info = await extractImage(file, imagesDir, { key });
+    const info = await extractImage(file, imagesDir, { key, decoder: zstdDecoder(file) });
     key?.fill(0);
-    await decompressImages(imagesDir, file);
     const manifest = checkManifest(info.manifest, file);
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))

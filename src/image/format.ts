@@ -1104,17 +1104,41 @@ export async function readImageInfo(
 }
 
 /** Creates the entries in `dir`; remembers them so that a failed extraction can be undone. */
+/** Where an entry's bytes go instead of a file of its own name (compress.ts: zstd). */
+export interface EntryDecoder {
+  write(chunk: Buffer): Promise<void>;
+  /** Resolves once the decoded file is complete; rejects when the bytes did not decode. */
+  end(): Promise<void>;
+  /** Stops and removes whatever it wrote. */
+  abort(): Promise<void>;
+}
+
+export interface ExtractOptions extends ReadOptions {
+  /** A decoder for entries that are stored encoded, by name; undefined writes the bytes as they are. */
+  decoder?: (name: string, dir: string) => EntryDecoder | undefined;
+}
+
 class DirSink implements Sink {
   private readonly created: string[] = [];
+  private readonly decoders: EntryDecoder[] = [];
   private fh: FileHandle | undefined;
+  private decoding: EntryDecoder | undefined;
   private path = '';
   private position = 0;
 
-  constructor(private readonly dir: string) {}
+  constructor(
+    private readonly dir: string,
+    private readonly decoder?: ExtractOptions['decoder'],
+  ) {}
 
   async begin(name: string): Promise<void> {
     this.path = join(this.dir, name);
     this.position = 0;
+    this.decoding = this.decoder?.(name, this.dir);
+    if (this.decoding) {
+      this.decoders.push(this.decoding);
+      return;
+    }
     try {
       const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
       this.fh = await open(this.path, flags, 0o600);
@@ -1125,6 +1149,7 @@ class DirSink implements Sink {
   }
 
   async write(chunk: Buffer): Promise<void> {
+    if (this.decoding) return this.decoding.write(chunk);
     if (this.fh === undefined) throw new Error('internal: write before begin');
     try {
       await writeAll(this.fh, chunk, this.position);
@@ -1135,6 +1160,9 @@ class DirSink implements Sink {
   }
 
   async end(): Promise<void> {
+    const decoding = this.decoding;
+    this.decoding = undefined;
+    if (decoding) return decoding.end();
     const fh = this.fh;
     this.fh = undefined;
     try {
@@ -1147,6 +1175,7 @@ class DirSink implements Sink {
   async abort(): Promise<void> {
     await closeQuietly(this.fh);
     this.fh = undefined;
+    for (const d of this.decoders) await d.abort();
     for (const p of this.created) await unlinkQuietly(p);
   }
 }
@@ -1187,14 +1216,15 @@ export function dirBytes(dir: string): number {
 export async function extractImage(
   file: string,
   dir: string,
-  options: ReadOptions = {},
+  options: ExtractOptions = {},
 ): Promise<ImageInfo> {
   await checkEmptyDir(dir);
+  const { decoder, ...read } = options;
   return withImage(file, async (src) => {
     // One pass: the hash covers the very bytes extracted, and CRIU gets the directory only after.
-    const sink = new DirSink(dir);
+    const sink = new DirSink(dir, decoder);
     try {
-      return await parse(src, { ...options, verify: true, sink });
+      return await parse(src, { ...read, verify: true, sink });
     } catch (e) {
       await sink.abort();
       throw e;
