@@ -197,6 +197,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       workDir,
       timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
       compress: compressionWanted(mode),
+      background: mode === 'async',
       manifest: manifestBase(fifo),
     };
     // Only the path: the key itself is read by the worker, never into this process's memory.

@@ -4,6 +4,7 @@
  * and reports on fd 3, the FIFO's write end. If it and the front die, the process reads EOF.
  */
 import { createReadStream, readFileSync, rmSync, writeSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkDump, criuVersion } from './criu.js';
@@ -50,6 +51,14 @@ function awaitFront(
   });
 }
 
+function lowerPriority(): void {
+  try {
+    setPriority(10);
+  } catch {
+    // not allowed: packing only competes with the program a little more
+  }
+}
+
 async function main(): Promise<void> {
   const jobFile = process.argv[2];
   const goFd = Number(process.argv[process.argv.indexOf('--go-fd') + 1]);
@@ -63,6 +72,8 @@ async function main(): Promise<void> {
     const front = await awaitFront(goFd, job);
     await checkDump(front.status, front.timedOut, job.workDir, job.timeoutMs);
     const dumpMs = front.ms;
+    // On a small machine the program would otherwise wait for CPU while its image is packed.
+    if (job.background) lowerPriority();
     const manifest: Manifest = {
       ...job.manifest,
       criu: version.text,

@@ -8,6 +8,8 @@ export interface DumpJob {
   timeoutMs: number;
   /** Compress the memory images before packing (zstd; src/image/compress.ts). */
   compress: boolean;
+  /** The program runs again while the image is packed: packing must not take its CPU. */
+  background: boolean;
   manifest: ManifestBase;
   /** The key file to seal the checkpoint with (absolute; CHECKPT_KEY_FILE when the program asked). */
   keyFile?: string;

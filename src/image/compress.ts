@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
-import { setPriority } from 'node:os';
+import { availableParallelism, setPriority } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import type { EntryDecoder } from './format.js';
@@ -15,6 +15,8 @@ const SUFFIX = '.zst';
 const PAGES = /^pages-\d+\.img$/;
 // Small files are not worth a process.
 const MIN_BYTES = 1024 * 1024;
+// One core stays free for the program, which runs again meanwhile.
+const THREADS = Math.max(1, availableParallelism() - 1);
 
 export type DumpMode = 'sync' | 'async' | 'outside';
 
@@ -74,7 +76,7 @@ export async function compressImages(dir: string): Promise<number> {
   );
   for (const n of names)
     await runZstd(
-      ['-q', '-1', '-T0', '--rm', '-f', '-o', join(dir, n + SUFFIX), '--', join(dir, n)],
+      ['-q', '-1', `-T${THREADS}`, '--rm', '-f', '-o', join(dir, n + SUFFIX), '--', join(dir, n)],
       `compressing ${n}`,
     );
   return names.length;
