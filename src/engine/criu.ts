@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
@@ -205,15 +205,34 @@ let cachedVersion: CriuVersion | undefined;
 export function criuVersion(): CriuVersion {
   if (cachedVersion) return cachedVersion;
   const r = spawnSync(criuPath, ['--version'], { encoding: 'utf8' });
-  if (r.error)
+  cachedVersion = versionOf(r.stdout, r.error);
+  return cachedVersion;
+}
+
+/** The same check, while the caller goes on (a resume unpacks its image meanwhile). */
+export function criuVersionAsync(): Promise<CriuVersion> {
+  if (cachedVersion) return Promise.resolve(cachedVersion);
+  return new Promise((resolve, reject) => {
+    execFile(criuPath, ['--version'], { encoding: 'utf8' }, (error, stdout) => {
+      try {
+        cachedVersion = versionOf(stdout, error?.code === undefined ? undefined : error);
+        resolve(cachedVersion);
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}
+
+function versionOf(stdout: string, error: Error | undefined): CriuVersion {
+  if (error)
     throw new CheckptError(
       'ENOCRIU',
-      `CRIU is not installed (could not run '${criuPath}': ${r.error.message}). Install CRIU ${MIN_CRIU_MAJOR}.0 or newer: run scripts/install-criu.sh from the checkpt package as root.`,
-      { cause: r.error },
+      `CRIU is not installed (could not run '${criuPath}': ${error.message}). Install CRIU ${MIN_CRIU_MAJOR}.0 or newer: run scripts/install-criu.sh from the checkpt package as root.`,
+      { cause: error },
     );
-  const m = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(r.stdout);
-  if (!m)
-    throw new CheckptError('ENOCRIU', `Could not read CRIU's version from: ${r.stdout.trim()}`);
+  const m = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(stdout);
+  if (!m) throw new CheckptError('ENOCRIU', `Could not read CRIU's version from: ${stdout.trim()}`);
   const v = {
     major: Number(m[1]),
     minor: Number(m[2]),
@@ -225,6 +244,5 @@ export function criuVersion(): CriuVersion {
       'ENOCRIU',
       `CRIU is too old: need ${MIN_CRIU_MAJOR}.0 or newer, found ${v.text}. Run scripts/install-criu.sh as root (on Debian bookworm it installs trixie's CRIU).`,
     );
-  cachedVersion = v;
   return v;
 }

@@ -4,7 +4,7 @@ import { CheckptError } from '../api/errors.js';
 import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
-import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
+import { criuVersionAsync, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
@@ -44,7 +44,9 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       'EPERM',
       'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.',
     );
-  criuVersion();
+  // Checked while the image unpacks; awaited before CRIU is needed.
+  const version = criuVersionAsync();
+  version.catch(() => undefined);
   const key = loadKey();
   // A missing file is reported by extractImage, which says what it expected there.
   const workDir = makeStagingDir('restore', sizeOf(file));
@@ -70,6 +72,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     mkdirSync(imagesDir, { mode: 0o700 });
     const info = await extractImage(file, imagesDir, { key, decoder: zstdDecoder(file) });
     key?.fill(0);
+    await version;
     const manifest = checkManifest(info.manifest, file);
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
