@@ -41,11 +41,34 @@ function awaitFront(
         reject(
           new CheckptError(
             'EHELPER',
-            `The checkpoint front ended without a word (${text.trim() || 'nothing'}); nothing was written.`,
+            `The checkpoint front (checkpt-helper dump) ended before it said how CRIU ended (${text.trim() || 'it said nothing'}); nothing was written and the program keeps running.`,
           ),
         );
     });
   });
+}
+
+function readQuietly(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** A failed write, said from the program's side: where, why, what to do, and what is left. */
+function writeFailed(e: unknown, target: string, imageBytes: number): CheckptError {
+  const err = e instanceof CheckptError ? e : undefined;
+  const cause = (err?.cause ?? e) as NodeJS.ErrnoException | undefined;
+  const full = cause?.code === 'ENOSPC' || cause?.code === 'EDQUOT';
+  const why = full
+    ? `the filesystem is full (the checkpoint needs about ${Math.ceil(imageBytes / 2 ** 20)} MB there); free some space or choose another place`
+    : (err?.message ?? (e as Error).message);
+  return new CheckptError(
+    err?.code ?? 'EIO',
+    `Could not write the checkpoint ${target}: ${why}. Nothing was written there (an older checkpoint at that path is untouched) and the program keeps running.`,
+    { cause: e, path: target },
+  );
 }
 
 async function main(): Promise<void> {
@@ -59,7 +82,9 @@ async function main(): Promise<void> {
     const version = criuVersion();
     const imagesDir = join(job.workDir, 'images');
     const front = await awaitFront(goFd, job);
-    await checkDump(front.status, front.timedOut, job.workDir, job.timeoutMs);
+    // CRIU's own stderr (a CRIU that fails before it opens its log) went to the worker's log.
+    const stderr = front.status === 0 ? '' : readQuietly(join(job.workDir, 'worker.log'));
+    await checkDump(front.status, front.timedOut, job.workDir, job.timeoutMs, stderr);
     const dumpMs = front.ms;
     const manifest: Manifest = {
       ...job.manifest,
@@ -67,8 +92,13 @@ async function main(): Promise<void> {
       imageBytes: dirBytes(imagesDir),
       dumpMs: Math.round(dumpMs),
     };
-    const { bytes } = await writeImage(job.target, manifest as unknown as Record<string, unknown>, {
-      dir: imagesDir,
+    const { bytes } = await writeImage(
+      job.target,
+      manifest as unknown as Record<string, unknown>,
+      { dir: imagesDir },
+      { tmp: job.tmp },
+    ).catch((e: unknown) => {
+      throw writeFailed(e, job.target, manifest.imageBytes);
     });
     send({ t: 'ok', bytes, file: job.target });
   } catch (e) {

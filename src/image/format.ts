@@ -237,17 +237,25 @@ class ChunkWriter {
   }
 }
 
-async function createTemp(target: string): Promise<{ fh: FileHandle; tmp: string }> {
+/** The temporary name a checkpoint is written under before it is renamed over `target`. */
+export function tempNameFor(target: string): string {
+  return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
+}
+
+async function createTemp(
+  target: string,
+  given?: string,
+): Promise<{ fh: FileHandle; tmp: string }> {
   const dir = dirname(target);
   for (let attempt = 0; ; attempt++) {
-    const tmp = join(dir, `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
+    const tmp = given ?? tempNameFor(target);
     try {
       const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
       const fh = await open(tmp, flags, 0o600);
       return { fh, tmp };
     } catch (e) {
       const code = errnoOf(e);
-      if (code === 'EEXIST' && attempt < 5) continue;
+      if (code === 'EEXIST' && given === undefined && attempt < 5) continue;
       const targetProblem = ['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EROFS'];
       throw new CheckptError(
         code !== undefined && targetProblem.includes(code) ? 'ETARGET' : 'EIO',
@@ -281,17 +289,20 @@ async function syncDir(dir: string): Promise<void> {
  * Packs every regular file directly inside `source.dir` (sorted by name; anything else is an error),
  * or the given `source.files` (resolved against `source.dir`, stored under their base names, in the
  * given order), into one checkpoint file at `target`. The file appears at `target` atomically with
- * mode 0600; on failure `target` is untouched and no temporary file remains.
+ * mode 0600; on failure `target` is untouched and no temporary file remains. `options.tmp` fixes the
+ * temporary name (from tempNameFor()), so that whoever waits for a writer that may be killed can
+ * remove what it left.
  */
 export async function writeImage(
   target: string,
   manifest: Record<string, unknown>,
   source: { dir: string; files?: string[] },
+  options: { tmp?: string } = {},
 ): Promise<{ bytes: number }> {
   const manifestBytes = encodeManifest(manifest);
   const sources = await listSources(source);
   const absTarget = resolve(target);
-  const { fh, tmp } = await createTemp(absTarget);
+  const { fh, tmp } = await createTemp(absTarget, options.tmp);
   const out = new ChunkWriter(fh);
   let bytes: number;
   try {
