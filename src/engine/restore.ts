@@ -1,4 +1,4 @@
-import { fstatSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
@@ -39,6 +39,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   criuVersion();
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-restore-'));
   let helper: Helper | undefined;
+  let devNull: number | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
   // recreates its work directory if it still runs, so the helper's tree goes first.
   let stopped = false;
@@ -70,7 +71,14 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       image: file,
       restoredAt: new Date().toISOString(),
     };
-    const inherit = inheritPlan(stdio);
+    // CRIU's --shell-job keeps its own fd 0 for the terminal and fails when fd 0 is inherited
+    // ("Can't send fd 0 into store"): the program's old stdin comes in on another fd.
+    const inherit = inheritPlan(stdio).map((i) => (i.fd === 0 ? { ...i, fd: STDIN_FD } : i));
+    const stdinFor = inherit.some((i) => i.fd === STDIN_FD)
+      ? options.detach
+        ? (devNull = openSync('/dev/null', 'r'))
+        : 0
+      : undefined;
     const control = manifest.control
       ? [
           '--mount',
@@ -97,8 +105,11 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ...(options.key === null ? {} : { key: options.key ?? CTRL_E }),
         relays: relaysFor(inherit),
         ptyIndex: ptyIndexOf(stdio),
+        ...(stdinFor === undefined ? {} : { extraFds: [stdinFor] }),
       },
     );
+    if (devNull !== undefined) closeSync(devNull);
+    devNull = undefined;
     const first = await helper.next();
     if (first.kind !== 'restored') {
       const log = await readLog(join(workDir, 'restore.log'));
@@ -110,6 +121,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   } catch (e) {
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
+    if (devNull !== undefined) closeSync(devNull);
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });
     throw e;
@@ -137,6 +149,9 @@ async function untilGone(pids: readonly number[], ms: number): Promise<void> {
 }
 
 export const CTRL_E = 5;
+
+/** The helper's fd (3 is its status pipe) that carries our stdin for the program's old one. */
+const STDIN_FD = 4;
 
 /** The number of the /dev/pts terminal the program was on (0 when it was on none or another kind). */
 function ptyIndexOf(stdio: readonly StdioDescriptor[]): number {
