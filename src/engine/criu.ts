@@ -157,7 +157,7 @@ export async function checkDump(
 }
 
 /** The front reports a CRIU that died of a signal as 128 + the signal, as a shell would. */
-function killedBy(status: number | null): string | undefined {
+export function killedBy(status: number | null): string | undefined {
   if (status === null || status <= 128 || status >= 128 + 65) return undefined;
   const name = Object.entries(osConstants.signals).find(([, n]) => n === status - 128)?.[0];
   return `CRIU was killed by ${name ?? `signal ${status - 128}`} before it finished`;

@@ -1,9 +1,9 @@
-import { closeSync, fstatSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { fstatSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { extractImage } from '../image/format.js';
-import { criuVersion, readLog, restoreArgs, type CriuLog } from './criu.js';
+import { criuVersion, killedBy, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree } from '../launcher/procfs.js';
@@ -39,7 +39,6 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   criuVersion();
   const workDir = mkdtempSync(join(process.env.CHECKPT_TMPDIR || tmpdir(), 'checkpt-restore-'));
   let helper: Helper | undefined;
-  let devNull: number | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
   // recreates its work directory if it still runs, so the helper's tree goes first.
   let stopped = false;
@@ -74,11 +73,13 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     // CRIU's --shell-job keeps its own fd 0 for the terminal and fails when fd 0 is inherited
     // ("Can't send fd 0 into store"): the program's old stdin comes in on another fd.
     const inherit = inheritPlan(stdio).map((i) => (i.fd === 0 ? { ...i, fd: STDIN_FD } : i));
-    const stdinFor = inherit.some((i) => i.fd === STDIN_FD)
-      ? options.detach
-        ? (devNull = openSync('/dev/null', 'r'))
-        : 0
-      : undefined;
+    // Our /dev/null (or -d) stands in as a pipe at end-of-file: a program that watched its stdin
+    // with epoll cannot be restored onto /dev/null (EPERM).
+    const stdinArgs = !inherit.some((i) => i.fd === STDIN_FD)
+      ? { args: [], fds: [] }
+      : options.detach || fstatSync(0).isCharacterDevice()
+        ? { args: ['--eof-fd', String(STDIN_FD)], fds: [] }
+        : { args: [], fds: [0] };
     const control = manifest.control
       ? [
           '--mount',
@@ -95,6 +96,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         '--pid',
         String(manifest.pid),
         ...control,
+        ...stdinArgs.args,
         '--',
         criuPath,
         ...restoreArgs({ imagesDir, workDir, inherit }),
@@ -105,15 +107,17 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ...(options.key === null ? {} : { key: options.key ?? CTRL_E }),
         relays: relaysFor(inherit),
         ptyIndex: ptyIndexOf(stdio),
-        ...(stdinFor === undefined ? {} : { extraFds: [stdinFor] }),
+        extraFds: stdinArgs.fds,
       },
     );
-    if (devNull !== undefined) closeSync(devNull);
-    devNull = undefined;
     const first = await helper.next();
     if (first.kind !== 'restored') {
       const log = await readLog(join(workDir, 'restore.log'));
-      throw restoreError(file, log, first.kind === 'failed' ? first.value : undefined);
+      const how =
+        first.kind === 'failed'
+          ? (killedBy(first.value) ?? `criu exited with ${first.value}`)
+          : "checkpt's helper ended before the program was restored";
+      throw restoreError(file, log, how);
     }
     if (stopped) return await STOPPING_FOREVER;
     rmSync(workDir, { recursive: true, force: true });
@@ -121,7 +125,6 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   } catch (e) {
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
-    if (devNull !== undefined) closeSync(devNull);
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });
     throw e;
@@ -200,7 +203,7 @@ function checkManifest(m: Record<string, unknown>, file: string): Manifest {
   return { ...(m as unknown as Manifest), stdio: m.stdio as StdioDescriptor[] };
 }
 
-function restoreError(file: string, log: CriuLog, criuStatus: number | undefined): CheckptError {
+function restoreError(file: string, log: CriuLog, how: string): CheckptError {
   const tail = log.tail;
   const opts = { logTail: tail, path: file };
   const text = `${log.reason ?? ''}\n${tail}`;
@@ -208,20 +211,25 @@ function restoreError(file: string, log: CriuLog, criuStatus: number | undefined
   if (size)
     return new CheckptError(
       'ERESTORE',
-      `Cannot resume ${file}: the program had /${size[1]} open and it changed since the checkpoint (now ${size[2]} bytes, was ${size[3]}). Put the file back as it was, or checkpoint again.`,
+      `Cannot resume ${file}: the program had /${size[1]} open and it changed since the checkpoint (now ${size[2]} bytes, was ${size[3]}). Put the file back as it was, or checkpoint again; no process was left running.`,
       opts,
     );
-  const missing = /Can't open file (\S+)|open\(([^)]+)\).*No such file/.exec(text);
-  if (missing)
+  const open = /Can't open file (\S+?)(?: on restore)?: ([^\n]+)/.exec(text);
+  if (open) {
+    const path = '/' + (open[1] ?? '').replace(/^\/+/, '');
+    const gone = /No such file/.test(open[2] ?? '');
     return new CheckptError(
       'ERESTORE',
-      `Cannot resume ${file}: a file the program had open is missing (${missing[1] ?? missing[2]}). Restore that file, then try again.`,
+      gone
+        ? `Cannot resume ${file}: the program had ${path} open and it no longer exists. Put the file back as it was at the checkpoint (same path and size), or checkpoint again; no process was left running.`
+        : `Cannot resume ${file}: the program had ${path} open and it cannot be opened again (${open[2]}). Put the file back as it was at the checkpoint, or checkpoint again; no process was left running.`,
       opts,
     );
+  }
   const why = log.reason;
   return new CheckptError(
     'ERESTORE',
-    `CRIU could not resume ${file}${criuStatus !== undefined ? ` (criu exited with ${criuStatus})` : ''}: ${why ?? 'see the log tail'}. No process was left running.`,
+    `CRIU could not resume ${file} (${how}): ${why ?? 'see the log tail'}. No process was left running; try again.`,
     opts,
   );
 }
