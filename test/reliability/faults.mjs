@@ -3,6 +3,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { runDir } from '../../dist/engine/paths.js';
 import { verifyImage } from '../../dist/image/format.js';
 import { fixture, start, waitFor } from '../helpers.mjs';
 
@@ -25,16 +27,15 @@ export async function driven(env = {}, child = undefined, isReady = (e) => e.eve
       env: { ...process.env, ...env },
     });
   const ready = await waitFor(p, isReady, 'the program to start (or resume)');
-  const ask = async (cmd, pred = (e) => e.id === cmd.id) => {
+  const ask = async (cmd) => {
     const id = cmd.id ?? `c${nextId++}`;
-    const full = { ...cmd, id };
     const seen = p.lines.length;
-    p.stdin.write(JSON.stringify(full) + '\n');
+    p.stdin.write(JSON.stringify({ ...cmd, id }) + '\n');
     let n = 0;
     return waitFor(
       p,
-      (e) => n++ >= seen && (cmd.id === undefined ? e.id === id : pred(e)),
-      `an answer to ${JSON.stringify(full)}`,
+      (e) => n++ >= seen && e.id === id,
+      `an answer to ${JSON.stringify({ ...cmd, id })}`,
       HANG_GUARD_MS,
     );
   };
@@ -116,6 +117,20 @@ export function signalWhen(find, when = () => true, sig = 'SIGKILL', ms = HANG_G
 /** Files in `dir` other than `keep`: temporary files, half-written images, staging dirs. */
 export function leftovers(dir, keep = []) {
   return readdirSync(dir).filter((f) => !keep.includes(f));
+}
+
+/**
+ * Resolves once no checkpoint of `pid` has been in progress for a while (each one holds a control
+ * directory under the run directory until it ends), so that a test ends with nothing writing.
+ */
+export async function settled(pid, quietMs = 300) {
+  const deadline = Date.now() + HANG_GUARD_MS;
+  let quietSince = Date.now();
+  while (Date.now() - quietSince < quietMs) {
+    assert.ok(Date.now() < deadline, `checkpoints of ${pid} never ended`);
+    if (readdirSync(runDir).some((d) => d.startsWith(`${pid}-`))) quietSince = Date.now();
+    await sleep(20);
+  }
 }
 
 export async function assertVerifies(file) {
