@@ -59,6 +59,8 @@ function readQuietly(file: string): string {
 /** A failed write, said from the program's side: where, why, what to do, and what is left. */
 function writeFailed(e: unknown, target: string, imageBytes: number): CheckptError {
   const err = e instanceof CheckptError ? e : undefined;
+  // The file is already in place; only the directory's fsync failed: that message says so.
+  if (err && /may not be durable/.test(err.message)) return err;
   const cause = (err?.cause ?? e) as NodeJS.ErrnoException | undefined;
   const full = cause?.code === 'ENOSPC' || cause?.code === 'EDQUOT';
   const why = full

@@ -92,7 +92,7 @@ describe('faults while checkpointing', () => {
     describe(`${op}()`, () => {
       test('CRIU killed while the program is frozen: EDUMP says CRIU was killed', async () => {
         const r = await faulted(op, 'EDUMP', () =>
-          signalWhen(roles.criu(prog.pid), () => tracerOf(prog.pid) !== 0),
+          signalWhen(roles.criu(prog.pid, staging), () => tracerOf(prog.pid) !== 0),
         );
         assert.match(r.message, /CRIU was killed by SIGKILL/);
       });
@@ -122,19 +122,20 @@ describe('faults while checkpointing', () => {
         await faulted(
           op,
           'ETIMEOUT',
-          () => signalWhen(roles.criu(prog.pid), () => tracerOf(prog.pid) !== 0, 'SIGSTOP'),
+          () =>
+            signalWhen(roles.criu(prog.pid, staging), () => tracerOf(prog.pid) !== 0, 'SIGSTOP'),
           { timeout: 3000 },
         );
       });
 
       test('the dump front killed while CRIU runs: EHELPER', async () => {
         await faulted(op, 'EHELPER', () =>
-          signalWhen(roles.front(prog.pid), () => tracerOf(prog.pid) !== 0),
+          signalWhen(roles.front(prog.pid, staging), () => tracerOf(prog.pid) !== 0),
         );
       });
 
       test('the packing worker killed as it starts: EHELPER', async () => {
-        await faulted(op, 'EHELPER', () => signalWhen(roles.worker(prog.pid)));
+        await faulted(op, 'EHELPER', () => signalWhen(roles.worker(staging)));
       });
 
       test('the packing worker killed while it writes the file: EHELPER, its temporary file removed', async () => {
@@ -143,7 +144,7 @@ describe('faults while checkpointing', () => {
         const writing = () => readdirSync(target).some((f) => f.includes('.tmp-'));
         for (let attempt = 1; ; attempt++) {
           const pending = prog.ask({ op, file: keep });
-          const hit = signalWhen(roles.worker(prog.pid), writing);
+          const hit = signalWhen(roles.worker(staging), writing);
           const r = await pending;
           if (r.event === 'returned' && attempt < 4) {
             await assertVerifies(keep);
@@ -156,7 +157,11 @@ describe('faults while checkpointing', () => {
           await assertIntact(prog, base);
           assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'no temporary file left');
           assert.deepEqual(leftovers(staging), []);
-          assert.equal(sha(keep), keepSha);
+          // Killed between its rename and its report, the worker leaves the new file, whole.
+          if (sha(keep) !== keepSha) {
+            await assertVerifies(keep);
+            keepSha = sha(keep);
+          }
           break;
         }
       });
@@ -189,10 +194,15 @@ describe('faults while checkpointing', () => {
     mkdirSync(small);
     mount(small, 'size=2m');
     mounts.push(small);
-    const r = await faulted('checkpoint', 'EDUMP', () => true, { env: { CHECKPT_TMPDIR: small } });
-    assert.match(r.message, /out of space .* CHECKPT_TMPDIR/);
-    assert.deepEqual(readdirSync(small), []);
-    await prog.ask({ op: 'ping', env: { CHECKPT_TMPDIR: staging } });
+    try {
+      const r = await faulted('checkpoint', 'EDUMP', () => true, {
+        env: { CHECKPT_TMPDIR: small },
+      });
+      assert.match(r.message, /out of space .* CHECKPT_TMPDIR/);
+      assert.deepEqual(readdirSync(small), []);
+    } finally {
+      await prog.ask({ op: 'ping', env: { CHECKPT_TMPDIR: staging } });
+    }
   });
 
   test('the target directory removed mid-way: ETARGET, and nothing recreates it', async () => {

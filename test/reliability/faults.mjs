@@ -83,13 +83,24 @@ export function tracerOf(pid) {
   }
 }
 
-/** The processes of a checkpoint of `pid`: the dump front, CRIU, the packing worker. */
+/**
+ * The processes of a checkpoint of `pid` staged in `staging` (the test's own CHECKPT_TMPDIR, in the
+ * arguments of all three): the dump front, CRIU, the packing worker. Other checkpoints running on
+ * the machine, other people's tests among them, never match.
+ */
+const inStaging = (x, staging) => x.cmd.some((a) => a.startsWith(staging + '/'));
 export const roles = {
-  front: (pid) => (x) =>
-    x.exe.endsWith('/checkpt-helper') && x.cmd[1] === 'dump' && x.cmd.includes(String(pid)),
-  criu: (pid) => (x) =>
-    x.exe.endsWith('/criu') && x.cmd[1] === 'dump' && x.cmd.includes(String(pid)),
-  worker: () => (x) => x.cmd[1]?.endsWith('/dump-worker.js'),
+  front: (pid, staging) => (x) =>
+    x.exe.endsWith('/checkpt-helper') &&
+    x.cmd[1] === 'dump' &&
+    x.cmd.includes(String(pid)) &&
+    inStaging(x, staging),
+  criu: (pid, staging) => (x) =>
+    x.exe.endsWith('/criu') &&
+    x.cmd[1] === 'dump' &&
+    x.cmd.includes(String(pid)) &&
+    inStaging(x, staging),
+  worker: (staging) => (x) => x.cmd[1]?.endsWith('/dump-worker.js') && inStaging(x, staging),
 };
 
 /**
