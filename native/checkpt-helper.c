@@ -696,9 +696,13 @@ static int cmd_dump(int argc, char **argv) {
   }
 
   long t0 = now_ms();
+  pid_t front = getpid();
   pid_t criu = fork();
   if (criu < 0) die("fork criu");
   if (criu == 0) {
+    /* CRIU must not outlive a killed front: the worker, told nothing, would remove the work
+     * directory while CRIU still writes into it. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != front) _exit(128 + SIGKILL);
     close(go[1]);
     close(3);
     if (async) {

@@ -116,7 +116,8 @@ async function main(): Promise<void> {
     if (err.logTail !== undefined) msg.logTail = err.logTail;
     send(msg);
   } finally {
-    rmSync(job.workDir, { recursive: true, force: true });
+    // A CRIU killed with the front may still be finishing its last write here.
+    rmSync(job.workDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
   }
 }
 

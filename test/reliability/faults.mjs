@@ -107,7 +107,7 @@ export const roles = {
  * Polls /proc (without yielding, to hit short windows) until a process matching `find` runs and
  * `when()` holds, then sends it `sig`. Returns that process, or undefined if the moment never came.
  */
-export function signalWhen(find, when = () => true, sig = 'SIGKILL', ms = HANG_GUARD_MS) {
+export function signalWhen(find, when = () => true, sig = 'SIGKILL', ms = 20_000) {
   const deadline = Date.now() + ms;
   let v;
   while (Date.now() < deadline) {
