@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, statfsSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { runDir } from '../../dist/engine/paths.js';
-import { cleanup, fixture, killGroup, removeDir, resume, tempDir } from '../helpers.mjs';
+import { cleanup, fixture, killGroup, removeDir, resume, root, tempDir } from '../helpers.mjs';
 import {
   HANG_GUARD_MS,
   assertIntact,
@@ -48,7 +48,13 @@ describe('faults while checkpointing', () => {
     mount(target, 'size=512m');
     mounts.push(target);
     setFault('');
-    prog = await driven({ CHECKPT_CRIU: fakeCriu, FAULT_DIR: faultDir, CHECKPT_TMPDIR: staging });
+    prog = await driven({
+      CHECKPT_CRIU: fakeCriu,
+      CHECKPT_HELPER: fixture('fake-helper.sh'),
+      REAL_HELPER: join(root, 'build', 'checkpt-helper'),
+      FAULT_DIR: faultDir,
+      CHECKPT_TMPDIR: staging,
+    });
     base = await prog.ask({ op: 'ping' });
     keep = join(target, 'keep.ckpt');
     const first = await prog.ask({ op: 'checkpt', file: keep });
@@ -134,6 +140,12 @@ describe('faults while checkpointing', () => {
         );
       });
 
+      test('the dump front killed before it detaches: EHELPER says it was killed', async () => {
+        setFault('front-die');
+        const r = await faulted(op, 'EHELPER');
+        assert.match(r.message, /checkpt-helper was killed by SIGKILL/);
+      });
+
       test('the packing worker killed as it starts: EHELPER', async () => {
         await faulted(op, 'EHELPER', () => signalWhen(roles.worker(staging)));
       });
@@ -188,6 +200,12 @@ describe('faults while checkpointing', () => {
       });
     });
   }
+
+  test("CRIU's pre-dump hook (checkpoint(), before the freeze) killed: EDUMP, the program runs on", async () => {
+    setFault('hook-die');
+    const r = await faulted('checkpoint', 'EDUMP');
+    assert.match(r.message, /killed by signal 9/);
+  });
 
   test('the staging directory is full: EDUMP, the program runs on', async () => {
     const small = join(dir, 'small');
