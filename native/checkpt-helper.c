@@ -18,6 +18,8 @@
  *     passes window size changes on, and reports the checkpoint key as "key PGRP" (--key BYTE,
  *     default 5 = ^E, -1 for none) instead of passing it through.
  *     Without --fifo the restored program is not waiting to be told (it was dumped from outside).
+ *     --eof-fd FD: FD becomes the read end of an empty pipe whose write end is closed (for CRIU's
+ *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -185,6 +187,14 @@ static int cmd_init(int argc, char **argv) {
     else if (!strcmp(argv[i], "--status-fd")) o.status_fd = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--key")) key = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--pty-index")) pty_index = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--eof-fd")) {
+      /* An empty pipe, its write end closed, for a program whose stdin was a pipe: /dev/null in
+       * its place breaks a restore when the program watched its stdin with epoll (EPERM). */
+      int fd = atoi(argv[++i]), p[2];
+      if (fd < 4 || pipe(p) < 0) { fprintf(stderr, "checkpt-helper init: --eof-fd needs a pipe on fd 4 or above\n"); return EXIT_USAGE; }
+      if (p[0] != fd && (dup2(p[0], fd) < 0 || close(p[0]) < 0)) die("dup2");
+      close(p[1]);
+    }
     else { fprintf(stderr, "checkpt-helper init: unknown option %s\n", argv[i]); return EXIT_USAGE; }
   }
   if ((!o.run && o.pid <= 1) || (o.fifo && !o.mnt) || i >= argc) {
@@ -686,9 +696,13 @@ static int cmd_dump(int argc, char **argv) {
   }
 
   long t0 = now_ms();
+  pid_t front = getpid();
   pid_t criu = fork();
   if (criu < 0) die("fork criu");
   if (criu == 0) {
+    /* CRIU must not outlive a killed front: the worker, told nothing, would remove the work
+     * directory while CRIU still writes into it. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != front) _exit(128 + SIGKILL);
     close(go[1]);
     close(3);
     if (async) {

@@ -16,7 +16,7 @@ import { makeStagingDir } from '../engine/staging.js';
 import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { compressionWanted } from '../image/compress.js';
-import { FORMAT_VERSION } from '../image/format.js';
+import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
 
 export interface CheckptOptions {
@@ -65,6 +65,7 @@ export function restoreInfo(): RestoreInfo | undefined {
 
 interface Session {
   target: string;
+  tmp: string;
   ctlDir: string;
   workDir: string;
   channel: ControlChannel;
@@ -194,6 +195,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     const job: DumpJob = {
       pid: process.pid,
       target,
+      tmp: tempNameFor(target),
       workDir,
       timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
       compress: compressionWanted(mode),
@@ -242,11 +244,11 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     if (r.error || r.status !== 0)
       throw new CheckptError(
         'EHELPER',
-        `Could not start the checkpoint worker (${r.error?.message ?? `checkpt-helper exited with ${r.status}`}).`,
+        `Could not start the checkpoint worker (${r.error?.message ?? (r.signal ? `checkpt-helper was killed by ${r.signal}` : `checkpt-helper exited with ${r.status}`)}); nothing was written and the program keeps running.`,
         { cause: r.error },
       );
     channel = ControlChannel.open(fifo);
-    return { target, ctlDir, workDir, channel };
+    return { target, tmp: job.tmp, ctlDir, workDir, channel };
   } catch (e) {
     channel?.close();
     rmSync(ctlDir, { recursive: true, force: true });
@@ -265,6 +267,8 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
   if (msg === undefined) {
     const log = readTail(join(s.workDir, 'worker.log'));
     rmSync(s.workDir, { recursive: true, force: true });
+    // The worker is gone (it held the FIFO): a file it was killed in the middle of writing stays.
+    rmSync(s.tmp, { force: true });
     throw new CheckptError(
       'EHELPER',
       `The checkpoint worker exited without finishing; no checkpoint was written to ${s.target} and the program keeps running.${log ? ' Its last output: ' + log : ''}`,

@@ -1,5 +1,6 @@
 import { execFile, spawn, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { ioUringAdvice } from './iouring.js';
@@ -150,14 +151,25 @@ export async function checkDump(
       `CRIU did not finish the dump within ${Math.round(timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.`,
       { logTail: tail },
     );
-  throw new CheckptError('EDUMP', dumpFailureMessage(reason ?? firstError(stderr), tail), {
-    logTail: tail || stderr,
-  });
+  throw new CheckptError(
+    'EDUMP',
+    dumpFailureMessage(reason ?? firstError(stderr) ?? killedBy(status), tail),
+    { logTail: tail || stderr },
+  );
+}
+
+/** The front reports a CRIU that died of a signal as 128 + the signal, as a shell would. */
+export function killedBy(status: number | null): string | undefined {
+  if (status === null || status <= 128 || status >= 128 + 65) return undefined;
+  const name = Object.entries(osConstants.signals).find(([, n]) => n === status - 128)?.[0];
+  return `CRIU was killed by ${name ?? `signal ${status - 128}`} before it finished`;
 }
 
 function dumpFailureMessage(reason: string | undefined, log: string): string {
   if (/io_uring/.test(`${reason ?? ''}\n${log}`)) return ioUringAdvice(process.version);
   const why = reason ?? 'see error.logTail';
+  if (/No space left on device|Disk quota exceeded/.test(why))
+    return `CRIU ran out of space for its images in the staging directory (${why}). Free space there, or point CHECKPT_TMPDIR at a filesystem with room; the program keeps running.`;
   if (/unix|socket|tcp|inet/i.test(why))
     return `CRIU cannot dump a socket of this program (${why}). Close connections and listening sockets before checkpointing and re-create them after; the program keeps running.`;
   return `CRIU could not dump the process: ${why}. The program keeps running; fix the cause and try again.`;

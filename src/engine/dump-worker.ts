@@ -44,7 +44,7 @@ function awaitFront(
         reject(
           new CheckptError(
             'EHELPER',
-            `The checkpoint front ended without a word (${text.trim() || 'nothing'}); nothing was written.`,
+            `The checkpoint front (checkpt-helper dump) ended before it said how CRIU ended (${text.trim() || 'it said nothing'}); nothing was written and the program keeps running.`,
           ),
         );
     });
@@ -59,6 +59,31 @@ function lowerPriority(): void {
   }
 }
 
+function readQuietly(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** A failed write, said from the program's side: where, why, what to do, and what is left. */
+function writeFailed(e: unknown, target: string, imageBytes: number): CheckptError {
+  const err = e instanceof CheckptError ? e : undefined;
+  // The file is already in place; only the directory's fsync failed: that message says so.
+  if (err && /may not be durable/.test(err.message)) return err;
+  const cause = (err?.cause ?? e) as NodeJS.ErrnoException | undefined;
+  const full = cause?.code === 'ENOSPC' || cause?.code === 'EDQUOT';
+  const why = full
+    ? `the filesystem is full (the checkpoint needs about ${Math.ceil(imageBytes / 2 ** 20)} MB there); free some space or choose another place`
+    : (err?.message ?? (e as Error).message);
+  return new CheckptError(
+    err?.code ?? 'EIO',
+    `Could not write the checkpoint ${target}: ${why}. Nothing was written there (an older checkpoint at that path is untouched) and the program keeps running.`,
+    { cause: e, path: target },
+  );
+}
+
 async function main(): Promise<void> {
   const jobFile = process.argv[2];
   const goFd = Number(process.argv[process.argv.indexOf('--go-fd') + 1]);
@@ -70,7 +95,9 @@ async function main(): Promise<void> {
     const version = criuVersion();
     const imagesDir = join(job.workDir, 'images');
     const front = await awaitFront(goFd, job);
-    await checkDump(front.status, front.timedOut, job.workDir, job.timeoutMs);
+    // CRIU's own stderr (a CRIU that fails before it opens its log) went to the worker's log.
+    const stderr = front.status === 0 ? '' : readQuietly(join(job.workDir, 'worker.log'));
+    await checkDump(front.status, front.timedOut, job.workDir, job.timeoutMs, stderr);
     const dumpMs = front.ms;
     // On a small machine the program would otherwise wait for CPU while its image is packed.
     if (job.background) lowerPriority();
@@ -90,8 +117,10 @@ async function main(): Promise<void> {
       job.target,
       manifest as unknown as Record<string, unknown>,
       { dir: imagesDir },
-      { key },
-    );
+      { key, tmp: job.tmp },
+    ).catch((e: unknown) => {
+      throw writeFailed(e, job.target, manifest.packedBytes ?? manifest.imageBytes);
+    });
     key?.fill(0);
     send({ t: 'ok', bytes, file: job.target });
   } catch (e) {
@@ -107,7 +136,8 @@ async function main(): Promise<void> {
     if (err.logTail !== undefined) msg.logTail = err.logTail;
     send(msg);
   } finally {
-    rmSync(job.workDir, { recursive: true, force: true });
+    // A CRIU killed with the front may still be finishing its last write here.
+    rmSync(job.workDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
   }
 }
 

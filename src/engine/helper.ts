@@ -26,6 +26,8 @@ export interface HelperOptions {
   /** The /dev/pts number the program's terminal had, so that its path is the same again. */
   ptyIndex?: number;
   env?: NodeJS.ProcessEnv;
+  /** Our fds handed to the helper as its fds 4, 5, ... (for CRIU's --inherit-fd). */
+  extraFds?: number[];
 }
 
 /** One running helper: its status lines in order, and checkpoint keys as they are pressed. */
@@ -52,7 +54,13 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
     ...args,
   ];
   const child = spawn(helperPath, full, {
-    stdio: [opts.detach ? 'ignore' : 'inherit', 'inherit', 'inherit', 'pipe'],
+    stdio: [
+      opts.detach ? 'ignore' : 'inherit',
+      'inherit',
+      'inherit',
+      'pipe',
+      ...(opts.extraFds ?? []),
+    ],
     detached: opts.detach,
     env: criuEnv(opts.env),
   });

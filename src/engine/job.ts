@@ -4,6 +4,8 @@ import type { StdioDescriptor } from './stdio.js';
 export interface DumpJob {
   pid: number;
   target: string;
+  /** The temporary name beside the target the worker writes to; the process removes it if the worker dies. */
+  tmp: string;
   workDir: string;
   timeoutMs: number;
   /** Compress the memory images before packing (zstd; src/image/compress.ts). */

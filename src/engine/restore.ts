@@ -4,7 +4,7 @@ import { CheckptError } from '../api/errors.js';
 import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
-import { criuVersionAsync, readLog, restoreArgs, type CriuLog } from './criu.js';
+import { criuVersionAsync, killedBy, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
@@ -86,7 +86,16 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       image: file,
       restoredAt: new Date().toISOString(),
     };
-    const inherit = inheritPlan(stdio);
+    // CRIU's --shell-job keeps its own fd 0 for the terminal and fails when fd 0 is inherited
+    // ("Can't send fd 0 into store"): the program's old stdin comes in on another fd.
+    const inherit = inheritPlan(stdio).map((i) => (i.fd === 0 ? { ...i, fd: STDIN_FD } : i));
+    // Our /dev/null (or -d) stands in as a pipe at end-of-file: a program that watched its stdin
+    // with epoll cannot be restored onto /dev/null (EPERM).
+    const stdinArgs = !inherit.some((i) => i.fd === STDIN_FD)
+      ? { args: [], fds: [] }
+      : options.detach || fstatSync(0).isCharacterDevice()
+        ? { args: ['--eof-fd', String(STDIN_FD)], fds: [] }
+        : { args: [], fds: [0] };
     const control = manifest.control
       ? [
           '--mount',
@@ -108,6 +117,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         '--pid',
         String(manifest.pid),
         ...control,
+        ...stdinArgs.args,
         '--',
         criuPath,
         ...restoreArgs({ imagesDir, workDir, inherit, lazy: lazy !== undefined }),
@@ -118,12 +128,17 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ...(options.key === null ? {} : { key: options.key ?? CTRL_E }),
         relays: relaysFor(inherit),
         ptyIndex: ptyIndexOf(stdio),
+        extraFds: stdinArgs.fds,
       },
     );
     const first = await helper.next();
     if (first.kind !== 'restored') {
       const log = await readLog(join(workDir, 'restore.log'));
-      throw restoreError(file, log, first.kind === 'failed' ? first.value : undefined);
+      const how =
+        first.kind === 'failed'
+          ? (killedBy(first.value) ?? `criu exited with ${first.value}`)
+          : "checkpt's helper ended before the program was restored";
+      throw restoreError(file, log, how);
     }
     if (stopped) return await STOPPING_FOREVER;
     const running = runningUnder(helper, manifest.pid, options.detach === true);
@@ -189,6 +204,9 @@ async function untilGone(pids: readonly number[], ms: number): Promise<void> {
 
 export const CTRL_E = 5;
 
+/** The helper's fd (3 is its status pipe) that carries our stdin for the program's old one. */
+const STDIN_FD = 4;
+
 /** The number of the /dev/pts terminal the program was on (0 when it was on none or another kind). */
 function ptyIndexOf(stdio: readonly StdioDescriptor[]): number {
   for (const d of stdio) {
@@ -236,7 +254,7 @@ function checkManifest(m: Record<string, unknown>, file: string): Manifest {
   return { ...(m as unknown as Manifest), stdio: m.stdio as StdioDescriptor[] };
 }
 
-function restoreError(file: string, log: CriuLog, criuStatus: number | undefined): CheckptError {
+function restoreError(file: string, log: CriuLog, how: string): CheckptError {
   const tail = log.tail;
   const opts = { logTail: tail, path: file };
   const text = `${log.reason ?? ''}\n${tail}`;
@@ -244,20 +262,25 @@ function restoreError(file: string, log: CriuLog, criuStatus: number | undefined
   if (size)
     return new CheckptError(
       'ERESTORE',
-      `Cannot resume ${file}: the program had /${size[1]} open and it changed since the checkpoint (now ${size[2]} bytes, was ${size[3]}). Put the file back as it was, or checkpoint again.`,
+      `Cannot resume ${file}: the program had /${size[1]} open and it changed since the checkpoint (now ${size[2]} bytes, was ${size[3]}). Put the file back as it was, or checkpoint again; no process was left running.`,
       opts,
     );
-  const missing = /Can't open file (\S+)|open\(([^)]+)\).*No such file/.exec(text);
-  if (missing)
+  const open = /Can't open file (\S+?)(?: on restore)?: ([^\n]+)/.exec(text);
+  if (open) {
+    const path = '/' + (open[1] ?? '').replace(/^\/+/, '');
+    const gone = /No such file/.test(open[2] ?? '');
     return new CheckptError(
       'ERESTORE',
-      `Cannot resume ${file}: a file the program had open is missing (${missing[1] ?? missing[2]}). Restore that file, then try again.`,
+      gone
+        ? `Cannot resume ${file}: the program had ${path} open and it no longer exists. Put the file back as it was at the checkpoint (same path and size), or checkpoint again; no process was left running.`
+        : `Cannot resume ${file}: the program had ${path} open and it cannot be opened again (${open[2]}). Put the file back as it was at the checkpoint, or checkpoint again; no process was left running.`,
       opts,
     );
+  }
   const why = log.reason;
   return new CheckptError(
     'ERESTORE',
-    `CRIU could not resume ${file}${criuStatus !== undefined ? ` (criu exited with ${criuStatus})` : ''}: ${why ?? 'see the log tail'}. No process was left running.`,
+    `CRIU could not resume ${file} (${how}): ${why ?? 'see the log tail'}. No process was left running; try again.`,
     opts,
   );
 }

@@ -80,6 +80,8 @@ export interface WriteOptions {
   key?: Buffer | undefined;
   /** Bytes of BODY per sealed chunk; tests use small ones to get many chunks. */
   chunkSize?: number;
+  /** The temporary name to write to (tempNameFor()): a waiter can then remove it if the writer dies. */
+  tmp?: string | undefined;
 }
 
 const MAGIC = Buffer.from('CHECKPT\n', 'latin1');
@@ -385,17 +387,25 @@ class ChunkWriter {
   }
 }
 
-async function createTemp(target: string): Promise<{ fh: FileHandle; tmp: string }> {
+/** The temporary name a checkpoint is written under before it is renamed over `target`. */
+export function tempNameFor(target: string): string {
+  return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
+}
+
+async function createTemp(
+  target: string,
+  given?: string,
+): Promise<{ fh: FileHandle; tmp: string }> {
   const dir = dirname(target);
   for (let attempt = 0; ; attempt++) {
-    const tmp = join(dir, `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
+    const tmp = given ?? tempNameFor(target);
     try {
       const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
       const fh = await open(tmp, flags, 0o600);
       return { fh, tmp };
     } catch (e) {
       const code = errnoOf(e);
-      if (code === 'EEXIST' && attempt < 5) continue;
+      if (code === 'EEXIST' && given === undefined && attempt < 5) continue;
       const targetProblem = ['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EROFS'];
       throw new CheckptError(
         code !== undefined && targetProblem.includes(code) ? 'ETARGET' : 'EIO',
@@ -430,7 +440,9 @@ async function syncDir(dir: string): Promise<void> {
  * or the given `source.files` (resolved against `source.dir`, stored under their base names, in the
  * given order), into one checkpoint file at `target`, sealed when `options.key` is given. The file
  * appears at `target` atomically with mode 0600 (a symlink there is replaced, never followed); on
- * failure `target` is untouched and no temporary file remains.
+ * failure `target` is untouched and no temporary file remains. `options.tmp` fixes the temporary
+ * name (from tempNameFor()), so that whoever waits for a writer that may be killed can remove what
+ * it left.
  */
 export async function writeImage(
   target: string,
@@ -457,7 +469,7 @@ export async function writeImage(
     size.writeUInt32BE(chunkSize, 0);
     sealing = { keys, head: Buffer.concat([prefix, size, salt, keys.check]) };
   }
-  const { fh, tmp } = await createTemp(absTarget);
+  const { fh, tmp } = await createTemp(absTarget, options.tmp);
   let bytes: number;
   let out: ChunkWriter | undefined;
   try {

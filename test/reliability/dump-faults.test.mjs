@@ -1,0 +1,273 @@
+// Faults while checkpointing (issue 6, item 1), each injected into a real checkpoint of a real
+// program: CRIU, the dump front or the packing worker killed at several points, CRIU hanging,
+// failing, missing or too old, the disk full, the target directory read-only or removed mid-way.
+// Every time: the program runs on with its state, checkpt() throws the documented code, nothing is
+// left beside the target or in the staging directory, and the older checkpoint there stays whole.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { runDir } from '../../dist/engine/paths.js';
+import { cleanup, fixture, killGroup, removeDir, resume, root, tempDir } from '../helpers.mjs';
+import {
+  HANG_GUARD_MS,
+  assertIntact,
+  assertVerifies,
+  driven,
+  leftovers,
+  roles,
+  sha,
+  signalWhen,
+  tracerOf,
+} from './faults.mjs';
+
+const fakeCriu = fixture('fake-criu.sh');
+
+function mount(dir, opts) {
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', opts, 'checkpt-test', dir]);
+  assert.equal(r.status, 0, String(r.stderr));
+}
+function remount(dir, opts) {
+  const r = spawnSync('mount', ['-o', `remount,${opts}`, dir]);
+  assert.equal(r.status, 0, String(r.stderr));
+}
+
+describe('faults while checkpointing', () => {
+  let dir, target, staging, faultDir, prog, base, keep, keepSha;
+  const mounts = [];
+  const setFault = (mode) => writeFileSync(join(faultDir, 'mode'), mode);
+
+  before(async () => {
+    dir = tempDir();
+    target = join(dir, 'target');
+    staging = join(dir, 'staging');
+    faultDir = join(dir, 'fault');
+    for (const d of [target, staging, faultDir]) mkdirSync(d);
+    // The target directory is a tmpfs of its own, so it can be made full or read-only.
+    mount(target, 'size=512m');
+    mounts.push(target);
+    setFault('');
+    prog = await driven({
+      CHECKPT_CRIU: fakeCriu,
+      CHECKPT_HELPER: fixture('fake-helper.sh'),
+      REAL_HELPER: join(root, 'build', 'checkpt-helper'),
+      FAULT_DIR: faultDir,
+      CHECKPT_TMPDIR: staging,
+    });
+    base = await prog.ask({ op: 'ping' });
+    keep = join(target, 'keep.ckpt');
+    const first = await prog.ask({ op: 'checkpt', file: keep });
+    assert.equal(first.r, 0, JSON.stringify(first));
+    base = await prog.ask({ op: 'ping' });
+    keepSha = sha(keep);
+  });
+
+  after(async () => {
+    await cleanup();
+    for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
+    if (dir) removeDir(dir);
+  });
+
+  /**
+   * One checkpoint attempt to the old checkpoint's path with a fault injected by `inject` (which
+   * runs while the attempt is under way), then every check a fault must pass.
+   */
+  async function faulted(op, code, inject = () => true, extra = {}) {
+    const t0 = Date.now();
+    const pending = prog.ask({ op, file: keep, ...extra });
+    const injected = inject();
+    const r = await pending;
+    assert.ok(Date.now() - t0 < HANG_GUARD_MS);
+    setFault('');
+    assert.ok(injected, 'the fault was injected at the intended moment');
+    assert.equal(r.event, 'failed', `a fault must fail the checkpoint: ${JSON.stringify(r)}`);
+    assert.equal(r.name, 'CheckptError');
+    assert.equal(r.code, code, r.message);
+    assert.match(r.message, /keeps running|nothing was written|Nothing was written/i);
+    await assertIntact(prog, base);
+    assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'nothing left beside the target');
+    assert.deepEqual(leftovers(staging), [], 'no staging directory left');
+    const ctl = readdirSync(runDir).filter((d) => d.startsWith(`${prog.pid}-`));
+    assert.deepEqual(ctl, [], 'no control FIFO left');
+    assert.equal(sha(keep), keepSha, 'the older checkpoint is untouched');
+    return r;
+  }
+
+  for (const op of ['checkpt', 'checkpoint']) {
+    describe(`${op}()`, () => {
+      test('CRIU killed while the program is frozen: EDUMP says CRIU was killed', async () => {
+        const r = await faulted(op, 'EDUMP', () =>
+          signalWhen(roles.criu(prog.pid, staging), () => tracerOf(prog.pid) !== 0),
+        );
+        assert.match(r.message, /CRIU was killed by SIGKILL/);
+      });
+
+      test('CRIU killed before it touches the program: EDUMP', async () => {
+        setFault('die');
+        await faulted(op, 'EDUMP');
+      });
+
+      test('CRIU dies after a whole dump, before it reports success: EDUMP, nothing written', async () => {
+        setFault('die-after');
+        await faulted(op, 'EDUMP');
+      });
+
+      test('CRIU fails: EDUMP carries its error line', async () => {
+        setFault('fail');
+        const r = await faulted(op, 'EDUMP');
+        assert.match(r.message, /injected failure/);
+      });
+
+      test('CRIU hangs before the freeze: ETIMEOUT after the timeout option', async () => {
+        setFault('hang');
+        await faulted(op, 'ETIMEOUT', () => true, { timeout: 1500 });
+      });
+
+      test('CRIU stopped while the program is frozen: ETIMEOUT, and the program is let go', async () => {
+        await faulted(
+          op,
+          'ETIMEOUT',
+          () =>
+            signalWhen(roles.criu(prog.pid, staging), () => tracerOf(prog.pid) !== 0, 'SIGSTOP'),
+          { timeout: 3000 },
+        );
+      });
+
+      test('the dump front killed while CRIU runs: EHELPER', async () => {
+        await faulted(op, 'EHELPER', () =>
+          signalWhen(roles.front(prog.pid, staging), () => tracerOf(prog.pid) !== 0),
+        );
+      });
+
+      test('the dump front killed before it detaches: EHELPER says it was killed', async () => {
+        setFault('front-die');
+        const r = await faulted(op, 'EHELPER');
+        assert.match(r.message, /checkpt-helper was killed by SIGKILL/);
+      });
+
+      test('the packing worker killed as it starts: EHELPER', async () => {
+        await faulted(op, 'EHELPER', () => signalWhen(roles.worker(staging)));
+      });
+
+      test('the packing worker killed while it writes the file: EHELPER, its temporary file removed', async () => {
+        // The write is short: when it ends before the kill lands, the new file replaced the old one
+        // whole (verify it), and the next try aims again.
+        const writing = () => readdirSync(target).some((f) => f.includes('.tmp-'));
+        for (let attempt = 1; ; attempt++) {
+          const pending = prog.ask({ op, file: keep });
+          const hit = signalWhen(roles.worker(staging), writing);
+          const r = await pending;
+          if (r.event === 'returned' && attempt < 4) {
+            await assertVerifies(keep);
+            keepSha = sha(keep);
+            base = await prog.ask({ op: 'ping' });
+            continue;
+          }
+          assert.ok(hit, 'killed the worker');
+          assert.equal(r.code, 'EHELPER', JSON.stringify(r));
+          await assertIntact(prog, base);
+          assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'no temporary file left');
+          assert.deepEqual(leftovers(staging), []);
+          // Killed between its rename and its report, the worker leaves the new file, whole.
+          if (sha(keep) !== keepSha) {
+            await assertVerifies(keep);
+            keepSha = sha(keep);
+          }
+          break;
+        }
+      });
+
+      test('the target directory becomes read-only mid-way: ETARGET', async () => {
+        setFault(`run:mount -o remount,ro ${target}`);
+        try {
+          await faulted(op, 'ETARGET');
+        } finally {
+          remount(target, 'rw');
+        }
+      });
+
+      test('the disk is full: EIO says there is no space', async () => {
+        const fs = statfsSync(target);
+        const used = (fs.blocks - fs.bfree) * fs.bsize;
+        remount(target, `size=${used + 1024 * 1024}`);
+        try {
+          const r = await faulted(op, 'EIO');
+          assert.match(r.message, /filesystem is full/);
+        } finally {
+          remount(target, 'size=512m');
+        }
+      });
+    });
+  }
+
+  test("CRIU's pre-dump hook (checkpoint(), before the freeze) killed: EDUMP, the program runs on", async () => {
+    setFault('hook-die');
+    const r = await faulted('checkpoint', 'EDUMP');
+    assert.match(r.message, /killed by signal 9/);
+  });
+
+  test('the staging directory is full: EDUMP, the program runs on', async () => {
+    const small = join(dir, 'small');
+    mkdirSync(small);
+    mount(small, 'size=2m');
+    mounts.push(small);
+    try {
+      const r = await faulted('checkpoint', 'EDUMP', () => true, {
+        env: { CHECKPT_TMPDIR: small },
+      });
+      assert.match(r.message, /out of space .* CHECKPT_TMPDIR/);
+      assert.deepEqual(readdirSync(small), []);
+    } finally {
+      await prog.ask({ op: 'ping', env: { CHECKPT_TMPDIR: staging } });
+    }
+  });
+
+  test('the target directory removed mid-way: ETARGET, and nothing recreates it', async () => {
+    const sub = join(target, 'sub');
+    mkdirSync(sub);
+    setFault(`run:rm -rf ${sub}`);
+    const r = await prog.ask({ op: 'checkpt', file: join(sub, 'x.ckpt') });
+    setFault('');
+    assert.equal(r.code, 'ETARGET', JSON.stringify(r));
+    assert.match(r.message, /exists and is writable/);
+    assert.ok(!existsSync(sub));
+    await assertIntact(prog, base);
+    assert.deepEqual(leftovers(target, ['keep.ckpt']), []);
+    assert.deepEqual(leftovers(staging), []);
+  });
+
+  for (const [what, env, mode] of [
+    ['missing', { CHECKPT_CRIU: '/nonexistent/criu' }, ''],
+    ['too old (3.17)', { CHECKPT_CRIU: fakeCriu }, 'old'],
+  ]) {
+    test(`CRIU ${what}: ENOCRIU before anything is frozen, saying what to install`, async () => {
+      setFault(mode);
+      const other = await driven({ ...env, FAULT_DIR: faultDir, CHECKPT_TMPDIR: staging });
+      try {
+        const want = await other.ask({ op: 'ping' });
+        const r = await other.ask({ op: 'checkpoint', file: keep });
+        assert.equal(r.code, 'ENOCRIU', JSON.stringify(r));
+        assert.match(r.message, /install-criu\.sh/);
+        await assertIntact(other, want);
+        assert.deepEqual(leftovers(target, ['keep.ckpt']), []);
+        assert.equal(sha(keep), keepSha);
+      } finally {
+        setFault('');
+        killGroup(other.p);
+      }
+    });
+  }
+
+  test('after all of that, the older checkpoint still verifies and resumes with its state', async () => {
+    await assertVerifies(keep);
+    const copy = resume(keep, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const resumed = await driven(undefined, copy, (e) => e.event === 'returned' && e.r === 1);
+    assert.equal(resumed.ready.gen, 1);
+    const pong = await resumed.ask({ op: 'ping' });
+    assert.deepEqual([pong.mapSize, pong.sum], [base.mapSize, base.sum]);
+    killGroup(copy);
+    await copy.closed;
+    await assertIntact(prog, base);
+  });
+});

@@ -1,0 +1,151 @@
+// Plumbing shared by the reliability tests: a program driven over stdin, /proc lookups, and the
+// checks every fault ends with (program intact, documented error, nothing left, old file whole).
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { runDir } from '../../dist/engine/paths.js';
+import { verifyImage } from '../../dist/image/format.js';
+import { fixture, start, waitFor } from '../helpers.mjs';
+
+/** Generous, and only there so a hang fails the test instead of holding it: not a timing claim. */
+export const HANG_GUARD_MS = 60_000;
+
+export const sha = (f) => createHash('sha256').update(readFileSync(f)).digest('hex');
+
+let nextId = 1;
+
+/**
+ * Starts test/fixtures/driven.mjs (or `child`, already started with a stdin pipe) and returns
+ * `ask(cmd)`, which sends one command and resolves with the answer carrying the same id.
+ */
+export async function driven(env = {}, child = undefined, isReady = (e) => e.event === 'ready') {
+  const p =
+    child ??
+    start(process.execPath, [fixture('driven.mjs')], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    });
+  const ready = await waitFor(p, isReady, 'the program to start (or resume)');
+  const ask = async (cmd) => {
+    const id = cmd.id ?? `c${nextId++}`;
+    const seen = p.lines.length;
+    p.stdin.write(JSON.stringify({ ...cmd, id }) + '\n');
+    let n = 0;
+    return waitFor(
+      p,
+      (e) => n++ >= seen && e.id === id,
+      `an answer to ${JSON.stringify({ ...cmd, id })}`,
+      HANG_GUARD_MS,
+    );
+  };
+  return { p, pid: ready.pid, ready, ask };
+}
+
+/** The program still runs and answers, with the very state it had (the fault changed nothing). */
+export async function assertIntact(prog, want) {
+  const pong = await prog.ask({ op: 'ping' });
+  assert.deepEqual(
+    [pong.mapSize, pong.sum, pong.counter],
+    [want.mapSize, want.sum, want.counter],
+    'state intact',
+  );
+  return pong;
+}
+
+export function procs() {
+  const out = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      out.push({ pid: Number(d), exe: readlinkSync(`/proc/${d}/exe`), cmd });
+    } catch {
+      // it exited
+    }
+  }
+  return out;
+}
+
+function running(pid) {
+  try {
+    return !/^[ZX]/.test(/State:\s+(\S)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
+  } catch {
+    return false;
+  }
+}
+
+export function tracerOf(pid) {
+  try {
+    return Number(/TracerPid:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * The processes of a checkpoint of `pid` staged in `staging` (the test's own CHECKPT_TMPDIR, in the
+ * arguments of all three): the dump front, CRIU, the packing worker. Other checkpoints running on
+ * the machine, other people's tests among them, never match.
+ */
+const inStaging = (x, staging) => x.cmd.some((a) => a.startsWith(staging + '/'));
+export const roles = {
+  front: (pid, staging) => (x) =>
+    x.exe.endsWith('/checkpt-helper') &&
+    x.cmd[1] === 'dump' &&
+    x.cmd.includes(String(pid)) &&
+    inStaging(x, staging),
+  criu: (pid, staging) => (x) =>
+    x.exe.endsWith('/criu') &&
+    x.cmd[1] === 'dump' &&
+    x.cmd.includes(String(pid)) &&
+    inStaging(x, staging),
+  worker: (staging) => (x) => x.cmd[1]?.endsWith('/dump-worker.js') && inStaging(x, staging),
+};
+
+/**
+ * Polls /proc (without yielding, to hit short windows) until a process matching `find` runs and
+ * `when()` holds, then sends it `sig`. Returns that process, or undefined if the moment never came.
+ */
+export function signalWhen(find, when = () => true, sig = 'SIGKILL', ms = 20_000) {
+  const deadline = Date.now() + ms;
+  let v;
+  while (Date.now() < deadline) {
+    v ??= procs().find(find);
+    if (v && when()) {
+      // A process seen earlier may have exited since (the front's first half does at once).
+      if (!running(v.pid)) {
+        v = undefined;
+        continue;
+      }
+      process.kill(v.pid, sig);
+      return v;
+    }
+  }
+  return undefined;
+}
+
+/** Files in `dir` other than `keep`: temporary files, half-written images, staging dirs. */
+export function leftovers(dir, keep = []) {
+  return readdirSync(dir).filter((f) => !keep.includes(f));
+}
+
+/**
+ * Resolves once no checkpoint of `pid` has been in progress for a while (each one holds a control
+ * directory under the run directory until it ends), so that a test ends with nothing writing.
+ */
+export async function settled(pid, quietMs = 300) {
+  const deadline = Date.now() + HANG_GUARD_MS;
+  let quietSince = Date.now();
+  while (Date.now() - quietSince < quietMs) {
+    assert.ok(Date.now() < deadline, `checkpoints of ${pid} never ended`);
+    if (readdirSync(runDir).some((d) => d.startsWith(`${pid}-`))) quietSince = Date.now();
+    await sleep(20);
+  }
+}
+
+export async function assertVerifies(file) {
+  const info = await verifyImage(file);
+  assert.ok(info.entries.length > 0, `${file} holds CRIU images`);
+  return info;
+}
