@@ -416,51 +416,10 @@ async function cycle(app, i) {
     rmSync(file, { force: true });
   }
 
-  // Raw `criu restore -d` of the raw images, in a fresh PID namespace under checkpt's helper as
-  // init (CRIU needs the old pid free; the original is gone but its pid may be reused). The
-  // program closed its listener for the raw dump, so it is told to listen again (SIGUSR2) as soon
-  // as CRIU is done: the same work checkpt's afterRestore does by itself.
-  t0 = performance.now();
-  const raw = start(
-    helperBin,
-    [
-      'init',
-      '--pid',
-      String(origPid),
-      '--status-fd',
-      '3',
-      '--',
-      'criu',
-      'restore',
-      '-D',
-      rawDir,
-      '-o',
-      'restore.log',
-      '-d',
-      '--shell-job',
-    ],
-    { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], env: criuEnv },
-  );
-  const status = await new Promise((resolve) => {
-    let text = '';
-    raw.stdio[3].setEncoding('utf8');
-    raw.stdio[3].on('data', (d) => {
-      text += d;
-      if (/^(restored|restore-failed|exit|signal)/m.test(text)) resolve(text);
-    });
-    raw.stdio[3].on('end', () => resolve(text));
-  });
-  r.rawRestoreCriuMs = performance.now() - t0;
-  if (!/^restored/m.test(status))
-    throw new Error(
-      `raw criu restore failed (${status.trim()}): ${tail(join(rawDir, 'restore.log'))}`,
-    );
-  const prog = programUnder(raw.pid);
-  if (!prog) throw new Error('raw restore: no program found');
-  kill(prog, 'SIGUSR2');
-  r.rawRestoreMs = await firstAnswer(port, t0, timeout, raw);
-  await stop(raw);
-  await untilClosed(port);
+  // Raw CRIU restores of the raw images: eager, then lazy.
+  const eager = await rawRestore(rawDir, origPid, port, timeout, undefined);
+  r.rawRestoreCriuMs = eager.criuMs;
+  r.rawRestoreMs = eager.answerMs;
   r.rawRestoreStats = criuStats(join(rawDir, 'stats-restore'));
   r.rawLazyMs = await rawLazyRestore(rawDir, origPid, port, timeout);
   rmSync(dir, { recursive: true, force: true });
@@ -484,27 +443,26 @@ async function rawLazyRestore(rawDir, origPid, port, timeout) {
     daemon.stdio[3].once('data', resolve);
     daemon.once('exit', () => reject(new Error(`criu lazy-pages: ${tail(join(w, 'lazy.log'))}`)));
   });
+  const { answerMs } = await rawRestore(rawDir, origPid, port, timeout, w, t0);
+  await stop(daemon);
+  return answerMs;
+}
+
+/**
+ * `criu restore -d` of the raw images in a fresh PID namespace under checkpt's helper as init
+ * (CRIU needs the old pid free; the original is gone but its pid may be reused); with `lazyDir`,
+ * `--lazy-pages` from the daemon listening there. The program closed its listener for the raw
+ * dump, so it is told to listen again (SIGUSR2) as soon as CRIU is done: the same work checkpt's
+ * afterRestore does by itself. Times are from `t0`.
+ */
+async function rawRestore(rawDir, origPid, port, timeout, lazyDir, t0 = performance.now()) {
+  const lazy = lazyDir === undefined ? [] : ['-W', lazyDir, '--lazy-pages'];
+  const log = join(lazyDir ?? rawDir, 'restore.log');
   const raw = start(
     helperBin,
-    [
-      'init',
-      '--pid',
-      String(origPid),
-      '--status-fd',
-      '3',
-      '--',
-      'criu',
-      'restore',
-      '-D',
-      rawDir,
-      '-W',
-      w,
-      '-o',
-      'restore.log',
-      '-d',
-      '--shell-job',
-      '--lazy-pages',
-    ],
+    ['init', '--pid', String(origPid), '--status-fd', '3', '--', 'criu', 'restore', '-D', rawDir]
+      .concat(lazy)
+      .concat(['-o', 'restore.log', '-d', '--shell-job']),
     { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], env: criuEnv },
   );
   const status = await new Promise((resolve) => {
@@ -516,16 +474,16 @@ async function rawLazyRestore(rawDir, origPid, port, timeout) {
     });
     raw.stdio[3].on('end', () => resolve(text));
   });
+  const criuMs = performance.now() - t0;
   if (!/^restored/m.test(status))
-    throw new Error(`raw lazy restore failed (${status.trim()}): ${tail(join(w, 'restore.log'))}`);
+    throw new Error(`raw criu restore failed (${status.trim()}): ${tail(log)}`);
   const prog = programUnder(raw.pid);
-  if (!prog) throw new Error('raw lazy restore: no program found');
+  if (!prog) throw new Error('raw restore: no program found');
   kill(prog, 'SIGUSR2');
-  const ms = await firstAnswer(port, t0, timeout, raw);
+  const answerMs = await firstAnswer(port, t0, timeout, raw);
   await stop(raw);
-  await stop(daemon);
   await untilClosed(port);
-  return ms;
+  return { criuMs, answerMs };
 }
 
 /** The restored Node program below a namespace init. */

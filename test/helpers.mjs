@@ -174,3 +174,16 @@ export async function programPid(child, timeoutMs = 30_000) {
     await sleep(50);
   }
 }
+
+/** A seeded xorshift32 generator for fuzz tests: the same seed, the same inputs. */
+export function xorshift32(seed) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}

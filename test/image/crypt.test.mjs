@@ -16,6 +16,7 @@ import {
 } from '../../dist/image/format.js';
 import { checkKeyFile, keyFilePath, loadKey, readKeyFile } from '../../dist/image/key.js';
 import { CheckptError } from '../../dist/api/errors.js';
+import { xorshift32 } from '../helpers.mjs';
 
 function tempDir(t) {
   const dir = fs.mkdtempSync(os.tmpdir() + '/checkpt-crypt-');
@@ -253,18 +254,6 @@ test('tampering anywhere in an encrypted file is refused, and nothing is extract
   fs.writeFileSync(file, good);
   assert.equal((await verifyImage(file, { key })).entries.length, 2);
 });
-
-function xorshift32(seed) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 test(
   'fuzz: random mutations of an encrypted file never verify or extract',

@@ -15,6 +15,7 @@ import {
   writeImage,
 } from '../../dist/image/format.js';
 import { CheckptError } from '../../dist/api/errors.js';
+import { xorshift32 } from '../helpers.mjs';
 
 function tempDir(t) {
   const dir = fs.mkdtempSync(os.tmpdir() + '/checkpt-img-');
@@ -392,18 +393,6 @@ test('files that cannot be opened get clear errors', async (t) => {
   await rejectsWith(extractImage(file, out), 'ENOTEMPTY', 'non-empty extract dir');
   await rejectsWith(extractImage(file, path.join(root, 'absent')), 'ENOENT', 'missing dir');
 });
-
-function xorshift32(seed) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 test(
   'fuzz: random mutations never verify and never escape as other errors',
