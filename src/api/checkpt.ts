@@ -12,7 +12,7 @@ import { defaultCheckpointFile } from './template.js';
 import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
 import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
-import { makeStagingDir } from '../engine/staging.js';
+import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring, ioUringAdvice } from '../engine/iouring.js';
 import { compressionWanted } from '../image/compress.js';
@@ -184,11 +184,13 @@ function settle(result: number, after: HookFailure[], target: string): number {
 }
 
 function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'): Session {
-  const id = `${process.pid}-${randomBytes(6).toString('hex')}`;
+  const id = `${ownerTag()}-${randomBytes(6).toString('hex')}`;
   const ctlDir = join(runDir, id);
   let workDir: string | undefined;
   let channel: ControlChannel | undefined;
   try {
+    // A program killed in its own checkpoint left its FIFO's directory behind.
+    sweepOrphans(runDir, '');
     mkdirSync(ctlDir, { recursive: true, mode: 0o700 });
     const fifo = join(ctlDir, 'ctl');
     workDir = makeStagingDir('dump', process.memoryUsage.rss());

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -41,28 +41,44 @@ function alive(pid: number): boolean {
   }
 }
 
+let pidNs: string | undefined;
+
+/** This process's PID namespace (its inode): pids are only comparable within one. */
+function pidNamespace(): string {
+  pidNs ??= /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? '0';
+  return pidNs;
+}
+
+/** How a directory names its owner: pid and PID namespace, so that only a peer judges it dead. */
+export function ownerTag(): string {
+  return `${process.pid}.${pidNamespace()}`;
+}
+
 /**
- * Removes what restores killed with SIGKILL left in `root`: unpacked images in /dev/shm hold
- * memory. A restore's directory names the checkpt process that owns it.
+ * Removes the entries of `root` named `<prefix><pid>.<pidns>-...` (see ownerTag) whose process, in
+ * this PID namespace, no longer exists: what a process killed with SIGKILL could not remove itself.
  */
-function sweep(root: string): void {
+export function sweepOrphans(root: string, prefix: string): void {
   let names: string[];
   try {
     names = readdirSync(root);
   } catch {
     return;
   }
+  const ns = pidNamespace();
   for (const n of names) {
-    const m = /^checkpt-restore-(\d+)-/.exec(n);
-    if (m && Number(m[1]) !== process.pid && !alive(Number(m[1])))
+    if (!n.startsWith(prefix)) continue;
+    const m = /^(\d+)\.(\d+)-/.exec(n.slice(prefix.length));
+    if (m && m[2] === ns && Number(m[1]) !== process.pid && !alive(Number(m[1])))
       rmSync(join(root, n), { recursive: true, force: true });
   }
 }
 
-/** A fresh 0700 directory for one dump or restore, named `checkpt-KIND-[PID-]XXXXXX`. */
+/** A fresh 0700 directory for one dump or restore, named `checkpt-KIND-[PID.PIDNS-]XXXXXX`. */
 export function makeStagingDir(kind: 'dump' | 'restore', bytes: number): string {
   const root = stagingRoot(bytes);
   if (kind === 'dump') return mkdtempSync(join(root, 'checkpt-dump-'));
-  sweep(root);
-  return mkdtempSync(join(root, `checkpt-restore-${process.pid}-`));
+  // Unpacked images in /dev/shm hold memory; a restore's directory names its checkpt process.
+  sweepOrphans(root, 'checkpt-restore-');
+  return mkdtempSync(join(root, `checkpt-restore-${ownerTag()}-`));
 }

@@ -88,7 +88,7 @@ describe('faults while checkpointing', () => {
     await assertIntact(prog, base);
     assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'nothing left beside the target');
     assert.deepEqual(leftovers(staging), [], 'no staging directory left');
-    const ctl = readdirSync(runDir).filter((d) => d.startsWith(`${prog.pid}-`));
+    const ctl = readdirSync(runDir).filter((d) => d.startsWith(`${prog.pid}.`));
     assert.deepEqual(ctl, [], 'no control FIFO left');
     assert.equal(sha(keep), keepSha, 'the older checkpoint is untouched');
     return r;

@@ -139,7 +139,7 @@ export async function settled(pid, quietMs = 300) {
   let quietSince = Date.now();
   while (Date.now() - quietSince < quietMs) {
     assert.ok(Date.now() < deadline, `checkpoints of ${pid} never ended`);
-    if (readdirSync(runDir).some((d) => d.startsWith(`${pid}-`))) quietSince = Date.now();
+    if (readdirSync(runDir).some((d) => d.startsWith(`${pid}.`))) quietSince = Date.now();
     await sleep(20);
   }
 }

@@ -1,0 +1,55 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ownerTag, stagingRoot, sweepOrphans } from '../../dist/engine/staging.js';
+import { removeDir, tempDir } from '../helpers.mjs';
+
+const ns = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))[1];
+
+/** A pid that existed a moment ago and is gone now. */
+function deadPid() {
+  const r = spawnSync('true');
+  return r.pid;
+}
+
+test('sweepOrphans removes only what dead processes of this PID namespace left', () => {
+  const dir = tempDir();
+  try {
+    const dead = deadPid();
+    const names = {
+      dead: `checkpt-restore-${dead}.${ns}-aaaaaa`,
+      alive: `checkpt-restore-${process.ppid}.${ns}-bbbbbb`,
+      mine: `checkpt-restore-${ownerTag()}-cccccc`,
+      otherNs: `checkpt-restore-${dead}.1-dddddd`,
+      oldStyle: `checkpt-restore-${dead}-eeeeee`,
+      dump: `checkpt-dump-${dead}.${ns}-ffffff`,
+    };
+    for (const n of Object.values(names)) mkdirSync(join(dir, n));
+    sweepOrphans(dir, 'checkpt-restore-');
+    const left = readdirSync(dir);
+    assert.ok(!left.includes(names.dead), 'a dead owner: removed');
+    for (const keep of ['alive', 'mine', 'otherNs', 'oldStyle', 'dump'])
+      assert.ok(left.includes(names[keep]), `${keep} is kept`);
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('ownerTag names this process and its PID namespace', () => {
+  assert.equal(ownerTag(), `${process.pid}.${ns}`);
+});
+
+test('CHECKPT_TMPDIR wins; a huge image is not staged in memory', () => {
+  const saved = process.env.CHECKPT_TMPDIR;
+  try {
+    process.env.CHECKPT_TMPDIR = '/somewhere';
+    assert.equal(stagingRoot(1), '/somewhere');
+    delete process.env.CHECKPT_TMPDIR;
+    assert.notEqual(stagingRoot(2 ** 50), '/dev/shm');
+  } finally {
+    if (saved === undefined) delete process.env.CHECKPT_TMPDIR;
+    else process.env.CHECKPT_TMPDIR = saved;
+  }
+});
