@@ -20,7 +20,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { request } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { cpus, release, totalmem, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -294,10 +294,28 @@ function readCkpt(file, want) {
 }
 
 // ---------------------------------------------------------------- one cycle
-let nextPort = 20000 + (process.pid % 20000);
+// Below the kernel's ephemeral range (32768 and up here), where the bench's own client
+// connections could take a port an app is about to listen on.
+const PORT_LO = 20000;
+const PORT_HI = 32000;
+let nextPort = PORT_LO + (process.pid % (PORT_HI - PORT_LO));
+
+/** A port nobody listens on now, from the bench's range. */
+async function freePort() {
+  for (;;) {
+    const port = nextPort;
+    nextPort = nextPort + 1 >= PORT_HI ? PORT_LO : nextPort + 1;
+    const free = await new Promise((resolve) => {
+      const srv = createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+}
 
 async function cycle(app, i) {
-  const port = nextPort++;
+  const port = await freePort();
   const dir = join(work, `${app.name}-${i}`);
   const rawDir = join(dir, 'raw');
   mkdirSync(rawDir, { recursive: true });
