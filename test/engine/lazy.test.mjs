@@ -143,4 +143,21 @@ describe('lazy restore', () => {
       [],
     );
   });
+
+  test('a lazily resumed copy checkpoints itself again at once, and that image resumes lazily too', async () => {
+    const gens = join(dir, 'gens');
+    mkdirSync(gens);
+    const lazyEnv = { env: { ...process.env, CHECKPT_LAZY: '1' } };
+    const orig = startNode(node, fixture('generations.mjs'), [gens]);
+    await waitFor(orig, (e) => e.r === 0 && e.hop === 0, 'first checkpoint');
+    assert.equal((await orig.closed).code, 0, orig.stderrText);
+    const one = resume(join(gens, 'gen0.ckpt'), lazyEnv);
+    const again = await waitFor(one, (e) => e.hop === 1, 'checkpoint taken in the copy');
+    assert.equal(again.r, 0);
+    assert.equal((await one.closed).code, 0, one.stderrText);
+    const two = resume(join(gens, 'gen1.ckpt'), lazyEnv);
+    const back2 = await waitFor(two, (e) => e.r === 1, 'resume of the copy');
+    assert.deepEqual([back2.hop, back2.generation, back2.trail], [1, 2, [1, 1]]);
+    assert.equal((await two.closed).code, 0, two.stderrText);
+  });
 });
