@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -73,6 +74,22 @@ describe('compressed images', () => {
     const off = join(dir, 'async-plain.ckpt');
     await checkpointOnce(off, ['--async'], { CHECKPT_COMPRESS: '0' });
     assert.equal(inspect(off).manifest.compression, undefined);
+  });
+
+  test('compressed and encrypted: the memory is compressed first, then sealed, and resumes', async () => {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, randomBytes(32), { mode: 0o600 });
+    const env = { ...process.env, CHECKPT_KEY_FILE: keyFile };
+    const file = join(dir, 'sealed.ckpt');
+    await checkpointOnce(file, ['--async'], { CHECKPT_KEY_FILE: keyFile });
+    const j = inspect(file, env);
+    assert.equal(j.manifest.compression, 'zstd');
+    assert.ok(j.entries.some((e) => /^pages-\d+\.img\.zst$/.test(e.name)));
+    const r = resume(file, { env });
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.r, 1);
+    assert.deepEqual(back.mapSample, { i: 99999, sq: 99999 * 99999 });
+    assert.equal((await r.closed).code, 7, r.stderrText);
   });
 
   test('without zstd a compressed image is refused with advice, and nothing starts', () => {
