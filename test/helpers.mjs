@@ -1,11 +1,14 @@
 // Shared test plumbing: real node binaries, real CRIU, and cleanup of every process started.
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readlinkSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { CheckptError } from '../dist/api/errors.js';
 import { childrenOf } from '../dist/engine/helper.js';
+import { extractImage, readImageInfo, verifyImage } from '../dist/image/format.js';
 import { processTree } from '../dist/launcher/procfs.js';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -186,4 +189,77 @@ export function xorshift32(seed) {
     x >>>= 0;
     return x;
   };
+}
+
+/** A temp dir removed when test `t` ends. */
+export function scratchDir(t, prefix = 'checkpt-test-') {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** `promise` rejects with a CheckptError whose code is one of `codes` (and message matches `text`). */
+export async function rejectsWith(promise, codes, label, text) {
+  const wanted = Array.isArray(codes) ? codes : [codes];
+  await assert.rejects(promise, (err) => {
+    assert.ok(err instanceof CheckptError, `${label}: not a CheckptError: ${err?.stack ?? err}`);
+    assert.ok(wanted.includes(err.code), `${label}: code ${err.code}: ${err.message}`);
+    if (text) assert.match(err.message, text, label);
+    return true;
+  });
+}
+
+/**
+ * One to three random edits of `good` for fuzz tests (bit flip, byte set, truncation, insertion,
+ * deletion), drawn with `below(n)` (0..n-1); returns the bytes and what was done.
+ */
+export function mutate(good, below) {
+  let bytes = Buffer.from(good);
+  const ops = [];
+  for (let k = 1 + below(3); k > 0; k--) {
+    const op = below(5);
+    const pos = below(bytes.length + 1);
+    if (op === 0 && bytes.length > 0) {
+      const p = below(bytes.length);
+      bytes[p] ^= 1 << below(8);
+      ops.push(`flip@${p}`);
+    } else if (op === 1 && bytes.length > 0) {
+      const p = below(bytes.length);
+      bytes[p] = below(256);
+      ops.push(`set@${p}`);
+    } else if (op === 2) {
+      bytes = bytes.subarray(0, pos);
+      ops.push(`truncate@${pos}`);
+    } else if (op === 3) {
+      const ins = Buffer.from(Array.from({ length: 1 + below(32) }, () => below(256)));
+      bytes = Buffer.concat([bytes.subarray(0, pos), ins, bytes.subarray(pos)]);
+      ops.push(`insert${ins.length}@${pos}`);
+    } else {
+      const n = 1 + below(64);
+      bytes = Buffer.concat([bytes.subarray(0, pos), bytes.subarray(pos + n)]);
+      ops.push(`delete${n}@${pos}`);
+    }
+  }
+  return { bytes, ops };
+}
+
+/**
+ * A mutated image: verifying and extracting it fail with an image error and leave `out` empty;
+ * only readImageInfo, which checks no checksum (or decrypts only the chunks it needs), may accept it.
+ */
+export async function assertReadersRefuse(file, out, where, options = {}) {
+  for (const [name, run] of [
+    ['verify', () => verifyImage(file, options)],
+    ['info', () => readImageInfo(file, options)],
+    ['extract', () => extractImage(file, out, options)],
+  ]) {
+    try {
+      await run();
+      assert.equal(name, 'info', `${where}: ${name} accepted a mutated file`);
+    } catch (err) {
+      assert.ok(err instanceof CheckptError, `${where}: ${name} threw ${err?.stack ?? err}`);
+      assert.ok(['EBADIMAGE', 'EIMAGEVERSION', 'EKEY'].includes(err.code), `${where}: ${err.code}`);
+    }
+    assert.deepEqual(readdirSync(out), [], `${where}: ${name} left files behind`);
+  }
 }
