@@ -61,6 +61,20 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
             fix: 'This kernel or CRIU build cannot checkpoint; install a CRIU that matches the kernel (scripts/install-criu.sh).',
           },
     );
+    // What checkpt -r needs to start a large copy before its memory is in (src/engine/lazy.ts).
+    const uffd = spawnSync(criuPath, ['check', '--feature', 'uffd-noncoop'], { encoding: 'utf8' });
+    out.push(
+      uffd.status === 0
+        ? { name: 'lazy restore', ok: true, detail: 'userfaultfd works: large copies start lazily' }
+        : {
+            name: 'lazy restore',
+            ok: true,
+            warning: true,
+            detail:
+              'no userfaultfd for CRIU here: checkpt -r loads all memory before a copy runs (slower for large programs)',
+            fix: 'Use a kernel with CONFIG_USERFAULTFD, or set CHECKPT_LAZY=0 to silence this.',
+          },
+    );
   }
   out.push(
     helperExists()
