@@ -111,7 +111,11 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       .filter((n) => /^pages-\d+\.img$/.test(n))
       .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     lazy = lazyWanted(pageBytes) ? await startLazyPages(imagesDir, workDir) : undefined;
-    if (stopped) return await STOPPING_FOREVER;
+    if (stopped) {
+      // Stopped while the daemon started: the signal handler could not see it yet.
+      lazy?.stop();
+      return await STOPPING_FOREVER;
+    }
     helper = spawnHelper(
       [
         '--pid',
