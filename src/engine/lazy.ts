@@ -30,10 +30,14 @@ export function lazyWanted(pageBytes: number): boolean {
 }
 
 /**
- * Starts `criu lazy-pages` on the images and resolves once it listens for the restore, or with
- * undefined when it cannot run here (no userfaultfd): the restore then loads memory eagerly.
+ * Starts `criu lazy-pages` on the images; `ready` resolves once it listens for the restore, or
+ * with undefined when it cannot run here (no userfaultfd): the restore then loads memory eagerly.
+ * `stop` works from the start, so a caller interrupted meanwhile leaves no daemon behind.
  */
-export function startLazyPages(imagesDir: string, workDir: string): Promise<LazyPages | undefined> {
+export function startLazyPages(
+  imagesDir: string,
+  workDir: string,
+): { ready: Promise<LazyPages | undefined>; stop(): void; pid: number | undefined } {
   const args = [
     'lazy-pages',
     '-D',
@@ -55,10 +59,13 @@ export function startLazyPages(imagesDir: string, workDir: string): Promise<Lazy
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
   const status = child.stdio[3] as NodeJS.ReadableStream;
-  return new Promise((resolve) => {
-    let ready = false;
+  const stop = (): void => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
+  const ready = new Promise<LazyPages | undefined>((resolve) => {
+    let listening = false;
     status.once('data', () => {
-      ready = true;
+      listening = true;
       const done = exited.then(({ code, signal }) => {
         if (code === 0) return;
         throw new CheckptError(
@@ -68,16 +75,11 @@ export function startLazyPages(imagesDir: string, workDir: string): Promise<Lazy
       });
       // Nobody may be listening yet; the caller reads the outcome from `done`.
       done.catch(() => undefined);
-      resolve({
-        child,
-        done,
-        stop: () => {
-          if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-        },
-      });
+      resolve({ child, done, stop });
     });
     void exited.then(() => {
-      if (!ready) resolve(undefined);
+      if (!listening) resolve(undefined);
     });
   });
+  return { ready, stop, pid: child.pid };
 }

@@ -52,16 +52,18 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   const workDir = makeStagingDir('restore', sizeOf(file));
   let helper: Helper | undefined;
   let lazy: LazyPages | undefined;
+  let stopLazy: (() => void) | undefined;
+  let lazyPid: number | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
   // recreates its work directory if it still runs, so the helper's tree goes first.
   let stopped = false;
   const onSignal = (sig: NodeJS.Signals): void => {
     stopped = true;
     for (const s of STOPPING) process.off(s, onSignal);
-    lazy?.stop();
+    stopLazy?.();
     const tree = helper?.child.pid ? processTree(helper.child.pid) : [];
     for (const p of tree) signalQuietly(p, 'SIGKILL');
-    void untilGone(tree, 5000).then(() => {
+    void untilGone(lazyPid ? [...tree, lazyPid] : tree, 5000).then(() => {
       rmSync(workDir, { recursive: true, force: true });
       process.kill(process.pid, sig);
     });
@@ -110,12 +112,11 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const pageBytes = readdirSync(imagesDir)
       .filter((n) => /^pages-\d+\.img$/.test(n))
       .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
-    lazy = lazyWanted(pageBytes) ? await startLazyPages(imagesDir, workDir) : undefined;
-    if (stopped) {
-      // Stopped while the daemon started: the signal handler could not see it yet.
-      lazy?.stop();
-      return await STOPPING_FOREVER;
-    }
+    const starting = lazyWanted(pageBytes) ? startLazyPages(imagesDir, workDir) : undefined;
+    stopLazy = starting?.stop;
+    lazyPid = starting?.pid;
+    lazy = await starting?.ready;
+    if (stopped) return await STOPPING_FOREVER;
     helper = spawnHelper(
       [
         '--pid',
@@ -150,7 +151,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   } catch (e) {
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
-    lazy?.stop();
+    stopLazy?.();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });
     throw e;

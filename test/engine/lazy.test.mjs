@@ -35,15 +35,19 @@ exec criu "$@"
   return { path, calls: () => readFileSync(log, 'utf8').split('\n').filter(Boolean) };
 }
 
-/** Live processes whose command line names `arg` (the fixture's checkpoint file is unique). */
-function runningWith(arg) {
+/**
+ * Live processes whose command line names `arg` (the fixture's checkpoint file is unique), or,
+ * with `within`, has an argument inside that directory.
+ */
+function runningWith(arg, within = false) {
   const found = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
       const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
       const state = /State:\s+(\S)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1];
-      if (argv.includes(arg) && state !== 'Z' && state !== 'X') found.push(Number(d));
+      const named = within ? argv.some((a) => a.startsWith(arg + '/')) : argv.includes(arg);
+      if (named && state !== 'Z' && state !== 'X') found.push(Number(d));
     } catch {
       // gone meanwhile
     }
@@ -159,5 +163,24 @@ describe('lazy restore', () => {
     const back2 = await waitFor(two, (e) => e.r === 1, 'resume of the copy');
     assert.deepEqual([back2.hop, back2.generation, back2.trail], [1, 2, [1, 1]]);
     assert.equal((await two.closed).code, 0, two.stderrText);
+  });
+
+  test('SIGTERM at any moment of a lazy restore leaves no daemon and no unpacked images', async () => {
+    const staging = join(dir, 'stopped');
+    mkdirSync(staging);
+    for (const delay of [0, 30, 80, 150, 300, 600]) {
+      const r = resume(file, {
+        env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_LAZY: '1' },
+      });
+      while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) await sleep(5);
+      await sleep(delay);
+      r.kill('SIGTERM');
+      await r.closed;
+      assert.deepEqual(readdirSync(staging), [], `images left after ${delay} ms`);
+      // The daemon's command line names the staging directory: none may run on.
+      const deadline = Date.now() + 5000;
+      while (runningWith(staging, true).length > 0 && Date.now() < deadline) await sleep(20);
+      assert.deepEqual(runningWith(staging, true), [], `a process left after ${delay} ms`);
+    }
   });
 });
