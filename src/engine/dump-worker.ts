@@ -4,7 +4,6 @@
  * and reports on fd 3, the FIFO's write end. If it and the front die, the process reads EOF.
  */
 import { createReadStream, readFileSync, rmSync, writeSync } from 'node:fs';
-import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
 import { checkDump, criuVersion } from './criu.js';
@@ -12,6 +11,7 @@ import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
 import { readKeyFile } from '../image/key.js';
+import { lowerPriority } from '../launcher/procfs.js';
 
 const CONTROL_FD = 3;
 
@@ -49,14 +49,6 @@ function awaitFront(
         );
     });
   });
-}
-
-function lowerPriority(): void {
-  try {
-    setPriority(10);
-  } catch {
-    // not allowed: packing only competes with the program a little more
-  }
 }
 
 function readQuietly(file: string): string {

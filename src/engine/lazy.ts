@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { CheckptError } from '../api/errors.js';
 import { criuEnv } from './criu.js';
 import { criuPath } from './paths.js';
@@ -11,9 +11,6 @@ import { criuPath } from './paths.js';
 export interface LazyPages {
   /** Settles when every page is in the copy (or the copy ended); rejects if the daemon failed. */
   done: Promise<void>;
-  /** Stops the daemon (a failed restore, or checkpt stopped meanwhile). */
-  stop(): void;
-  child: ChildProcess;
 }
 
 /** Below this much memory in the image, starting the daemon costs more than it saves. */
@@ -75,7 +72,7 @@ export function startLazyPages(
       });
       // Nobody may be listening yet; the caller reads the outcome from `done`.
       done.catch(() => undefined);
-      resolve({ child, done, stop });
+      resolve({ done });
     });
     void exited.then(() => {
       if (!listening) resolve(undefined);

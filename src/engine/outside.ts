@@ -12,7 +12,15 @@ import { checkTarget } from '../api/target.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
 import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
 import { loadKey } from '../image/key.js';
-import { cmdline, linkOf, procStatus, processTree, treeUsesIoUring } from '../launcher/procfs.js';
+import {
+  cmdline,
+  linkOf,
+  procStatus,
+  processTree,
+  rssBytes,
+  signalQuietly,
+  treeUsesIoUring,
+} from '../launcher/procfs.js';
 import { criuVersion, dump } from './criu.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
@@ -49,16 +57,14 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       'EDUMP',
       `The program (pid ${req.pid}) has already ended; nothing to checkpoint.`,
     );
-  const uring = treeUsesIoUring(processTree(req.pid));
+  const running = processTree(req.pid);
+  const uring = treeUsesIoUring(running);
   if (uring !== undefined)
     throw new CheckptError(
       'EIOURING',
       `Process ${uring} of the program uses io_uring, which CRIU cannot checkpoint. It was started without checkpt's LD_PRELOAD (a program that resets LD_PRELOAD?), or set sysctl kernel.io_uring_disabled=2. The program keeps running.`,
     );
-  const rss = processTree(req.pid).reduce(
-    (sum, p) => sum + (Number(/^(\d+)/.exec(procStatus(p)?.VmRSS ?? '')?.[1]) || 0) * 1024,
-    0,
-  );
+  const rss = running.reduce((sum, p) => sum + rssBytes(procStatus(p)), 0);
   const workDir = makeStagingDir('dump', rss);
   let stopped = false;
   let tree: number[] = [];
@@ -91,7 +97,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       pid: req.innerPid,
       uid: Number(status.Uid?.split(/\s+/)[0] ?? 0),
       kernel: release(),
-      rssBytes: Number(status.VmRSS?.split(/\s+/)[0] ?? 0) * 1024,
+      rssBytes: rssBytes(status),
       stdio,
       generation: req.generation,
       template: req.template,
@@ -109,7 +115,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       { dir: imagesDir },
       { key },
     );
-    if (stopped) for (const pid of tree) kill(pid, 'SIGKILL');
+    if (stopped) for (const pid of tree) signalQuietly(pid, 'SIGKILL');
     stopped = false;
     return { bytes, dumpMs };
   } catch (e) {
@@ -121,16 +127,8 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
     );
   } finally {
     // A failed "checkpoint and exit" must not leave the program frozen.
-    if (stopped) for (const pid of tree) kill(pid, 'SIGCONT');
+    if (stopped) for (const pid of tree) signalQuietly(pid, 'SIGCONT');
     key?.fill(0);
     rmSync(workDir, { recursive: true, force: true });
-  }
-}
-
-function kill(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch {
-    // it is already gone
   }
 }

@@ -8,7 +8,7 @@ import { criuVersionAsync, killedBy, readLog, restoreArgs, type CriuLog } from '
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
-import { procStatus, processTree } from '../launcher/procfs.js';
+import { procStatus, processTree, signalQuietly } from '../launcher/procfs.js';
 import { criuPath, requireHelper } from './paths.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
@@ -51,19 +51,16 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   // A missing file is reported by extractImage, which says what it expected there.
   const workDir = makeStagingDir('restore', sizeOf(file));
   let helper: Helper | undefined;
-  let lazy: LazyPages | undefined;
-  let stopLazy: (() => void) | undefined;
-  let lazyPid: number | undefined;
+  let starting: ReturnType<typeof startLazyPages> | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
   // recreates its work directory if it still runs, so the helper's tree goes first.
   let stopped = false;
   const onSignal = (sig: NodeJS.Signals): void => {
     stopped = true;
     for (const s of STOPPING) process.off(s, onSignal);
-    stopLazy?.();
-    const tree = helper?.child.pid ? processTree(helper.child.pid) : [];
-    for (const p of tree) signalQuietly(p, 'SIGKILL');
-    void untilGone(lazyPid ? [...tree, lazyPid] : tree, 5000).then(() => {
+    starting?.stop();
+    const tree = helper ? killTree(helper) : [];
+    void untilGone(starting?.pid ? [...tree, starting.pid] : tree, 5000).then(() => {
       rmSync(workDir, { recursive: true, force: true });
       process.kill(process.pid, sig);
     });
@@ -112,10 +109,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const pageBytes = readdirSync(imagesDir)
       .filter((n) => /^pages-\d+\.img$/.test(n))
       .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
-    const starting = lazyWanted(pageBytes) ? startLazyPages(imagesDir, workDir) : undefined;
-    stopLazy = starting?.stop;
-    lazyPid = starting?.pid;
-    lazy = await starting?.ready;
+    starting = lazyWanted(pageBytes) ? startLazyPages(imagesDir, workDir) : undefined;
+    const lazy = await starting?.ready;
     if (stopped) return await STOPPING_FOREVER;
     helper = spawnHelper(
       [
@@ -151,7 +146,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   } catch (e) {
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
-    stopLazy?.();
+    starting?.stop();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     rmSync(workDir, { recursive: true, force: true });
     throw e;
@@ -171,8 +166,7 @@ function loadedBy(lazy: LazyPages | undefined, helper: Helper, workDir: string):
     return Promise.resolve();
   }
   const loaded = lazy.done.then(remove, (e: unknown) => {
-    const tree = helper.child.pid ? processTree(helper.child.pid) : [];
-    for (const p of tree) signalQuietly(p, 'SIGKILL');
+    killTree(helper);
     remove();
     throw e;
   });
@@ -192,12 +186,11 @@ function sizeOf(file: string): number {
 const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 const STOPPING_FOREVER = new Promise<never>(() => undefined);
 
-function signalQuietly(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch {
-    // already gone
-  }
+/** SIGKILL to the helper and everything below it (the copy included); returns who was signalled. */
+function killTree(helper: Helper): number[] {
+  const tree = helper.child.pid ? processTree(helper.child.pid) : [];
+  for (const p of tree) signalQuietly(p, 'SIGKILL');
+  return tree;
 }
 
 /** Resolves once none of `pids` runs any more (a zombie counts as gone), or after `ms`. */

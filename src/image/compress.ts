@@ -1,8 +1,9 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
-import { availableParallelism, setPriority } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
+import { lowerPriority } from '../launcher/procfs.js';
 import type { EntryDecoder } from './format.js';
 
 /**
@@ -39,30 +40,23 @@ export function compressionWanted(mode: DumpMode): boolean {
   return env === '1' || mode !== 'sync';
 }
 
-function setPriorityQuietly(pid: number, nice: number): void {
-  try {
-    setPriority(pid, nice);
-  } catch {
-    // not allowed here: it only costs the program some speed
-  }
-}
-
-function runZstd(args: string[], what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(ZSTD, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    // The program runs again meanwhile and shares the machine: it comes first.
-    if (child.pid !== undefined) setPriorityQuietly(child.pid, 10);
-    let stderr = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (d: string) => {
-      if (stderr.length < 4096) stderr += d;
-    });
-    child.on('error', (e) => reject(e));
-    child.on('close', (code, signal) => {
-      if (code === 0) resolve();
-      else reject(new Error(`${what}: zstd ${signal ?? `exited with ${code}`}: ${stderr.trim()}`));
-    });
+/** Starts zstd; `failed` settles with why it failed, or undefined when it exited 0. */
+function startZstd(args: string[]) {
+  const child = spawn(ZSTD, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+  // A zstd that stopped early makes writes fail; `failed` says why.
+  child.stdin.on('error', () => undefined);
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d: string) => {
+    if (stderr.length < 4096) stderr += d;
   });
+  const failed = new Promise<string | undefined>((resolve) => {
+    child.on('error', (e) => resolve(e.message));
+    child.on('close', (code, signal) =>
+      resolve(code === 0 ? undefined : `zstd ${signal ?? `exited with ${code}`}: ${stderr.trim()}`),
+    );
+  });
+  return { child, failed };
 }
 
 /**
@@ -74,11 +68,26 @@ export async function compressImages(dir: string): Promise<number> {
   const names = readdirSync(dir).filter(
     (n) => PAGES.test(n) && statSync(join(dir, n)).size >= MIN_BYTES,
   );
-  for (const n of names)
-    await runZstd(
-      ['-q', '-1', `-T${THREADS}`, '--rm', '-f', '-o', join(dir, n + SUFFIX), '--', join(dir, n)],
-      `compressing ${n}`,
-    );
+  for (const n of names) {
+    const out = join(dir, n + SUFFIX);
+    const zstd = startZstd([
+      '-q',
+      '-1',
+      `-T${THREADS}`,
+      '--rm',
+      '-f',
+      '-o',
+      out,
+      '--',
+      join(dir, n),
+    ]);
+    // It reads the file named, not its stdin.
+    zstd.child.stdin.end();
+    // The program runs again meanwhile and shares the machine: it comes first.
+    if (zstd.child.pid !== undefined) lowerPriority(zstd.child.pid);
+    const why = await zstd.failed;
+    if (why !== undefined) throw new Error(`compressing ${n}: ${why}`);
+  }
   return names.length;
 }
 
@@ -101,22 +110,7 @@ export function zstdDecoder(file: string): (name: string, dir: string) => EntryD
       );
     const out = join(dir, name.slice(0, -SUFFIX.length));
     // No -f: an image that also holds the decompressed name is refused, not overwritten.
-    const child = spawn(ZSTD, ['-q', '-d', '-o', out, '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (d: string) => {
-      if (stderr.length < 4096) stderr += d;
-    });
-    const exited = new Promise<string | undefined>((resolve) => {
-      child.on('error', (e) => resolve(e.message));
-      child.on('close', (code, signal) =>
-        resolve(
-          code === 0 ? undefined : `zstd ${signal ?? `exited with ${code}`}: ${stderr.trim()}`,
-        ),
-      );
-    });
-    // A zstd that stopped early makes writes fail; end() then says why.
-    child.stdin.on('error', () => undefined);
+    const { child, failed } = startZstd(['-q', '-d', '-o', out, '-']);
     const bad = (why: string): CheckptError =>
       new CheckptError(
         'EBADIMAGE',
@@ -132,12 +126,12 @@ export function zstdDecoder(file: string): (name: string, dir: string) => EntryD
         }),
       end: async () => {
         child.stdin.end();
-        const why = await exited;
+        const why = await failed;
         if (why !== undefined) throw bad(why);
       },
       abort: async () => {
         child.kill('SIGKILL');
-        await exited;
+        await failed;
         rmSync(out, { force: true });
       },
     };

@@ -1,5 +1,24 @@
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { childrenOf } from '../engine/helper.js';
+
+/** Sends `sig` to `pid`; a process already gone is no error. */
+export function signalQuietly(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}
+
+/** Lowers `pid`'s priority (0: this process) so a program sharing the machine comes first. */
+export function lowerPriority(pid = 0): void {
+  try {
+    setPriority(pid, 10);
+  } catch {
+    // not allowed here: it only costs the program some speed
+  }
+}
 
 /** Reads /proc/PID/status into its fields; undefined when the process is gone. */
 export function procStatus(pid: number): Record<string, string> | undefined {
@@ -22,6 +41,11 @@ export function catches(status: Record<string, string> | undefined, sig: number)
   const mask = status?.SigCgt;
   if (!mask) return false;
   return ((BigInt(`0x${mask}`) >> BigInt(sig - 1)) & 1n) === 1n;
+}
+
+/** Resident memory from a /proc/PID/status record, in bytes (0 when unknown). */
+export function rssBytes(status: Record<string, string> | undefined): number {
+  return (Number(/^(\d+)/.exec(status?.VmRSS ?? '')?.[1]) || 0) * 1024;
 }
 
 export function catchesSignal(pid: number, sig: number): boolean {
