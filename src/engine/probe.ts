@@ -72,7 +72,7 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
             warning: true,
             detail:
               'no userfaultfd for CRIU here: checkpt -r loads all memory before a copy runs (slower for large programs)',
-            fix: 'Use a kernel with CONFIG_USERFAULTFD, or set CHECKPT_LAZY=0 to silence this.',
+            fix: 'Use a kernel with CONFIG_USERFAULTFD for faster resumes of large programs; resumes work without it.',
           },
     );
   }
