@@ -1,62 +1,158 @@
 #!/usr/bin/env bash
-# Installs a working CRIU (4.0 or newer) where it is missing or broken.
-# Debian bookworm's criu 3.17 fails `criu check` on recent kernels, so on bookworm we take trixie's.
+# Gives checkpt a working CRIU (4.2 or newer) without touching the distribution: uses the system's
+# criu when it is new enough and passes `criu check`, otherwise builds CRIU from Debian's source
+# package and installs it under /opt/checkpt/criu (CHECKPT_CRIU_HOME), a directory of checkpt's own.
+# Build dependencies come from the machine's own release; no binary package of another release is
+# ever installed, no distribution package is replaced, nothing under /etc/apt is changed (the
+# source index is fetched with a private apt state in the build directory).
+#
+#   CHECKPT_CRIU_HOME     where the build goes (default /opt/checkpt/criu; the binary is bin/criu)
+#   CHECKPT_CRIU_SOURCE   build from this criu_X.Y.Z.orig.tar.xz instead of fetching it
+#   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
+#   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 set -euo pipefail
 
+home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 need_major=4
-
-criu_ok() {
-  command -v criu >/dev/null 2>&1 || return 1
-  local v
-  v=$(criu --version 2>/dev/null | sed -n 's/^Version: *\([0-9][0-9]*\)\..*/\1/p')
-  [ -n "$v" ] && [ "$v" -ge "$need_major" ] || return 1
-  criu check >/dev/null 2>&1
+need_minor=2
+say() { echo "install-criu: $*"; }
+die() {
+  echo "install-criu: $*" >&2
+  exit 1
 }
 
-if criu_ok; then
-  echo "install-criu: $(criu --version | head -1) already works"
-  exit 0
+# Prints the version of the criu binary $1 when it is new enough and `criu check` passes on this
+# kernel; fails otherwise. CRIU_FAULT=130: on some VMs CRIU's hardware breakpoints never fire.
+criu_works() {
+  local bin=$1 v maj min
+  [ -x "$bin" ] || command -v "$bin" >/dev/null 2>&1 || return 1
+  v=$("$bin" --version 2>/dev/null | sed -n 's/^Version: *\([0-9][0-9.]*\).*/\1/p')
+  [ -n "$v" ] || return 1
+  maj=${v%%.*}
+  min=${v#*.}
+  min=${min%%.*}
+  if [ "$maj" -lt "$need_major" ] || { [ "$maj" -eq "$need_major" ] && [ "$min" -lt "$need_minor" ]; }; then
+    return 1
+  fi
+  if [ "$(id -u)" -eq 0 ]; then
+    CRIU_FAULT=130 "$bin" check >/dev/null 2>&1 || return 1
+  fi
+  echo "$v"
+}
+
+if [ "${CHECKPT_CRIU_FORCE:-}" != 1 ]; then
+  if v=$(criu_works "$home/bin/criu"); then
+    say "CRIU $v at $home/bin/criu works (checkpt's own build)"
+    exit 0
+  fi
+  if v=$(criu_works criu); then
+    say "CRIU $v at $(command -v criu) works (the system's)"
+    exit 0
+  fi
+fi
+if sys=$(command -v criu 2>/dev/null); then
+  say "the system's $sys ($("$sys" --version 2>/dev/null | sed -n 's/^Version: *//p')) is older than $need_major.$need_minor or fails 'criu check'; building CRIU for checkpt in $home (the system's is left alone)"
+else
+  say "no CRIU $need_major.$need_minor or newer here; building one for checkpt in $home"
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-criu: CRIU >= $need_major is missing or broken and installing it needs root; run: sudo $0" >&2
-  exit 1
-fi
+[ "$(id -u)" -eq 0 ] || die "building CRIU needs root (apt-get for its build dependencies, $home): run sudo $0"
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found: on a system without apt, install CRIU $need_major.$need_minor or newer yourself and point CHECKPT_CRIU at it"
 
 export DEBIAN_FRONTEND=noninteractive
-. /etc/os-release
-src=/etc/apt/sources.list.d/checkpt-trixie.sources
-# trixie's libc brings trixie's base-files, after which os-release says trixie: the source file
-# we added is the reliable sign that this machine takes CRIU from trixie.
-if [ "${VERSION_CODENAME:-}" = "bookworm" ] || [ -f "$src" ]; then
-  if [ ! -f "$src" ]; then
-    # Same mirror and keyring the machine already trusts, trixie suite only.
-    uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
-    [ -n "$uri" ] || uri=http://deb.debian.org/debian
-    cat >"$src" <<SRC
-Types: deb
-URIs: $uri
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    # Keep bookworm preferred for everything but what we ask for with -t trixie.
-    cat >/etc/apt/preferences.d/checkpt-trixie <<PREF
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PREF
+deps=(make gcc libc6-dev pkg-config python3 xz-utils
+  libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  libnl-3-dev libnl-route-3-dev libnet1-dev libcap-dev libbsd-dev libaio-dev
+  libgnutls28-dev libnftables-dev uuid-dev)
+missing=()
+for p in "${deps[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "build dependencies from this machine's release: ${missing[*]}"
+  apt-get update -qq || die "apt-get update failed; check the machine's package sources and network"
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/checkpt-criu-deps.log 2>&1; then
+    # An earlier checkpt set-up put trixie's CRIU and libraries on some bookworm machines; their
+    # -dev packages must then match those libraries, and that apt source is already configured.
+    if [ -f /etc/apt/sources.list.d/checkpt-trixie.sources ] &&
+      apt-get install -y -qq --no-install-recommends -t trixie "${missing[@]}" >>/tmp/checkpt-criu-deps.log 2>&1; then
+      say "build dependencies taken from trixie, to match the trixie libraries already installed"
+    else
+      tail -n 15 /tmp/checkpt-criu-deps.log >&2
+      die "could not install the build dependencies (${missing[*]}); the apt output above says why. Install them with apt-get and run this again."
+    fi
   fi
-  apt-get update -qq
-  apt-get install -y -qq -t trixie criu >/dev/null
-else
-  apt-get update -qq
-  apt-get install -y -qq criu >/dev/null
 fi
 
-if ! criu_ok; then
-  echo "install-criu: installed $(criu --version 2>/dev/null | head -1) but 'criu check' still fails:" >&2
-  criu check >&2 || true
-  exit 1
+work=$(mktemp -d /tmp/checkpt-criu-build.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+if [ -n "${CHECKPT_CRIU_SOURCE:-}" ]; then
+  [ -f "$CHECKPT_CRIU_SOURCE" ] || die "CHECKPT_CRIU_SOURCE=$CHECKPT_CRIU_SOURCE is not a file"
+  tarball=$CHECKPT_CRIU_SOURCE
+else
+  # A deb-src-only list in a private apt state: apt fetches the signed source index of a newer
+  # suite and verifies the tarball against it, and the machine's own apt configuration never sees
+  # that suite (so it can never install a binary from it).
+  uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+  [ -n "$uri" ] || uri=$(sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\(http[^ ]*debian\/\{0,1\}\) .*/\2/p' /etc/apt/sources.list 2>/dev/null | head -1)
+  [ -n "$uri" ] || uri=http://deb.debian.org/debian
+  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial" "$work/src"
+  : >"$work/apt/sources.list"
+  for suite in ${CHECKPT_CRIU_SUITES:-forky sid}; do
+    echo "deb-src [signed-by=$keyring] $uri $suite main" >>"$work/apt/sources.list"
+  done
+  apt_private=(-o "Dir::Etc::SourceList=$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache" -o APT::Sandbox::User=root)
+  say "fetching the signed source index (${CHECKPT_CRIU_SUITES:-forky sid}) from $uri"
+  apt-get "${apt_private[@]}" update -qq >"$work/apt.log" 2>&1 ||
+    {
+      tail -n 5 "$work/apt.log" >&2
+      die "could not fetch Debian's source index from $uri; with no network, download criu_4.2.1.orig.tar.xz elsewhere and run again with CHECKPT_CRIU_SOURCE=/path/to/it"
+    }
+  # The .debian.tar.xz is missing on some mirrors; the orig tarball alone builds, and apt has
+  # already checked it against the signed index by the time it reports the diff missing.
+  (cd "$work/src" && apt-get "${apt_private[@]}" source --download-only criu >>"$work/apt.log" 2>&1) || true
+  tarball=$(ls "$work"/src/criu_*.orig.tar.* 2>/dev/null | sort -V | tail -1 || true)
+  [ -n "$tarball" ] || {
+    tail -n 5 "$work/apt.log" >&2
+    die "apt-get source criu fetched no source tarball; see the apt output above"
+  }
+  dsc=$(ls "$work"/src/criu_*.dsc | head -1)
+  want=$(awk '/^Checksums-Sha256:/{f=1;next} /^[^ ]/{f=0} f && $3 ~ /orig\.tar/ {print $1}' "$dsc")
+  got=$(sha256sum "$tarball" | cut -d' ' -f1)
+  [ -n "$want" ] && [ "$want" = "$got" ] || die "$(basename "$tarball") does not match the checksum in $(basename "$dsc"); not building it"
 fi
-echo "install-criu: $(criu --version | head -1) works"
+
+version=$(basename "$tarball" | sed -n 's/^criu_\([0-9][0-9.]*\)\.orig\.tar\..*/\1/p')
+[ -n "$version" ] || die "cannot tell CRIU's version from the name $(basename "$tarball") (expected criu_X.Y.Z.orig.tar.xz)"
+maj=${version%%.*}
+min=${version#*.}
+min=${min%%.*}
+if [ "$maj" -lt "$need_major" ] || { [ "$maj" -eq "$need_major" ] && [ "$min" -lt "$need_minor" ]; }; then
+  die "the newest CRIU source found is $version; checkpt needs $need_major.$need_minor or newer"
+fi
+
+say "building CRIU $version ($(nproc) cores, about a minute)"
+mkdir -p "$work/build"
+tar -C "$work/build" -xf "$tarball"
+tree=$(ls -d "$work"/build/criu-*/ | head -1)
+if ! make -C "$tree" -j"$(nproc)" criu >"$work/make.log" 2>&1; then
+  grep -E 'error|Error|No such file|not found' "$work/make.log" | head -n 10 >&2 || tail -n 15 "$work/make.log" >&2
+  die "building CRIU $version failed (above); a missing header usually means a missing build dependency"
+fi
+
+mkdir -p "$home/bin" "$home/src"
+# The source stays beside the binary: the compatibility suite builds CRIU's own zdtm tests from it.
+[ "$tarball" -ef "$home/src/$(basename "$tarball")" ] || install -m 0644 "$tarball" "$home/src/$(basename "$tarball")"
+install -m 0755 "$tree/criu/criu" "$home/bin/criu.new"
+mv -f "$home/bin/criu.new" "$home/bin/criu"
+printf 'version=%s\nsource=%s\nsha256=%s\nbuilt=%s\n' "$version" "$(basename "$tarball")" \
+  "$(sha256sum "$tarball" | cut -d' ' -f1)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$home/BUILD-INFO"
+
+if ! v=$(criu_works "$home/bin/criu"); then
+  CRIU_FAULT=130 "$home/bin/criu" check >&2 || true
+  die "built CRIU $version, but 'criu check' fails on this kernel (above)"
+fi
+say "CRIU $v installed at $home/bin/criu"

@@ -7,6 +7,9 @@ import { ioUringAdvice } from './iouring.js';
 import { criuPath } from './paths.js';
 
 export const MIN_CRIU_MAJOR = 4;
+/** 4.2: earlier CRIUs cannot dump any TCP or UDP socket on Linux 6.16 and newer (CRIU issues 2705, 2718). */
+export const MIN_CRIU_MINOR = 2;
+export const MIN_CRIU_TEXT = `${MIN_CRIU_MAJOR}.${MIN_CRIU_MINOR}`;
 
 export interface CriuResult {
   status: number | null;
@@ -249,7 +252,7 @@ function versionOf(stdout: string, error: Error | undefined): CriuVersion {
   if (error)
     throw new CheckptError(
       'ENOCRIU',
-      `CRIU is not installed (could not run '${criuPath}': ${error.message}). Install CRIU ${MIN_CRIU_MAJOR}.0 or newer: run scripts/install-criu.sh from the checkpt package as root.`,
+      `CRIU is not installed (could not run '${criuPath}': ${error.message}). Install CRIU ${MIN_CRIU_TEXT} or newer: run scripts/install-criu.sh from the checkpt package as root (it builds one into /opt/checkpt/criu and leaves the system's packages alone).`,
       { cause: error },
     );
   const m = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(stdout);
@@ -260,10 +263,10 @@ function versionOf(stdout: string, error: Error | undefined): CriuVersion {
     patch: Number(m[3] ?? 0),
     text: `${m[1]}.${m[2]}${m[3] ? '.' + m[3] : ''}`,
   };
-  if (v.major < MIN_CRIU_MAJOR)
+  if (v.major < MIN_CRIU_MAJOR || (v.major === MIN_CRIU_MAJOR && v.minor < MIN_CRIU_MINOR))
     throw new CheckptError(
       'ENOCRIU',
-      `CRIU is too old: need ${MIN_CRIU_MAJOR}.0 or newer, found ${v.text}. Run scripts/install-criu.sh as root (on Debian bookworm it installs trixie's CRIU).`,
+      `CRIU is too old: need ${MIN_CRIU_TEXT} or newer, found ${v.text} at ${criuPath} (older CRIUs cannot dump TCP or UDP sockets on Linux 6.16 and newer). Run scripts/install-criu.sh as root: it builds CRIU ${MIN_CRIU_TEXT} from Debian's source into /opt/checkpt/criu, which checkpt then uses; or point CHECKPT_CRIU at a newer criu.`,
     );
   return v;
 }

@@ -14,7 +14,25 @@ export const nouringLibPath = join(packageRoot, 'build', 'libcheckpt-nouring.so'
 
 export const dumpWorkerPath = join(packageRoot, 'dist', 'engine', 'dump-worker.js');
 
-export const criuPath = process.env.CHECKPT_CRIU || 'criu';
+/** Where scripts/install-criu.sh puts the CRIU it builds: a directory of checkpt's own. */
+export const ownCriuHome = process.env.CHECKPT_CRIU_HOME || '/opt/checkpt/criu';
+
+export type CriuSource = 'CHECKPT_CRIU' | 'checkpt build' | 'PATH';
+
+/** Which CRIU checkpt runs: CHECKPT_CRIU, else its own build, else `criu` on the PATH. */
+export function findCriu(env: NodeJS.ProcessEnv = process.env): {
+  path: string;
+  source: CriuSource;
+} {
+  if (env.CHECKPT_CRIU) return { path: env.CHECKPT_CRIU, source: 'CHECKPT_CRIU' };
+  const own = join(env.CHECKPT_CRIU_HOME || '/opt/checkpt/criu', 'bin', 'criu');
+  if (existsSync(own)) return { path: own, source: 'checkpt build' };
+  return { path: 'criu', source: 'PATH' };
+}
+
+const criu = findCriu();
+export const criuPath = criu.path;
+export const criuSource: CriuSource = criu.source;
 
 /** Control FIFOs live here; each restore mounts a private tmpfs over it, so restores never share one. */
 export const runDir = process.env.CHECKPT_RUN_DIR || '/run/checkpt';

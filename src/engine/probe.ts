@@ -3,9 +3,10 @@ import { accessSync, constants, existsSync, mkdirSync, readFileSync } from 'node
 import { CheckptError } from '../api/errors.js';
 import { randAddonPath } from '../api/identity.js';
 import { zstdAvailable } from '../image/compress.js';
-import { criuVersion, MIN_CRIU_MAJOR, tailOf } from './criu.js';
+import { criuEnv, criuVersion, MIN_CRIU_TEXT, tailOf } from './criu.js';
 import { ioUringAdvice } from './iouring.js';
-import { criuPath, helperExists, helperPath, runDir } from './paths.js';
+import { criuPath, criuSource, helperExists, helperPath, ownCriuHome, runDir } from './paths.js';
+import { probeTcp } from './probe-tcp.js';
 
 export interface Finding {
   name: string;
@@ -38,18 +39,18 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
     out.push({
       name: 'criu',
       ok: true,
-      detail: `CRIU ${version} (need ${MIN_CRIU_MAJOR}.0 or newer)`,
+      detail: `CRIU ${version} at ${criuPath} (${whereFrom()}; need ${MIN_CRIU_TEXT} or newer)`,
     });
   } catch (e) {
     out.push({
       name: 'criu',
       ok: false,
       detail: e instanceof CheckptError ? e.message : String(e),
-      fix: 'Run scripts/install-criu.sh from the checkpt package as root.',
+      fix: `Run scripts/install-criu.sh from the checkpt package as root: it builds CRIU ${MIN_CRIU_TEXT} from Debian's source into ${ownCriuHome} and touches no distribution package.`,
     });
   }
   if (version !== undefined && root) {
-    const r = spawnSync(criuPath, ['check'], { encoding: 'utf8' });
+    const r = spawnSync(criuPath, ['check'], { encoding: 'utf8', env: criuEnv() });
     const text = `${r.stdout}${r.stderr}`;
     out.push(
       r.status === 0
@@ -62,7 +63,10 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
           },
     );
     // What checkpt -r needs to start a large copy before its memory is in (src/engine/lazy.ts).
-    const uffd = spawnSync(criuPath, ['check', '--feature', 'uffd-noncoop'], { encoding: 'utf8' });
+    const uffd = spawnSync(criuPath, ['check', '--feature', 'uffd-noncoop'], {
+      encoding: 'utf8',
+      env: criuEnv(),
+    });
     out.push(
       uffd.status === 0
         ? { name: 'lazy restore', ok: true, detail: 'userfaultfd works: large copies start lazily' }
@@ -76,6 +80,7 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
           },
     );
   }
+  if (version !== undefined && root) out.push(...probeTcp());
   out.push(
     helperExists()
       ? { name: 'helper', ok: true, detail: `native helper at ${helperPath}` }
@@ -136,6 +141,12 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
   }
   out.push(...nodeFindings(nodeBinaries));
   return out;
+}
+
+function whereFrom(): string {
+  if (criuSource === 'CHECKPT_CRIU') return 'from CHECKPT_CRIU';
+  if (criuSource === 'checkpt build') return "checkpt's own build";
+  return 'found on the PATH';
 }
 
 function ioUringSysctl(): number | undefined {
