@@ -10,6 +10,12 @@ import { CheckptError } from '../dist/api/errors.js';
 import { childrenOf } from '../dist/engine/helper.js';
 import { extractImage, readImageInfo, verifyImage } from '../dist/image/format.js';
 import { processTree } from '../dist/launcher/procfs.js';
+import { findCriu } from '../dist/engine/paths.js';
+
+/** The CRIU checkpt would run when nothing overrides it: stand-ins that wrap CRIU exec this one. */
+export const realCriu = findCriu({ ...process.env, CHECKPT_CRIU: '' }).path;
+// Shell stand-ins (test/fixtures/fake-criu.sh, wrappers written by tests) read it from here.
+process.env.CHECKPT_REAL_CRIU = realCriu;
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const cli = join(root, 'dist', 'cli', 'main.js');

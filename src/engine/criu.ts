@@ -135,6 +135,11 @@ export function dumpArgs(req: Omit<DumpRequest, 'timeoutMs' | 'enter'>): string[
     req.leave === 'stopped' ? '--leave-stopped' : '--leave-running',
     '--shell-job',
     '--file-locks',
+    // Connections are dumped, not closed: while the program is frozen CRIU drops their packets
+    // (one nftables rule per connection; no iptables or nft program needed), so peers only see a pause.
+    '--tcp-established',
+    '--network-lock',
+    'nftables',
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
   return args;
@@ -210,6 +215,7 @@ export function restoreArgs(req: RestoreArgsRequest): string[] {
     '--restore-detached',
     '--shell-job',
     '--file-locks',
+    '--tcp-established',
   ];
   if (req.lazy) args.push('--lazy-pages');
   for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);

@@ -7,6 +7,7 @@ import {
   cleanup,
   fixture,
   nodeBinaries,
+  realCriu,
   removeDir,
   resume,
   startNode,
@@ -27,8 +28,8 @@ function criuWrapper(dir) {
     path,
     `#!/bin/sh
 printf '%s\\n' "$*" >> '${log}'
-if [ "$1" = lazy-pages ] && [ "$FAIL_LAZY" = 1 ]; then criu "$@"; exit 1; fi
-exec criu "$@"
+if [ "$1" = lazy-pages ] && [ "$FAIL_LAZY" = 1 ]; then '${realCriu}' "$@"; exit 1; fi
+exec '${realCriu}' "$@"
 `,
   );
   chmodSync(path, 0o755);

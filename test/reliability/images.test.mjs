@@ -24,6 +24,7 @@ import {
   events,
   fixture,
   nodeBinaries,
+  realCriu,
   removeDir,
   root,
   run,
@@ -135,7 +136,6 @@ before(async () => {
   mkdirSync(staging);
   calls = join(dir, 'calls.log');
   const realHelper = process.env.CHECKPT_HELPER || join(root, 'build', 'checkpt-helper');
-  const realCriu = process.env.CHECKPT_CRIU || 'criu';
   for (const [name, real, what] of [
     ['helper-wrap', realHelper, 'helper'],
     ['criu-wrap', realCriu, 'criu'],
