@@ -172,16 +172,76 @@ describe('checkpt CLI errors', () => {
     assert.match(run(['--version']).stdout, /^checkpt \d+\.\d+\.\d+/);
   });
 
-  test('check reports CRIU and each Node binary, one line per finding', () => {
+  test('check reports which CRIU, whether TCP and network locking work, and each Node binary, one line per finding', () => {
     const r = run(['check', '--json', ...nodeBinaries().flatMap((n) => ['--node', n.bin])]);
     const j = JSON.parse(r.stdout);
     assert.equal(r.status, j.ok ? 0 : 1);
     const criu = j.findings.find((f) => f.name === 'criu');
     assert.equal(criu.ok, true, criu.detail);
+    // Which CRIU, where it is and where it came from.
+    assert.match(
+      criu.detail,
+      /^CRIU 4\.\d+\S* at \/\S+ \((checkpt's own build|found on the PATH|from CHECKPT_CRIU); need 4\.2 or newer\)$/,
+    );
+    for (const name of ['network lock', 'tcp', 'lazy restore']) {
+      const f = j.findings.find((x) => x.name === name);
+      assert.ok(f, `a finding for ${name}`);
+      assert.equal(f.ok && !f.warning, true, `${name}: ${f.detail}`);
+    }
     for (const n of nodeBinaries()) {
       const f = j.findings.find((x) => x.name.startsWith(`node v${n.major}.`));
       assert.ok(f, `a finding for node ${n.major}`);
       if (n.major >= 22) assert.match(f.fix ?? f.detail, /checkpt exec|io_uring/);
+    }
+  });
+});
+
+describe('checkpt check with a CRIU that will not do', () => {
+  /** A stand-in criu: `--version` prints `version`; `check --feature F` fails for F in `missing`. */
+  function standIn(dir, version, missing = []) {
+    const path = join(dir, 'criu');
+    writeFileSync(
+      path,
+      `#!/bin/sh
+[ "$1" = --version ] && { echo "Version: ${version}"; exit 0; }
+if [ "$1" = check ] && [ "$2" = --feature ]; then
+  case " ${missing.join(' ')} " in *" $3 "*) echo "$3 is not supported"; exit 1 ;; esac
+fi
+exec "$CHECKPT_REAL_CRIU" "$@"
+`,
+      { mode: 0o755 },
+    );
+    return path;
+  }
+
+  test('CRIU 4.1 is too old: need 4.2, found 4.1.1, and how to get a newer one', () => {
+    const dir = tempDir();
+    try {
+      const r = run(['check', '--json'], {
+        env: { ...process.env, CHECKPT_CRIU: standIn(dir, '4.1.1') },
+      });
+      assert.equal(r.status, 1);
+      const criu = JSON.parse(r.stdout).findings.find((f) => f.name === 'criu');
+      assert.equal(criu.ok, false);
+      assert.match(criu.detail, /need 4\.2 or newer, found 4\.1\.1/);
+      assert.match(criu.fix, /scripts\/install-criu\.sh/);
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  test('no nftables network locking: a warning that connections are closed instead, and the fix', () => {
+    const dir = tempDir();
+    try {
+      const criu = standIn(dir, '4.2.1', ['network_lock_nftables']);
+      const r = run(['check', '--json'], { env: { ...process.env, CHECKPT_CRIU: criu } });
+      const j = JSON.parse(r.stdout);
+      const lock = j.findings.find((f) => f.name === 'network lock');
+      assert.equal(lock.warning, true, lock.detail);
+      assert.match(lock.detail, /cannot lock the network/);
+      assert.match(lock.fix, /nf_tables/);
+    } finally {
+      removeDir(dir);
     }
   });
 });
