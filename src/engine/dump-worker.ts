@@ -12,7 +12,7 @@ import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
 import { readKeyFile } from '../image/key.js';
 import { giveVerdict, imagesReady } from './post-dump.js';
-import { lowerPriority } from '../launcher/procfs.js';
+import { lowerPriority, processTree, signalQuietly } from '../launcher/procfs.js';
 
 const CONTROL_FD = 3;
 
@@ -150,7 +150,9 @@ async function exitAfterPacking(
     await checkFront(job, last);
   }
   send({ t: 'ok', bytes, file: job.target });
-  process.kill(job.pid, 'SIGCONT');
+  // CRIU left the whole tree stopped: its children go on too (and see the program end).
+  const tree = processTree(job.pid);
+  for (const pid of [...tree.slice(1), job.pid]) signalQuietly(pid, 'SIGCONT');
 }
 
 async function main(): Promise<void> {
