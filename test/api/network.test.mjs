@@ -83,6 +83,28 @@ function keepAlive(port) {
   };
 }
 
+/**
+ * The host's nftables ruleset (there is no nft command: libnftables through Python's ctypes).
+ * CRIU's lock tables list the connections they hold as "ADDR . PORT . ADDR . PORT".
+ */
+function nftRuleset() {
+  const py = `import ctypes
+n = ctypes.CDLL('libnftables.so.1')
+n.nft_ctx_new.restype = ctypes.c_void_p
+n.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+c = ctypes.c_void_p(n.nft_ctx_new(0))
+n.nft_ctx_buffer_output(c)
+assert n.nft_run_cmd_from_buffer(c, b"list ruleset") == 0
+print(n.nft_ctx_get_output_buffer(c).decode())`;
+  const r = spawnSync('python3', ['-c', py], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+/** Whether a CRIU lock table holds the connection between `port` and the client's `local`. */
+const locked = (port, local) =>
+  new RegExp(`127\\.0\\.0\\.1 \\. ${port} \\. 127\\.0\\.0\\.1 \\. ${local}\\b`).test(nftRuleset());
+
 /** Asks the fixture to checkpoint over a connection of its own. */
 async function askCheckpoint(port) {
   assert.equal((await http(port, '/checkpoint', 'POST')).status, 202);
@@ -149,9 +171,11 @@ for (const n of nodeBinaries()) {
     await askCheckpoint(port);
     const { code, signal } = await p.closed;
     assert.equal(code, 0, `${signal} ${p.stderrText}`);
-    // The original is gone, and its end of the connection said nothing: no FIN, no RST.
+    // The original is gone, and its end of the connection said nothing: no FIN, no RST; CRIU's
+    // lock still holds the connection until the restore.
     await sleep(200);
     assert.deepEqual(client.seen, []);
+    assert.ok(locked(port, client.sock.localPort), 'the lock table holds the connection');
     const copy = resume(file);
     await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
     const next = await client.get('/');
@@ -162,6 +186,7 @@ for (const n of nodeBinaries()) {
       'the copy counts on from the checkpoint: this socket, same server',
     );
     assert.deepEqual(client.seen, []);
+    assert.ok(!locked(port, client.sock.localPort), 'the restore removed the lock table');
     client.sock.destroy();
     copy.kill('SIGTERM');
     await copy.closed;
@@ -218,6 +243,7 @@ test('a checkpoint-and-exit whose file cannot be written rolls back: the program
     assert.equal(after.hits, before.hits + 2);
     assert.deepEqual(client.seen, []);
     assert.equal((await http(port, '/')).body.gen, 0, 'new connections are served too');
+    assert.ok(!locked(port, client.sock.localPort), 'the roll-back removed the lock table');
     assert.deepEqual(readdirSync(small), [], 'no file, no temporary left');
     client.sock.destroy();
     killGroup(p);
@@ -260,6 +286,7 @@ test('a copy resumed while the original still listens: the original answers on a
     assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
     assert.deepEqual(client.seen, []);
     assert.deepEqual(ends, [], "the copy's restored connections never reached the upstream");
+    assert.ok(!locked(port, client.sock.localPort), 'no lock table left behind');
 
     client.sock.destroy();
     killGroup(p);
