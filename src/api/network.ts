@@ -6,7 +6,7 @@
  * (src/engine/sockets.ts), and here the copy notices, lets that one go and takes the original
  * address over as soon as it frees.
  */
-import { Server, Socket, type ListenOptions } from 'node:net';
+import { Server, type ListenOptions } from 'node:net';
 import type { CheckpointContext, Resource, RestoreContext } from './hooks.js';
 
 interface Recorded {
@@ -20,21 +20,20 @@ type WithHandle = { _handle?: Handle | null };
 
 let recorded: Recorded[] = [];
 
-// Node lists only handles that keep the loop alive; an agent's pooled sockets are unref'd.
-const unrefd = new Set<WeakRef<Socket | Server>>();
+// Node lists only handles that keep the loop alive; an unref'd server is not among them.
+const unrefd = new Set<WeakRef<Server>>();
 
-/** Notes every socket or server that leaves the list of active handles through unref(). */
+/** Notes every server that leaves the list of active handles through unref(). */
 export function trackUnref(): void {
-  for (const proto of [Socket.prototype, Server.prototype] as const) {
-    const original = proto.unref as (this: Socket | Server) => Socket | Server;
-    if ((original as { checkptTracked?: boolean }).checkptTracked) continue;
-    const wrapped = function (this: Socket | Server): Socket | Server {
-      unrefd.add(new WeakRef(this));
-      return original.call(this);
-    };
-    (wrapped as { checkptTracked?: boolean }).checkptTracked = true;
-    (proto as { unref: unknown }).unref = wrapped;
-  }
+  const proto = Server.prototype;
+  const original = proto.unref as (this: Server) => Server;
+  if ((original as { checkptTracked?: boolean }).checkptTracked) return;
+  const wrapped = function (this: Server): Server {
+    unrefd.add(new WeakRef(this));
+    return original.call(this);
+  };
+  (wrapped as { checkptTracked?: boolean }).checkptTracked = true;
+  (proto as { unref: unknown }).unref = wrapped;
 }
 
 function activeHandles(): unknown[] {
@@ -42,7 +41,7 @@ function activeHandles(): unknown[] {
   const listed = new Set<unknown>(typeof get === 'function' ? get.call(process) : []);
   for (const ref of unrefd) {
     const h = ref.deref();
-    if (h === undefined || (h instanceof Socket && h.destroyed)) unrefd.delete(ref);
+    if (h === undefined) unrefd.delete(ref);
     else listed.add(h);
   }
   return [...listed];

@@ -365,13 +365,13 @@ export function prepareSockets(
   imagesDir: string,
   file: string,
   takeover: boolean,
-): { tcpClose: boolean; moved: Endpoint[] } {
+): { tcpClose: boolean } {
   const path = join(imagesDir, 'files.img');
   let img: Buffer;
   try {
     img = readFileSync(path);
   } catch {
-    return { tcpClose: false, moved: [] };
+    return { tcpClose: false };
   }
   let image: ImageSocket[];
   try {
@@ -383,12 +383,9 @@ export function prepareSockets(
       { path: file, cause: e },
     );
   }
-  if (!image.length) return { tcpClose: false, moved: [] };
+  if (!image.length) return { tcpClose: false };
   const plan = planSockets(image, hostSockets(), takeover);
   if (plan.busy.length) throw busyError(file, plan.busy);
   if (plan.moved.size) writeFileSync(path, withPortZero(img, plan.moved));
-  return {
-    tcpClose: plan.tcpClose,
-    moved: image.filter((s) => plan.moved.has(s.entry)).map((s) => s.local),
-  };
+  return { tcpClose: plan.tcpClose };
 }
