@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { connect, createServer } from 'node:net';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   cleanup,
+  descendants,
   events,
   fixture,
   killGroup,
@@ -19,7 +20,7 @@ import {
 } from '../helpers.mjs';
 
 // Node 18+ has fetch built in; the linter's list of Node globals predates it.
-const { fetch } = globalThis;
+const { fetch, AbortSignal } = globalThis;
 const dir = tempDir();
 after(async () => {
   await cleanup();
@@ -36,7 +37,10 @@ function freePort() {
 }
 
 async function http(port, path, method = 'GET') {
-  const res = await fetch(`http://127.0.0.1:${port}${path}`, { method });
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, {
+    method,
+    signal: AbortSignal.timeout(10_000),
+  });
   const text = await res.text();
   return { status: res.status, body: text.startsWith('{') ? JSON.parse(text) : text };
 }
@@ -105,6 +109,34 @@ print(n.nft_ctx_get_output_buffer(c).decode())`;
 const locked = (port, local) =>
   new RegExp(`127\\.0\\.0\\.1 \\. ${port} \\. 127\\.0\\.0\\.1 \\. ${local}\\b`).test(nftRuleset());
 
+/** A child's end, within `ms`; a timeout says what still ran below it. */
+async function ended(child, ms = 30_000) {
+  let timer;
+  try {
+    return await Promise.race([
+      child.closed,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => {
+          const below = descendants(child.pid).map((pid) => {
+            try {
+              return `${pid} ${readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ')}`;
+            } catch {
+              return String(pid);
+            }
+          });
+          reject(
+            new Error(
+              `pid ${child.pid} did not end within ${ms} ms; still running: ${below.join('; ') || 'nothing below it'}; stderr: ${child.stderrText}`,
+            ),
+          );
+        }, ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Asks the fixture to checkpoint over a connection of its own. */
 async function askCheckpoint(port) {
   assert.equal((await http(port, '/checkpoint', 'POST')).status, 202);
@@ -153,14 +185,14 @@ for (const n of nodeBinaries()) {
     assert.ok(!events(p).some((e) => e.event === 'server-closed'));
     client.sock.destroy();
     killGroup(p);
-    await p.closed;
+    await ended(p);
 
     const copy = resume(file);
     await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
     const got = await untilGeneration(port, 1);
     assert.deepEqual(got.body.notes, { a: '1' });
     copy.kill('SIGTERM');
-    await copy.closed;
+    await ended(copy);
   });
 
   test(`Node ${n.major}: checkpoint-and-exit, then checkpt -r: a keep-alive client's socket carries on, answered by the copy; the original exits 0 without closing it`, async () => {
@@ -169,7 +201,7 @@ for (const n of nodeBinaries()) {
     const first = await client.get('/');
     assert.equal(first.gen, 0);
     await askCheckpoint(port);
-    const { code, signal } = await p.closed;
+    const { code, signal } = await ended(p);
     assert.equal(code, 0, `${signal} ${p.stderrText}`);
     // The original is gone, and its end of the connection said nothing: no FIN, no RST; CRIU's
     // lock still holds the connection until the restore.
@@ -189,7 +221,7 @@ for (const n of nodeBinaries()) {
     assert.ok(!locked(port, client.sock.localPort), 'the restore removed the lock table');
     client.sock.destroy();
     copy.kill('SIGTERM');
-    await copy.closed;
+    await ended(copy);
   });
 }
 
@@ -204,102 +236,104 @@ test('checkpt() (sync) keeps the listener and the connection too, and so does ch
   assert.deepEqual(client.seen, []);
   client.sock.destroy();
   killGroup(p);
-  await p.closed;
+  await ended(p);
 
   const ex = await startServer(node, 'syncexit', ['--sync', '--exit']);
   const c2 = keepAlive(ex.port);
   await c2.get('/');
   await askCheckpoint(ex.port);
-  assert.equal((await ex.p.closed).code, 0, ex.p.stderrText);
+  assert.equal((await ended(ex.p)).code, 0, ex.p.stderrText);
   const copy = resume(ex.file);
   await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
   assert.equal((await c2.get('/')).gen, 1);
   assert.deepEqual(c2.seen, []);
   c2.sock.destroy();
   copy.kill('SIGTERM');
-  await copy.closed;
+  await ended(copy);
 });
 
-test('a checkpoint-and-exit whose file cannot be written rolls back: the program goes on, its connections untouched', async () => {
-  // A filesystem far too small for the image: packing fails with ENOSPC inside CRIU's post-dump step.
-  const small = join(dir, 'small');
-  mkdirSync(small);
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', small], {
-    encoding: 'utf8',
+for (const n of nodeBinaries()) {
+  test(`Node ${n.major}: a checkpoint-and-exit whose file cannot be written rolls back: the program goes on, its connections untouched`, async () => {
+    // A filesystem far too small for the image: packing fails with ENOSPC inside CRIU's post-dump step.
+    const small = join(dir, `small${n.major}`);
+    mkdirSync(small);
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', small], {
+      encoding: 'utf8',
+    });
+    assert.equal(m.status, 0, m.stderr);
+    try {
+      const port = await freePort();
+      const file = join(small, 'full.ckpt');
+      const p = startNode(n, fixture('server.mjs'), [String(port), file, '--exit']);
+      await waitFor(p, (e) => e.event === 'listening', 'the server to listen');
+      const client = keepAlive(port);
+      const before = await client.get('/');
+      await askCheckpoint(port);
+      const e = await waitFor(p, (x) => x.event === 'error', 'the failed checkpoint');
+      assert.match(e.message, /filesystem is full|No space left/, e.message);
+      const after = await client.get('/');
+      assert.equal(after.gen, 0);
+      assert.equal(after.hits, before.hits + 2);
+      assert.deepEqual(client.seen, []);
+      assert.equal((await http(port, '/')).body.gen, 0, 'new connections are served too');
+      assert.ok(!locked(port, client.sock.localPort), 'the roll-back removed the lock table');
+      assert.deepEqual(readdirSync(small), [], 'no file, no temporary left');
+      client.sock.destroy();
+      killGroup(p);
+      await ended(p);
+    } finally {
+      spawnSync('umount', ['-l', small]);
+    }
   });
-  assert.equal(m.status, 0, m.stderr);
-  try {
-    const port = await freePort();
-    const file = join(small, 'full.ckpt');
-    const p = startNode(nodeBinaries()[0], fixture('server.mjs'), [String(port), file, '--exit']);
-    await waitFor(p, (e) => e.event === 'listening', 'the server to listen');
-    const client = keepAlive(port);
-    const before = await client.get('/');
-    await askCheckpoint(port);
-    const e = await waitFor(p, (x) => x.event === 'error', 'the failed checkpoint');
-    assert.match(e.message, /filesystem is full|No space left/, e.message);
-    const after = await client.get('/');
-    assert.equal(after.gen, 0);
-    assert.equal(after.hits, before.hits + 2);
-    assert.deepEqual(client.seen, []);
-    assert.equal((await http(port, '/')).body.gen, 0, 'new connections are served too');
-    assert.ok(!locked(port, client.sock.localPort), 'the roll-back removed the lock table');
-    assert.deepEqual(readdirSync(small), [], 'no file, no temporary left');
-    client.sock.destroy();
-    killGroup(p);
-    await p.closed;
-  } finally {
-    spawnSync('umount', ['-l', small]);
-  }
-});
 
-test('a copy resumed while the original still listens: the original answers on at once, undisturbed; the copy takes the port over once the original stops', async () => {
-  let upstreamConns = 0;
-  const ends = [];
-  const up = createServer((sock) => {
-    upstreamConns++;
-    sock.on('end', () => ends.push('end'));
-    sock.on('error', (e) => ends.push(`error ${e.code}`));
-    sock.on('data', () =>
-      sock.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi`),
-    );
+  test(`Node ${n.major}: a copy resumed while the original still listens: the original answers on at once, undisturbed; the copy takes the port over once the original stops`, async () => {
+    let upstreamConns = 0;
+    const ends = [];
+    const up = createServer((sock) => {
+      upstreamConns++;
+      sock.on('end', () => ends.push('end'));
+      sock.on('error', (e) => ends.push(`error ${e.code}`));
+      sock.on('data', () =>
+        sock.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi`),
+      );
+    });
+    await new Promise((r) => up.listen(0, '127.0.0.1', r));
+    const upPort = up.address().port;
+    try {
+      const { port, file, p } = await startServer(n, `beside${n.major}`);
+      // The program's own pooled connection to an upstream is kept across its checkpoint.
+      assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
+      const client = keepAlive(port);
+      assert.equal((await client.get('/')).gen, 0);
+      await askCheckpoint(port);
+      await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
+      assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
+      assert.deepEqual([upstreamConns, ends], [1, []], 'one pooled connection, never closed');
+
+      const copy = resume(file);
+      await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
+      await untilStderr(copy, new RegExp(`checkpt: 127.0.0.1:${port} is busy .*take it over`));
+      // The original: same kept connection, new connections, its pooled upstream connection.
+      for (let i = 0; i < 5; i++) assert.equal((await client.get('/')).gen, 0);
+      assert.equal((await http(port, '/')).body.gen, 0);
+      assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
+      assert.deepEqual(client.seen, []);
+      assert.deepEqual(ends, [], "the copy's restored connections never reached the upstream");
+      assert.ok(!locked(port, client.sock.localPort), 'no lock table left behind');
+
+      client.sock.destroy();
+      killGroup(p);
+      await ended(p);
+      await untilGeneration(port, 1);
+      // The copy's pooled connection was restored closed: its agent connects anew.
+      assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
+      copy.kill('SIGTERM');
+      await ended(copy);
+    } finally {
+      up.close();
+    }
   });
-  await new Promise((r) => up.listen(0, '127.0.0.1', r));
-  const upPort = up.address().port;
-  try {
-    const { port, file, p } = await startServer(nodeBinaries()[0], 'beside');
-    // The program's own pooled connection to an upstream is kept across its checkpoint.
-    assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
-    const client = keepAlive(port);
-    assert.equal((await client.get('/')).gen, 0);
-    await askCheckpoint(port);
-    await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
-    assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
-    assert.deepEqual([upstreamConns, ends], [1, []], 'one pooled connection, never closed');
-
-    const copy = resume(file);
-    await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
-    await untilStderr(copy, new RegExp(`checkpt: 127.0.0.1:${port} is busy .*take it over`));
-    // The original: same kept connection, new connections, its pooled upstream connection.
-    for (let i = 0; i < 5; i++) assert.equal((await client.get('/')).gen, 0);
-    assert.equal((await http(port, '/')).body.gen, 0);
-    assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
-    assert.deepEqual(client.seen, []);
-    assert.deepEqual(ends, [], "the copy's restored connections never reached the upstream");
-    assert.ok(!locked(port, client.sock.localPort), 'no lock table left behind');
-
-    client.sock.destroy();
-    killGroup(p);
-    await p.closed;
-    await untilGeneration(port, 1);
-    // The copy's pooled connection was restored closed: its agent connects anew.
-    assert.equal((await http(port, `/upstream?port=${upPort}`)).body, 'upstream said hi');
-    copy.kill('SIGTERM');
-    await copy.closed;
-  } finally {
-    up.close();
-  }
-});
+}
 
 test('CHECKPT_NETWORK=0: no built-in handling, so a copy beside its original is refused with the port named', async () => {
   const port = await freePort();
@@ -311,7 +345,7 @@ test('CHECKPT_NETWORK=0: no built-in handling, so a copy beside its original is 
   await askCheckpoint(port);
   await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
   const copy = resume(file);
-  const { code } = await copy.closed;
+  const { code } = await ended(copy);
   assert.equal(code, 125, copy.stderrText);
   assert.match(
     copy.stderrText,
@@ -319,7 +353,7 @@ test('CHECKPT_NETWORK=0: no built-in handling, so a copy beside its original is 
   );
   assert.equal((await http(port, '/')).body.gen, 0);
   killGroup(p);
-  await p.closed;
+  await ended(p);
 });
 
 for (const n of nodeBinaries()) {
