@@ -139,7 +139,8 @@ async function exitAfterPacking(
     bytes = await pack(job, criu, Date.now() - Date.parse(job.manifest.createdAt));
   } catch (e) {
     giveVerdict(job.workDir, false);
-    await ended;
+    // CRIU rolls back and exits; the packing failure is what the program must hear.
+    await ended.catch(() => undefined);
     throw e;
   }
   giveVerdict(job.workDir, true);
