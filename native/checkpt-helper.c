@@ -22,9 +22,11 @@
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -810,6 +812,32 @@ static int post_dump_hook(void) {
   return 1;
 }
 
+/*
+ * checkpt-helper nft-delete-table CRIU-<run id>: deletes the nftables table `inet CRIU-<run id>`
+ * that a dump's network lock left behind. libnftables is loaded at run time (CRIU links it, no nft
+ * command is needed, and the helper builds without its headers). Exit 0 once deleted.
+ */
+static int cmd_nft_delete(int argc, char **argv) {
+  const char *name = argc == 1 ? argv[0] : "";
+  if (strncmp(name, "CRIU-", 5) != 0 || strlen(name) > 64 || strspn(name + 5, "0123456789abcdefABCDEF-") != strlen(name + 5)) {
+    fprintf(stderr, "usage: checkpt-helper nft-delete-table CRIU-<run id>\n");
+    return EXIT_USAGE;
+  }
+  void *lib = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) { fprintf(stderr, "checkpt-helper: %s\n", dlerror()); return 1; }
+  void *(*ctx_new)(uint32_t) = (void *(*)(uint32_t))dlsym(lib, "nft_ctx_new");
+  int (*run)(void *, const char *) = (int (*)(void *, const char *))dlsym(lib, "nft_run_cmd_from_buffer");
+  void (*ctx_free)(void *) = (void (*)(void *))dlsym(lib, "nft_ctx_free");
+  if (!ctx_new || !run || !ctx_free) { fprintf(stderr, "checkpt-helper: libnftables lacks nft_ctx_new/nft_run_cmd_from_buffer\n"); return 1; }
+  void *ctx = ctx_new(0);
+  if (!ctx) { fprintf(stderr, "checkpt-helper: nft_ctx_new failed\n"); return 1; }
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "delete table inet %s", name);
+  int r = run(ctx, cmd);
+  ctx_free(ctx);
+  return r == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
   if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
@@ -818,6 +846,7 @@ int main(int argc, char **argv) {
   }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "nft-delete-table")) return cmd_nft_delete(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;

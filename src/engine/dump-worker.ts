@@ -11,6 +11,7 @@ import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
 import { readKeyFile } from '../image/key.js';
+import { dropIdleLock } from './lock-table.js';
 import { giveVerdict, imagesReady } from './post-dump.js';
 import { lowerPriority, processTree, signalQuietly } from '../launcher/procfs.js';
 
@@ -154,6 +155,7 @@ async function exitAfterPacking(
   // CRIU left the whole tree stopped: its children go on too (and see the program end).
   const tree = processTree(job.pid);
   for (const pid of [...tree.slice(1), job.pid]) signalQuietly(pid, 'SIGCONT');
+  dropIdleLock(join(job.workDir, 'images'));
 }
 
 async function main(): Promise<void> {

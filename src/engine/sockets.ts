@@ -10,8 +10,8 @@
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../api/errors.js';
+import { decodeMessage, encodeMessage, imageEntries, readVarint } from './criu-image.js';
 
-const IMG_COMMON_MAGIC = 0x54564319;
 const FILES_MAGIC = 0x56303138;
 const FD_INETSK = 4;
 const FILE_ISK = 4;
@@ -21,101 +21,6 @@ const TCP_ESTABLISHED = 1;
 const TCP_LISTEN = 10;
 const IPPROTO_TCP = 6;
 const IPPROTO_UDP = 17;
-
-// --- a minimal protobuf reader and writer: varints and length-delimited fields are all we need ---
-
-interface Field {
-  no: number;
-  wire: number;
-  /** Varint value (wire 0), or the fixed/length-delimited bytes (wire 1, 2, 5). */
-  int: number;
-  bytes: Buffer;
-}
-
-function readVarint(buf: Buffer, at: number): [number, number] {
-  let value = 0;
-  let mul = 1;
-  for (let i = at; i < buf.length; i++) {
-    const b = buf[i] as number;
-    value += (b & 0x7f) * mul;
-    mul *= 128;
-    if ((b & 0x80) === 0) return [value, i + 1];
-    if (i - at > 9) break;
-  }
-  throw new Error('bad varint');
-}
-
-function encodeVarint(value: number): Buffer {
-  const out: number[] = [];
-  let v = value;
-  do {
-    let b = v % 128;
-    v = Math.floor(v / 128);
-    if (v > 0) b |= 0x80;
-    out.push(b);
-  } while (v > 0);
-  return Buffer.from(out);
-}
-
-export function decodeMessage(buf: Buffer): Field[] {
-  const fields: Field[] = [];
-  let at = 0;
-  while (at < buf.length) {
-    const [key, next] = readVarint(buf, at);
-    at = next;
-    const no = Math.floor(key / 8);
-    const wire = key % 8;
-    if (wire === 0) {
-      const [int, n] = readVarint(buf, at);
-      fields.push({ no, wire, int, bytes: buf.subarray(at, n) });
-      at = n;
-    } else if (wire === 2) {
-      const [len, n] = readVarint(buf, at);
-      if (n + len > buf.length) throw new Error('field runs past its message');
-      fields.push({ no, wire, int: len, bytes: buf.subarray(n, n + len) });
-      at = n + len;
-    } else if (wire === 1 || wire === 5) {
-      const len = wire === 1 ? 8 : 4;
-      if (at + len > buf.length) throw new Error('field runs past its message');
-      fields.push({ no, wire, int: 0, bytes: buf.subarray(at, at + len) });
-      at += len;
-    } else throw new Error(`unsupported wire type ${wire}`);
-  }
-  return fields;
-}
-
-export function encodeMessage(fields: readonly Field[]): Buffer {
-  const parts: Buffer[] = [];
-  for (const f of fields) {
-    parts.push(encodeVarint(f.no * 8 + f.wire));
-    if (f.wire === 0) parts.push(encodeVarint(f.int));
-    else if (f.wire === 2) parts.push(encodeVarint(f.bytes.length), f.bytes);
-    else parts.push(f.bytes);
-  }
-  return Buffer.concat(parts);
-}
-
-// --- CRIU's files.img ---
-
-/** The entries of a CRIU image: two magic numbers, then u32-length-prefixed messages. */
-export function imageEntries(img: Buffer): Buffer[] {
-  if (
-    img.length < 8 ||
-    img.readUInt32LE(0) !== IMG_COMMON_MAGIC ||
-    img.readUInt32LE(4) !== FILES_MAGIC
-  )
-    throw new Error('not a CRIU files image');
-  const out: Buffer[] = [];
-  let at = 8;
-  while (at < img.length) {
-    if (at + 4 > img.length) throw new Error('truncated entry length');
-    const len = img.readUInt32LE(at);
-    if (at + 4 + len > img.length) throw new Error('truncated entry');
-    out.push(img.subarray(at + 4, at + 4 + len));
-    at += 4 + len;
-  }
-  return out;
-}
 
 export interface Endpoint {
   /** Text form: 127.0.0.1, ::, ::1 (v4-mapped IPv6 as IPv4). */
@@ -147,7 +52,7 @@ export function addressText(words: readonly number[]): string {
 /** The inet sockets of a files.img. */
 export function imageSockets(img: Buffer): ImageSocket[] {
   const out: ImageSocket[] = [];
-  imageEntries(img).forEach((entry, i) => {
+  imageEntries(img, FILES_MAGIC).forEach((entry, i) => {
     const fe = decodeMessage(entry);
     if (fe.find((f) => f.no === 1)?.int !== FD_INETSK) return;
     const isk = fe.find((f) => f.no === FILE_ISK && f.wire === 2);
@@ -193,7 +98,7 @@ export function imageSockets(img: Buffer): ImageSocket[] {
 /** The same image with the given entries' sockets bound to port 0 (an ephemeral port) on restore. */
 export function withPortZero(img: Buffer, entries: ReadonlySet<number>): Buffer {
   const parts: Buffer[] = [img.subarray(0, 8)];
-  imageEntries(img).forEach((entry, i) => {
+  imageEntries(img, FILES_MAGIC).forEach((entry, i) => {
     let out = entry;
     if (entries.has(i)) {
       const fe = decodeMessage(entry).map((f) => {

@@ -9,15 +9,13 @@ import { zstdDecoder } from '../../dist/image/compress.js';
 import { extractImage } from '../../dist/image/format.js';
 import {
   addressText,
-  decodeMessage,
-  encodeMessage,
   hostSockets,
-  imageEntries,
   imageSockets,
   parseProcNet,
   planSockets,
   withPortZero,
 } from '../../dist/engine/sockets.js';
+import { decodeMessage, encodeMessage, imageEntries } from '../../dist/engine/criu-image.js';
 import {
   cleanup,
   fixture,
@@ -35,6 +33,7 @@ after(async () => {
   removeDir(dir);
 });
 
+const FILES = 0x56303138;
 const varint = (no, int) => ({ no, wire: 0, int, bytes: Buffer.alloc(0) });
 const nested = (no, fields) => ({ no, wire: 2, int: 0, bytes: encodeMessage(fields) });
 const u32le = (bytes) => Buffer.from(bytes).readUInt32LE(0);
@@ -132,14 +131,14 @@ test('files.img: inet sockets are listed with their kind and endpoints; other fi
       remote: { address: '0.0.0.0', port: 0 },
     },
   ]);
-  assert.throws(() => imageSockets(Buffer.from('not an image at all')), /not a CRIU files image/);
+  assert.throws(() => imageSockets(Buffer.from('not an image at all')), /not a CRIU image/);
   assert.throws(() => imageSockets(sample.subarray(0, sample.length - 3)), /truncated/);
 });
 
 test('files.img: a rewritten entry binds to port 0, its length prefix follows, every other entry is untouched', () => {
   const out = withPortZero(sample, new Set([1]));
-  const before = imageEntries(sample);
-  const after = imageEntries(out);
+  const before = imageEntries(sample, FILES);
+  const after = imageEntries(out, FILES);
   assert.equal(after.length, before.length);
   for (const i of [0, 2, 3]) assert.deepEqual(after[i], before[i]);
   assert.notDeepEqual(after[1], before[1]);
