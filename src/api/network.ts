@@ -102,9 +102,27 @@ function takeoverDelays(): { first: number; max: number } {
   return { first: Number(process.env.CHECKPT_TAKEOVER_MS) || 100, max: 2000 };
 }
 
+/** Listens on the recorded address, retrying with a growing pause while it is busy. */
+async function retryListen(r: Recorded, where: string, stopped: () => boolean): Promise<void> {
+  const { first, max } = takeoverDelays();
+  let delay = first;
+  while (!stopped()) {
+    const err = await listenQuietly(r.server, { host: r.host, port: r.port });
+    if (err === undefined) return;
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+      process.stderr.write(`checkpt: could not listen again on ${where}: ${err.message}\n`);
+      return;
+    }
+    // A ref'd timer: while the listener is gone it is what keeps the program alive.
+    await new Promise((res) => setTimeout(res, delay));
+    delay = Math.min(max, delay * 2);
+  }
+}
+
 /**
  * The copy was resumed beside a program holding its port, on an ephemeral port instead: it
- * listens on its own address from the moment that frees, retrying with a growing pause.
+ * listens on its own address from the moment that frees. A program that closes its server
+ * meanwhile does not want it back: its close() ends the attempts and succeeds as usual.
  */
 async function takeOver(r: Recorded): Promise<void> {
   const where = `${r.host}:${r.port}`;
@@ -112,22 +130,26 @@ async function takeOver(r: Recorded): Promise<void> {
     `checkpt: ${where} is busy (the original still listens there); this copy will take it over as soon as it is free\n`,
   );
   dropHandle(r.server);
-  const { first, max } = takeoverDelays();
-  let delay = first;
-  for (;;) {
-    const err = await listenQuietly(r.server, { host: r.host, port: r.port });
-    if (err === undefined) {
-      release(r.server);
-      return;
-    }
-    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
-      release(r.server);
-      process.stderr.write(`checkpt: could not listen again on ${where}: ${err.message}\n`);
-      return;
-    }
-    // A ref'd timer: while the listener is gone it is what keeps the program alive.
-    await new Promise((res) => setTimeout(res, delay));
-    delay = Math.min(max, delay * 2);
+  let closed = false;
+  const server = r.server as Server & { close: (cb?: (err?: Error) => void) => Server };
+  const own = Object.prototype.hasOwnProperty.call(server, 'close');
+  const close = server.close;
+  const putBack = (): void => {
+    if (own) server.close = close;
+    else delete (server as { close?: unknown }).close;
+  };
+  server.close = function (this: Server, cb?: (err?: Error) => void): Server {
+    closed = true;
+    putBack();
+    release(this);
+    // Without a handle net would report "not running"; to the program it was listening.
+    if (cb) this.once('close', () => cb());
+    return close.call(this);
+  };
+  await retryListen(r, where, () => closed);
+  if (!closed) {
+    putBack();
+    release(r.server);
   }
 }
 

@@ -338,6 +338,28 @@ for (const n of nodeBinaries()) {
   });
 }
 
+test('a copy whose program closes its server while waiting for the port does not take it over, and its close() succeeds', async () => {
+  const { port, file, p } = await startServer(nodeBinaries()[0], 'giveup');
+  await askCheckpoint(port);
+  await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
+  const copy = resume(file);
+  await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
+  await untilStderr(copy, new RegExp(`checkpt: 127.0.0.1:${port} is busy`));
+  process.kill(copy.pid, 'SIGUSR2');
+  const closed = await waitFor(
+    copy,
+    (e) => e.event === 'closed',
+    'the program to close its server',
+  );
+  assert.equal(closed.error, undefined);
+  // With its server closed nothing keeps the copy alive: it ends by itself, so no take-over
+  // attempt (a ref'd timer) is left pending.
+  assert.equal((await ended(copy)).code, 0, copy.stderrText);
+  killGroup(p);
+  await ended(p);
+  await assert.rejects(http(port, '/'), (e) => e.cause?.code === 'ECONNREFUSED');
+});
+
 test('CHECKPT_NETWORK=0: no built-in handling, so a copy beside its original is refused with the port named', async () => {
   const port = await freePort();
   const file = join(dir, 'nonet.ckpt');
