@@ -17,7 +17,6 @@ const FD_INETSK = 4;
 const FILE_ISK = 4;
 const ISK = { family: 3, type: 4, proto: 5, state: 6, srcPort: 7, dstPort: 8, src: 11, dst: 12 };
 const AF_INET = 2;
-const TCP_ESTABLISHED = 1;
 const TCP_LISTEN = 10;
 const IPPROTO_TCP = 6;
 const IPPROTO_UDP = 17;
@@ -31,6 +30,7 @@ export interface Endpoint {
 export interface ImageSocket {
   /** The entry's place in files.img. */
   entry: number;
+  /** 'tcp-established': any TCP socket with a peer (CRIU's "connection"), closing ones too. */
   kind: 'tcp-listen' | 'tcp-established' | 'udp' | 'other';
   local: Endpoint;
   remote: Endpoint;
@@ -77,10 +77,11 @@ export function imageSockets(img: Buffer): ImageSocket[] {
     };
     const proto = int(ISK.proto);
     const state = int(ISK.state);
+    // CRIU treats every TCP socket with a peer as a connection (established, closing, connecting).
     const kind =
       proto === IPPROTO_TCP && state === TCP_LISTEN
         ? 'tcp-listen'
-        : proto === IPPROTO_TCP && state === TCP_ESTABLISHED
+        : proto === IPPROTO_TCP && int(ISK.dstPort) !== 0
           ? 'tcp-established'
           : proto === IPPROTO_UDP
             ? 'udp'

@@ -131,6 +131,19 @@ test('files.img: inet sockets are listed with their kind and endpoints; other fi
       remote: { address: '0.0.0.0', port: 0 },
     },
   ]);
+  // A connection half closed (CLOSE_WAIT) is a connection to CRIU too.
+  const closing = filesImg([
+    inetEntry({
+      id: 4,
+      proto: 6,
+      state: 8,
+      src: [127, 0, 0, 1],
+      srcPort: 8080,
+      dst: [127, 0, 0, 1],
+      dstPort: 51001,
+    }),
+  ]);
+  assert.equal(imageSockets(closing)[0].kind, 'tcp-established');
   assert.throws(() => imageSockets(Buffer.from('not an image at all')), /not a CRIU image/);
   assert.throws(() => imageSockets(sample.subarray(0, sample.length - 3)), /truncated/);
 });
