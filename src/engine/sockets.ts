@@ -183,7 +183,7 @@ export interface Busy {
 export interface SocketPlan {
   /** Restore connections closed: some 4-tuple is still in use on the host. */
   tcpClose: boolean;
-  /** files.img entries to bind to an ephemeral port (listeners the copy takes over later). */
+  /** files.img entries to bind to an ephemeral port (listeners the copy takes over later, UDP clients). */
   moved: Set<number>;
   /** Collisions nothing can be done about: the restore must not start. */
   busy: Busy[];
@@ -206,7 +206,10 @@ export function planSockets(
       else plan.busy.push({ kind: s.kind, local: s.local, inode: other.inode });
     } else if (s.kind === 'udp' && s.local.port !== 0) {
       const other = host.find((h) => h.proto === 'udp' && overlaps(h.local, s.local));
-      if (other) plan.busy.push({ kind: s.kind, local: s.local, inode: other.inode });
+      if (!other) continue;
+      // A connected UDP socket (a client's) only needs some local port; a bound one is a service.
+      if (s.remote.port !== 0) plan.moved.add(s.entry);
+      else plan.busy.push({ kind: s.kind, local: s.local, inode: other.inode });
     } else if (s.kind === 'tcp-established') {
       const inUse = host.some(
         (h) =>

@@ -213,6 +213,22 @@ test('the plan: busy listener moved (takeover) or refused (none), busy UDP refus
       ['udp', 5353, 4444],
     ],
   );
+  // A connected UDP socket (a client's) whose port is busy just gets another port.
+  const udpClient = imageSockets(
+    filesImg([
+      inetEntry({
+        id: 5,
+        proto: 17,
+        state: 1,
+        src: [0, 0, 0, 0],
+        srcPort: 5353,
+        dst: [10, 0, 0, 53],
+        dstPort: 53,
+      }),
+    ]),
+  );
+  const client = planSockets(udpClient, host, false);
+  assert.deepEqual([[...client.moved], client.busy], [[0], []]);
   // A free host: nothing to do.
   assert.deepEqual(planSockets(image, [], false), { tcpClose: false, moved: new Set(), busy: [] });
   // Wildcards collide with every address on the port; other ports and other addresses do not.
