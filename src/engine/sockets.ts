@@ -3,9 +3,10 @@
  * of them would collide with the host as it is now (/proc/net), and what to do about it, before
  * `criu restore` starts. A listener whose port is busy fails the restore, unless the program runs
  * checkpt's network resource: then CRIU binds it to an ephemeral port (the entry is rewritten)
- * and the copy takes its own port over when it frees (src/api/network.ts). Connections whose
- * 4-tuple the host still uses (the original runs on) are restored closed (--tcp-close), so the
- * copy never disturbs them.
+ * and the copy takes its own port over when it frees (src/api/network.ts). A bound UDP socket's
+ * busy port always fails it; a connected UDP socket (a client's) just gets another port.
+ * Connections whose 4-tuple the host still uses (the original runs on) are restored closed
+ * (--tcp-close), so the copy never disturbs them.
  */
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,7 +16,7 @@ import { decodeMessage, encodeMessage, imageEntries, readVarint } from './criu-i
 const FILES_MAGIC = 0x56303138;
 const FD_INETSK = 4;
 const FILE_ISK = 4;
-const ISK = { family: 3, type: 4, proto: 5, state: 6, srcPort: 7, dstPort: 8, src: 11, dst: 12 };
+const ISK = { family: 3, proto: 5, state: 6, srcPort: 7, dstPort: 8, src: 11, dst: 12 };
 const AF_INET = 2;
 const TCP_LISTEN = 10;
 const IPPROTO_TCP = 6;
