@@ -22,9 +22,11 @@
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -747,7 +749,7 @@ static int cmd_dump(int argc, char **argv) {
 }
 
 /*
- * checkpt-helper as CRIU's action script (no arguments, CRTOOLS_SCRIPT_ACTION set): for for checkpoint() (async). CRIU runs it as
+ * checkpt-helper as CRIU's action script (no arguments, CRTOOLS_SCRIPT_ACTION set): for checkpoint() (async). CRIU runs it as
  * "pre-dump" right before it freezes the program: only now is the program told to block on its
  * control FIFO, so it ran through CRIU's own start-up; the hook returns once it is blocked.
  * Environment: CHECKPT_HOOK_PID, CHECKPT_HOOK_FIFO, CHECKPT_HOOK_TIMEOUT_MS.
@@ -772,11 +774,79 @@ static int cmd_hook(void) {
   return b == 1 ? 0 : 1;
 }
 
+/*
+ * checkpt-helper as CRIU's "post-dump" action script for a checkpoint-and-exit of a program that
+ * checkpoints itself (src/engine/post-dump.ts has the other half). Environment:
+ * CHECKPT_POSTDUMP_DIR (the work directory), CHECKPT_POSTDUMP_TIMEOUT_MS. The images are complete
+ * and the program is still frozen with its connections locked: this says so with the file
+ * post-dump-ready and waits for post-dump-verdict. "ok": exit 0, and CRIU leaves the program
+ * stopped with its sockets in repair mode (--leave-stopped). Anything else, or no verdict in time:
+ * exit 1, and CRIU rolls back (network unlocked, program resumed). Kept apart from other post-dump
+ * modes on purpose.
+ */
+static int post_dump_hook(void) {
+  const char *dir = getenv("CHECKPT_POSTDUMP_DIR"), *t = getenv("CHECKPT_POSTDUMP_TIMEOUT_MS");
+  if (!dir) return 0;
+  long timeout = t ? atol(t) : 120000;
+  char ready[4096], verdict[4096];
+  snprintf(ready, sizeof ready, "%s/post-dump-ready", dir);
+  snprintf(verdict, sizeof verdict, "%s/post-dump-verdict", dir);
+  int f = open(ready, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (f < 0) { fprintf(stderr, "checkpt post-dump: create %s: %s\n", ready, strerror(errno)); return 1; }
+  close(f);
+  long start = now_ms();
+  while (now_ms() - start <= timeout) {
+    char buf[16];
+    int v = open(verdict, O_RDONLY | O_CLOEXEC);
+    if (v >= 0) {
+      ssize_t n = read(v, buf, sizeof buf - 1);
+      close(v);
+      buf[n > 0 ? n : 0] = '\0';
+      if (!strcmp(buf, "ok\n")) return 0;
+      fprintf(stderr, "checkpt post-dump: the checkpoint was not written; CRIU resumes the program\n");
+      return 1;
+    }
+    nap_us(2000);
+  }
+  fprintf(stderr, "checkpt post-dump: no word from the worker within %ld ms; CRIU resumes the program\n", timeout);
+  return 1;
+}
+
+/*
+ * checkpt-helper nft-delete-table CRIU-<run id>: deletes the nftables table `inet CRIU-<run id>`
+ * that a dump's network lock left behind. libnftables is loaded at run time (CRIU links it, no nft
+ * command is needed, and the helper builds without its headers). Exit 0 once deleted.
+ */
+static int cmd_nft_delete(int argc, char **argv) {
+  const char *name = argc == 1 ? argv[0] : "";
+  if (strncmp(name, "CRIU-", 5) != 0 || strlen(name) > 64 || strspn(name + 5, "0123456789abcdefABCDEF-") != strlen(name + 5)) {
+    fprintf(stderr, "usage: checkpt-helper nft-delete-table CRIU-<run id>\n");
+    return EXIT_USAGE;
+  }
+  void *lib = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) { fprintf(stderr, "checkpt-helper: %s\n", dlerror()); return 1; }
+  void *(*ctx_new)(uint32_t) = (void *(*)(uint32_t))dlsym(lib, "nft_ctx_new");
+  int (*run)(void *, const char *) = (int (*)(void *, const char *))dlsym(lib, "nft_run_cmd_from_buffer");
+  void (*ctx_free)(void *) = (void (*)(void *))dlsym(lib, "nft_ctx_free");
+  if (!ctx_new || !run || !ctx_free) { fprintf(stderr, "checkpt-helper: libnftables lacks nft_ctx_new/nft_run_cmd_from_buffer\n"); return 1; }
+  void *ctx = ctx_new(0);
+  if (!ctx) { fprintf(stderr, "checkpt-helper: nft_ctx_new failed\n"); return 1; }
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "delete table inet %s", name);
+  int r = run(ctx, cmd);
+  ctx_free(ctx);
+  return r == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
-  if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) return cmd_hook();
+  if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
+    if (!strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return post_dump_hook();
+    return cmd_hook();
+  }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "nft-delete-table")) return cmd_nft_delete(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;

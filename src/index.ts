@@ -40,7 +40,7 @@ export {
 
 // Importing checkpt makes the program answer SIGCKPT / SIGCKPTEXIT instead of dying of them.
 installRequestListeners();
-// Servers listen again and connections are closed around every checkpoint, unless turned off.
+// Listeners are recorded around every checkpoint so a copy can take a busy port over, unless turned off.
 if (!/^(0|off|false|no)$/i.test(process.env.CHECKPT_NETWORK ?? '')) {
   trackUnref();
   setBuiltInResources([networkResource]);

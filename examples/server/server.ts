@@ -7,10 +7,10 @@
 //   curl localhost:8080/stats
 //   checkpt -r /tmp/notes.ckpt       (after the original is gone: same port, same notes)
 //
-// The HTTP server needs no code for checkpoints: checkpt closes listening servers and open TCP
-// connections before the dump and listens again afterwards, in the original and in a resumed
-// copy. The Redis connection is the program's own, so it registers a resource for it: closed
-// before the checkpoint, opened again after it.
+// The HTTP server needs no code for checkpoints: its listener and connections are kept (clients
+// only see the pause), and a copy resumed while the original still runs takes the port over once
+// the original stops. The Redis connection is the program's own, so it registers a resource for
+// it: closed before the checkpoint, opened again after it (a copy must not share it).
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { checkpoint, register, restoreInfo } from 'checkpt';
 import { RedisClient } from './redis.js';
@@ -156,8 +156,9 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   if (req.method === 'POST' && path === '/checkpoint') {
     const body = (await readBody(req)).trim();
     const file = url.searchParams.get('file') ?? (body || 'notes.ckpt');
-    // The answer goes out first: checkpt closes this connection, like every other, before the
-    // dump. The outcome is logged and shown by /stats (lastCheckpoint).
+    // The answer goes out first: the result is known only after the dump, and in a copy resumed
+    // beside the original this connection comes back closed. The outcome is logged and shown by
+    // /stats (lastCheckpoint).
     res.once('finish', () => void startCheckpoint(file));
     return send(res, 202, { accepted: true, file });
   }

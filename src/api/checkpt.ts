@@ -7,7 +7,8 @@ import { ControlChannel } from './channel.js';
 import { CheckptError } from './errors.js';
 import { refreshIdentity } from './identity.js';
 import { checkTarget } from './target.js';
-import { hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
+import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
+import { networkResource } from './network.js';
 import { defaultCheckpointFile } from './template.js';
 import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
@@ -115,13 +116,18 @@ export async function checkpoint(file?: string, options: CheckptOptions = {}): P
     if (before.length) throw abandoned(before, await runSteps('afterRestore', notTaken()), target);
     let result: number;
     try {
-      const s = begin(target, options, 'async');
+      // Exiting, the program has nothing to run meanwhile: it waits as checkpt() does.
+      const mode = options.exit ? 'sync' : 'async';
+      const s = begin(target, options, mode);
       let msg: ControlMessage | undefined;
       try {
-        // The program runs on until CRIU is about to freeze it; then it blocks, to be frozen there.
-        msg = await s.channel.readFirst();
-        if (msg?.t === 'freeze') msg = s.channel.readSync();
-        if (msg?.t === 'dumped') msg = await s.channel.readAsync();
+        if (mode === 'sync') msg = s.channel.readSync();
+        else {
+          // The program runs on until CRIU is about to freeze it; then it blocks, to be frozen there.
+          msg = await s.channel.readFirst();
+          if (msg?.t === 'freeze') msg = s.channel.readSync();
+          if (msg?.t === 'dumped') msg = await s.channel.readAsync();
+        }
       } finally {
         finish(s);
       }
@@ -204,6 +210,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       background: mode === 'async',
       manifest: manifestBase(fifo),
     };
+    if (options.exit) job.exit = true;
     // Only the path: the key itself is read by the worker, never into this process's memory.
     const keyFile = keyFilePath();
     if (keyFile !== undefined) job.keyFile = keyFile;
@@ -216,7 +223,14 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       imagesDir,
       workDir,
       externalUnix: externalSockets(job.manifest.stdio),
+      // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
+      leave: options.exit ? 'stopped' : 'running',
     });
+    // CRIU's post-dump step waits for the packed file; the front's limit covers both.
+    const frontMs = options.exit ? 2 * job.timeoutMs : job.timeoutMs;
+    const postDumpEnv = options.exit
+      ? { CHECKPT_POSTDUMP_DIR: workDir, CHECKPT_POSTDUMP_TIMEOUT_MS: String(job.timeoutMs) }
+      : {};
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
     // would dump it along with us. One process start, before anything is frozen.
@@ -229,7 +243,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
         '--fifo',
         fifo,
         '--timeout-ms',
-        String(job.timeoutMs),
+        String(frontMs),
         ...(mode === 'async' ? ['--async'] : []),
         '--worker',
         process.execPath,
@@ -238,9 +252,9 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
         '--',
         criuPath,
         ...criuArgs,
-        ...(mode === 'async' ? ['--action-script', helperPath] : []),
+        ...(mode === 'async' || options.exit ? ['--action-script', helperPath] : []),
       ],
-      { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '' } },
+      { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '', ...postDumpEnv } },
     );
     closeSync(log);
     if (r.error || r.status !== 0)
@@ -283,6 +297,7 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
       refreshIdentity(); // each copy: random generators of its own
       return 1;
     case 'ok':
+      // Stopped by CRIU with its sockets in repair mode: gone now, its connections send nothing.
       if (options.exit) process.exit(0);
       refreshIdentity(); // the original: no longer the same generators as the image
       return 0;
@@ -354,5 +369,6 @@ function manifestBase(fifo: string): ManifestBase {
     stdio: describeStdio(),
     control: { mount: runDir, fifo },
     generation: lastRestore?.generation ?? 0,
+    ...(hasBuiltIn(networkResource) ? { network: 'takeover' as const } : {}),
   };
 }

@@ -98,6 +98,11 @@ export function setBuiltInResources(list: Resource[]): void {
   builtIn = list;
 }
 
+/** Whether a built-in resource is switched on (CHECKPT_NETWORK=0 turns the network one off). */
+export function hasBuiltIn(resource: Resource): boolean {
+  return builtIn.includes(resource);
+}
+
 function ordered(step: Step): Entry[] {
   const user = step === 'beforeCheckpoint' ? [...entries].reverse() : [...entries];
   const inner = builtIn.map((resource) => ({ resource, timeoutMs: undefined }));

@@ -1,41 +1,39 @@
 /**
- * Node's own network resources across a checkpoint, switched on when checkpt is loaded:
- * listening servers close before the dump and listen again on the same address after it (on
- * both sides), and TCP connections close before the dump (HTTP requests in flight may finish
- * first under checkpoint()). CRIU could carry some of them, but not everywhere (see the guide),
- * and an orderly close is what peers and pools already know how to survive.
+ * Node's own network resources across a checkpoint, switched on when checkpt is loaded. CRIU
+ * dumps listening sockets and TCP connections as they are (--tcp-established), so nothing is
+ * closed: clients see only the pause. What is left is a copy resumed while its original still
+ * holds a listening port: the restore gives that listener an ephemeral port instead
+ * (src/engine/sockets.ts), and here the copy notices, lets that one go and takes the original
+ * address over as soon as it frees.
  */
-import { existsSync, lstatSync, unlinkSync } from 'node:fs';
-import { Server as HttpServer } from 'node:http';
-import { isIP, Server, Socket, type ListenOptions } from 'node:net';
+import { Server, type ListenOptions } from 'node:net';
 import type { CheckpointContext, Resource, RestoreContext } from './hooks.js';
 
-interface Closed {
+interface Recorded {
   server: Server;
-  listen: ListenOptions;
-  where: string;
+  host: string;
+  port: number;
 }
 
-type Handle = { close(): void; fd?: number; constructor?: { name?: string } };
+type Handle = { close(): void };
 type WithHandle = { _handle?: Handle | null };
 
-let closed: Closed[] = [];
+let recorded: Recorded[] = [];
 
-// Node lists only handles that keep the loop alive; an agent's pooled sockets are unref'd.
-const unrefd = new Set<WeakRef<Socket | Server>>();
+// Node lists only handles that keep the loop alive; an unref'd server is not among them.
+const unrefd = new Set<WeakRef<Server>>();
 
-/** Notes every socket or server that leaves the list of active handles through unref(). */
+/** Notes every server that leaves the list of active handles through unref(). */
 export function trackUnref(): void {
-  for (const proto of [Socket.prototype, Server.prototype] as const) {
-    const original = proto.unref as (this: Socket | Server) => Socket | Server;
-    if ((original as { checkptTracked?: boolean }).checkptTracked) continue;
-    const wrapped = function (this: Socket | Server): Socket | Server {
-      unrefd.add(new WeakRef(this));
-      return original.call(this);
-    };
-    (wrapped as { checkptTracked?: boolean }).checkptTracked = true;
-    (proto as { unref: unknown }).unref = wrapped;
-  }
+  const proto = Server.prototype;
+  const original = proto.unref as (this: Server) => Server;
+  if ((original as { checkptTracked?: boolean }).checkptTracked) return;
+  const wrapped = function (this: Server): Server {
+    unrefd.add(new WeakRef(this));
+    return original.call(this);
+  };
+  (wrapped as { checkptTracked?: boolean }).checkptTracked = true;
+  (proto as { unref: unknown }).unref = wrapped;
 }
 
 function activeHandles(): unknown[] {
@@ -43,34 +41,25 @@ function activeHandles(): unknown[] {
   const listed = new Set<unknown>(typeof get === 'function' ? get.call(process) : []);
   for (const ref of unrefd) {
     const h = ref.deref();
-    if (h === undefined || (h instanceof Socket && h.destroyed)) unrefd.delete(ref);
+    if (h === undefined) unrefd.delete(ref);
     else listed.add(h);
   }
   return [...listed];
 }
 
-function listeningServers(): Server[] {
-  return activeHandles().filter((h): h is Server => h instanceof Server && h.listening);
+/** Listening TCP servers and where they listen (Unix sockets are left to CRIU). */
+function tcpListeners(): Recorded[] {
+  const out: Recorded[] = [];
+  for (const h of activeHandles()) {
+    if (!(h instanceof Server) || !h.listening) continue;
+    const a = h.address();
+    if (a !== null && typeof a === 'object') out.push({ server: h, host: a.address, port: a.port });
+  }
+  return out;
 }
 
-/** TCP connections only: a Unix socket is usually a pipe to a child, which CRIU dumps with it. */
-function tcpSockets(): Socket[] {
-  return activeHandles().filter((h): h is Socket => {
-    if (!(h instanceof Socket) || h.destroyed) return false;
-    const name = (h as unknown as WithHandle)._handle?.constructor?.name;
-    return name === 'TCP' || name === 'TLSWrap';
-  });
-}
-
-function listenOptionsOf(server: Server): { listen: ListenOptions; where: string } | undefined {
-  const a = server.address();
-  if (a === null) return undefined;
-  if (typeof a === 'string') return { listen: { path: a }, where: a };
-  return { listen: { port: a.port, host: a.address }, where: `${a.address}:${a.port}` };
-}
-
-/** Closes the listening socket now, without the 'close' event a program would take for a shutdown. */
-function closeListener(server: Server): void {
+/** Closes the listening socket without the 'close' event a program would take for a shutdown. */
+function dropHandle(server: Server): void {
   const s = server as unknown as WithHandle;
   const handle = s._handle;
   if (!handle) return;
@@ -78,119 +67,105 @@ function closeListener(server: Server): void {
   (server as unknown as { _emitCloseIfDrained(): void })._emitCloseIfDrained = () => undefined;
   s._handle = null;
   handle.close();
-  // http.Server starts a connections-checking interval per 'listening'; the next listen starts another.
-  for (const sym of Object.getOwnPropertySymbols(server))
-    if (sym.description === 'http.server.connectionsCheckingInterval')
-      clearInterval((server as unknown as Record<symbol, NodeJS.Timeout>)[sym]);
 }
 
-function closeListeners(): void {
-  for (const server of listeningServers()) {
-    const opts = listenOptionsOf(server);
-    if (!opts) continue;
-    closeListener(server);
-    closed.push({ server, ...opts });
-  }
-}
-
-const idleClosers = (): void => {
-  for (const { server } of closed)
-    if (server instanceof HttpServer) server.closeIdleConnections?.();
-};
-
-/** A connection an HTTP server accepted and is still answering a request on. */
-function busyHttp(socket: Socket): boolean {
-  const owner = (socket as unknown as { server?: unknown }).server;
-  const res = (socket as unknown as { _httpMessage?: { writableFinished?: boolean } })._httpMessage;
-  return owner instanceof HttpServer && res !== undefined && res !== null && !res.writableFinished;
-}
-
-/** Waits (at most `ms`) for HTTP requests in flight to be answered, closing connections as they idle. */
-async function drain(ms: number, signal: AbortSignal): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    idleClosers();
-    const open = tcpSockets();
-    for (const s of open) if (!busyHttp(s)) s.destroy();
-    if (!open.some(busyHttp) || Date.now() >= deadline || signal.aborted) break;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  for (const s of tcpSockets()) s.destroy();
-}
-
-/** Gives the server its own _emitCloseIfDrained back (the one closeListener() held back). */
+/** Gives the server its own _emitCloseIfDrained back (the one dropHandle() held back). */
 function release(server: Server): void {
   delete (server as unknown as { _emitCloseIfDrained?: unknown })._emitCloseIfDrained;
 }
 
-function relistenSync(c: Closed, failures: string[]): void {
-  release(c.server);
-  const swallow = (e: Error): void => {
-    process.stderr.write(`checkpt: could not listen again on ${c.where}: ${e.message}\n`);
-  };
-  c.server.once('error', swallow);
-  c.server.once('listening', () => c.server.off('error', swallow));
-  freeUnixPath(c.listen);
-  // listen() with a host looks the host up first, asynchronously; net's own setup step binds at once.
-  const listen2 = (c.server as unknown as { _listen2?: (...a: unknown[]) => void })._listen2;
-  const { host, port } = c.listen;
-  if (typeof listen2 === 'function' && host !== undefined && isIP(host))
-    listen2.call(c.server, host, port, isIP(host), 511, undefined, 0);
-  else c.server.listen(c.listen);
-  if (!c.server.listening) failures.push(`could not listen again on ${c.where}`);
-}
-
-function relisten(c: Closed): Promise<string | undefined> {
-  release(c.server);
+/**
+ * One listen() whose 'error' and 'listening' the program never sees: to it the server never
+ * stopped listening (an http.Server would also start a second connections check on 'listening').
+ */
+function listenQuietly(server: Server, listen: ListenOptions): Promise<Error | undefined> {
   return new Promise((resolve) => {
-    const onError = (e: Error): void => {
-      c.server.off('listening', onListening);
-      resolve(`could not listen again on ${c.where}: ${e.message}`);
+    const own = Object.prototype.hasOwnProperty.call(server, 'emit');
+    const emit = server.emit as (this: Server, event: string | symbol, ...a: unknown[]) => boolean;
+    const restore = (): void => {
+      if (own) (server as { emit: typeof emit }).emit = emit;
+      else delete (server as { emit?: unknown }).emit;
     };
-    const onListening = (): void => {
-      c.server.off('error', onError);
-      resolve(undefined);
+    (server as { emit: typeof emit }).emit = function (event, ...args) {
+      if (event === 'error' || event === 'listening') {
+        restore();
+        resolve(event === 'error' ? (args[0] as Error) : undefined);
+        return true;
+      }
+      return emit.call(this, event, ...args);
     };
-    c.server.once('error', onError);
-    c.server.once('listening', onListening);
-    freeUnixPath(c.listen);
-    c.server.listen(c.listen);
+    server.listen(listen);
   });
 }
 
-/** A Unix socket's file stays behind when its listener closes; binding again needs it gone. */
-function freeUnixPath(listen: ListenOptions): void {
-  const p = listen.path;
-  if (p && !p.startsWith('\0') && existsSync(p) && lstatSync(p).isSocket()) unlinkSync(p);
+function takeoverDelays(): { first: number; max: number } {
+  return { first: Number(process.env.CHECKPT_TAKEOVER_MS) || 100, max: 2000 };
 }
 
-function drainMs(): number {
-  return Number(process.env.CHECKPT_DRAIN_TIMEOUT) || 5000;
+/** Listens on the recorded address, retrying with a growing pause while it is busy. */
+async function retryListen(r: Recorded, where: string, stopped: () => boolean): Promise<void> {
+  const { first, max } = takeoverDelays();
+  let delay = first;
+  while (!stopped()) {
+    const err = await listenQuietly(r.server, { host: r.host, port: r.port });
+    if (err === undefined) return;
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+      process.stderr.write(`checkpt: could not listen again on ${where}: ${err.message}\n`);
+      return;
+    }
+    // A ref'd timer: while the listener is gone it is what keeps the program alive.
+    await new Promise((res) => setTimeout(res, delay));
+    delay = Math.min(max, delay * 2);
+  }
+}
+
+/**
+ * The copy was resumed beside a program holding its port, on an ephemeral port instead: it
+ * listens on its own address from the moment that frees. A program that closes its server
+ * meanwhile does not want it back: its close() ends the attempts and succeeds as usual.
+ */
+async function takeOver(r: Recorded): Promise<void> {
+  const where = `${r.host}:${r.port}`;
+  process.stderr.write(
+    `checkpt: ${where} is busy (the original still listens there); this copy will take it over as soon as it is free\n`,
+  );
+  dropHandle(r.server);
+  let closed = false;
+  const server = r.server as Server & { close: (cb?: (err?: Error) => void) => Server };
+  const own = Object.prototype.hasOwnProperty.call(server, 'close');
+  const close = server.close;
+  const putBack = (): void => {
+    if (own) server.close = close;
+    else delete (server as { close?: unknown }).close;
+  };
+  server.close = function (this: Server, cb?: (err?: Error) => void): Server {
+    closed = true;
+    putBack();
+    release(this);
+    // Without a handle net would report "not running"; to the program it was listening.
+    if (cb) this.once('close', () => cb());
+    return close.call(this);
+  };
+  await retryListen(r, where, () => closed);
+  if (!closed) {
+    putBack();
+    release(r.server);
+  }
 }
 
 export const networkResource: Resource = {
   name: 'checkpt:network',
-  beforeCheckpoint(ctx: CheckpointContext): void | Promise<void> {
-    closed = [];
-    closeListeners();
-    if (ctx.sync) {
-      for (const s of tcpSockets()) s.destroy();
-      return undefined;
-    }
-    return drain(drainMs(), ctx.signal);
+  beforeCheckpoint(_ctx: CheckpointContext): void {
+    recorded = tcpListeners();
   },
-  afterRestore(ctx: RestoreContext): void | Promise<void> {
-    const list = closed;
-    closed = [];
-    if (ctx.sync) {
-      const failures: string[] = [];
-      for (const c of list) relistenSync(c, failures);
-      if (failures.length) throw new Error(failures.join('; '));
-      return undefined;
+  afterRestore(ctx: RestoreContext): void {
+    const list = recorded;
+    recorded = [];
+    if (!ctx.restored) return;
+    for (const r of list) {
+      const a = r.server.address();
+      const moved = a !== null && typeof a === 'object' && a.port !== r.port;
+      if (moved) void takeOver(r);
     }
-    return Promise.all(list.map(relisten)).then((r) => {
-      const failures = r.filter((x): x is string => x !== undefined);
-      if (failures.length) throw new Error(failures.join('; '));
-    });
   },
 };

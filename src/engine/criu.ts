@@ -38,6 +38,8 @@ export interface RestoreArgsRequest {
   inherit: Array<{ fd: number; key: string }>;
   /** Memory comes from CRIU's lazy-pages daemon, already listening in workDir. */
   lazy?: boolean;
+  /** Restore TCP connections closed: the host still uses their 4-tuples (src/engine/sockets.ts). */
+  tcpClose?: boolean;
 }
 
 const LOG_TAIL_LINES = 25;
@@ -215,7 +217,7 @@ export function restoreArgs(req: RestoreArgsRequest): string[] {
     '--restore-detached',
     '--shell-job',
     '--file-locks',
-    '--tcp-established',
+    req.tcpClose ? '--tcp-close' : '--tcp-established',
   ];
   if (req.lazy) args.push('--lazy-pages');
   for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);

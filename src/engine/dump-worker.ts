@@ -11,7 +11,9 @@ import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
 import { readKeyFile } from '../image/key.js';
-import { lowerPriority } from '../launcher/procfs.js';
+import { dropIdleLock } from './lock-table.js';
+import { giveVerdict, imagesReady } from './post-dump.js';
+import { lowerPriority, processTree, signalQuietly } from '../launcher/procfs.js';
 
 const CONTROL_FD = 3;
 
@@ -20,10 +22,7 @@ function send(msg: ControlMessage): void {
 }
 
 /** How the dump front (native/checkpt-helper.c, `dump`) says CRIU ended: one line on a pipe. */
-function awaitFront(
-  fd: number,
-  job: DumpJob,
-): Promise<{ status: number | null; timedOut: boolean; ms: number }> {
+function awaitFront(fd: number, job: DumpJob): Promise<FrontEnd> {
   return new Promise((resolve, reject) => {
     let text = '';
     const stream = createReadStream('', { fd, encoding: 'utf8' });
@@ -76,6 +75,89 @@ function writeFailed(e: unknown, target: string, imageBytes: number): CheckptErr
   );
 }
 
+type FrontEnd = { status: number | null; timedOut: boolean; ms: number };
+
+/** CRIU's end as the front saw it: nothing when the dump worked, else the error that says why. */
+async function checkFront(job: DumpJob, ended: FrontEnd): Promise<void> {
+  // CRIU's own stderr (a CRIU that fails before it opens its log) went to the worker's log.
+  const stderr = ended.status === 0 ? '' : readQuietly(join(job.workDir, 'worker.log'));
+  await checkDump(ended.status, ended.timedOut, job.workDir, job.timeoutMs, stderr);
+}
+
+/** Packs CRIU's images into the checkpoint file; resolves with its size once it is durable. */
+async function pack(job: DumpJob, criu: string, dumpMs: number): Promise<number> {
+  const imagesDir = join(job.workDir, 'images');
+  // On a small machine the program would otherwise wait for CPU while its image is packed.
+  if (job.background) lowerPriority();
+  const manifest: Manifest = {
+    ...job.manifest,
+    criu,
+    imageBytes: dirBytes(imagesDir),
+    dumpMs: Math.round(dumpMs),
+  };
+  if (job.compress && (await compressImages(imagesDir)) > 0) {
+    manifest.compression = 'zstd';
+    manifest.packedBytes = dirBytes(imagesDir);
+  }
+  // Read only now: an error before CRIU has finished would wake the program too early.
+  const key = job.keyFile === undefined ? undefined : readKeyFile(job.keyFile);
+  const { bytes } = await writeImage(
+    job.target,
+    manifest as unknown as Record<string, unknown>,
+    { dir: imagesDir },
+    { key, tmp: job.tmp },
+  ).catch((e: unknown) => {
+    throw writeFailed(e, job.target, manifest.packedBytes ?? manifest.imageBytes);
+  });
+  key?.fill(0);
+  return bytes;
+}
+
+/**
+ * Checkpoint and exit: the file is packed while CRIU waits in its post-dump script, the program
+ * frozen and its connections locked. Written: the program is left stopped with its sockets in
+ * repair mode, told "ok" and continued, and exits at once without a FIN or RST reaching a peer;
+ * the lock stays until a restore lifts it. Not written: CRIU rolls back and the program goes on.
+ */
+async function exitAfterPacking(
+  job: DumpJob,
+  criu: string,
+  front: Promise<FrontEnd>,
+): Promise<void> {
+  const stop = new AbortController();
+  const ended = front.finally(() => stop.abort());
+  ended.catch(() => undefined); // awaited below; it may fail while the images are awaited
+  const ready = await imagesReady(job.workDir, stop.signal);
+  if (!ready) {
+    await checkFront(job, await ended);
+    throw new CheckptError(
+      'EHELPER',
+      "CRIU finished without running checkpt's post-dump step; nothing was written and the program keeps running.",
+    );
+  }
+  let bytes: number;
+  try {
+    bytes = await pack(job, criu, Date.now() - Date.parse(job.manifest.createdAt));
+  } catch (e) {
+    giveVerdict(job.workDir, false);
+    // CRIU rolls back and exits; the packing failure is what the program must hear.
+    await ended.catch(() => undefined);
+    throw e;
+  }
+  giveVerdict(job.workDir, true);
+  const last = await ended;
+  if (last.status !== 0 || last.timedOut) {
+    // CRIU failed after the file was written (it then resumes the program): no half-done exit.
+    rmSync(job.target, { force: true });
+    await checkFront(job, last);
+  }
+  send({ t: 'ok', bytes, file: job.target });
+  // CRIU left the whole tree stopped: its children go on too (and see the program end).
+  const tree = processTree(job.pid);
+  for (const pid of [...tree.slice(1), job.pid]) signalQuietly(pid, 'SIGCONT');
+  dropIdleLock(join(job.workDir, 'images'));
+}
+
 async function main(): Promise<void> {
   const jobFile = process.argv[2];
   const goFd = Number(process.argv[process.argv.indexOf('--go-fd') + 1]);
@@ -85,36 +167,14 @@ async function main(): Promise<void> {
   try {
     // Everything this needs is loaded while the front waits for the program and runs CRIU.
     const version = criuVersion();
-    const imagesDir = join(job.workDir, 'images');
-    const front = await awaitFront(goFd, job);
-    // CRIU's own stderr (a CRIU that fails before it opens its log) went to the worker's log.
-    const stderr = front.status === 0 ? '' : readQuietly(join(job.workDir, 'worker.log'));
-    await checkDump(front.status, front.timedOut, job.workDir, job.timeoutMs, stderr);
-    const dumpMs = front.ms;
-    // On a small machine the program would otherwise wait for CPU while its image is packed.
-    if (job.background) lowerPriority();
-    const manifest: Manifest = {
-      ...job.manifest,
-      criu: version.text,
-      imageBytes: dirBytes(imagesDir),
-      dumpMs: Math.round(dumpMs),
-    };
-    if (job.compress && (await compressImages(imagesDir)) > 0) {
-      manifest.compression = 'zstd';
-      manifest.packedBytes = dirBytes(imagesDir);
+    const front = awaitFront(goFd, job);
+    if (job.exit) await exitAfterPacking(job, version.text, front);
+    else {
+      const ended = await front;
+      await checkFront(job, ended);
+      const bytes = await pack(job, version.text, ended.ms);
+      send({ t: 'ok', bytes, file: job.target });
     }
-    // Read only now: an error before CRIU has finished would wake the program too early.
-    const key = job.keyFile === undefined ? undefined : readKeyFile(job.keyFile);
-    const { bytes } = await writeImage(
-      job.target,
-      manifest as unknown as Record<string, unknown>,
-      { dir: imagesDir },
-      { key, tmp: job.tmp },
-    ).catch((e: unknown) => {
-      throw writeFailed(e, job.target, manifest.packedBytes ?? manifest.imageBytes);
-    });
-    key?.fill(0);
-    send({ t: 'ok', bytes, file: job.target });
   } catch (e) {
     const err =
       e instanceof CheckptError

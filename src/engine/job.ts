@@ -15,6 +15,11 @@ export interface DumpJob {
   manifest: ManifestBase;
   /** The key file to seal the checkpoint with (absolute; CHECKPT_KEY_FILE when the program asked). */
   keyFile?: string;
+  /**
+   * Checkpoint and exit: CRIU leaves the program stopped, its connections in repair mode and
+   * locked, and waits in its post-dump script (./post-dump.ts) until the file is durable.
+   */
+  exit?: boolean;
 }
 
 /** The manifest fields the process knows; the worker adds CRIU's version and the sizes. */
@@ -39,6 +44,11 @@ export interface ManifestBase {
   template?: string;
   /** How many restores this process descends from (0 for an original). */
   generation: number;
+  /**
+   * 'takeover': checkpt's network resource runs in the program, so a copy resumed while its
+   * listening ports are busy gets ephemeral ones and takes its own over when they free.
+   */
+  network?: 'takeover';
 }
 
 export interface Manifest extends ManifestBase {

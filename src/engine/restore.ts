@@ -10,6 +10,7 @@ import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../launcher/procfs.js';
 import { criuPath, requireHelper } from './paths.js';
+import { prepareSockets } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 
@@ -73,6 +74,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     key?.fill(0);
     await version;
     const manifest = checkManifest(info.manifest, file);
+    // Before anything runs: a busy port fails here, or the copy is set up not to collide.
+    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover');
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
       throw new CheckptError(
@@ -120,7 +123,13 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ...stdinArgs.args,
         '--',
         criuPath,
-        ...restoreArgs({ imagesDir, workDir, inherit, lazy: lazy !== undefined }),
+        ...restoreArgs({
+          imagesDir,
+          workDir,
+          inherit,
+          lazy: lazy !== undefined,
+          tcpClose: sockets.tcpClose,
+        }),
       ],
       {
         detach: options.detach === true,

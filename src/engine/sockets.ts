@@ -1,0 +1,298 @@
+/**
+ * The restore preflight for sockets: which inet sockets an image holds (CRIU's files.img), which
+ * of them would collide with the host as it is now (/proc/net), and what to do about it, before
+ * `criu restore` starts. A listener whose port is busy fails the restore, unless the program runs
+ * checkpt's network resource: then CRIU binds it to an ephemeral port (the entry is rewritten)
+ * and the copy takes its own port over when it frees (src/api/network.ts). A bound UDP socket's
+ * busy port always fails it; a connected UDP socket (a client's) just gets another port.
+ * Connections whose 4-tuple the host still uses (the original runs on) are restored closed
+ * (--tcp-close), so the copy never disturbs them.
+ */
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CheckptError } from '../api/errors.js';
+import { decodeMessage, encodeMessage, imageEntries, readVarint } from './criu-image.js';
+
+const FILES_MAGIC = 0x56303138;
+const FD_INETSK = 4;
+const FILE_ISK = 4;
+const ISK = { family: 3, proto: 5, state: 6, srcPort: 7, dstPort: 8, src: 11, dst: 12 };
+const AF_INET = 2;
+const TCP_LISTEN = 10;
+const IPPROTO_TCP = 6;
+const IPPROTO_UDP = 17;
+
+export interface Endpoint {
+  /** Text form: 127.0.0.1, ::, ::1 (v4-mapped IPv6 as IPv4). */
+  address: string;
+  port: number;
+}
+
+export interface ImageSocket {
+  /** The entry's place in files.img. */
+  entry: number;
+  /** 'tcp-established': any TCP socket with a peer (CRIU's "connection"), closing ones too. */
+  kind: 'tcp-listen' | 'tcp-established' | 'udp' | 'other';
+  local: Endpoint;
+  remote: Endpoint;
+}
+
+/** An address as CRIU and /proc/net hold it: the raw bytes of in_addr/in6_addr as native u32s. */
+export function addressText(words: readonly number[]): string {
+  const bytes = Buffer.alloc(words.length * 4);
+  words.forEach((w, i) => bytes.writeUInt32LE(w >>> 0, i * 4));
+  if (bytes.length === 4) return [...bytes].join('.');
+  const mapped = bytes.subarray(0, 10).every((b) => b === 0) && bytes.readUInt16BE(10) === 0xffff;
+  if (mapped) return [...bytes.subarray(12)].join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
+  // The WHATWG URL parser writes IPv6 addresses in their canonical short form.
+  return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1);
+}
+
+/** The inet sockets of a files.img. */
+export function imageSockets(img: Buffer): ImageSocket[] {
+  const out: ImageSocket[] = [];
+  imageEntries(img, FILES_MAGIC).forEach((entry, i) => {
+    const fe = decodeMessage(entry);
+    if (fe.find((f) => f.no === 1)?.int !== FD_INETSK) return;
+    const isk = fe.find((f) => f.no === FILE_ISK && f.wire === 2);
+    if (!isk) return;
+    const fields = decodeMessage(isk.bytes);
+    const int = (no: number): number => fields.find((f) => f.no === no)?.int ?? 0;
+    const words = (no: number): number[] => {
+      const list: number[] = [];
+      for (const f of fields.filter((x) => x.no === no)) {
+        if (f.wire === 0) list.push(f.int);
+        else if (f.wire === 2) {
+          // A packed list, should a CRIU ever write one.
+          let at = 0;
+          while (at < f.bytes.length) {
+            const [v, n] = readVarint(f.bytes, at);
+            list.push(v);
+            at = n;
+          }
+        }
+      }
+      return list.length ? list : int(ISK.family) === AF_INET ? [0] : [0, 0, 0, 0];
+    };
+    const proto = int(ISK.proto);
+    const state = int(ISK.state);
+    // CRIU treats every TCP socket with a peer as a connection (established, closing, connecting).
+    const kind =
+      proto === IPPROTO_TCP && state === TCP_LISTEN
+        ? 'tcp-listen'
+        : proto === IPPROTO_TCP && int(ISK.dstPort) !== 0
+          ? 'tcp-established'
+          : proto === IPPROTO_UDP
+            ? 'udp'
+            : 'other';
+    out.push({
+      entry: i,
+      kind,
+      local: { address: addressText(words(ISK.src)), port: int(ISK.srcPort) },
+      remote: { address: addressText(words(ISK.dst)), port: int(ISK.dstPort) },
+    });
+  });
+  return out;
+}
+
+/** The same image with the given entries' sockets bound to port 0 (an ephemeral port) on restore. */
+export function withPortZero(img: Buffer, entries: ReadonlySet<number>): Buffer {
+  const parts: Buffer[] = [img.subarray(0, 8)];
+  imageEntries(img, FILES_MAGIC).forEach((entry, i) => {
+    let out = entry;
+    if (entries.has(i)) {
+      const fe = decodeMessage(entry).map((f) => {
+        if (f.no !== FILE_ISK || f.wire !== 2) return f;
+        const isk = decodeMessage(f.bytes).map((g) =>
+          g.no === ISK.srcPort ? { ...g, int: 0 } : g,
+        );
+        return { ...f, bytes: encodeMessage(isk) };
+      });
+      out = encodeMessage(fe);
+    }
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(out.length);
+    parts.push(len, out);
+  });
+  return Buffer.concat(parts);
+}
+
+// --- the host as it is now ---
+
+export interface HostSocket {
+  proto: 'tcp' | 'udp';
+  local: Endpoint;
+  remote: Endpoint;
+  /** TCP state as /proc/net prints it (0A is LISTEN); 07 for an unconnected UDP socket. */
+  state: number;
+  inode: number;
+}
+
+function procEndpoint(text: string): Endpoint {
+  const [hex = '', port = '0'] = text.split(':');
+  const words: number[] = [];
+  for (let i = 0; i < hex.length; i += 8) words.push(parseInt(hex.slice(i, i + 8), 16));
+  return { address: addressText(words), port: parseInt(port, 16) };
+}
+
+/** Parses /proc/net/{tcp,tcp6,udp,udp6} text. */
+export function parseProcNet(text: string, proto: 'tcp' | 'udp'): HostSocket[] {
+  const out: HostSocket[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10 || !f[1] || !f[2]) continue;
+    out.push({
+      proto,
+      local: procEndpoint(f[1]),
+      remote: procEndpoint(f[2]),
+      state: parseInt(f[3] ?? '0', 16),
+      inode: Number(f[9]),
+    });
+  }
+  return out;
+}
+
+export function hostSockets(read: (path: string) => string = readProc): HostSocket[] {
+  return (['tcp', 'tcp6', 'udp', 'udp6'] as const).flatMap((n) =>
+    parseProcNet(read(`/proc/net/${n}`), n.startsWith('tcp') ? 'tcp' : 'udp'),
+  );
+}
+
+function readProc(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+const wildcard = (a: string): boolean => a === '0.0.0.0' || a === '::';
+/** Whether two local addresses on one port would collide on bind (wildcards take every address). */
+const overlaps = (a: Endpoint, b: Endpoint): boolean =>
+  a.port === b.port && (wildcard(a.address) || wildcard(b.address) || a.address === b.address);
+const same = (a: Endpoint, b: Endpoint): boolean => a.port === b.port && a.address === b.address;
+
+export interface Busy {
+  kind: 'tcp-listen' | 'udp';
+  local: Endpoint;
+  /** The host socket in the way. */
+  inode: number;
+}
+
+export interface SocketPlan {
+  /** Restore connections closed: some 4-tuple is still in use on the host. */
+  tcpClose: boolean;
+  /** files.img entries to bind to an ephemeral port (listeners the copy takes over later, UDP clients). */
+  moved: Set<number>;
+  /** Collisions nothing can be done about: the restore must not start. */
+  busy: Busy[];
+}
+
+/** What to do with the image's sockets, given the host's (pure: no I/O). */
+export function planSockets(
+  image: readonly ImageSocket[],
+  host: readonly HostSocket[],
+  takeover: boolean,
+): SocketPlan {
+  const plan: SocketPlan = { tcpClose: false, moved: new Set(), busy: [] };
+  for (const s of image) {
+    if (s.kind === 'tcp-listen') {
+      const other = host.find(
+        (h) => h.proto === 'tcp' && h.state === TCP_LISTEN && overlaps(h.local, s.local),
+      );
+      if (!other) continue;
+      if (takeover) plan.moved.add(s.entry);
+      else plan.busy.push({ kind: s.kind, local: s.local, inode: other.inode });
+    } else if (s.kind === 'udp' && s.local.port !== 0) {
+      const other = host.find((h) => h.proto === 'udp' && overlaps(h.local, s.local));
+      if (!other) continue;
+      // A connected UDP socket (a client's) only needs some local port; a bound one is a service.
+      if (s.remote.port !== 0) plan.moved.add(s.entry);
+      else plan.busy.push({ kind: s.kind, local: s.local, inode: other.inode });
+    } else if (s.kind === 'tcp-established') {
+      const inUse = host.some(
+        (h) =>
+          h.proto === 'tcp' &&
+          h.state !== TCP_LISTEN &&
+          same(h.local, s.local) &&
+          same(h.remote, s.remote),
+      );
+      if (inUse) plan.tcpClose = true;
+    }
+  }
+  return plan;
+}
+
+/** Who holds a socket inode: "pid 123 (node server.js)", or undefined when it cannot be found. */
+export function holderOf(inode: number): string | undefined {
+  if (!inode) return undefined;
+  const link = `socket:[${inode}]`;
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${pid}/fd/${fd}`) !== link) continue;
+      } catch {
+        continue;
+      }
+      const cmd = readProc(`/proc/${pid}/cmdline`).split('\0').filter(Boolean).join(' ');
+      return `pid ${pid} (${cmd.length > 80 ? cmd.slice(0, 77) + '...' : cmd || '?'})`;
+    }
+  }
+  return undefined;
+}
+
+const where = (e: Endpoint): string =>
+  e.address.includes(':') ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
+
+function busyError(file: string, busy: readonly Busy[]): CheckptError {
+  const lines = busy.map((b) => {
+    const who = holderOf(b.inode);
+    const what = b.kind === 'udp' ? 'UDP port' : 'port';
+    return `${what} ${b.local.port} on ${b.local.address} is in use${who ? ` by ${who}` : ''}`;
+  });
+  const first = busy[0] as Busy;
+  return new CheckptError(
+    'ERESTORE',
+    `Cannot resume ${file}: the program ${first.kind === 'udp' ? 'has a UDP socket bound to' : 'listens on'} ${where(first.local)}, and ${lines.join('; ')}. Stop what holds it (the original program, if it still runs) and resume again; no process was left running.`,
+    { path: file },
+  );
+}
+
+/**
+ * Reads the unpacked image's sockets and the host's, rewrites files.img for listeners the copy
+ * will take over, and says whether connections must be restored closed. Throws ERESTORE when a
+ * port is busy and nothing can be done about it.
+ */
+export function prepareSockets(
+  imagesDir: string,
+  file: string,
+  takeover: boolean,
+): { tcpClose: boolean } {
+  const path = join(imagesDir, 'files.img');
+  let img: Buffer;
+  try {
+    img = readFileSync(path);
+  } catch {
+    return { tcpClose: false };
+  }
+  let image: ImageSocket[];
+  try {
+    image = imageSockets(img);
+  } catch {
+    // The file passed its checksum: a table this reader does not follow is left to CRIU to judge.
+    return { tcpClose: false };
+  }
+  if (!image.length) return { tcpClose: false };
+  const plan = planSockets(image, hostSockets(), takeover);
+  if (plan.busy.length) throw busyError(file, plan.busy);
+  if (plan.moved.size) writeFileSync(path, withPortZero(img, plan.moved));
+  return { tcpClose: plan.tcpClose };
+}

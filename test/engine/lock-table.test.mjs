@@ -1,0 +1,32 @@
+// CRIU's lock table name from inventory.img (fakes); the real one is checked in network.test.mjs.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { encodeMessage } from '../../dist/engine/criu-image.js';
+import { lockTableName } from '../../dist/engine/lock-table.js';
+
+function inventory(fields) {
+  const body = encodeMessage(fields);
+  const head = Buffer.alloc(8);
+  head.writeUInt32LE(0x58313116, 0);
+  head.writeUInt32LE(body.length, 4);
+  return Buffer.concat([head, body]);
+}
+const varint = (no, int) => ({ no, wire: 0, int, bytes: Buffer.alloc(0) });
+const text = (no, s) => ({ no, wire: 2, int: 0, bytes: Buffer.from(s) });
+
+test('the table is CRIU- and the dump run id, cut to 26 characters as CRIU cuts it', () => {
+  const img = inventory([
+    varint(1, 2),
+    text(13, '61286e05-e7a1-4e6d-9bbc-d8b95a000000'),
+    varint(14, 1),
+  ]);
+  assert.equal(lockTableName(img), 'CRIU-61286e05-e7a1-4e6d-9b');
+});
+
+test('no run id, another magic or a cut file: no name', () => {
+  assert.equal(lockTableName(inventory([varint(1, 2)])), undefined);
+  const other = inventory([text(13, 'abc')]);
+  other.writeUInt32LE(0x54564319, 0);
+  assert.equal(lockTableName(other), undefined);
+  assert.equal(lockTableName(inventory([text(13, 'abcdef')]).subarray(0, 10)), undefined);
+});
