@@ -38,6 +38,8 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -772,9 +774,41 @@ static int cmd_hook(void) {
   return b == 1 ? 0 : 1;
 }
 
+/*
+ * "post-dump" for a checkpoint taken from outside and followed by exit (CHECKPT_POST_DUMP_SOCK set):
+ * the images are complete and the program is still frozen, its connections in repair mode and
+ * locked. Says "dumped" on checkpt's socket and waits for its verdict: '1' (the file is durable)
+ * lets CRIU leave the program stopped for checkpt to kill silently; anything else, checkpt's
+ * death included, fails the hook, and CRIU rolls back: network unlocked, sockets out of repair,
+ * program resumed.
+ */
+static int post_dump_verdict(const char *path) {
+  struct sockaddr_un a = { .sun_family = AF_UNIX };
+  if (strlen(path) >= sizeof a.sun_path) { fprintf(stderr, "checkpt hook: socket path too long\n"); return 1; }
+  strcpy(a.sun_path, path);
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
+    fprintf(stderr, "checkpt hook: connect %s: %s\n", path, strerror(errno));
+    return 1;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  if (write(s, "dumped\n", 7) != 7) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); return 1; }
+  char v = 0;
+  ssize_t n;
+  do n = read(s, &v, 1); while (n < 0 && errno == EINTR);
+  close(s);
+  if (n == 1 && v == '1') return 0;
+  fprintf(stderr, "checkpt hook: checkpt did not keep the checkpoint; CRIU resumes the program\n");
+  return 1;
+}
+
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
-  if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) return cmd_hook();
+  if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
+    const char *sock = getenv("CHECKPT_POST_DUMP_SOCK");
+    if (sock && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return post_dump_verdict(sock);
+    return cmd_hook();
+  }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }

@@ -29,6 +29,8 @@ export interface DumpRequest {
   enter?: number;
   /** After the dump: keep running (default), or stay stopped until the caller decides. */
   leave?: 'running' | 'stopped';
+  /** How TCP connections are dumped (tcpDumpArgs); default 'established'. */
+  tcp?: 'established' | 'close';
 }
 
 export interface RestoreArgsRequest {
@@ -38,25 +40,46 @@ export interface RestoreArgsRequest {
   inherit: Array<{ fd: number; key: string }>;
   /** Memory comes from CRIU's lazy-pages daemon, already listening in workDir. */
   lazy?: boolean;
+  /** The image was dumped with --tcp-close (no network lock): CRIU then requires it on restore. */
+  tcpClose?: boolean;
 }
 
 const LOG_TAIL_LINES = 25;
 
 /** Every CRIU verb goes through here: one place for logging, timeouts and error shape. */
 export function runCriu(args: string[], timeoutMs: number, enter?: number): Promise<CriuResult> {
+  return startCriu(args, timeoutMs, enter).result;
+}
+
+/** A CRIU under way; `stopTimer` ends its timeout once the slow part is someone else's (packing). */
+export interface CriuRun {
+  result: Promise<CriuResult>;
+  stopTimer(): void;
+}
+
+export function startCriu(
+  args: string[],
+  timeoutMs: number,
+  enter?: number,
+  extraEnv: Record<string, string> = {},
+): CriuRun {
   const [cmd, argv] =
     enter === undefined
       ? [criuPath, args]
       : ['nsenter', ['-t', String(enter), '-p', '-m', '--', criuPath, ...args]];
-  return new Promise((resolve) => {
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: criuEnv() });
+  let timer: NodeJS.Timeout | undefined;
+  const result = new Promise<CriuResult>((resolve) => {
+    const child = spawn(cmd, argv, {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...criuEnv(), ...extraEnv },
+    });
     let stderr = '';
     let timedOut = false;
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (d: string) => {
       if (stderr.length < 65536) stderr += d;
     });
-    const timer = setTimeout(() => {
+    timer = setTimeout(() => {
       timedOut = true;
       child.kill('SIGKILL');
     }, timeoutMs);
@@ -69,6 +92,7 @@ export function runCriu(args: string[], timeoutMs: number, enter?: number): Prom
       resolve({ status, signal, timedOut, stderr });
     });
   });
+  return { result, stopTimer: () => clearTimeout(timer) };
 }
 
 export interface CriuLog {
@@ -135,17 +159,24 @@ export function dumpArgs(req: Omit<DumpRequest, 'timeoutMs' | 'enter'>): string[
     req.leave === 'stopped' ? '--leave-stopped' : '--leave-running',
     '--shell-job',
     '--file-locks',
-    // Connections are dumped, not closed: while the program is frozen CRIU drops their packets
-    // (one nftables rule per connection; no iptables or nft program needed), so peers only see a pause.
-    '--tcp-established',
-    '--network-lock',
-    'nftables',
+    ...tcpDumpArgs(req.tcp ?? 'established'),
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
   return args;
 }
 
-const DUMP_LOG = 'dump.log';
+/**
+ * 'established': connections are dumped, not closed: while the program is frozen CRIU drops their
+ * packets (one nftables rule per connection; no iptables or nft program needed), so peers only see
+ * a pause. 'close', where nftables cannot lock: connections are left alone and recorded as closed
+ * (restore needs --tcp-close), since unlocked ones could lose data in flight.
+ */
+export function tcpDumpArgs(tcp: 'established' | 'close'): string[] {
+  if (tcp === 'close') return ['--tcp-close', '--network-lock', 'skip'];
+  return ['--tcp-established', '--network-lock', 'nftables'];
+}
+
+export const DUMP_LOG = 'dump.log';
 
 export async function dump(req: DumpRequest): Promise<void> {
   const r = await runCriu(dumpArgs(req), req.timeoutMs, req.enter);
@@ -218,6 +249,7 @@ export function restoreArgs(req: RestoreArgsRequest): string[] {
     '--tcp-established',
   ];
   if (req.lazy) args.push('--lazy-pages');
+  if (req.tcpClose) args.push('--tcp-close');
   for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);
   return args;
 }

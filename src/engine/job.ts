@@ -39,6 +39,10 @@ export interface ManifestBase {
   template?: string;
   /** How many restores this process descends from (0 for an original). */
   generation: number;
+  /** 'closed': dumped without a network lock, connections recorded as closed (CRIU's --tcp-close). */
+  tcp?: 'closed';
+  /** The nftables table CRIU left locking this checkpoint's connections (checkpoint and exit). */
+  networkLock?: string;
 }
 
 export interface Manifest extends ManifestBase {

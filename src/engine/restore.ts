@@ -120,7 +120,13 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ...stdinArgs.args,
         '--',
         criuPath,
-        ...restoreArgs({ imagesDir, workDir, inherit, lazy: lazy !== undefined }),
+        ...restoreArgs({
+          imagesDir,
+          workDir,
+          inherit,
+          lazy: lazy !== undefined,
+          tcpClose: manifest.tcp === 'closed',
+        }),
       ],
       {
         detach: options.detach === true,
