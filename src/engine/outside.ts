@@ -37,6 +37,7 @@ import { helperPath } from './paths.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
+import { writeFailed } from './write-failed.js';
 
 export interface OutsideDumpRequest {
   /** The program's pid on the host. */
@@ -157,7 +158,9 @@ async function packImages(
     manifest as unknown as Record<string, unknown>,
     { dir: imagesDir },
     { key },
-  );
+  ).catch((e: unknown) => {
+    throw writeFailed(e, target, manifest.packedBytes ?? manifest.imageBytes);
+  });
   return bytes;
 }
 

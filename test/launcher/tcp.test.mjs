@@ -4,7 +4,7 @@
 // tables never outlive the step that needs them.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -59,12 +59,12 @@ async function until(what, pred, child, ms = 30_000) {
 }
 
 /** `redis-server` on a free port under `checkpt run`, answering PING. */
-async function runRedis(name, env = {}) {
+async function runRedis(name, { env = {}, file = undefined } = {}) {
   const port = await freePort();
   ports.push(port);
   const work = join(dir, name);
   mkdirSync(work);
-  const file = join(work, `${name}.ckpt`);
+  file ??= join(work, `${name}.ckpt`);
   const p = run(
     [
       '--file',
@@ -120,5 +120,70 @@ test('redis-server: checkpt signal --exit, then checkpt -r: the same client conn
   assert.deepEqual(c.events, [], 'one connection throughout, never closed');
   assert.deepEqual(tablesLocking(port), [], 'the resume removed the lock table');
   assert.ok(await ping(port), 'and it listens on the same port for new clients');
+  c.close();
+});
+
+test('a checkpoint-and-exit whose file cannot be written rolls back: redis runs on and its client exchanges data on the same connection', async (t) => {
+  if (missing) return t.skip(missing);
+  // The target is a tmpfs far too small for the checkpoint: packing fails with ENOSPC.
+  const tiny = join(dir, 'tiny');
+  mkdirSync(tiny);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'checkpt-test', tiny]);
+  assert.equal(m.status, 0, String(m.stderr));
+  mounts.push(tiny);
+  const file = join(tiny, 'rollback.ckpt');
+  const { p, port } = await runRedis('rollback', { file });
+  const c = await within(respClient(port), 'the client to connect');
+  assert.equal(await within(c.cmd('SET', 'k', 'before'), 'SET'), 'OK');
+  const pid = await programPid(p);
+  const r = checkptCli(['signal', '--exit', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  await until('the failure', () => /checkpoint to .* failed: /.test(p.stderrText), p);
+  assert.doesNotMatch(p.stderrText, /checkpoint written/, 'never "written" when it was not');
+  assert.match(p.stderrText, /the program keeps running/);
+  assert.equal(p.exitCode, null, 'checkpt run goes on');
+  assert.equal(existsSync(file), false, 'no file, not even a partial one');
+  // The same connection, the same server: nothing was lost, and nothing is locked.
+  assert.equal(await within(c.cmd('GET', 'k'), 'GET after the rollback'), 'before');
+  assert.equal(await within(c.cmd('SET', 'k', 'after'), 'SET after the rollback'), 'OK');
+  assert.equal(await within(c.cmd('GET', 'k'), 'GET'), 'after');
+  assert.deepEqual(c.events, [], 'the connection was never closed');
+  assert.deepEqual(tablesLocking(port), [], 'CRIU removed its lock table');
+  c.close();
+});
+
+test('redis-server hammered by a client through a checkpoint-and-continue: 0 failed commands, nothing left locked', async (t) => {
+  if (missing) return t.skip(missing);
+  const { p, port, file } = await runRedis('hammer');
+  const c = await within(respClient(port), 'the client to connect');
+  let ok = 0;
+  const failures = [];
+  let stop = false;
+  let slowest = 0;
+  const hammer = (async () => {
+    while (!stop) {
+      const t0 = Date.now();
+      const v = await within(c.cmd('INCR', 'hits'), 'INCR', 30_000);
+      slowest = Math.max(slowest, Date.now() - t0);
+      if (v === ok + 1) ok++;
+      else failures.push(v);
+    }
+  })();
+  await until('some commands', () => ok > 200, p);
+  const pid = await programPid(p);
+  const r = checkptCli(['signal', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  await until('the checkpoint', () => /checkpoint written to/.test(p.stderrText), p);
+  const atCheckpoint = ok;
+  await until('commands after the checkpoint', () => ok > atCheckpoint + 200, p);
+  stop = true;
+  await hammer;
+  assert.deepEqual(failures, [], 'every INCR answered, in order');
+  assert.deepEqual(c.events, [], 'one connection throughout');
+  assert.equal(await within(c.cmd('GET', 'hits'), 'GET'), String(ok));
+  assert.deepEqual(tablesLocking(port), [], 'the continue left no lock table');
+  t.diagnostic(`${ok} commands, 0 failed; slowest ${slowest} ms (the pause)`);
+  const info = JSON.parse(checkptCli(['inspect', '--verify', '--json', file]).stdout);
+  assert.equal(info.manifest.networkLock, undefined, 'a continue leaves no lock to record');
   c.close();
 });
