@@ -169,11 +169,14 @@ export function dumpArgs(req: Omit<DumpRequest, 'timeoutMs' | 'enter'>): string[
  * 'established': connections are dumped, not closed: while the program is frozen CRIU drops their
  * packets (one nftables rule per connection; no iptables or nft program needed), so peers only see
  * a pause. 'close', where nftables cannot lock: connections are left alone and recorded as closed
- * (restore needs --tcp-close), since unlocked ones could lose data in flight.
+ * (restore needs --tcp-close), since unlocked ones could lose data in flight. Either way a
+ * connection still in a listener's queue (a client connecting during the freeze) is left out
+ * rather than failing the dump: the original keeps it; a resumed copy never had it.
  */
 export function tcpDumpArgs(tcp: 'established' | 'close'): string[] {
-  if (tcp === 'close') return ['--tcp-close', '--network-lock', 'skip'];
-  return ['--tcp-established', '--network-lock', 'nftables'];
+  const common = ['--skip-in-flight'];
+  if (tcp === 'close') return [...common, '--tcp-close', '--network-lock', 'skip'];
+  return [...common, '--tcp-established', '--network-lock', 'nftables'];
 }
 
 export const DUMP_LOG = 'dump.log';

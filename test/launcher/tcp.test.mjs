@@ -159,6 +159,8 @@ test('redis-server hammered by a client through a checkpoint-and-continue: 0 fai
   let ok = 0;
   const failures = [];
   let stop = false;
+  // A failing assertion must not leave the loop running (and the test file with it).
+  t.after(() => (stop = true));
   let slowest = 0;
   const hammer = (async () => {
     while (!stop) {
@@ -186,4 +188,105 @@ test('redis-server hammered by a client through a checkpoint-and-continue: 0 fai
   const info = JSON.parse(checkptCli(['inspect', '--verify', '--json', file]).stdout);
   assert.equal(info.manifest.networkLock, undefined, 'a continue leaves no lock to record');
   c.close();
+});
+
+/** One GET / on a new connection: the status code, or the error's code. */
+function get(port) {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, path: '/', agent: false, timeout: 20_000 });
+    req.on('response', (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
+    req.on('error', (e) => resolve(e.code ?? e.message));
+    req.end();
+  });
+}
+
+test('python3 -m http.server: a checkpoint-and-continue while a client polls fails no request; checkpoint-and-exit + checkpt -r answers on the same port', async (t) => {
+  const port = await freePort();
+  ports.push(port);
+  const work = join(dir, 'http');
+  mkdirSync(work);
+  writeFileSync(join(work, 'index.html'), 'hello\n');
+  const file = join(work, 'http.ckpt');
+  const p = run(
+    ['--file', file, '--', 'python3', '-m', 'http.server', String(port), '--bind', '127.0.0.1'],
+    { cwd: work },
+  );
+  await until('http.server to answer', async () => (await get(port)) === 200, p);
+  const results = [];
+  let stop = false;
+  t.after(() => (stop = true));
+  const poll = (async () => {
+    while (!stop) {
+      results.push(await get(port));
+      await sleep(20);
+    }
+  })();
+  await until('some requests', () => results.length > 10, p);
+  const pid = await programPid(p);
+  let r = checkptCli(['signal', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  await until('the checkpoint', () => /checkpoint written to/.test(p.stderrText), p);
+  const n = results.length;
+  await until('requests after the checkpoint', () => results.length > n + 10, p);
+  stop = true;
+  await within(poll, 'the poller to stop');
+  assert.deepEqual(
+    results.filter((s) => s !== 200),
+    [],
+    `${results.length} requests, none failed`,
+  );
+
+  r = checkptCli(['signal', '--exit', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(await within(p.closed, 'checkpt run to end', 60_000, p), {
+    code: 0,
+    signal: null,
+  });
+  const copy = resume(file);
+  await until('the resumed copy to answer', async () => (await get(port)) === 200, copy);
+  assert.deepEqual(tablesLocking(port), []);
+});
+
+test('without nftables network locking: one warning, connections closed (never hung), listeners kept', async (t) => {
+  if (missing) return t.skip(missing);
+  // A CRIU stand-in whose nftables locking does not work, as on a kernel without nf_tables.
+  const fake = join(dir, 'criu-nolock');
+  writeFileSync(
+    fake,
+    `#!/bin/sh\nif [ "$1" = check ] && [ "$3" = network_lock_nftables ]; then echo "nftables locking unsupported (stand-in)" >&2; exit 1; fi\nexec "$CHECKPT_REAL_CRIU" "$@"\n`,
+  );
+  chmodSync(fake, 0o755);
+  const env = { CHECKPT_CRIU: fake };
+  const { p, port, file } = await runRedis('nolock', { env });
+  const c = await within(respClient(port), 'the client to connect');
+  assert.equal(await within(c.cmd('SET', 'k', 'v'), 'SET'), 'OK');
+  const pid = await programPid(p);
+  // Checkpoint-and-continue: the original keeps its connection untouched.
+  let r = checkptCli(['signal', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  await until('the checkpoint', () => /checkpoint written to/.test(p.stderrText), p);
+  assert.match(p.stderrText, /warning: CRIU cannot lock the network with nftables here/);
+  assert.equal(await within(c.cmd('GET', 'k'), 'GET after the continue'), 'v');
+  assert.deepEqual(c.events, []);
+  // Checkpoint-and-exit: the client's connection is closed, not left hanging.
+  r = checkptCli(['signal', '--exit', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(await within(p.closed, 'checkpt run to end', 60_000, p), {
+    code: 0,
+    signal: null,
+  });
+  await until('the client to see its connection end', () => c.events.includes('close'), p, 10_000);
+  assert.deepEqual(tablesLocking(port), []);
+  const info = JSON.parse(checkptCli(['inspect', '--json', file]).stdout);
+  assert.equal(info.manifest.tcp, 'closed');
+  // The resumed copy listens again; new clients get the data.
+  const copy = resume(file, { env: { ...process.env, ...env } });
+  await until('the resumed copy to answer', () => ping(port), copy);
+  const c2 = await within(respClient(port), 'a new client');
+  assert.equal(await within(c2.cmd('GET', 'k'), 'GET in the copy'), 'v');
+  c2.close();
 });
