@@ -22,6 +22,7 @@
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -802,6 +803,36 @@ static int post_dump_verdict(const char *path) {
   return 1;
 }
 
+/*
+ * checkpt-helper unlock 'inet CRIU-<id>': deletes the nftables table CRIU left locking the
+ * connections of a checkpoint-and-exit that will not be resumed, so their peers get a reset
+ * instead of silence. libnftables is what CRIU itself links; it is loaded only here, at run time.
+ * Exit 0: deleted; 3: no such table; 1: failed (the reason on stderr).
+ */
+static int cmd_unlock(const char *table) {
+  if (strncmp(table, "inet CRIU-", 10) != 0 || strspn(table + 10, "0123456789abcdef-") != strlen(table + 10)) {
+    fprintf(stderr, "checkpt-helper unlock: not a CRIU lock table: %s\n", table);
+    return EXIT_USAGE;
+  }
+  void *lib = dlopen("libnftables.so.1", RTLD_NOW);
+  if (!lib) { fprintf(stderr, "checkpt-helper unlock: %s\n", dlerror()); return 1; }
+  void *(*ctx_new)(unsigned) = (void *(*)(unsigned))dlsym(lib, "nft_ctx_new");
+  int (*buffer_error)(void *) = (int (*)(void *))dlsym(lib, "nft_ctx_buffer_error");
+  const char *(*error_of)(void *) = (const char *(*)(void *))dlsym(lib, "nft_ctx_get_error_buffer");
+  int (*run)(void *, const char *) = (int (*)(void *, const char *))dlsym(lib, "nft_run_cmd_from_buffer");
+  if (!ctx_new || !buffer_error || !error_of || !run) { fprintf(stderr, "checkpt-helper unlock: libnftables lacks its API\n"); return 1; }
+  void *ctx = ctx_new(0);
+  if (!ctx) { fprintf(stderr, "checkpt-helper unlock: nft_ctx_new failed\n"); return 1; }
+  buffer_error(ctx);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "delete table %s", table);
+  if (run(ctx, cmd) == 0) return 0;
+  const char *err = error_of(ctx);
+  if (err && strstr(err, "No such file or directory")) return 3;
+  fprintf(stderr, "checkpt-helper unlock: %s", err ? err : "failed\n");
+  return 1;
+}
+
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
   if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
@@ -811,6 +842,7 @@ int main(int argc, char **argv) {
   }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
+  if (argc == 3 && !strcmp(argv[1], "unlock")) return cmd_unlock(argv[2]);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;

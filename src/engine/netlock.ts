@@ -8,7 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { criuEnv } from './criu.js';
-import { criuPath } from './paths.js';
+import { criuPath, helperPath, requireHelper } from './paths.js';
+import { CheckptError } from '../api/errors.js';
 
 let cached: boolean | undefined;
 
@@ -41,4 +42,19 @@ export function lockTableOf(imagesDir: string): string | undefined {
   )?.[0];
   // CRIU formats the name into 32 bytes (netfilter.c): the run id is cut to fit.
   return id === undefined ? undefined : `inet CRIU-${id}`.slice(0, TABLE_NAME_MAX);
+}
+
+/**
+ * Deletes a lock table a checkpoint-and-exit left (checkpt-helper unlock, through libnftables):
+ * the connections it held silent then get a reset from the kernel the next time their peers send.
+ */
+export function removeLockTable(table: string): 'removed' | 'absent' {
+  requireHelper();
+  const r = spawnSync(helperPath, ['unlock', table], { encoding: 'utf8', timeout: 30_000 });
+  if (r.status === 0) return 'removed';
+  if (r.status === 3) return 'absent';
+  throw new CheckptError(
+    process.getuid?.() === 0 ? 'EIO' : 'EPERM',
+    `Could not remove the network lock ${table}: ${(r.stderr || r.error?.message || `status ${r.status}`).trim()}. Removing it needs root (CAP_NET_ADMIN).`,
+  );
 }

@@ -290,3 +290,33 @@ test('without nftables network locking: one warning, connections closed (never h
   assert.equal(await within(c2.cmd('GET', 'k'), 'GET in the copy'), 'v');
   c2.close();
 });
+
+test('a checkpoint-and-exit never resumed: checkpt unlock FILE removes its lock table, and the client gets a reset instead of silence', async (t) => {
+  if (missing) return t.skip(missing);
+  const { p, port, file } = await runRedis('unlock');
+  const c = await within(respClient(port), 'the client to connect');
+  assert.equal(await within(c.cmd('PING'), 'PING'), 'PONG');
+  const pid = await programPid(p);
+  const r = checkptCli(['signal', '--exit', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  await within(p.closed, 'checkpt run to end', 60_000, p);
+  const { networkLock } = JSON.parse(checkptCli(['inspect', '--json', file]).stdout).manifest;
+  assert.deepEqual(tablesLocking(port), [networkLock]);
+  // Locked, a command goes unanswered: the server's side is silent, not closed.
+  const unanswered = c.cmd('PING');
+  await sleep(500);
+  assert.deepEqual(c.events, []);
+  const u = checkptCli(['unlock', file]);
+  assert.equal(u.status, 0, u.stderr);
+  assert.match(u.stdout, new RegExp(`removed ${networkLock}`));
+  assert.deepEqual(tablesLocking(port), []);
+  // TCP's next retransmission meets no socket: the kernel resets it.
+  assert.ok((await within(unanswered, 'the pending command to fail', 30_000)) instanceof Error);
+  assert.ok(
+    c.events.some((e) => /ECONNRESET/.test(e)),
+    `reset: ${c.events}`,
+  );
+  const again = checkptCli(['unlock', file]);
+  assert.equal(again.status, 0, again.stderr);
+  assert.match(again.stdout, /already gone/);
+});
