@@ -5,7 +5,7 @@
  * connections die silently and come back on restore, which removes it.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { criuEnv } from './criu.js';
 import { criuPath, helperPath, requireHelper } from './paths.js';
@@ -57,4 +57,9 @@ export function removeLockTable(table: string): 'removed' | 'absent' {
     process.getuid?.() === 0 ? 'EIO' : 'EPERM',
     `Could not remove the network lock ${table}: ${(r.stderr || r.error?.message || `status ${r.status}`).trim()}. Removing it needs root (CAP_NET_ADMIN).`,
   );
+}
+
+/** Whether a dump holds established TCP connections (CRIU writes one tcp-stream image for each). */
+export function dumpedConnections(imagesDir: string): boolean {
+  return readdirSync(imagesDir).some((n) => n.startsWith('tcp-stream-'));
 }

@@ -32,7 +32,13 @@ import {
   startCriu,
   type DumpRequest,
 } from './criu.js';
-import { lockTableOf, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
+import {
+  dumpedConnections,
+  lockTableOf,
+  networkLockWorks,
+  NO_LOCK_WARNING,
+  removeLockTable,
+} from './netlock.js';
 import { helperPath } from './paths.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
@@ -212,8 +218,10 @@ async function dumpThenExit(
     // With the tree frozen, the list of its processes is final (a shell forks on).
     const tree = processTree(req.pid);
     const manifest = manifestOf(dumpMs);
-    const table = lockTableOf(dumpReq.imagesDir);
-    if (dumpReq.tcp !== 'close' && table !== undefined) manifest.networkLock = table;
+    const table = dumpReq.tcp === 'close' ? undefined : lockTableOf(dumpReq.imagesDir);
+    // A table that locks no connection only needs to outlive the dump, not wait for a resume.
+    const lockedConnections = table !== undefined && dumpedConnections(dumpReq.imagesDir);
+    if (lockedConnections) manifest.networkLock = table;
     let bytes = 0;
     let failure: unknown;
     try {
@@ -234,8 +242,17 @@ async function dumpThenExit(
       );
     }
     for (const pid of tree) signalQuietly(pid, 'SIGKILL');
+    if (table !== undefined && !lockedConnections) removeLockQuietly(table);
     return { bytes, dumpMs };
   } finally {
     server.close();
+  }
+}
+
+function removeLockQuietly(table: string): void {
+  try {
+    removeLockTable(table);
+  } catch {
+    // an empty table drops nothing; a resume deletes it anyway
   }
 }
