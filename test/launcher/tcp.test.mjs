@@ -110,6 +110,10 @@ test('redis-server: checkpt signal --exit, then checkpt -r: the same client conn
   const info = JSON.parse(checkptCli(['inspect', '--json', file]).stdout);
   assert.match(info.manifest.networkLock, /^inet CRIU-/);
   assert.deepEqual(tablesLocking(port), [info.manifest.networkLock], 'locked until resumed');
+  assert.match(
+    checkptCli(['inspect', file]).stdout,
+    new RegExp(`network +connections held by ${info.manifest.networkLock} until resumed here`),
+  );
 
   // A command sent while nothing runs is retransmitted by TCP until the resumed copy answers.
   const pending = c.cmd('GET', 'greeting');
