@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -326,4 +327,47 @@ test('a checkpoint-and-exit never resumed: checkpt unlock FILE removes its lock 
   const again = checkptCli(['unlock', file]);
   assert.equal(again.status, 0, again.stderr);
   assert.match(again.stdout, /already gone/);
+});
+
+test('a UDP echo server in python3: answers through a checkpoint-and-continue, and on the same port after checkpoint-and-exit + checkpt -r', async (t) => {
+  const port = await freePort();
+  const work = join(dir, 'udp');
+  mkdirSync(work);
+  const file = join(work, 'udp.ckpt');
+  const server = `import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('127.0.0.1', ${port}))
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(d, a)
+`;
+  const p = run(['--file', file, '--', 'python3', '-c', server], { cwd: work });
+  const client = createSocket('udp4');
+  t.after(() => client.close());
+  const replies = [];
+  client.on('message', (m) => replies.push(String(m)));
+  // UDP may drop a datagram sent while the program is frozen or gone: send until answered.
+  const echo = (text, child) =>
+    until(
+      `an echo of ${text}`,
+      () => {
+        client.send(text, port, '127.0.0.1');
+        return replies.includes(text);
+      },
+      child,
+    );
+  await echo('one', p);
+  const pid = await programPid(p);
+  let r = checkptCli(['signal', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  await until('the checkpoint', () => /checkpoint written to/.test(p.stderrText), p);
+  await echo('two', p);
+  r = checkptCli(['signal', '--exit', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(await within(p.closed, 'checkpt run to end', 60_000, p), {
+    code: 0,
+    signal: null,
+  });
+  const copy = resume(file);
+  await echo('three', copy);
 });
