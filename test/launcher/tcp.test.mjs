@@ -371,3 +371,27 @@ while True:
   const copy = resume(file);
   await echo('three', copy);
 });
+
+test('CRIU itself failing mid-dump (its staging directory full) during a checkpoint-and-exit: redis and its client carry on, nothing locked', async (t) => {
+  if (missing) return t.skip(missing);
+  const staging = join(dir, 'tiny-staging');
+  mkdirSync(staging);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'checkpt-test', staging]);
+  assert.equal(m.status, 0, String(m.stderr));
+  mounts.push(staging);
+  const { p, port, file } = await runRedis('criu-fails', { env: { CHECKPT_TMPDIR: staging } });
+  const c = await within(respClient(port), 'the client to connect');
+  assert.equal(await within(c.cmd('SET', 'k', 'before'), 'SET'), 'OK');
+  const pid = await programPid(p);
+  const r = checkptCli(['signal', '--exit', String(pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  await until('the failure', () => /checkpoint to .* failed: /.test(p.stderrText), p);
+  assert.match(p.stderrText, /staging directory/);
+  assert.doesNotMatch(p.stderrText, /checkpoint written/);
+  assert.equal(p.exitCode, null, 'checkpt run goes on');
+  assert.equal(existsSync(file), false);
+  assert.equal(await within(c.cmd('GET', 'k'), 'GET after the failed dump'), 'before');
+  assert.deepEqual(c.events, [], 'the connection was never closed');
+  assert.deepEqual(tablesLocking(port), [], 'CRIU removed its lock table');
+  c.close();
+});
