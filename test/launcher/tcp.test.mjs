@@ -117,9 +117,11 @@ test('redis-server: checkpt signal --exit, then checkpt -r: the same client conn
   );
 
   // A command sent while nothing runs is retransmitted by TCP until the resumed copy answers.
+  const sent = Date.now();
   const pending = c.cmd('GET', 'greeting');
   const copy = resume(file);
   assert.equal(await within(pending, 'GET over the old connection', 60_000, copy), 'hello');
+  t.diagnostic(`the GET sent before the resume was answered after ${Date.now() - sent} ms`);
   assert.deepEqual(await within(c.cmd('LRANGE', 'list', 0, -1), 'LRANGE'), ['a', 'b', 'c']);
   assert.equal(await within(c.cmd('INCR', 'n'), 'INCR'), 1);
   assert.deepEqual(c.events, [], 'one connection throughout, never closed');
