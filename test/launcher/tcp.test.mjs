@@ -127,6 +127,19 @@ test('redis-server: checkpt signal --exit, then checkpt -r: the same client conn
   assert.deepEqual(c.events, [], 'one connection throughout, never closed');
   assert.deepEqual(tablesLocking(port), [], 'the resume removed the lock table');
   assert.ok(await ping(port), 'and it listens on the same port for new clients');
+
+  // The copy again, checkpointed and exited from outside and resumed: one more hop, same socket.
+  const r2 = checkptCli(['signal', '--exit', String(await programPid(copy))]);
+  assert.equal(r2.status, 0, r2.stderr);
+  assert.deepEqual(await within(copy.closed, 'checkpt -r to end', 60_000, copy), {
+    code: 0,
+    signal: null,
+  });
+  const pending2 = c.cmd('INCR', 'n');
+  const copy2 = resume(file);
+  assert.equal(await within(pending2, 'INCR over the same connection', 60_000, copy2), 2);
+  assert.deepEqual(c.events, [], 'still the one connection');
+  assert.deepEqual(tablesLocking(port), []);
   c.close();
 });
 
