@@ -40,6 +40,8 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -775,78 +777,85 @@ static int cmd_hook(void) {
 }
 
 /*
- * checkpt-helper as CRIU's "post-dump" action script for a checkpoint-and-exit of a program that
- * checkpoints itself (src/engine/post-dump.ts has the other half). Environment:
- * CHECKPT_POSTDUMP_DIR (the work directory), CHECKPT_POSTDUMP_TIMEOUT_MS. The images are complete
- * and the program is still frozen with its connections locked: this says so with the file
- * post-dump-ready and waits for post-dump-verdict. "ok": exit 0, and CRIU leaves the program
- * stopped with its sockets in repair mode (--leave-stopped). Anything else, or no verdict in time:
- * exit 1, and CRIU rolls back (network unlocked, program resumed). Kept apart from other post-dump
- * modes on purpose.
+ * CRIU's "post-dump" action script for a checkpoint-and-exit (CHECKPT_POST_DUMP_SOCK set), from
+ * inside the program or from outside: the images are complete and the program is still frozen,
+ * its connections in repair mode and locked. Says "dumped" on checkpt's socket
+ * (src/engine/post-dump.ts) and waits for its verdict: '1' (the file is durable) lets CRIU leave
+ * the program stopped, to exit or be killed without a FIN or RST; anything else, checkpt's death
+ * included, fails the hook, and CRIU rolls back: network unlocked, sockets out of repair, program
+ * resumed. The packing worker may still be starting: connecting is retried until
+ * CHECKPT_POST_DUMP_TIMEOUT_MS (default 120000) has passed.
  */
-static int post_dump_hook(void) {
-  const char *dir = getenv("CHECKPT_POSTDUMP_DIR"), *t = getenv("CHECKPT_POSTDUMP_TIMEOUT_MS");
-  if (!dir) return 0;
-  long timeout = t ? atol(t) : 120000;
-  char ready[4096], verdict[4096];
-  snprintf(ready, sizeof ready, "%s/post-dump-ready", dir);
-  snprintf(verdict, sizeof verdict, "%s/post-dump-verdict", dir);
-  int f = open(ready, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (f < 0) { fprintf(stderr, "checkpt post-dump: create %s: %s\n", ready, strerror(errno)); return 1; }
-  close(f);
-  long start = now_ms();
-  while (now_ms() - start <= timeout) {
-    char buf[16];
-    int v = open(verdict, O_RDONLY | O_CLOEXEC);
-    if (v >= 0) {
-      ssize_t n = read(v, buf, sizeof buf - 1);
-      close(v);
-      buf[n > 0 ? n : 0] = '\0';
-      if (!strcmp(buf, "ok\n")) return 0;
-      fprintf(stderr, "checkpt post-dump: the checkpoint was not written; CRIU resumes the program\n");
+static int post_dump_verdict(const char *path) {
+  struct sockaddr_un a = { .sun_family = AF_UNIX };
+  if (strlen(path) >= sizeof a.sun_path) { fprintf(stderr, "checkpt hook: socket path too long (CHECKPT_TMPDIR under 90 characters?)\n"); return 1; }
+  strcpy(a.sun_path, path);
+  const char *t = getenv("CHECKPT_POST_DUMP_TIMEOUT_MS");
+  long timeout = t ? atol(t) : 120000, start = now_ms();
+  int s = -1;
+  for (;;) {
+    s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) { fprintf(stderr, "checkpt hook: socket: %s\n", strerror(errno)); return 1; }
+    if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) break;
+    int e = errno;
+    close(s);
+    if ((e != ENOENT && e != ECONNREFUSED) || now_ms() - start > timeout) {
+      fprintf(stderr, "checkpt hook: connect %s: %s\n", path, strerror(e));
       return 1;
     }
     nap_us(2000);
   }
-  fprintf(stderr, "checkpt post-dump: no word from the worker within %ld ms; CRIU resumes the program\n", timeout);
+  signal(SIGPIPE, SIG_IGN);
+  if (write(s, "dumped\n", 7) != 7) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); return 1; }
+  char v = 0;
+  ssize_t n;
+  do n = read(s, &v, 1); while (n < 0 && errno == EINTR);
+  close(s);
+  if (n == 1 && v == '1') return 0;
+  fprintf(stderr, "checkpt hook: checkpt did not keep the checkpoint; CRIU resumes the program\n");
   return 1;
 }
 
 /*
- * checkpt-helper nft-delete-table CRIU-<run id>: deletes the nftables table `inet CRIU-<run id>`
- * that a dump's network lock left behind. libnftables is loaded at run time (CRIU links it, no nft
- * command is needed, and the helper builds without its headers). Exit 0 once deleted.
+ * checkpt-helper unlock 'inet CRIU-<id>': deletes the nftables table CRIU left locking the
+ * connections of a checkpoint-and-exit that will not be resumed, so their peers get a reset
+ * instead of silence. libnftables is what CRIU itself links; it is loaded only here, at run time.
+ * Exit 0: deleted; 3: no such table; 1: failed (the reason on stderr).
  */
-static int cmd_nft_delete(int argc, char **argv) {
-  const char *name = argc == 1 ? argv[0] : "";
-  if (strncmp(name, "CRIU-", 5) != 0 || strlen(name) > 64 || strspn(name + 5, "0123456789abcdefABCDEF-") != strlen(name + 5)) {
-    fprintf(stderr, "usage: checkpt-helper nft-delete-table CRIU-<run id>\n");
+static int cmd_unlock(const char *table) {
+  if (strncmp(table, "inet CRIU-", 10) != 0 || strspn(table + 10, "0123456789abcdef-") != strlen(table + 10)) {
+    fprintf(stderr, "checkpt-helper unlock: not a CRIU lock table: %s\n", table);
     return EXIT_USAGE;
   }
-  void *lib = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) { fprintf(stderr, "checkpt-helper: %s\n", dlerror()); return 1; }
-  void *(*ctx_new)(uint32_t) = (void *(*)(uint32_t))dlsym(lib, "nft_ctx_new");
+  void *lib = dlopen("libnftables.so.1", RTLD_NOW);
+  if (!lib) { fprintf(stderr, "checkpt-helper unlock: %s\n", dlerror()); return 1; }
+  void *(*ctx_new)(unsigned) = (void *(*)(unsigned))dlsym(lib, "nft_ctx_new");
+  int (*buffer_error)(void *) = (int (*)(void *))dlsym(lib, "nft_ctx_buffer_error");
+  const char *(*error_of)(void *) = (const char *(*)(void *))dlsym(lib, "nft_ctx_get_error_buffer");
   int (*run)(void *, const char *) = (int (*)(void *, const char *))dlsym(lib, "nft_run_cmd_from_buffer");
-  void (*ctx_free)(void *) = (void (*)(void *))dlsym(lib, "nft_ctx_free");
-  if (!ctx_new || !run || !ctx_free) { fprintf(stderr, "checkpt-helper: libnftables lacks nft_ctx_new/nft_run_cmd_from_buffer\n"); return 1; }
+  if (!ctx_new || !buffer_error || !error_of || !run) { fprintf(stderr, "checkpt-helper unlock: libnftables lacks its API\n"); return 1; }
   void *ctx = ctx_new(0);
-  if (!ctx) { fprintf(stderr, "checkpt-helper: nft_ctx_new failed\n"); return 1; }
+  if (!ctx) { fprintf(stderr, "checkpt-helper unlock: nft_ctx_new failed\n"); return 1; }
+  buffer_error(ctx);
   char cmd[128];
-  snprintf(cmd, sizeof cmd, "delete table inet %s", name);
-  int r = run(ctx, cmd);
-  ctx_free(ctx);
-  return r == 0 ? 0 : 1;
+  snprintf(cmd, sizeof cmd, "delete table %s", table);
+  if (run(ctx, cmd) == 0) return 0;
+  const char *err = error_of(ctx);
+  if (err && strstr(err, "No such file or directory")) return 3;
+  fprintf(stderr, "checkpt-helper unlock: %s", err ? err : "failed\n");
+  return 1;
 }
 
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
   if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
-    if (!strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return post_dump_hook();
+    const char *sock = getenv("CHECKPT_POST_DUMP_SOCK");
+    if (sock && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return post_dump_verdict(sock);
     return cmd_hook();
   }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
-  if (argc >= 2 && !strcmp(argv[1], "nft-delete-table")) return cmd_nft_delete(argc - 2, argv + 2);
+  if (argc == 3 && !strcmp(argv[1], "unlock")) return cmd_unlock(argv[2]);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;

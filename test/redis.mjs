@@ -105,3 +105,71 @@ export async function startRedis(timeoutMs = 30_000) {
     throw e;
   }
 }
+
+/**
+ * One raw TCP connection speaking RESP, as any Redis client would: `cmd(...args)` sends one
+ * command and resolves with its reply (string, number, null, array, or an Error for -ERR).
+ * `events` records 'end', 'close' and 'error' on the socket: a connection that carried on has none.
+ */
+export function respClient(port, host = '127.0.0.1') {
+  return new Promise((resolve, reject) => {
+    const sock = connect({ port, host });
+    const waiting = [];
+    const events = [];
+    let buf = Buffer.alloc(0);
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const r = replyAt(buf, 0);
+        if (r === undefined) return;
+        buf = buf.subarray(r.end);
+        waiting.shift()?.(r.value);
+      }
+    });
+    for (const ev of ['end', 'close', 'error'])
+      sock.on(ev, (e) => {
+        events.push(ev === 'error' ? `error ${e.code}` : ev);
+        if (ev === 'close') for (const w of waiting.splice(0)) w(new Error('connection closed'));
+      });
+    sock.once('error', reject);
+    sock.once('connect', () => {
+      const cmd = (...args) =>
+        new Promise((res) => {
+          waiting.push(res);
+          sock.write(
+            `*${args.length}\r\n` +
+              args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join(''),
+          );
+        });
+      resolve({ sock, cmd, events, localPort: sock.localPort, close: () => sock.destroy() });
+    });
+  });
+}
+
+/** The RESP reply starting at `pos` and where it ends, or undefined while it is incomplete. */
+function replyAt(buf, pos) {
+  const eol = buf.indexOf('\r\n', pos);
+  if (eol < 0) return undefined;
+  const type = String.fromCharCode(buf[pos]);
+  const line = buf.subarray(pos + 1, eol).toString();
+  let end = eol + 2;
+  if (type === ':') return { value: Number(line), end };
+  if (type === '-') return { value: new Error(line), end };
+  if (type === '$') {
+    const n = Number(line);
+    if (n < 0) return { value: null, end };
+    if (buf.length < end + n + 2) return undefined;
+    return { value: buf.subarray(end, end + n).toString(), end: end + n + 2 };
+  }
+  if (type === '*') {
+    const value = [];
+    for (let i = 0; i < Number(line); i++) {
+      const r = replyAt(buf, end);
+      if (r === undefined) return undefined;
+      value.push(r.value);
+      end = r.end;
+    }
+    return { value, end };
+  }
+  return { value: line, end };
+}

@@ -11,6 +11,7 @@ import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from 
 import { networkResource } from './network.js';
 import { defaultCheckpointFile } from './template.js';
 import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
+import { POST_DUMP_SOCK } from '../engine/post-dump.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
 import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
@@ -229,7 +230,10 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     // CRIU's post-dump step waits for the packed file; the front's limit covers both.
     const frontMs = options.exit ? 2 * job.timeoutMs : job.timeoutMs;
     const postDumpEnv = options.exit
-      ? { CHECKPT_POSTDUMP_DIR: workDir, CHECKPT_POSTDUMP_TIMEOUT_MS: String(job.timeoutMs) }
+      ? {
+          CHECKPT_POST_DUMP_SOCK: join(workDir, POST_DUMP_SOCK),
+          CHECKPT_POST_DUMP_TIMEOUT_MS: String(job.timeoutMs),
+        }
       : {};
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU

@@ -13,6 +13,7 @@ export type Command =
       pty: boolean;
     }
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
+  | { cmd: 'unlock'; file: string }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
 
@@ -34,6 +35,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'exec') return parseExec(rest);
   if (first === 'run') return parseRun(rest);
   if (first === 'signal') return parseSignal(rest);
+  if (first === 'unlock') return parseUnlock(rest);
   // DragonFly's checkpt(1) accepts -r anywhere before the file: `checkpt -d -r f`.
   if (first === '-d' || first === '--detach') {
     const r = parseRestore(rest);
@@ -190,4 +192,12 @@ function one(values: readonly string[], already: string | undefined): string {
   if (already !== undefined || values.length !== 1)
     throw new UsageError('give exactly one checkpoint file.');
   return values[0] as string;
+}
+
+function parseUnlock(args: readonly string[]): Command {
+  const files = args[0] === '--' ? args.slice(1) : args;
+  const file = files[0];
+  if (files.length !== 1 || file === undefined || (args[0] !== '--' && file.startsWith('-')))
+    throw new UsageError('unlock: which checkpoint? Usage: checkpt unlock FILE.ckpt');
+  return { cmd: 'unlock', file };
 }

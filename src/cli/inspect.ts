@@ -44,7 +44,17 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     ],
     ['stdio', stdio],
   ];
+  const network = networkLine(m);
+  if (network !== undefined) lines.push(['network', network]);
   return table(lines);
+}
+
+/** What became of the TCP connections, when the manifest says anything about them. */
+function networkLine(m: Record<string, unknown>): string | undefined {
+  if (m.tcp === 'closed') return 'connections recorded closed (no network lock at checkpoint time)';
+  if (typeof m.networkLock === 'string')
+    return `connections held by ${m.networkLock} until resumed here (or: checkpt unlock)`;
+  return undefined;
 }
 
 function table(lines: Array<[string, string]>): string {

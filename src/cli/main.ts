@@ -3,6 +3,7 @@ import { CheckptError } from '../api/errors.js';
 import { checkpointSignals } from '../api/signals.js';
 import { resume } from '../engine/restore.js';
 import { probe } from '../engine/probe.js';
+import { removeLockTable } from '../engine/netlock.js';
 import { readImageHeader, readImageInfo, verifyImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
 import type { Running } from '../engine/helper.js';
@@ -73,6 +74,21 @@ async function run(c: Command): Promise<number> {
             ? `checkpt: sent ${r.signal} to ${r.target}, the nearest ancestor of ${c.pid} that handles checkpoint requests\n`
             : `checkpt: sent ${r.signal} to ${r.target}\n`,
         );
+      return 0;
+    }
+    case 'unlock': {
+      const { manifest } = await readImageInfo(c.file, { key: loadKey(), allowPlain: true });
+      const table = (manifest as { networkLock?: unknown }).networkLock;
+      if (typeof table !== 'string') {
+        process.stdout.write(`checkpt: ${c.file} holds no network lock; nothing to do\n`);
+        return 0;
+      }
+      const r = removeLockTable(table);
+      process.stdout.write(
+        r === 'removed'
+          ? `checkpt: removed ${table}: the connections ${c.file} held are given up (their peers get a reset); it can still be resumed, without them\n`
+          : `checkpt: ${table} is already gone (${c.file} was resumed, or its lock removed)\n`,
+      );
       return 0;
     }
     case 'restore': {

@@ -29,6 +29,8 @@ export interface DumpRequest {
   enter?: number;
   /** After the dump: keep running (default), or stay stopped until the caller decides. */
   leave?: 'running' | 'stopped';
+  /** How TCP connections are dumped (tcpDumpArgs); default 'established'. */
+  tcp?: 'established' | 'close';
 }
 
 export interface RestoreArgsRequest {
@@ -38,7 +40,8 @@ export interface RestoreArgsRequest {
   inherit: Array<{ fd: number; key: string }>;
   /** Memory comes from CRIU's lazy-pages daemon, already listening in workDir. */
   lazy?: boolean;
-  /** Restore TCP connections closed: the host still uses their 4-tuples (src/engine/sockets.ts). */
+  /** Restore TCP connections closed: the host still uses their 4-tuples (src/engine/sockets.ts), or the
+   * image was dumped without a network lock (--tcp-close, which CRIU then requires on restore). */
   tcpClose?: boolean;
 }
 
@@ -46,19 +49,38 @@ const LOG_TAIL_LINES = 25;
 
 /** Every CRIU verb goes through here: one place for logging, timeouts and error shape. */
 export function runCriu(args: string[], timeoutMs: number, enter?: number): Promise<CriuResult> {
+  return startCriu(args, timeoutMs, enter).result;
+}
+
+/** A CRIU under way; `stopTimer` ends its timeout once the slow part is someone else's (packing). */
+export interface CriuRun {
+  result: Promise<CriuResult>;
+  stopTimer(): void;
+}
+
+export function startCriu(
+  args: string[],
+  timeoutMs: number,
+  enter?: number,
+  extraEnv: Record<string, string> = {},
+): CriuRun {
   const [cmd, argv] =
     enter === undefined
       ? [criuPath, args]
       : ['nsenter', ['-t', String(enter), '-p', '-m', '--', criuPath, ...args]];
-  return new Promise((resolve) => {
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: criuEnv() });
+  let timer: NodeJS.Timeout | undefined;
+  const result = new Promise<CriuResult>((resolve) => {
+    const child = spawn(cmd, argv, {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...criuEnv(), ...extraEnv },
+    });
     let stderr = '';
     let timedOut = false;
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (d: string) => {
       if (stderr.length < 65536) stderr += d;
     });
-    const timer = setTimeout(() => {
+    timer = setTimeout(() => {
       timedOut = true;
       child.kill('SIGKILL');
     }, timeoutMs);
@@ -71,6 +93,7 @@ export function runCriu(args: string[], timeoutMs: number, enter?: number): Prom
       resolve({ status, signal, timedOut, stderr });
     });
   });
+  return { result, stopTimer: () => clearTimeout(timer) };
 }
 
 export interface CriuLog {
@@ -137,17 +160,27 @@ export function dumpArgs(req: Omit<DumpRequest, 'timeoutMs' | 'enter'>): string[
     req.leave === 'stopped' ? '--leave-stopped' : '--leave-running',
     '--shell-job',
     '--file-locks',
-    // Connections are dumped, not closed: while the program is frozen CRIU drops their packets
-    // (one nftables rule per connection; no iptables or nft program needed), so peers only see a pause.
-    '--tcp-established',
-    '--network-lock',
-    'nftables',
+    ...tcpDumpArgs(req.tcp ?? 'established'),
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
   return args;
 }
 
-const DUMP_LOG = 'dump.log';
+/**
+ * 'established': connections are dumped, not closed: while the program is frozen CRIU drops their
+ * packets (one nftables rule per connection; no iptables or nft program needed), so peers only see
+ * a pause. 'close', where nftables cannot lock: connections are left alone and recorded as closed
+ * (restore needs --tcp-close), since unlocked ones could lose data in flight. Either way a
+ * connection still in a listener's queue (a client connecting during the freeze) is left out
+ * rather than failing the dump: the original keeps it; a resumed copy never had it.
+ */
+export function tcpDumpArgs(tcp: 'established' | 'close'): string[] {
+  const common = ['--skip-in-flight'];
+  if (tcp === 'close') return [...common, '--tcp-close', '--network-lock', 'skip'];
+  return [...common, '--tcp-established', '--network-lock', 'nftables'];
+}
+
+export const DUMP_LOG = 'dump.log';
 
 export async function dump(req: DumpRequest): Promise<void> {
   const r = await runCriu(dumpArgs(req), req.timeoutMs, req.enter);

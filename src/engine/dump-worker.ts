@@ -11,9 +11,10 @@ import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
 import { readKeyFile } from '../image/key.js';
-import { dropIdleLock } from './lock-table.js';
-import { giveVerdict, imagesReady } from './post-dump.js';
+import { dropEmptyLock, dumpLock, type DumpLock } from './netlock.js';
+import { listenForPostDump } from './post-dump.js';
 import { lowerPriority, processTree, signalQuietly } from '../launcher/procfs.js';
+import { writeFailed } from './write-failed.js';
 
 const CONTROL_FD = 3;
 
@@ -58,23 +59,6 @@ function readQuietly(file: string): string {
   }
 }
 
-/** A failed write, said from the program's side: where, why, what to do, and what is left. */
-function writeFailed(e: unknown, target: string, imageBytes: number): CheckptError {
-  const err = e instanceof CheckptError ? e : undefined;
-  // The file is already in place; only the directory's fsync failed: that message says so.
-  if (err && /may not be durable/.test(err.message)) return err;
-  const cause = (err?.cause ?? e) as NodeJS.ErrnoException | undefined;
-  const full = cause?.code === 'ENOSPC' || cause?.code === 'EDQUOT';
-  const why = full
-    ? `the filesystem is full (the checkpoint needs about ${Math.ceil(imageBytes / 2 ** 20)} MB there); free some space or choose another place`
-    : (err?.message ?? (e as Error).message);
-  return new CheckptError(
-    err?.code ?? 'EIO',
-    `Could not write the checkpoint ${target}: ${why}. Nothing was written there (an older checkpoint at that path is untouched) and the program keeps running.`,
-    { cause: e, path: target },
-  );
-}
-
 type FrontEnd = { status: number | null; timedOut: boolean; ms: number };
 
 /** CRIU's end as the front saw it: nothing when the dump worked, else the error that says why. */
@@ -85,7 +69,7 @@ async function checkFront(job: DumpJob, ended: FrontEnd): Promise<void> {
 }
 
 /** Packs CRIU's images into the checkpoint file; resolves with its size once it is durable. */
-async function pack(job: DumpJob, criu: string, dumpMs: number): Promise<number> {
+async function pack(job: DumpJob, criu: string, dumpMs: number, lock?: DumpLock): Promise<number> {
   const imagesDir = join(job.workDir, 'images');
   // On a small machine the program would otherwise wait for CPU while its image is packed.
   if (job.background) lowerPriority();
@@ -95,6 +79,8 @@ async function pack(job: DumpJob, criu: string, dumpMs: number): Promise<number>
     imageBytes: dirBytes(imagesDir),
     dumpMs: Math.round(dumpMs),
   };
+  // What `checkpt inspect` and `checkpt unlock` need: the table holding the connections.
+  if (lock?.holds) manifest.networkLock = lock.table;
   if (job.compress && (await compressImages(imagesDir)) > 0) {
     manifest.compression = 'zstd';
     manifest.packedBytes = dirBytes(imagesDir);
@@ -124,38 +110,44 @@ async function exitAfterPacking(
   criu: string,
   front: Promise<FrontEnd>,
 ): Promise<void> {
-  const stop = new AbortController();
-  const ended = front.finally(() => stop.abort());
-  ended.catch(() => undefined); // awaited below; it may fail while the images are awaited
-  const ready = await imagesReady(job.workDir, stop.signal);
-  if (!ready) {
-    await checkFront(job, await ended);
-    throw new CheckptError(
-      'EHELPER',
-      "CRIU finished without running checkpt's post-dump step; nothing was written and the program keeps running.",
-    );
-  }
-  let bytes: number;
+  const hook = await listenForPostDump(job.workDir);
   try {
-    bytes = await pack(job, criu, Date.now() - Date.parse(job.manifest.createdAt));
-  } catch (e) {
-    giveVerdict(job.workDir, false);
-    // CRIU rolls back and exits; the packing failure is what the program must hear.
-    await ended.catch(() => undefined);
-    throw e;
+    const ended = front;
+    ended.catch(() => undefined); // awaited below; it may fail while the images are awaited
+    const ready = await Promise.race([hook.dumped.then(() => true), ended.then(() => false)]);
+    if (!ready) {
+      await checkFront(job, await ended);
+      throw new CheckptError(
+        'EHELPER',
+        "CRIU finished without running checkpt's post-dump step; nothing was written and the program keeps running.",
+      );
+    }
+    const images = join(job.workDir, 'images');
+    const lock = dumpLock(images);
+    let bytes: number;
+    try {
+      bytes = await pack(job, criu, Date.now() - Date.parse(job.manifest.createdAt), lock);
+    } catch (e) {
+      hook.verdict(false);
+      // CRIU rolls back and exits; the packing failure is what the program must hear.
+      await ended.catch(() => undefined);
+      throw e;
+    }
+    hook.verdict(true);
+    const last = await ended;
+    if (last.status !== 0 || last.timedOut) {
+      // CRIU failed after the file was written (it then resumes the program): no half-done exit.
+      rmSync(job.target, { force: true });
+      await checkFront(job, last);
+    }
+    send({ t: 'ok', bytes, file: job.target });
+    // CRIU left the whole tree stopped: its children go on too (and see the program end).
+    const tree = processTree(job.pid);
+    for (const pid of [...tree.slice(1), job.pid]) signalQuietly(pid, 'SIGCONT');
+    dropEmptyLock(lock);
+  } finally {
+    hook.close();
   }
-  giveVerdict(job.workDir, true);
-  const last = await ended;
-  if (last.status !== 0 || last.timedOut) {
-    // CRIU failed after the file was written (it then resumes the program): no half-done exit.
-    rmSync(job.target, { force: true });
-    await checkFront(job, last);
-  }
-  send({ t: 'ok', bytes, file: job.target });
-  // CRIU left the whole tree stopped: its children go on too (and see the program end).
-  const tree = processTree(job.pid);
-  for (const pid of [...tree.slice(1), job.pid]) signalQuietly(pid, 'SIGCONT');
-  dropIdleLock(join(job.workDir, 'images'));
 }
 
 async function main(): Promise<void> {

@@ -49,6 +49,10 @@ export interface ManifestBase {
    * listening ports are busy gets ephemeral ones and takes its own over when they free.
    */
   network?: 'takeover';
+  /** 'closed': dumped without a network lock, connections recorded as closed (CRIU's --tcp-close). */
+  tcp?: 'closed';
+  /** The nftables table CRIU left locking this checkpoint's connections (checkpoint and exit). */
+  networkLock?: string;
 }
 
 export interface Manifest extends ManifestBase {

@@ -21,10 +21,23 @@ import {
   signalQuietly,
   treeUsesIoUring,
 } from '../launcher/procfs.js';
-import { criuVersion, dump } from './criu.js';
+import {
+  checkDump,
+  criuVersion,
+  dump,
+  dumpArgs,
+  DUMP_LOG,
+  readLog,
+  startCriu,
+  type DumpRequest,
+} from './criu.js';
+import { dropEmptyLock, dumpLock, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
+import { listenForPostDump } from './post-dump.js';
+import { helperPath } from './paths.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
+import { writeFailed } from './write-failed.js';
 
 export interface OutsideDumpRequest {
   /** The program's pid on the host. */
@@ -44,6 +57,8 @@ export interface OutsideDumpRequest {
 export interface OutsideDumpResult {
   bytes: number;
   dumpMs: number;
+  /** Something the user should know although the checkpoint worked (one line). */
+  warning?: string;
 }
 
 export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideDumpResult> {
@@ -65,16 +80,14 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       `Process ${uring} of the program uses io_uring, which CRIU cannot checkpoint. It was started without checkpt's LD_PRELOAD (a program that resets LD_PRELOAD?), or set sysctl kernel.io_uring_disabled=2. The program keeps running.`,
     );
   const rss = running.reduce((sum, p) => sum + rssBytes(procStatus(p)), 0);
+  const tcp = networkLockWorks() ? 'established' : 'close';
   const workDir = makeStagingDir('dump', rss);
-  let stopped = false;
-  let tree: number[] = [];
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
     const stdio = describeStdio(req.pid);
     const argv = cmdline(req.pid);
-    const t0 = process.hrtime.bigint();
-    await dump({
+    const dumpReq: DumpRequest = {
       pid: req.innerPid,
       enter: req.nsPid,
       imagesDir,
@@ -82,12 +95,9 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       externalUnix: externalSockets(stdio),
       timeoutMs: req.timeoutMs,
       leave: req.exit ? 'stopped' : 'running',
-    });
-    stopped = req.exit;
-    // Only now, with the tree stopped, is the list of its processes final (a shell forks on).
-    if (stopped) tree = processTree(req.pid);
-    const dumpMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
-    const manifest: Manifest = {
+      tcp,
+    };
+    const manifestOf = (dumpMs: number): Manifest => ({
       formatVersion: FORMAT_VERSION,
       createdAt: new Date().toISOString(),
       host: hostname(),
@@ -104,31 +114,118 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
       criu: version.text,
       imageBytes: dirBytes(imagesDir),
       dumpMs,
-    };
-    if (compressionWanted('outside') && (await compressImages(imagesDir)) > 0) {
-      manifest.compression = 'zstd';
-      manifest.packedBytes = dirBytes(imagesDir);
-    }
-    const { bytes } = await writeImage(
-      req.target,
-      manifest as unknown as Record<string, unknown>,
-      { dir: imagesDir },
-      { key },
-    );
-    if (stopped) for (const pid of tree) signalQuietly(pid, 'SIGKILL');
-    stopped = false;
-    return { bytes, dumpMs };
+      ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
+    });
+    const pack = (manifest: Manifest) => packImages(imagesDir, manifest, req.target, key);
+    const warning = tcp === 'close' ? { warning: NO_LOCK_WARNING } : {};
+    if (req.exit) return { ...(await dumpThenExit(req, dumpReq, manifestOf, pack)), ...warning };
+    const t0 = process.hrtime.bigint();
+    await dump(dumpReq);
+    const dumpMs = msSince(t0);
+    return { bytes: await pack(manifestOf(dumpMs)), dumpMs, ...warning };
   } catch (e) {
-    if (e instanceof CheckptError) throw e;
-    throw new CheckptError(
-      'EIO',
-      `Writing the checkpoint failed: ${(e as Error).message}. Nothing was written to ${req.target}; the program keeps running.`,
-      { cause: e, path: req.target },
-    );
+    throw asCheckptError(e, req.target);
   } finally {
-    // A failed "checkpoint and exit" must not leave the program frozen.
-    if (stopped) for (const pid of tree) signalQuietly(pid, 'SIGCONT');
     key?.fill(0);
     rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+const msSince = (t0: bigint): number => Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
+
+function asCheckptError(e: unknown, target: string): CheckptError {
+  if (e instanceof CheckptError) return e;
+  return new CheckptError(
+    'EIO',
+    `Writing the checkpoint failed: ${(e as Error).message}. Nothing was written to ${target}; the program keeps running.`,
+    { cause: e, path: target },
+  );
+}
+
+/** Compresses (when wanted) and writes the checkpoint file; its size. */
+async function packImages(
+  imagesDir: string,
+  manifest: Manifest,
+  target: string,
+  key: Buffer | undefined,
+): Promise<number> {
+  if (compressionWanted('outside') && (await compressImages(imagesDir)) > 0) {
+    manifest.compression = 'zstd';
+    manifest.packedBytes = dirBytes(imagesDir);
+  }
+  const { bytes } = await writeImage(
+    target,
+    manifest as unknown as Record<string, unknown>,
+    { dir: imagesDir },
+    { key },
+  ).catch((e: unknown) => {
+    throw writeFailed(e, target, manifest.packedBytes ?? manifest.imageBytes);
+  });
+  return bytes;
+}
+
+/**
+ * "Checkpoint and exit": the file is packed while CRIU waits in its post-dump hook with the
+ * program frozen, its connections in repair mode and locked. Packed: CRIU leaves the program
+ * stopped and it is killed, so its connections die without a FIN or RST and the lock stays until
+ * a restore takes them over. Not packed: the hook fails and CRIU itself rolls back (unlocks,
+ * takes sockets out of repair, resumes the program), so clients carry on with the original.
+ */
+async function dumpThenExit(
+  req: OutsideDumpRequest,
+  dumpReq: DumpRequest,
+  manifestOf: (dumpMs: number) => Manifest,
+  pack: (manifest: Manifest) => Promise<number>,
+): Promise<OutsideDumpResult> {
+  const hook = await listenForPostDump(dumpReq.workDir);
+  try {
+    const t0 = process.hrtime.bigint();
+    const run = startCriu(
+      [...dumpArgs(dumpReq), '--action-script', helperPath],
+      dumpReq.timeoutMs,
+      dumpReq.enter,
+      { CHECKPT_POST_DUMP_SOCK: hook.path },
+    );
+    const dumped = await Promise.race([hook.dumped.then(() => true), run.result.then(() => false)]);
+    if (!dumped) {
+      const r = await run.result;
+      await checkDump(r.status, r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
+      throw new CheckptError(
+        'EDUMP',
+        'CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (build/checkpt-helper) up to date? Run npm run build.',
+      );
+    }
+    // Packing is ours to time, not CRIU's: killing CRIU now would leave sockets in repair mode.
+    run.stopTimer();
+    const dumpMs = msSince(t0);
+    // With the tree frozen, the list of its processes is final (a shell forks on).
+    const tree = processTree(req.pid);
+    const manifest = manifestOf(dumpMs);
+    const lock = dumpReq.tcp === 'close' ? undefined : dumpLock(dumpReq.imagesDir);
+    if (lock?.holds) manifest.networkLock = lock.table;
+    let bytes = 0;
+    let failure: unknown;
+    try {
+      bytes = await pack(manifest);
+    } catch (e) {
+      failure = e;
+    }
+    hook.verdict(failure === undefined);
+    const r = await run.result;
+    if (failure !== undefined) throw asCheckptError(failure, req.target);
+    if (r.status !== 0) {
+      rmSync(req.target, { force: true });
+      const { reason } = await readLog(join(dumpReq.workDir, DUMP_LOG));
+      throw new CheckptError(
+        'EDUMP',
+        `CRIU failed after the checkpoint was packed (${reason ?? `status ${r.status}`}), so ${req.target} was removed; the program keeps running, but its connections may have been disturbed.`,
+        { path: req.target },
+      );
+    }
+    for (const pid of tree) signalQuietly(pid, 'SIGKILL');
+    dropEmptyLock(lock);
+    return { bytes, dumpMs };
+  } finally {
+    hook.close();
   }
 }

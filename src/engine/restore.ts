@@ -128,7 +128,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
           workDir,
           inherit,
           lazy: lazy !== undefined,
-          tcpClose: sockets.tcpClose,
+          tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
         }),
       ],
       {

@@ -86,6 +86,7 @@ export class Supervisor {
         timeoutMs: this.opts.timeoutMs ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
       });
       if (exit) this.stoppedByCheckpoint = target;
+      if (r.warning !== undefined) this.opts.say(r.warning);
       this.opts.say(
         `checkpt: checkpoint written to ${target} (${(r.bytes / 1048576).toFixed(1)} MiB, program paused ${r.dumpMs} ms)${exit ? '; the program was stopped' : ''}. Resume it with: checkpt -r ${target}`,
       );

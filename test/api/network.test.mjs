@@ -18,7 +18,8 @@ import {
   tempDir,
   waitFor,
 } from '../helpers.mjs';
-import { lockTableName } from '../../dist/engine/lock-table.js';
+import { lockTableName } from '../../dist/engine/netlock.js';
+import { nftRuleset } from '../netlock.mjs';
 import { zstdDecoder } from '../../dist/image/compress.js';
 import { extractImage } from '../../dist/image/format.js';
 
@@ -88,24 +89,6 @@ function keepAlive(port) {
       }
     },
   };
-}
-
-/**
- * The host's nftables ruleset (there is no nft command: libnftables through Python's ctypes).
- * CRIU's lock tables list the connections they hold as "ADDR . PORT . ADDR . PORT".
- */
-function nftRuleset() {
-  const py = `import ctypes
-n = ctypes.CDLL('libnftables.so.1')
-n.nft_ctx_new.restype = ctypes.c_void_p
-n.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-c = ctypes.c_void_p(n.nft_ctx_new(0))
-n.nft_ctx_buffer_output(c)
-assert n.nft_run_cmd_from_buffer(c, b"list ruleset") == 0
-print(n.nft_ctx_get_output_buffer(c).decode())`;
-  const r = spawnSync('python3', ['-c', py], { encoding: 'utf8', timeout: 10_000 });
-  assert.equal(r.status, 0, r.stderr);
-  return r.stdout;
 }
 
 /** Whether a CRIU lock table holds the connection between `port` and the client's `local`. */
@@ -392,8 +375,8 @@ for (const n of nodeBinaries()) {
     mkdirSync(images);
     await extractImage(file, images, { decoder: zstdDecoder(file) });
     const table = lockTableName(readFileSync(join(images, 'inventory.img')));
-    assert.match(table, /^CRIU-[0-9a-f-]{21}$/);
-    assert.ok(!nftRuleset().includes(`table inet ${table} `), `${table} was left behind`);
+    assert.match(table, /^inet CRIU-[0-9a-f-]{21}$/);
+    assert.ok(!nftRuleset().includes(`table ${table} `), `${table} was left behind`);
     await sleep(1500);
     const copy = resume(file);
     assert.equal((await copy.closed).code, 0, copy.stderrText);

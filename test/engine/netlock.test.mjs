@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { encodeMessage } from '../../dist/engine/criu-image.js';
-import { lockTableName } from '../../dist/engine/lock-table.js';
+import { lockTableName } from '../../dist/engine/netlock.js';
 
 function inventory(fields) {
   const body = encodeMessage(fields);
@@ -14,13 +14,13 @@ function inventory(fields) {
 const varint = (no, int) => ({ no, wire: 0, int, bytes: Buffer.alloc(0) });
 const text = (no, s) => ({ no, wire: 2, int: 0, bytes: Buffer.from(s) });
 
-test('the table is CRIU- and the dump run id, cut to 26 characters as CRIU cuts it', () => {
+test("the table is 'inet CRIU-' and the dump run id, cut to 31 characters as CRIU cuts it", () => {
   const img = inventory([
     varint(1, 2),
     text(13, '61286e05-e7a1-4e6d-9bbc-d8b95a000000'),
     varint(14, 1),
   ]);
-  assert.equal(lockTableName(img), 'CRIU-61286e05-e7a1-4e6d-9b');
+  assert.equal(lockTableName(img), 'inet CRIU-61286e05-e7a1-4e6d-9b');
 });
 
 test('no run id, another magic or a cut file: no name', () => {

@@ -1,0 +1,99 @@
+/**
+ * CRIU's network lock: whether nftables locking works here, and which table a dump left behind.
+ * While a program is frozen CRIU puts each TCP connection in repair mode and drops its packets
+ * through a table `inet CRIU-<run id>`; a "checkpoint and exit" leaves that table in place so the
+ * connections die silently and come back on restore, which removes it.
+ */
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { criuEnv } from './criu.js';
+import { decodeMessage } from './criu-image.js';
+import { criuPath, helperPath, requireHelper } from './paths.js';
+import { CheckptError } from '../api/errors.js';
+
+let cached: boolean | undefined;
+
+/** `criu check --feature network_lock_nftables`, once per process (the kernel does not change). */
+export function networkLockWorks(): boolean {
+  cached ??=
+    spawnSync(criuPath, ['check', '--feature', 'network_lock_nftables'], {
+      env: criuEnv(),
+      stdio: 'ignore',
+      timeout: 30_000,
+    }).status === 0;
+  return cached;
+}
+
+export const NO_LOCK_WARNING =
+  'checkpt: warning: CRIU cannot lock the network with nftables here (kernel without nf_tables?): TCP connections are not kept, they are closed in the resumed copy (listening sockets are kept).';
+
+const INVENTORY_MAGIC = 0x58313116;
+const DUMP_CRIU_RUN_ID = 13;
+/** CRIU formats "inet CRIU-<run id>" into 32 bytes (netfilter.c): the run id is cut to fit. */
+const TABLE_NAME_MAX = 31;
+
+/** The lock table's name from inventory.img (one magic number, then one message), if it has one. */
+export function lockTableName(inventory: Buffer): string | undefined {
+  if (inventory.length < 8 || inventory.readUInt32LE(0) !== INVENTORY_MAGIC) return undefined;
+  const len = inventory.readUInt32LE(4);
+  if (8 + len > inventory.length) return undefined;
+  const id = decodeMessage(inventory.subarray(8, 8 + len)).find(
+    (f) => f.no === DUMP_CRIU_RUN_ID && f.wire === 2,
+  );
+  return id ? `inet CRIU-${id.bytes.toString('utf8')}`.slice(0, TABLE_NAME_MAX) : undefined;
+}
+
+/** The table a dump's connections are locked by, from its inventory.img. */
+export function lockTableOf(imagesDir: string): string | undefined {
+  try {
+    return lockTableName(readFileSync(join(imagesDir, 'inventory.img')));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Deletes a lock table a checkpoint-and-exit left (checkpt-helper unlock, through libnftables):
+ * the connections it held silent then get a reset from the kernel the next time their peers send.
+ */
+export function removeLockTable(table: string): 'removed' | 'absent' {
+  requireHelper();
+  const r = spawnSync(helperPath, ['unlock', table], { encoding: 'utf8', timeout: 30_000 });
+  if (r.status === 0) return 'removed';
+  if (r.status === 3) return 'absent';
+  throw new CheckptError(
+    process.getuid?.() === 0 ? 'EIO' : 'EPERM',
+    `Could not remove the network lock ${table}: ${(r.stderr || r.error?.message || `status ${r.status}`).trim()}. Removing it needs root (CAP_NET_ADMIN).`,
+  );
+}
+
+/** Whether a dump holds established TCP connections (CRIU writes one tcp-stream image for each). */
+export function dumpedConnections(imagesDir: string): boolean {
+  return readdirSync(imagesDir).some((n) => n.startsWith('tcp-stream-'));
+}
+
+export interface DumpLock {
+  table: string;
+  /** It holds connections: it must stay until a restore takes them over (or `checkpt unlock`). */
+  holds: boolean;
+}
+
+/** The lock table a dump made, if any, and whether it holds connections. */
+export function dumpLock(imagesDir: string): DumpLock | undefined {
+  const table = lockTableOf(imagesDir);
+  return table === undefined ? undefined : { table, holds: dumpedConnections(imagesDir) };
+}
+
+/**
+ * After a kept checkpoint-and-exit: a table holding no connection would be left behind for good by
+ * a file never resumed, so it goes at once.
+ */
+export function dropEmptyLock(lock: DumpLock | undefined): void {
+  if (lock === undefined || lock.holds) return;
+  try {
+    removeLockTable(lock.table);
+  } catch {
+    // An empty table drops nothing; never a reason to fail a written checkpoint.
+  }
+}
