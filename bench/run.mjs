@@ -14,7 +14,6 @@ import {
   readFileSync,
   readSync,
   readdirSync,
-  readlinkSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -26,6 +25,8 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { tcpDumpArgs } from '../dist/engine/criu.js';
+import { criuPath } from '../dist/engine/paths.js';
 import { processTree } from '../dist/launcher/procfs.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -380,11 +381,11 @@ async function cycle(app, i) {
         r.checkptCriuStats = criuStats(join(dir, 'stats-dump'));
       }
     } else {
-      await http('POST', port, '/unlisten');
-      await untilClosed(port);
+      // The same process as checkpt dumps, listener and all, with the same socket flags.
+      await http('POST', port, '/arm');
       const t = performance.now();
       const d = await run(
-        'criu',
+        criuPath,
         [
           'dump',
           '-t',
@@ -395,13 +396,13 @@ async function cycle(app, i) {
           'dump.log',
           '--leave-running',
           '--shell-job',
+          ...tcpDumpArgs('established'),
         ],
         { env: criuEnv },
       );
       r.rawDumpWallMs = performance.now() - t;
       if (d.status !== 0)
         throw new Error(`raw criu dump failed: ${tail(join(rawDir, 'dump.log'))}${d.stderr}`);
-      kill(orig.pid, 'SIGUSR2'); // listen again
       await firstAnswer(port, performance.now(), 10_000, orig);
       r.rawGapMs = (await http('GET', port, '/gap')).body.maxGapMs;
       r.rawBytes = dirBytes(rawDir);
@@ -453,7 +454,7 @@ async function rawLazyRestore(rawDir, origPid, port, timeout) {
   mkdirSync(w, { recursive: true });
   const t0 = performance.now();
   const daemon = start(
-    'criu',
+    criuPath,
     ['lazy-pages', '-D', rawDir, '-W', w, '-o', 'lazy.log', '--status-fd', '3'],
     { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], env: criuEnv },
   );
@@ -469,18 +470,17 @@ async function rawLazyRestore(rawDir, origPid, port, timeout) {
 /**
  * `criu restore -d` of the raw images in a fresh PID namespace under checkpt's helper as init
  * (CRIU needs the old pid free; the original is gone but its pid may be reused); with `lazyDir`,
- * `--lazy-pages` from the daemon listening there. The program closed its listener for the raw
- * dump, so it is told to listen again (SIGUSR2) as soon as CRIU is done: the same work checkpt's
- * afterRestore does by itself. Times are from `t0`.
+ * `--lazy-pages` from the daemon listening there. CRIU restores the listener itself, as for
+ * checkpt. Times are from `t0`.
  */
 async function rawRestore(rawDir, origPid, port, timeout, lazyDir, t0 = performance.now()) {
   const lazy = lazyDir === undefined ? [] : ['-W', lazyDir, '--lazy-pages'];
   const log = join(lazyDir ?? rawDir, 'restore.log');
   const raw = start(
     helperBin,
-    ['init', '--pid', String(origPid), '--status-fd', '3', '--', 'criu', 'restore', '-D', rawDir]
+    ['init', '--pid', String(origPid), '--status-fd', '3', '--', criuPath, 'restore', '-D', rawDir]
       .concat(lazy)
-      .concat(['-o', 'restore.log', '-d', '--shell-job']),
+      .concat(['-o', 'restore.log', '-d', '--shell-job', '--tcp-established']),
     { stdio: ['ignore', 'ignore', 'ignore', 'pipe'], env: criuEnv },
   );
   const status = await new Promise((resolve) => {
@@ -495,24 +495,10 @@ async function rawRestore(rawDir, origPid, port, timeout, lazyDir, t0 = performa
   const criuMs = performance.now() - t0;
   if (!/^restored/m.test(status))
     throw new Error(`raw criu restore failed (${status.trim()}): ${tail(log)}`);
-  const prog = programUnder(raw.pid);
-  if (!prog) throw new Error('raw restore: no program found');
-  kill(prog, 'SIGUSR2');
   const answerMs = await firstAnswer(port, t0, timeout, raw);
   await stop(raw);
   await untilClosed(port);
   return { criuMs, answerMs };
-}
-
-/** The restored Node program below a namespace init. */
-function programUnder(pid) {
-  return descendants(pid).find((p) => {
-    try {
-      return readlinkSync(`/proc/${p}/exe`) === readlinkSync(`/proc/self/exe`);
-    } catch {
-      return false;
-    }
-  });
 }
 
 function tail(file) {
@@ -652,7 +638,7 @@ function verdict(t) {
 }
 
 function machine() {
-  const criu = spawnSync('criu', ['--version'], { encoding: 'utf8' }).stdout.match(
+  const criu = spawnSync(criuPath, ['--version'], { encoding: 'utf8' }).stdout.match(
     /Version: (\S+)/,
   )?.[1];
   return {

@@ -7,10 +7,6 @@
 //   GET  /gap                   the largest heartbeat gap since /arm, in ms
 //   POST /checkpoint?file=F     answers 202, then checkpt(F) (or checkpoint(F) with &mode=async)
 //   GET  /last                  what the last checkpoint saw: call time and largest gap
-//   POST /unlisten              answers, then closes the listener and its connections and starts
-//                               watching the heartbeat: CRIU cannot dump a TCP socket on this
-//                               machine, so a raw `criu dump` needs the program to let go of it,
-//                               as checkpt does by itself; SIGUSR2 makes it listen again
 //
 // Output goes nowhere (the bench starts apps with stdio on /dev/null): everything is over HTTP.
 import { createServer } from 'node:http';
@@ -94,22 +90,9 @@ export function serve(extra = () => ({})) {
       return json(202, { accepted: file });
     }
     if (url.pathname === '/last') return json(200, last ?? null);
-    if (req.method === 'POST' && url.pathname === '/unlisten') {
-      res.on('finish', () => {
-        server.close();
-        server.closeAllConnections();
-        arm();
-      });
-      res.setHeader('connection', 'close');
-      return json(200, { unlistening: true });
-    }
     json(404, { error: 'not found' });
   });
   server.keepAliveTimeout = 1;
-  const listen = () => server.listen(port, '127.0.0.1');
-  process.on('SIGUSR2', () => {
-    if (!server.listening) listen();
-  });
-  listen();
+  server.listen(port, '127.0.0.1');
   return server;
 }

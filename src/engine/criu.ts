@@ -223,7 +223,7 @@ function dumpFailureMessage(reason: string | undefined, log: string): string {
   if (/No space left on device|Disk quota exceeded/.test(why))
     return `CRIU ran out of space for its images in the staging directory (${why}). Free space there, or point CHECKPT_TMPDIR at a filesystem with room; the program keeps running.`;
   if (/unix|socket|tcp|inet/i.test(why))
-    return `CRIU cannot dump a socket of this program (${why}). Close connections and listening sockets before checkpointing and re-create them after; the program keeps running.`;
+    return `CRIU cannot dump a socket of this program (${why}). TCP and UDP sockets are kept; this is usually a Unix-domain connection to a process outside the program, or a kind of socket CRIU does not support: close it in a beforeCheckpoint step (register()) and re-create it after. The program keeps running.`;
   return `CRIU could not dump the process: ${why}. The program keeps running; fix the cause and try again.`;
 }
 
