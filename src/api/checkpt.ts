@@ -11,6 +11,7 @@ import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from 
 import { networkResource } from './network.js';
 import { defaultCheckpointFile } from './template.js';
 import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
+import { networkLockWorks, NO_LOCK_WARNING } from '../engine/netlock.js';
 import { POST_DUMP_SOCK } from '../engine/post-dump.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
 import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
@@ -190,6 +191,13 @@ function settle(result: number, after: HookFailure[], target: string): number {
   throw err;
 }
 
+let warnedNoLock = false;
+function warnNoLockOnce(): void {
+  if (warnedNoLock) return;
+  warnedNoLock = true;
+  process.stderr.write(`${NO_LOCK_WARNING}\n`);
+}
+
 function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'): Session {
   const id = `${ownerTag()}-${randomBytes(6).toString('hex')}`;
   const ctlDir = join(runDir, id);
@@ -211,6 +219,11 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       background: mode === 'async',
       manifest: manifestBase(fifo),
     };
+    if (!networkLockWorks()) {
+      // Without nftables CRIU cannot hold connections still: they are recorded closed instead.
+      job.manifest.tcp = 'closed';
+      warnNoLockOnce();
+    }
     if (options.exit) job.exit = true;
     // Only the path: the key itself is read by the worker, never into this process's memory.
     const keyFile = keyFilePath();
@@ -224,6 +237,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       imagesDir,
       workDir,
       externalUnix: externalSockets(job.manifest.stdio),
+      tcp: job.manifest.tcp === 'closed' ? 'close' : 'established',
       // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
       leave: options.exit ? 'stopped' : 'running',
     });

@@ -5,23 +5,58 @@
  * connections die silently and come back on restore, which removes it.
  */
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { release } from 'node:os';
 import { join } from 'node:path';
 import { criuEnv } from './criu.js';
 import { decodeMessage } from './criu-image.js';
-import { criuPath, helperPath, requireHelper } from './paths.js';
+import { criuPath, helperPath, requireHelper, runDir } from './paths.js';
 import { CheckptError } from '../api/errors.js';
 
 let cached: boolean | undefined;
 
-/** `criu check --feature network_lock_nftables`, once per process (the kernel does not change). */
+/**
+ * `criu check --feature network_lock_nftables` (about 50 ms), once per CRIU binary and kernel: the
+ * answer is kept in the run directory (a tmpfs, gone at reboot), so only the first checkpoint on a
+ * machine pays for it.
+ */
 export function networkLockWorks(): boolean {
-  cached ??=
+  if (cached !== undefined) return cached;
+  let key = `${criuPath} ${release()}`;
+  try {
+    const st = statSync(criuPath);
+    key += ` ${st.ino} ${st.mtimeMs}`;
+  } catch {
+    // 'criu' on the PATH: the path and the kernel are the key
+  }
+  const file = join(runDir, 'netlock.json');
+  try {
+    const saved = JSON.parse(readFileSync(file, 'utf8')) as { key?: string; works?: boolean };
+    if (saved.key === key && typeof saved.works === 'boolean') return (cached = saved.works);
+  } catch {
+    // not known yet
+  }
+  cached =
     spawnSync(criuPath, ['check', '--feature', 'network_lock_nftables'], {
       env: criuEnv(),
       stdio: 'ignore',
       timeout: 30_000,
     }).status === 0;
+  try {
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
+    const tmp = `${file}.${process.pid}`;
+    writeFileSync(tmp, JSON.stringify({ key, works: cached }), { mode: 0o600 });
+    renameSync(tmp, file);
+  } catch {
+    // an unwritable run directory only costs the next process the same 50 ms
+  }
   return cached;
 }
 

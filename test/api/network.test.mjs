@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { connect, createServer } from 'node:net';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -49,10 +49,10 @@ async function http(port, path, method = 'GET') {
   return { status: res.status, body: text.startsWith('{') ? JSON.parse(text) : text };
 }
 
-async function startServer(n, name, extra = []) {
+async function startServer(n, name, extra = [], options = {}) {
   const port = await freePort();
   const file = join(dir, `${name}.ckpt`);
-  const p = startNode(n, fixture('server.mjs'), [String(port), file, ...extra]);
+  const p = startNode(n, fixture('server.mjs'), [String(port), file, ...extra], options);
   await waitFor(p, (e) => e.event === 'listening', 'the server to listen');
   return { port, file, p };
 }
@@ -210,6 +210,44 @@ for (const n of nodeBinaries()) {
     await ended(copy);
   });
 }
+
+test('without nftables network locking: one warning, the connection ends (never hangs) at a checkpoint-and-exit, and the copy listens again', async () => {
+  // A CRIU stand-in whose nftables locking does not work, as on a kernel without nf_tables.
+  const fake = join(dir, 'criu-nolock');
+  writeFileSync(
+    fake,
+    `#!/bin/sh\nif [ "$1" = check ] && [ "$3" = network_lock_nftables ]; then exit 1; fi\nexec "$CHECKPT_REAL_CRIU" "$@"\n`,
+    { mode: 0o755 },
+  );
+  // The answer is cached per CRIU binary in the run directory: a private one, so no other test sees it.
+  const run = join(dir, 'run-nolock');
+  const env = { ...process.env, CHECKPT_CRIU: fake, CHECKPT_RUN_DIR: run };
+  const n = nodeBinaries()[0];
+  const { port, file, p } = await startServer(n, 'nolock', ['--exit'], { env });
+  const client = keepAlive(port);
+  assert.equal((await client.get('/')).gen, 0);
+  await askCheckpoint(port);
+  const { code, signal } = await ended(p);
+  assert.equal(code, 0, `${signal} ${p.stderrText}`);
+  assert.equal(
+    p.stderrText.match(/warning: CRIU cannot lock the network/g)?.length,
+    1,
+    p.stderrText,
+  );
+  // Not locked, the connection cannot be carried over: its client is told at once, not left waiting.
+  const deadline = Date.now() + 10_000;
+  while (client.seen.length === 0) {
+    assert.ok(Date.now() < deadline, 'the client still waits on a connection nobody holds');
+    await sleep(20);
+  }
+  assert.ok(!locked(port, client.sock.localPort));
+  const copy = resume(file, { env });
+  await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the resumed copy');
+  assert.equal((await untilGeneration(port, 1)).body.gen, 1);
+  copy.kill('SIGTERM');
+  await ended(copy);
+  rmSync(run, { recursive: true, force: true });
+});
 
 test('checkpt() (sync) keeps the listener and the connection too, and so does checkpt(file, { exit: true }) with a resume', async () => {
   const node = nodeBinaries()[0];
