@@ -25,6 +25,7 @@ import { criuVersion, dump } from './criu.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
+import { requireWholeProgram } from './whole-program.js';
 
 export interface OutsideDumpRequest {
   /** The program's pid on the host. */
@@ -52,12 +53,13 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   // Before anything is dumped: a bad key file must not cost a frozen program.
   const key = loadKey();
   const status = procStatus(req.pid);
+  const running = status ? processTree(req.pid) : [];
+  requireWholeProgram(req.nsPid, req.innerPid, running);
   if (!status)
     throw new CheckptError(
       'EDUMP',
       `The program (pid ${req.pid}) has already ended; nothing to checkpoint.`,
     );
-  const running = processTree(req.pid);
   const uring = treeUsesIoUring(running);
   if (uring !== undefined)
     throw new CheckptError(
@@ -85,7 +87,11 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
     });
     stopped = req.exit;
     // Only now, with the tree stopped, is the list of its processes final (a shell forks on).
-    if (stopped) tree = processTree(req.pid);
+    if (stopped) {
+      tree = processTree(req.pid);
+      // Stopped, the namespace can no longer change: what is not in the tree is not in the image.
+      requireWholeProgram(req.nsPid, req.innerPid, tree);
+    }
     const dumpMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
     const manifest: Manifest = {
       formatVersion: FORMAT_VERSION,

@@ -1,0 +1,87 @@
+/**
+ * A checkpoint from outside holds every process of the program or is not written: CRIU dumps one
+ * tree, from the program's first process down, and says nothing of the processes of the namespace
+ * that are not in it.
+ */
+import { readdirSync, readlinkSync, realpathSync } from 'node:fs';
+import { CheckptError } from '../api/errors.js';
+import { cmdline, procStatus } from '../launcher/procfs.js';
+import { helperPath } from './paths.js';
+
+export interface Stray {
+  /** Its pid on the host. */
+  pid: number;
+  /** Its pid in the program's namespace. */
+  innerPid: number;
+  argv: string[];
+}
+
+function pidNs(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return undefined;
+  }
+}
+
+function realHelper(): string {
+  try {
+    return realpathSync(helperPath);
+  } catch {
+    return helperPath;
+  }
+}
+
+/**
+ * The processes of the PID namespace whose init (checkpt's helper) is `nsPid`, on the host, that are
+ * neither in `tree` nor checkpt's own (the init and its output relays).
+ */
+export function strays(nsPid: number, tree: readonly number[]): Stray[] {
+  const ns = pidNs(nsPid);
+  if (!ns) return [];
+  const inTree = new Set(tree);
+  const helper = realHelper();
+  const out: Stray[] = [];
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || pid === nsPid || inTree.has(pid) || pidNs(pid) !== ns) continue;
+    const status = procStatus(pid);
+    if (!status) continue;
+    let exe = '';
+    try {
+      exe = readlinkSync(`/proc/${pid}/exe`);
+    } catch {
+      // a zombie has no executable: it is the program's
+    }
+    if (exe === helper && Number(status.PPid) === nsPid) continue;
+    const inner = Number(status.NSpid?.split(/\s+/).at(-1));
+    out.push({ pid, innerPid: inner, argv: cmdline(pid) });
+  }
+  return out;
+}
+
+function describe(s: Stray): string {
+  const cmd = s.argv.join(' ') || '(ended, not yet reaped)';
+  return `pid ${s.innerPid} (host ${s.pid}): ${cmd.length > 80 ? `${cmd.slice(0, 77)}...` : cmd}`;
+}
+
+/**
+ * Throws EDUMP, naming them, when the program's namespace has processes a dump of `tree` (the
+ * program's first process, `rootInnerPid`, and its descendants) would leave out.
+ */
+export function requireWholeProgram(
+  nsPid: number,
+  rootInnerPid: number,
+  tree: readonly number[],
+): void {
+  const left = strays(nsPid, tree);
+  if (left.length === 0) return;
+  const rootGone = tree.length === 0;
+  const why = rootGone
+    ? `the program's first process (pid ${rootInnerPid}) has ended, and a checkpoint starts from it`
+    : `they are not descendants of the program's first process (pid ${rootInnerPid}), where a checkpoint starts`;
+  throw new CheckptError(
+    'EDUMP',
+    `A checkpoint would leave out ${left.length} process${left.length > 1 ? 'es' : ''} of the program (${left.map(describe).join('; ')}): ${why}. Nothing was written; the program keeps running. Keep the first process running while the others do (a shell that waits for them, a server that does not daemonize).`,
+  );
+}
