@@ -11,6 +11,7 @@ import { hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js'
 import { defaultCheckpointFile } from './template.js';
 import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
+import { withoutAdoption } from './subreaper.js';
 import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio, externalSockets } from '../engine/stdio.js';
@@ -220,27 +221,29 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
     // would dump it along with us. One process start, before anything is frozen.
-    const r = spawnSync(
-      helperPath,
-      [
-        'dump',
-        '--pid',
-        String(process.pid),
-        '--fifo',
-        fifo,
-        '--timeout-ms',
-        String(job.timeoutMs),
-        ...(mode === 'async' ? ['--async'] : []),
-        '--worker',
-        process.execPath,
-        dumpWorkerPath,
-        jobFile,
-        '--',
-        criuPath,
-        ...criuArgs,
-        ...(mode === 'async' ? ['--action-script', helperPath] : []),
-      ],
-      { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '' } },
+    const r = withoutAdoption(() =>
+      spawnSync(
+        helperPath,
+        [
+          'dump',
+          '--pid',
+          String(process.pid),
+          '--fifo',
+          fifo,
+          '--timeout-ms',
+          String(job.timeoutMs),
+          ...(mode === 'async' ? ['--async'] : []),
+          '--worker',
+          process.execPath,
+          dumpWorkerPath,
+          jobFile,
+          '--',
+          criuPath,
+          ...criuArgs,
+          ...(mode === 'async' ? ['--action-script', helperPath] : []),
+        ],
+        { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '' } },
+      ),
     );
     closeSync(log);
     if (r.error || r.status !== 0)

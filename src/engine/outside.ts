@@ -53,13 +53,13 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   // Before anything is dumped: a bad key file must not cost a frozen program.
   const key = loadKey();
   const status = procStatus(req.pid);
-  const running = status ? processTree(req.pid) : [];
-  requireWholeProgram(req.nsPid, req.innerPid, running);
+  requireWholeProgram(req.nsPid, req.innerPid, status ? req.pid : undefined);
   if (!status)
     throw new CheckptError(
       'EDUMP',
       `The program (pid ${req.pid}) has already ended; nothing to checkpoint.`,
     );
+  const running = processTree(req.pid);
   const uring = treeUsesIoUring(running);
   if (uring !== undefined)
     throw new CheckptError(
@@ -90,7 +90,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
     if (stopped) {
       tree = processTree(req.pid);
       // Stopped, the namespace can no longer change: what is not in the tree is not in the image.
-      requireWholeProgram(req.nsPid, req.innerPid, tree);
+      requireWholeProgram(req.nsPid, req.innerPid, req.pid);
     }
     const dumpMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
     const manifest: Manifest = {

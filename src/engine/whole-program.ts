@@ -33,20 +33,22 @@ function realHelper(): string {
 }
 
 /**
- * The processes of the PID namespace whose init (checkpt's helper) is `nsPid`, on the host, that are
- * neither in `tree` nor checkpt's own (the init and its output relays).
+ * The processes of the PID namespace whose init (checkpt's helper) is `nsPid`, on the host, that do
+ * not descend from `root` (the program's first process; undefined once it has ended) and are not
+ * checkpt's own (the init and its output relays). Decided by each process's ancestry, not from a
+ * list taken earlier, so a child forked meanwhile counts as in the tree.
  */
-export function strays(nsPid: number, tree: readonly number[]): Stray[] {
+export function strays(nsPid: number, root: number | undefined): Stray[] {
   const ns = pidNs(nsPid);
   if (!ns) return [];
-  const inTree = new Set(tree);
   const helper = realHelper();
   const out: Stray[] = [];
   for (const name of readdirSync('/proc')) {
     const pid = Number(name);
-    if (!Number.isInteger(pid) || pid === nsPid || inTree.has(pid) || pidNs(pid) !== ns) continue;
+    if (!Number.isInteger(pid) || pid === nsPid || pidNs(pid) !== ns) continue;
     const status = procStatus(pid);
     if (!status) continue;
+    if (root !== undefined && descendsFrom(pid, root, nsPid)) continue;
     let exe = '';
     try {
       exe = readlinkSync(`/proc/${pid}/exe`);
@@ -60,26 +62,35 @@ export function strays(nsPid: number, tree: readonly number[]): Stray[] {
   return out;
 }
 
+/** Whether `pid` is `root` or below it; the walk up stops at the namespace's init. */
+function descendsFrom(pid: number, root: number, nsPid: number): boolean {
+  for (let cur = pid, hops = 0; cur > 1 && cur !== nsPid && hops < 4096; hops++) {
+    if (cur === root) return true;
+    cur = Number(procStatus(cur)?.PPid ?? 0);
+  }
+  return false;
+}
+
 function describe(s: Stray): string {
   const cmd = s.argv.join(' ') || '(ended, not yet reaped)';
   return `pid ${s.innerPid} (host ${s.pid}): ${cmd.length > 80 ? `${cmd.slice(0, 77)}...` : cmd}`;
 }
 
 /**
- * Throws EDUMP, naming them, when the program's namespace has processes a dump of `tree` (the
- * program's first process, `rootInnerPid`, and its descendants) would leave out.
+ * Throws EDUMP, naming them, when the program's namespace has processes a dump from its first
+ * process (`root` on the host, undefined once it has ended; `rootInnerPid` inside) would leave out.
  */
 export function requireWholeProgram(
   nsPid: number,
   rootInnerPid: number,
-  tree: readonly number[],
+  root: number | undefined,
 ): void {
-  const left = strays(nsPid, tree);
+  const left = strays(nsPid, root);
   if (left.length === 0) return;
-  const rootGone = tree.length === 0;
-  const why = rootGone
-    ? `the program's first process (pid ${rootInnerPid}) has ended, and a checkpoint starts from it`
-    : `they are not descendants of the program's first process (pid ${rootInnerPid}), where a checkpoint starts`;
+  const why =
+    root === undefined
+      ? `the program's first process (pid ${rootInnerPid}) has ended, and a checkpoint starts from it`
+      : `they are not descendants of the program's first process (pid ${rootInnerPid}), where a checkpoint starts`;
   throw new CheckptError(
     'EDUMP',
     `A checkpoint would leave out ${left.length} process${left.length > 1 ? 'es' : ''} of the program (${left.map(describe).join('; ')}): ${why}. Nothing was written; the program keeps running. Keep the first process running while the others do (a shell that waits for them, a server that does not daemonize).`,
