@@ -241,7 +241,10 @@ async function underCheckpt(name, args) {
       `test ${name} (pid ${inner} in its namespace) in the resumed copy`,
       () => {
         if (copy.exitCode !== null || copy.signalCode !== null) return -1;
-        return descendants(copy.pid).find((c) => {
+        const below = descendants(copy.pid);
+        // Not while CRIU is still restoring the tree: a signal then breaks the restore.
+        if (below.some((c) => readLink(`/proc/${c}/exe`)?.endsWith('/criu'))) return undefined;
+        return below.find((c) => {
           const ns = /^NSpid:\s+(.*)$/m
             .exec(readText(`/proc/${c}/status`) ?? '')?.[1]
             .trim()
