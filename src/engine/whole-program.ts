@@ -48,7 +48,7 @@ export function strays(nsPid: number, root: number | undefined): Stray[] {
     if (!Number.isInteger(pid) || pid === nsPid || pidNs(pid) !== ns) continue;
     const status = procStatus(pid);
     if (!status) continue;
-    if (root !== undefined && descendsFrom(pid, root, nsPid)) continue;
+    if (root !== undefined && descendsFrom(pid, Number(status.PPid), root, nsPid)) continue;
     let exe = '';
     try {
       exe = readlinkSync(`/proc/${pid}/exe`);
@@ -62,11 +62,21 @@ export function strays(nsPid: number, root: number | undefined): Stray[] {
   return out;
 }
 
-/** Whether `pid` is `root` or below it; the walk up stops at the namespace's init. */
-function descendsFrom(pid: number, root: number, nsPid: number): boolean {
-  for (let cur = pid, hops = 0; cur > 1 && cur !== nsPid && hops < 4096; hops++) {
+/**
+ * Whether `pid` (whose parent is `ppid`) is `root` or below it; the walk up stops at the
+ * namespace's init. A process of the chain that ends meanwhile counts as in the tree: its
+ * children pass to the first process, and a process that ended is not left out.
+ */
+function descendsFrom(pid: number, ppid: number, root: number, nsPid: number): boolean {
+  let cur = pid;
+  let parent: number | undefined = ppid;
+  for (let hops = 0; hops < 4096; hops++) {
     if (cur === root) return true;
-    cur = Number(procStatus(cur)?.PPid ?? 0);
+    if (parent === undefined) return true;
+    if (parent <= 1 || parent === nsPid) return false;
+    cur = parent;
+    const up = procStatus(cur)?.PPid;
+    parent = up === undefined ? undefined : Number(up);
   }
   return false;
 }
@@ -85,7 +95,12 @@ export function requireWholeProgram(
   rootInnerPid: number,
   root: number | undefined,
 ): void {
-  const left = strays(nsPid, root);
+  const first = strays(nsPid, root);
+  if (first.length === 0) return;
+  // Only those found twice: a process caught between its parent's exit and its adoption, or
+  // ending, is not one left out.
+  const again = new Set(strays(nsPid, root).map((s) => s.pid));
+  const left = first.filter((s) => again.has(s.pid));
   if (left.length === 0) return;
   const why =
     root === undefined
