@@ -26,6 +26,12 @@ fi
 [ -n "$tarball" ] && [ -f "$tarball" ] ||
   die "no CRIU source tarball in $home/src (scripts/install-criu.sh keeps the one it builds from; a system CRIU has none): set CHECKPT_CRIU_SOURCE=/path/to/criu_X.Y.Z.orig.tar.xz"
 
+# The tests should come from the source the CRIU in use was built from.
+built=$(sed -n 's/^sha256=//p' "$home/BUILD-INFO" 2>/dev/null || true)
+if [ -n "$built" ] && [ "$built" != "$(sha256sum "$tarball" | cut -d' ' -f1)" ]; then
+  echo "build-zdtm: warning: $tarball is not the source $home/bin/criu was built from ($home/BUILD-INFO)" >&2
+fi
+
 tests=$(grep -v '^\s*#' "$list" | awk '{print $1}' | grep . | tr '\n' ' ')
 stamp="$(sha256sum "$tarball" | cut -d' ' -f1) $(sha256sum "$list" | cut -d' ' -f1) $(sha256sum "$0" | cut -d' ' -f1)"
 if [ -f "$dir/stamp" ] && [ "$(cat "$dir/stamp")" = "$stamp" ] && [ -f "$dir/tests.tsv" ]; then
