@@ -22,6 +22,7 @@
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -51,6 +52,7 @@
 static volatile sig_atomic_t target_pid = 0;
 static volatile sig_atomic_t pending_sig = 0;
 static int relay_fds[2];
+static pid_t relay_pids[2];
 static int nrelay = 0;
 static int pty_mode = 0;
 static int wake_fd[2] = {-1, -1};
@@ -382,6 +384,16 @@ static pid_t start_relay(int fd) {
   return r;
 }
 
+/*
+ * The program's first process adopts the program's orphans (PR_SET_CHILD_SUBREAPER survives exec):
+ * a child that daemonizes (forks, its parent exits) stays in the tree a checkpoint dumps, instead
+ * of passing to this init, outside it. The kernel still reaps them only if the adopter waits, as
+ * shells do; CRIU dumps and restores the flag.
+ */
+static void adopt_orphans(void) {
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) die("prctl(CHILD_SUBREAPER)");
+}
+
 static void default_signals(void) {
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
@@ -433,6 +445,49 @@ static void keep_pids_free(pid_t pid) {
   if (fclose(f) != 0) die("write ns_last_pid");
 }
 
+/*
+ * The program ends with its first process, as a container does with its main process: whatever
+ * that left running is killed, or it would hold the output relays open and checkpt would never
+ * return. Every process of the namespace but this init and the relays (from /proc: our own).
+ */
+static void end_leftovers(void) {
+  DIR *d = opendir("/proc");
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    char *end;
+    long p = strtol(e->d_name, &end, 10);
+    if (*end || p <= 1) continue;
+    int relay = 0;
+    for (int k = 0; k < nrelay; k++) relay |= p == relay_pids[k];
+    if (!relay) kill((pid_t)p, SIGKILL);
+  }
+  closedir(d);
+}
+
+/*
+ * Reaps until nothing is left in the namespace: the program's first process, what it left (killed
+ * then), and the relays, which end once all its output is through. Returns whether the first
+ * process was seen, its status in *status.
+ */
+static int wait_program(pid_t pid, int *status) {
+  int done = 0, st;
+  for (;;) {
+    pid_t w = waitpid(-1, &st, 0);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return done;
+    }
+    if (w == pid) {
+      done = 1;
+      *status = st;
+      target_pid = 0;
+    }
+    /* Again after each reap: a leftover may have forked before it was killed. */
+    if (done) end_leftovers();
+  }
+}
+
 /* PID 1 of the new namespace. */
 static int run_init(struct init_opts *o) {
   int ctl = -1;
@@ -452,12 +507,8 @@ static int run_init(struct init_opts *o) {
   relay_signals();
   if (!o->run) keep_pids_free(o->pid);
 
-  int relays_left = 0, pid_status = 0;
-  pid_t relay_pids[2] = {0, 0};
-  for (int k = 0; k < nrelay; k++) {
-    relay_pids[k] = start_relay(relay_fds[k]);
-    relays_left++;
-  }
+  int pid_status = 0;
+  for (int k = 0; k < nrelay; k++) relay_pids[k] = start_relay(relay_fds[k]);
 
   int st;
   pid_t pid;
@@ -467,6 +518,7 @@ static int run_init(struct init_opts *o) {
     if (pid < 0) die("fork");
     if (pid == 0) {
       default_signals();
+      adopt_orphans();
       setpgid(0, 0);
       if (isatty(0)) {
         signal(SIGTTOU, SIG_IGN);
@@ -497,8 +549,6 @@ static int run_init(struct init_opts *o) {
       pid_t w = waitpid(-1, &st, 0);
       if (w == criu) break;
       if (w < 0 && errno != EINTR) die("waitpid criu");
-      for (int k = 0; k < nrelay; k++)
-        if (w == relay_pids[k]) relays_left--;
     }
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
       report(o->status_fd, "restore-failed %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
@@ -540,20 +590,7 @@ static int run_init(struct init_opts *o) {
     dup2(devnull, 2);
   }
 
-  /* The program's status is reported once its output has gone through the relays too. */
-  int done = 0;
-  for (;;) {
-    if (done && relays_left == 0) break;
-    pid_t w = waitpid(-1, &st, 0);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (w == pid) done = 1;
-    for (int k = 0; k < nrelay; k++)
-      if (w == relay_pids[k]) relays_left--;
-    if (w == pid) pid_status = st;
-  }
+  int done = wait_program(pid, &pid_status);
   if (!done) {
     /* The program is not our child: nothing left to wait for. */
     report(o->status_fd, "exit %d\n", 0);

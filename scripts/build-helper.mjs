@@ -1,5 +1,6 @@
 // Builds native/*.c into build/ with the system C compiler: the helper, the io_uring blocker and
-// the N-API addon that reseeds OpenSSL in resumed copies (no node-gyp: it needs no Node headers).
+// the N-API addons that reseed OpenSSL in resumed copies and switch orphan adoption (no node-gyp:
+// they need no Node headers).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -15,7 +16,13 @@ const targets = [
   {
     src: join(root, 'native', 'nouring.c'),
     out: join(root, 'build', 'libcheckpt-nouring.so'),
-    flags: ['-shared', '-fPIC'],
+    // No vector registers in code that runs inside every syscall() of the program.
+    flags: ['-shared', '-fPIC', '-mgeneral-regs-only'],
+  },
+  {
+    src: join(root, 'native', 'checkpt-subreaper.c'),
+    out: join(root, 'build', 'checkpt-subreaper.node'),
+    flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
   {
     src: join(root, 'native', 'checkpt-rand.c'),

@@ -14,6 +14,7 @@ import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
 import { networkLockWorks, NO_LOCK_WARNING } from '../engine/netlock.js';
 import { POST_DUMP_SOCK } from '../engine/post-dump.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
+import { withoutAdoption } from './subreaper.js';
 import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio, externalSockets } from '../engine/stdio.js';
@@ -252,27 +253,29 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
     // would dump it along with us. One process start, before anything is frozen.
-    const r = spawnSync(
-      helperPath,
-      [
-        'dump',
-        '--pid',
-        String(process.pid),
-        '--fifo',
-        fifo,
-        '--timeout-ms',
-        String(frontMs),
-        ...(mode === 'async' ? ['--async'] : []),
-        '--worker',
-        process.execPath,
-        dumpWorkerPath,
-        jobFile,
-        '--',
-        criuPath,
-        ...criuArgs,
-        ...(mode === 'async' || options.exit ? ['--action-script', helperPath] : []),
-      ],
-      { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '', ...postDumpEnv } },
+    const r = withoutAdoption(() =>
+      spawnSync(
+        helperPath,
+        [
+          'dump',
+          '--pid',
+          String(process.pid),
+          '--fifo',
+          fifo,
+          '--timeout-ms',
+          String(frontMs),
+          ...(mode === 'async' ? ['--async'] : []),
+          '--worker',
+          process.execPath,
+          dumpWorkerPath,
+          jobFile,
+          '--',
+          criuPath,
+          ...criuArgs,
+          ...(mode === 'async' || options.exit ? ['--action-script', helperPath] : []),
+        ],
+        { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '', ...postDumpEnv } },
+      ),
     );
     closeSync(log);
     if (r.error || r.status !== 0)

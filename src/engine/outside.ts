@@ -38,6 +38,7 @@ import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
 import { writeFailed } from './write-failed.js';
+import { requireWholeProgram } from './whole-program.js';
 
 export interface OutsideDumpRequest {
   /** The program's pid on the host. */
@@ -67,6 +68,7 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   // Before anything is dumped: a bad key file must not cost a frozen program.
   const key = loadKey();
   const status = procStatus(req.pid);
+  requireWholeProgram(req.nsPid, req.innerPid, status ? req.pid : undefined);
   if (!status)
     throw new CheckptError(
       'EDUMP',
@@ -206,6 +208,8 @@ async function dumpThenExit(
     let bytes = 0;
     let failure: unknown;
     try {
+      // Frozen, the namespace can no longer change: what is not in the tree is not in the image.
+      requireWholeProgram(req.nsPid, req.innerPid, req.pid);
       bytes = await pack(manifest);
     } catch (e) {
       failure = e;
