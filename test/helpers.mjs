@@ -1,7 +1,7 @@
 // Shared test plumbing: real node binaries, real CRIU, and cleanup of every process started.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +42,48 @@ export function nodeBinaries() {
 
 const started = new Set();
 
+/** How long any `await child.closed` may wait before the test fails saying what still ran. */
+const CLOSE_DEADLINE_MS = Number(process.env.CHECKPT_TEST_CLOSE_MS) || 60_000;
+
+/** Each process below `pid` (itself included) with its command line, for a timeout's message. */
+export function describeTree(pid) {
+  return processTree(pid)
+    .map((p) => {
+      try {
+        return `  ${p}: ${readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ').trim()}`;
+      } catch {
+        return `  ${p}: (gone)`;
+      }
+    })
+    .join('\n');
+}
+
+/**
+ * A process's end as a thenable whose every await has a deadline, counted from that await: a test
+ * never waits for a process without a bound, and a timeout says what was still running.
+ */
+function boundedEnd(child, what, done) {
+  return {
+    then(onFulfilled, onRejected) {
+      let timer;
+      const deadline = new Promise((_, reject) => {
+        timer = setTimeout(() => {
+          const tree =
+            describeTree(child.pid) || '  (nothing: the process is gone, its pipes still open)';
+          reject(
+            new Error(
+              `process ${child.pid} (${what}) did not end within ${CLOSE_DEADLINE_MS / 1000} s; still running:\n${tree}\nits stderr ends: ${child.stderrText.slice(-400)}`,
+            ),
+          );
+        }, CLOSE_DEADLINE_MS);
+      });
+      return Promise.race([done, deadline])
+        .finally(() => clearTimeout(timer))
+        .then(onFulfilled, onRejected);
+    },
+  };
+}
+
 /**
  * Starts a process in a process group of its own, so that everything it leads to (a resumed
  * copy included: CRIU puts it in the restorer's group) is killed by one signal at cleanup.
@@ -51,8 +93,10 @@ export function start(cmd, args, options = {}) {
   started.add(child);
   child.lines = [];
   child.stderrText = '';
-  child.closed = new Promise((resolve) =>
-    child.on('close', (code, signal) => resolve({ code, signal })),
+  child.closed = boundedEnd(
+    child,
+    [cmd, ...args].join(' '),
+    new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal }))),
   );
   let buf = '';
   child.stdout?.setEncoding('utf8');

@@ -56,6 +56,8 @@ export function runCriu(args: string[], timeoutMs: number, enter?: number): Prom
 export interface CriuRun {
   result: Promise<CriuResult>;
   stopTimer(): void;
+  /** The process started (CRIU, or nsenter running it): CRIU and its action scripts descend from it. */
+  pid: number | undefined;
 }
 
 export function startCriu(
@@ -69,11 +71,13 @@ export function startCriu(
       ? [criuPath, args]
       : ['nsenter', ['-t', String(enter), '-p', '-m', '--', criuPath, ...args]];
   let timer: NodeJS.Timeout | undefined;
+  let pid: number | undefined;
   const result = new Promise<CriuResult>((resolve) => {
     const child = spawn(cmd, argv, {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...criuEnv(), ...extraEnv },
     });
+    pid = child.pid;
     let stderr = '';
     let timedOut = false;
     child.stderr.setEncoding('utf8');
@@ -93,7 +97,7 @@ export function startCriu(
       resolve({ status, signal, timedOut, stderr });
     });
   });
-  return { result, stopTimer: () => clearTimeout(timer) };
+  return { result, stopTimer: () => clearTimeout(timer), pid };
 }
 
 export interface CriuLog {

@@ -209,7 +209,7 @@ async function dumpThenExit(
     let failure: unknown;
     try {
       // Frozen, the namespace can no longer change: what is not in the tree is not in the image.
-      requireWholeProgram(req.nsPid, req.innerPid, req.pid);
+      requireWholeProgram(req.nsPid, req.innerPid, req.pid, run.pid);
       bytes = await pack(manifest);
     } catch (e) {
       failure = e;

@@ -38,7 +38,7 @@ function realHelper(): string {
  * checkpt's own (the init and its output relays). Decided by each process's ancestry, not from a
  * list taken earlier, so a child forked meanwhile counts as in the tree.
  */
-export function strays(nsPid: number, root: number | undefined): Stray[] {
+export function strays(nsPid: number, root: number | undefined, ours?: number): Stray[] {
   const ns = pidNs(nsPid);
   if (!ns) return [];
   const helper = realHelper();
@@ -49,6 +49,8 @@ export function strays(nsPid: number, root: number | undefined): Stray[] {
     const status = procStatus(pid);
     if (!status) continue;
     if (root !== undefined && descendsFrom(pid, Number(status.PPid), root, nsPid)) continue;
+    // CRIU entered into the namespace, and its action script, while it holds the program frozen.
+    if (ours !== undefined && descendsFrom(pid, Number(status.PPid), ours, nsPid)) continue;
     let exe = '';
     try {
       exe = readlinkSync(`/proc/${pid}/exe`);
@@ -88,18 +90,20 @@ function describe(s: Stray): string {
 
 /**
  * Throws EDUMP, naming them, when the program's namespace has processes a dump from its first
- * process (`root` on the host, undefined once it has ended; `rootInnerPid` inside) would leave out.
+ * process (`root` on the host, undefined once it has ended; `rootInnerPid` inside) would leave out;
+ * what descends from `ours` (the CRIU run holding the program) is not the program's.
  */
 export function requireWholeProgram(
   nsPid: number,
   rootInnerPid: number,
   root: number | undefined,
+  ours?: number,
 ): void {
-  const first = strays(nsPid, root);
+  const first = strays(nsPid, root, ours);
   if (first.length === 0) return;
   // Only those found twice: a process caught between its parent's exit and its adoption, or
   // ending, is not one left out.
-  const again = new Set(strays(nsPid, root).map((s) => s.pid));
+  const again = new Set(strays(nsPid, root, ours).map((s) => s.pid));
   const left = first.filter((s) => again.has(s.pid));
   if (left.length === 0) return;
   const why =
