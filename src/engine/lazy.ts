@@ -47,7 +47,9 @@ export function startLazyPages(
     '--status-fd',
     '3',
   ];
-  const child = spawn(criuPath, args, {
+  // The daemon dies with checkpt, however checkpt ends: one killed, or dying of its program's
+  // signal, left it behind (stopped, found by the SIGTERM tests with CRIU 4.2).
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', criuPath, ...args], {
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
     env: criuEnv(),
   });

@@ -112,6 +112,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const pageBytes = readdirSync(imagesDir)
       .filter((n) => /^pages-\d+\.img$/.test(n))
       .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
+    // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
+    if (stopped) return await STOPPING_FOREVER;
     starting = lazyWanted(pageBytes) ? startLazyPages(imagesDir, workDir) : undefined;
     const lazy = await starting?.ready;
     if (stopped) return await STOPPING_FOREVER;

@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   cleanup,
+  describeTree,
   fixture,
   nodeBinaries,
   realCriu,
@@ -181,7 +182,12 @@ describe('lazy restore', () => {
       // The daemon's command line names the staging directory: none may run on.
       const deadline = Date.now() + 5000;
       while (runningWith(staging, true).length > 0 && Date.now() < deadline) await sleep(20);
-      assert.deepEqual(runningWith(staging, true), [], `a process left after ${delay} ms`);
+      const left = runningWith(staging, true);
+      assert.deepEqual(
+        left,
+        [],
+        `a process left after ${delay} ms:\n${left.map(describeTree).join('\n')}`,
+      );
     }
   });
 });
