@@ -34,9 +34,15 @@ const targets = [
 const lenient = process.argv.includes('--if-sources');
 
 const cc = process.env.CC || 'cc';
+// A shared header changes every target that includes it.
+const headers = ['napi-min.h']
+  .map((h) => join(root, 'native', h))
+  .filter((h) => existsSync(h))
+  .map((h) => statSync(h).mtimeMs);
 for (const { src, out, flags } of targets) {
   if (!existsSync(src)) continue;
-  if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) continue;
+  const newest = Math.max(statSync(src).mtimeMs, ...headers);
+  if (existsSync(out) && statSync(out).mtimeMs >= newest) continue;
   mkdirSync(dirname(out), { recursive: true });
   const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...flags, '-o', out, src], {
     stdio: 'inherit',

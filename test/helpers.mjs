@@ -1,6 +1,7 @@
 // Shared test plumbing: real node binaries, real CRIU, and cleanup of every process started.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -197,6 +198,25 @@ export function pidAlive(pid) {
   } catch {
     return false;
   }
+}
+
+/** `checkpt ARGS...` to its end (at most 60 s by default), its output as text. */
+export function checkptCli(args, options = {}) {
+  return spawnSync(process.execPath, [cli, ...args], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    ...options,
+  });
+}
+
+/** A TCP port on 127.0.0.1 that nobody listens on right now (the kernel's choice). */
+export function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
 }
 
 /** `checkpt run ARGS...`, in a process group of its own like every process a test starts. */

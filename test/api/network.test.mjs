@@ -10,6 +10,7 @@ import {
   descendants,
   events,
   fixture,
+  freePort,
   killGroup,
   nodeBinaries,
   removeDir,
@@ -30,15 +31,6 @@ after(async () => {
   await cleanup();
   removeDir(dir);
 });
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function http(port, path, method = 'GET') {
   const res = await fetch(`http://127.0.0.1:${port}${path}`, {

@@ -2,16 +2,15 @@
 // ports: the restore fails before CRIU starts, names the port and who holds it, and leaves
 // nothing running and nothing in staging.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  checkptCli,
   cleanup,
-  cli,
   descendants,
+  freePort,
   programPid,
   removeDir,
   resume,
@@ -24,17 +23,6 @@ after(async () => {
   await cleanup();
   removeDir(dir);
 });
-
-const checkptCli = (args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function until(what, pred, child, ms = 30_000) {
   const end = Date.now() + ms;

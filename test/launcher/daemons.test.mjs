@@ -1,14 +1,13 @@
 // `checkpt run` and programs that leave processes behind: daemons stay in the checkpoint, or the
 // checkpoint fails naming them; nothing leaks.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  checkptCli,
   cleanup,
-  cli,
   descendants,
   events,
   pidAlive,
@@ -26,8 +25,6 @@ after(async () => {
   removeDir(dir);
 });
 
-const checkptCli = (args) =>
-  spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60_000 });
 const last = (child, event) =>
   events(child)
     .filter((e) => e.event === event)

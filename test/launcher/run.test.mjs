@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  checkptCli,
   cleanup,
   cli,
   descendants,
@@ -27,7 +28,6 @@ after(async () => {
   removeDir(dir);
 });
 
-const checkptCli = (args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 const ticks = (child) => events(child).filter((e) => e.event === 'tick');
 const lastTick = (child) => ticks(child).at(-1)?.n ?? 0;
 

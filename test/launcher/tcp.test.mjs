@@ -10,7 +10,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cleanup, cli, programPid, removeDir, resume, run, tempDir } from '../helpers.mjs';
+import { checkptCli, cleanup, programPid, removeDir, resume, run, tempDir } from '../helpers.mjs';
 import { tablesLocking, unlockPorts } from '../netlock.mjs';
 import { freePort, ping, redisMissing, respClient } from '../redis.mjs';
 
@@ -26,7 +26,6 @@ after(async () => {
 });
 
 const missing = redisMissing();
-const checkptCli = (args) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 
 /** Settles like `p`, or fails after `ms` saying what was awaited: a hang fails, not holds, the test. */
 async function within(p, what, ms = 30_000, child = undefined) {
