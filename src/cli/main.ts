@@ -132,20 +132,36 @@ async function run(c: Command): Promise<number> {
 interface HeldRequests {
   /** Stops holding; returns the requests that came meanwhile (true: checkpoint and exit). */
   release(): boolean[];
+  /** The signals for the program that came meanwhile, in order. */
+  signals: NodeJS.Signals[];
 }
 
-/** Catches SIGCKPT/SIGCKPTEXIT while the program starts, so an early request is not lost. */
+/**
+ * Signals meant for the program that could arrive before it runs: the stopping ones (SIGTERM,
+ * SIGINT, SIGHUP) stop the restore itself instead (src/engine/restore.ts).
+ */
+const HELD_FOR_PROGRAM: NodeJS.Signals[] = ['SIGUSR2', 'SIGQUIT'];
+
+/**
+ * Catches SIGCKPT/SIGCKPTEXIT and the program's own signals while the program starts, so an early
+ * request is not lost and an early SIGUSR2 does not kill checkpt (its default action).
+ */
 function holdRequests(): HeldRequests {
   const sig = checkpointSignals();
   const got: boolean[] = [];
+  const signals: NodeJS.Signals[] = [];
   const ckpt = (): void => void got.push(false);
   const exit = (): void => void got.push(true);
+  const keep = (s: NodeJS.Signals): void => void signals.push(s);
   process.on(sig.ckpt, ckpt);
   process.on(sig.exit, exit);
+  for (const s of HELD_FOR_PROGRAM) process.on(s, keep);
   return {
+    signals,
     release: () => {
       process.off(sig.ckpt, ckpt);
       process.off(sig.exit, exit);
+      for (const s of HELD_FOR_PROGRAM) process.off(s, keep);
       return got;
     },
   };
@@ -171,8 +187,10 @@ async function supervise(
     ...(o.template === undefined ? {} : { template: o.template }),
   });
   const stop = sup.install();
-  for (const exit of o.held?.release() ?? []) sup.request(exit);
   const unrelay = relaySignals(() => r.initPid, { terminalSignals: !raw });
+  for (const exit of o.held?.release() ?? []) sup.request(exit);
+  // Signals for the program that came while it started: passed on now, in order.
+  for (const s of o.held?.signals ?? []) process.kill(process.pid, s);
   const st = await r.exited;
   unrelay();
   stop();
