@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { CheckptError } from '../api/errors.js';
+import { processTree, signalQuietly } from '../launcher/procfs.js';
 import { criuEnv } from './criu.js';
 import { criuPath } from './paths.js';
 
@@ -34,7 +35,7 @@ export function lazyWanted(pageBytes: number): boolean {
 export function startLazyPages(
   imagesDir: string,
   workDir: string,
-): { ready: Promise<LazyPages | undefined>; stop(): void; pid: number | undefined } {
+): { ready: Promise<LazyPages | undefined>; stop(): number[]; pid: number | undefined } {
   const args = [
     'lazy-pages',
     '-D',
@@ -47,8 +48,7 @@ export function startLazyPages(
     '--status-fd',
     '3',
   ];
-  // The daemon dies with checkpt, however checkpt ends: one killed, or dying of its program's
-  // signal, left it behind (stopped, found by the SIGTERM tests with CRIU 4.2).
+  // The daemon dies with checkpt, however checkpt ends (even killed itself).
   const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', criuPath, ...args], {
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
     env: criuEnv(),
@@ -58,8 +58,13 @@ export function startLazyPages(
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
   const status = child.stdio[3] as NodeJS.ReadableStream;
-  const stop = (): void => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  // CRIU forks probes of the kernel at start-up that stop themselves; one left by a daemon killed
+  // then stays stopped for good: the whole tree goes. Returns who was signalled.
+  const stop = (): number[] => {
+    if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return [];
+    const tree = processTree(child.pid);
+    for (const p of tree) signalQuietly(p, 'SIGKILL');
+    return tree;
   };
   const ready = new Promise<LazyPages | undefined>((resolve) => {
     let listening = false;

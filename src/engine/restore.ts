@@ -59,9 +59,9 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   const onSignal = (sig: NodeJS.Signals): void => {
     stopped = true;
     for (const s of STOPPING) process.off(s, onSignal);
-    starting?.stop();
+    const daemon = starting?.stop() ?? [];
     const tree = helper ? killTree(helper) : [];
-    void untilGone(starting?.pid ? [...tree, starting.pid] : tree, 5000).then(() => {
+    void untilGone([...tree, ...daemon], 5000).then(() => {
       rmSync(workDir, { recursive: true, force: true });
       process.kill(process.pid, sig);
     });
