@@ -211,8 +211,10 @@ export function checkptCli(args, options = {}) {
 
 /** A TCP port on 127.0.0.1 that nobody listens on right now (the kernel's choice). */
 export function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
       const { port } = s.address();
       s.close(() => resolve(port));
     });

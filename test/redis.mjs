@@ -1,10 +1,10 @@
 // A private redis-server for a test: a free port, a temporary directory, no persistence.
 // Stopped by pid and its directory removed by stop() (or by helpers.cleanup() if a test forgets).
 import { spawnSync } from 'node:child_process';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { removeDir, start, tempDir } from './helpers.mjs';
+import { freePort, removeDir, start, tempDir } from './helpers.mjs';
 
 /** Why redis tests cannot run here (a reason for t.skip), or undefined when they can. */
 export function redisMissing() {
@@ -14,16 +14,25 @@ export function redisMissing() {
   return undefined;
 }
 
-/** A TCP port nobody listens on right now (the kernel's choice). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
+// One way to find a free port for every test (kept exported here for the redis tests).
+export { freePort };
+
+/** redis-server's arguments for a private, unpersisted instance on `port`, its files in `dir`. */
+export function redisArgs(port, dir) {
+  return [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--dir',
+    dir,
+    '--logfile',
+    join(dir, 'redis.log'),
+  ];
 }
 
 /** Sends PING inline; resolves true on +PONG, false on anything else or an error. */
@@ -54,22 +63,7 @@ export async function startRedis(timeoutMs = 30_000) {
   let child;
   try {
     const port = await freePort();
-    child = start('redis-server', [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-      '--dir',
-      dir,
-      '--daemonize',
-      'no',
-      '--logfile',
-      join(dir, 'redis.log'),
-    ]);
+    child = start('redis-server', [...redisArgs(port, dir), '--daemonize', 'no']);
     const deadline = Date.now() + timeoutMs;
     while (!(await ping(port))) {
       if (child.exitCode !== null || child.signalCode !== null)

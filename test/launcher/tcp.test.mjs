@@ -12,7 +12,7 @@ import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { checkptCli, cleanup, programPid, removeDir, resume, run, tempDir } from '../helpers.mjs';
 import { tablesLocking, unlockPorts } from '../netlock.mjs';
-import { freePort, ping, redisMissing, respClient } from '../redis.mjs';
+import { freePort, ping, redisArgs, redisMissing, respClient } from '../redis.mjs';
 
 const dir = tempDir();
 const mounts = [];
@@ -58,6 +58,16 @@ async function until(what, pred, child, ms = 30_000) {
   }
 }
 
+/** A tmpfs of `size` mounted at dir/name (unmounted after the tests): a disk that fills up. */
+function tinyTmpfs(name, size) {
+  const at = join(dir, name);
+  mkdirSync(at);
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'checkpt-test', at]);
+  assert.equal(m.status, 0, String(m.stderr));
+  mounts.push(at);
+  return at;
+}
+
 /** `redis-server` on a free port under `checkpt run`, answering PING. */
 async function runRedis(name, { env = {}, file = undefined } = {}) {
   const port = await freePort();
@@ -65,27 +75,10 @@ async function runRedis(name, { env = {}, file = undefined } = {}) {
   const work = join(dir, name);
   mkdirSync(work);
   file ??= join(work, `${name}.ckpt`);
-  const p = run(
-    [
-      '--file',
-      file,
-      '--',
-      'redis-server',
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-      '--dir',
-      work,
-      '--logfile',
-      join(work, 'redis.log'),
-    ],
-    { cwd: work, env: { ...process.env, ...env } },
-  );
+  const p = run(['--file', file, '--', 'redis-server', ...redisArgs(port, work)], {
+    cwd: work,
+    env: { ...process.env, ...env },
+  });
   await until('redis to answer', () => ping(port), p);
   return { p, port, file, work };
 }
@@ -145,11 +138,7 @@ test('redis-server: checkpt signal --exit, then checkpt -r: the same client conn
 test('a checkpoint-and-exit whose file cannot be written rolls back: redis runs on and its client exchanges data on the same connection', async (t) => {
   if (missing) return t.skip(missing);
   // The target is a tmpfs far too small for the checkpoint: packing fails with ENOSPC.
-  const tiny = join(dir, 'tiny');
-  mkdirSync(tiny);
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'checkpt-test', tiny]);
-  assert.equal(m.status, 0, String(m.stderr));
-  mounts.push(tiny);
+  const tiny = tinyTmpfs('tiny', '64k');
   const file = join(tiny, 'rollback.ckpt');
   const { p, port } = await runRedis('rollback', { file });
   const c = await within(respClient(port), 'the client to connect');
@@ -388,11 +377,7 @@ while True:
 
 test('CRIU itself failing mid-dump (its staging directory full) during a checkpoint-and-exit: redis and its client carry on, nothing locked', async (t) => {
   if (missing) return t.skip(missing);
-  const staging = join(dir, 'tiny-staging');
-  mkdirSync(staging);
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'checkpt-test', staging]);
-  assert.equal(m.status, 0, String(m.stderr));
-  mounts.push(staging);
+  const staging = tinyTmpfs('tiny-staging', '256k');
   const { p, port, file } = await runRedis('criu-fails', { env: { CHECKPT_TMPDIR: staging } });
   const c = await within(respClient(port), 'the client to connect');
   assert.equal(await within(c.cmd('SET', 'k', 'before'), 'SET'), 'OK');
