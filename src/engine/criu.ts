@@ -226,6 +226,10 @@ function dumpFailureMessage(reason: string | undefined, log: string): string {
   const why = reason ?? 'see error.logTail';
   if (/No space left on device|Disk quota exceeded/.test(why))
     return `CRIU ran out of space for its images in the staging directory (${why}). Free space there, or point CHECKPT_TMPDIR at a filesystem with room; the program keeps running.`;
+  if (/criu itself is within dumped tree/.test(why))
+    return `CRIU cannot dump this program from inside: the program is PID 1 of its PID namespace (a container's first process), so CRIU, started by it, would be part of what it dumps. Start it with 'checkpt run -- node app.js' (or behind an init such as 'docker run --init'), so that it is not PID 1; the program keeps running.`;
+  if (/session leader .* outside of its pid namespace/.test(why))
+    return `CRIU cannot dump this program: its session began outside its PID namespace (${why}), as when a shell enters a namespace with 'unshare --pid' or 'nsenter' without starting a session of its own. Start the program with 'checkpt run -- <command>' or under 'setsid', which give it its own session; the program keeps running.`;
   if (/unix|socket|tcp|inet/i.test(why))
     return `CRIU cannot dump a socket of this program (${why}). TCP and UDP sockets are kept; this is usually a Unix-domain connection to a process outside the program, or a kind of socket CRIU does not support: close it in a beforeCheckpoint step (register()) and re-create it after. The program keeps running.`;
   return `CRIU could not dump the process: ${why}. The program keeps running; fix the cause and try again.`;

@@ -17,8 +17,10 @@ const child = spawn(process.execPath, ['-e', \`
   const net = require('net');
   const s = net.createServer((c) => c.on('data', (d) => c.write(d))).listen(0, '127.0.0.1', () => {
       const c = net.connect(s.address().port, '127.0.0.1', () => process.title = 'ready');
-  });\`], { stdio: 'ignore', env });
+  });\`], { stdio: 'ignore', env, detached: true });
 const guard = setTimeout(() => { child.kill('SIGKILL'); console.log('timeout'); }, 15000);
+// Its own session, as under checkpt run: where this runs in a PID namespace entered without one
+// (a CI runner's 'unshare --pid'), an inherited session leader is outside and CRIU refuses.
 // Stdio sockets would be outside the dumped tree: the child says it is ready through its title.
 const poll = setInterval(() => {
   let cmd = '';
