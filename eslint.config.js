@@ -1,6 +1,30 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
+// The layers, bottom up: common <- image <- engine <- {api, launcher} <- cli. A folder imports only
+// from folders below it, so a change at the bottom never has to know who sits above.
+const above = {
+  common: ['image', 'engine', 'api', 'launcher', 'cli'],
+  image: ['engine', 'api', 'launcher', 'cli'],
+  engine: ['api', 'launcher', 'cli'],
+  api: ['launcher', 'cli'],
+  launcher: ['api', 'cli'],
+};
+const layerRules = Object.entries(above).map(([layer, banned]) => ({
+  files: [`src/${layer}/**/*.ts`],
+  rules: {
+    'no-restricted-imports': [
+      'error',
+      {
+        patterns: banned.map((b) => ({
+          group: [`../${b}/*`],
+          message: `src/${layer} sits below src/${b}: move what both need down (docs/ARCHITECTURE.md, "Layers").`,
+        })),
+      },
+    ],
+  },
+}));
+
 export default tseslint.config(
   { ignores: ['dist/', 'dist-examples/', 'build/', 'node_modules/', '.tools/'] },
   js.configs.recommended,
@@ -22,4 +46,5 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
     },
   },
+  ...layerRules,
 );

@@ -21,7 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { criuEnv } from '../dist/engine/criu.js';
 import { criuPath } from '../dist/engine/paths.js';
-import { processTree } from '../dist/launcher/procfs.js';
+import { processTree } from '../dist/common/procfs.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(root, 'dist', 'cli', 'main.js');

@@ -9,14 +9,14 @@ export {
   type CheckptOptions,
   type RestoreInfo,
 } from './api/checkpt.js';
-export { CheckptError, isCheckptError, type CheckptErrorCode } from './api/errors.js';
-export { expandTemplate, defaultCheckpointFile, DEFAULT_TEMPLATE } from './api/template.js';
+export { CheckptError, isCheckptError, type CheckptErrorCode } from './common/errors.js';
+export { expandTemplate, defaultCheckpointFile, DEFAULT_TEMPLATE } from './common/template.js';
 export {
   checkpointSignals,
   DEFAULT_SIGCKPT,
   DEFAULT_SIGCKPTEXIT,
   type CheckpointSignals,
-} from './api/signals.js';
+} from './common/signals.js';
 export {
   onCheckpointRequest,
   type CheckpointRequest,

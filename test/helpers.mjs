@@ -7,10 +7,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CheckptError } from '../dist/api/errors.js';
-import { childrenOf } from '../dist/engine/helper.js';
+import { CheckptError } from '../dist/common/errors.js';
+import { childrenOf } from '../dist/common/procfs.js';
 import { extractImage, readImageInfo, verifyImage } from '../dist/image/format.js';
-import { processTree } from '../dist/launcher/procfs.js';
+import { processTree } from '../dist/common/procfs.js';
 import { findCriu } from '../dist/engine/paths.js';
 
 /** The CRIU checkpt would run when nothing overrides it: stand-ins that wrap CRIU exec this one. */

@@ -1,6 +1,6 @@
 import { closeSync, openSync, read, readSync, constants } from 'node:fs';
 import { Socket } from 'node:net';
-import { CheckptError } from './errors.js';
+import { CheckptError } from '../common/errors.js';
 import type { ControlMessage } from '../engine/job.js';
 
 /**

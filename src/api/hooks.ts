@@ -1,4 +1,4 @@
-import { CheckptError } from './errors.js';
+import { CheckptError } from '../common/errors.js';
 
 /** What a "before checkpoint" step is told. */
 export interface CheckpointContext {

@@ -1,10 +1,9 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import { join } from 'node:path';
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
-import { packageRoot } from '../engine/paths.js';
+import { randAddonPath } from '../engine/paths.js';
 
 /** The N-API addon (native/checkpt-rand.c) whose reseed() calls OpenSSL's RAND_poll(). */
-export const randAddonPath = join(packageRoot, 'build', 'checkpt-rand.node');
+export { randAddonPath };
 
 interface RandAddon {
   reseed(): boolean;

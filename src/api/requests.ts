@@ -1,5 +1,5 @@
 import { checkpoint, checkpointInProgress, whenIdle } from './checkpt.js';
-import { checkpointSignals, type CheckpointSignals } from './signals.js';
+import { checkpointSignals, type CheckpointSignals } from '../common/signals.js';
 
 /** One checkpoint request, as a handler installed with onCheckpointRequest() receives it. */
 export interface CheckpointRequest {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-import { CheckptError } from '../api/errors.js';
-import { checkpointSignals } from '../api/signals.js';
+import { CheckptError } from '../common/errors.js';
+import { checkpointSignals } from '../common/signals.js';
 import { resume } from '../engine/restore.js';
 import { probe } from '../engine/probe.js';
 import { removeLockTable } from '../engine/netlock.js';

@@ -2,7 +2,7 @@ import { execFile, spawn, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 import { ioUringAdvice } from './iouring.js';
 import { criuPath } from './paths.js';
 

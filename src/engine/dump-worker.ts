@@ -5,7 +5,7 @@
  */
 import { createReadStream, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 import { checkDump, criuVersion } from './criu.js';
 import type { ControlMessage, DumpJob, Manifest } from './job.js';
 import { compressImages } from '../image/compress.js';
@@ -13,7 +13,7 @@ import { dirBytes, writeImage } from '../image/format.js';
 import { readKeyFile } from '../image/key.js';
 import { dropEmptyLock, dumpLock, type DumpLock } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
-import { lowerPriority, processTree, signalQuietly } from '../launcher/procfs.js';
+import { lowerPriority, processTree, signalQuietly } from '../common/procfs.js';
 import { writeFailed } from './write-failed.js';
 
 const CONTROL_FD = 3;

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { childrenOf } from '../common/procfs.js';
 import { createInterface } from 'node:readline';
 import { criuEnv } from './criu.js';
 import { helperPath } from './paths.js';
@@ -147,19 +148,6 @@ export function exitStatusOf(helper: Helper): Promise<ExitStatus> {
     if (s.kind === 'signal') return { signal: s.value };
     return { code: helper.child.exitCode ?? 0 };
   });
-}
-
-export function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  try {
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      const text = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
-      if (text) out.push(...text.split(/\s+/).map(Number));
-    }
-  } catch {
-    // it exited
-  }
-  return out;
 }
 
 /** The init the helper forked into the new namespace. */

@@ -1,5 +1,3 @@
-import { readdirSync, readlinkSync } from 'node:fs';
-
 /** What to do about a Node that opened io_uring: one wording everywhere it is reported. */
 export function ioUringAdvice(nodeVersion: string): string {
   return (
@@ -7,16 +5,4 @@ export function ioUringAdvice(nodeVersion: string): string {
     `Start the program with 'checkpt exec -- node app.js' (io_uring off for that program only, ` +
     `through LD_PRELOAD), or set 'sysctl -w kernel.io_uring_disabled=2' for the whole machine.`
   );
-}
-
-/** Whether a process holds an io_uring instance right now. */
-export function hasIoUring(pid: number | 'self' = 'self'): boolean {
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      if (readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[io_uring]') return true;
-    } catch {
-      // the fd closed while we looked
-    }
-  }
-  return false;
 }

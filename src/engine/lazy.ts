@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
-import { CheckptError } from '../api/errors.js';
-import { processTree, signalQuietly } from '../launcher/procfs.js';
+import { CheckptError } from '../common/errors.js';
+import { processTree, signalQuietly } from '../common/procfs.js';
 import { criuEnv } from './criu.js';
 import { criuPath } from './paths.js';
 

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { criuEnv } from './criu.js';
 import { decodeMessage } from './criu-image.js';
 import { criuPath, helperPath, requireHelper, runDir } from './paths.js';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 
 let cached: boolean | undefined;
 

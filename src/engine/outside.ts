@@ -7,8 +7,8 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
-import { CheckptError } from '../api/errors.js';
-import { checkTarget } from '../api/target.js';
+import { CheckptError } from '../common/errors.js';
+import { checkTarget } from '../common/target.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
 import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
 import { loadKey } from '../image/key.js';
@@ -20,7 +20,7 @@ import {
   rssBytes,
   signalQuietly,
   treeUsesIoUring,
-} from '../launcher/procfs.js';
+} from '../common/procfs.js';
 import {
   checkDump,
   criuVersion,

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 
 /** The package root: dist/engine/paths.js lives two levels below it. */
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -10,6 +10,7 @@ export const helperPath =
   process.env.CHECKPT_HELPER || join(packageRoot, 'build', 'checkpt-helper');
 
 /** LD_PRELOAD library that keeps libuv (Node 22/24) off io_uring, which CRIU cannot dump. */
+export const randAddonPath = join(packageRoot, 'build', 'checkpt-rand.node');
 export const nouringLibPath = join(packageRoot, 'build', 'libcheckpt-nouring.so');
 
 export const dumpWorkerPath = join(packageRoot, 'dist', 'engine', 'dump-worker.js');

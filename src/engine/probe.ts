@@ -1,11 +1,18 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { CheckptError } from '../api/errors.js';
-import { randAddonPath } from '../api/identity.js';
+import { CheckptError } from '../common/errors.js';
 import { zstdAvailable } from '../image/compress.js';
 import { criuEnv, criuVersion, MIN_CRIU_TEXT, tailOf } from './criu.js';
 import { ioUringAdvice } from './iouring.js';
-import { criuPath, criuSource, helperExists, helperPath, ownCriuHome, runDir } from './paths.js';
+import {
+  criuPath,
+  criuSource,
+  helperExists,
+  helperPath,
+  ownCriuHome,
+  randAddonPath,
+  runDir,
+} from './paths.js';
 import { probeTcp } from './probe-tcp.js';
 
 export interface Finding {

@@ -1,6 +1,6 @@
 import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
@@ -8,7 +8,7 @@ import { criuVersionAsync, killedBy, readLog, restoreArgs, type CriuLog } from '
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
-import { procStatus, processTree, signalQuietly } from '../launcher/procfs.js';
+import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { criuPath, requireHelper } from './paths.js';
 import { prepareSockets } from './sockets.js';
 import { makeStagingDir } from './staging.js';

@@ -10,7 +10,7 @@
  */
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 import { decodeMessage, encodeMessage, imageEntries, readVarint } from './criu-image.js';
 
 const FILES_MAGIC = 0x56303138;

@@ -4,8 +4,8 @@
  * that are not in it.
  */
 import { readdirSync, readlinkSync, realpathSync } from 'node:fs';
-import { CheckptError } from '../api/errors.js';
-import { cmdline, procStatus } from '../launcher/procfs.js';
+import { CheckptError } from '../common/errors.js';
+import { cmdline, procStatus } from '../common/procfs.js';
 import { helperPath } from './paths.js';
 
 export interface Stray {

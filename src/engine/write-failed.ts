@@ -1,4 +1,4 @@
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 
 /** A failed write, said from the program's side: where, why, what to do, and what is left. */
 export function writeFailed(e: unknown, target: string, imageBytes: number): CheckptError {

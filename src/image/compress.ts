@@ -2,8 +2,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { CheckptError } from '../api/errors.js';
-import { lowerPriority } from '../launcher/procfs.js';
+import { CheckptError } from '../common/errors.js';
+import { lowerPriority } from '../common/procfs.js';
 import type { EntryDecoder } from './format.js';
 
 /**

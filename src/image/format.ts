@@ -39,7 +39,7 @@ import { constants as fsc, readdirSync, statSync } from 'node:fs';
 import { lstat, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { TextDecoder } from 'node:util';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 import { KEY_BYTES, KEY_ENV } from './key.js';
 
 export const FORMAT_VERSION = 1;

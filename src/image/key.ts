@@ -7,7 +7,7 @@
  */
 import { closeSync, constants as fsc, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { resolve } from 'node:path';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 
 export const KEY_ENV = 'CHECKPT_KEY_FILE';
 export const KEY_BYTES = 32;

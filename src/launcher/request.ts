@@ -1,6 +1,6 @@
-import { CheckptError } from '../api/errors.js';
-import { checkpointSignals, signalNumber } from '../api/signals.js';
-import { catches, procStatus } from './procfs.js';
+import { CheckptError } from '../common/errors.js';
+import { checkpointSignals, signalNumber } from '../common/signals.js';
+import { catches, procStatus } from '../common/procfs.js';
 
 export interface RequestCheckpointOptions {
   /** Ask for "checkpoint and exit" (SIGCKPTEXIT) instead of "checkpoint and go on" (SIGCKPT). */

@@ -1,5 +1,5 @@
 import { fstatSync } from 'node:fs';
-import { CheckptError } from '../api/errors.js';
+import { CheckptError } from '../common/errors.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from '../engine/helper.js';
 import { requireHelper } from '../engine/paths.js';
 import { CTRL_E, wantsPty } from '../engine/restore.js';

@@ -1,11 +1,11 @@
 import { isAbsolute, join } from 'node:path';
-import { CheckptError } from '../api/errors.js';
-import { checkpointSignals, signalNumber, type CheckpointSignals } from '../api/signals.js';
-import { commandName, DEFAULT_TEMPLATE, expandTemplate } from '../api/template.js';
+import { CheckptError } from '../common/errors.js';
+import { checkpointSignals, signalNumber, type CheckpointSignals } from '../common/signals.js';
+import { commandName, DEFAULT_TEMPLATE, expandTemplate } from '../common/template.js';
 import { dumpFromOutside } from '../engine/outside.js';
 import type { Running } from '../engine/helper.js';
 import { Coalescer } from './coalesce.js';
-import { catchesSignal, cmdline, linkOf } from './procfs.js';
+import { catchesSignal, cmdline, linkOf } from '../common/procfs.js';
 
 export interface SupervisorOptions {
   running: Running;

@@ -5,9 +5,9 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 // Not dist/index.js: importing that would make this test process itself answer SIGCKPT.
-import { checkpointSignals, signalNumber } from '../../dist/api/signals.js';
+import { checkpointSignals, signalNumber } from '../../dist/common/signals.js';
 import { parseArgs } from '../../dist/cli/args.js';
-import { catchesSignal } from '../../dist/launcher/procfs.js';
+import { catchesSignal } from '../../dist/common/procfs.js';
 import {
   cleanup,
   cli,

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { criuEnv, dumpArgs, restoreArgs } from '../../dist/engine/criu.js';
-import { processTree } from '../../dist/launcher/procfs.js';
+import { processTree } from '../../dist/common/procfs.js';
 import {
   cleanup,
   cli,

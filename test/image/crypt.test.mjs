@@ -14,7 +14,7 @@ import {
   writeImage,
 } from '../../dist/image/format.js';
 import { checkKeyFile, keyFilePath, loadKey, readKeyFile } from '../../dist/image/key.js';
-import { CheckptError } from '../../dist/api/errors.js';
+import { CheckptError } from '../../dist/common/errors.js';
 import { assertReadersRefuse, mutate, rejectsWith, scratchDir, xorshift32 } from '../helpers.mjs';
 
 /** Every reader refuses `bytes` with one of `codes`, and extraction leaves nothing behind. */

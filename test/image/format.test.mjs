@@ -13,7 +13,7 @@ import {
   verifyImage,
   writeImage,
 } from '../../dist/image/format.js';
-import { CheckptError } from '../../dist/api/errors.js';
+import { CheckptError } from '../../dist/common/errors.js';
 import { assertReadersRefuse, mutate, rejectsWith, scratchDir, xorshift32 } from '../helpers.mjs';
 
 function u32(n) {

@@ -1,6 +1,5 @@
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
-import { childrenOf } from '../engine/helper.js';
 
 /** Sends `sig` to `pid`; a process already gone is no error. */
 export function signalQuietly(pid: number, sig: NodeJS.Signals): void {
@@ -52,6 +51,20 @@ export function catchesSignal(pid: number, sig: number): boolean {
   return catches(procStatus(pid), sig);
 }
 
+/** The children of every thread of `pid`; none when it exited. */
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const text = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
+      if (text) out.push(...text.split(/\s+/).map(Number));
+    }
+  } catch {
+    // it exited
+  }
+  return out;
+}
+
 /** The process and all its descendants, parents first. */
 export function processTree(pid: number): number[] {
   const out: number[] = [];
@@ -72,7 +85,7 @@ export function cmdline(pid: number): string[] {
   }
 }
 
-export function linkOf(pid: number, what: string): string {
+export function linkOf(pid: number | 'self', what: string): string {
   try {
     return readlinkSync(`/proc/${pid}/${what}`);
   } catch {
@@ -83,13 +96,18 @@ export function linkOf(pid: number, what: string): string {
 /** The first process of the tree that uses io_uring, which CRIU cannot dump. */
 export function treeUsesIoUring(pids: readonly number[]): number | undefined {
   for (const pid of pids) {
-    let fds: string[] = [];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    if (fds.some((fd) => linkOf(pid, `fd/${fd}`) === 'anon_inode:[io_uring]')) return pid;
+    if (hasIoUring(pid)) return pid;
   }
   return undefined;
+}
+
+/** Whether a process holds an io_uring instance right now. */
+export function hasIoUring(pid: number | 'self' = 'self'): boolean {
+  let fds: string[] = [];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  return fds.some((fd) => linkOf(pid, `fd/${fd}`) === 'anon_inode:[io_uring]');
 }

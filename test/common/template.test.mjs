@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { expandTemplate, programName } from '../../dist/api/template.js';
+import { expandTemplate, programName } from '../../dist/common/template.js';
 
 const v = { name: 'server', pid: 4242, uid: 1000 };
 
