@@ -95,6 +95,8 @@ async function run(c: Command): Promise<number> {
       const held = c.detach ? undefined : holdRequests();
       const r = await resume(c.file, { detach: c.detach, key: c.key, pty: c.pty });
       if (c.detach) {
+        // The copy runs on its own: a stopping signal meant for it now stops only us, as before.
+        for (const s of r.takeSignals()) process.kill(process.pid, s);
         process.stdout.write(`${r.pid}\n`);
         await r.loaded;
         return 0;
@@ -106,6 +108,7 @@ async function run(c: Command): Promise<number> {
         pty: c.pty,
         // A copy stopped because its memory could not be loaded is a failed restore.
         beforeExit: () => r.loaded,
+        takeSignals: r.takeSignals,
         ...(held === undefined ? {} : { held }),
         ...(template === undefined ? {} : { template }),
       });
@@ -176,6 +179,8 @@ async function supervise(
     template?: string;
     held?: HeldRequests;
     beforeExit?: () => Promise<void>;
+    /** A resume's stopping signals, held until the relay below listens (src/engine/restore.ts). */
+    takeSignals?: () => NodeJS.Signals[];
   },
 ): Promise<number> {
   // On its own pseudo-terminal our terminal is raw: a line needs its carriage return.
@@ -188,6 +193,8 @@ async function supervise(
   });
   const stop = sup.install();
   const unrelay = relaySignals(() => r.initPid, { terminalSignals: !raw });
+  // Only now, with the relay listening, may the resume's handlers go: a SIGTERM in between was lost.
+  for (const s of o.takeSignals?.() ?? []) process.kill(process.pid, s);
   for (const exit of o.held?.release() ?? []) sup.request(exit);
   // Signals for the program that came while it started: passed on now, in order.
   for (const s of o.held?.signals ?? []) process.kill(process.pid, s);

@@ -30,6 +30,12 @@ export interface Resumed extends Running {
    * CRIU's lazy-pages daemon failed first: the copy was then killed, since its memory is incomplete.
    */
   loaded: Promise<void>;
+  /**
+   * Hands SIGTERM, SIGINT and SIGHUP over to the caller: until then, those that come once the copy
+   * runs are kept, not lost in a moment when nobody listens. Call it once your own handlers are
+   * in place, then pass on what it returns.
+   */
+  takeSignals(): NodeJS.Signals[];
 }
 
 /** Whether a foreground program on our terminal gets a pseudo-terminal of its own. */
@@ -56,7 +62,14 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
   // recreates its work directory if it still runs, so the helper's tree goes first.
   let stopped = false;
+  // Once the copy runs, a stopping signal is the program's: kept for the caller to pass on.
+  let handedOver = false;
+  const forTheProgram: NodeJS.Signals[] = [];
   const onSignal = (sig: NodeJS.Signals): void => {
+    if (handedOver) {
+      forTheProgram.push(sig);
+      return;
+    }
     stopped = true;
     for (const s of STOPPING) process.off(s, onSignal);
     const daemon = starting?.stop() ?? [];
@@ -66,7 +79,11 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       process.kill(process.pid, sig);
     });
   };
-  for (const s of STOPPING) process.once(s, onSignal);
+  for (const s of STOPPING) process.on(s, onSignal);
+  const takeSignals = (): NodeJS.Signals[] => {
+    for (const s of STOPPING) process.off(s, onSignal);
+    return forTheProgram.splice(0);
+  };
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
@@ -153,7 +170,8 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     }
     if (stopped) return await STOPPING_FOREVER;
     const running = runningUnder(helper, manifest.pid, options.detach === true);
-    return { ...running, manifest, loaded: loadedBy(lazy, helper, workDir) };
+    handedOver = true;
+    return { ...running, manifest, loaded: loadedBy(lazy, helper, workDir), takeSignals };
   } catch (e) {
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
@@ -162,7 +180,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     rmSync(workDir, { recursive: true, force: true });
     throw e;
   } finally {
-    for (const s of STOPPING) process.off(s, onSignal);
+    if (!handedOver) for (const s of STOPPING) process.off(s, onSignal);
   }
 }
 
