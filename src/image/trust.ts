@@ -104,7 +104,7 @@ export function checkTrusted(fd: number, file: string): void {
   if (why === undefined) return;
   throw new CheckptError(
     'EUNTRUSTED',
-    `Refusing ${file}: it is not sealed with a key and ${why}. A resume runs what a checkpoint holds with the credentials written in it (root's, if it says so), so whoever could write this file could run code as root. If you know where it came from, either pass ${TRUST_FLAG} (checkpt -r ${TRUST_FLAG} FILE, checkpt inspect --verify ${TRUST_FLAG} FILE), or move it into a directory only root can write and chown it to root; or have checkpoints sealed with a key (${KEY_ENV}).`,
+    `Refusing ${file}: it is not sealed with a key and ${why}. A resume runs what a checkpoint holds with the credentials written in it (root's, if it says so), so whoever could write this file could run code as root. If you trust whoever wrote it, pass ${TRUST_FLAG} (checkpt -r ${TRUST_FLAG} FILE; inspect --verify and unlock take it too), or move it into a directory only root can write and chown it to root; or seal checkpoints with a key (${KEY_ENV}), which vouches for them wherever they lie.`,
     { path: file },
   );
 }

@@ -94,7 +94,7 @@ test('someone else could have written it: their file, a writable file, a directo
       verifyImage(file, { requireTrusted: true }),
       'EUNTRUSTED',
       label,
-      /^Refusing .*: it is not sealed with a key and .* could run code as root\. .*pass --trust-file \(checkpt -r --trust-file FILE, checkpt inspect --verify --trust-file FILE\).*CHECKPT_KEY_FILE/,
+      /^Refusing .*: it is not sealed with a key and .* could run code as root\. .*pass --trust-file \(checkpt -r --trust-file FILE; inspect --verify and unlock take it too\).*\(CHECKPT_KEY_FILE\)/,
     );
     // The check is asked for: without it the file reads as before.
     assert.equal((await verifyImage(file)).manifest.pid, 7, label);
