@@ -1,7 +1,17 @@
+import { TRUST_FLAG } from '../image/trust.js';
+
 /** The commands the CLI understands, as plain data; parsing knows nothing about doing them. */
 export type Command =
-  | { cmd: 'restore'; file: string; detach: boolean; key: number | null; pty: boolean }
-  | { cmd: 'inspect'; file: string; json: boolean; verify: boolean }
+  | {
+      cmd: 'restore';
+      file: string;
+      detach: boolean;
+      key: number | null;
+      pty: boolean;
+      /** --trust-file: use a plain file whoever could have written it (src/image/trust.ts). */
+      trust?: true;
+    }
+  | { cmd: 'inspect'; file: string; json: boolean; verify: boolean; trust?: true }
   | { cmd: 'check'; json: boolean; nodes: string[] }
   | { cmd: 'exec'; command: string; args: string[] }
   | {
@@ -13,7 +23,7 @@ export type Command =
       pty: boolean;
     }
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
-  | { cmd: 'unlock'; file: string }
+  | { cmd: 'unlock'; file: string; trust?: true }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
 
@@ -49,9 +59,11 @@ function parseRestore(args: readonly string[]): Command {
   let file: string | undefined;
   let key: number | null = CTRL_E;
   let pty = true;
+  let trust = false;
   for (let i = 0; i < args.length; i++) {
     const a = args[i] as string;
     if (a === '-d' || a === '--detach') detach = true;
+    else if (a === TRUST_FLAG) trust = true;
     else if (a === '--no-pty') pty = false;
     else if (a === '--key') key = parseKey(args[++i], 'restore');
     else if (a === '-r') continue;
@@ -64,17 +76,19 @@ function parseRestore(args: readonly string[]): Command {
   }
   if (file === undefined)
     throw new UsageError('restore: which checkpoint? Usage: checkpt -r FILE.ckpt [-d]');
-  return { cmd: 'restore', file, detach, key, pty };
+  return { cmd: 'restore', file, detach, key, pty, ...(trust ? { trust } : {}) };
 }
 
 function parseInspect(args: readonly string[]): Command {
   let json = false;
   let verify = false;
+  let trust = false;
   let file: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i] as string;
     if (a === '--json') json = true;
     else if (a === '--verify') verify = true;
+    else if (a === TRUST_FLAG) trust = true;
     else if (a === '--') {
       file = one(args.slice(i + 1), file);
       break;
@@ -85,7 +99,7 @@ function parseInspect(args: readonly string[]): Command {
     throw new UsageError(
       'inspect: which checkpoint? Usage: checkpt inspect FILE.ckpt [--json] [--verify]',
     );
-  return { cmd: 'inspect', file, json, verify };
+  return { cmd: 'inspect', file, json, verify, ...(trust ? { trust } : {}) };
 }
 
 function parseCheck(args: readonly string[]): Command {
@@ -195,9 +209,13 @@ function one(values: readonly string[], already: string | undefined): string {
 }
 
 function parseUnlock(args: readonly string[]): Command {
-  const files = args[0] === '--' ? args.slice(1) : args;
+  const trust = args[0] === TRUST_FLAG;
+  const rest = trust ? args.slice(1) : args;
+  const files = rest[0] === '--' ? rest.slice(1) : rest;
   const file = files[0];
-  if (files.length !== 1 || file === undefined || (args[0] !== '--' && file.startsWith('-')))
-    throw new UsageError('unlock: which checkpoint? Usage: checkpt unlock FILE.ckpt');
-  return { cmd: 'unlock', file };
+  if (files.length !== 1 || file === undefined || (rest[0] !== '--' && file.startsWith('-')))
+    throw new UsageError(
+      `unlock: which checkpoint? Usage: checkpt unlock [${TRUST_FLAG}] FILE.ckpt`,
+    );
+  return { cmd: 'unlock', file, ...(trust ? { trust } : {}) };
 }

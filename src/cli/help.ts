@@ -29,6 +29,10 @@ Resume:
   On a terminal the copy gets a terminal of its own, with the key, as under checkpt run.
   -d, --detach   resume in the background (stdin from /dev/null) and print its pid
   --key K, --no-pty   as for checkpt run
+  --trust-file   resume a plain file that someone other than root or you could have written
+                 (theirs, or in a directory others can write without the sticky bit); without
+                 it such a file is refused, as it could run code as root. inspect --verify and
+                 unlock take it too. A file sealed with CHECKPT_KEY_FILE needs no such check.
 
 Checkpoint requests:
   checkpt signal PID sends SIGCKPT (SIGSTKFLT), checkpt signal --exit PID SIGCKPTEXIT (SIGPWR),

@@ -39,10 +39,13 @@ async function run(c: Command): Promise<number> {
         );
         return 0;
       }
-      // Looking is harmless, so a plain file is shown even when a key is set.
+      // Looking is harmless, so a plain file is shown even when a key is set; vouching for one is not.
       const opts = { key, allowPlain: true };
       const info = c.verify
-        ? { ...(await verifyImage(c.file, opts)), verified: true }
+        ? {
+            ...(await verifyImage(c.file, { ...opts, requireTrusted: c.trust !== true })),
+            verified: true,
+          }
         : await readImageInfo(c.file, opts);
       process.stdout.write(
         c.json
@@ -77,7 +80,12 @@ async function run(c: Command): Promise<number> {
       return 0;
     }
     case 'unlock': {
-      const { manifest } = await readImageInfo(c.file, { key: loadKey(), allowPlain: true });
+      // Root acts on the table the manifest names: someone else's file could name another's lock.
+      const { manifest } = await readImageInfo(c.file, {
+        key: loadKey(),
+        allowPlain: true,
+        requireTrusted: c.trust !== true,
+      });
       const table = (manifest as { networkLock?: unknown }).networkLock;
       if (typeof table !== 'string') {
         process.stdout.write(`checkpt: ${c.file} holds no network lock; nothing to do\n`);
@@ -93,7 +101,12 @@ async function run(c: Command): Promise<number> {
     }
     case 'restore': {
       const held = c.detach ? undefined : holdRequests();
-      const r = await resume(c.file, { detach: c.detach, key: c.key, pty: c.pty });
+      const r = await resume(c.file, {
+        detach: c.detach,
+        key: c.key,
+        pty: c.pty,
+        trustFile: c.trust === true,
+      });
       if (c.detach) {
         // The copy runs on its own: a stopping signal meant for it now stops only us, as before.
         for (const s of r.takeSignals()) process.kill(process.pid, s);

@@ -3,6 +3,7 @@ export type CheckptErrorCode =
   | 'EBADIMAGE' // the checkpoint file is damaged, truncated or not a checkpt file
   | 'EIMAGEVERSION' // written by a newer checkpt
   | 'EKEY' // the key file is unusable, missing for an encrypted checkpoint, or not the one it was written with
+  | 'EUNTRUSTED' // a plain checkpoint that someone other than root or the caller could have written
   | 'EBADNAME' // the file name or template is unusable
   | 'ETARGET' // the target directory is missing or not writable
   | 'ENOCRIU' // CRIU missing, too old, or not working on this machine

@@ -21,6 +21,11 @@ export interface ResumeOptions {
   pty?: boolean;
   /** The checkpoint key on that terminal (default 5, ^E); null turns it off. */
   key?: number | null;
+  /**
+   * Resume a plain file even if someone other than root or the caller could have written it
+   * (default false: refused with EUNTRUSTED; see src/image/trust.ts).
+   */
+  trustFile?: boolean;
 }
 
 export interface Resumed extends Running {
@@ -87,7 +92,11 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
-    const info = await extractImage(file, imagesDir, { key, decoder: zstdDecoder(file) });
+    const info = await extractImage(file, imagesDir, {
+      key,
+      decoder: zstdDecoder(file),
+      requireTrusted: options.trustFile !== true,
+    });
     key?.fill(0);
     await version;
     const manifest = checkManifest(info.manifest, file);

@@ -41,6 +41,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { TextDecoder } from 'node:util';
 import { CheckptError } from '../common/errors.js';
 import { KEY_BYTES, KEY_ENV } from './key.js';
+import { checkTrusted } from './trust.js';
 
 export const FORMAT_VERSION = 1;
 
@@ -73,6 +74,11 @@ export interface ReadOptions {
    * of an encrypted one, so whoever holds the key only resumes what was sealed with it).
    */
   allowPlain?: boolean;
+  /**
+   * Refuse a plain file that someone other than root or the caller could have written (trust.ts,
+   * EUNTRUSTED); an encrypted one is authenticated by the key instead.
+   */
+  requireTrusted?: boolean;
 }
 
 export interface WriteOptions {
@@ -864,6 +870,7 @@ interface ParseMode {
   sink?: Sink;
   key?: Buffer | undefined;
   allowPlain?: boolean;
+  requireTrusted?: boolean;
 }
 
 function needsKey(file: string): CheckptError {
@@ -886,6 +893,7 @@ async function parse(src: Source, mode: ParseMode): Promise<ImageInfo> {
       { path: file },
     );
   }
+  if (mode.requireTrusted === true) checkTrusted(src.fh.fd, file);
   if (size < MIN_FILE) throw truncated(file);
   const trailer = await readAt(src, size - TRAILER_LEN, TRAILER_LEN);
   if (!trailer.subarray(0, TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) throw truncated(file);

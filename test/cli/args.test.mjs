@@ -65,3 +65,29 @@ test('bad command lines throw UsageError with a hint', () => {
     assert.throws(() => parseArgs(argv), UsageError, argv.join(' '));
   }
 });
+
+test('--trust-file for restore, inspect and unlock; absent unless given', () => {
+  assert.deepEqual(parseArgs(['-r', '--trust-file', 'a.ckpt', '-d']), {
+    cmd: 'restore',
+    file: 'a.ckpt',
+    detach: true,
+    key: 5,
+    pty: true,
+    trust: true,
+  });
+  assert.deepEqual(parseArgs(['inspect', '--verify', 'x', '--trust-file']), {
+    cmd: 'inspect',
+    file: 'x',
+    json: false,
+    verify: true,
+    trust: true,
+  });
+  assert.deepEqual(parseArgs(['unlock', '--trust-file', '--', '-x.ckpt']), {
+    cmd: 'unlock',
+    file: '-x.ckpt',
+    trust: true,
+  });
+  assert.deepEqual(parseArgs(['unlock', 'x.ckpt']), { cmd: 'unlock', file: 'x.ckpt' });
+  assert.equal('trust' in parseArgs(['-r', 'a.ckpt']), false);
+  assert.throws(() => parseArgs(['unlock', '--trust-file']), UsageError);
+});
