@@ -1,6 +1,5 @@
 /** Opening a checkpoint file and checking it: header, structure, checksum or every sealed chunk. */
 
-import { createDecipheriv, timingSafeEqual } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { TextDecoder } from 'node:util';
@@ -21,7 +20,6 @@ import {
   MIN_SEAL_CHUNK,
   MIN_SEALED_FILE,
   PREFIX_LEN,
-  SALT_LEN,
   SEALED_HEAD_LEN,
   TAG_LEN,
   TRAILER_LEN,
@@ -35,7 +33,7 @@ import {
   type ImageInfo,
 } from './layout.js';
 import { fileBytes, readAt, SeqReader, shrank, type ByteSource, type Source } from './reader.js';
-import { CRYPT_PIECE, chunkParams, deriveKeys, type Keys } from './seal.js';
+import { openChunk, sealingOf, type Sealing } from './seal.js';
 
 export interface ReadOptions {
   /** The 32-byte key (see key.ts); needed for an encrypted file. */
@@ -77,8 +75,7 @@ class SealedBody implements ByteSource {
 
   constructor(
     private readonly src: Source,
-    private readonly head: Buffer,
-    private readonly keys: Keys,
+    private readonly sealing: Sealing,
     private readonly chunk: number,
     private readonly count: number,
     private readonly lastLen: number,
@@ -118,18 +115,7 @@ class SealedBody implements ByteSource {
       if (bytesRead === 0) throw shrank(this.src.file);
       done += bytesRead;
     }
-    const { nonce, aad } = chunkParams(this.keys, this.head, k, final);
-    const decipher = createDecipheriv('aes-256-gcm', this.keys.key, nonce, {
-      authTagLength: TAG_LEN,
-    });
-    decipher.setAAD(aad);
-    decipher.setAuthTag(this.sealed.subarray(len, len + TAG_LEN));
-    for (let o = 0; o < len; o += CRYPT_PIECE) {
-      decipher.update(this.sealed.subarray(o, Math.min(o + CRYPT_PIECE, len))).copy(this.plain, o);
-    }
-    try {
-      decipher.final();
-    } catch {
+    if (!openChunk(this.sealing, k, final, this.sealed, len, this.plain)) {
       throw new CheckptError(
         'EBADIMAGE',
         `${this.src.file} is damaged or was tampered with (encrypted chunk ${k + 1} of ${this.count} fails its authentication check; the key is the right one): it was modified, cut off or extended after it was written; use another checkpoint`,
@@ -201,9 +187,8 @@ async function parseSealed(src: Source, mode: ParseMode): Promise<ImageInfo> {
   if (chunk < MIN_SEAL_CHUNK || chunk > MAX_SEAL_CHUNK) {
     throw damaged(file, `its encryption header gives an impossible chunk size ${chunk}`);
   }
-  const salt = head.subarray(PREFIX_LEN + 4, PREFIX_LEN + 4 + SALT_LEN);
-  const keys = deriveKeys(mode.key, salt);
-  if (!timingSafeEqual(keys.check, head.subarray(PREFIX_LEN + 4 + SALT_LEN))) {
+  const sealing = sealingOf(mode.key, head);
+  if (sealing === undefined) {
     throw new CheckptError(
       'EKEY',
       `the key in ${KEY_ENV} does not match ${file}: it was written with another key (or its header was tampered with); set ${KEY_ENV} to the key file it was written with`,
@@ -216,7 +201,7 @@ async function parseSealed(src: Source, mode: ParseMode): Promise<ImageInfo> {
   const count = Math.ceil(body / (chunk + TAG_LEN));
   const lastLen = body - (count - 1) * (chunk + TAG_LEN) - TAG_LEN;
   if (lastLen < 1) throw damaged(file, 'its encrypted part has an impossible length');
-  const sealed = new SealedBody(src, head, keys, chunk, count, lastLen);
+  const sealed = new SealedBody(src, sealing, chunk, count, lastLen);
   const r = new SeqReader(sealed, file, (count - 1) * chunk + lastLen, {
     window: mode.verify ? CHUNK : INFO_WINDOW,
     hash: false,

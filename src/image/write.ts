@@ -1,6 +1,6 @@
 /** Writing a checkpoint file: packed from a directory, plain or sealed, put in place atomically. */
 
-import { createCipheriv, createHash, randomBytes, type Hash } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { constants as fsc, readdirSync, statSync } from 'node:fs';
 import { lstat, open, readdir, rename, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -24,12 +24,10 @@ import {
   MAX_SEAL_CHUNK,
   MIN_SEAL_CHUNK,
   PREFIX_LEN,
-  SALT_LEN,
-  TAG_LEN,
   TRAILER_MAGIC,
   nameProblem,
 } from './layout.js';
-import { CRYPT_PIECE, chunkParams, deriveKeys, type Sealing } from './seal.js';
+import { newSealing, sealChunk, type Sealing } from './seal.js';
 
 export interface WriteOptions {
   /** Seal the file with this 32-byte key (see key.ts). */
@@ -172,17 +170,7 @@ class ChunkWriter {
     let out: Buffer[];
     if (this.sealing) {
       if (this.len === 0) throw new Error('internal: empty sealed chunk');
-      const { nonce, aad } = chunkParams(this.sealing.keys, this.sealing.head, this.index, final);
-      const cipher = createCipheriv('aes-256-gcm', this.sealing.keys.key, nonce, {
-        authTagLength: TAG_LEN,
-      });
-      cipher.setAAD(aad);
-      // The ciphertext replaces the plaintext it came from, in place.
-      for (let o = 0; o < data.length; o += CRYPT_PIECE) {
-        cipher.update(data.subarray(o, o + CRYPT_PIECE)).copy(data, o);
-      }
-      cipher.final();
-      out = [data, cipher.getAuthTag()];
+      out = [data, sealChunk(this.sealing, this.index, final, data)];
       this.index++;
     } else {
       this.hash.update(data);
@@ -289,11 +277,7 @@ export async function writeImage(
   let sealing: Sealing | undefined;
   if (options.key !== undefined) {
     prefix.writeUInt32BE(FLAG_ENCRYPTED, 12);
-    const salt = randomBytes(SALT_LEN);
-    const keys = deriveKeys(options.key, salt);
-    const size = Buffer.alloc(4);
-    size.writeUInt32BE(chunkSize, 0);
-    sealing = { keys, head: Buffer.concat([prefix, size, salt, keys.check]) };
+    sealing = newSealing(options.key, prefix, chunkSize);
   }
   const { fh, tmp } = await createTemp(absTarget, options.tmp);
   let bytes: number;
