@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
+import { manifestProblem } from './manifest.js';
 import { loadKey } from '../image/key.js';
 import { criuVersionAsync, killedBy, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
@@ -70,7 +71,11 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
-    const info = await extractImage(file, imagesDir, { key, decoder: zstdDecoder(file) });
+    const info = await extractImage(file, imagesDir, {
+      key,
+      decoder: zstdDecoder(file),
+      checkManifest: manifestProblem,
+    });
     key?.fill(0);
     await version;
     const manifest = checkManifest(info.manifest, file);

@@ -4,5 +4,11 @@
  */
 export { FORMAT_VERSION, type ImageEntry, type ImageHeader, type ImageInfo } from './layout.js';
 export { dirBytes, tempNameFor, writeImage, type WriteOptions } from './write.js';
-export { readImageHeader, readImageInfo, verifyImage, type ReadOptions } from './read.js';
+export {
+  readImageHeader,
+  readImageInfo,
+  verifyImage,
+  type ManifestCheck,
+  type ReadOptions,
+} from './read.js';
 export { extractImage, type EntryDecoder, type ExtractOptions } from './extract.js';

@@ -43,7 +43,17 @@ export interface ReadOptions {
    * of an encrypted one, so whoever holds the key only resumes what was sealed with it).
    */
   allowPlain?: boolean;
+  /**
+   * The manifest is its writer's business: this says why it does not fit the entries (a problem
+   * that makes the file damaged, EBADIMAGE), or undefined when it does.
+   */
+  checkManifest?: ManifestCheck | undefined;
 }
+
+export type ManifestCheck = (
+  manifest: Record<string, unknown>,
+  entries: readonly ImageEntry[],
+) => string | undefined;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -127,12 +137,10 @@ class SealedBody implements ByteSource {
   }
 }
 
-interface ParseMode {
+interface ParseMode extends ReadOptions {
   /** Read and check every byte (the checksum, or every sealed chunk). */
   verify: boolean;
   sink?: Sink;
-  key?: Buffer | undefined;
-  allowPlain?: boolean;
 }
 
 function needsKey(file: string): CheckptError {
@@ -166,7 +174,7 @@ export async function parse(src: Source, mode: ParseMode): Promise<ImageInfo> {
   });
   // Re-read through the reader so that the bytes checked are the bytes hashed.
   checkHead(file, await r.take(PREFIX_LEN), size);
-  const { manifest, entries } = await parseBody(r, file, mode.sink);
+  const { manifest, entries } = await parseBody(r, file, mode);
   if (mode.verify && !r.digest().equals(trailer.subarray(TRAILER_MAGIC.length))) {
     throw new CheckptError(
       'EBADIMAGE',
@@ -207,7 +215,7 @@ async function parseSealed(src: Source, mode: ParseMode): Promise<ImageInfo> {
     hash: false,
     readAll: mode.verify,
   });
-  const { manifest, entries } = await parseBody(r, file, mode.sink);
+  const { manifest, entries } = await parseBody(r, file, mode);
   return { formatVersion: FORMAT_VERSION, manifest, entries, fileSize: size, encrypted: true };
 }
 
@@ -215,7 +223,7 @@ async function parseSealed(src: Source, mode: ParseMode): Promise<ImageInfo> {
 async function parseBody(
   r: SeqReader,
   file: string,
-  sink: Sink | undefined,
+  { sink, checkManifest }: ParseMode,
 ): Promise<{ manifest: Record<string, unknown>; entries: ImageEntry[] }> {
   if (r.remaining < 4) throw damaged(file, 'it ends before its manifest');
   const manifestLen = (await r.take(4)).readUInt32BE(0);
@@ -275,15 +283,8 @@ async function parseBody(
       `sizes do not add up: ${r.remaining} unexpected bytes after the last entry`,
     );
   }
-  // The writers record what they packed; a manifest that disagrees was not written by them.
-  const stated = manifest.packedBytes ?? manifest.imageBytes;
-  const held = entries.reduce((n, e) => n + e.size, 0);
-  if (stated !== undefined && stated !== held) {
-    throw damaged(
-      file,
-      `its manifest says the CRIU images hold ${JSON.stringify(stated)} bytes but its entries hold ${held}`,
-    );
-  }
+  const problem = checkManifest?.(manifest, entries);
+  if (problem !== undefined) throw damaged(file, problem);
   return { manifest, entries };
 }
 

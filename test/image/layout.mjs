@@ -45,13 +45,13 @@ export function build({
 }
 
 /** Asserts that verification, info and extraction all reject `bytes` and nothing is created. */
-export async function assertRejected(root, bytes, codes, label) {
+export async function assertRejected(root, bytes, codes, label, options = {}) {
   const file = path.join(root, 'bad.ckpt');
   fs.writeFileSync(file, bytes);
   const out = fs.mkdtempSync(path.join(root, 'out-'));
   const before = fs.readdirSync(root).sort();
-  await rejectsWith(verifyImage(file), codes, `${label} (verify)`);
-  await rejectsWith(extractImage(file, out), codes, `${label} (extract)`);
+  await rejectsWith(verifyImage(file, options), codes, `${label} (verify)`);
+  await rejectsWith(extractImage(file, out, options), codes, `${label} (extract)`);
   assert.deepEqual(fs.readdirSync(out), [], `${label}: extract dir not empty`);
   assert.deepEqual(fs.readdirSync(root).sort(), before, `${label}: files appeared next to it`);
   fs.rmSync(out, { recursive: true });
