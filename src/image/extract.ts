@@ -8,7 +8,6 @@ import { closeQuietly, errnoOf, ioError, messageOf, unlinkQuietly, writeAll } fr
 import type { ImageInfo } from './layout.js';
 import { parse, withImage, type ReadOptions, type Sink } from './read.js';
 
-/** Creates the entries in `dir`; remembers them so that a failed extraction can be undone. */
 /** Where an entry's bytes go instead of a file of its own name (compress.ts: zstd). */
 export interface EntryDecoder {
   write(chunk: Buffer): Promise<void>;
@@ -23,6 +22,7 @@ export interface ExtractOptions extends ReadOptions {
   decoder?: (name: string, dir: string) => EntryDecoder | undefined;
 }
 
+/** Creates the entries in `dir`; remembers them so that a failed extraction can be undone. */
 class DirSink implements Sink {
   private readonly created: string[] = [];
   private readonly decoders: EntryDecoder[] = [];
@@ -119,7 +119,7 @@ export async function extractImage(
   await checkEmptyDir(dir);
   const { decoder, ...read } = options;
   return withImage(file, async (src) => {
-    // One pass: the hash covers the very bytes extracted, and CRIU gets the directory only after.
+    // One pass: the hash covers the very bytes extracted, and the caller gets the directory only after.
     const sink = new DirSink(dir, decoder);
     try {
       return await parse(src, { ...read, verify: true, sink });

@@ -43,7 +43,7 @@ interface SourceFile {
   path: string;
 }
 
-function encodeManifest(manifest: Record<string, unknown>): Buffer {
+function encodeManifest(manifest: object): Buffer {
   if (typeof manifest !== 'object' || manifest === null || Array.isArray(manifest)) {
     throw new TypeError('checkpoint manifest must be a plain object');
   }
@@ -252,7 +252,8 @@ async function syncDir(dir: string): Promise<void> {
 /**
  * Packs every regular file directly inside `source.dir` (sorted by name; anything else is an error),
  * or the given `source.files` (resolved against `source.dir`, stored under their base names, in the
- * given order), into one checkpoint file at `target`, sealed when `options.key` is given. The file
+ * given order), into one checkpoint file at `target`, sealed when `options.key` is given, with
+ * `manifest` (any JSON object; none of its fields mean anything here) stored as it is. The file
  * appears at `target` atomically with mode 0600 (a symlink there is replaced, never followed); on
  * failure `target` is untouched and no temporary file remains. `options.tmp` fixes the temporary
  * name (from tempNameFor()), so that whoever waits for a writer that may be killed can remove what
@@ -260,7 +261,7 @@ async function syncDir(dir: string): Promise<void> {
  */
 export async function writeImage(
   target: string,
-  manifest: Record<string, unknown>,
+  manifest: object,
   source: { dir: string; files?: string[] },
   options: WriteOptions = {},
 ): Promise<{ bytes: number }> {
@@ -332,7 +333,7 @@ export async function writeImage(
   return { bytes };
 }
 
-/** The bytes of the files in `dir` (CRIU's images, before they are packed). */
+/** The bytes of the files in `dir`: what writeImage() would pack of it, before packing. */
 export function dirBytes(dir: string): number {
   let total = 0;
   for (const f of readdirSync(dir)) total += statSync(join(dir, f)).size;
