@@ -4,6 +4,7 @@ import { checkpointSignals } from '../common/signals.js';
 import { resume } from '../engine/restore.js';
 import { probe } from '../engine/probe.js';
 import { removeLockTable } from '../engine/netlock.js';
+import { manifestProblem } from '../engine/manifest.js';
 import { readImageHeader, readImageInfo, verifyImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
 import type { Running } from '../engine/helper.js';
@@ -40,7 +41,7 @@ async function run(c: Command): Promise<number> {
         return 0;
       }
       // Looking is harmless, so a plain file is shown even when a key is set; vouching for one is not.
-      const opts = { key, allowPlain: true };
+      const opts = { key, allowPlain: true, checkManifest: manifestProblem };
       const info = c.verify
         ? {
             ...(await verifyImage(c.file, { ...opts, requireTrusted: c.trust !== true })),
@@ -85,6 +86,7 @@ async function run(c: Command): Promise<number> {
         key: loadKey(),
         allowPlain: true,
         requireTrusted: c.trust !== true,
+        checkManifest: manifestProblem,
       });
       const table = (manifest as { networkLock?: unknown }).networkLock;
       if (typeof table !== 'string') {

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
+import { manifestProblem } from './manifest.js';
 import { loadKey } from '../image/key.js';
 import { criuVersionAsync, killedBy, readLog, restoreArgs, type CriuLog } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
@@ -96,6 +97,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       key,
       decoder: zstdDecoder(file),
       requireTrusted: options.trustFile !== true,
+      checkManifest: manifestProblem,
     });
     key?.fill(0);
     await version;

@@ -4,7 +4,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { lowerPriority } from '../common/procfs.js';
-import type { EntryDecoder } from './format.js';
+import type { EntryDecoder } from './extract.js';
 
 /**
  * Compression of the memory images (CRIU's pages-N.img) with zstd, packed as `pages-N.img.zst`

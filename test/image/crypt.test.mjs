@@ -41,7 +41,7 @@ function sources(root, files) {
   return src;
 }
 
-/** Decrypts a sealed file straight from the layout documented in src/image/format.ts. */
+/** Decrypts a sealed file straight from the layout documented in src/image/layout.ts. */
 function openByHand(bytes, key) {
   const head = bytes.subarray(0, HEAD);
   const chunk = head.readUInt32BE(16);

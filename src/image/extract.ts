@@ -1,0 +1,131 @@
+/** Extracting a checkpoint file into a directory, undone when anything in it is wrong. */
+
+import { constants as fsc } from 'node:fs';
+import { open, readdir, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CheckptError } from '../common/errors.js';
+import { closeQuietly, errnoOf, ioError, messageOf, unlinkQuietly, writeAll } from './io.js';
+import type { ImageInfo } from './layout.js';
+import { parse, withImage, type ReadOptions, type Sink } from './read.js';
+
+/** Where an entry's bytes go instead of a file of its own name (compress.ts: zstd). */
+export interface EntryDecoder {
+  write(chunk: Buffer): Promise<void>;
+  /** Resolves once the decoded file is complete; rejects when the bytes did not decode. */
+  end(): Promise<void>;
+  /** Stops and removes whatever it wrote. */
+  abort(): Promise<void>;
+}
+
+export interface ExtractOptions extends ReadOptions {
+  /** A decoder for entries that are stored encoded, by name; undefined writes the bytes as they are. */
+  decoder?: (name: string, dir: string) => EntryDecoder | undefined;
+}
+
+/** Creates the entries in `dir`; remembers them so that a failed extraction can be undone. */
+class DirSink implements Sink {
+  private readonly created: string[] = [];
+  private readonly decoders: EntryDecoder[] = [];
+  private fh: FileHandle | undefined;
+  private decoding: EntryDecoder | undefined;
+  private path = '';
+  private position = 0;
+
+  constructor(
+    private readonly dir: string,
+    private readonly decoder?: ExtractOptions['decoder'],
+  ) {}
+
+  async begin(name: string): Promise<void> {
+    this.path = join(this.dir, name);
+    this.position = 0;
+    this.decoding = this.decoder?.(name, this.dir);
+    if (this.decoding) {
+      this.decoders.push(this.decoding);
+      return;
+    }
+    try {
+      const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+      this.fh = await open(this.path, flags, 0o600);
+    } catch (e) {
+      throw ioError(`creating ${this.path}`, this.path, e);
+    }
+    this.created.push(this.path);
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    if (this.decoding) return this.decoding.write(chunk);
+    if (this.fh === undefined) throw new Error('internal: write before begin');
+    try {
+      await writeAll(this.fh, chunk, this.position);
+    } catch (e) {
+      throw ioError(`writing ${this.path}`, this.path, e);
+    }
+    this.position += chunk.length;
+  }
+
+  async end(): Promise<void> {
+    const decoding = this.decoding;
+    this.decoding = undefined;
+    if (decoding) return decoding.end();
+    const fh = this.fh;
+    this.fh = undefined;
+    try {
+      await fh?.close();
+    } catch (e) {
+      throw ioError(`writing ${this.path}`, this.path, e);
+    }
+  }
+
+  async abort(): Promise<void> {
+    await closeQuietly(this.fh);
+    this.fh = undefined;
+    for (const d of this.decoders) await d.abort();
+    for (const p of this.created) await unlinkQuietly(p);
+  }
+}
+
+async function checkEmptyDir(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (e) {
+    const code = errnoOf(e) ?? 'EIO';
+    throw new CheckptError(
+      code,
+      `cannot extract into ${dir}: ${messageOf(e)}; it must be an existing, empty directory`,
+      { cause: e, path: dir },
+    );
+  }
+  if (names.length > 0) {
+    throw new CheckptError(
+      'ENOTEMPTY',
+      `cannot extract into ${dir}: it is not empty; extract into a new empty directory`,
+      { path: dir },
+    );
+  }
+}
+
+/**
+ * Extracts every entry into `dir` (existing and empty) while checking the structure and hashing (or
+ * decrypting: only authenticated bytes are written); if anything is wrong, including the SHA-256 at
+ * the end, everything extracted is removed.
+ */
+export async function extractImage(
+  file: string,
+  dir: string,
+  options: ExtractOptions = {},
+): Promise<ImageInfo> {
+  await checkEmptyDir(dir);
+  const { decoder, ...read } = options;
+  return withImage(file, async (src) => {
+    // One pass: the hash covers the very bytes extracted, and the caller gets the directory only after.
+    const sink = new DirSink(dir, decoder);
+    try {
+      return await parse(src, { ...read, verify: true, sink });
+    } catch (e) {
+      await sink.abort();
+      throw e;
+    }
+  });
+}

@@ -1,0 +1,341 @@
+/** Writing a checkpoint file: packed from a directory, plain or sealed, put in place atomically. */
+
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { constants as fsc, readdirSync, statSync } from 'node:fs';
+import { lstat, open, readdir, rename, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { CheckptError } from '../common/errors.js';
+import {
+  errnoOf,
+  ioError,
+  messageOf,
+  closeQuietly,
+  unlinkQuietly,
+  writeAll,
+  writeAllv,
+} from './io.js';
+import {
+  CHUNK,
+  FLAG_ENCRYPTED,
+  FORMAT_VERSION,
+  MAGIC,
+  MAX_ENTRIES,
+  MAX_MANIFEST,
+  MAX_SEAL_CHUNK,
+  MIN_SEAL_CHUNK,
+  PREFIX_LEN,
+  TRAILER_MAGIC,
+  nameProblem,
+} from './layout.js';
+import { newSealing, sealChunk, type Sealing } from './seal.js';
+
+export interface WriteOptions {
+  /** Seal the file with this 32-byte key (see key.ts). */
+  key?: Buffer | undefined;
+  /** Bytes of BODY per sealed chunk; tests use small ones to get many chunks. */
+  chunkSize?: number;
+  /** The temporary name to write to (tempNameFor()): a waiter can then remove it if the writer dies. */
+  tmp?: string | undefined;
+}
+
+interface SourceFile {
+  name: string;
+  path: string;
+}
+
+function encodeManifest(manifest: object): Buffer {
+  if (typeof manifest !== 'object' || manifest === null || Array.isArray(manifest)) {
+    throw new TypeError('checkpoint manifest must be a plain object');
+  }
+  const bytes = Buffer.from(JSON.stringify(manifest), 'utf8');
+  if (bytes.length > MAX_MANIFEST) {
+    throw new RangeError(`checkpoint manifest is ${bytes.length} bytes; the limit is 1 MiB`);
+  }
+  return bytes;
+}
+
+async function listSources(source: { dir: string; files?: string[] }): Promise<SourceFile[]> {
+  const found: SourceFile[] = [];
+  if (source.files !== undefined) {
+    for (const f of source.files) {
+      const path = resolve(source.dir, f);
+      let st;
+      try {
+        st = await lstat(path);
+      } catch (e) {
+        throw ioError(`reading ${path}`, path, e);
+      }
+      if (!st.isFile()) {
+        throw new CheckptError('EIO', `${path} is not a regular file; only files can be packed`, {
+          path,
+        });
+      }
+      found.push({ name: basename(path), path });
+    }
+  } else {
+    let dirents;
+    try {
+      dirents = await readdir(source.dir, { withFileTypes: true });
+    } catch (e) {
+      throw ioError(`listing ${source.dir}`, source.dir, e);
+    }
+    for (const d of dirents) {
+      const path = join(source.dir, d.name);
+      if (!d.isFile()) {
+        const kind = d.isDirectory() ? 'a directory' : d.isSymbolicLink() ? 'a symlink' : 'special';
+        throw new CheckptError(
+          'EIO',
+          `${path} is ${kind}, not a regular file; the directory to pack must contain only files`,
+          { path },
+        );
+      }
+      found.push({ name: d.name, path });
+    }
+    found.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+  if (found.length > MAX_ENTRIES) {
+    throw new CheckptError('EIO', `${found.length} files to pack; the limit is ${MAX_ENTRIES}`, {
+      path: source.dir,
+    });
+  }
+  const seen = new Set<string>();
+  for (const f of found) {
+    const problem = nameProblem(f.name);
+    if (problem !== undefined) {
+      throw new CheckptError('EIO', `cannot pack ${f.path}: its name ${problem}`, { path: f.path });
+    }
+    if (seen.has(f.name)) {
+      throw new CheckptError('EIO', `cannot pack two files named ${f.name}`, { path: f.path });
+    }
+    seen.add(f.name);
+  }
+  return found;
+}
+
+/**
+ * Buffers output in large chunks and writes each while the next one fills; a plain file hashes
+ * each chunk, an encrypted one seals each as one GCM chunk (only full ones, except the last).
+ */
+class ChunkWriter {
+  private buf: Buffer;
+  private spare: Buffer;
+  private len = 0;
+  private pending: Promise<void> = Promise.resolve();
+  private readonly hash: Hash = createHash('sha256');
+  private readonly probe = Buffer.allocUnsafe(1);
+  private index = 0;
+
+  constructor(
+    private readonly fh: FileHandle,
+    private position: number,
+    size: number,
+    private readonly sealing?: Sealing,
+  ) {
+    this.buf = Buffer.allocUnsafe(size);
+    this.spare = Buffer.allocUnsafe(size);
+  }
+
+  async put(data: Buffer): Promise<void> {
+    let off = 0;
+    while (off < data.length) {
+      if (this.len === this.buf.length) await this.flush(false);
+      const n = data.copy(this.buf, this.len, off);
+      this.len += n;
+      off += n;
+    }
+  }
+
+  /** Copies exactly `size` bytes of `src`, reading straight into the output buffer. */
+  async copyFrom(src: FileHandle, size: number, path: string): Promise<void> {
+    let done = 0;
+    while (done < size) {
+      if (this.len === this.buf.length) await this.flush(false);
+      const want = Math.min(this.buf.length - this.len, size - done);
+      const { bytesRead } = await src.read(this.buf, this.len, want, done);
+      if (bytesRead === 0) {
+        throw new CheckptError('EIO', `${path} became shorter while it was being packed`, { path });
+      }
+      this.len += bytesRead;
+      done += bytesRead;
+    }
+    const { bytesRead } = await src.read(this.probe, 0, 1, size);
+    if (bytesRead !== 0) {
+      throw new CheckptError('EIO', `${path} grew while it was being packed`, { path });
+    }
+  }
+
+  private async flush(final: boolean): Promise<void> {
+    if (this.len === 0 && !this.sealing) return;
+    const data = this.buf.subarray(0, this.len);
+    let out: Buffer[];
+    if (this.sealing) {
+      if (this.len === 0) throw new Error('internal: empty sealed chunk');
+      out = [data, sealChunk(this.sealing, this.index, final, data)];
+      this.index++;
+    } else {
+      this.hash.update(data);
+      out = [data];
+    }
+    await this.pending;
+    const p = writeAllv(this.fh, out, this.position);
+    // Observed when awaited later; this only keeps an early failure from being "unhandled".
+    p.catch(() => undefined);
+    this.pending = p;
+    for (const b of out) this.position += b.length;
+    [this.buf, this.spare] = [this.spare, this.buf];
+    this.len = 0;
+  }
+
+  /** Writes the last chunk and the trailer and returns the total file size. */
+  async finish(): Promise<number> {
+    await this.flush(true);
+    await this.pending;
+    const tail = this.sealing ? TRAILER_MAGIC : Buffer.concat([TRAILER_MAGIC, this.hash.digest()]);
+    await writeAll(this.fh, tail, this.position);
+    this.position += tail.length;
+    return this.position;
+  }
+
+  async settle(): Promise<void> {
+    await this.pending.catch(() => undefined);
+  }
+}
+
+/** The temporary name a checkpoint is written under before it is renamed over `target`. */
+export function tempNameFor(target: string): string {
+  return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
+}
+
+async function createTemp(
+  target: string,
+  given?: string,
+): Promise<{ fh: FileHandle; tmp: string }> {
+  const dir = dirname(target);
+  for (let attempt = 0; ; attempt++) {
+    const tmp = given ?? tempNameFor(target);
+    try {
+      const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+      const fh = await open(tmp, flags, 0o600);
+      return { fh, tmp };
+    } catch (e) {
+      const code = errnoOf(e);
+      if (code === 'EEXIST' && given === undefined && attempt < 5) continue;
+      const targetProblem = ['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EROFS'];
+      throw new CheckptError(
+        code !== undefined && targetProblem.includes(code) ? 'ETARGET' : 'EIO',
+        `cannot create a file in ${dir} (${messageOf(e)}); check that the directory exists and is writable`,
+        { cause: e, path: dir },
+      );
+    }
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+    await fh.sync();
+  } catch (e) {
+    // Some filesystems cannot fsync a directory at all; there is nothing more to do there.
+    if (errnoOf(e) !== 'EINVAL' && errnoOf(e) !== 'ENOTSUP') {
+      throw ioError(
+        `syncing directory ${dir} (the checkpoint file is in place but may not be durable)`,
+        dir,
+        e,
+      );
+    }
+  } finally {
+    await closeQuietly(fh);
+  }
+}
+
+/**
+ * Packs every regular file directly inside `source.dir` (sorted by name; anything else is an error),
+ * or the given `source.files` (resolved against `source.dir`, stored under their base names, in the
+ * given order), into one checkpoint file at `target`, sealed when `options.key` is given, with
+ * `manifest` (any JSON object; none of its fields mean anything here) stored as it is. The file
+ * appears at `target` atomically with mode 0600 (a symlink there is replaced, never followed); on
+ * failure `target` is untouched and no temporary file remains. `options.tmp` fixes the temporary
+ * name (from tempNameFor()), so that whoever waits for a writer that may be killed can remove what
+ * it left.
+ */
+export async function writeImage(
+  target: string,
+  manifest: object,
+  source: { dir: string; files?: string[] },
+  options: WriteOptions = {},
+): Promise<{ bytes: number }> {
+  const manifestBytes = encodeManifest(manifest);
+  const chunkSize = options.chunkSize ?? CHUNK;
+  if (!Number.isInteger(chunkSize) || chunkSize < MIN_SEAL_CHUNK || chunkSize > MAX_SEAL_CHUNK) {
+    throw new RangeError(`chunkSize must be from ${MIN_SEAL_CHUNK} to ${MAX_SEAL_CHUNK} bytes`);
+  }
+  const sources = await listSources(source);
+  const absTarget = resolve(target);
+  const prefix = Buffer.alloc(PREFIX_LEN);
+  MAGIC.copy(prefix, 0);
+  prefix.writeUInt32BE(FORMAT_VERSION, 8);
+  let sealing: Sealing | undefined;
+  if (options.key !== undefined) {
+    prefix.writeUInt32BE(FLAG_ENCRYPTED, 12);
+    sealing = newSealing(options.key, prefix, chunkSize);
+  }
+  const { fh, tmp } = await createTemp(absTarget, options.tmp);
+  let bytes: number;
+  let out: ChunkWriter | undefined;
+  try {
+    if (sealing) {
+      await writeAll(fh, sealing.head, 0);
+      out = new ChunkWriter(fh, sealing.head.length, chunkSize, sealing);
+    } else {
+      out = new ChunkWriter(fh, 0, CHUNK);
+      await out.put(prefix);
+    }
+    const lengths = Buffer.alloc(4);
+    lengths.writeUInt32BE(manifestBytes.length, 0);
+    await out.put(lengths);
+    await out.put(manifestBytes);
+    const count = Buffer.alloc(4);
+    count.writeUInt32BE(sources.length, 0);
+    await out.put(count);
+    for (const s of sources) {
+      let src: FileHandle | undefined;
+      try {
+        src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+        const st = await src.stat();
+        if (!st.isFile()) {
+          throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
+        }
+        const name = Buffer.from(s.name, 'utf8');
+        const entryHead = Buffer.alloc(2 + name.length + 8);
+        entryHead.writeUInt16BE(name.length, 0);
+        name.copy(entryHead, 2);
+        entryHead.writeBigUInt64BE(BigInt(st.size), 2 + name.length);
+        await out.put(entryHead);
+        await out.copyFrom(src, st.size, s.path);
+      } catch (e) {
+        throw ioError(`packing ${s.path}`, s.path, e);
+      } finally {
+        await closeQuietly(src);
+      }
+    }
+    bytes = await out.finish();
+    await fh.sync();
+    await fh.close();
+    await rename(tmp, absTarget);
+  } catch (e) {
+    await out?.settle();
+    await closeQuietly(fh);
+    await unlinkQuietly(tmp);
+    throw ioError(`writing ${absTarget}`, absTarget, e);
+  }
+  await syncDir(dirname(absTarget));
+  return { bytes };
+}
+
+/** The bytes of the files in `dir`: what writeImage() would pack of it, before packing. */
+export function dirBytes(dir: string): number {
+  let total = 0;
+  for (const f of readdirSync(dir)) total += statSync(join(dir, f)).size;
+  return total;
+}

@@ -1,0 +1,65 @@
+// Checkpoint files built by hand, straight from the layout documented in src/image/layout.ts, and
+// the check that every reader refuses one; shared by the tests of the format and of the manifest.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { extractImage, verifyImage } from '../../dist/image/format.js';
+import { rejectsWith } from '../helpers.mjs';
+
+function u32(n) {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+}
+
+function u64(n) {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+}
+
+/** Builds container bytes by hand, straight from the documented layout. */
+export function build({
+  magic = 'CHECKPT\n',
+  version = 1,
+  flags = 0,
+  manifest = '{}',
+  manifestLength,
+  entries = [],
+  count,
+}) {
+  const m = Buffer.from(manifest, 'utf8');
+  const parts = [Buffer.from(magic, 'latin1'), u32(version), u32(flags)];
+  parts.push(u32(manifestLength ?? m.length), m, u32(count ?? entries.length));
+  for (const e of entries) {
+    const name = Buffer.isBuffer(e.name) ? e.name : Buffer.from(e.name, 'utf8');
+    const data = Buffer.from(e.data ?? '');
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(name.length);
+    parts.push(len, name, u64(e.size ?? data.length), data);
+  }
+  const body = Buffer.concat(parts);
+  const hash = createHash('sha256').update(body).digest();
+  return Buffer.concat([body, Buffer.from('CKPTEND\n', 'latin1'), hash]);
+}
+
+/** Asserts that verification, info and extraction all reject `bytes` and nothing is created. */
+export async function assertRejected(root, bytes, codes, label, options = {}) {
+  const file = path.join(root, 'bad.ckpt');
+  fs.writeFileSync(file, bytes);
+  const out = fs.mkdtempSync(path.join(root, 'out-'));
+  const before = fs.readdirSync(root).sort();
+  await rejectsWith(verifyImage(file, options), codes, `${label} (verify)`);
+  await rejectsWith(extractImage(file, out, options), codes, `${label} (extract)`);
+  assert.deepEqual(fs.readdirSync(out), [], `${label}: extract dir not empty`);
+  assert.deepEqual(fs.readdirSync(root).sort(), before, `${label}: files appeared next to it`);
+  fs.rmSync(out, { recursive: true });
+}
+
+export const sampleEntries = [
+  { name: 'core-1.img', data: 'core data here' },
+  { name: 'empty.img', data: '' },
+  { name: 'pages-1.img', data: 'p'.repeat(100) },
+];
+export const sampleManifest = JSON.stringify({ pid: 42, node: 'v20', tags: ['a', 'b'] });
