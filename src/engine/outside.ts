@@ -25,15 +25,13 @@ import {
   checkDump,
   criuVersion,
   dump,
-  dumpArgs,
   DUMP_LOG,
   readLog,
-  startCriu,
+  startDump,
   type DumpRequest,
 } from './criu.js';
 import { dropEmptyLock, dumpLock, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
-import { helperPath } from './paths.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
@@ -182,12 +180,7 @@ async function dumpThenExit(
   const hook = await listenForPostDump(dumpReq.workDir);
   try {
     const t0 = process.hrtime.bigint();
-    const run = startCriu(
-      [...dumpArgs(dumpReq), '--action-script', helperPath],
-      dumpReq.timeoutMs,
-      dumpReq.enter,
-      { CHECKPT_POST_DUMP_SOCK: hook.path },
-    );
+    const run = startDump({ ...dumpReq, postDump: { sock: hook.path } });
     const dumped = await Promise.race([hook.dumped.then(() => true), run.result.then(() => false)]);
     if (!dumped) {
       const r = await run.result;

@@ -4,12 +4,20 @@ import { CheckptError } from '../common/errors.js';
 import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
-import { criuVersionAsync, killedBy, readLog, restoreArgs, type CriuLog } from './criu.js';
+import {
+  argvOf,
+  criuVersionAsync,
+  killedBy,
+  readLog,
+  restoreCommand,
+  RESTORE_LOG,
+  type CriuLog,
+} from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
-import { criuPath, requireHelper } from './paths.js';
+import { requireHelper } from './paths.js';
 import { prepareSockets } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
@@ -124,14 +132,15 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ...control,
         ...stdinArgs.args,
         '--',
-        criuPath,
-        ...restoreArgs({
-          imagesDir,
-          workDir,
-          inherit,
-          lazy: lazy !== undefined,
-          tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
-        }),
+        ...argvOf(
+          restoreCommand({
+            imagesDir,
+            workDir,
+            inherit,
+            lazy: lazy !== undefined,
+            tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
+          }),
+        ),
       ],
       {
         detach: options.detach === true,
@@ -144,7 +153,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     );
     const first = await helper.next();
     if (first.kind !== 'restored') {
-      const log = await readLog(join(workDir, 'restore.log'));
+      const log = await readLog(join(workDir, RESTORE_LOG));
       const how =
         first.kind === 'failed'
           ? (killedBy(first.value) ?? `criu exited with ${first.value}`)
