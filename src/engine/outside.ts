@@ -28,6 +28,7 @@ import {
   DUMP_LOG,
   readLog,
   startDump,
+  type CriuVersion,
   type DumpRequest,
 } from './criu.js';
 import { dropEmptyLock, dumpLock, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
@@ -65,6 +66,18 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   checkTarget(req.target);
   // Before anything is dumped: a bad key file must not cost a frozen program.
   const key = loadKey();
+  try {
+    return await dumpWithKey(req, version, key);
+  } finally {
+    key?.fill(0);
+  }
+}
+
+async function dumpWithKey(
+  req: OutsideDumpRequest,
+  version: CriuVersion,
+  key: Buffer | undefined,
+): Promise<OutsideDumpResult> {
   const status = procStatus(req.pid);
   requireWholeProgram(req.nsPid, req.innerPid, status ? req.pid : undefined);
   if (!status)
@@ -126,7 +139,6 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   } catch (e) {
     throw asCheckptError(e, req.target);
   } finally {
-    key?.fill(0);
     rmSync(workDir, { recursive: true, force: true });
   }
 }

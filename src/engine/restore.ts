@@ -57,6 +57,19 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   const version = criuVersionAsync();
   version.catch(() => undefined);
   const key = loadKey();
+  try {
+    return await restoreFrom(file, options, version, key);
+  } finally {
+    key?.fill(0);
+  }
+}
+
+async function restoreFrom(
+  file: string,
+  options: ResumeOptions,
+  version: Promise<unknown>,
+  key: Buffer | undefined,
+): Promise<Resumed> {
   // A missing file is reported by extractImage, which says what it expected there.
   const workDir = makeStagingDir('restore', sizeOf(file));
   let helper: Helper | undefined;
@@ -79,6 +92,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
     const info = await extractImage(file, imagesDir, { key, decoder: zstdDecoder(file) });
+    // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
     await version;
     const manifest = checkManifest(info.manifest, file);
