@@ -672,6 +672,8 @@ static int traced(pid_t pid) {
  * until the program blocks on its control FIFO, runs CRIU, and with --async tells the program
  * "dumped" (on fd 3, the FIFO) the moment CRIU lets go of it, before CRIU has even exited. Then it
  * tells the worker how CRIU ended ("criu STATUS MS", "timeout MS" or "blocked WHY") on a pipe.
+ * --timeout-ms is one deadline for all of it, from the front's start: waiting for the program to
+ * block, CRIU's pre-dump hook and CRIU's run share it.
  */
 static int cmd_dump(int argc, char **argv) {
   pid_t pid = 0;
@@ -696,6 +698,7 @@ static int cmd_dump(int argc, char **argv) {
     return EXIT_USAGE;
   }
   char **criu_argv = argv + i;
+  long deadline = now_ms() + timeout;
   /* The control FIFO, held open on fd 3 before the program opens its read end (which then never
    * blocks): when this and the worker are gone, the program reads end-of-file, never hangs. */
   if (mkfifo(fifo, 0600) < 0) die("mkfifo");
@@ -729,7 +732,7 @@ static int cmd_dump(int argc, char **argv) {
   close(go[0]);
   char line[128];
   /* With --async the program runs on until CRIU's pre-dump hook tells it to block. */
-  int b = async ? 1 : wait_blocked(pid, &fifo_st, timeout, 500);
+  int b = async ? 1 : wait_blocked(pid, &fifo_st, deadline - now_ms(), 500);
   if (b != 1) {
     int n = snprintf(line, sizeof line, "blocked %s\n", b < 0 ? "vanished" : "timeout");
     if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone: it reports nothing either way */ }
@@ -750,7 +753,7 @@ static int cmd_dump(int argc, char **argv) {
       char v[32];
       snprintf(v, sizeof v, "%d", (int)pid);
       setenv("CHECKPT_HOOK_PID", v, 1);
-      snprintf(v, sizeof v, "%ld", timeout);
+      snprintf(v, sizeof v, "%ld", deadline > t0 ? deadline - t0 : 0);
       setenv("CHECKPT_HOOK_TIMEOUT_MS", v, 1);
       setenv("CHECKPT_HOOK_FIFO", fifo, 1);
     }
@@ -770,7 +773,7 @@ static int cmd_dump(int argc, char **argv) {
         told = 1;
       }
     }
-    if (!timed_out && now_ms() - t0 > timeout) {
+    if (!timed_out && now_ms() > deadline) {
       kill(criu, SIGKILL);
       timed_out = 1;
     }

@@ -10,14 +10,19 @@ import { checkTarget } from '../common/target.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
 import { networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
-import { criuEnv, criuVersion, dumpArgs } from '../engine/criu.js';
+import { criuVersion } from '../engine/criu.js';
+import { dumpFrontCommand } from '../engine/helper.js';
 import { networkLockWorks, NO_LOCK_WARNING } from '../engine/netlock.js';
-import { POST_DUMP_SOCK } from '../engine/post-dump.js';
-import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
+import {
+  imagesDirOf,
+  type ControlMessage,
+  type DumpJob,
+  type ManifestBase,
+} from '../engine/job.js';
 import { withoutAdoption } from './subreaper.js';
-import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
+import { requireHelper, runDir } from '../engine/paths.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
-import { describeStdio, externalSockets } from '../engine/stdio.js';
+import { describeStdio } from '../engine/stdio.js';
 import { hasIoUring } from '../common/procfs.js';
 import { ioUringAdvice } from '../engine/iouring.js';
 import { compressionWanted } from '../image/compress.js';
@@ -232,51 +237,13 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     if (keyFile !== undefined) job.keyFile = keyFile;
     const jobFile = join(workDir, 'job.json');
     writeFileSync(jobFile, JSON.stringify(job), { mode: 0o600 });
-    const imagesDir = join(workDir, 'images');
-    mkdirSync(imagesDir, { mode: 0o700 });
-    const criuArgs = dumpArgs({
-      pid: process.pid,
-      imagesDir,
-      workDir,
-      externalUnix: externalSockets(job.manifest.stdio),
-      tcp: job.manifest.tcp === 'closed' ? 'close' : 'established',
-      // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
-      leave: options.exit ? 'stopped' : 'running',
-    });
-    // CRIU's post-dump step waits for the packed file; the front's limit covers both.
-    const frontMs = options.exit ? 2 * job.timeoutMs : job.timeoutMs;
-    const postDumpEnv = options.exit
-      ? {
-          CHECKPT_POST_DUMP_SOCK: join(workDir, POST_DUMP_SOCK),
-          CHECKPT_POST_DUMP_TIMEOUT_MS: String(job.timeoutMs),
-        }
-      : {};
+    mkdirSync(imagesDirOf(workDir), { mode: 0o700 });
+    const front = dumpFrontCommand(job, jobFile, fifo, mode);
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
     // would dump it along with us. One process start, before anything is frozen.
     const r = withoutAdoption(() =>
-      spawnSync(
-        helperPath,
-        [
-          'dump',
-          '--pid',
-          String(process.pid),
-          '--fifo',
-          fifo,
-          '--timeout-ms',
-          String(frontMs),
-          ...(mode === 'async' ? ['--async'] : []),
-          '--worker',
-          process.execPath,
-          dumpWorkerPath,
-          jobFile,
-          '--',
-          criuPath,
-          ...criuArgs,
-          ...(mode === 'async' || options.exit ? ['--action-script', helperPath] : []),
-        ],
-        { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '', ...postDumpEnv } },
-      ),
+      spawnSync(front.file, front.args, { stdio: ['ignore', log, log], env: front.env }),
     );
     closeSync(log);
     if (r.error || r.status !== 0)

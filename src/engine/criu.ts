@@ -1,21 +1,44 @@
-import { execFile, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { ioUringAdvice } from './iouring.js';
-import { criuPath } from './paths.js';
+import { criuPath, helperPath } from './paths.js';
 
 export const MIN_CRIU_MAJOR = 4;
 /** 4.2: earlier CRIUs cannot dump any TCP or UDP socket on Linux 6.16 and newer (CRIU issues 2705, 2718). */
 export const MIN_CRIU_MINOR = 2;
 export const MIN_CRIU_TEXT = `${MIN_CRIU_MAJOR}.${MIN_CRIU_MINOR}`;
 
+/**
+ * CRIU, in one place. Each verb (dump, restore, lazy-pages, check, --version) is one function that
+ * builds its command line through `request`, the one private path that knows where CRIU is, how
+ * it logs, how it is wrapped (nsenter, setpriv) and what its environment is, as go-criu's methods
+ * all go through doSwrk. Some verbs are run by someone else (the dump front and the helper's init
+ * exec the argv themselves); those that checkpt runs are started by the runners below, nowhere else.
+ */
+
+/** A command line: the program to run, its arguments and its environment. */
+export interface Command {
+  file: string;
+  args: string[];
+  env: NodeJS.ProcessEnv;
+}
+
+/** The command as one argv, for a process that runs it itself (the dump front, the helper's init). */
+export function argvOf(c: Command): string[] {
+  return [c.file, ...c.args];
+}
+
 export interface CriuResult {
   status: number | null;
   signal: NodeJS.Signals | null;
   timedOut: boolean;
+  stdout: string;
   stderr: string;
+  /** CRIU (or its wrapper) could not be started at all. */
+  error?: Error;
 }
 
 export interface DumpRequest {
@@ -31,6 +54,13 @@ export interface DumpRequest {
   leave?: 'running' | 'stopped';
   /** How TCP connections are dumped (tcpDumpArgs); default 'established'. */
   tcp?: 'established' | 'close';
+  /** checkpt-helper is CRIU's pre-dump script: checkpoint() blocks only then (the front sets its environment). */
+  preDumpHook?: boolean;
+  /**
+   * Checkpoint and exit: checkpt-helper is CRIU's post-dump script and asks on this Unix socket
+   * whether the file is durable (src/engine/post-dump.ts), trying to connect for `timeoutMs`.
+   */
+  postDump?: { sock: string; timeoutMs?: number };
 }
 
 export interface RestoreArgsRequest {
@@ -47,57 +77,224 @@ export interface RestoreArgsRequest {
 
 const LOG_TAIL_LINES = 25;
 
-/** Every CRIU verb goes through here: one place for logging, timeouts and error shape. */
-export function runCriu(args: string[], timeoutMs: number, enter?: number): Promise<CriuResult> {
-  return startCriu(args, timeoutMs, enter).result;
+export const DUMP_LOG = 'dump.log';
+export const RESTORE_LOG = 'restore.log';
+export const LAZY_PAGES_LOG = 'lazy-pages.log';
+
+interface Request {
+  verb: 'dump' | 'restore' | 'lazy-pages' | 'check' | '--version';
+  /** Where the images are and CRIU works; CRIU then logs into `log` there at checkpt's level. */
+  dirs?: { images: string; work: string; log: string };
+  args?: string[];
+  /** Run CRIU in the PID and mount namespaces of this host pid. */
+  enter?: number;
+  /** CRIU dies with checkpt, however checkpt ends (even killed itself). */
+  dieWithUs?: boolean;
+  env?: Record<string, string>;
+}
+
+/** The one way a CRIU command line is made. */
+function request(req: Request): Command {
+  let args: string[] = [req.verb];
+  if (req.dirs)
+    args.push('-D', req.dirs.images, '-W', req.dirs.work, '-o', req.dirs.log, logLevel());
+  args.push(...(req.args ?? []));
+  let file = criuPath;
+  if (req.enter !== undefined) {
+    args = ['-t', String(req.enter), '-p', '-m', '--', file, ...args];
+    file = 'nsenter';
+  }
+  if (req.dieWithUs) {
+    args = ['--pdeathsig', 'KILL', '--', file, ...args];
+    file = 'setpriv';
+  }
+  return { file, args, env: { ...criuEnv(), ...req.env } };
+}
+
+/** `criu dump` for a request (the program's dump front runs it itself; dumpFromOutside through startCriu). */
+export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
+  const args = [
+    '-t',
+    String(req.pid),
+    req.leave === 'stopped' ? '--leave-stopped' : '--leave-running',
+    '--shell-job',
+    '--file-locks',
+    ...tcpDumpArgs(req.tcp ?? 'established'),
+  ];
+  for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
+  if (req.preDumpHook || req.postDump) args.push('--action-script', helperPath);
+  const env: Record<string, string> = {};
+  if (req.postDump) {
+    env.CHECKPT_POST_DUMP_SOCK = req.postDump.sock;
+    if (req.postDump.timeoutMs !== undefined)
+      env.CHECKPT_POST_DUMP_TIMEOUT_MS = String(req.postDump.timeoutMs);
+  }
+  return request({
+    verb: 'dump',
+    dirs: { images: req.imagesDir, work: req.workDir, log: DUMP_LOG },
+    args,
+    ...(req.enter === undefined ? {} : { enter: req.enter }),
+    env,
+  });
+}
+
+/** `criu restore` (the helper's init runs it, inside the copy's new namespaces). */
+export function restoreCommand(req: RestoreArgsRequest): Command {
+  const args = [
+    '--restore-detached',
+    '--shell-job',
+    '--file-locks',
+    req.tcpClose ? '--tcp-close' : '--tcp-established',
+  ];
+  if (req.lazy) args.push('--lazy-pages');
+  for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);
+  return request({
+    verb: 'restore',
+    dirs: { images: req.imagesDir, work: req.workDir, log: RESTORE_LOG },
+    args,
+  });
+}
+
+/** `criu lazy-pages`, which says on fd 3 when it listens; it dies with checkpt. */
+export function lazyPagesCommand(imagesDir: string, workDir: string): Command {
+  return request({
+    verb: 'lazy-pages',
+    dirs: { images: imagesDir, work: workDir, log: LAZY_PAGES_LOG },
+    args: ['--status-fd', '3'],
+    dieWithUs: true,
+  });
+}
+
+/** `criu check`, or `criu check --feature NAME`. */
+export function checkCommand(feature?: string): Command {
+  return request({ verb: 'check', args: feature === undefined ? [] : ['--feature', feature] });
+}
+
+export function versionCommand(): Command {
+  return request({ verb: '--version' });
+}
+
+/** Whether `criu check [--feature NAME]` passes here, and what it said. */
+export function check(
+  feature?: string,
+  timeoutMs = 30_000,
+): { ok: boolean; output: string; error?: Error } {
+  const r = runCriuSync(checkCommand(feature), timeoutMs);
+  const out = { ok: r.status === 0 && !r.timedOut, output: `${r.stdout}${r.stderr}` };
+  return r.error ? { ...out, error: r.error } : out;
+}
+
+/** Runs a CRIU command to its end, killing it after `timeoutMs`. */
+export function runCriu(cmd: Command, timeoutMs: number): Promise<CriuResult> {
+  return startCriu(cmd, { timeoutMs }).result;
+}
+
+/** The same, blocking: for the short verbs (check, --version) of synchronous callers. */
+export function runCriuSync(cmd: Command, timeoutMs: number): CriuResult {
+  const r = spawnSync(cmd.file, cmd.args, {
+    encoding: 'utf8',
+    env: cmd.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: timeoutMs,
+    killSignal: 'SIGKILL',
+  });
+  const timedOut = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT';
+  const result: CriuResult = {
+    status: r.status,
+    signal: r.signal,
+    timedOut,
+    stdout: r.stdout ?? '',
+    stderr: r.stderr ?? '',
+  };
+  if (r.error && !timedOut) result.error = r.error;
+  return result;
 }
 
 /** A CRIU under way; `stopTimer` ends its timeout once the slow part is someone else's (packing). */
 export interface CriuRun {
   result: Promise<CriuResult>;
   stopTimer(): void;
-  /** The process started (CRIU, or nsenter running it): CRIU and its action scripts descend from it. */
+  /** The process started (CRIU, or its wrapper): CRIU and its action scripts descend from it. */
   pid: number | undefined;
+  /** With `statusFd`: CRIU's fd 3, on which it says it is ready (--status-fd 3). */
+  status?: NodeJS.ReadableStream;
+  /** Whether it has not exited yet. */
+  running(): boolean;
 }
 
-export function startCriu(
-  args: string[],
-  timeoutMs: number,
-  enter?: number,
-  extraEnv: Record<string, string> = {},
-): CriuRun {
-  const [cmd, argv] =
-    enter === undefined
-      ? [criuPath, args]
-      : ['nsenter', ['-t', String(enter), '-p', '-m', '--', criuPath, ...args]];
+export interface StartOptions {
+  /** Kill it (SIGKILL) after this long; none: it runs until it ends or is stopped. */
+  timeoutMs?: number;
+  /** Give it a pipe as fd 3 and no output (a daemon's status fd), instead of capturing its output. */
+  statusFd?: boolean;
+}
+
+/** Starts a CRIU command: every CRIU checkpt itself runs is started here. */
+export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
+  const capture = !opts.statusFd;
+  const child = spawn(cmd.file, cmd.args, {
+    stdio: capture ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'ignore', 'ignore', 'pipe'],
+    env: cmd.env,
+  });
   let timer: NodeJS.Timeout | undefined;
-  let pid: number | undefined;
+  let ended = false;
   const result = new Promise<CriuResult>((resolve) => {
-    const child = spawn(cmd, argv, {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...criuEnv(), ...extraEnv },
-    });
-    pid = child.pid;
+    let stdout = '';
     let stderr = '';
     let timedOut = false;
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (d: string) => {
-      if (stderr.length < 65536) stderr += d;
-    });
-    timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.on('error', (err) => {
+    if (capture) {
+      child.stdout?.setEncoding('utf8');
+      child.stdout?.on('data', (d: string) => {
+        if (stdout.length < 65536) stdout += d;
+      });
+      child.stderr?.setEncoding('utf8');
+      child.stderr?.on('data', (d: string) => {
+        if (stderr.length < 65536) stderr += d;
+      });
+    }
+    if (opts.timeoutMs !== undefined)
+      timer = setTimeout(() => {
+        timedOut = true;
+        child.kill('SIGKILL');
+      }, opts.timeoutMs);
+    child.on('error', (error) => {
+      ended = true;
       clearTimeout(timer);
-      resolve({ status: null, signal: null, timedOut, stderr: stderr + String(err.message) });
+      resolve({
+        status: null,
+        signal: null,
+        timedOut,
+        stdout,
+        stderr: stderr + error.message,
+        error,
+      });
     });
-    child.on('close', (status, signal) => {
+    // With output captured, all of it is in once the pipes close; a daemon's children may hold fd 3.
+    child.on(capture ? 'close' : 'exit', (status: number | null, signal: NodeJS.Signals | null) => {
+      ended = true;
       clearTimeout(timer);
-      resolve({ status, signal, timedOut, stderr });
+      resolve({ status, signal, timedOut, stdout, stderr });
     });
   });
-  return { result, stopTimer: () => clearTimeout(timer), pid };
+  const run: CriuRun = {
+    result,
+    stopTimer: () => clearTimeout(timer),
+    pid: child.pid,
+    running: () => !ended && child.exitCode === null && child.signalCode === null,
+  };
+  if (!capture) run.status = child.stdio[3] as NodeJS.ReadableStream;
+  return run;
+}
+
+/** `criu dump` run by checkpt itself (from outside the program): nothing when it worked, else why not. */
+export async function dump(req: DumpRequest): Promise<void> {
+  const r = await runCriu(dumpCommand(req), req.timeoutMs);
+  await checkDump(r.status, r.timedOut, req.workDir, req.timeoutMs, r.stderr);
+}
+
+/** `criu dump` started for a caller that acts while it runs (checkpoint and exit's post-dump step). */
+export function startDump(req: DumpRequest): CriuRun {
+  return startCriu(dumpCommand(req), { timeoutMs: req.timeoutMs });
 }
 
 export interface CriuLog {
@@ -148,28 +345,6 @@ function logLevel(): string {
   return process.env.CHECKPT_DEBUG ? '-v4' : '-v2';
 }
 
-/** The arguments of `criu dump` for a request (the program's dump front runs them itself). */
-export function dumpArgs(req: Omit<DumpRequest, 'timeoutMs' | 'enter'>): string[] {
-  const args = [
-    'dump',
-    '-t',
-    String(req.pid),
-    '-D',
-    req.imagesDir,
-    '-W',
-    req.workDir,
-    '-o',
-    DUMP_LOG,
-    logLevel(),
-    req.leave === 'stopped' ? '--leave-stopped' : '--leave-running',
-    '--shell-job',
-    '--file-locks',
-    ...tcpDumpArgs(req.tcp ?? 'established'),
-  ];
-  for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
-  return args;
-}
-
 /**
  * 'established': connections are dumped, not closed: while the program is frozen CRIU drops their
  * packets (one nftables rule per connection; no iptables or nft program needed), so peers only see
@@ -182,13 +357,6 @@ export function tcpDumpArgs(tcp: 'established' | 'close'): string[] {
   const common = ['--skip-in-flight'];
   if (tcp === 'close') return [...common, '--tcp-close', '--network-lock', 'skip'];
   return [...common, '--tcp-established', '--network-lock', 'nftables'];
-}
-
-export const DUMP_LOG = 'dump.log';
-
-export async function dump(req: DumpRequest): Promise<void> {
-  const r = await runCriu(dumpArgs(req), req.timeoutMs, req.enter);
-  await checkDump(r.status, r.timedOut, req.workDir, req.timeoutMs, r.stderr);
 }
 
 /** Turns how `criu dump` ended into nothing (it worked) or the CheckptError that says why not. */
@@ -245,26 +413,6 @@ export function criuEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv
   return { ...env, CRIU_FAULT: '130' };
 }
 
-export function restoreArgs(req: RestoreArgsRequest): string[] {
-  const args = [
-    'restore',
-    '-D',
-    req.imagesDir,
-    '-W',
-    req.workDir,
-    '-o',
-    'restore.log',
-    logLevel(),
-    '--restore-detached',
-    '--shell-job',
-    '--file-locks',
-    req.tcpClose ? '--tcp-close' : '--tcp-established',
-  ];
-  if (req.lazy) args.push('--lazy-pages');
-  for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);
-  return args;
-}
-
 export interface CriuVersion {
   major: number;
   minor: number;
@@ -274,28 +422,24 @@ export interface CriuVersion {
 
 let cachedVersion: CriuVersion | undefined;
 
-/** `criu --version`; throws ENOCRIU with "need 4.0, found X" when missing or too old. */
+/** `criu --version`; throws ENOCRIU with "need 4.2, found X" when missing or too old. */
 export function criuVersion(): CriuVersion {
   if (cachedVersion) return cachedVersion;
-  const r = spawnSync(criuPath, ['--version'], { encoding: 'utf8' });
+  const r = runCriuSync(versionCommand(), VERSION_TIMEOUT_MS);
   cachedVersion = versionOf(r.stdout, r.error);
   return cachedVersion;
 }
 
 /** The same check, while the caller goes on (a resume unpacks its image meanwhile). */
-export function criuVersionAsync(): Promise<CriuVersion> {
-  if (cachedVersion) return Promise.resolve(cachedVersion);
-  return new Promise((resolve, reject) => {
-    execFile(criuPath, ['--version'], { encoding: 'utf8' }, (error, stdout) => {
-      try {
-        cachedVersion = versionOf(stdout, error?.code === undefined ? undefined : error);
-        resolve(cachedVersion);
-      } catch (e) {
-        reject(e);
-      }
-    });
-  });
+export async function criuVersionAsync(): Promise<CriuVersion> {
+  if (cachedVersion) return cachedVersion;
+  const r = await runCriu(versionCommand(), VERSION_TIMEOUT_MS);
+  cachedVersion = versionOf(r.stdout, r.error);
+  return cachedVersion;
 }
+
+/** `criu --version` answers at once; a CRIU that does not is as good as missing. */
+const VERSION_TIMEOUT_MS = 30_000;
 
 function versionOf(stdout: string, error: Error | undefined): CriuVersion {
   if (error)

@@ -87,16 +87,19 @@ async function pack(job: DumpJob, criu: string, dumpMs: number, lock?: DumpLock)
   }
   // Read only now: an error before CRIU has finished would wake the program too early.
   const key = job.keyFile === undefined ? undefined : readKeyFile(job.keyFile);
-  const { bytes } = await writeImage(
-    job.target,
-    manifest as unknown as Record<string, unknown>,
-    { dir: imagesDir },
-    { key, tmp: job.tmp },
-  ).catch((e: unknown) => {
-    throw writeFailed(e, job.target, manifest.packedBytes ?? manifest.imageBytes);
-  });
-  key?.fill(0);
-  return bytes;
+  try {
+    const { bytes } = await writeImage(
+      job.target,
+      manifest as unknown as Record<string, unknown>,
+      { dir: imagesDir },
+      { key, tmp: job.tmp },
+    ).catch((e: unknown) => {
+      throw writeFailed(e, job.target, manifest.packedBytes ?? manifest.imageBytes);
+    });
+    return bytes;
+  } finally {
+    key?.fill(0);
+  }
 }
 
 /**

@@ -2,8 +2,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { childrenOf } from '../common/procfs.js';
 import { createInterface } from 'node:readline';
-import { criuEnv } from './criu.js';
-import { helperPath } from './paths.js';
+import { join } from 'node:path';
+import { argvOf, criuEnv, dumpCommand, type Command } from './criu.js';
+import { imagesDirOf, type DumpJob } from './job.js';
+import { POST_DUMP_SOCK } from './post-dump.js';
+import { dumpWorkerPath, helperPath } from './paths.js';
+import { externalSockets } from './stdio.js';
 
 /** What the native helper reports on its status pipe (see native/checkpt-helper.c). */
 export type HelperStatus =
@@ -39,6 +43,56 @@ export interface Helper {
   onKey(listener: (pgrp: number) => void): void;
   /** Stops listening so this process may exit while the helper runs on. */
   release(): void;
+}
+
+/**
+ * The dump front for a program checkpointing itself: `checkpt-helper dump`, which starts the
+ * packing worker on `jobFile`, waits for the program to block on `fifo` (or, `async`, lets CRIU's
+ * pre-dump script tell it to), and runs `criu dump` with one deadline for all of it. The program
+ * starts it itself: only the program can keep it out of its own tree (src/api/subreaper.ts).
+ */
+export function dumpFrontCommand(
+  job: DumpJob,
+  jobFile: string,
+  fifo: string,
+  mode: 'sync' | 'async',
+): Command {
+  const criu = dumpCommand({
+    pid: job.pid,
+    imagesDir: imagesDirOf(job.workDir),
+    workDir: job.workDir,
+    externalUnix: externalSockets(job.manifest.stdio),
+    tcp: job.manifest.tcp === 'closed' ? 'close' : 'established',
+    // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
+    leave: job.exit ? 'stopped' : 'running',
+    preDumpHook: mode === 'async',
+    ...(job.exit
+      ? { postDump: { sock: join(job.workDir, POST_DUMP_SOCK), timeoutMs: job.timeoutMs } }
+      : {}),
+  });
+  // Exiting, CRIU's post-dump step waits for the packed file: the front's limit covers both.
+  const frontMs = job.exit ? 2 * job.timeoutMs : job.timeoutMs;
+  return {
+    file: helperPath,
+    args: [
+      'dump',
+      '--pid',
+      String(job.pid),
+      '--fifo',
+      fifo,
+      '--timeout-ms',
+      String(frontMs),
+      ...(mode === 'async' ? ['--async'] : []),
+      '--worker',
+      process.execPath,
+      dumpWorkerPath,
+      jobFile,
+      '--',
+      ...argvOf(criu),
+    ],
+    // The worker is checkpt's, not the program's: none of the program's Node options.
+    env: { ...criu.env, NODE_OPTIONS: '' },
+  };
 }
 
 /** Starts `checkpt-helper init` with the common options in front of `args`. */

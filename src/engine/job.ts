@@ -1,4 +1,10 @@
+import { join } from 'node:path';
 import type { StdioDescriptor } from './stdio.js';
+
+/** Where a dump job's CRIU writes its images: the worker packs them from there. */
+export function imagesDirOf(workDir: string): string {
+  return join(workDir, 'images');
+}
 
 /** What the process hands its dump worker: everything needed to dump, pack and report. */
 export interface DumpJob {

@@ -1,8 +1,6 @@
-import { spawn } from 'node:child_process';
 import { CheckptError } from '../common/errors.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
-import { criuEnv } from './criu.js';
-import { criuPath } from './paths.js';
+import { lazyPagesCommand, startCriu } from './criu.js';
 
 /**
  * CRIU's lazy-pages daemon for one restore: the copy starts with its memory still in the images
@@ -36,39 +34,19 @@ export function startLazyPages(
   imagesDir: string,
   workDir: string,
 ): { ready: Promise<LazyPages | undefined>; stop(): number[]; pid: number | undefined } {
-  const args = [
-    'lazy-pages',
-    '-D',
-    imagesDir,
-    '-W',
-    workDir,
-    '-o',
-    'lazy-pages.log',
-    '-v2',
-    '--status-fd',
-    '3',
-  ];
-  // The daemon dies with checkpt, however checkpt ends (even killed itself).
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', criuPath, ...args], {
-    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-    env: criuEnv(),
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.on('error', () => resolve({ code: null, signal: null }));
-    child.on('exit', (code, signal) => resolve({ code, signal }));
-  });
-  const status = child.stdio[3] as NodeJS.ReadableStream;
+  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir), { statusFd: true });
+  const exited = daemon.result.then(({ status, signal }) => ({ code: status, signal }));
   // CRIU forks probes of the kernel at start-up that stop themselves; one left by a daemon killed
   // then stays stopped for good: the whole tree goes. Returns who was signalled.
   const stop = (): number[] => {
-    if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return [];
-    const tree = processTree(child.pid);
+    if (daemon.pid === undefined || !daemon.running()) return [];
+    const tree = processTree(daemon.pid);
     for (const p of tree) signalQuietly(p, 'SIGKILL');
     return tree;
   };
   const ready = new Promise<LazyPages | undefined>((resolve) => {
     let listening = false;
-    status.once('data', () => {
+    daemon.status?.once('data', () => {
       listening = true;
       const done = exited.then(({ code, signal }) => {
         if (code === 0) return;
@@ -85,5 +63,5 @@ export function startLazyPages(
       if (!listening) resolve(undefined);
     });
   });
-  return { ready, stop, pid: child.pid };
+  return { ready, stop, pid: daemon.pid };
 }

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
-import { criuEnv } from './criu.js';
+import { check } from './criu.js';
 import { decodeMessage } from './criu-image.js';
 import { criuPath, helperPath, requireHelper, runDir } from './paths.js';
 import { CheckptError } from '../common/errors.js';
@@ -36,12 +36,7 @@ export function networkLockWorks(): boolean {
   } catch {
     // not known yet
   }
-  cached =
-    spawnSync(criuPath, ['check', '--feature', 'network_lock_nftables'], {
-      env: criuEnv(),
-      stdio: 'ignore',
-      timeout: 30_000,
-    }).status === 0;
+  cached = check('network_lock_nftables', 30_000).ok;
   try {
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
     const tmp = `${file}.${process.pid}`;

@@ -25,15 +25,14 @@ import {
   checkDump,
   criuVersion,
   dump,
-  dumpArgs,
   DUMP_LOG,
   readLog,
-  startCriu,
+  startDump,
+  type CriuVersion,
   type DumpRequest,
 } from './criu.js';
 import { dropEmptyLock, dumpLock, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
-import { helperPath } from './paths.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
@@ -67,6 +66,18 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   checkTarget(req.target);
   // Before anything is dumped: a bad key file must not cost a frozen program.
   const key = loadKey();
+  try {
+    return await dumpWithKey(req, version, key);
+  } finally {
+    key?.fill(0);
+  }
+}
+
+async function dumpWithKey(
+  req: OutsideDumpRequest,
+  version: CriuVersion,
+  key: Buffer | undefined,
+): Promise<OutsideDumpResult> {
   const status = procStatus(req.pid);
   requireWholeProgram(req.nsPid, req.innerPid, status ? req.pid : undefined);
   if (!status)
@@ -128,7 +139,6 @@ export async function dumpFromOutside(req: OutsideDumpRequest): Promise<OutsideD
   } catch (e) {
     throw asCheckptError(e, req.target);
   } finally {
-    key?.fill(0);
     rmSync(workDir, { recursive: true, force: true });
   }
 }
@@ -182,12 +192,7 @@ async function dumpThenExit(
   const hook = await listenForPostDump(dumpReq.workDir);
   try {
     const t0 = process.hrtime.bigint();
-    const run = startCriu(
-      [...dumpArgs(dumpReq), '--action-script', helperPath],
-      dumpReq.timeoutMs,
-      dumpReq.enter,
-      { CHECKPT_POST_DUMP_SOCK: hook.path },
-    );
+    const run = startDump({ ...dumpReq, postDump: { sock: hook.path } });
     const dumped = await Promise.race([hook.dumped.then(() => true), run.result.then(() => false)]);
     if (!dumped) {
       const r = await run.result;

@@ -2,15 +2,16 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { criuEnv, firstError } from './criu.js';
-import { criuPath, nouringLibPath } from './paths.js';
+import { check, DUMP_LOG, firstError } from './criu.js';
+import { nouringLibPath } from './paths.js';
 import type { Finding } from './probe.js';
 
 // A child holding a listening socket and an established connection (both ends its own) is dumped
-// with the flags checkpt uses, left running, and killed: the real thing, in about half a second.
+// by criu.ts's own dump verb, with the flags checkpt uses, left running, and killed: the real
+// thing, in about half a second. It runs in a Node of its own because probe() is synchronous.
 const TRIAL = `
-const { spawn, spawnSync } = require('child_process');
-const [criu, dir, preload] = process.argv.slice(1);
+const { spawn } = require('child_process');
+const [criuModule, dir, preload] = process.argv.slice(1);
 const env = { ...process.env };
 if (preload) env.LD_PRELOAD = preload;
 const child = spawn(process.execPath, ['-e', \`
@@ -27,22 +28,21 @@ const poll = setInterval(() => {
   try { cmd = require('fs').readFileSync('/proc/' + child.pid + '/cmdline', 'utf8'); } catch {}
   if (!cmd.startsWith('ready')) return;
   clearInterval(poll);
-  const r = spawnSync(criu, ['dump', '-t', String(child.pid), '-D', dir, '-o', 'dump.log', '-v2',
-    '--leave-running', '--shell-job', '--tcp-established', '--network-lock', 'nftables'],
-    { encoding: 'utf8', timeout: 12000 });
-  clearTimeout(guard);
-  child.kill('SIGKILL');
-  console.log(r.status === 0 ? 'ok' : 'failed');
+  import(criuModule)
+    .then(({ dump }) => dump({ pid: child.pid, imagesDir: dir, workDir: dir, timeoutMs: 12000 }))
+    .then(() => 'ok', () => 'failed')
+    .then((r) => {
+      clearTimeout(guard);
+      child.kill('SIGKILL');
+      console.log(r);
+    });
 }, 20);`;
 
 /** Whether CRIU can lock the network and dump TCP sockets here, each with the fix when not. */
 export function probeTcp(): Finding[] {
   const out: Finding[] = [];
-  const lock = spawnSync(criuPath, ['check', '--feature', 'network_lock_nftables'], {
-    encoding: 'utf8',
-    env: criuEnv(),
-  });
-  const lockOk = lock.status === 0;
+  const lock = check('network_lock_nftables');
+  const lockOk = lock.ok;
   out.push(
     lockOk
       ? {
@@ -54,7 +54,7 @@ export function probeTcp(): Finding[] {
           name: 'network lock',
           ok: true,
           warning: true,
-          detail: `CRIU cannot lock the network with nftables here (${firstLine(lock.stdout + lock.stderr)}): checkpoints close TCP connections instead of keeping them`,
+          detail: `CRIU cannot lock the network with nftables here (${firstLine(lock.output)}): checkpoints close TCP connections instead of keeping them`,
           fix: 'Use a kernel with nf_tables (CONFIG_NF_TABLES, CONFIG_NFT_*) to keep connections open across checkpoints.',
         },
   );
@@ -62,9 +62,9 @@ export function probeTcp(): Finding[] {
   const dir = mkdtempSync(join(tmpdir(), 'checkpt-probe-tcp-'));
   try {
     const preload = existsSync(nouringLibPath) ? nouringLibPath : '';
-    const r = spawnSync(process.execPath, ['-e', TRIAL, criuPath, dir, preload], {
+    const criuModule = new URL('./criu.js', import.meta.url).href;
+    const r = spawnSync(process.execPath, ['-e', TRIAL, criuModule, dir, preload], {
       encoding: 'utf8',
-      env: criuEnv(),
       timeout: 20000,
     });
     if (r.stdout.trim() === 'ok') {
@@ -76,7 +76,7 @@ export function probeTcp(): Finding[] {
     } else {
       let log = '';
       try {
-        log = readFileSync(join(dir, 'dump.log'), 'utf8');
+        log = readFileSync(join(dir, DUMP_LOG), 'utf8');
       } catch {
         // no log: CRIU did not start; the trial's own output says why
       }

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { CheckptError } from '../common/errors.js';
 import { zstdAvailable } from '../image/compress.js';
-import { criuEnv, criuVersion, MIN_CRIU_TEXT, tailOf } from './criu.js';
+import { check, criuVersion, MIN_CRIU_TEXT, tailOf } from './criu.js';
 import { ioUringAdvice } from './iouring.js';
 import {
   criuPath,
@@ -57,25 +57,20 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
     });
   }
   if (version !== undefined && root) {
-    const r = spawnSync(criuPath, ['check'], { encoding: 'utf8', env: criuEnv() });
-    const text = `${r.stdout}${r.stderr}`;
+    const r = check();
     out.push(
-      r.status === 0
+      r.ok
         ? { name: 'criu check', ok: true, detail: 'criu check: Looks good' }
         : {
             name: 'criu check',
             ok: false,
-            detail: `criu check failed: ${tailOf(text, 3).replace(/\n/g, ' | ')}`,
+            detail: `criu check failed: ${tailOf(r.output, 3).replace(/\n/g, ' | ')}`,
             fix: 'This kernel or CRIU build cannot checkpoint; install a CRIU that matches the kernel (scripts/install-criu.sh).',
           },
     );
     // What checkpt -r needs to start a large copy before its memory is in (src/engine/lazy.ts).
-    const uffd = spawnSync(criuPath, ['check', '--feature', 'uffd-noncoop'], {
-      encoding: 'utf8',
-      env: criuEnv(),
-    });
     out.push(
-      uffd.status === 0
+      check('uffd-noncoop').ok
         ? { name: 'lazy restore', ok: true, detail: 'userfaultfd works: large copies start lazily' }
         : {
             name: 'lazy restore',

@@ -5,12 +5,20 @@ import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { manifestProblem } from './manifest.js';
 import { loadKey } from '../image/key.js';
-import { criuVersionAsync, killedBy, readLog, restoreArgs, type CriuLog } from './criu.js';
+import {
+  argvOf,
+  criuVersionAsync,
+  killedBy,
+  readLog,
+  restoreCommand,
+  RESTORE_LOG,
+  type CriuLog,
+} from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
-import { criuPath, requireHelper } from './paths.js';
+import { requireHelper } from './paths.js';
 import { prepareSockets } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
@@ -61,6 +69,19 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   const version = criuVersionAsync();
   version.catch(() => undefined);
   const key = loadKey();
+  try {
+    return await restoreFrom(file, options, version, key);
+  } finally {
+    key?.fill(0);
+  }
+}
+
+async function restoreFrom(
+  file: string,
+  options: ResumeOptions,
+  version: Promise<unknown>,
+  key: Buffer | undefined,
+): Promise<Resumed> {
   // A missing file is reported by extractImage, which says what it expected there.
   const workDir = makeStagingDir('restore', sizeOf(file));
   let helper: Helper | undefined;
@@ -99,6 +120,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
       requireTrusted: options.trustFile !== true,
       checkManifest: manifestProblem,
     });
+    // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
     await version;
     const manifest = checkManifest(info.manifest, file);
@@ -152,14 +174,15 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
         ...control,
         ...stdinArgs.args,
         '--',
-        criuPath,
-        ...restoreArgs({
-          imagesDir,
-          workDir,
-          inherit,
-          lazy: lazy !== undefined,
-          tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
-        }),
+        ...argvOf(
+          restoreCommand({
+            imagesDir,
+            workDir,
+            inherit,
+            lazy: lazy !== undefined,
+            tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
+          }),
+        ),
       ],
       {
         detach: options.detach === true,
@@ -172,7 +195,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
     );
     const first = await helper.next();
     if (first.kind !== 'restored') {
-      const log = await readLog(join(workDir, 'restore.log'));
+      const log = await readLog(join(workDir, RESTORE_LOG));
       const how =
         first.kind === 'failed'
           ? (killedBy(first.value) ?? `criu exited with ${first.value}`)

@@ -17,7 +17,7 @@ import {
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { criuEnv, dumpArgs, restoreArgs } from '../../dist/engine/criu.js';
+import { criuEnv, dumpCommand, restoreCommand } from '../../dist/engine/criu.js';
 import { processTree } from '../../dist/common/procfs.js';
 import {
   cleanup,
@@ -160,7 +160,7 @@ async function rawCriu(name, args) {
   for (const p of tree) rawPids.add(p);
   try {
     const dumped = await criu(
-      dumpArgs({ pid, imagesDir: images, workDir: images, leave: 'stopped' }),
+      dumpCommand({ pid, imagesDir: images, workDir: images, leave: 'stopped' }).args,
       60_000,
     );
     if (dumped !== 0) return { ok: false, why: `dump: ${criuReason(join(images, 'dump.log'))}` };
@@ -171,7 +171,7 @@ async function rawCriu(name, args) {
       10_000,
     );
     const restored = await criu(
-      restoreArgs({ imagesDir: images, workDir: images, inherit: [] }),
+      restoreCommand({ imagesDir: images, workDir: images, inherit: [] }).args,
       60_000,
     );
     if (restored !== 0)

@@ -124,6 +124,17 @@ describe('faults while checkpointing', () => {
         await faulted(op, 'ETIMEOUT', () => true, { timeout: 1500 });
       });
 
+      test('the program slow to block, then CRIU hangs: ETIMEOUT within the timeout, not twice it', async () => {
+        // Stopped for most of the timeout before it can block on its channel: waiting for it and
+        // CRIU's run share one deadline, so the front gives up one timeout after it started.
+        const timeout = 2000;
+        setFault(`stop-then-hang:${(0.9 * timeout) / 1000}`);
+        const t0 = Date.now();
+        await faulted(op, 'ETIMEOUT', () => true, { timeout });
+        const took = Date.now() - t0;
+        assert.ok(took < 2 * timeout, `failed after ${took} ms, not within 2 × ${timeout} ms`);
+      });
+
       test('CRIU stopped while the program is frozen: ETIMEOUT, and the program is let go', async () => {
         await faulted(
           op,

@@ -1,0 +1,207 @@
+// The command line of each CRIU verb and of the dump front, as built in src/engine/criu.ts and
+// src/engine/helper.ts: pure logic, no CRIU run.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import {
+  argvOf,
+  checkCommand,
+  dumpCommand,
+  lazyPagesCommand,
+  restoreCommand,
+  versionCommand,
+} from '../../dist/engine/criu.js';
+import { dumpFrontCommand } from '../../dist/engine/helper.js';
+import { criuPath, dumpWorkerPath, helperPath } from '../../dist/engine/paths.js';
+
+const debug = process.env.CHECKPT_DEBUG;
+after(() => {
+  if (debug === undefined) delete process.env.CHECKPT_DEBUG;
+  else process.env.CHECKPT_DEBUG = debug;
+});
+delete process.env.CHECKPT_DEBUG;
+
+const logged = (log) => ['-D', '/i', '-W', '/w', '-o', log, '-v2'];
+
+test('dump: images, work dir, log, then what checkpt always asks for', () => {
+  const c = dumpCommand({ pid: 42, imagesDir: '/i', workDir: '/w' });
+  assert.equal(c.file, criuPath);
+  assert.deepEqual(c.args, [
+    'dump',
+    ...logged('dump.log'),
+    '-t',
+    '42',
+    '--leave-running',
+    '--shell-job',
+    '--file-locks',
+    '--skip-in-flight',
+    '--tcp-established',
+    '--network-lock',
+    'nftables',
+  ]);
+  const fault =
+    process.env.CRIU_FAULT ?? (process.env.CHECKPT_CRIU_BREAKPOINTS === '1' ? undefined : '130');
+  assert.equal(c.env.CRIU_FAULT, fault, 'single-stepping instead of breakpoints');
+  assert.equal(c.env.CHECKPT_POST_DUMP_SOCK, undefined);
+});
+
+test('dump from outside a checkpoint-and-exit: nsenter, stopped, closed TCP, post-dump script', () => {
+  const c = dumpCommand({
+    pid: 7,
+    imagesDir: '/i',
+    workDir: '/w',
+    enter: 900,
+    leave: 'stopped',
+    tcp: 'close',
+    externalUnix: [11, 12],
+    postDump: { sock: '/w/post-dump.sock', timeoutMs: 5000 },
+  });
+  assert.equal(c.file, 'nsenter');
+  assert.deepEqual(c.args, [
+    '-t',
+    '900',
+    '-p',
+    '-m',
+    '--',
+    criuPath,
+    'dump',
+    ...logged('dump.log'),
+    '-t',
+    '7',
+    '--leave-stopped',
+    '--shell-job',
+    '--file-locks',
+    '--skip-in-flight',
+    '--tcp-close',
+    '--network-lock',
+    'skip',
+    '--external',
+    'unix[11]',
+    '--external',
+    'unix[12]',
+    '--action-script',
+    helperPath,
+  ]);
+  assert.equal(c.env.CHECKPT_POST_DUMP_SOCK, '/w/post-dump.sock');
+  assert.equal(c.env.CHECKPT_POST_DUMP_TIMEOUT_MS, '5000');
+});
+
+test("checkpoint()'s dump: the helper as pre-dump script, nothing for post-dump", () => {
+  const c = dumpCommand({ pid: 3, imagesDir: '/i', workDir: '/w', preDumpHook: true });
+  assert.deepEqual(c.args.slice(-2), ['--action-script', helperPath]);
+  assert.equal(c.env.CHECKPT_POST_DUMP_SOCK, undefined);
+});
+
+test('restore: detached, inherited fds, lazy pages and closed TCP when asked', () => {
+  assert.deepEqual(restoreCommand({ imagesDir: '/i', workDir: '/w', inherit: [] }).args, [
+    'restore',
+    ...logged('restore.log'),
+    '--restore-detached',
+    '--shell-job',
+    '--file-locks',
+    '--tcp-established',
+  ]);
+  const c = restoreCommand({
+    imagesDir: '/i',
+    workDir: '/w',
+    inherit: [
+      { fd: 4, key: 'pipe:[77]' },
+      { fd: 1, key: 'var/log/a b.log' },
+    ],
+    lazy: true,
+    tcpClose: true,
+  });
+  assert.equal(c.file, criuPath);
+  assert.deepEqual(c.args, [
+    'restore',
+    ...logged('restore.log'),
+    '--restore-detached',
+    '--shell-job',
+    '--file-locks',
+    '--tcp-close',
+    '--lazy-pages',
+    '--inherit-fd',
+    'fd[4]:pipe:[77]',
+    '--inherit-fd',
+    'fd[1]:var/log/a b.log',
+  ]);
+  assert.deepEqual(argvOf(c), [criuPath, ...c.args]);
+});
+
+test('lazy-pages: dies with checkpt, says on fd 3 when it listens, logs at the level asked', () => {
+  const c = lazyPagesCommand('/i', '/w');
+  assert.equal(c.file, 'setpriv');
+  assert.deepEqual(c.args, [
+    '--pdeathsig',
+    'KILL',
+    '--',
+    criuPath,
+    'lazy-pages',
+    ...logged('lazy-pages.log'),
+    '--status-fd',
+    '3',
+  ]);
+  process.env.CHECKPT_DEBUG = '1';
+  try {
+    assert.ok(lazyPagesCommand('/i', '/w').args.includes('-v4'), 'CHECKPT_DEBUG logs everything');
+    assert.ok(dumpCommand({ pid: 1, imagesDir: '/i', workDir: '/w' }).args.includes('-v4'));
+    assert.ok(restoreCommand({ imagesDir: '/i', workDir: '/w', inherit: [] }).args.includes('-v4'));
+  } finally {
+    delete process.env.CHECKPT_DEBUG;
+  }
+});
+
+test('check and version: the bare verbs, no log file', () => {
+  assert.deepEqual(argvOf(checkCommand()), [criuPath, 'check']);
+  assert.deepEqual(argvOf(checkCommand('network_lock_nftables')), [
+    criuPath,
+    'check',
+    '--feature',
+    'network_lock_nftables',
+  ]);
+  assert.deepEqual(argvOf(versionCommand()), [criuPath, '--version']);
+});
+
+test("the dump front: the helper, the worker, then criu dump's own command line", () => {
+  const job = {
+    pid: 1234,
+    workDir: '/w',
+    timeoutMs: 3000,
+    manifest: {
+      stdio: [{ fd: 1, kind: 'socket', link: 'socket:[9]', key: 'socket:[9]', inode: 9 }],
+    },
+  };
+  const sync = dumpFrontCommand(job, '/w/job.json', '/run/checkpt/x/ctl', 'sync');
+  const criu = dumpCommand({ pid: 1234, imagesDir: '/w/images', workDir: '/w', externalUnix: [9] });
+  assert.equal(sync.file, helperPath);
+  assert.deepEqual(sync.args, [
+    'dump',
+    '--pid',
+    '1234',
+    '--fifo',
+    '/run/checkpt/x/ctl',
+    '--timeout-ms',
+    '3000',
+    '--worker',
+    process.execPath,
+    dumpWorkerPath,
+    '/w/job.json',
+    '--',
+    ...argvOf(criu),
+  ]);
+  assert.equal(sync.env.NODE_OPTIONS, '', "the worker gets none of the program's Node options");
+
+  const async = dumpFrontCommand(job, '/w/job.json', '/f', 'async');
+  assert.deepEqual(async.args.slice(7, 8), ['--async']);
+  assert.deepEqual(async.args.slice(-2), ['--action-script', helperPath]);
+
+  // Exiting: stopped, the post-dump script waits for the file, and the front allows for packing.
+  const exit = dumpFrontCommand({ ...job, exit: true }, '/w/job.json', '/f', 'sync');
+  assert.equal(exit.args[exit.args.indexOf('--timeout-ms') + 1], '6000');
+  assert.ok(exit.args.includes('--leave-stopped'));
+  assert.deepEqual(exit.args.slice(-2), ['--action-script', helperPath]);
+  assert.equal(exit.env.CHECKPT_POST_DUMP_SOCK, '/w/post-dump.sock');
+  assert.equal(exit.env.CHECKPT_POST_DUMP_TIMEOUT_MS, '3000');
+
+  const closed = { ...job, manifest: { ...job.manifest, tcp: 'closed' } };
+  assert.ok(dumpFrontCommand(closed, '/j', '/f', 'sync').args.includes('--tcp-close'));
+});
