@@ -1,5 +1,6 @@
 import { closeSync, openSync, read, readSync, constants } from 'node:fs';
 import { Socket } from 'node:net';
+import { StringDecoder } from 'node:string_decoder';
 import { CheckptError } from '../common/errors.js';
 import type { ControlMessage } from '../engine/job.js';
 
@@ -9,6 +10,8 @@ import type { ControlMessage } from '../engine/job.js';
  */
 export class ControlChannel {
   private buffered = '';
+  // A read can end inside a multi-byte character: the decoder keeps its first bytes for the next.
+  private readonly decoder = new StringDecoder('utf8');
   private fd: number;
   private socket: Socket | undefined;
 
@@ -49,7 +52,7 @@ export class ControlChannel {
         throw lostChannel(e);
       }
       if (n === 0) return undefined;
-      this.buffered += buf.toString('utf8', 0, n);
+      this.buffered += this.decoder.write(buf.subarray(0, n));
     }
   }
 
@@ -69,7 +72,7 @@ export class ControlChannel {
             return reject(lostChannel(err));
           }
           if (n === 0) return resolve(undefined);
-          this.buffered += buf.toString('utf8', 0, n);
+          this.buffered += this.decoder.write(buf.subarray(0, n));
           const l = this.takeLine();
           if (l === undefined) return again();
           try {
@@ -89,7 +92,7 @@ export class ControlChannel {
       const socket = this.socket ?? new Socket({ fd: this.fd, readable: true, writable: false });
       this.socket = socket;
       const onData = (d: Buffer): void => {
-        this.buffered += d.toString('utf8');
+        this.buffered += this.decoder.write(d);
         const l = this.takeLine();
         if (l === undefined) return;
         cleanup();

@@ -30,23 +30,29 @@ export interface RestoreContext {
  * a consumer): how to put it aside before, and how to bring it back after.
  */
 export interface Resource {
-  /** Shown in error messages. */
+  /** Shown in error messages; an unnamed one is `resource #N`, the Nth register() call. */
   name?: string;
   beforeCheckpoint?(ctx: CheckpointContext): void | Promise<void>;
   afterRestore?(ctx: RestoreContext): void | Promise<void>;
 }
 
 export interface RegisterOptions {
-  /** Milliseconds each step may take (default CHECKPT_HOOK_TIMEOUT, else 10000). */
+  /**
+   * Milliseconds each step may take (default CHECKPT_HOOK_TIMEOUT, else 10000). An async step is
+   * cut off then; one running synchronously cannot be, and fails as overrun once it returns.
+   */
   timeoutMs?: number;
 }
 
 interface Entry {
   resource: Resource;
   timeoutMs: number | undefined;
+  /** The name of an unnamed resource, fixed at registration so both steps use the same one. */
+  label: string;
 }
 
 const entries: Entry[] = [];
+let registered = 0;
 
 /**
  * Adds a resource whose steps run around every checkpoint of this process: "before" steps in
@@ -59,7 +65,11 @@ export function register(resource: Resource, options: RegisterOptions = {}): () 
   for (const k of ['beforeCheckpoint', 'afterRestore'] as const)
     if (resource[k] !== undefined && typeof resource[k] !== 'function')
       throw new TypeError(`register(resource): ${k} must be a function.`);
-  const entry: Entry = { resource, timeoutMs: options.timeoutMs };
+  const entry: Entry = {
+    resource,
+    timeoutMs: options.timeoutMs,
+    label: `resource #${++registered}`,
+  };
   entries.push(entry);
   return () => {
     const i = entries.indexOf(entry);
@@ -105,7 +115,11 @@ export function hasBuiltIn(resource: Resource): boolean {
 
 function ordered(step: Step): Entry[] {
   const user = step === 'beforeCheckpoint' ? [...entries].reverse() : [...entries];
-  const inner = builtIn.map((resource) => ({ resource, timeoutMs: undefined }));
+  const inner = builtIn.map((resource, i) => ({
+    resource,
+    timeoutMs: undefined,
+    label: `built-in resource #${i + 1}`,
+  }));
   return step === 'beforeCheckpoint' ? [...inner, ...user] : [...user, ...[...inner].reverse()];
 }
 
@@ -113,19 +127,38 @@ function timeoutOf(e: Entry): number {
   return e.timeoutMs ?? (Number(process.env.CHECKPT_HOOK_TIMEOUT) || 10_000);
 }
 
-const nameOf = (r: Resource, i: number): string => r.name ?? `resource #${i + 1}`;
+const nameOf = (e: Entry): string => e.resource.name ?? e.label;
 
-/** Runs every step; resolves with the failures (none thrown), each cut off after its time. */
+const timedOut = (ms: number): Error => new Error(`timed out after ${ms} ms`);
+
+/**
+ * A step that returned after its time was up: no timer can fire while it runs synchronously, so
+ * it is told (its signal) and counted as failed afterwards.
+ */
+function overrun(started: number, ms: number, abort: AbortController): Error | undefined {
+  const took = performance.now() - started;
+  if (took <= ms) return undefined;
+  abort.abort(timedOut(ms));
+  return new Error(
+    `ran ${Math.round(took)} ms, over its limit of ${ms} ms (a step running synchronously cannot be cut off)`,
+  );
+}
+
+/**
+ * Runs every step; resolves with the failures (none thrown). An async step is cut off when its
+ * time is up; one that blocks past it fails as overrun when it returns.
+ */
 export async function runSteps<S extends Step>(step: S, ctx: Ctx<S>): Promise<HookFailure[]> {
   const failures: HookFailure[] = [];
   const list = ordered(step);
-  for (const [i, e] of list.entries()) {
+  for (const e of list) {
     const fn = e.resource[step] as ((c: unknown) => unknown) | undefined;
     if (!fn) continue;
-    const name = nameOf(e.resource, i);
+    const name = nameOf(e);
     const ms = timeoutOf(e);
     const abort = new AbortController();
     let timer: NodeJS.Timeout | undefined;
+    const started = performance.now();
     try {
       await Promise.race([
         Promise.resolve().then(() =>
@@ -133,11 +166,13 @@ export async function runSteps<S extends Step>(step: S, ctx: Ctx<S>): Promise<Ho
         ),
         new Promise((_, reject) => {
           timer = setTimeout(() => {
-            abort.abort(new Error(`timed out after ${ms} ms`));
+            abort.abort(timedOut(ms));
             reject(new Error(`did not finish within ${ms} ms and was cut off`));
           }, ms);
         }),
       ]);
+      const late = overrun(started, ms, abort);
+      if (late) throw late;
     } catch (err) {
       failures.push(new HookFailure(name, step, (err as Error)?.message ?? String(err), err));
     } finally {
@@ -149,15 +184,17 @@ export async function runSteps<S extends Step>(step: S, ctx: Ctx<S>): Promise<Ho
 
 /**
  * The same for checkpt(), which cannot wait: a step must finish before it returns, and one that
- * returns a promise counts as failed (its work may still be going on).
+ * returns a promise counts as failed (its work may still be going on). Nothing can cut a step off
+ * here: one that returns after its time is counted as failed (overrun).
  */
 export function runStepsSync<S extends Step>(step: S, ctx: Ctx<S>): HookFailure[] {
   const failures: HookFailure[] = [];
-  const abort = new AbortController();
-  for (const [i, e] of ordered(step).entries()) {
+  for (const e of ordered(step)) {
     const fn = e.resource[step] as ((c: unknown) => unknown) | undefined;
     if (!fn) continue;
-    const name = nameOf(e.resource, i);
+    const name = nameOf(e);
+    const abort = new AbortController();
+    const started = performance.now();
     try {
       const r = fn.call(e.resource, { ...ctx, sync: true, signal: abort.signal });
       if (r && typeof (r as Promise<unknown>).then === 'function') {
@@ -170,6 +207,9 @@ export function runStepsSync<S extends Step>(step: S, ctx: Ctx<S>): HookFailure[
             'returned a promise, which checkpt() cannot wait for; use await checkpoint() with async steps',
           ),
         );
+      } else {
+        const late = overrun(started, timeoutOf(e), abort);
+        if (late) failures.push(new HookFailure(name, step, late.message));
       }
     } catch (err) {
       failures.push(new HookFailure(name, step, (err as Error)?.message ?? String(err), err));

@@ -15,10 +15,53 @@ interface Recorded {
   port: number;
 }
 
-type Handle = { close(): void };
+type Handle = { close?: unknown };
 type WithHandle = { _handle?: Handle | null };
 
 let recorded: Recorded[] = [];
+
+/**
+ * The private Node internals this resource relies on (none has a public equivalent). Each is
+ * checked before use, so a Node that renames or drops one loses the part that needs it, with one
+ * warning, instead of throwing; test/api/network.test.mjs checks every supported Node has them.
+ */
+const INTERNALS = {
+  activeHandles: 'process._getActiveHandles()',
+  handleClose: "close() on a net.Server's _handle",
+  emitCloseIfDrained: 'net.Server.prototype._emitCloseIfDrained()',
+} as const;
+type Internal = keyof typeof INTERNALS;
+
+const getActiveHandles = (): (() => unknown[]) | undefined => {
+  const get = (process as unknown as { _getActiveHandles?: unknown })._getActiveHandles;
+  return typeof get === 'function' ? (get as () => unknown[]) : undefined;
+};
+const handleOf = (server: Server): Handle | null | undefined => (server as WithHandle)._handle;
+
+/** Which of the internals this Node has; `server` (listening) to check its handle too. */
+export function networkInternals(server?: Server): Record<Internal, boolean> {
+  const proto = Server.prototype as unknown as { _emitCloseIfDrained?: unknown };
+  return {
+    activeHandles: getActiveHandles() !== undefined,
+    handleClose:
+      server === undefined
+        ? Object.prototype.hasOwnProperty.call(new Server(), '_handle')
+        : typeof handleOf(server)?.close === 'function',
+    emitCloseIfDrained: typeof proto._emitCloseIfDrained === 'function',
+  };
+}
+
+const warned = new Set<Internal>();
+function lacking(which: Internal, consequence: string): void {
+  if (warned.has(which)) return;
+  warned.add(which);
+  process.stderr.write(
+    `checkpt: warning: this Node (${process.version}) lacks ${INTERNALS[which]}, a private internal checkpt's network resource uses; ${consequence}. Please report it; CHECKPT_NETWORK=0 turns the resource off.\n`,
+  );
+}
+
+const SPARE =
+  'a copy resumed while its original holds its port stays on the spare port the restore gave it';
 
 // Node lists only handles that keep the loop alive; an unref'd server is not among them.
 const unrefd = new Set<WeakRef<Server>>();
@@ -37,8 +80,9 @@ export function trackUnref(): void {
 }
 
 function activeHandles(): unknown[] {
-  const get = (process as unknown as { _getActiveHandles?: () => unknown[] })._getActiveHandles;
-  const listed = new Set<unknown>(typeof get === 'function' ? get.call(process) : []);
+  const get = getActiveHandles();
+  if (get === undefined) lacking('activeHandles', `it cannot find listening servers, so ${SPARE}`);
+  const listed = new Set<unknown>(get === undefined ? [] : get.call(process));
   for (const ref of unrefd) {
     const h = ref.deref();
     if (h === undefined) unrefd.delete(ref);
@@ -62,11 +106,22 @@ function tcpListeners(): Recorded[] {
 function dropHandle(server: Server): void {
   const s = server as unknown as WithHandle;
   const handle = s._handle;
-  if (!handle) return;
+  if (!handle || typeof handle.close !== 'function') return;
   // With no handle, the last connection to close would make net emit 'close': hold it back.
   (server as unknown as { _emitCloseIfDrained(): void })._emitCloseIfDrained = () => undefined;
   s._handle = null;
-  handle.close();
+  (handle.close as () => void).call(handle);
+}
+
+/** Whether this Node lets the listener be dropped quietly; warns (once) when it does not. */
+function canTakeOver(server: Server): boolean {
+  const has = networkInternals(server);
+  for (const which of ['handleClose', 'emitCloseIfDrained'] as const)
+    if (!has[which]) {
+      lacking(which, `it cannot let a listener go quietly, so ${SPARE}`);
+      return false;
+    }
+  return true;
 }
 
 /** Gives the server its own _emitCloseIfDrained back (the one dropHandle() held back). */
@@ -165,7 +220,12 @@ export const networkResource: Resource = {
     for (const r of list) {
       const a = r.server.address();
       const moved = a !== null && typeof a === 'object' && a.port !== r.port;
-      if (moved) void takeOver(r);
+      if (!moved) continue;
+      if (canTakeOver(r.server)) void takeOver(r);
+      else
+        process.stderr.write(
+          `checkpt: ${r.host}:${r.port} is busy (the original still listens there); this copy listens on port ${a.port} instead\n`,
+        );
     }
   },
 };

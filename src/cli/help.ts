@@ -1,3 +1,11 @@
+import { readFileSync } from 'node:fs';
+
+/** checkpt's version: the one in the package.json of the package this file is part of. */
+export function version(): string {
+  const file = new URL('../../package.json', import.meta.url);
+  return (JSON.parse(readFileSync(file, 'utf8')) as { version: string }).version;
+}
+
 export const HELP = `checkpt: checkpoint and resume running Node.js programs (on CRIU)
 
 Usage:

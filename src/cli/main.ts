@@ -14,7 +14,7 @@ import { Supervisor } from '../launcher/supervisor.js';
 import { requestCheckpoint } from '../launcher/request.js';
 import { exitLike, relaySignals } from '../launcher/signals.js';
 import { parseArgs, UsageError, type Command } from './args.js';
-import { HELP } from './help.js';
+import { HELP, version } from './help.js';
 import { formatHeader, formatInspect } from './inspect.js';
 
 const EXIT_FAILED = 125;
@@ -26,7 +26,7 @@ async function run(c: Command): Promise<number> {
       process.stdout.write(HELP);
       return 0;
     case 'version':
-      process.stdout.write('checkpt 0.1.0\n');
+      process.stdout.write(`checkpt ${version()}\n`);
       return 0;
     case 'inspect': {
       const key = loadKey();

@@ -1,3 +1,5 @@
+import { constants } from 'node:os';
+
 /** Signals a launcher passes on to the program it runs, so checkpt stays out of the way. */
 const RELAYED = ['SIGTERM', 'SIGHUP', 'SIGUSR2', 'SIGINT', 'SIGQUIT'] as const;
 
@@ -43,7 +45,8 @@ export function exitLike(status: {
     } catch {
       // fall through to an exit code
     }
-    const num = typeof sig === 'number' ? sig : 0;
+    // Still here (the signal is ignored, as Node ignores SIGPIPE): the shell's 128 + its number.
+    const num = typeof sig === 'number' ? sig : (constants.signals[sig] ?? 0);
     process.exit(128 + num);
   }
   process.exit(status.code ?? 0);

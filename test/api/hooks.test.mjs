@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { after, describe, test } from 'node:test';
 import {
   onRestore,
@@ -126,6 +127,68 @@ describe('the order and failure rules (the runner alone)', () => {
     } finally {
       off();
       next();
+    }
+  });
+
+  test('an unnamed resource has one label, the same in its before and after failures', async () => {
+    const fails = () => {
+      throw new Error('no');
+    };
+    const offs = [
+      register({ beforeCheckpoint: fails, afterRestore: fails }),
+      register({ beforeCheckpoint: () => undefined, afterRestore: () => undefined }),
+    ];
+    setBuiltInResources([{ name: 'net', beforeCheckpoint: () => undefined }]);
+    try {
+      for (const run of [runSteps, runStepsSync]) {
+        const before = await run('beforeCheckpoint', { exit: false, file: 'f' });
+        const after = await run('afterRestore', afterCtx);
+        assert.equal(before.length, 1);
+        assert.equal(after.length, 1);
+        assert.equal(before[0].resource, after[0].resource);
+        assert.match(before[0].resource, /^resource #\d+$/);
+      }
+    } finally {
+      setBuiltInResources([]);
+      for (const off of offs) off();
+    }
+  });
+
+  test('a synchronous step that runs past its time cannot be cut off: it fails as overrun once it returns', async () => {
+    const busy = (ms) => {
+      const end = performance.now() + ms;
+      while (performance.now() < end);
+    };
+    let aborted;
+    const off = register(
+      {
+        name: 'blocks',
+        beforeCheckpoint: ({ signal }) => {
+          busy(80);
+          signal.addEventListener('abort', () => (aborted = signal.reason));
+        },
+      },
+      { timeoutMs: 30 },
+    );
+    const quick = register({ name: 'quick', beforeCheckpoint: () => undefined }, { timeoutMs: 30 });
+    try {
+      for (const run of [runStepsSync, runSteps]) {
+        aborted = undefined;
+        const failures = await run('beforeCheckpoint', { exit: false, file: 'f' });
+        assert.deepEqual(
+          failures.map((f) => f.resource),
+          ['blocks'],
+        );
+        assert.match(
+          failures[0].message,
+          /^blocks\.beforeCheckpoint: ran \d+ ms, over its limit of 30 ms \(a step running synchronously cannot be cut off\)$/,
+        );
+        // What it may have started is told to stop, as for a step that was cut off.
+        assert.match(String(aborted), /timed out after 30 ms/);
+      }
+    } finally {
+      off();
+      quick();
     }
   });
 

@@ -15,6 +15,7 @@ import {
   nodeBinaries,
   removeDir,
   resume,
+  start,
   startNode,
   tempDir,
   waitFor,
@@ -428,4 +429,48 @@ for (const n of nodeBinaries()) {
     // ...so a 50 ms interval does not fire 30 times at once.
     assert.ok(c.ticksCaughtUp <= 5, JSON.stringify(c));
   });
+}
+
+/** The internals fixture on `n`, to its end (10 s at most). */
+async function internals(n, mode) {
+  const p = start(n.bin, [fixture('internals.mjs'), mode], {
+    env: { ...process.env, CHECKPT_TAKEOVER_MS: '20' },
+  });
+  const { code, signal } = await ended(p, 10_000);
+  assert.equal(code, 0, `${mode}: ${signal} ${p.stderrText}`);
+  return { events: events(p), stderr: p.stderrText };
+}
+
+for (const n of nodeBinaries()) {
+  test(`Node ${n.major}: has the three private internals the network resource uses, and a copy takes its port back through them`, async () => {
+    const { events: probe } = await internals(n, 'probe');
+    assert.deepEqual(probe, [
+      { event: 'internals', activeHandles: true, handleClose: true, emitCloseIfDrained: true },
+    ]);
+    const { events: ev, stderr } = await internals(n, 'intact');
+    const rounds = ev.filter((e) => e.event === 'round');
+    assert.equal(rounds.length, 2, stderr);
+    for (const r of rounds) assert.deepEqual([r.port, r.answer], [r.own, 'hi'], stderr);
+    assert.doesNotMatch(stderr, /warning/);
+  });
+
+  for (const [mode, internal] of [
+    ['no-active-handles', 'process._getActiveHandles()'],
+    ['no-handle-close', "close() on a net.Server's _handle"],
+    ['no-emit-close', 'net.Server.prototype._emitCloseIfDrained()'],
+  ])
+    test(`Node ${n.major}, ${mode}: without ${internal} the network resource warns once, throws nothing, and the copy keeps serving on its spare port`, async () => {
+      const { events: ev, stderr } = await internals(n, mode);
+      const rounds = ev.filter((e) => e.event === 'round');
+      assert.equal(rounds.length, 2, stderr);
+      for (const r of rounds) assert.deepEqual([r.port, r.answer], [r.spare, 'hi'], stderr);
+      assert.ok(
+        ev.some((e) => e.event === 'closed'),
+        stderr,
+      );
+      const warnings = stderr.match(/checkpt: warning: .*/g) ?? [];
+      assert.equal(warnings.length, 1, stderr);
+      assert.ok(warnings[0].includes(`lacks ${internal}`), warnings[0]);
+      assert.match(warnings[0], /spare port/);
+    });
 }

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
   copyFileSync,
+  cpSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -23,6 +24,7 @@ import {
   pidAlive,
   removeDir,
   resume,
+  root,
   startNode,
   tempDir,
   waitFor,
@@ -194,6 +196,27 @@ describe('checkpt CLI errors', () => {
       if (n.major >= 22) assert.match(f.fix ?? f.detail, /checkpt exec|io_uring/);
     }
   });
+});
+
+test('--version is the version in package.json, not one written into the CLI', () => {
+  const pkg = tempDir();
+  try {
+    cpSync(join(root, 'dist'), join(pkg, 'dist'), { recursive: true });
+    writeFileSync(
+      join(pkg, 'package.json'),
+      JSON.stringify({ name: 'checkpt', version: '9.8.7-test', type: 'module' }),
+    );
+    const r = spawnSync(process.execPath, [join(pkg, 'dist', 'cli', 'main.js'), '--version'], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, 'checkpt 9.8.7-test\n');
+    const own = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
+    assert.equal(run(['--version']).stdout, `checkpt ${own}\n`);
+  } finally {
+    removeDir(pkg);
+  }
 });
 
 describe('checkpt check with a CRIU that will not do', () => {
