@@ -15,7 +15,8 @@ import { networkLockWorks, NO_LOCK_WARNING } from '../engine/netlock.js';
 import { POST_DUMP_SOCK } from '../engine/post-dump.js';
 import type { ControlMessage, DumpJob, ManifestBase } from '../engine/job.js';
 import { withoutAdoption } from './subreaper.js';
-import { criuPath, dumpWorkerPath, helperPath, requireHelper, runDir } from '../engine/paths.js';
+import { helperPath, requireHelper } from '../engine/native.js';
+import { criuPath, dumpWorkerPath, runDir } from '../engine/paths.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio, externalSockets } from '../engine/stdio.js';
 import { hasIoUring } from '../common/procfs.js';
@@ -254,9 +255,10 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
     // would dump it along with us. One process start, before anything is frozen.
+    const helper = helperPath();
     const r = withoutAdoption(() =>
       spawnSync(
-        helperPath,
+        helper,
         [
           'dump',
           '--pid',
@@ -273,7 +275,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
           '--',
           criuPath,
           ...criuArgs,
-          ...(mode === 'async' || options.exit ? ['--action-script', helperPath] : []),
+          ...(mode === 'async' || options.exit ? ['--action-script', helper] : []),
         ],
         { stdio: ['ignore', log, log], env: { ...criuEnv(), NODE_OPTIONS: '', ...postDumpEnv } },
       ),

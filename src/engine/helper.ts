@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { childrenOf } from '../common/procfs.js';
 import { createInterface } from 'node:readline';
 import { criuEnv } from './criu.js';
-import { helperPath } from './paths.js';
+import { helperPath } from './native.js';
 
 /** What the native helper reports on its status pipe (see native/checkpt-helper.c). */
 export type HelperStatus =
@@ -54,7 +54,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
     '3',
     ...args,
   ];
-  const child = spawn(helperPath, full, {
+  const child = spawn(helperPath(), full, {
     stdio: [
       opts.detach ? 'ignore' : 'inherit',
       'inherit',

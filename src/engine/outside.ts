@@ -33,7 +33,7 @@ import {
 } from './criu.js';
 import { dropEmptyLock, dumpLock, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
-import { helperPath } from './paths.js';
+import { helperPath } from './native.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
@@ -183,7 +183,7 @@ async function dumpThenExit(
   try {
     const t0 = process.hrtime.bigint();
     const run = startCriu(
-      [...dumpArgs(dumpReq), '--action-script', helperPath],
+      [...dumpArgs(dumpReq), '--action-script', helperPath()],
       dumpReq.timeoutMs,
       dumpReq.enter,
       { CHECKPT_POST_DUMP_SOCK: hook.path },

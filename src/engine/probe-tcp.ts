@@ -1,9 +1,10 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { criuEnv, firstError } from './criu.js';
-import { criuPath, nouringLibPath } from './paths.js';
+import { native } from './native.js';
+import { criuPath } from './paths.js';
 import type { Finding } from './probe.js';
 
 // A child holding a listening socket and an established connection (both ends its own) is dumped
@@ -61,7 +62,7 @@ export function probeTcp(): Finding[] {
   if (!lockOk) return out;
   const dir = mkdtempSync(join(tmpdir(), 'checkpt-probe-tcp-'));
   try {
-    const preload = existsSync(nouringLibPath) ? nouringLibPath : '';
+    const preload = native('libcheckpt-nouring.so').found?.path ?? '';
     const r = spawnSync(process.execPath, ['-e', TRIAL, criuPath, dir, preload], {
       encoding: 'utf8',
       env: criuEnv(),

@@ -65,3 +65,8 @@ test('bad command lines throw UsageError with a hint', () => {
     assert.throws(() => parseArgs(argv), UsageError, argv.join(' '));
   }
 });
+
+test('build takes no arguments', () => {
+  assert.deepEqual(parseArgs(['build']), { cmd: 'build' });
+  assert.throws(() => parseArgs(['build', 'x']), UsageError);
+});
