@@ -194,7 +194,7 @@ async function dumpThenExit(
       await checkDump(r.status, r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
       throw new CheckptError(
         'EDUMP',
-        'CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (build/checkpt-helper) up to date? Run npm run build.',
+        `CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (${helperPath()}) up to date? Run 'npx checkpt build' (npm run build in a checkout).`,
       );
     }
     // Packing is ours to time, not CRIU's: killing CRIU now would leave sockets in repair mode.
