@@ -112,7 +112,7 @@ function firstLine(text: string): string {
   return text.trim().split('\n')[0]?.trim() ?? '';
 }
 
-/** Why the file at `c.path` cannot be used as `part`, or undefined when it works. */
+/** Why the file at `c.path` cannot be used as `part` (no problem: it works; an addon's exports). */
 function problemOf(
   part: NativePart,
   c: Candidate,
@@ -143,7 +143,8 @@ function problemOf(
     };
   }
   if (part === 'libcheckpt-nouring.so') {
-    // The dynamic loader only warns about a preload it cannot load, and runs the program without.
+    // ld.so only warns about a preload it cannot open and runs the program without it; one whose
+    // own libraries are missing stops the program instead: both count.
     const r = spawnSync(process.execPath, ['--version'], {
       encoding: 'utf8',
       timeout: 10_000,
