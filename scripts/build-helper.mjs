@@ -1,37 +1,50 @@
-// Builds native/*.c into build/ with the system C compiler: the helper, the io_uring blocker and
-// the N-API addons that reseed OpenSSL in resumed copies and switch orphan adoption (no node-gyp:
-// they need no Node headers).
+// Builds native/*.c with the system C compiler: the helper, the io_uring blocker and the N-API
+// addons that reseed OpenSSL in resumed copies and switch orphan adoption (no node-gyp: they need
+// no Node headers).
+//   (no option)   into build/, what is out of date (npm run build, checkpt build)
+//   --prebuilt    into prebuilt/linux-x64/, the parts npm pack ships (prepack)
+//   --install     the install script: nothing when the prebuilt parts work here, else as above,
+//                 and a missing compiler does not fail the install (--if-sources: the old name)
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const install = process.argv.includes('--install') || process.argv.includes('--if-sources');
+const prebuilt = process.argv.includes('--prebuilt');
+
+if (prebuilt && `${process.platform}-${process.arch}` !== 'linux-x64') {
+  console.error(
+    `checkpt: the prebuilt parts are for linux-x64, and this is ${process.platform}-${process.arch}: pack on linux-x64.`,
+  );
+  process.exit(1);
+}
+const outDir = prebuilt ? join(root, 'prebuilt', 'linux-x64') : join(root, 'build');
+// Same name as BUILD_FAILED_FILE in src/engine/native.ts, which reads it to say why nothing works.
+const failedFile = join(root, 'build', '.build-failed');
+
+if (install && (await prebuiltWork())) process.exit(0);
+
 const targets = [
+  { name: 'checkpt-helper', src: 'checkpt-helper.c', flags: [] },
   {
-    src: join(root, 'native', 'checkpt-helper.c'),
-    out: join(root, 'build', 'checkpt-helper'),
-    flags: [],
-  },
-  {
-    src: join(root, 'native', 'nouring.c'),
-    out: join(root, 'build', 'libcheckpt-nouring.so'),
+    name: 'libcheckpt-nouring.so',
+    src: 'nouring.c',
     // No vector registers in code that runs inside every syscall() of the program.
     flags: ['-shared', '-fPIC', '-mgeneral-regs-only'],
   },
   {
-    src: join(root, 'native', 'checkpt-subreaper.c'),
-    out: join(root, 'build', 'checkpt-subreaper.node'),
+    name: 'checkpt-subreaper.node',
+    src: 'checkpt-subreaper.c',
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
   {
-    src: join(root, 'native', 'checkpt-rand.c'),
-    out: join(root, 'build', 'checkpt-rand.node'),
+    name: 'checkpt-rand.node',
+    src: 'checkpt-rand.c',
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
 ];
-// During `npm install` a missing compiler must not fail the install: `checkpt check` explains it later.
-const lenient = process.argv.includes('--if-sources');
 
 const cc = process.env.CC || 'cc';
 // A shared header changes every target that includes it.
@@ -39,19 +52,53 @@ const headers = ['napi-min.h']
   .map((h) => join(root, 'native', h))
   .filter((h) => existsSync(h))
   .map((h) => statSync(h).mtimeMs);
-for (const { src, out, flags } of targets) {
+for (const t of targets) {
+  const src = join(root, 'native', t.src);
+  const out = join(outDir, t.name);
   if (!existsSync(src)) continue;
   const newest = Math.max(statSync(src).mtimeMs, ...headers);
   if (existsSync(out) && statSync(out).mtimeMs >= newest) continue;
-  mkdirSync(dirname(out), { recursive: true });
-  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...flags, '-o', out, src], {
-    stdio: 'inherit',
+  mkdirSync(outDir, { recursive: true });
+  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...t.flags, '-o', out, src], {
+    stdio: ['ignore', 'inherit', 'pipe'],
+    encoding: 'utf8',
   });
+  if (r.stderr) process.stderr.write(r.stderr);
   if (!r.error && r.status === 0) continue;
-  const why = r.error ? r.error.message : `exit status ${r.status}`;
+  const why = r.error
+    ? r.error.code === 'ENOENT'
+      ? `no C compiler: '${cc}' is not installed`
+      : `'${cc}' did not run: ${r.error.message}`
+    : `'${cc}' failed on native/${t.src} (exit status ${r.status}): ${lastLine(r.stderr)}`;
+  if (!prebuilt) {
+    mkdirSync(dirname(failedFile), { recursive: true });
+    writeFileSync(failedFile, `${why}\n`);
+  }
   console.error(
-    `checkpt: could not build the native helper with '${cc}' (${why}).\n` +
-      `Install a C compiler (Debian/Ubuntu: apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.`,
+    `checkpt: could not build ${t.name} (${why}).\n` +
+      (r.error?.code === 'ENOENT'
+        ? `Install a C compiler (Debian/Ubuntu: apt-get install gcc libc6-dev, or set CC), then run 'npx checkpt build'.`
+        : `Fix the error above, then run 'npx checkpt build'.`),
   );
-  process.exit(lenient ? 0 : 1);
+  process.exit(install ? 0 : 1);
+}
+if (!prebuilt) rmSync(failedFile, { force: true });
+
+function lastLine(text) {
+  const lines = (text ?? '').trim().split('\n');
+  return lines[lines.length - 1] || '(no output)';
+}
+
+/**
+ * Whether every part already works from prebuilt/ (checked the way checkpt checks at run time), so
+ * that an install compiles nothing. A source checkout (no dist/ yet, or parts from build/) builds.
+ */
+async function prebuiltWork() {
+  const module = join(root, 'dist', 'engine', 'native.js');
+  if (!existsSync(module)) return false;
+  const { NATIVE_PARTS, lookUp } = await import(pathToFileURL(module).href);
+  const found = NATIVE_PARTS.map((p) => lookUp(p).found);
+  if (!found.every((f) => f?.origin === 'prebuilt')) return false;
+  rmSync(failedFile, { force: true });
+  return true;
 }

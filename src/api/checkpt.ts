@@ -20,7 +20,8 @@ import {
   type ManifestBase,
 } from '../engine/job.js';
 import { withoutAdoption } from './subreaper.js';
-import { requireHelper, runDir } from '../engine/paths.js';
+import { requireHelper } from '../engine/native.js';
+import { runDir } from '../engine/paths.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio } from '../engine/stdio.js';
 import { hasIoUring } from '../common/procfs.js';

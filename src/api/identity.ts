@@ -1,10 +1,8 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
-import { randAddonPath } from '../engine/paths.js';
+import { nativeAddon } from '../engine/native.js';
 
 /** The N-API addon (native/checkpt-rand.c) whose reseed() calls OpenSSL's RAND_poll(). */
-export { randAddonPath };
-
 interface RandAddon {
   reseed(): boolean;
 }
@@ -22,10 +20,8 @@ export function setIdentityRefresh(on: boolean): void {
 
 function loadAddon(): RandAddon {
   if (!addon) {
-    // process.dlopen directly: a tenth of the time require() takes to set up and load it.
-    const mod = { exports: {} as RandAddon };
-    process.dlopen(mod, randAddonPath);
-    addon = mod.exports;
+    // Loaded with process.dlopen: a tenth of the time require() takes to set up and load it.
+    addon = nativeAddon<RandAddon>('checkpt-rand.node');
   }
   return addon;
 }
@@ -114,7 +110,7 @@ export function refreshIdentity(): void {
   try {
     if (!loadAddon().reseed()) failed.push('OpenSSL reseed (RAND_poll) failed');
   } catch (e) {
-    failed.push(`OpenSSL not reseeded: ${(e as Error).message} (run 'npm rebuild checkpt')`);
+    failed.push(`OpenSSL not reseeded: ${(e as Error).message}`);
   }
   try {
     // getBufferedUUID() refills its buffer exactly when its slot counter is 0 and the counter goes

@@ -1,9 +1,6 @@
-import { join } from 'node:path';
-import { packageRoot } from '../engine/paths.js';
+import { nativeAddon } from '../engine/native.js';
 
 /** The N-API addon (native/checkpt-subreaper.c) around PR_SET_CHILD_SUBREAPER. */
-const addonPath = join(packageRoot, 'build', 'checkpt-subreaper.node');
-
 interface SubreaperAddon {
   childSubreaper(on: boolean): boolean;
 }
@@ -13,9 +10,7 @@ let addon: SubreaperAddon | null | undefined;
 function load(): SubreaperAddon | null {
   if (addon === undefined) {
     try {
-      const mod = { exports: {} as SubreaperAddon };
-      process.dlopen(mod, addonPath);
-      addon = mod.exports;
+      addon = nativeAddon<SubreaperAddon>('checkpt-subreaper.node');
     } catch {
       // Not built: then nothing here turned adoption on either, short of another tool.
       addon = null;

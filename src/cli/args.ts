@@ -24,6 +24,7 @@ export type Command =
     }
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'unlock'; file: string; trust?: true }
+  | { cmd: 'build' }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
 
@@ -46,6 +47,10 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'run') return parseRun(rest);
   if (first === 'signal') return parseSignal(rest);
   if (first === 'unlock') return parseUnlock(rest);
+  if (first === 'build') {
+    if (rest.length > 0) throw new UsageError('build takes no arguments. Usage: checkpt build');
+    return { cmd: 'build' };
+  }
   // DragonFly's checkpt(1) accepts -r anywhere before the file: `checkpt -d -r f`.
   if (first === '-d' || first === '--detach') {
     const r = parseRestore(rest);

@@ -16,6 +16,7 @@ Usage:
   checkpt exec -- COMMAND [ARGS]   run a program so it can be checkpointed (io_uring off)
   checkpt signal [--exit] PID      ask a running program to checkpoint itself [--verbose]
   checkpt unlock FILE.ckpt         give up the connections of a checkpoint-and-exit never resumed
+  checkpt build                    compile the native parts here (when the prebuilt ones do not work)
 
 Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]):
   Starts COMMAND (Node or not) in a PID namespace of its own, off io_uring; on a terminal, on a

@@ -2,6 +2,7 @@
 import { CheckptError } from '../common/errors.js';
 import { checkpointSignals } from '../common/signals.js';
 import { resume } from '../engine/restore.js';
+import { compileNative } from '../engine/native.js';
 import { probe } from '../engine/probe.js';
 import { removeLockTable } from '../engine/netlock.js';
 import { manifestProblem } from '../engine/manifest.js';
@@ -79,6 +80,16 @@ async function run(c: Command): Promise<number> {
             : `checkpt: sent ${r.signal} to ${r.target}\n`,
         );
       return 0;
+    }
+    case 'build': {
+      const { status, parts } = compileNative();
+      for (const p of parts)
+        process.stdout.write(
+          p.found
+            ? `ok    ${p.part}: ${p.found.path}\n`
+            : `FAIL  ${p.part}: ${p.problem}\n      -> ${p.fix}\n`,
+        );
+      return status === 0 && parts.every((p) => p.found) ? 0 : 1;
     }
     case 'unlock': {
       // Root acts on the table the manifest names: someone else's file could name another's lock.

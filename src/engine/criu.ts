@@ -4,7 +4,8 @@ import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { ioUringAdvice } from './iouring.js';
-import { criuPath, helperPath } from './paths.js';
+import { helperPath } from './native.js';
+import { criuPath } from './paths.js';
 
 export const MIN_CRIU_MAJOR = 4;
 /** 4.2: earlier CRIUs cannot dump any TCP or UDP socket on Linux 6.16 and newer (CRIU issues 2705, 2718). */
@@ -122,7 +123,7 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
     ...tcpDumpArgs(req.tcp ?? 'established'),
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
-  if (req.preDumpHook || req.postDump) args.push('--action-script', helperPath);
+  if (req.preDumpHook || req.postDump) args.push('--action-script', helperPath());
   const env: Record<string, string> = {};
   if (req.postDump) {
     env.CHECKPT_POST_DUMP_SOCK = req.postDump.sock;

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { argvOf, criuEnv, dumpCommand, type Command } from './criu.js';
 import { imagesDirOf, type DumpJob } from './job.js';
 import { POST_DUMP_SOCK } from './post-dump.js';
-import { dumpWorkerPath, helperPath } from './paths.js';
+import { helperPath } from './native.js';
+import { dumpWorkerPath } from './paths.js';
 import { externalSockets } from './stdio.js';
 
 /** What the native helper reports on its status pipe (see native/checkpt-helper.c). */
@@ -73,7 +74,7 @@ export function dumpFrontCommand(
   // Exiting, CRIU's post-dump step waits for the packed file: the front's limit covers both.
   const frontMs = job.exit ? 2 * job.timeoutMs : job.timeoutMs;
   return {
-    file: helperPath,
+    file: helperPath(),
     args: [
       'dump',
       '--pid',
@@ -108,7 +109,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
     '3',
     ...args,
   ];
-  const child = spawn(helperPath, full, {
+  const child = spawn(helperPath(), full, {
     stdio: [
       opts.detach ? 'ignore' : 'inherit',
       'inherit',

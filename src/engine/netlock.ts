@@ -10,7 +10,8 @@ import { release } from 'node:os';
 import { join } from 'node:path';
 import { check } from './criu.js';
 import { decodeMessage } from './criu-image.js';
-import { criuPath, helperPath, requireHelper, runDir } from './paths.js';
+import { helperPath } from './native.js';
+import { criuPath, runDir } from './paths.js';
 import { CheckptError } from '../common/errors.js';
 
 let cached: boolean | undefined;
@@ -81,8 +82,7 @@ export function lockTableOf(imagesDir: string): string | undefined {
  * the connections it held silent then get a reset from the kernel the next time their peers send.
  */
 export function removeLockTable(table: string): 'removed' | 'absent' {
-  requireHelper();
-  const r = spawnSync(helperPath, ['unlock', table], { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(helperPath(), ['unlock', table], { encoding: 'utf8', timeout: 30_000 });
   if (r.status === 0) return 'removed';
   if (r.status === 3) return 'absent';
   throw new CheckptError(

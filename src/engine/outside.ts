@@ -31,6 +31,7 @@ import {
   type CriuVersion,
   type DumpRequest,
 } from './criu.js';
+import { helperPath } from './native.js';
 import { dropEmptyLock, dumpLock, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
 import type { Manifest } from './job.js';
@@ -199,7 +200,7 @@ async function dumpThenExit(
       await checkDump(r.status, r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
       throw new CheckptError(
         'EDUMP',
-        'CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (build/checkpt-helper) up to date? Run npm run build.',
+        `CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (${helperPath()}) up to date? Run 'npx checkpt build' (npm run build in a checkout).`,
       );
     }
     // Packing is ours to time, not CRIU's: killing CRIU now would leave sockets in repair mode.

@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { check, DUMP_LOG, firstError } from './criu.js';
-import { nouringLibPath } from './paths.js';
+import { native } from './native.js';
 import type { Finding } from './probe.js';
 
 // A child holding a listening socket and an established connection (both ends its own) is dumped
@@ -61,7 +61,7 @@ export function probeTcp(): Finding[] {
   if (!lockOk) return out;
   const dir = mkdtempSync(join(tmpdir(), 'checkpt-probe-tcp-'));
   try {
-    const preload = existsSync(nouringLibPath) ? nouringLibPath : '';
+    const preload = native('libcheckpt-nouring.so').found?.path ?? '';
     const criuModule = new URL('./criu.js', import.meta.url).href;
     const r = spawnSync(process.execPath, ['-e', TRIAL, criuModule, dir, preload], {
       encoding: 'utf8',

@@ -1,18 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, readFileSync } from 'node:fs';
 import { CheckptError } from '../common/errors.js';
 import { zstdAvailable } from '../image/compress.js';
 import { check, criuVersion, MIN_CRIU_TEXT, tailOf } from './criu.js';
 import { ioUringAdvice } from './iouring.js';
-import {
-  criuPath,
-  criuSource,
-  helperExists,
-  helperPath,
-  ownCriuHome,
-  randAddonPath,
-  runDir,
-} from './paths.js';
+import { explainUnusable, native, type NativeLookup } from './native.js';
+import { criuPath, criuSource, ownCriuHome, runDir } from './paths.js';
 import { probeTcp } from './probe-tcp.js';
 
 export interface Finding {
@@ -83,27 +76,14 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
     );
   }
   if (version !== undefined && root) out.push(...probeTcp());
-  out.push(
-    helperExists()
-      ? { name: 'helper', ok: true, detail: `native helper at ${helperPath}` }
-      : {
-          name: 'helper',
-          ok: false,
-          detail: `native helper missing at ${helperPath}`,
-          fix: "Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.",
-        },
-  );
+  out.push(nativeFinding('helper', 'native helper', native('checkpt-helper')));
+  // checkpt run and checkpt exec preload it; a program checkpointing itself needs it on Node 22+.
+  out.push(nativeFinding('io_uring blocker', 'io_uring blocker', native('libcheckpt-nouring.so')));
   // Without it resumed copies still work, but share OpenSSL's random state with the original.
   out.push(
-    existsSync(randAddonPath)
-      ? { name: 'rand addon', ok: true, detail: `random-state refresh addon at ${randAddonPath}` }
-      : {
-          name: 'rand addon',
-          ok: true,
-          warning: true,
-          detail: `random-state refresh addon missing at ${randAddonPath}: resumed copies would share OpenSSL's random numbers`,
-          fix: "Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.",
-        },
+    nativeFinding('rand addon', 'random-state refresh addon', native('checkpt-rand.node'), {
+      warning: "resumed copies would share OpenSSL's random numbers",
+    }),
   );
   // checkpt run takes checkpoints from outside by running CRIU inside the program's namespaces.
   const ns = spawnSync('nsenter', ['--version'], { encoding: 'utf8' });
@@ -191,4 +171,22 @@ function nodeFindings(binaries: string[]): Finding[] {
       fix: ioUringAdvice(ver),
     };
   });
+}
+
+/** A native part's finding: where the working one is, or why none works and what to do. */
+function nativeFinding(
+  name: string,
+  what: string,
+  l: NativeLookup,
+  opts: { warning?: string } = {},
+): Finding {
+  if (l.found !== undefined)
+    return {
+      name,
+      ok: true,
+      detail: `${what} at ${l.found.path} (${l.found.origin === 'build' ? 'compiled here' : 'prebuilt'})`,
+    };
+  const { detail, fix } = explainUnusable(l);
+  const base = { name, detail: opts.warning ? `${detail}: ${opts.warning}` : detail, fix };
+  return opts.warning ? { ...base, ok: true, warning: true } : { ...base, ok: false };
 }

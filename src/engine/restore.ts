@@ -18,7 +18,7 @@ import { runningUnder, spawnHelper, type Helper, type Running } from './helper.j
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
-import { requireHelper } from './paths.js';
+import { requireHelper } from './native.js';
 import { prepareSockets } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';

@@ -6,7 +6,7 @@
 import { readdirSync, readlinkSync, realpathSync } from 'node:fs';
 import { CheckptError } from '../common/errors.js';
 import { cmdline, procStatus } from '../common/procfs.js';
-import { helperPath } from './paths.js';
+import { helperPath } from './native.js';
 
 export interface Stray {
   /** Its pid on the host. */
@@ -26,9 +26,9 @@ function pidNs(pid: number): string | undefined {
 
 function realHelper(): string {
   try {
-    return realpathSync(helperPath);
+    return realpathSync(helperPath());
   } catch {
-    return helperPath;
+    return 'checkpt-helper';
   }
 }
 

@@ -1,7 +1,6 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { CheckptError } from '../common/errors.js';
-import { nouringLibPath } from '../engine/paths.js';
+import { nativePath } from '../engine/native.js';
 import { relaySignals } from './signals.js';
 
 export interface ExecOptions {
@@ -12,11 +11,7 @@ export interface ExecOptions {
 
 /** The environment that keeps a program (and what it starts) off io_uring. */
 export function checkpointableEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  if (!existsSync(nouringLibPath))
-    throw new CheckptError(
-      'EHELPER',
-      `checkpt's io_uring library is missing (${nouringLibPath}). Install a C compiler (apt-get install gcc libc6-dev) and run 'npm rebuild checkpt'.`,
-    );
+  const nouringLibPath = nativePath('libcheckpt-nouring.so');
   const preload = env.LD_PRELOAD ? `${nouringLibPath}:${env.LD_PRELOAD}` : nouringLibPath;
   return { ...env, LD_PRELOAD: preload };
 }

@@ -1,7 +1,7 @@
 import { fstatSync } from 'node:fs';
 import { CheckptError } from '../common/errors.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from '../engine/helper.js';
-import { requireHelper } from '../engine/paths.js';
+import { requireHelper } from '../engine/native.js';
 import { CTRL_E, wantsPty } from '../engine/restore.js';
 import { checkpointableEnv } from './exec.js';
 

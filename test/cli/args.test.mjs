@@ -91,3 +91,8 @@ test('--trust-file for restore, inspect and unlock; absent unless given', () => 
   assert.equal('trust' in parseArgs(['-r', 'a.ckpt']), false);
   assert.throws(() => parseArgs(['unlock', '--trust-file']), UsageError);
 });
+
+test('build takes no arguments', () => {
+  assert.deepEqual(parseArgs(['build']), { cmd: 'build' });
+  assert.throws(() => parseArgs(['build', 'x']), UsageError);
+});

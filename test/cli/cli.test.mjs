@@ -190,6 +190,19 @@ describe('checkpt CLI errors', () => {
       assert.ok(f, `a finding for ${name}`);
       assert.equal(f.ok && !f.warning, true, `${name}: ${f.detail}`);
     }
+    // The native parts: where each one that works is, and whether it was compiled here.
+    for (const [name, part] of [
+      ['helper', 'checkpt-helper'],
+      ['io_uring blocker', 'libcheckpt-nouring.so'],
+      ['rand addon', 'checkpt-rand.node'],
+    ]) {
+      const f = j.findings.find((x) => x.name === name);
+      assert.equal(f?.ok && !f.warning, true, `${name}: ${f?.detail}`);
+      assert.match(
+        f.detail,
+        new RegExp(`at ${root}/build/${part.replace('.', '\\.')} \\(compiled here\\)$`),
+      );
+    }
     for (const n of nodeBinaries()) {
       const f = j.findings.find((x) => x.name.startsWith(`node v${n.major}.`));
       assert.ok(f, `a finding for node ${n.major}`);

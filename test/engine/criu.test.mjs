@@ -11,7 +11,10 @@ import {
   versionCommand,
 } from '../../dist/engine/criu.js';
 import { dumpFrontCommand } from '../../dist/engine/helper.js';
-import { criuPath, dumpWorkerPath, helperPath } from '../../dist/engine/paths.js';
+import { criuPath, dumpWorkerPath } from '../../dist/engine/paths.js';
+import { helperPath as helperPathOf } from '../../dist/engine/native.js';
+
+const helperPath = helperPathOf();
 
 const debug = process.env.CHECKPT_DEBUG;
 after(() => {
