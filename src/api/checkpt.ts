@@ -23,6 +23,7 @@ import { ioUringAdvice } from '../engine/iouring.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
+import { CHECKPOINT_VARIABLES, checkConfig, TIMEOUT_MS } from '../common/config.js';
 
 export interface CheckptOptions {
   /** End the process (exit status 0) once the checkpoint file is durable: "checkpoint and exit". */
@@ -216,7 +217,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       target,
       tmp: tempNameFor(target),
       workDir,
-      timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
+      timeoutMs: options.timeout ?? TIMEOUT_MS.get(),
       compress: compressionWanted(mode),
       background: mode === 'async',
       manifest: manifestBase(fifo),
@@ -356,6 +357,7 @@ function resolveTarget(file: string | undefined): string {
 
 /** Fails fast, before anything is frozen, on the problems we can see from here. */
 function preflight(target: string): void {
+  checkConfig(CHECKPOINT_VARIABLES);
   checkTarget(target);
   if (process.getuid?.() !== 0)
     throw new CheckptError(

@@ -1,4 +1,5 @@
 import { CheckptError } from '../common/errors.js';
+import { HOOK_TIMEOUT_MS } from '../common/config.js';
 
 /** What a "before checkpoint" step is told. */
 export interface CheckpointContext {
@@ -110,7 +111,7 @@ function ordered(step: Step): Entry[] {
 }
 
 function timeoutOf(e: Entry): number {
-  return e.timeoutMs ?? (Number(process.env.CHECKPT_HOOK_TIMEOUT) || 10_000);
+  return e.timeoutMs ?? HOOK_TIMEOUT_MS.get();
 }
 
 const nameOf = (r: Resource, i: number): string => r.name ?? `resource #${i + 1}`;

@@ -16,6 +16,7 @@ export type CheckptErrorCode =
   | 'ESRCH' // the process to send a checkpoint request to does not exist
   | 'ENOTARGET' // neither the process nor an ancestor handles checkpoint requests
   | 'EHOOK' // a step of a registered resource failed (see errors)
+  | 'EBADCONFIG' // a CHECKPT_* variable or an option has a value checkpt cannot use
   | 'EIO'; // reading or writing a file failed
 
 export interface CheckptErrorOptions {

@@ -2,12 +2,12 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CheckptError } from '../common/errors.js';
+import { CRIU, CRIU_HOME, HELPER, readAtLoad, RUN_DIR } from '../common/config.js';
 
 /** The package root: dist/engine/paths.js lives two levels below it. */
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-export const helperPath =
-  process.env.CHECKPT_HELPER || join(packageRoot, 'build', 'checkpt-helper');
+export const helperPath = readAtLoad(HELPER) ?? join(packageRoot, 'build', 'checkpt-helper');
 
 /** LD_PRELOAD library that keeps libuv (Node 22/24) off io_uring, which CRIU cannot dump. */
 export const randAddonPath = join(packageRoot, 'build', 'checkpt-rand.node');
@@ -16,7 +16,7 @@ export const nouringLibPath = join(packageRoot, 'build', 'libcheckpt-nouring.so'
 export const dumpWorkerPath = join(packageRoot, 'dist', 'engine', 'dump-worker.js');
 
 /** Where scripts/install-criu.sh puts the CRIU it builds: a directory of checkpt's own. */
-export const ownCriuHome = process.env.CHECKPT_CRIU_HOME || '/opt/checkpt/criu';
+export const ownCriuHome = readAtLoad(CRIU_HOME);
 
 export type CriuSource = 'CHECKPT_CRIU' | 'checkpt build' | 'PATH';
 
@@ -25,8 +25,9 @@ export function findCriu(env: NodeJS.ProcessEnv = process.env): {
   path: string;
   source: CriuSource;
 } {
-  if (env.CHECKPT_CRIU) return { path: env.CHECKPT_CRIU, source: 'CHECKPT_CRIU' };
-  const own = join(env.CHECKPT_CRIU_HOME || '/opt/checkpt/criu', 'bin', 'criu');
+  const given = CRIU.get(env);
+  if (given !== undefined) return { path: given, source: 'CHECKPT_CRIU' };
+  const own = join(CRIU_HOME.get(env), 'bin', 'criu');
   if (existsSync(own)) return { path: own, source: 'checkpt build' };
   return { path: 'criu', source: 'PATH' };
 }
@@ -36,7 +37,7 @@ export const criuPath = criu.path;
 export const criuSource: CriuSource = criu.source;
 
 /** Control FIFOs live here; each restore mounts a private tmpfs over it, so restores never share one. */
-export const runDir = process.env.CHECKPT_RUN_DIR || '/run/checkpt';
+export const runDir = readAtLoad(RUN_DIR);
 
 export function helperExists(): boolean {
   return existsSync(helperPath);
