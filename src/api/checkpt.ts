@@ -23,12 +23,15 @@ import { ioUringAdvice } from '../engine/iouring.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
-import { CHECKPOINT_VARIABLES, checkConfig, TIMEOUT_MS } from '../common/config.js';
+import { CHECKPOINT_VARIABLES, checkConfig } from '../common/config.js';
+import { checkCheckptOptions, dumpTimeoutMs } from '../common/options.js';
 
 export interface CheckptOptions {
   /** End the process (exit status 0) once the checkpoint file is durable: "checkpoint and exit". */
   exit?: boolean;
-  /** Milliseconds CRIU may take to dump before the checkpoint is abandoned (default 120000). */
+  /** Milliseconds CRIU may take to dump before the checkpoint is abandoned (default CHECKPT_TIMEOUT, else 120000). */
+  timeoutMs?: number;
+  /** @deprecated The old name of `timeoutMs`; still accepted. */
   timeout?: number;
 }
 
@@ -83,6 +86,7 @@ interface Session {
  * Registered resources' steps run around it (synchronously: async steps need checkpoint()).
  */
 export function checkpt(file?: string, options: CheckptOptions = {}): number {
+  checkCheckptOptions('checkpt()', options);
   const target = claim(file);
   try {
     const before = runStepsSync('beforeCheckpoint', { exit: options.exit === true, file: target });
@@ -112,6 +116,7 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
  * Registered resources' steps, async ones too, run around it.
  */
 export async function checkpoint(file?: string, options: CheckptOptions = {}): Promise<number> {
+  checkCheckptOptions('checkpoint()', options);
   const target = claim(file);
   try {
     const before = await runSteps('beforeCheckpoint', {
@@ -217,7 +222,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       target,
       tmp: tempNameFor(target),
       workDir,
-      timeoutMs: options.timeout ?? TIMEOUT_MS.get(),
+      timeoutMs: dumpTimeoutMs(options),
       compress: compressionWanted(mode),
       background: mode === 'async',
       manifest: manifestBase(fifo),

@@ -1,5 +1,6 @@
 import { CheckptError } from '../common/errors.js';
 import { HOOK_TIMEOUT_MS } from '../common/config.js';
+import { checkOptions, MILLISECONDS } from '../common/options.js';
 
 /** What a "before checkpoint" step is told. */
 export interface CheckpointContext {
@@ -60,6 +61,7 @@ export function register(resource: Resource, options: RegisterOptions = {}): () 
   for (const k of ['beforeCheckpoint', 'afterRestore'] as const)
     if (resource[k] !== undefined && typeof resource[k] !== 'function')
       throw new TypeError(`register(resource): ${k} must be a function.`);
+  checkOptions('register()', options, { timeoutMs: MILLISECONDS });
   const entry: Entry = { resource, timeoutMs: options.timeoutMs };
   entries.push(entry);
   return () => {
