@@ -4,7 +4,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } f
 import { hostname, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
-import { CheckptError } from '../common/errors.js';
+import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
 import { refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
@@ -330,9 +330,17 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
       refreshIdentity(); // the original: no longer the same generators as the image
       return 0;
     case 'err': {
-      const opts =
-        msg.logTail === undefined ? { path: s.target } : { path: s.target, logTail: msg.logTail };
-      throw new CheckptError(msg.code, msg.message, opts);
+      const opts = {
+        path: s.target,
+        ...(msg.logTail === undefined ? {} : { logTail: msg.logTail }),
+        ...(msg.errno === undefined ? {} : { errno: msg.errno }),
+      };
+      // A worker of another version may send a code this one does not know.
+      throw new CheckptError(
+        isCheckptErrorCode(msg.code) ? msg.code : 'EHELPER',
+        msg.message,
+        opts,
+      );
     }
     default:
       throw new CheckptError(

@@ -424,11 +424,13 @@ async function syncDir(dir: string): Promise<void> {
   } catch (e) {
     // Some filesystems cannot fsync a directory at all; there is nothing more to do there.
     if (errnoOf(e) !== 'EINVAL' && errnoOf(e) !== 'ENOTSUP') {
-      throw ioError(
+      const err = ioError(
         `syncing directory ${dir} (the checkpoint file is in place but may not be durable)`,
         dir,
         e,
       );
+      err.inPlace = true;
+      throw err;
     }
   } finally {
     await closeQuietly(fh);
@@ -1020,14 +1022,16 @@ async function parseBody(
 }
 
 function openError(file: string, e: unknown): CheckptError {
-  const code = errnoOf(e) ?? 'EIO';
+  const errno = errnoOf(e);
+  const denied = errno === 'EACCES' || errno === 'EPERM';
   const why =
-    code === 'ENOENT'
+    errno === 'ENOENT'
       ? 'it does not exist; check the path'
-      : code === 'EACCES' || code === 'EPERM'
+      : denied
         ? 'permission denied; check its permissions or run as a user that can read it'
         : `${messageOf(e)}`;
-  return new CheckptError(code, `cannot open checkpoint ${file}: ${why}`, {
+  // The system's code stays in `errno`: `code` is one of checkpt's own.
+  return new CheckptError(denied ? 'EPERM' : 'EIO', `cannot open checkpoint ${file}: ${why}`, {
     cause: e,
     path: file,
   });
@@ -1036,9 +1040,9 @@ function openError(file: string, e: unknown): CheckptError {
 function checkKind(file: string, st: { isDirectory(): boolean; isFile(): boolean }): void {
   if (st.isDirectory()) {
     throw new CheckptError(
-      'EISDIR',
+      'EBADIMAGE',
       `${file} is a directory, not a checkpt file; pass the checkpoint file itself`,
-      { path: file },
+      { path: file, errno: 'EISDIR' },
     );
   }
   if (!st.isFile()) {
@@ -1197,18 +1201,17 @@ async function checkEmptyDir(dir: string): Promise<void> {
   try {
     names = await readdir(dir);
   } catch (e) {
-    const code = errnoOf(e) ?? 'EIO';
     throw new CheckptError(
-      code,
+      'ETARGET',
       `cannot extract into ${dir}: ${messageOf(e)}; it must be an existing, empty directory`,
       { cause: e, path: dir },
     );
   }
   if (names.length > 0) {
     throw new CheckptError(
-      'ENOTEMPTY',
+      'ETARGET',
       `cannot extract into ${dir}: it is not empty; extract into a new empty directory`,
-      { path: dir },
+      { path: dir, errno: 'ENOTEMPTY' },
     );
   }
 }
