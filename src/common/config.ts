@@ -227,7 +227,7 @@ export const TMPDIR = define({
   when: 'call',
   defaultText: '/dev/shm when it has room, else the system temporary directory',
   accepts: 'a directory',
-  does: 'Where a dump is staged before it is packed into the file, and where `checkpt -r` unpacks one (on `/dev/shm` CRIU never waits for the disk).',
+  does: 'Where a dump is staged before it is packed into the file, and where `checkpt -r` unpacks one. By default `/dev/shm` when it and free memory have room for the image (CRIU then never waits for the disk).',
   fallback: undefined as string | undefined,
   parse: anyText,
 });
@@ -237,7 +237,7 @@ export const COMPRESS = define({
   when: 'call',
   defaultText: 'compressed when the program runs on while its file is written',
   accepts: SWITCH,
-  does: 'On: the memory in every checkpoint file is compressed with zstd; off: never. By default with `checkpoint()`, requests and `checkpt run`, not with the synchronous `checkpt()`, whose program waits for its file.',
+  does: 'On: the memory in every checkpoint file is compressed with zstd (typically to half); off: never. By default with `checkpoint()`, requests and `checkpt run`, not with the synchronous `checkpt()`, whose program waits for its file. Needs the `zstd` program (`apt-get install zstd`; without it files are written uncompressed); `checkpt -r` decompresses before anything starts.',
   fallback: undefined as boolean | undefined,
   parse: onOff,
 });
@@ -257,7 +257,7 @@ export const LAZY = define({
   when: 'call',
   defaultText: 'lazy for images with 32 MiB of memory or more',
   accepts: SWITCH,
-  does: "How `checkpt -r` loads the copy's memory: on, always through CRIU's lazy-pages daemon (the copy runs at once, its memory filled in behind it); off, always before the program runs.",
+  does: "How `checkpt -r` loads the copy's memory. On: through CRIU's lazy-pages daemon and userfaultfd (the copy runs at once; pages it touches come first, the rest in the background; `checkpt -r -d` returns once all of it is in); off: all of it before the program runs. If the daemon fails before the copy has all of its memory, the copy is killed and `checkpt -r` fails.",
   fallback: undefined as boolean | undefined,
   parse: onOff,
 });
@@ -358,7 +358,7 @@ export const KEY_FILE = define({
   defaultText: 'none: files are not encrypted',
   accepts:
     'the path of a key file: 32 random bytes or 64 hex digits, mode 0600 (the file itself is checked when used: EKEY)',
-  does: 'New checkpoints are encrypted with this key, and `checkpt -r` and `checkpt inspect` read them with it (README, "Encryption at rest").',
+  does: 'New checkpoints are encrypted with this key, and `checkpt -r` and `checkpt inspect` read them with it (README, "Encryption at rest"). A resumed copy that checkpoints itself uses the value the original had (its environment is restored with it); `checkpt run` and `checkpt -r` use their own for checkpoints they take from outside.',
   fallback: undefined as string | undefined,
   parse: anyText,
 });

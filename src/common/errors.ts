@@ -2,7 +2,7 @@
  * Every code a CheckptError can carry, with its meaning; scripts match on these, never on
  * messages. README's table of codes lists the same ones (a test keeps the two in step).
  */
-export const CHECKPT_ERROR_CODES = {
+export const ERROR_CODES = {
   EBADIMAGE: 'the checkpoint file is damaged, truncated or not a checkpt file',
   EIMAGEVERSION: 'written by a newer checkpt',
   EKEY: 'the key file is unusable, missing for an encrypted checkpoint, or not the one it was written with',
@@ -24,10 +24,10 @@ export const CHECKPT_ERROR_CODES = {
 } as const;
 
 /** The closed set of codes: a system code (ENOENT, ...) is never a `code`, it is `errno`. */
-export type CheckptErrorCode = keyof typeof CHECKPT_ERROR_CODES;
+export type CheckptErrorCode = keyof typeof ERROR_CODES;
 
 export function isCheckptErrorCode(s: unknown): s is CheckptErrorCode {
-  return typeof s === 'string' && Object.hasOwn(CHECKPT_ERROR_CODES, s);
+  return typeof s === 'string' && Object.hasOwn(ERROR_CODES, s);
 }
 
 export interface CheckptErrorOptions {

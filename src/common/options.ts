@@ -67,11 +67,11 @@ export interface TimeoutOptions {
   timeout?: number;
 }
 
-export const CHECKPT_OPTIONS = { exit: BOOLEAN, timeoutMs: MILLISECONDS, timeout: MILLISECONDS };
+export const CHECKPOINT_OPTIONS = { exit: BOOLEAN, timeoutMs: MILLISECONDS, timeout: MILLISECONDS };
 
 /** Checks checkpt()/checkpoint() options; `timeout` and `timeoutMs` may not disagree. */
 export function checkCheckptOptions(call: string, options: unknown): void {
-  checkOptions(call, options, CHECKPT_OPTIONS);
+  checkOptions(call, options, CHECKPOINT_OPTIONS);
   const o = (options ?? {}) as TimeoutOptions;
   if (o.timeout !== undefined && o.timeoutMs !== undefined && o.timeout !== o.timeoutMs)
     throw new CheckptError(

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { CHECKPT_ERROR_CODES, CheckptError, isCheckptErrorCode } from '../../dist/common/errors.js';
+import { ERROR_CODES, CheckptError, isCheckptErrorCode } from '../../dist/common/errors.js';
 import { root } from '../helpers.mjs';
 
 test("README's table of codes lists exactly the codes of CheckptErrorCode, each with what to do", () => {
@@ -13,7 +13,7 @@ test("README's table of codes lists exactly the codes of CheckptErrorCode, each 
   );
   const rows = [...section.matchAll(/^\s*\| `(E[A-Z]+)`\s*\|([^|]*)\|([^|]*)\|\s*$/gm)];
   const listed = rows.map((r) => r[1]);
-  assert.deepEqual([...listed].sort(), Object.keys(CHECKPT_ERROR_CODES).sort());
+  assert.deepEqual([...listed].sort(), Object.keys(ERROR_CODES).sort());
   assert.equal(new Set(listed).size, listed.length, 'a code listed twice');
   for (const [, code, meaning, todo] of rows)
     assert.ok(
