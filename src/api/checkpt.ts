@@ -297,8 +297,18 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     channel?.close();
     rmSync(ctlDir, { recursive: true, force: true });
     if (workDir) rmSync(workDir, { recursive: true, force: true });
-    throw e;
+    throw asCheckptError(e);
   }
+}
+
+/** A system error (no room for the staging directory, a run directory we cannot make) as EIO. */
+function asCheckptError(e: unknown): CheckptError {
+  if (e instanceof CheckptError) return e;
+  return new CheckptError(
+    'EIO',
+    `Could not prepare the checkpoint: ${(e as Error)?.message ?? String(e)}. Nothing was written and the program keeps running; check ${runDir} (CHECKPT_RUN_DIR) and the staging directory (CHECKPT_TMPDIR).`,
+    { cause: e },
+  );
 }
 
 /** The worker removes its own work dir; only one that died leaves it, and conclude() cleans that. */

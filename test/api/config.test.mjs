@@ -83,6 +83,21 @@ test('a bad CHECKPT_TIMEOUT fails checkpt() and checkpoint() with EBADCONFIG; th
       await assertIntact(prog, base);
       assert.equal(existsSync(file), false);
     }
+    // A system error on the way is a CheckptError too, its system code in errno.
+    const missing = join(dir, 'missing');
+    const r = await prog.ask({
+      op: 'checkpt',
+      file,
+      env: { CHECKPT_TIMEOUT: '', CHECKPT_TMPDIR: missing },
+    });
+    assert.deepEqual(
+      [r.name, r.code, r.errno],
+      ['CheckptError', 'EIO', 'ENOENT'],
+      JSON.stringify(r),
+    );
+    assert.match(r.message, /keeps running/);
+    await assertIntact(prog, base);
+    await prog.ask({ op: 'ping', env: { CHECKPT_TMPDIR: dir } });
     // Both names reach the dump: a limit of 1 ms cannot be met.
     for (const limit of [{ timeoutMs: 1 }, { timeout: 1 }]) {
       const r = await prog.ask({ op: 'checkpt', file, ...limit, env: { CHECKPT_TIMEOUT: '' } });
