@@ -53,7 +53,7 @@ interface Spec<T> {
   accepts: string;
   does: string;
   fallback: T;
-  /** The value of a set, non-empty variable, or a string saying why it is refused. */
+  /** The value of a set, non-blank variable, or refuse(why). */
   parse(raw: string): T | Refused;
 }
 
@@ -63,7 +63,7 @@ class Refused {
 const refuse = (why = ''): Refused => new Refused(why);
 
 /** The error for a bad value: the variable, the value, what is accepted, and the way out. */
-export function badConfig(
+function badConfig(
   v: Pick<Variable, 'name' | 'accepts' | 'defaultText'>,
   raw: string,
   why = '',
