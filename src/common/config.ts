@@ -374,7 +374,7 @@ note(
 note(
   'CHECKPT_POST_DUMP_TIMEOUT_MS',
   'internal',
-  "How long that post-dump step waits for the verdict: a program's own checkpoint-and-exit sets it from `timeoutMs`; unset (`checkpt run`'s dumps from outside), the helper's built-in 120000 applies.",
+  "How long that post-dump step waits for the verdict before CRIU rolls back: `timeoutMs` for a program's own checkpoint-and-exit, the default dump limit for `checkpt run`'s from outside. The helper has no default of its own.",
 );
 note(
   'CHECKPT_HOOK_PID',

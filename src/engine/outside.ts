@@ -8,6 +8,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { DEFAULT_TIMEOUT_MS } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
 import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
@@ -186,7 +187,11 @@ async function dumpThenExit(
       [...dumpArgs(dumpReq), '--action-script', helperPath],
       dumpReq.timeoutMs,
       dumpReq.enter,
-      { CHECKPT_POST_DUMP_SOCK: hook.path },
+      // CRIU's timer stops once the images are complete; the hook's wait for the verdict is the bound.
+      {
+        CHECKPT_POST_DUMP_SOCK: hook.path,
+        CHECKPT_POST_DUMP_TIMEOUT_MS: String(DEFAULT_TIMEOUT_MS),
+      },
     );
     const dumped = await Promise.race([hook.dumped.then(() => true), run.result.then(() => false)]);
     if (!dumped) {
