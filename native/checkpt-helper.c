@@ -678,7 +678,7 @@ static int traced(pid_t pid) {
 static int cmd_dump(int argc, char **argv) {
   pid_t pid = 0;
   int async = 0, i;
-  long timeout = 120000;
+  long timeout = 0; /* checkpt always gives it: its default lives in src/common/config.ts */
   char *node = NULL, *script = NULL, *job = NULL, *fifo = NULL;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
@@ -693,8 +693,8 @@ static int cmd_dump(int argc, char **argv) {
     else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
     else { fprintf(stderr, "checkpt-helper dump: unknown option %s\n", argv[i]); return EXIT_USAGE; }
   }
-  if (pid <= 0 || !fifo || !node || i >= argc) {
-    fprintf(stderr, "usage: checkpt-helper dump --pid P --fifo PATH [--async] --worker NODE SCRIPT JOB -- criu dump ...\n");
+  if (pid <= 0 || !fifo || !node || timeout <= 0 || i >= argc) {
+    fprintf(stderr, "usage: checkpt-helper dump --pid P --fifo PATH --timeout-ms MS [--async] --worker NODE SCRIPT JOB -- criu dump ...\n");
     return EXIT_USAGE;
   }
   char **criu_argv = argv + i;
@@ -801,9 +801,9 @@ static int cmd_hook(void) {
   if (!action || strcmp(action, "pre-dump") != 0) return 0;
   const char *p = getenv("CHECKPT_HOOK_PID"), *fifo = getenv("CHECKPT_HOOK_FIFO");
   const char *t = getenv("CHECKPT_HOOK_TIMEOUT_MS");
-  if (!p || !fifo) return 0;
+  if (!p || !fifo || !t) return 0; /* the front sets all three, or it is not our hook */
   pid_t pid = (pid_t)atoi(p);
-  long timeout = t ? atol(t) : 120000;
+  long timeout = atol(t);
   int w = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
   struct stat fifo_st;
   if (w < 0 || fstat(w, &fifo_st) < 0) { fprintf(stderr, "checkpt hook: open %s: %s\n", fifo, strerror(errno)); return 1; }
@@ -824,14 +824,16 @@ static int cmd_hook(void) {
  * the program stopped, to exit or be killed without a FIN or RST; anything else, checkpt's death
  * included, fails the hook, and CRIU rolls back: network unlocked, sockets out of repair, program
  * resumed. The packing worker may still be starting: connecting is retried until
- * CHECKPT_POST_DUMP_TIMEOUT_MS (default 120000) has passed.
+ * CHECKPT_POST_DUMP_TIMEOUT_MS (set by checkpt, always) has passed.
  */
 static int post_dump_verdict(const char *path) {
   struct sockaddr_un a = { .sun_family = AF_UNIX };
   if (strlen(path) >= sizeof a.sun_path) { fprintf(stderr, "checkpt hook: socket path too long (CHECKPT_TMPDIR under 90 characters?)\n"); return 1; }
   strcpy(a.sun_path, path);
   const char *t = getenv("CHECKPT_POST_DUMP_TIMEOUT_MS");
-  long timeout = t ? atol(t) : 120000, start = now_ms();
+  /* Failing rolls the dump back: better than guessing how long checkpt meant to wait. */
+  if (!t || atol(t) <= 0) { fprintf(stderr, "checkpt hook: CHECKPT_POST_DUMP_TIMEOUT_MS is not set; is the native helper as new as checkpt? Run npm run build.\n"); return 1; }
+  long timeout = atol(t), start = now_ms();
   int s = -1;
   for (;;) {
     s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -1,6 +1,7 @@
 import { setBuiltInResources } from './api/hooks.js';
 import { networkResource, trackUnref } from './api/network.js';
 import { installRequestListeners } from './api/requests.js';
+import { NETWORK, readAtLoad } from './common/config.js';
 
 export {
   checkpt,
@@ -41,7 +42,7 @@ export {
 // Importing checkpt makes the program answer SIGCKPT / SIGCKPTEXIT instead of dying of them.
 installRequestListeners();
 // Listeners are recorded around every checkpoint so a copy can take a busy port over, unless turned off.
-if (!/^(0|off|false|no)$/i.test(process.env.CHECKPT_NETWORK ?? '')) {
+if (readAtLoad(NETWORK)) {
   trackUnref();
   setBuiltInResources([networkResource]);
 }

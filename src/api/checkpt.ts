@@ -4,7 +4,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } f
 import { hostname, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
-import { CheckptError } from '../common/errors.js';
+import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
 import { refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
@@ -29,11 +29,15 @@ import { ioUringAdvice } from '../engine/iouring.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
+import { CHECKPOINT_VARIABLES, checkConfig } from '../common/config.js';
+import { checkCheckptOptions, dumpTimeoutMs } from '../common/options.js';
 
 export interface CheckptOptions {
   /** End the process (exit status 0) once the checkpoint file is durable: "checkpoint and exit". */
   exit?: boolean;
-  /** Milliseconds CRIU may take to dump before the checkpoint is abandoned (default 120000). */
+  /** Milliseconds CRIU may take to dump before the checkpoint is abandoned (default CHECKPT_TIMEOUT, else 120000). */
+  timeoutMs?: number;
+  /** @deprecated The old name of `timeoutMs`; still accepted. */
   timeout?: number;
 }
 
@@ -88,6 +92,7 @@ interface Session {
  * Registered resources' steps run around it (synchronously: async steps need checkpoint()).
  */
 export function checkpt(file?: string, options: CheckptOptions = {}): number {
+  checkCheckptOptions('checkpt()', options);
   const target = claim(file);
   try {
     const before = runStepsSync('beforeCheckpoint', { exit: options.exit === true, file: target });
@@ -117,6 +122,7 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
  * Registered resources' steps, async ones too, run around it.
  */
 export async function checkpoint(file?: string, options: CheckptOptions = {}): Promise<number> {
+  checkCheckptOptions('checkpoint()', options);
   const target = claim(file);
   try {
     const before = await runSteps('beforeCheckpoint', {
@@ -222,7 +228,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       target,
       tmp: tempNameFor(target),
       workDir,
-      timeoutMs: options.timeout ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
+      timeoutMs: dumpTimeoutMs(options),
       compress: compressionWanted(mode),
       background: mode === 'async',
       manifest: manifestBase(fifo),
@@ -259,8 +265,18 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
     channel?.close();
     rmSync(ctlDir, { recursive: true, force: true });
     if (workDir) rmSync(workDir, { recursive: true, force: true });
-    throw e;
+    throw asCheckptError(e);
   }
+}
+
+/** A system error (no room for the staging directory, a run directory we cannot make) as EIO. */
+function asCheckptError(e: unknown): CheckptError {
+  if (e instanceof CheckptError) return e;
+  return new CheckptError(
+    'EIO',
+    `Could not prepare the checkpoint: ${(e as Error)?.message ?? String(e)}. Nothing was written and the program keeps running; check ${runDir} (CHECKPT_RUN_DIR) and the staging directory (CHECKPT_TMPDIR).`,
+    { cause: e },
+  );
 }
 
 /** The worker removes its own work dir; only one that died leaves it, and conclude() cleans that. */
@@ -292,9 +308,17 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
       refreshIdentity(); // the original: no longer the same generators as the image
       return 0;
     case 'err': {
-      const opts =
-        msg.logTail === undefined ? { path: s.target } : { path: s.target, logTail: msg.logTail };
-      throw new CheckptError(msg.code, msg.message, opts);
+      const opts = {
+        path: s.target,
+        ...(msg.logTail === undefined ? {} : { logTail: msg.logTail }),
+        ...(msg.errno === undefined ? {} : { errno: msg.errno }),
+      };
+      // A worker of another version may send a code this one does not know.
+      throw new CheckptError(
+        isCheckptErrorCode(msg.code) ? msg.code : 'EHELPER',
+        msg.message,
+        opts,
+      );
     }
     default:
       throw new CheckptError(
@@ -324,6 +348,7 @@ function resolveTarget(file: string | undefined): string {
 
 /** Fails fast, before anything is frozen, on the problems we can see from here. */
 function preflight(target: string): void {
+  checkConfig(CHECKPOINT_VARIABLES);
   checkTarget(target);
   if (process.getuid?.() !== 0)
     throw new CheckptError(

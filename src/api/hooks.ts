@@ -1,4 +1,6 @@
 import { CheckptError } from '../common/errors.js';
+import { HOOK_TIMEOUT_MS } from '../common/config.js';
+import { checkOptions, MILLISECONDS } from '../common/options.js';
 
 /** What a "before checkpoint" step is told. */
 export interface CheckpointContext {
@@ -65,6 +67,7 @@ export function register(resource: Resource, options: RegisterOptions = {}): () 
   for (const k of ['beforeCheckpoint', 'afterRestore'] as const)
     if (resource[k] !== undefined && typeof resource[k] !== 'function')
       throw new TypeError(`register(resource): ${k} must be a function.`);
+  checkOptions('register()', options, { timeoutMs: MILLISECONDS });
   const entry: Entry = {
     resource,
     timeoutMs: options.timeoutMs,
@@ -124,7 +127,7 @@ function ordered(step: Step): Entry[] {
 }
 
 function timeoutOf(e: Entry): number {
-  return e.timeoutMs ?? (Number(process.env.CHECKPT_HOOK_TIMEOUT) || 10_000);
+  return e.timeoutMs ?? HOOK_TIMEOUT_MS.get();
 }
 
 const nameOf = (e: Entry): string => e.resource.name ?? e.label;

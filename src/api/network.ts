@@ -8,6 +8,7 @@
  */
 import { Server, type ListenOptions } from 'node:net';
 import type { CheckpointContext, Resource, RestoreContext } from './hooks.js';
+import { TAKEOVER_MS } from '../common/config.js';
 
 interface Recorded {
   server: Server;
@@ -154,7 +155,7 @@ function listenQuietly(server: Server, listen: ListenOptions): Promise<Error | u
 }
 
 function takeoverDelays(): { first: number; max: number } {
-  return { first: Number(process.env.CHECKPT_TAKEOVER_MS) || 100, max: 2000 };
+  return { first: TAKEOVER_MS.get(), max: 2000 };
 }
 
 /** Listens on the recorded address, retrying with a growing pause while it is busy. */

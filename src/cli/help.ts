@@ -59,5 +59,6 @@ Environment: CHECKPT_FILE (name template: %N program, %P pid, %U uid, %% a %; de
   CHECKPT_TIMEOUT (ms), CHECKPT_TMPDIR (staging directory),
   CHECKPT_KEY_FILE (32 random bytes or 64 hex digits, mode 0600: new checkpoints are encrypted
   with it, and -r and inspect read them with it; -r then refuses unencrypted ones).
+  Every variable, its default and what it accepts: docs/CONFIG.md.
 A file name that starts with '-' goes after '--': checkpt -r -- -x.ckpt
 `;

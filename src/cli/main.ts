@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { CheckptError } from '../common/errors.js';
+import { checkConfig, DEBUG, PUBLIC_VARIABLES } from '../common/config.js';
 import { checkpointSignals } from '../common/signals.js';
 import { resume } from '../engine/restore.js';
 import { compileNative } from '../engine/native.js';
@@ -244,12 +245,13 @@ async function main(): Promise<void> {
     throw e;
   }
   try {
+    // A bad CHECKPT_* variable stops the command before it does anything.
+    if (command.cmd !== 'help' && command.cmd !== 'version') checkConfig(PUBLIC_VARIABLES);
     process.exitCode = await run(command);
   } catch (e) {
     if (e instanceof CheckptError) {
       process.stderr.write(`checkpt: ${e.message}\n`);
-      if (e.logTail && process.env.CHECKPT_DEBUG)
-        process.stderr.write(`--- CRIU log (tail) ---\n${e.logTail}\n`);
+      if (e.logTail && DEBUG.get()) process.stderr.write(`--- CRIU log (tail) ---\n${e.logTail}\n`);
       else if (e.logTail)
         process.stderr.write("(set CHECKPT_DEBUG=1 to see the tail of CRIU's log)\n");
       process.exit(EXIT_FAILED);

@@ -1,7 +1,8 @@
 import { basename, extname } from 'node:path';
 import { CheckptError } from './errors.js';
+import { FILE } from './config.js';
 
-export const DEFAULT_TEMPLATE = '%N.ckpt';
+export { DEFAULT_TEMPLATE } from './config.js';
 
 export interface TemplateValues {
   /** Program name: the main script's base name without extension, else the executable's. */
@@ -48,8 +49,7 @@ export function programName(argv: readonly string[] = process.argv): string {
 
 /** The file a checkpoint without an explicit name goes to: CHECKPT_FILE, else %N.ckpt. */
 export function defaultCheckpointFile(env: NodeJS.ProcessEnv = process.env): string {
-  const template = env.CHECKPT_FILE || DEFAULT_TEMPLATE;
-  return expandTemplate(template, {
+  return expandTemplate(FILE.get(env), {
     name: programName(),
     pid: process.pid,
     uid: process.getuid?.() ?? 0,

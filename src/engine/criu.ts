@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
 import { criuPath } from './paths.js';
@@ -343,7 +344,7 @@ export function firstError(log: string): string | undefined {
  * checkpoint()'s pause by about 20% (docs/PERFORMANCE.md).
  */
 function logLevel(): string {
-  return process.env.CHECKPT_DEBUG ? '-v4' : '-v2';
+  return DEBUG.get() ? '-v4' : '-v2';
 }
 
 /**
@@ -410,7 +411,7 @@ function dumpFailureMessage(reason: string | undefined, log: string): string {
  * single-step through syscalls instead: a little slower, but it works everywhere.
  */
 export function criuEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  if (env.CHECKPT_CRIU_BREAKPOINTS === '1' || env.CRIU_FAULT) return env;
+  if (CRIU_BREAKPOINTS.get(env) || env.CRIU_FAULT) return env;
   return { ...env, CRIU_FAULT: '130' };
 }
 

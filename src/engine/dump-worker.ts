@@ -181,6 +181,7 @@ async function main(): Promise<void> {
           );
     const msg: ControlMessage = { t: 'err', code: err.code, message: err.message };
     if (err.logTail !== undefined) msg.logTail = err.logTail;
+    if (err.errno !== undefined) msg.errno = err.errno;
     send(msg);
   } finally {
     // A CRIU killed with the front may still be finishing its last write here.

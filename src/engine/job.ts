@@ -77,5 +77,5 @@ export type ControlMessage =
   | { t: 'freeze' }
   | { t: 'dumped' }
   | { t: 'ok'; bytes: number; file: string }
-  | { t: 'err'; code: string; message: string; logTail?: string }
+  | { t: 'err'; code: string; message: string; logTail?: string; errno?: string }
   | { t: 'restored'; generation: number; image: string; restoredAt: string };

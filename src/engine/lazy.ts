@@ -1,4 +1,5 @@
 import { CheckptError } from '../common/errors.js';
+import { LAZY } from '../common/config.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
 import { lazyPagesCommand, startCriu } from './criu.js';
 
@@ -20,9 +21,7 @@ export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
  * LAZY_MIN_BYTES of it; `CHECKPT_LAZY=1` always, `CHECKPT_LAZY=0` never.
  */
 export function lazyWanted(pageBytes: number): boolean {
-  if (process.env.CHECKPT_LAZY === '0') return false;
-  if (process.env.CHECKPT_LAZY === '1') return true;
-  return pageBytes >= LAZY_MIN_BYTES;
+  return LAZY.get() ?? pageBytes >= LAZY_MIN_BYTES;
 }
 
 /**

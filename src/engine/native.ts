@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { HELPER, readAtLoad } from '../common/config.js';
 import { packageRoot } from './paths.js';
 
 /** checkpt's compiled parts, as scripts/build-helper.mjs names them. */
@@ -282,7 +283,7 @@ export function unusableMessage(l: NativeLookup, ctx: NativeContext = nativeCont
 }
 
 // Read once, like the rest of checkpt's set-up: a helper to run instead of the one found.
-const helperOverride = process.env.CHECKPT_HELPER || undefined;
+const helperOverride = readAtLoad(HELPER);
 
 /** The native helper to run: CHECKPT_HELPER, else the first that works; throws EHELPER. */
 export function helperPath(): string {

@@ -8,6 +8,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { DEFAULT_TIMEOUT_MS } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
 import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
@@ -193,7 +194,11 @@ async function dumpThenExit(
   const hook = await listenForPostDump(dumpReq.workDir);
   try {
     const t0 = process.hrtime.bigint();
-    const run = startDump({ ...dumpReq, postDump: { sock: hook.path } });
+    // CRIU's timer stops once the images are complete; the hook's wait for the verdict is the bound.
+    const run = startDump({
+      ...dumpReq,
+      postDump: { sock: hook.path, timeoutMs: DEFAULT_TIMEOUT_MS },
+    });
     const dumped = await Promise.race([hook.dumped.then(() => true), run.result.then(() => false)]);
     if (!dumped) {
       const r = await run.result;

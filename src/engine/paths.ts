@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CRIU, CRIU_HOME, readAtLoad, RUN_DIR } from '../common/config.js';
 
 /** The package root: dist/engine/paths.js lives two levels below it. */
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -8,7 +9,7 @@ export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '
 export const dumpWorkerPath = join(packageRoot, 'dist', 'engine', 'dump-worker.js');
 
 /** Where scripts/install-criu.sh puts the CRIU it builds: a directory of checkpt's own. */
-export const ownCriuHome = process.env.CHECKPT_CRIU_HOME || '/opt/checkpt/criu';
+export const ownCriuHome = readAtLoad(CRIU_HOME);
 
 export type CriuSource = 'CHECKPT_CRIU' | 'checkpt build' | 'PATH';
 
@@ -17,8 +18,9 @@ export function findCriu(env: NodeJS.ProcessEnv = process.env): {
   path: string;
   source: CriuSource;
 } {
-  if (env.CHECKPT_CRIU) return { path: env.CHECKPT_CRIU, source: 'CHECKPT_CRIU' };
-  const own = join(env.CHECKPT_CRIU_HOME || '/opt/checkpt/criu', 'bin', 'criu');
+  const given = CRIU.get(env);
+  if (given !== undefined) return { path: given, source: 'CHECKPT_CRIU' };
+  const own = join(CRIU_HOME.get(env), 'bin', 'criu');
   if (existsSync(own)) return { path: own, source: 'checkpt build' };
   return { path: 'criu', source: 'PATH' };
 }
@@ -28,4 +30,4 @@ export const criuPath = criu.path;
 export const criuSource: CriuSource = criu.source;
 
 /** Control FIFOs live here; each restore mounts a private tmpfs over it, so restores never share one. */
-export const runDir = process.env.CHECKPT_RUN_DIR || '/run/checkpt';
+export const runDir = readAtLoad(RUN_DIR);

@@ -1,6 +1,7 @@
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { TMPDIR } from '../common/config.js';
 
 const SHM = '/dev/shm';
 const MARGIN = 64 * 1024 * 1024;
@@ -21,7 +22,8 @@ function memAvailable(): number {
  * images without the disk: a large image unpacks about 2.5x faster (docs/PERFORMANCE.md).
  */
 export function stagingRoot(bytes: number): string {
-  if (process.env.CHECKPT_TMPDIR) return process.env.CHECKPT_TMPDIR;
+  const dir = TMPDIR.get();
+  if (dir !== undefined) return dir;
   const need = bytes * 1.1 + MARGIN;
   try {
     const fs = statfsSync(SHM);

@@ -1,12 +1,12 @@
-import { CheckptError } from '../common/errors.js';
+import { CheckptError, errnoOf } from '../common/errors.js';
 
 /** A failed write, said from the program's side: where, why, what to do, and what is left. */
 export function writeFailed(e: unknown, target: string, imageBytes: number): CheckptError {
   const err = e instanceof CheckptError ? e : undefined;
   // The file is already in place; only the directory's fsync failed: that message says so.
-  if (err && /may not be durable/.test(err.message)) return err;
-  const cause = (err?.cause ?? e) as NodeJS.ErrnoException | undefined;
-  const full = cause?.code === 'ENOSPC' || cause?.code === 'EDQUOT';
+  if (err?.inPlace) return err;
+  const errno = errnoOf(e);
+  const full = errno === 'ENOSPC' || errno === 'EDQUOT';
   const why = full
     ? `the filesystem is full (the checkpoint needs about ${Math.ceil(imageBytes / 2 ** 20)} MB there); free some space or choose another place`
     : (err?.message ?? (e as Error).message);

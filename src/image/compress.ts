@@ -3,6 +3,7 @@ import { readdirSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { COMPRESS, readAtLoad, ZSTD as ZSTD_VAR } from '../common/config.js';
 import { lowerPriority } from '../common/procfs.js';
 import type { EntryDecoder } from './extract.js';
 
@@ -11,7 +12,7 @@ import type { EntryDecoder } from './extract.js';
  * entries: a process's memory is about half its size under zstd -1 at several hundred MB/s, and
  * decompresses faster still. It runs after CRIU let the program go, so it never lengthens a pause.
  */
-const ZSTD = process.env.CHECKPT_ZSTD || 'zstd';
+const ZSTD = readAtLoad(ZSTD_VAR);
 const SUFFIX = '.zst';
 const PAGES = /^pages-\d+\.img$/;
 // Small files are not worth a process.
@@ -35,9 +36,7 @@ export function zstdAvailable(): boolean {
  * run), not in a synchronous checkpt(), whose program waits until the file is durable.
  */
 export function compressionWanted(mode: DumpMode): boolean {
-  const env = process.env.CHECKPT_COMPRESS;
-  if (env === '0') return false;
-  return env === '1' || mode !== 'sync';
+  return COMPRESS.get() ?? mode !== 'sync';
 }
 
 /** Starts zstd; `failed` settles with why it failed, or undefined when it exited 0. */

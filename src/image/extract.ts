@@ -4,7 +4,7 @@ import { constants as fsc } from 'node:fs';
 import { open, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
-import { closeQuietly, errnoOf, ioError, messageOf, unlinkQuietly, writeAll } from './io.js';
+import { closeQuietly, ioError, messageOf, unlinkQuietly, writeAll } from './io.js';
 import type { ImageInfo } from './layout.js';
 import { parse, withImage, type ReadOptions, type Sink } from './read.js';
 
@@ -90,18 +90,17 @@ async function checkEmptyDir(dir: string): Promise<void> {
   try {
     names = await readdir(dir);
   } catch (e) {
-    const code = errnoOf(e) ?? 'EIO';
     throw new CheckptError(
-      code,
+      'ETARGET',
       `cannot extract into ${dir}: ${messageOf(e)}; it must be an existing, empty directory`,
       { cause: e, path: dir },
     );
   }
   if (names.length > 0) {
     throw new CheckptError(
-      'ENOTEMPTY',
+      'ETARGET',
       `cannot extract into ${dir}: it is not empty; extract into a new empty directory`,
-      { path: dir },
+      { path: dir, errno: 'ENOTEMPTY' },
     );
   }
 }

@@ -8,16 +8,17 @@
 import { closeSync, constants as fsc, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { resolve } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { KEY_FILE } from '../common/config.js';
 
-export const KEY_ENV = 'CHECKPT_KEY_FILE';
+export const KEY_ENV = KEY_FILE.name;
 export const KEY_BYTES = 32;
 
 const HOW_TO_MAKE = `make one with: head -c ${KEY_BYTES} /dev/urandom > FILE && chmod 600 FILE`;
 
 /** The absolute path of the key file named by CHECKPT_KEY_FILE, or undefined when it is unset or empty. */
 export function keyFilePath(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const p = env[KEY_ENV];
-  return p === undefined || p === '' ? undefined : resolve(p);
+  const p = KEY_FILE.get(env);
+  return p === undefined ? undefined : resolve(p);
 }
 
 function keyError(path: string, detail: string, cause?: unknown): CheckptError {

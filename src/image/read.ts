@@ -296,14 +296,16 @@ async function parseBody(
 }
 
 function openError(file: string, e: unknown): CheckptError {
-  const code = errnoOf(e) ?? 'EIO';
+  const errno = errnoOf(e);
+  const denied = errno === 'EACCES' || errno === 'EPERM';
   const why =
-    code === 'ENOENT'
+    errno === 'ENOENT'
       ? 'it does not exist; check the path'
-      : code === 'EACCES' || code === 'EPERM'
+      : denied
         ? 'permission denied; check its permissions or run as a user that can read it'
         : `${messageOf(e)}`;
-  return new CheckptError(code, `cannot open checkpoint ${file}: ${why}`, {
+  // The system's code stays in `errno`: `code` is one of checkpt's own.
+  return new CheckptError(denied ? 'EPERM' : 'EIO', `cannot open checkpoint ${file}: ${why}`, {
     cause: e,
     path: file,
   });
@@ -312,9 +314,9 @@ function openError(file: string, e: unknown): CheckptError {
 function checkKind(file: string, st: { isDirectory(): boolean; isFile(): boolean }): void {
   if (st.isDirectory()) {
     throw new CheckptError(
-      'EISDIR',
+      'EBADIMAGE',
       `${file} is a directory, not a checkpt file; pass the checkpoint file itself`,
-      { path: file },
+      { path: file, errno: 'EISDIR' },
     );
   }
   if (!st.isFile()) {

@@ -238,11 +238,13 @@ async function syncDir(dir: string): Promise<void> {
   } catch (e) {
     // Some filesystems cannot fsync a directory at all; there is nothing more to do there.
     if (errnoOf(e) !== 'EINVAL' && errnoOf(e) !== 'ENOTSUP') {
-      throw ioError(
+      const err = ioError(
         `syncing directory ${dir} (the checkpoint file is in place but may not be durable)`,
         dir,
         e,
       );
+      err.inPlace = true;
+      throw err;
     }
   } finally {
     await closeQuietly(fh);

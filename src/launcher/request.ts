@@ -1,4 +1,5 @@
 import { CheckptError } from '../common/errors.js';
+import { BOOLEAN, checkOptions, OBJECT } from '../common/options.js';
 import { checkpointSignals, signalNumber } from '../common/signals.js';
 import { catches, procStatus } from '../common/procfs.js';
 
@@ -44,6 +45,7 @@ export function requestCheckpoint(
 ): RequestCheckpointResult {
   if (!Number.isSafeInteger(pid) || pid <= 0)
     throw new CheckptError('ESRCH', `${pid} is not a process id; give a positive integer.`);
+  checkOptions('requestCheckpoint()', options, { exit: BOOLEAN, env: OBJECT });
   const sig = checkpointSignals(options.env);
   const signal = options.exit ? sig.exit : sig.ckpt;
   const first = procInfo(pid);

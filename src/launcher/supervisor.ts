@@ -1,7 +1,8 @@
 import { isAbsolute, join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { checkpointSignals, signalNumber, type CheckpointSignals } from '../common/signals.js';
-import { commandName, DEFAULT_TEMPLATE, expandTemplate } from '../common/template.js';
+import { commandName, expandTemplate } from '../common/template.js';
+import { FILE, TIMEOUT_MS } from '../common/config.js';
 import { dumpFromOutside } from '../engine/outside.js';
 import type { Running } from '../engine/helper.js';
 import { Coalescer } from './coalesce.js';
@@ -72,7 +73,7 @@ export class Supervisor {
       return;
     }
     let target = '';
-    const template = this.opts.template ?? (process.env.CHECKPT_FILE || DEFAULT_TEMPLATE);
+    const template = this.opts.template ?? FILE.get();
     try {
       target = this.targetFile(template);
       const r = await dumpFromOutside({
@@ -83,7 +84,7 @@ export class Supervisor {
         exit,
         generation: this.opts.generation,
         template,
-        timeoutMs: this.opts.timeoutMs ?? (Number(process.env.CHECKPT_TIMEOUT) || 120_000),
+        timeoutMs: this.opts.timeoutMs ?? TIMEOUT_MS.get(),
       });
       if (exit) this.stoppedByCheckpoint = target;
       if (r.warning !== undefined) this.opts.say(r.warning);

@@ -329,7 +329,7 @@ describe('checkpointSignals()', () => {
     test(`refuses ${JSON.stringify(env)}`, () => {
       assert.throws(
         () => checkpointSignals(env),
-        (e) => e.name === 'CheckptError' && e.code === 'EBADNAME' && message.test(e.message),
+        (e) => e.name === 'CheckptError' && e.code === 'EBADCONFIG' && message.test(e.message),
       );
     });
 });

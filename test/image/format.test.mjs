@@ -309,16 +309,23 @@ test('lengths larger than the file are refused without huge allocations', async 
 
 test('files that cannot be opened get clear errors', async (t) => {
   const root = scratchDir(t, 'checkpt-img-');
-  await rejectsWith(verifyImage(path.join(root, 'nope.ckpt')), 'ENOENT', 'missing file');
+  await rejectsWith(verifyImage(path.join(root, 'nope.ckpt')), 'EIO', 'missing file');
+  await assert.rejects(verifyImage(path.join(root, 'nope.ckpt')), { code: 'EIO', errno: 'ENOENT' });
   await assert.rejects(verifyImage(path.join(root, 'nope.ckpt')), /does not exist/);
-  await rejectsWith(verifyImage(root), 'EISDIR', 'directory');
+  await rejectsWith(verifyImage(root), 'EBADIMAGE', 'directory');
+  await assert.rejects(verifyImage(root), { code: 'EBADIMAGE', errno: 'EISDIR' });
   const file = path.join(root, 'ok.ckpt');
   fs.writeFileSync(file, build({ entries: sampleEntries }));
   const out = path.join(root, 'out');
   fs.mkdirSync(out);
   fs.writeFileSync(path.join(out, 'other'), '');
-  await rejectsWith(extractImage(file, out), 'ENOTEMPTY', 'non-empty extract dir');
-  await rejectsWith(extractImage(file, path.join(root, 'absent')), 'ENOENT', 'missing dir');
+  await rejectsWith(extractImage(file, out), 'ETARGET', 'non-empty extract dir');
+  await assert.rejects(extractImage(file, out), { code: 'ETARGET', errno: 'ENOTEMPTY' });
+  await rejectsWith(extractImage(file, path.join(root, 'absent')), 'ETARGET', 'missing dir');
+  await assert.rejects(extractImage(file, path.join(root, 'absent')), {
+    code: 'ETARGET',
+    errno: 'ENOENT',
+  });
 });
 
 test(
@@ -422,10 +429,10 @@ test("other tools' files and things that are not files are refused without hangi
     const out = fs.mkdtempSync(path.join(root, 'out-'));
     await rejectsWith(extractImage(p, out), 'EBADIMAGE', `${p} (extract)`, /not a regular file/);
   }
-  await rejectsWith(readImageHeader(root), 'EISDIR', 'directory', /is a directory/);
+  await rejectsWith(readImageHeader(root), 'EBADIMAGE', 'directory', /is a directory/);
   const dangling = path.join(root, 'dangling.ckpt');
   fs.symlinkSync(path.join(root, 'gone'), dangling);
-  await rejectsWith(verifyImage(dangling), 'ENOENT', 'dangling symlink', /does not exist/);
+  await rejectsWith(verifyImage(dangling), 'EIO', 'dangling symlink', /does not exist/);
 
   // A symlink to a real checkpoint (a "latest.ckpt" link) is followed: it names a regular file.
   const real = path.join(root, 'real.ckpt');

@@ -1,0 +1,467 @@
+/**
+ * Every CHECKPT_* environment variable in one table: its default, what it does, when it is read,
+ * and what it accepts. Code reads a variable only through its entry here (`TIMEOUT_MS.get()`), so
+ * a bad value is refused the same way everywhere: a CheckptError `EBADCONFIG` naming the variable,
+ * the value and what is accepted. docs/CONFIG.md is generated from this table
+ * (`node scripts/config-doc.mjs`) and a test keeps the two in step.
+ */
+import { constants } from 'node:os';
+import { isAbsolute } from 'node:path';
+import { CheckptError } from './errors.js';
+
+/** The one default for how long CRIU's dump may take (`timeoutMs`, CHECKPT_TIMEOUT). */
+export const DEFAULT_TIMEOUT_MS = 120_000;
+/** The default for how long a registered step may take (`RegisterOptions.timeoutMs`). */
+export const DEFAULT_HOOK_TIMEOUT_MS = 10_000;
+/** setTimeout's limit: a longer delay fires at once. */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+export const DEFAULT_TEMPLATE = '%N.ckpt';
+export const DEFAULT_SIGCKPT = 'SIGSTKFLT';
+export const DEFAULT_SIGCKPTEXIT = 'SIGPWR';
+
+/**
+ * `public`: for users; `internal`: a handshake between checkpt's own processes, set by checkpt;
+ * `script`: read by scripts/install-criu.sh only; `test`: read by the test suite only.
+ */
+export type VariableKind = 'public' | 'internal' | 'script' | 'test';
+
+/** `load`: once, when checkpt is loaded (a program's import, or the command's start); `call`: each time it is used. */
+export type ReadWhen = 'load' | 'call';
+
+export interface Variable<T = unknown> {
+  readonly name: string;
+  readonly kind: VariableKind;
+  readonly when: ReadWhen;
+  /** The default in words, for the docs ('' when there is none). */
+  readonly defaultText: string;
+  /** What a value may be, for the docs and for the error about a bad one. */
+  readonly accepts: string;
+  /** What it does (Markdown, one paragraph). */
+  readonly does: string;
+  /** The value when the variable is unset or empty. */
+  readonly fallback: T;
+  /** The value in `env`, or `fallback`; a bad value throws EBADCONFIG. */
+  get(env?: NodeJS.ProcessEnv): T;
+}
+
+interface Spec<T> {
+  name: string;
+  kind?: VariableKind;
+  when: ReadWhen;
+  defaultText?: string;
+  accepts: string;
+  does: string;
+  fallback: T;
+  /** The value of a set, non-blank variable, or refuse(why). */
+  parse(raw: string): T | Refused;
+}
+
+class Refused {
+  constructor(readonly why: string) {}
+}
+const refuse = (why = ''): Refused => new Refused(why);
+
+/** The error for a bad value: the variable, the value, what is accepted, and the way out. */
+function badConfig(
+  v: Pick<Variable, 'name' | 'accepts' | 'defaultText'>,
+  raw: string,
+  why = '',
+): CheckptError {
+  return new CheckptError(
+    'EBADCONFIG',
+    `${v.name}=${JSON.stringify(raw)} is not valid${why ? `: ${why}` : ''}. It accepts ${v.accepts}. Fix it, or unset it${v.defaultText ? ` for the default (${v.defaultText})` : ''}.`,
+  );
+}
+
+const table: Variable[] = [];
+
+function define<T>(spec: Spec<T>): Variable<T> {
+  const v: Variable<T> = {
+    name: spec.name,
+    kind: spec.kind ?? 'public',
+    when: spec.when,
+    defaultText: spec.defaultText ?? '',
+    accepts: spec.accepts,
+    does: spec.does,
+    fallback: spec.fallback,
+    get(env: NodeJS.ProcessEnv = process.env): T {
+      const raw = env[spec.name];
+      // Blank is unset; values are given to `parse` as they are (a path may hold spaces).
+      if (raw === undefined || raw.trim() === '') return spec.fallback;
+      const r = spec.parse(raw);
+      if (r instanceof Refused) throw badConfig(v, raw, r.why);
+      return r;
+    },
+  };
+  table.push(v as Variable);
+  return v;
+}
+
+/** Documentation only: a variable set and read by checkpt's own processes, or by scripts and tests. */
+function note(
+  name: string,
+  kind: Exclude<VariableKind, 'public'>,
+  does: string,
+  accepts = 'whatever the code that sets it writes',
+): Variable<string | undefined> {
+  return define({ name, kind, when: 'call', accepts, does, fallback: undefined, parse: (s) => s });
+}
+
+const milliseconds = (min: number) =>
+  `a whole number of milliseconds from ${min} to ${MAX_TIMEOUT_MS}`;
+
+function ms(min: number) {
+  return (s: string): number | Refused => {
+    if (!/^\d+$/.test(s.trim())) return refuse('not a whole number');
+    const n = Number(s.trim());
+    return n >= min && n <= MAX_TIMEOUT_MS ? n : refuse('out of range');
+  };
+}
+
+const ON = /^(1|true|yes|on)$/i;
+const OFF = /^(0|false|no|off)$/i;
+const SWITCH = '1, true, yes or on; 0, false, no or off (any case)';
+
+/** A switch that is on or off, or undefined when unset (checkpt decides). */
+function onOff(s: string): boolean | Refused {
+  if (ON.test(s.trim())) return true;
+  if (OFF.test(s.trim())) return false;
+  return refuse();
+}
+
+const anyText = (s: string): string => s;
+
+function absolute(s: string): string | Refused {
+  return isAbsolute(s) ? s : refuse('the path must be absolute');
+}
+
+// Signals Node, the kernel or a terminal already give a meaning a checkpoint must not steal.
+const RESERVED = new Set([
+  'SIGUSR1', // opens Node's inspector
+  'SIGKILL',
+  'SIGSTOP',
+  'SIGSEGV',
+  'SIGBUS',
+  'SIGFPE',
+  'SIGILL',
+  'SIGABRT',
+  'SIGTRAP',
+  'SIGCHLD',
+  'SIGPIPE',
+  'SIGCONT',
+  'SIGTSTP',
+  'SIGTTIN',
+  'SIGTTOU',
+  'SIGINT',
+  'SIGQUIT',
+  'SIGTERM',
+  'SIGHUP',
+  'SIGWINCH',
+  'SIGPROF', // V8's CPU profiler
+]);
+
+function signal(raw: string): NodeJS.Signals | Refused {
+  const s = raw.trim();
+  const name = (s.toUpperCase().startsWith('SIG') ? s : `SIG${s}`).toUpperCase();
+  if (!(name in constants.signals)) return refuse(`${s} is not a signal Linux knows`);
+  if (RESERVED.has(name))
+    return refuse(
+      `${name} cannot be used: it already means something to Node, the kernel or the terminal`,
+    );
+  return name as NodeJS.Signals;
+}
+
+// A template's escapes, as expandTemplate() reads them: % followed by N, P, U or %.
+function template(s: string): string | Refused {
+  const bad = /%([^NPU]|$)/.exec(s.replace(/%%/g, ''));
+  return bad ? refuse(`'%${bad[1]}' is not one of its escapes`) : s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public
+
+export const FILE = define({
+  name: 'CHECKPT_FILE',
+  when: 'call',
+  defaultText: DEFAULT_TEMPLATE,
+  accepts: 'a file name template: %N program name, %P pid, %U uid, %% a %',
+  does: 'The checkpoint file when `checkpt()`/`checkpoint()` get none, and for checkpoints `checkpt run` takes from outside (its `--file` sets it for the program).',
+  fallback: DEFAULT_TEMPLATE,
+  parse: template,
+});
+
+export const SIGCKPT = define({
+  name: 'CHECKPT_SIGCKPT',
+  when: 'load',
+  defaultText: DEFAULT_SIGCKPT,
+  accepts:
+    'a signal name, with or without SIG, any case (SIGURG, URG, urg), not one Node, the kernel or a terminal already uses (SIGUSR1, SIGTERM, SIGINT, SIGCHLD, ...)',
+  does: 'The signal that asks for a checkpoint ("checkpoint and go on"). Read by a program when checkpt is loaded (a bad value turns requests off with one warning) and by each `checkpt signal` and `checkpt run`; both sides must agree.',
+  fallback: DEFAULT_SIGCKPT as NodeJS.Signals,
+  parse: signal,
+});
+
+export const SIGCKPTEXIT = define({
+  name: 'CHECKPT_SIGCKPTEXIT',
+  when: 'load',
+  defaultText: DEFAULT_SIGCKPTEXIT,
+  accepts: 'the same as CHECKPT_SIGCKPT, and a signal other than that one',
+  does: 'The signal that asks for "checkpoint and exit"; read like CHECKPT_SIGCKPT.',
+  fallback: DEFAULT_SIGCKPTEXIT as NodeJS.Signals,
+  parse: signal,
+});
+
+export const TIMEOUT_MS = define({
+  name: 'CHECKPT_TIMEOUT',
+  when: 'call',
+  defaultText: String(DEFAULT_TIMEOUT_MS),
+  accepts: milliseconds(1),
+  does: "The default `timeoutMs`: how long CRIU's dump may take before it is stopped (`ETIMEOUT`), for `checkpt()`/`checkpoint()` and checkpoints `checkpt run` takes.",
+  fallback: DEFAULT_TIMEOUT_MS,
+  parse: ms(1),
+});
+
+export const TMPDIR = define({
+  name: 'CHECKPT_TMPDIR',
+  when: 'call',
+  defaultText: '/dev/shm when it has room, else the system temporary directory',
+  accepts: 'a directory',
+  does: 'Where a dump is staged before it is packed into the file, and where `checkpt -r` unpacks one. By default `/dev/shm` when it and free memory have room for the image (CRIU then never waits for the disk).',
+  fallback: undefined as string | undefined,
+  parse: anyText,
+});
+
+export const COMPRESS = define({
+  name: 'CHECKPT_COMPRESS',
+  when: 'call',
+  defaultText: 'compressed when the program runs on while its file is written',
+  accepts: SWITCH,
+  does: 'On: the memory in every checkpoint file is compressed with zstd (typically to half); off: never. By default with `checkpoint()`, requests and `checkpt run`, not with the synchronous `checkpt()`, whose program waits for its file. Needs the `zstd` program (`apt-get install zstd`; without it files are written uncompressed); `checkpt -r` decompresses before anything starts.',
+  fallback: undefined as boolean | undefined,
+  parse: onOff,
+});
+
+export const ZSTD = define({
+  name: 'CHECKPT_ZSTD',
+  when: 'load',
+  defaultText: 'zstd',
+  accepts: 'a program name or path',
+  does: 'The zstd program compression runs (without one, files are written uncompressed).',
+  fallback: 'zstd',
+  parse: anyText,
+});
+
+export const LAZY = define({
+  name: 'CHECKPT_LAZY',
+  when: 'call',
+  defaultText: 'lazy for images with 32 MiB of memory or more',
+  accepts: SWITCH,
+  does: "How `checkpt -r` loads the copy's memory. On: through CRIU's lazy-pages daemon and userfaultfd (the copy runs at once; pages it touches come first, the rest in the background; `checkpt -r -d` returns once all of it is in); off: all of it before the program runs. If the daemon fails before the copy has all of its memory, the copy is killed and `checkpt -r` fails.",
+  fallback: undefined as boolean | undefined,
+  parse: onOff,
+});
+
+export const HOOK_TIMEOUT_MS = define({
+  name: 'CHECKPT_HOOK_TIMEOUT',
+  when: 'call',
+  defaultText: String(DEFAULT_HOOK_TIMEOUT_MS),
+  accepts: milliseconds(1),
+  does: 'The default `timeoutMs` of registered steps (`register()`, `onRestore()`): how long one may take before it is cut off.',
+  fallback: DEFAULT_HOOK_TIMEOUT_MS,
+  parse: ms(1),
+});
+
+export const NETWORK = define({
+  name: 'CHECKPT_NETWORK',
+  when: 'load',
+  defaultText: 'on',
+  accepts: SWITCH,
+  does: 'Off: no built-in handling of servers: a copy resumed while the original holds its port fails instead of taking the port over.',
+  fallback: true,
+  parse: onOff,
+});
+
+export const TAKEOVER_MS = define({
+  name: 'CHECKPT_TAKEOVER_MS',
+  when: 'call',
+  defaultText: '100',
+  accepts: milliseconds(1),
+  does: "The first pause between a copy's attempts to take its port over from the original (doubling, up to 2 s).",
+  fallback: 100,
+  parse: ms(1),
+});
+
+export const RUN_DIR = define({
+  name: 'CHECKPT_RUN_DIR',
+  when: 'load',
+  defaultText: '/run/checkpt',
+  accepts: 'an absolute path',
+  does: 'The directory of the control FIFOs (each resume mounts a private tmpfs over it).',
+  fallback: '/run/checkpt',
+  parse: absolute,
+});
+
+export const DEBUG = define({
+  name: 'CHECKPT_DEBUG',
+  when: 'call',
+  defaultText: 'off',
+  accepts: SWITCH,
+  does: "On: the command prints the tail of CRIU's log on failure, and CRIU logs everything (`-v4`; by default errors and warnings, `-v2`: debug logging lengthens the pause).",
+  fallback: false,
+  parse: onOff,
+});
+
+export const CRIU_BREAKPOINTS = define({
+  name: 'CHECKPT_CRIU_BREAKPOINTS',
+  when: 'call',
+  defaultText: 'off',
+  accepts: SWITCH,
+  does: 'On: CRIU may use hardware breakpoints. By default checkpt runs CRIU with `CRIU_FAULT=130` (unless `CRIU_FAULT` is set), which works on VMs whose debug registers never fire (docs/ARCHITECTURE.md).',
+  fallback: false,
+  parse: onOff,
+});
+
+export const CRIU = define({
+  name: 'CHECKPT_CRIU',
+  when: 'load',
+  defaultText: "checkpt's own build in CHECKPT_CRIU_HOME, else criu on the PATH",
+  accepts: 'a path to criu 4.2 or newer',
+  does: 'The `criu` binary to run (the fault tests point it at a stand-in that fails on purpose).',
+  fallback: undefined as string | undefined,
+  parse: anyText,
+});
+
+export const CRIU_HOME = define({
+  name: 'CHECKPT_CRIU_HOME',
+  when: 'load',
+  defaultText: '/opt/checkpt/criu',
+  accepts: 'a directory',
+  does: 'Where `scripts/install-criu.sh` puts the CRIU it builds, and where checkpt looks for `bin/criu`.',
+  fallback: '/opt/checkpt/criu',
+  parse: anyText,
+});
+
+export const HELPER = define({
+  name: 'CHECKPT_HELPER',
+  when: 'load',
+  defaultText: 'the first that works of build/ and prebuilt/linux-x64/ in the package',
+  accepts: 'a path',
+  does: 'The native helper to run.',
+  fallback: undefined as string | undefined,
+  parse: anyText,
+});
+
+export const KEY_FILE = define({
+  name: 'CHECKPT_KEY_FILE',
+  when: 'call',
+  defaultText: 'none: files are not encrypted',
+  accepts:
+    'the path of a key file: 32 random bytes or 64 hex digits, mode 0600 (the file itself is checked when used: EKEY)',
+  does: 'New checkpoints are encrypted with this key, and `checkpt -r` and `checkpt inspect` read them with it (README, "Encryption at rest"). A resumed copy that checkpoints itself uses the value the original had (its environment is restored with it); `checkpt run` and `checkpt -r` use their own for checkpoints they take from outside.',
+  fallback: undefined as string | undefined,
+  parse: anyText,
+});
+
+// ---------------------------------------------------------------------------------------------
+// Internal handshakes, set by checkpt for its own processes
+
+note(
+  'CHECKPT_POST_DUMP_SOCK',
+  'internal',
+  "For CRIU's action script (checkpt-helper): the worker's Unix socket the post-dump step of a checkpoint-and-exit asks for the verdict.",
+);
+note(
+  'CHECKPT_POST_DUMP_TIMEOUT_MS',
+  'internal',
+  "How long that post-dump step waits for the verdict before CRIU rolls back: `timeoutMs` for a program's own checkpoint-and-exit, the default dump limit for `checkpt run`'s from outside. The helper has no default of its own.",
+);
+note(
+  'CHECKPT_HOOK_PID',
+  'internal',
+  "Set by checkpt-helper's dump front for its pre-dump step: the process to wait for on its FIFO.",
+);
+note('CHECKPT_HOOK_FIFO', 'internal', 'Set likewise: that FIFO.');
+note('CHECKPT_HOOK_TIMEOUT_MS', 'internal', 'Set likewise: how long the pre-dump step waits.');
+
+// scripts/install-criu.sh (CHECKPT_CRIU_HOME above is shared with it)
+
+note(
+  'CHECKPT_CRIU_SOURCE',
+  'script',
+  'Build from this `criu_X.Y.Z.orig.tar.xz` instead of fetching it.',
+  'a file',
+);
+note(
+  'CHECKPT_CRIU_SUITES',
+  'script',
+  'Debian suites to look for the source in (default "forky sid").',
+  'suite names',
+);
+note('CHECKPT_CRIU_FORCE', 'script', 'Build even when a working CRIU is already there.', '1');
+
+// The test suite
+
+note(
+  'CHECKPT_REAL_CRIU',
+  'test',
+  'The real criu, for stand-ins that pass most calls on to it.',
+  'a path',
+);
+note('CHECKPT_ZDTM_DIR', 'test', "Where CRIU's zdtm tests are built (test/compat).", 'a directory');
+note('CHECKPT_ZDTM_ONLY', 'test', 'Only these zdtm tests.', 'comma-separated names');
+note('CHECKPT_FUZZ_SEED', 'test', 'The seed of the image fuzz tests.', 'a number');
+note(
+  'CHECKPT_TEST_NODES',
+  'test',
+  '`current`: test under the running Node only, not every installed major.',
+  'current',
+);
+note(
+  'CHECKPT_TEST_CLOSE_MS',
+  'test',
+  'How long a test waits for a process it started to end (default 60000).',
+  'milliseconds',
+);
+
+/** Every variable, public first, in the order of the docs. */
+export const VARIABLES: readonly Variable[] = table;
+
+// ---------------------------------------------------------------------------------------------
+
+const loadProblems: CheckptError[] = [];
+
+/**
+ * For a variable read once when checkpt is loaded: a bad value must not make the import itself
+ * fail, so the default is used and the error kept for checkConfig(), which the next checkpoint,
+ * or the command, throws.
+ */
+export function readAtLoad<T>(v: Variable<T>, env: NodeJS.ProcessEnv = process.env): T {
+  try {
+    return v.get(env);
+  } catch (e) {
+    loadProblems.push(e as CheckptError);
+    return v.fallback;
+  }
+}
+
+/** Throws EBADCONFIG for a bad variable read at load, or for a bad current value of one of `vars`. */
+export function checkConfig(vars: readonly Variable[], env: NodeJS.ProcessEnv = process.env): void {
+  if (loadProblems.length) throw loadProblems[0];
+  for (const v of vars) v.get(env);
+}
+
+/** What a checkpoint of the process itself reads: checked before anything runs or is frozen. */
+export const CHECKPOINT_VARIABLES: readonly Variable[] = [
+  TIMEOUT_MS,
+  HOOK_TIMEOUT_MS,
+  TMPDIR,
+  COMPRESS,
+  TAKEOVER_MS,
+  DEBUG,
+  CRIU_BREAKPOINTS,
+  KEY_FILE,
+];
+
+/** The public variables, for the command, which checks them all when it starts. */
+export const PUBLIC_VARIABLES: readonly Variable[] = table.filter((v) => v.kind === 'public');
