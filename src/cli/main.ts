@@ -92,7 +92,7 @@ async function run(c: Command): Promise<number> {
       return 0;
     }
     case 'restore': {
-      const held = c.detach ? undefined : holdRequests();
+      const held = c.detach ? undefined : holdRequests(STOPPING_SIGNALS);
       const r = await resume(c.file, { detach: c.detach, key: c.key, pty: c.pty });
       if (c.detach) {
         process.stdout.write(`${r.pid}\n`);
@@ -111,7 +111,7 @@ async function run(c: Command): Promise<number> {
       });
     }
     case 'run': {
-      const held = holdRequests();
+      const held = holdRequests([]);
       const r = await runProgram({
         command: c.command,
         args: c.args,
@@ -136,17 +136,23 @@ interface HeldRequests {
   signals: NodeJS.Signals[];
 }
 
-/**
- * Signals meant for the program that could arrive before it runs: the stopping ones (SIGTERM,
- * SIGINT, SIGHUP) stop the restore itself instead (src/engine/restore.ts).
- */
+/** Signals meant for the program that could arrive before it runs. */
 const HELD_FOR_PROGRAM: NodeJS.Signals[] = ['SIGUSR2', 'SIGQUIT'];
 
 /**
- * Catches SIGCKPT/SIGCKPTEXIT and the program's own signals while the program starts, so an early
- * request is not lost and an early SIGUSR2 does not kill checkpt (its default action).
+ * While resume() runs, these stop the restore itself (src/engine/restore.ts). Held as well, one
+ * that comes after resume() let go of them reaches the copy: libuv drops a signal whose listener
+ * is removed before the event loop dispatches it, and that lost SIGTERM left `checkpt -r` and
+ * its copy running for good.
  */
-function holdRequests(): HeldRequests {
+const STOPPING_SIGNALS: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+
+/**
+ * Catches SIGCKPT/SIGCKPTEXIT and the program's own signals (and `also`) while the program
+ * starts, so an early request is not lost and an early SIGUSR2 does not kill checkpt (its default
+ * action).
+ */
+function holdRequests(also: readonly NodeJS.Signals[]): HeldRequests {
   const sig = checkpointSignals();
   const got: boolean[] = [];
   const signals: NodeJS.Signals[] = [];
@@ -155,13 +161,14 @@ function holdRequests(): HeldRequests {
   const keep = (s: NodeJS.Signals): void => void signals.push(s);
   process.on(sig.ckpt, ckpt);
   process.on(sig.exit, exit);
-  for (const s of HELD_FOR_PROGRAM) process.on(s, keep);
+  const held = [...HELD_FOR_PROGRAM, ...also];
+  for (const s of held) process.on(s, keep);
   return {
     signals,
     release: () => {
       process.off(sig.ckpt, ckpt);
       process.off(sig.exit, exit);
-      for (const s of HELD_FOR_PROGRAM) process.off(s, keep);
+      for (const s of held) process.off(s, keep);
       return got;
     },
   };
