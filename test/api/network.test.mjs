@@ -1,10 +1,5 @@
 import assert from 'node:assert/strict';
 import { connect, createServer } from 'node:net';
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   cleanup,
   descendants,
@@ -15,10 +10,16 @@ import {
   nodeBinaries,
   removeDir,
   resume,
+  spawnSync,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { lockTableName } from '../../dist/engine/netlock.js';
 import { nftRuleset } from '../netlock.mjs';
 import { zstdDecoder } from '../../dist/image/compress.js';

@@ -1,5 +1,19 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import {
+  cleanup,
+  cli,
+  describe,
+  fixture,
+  nodeBinaries,
+  pidAlive,
+  removeDir,
+  resume,
+  spawnSync,
+  startNode,
+  tempDir,
+  test,
+  waitFor,
+} from '../helpers.mjs';
 import {
   copyFileSync,
   mkdirSync,
@@ -13,20 +27,8 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  cleanup,
-  cli,
-  fixture,
-  nodeBinaries,
-  pidAlive,
-  removeDir,
-  resume,
-  startNode,
-  tempDir,
-  waitFor,
-} from '../helpers.mjs';
 
 const node = nodeBinaries()[0];
 const run = (args, opts = {}) =>
@@ -137,7 +139,7 @@ describe('checkpt -r stopped while it restores', () => {
 });
 
 describe('checkpt CLI errors', () => {
-  test('usage errors exit 2 with a hint', () => {
+  test('usage errors exit 2 with a hint', { unit: true }, () => {
     for (const args of [
       ['-r'],
       ['frobnicate'],
@@ -151,7 +153,7 @@ describe('checkpt CLI errors', () => {
     }
   });
 
-  test("a missing file, and another tool's file, are reported clearly", () => {
+  test("a missing file, and another tool's file, are reported clearly", { unit: true }, () => {
     const dir = tempDir();
     try {
       const r = run(['-r', join(dir, 'nope.ckpt')]);
@@ -167,7 +169,7 @@ describe('checkpt CLI errors', () => {
     }
   });
 
-  test('--help and --version', () => {
+  test('--help and --version', { unit: true }, () => {
     assert.match(run(['--help']).stdout, /checkpt -r FILE/);
     assert.match(run(['--version']).stdout, /^checkpt \d+\.\d+\.\d+/);
   });

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before } from 'node:test';
 import {
   cleanup,
+  describe,
   describeTree,
   fixture,
   nodeBinaries,
@@ -13,8 +13,10 @@ import {
   resume,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const node = nodeBinaries()[0];
 

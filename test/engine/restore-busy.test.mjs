@@ -4,8 +4,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after } from 'node:test';
 import {
   checkptCli,
   cleanup,
@@ -16,7 +15,9 @@ import {
   resume,
   run,
   tempDir,
+  test,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const dir = tempDir();
 after(async () => {

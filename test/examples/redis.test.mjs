@@ -1,12 +1,12 @@
 // The example's dependency-free Redis client against a real, private redis-server.
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
-import { after, before, test } from 'node:test';
-import { cleanup } from '../helpers.mjs';
+import { after, before } from 'node:test';
+import { cleanup, realMissing, test } from '../helpers.mjs';
 import { freePort, redisMissing, startRedis } from '../redis.mjs';
 import { RedisClient, RedisError } from '../../dist-examples/server/redis.js';
 
-const missing = redisMissing();
+const missing = realMissing ?? redisMissing();
 let redis;
 before(async () => {
   if (!missing) redis = await startRedis();

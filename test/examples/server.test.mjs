@@ -3,8 +3,7 @@
 import assert from 'node:assert/strict';
 import { Agent, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after } from 'node:test';
 import {
   cleanup,
   killGroup,
@@ -14,8 +13,10 @@ import {
   root,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort, redisMissing, startRedis } from '../redis.mjs';
 import { RedisClient } from '../../dist-examples/server/redis.js';
 

@@ -3,8 +3,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after } from 'node:test';
 import {
   checkptCli,
   cleanup,
@@ -16,8 +15,10 @@ import {
   resume,
   run,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const dir = tempDir();
 after(async () => {

@@ -6,12 +6,11 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { readImageInfo } from '../../dist/image/format.js';
+import { after, before } from 'node:test';
 import {
   cleanup,
   cli,
+  describe,
   events,
   fixture,
   programPid,
@@ -19,8 +18,11 @@ import {
   resume,
   run,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { readImageInfo } from '../../dist/image/format.js';
 import { assertIntact, assertVerifies, driven, leftovers, settled } from './faults.mjs';
 
 /** Runs `checkpt signal PID` and resolves with its exit status and when it ended. */
