@@ -15,6 +15,7 @@ import {
   tempDir,
   test,
   waitFor,
+  within,
 } from '../helpers.mjs';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -314,7 +315,7 @@ for (const n of nodeBinaries()) {
         sock.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi`),
       );
     });
-    await new Promise((r) => up.listen(0, '127.0.0.1', r));
+    await within(new Promise((r) => up.listen(0, '127.0.0.1', r)), 'a local server to listen');
     const upPort = up.address().port;
     try {
       const { port, file, p } = await startServer(n, `beside${n.major}`);

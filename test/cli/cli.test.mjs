@@ -124,8 +124,11 @@ describe('checkpt -r stopped while it restores', () => {
       // Stop it at several points: while unpacking, while CRIU restores, as the copy wakes up.
       for (const delay of [0, 50, 150, 300, 600]) {
         const r = resume(file, { env: { ...process.env, CHECKPT_TMPDIR: staging } });
-        while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null)
+        const by = Date.now() + 30_000;
+        while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
+          assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
           await sleep(5);
+        }
         await sleep(delay);
         r.kill('SIGTERM');
         await r.closed;
@@ -138,8 +141,9 @@ describe('checkpt -r stopped while it restores', () => {
   });
 });
 
-describe('checkpt CLI errors', () => {
-  test('usage errors exit 2 with a hint', { unit: true }, () => {
+// Pure argument and file handling, apart from `check`, which looks at the machine's CRIU.
+describe('checkpt CLI errors', { unit: true }, () => {
+  test('usage errors exit 2 with a hint', () => {
     for (const args of [
       ['-r'],
       ['frobnicate'],
@@ -153,7 +157,8 @@ describe('checkpt CLI errors', () => {
     }
   });
 
-  test("a missing file, and another tool's file, are reported clearly", { unit: true }, () => {
+  // checkpt -r refuses anyone but root before it looks at the file.
+  test("a missing file, and another tool's file, are reported clearly", { unit: false }, () => {
     const dir = tempDir();
     try {
       const r = run(['-r', join(dir, 'nope.ckpt')]);
@@ -169,33 +174,37 @@ describe('checkpt CLI errors', () => {
     }
   });
 
-  test('--help and --version', { unit: true }, () => {
+  test('--help and --version', () => {
     assert.match(run(['--help']).stdout, /checkpt -r FILE/);
     assert.match(run(['--version']).stdout, /^checkpt \d+\.\d+\.\d+/);
   });
 
-  test('check reports which CRIU, whether TCP and network locking work, and each Node binary, one line per finding', () => {
-    const r = run(['check', '--json', ...nodeBinaries().flatMap((n) => ['--node', n.bin])]);
-    const j = JSON.parse(r.stdout);
-    assert.equal(r.status, j.ok ? 0 : 1);
-    const criu = j.findings.find((f) => f.name === 'criu');
-    assert.equal(criu.ok, true, criu.detail);
-    // Which CRIU, where it is and where it came from.
-    assert.match(
-      criu.detail,
-      /^CRIU 4\.\d+\S* at \/\S+ \((checkpt's own build|found on the PATH|from CHECKPT_CRIU); need 4\.2 or newer\)$/,
-    );
-    for (const name of ['network lock', 'tcp', 'lazy restore']) {
-      const f = j.findings.find((x) => x.name === name);
-      assert.ok(f, `a finding for ${name}`);
-      assert.equal(f.ok && !f.warning, true, `${name}: ${f.detail}`);
-    }
-    for (const n of nodeBinaries()) {
-      const f = j.findings.find((x) => x.name.startsWith(`node v${n.major}.`));
-      assert.ok(f, `a finding for node ${n.major}`);
-      if (n.major >= 22) assert.match(f.fix ?? f.detail, /checkpt exec|io_uring/);
-    }
-  });
+  test(
+    'check reports which CRIU, whether TCP and network locking work, and each Node binary, one line per finding',
+    { unit: false },
+    () => {
+      const r = run(['check', '--json', ...nodeBinaries().flatMap((n) => ['--node', n.bin])]);
+      const j = JSON.parse(r.stdout);
+      assert.equal(r.status, j.ok ? 0 : 1);
+      const criu = j.findings.find((f) => f.name === 'criu');
+      assert.equal(criu.ok, true, criu.detail);
+      // Which CRIU, where it is and where it came from.
+      assert.match(
+        criu.detail,
+        /^CRIU 4\.\d+\S* at \/\S+ \((checkpt's own build|found on the PATH|from CHECKPT_CRIU); need 4\.2 or newer\)$/,
+      );
+      for (const name of ['network lock', 'tcp', 'lazy restore']) {
+        const f = j.findings.find((x) => x.name === name);
+        assert.ok(f, `a finding for ${name}`);
+        assert.equal(f.ok && !f.warning, true, `${name}: ${f.detail}`);
+      }
+      for (const n of nodeBinaries()) {
+        const f = j.findings.find((x) => x.name.startsWith(`node v${n.major}.`));
+        assert.ok(f, `a finding for node ${n.major}`);
+        if (n.major >= 22) assert.match(f.fix ?? f.detail, /checkpt exec|io_uring/);
+      }
+    },
+  );
 });
 
 describe('checkpt check with a CRIU that will not do', () => {

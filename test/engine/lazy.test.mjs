@@ -176,7 +176,11 @@ describe('lazy restore', () => {
       const r = resume(file, {
         env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_LAZY: '1' },
       });
-      while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) await sleep(5);
+      const by = Date.now() + 30_000;
+      while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
+        assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
+        await sleep(5);
+      }
       await sleep(delay);
       r.kill('SIGTERM');
       await r.closed;

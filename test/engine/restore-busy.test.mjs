@@ -78,7 +78,8 @@ test('python3 -m http.server under checkpt run, resumed while its original liste
   assert.deepEqual(got.left, []);
   assert.deepEqual(readdirSync(got.staging), []);
   // The original serves on.
-  const res = await fetch(`http://127.0.0.1:${port}/`); // eslint-disable-line no-undef
+  // eslint-disable-next-line no-undef
+  const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(10_000) });
   assert.equal(res.status, 200);
   await res.arrayBuffer();
   process.kill(p.pid, 'SIGTERM');

@@ -2,12 +2,13 @@
 // the same on a real image of a Node server holding a listener and a keep-alive connection.
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import {
   cleanup,
   fixture,
+  freePort,
   killGroup,
   nodeBinaries,
   removeDir,
@@ -15,6 +16,7 @@ import {
   tempDir,
   test,
   waitFor,
+  within,
 } from '../helpers.mjs';
 import { zstdDecoder } from '../../dist/image/compress.js';
 import { extractImage } from '../../dist/image/format.js';
@@ -272,17 +274,12 @@ test(
 );
 
 test('a real image of a Node server: its listener and its keep-alive connection are found, and the plan follows the host', async () => {
-  const port = await new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
+  const port = await freePort();
   const file = join(dir, 'real.ckpt');
   const p = startNode(nodeBinaries()[0], fixture('server.mjs'), [String(port), file]);
   await waitFor(p, (e) => e.event === 'listening', 'the server to listen');
   const client = connect(port, '127.0.0.1');
-  await new Promise((r) => client.on('connect', r));
+  await within(new Promise((r) => client.on('connect', r)), 'a connection to the server');
   client.on('error', () => undefined);
   const c = connect(port, '127.0.0.1');
   c.on('error', () => undefined);

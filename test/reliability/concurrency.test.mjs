@@ -20,6 +20,7 @@ import {
   tempDir,
   test,
   waitFor,
+  within,
 } from '../helpers.mjs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readImageInfo } from '../../dist/image/format.js';
@@ -27,10 +28,15 @@ import { assertIntact, assertVerifies, driven, leftovers, settled } from './faul
 
 /** Runs `checkpt signal PID` and resolves with its exit status and when it ended. */
 function sendRequest(pid, extra = []) {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [cli, 'signal', ...extra, String(pid)], { stdio: 'ignore' });
-    c.on('close', (code) => resolve({ code, at: Date.now() }));
-  });
+  return within(
+    new Promise((resolve) => {
+      const c = spawn(process.execPath, [cli, 'signal', ...extra, String(pid)], {
+        stdio: 'ignore',
+      });
+      c.on('close', (code) => resolve({ code, at: Date.now() }));
+    }),
+    `checkpt signal ${pid} to end`,
+  );
 }
 
 async function createdAt(file) {
