@@ -427,6 +427,7 @@ export function releaseLocks(dir) {
   for (const { file } of locked) {
     const r = checkptCli(['unlock', file], { timeout: 30_000 });
     assert.equal(r.status, 0, `checkpt unlock ${file}: ${r.stderr}`);
+    if (/: removed /.test(r.stdout)) process.stderr.write(`cleanup: ${r.stdout}`);
   }
   let tables;
   try {

@@ -4,6 +4,7 @@ import {
   cli,
   describe,
   fixture,
+  killGroup,
   nodeBinaries,
   pidAlive,
   removeDir,
@@ -133,6 +134,36 @@ describe('checkpt -r stopped while it restores', () => {
         r.kill('SIGTERM');
         await r.closed;
         assert.deepEqual(readdirSync(staging), [], `after ${delay} ms`);
+      }
+    } finally {
+      await cleanup();
+      removeDir(dir);
+    }
+  });
+
+  test('SIGTERM the moment the copy wakes up reaches it: checkpt -r and the copy end, every time', async () => {
+    const dir = tempDir();
+    try {
+      const file = join(dir, 'wake.ckpt');
+      const p = startNode(node, fixture('requests.mjs'), ['--handler', 'count', '--checkpoint'], {
+        env: { ...process.env, CHECKPT_FILE: file },
+      });
+      await waitFor(p, (e) => e.event === 'ready', 'ready');
+      process.kill(p.pid, 'SIGSTKFLT');
+      await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
+      killGroup(p);
+      // The copy prints as checkpt -r learns that the restore is done: a SIGTERM sent then was
+      // once lost between the restore's handler and the relay, and both ran on for good.
+      for (let i = 0; i < 6; i++) {
+        const r = resume(file);
+        const by = Date.now() + 60_000;
+        while (!r.lines.some((l) => l.includes('"checkpointed"'))) {
+          assert.ok(Date.now() < by, `the copy never woke up: ${r.stderrText}`);
+          assert.equal(r.exitCode, null, r.stderrText);
+          await sleep(1);
+        }
+        r.kill('SIGTERM');
+        assert.deepEqual(await r.closed, { code: null, signal: 'SIGTERM' }, `resume ${i}`);
       }
     } finally {
       await cleanup();
