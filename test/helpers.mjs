@@ -300,7 +300,7 @@ export async function waitFor(child, pred, what, timeoutMs = 60_000) {
     }
     if (Date.now() > deadline)
       throw new Error(
-        `timed out waiting for ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`,
+        `timed out waiting for ${what}; still running:\n${describeTree(child.pid)}\nstdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`,
       );
     await sleep(20);
   }
@@ -493,7 +493,8 @@ export async function programPid(child, timeoutMs = 30_000) {
       if (!exe.endsWith('/checkpt-helper') && !exe.endsWith('/criu')) return p;
       todo.push(...childrenOf(p));
     }
-    if (Date.now() > deadline) throw new Error(`no program found under ${child.pid}`);
+    if (Date.now() > deadline)
+      throw new Error(`no program found under ${child.pid}; running:\n${describeTree(child.pid)}`);
     await sleep(50);
   }
 }
