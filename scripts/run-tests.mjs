@@ -1,4 +1,5 @@
 // Runs every test file under test/ with Node's own runner, whose summary counts passes and failures.
+// --unit: only the pure-logic tests (CHECKPT_TEST_UNIT=1 skips the rest, each saying so), in seconds.
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -11,17 +12,25 @@ function find(dir) {
     return name.endsWith('.test.mjs') ? [p] : [];
   });
 }
-const files = (process.argv.length > 2 ? process.argv.slice(2) : find(join(root, 'test'))).map(
-  (f) => relative(root, f),
-);
-// Real CRIU dumps compete for 2 cores; one file at a time keeps timings sane.
-// A test that hangs fails after 5 minutes instead of holding CI until its own limit.
+const args = process.argv.slice(2);
+const unit = args.includes('--unit');
+const named = args.filter((a) => a !== '--unit');
+const files = (named.length > 0 ? named : find(join(root, 'test'))).map((f) => relative(root, f));
+// Real CRIU dumps compete for 2 cores; one file at a time keeps timings sane. Each test bounds
+// itself (test/helpers.mjs: TEST_MS, UNIT_MS) and says what still ran; the runner's limit, a
+// little longer than the longest test's own, is the last net.
 const r = spawnSync(
   process.execPath,
-  ['--test', '--test-concurrency=1', '--test-timeout=300000', ...files],
+  [
+    '--test',
+    `--test-concurrency=${unit ? 2 : 1}`,
+    `--test-timeout=${unit ? 60_000 : 300_000}`,
+    ...files,
+  ],
   {
     cwd: root,
     stdio: 'inherit',
+    env: unit ? { ...process.env, CHECKPT_TEST_UNIT: '1' } : process.env,
   },
 );
 process.exit(r.status ?? 1);

@@ -1,17 +1,32 @@
 // Shared test plumbing: real node binaries, real CRIU, and cleanup of every process started.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync as nodeSpawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  readSync,
+  rmSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { describe as nodeDescribe, test as nodeTest } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckptError } from '../dist/common/errors.js';
 import { childrenOf } from '../dist/common/procfs.js';
 import { extractImage, readImageInfo, verifyImage } from '../dist/image/format.js';
 import { processTree } from '../dist/common/procfs.js';
+import { MIN_CRIU_MAJOR, MIN_CRIU_MINOR } from '../dist/engine/criu.js';
 import { findCriu } from '../dist/engine/paths.js';
+import { requireHelper } from '../dist/engine/native.js';
+import { criuTables } from './netlock.mjs';
 
 /** The CRIU checkpt would run when nothing overrides it: stand-ins that wrap CRIU exec this one. */
 export const realCriu = findCriu({ ...process.env, CHECKPT_CRIU: '' }).path;
@@ -21,6 +36,145 @@ process.env.CHECKPT_REAL_CRIU = realCriu;
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const cli = join(root, 'dist', 'cli', 'main.js');
 export const fixture = (name) => join(root, 'test', 'fixtures', name);
+
+/**
+ * Why the tests of real parts (root, CRIU, the native helper) cannot run here, as their skip
+ * reason; undefined when they can. CHECKPT_TEST_UNIT=1 (`npm run test:unit`) skips them on purpose.
+ */
+export const realMissing = (() => {
+  if (process.env.CHECKPT_TEST_UNIT === '1') return 'a unit-only run (npm run test:unit)';
+  if (process.getuid?.() !== 0) return 'needs root: CRIU checkpoints and restores as root';
+  try {
+    requireHelper();
+  } catch {
+    return "needs checkpt's native helper: npm run build (with a C compiler)";
+  }
+  const r = nodeSpawnSync(realCriu, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  const v = /Version:\s*(\d+)\.(\d+)/.exec(r.stdout ?? '');
+  const need = `needs CRIU ${MIN_CRIU_MAJOR}.${MIN_CRIU_MINOR} or newer (scripts/install-criu.sh)`;
+  if (!v) return `${need}; ${realCriu} did not run`;
+  const [major, minor] = [Number(v[1]), Number(v[2])];
+  if (major < MIN_CRIU_MAJOR || (major === MIN_CRIU_MAJOR && minor < MIN_CRIU_MINOR))
+    return `${need}; found ${major}.${minor}`;
+  return undefined;
+})();
+
+/** The bound of each test of real parts (CHECKPT_TEST_MS overrides it) and of each pure one. */
+export const TEST_MS = Number(process.env.CHECKPT_TEST_MS) || 180_000;
+export const UNIT_MS = 30_000;
+/** Node's own timeout comes this much later: our deadline's message says what still ran. */
+const RUNNER_GRACE_MS = 10_000;
+
+/** What the processes the tests started still run, for a timeout's message. */
+function stillRunning() {
+  const live = [...started].filter((c) => c.exitCode === null && c.signalCode === null);
+  return live.map((c) => describeTree(c.pid)).join('\n') || '  (none of the processes started)';
+}
+
+/** `fn` failing after `ms` with the processes still running, instead of waiting without end. */
+function bounded(fn, ms, name) {
+  return async function (t) {
+    let timer;
+    const deadline = new Promise((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `"${name}" did not end within ${ms / 1000} s; still running:\n${stillRunning()}`,
+            ),
+          ),
+        ms,
+      );
+    });
+    try {
+      return await Promise.race([fn.call(this, t), deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
+/** Set while a `{ unit: true }` describe() declares its tests: they are pure logic too. */
+let unitScope = false;
+
+function options(args) {
+  const [name, opts, fn] = typeof args[1] === 'function' ? [args[0], {}, args[1]] : args;
+  const { unit = unitScope, ...rest } = opts ?? {};
+  const ms = rest.timeout ?? (unit ? UNIT_MS : TEST_MS);
+  // A test's own reason (tmux missing, say) comes first.
+  const skip = rest.skip || (unit ? false : (realMissing ?? false));
+  return { name, opts: { ...rest, skip }, ms, fn, unit };
+}
+
+/**
+ * node:test's test(), bounded: it fails after TEST_MS (or its own `timeout`) naming what still
+ * runs, and is skipped with the reason where root, CRIU or the helper is missing. `{ unit: true }`
+ * marks a pure-logic test: it runs anywhere (in `npm run test:unit` too), bounded by UNIT_MS.
+ */
+export function test(...args) {
+  const { name, opts, ms, fn } = options(args);
+  return nodeTest(name, { ...opts, timeout: ms + RUNNER_GRACE_MS }, bounded(fn, ms, name));
+}
+
+/** test() for a pure-logic test: it runs anywhere, in `npm run test:unit` too. */
+export function unitTest(...args) {
+  const [name, opts, fn] = typeof args[1] === 'function' ? [args[0], {}, args[1]] : args;
+  return test(name, { unit: true, ...opts }, fn);
+}
+
+/** node:test's describe(), skipped like test() (`{ unit: true }` when all of it is pure logic). */
+export function describe(...args) {
+  const { name, opts, fn, unit } = options(args);
+  return nodeDescribe(name, opts, (...a) => {
+    const outer = unitScope;
+    unitScope = unit;
+    try {
+      return fn(...a);
+    } finally {
+      unitScope = outer;
+    }
+  });
+}
+
+/** How long a command run to its end (spawnSync below) may take unless the test says otherwise. */
+export const SYNC_MS = 60_000;
+
+/**
+ * child_process.spawnSync with a deadline: SYNC_MS unless `timeout` is given. A command that hangs
+ * is killed and fails the test by name, instead of blocking the runner (a synchronous wait cannot
+ * be cut off by the test's own bound).
+ */
+export function spawnSync(cmd, args = [], options = {}) {
+  const r = nodeSpawnSync(cmd, args, { timeout: SYNC_MS, ...options });
+  if (options.timeout === undefined && r.error?.code === 'ETIMEDOUT')
+    throw new Error(`${[cmd, ...args].join(' ')} did not end within ${SYNC_MS / 1000} s; killed`);
+  return r;
+}
+
+/** How long `within` waits by default for a request, an event or a file. */
+export const WAIT_MS = 30_000;
+
+/**
+ * `promise`, or after `ms` a rejection naming `what` and the processes the tests started that
+ * still run: for every await on a request, a stream or an event.
+ */
+export async function within(promise, what, ms = WAIT_MS) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new Error(`${what}: nothing within ${ms / 1000} s; still running:\n${stillRunning()}`),
+        ),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** Node 20 is the machine's; 22 and 24 come from npm (scripts/install-nodes.sh). */
 export function nodeBinaries() {
@@ -151,7 +305,7 @@ export async function waitFor(child, pred, what, timeoutMs = 60_000) {
     }
     if (Date.now() > deadline)
       throw new Error(
-        `timed out waiting for ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`,
+        `timed out waiting for ${what}; still running:\n${describeTree(child.pid)}\nstdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`,
       );
     await sleep(20);
   }
@@ -168,9 +322,26 @@ export function killGroup(child, sig = 'SIGKILL') {
 /** Every process below `pid`, found through /proc (a namespace's init leads its own session). */
 export const descendants = (pid) => processTree(pid).slice(1);
 
+/** A process's start time (clock ticks since boot): a pid reused meanwhile is another process. */
+function startTime(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return f[0] === 'Z' || f[0] === 'X' ? undefined : f[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Kills every process the tests started and all below them, then fails if any of them still runs
+ * after a few seconds or a lock table of a checkpoint in the tests' directories was left.
+ */
 export async function cleanup() {
+  const killed = [];
   for (const c of started) {
     const below = descendants(c.pid);
+    killed.push(...[c.pid, ...below].map((pid) => ({ pid, since: startTime(pid) })));
     killGroup(c);
     for (const p of below)
       try {
@@ -181,14 +352,96 @@ export async function cleanup() {
     if (c.exitCode === null && c.signalCode === null) await c.closed;
   }
   started.clear();
+  const live = () => killed.filter(({ pid, since }) => since && startTime(pid) === since);
+  for (const end = Date.now() + 5000; live().length && Date.now() < end;) await sleep(50);
+  const left = live();
+  for (const dir of dirs) releaseLocks(dir);
+  assert.deepEqual(
+    left.map((p) => p.pid),
+    [],
+    `processes the tests started survived SIGKILL:\n${left.map((p) => describeTree(p.pid)).join('\n')}`,
+  );
 }
 
+/** Directories of tempDir() and scratchDir() not yet removed: checkpoints in them are ours. */
+const dirs = new Set();
+
 export function tempDir(prefix = 'checkpt-test-') {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  dirs.add(dir);
+  return dir;
 }
 
 export function removeDir(dir) {
+  if (existsSync(dir)) releaseLocks(dir);
+  dirs.delete(dir);
   rmSync(dir, { recursive: true, force: true });
+}
+
+const MAGIC = Buffer.from('CHECKPT\n');
+
+/** The manifest of a plain checkpoint file (its header, read directly), else undefined. */
+function plainManifest(file) {
+  let fd;
+  try {
+    fd = openSync(file, 'r');
+    const head = Buffer.alloc(20);
+    if (readSync(fd, head, 0, 20, 0) < 20 || !head.subarray(0, 8).equals(MAGIC)) return undefined;
+    // "CHECKPT\n" | u32 version | u32 flags (bit 0: sealed, manifest unreadable) | u32 length
+    if ((head.readUInt32BE(12) & 1) !== 0) return undefined;
+    const json = Buffer.alloc(Math.min(head.readUInt32BE(16), 1 << 20));
+    readSync(fd, json, 0, json.length, 20);
+    return JSON.parse(json.toString('utf8'));
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** Every regular file below `dir` (symlinks not followed). */
+function filesBelow(dir) {
+  let names;
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names.flatMap((name) => {
+    const p = join(dir, name);
+    try {
+      const st = lstatSync(p);
+      return st.isDirectory() ? filesBelow(p) : st.isFile() && st.size >= 20 ? [p] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * A checkpoint-and-exit never resumed leaves CRIU's lock table (`inet CRIU-...`) dropping its
+ * connections' packets for good: `checkpt unlock` removes those of the checkpoints below `dir`,
+ * and none may be left afterwards. (A sealed file's manifest cannot be read without its key.)
+ */
+export function releaseLocks(dir) {
+  const locked = filesBelow(dir).flatMap((file) => {
+    const table = plainManifest(file)?.networkLock;
+    return typeof table === 'string' ? [{ file, table }] : [];
+  });
+  if (locked.length === 0) return;
+  for (const { file } of locked) {
+    const r = checkptCli(['unlock', file], { timeout: 30_000 });
+    assert.equal(r.status, 0, `checkpt unlock ${file}: ${r.stderr}`);
+    if (/: removed /.test(r.stdout)) process.stderr.write(`cleanup: ${r.stdout}`);
+  }
+  let tables;
+  try {
+    tables = criuTables();
+  } catch {
+    return; // no python3 or libnftables to look with: checkpt unlock's status has to do
+  }
+  const left = locked.filter(({ table }) => tables.has(table));
+  assert.deepEqual(left, [], 'lock tables left after checkpt unlock');
 }
 
 export function pidAlive(pid) {
@@ -202,7 +455,7 @@ export function pidAlive(pid) {
 
 /** `checkpt ARGS...` to its end (at most 60 s by default), its output as text. */
 export function checkptCli(args, options = {}) {
-  return spawnSync(process.execPath, [cli, ...args], {
+  return nodeSpawnSync(process.execPath, [cli, ...args], {
     encoding: 'utf8',
     timeout: 60_000,
     ...options,
@@ -245,7 +498,8 @@ export async function programPid(child, timeoutMs = 30_000) {
       if (!exe.endsWith('/checkpt-helper') && !exe.endsWith('/criu')) return p;
       todo.push(...childrenOf(p));
     }
-    if (Date.now() > deadline) throw new Error(`no program found under ${child.pid}`);
+    if (Date.now() > deadline)
+      throw new Error(`no program found under ${child.pid}; running:\n${describeTree(child.pid)}`);
     await sleep(50);
   }
 }
@@ -265,8 +519,8 @@ export function xorshift32(seed) {
 
 /** A temp dir removed when test `t` ends. */
 export function scratchDir(t, prefix = 'checkpt-test-') {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(prefix);
+  t.after(() => removeDir(dir));
   return dir;
 }
 

@@ -1,10 +1,9 @@
 // A private redis-server for a test: a free port, a temporary directory, no persistence.
 // Stopped by pid and its directory removed by stop() (or by helpers.cleanup() if a test forgets).
-import { spawnSync } from 'node:child_process';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { freePort, removeDir, start, tempDir } from './helpers.mjs';
+import { freePort, removeDir, spawnSync, start, tempDir } from './helpers.mjs';
 
 /** Why redis tests cannot run here (a reason for t.skip), or undefined when they can. */
 export function redisMissing() {

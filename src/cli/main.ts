@@ -167,8 +167,10 @@ interface HeldRequests {
 }
 
 /**
- * Signals meant for the program that could arrive before it runs: the stopping ones (SIGTERM,
- * SIGINT, SIGHUP) stop the restore itself instead (src/engine/restore.ts).
+ * Signals meant for the program that could arrive before it runs. The stopping ones (SIGTERM,
+ * SIGINT, SIGHUP) stop a restore itself, and once the copy runs resume() keeps them until the
+ * relay listens (takeSignals): libuv drops a signal whose listener is removed before the event
+ * loop dispatches it, and that lost SIGTERM left `checkpt -r` and its copy running for good.
  */
 const HELD_FOR_PROGRAM: NodeJS.Signals[] = ['SIGUSR2', 'SIGQUIT'];
 

@@ -423,6 +423,18 @@ note(
   'How long a test waits for a process it started to end (default 60000).',
   'milliseconds',
 );
+note(
+  'CHECKPT_TEST_MS',
+  'test',
+  'How long a test of real parts may run before it fails naming what still runs (default 180000).',
+  'milliseconds',
+);
+note(
+  'CHECKPT_TEST_UNIT',
+  'test',
+  '`1` (npm run test:unit): run only the pure-logic tests, skipping those of real parts.',
+  '1',
+);
 
 /** Every variable, public first, in the order of the docs. */
 export const VARIABLES: readonly Variable[] = table;

@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { after } from 'node:test';
 import { ControlChannel } from '../../dist/api/channel.js';
-import { cleanup, removeDir, start, tempDir, waitFor } from '../helpers.mjs';
+import { cleanup, removeDir, start, tempDir, waitFor, test } from '../helpers.mjs';
 
 const dir = tempDir();
 after(async () => {

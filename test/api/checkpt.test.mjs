@@ -1,15 +1,17 @@
 import assert from 'node:assert/strict';
 import { statSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after } from 'node:test';
 import {
   cleanup,
+  describe,
   fixture,
   nodeBinaries,
   removeDir,
   resume,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
 

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after } from 'node:test';
 import { checkpoint, checkpointInProgress, checkpt } from '../../dist/api/checkpt.js';
 import { register } from '../../dist/api/hooks.js';
 import { requestCheckpoint } from '../../dist/launcher/request.js';
-import { cleanup, killGroup, removeDir, tempDir } from '../helpers.mjs';
+import { cleanup, killGroup, removeDir, tempDir, test, describe } from '../helpers.mjs';
 import { assertIntact, driven, settled } from '../reliability/faults.mjs';
 
 after(cleanup);

@@ -2,7 +2,20 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { after, describe, test } from 'node:test';
+import { after } from 'node:test';
+import {
+  cleanup,
+  describe,
+  events,
+  fixture,
+  nodeBinaries,
+  removeDir,
+  resume,
+  startNode,
+  tempDir,
+  test,
+  waitFor,
+} from '../helpers.mjs';
 import {
   onRestore,
   register,
@@ -11,17 +24,6 @@ import {
   setBuiltInResources,
   hookError,
 } from '../../dist/api/hooks.js';
-import {
-  cleanup,
-  events,
-  fixture,
-  nodeBinaries,
-  removeDir,
-  resume,
-  startNode,
-  tempDir,
-  waitFor,
-} from '../helpers.mjs';
 
 const dir = tempDir();
 after(async () => {
@@ -31,7 +33,7 @@ after(async () => {
 const node = nodeBinaries()[0];
 const afterCtx = { restored: true, checkpointed: true, generation: 1 };
 
-describe('the order and failure rules (the runner alone)', () => {
+describe('the order and failure rules (the runner alone)', { unit: true }, () => {
   test('before steps run in reverse registration order, after steps in order; built-ins wrap them', async () => {
     const seen = [];
     const offs = ['a', 'b', 'c'].map((n) =>

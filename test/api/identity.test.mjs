@@ -1,14 +1,16 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after } from 'node:test';
 import {
   cleanup,
+  describe,
   fixture,
   nodeBinaries,
   removeDir,
   resume,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
 

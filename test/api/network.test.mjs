@@ -1,10 +1,5 @@
 import assert from 'node:assert/strict';
 import { connect, createServer } from 'node:net';
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   cleanup,
   descendants,
@@ -15,11 +10,18 @@ import {
   nodeBinaries,
   removeDir,
   resume,
+  spawnSync,
   start,
   startNode,
   tempDir,
+  test,
   waitFor,
+  within,
 } from '../helpers.mjs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { lockTableName } from '../../dist/engine/netlock.js';
 import { nftRuleset } from '../netlock.mjs';
 import { zstdDecoder } from '../../dist/image/compress.js';
@@ -314,7 +316,7 @@ for (const n of nodeBinaries()) {
         sock.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi`),
       );
     });
-    await new Promise((r) => up.listen(0, '127.0.0.1', r));
+    await within(new Promise((r) => up.listen(0, '127.0.0.1', r)), 'a local server to listen');
     const upPort = up.address().port;
     try {
       const { port, file, p } = await startServer(n, `beside${n.major}`);

@@ -3,22 +3,23 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
-import { after, test } from 'node:test';
 import {
   cleanup,
   cli,
-  killGroup,
   fixture,
+  killGroup,
   nodeBinaries,
   pidAlive,
   removeDir,
+  resume,
+  spawnSync,
   start,
   startNode,
   tempDir,
+  test,
   waitFor,
-  resume,
 } from '../helpers.mjs';
+import { after } from 'node:test';
 
 after(cleanup);
 const node = nodeBinaries()[0];

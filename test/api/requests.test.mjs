@@ -1,16 +1,8 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
-// Not dist/index.js: importing that would make this test process itself answer SIGCKPT.
-import { checkpointSignals, signalNumber } from '../../dist/common/signals.js';
-import { parseArgs } from '../../dist/cli/args.js';
-import { catchesSignal } from '../../dist/common/procfs.js';
 import {
   cleanup,
   cli,
+  describe,
   events,
   fixture,
   killGroup,
@@ -18,11 +10,21 @@ import {
   pidAlive,
   removeDir,
   resume,
+  spawnSync,
   start,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+// Not dist/index.js: importing that would make this test process itself answer SIGCKPT.
+import { checkpointSignals, signalNumber } from '../../dist/common/signals.js';
+import { parseArgs } from '../../dist/cli/args.js';
+import { catchesSignal } from '../../dist/common/procfs.js';
 
 after(cleanup);
 const node = nodeBinaries()[0];
@@ -306,7 +308,7 @@ test('an invalid CHECKPT_SIGCKPT warns once at import and installs nothing; the 
   }
 });
 
-describe('checkpointSignals()', () => {
+describe('checkpointSignals()', { unit: true }, () => {
   test('defaults: SIGSTKFLT and SIGPWR', () => {
     assert.deepEqual(checkpointSignals({}), { ckpt: 'SIGSTKFLT', exit: 'SIGPWR' });
   });
@@ -334,7 +336,7 @@ describe('checkpointSignals()', () => {
     });
 });
 
-describe('checkpt signal arguments', () => {
+describe('checkpt signal arguments', { unit: true }, () => {
   test('parses --exit, --verbose and the pid', () => {
     assert.deepEqual(parseArgs(['signal', '--exit', '42']), {
       cmd: 'signal',

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { unitTest as test } from '../helpers.mjs';
 import { parseArgs, UsageError } from '../../dist/cli/args.js';
 
 test('restore spellings: -r FILE, restore FILE, -d before or after', () => {

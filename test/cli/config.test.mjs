@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import { checkptCli, removeDir, tempDir } from '../helpers.mjs';
+import { checkptCli, removeDir, tempDir, test } from '../helpers.mjs';
 
 test('the command refuses a bad variable before it does anything, saying which and what it accepts', () => {
   const dir = tempDir();

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
-import { cli, fixture, nodeBinaries, removeDir, tempDir } from '../helpers.mjs';
+import { after } from 'node:test';
+import { cli, fixture, nodeBinaries, removeDir, tempDir, test } from '../helpers.mjs';
 import { hasTmux, terminal } from '../tmux.mjs';
 
 const node = nodeBinaries()[0];

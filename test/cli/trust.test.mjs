@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before } from 'node:test';
 import {
   checkptCli,
   cleanup,
@@ -19,6 +19,8 @@ import {
   startNode,
   tempDir,
   waitFor,
+  test,
+  describe,
 } from '../helpers.mjs';
 
 const node = nodeBinaries()[0];

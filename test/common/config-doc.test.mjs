@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { test } from 'node:test';
 import { DOC, render, spliced } from '../../scripts/config-doc.mjs';
 import { VARIABLES } from '../../dist/common/config.js';
-import { root } from '../helpers.mjs';
+import { root, unitTest as test } from '../helpers.mjs';
 
 test('docs/CONFIG.md shows the table in src/common/config.ts (node scripts/config-doc.mjs)', async () => {
   const doc = readFileSync(DOC, 'utf8');

@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
 import {
   COMPRESS,
   DEFAULT_TIMEOUT_MS,
@@ -18,7 +17,7 @@ import {
 } from '../../dist/common/config.js';
 import { checkpointSignals } from '../../dist/common/signals.js';
 import { defaultCheckpointFile } from '../../dist/common/template.js';
-import { root } from '../helpers.mjs';
+import { root, unitTest as test, describe } from '../helpers.mjs';
 
 /** Asserts `fn` throws EBADCONFIG naming the variable, the value and what it accepts. */
 function refused(fn, name, value, accepts) {
@@ -31,7 +30,7 @@ function refused(fn, name, value, accepts) {
   });
 }
 
-describe('one table of variables', () => {
+describe('one table of variables', { unit: true }, () => {
   test('unset and blank give the default', () => {
     for (const v of VARIABLES) {
       assert.equal(v.get({}), v.fallback, v.name);
@@ -68,7 +67,7 @@ describe('one table of variables', () => {
   });
 });
 
-describe('values', () => {
+describe('values', { unit: true }, () => {
   test('timeouts: whole milliseconds in range', () => {
     assert.equal(TIMEOUT_MS.get({ CHECKPT_TIMEOUT: '5000' }), 5000);
     assert.equal(TIMEOUT_MS.get({ CHECKPT_TIMEOUT: ' 7 ' }), 7);

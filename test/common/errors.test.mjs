@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { test } from 'node:test';
 import { ERROR_CODES, CheckptError, isCheckptErrorCode } from '../../dist/common/errors.js';
-import { root } from '../helpers.mjs';
+import { root, unitTest as test } from '../helpers.mjs';
 
 test("README's table of codes lists exactly the codes of CheckptErrorCode, each with what to do", () => {
   const readme = readFileSync(join(root, 'README.md'), 'utf8');

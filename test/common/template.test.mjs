@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { unitTest as test } from '../helpers.mjs';
 import { expandTemplate, programName } from '../../dist/common/template.js';
 
 const v = { name: 'server', pid: 4242, uid: 1000 };

@@ -5,20 +5,7 @@
 // passes. The table goes to stdout and to $CHECKPT_ZDTM_DIR/results.md; docs/COMPATIBILITY.md
 // explains the failures.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import {
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  readlinkSync,
-  realpathSync,
-  writeFileSync,
-} from 'node:fs';
-import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { criuEnv, dumpCommand, restoreCommand } from '../../dist/engine/criu.js';
-import { processTree } from '../../dist/common/procfs.js';
+import { spawn } from 'node:child_process';
 import {
   cleanup,
   cli,
@@ -30,8 +17,23 @@ import {
   resume,
   root,
   run,
+  spawnSync,
   tempDir,
+  test,
 } from '../helpers.mjs';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { criuEnv, dumpCommand, restoreCommand } from '../../dist/engine/criu.js';
+import { processTree } from '../../dist/common/procfs.js';
 
 const zdtmDir = process.env.CHECKPT_ZDTM_DIR || join(root, '.cache', 'zdtm');
 const dir = tempDir('checkpt-zdtm-');
@@ -288,83 +290,90 @@ function loadList() {
   return { build, list: build.status === 0 ? readText(join(zdtmDir, 'tests.tsv')) : undefined };
 }
 
-test("CRIU's zdtm static tests: under checkpt run + signal --exit + checkpt -r, every one that passes with raw CRIU (same flags, same run) passes", async (t) => {
-  const { build, list } = loadList();
-  if (list === undefined && /no CRIU source tarball/.test(build.stderr)) {
-    t.skip(build.stderr.trim());
-    return;
-  }
-  assert.equal(build.status, 0, `build-zdtm.sh: ${build.stderr}`);
-  const tests = list
-    .trim()
-    .split('\n')
-    .map((l) => l.split('\t'))
-    .map(([name, ...args]) => ({ name, args: args.filter(Boolean) }))
-    .filter(
-      (x) =>
-        !process.env.CHECKPT_ZDTM_ONLY || process.env.CHECKPT_ZDTM_ONLY.split(',').includes(x.name),
-    );
-  const results = [];
-  // Two at a time: the machine has two cores, and the two halves of a test run one after the other.
-  let next = 0;
-  // zdtm's TCP and UDP tests all listen on port 8880 (or the next free one): two at once could
-  // take each other's port while one is checkpointed, so they run one at a time.
-  let inetTurn = Promise.resolve();
-  const inet = (name) => /^socket[-_]/.test(name);
-  const both = async (name, args) => {
-    const raw = await rawCriu(name, args).catch((e) => ({
-      ok: false,
-      why: `harness: ${e.message}`,
-    }));
-    const ck = await underCheckpt(name, args).catch((e) => ({
-      ok: false,
-      why: `harness: ${e.message}`,
-    }));
-    results.push({ name, raw, checkpt: ck });
-  };
-  // Spread out, so that the other worker has something else to do meanwhile.
-  const others = tests.filter((x) => !inet(x.name));
-  const step = Math.max(1, Math.floor(others.length / Math.max(1, tests.length - others.length)));
-  const queue = [];
-  for (const x of tests.filter((y) => inet(y.name))) queue.push(x, ...others.splice(0, step));
-  queue.push(...others);
-  const worker = async () => {
-    while (next < queue.length) {
-      const { name, args } = queue[next++];
-      if (!inet(name)) {
-        await both(name, args);
-        continue;
-      }
-      const turn = inetTurn.then(() => both(name, args));
-      inetTurn = turn;
-      await turn;
+// Dozens of programs checkpointed and resumed twice each: the one test that needs the runner's 300 s.
+test(
+  "CRIU's zdtm static tests: under checkpt run + signal --exit + checkpt -r, every one that passes with raw CRIU (same flags, same run) passes",
+  { timeout: 290_000 },
+  async (t) => {
+    const { build, list } = loadList();
+    if (list === undefined && /no CRIU source tarball/.test(build.stderr)) {
+      t.skip(build.stderr.trim());
+      return;
     }
-  };
-  await Promise.all([worker(), worker()]);
-  results.sort(
-    (a, b) => tests.findIndex((x) => x.name === a.name) - tests.findIndex((x) => x.name === b.name),
-  );
-  const mark = (r) => (r.ok ? 'PASS' : 'FAIL');
-  const table = [
-    '| test | raw CRIU | checkpt | why (when either failed) |',
-    '| --- | --- | --- | --- |',
-    ...results.map(
-      (r) =>
-        `| ${r.name} | ${mark(r.raw)} | ${mark(r.checkpt)} | ${[r.raw.ok ? '' : `raw: ${r.raw.why}`, r.checkpt.ok ? '' : `checkpt: ${r.checkpt.why}`].filter(Boolean).join('; ').replaceAll('|', '\\|')} |`,
-    ),
-  ];
-  const rawPass = results.filter((r) => r.raw.ok).length;
-  const ckPass = results.filter((r) => r.checkpt.ok).length;
-  table.push('', `raw CRIU ${rawPass}/${results.length}, checkpt ${ckPass}/${results.length}`);
-  writeFileSync(join(zdtmDir, 'results.md'), `${table.join('\n')}\n`);
-  console.log(table.join('\n'));
-  const lost = results.filter((r) => r.raw.ok && !r.checkpt.ok);
-  assert.deepEqual(
-    lost.map((r) => `${r.name}: ${r.checkpt.why}`),
-    [],
-    'tests raw CRIU passes and checkpt does not',
-  );
-  assert.ok(ckPass >= rawPass, `checkpt ${ckPass} < raw CRIU ${rawPass}`);
-  // A suite where nothing passes proves nothing.
-  assert.ok(rawPass > results.length / 2, `raw CRIU passed only ${rawPass} of ${results.length}`);
-});
+    assert.equal(build.status, 0, `build-zdtm.sh: ${build.stderr}`);
+    const tests = list
+      .trim()
+      .split('\n')
+      .map((l) => l.split('\t'))
+      .map(([name, ...args]) => ({ name, args: args.filter(Boolean) }))
+      .filter(
+        (x) =>
+          !process.env.CHECKPT_ZDTM_ONLY ||
+          process.env.CHECKPT_ZDTM_ONLY.split(',').includes(x.name),
+      );
+    const results = [];
+    // Two at a time: the machine has two cores, and the two halves of a test run one after the other.
+    let next = 0;
+    // zdtm's TCP and UDP tests all listen on port 8880 (or the next free one): two at once could
+    // take each other's port while one is checkpointed, so they run one at a time.
+    let inetTurn = Promise.resolve();
+    const inet = (name) => /^socket[-_]/.test(name);
+    const both = async (name, args) => {
+      const raw = await rawCriu(name, args).catch((e) => ({
+        ok: false,
+        why: `harness: ${e.message}`,
+      }));
+      const ck = await underCheckpt(name, args).catch((e) => ({
+        ok: false,
+        why: `harness: ${e.message}`,
+      }));
+      results.push({ name, raw, checkpt: ck });
+    };
+    // Spread out, so that the other worker has something else to do meanwhile.
+    const others = tests.filter((x) => !inet(x.name));
+    const step = Math.max(1, Math.floor(others.length / Math.max(1, tests.length - others.length)));
+    const queue = [];
+    for (const x of tests.filter((y) => inet(y.name))) queue.push(x, ...others.splice(0, step));
+    queue.push(...others);
+    const worker = async () => {
+      while (next < queue.length) {
+        const { name, args } = queue[next++];
+        if (!inet(name)) {
+          await both(name, args);
+          continue;
+        }
+        const turn = inetTurn.then(() => both(name, args));
+        inetTurn = turn;
+        await turn;
+      }
+    };
+    await Promise.all([worker(), worker()]);
+    results.sort(
+      (a, b) =>
+        tests.findIndex((x) => x.name === a.name) - tests.findIndex((x) => x.name === b.name),
+    );
+    const mark = (r) => (r.ok ? 'PASS' : 'FAIL');
+    const table = [
+      '| test | raw CRIU | checkpt | why (when either failed) |',
+      '| --- | --- | --- | --- |',
+      ...results.map(
+        (r) =>
+          `| ${r.name} | ${mark(r.raw)} | ${mark(r.checkpt)} | ${[r.raw.ok ? '' : `raw: ${r.raw.why}`, r.checkpt.ok ? '' : `checkpt: ${r.checkpt.why}`].filter(Boolean).join('; ').replaceAll('|', '\\|')} |`,
+      ),
+    ];
+    const rawPass = results.filter((r) => r.raw.ok).length;
+    const ckPass = results.filter((r) => r.checkpt.ok).length;
+    table.push('', `raw CRIU ${rawPass}/${results.length}, checkpt ${ckPass}/${results.length}`);
+    writeFileSync(join(zdtmDir, 'results.md'), `${table.join('\n')}\n`);
+    console.log(table.join('\n'));
+    const lost = results.filter((r) => r.raw.ok && !r.checkpt.ok);
+    assert.deepEqual(
+      lost.map((r) => `${r.name}: ${r.checkpt.why}`),
+      [],
+      'tests raw CRIU passes and checkpt does not',
+    );
+    assert.ok(ckPass >= rawPass, `checkpt ${ckPass} < raw CRIU ${rawPass}`);
+    // A suite where nothing passes proves nothing.
+    assert.ok(rawPass > results.length / 2, `raw CRIU passed only ${rawPass} of ${results.length}`);
+  },
+);

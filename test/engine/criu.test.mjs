@@ -1,7 +1,8 @@
 // The command line of each CRIU verb and of the dump front, as built in src/engine/criu.ts and
 // src/engine/helper.ts: pure logic, no CRIU run.
+import { unitTest as test } from '../helpers.mjs';
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
+import { after } from 'node:test';
 import {
   argvOf,
   checkCommand,

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before } from 'node:test';
 import {
   cleanup,
+  describe,
   describeTree,
   fixture,
   nodeBinaries,
@@ -13,8 +13,10 @@ import {
   resume,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const node = nodeBinaries()[0];
 
@@ -174,7 +176,11 @@ describe('lazy restore', () => {
       const r = resume(file, {
         env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_LAZY: '1' },
       });
-      while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) await sleep(5);
+      const by = Date.now() + 30_000;
+      while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
+        assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
+        await sleep(5);
+      }
       await sleep(delay);
       r.kill('SIGTERM');
       await r.closed;

@@ -1,13 +1,12 @@
 // The engine's side of the manifest: what its fields say about the entries, which image/ leaves to
 // whoever reads the file (checkManifest). No CRIU here; test/reliability/images.test.mjs has
 // checkpt -r refuse such a file.
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { readImageInfo, verifyImage } from '../../dist/image/format.js';
 import { manifestProblem } from '../../dist/engine/manifest.js';
-import { rejectsWith, scratchDir } from '../helpers.mjs';
+import { rejectsWith, scratchDir, unitTest as test } from '../helpers.mjs';
 import { assertRejected, build, sampleEntries } from '../image/layout.mjs';
 
 const checked = { checkManifest: manifestProblem };

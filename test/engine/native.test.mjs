@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after } from 'node:test';
 import {
   NATIVE_PARTS,
   explainUnusable,
@@ -12,7 +12,7 @@ import {
   nativeContext,
   unusableMessage,
 } from '../../dist/engine/native.js';
-import { removeDir, root, tempDir } from '../helpers.mjs';
+import { removeDir, root, tempDir, test, describe } from '../helpers.mjs';
 
 const dirs = [];
 after(() => dirs.forEach(removeDir));

@@ -1,6 +1,6 @@
 // CRIU's lock table name from inventory.img (fakes); the real one is checked in network.test.mjs.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { unitTest as test } from '../helpers.mjs';
 import { encodeMessage } from '../../dist/engine/criu-image.js';
 import { lockTableName } from '../../dist/engine/netlock.js';
 

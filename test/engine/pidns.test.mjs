@@ -1,10 +1,10 @@
 // Programs in a PID namespace entered without a session of their own (a CI runner's
 // 'unshare --pid', 'nsenter', a container's first process): what checks and checkpoints say there.
-import { test, after } from 'node:test';
+import { after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, removeDir, root, start, tempDir } from '../helpers.mjs';
+import { cleanup, cli, removeDir, root, start, tempDir, test } from '../helpers.mjs';
 
 after(cleanup);
 

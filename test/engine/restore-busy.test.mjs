@@ -4,8 +4,7 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after } from 'node:test';
 import {
   checkptCli,
   cleanup,
@@ -16,7 +15,9 @@ import {
   resume,
   run,
   tempDir,
+  test,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const dir = tempDir();
 after(async () => {
@@ -77,7 +78,8 @@ test('python3 -m http.server under checkpt run, resumed while its original liste
   assert.deepEqual(got.left, []);
   assert.deepEqual(readdirSync(got.staging), []);
   // The original serves on.
-  const res = await fetch(`http://127.0.0.1:${port}/`); // eslint-disable-line no-undef
+  // eslint-disable-next-line no-undef
+  const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(10_000) });
   assert.equal(res.status, 200);
   await res.arrayBuffer();
   process.kill(p.pid, 'SIGTERM');

@@ -2,9 +2,22 @@
 // the same on a real image of a Node server holding a listener and a keep-alive connection.
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { after } from 'node:test';
+import {
+  cleanup,
+  fixture,
+  freePort,
+  killGroup,
+  nodeBinaries,
+  removeDir,
+  startNode,
+  tempDir,
+  test,
+  waitFor,
+  within,
+} from '../helpers.mjs';
 import { zstdDecoder } from '../../dist/image/compress.js';
 import { extractImage } from '../../dist/image/format.js';
 import {
@@ -16,16 +29,6 @@ import {
   withPortZero,
 } from '../../dist/engine/sockets.js';
 import { decodeMessage, encodeMessage, imageEntries } from '../../dist/engine/criu-image.js';
-import {
-  cleanup,
-  fixture,
-  killGroup,
-  nodeBinaries,
-  removeDir,
-  startNode,
-  tempDir,
-  waitFor,
-} from '../helpers.mjs';
 
 const dir = tempDir();
 after(async () => {
@@ -88,80 +91,92 @@ const sample = filesImg([
   inetEntry({ id: 3, proto: 17, state: 7, src: [0, 0, 0, 0], srcPort: 5353 }),
 ]);
 
-test('protobuf: messages decode and re-encode byte for byte, varints past 32 bits included', () => {
-  const fields = [
-    varint(1, 0),
-    varint(2, 300),
-    varint(3, 2 ** 40 + 5),
-    nested(4, [varint(1, 127)]),
-  ];
-  const buf = encodeMessage(fields);
-  const back = decodeMessage(buf);
-  assert.deepEqual(
-    back.map((f) => [f.no, f.wire, f.int]),
-    [
-      [1, 0, 0],
-      [2, 0, 300],
-      [3, 0, 2 ** 40 + 5],
-      [4, 2, 2],
-    ],
-  );
-  assert.deepEqual(encodeMessage(back), buf);
-  assert.throws(() => decodeMessage(Buffer.from([0x0a, 0x05, 0x01])), /past its message/);
-});
+test(
+  'protobuf: messages decode and re-encode byte for byte, varints past 32 bits included',
+  { unit: true },
+  () => {
+    const fields = [
+      varint(1, 0),
+      varint(2, 300),
+      varint(3, 2 ** 40 + 5),
+      nested(4, [varint(1, 127)]),
+    ];
+    const buf = encodeMessage(fields);
+    const back = decodeMessage(buf);
+    assert.deepEqual(
+      back.map((f) => [f.no, f.wire, f.int]),
+      [
+        [1, 0, 0],
+        [2, 0, 300],
+        [3, 0, 2 ** 40 + 5],
+        [4, 2, 2],
+      ],
+    );
+    assert.deepEqual(encodeMessage(back), buf);
+    assert.throws(() => decodeMessage(Buffer.from([0x0a, 0x05, 0x01])), /past its message/);
+  },
+);
 
-test('files.img: inet sockets are listed with their kind and endpoints; other files are skipped', () => {
-  assert.deepEqual(imageSockets(sample), [
-    {
-      entry: 1,
-      kind: 'tcp-listen',
-      local: { address: '127.0.0.1', port: 8080 },
-      remote: { address: '0.0.0.0', port: 0 },
-    },
-    {
-      entry: 2,
-      kind: 'tcp-established',
-      local: { address: '127.0.0.1', port: 8080 },
-      remote: { address: '127.0.0.1', port: 51000 },
-    },
-    {
-      entry: 3,
-      kind: 'udp',
-      local: { address: '0.0.0.0', port: 5353 },
-      remote: { address: '0.0.0.0', port: 0 },
-    },
-  ]);
-  // A connection half closed (CLOSE_WAIT) is a connection to CRIU too.
-  const closing = filesImg([
-    inetEntry({
-      id: 4,
-      proto: 6,
-      state: 8,
-      src: [127, 0, 0, 1],
-      srcPort: 8080,
-      dst: [127, 0, 0, 1],
-      dstPort: 51001,
-    }),
-  ]);
-  assert.equal(imageSockets(closing)[0].kind, 'tcp-established');
-  assert.throws(() => imageSockets(Buffer.from('not an image at all')), /not a CRIU image/);
-  assert.throws(() => imageSockets(sample.subarray(0, sample.length - 3)), /truncated/);
-});
+test(
+  'files.img: inet sockets are listed with their kind and endpoints; other files are skipped',
+  { unit: true },
+  () => {
+    assert.deepEqual(imageSockets(sample), [
+      {
+        entry: 1,
+        kind: 'tcp-listen',
+        local: { address: '127.0.0.1', port: 8080 },
+        remote: { address: '0.0.0.0', port: 0 },
+      },
+      {
+        entry: 2,
+        kind: 'tcp-established',
+        local: { address: '127.0.0.1', port: 8080 },
+        remote: { address: '127.0.0.1', port: 51000 },
+      },
+      {
+        entry: 3,
+        kind: 'udp',
+        local: { address: '0.0.0.0', port: 5353 },
+        remote: { address: '0.0.0.0', port: 0 },
+      },
+    ]);
+    // A connection half closed (CLOSE_WAIT) is a connection to CRIU too.
+    const closing = filesImg([
+      inetEntry({
+        id: 4,
+        proto: 6,
+        state: 8,
+        src: [127, 0, 0, 1],
+        srcPort: 8080,
+        dst: [127, 0, 0, 1],
+        dstPort: 51001,
+      }),
+    ]);
+    assert.equal(imageSockets(closing)[0].kind, 'tcp-established');
+    assert.throws(() => imageSockets(Buffer.from('not an image at all')), /not a CRIU image/);
+    assert.throws(() => imageSockets(sample.subarray(0, sample.length - 3)), /truncated/);
+  },
+);
 
-test('files.img: a rewritten entry binds to port 0, its length prefix follows, every other entry is untouched', () => {
-  const out = withPortZero(sample, new Set([1]));
-  const before = imageEntries(sample, FILES);
-  const after = imageEntries(out, FILES);
-  assert.equal(after.length, before.length);
-  for (const i of [0, 2, 3]) assert.deepEqual(after[i], before[i]);
-  assert.notDeepEqual(after[1], before[1]);
-  const socks = imageSockets(out);
-  assert.equal(socks[0].local.port, 0);
-  assert.equal(socks[0].local.address, '127.0.0.1');
-  assert.equal(socks[1].local.port, 8080);
-});
+test(
+  'files.img: a rewritten entry binds to port 0, its length prefix follows, every other entry is untouched',
+  { unit: true },
+  () => {
+    const out = withPortZero(sample, new Set([1]));
+    const before = imageEntries(sample, FILES);
+    const after = imageEntries(out, FILES);
+    assert.equal(after.length, before.length);
+    for (const i of [0, 2, 3]) assert.deepEqual(after[i], before[i]);
+    assert.notDeepEqual(after[1], before[1]);
+    const socks = imageSockets(out);
+    assert.equal(socks[0].local.port, 0);
+    assert.equal(socks[0].local.address, '127.0.0.1');
+    assert.equal(socks[1].local.port, 8080);
+  },
+);
 
-test('addresses: IPv4, IPv6 in short form, v4-mapped IPv6 as IPv4', () => {
+test('addresses: IPv4, IPv6 in short form, v4-mapped IPv6 as IPv4', { unit: true }, () => {
   assert.equal(addressText([u32le([10, 1, 2, 3])]), '10.1.2.3');
   assert.equal(addressText([0, 0, 0, 0]), '::');
   assert.equal(addressText([0, 0, 0, u32le([0, 0, 0, 1])]), '::1');
@@ -177,7 +192,7 @@ const procUdp = `   sl  local_address rem_address   st tx_queue rx_queue tr tm->
   10: 00000000:14E9 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4444 2 0000000000000000 0
 `;
 
-test('/proc/net: local and remote endpoints, state and inode', () => {
+test('/proc/net: local and remote endpoints, state and inode', { unit: true }, () => {
   const tcp = parseProcNet(procTcp, 'tcp');
   assert.deepEqual(tcp[0], {
     proto: 'tcp',
@@ -194,74 +209,77 @@ test('/proc/net: local and remote endpoints, state and inode', () => {
   assert.equal(host.length, 3);
 });
 
-test('the plan: busy listener moved (takeover) or refused (none), busy UDP refused, tuple in use closes connections', () => {
-  const image = imageSockets(sample);
-  const host = [...parseProcNet(procTcp, 'tcp'), ...parseProcNet(procUdp, 'udp')];
-  const takeover = planSockets(image, host, true);
-  assert.deepEqual([...takeover.moved], [1]);
-  assert.equal(takeover.tcpClose, true);
-  assert.deepEqual(
-    takeover.busy.map((b) => [b.kind, b.local.port, b.inode]),
-    [['udp', 5353, 4444]],
-  );
-  const none = planSockets(image, host, false);
-  assert.deepEqual(none.moved.size, 0);
-  assert.deepEqual(
-    none.busy.map((b) => [b.kind, b.local.port, b.inode]),
-    [
-      ['tcp-listen', 8080, 4242],
-      ['udp', 5353, 4444],
-    ],
-  );
-  // A connected UDP socket (a client's) whose port is busy just gets another port.
-  const udpClient = imageSockets(
-    filesImg([
-      inetEntry({
-        id: 5,
-        proto: 17,
-        state: 1,
-        src: [0, 0, 0, 0],
-        srcPort: 5353,
-        dst: [10, 0, 0, 53],
-        dstPort: 53,
-      }),
-    ]),
-  );
-  const client = planSockets(udpClient, host, false);
-  assert.deepEqual([[...client.moved], client.busy], [[0], []]);
-  // A free host: nothing to do.
-  assert.deepEqual(planSockets(image, [], false), { tcpClose: false, moved: new Set(), busy: [] });
-  // Wildcards collide with every address on the port; other ports and other addresses do not.
-  const wild = parseProcNet(
-    procTcp.replace('0100007F:1F90 00000000:0000 0A', '00000000:1F90 00000000:0000 0A'),
-    'tcp',
-  );
-  assert.equal(planSockets(image.slice(0, 1), wild, false).busy.length, 1);
-  const other = parseProcNet(
-    procTcp.replace('0100007F:1F90 00000000:0000 0A', '0200007F:1F90 00000000:0000 0A'),
-    'tcp',
-  );
-  assert.equal(planSockets(image.slice(0, 1), other, false).busy.length, 0);
-  // The client's end of the connection (reversed tuple) is not the copy's.
-  const reversed = parseProcNet(
-    procTcp.replace('0100007F:1F90 0100007F:C738', '0100007F:C738 0100007F:1F90'),
-    'tcp',
-  );
-  assert.equal(planSockets(image.slice(1, 2), reversed, false).tcpClose, false);
-});
+test(
+  'the plan: busy listener moved (takeover) or refused (none), busy UDP refused, tuple in use closes connections',
+  { unit: true },
+  () => {
+    const image = imageSockets(sample);
+    const host = [...parseProcNet(procTcp, 'tcp'), ...parseProcNet(procUdp, 'udp')];
+    const takeover = planSockets(image, host, true);
+    assert.deepEqual([...takeover.moved], [1]);
+    assert.equal(takeover.tcpClose, true);
+    assert.deepEqual(
+      takeover.busy.map((b) => [b.kind, b.local.port, b.inode]),
+      [['udp', 5353, 4444]],
+    );
+    const none = planSockets(image, host, false);
+    assert.deepEqual(none.moved.size, 0);
+    assert.deepEqual(
+      none.busy.map((b) => [b.kind, b.local.port, b.inode]),
+      [
+        ['tcp-listen', 8080, 4242],
+        ['udp', 5353, 4444],
+      ],
+    );
+    // A connected UDP socket (a client's) whose port is busy just gets another port.
+    const udpClient = imageSockets(
+      filesImg([
+        inetEntry({
+          id: 5,
+          proto: 17,
+          state: 1,
+          src: [0, 0, 0, 0],
+          srcPort: 5353,
+          dst: [10, 0, 0, 53],
+          dstPort: 53,
+        }),
+      ]),
+    );
+    const client = planSockets(udpClient, host, false);
+    assert.deepEqual([[...client.moved], client.busy], [[0], []]);
+    // A free host: nothing to do.
+    assert.deepEqual(planSockets(image, [], false), {
+      tcpClose: false,
+      moved: new Set(),
+      busy: [],
+    });
+    // Wildcards collide with every address on the port; other ports and other addresses do not.
+    const wild = parseProcNet(
+      procTcp.replace('0100007F:1F90 00000000:0000 0A', '00000000:1F90 00000000:0000 0A'),
+      'tcp',
+    );
+    assert.equal(planSockets(image.slice(0, 1), wild, false).busy.length, 1);
+    const other = parseProcNet(
+      procTcp.replace('0100007F:1F90 00000000:0000 0A', '0200007F:1F90 00000000:0000 0A'),
+      'tcp',
+    );
+    assert.equal(planSockets(image.slice(0, 1), other, false).busy.length, 0);
+    // The client's end of the connection (reversed tuple) is not the copy's.
+    const reversed = parseProcNet(
+      procTcp.replace('0100007F:1F90 0100007F:C738', '0100007F:C738 0100007F:1F90'),
+      'tcp',
+    );
+    assert.equal(planSockets(image.slice(1, 2), reversed, false).tcpClose, false);
+  },
+);
 
 test('a real image of a Node server: its listener and its keep-alive connection are found, and the plan follows the host', async () => {
-  const port = await new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
+  const port = await freePort();
   const file = join(dir, 'real.ckpt');
   const p = startNode(nodeBinaries()[0], fixture('server.mjs'), [String(port), file]);
   await waitFor(p, (e) => e.event === 'listening', 'the server to listen');
   const client = connect(port, '127.0.0.1');
-  await new Promise((r) => client.on('connect', r));
+  await within(new Promise((r) => client.on('connect', r)), 'a connection to the server');
   client.on('error', () => undefined);
   const c = connect(port, '127.0.0.1');
   c.on('error', () => undefined);

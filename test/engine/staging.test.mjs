@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { test } from 'node:test';
 import { ownerTag, stagingRoot, sweepOrphans } from '../../dist/engine/staging.js';
-import { removeDir, tempDir } from '../helpers.mjs';
+import { removeDir, spawnSync, tempDir, unitTest as test } from '../helpers.mjs';
 
 const ns = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))[1];
 

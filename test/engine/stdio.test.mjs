@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { unitTest as test } from '../helpers.mjs';
 import { describeFd, inheritPlan } from '../../dist/engine/stdio.js';
 import { firstError, tailOf } from '../../dist/engine/criu.js';
 

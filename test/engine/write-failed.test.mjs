@@ -1,5 +1,5 @@
+import { unitTest as test } from '../helpers.mjs';
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
 import { CheckptError } from '../../dist/common/errors.js';
 import { writeFailed } from '../../dist/engine/write-failed.js';
 

@@ -3,8 +3,7 @@
 import assert from 'node:assert/strict';
 import { Agent, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after } from 'node:test';
 import {
   cleanup,
   killGroup,
@@ -14,8 +13,11 @@ import {
   root,
   startNode,
   tempDir,
+  test,
   waitFor,
+  within,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort, redisMissing, startRedis } from '../redis.mjs';
 import { RedisClient } from '../../dist-examples/server/redis.js';
 
@@ -164,8 +166,8 @@ test('the example serves notes from memory, stores them in Redis and counts requ
     assert.equal(stats.body.dbsize, 3);
     assert.equal(stats.body.requests, 6, '3 POSTs, 2 GETs and this one');
     assert.equal(stats.body.generation, 0);
-    db = await RedisClient.connect({ port: redis.port });
-    assert.equal(await db.command('GET', 'note:3'), 'third');
+    db = await within(RedisClient.connect({ port: redis.port }), 'a connection to Redis');
+    assert.equal(await within(db.command('GET', 'note:3'), 'GET note:3'), 'third');
     killGroup(server);
     await server.closed;
   } finally {
@@ -248,8 +250,11 @@ for (const node of nodeBinaries()) {
       const added = await request(port, 'POST', '/notes', { body: 'after the resume' });
       assert.equal(added.status, 201, JSON.stringify(added.body));
       assert.equal(added.body.id, texts.length + 1, 'ids go on from the checkpointed state');
-      db = await RedisClient.connect({ port: redis.port });
-      assert.equal(await db.command('GET', `note:${added.body.id}`), 'after the resume');
+      db = await within(RedisClient.connect({ port: redis.port }), 'a connection to Redis');
+      assert.equal(
+        await within(db.command('GET', `note:${added.body.id}`), 'GET the new note'),
+        'after the resume',
+      );
       const after = (await request(port, 'GET', '/stats')).body;
       assert.equal(after.dbsize, texts.length + 1);
 

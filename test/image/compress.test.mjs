@@ -1,21 +1,23 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { extractImage, writeImage } from '../../dist/image/format.js';
 import {
   cleanup,
   cli,
+  describe,
   fixture,
   nodeBinaries,
   removeDir,
   resume,
+  spawnSync,
   startNode,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before } from 'node:test';
+import { extractImage, writeImage } from '../../dist/image/format.js';
 
 const node = nodeBinaries()[0];
 

@@ -1,6 +1,13 @@
-import { test } from 'node:test';
+import {
+  assertReadersRefuse,
+  mutate,
+  rejectsWith,
+  scratchDir,
+  spawnSync,
+  unitTest as test,
+  xorshift32,
+} from '../helpers.mjs';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,7 +21,6 @@ import {
   writeImage,
 } from '../../dist/image/format.js';
 import { CheckptError } from '../../dist/common/errors.js';
-import { assertReadersRefuse, mutate, rejectsWith, scratchDir, xorshift32 } from '../helpers.mjs';
 import { assertRejected, build, sampleEntries, sampleManifest } from './layout.mjs';
 
 test('round trip keeps manifest, entries and bytes, and the file has mode 0600', async (t) => {

@@ -1,13 +1,12 @@
 // Who may hand root a checkpoint (src/image/trust.ts): real files, real owners and modes (we are
 // root), checked on the opened fd. No CRIU here; test/cli/trust.test.mjs resumes real checkpoints.
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { extractImage, readImageInfo, verifyImage, writeImage } from '../../dist/image/format.js';
 import { untrustedReason } from '../../dist/image/trust.js';
-import { rejectsWith, scratchDir } from '../helpers.mjs';
+import { rejectsWith, scratchDir, test } from '../helpers.mjs';
 
 const NOBODY = 65534;
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { unitTest as test } from '../helpers.mjs';
 import { setImmediate } from 'node:timers';
 import { Coalescer } from '../../dist/launcher/coalesce.js';
 

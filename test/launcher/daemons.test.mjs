@@ -3,8 +3,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { after } from 'node:test';
 import {
   checkptCli,
   cleanup,
@@ -16,8 +15,10 @@ import {
   resume,
   run,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const dir = tempDir();
 after(async () => {
@@ -29,8 +30,14 @@ const last = (child, event) =>
   events(child)
     .filter((e) => e.event === event)
     .at(-1)?.n ?? 0;
-const ppid = (pid) =>
-  Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+// A process found a moment ago may have ended since: it has no parent any more.
+const ppid = (pid) => {
+  try {
+    return Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+  } catch {
+    return undefined;
+  }
+};
 const state = (pid) => /^State:\s+(\S)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
 
 async function until(what, pred, child, ms = 30_000) {
@@ -91,7 +98,19 @@ test('checkpt run: a shell that adopts orphans still reaps them (no zombies)', a
   const sh = await programPid(p);
   // The orphans were the shell's children once their subshells ended; gone now, none a zombie.
   const children = () => descendants(sh).filter((c) => ppid(c) === sh);
-  await until('the orphans to end', () => children().length === 1, p);
+  const cmdline = (pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  // One child at the very start is the first subshell, not yet forked its orphan: wait for the loop.
+  await until(
+    'the orphans to end',
+    () => children().length === 1 && cmdline(children()[0]) === 'sleep\x0030\x00',
+    p,
+  );
   const [only] = children();
   assert.notEqual(state(only), 'Z');
   assert.equal(readFileSync(`/proc/${only}/cmdline`, 'utf8'), 'sleep\x0030\x00');

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { fixture, removeDir, root, spawnSync, tempDir, test } from '../helpers.mjs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { fixture, removeDir, root, tempDir } from '../helpers.mjs';
+import { after } from 'node:test';
 
 const preload = join(root, 'build', 'libcheckpt-nouring.so');
 const dir = tempDir();

@@ -1,9 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   checkptCli,
   cleanup,
@@ -17,10 +12,16 @@ import {
   removeDir,
   resume,
   run,
+  spawnSync,
   start,
   tempDir,
+  test,
   waitFor,
 } from '../helpers.mjs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const dir = tempDir();
 after(async () => {

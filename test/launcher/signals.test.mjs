@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import { root } from '../helpers.mjs';
+import { root, test } from '../helpers.mjs';
 
 const signals = join(root, 'dist', 'launcher', 'signals.js');
 

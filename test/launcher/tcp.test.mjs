@@ -3,14 +3,23 @@
 // and across checkpoint-and-exit + resume; a failed checkpoint-and-exit rolls back; CRIU's lock
 // tables never outlive the step that needs them.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import {
+  checkptCli,
+  cleanup,
+  programPid,
+  removeDir,
+  resume,
+  run,
+  spawnSync,
+  tempDir,
+  test,
+} from '../helpers.mjs';
 import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { checkptCli, cleanup, programPid, removeDir, resume, run, tempDir } from '../helpers.mjs';
 import { tablesLocking, unlockPorts } from '../netlock.mjs';
 import { freePort, ping, redisArgs, redisMissing, respClient } from '../redis.mjs';
 

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { cli, fixture, nodeBinaries, removeDir, spawnSync, tempDir, test } from '../helpers.mjs';
 import { existsSync, statSync } from 'node:fs';
-import { after, test } from 'node:test';
-import { cli, fixture, nodeBinaries, removeDir, tempDir } from '../helpers.mjs';
+import { after } from 'node:test';
 import { hasTmux, terminal } from '../tmux.mjs';
 
 const dir = tempDir();

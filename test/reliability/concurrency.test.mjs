@@ -6,12 +6,11 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { readImageInfo } from '../../dist/image/format.js';
+import { after, before } from 'node:test';
 import {
   cleanup,
   cli,
+  describe,
   events,
   fixture,
   programPid,
@@ -19,16 +18,25 @@ import {
   resume,
   run,
   tempDir,
+  test,
   waitFor,
+  within,
 } from '../helpers.mjs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { readImageInfo } from '../../dist/image/format.js';
 import { assertIntact, assertVerifies, driven, leftovers, settled } from './faults.mjs';
 
 /** Runs `checkpt signal PID` and resolves with its exit status and when it ended. */
 function sendRequest(pid, extra = []) {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [cli, 'signal', ...extra, String(pid)], { stdio: 'ignore' });
-    c.on('close', (code) => resolve({ code, at: Date.now() }));
-  });
+  return within(
+    new Promise((resolve) => {
+      const c = spawn(process.execPath, [cli, 'signal', ...extra, String(pid)], {
+        stdio: 'ignore',
+      });
+      c.on('close', (code) => resolve({ code, at: Date.now() }));
+    }),
+    `checkpt signal ${pid} to end`,
+  );
 }
 
 async function createdAt(file) {

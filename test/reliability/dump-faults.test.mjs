@@ -4,12 +4,22 @@
 // Every time: the program runs on with its state, checkpt() throws the documented code, nothing is
 // left beside the target or in the staging directory, and the older checkpoint there stays whole.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import {
+  cleanup,
+  describe,
+  fixture,
+  killGroup,
+  removeDir,
+  resume,
+  root,
+  spawnSync,
+  tempDir,
+  test,
+} from '../helpers.mjs';
 import { existsSync, mkdirSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before } from 'node:test';
 import { runDir } from '../../dist/engine/paths.js';
-import { cleanup, fixture, killGroup, removeDir, resume, root, tempDir } from '../helpers.mjs';
 import {
   HANG_GUARD_MS,
   assertIntact,

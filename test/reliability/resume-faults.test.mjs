@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, mkdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { after, before, describe, test } from 'node:test';
-import { cleanup, killGroup, removeDir, resume, tempDir } from '../helpers.mjs';
+import { after, before } from 'node:test';
+import { cleanup, describe, killGroup, removeDir, resume, tempDir, test } from '../helpers.mjs';
 import { HANG_GUARD_MS, driven, leftovers, procs, signalWhen } from './faults.mjs';
 
 /** Processes of a restore from `staging` (the helper, CRIU) or a copy of the program `innerPid`. */

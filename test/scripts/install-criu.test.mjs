@@ -1,12 +1,11 @@
 // scripts/install-criu.sh against the machine as it is after scripts/setup.sh: the fast path,
 // and every way a build can be refused or fail, each with its message and nothing installed.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { describe, removeDir, root, spawnSync, tempDir, test } from '../helpers.mjs';
 import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after } from 'node:test';
 import { findCriu, ownCriuHome } from '../../dist/engine/paths.js';
-import { removeDir, root, tempDir } from '../helpers.mjs';
 
 const script = join(root, 'scripts', 'install-criu.sh');
 const dirs = [];
@@ -100,7 +99,7 @@ describe('scripts/install-criu.sh', () => {
   });
 });
 
-describe('which CRIU checkpt runs', () => {
+describe('which CRIU checkpt runs', { unit: true }, () => {
   test("CHECKPT_CRIU first, then checkpt's own build, then the PATH", () => {
     const dir = tempDir('checkpt-find-');
     dirs.push(dir);

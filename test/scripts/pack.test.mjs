@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { cleanup, removeDir, root, start, tempDir, waitFor } from '../helpers.mjs';
+import { after, before } from 'node:test';
+import { cleanup, removeDir, root, start, tempDir, waitFor, test, describe } from '../helpers.mjs';
 
 const PARTS = [
   'checkpt-helper',
