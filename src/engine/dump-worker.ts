@@ -143,6 +143,7 @@ async function exitAfterPacking(
       rmSync(job.target, { force: true });
       await checkFront(job, last);
     }
+    removeStaging(job);
     send({ t: 'ok', bytes, file: job.target });
     // CRIU left the whole tree stopped: its children go on too (and see the program end).
     const tree = processTree(job.pid);
@@ -168,6 +169,7 @@ async function main(): Promise<void> {
       const ended = await front;
       await checkFront(job, ended);
       const bytes = await pack(job, version.text, ended.ms);
+      removeStaging(job);
       send({ t: 'ok', bytes, file: job.target });
     }
   } catch (e) {
@@ -185,8 +187,16 @@ async function main(): Promise<void> {
     send(msg);
   } finally {
     // A CRIU killed with the front may still be finishing its last write here.
-    rmSync(job.workDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+    removeStaging(job);
   }
+}
+
+/**
+ * Before the program hears "ok": a program that exits at once may end its PID namespace (a copy
+ * under checkpt -r), and the kernel then kills this worker too, which left the images behind.
+ */
+function removeStaging(job: DumpJob): void {
+  rmSync(job.workDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
 }
 
 main().catch((e: unknown) => {

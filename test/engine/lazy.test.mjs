@@ -156,13 +156,21 @@ describe('lazy restore', () => {
     const gens = join(dir, 'gens');
     mkdirSync(gens);
     const lazyEnv = { env: { ...process.env, CHECKPT_LAZY: '1' } };
-    const orig = startNode(node, fixture('generations.mjs'), [gens]);
+    // The copies inherit the original's environment: their dumps are staged here too.
+    const staged = join(dir, 'gens-staging');
+    mkdirSync(staged);
+    const orig = startNode(node, fixture('generations.mjs'), [gens], {
+      env: { ...process.env, CHECKPT_TMPDIR: staged },
+    });
     await waitFor(orig, (e) => e.r === 0 && e.hop === 0, 'first checkpoint');
     assert.equal((await orig.closed).code, 0, orig.stderrText);
     const one = resume(join(gens, 'gen0.ckpt'), lazyEnv);
     const again = await waitFor(one, (e) => e.hop === 1, 'checkpoint taken in the copy');
     assert.equal(again.r, 0);
     assert.equal((await one.closed).code, 0, one.stderrText);
+    // The copy exits as soon as its file is written, ending its namespace and the worker with it:
+    // the worker must have removed the staged images before it said the file was written.
+    assert.deepEqual(readdirSync(staged), [], 'no staged images left by the copy that exited');
     const two = resume(join(gens, 'gen1.ckpt'), lazyEnv);
     const back2 = await waitFor(two, (e) => e.r === 1, 'resume of the copy');
     assert.deepEqual([back2.hop, back2.generation, back2.trail], [1, 2, [1, 1]]);
