@@ -103,8 +103,6 @@ async function restoreFrom(
     const tree = helper ? killTree(helper) : [];
     void untilGone([...tree, ...daemon], 5000).then(() => {
       rmSync(workDir, { recursive: true, force: true });
-      // No other listener (the CLI holds this signal for the program too) may keep us alive now.
-      process.removeAllListeners(sig);
       process.kill(process.pid, sig);
     });
   };
