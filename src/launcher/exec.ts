@@ -1,19 +1,14 @@
 import { spawn } from 'node:child_process';
 import { CheckptError } from '../common/errors.js';
-import { nativePath } from '../engine/native.js';
+import { checkpointableEnv } from '../engine/iouring.js';
 import { relaySignals } from './signals.js';
+
+export { checkpointableEnv };
 
 export interface ExecOptions {
   command: string;
   args: string[];
   env?: NodeJS.ProcessEnv;
-}
-
-/** The environment that keeps a program (and what it starts) off io_uring. */
-export function checkpointableEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  const nouringLibPath = nativePath('libcheckpt-nouring.so');
-  const preload = env.LD_PRELOAD ? `${nouringLibPath}:${env.LD_PRELOAD}` : nouringLibPath;
-  return { ...env, LD_PRELOAD: preload };
 }
 
 /**
