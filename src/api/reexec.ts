@@ -74,12 +74,15 @@ export function leadingImports(source: string): LeadingImports {
 const NOT_A_FILE =
   /^(?:-r|--require|--import|--loader|--experimental-loader|-e|--eval|-p|--print|-pe|-i|--interactive|--test|-c|--check)(?:=|$)/;
 
+const RUN_FROM_FILE =
+  'only a program node runs from its file, with no code before it, is restarted';
+
 /** Why Node's options rule a restart out, or undefined. */
 export function optionProblem(execArgv: readonly string[], nodeOptions = ''): string | undefined {
   const bad = execArgv.find((a) => NOT_A_FILE.test(a));
-  if (bad) return `node was started with ${bad}, so other code ran before the program's file`;
+  if (bad) return `node was started with ${bad} (${RUN_FROM_FILE})`;
   const pre = nodeOptions.split(/\s+/).find((a) => NOT_A_FILE.test(a));
-  if (pre) return `NODE_OPTIONS has ${pre}, so other code ran before the program's file`;
+  if (pre) return `NODE_OPTIONS has ${pre} (${RUN_FROM_FILE})`;
   return undefined;
 }
 
