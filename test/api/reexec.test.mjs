@@ -24,6 +24,7 @@ import {
   leadingImports,
   optionProblem,
 } from '../../dist/api/reexec.js';
+import { nodeSupport } from '../../dist/engine/probe.js';
 
 after(cleanup);
 
@@ -129,6 +130,25 @@ unitTest("entryProblem: checkpt by path or by package name, after Node's built-i
   } finally {
     removeDir(dir);
   }
+});
+
+unitTest('checkpt check says which Node is supported and how each is handled', () => {
+  const old = nodeSupport('v18.20.0', 0, false);
+  assert.equal(old.ok, false);
+  assert.match(old.fix, /Node 22, 24 and 26/);
+  const twenty = nodeSupport('v20.20.2', 0, false);
+  assert.deepEqual([twenty.ok, twenty.warning], [true, undefined]);
+  assert.match(
+    twenty.detail,
+    /opens no io_uring: checkpoints work as is \(Node 20 reached end of life/,
+  );
+  const restarted = nodeSupport('v26.12.1', 2, true);
+  assert.deepEqual([restarted.ok, restarted.warning], [true, undefined]);
+  assert.match(restarted.detail, /imports checkpt first is restarted without it/);
+  const early = nodeSupport('v22.14.0', 2, false);
+  assert.deepEqual([early.ok, early.warning], [true, true]);
+  assert.match(early.detail, /no process\.execve/);
+  assert.match(early.fix, /checkpt exec -- node/);
 });
 
 for (const n of modern) {
