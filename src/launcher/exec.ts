@@ -13,7 +13,7 @@ export interface ExecOptions {
 
 /**
  * Runs a program so that it can be checkpointed: its io_uring_setup fails (LD_PRELOAD), so
- * libuv in Node 22/24 uses epoll, which CRIU can dump. Signals sent to us are passed on;
+ * libuv in Node 22 and later uses epoll, which CRIU can dump. Signals sent to us are passed on;
  * resolves with the program's exit status.
  */
 export function execCheckpointable(
