@@ -235,6 +235,28 @@ for (const n of modern) {
   });
 }
 
+test('checkpt imported in a worker thread never restarts the process: EIOURING, the main thread ran once', async (t) => {
+  if (modern.length === 0) return t.skip(NO_MODERN);
+  const n = modern.at(-1);
+  const dir = tempDir();
+  try {
+    const p = start(n.bin, [fixture('worker-late.mjs'), join(dir, 'w.ckpt')]);
+    const err = await waitFor(p, (e) => e.event !== 'main', "the worker's answer");
+    assert.equal((await p.closed).code, 0, p.stderrText);
+    assert.deepEqual([err.event, err.code], ['error', 'EIOURING'], JSON.stringify(err));
+    assert.deepEqual(
+      events(p).map((e) => [e.event, e.pid]),
+      [
+        ['main', p.pid],
+        ['error', p.pid],
+      ],
+    );
+    assert.ok(!existsSync(join(dir, 'w.ckpt')));
+  } finally {
+    removeDir(dir);
+  }
+});
+
 test("a preload (--import) or CHECKPT_REEXEC=0 rules the restart out: EIOURING names the reason, the preload's output appears once", async (t) => {
   if (modern.length === 0) return t.skip(NO_MODERN);
   const n = modern.at(-1);
