@@ -167,6 +167,9 @@ function restartProblem(): string | null | undefined {
   const getBuiltin = (process as { getBuiltinModule?: (id: string) => unknown }).getBuiltinModule;
   const sea = getBuiltin?.('node:sea') as { isSea?: () => boolean } | undefined;
   if (sea?.isSea?.()) return 'the program is a single executable application';
+  // Node took NODE_CHANNEL_FD out of the environment and may have read messages already.
+  if ((process as { channel?: unknown }).channel !== undefined)
+    return 'it has an IPC channel to its parent (child_process.fork, cluster, a process manager), which a restart would cut';
   const opt = optionProblem(process.execArgv, process.env.NODE_OPTIONS);
   if (opt) return opt;
   let cmdline: string[];

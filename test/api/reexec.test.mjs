@@ -257,7 +257,7 @@ test('checkpt imported in a worker thread never restarts the process: EIOURING, 
   }
 });
 
-test("a preload (--import) or CHECKPT_REEXEC=0 rules the restart out: EIOURING names the reason, the preload's output appears once", async (t) => {
+test("a preload (--import), an IPC channel (fork) or CHECKPT_REEXEC=0 rules the restart out: EIOURING names the reason, the preload's output appears once", async (t) => {
   if (modern.length === 0) return t.skip(NO_MODERN);
   const n = modern.at(-1);
   const dir = tempDir();
@@ -270,6 +270,14 @@ test("a preload (--import) or CHECKPT_REEXEC=0 rules the restart out: EIOURING n
     assert.match(e1.message, /started with --import/);
     assert.equal(count(pre, 'side-effect'), 1);
     assert.equal(count(pre, 'ready'), 1);
+
+    // Forked with an IPC channel: Node has taken NODE_CHANNEL_FD out of the environment.
+    const forked = start(n.bin, [fixture('fork-parent.mjs'), file]);
+    const e3 = await waitFor(forked, (e) => e.event === 'error', 'the error (forked)');
+    assert.equal((await forked.closed).code, 3, forked.stderrText);
+    assert.equal(e3.code, 'EIOURING');
+    assert.match(e3.message, /IPC channel to its parent/);
+    assert.equal(count(forked, 'ready'), 1);
 
     const env = { ...process.env, CHECKPT_REEXEC: 'off' };
     const off = start(n.bin, [fixture('state.mjs'), file], { env });
