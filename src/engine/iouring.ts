@@ -6,7 +6,7 @@ import { nativePath } from './native.js';
  */
 export function ioUringAdvice(nodeVersion: string, notRestarted?: string): string {
   const restart = notRestarted
-    ? `checkpt restarts a program without io_uring when it is the first import of the file node runs; this one was not restarted: ${notRestarted}. Import checkpt first, or start`
+    ? `checkpt restarts a program without io_uring when it is the first import of the file node runs; this one was not restarted: ${notRestarted}. Otherwise, start`
     : `Import checkpt first in the file node runs (checkpt then restarts the program without io_uring, on Node 22.15 or newer), or start`;
   return (
     `Node ${nodeVersion} opens an io_uring instance, which CRIU cannot checkpoint. ${restart} ` +
