@@ -147,8 +147,11 @@ export function whyNotRestarted(): string | undefined {
 
 type Execve = (file: string, args: string[], env: NodeJS.ProcessEnv) => never;
 
-/** Why this process must not be restarted; null when it needs no restart (no io_uring ring). */
-function restartProblem(): string | null | undefined {
+/**
+ * Why this process must not be restarted (a string); null when it needs no restart (no io_uring
+ * ring); else its command line, to restart it with.
+ */
+function restartProblem(): string | null | { cmdline: string[] } {
   let on: boolean;
   try {
     on = REEXEC.get();
@@ -189,7 +192,7 @@ function restartProblem(): string | null | undefined {
   } catch (e) {
     return `the program's file could not be read (${(e as Error).message})`;
   }
-  return entryProblem(entry, source);
+  return entryProblem(entry, source) ?? { cmdline };
 }
 
 /**
@@ -199,14 +202,13 @@ function restartProblem(): string | null | undefined {
 export function restartWithoutIoUring(): void {
   const problem = restartProblem();
   if (problem === null) return;
-  if (problem !== undefined) {
+  if (typeof problem === 'string') {
     notRestarted = problem;
     return;
   }
   try {
-    const args = readFileSync('/proc/self/cmdline', 'utf8').split('\0').slice(0, -1);
     const env = checkpointableEnv(process.env);
-    (process as unknown as { execve: Execve }).execve(process.execPath, args, env);
+    (process as unknown as { execve: Execve }).execve(process.execPath, problem.cmdline, env);
   } catch (e) {
     notRestarted = `the restart failed: ${(e as Error)?.message ?? String(e)}`;
   }
