@@ -1,6 +1,6 @@
 // A small "server" that counts page visits, checkpoints itself, and carries on.
 //
-//   node examples/counter.mjs [FILE.ckpt]          (Node 22/24: checkpt exec -- node examples/...)
+//   node examples/counter.mjs [FILE.ckpt]          (Node 22+: import checkpt first, as here)
 //   checkpt -r FILE.ckpt                           resumes the copy: checkpt() returns 1 there
 //
 // Everything in memory (the Map of visits, the request counter, the pending timers) is in the

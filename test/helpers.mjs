@@ -176,10 +176,10 @@ export async function within(promise, what, ms = WAIT_MS) {
   }
 }
 
-/** Node 20 is the machine's; 22 and 24 come from npm (scripts/install-nodes.sh). */
+/** Node 20 is the machine's; 22, 24 and 26 come from npm (scripts/install-nodes.sh). */
 export function nodeBinaries() {
   const list = [{ major: Number(process.versions.node.split('.')[0]), bin: process.execPath }];
-  for (const major of [22, 24]) {
+  for (const major of [22, 24, 26]) {
     const bin = join(
       root,
       '.tools',
@@ -273,7 +273,7 @@ export function resume(file, options = {}) {
   return start(process.execPath, [cli, '-r', file], options);
 }
 
-/** Runs a Node program on `bin`, through `checkpt exec` where Node opens io_uring (22, 24). */
+/** Runs a Node program on `bin`, through `checkpt exec` where Node opens io_uring (22 and later). */
 export function startNode(node, script, args = [], options = {}) {
   if (node.major >= 22)
     return start(process.execPath, [cli, 'exec', '--', node.bin, script, ...args], options);

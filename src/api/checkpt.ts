@@ -26,6 +26,7 @@ import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio } from '../engine/stdio.js';
 import { hasIoUring } from '../common/procfs.js';
 import { ioUringAdvice } from '../engine/iouring.js';
+import { whyNotRestarted } from './reexec.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
@@ -362,7 +363,7 @@ function preflight(target: string): void {
   if (hasIoUring())
     throw new CheckptError(
       'EIOURING',
-      `${ioUringAdvice(process.version)} The program keeps running.`,
+      `${ioUringAdvice(process.version, whyNotRestarted())} The program keeps running.`,
     );
 }
 

@@ -282,6 +282,16 @@ export const NETWORK = define({
   parse: onOff,
 });
 
+export const REEXEC = define({
+  name: 'CHECKPT_REEXEC',
+  when: 'load',
+  defaultText: 'on',
+  accepts: SWITCH,
+  does: 'On: a Node that opened io_uring (22 and later) and imports checkpt first, in its main thread, is restarted at that import with checkpt\'s io_uring blocker preloaded (`process.execve`: same pid, arguments, environment and open fds; none of the program\'s code has run yet), so plain `node app.js` can be checkpointed (README, "Node 22, 24, 26 and io_uring"). Off: never; such a program gets `EIOURING` from its first checkpoint unless started with `checkpt exec`.',
+  fallback: true,
+  parse: onOff,
+});
+
 export const TAKEOVER_MS = define({
   name: 'CHECKPT_TAKEOVER_MS',
   when: 'call',

@@ -139,9 +139,51 @@ function ioUringSysctl(): number | undefined {
   }
 }
 
-const COUNT_RINGS = `const fs=require('fs');let n=0;for(const f of fs.readdirSync('/proc/self/fd')){try{if(fs.readlinkSync('/proc/self/fd/'+f)==='anon_inode:[io_uring]')n++}catch{}}console.log(process.version+' '+n)`;
+const COUNT_RINGS = `const fs=require('fs');let n=0;for(const f of fs.readdirSync('/proc/self/fd')){try{if(fs.readlinkSync('/proc/self/fd/'+f)==='anon_inode:[io_uring]')n++}catch{}}console.log(process.version+' '+n+' '+typeof process.execve)`;
 
-/** Whether each Node binary opens io_uring here (checkpt exec keeps it off). */
+/** The Node lines checkpt is tested on; 20 (end of life in April 2026) still works. */
+export const SUPPORTED_NODE = '22, 24 and 26';
+
+/**
+ * Whether a Node is supported and how checkpt handles it: `rings` io_uring instances open at
+ * start, `execve` whether it has process.execve (the restart at checkpt's import).
+ */
+export function nodeSupport(ver: string, rings: number, execve: boolean, sysctl?: number): Finding {
+  const name = `node ${ver}`;
+  const major = Number(/^v?(\d+)/.exec(ver)?.[1]);
+  if (!(major >= 20))
+    return {
+      name,
+      ok: false,
+      detail: `Node ${ver} is not supported: checkpt needs Node 20 or newer (it is tested on ${SUPPORTED_NODE})`,
+      fix: `Use Node ${SUPPORTED_NODE}.`,
+    };
+  const eol =
+    major === 20
+      ? ` (Node 20 reached end of life in April 2026; checkpt is tested on ${SUPPORTED_NODE})`
+      : '';
+  if (rings === 0)
+    return {
+      name,
+      ok: true,
+      detail: `Node ${ver} opens no io_uring${sysctl === 2 ? ' (kernel.io_uring_disabled=2)' : ''}: checkpoints work as is${eol}`,
+    };
+  if (execve)
+    return {
+      name,
+      ok: true,
+      detail: `Node ${ver} opens io_uring, which CRIU cannot dump: a program that imports checkpt first is restarted without it at that import (CHECKPT_REEXEC); any other needs checkpt exec or checkpt run`,
+    };
+  return {
+    name,
+    ok: true,
+    warning: true,
+    detail: `Node ${ver} opens io_uring, which CRIU cannot dump, and has no process.execve to restart a program without it (22.15, 23.11 and later have it)`,
+    fix: ioUringAdvice(ver),
+  };
+}
+
+/** Whether each Node binary is supported and opens io_uring here (checkpt exec keeps it off). */
 function nodeFindings(binaries: string[]): Finding[] {
   const sysctl = ioUringSysctl();
   return binaries.map((bin): Finding => {
@@ -149,7 +191,7 @@ function nodeFindings(binaries: string[]): Finding[] {
       encoding: 'utf8',
       env: { ...process.env, NODE_OPTIONS: '' },
     });
-    const [ver, rings] = r.stdout.trim().split(' ');
+    const [ver, rings, execve] = r.stdout.trim().split(' ');
     if (r.status !== 0 || !ver)
       return {
         name: `node ${bin}`,
@@ -157,19 +199,7 @@ function nodeFindings(binaries: string[]): Finding[] {
         detail: `could not run ${bin}`,
         fix: 'Check the Node.js installation.',
       };
-    if (Number(rings) === 0)
-      return {
-        name: `node ${ver}`,
-        ok: true,
-        detail: `Node ${ver} opens no io_uring${sysctl === 2 ? ' (kernel.io_uring_disabled=2)' : ''}: checkpoints work as is`,
-      };
-    return {
-      name: `node ${ver}`,
-      ok: true,
-      warning: true,
-      detail: `Node ${ver} opens io_uring, which CRIU cannot dump`,
-      fix: ioUringAdvice(ver),
-    };
+    return nodeSupport(ver, Number(rings), execve === 'function', sysctl);
   });
 }
 

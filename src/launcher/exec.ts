@@ -1,7 +1,9 @@
 import { spawn } from 'node:child_process';
 import { CheckptError } from '../common/errors.js';
-import { nativePath } from '../engine/native.js';
+import { checkpointableEnv } from '../engine/iouring.js';
 import { relaySignals } from './signals.js';
+
+export { checkpointableEnv };
 
 export interface ExecOptions {
   command: string;
@@ -9,16 +11,9 @@ export interface ExecOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** The environment that keeps a program (and what it starts) off io_uring. */
-export function checkpointableEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  const nouringLibPath = nativePath('libcheckpt-nouring.so');
-  const preload = env.LD_PRELOAD ? `${nouringLibPath}:${env.LD_PRELOAD}` : nouringLibPath;
-  return { ...env, LD_PRELOAD: preload };
-}
-
 /**
  * Runs a program so that it can be checkpointed: its io_uring_setup fails (LD_PRELOAD), so
- * libuv in Node 22/24 uses epoll, which CRIU can dump. Signals sent to us are passed on;
+ * libuv in Node 22 and later uses epoll, which CRIU can dump. Signals sent to us are passed on;
  * resolves with the program's exit status.
  */
 export function execCheckpointable(
