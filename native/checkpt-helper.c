@@ -43,6 +43,9 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -888,6 +891,83 @@ static int cmd_unlock(const char *table) {
   return 1;
 }
 
+/*
+ * checkpt-helper nft-list: prints the inet family's ruleset as libnftables' JSON, so checkpt can
+ * find a lock table a killed CRIU left behind by the connections in it (its name is a random id).
+ * Exit 0: printed; 1: failed (the reason on stderr).
+ */
+static int cmd_nft_list(void) {
+  void *lib = dlopen("libnftables.so.1", RTLD_NOW);
+  if (!lib) { fprintf(stderr, "checkpt-helper nft-list: %s\n", dlerror()); return 1; }
+  void *(*ctx_new)(unsigned) = (void *(*)(unsigned))dlsym(lib, "nft_ctx_new");
+  int (*buffer_output)(void *) = (int (*)(void *))dlsym(lib, "nft_ctx_buffer_output");
+  int (*buffer_error)(void *) = (int (*)(void *))dlsym(lib, "nft_ctx_buffer_error");
+  void (*set_flags)(void *, unsigned) = (void (*)(void *, unsigned))dlsym(lib, "nft_ctx_output_set_flags");
+  const char *(*output_of)(void *) = (const char *(*)(void *))dlsym(lib, "nft_ctx_get_output_buffer");
+  const char *(*error_of)(void *) = (const char *(*)(void *))dlsym(lib, "nft_ctx_get_error_buffer");
+  int (*run)(void *, const char *) = (int (*)(void *, const char *))dlsym(lib, "nft_run_cmd_from_buffer");
+  if (!ctx_new || !buffer_output || !buffer_error || !set_flags || !output_of || !error_of || !run) {
+    fprintf(stderr, "checkpt-helper nft-list: libnftables lacks its API\n");
+    return 1;
+  }
+  void *ctx = ctx_new(0);
+  if (!ctx) { fprintf(stderr, "checkpt-helper nft-list: nft_ctx_new failed\n"); return 1; }
+  buffer_output(ctx);
+  buffer_error(ctx);
+  set_flags(ctx, 1u << 4); /* NFT_CTX_OUTPUT_JSON */
+  if (run(ctx, "list ruleset inet") != 0) {
+    const char *err = error_of(ctx);
+    fprintf(stderr, "checkpt-helper nft-list: %s", err ? err : "failed\n");
+    return 1;
+  }
+  const char *out = output_of(ctx);
+  fputs(out ? out : "", stdout);
+  return 0;
+}
+
+/*
+ * checkpt-helper unrepair PID...: takes the TCP sockets of these processes out of repair mode. A
+ * CRIU killed mid-dump leaves the connections it had paused in repair mode, where the program's
+ * reads fail with EPERM and nothing is sent; CRIU's own rollback would have done this.
+ * Prints one line per socket released ("PID FD"); exit 0, or 1 when one could not be examined.
+ */
+static int cmd_unrepair(int argc, char **argv) {
+  int bad = 0;
+  for (int i = 0; i < argc; i++) {
+    int pid = atoi(argv[i]);
+    if (pid <= 0) { fprintf(stderr, "checkpt-helper unrepair: not a pid: %s\n", argv[i]); return EXIT_USAGE; }
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) { if (errno != ESRCH) bad = 1; continue; }
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", pid);
+    DIR *d = opendir(dir);
+    if (!d) { close(pidfd); continue; }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char link[320], target[64];
+      snprintf(link, sizeof link, "%s/%s", dir, e->d_name);
+      ssize_t n = readlink(link, target, sizeof target - 1);
+      if (n <= 0) continue;
+      target[n] = 0;
+      if (strncmp(target, "socket:[", 8) != 0) continue;
+      int fd = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(e->d_name), 0);
+      if (fd < 0) { bad = 1; continue; }
+      int on = 0;
+      socklen_t len = sizeof on;
+      if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, &len) == 0 && on) {
+        int off = 0; /* TCP_REPAIR_OFF: the kernel sends a window probe, the peer resumes */
+        if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) == 0) printf("%d %s\n", pid, e->d_name);
+        else bad = 1;
+      }
+      close(fd);
+    }
+    closedir(d);
+    close(pidfd);
+  }
+  return bad;
+}
+
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
   if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
@@ -898,6 +978,8 @@ int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (argc == 3 && !strcmp(argv[1], "unlock")) return cmd_unlock(argv[2]);
+  if (argc == 2 && !strcmp(argv[1], "nft-list")) return cmd_nft_list();
+  if (argc >= 3 && !strcmp(argv[1], "unrepair")) return cmd_unrepair(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;
