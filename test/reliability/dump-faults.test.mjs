@@ -24,6 +24,8 @@ import {
   HANG_GUARD_MS,
   assertIntact,
   assertVerifies,
+  criuTables,
+  removeNewEmptyTables,
   driven,
   leftovers,
   roles,
@@ -44,11 +46,12 @@ function remount(dir, opts) {
 }
 
 describe('faults while checkpointing', () => {
-  let dir, target, staging, faultDir, prog, base, keep, keepSha;
+  let dir, target, staging, faultDir, prog, base, keep, keepSha, tables;
   const mounts = [];
   const setFault = (mode) => writeFileSync(join(faultDir, 'mode'), mode);
 
   before(async () => {
+    tables = criuTables();
     dir = tempDir();
     target = join(dir, 'target');
     staging = join(dir, 'staging');
@@ -75,6 +78,7 @@ describe('faults while checkpointing', () => {
 
   after(async () => {
     await cleanup();
+    if (tables) removeNewEmptyTables(tables);
     for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
     if (dir) removeDir(dir);
   });

@@ -7,7 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import { verifyImage } from '../../dist/image/format.js';
 import { manifestProblem } from '../../dist/engine/manifest.js';
-import { fixture, start, waitFor } from '../helpers.mjs';
+import { fixture, root, spawnSync, start, waitFor } from '../helpers.mjs';
+import { join } from 'node:path';
 
 /** Generous, and only there so a hang fails the test instead of holding it: not a timing claim. */
 export const HANG_GUARD_MS = 60_000;
@@ -149,4 +150,30 @@ export async function assertVerifies(file) {
   const info = await verifyImage(file, { checkManifest: manifestProblem });
   assert.ok(info.entries.length > 0, `${file} holds CRIU images`);
   return info;
+}
+
+const helper = join(root, 'build', 'checkpt-helper');
+
+/** CRIU's lock tables now, each with whether its sets hold any connection. */
+export function criuTables() {
+  const r = spawnSync(helper, ['nft-list'], { encoding: 'utf8' });
+  if (r.status !== 0) return new Map();
+  const tables = new Map();
+  for (const o of JSON.parse(r.stdout).nftables ?? []) {
+    if (o.table?.name?.startsWith('CRIU-'))
+      tables.set(o.table.name, tables.get(o.table.name) ?? false);
+    if (o.set?.table?.startsWith('CRIU-') && (o.set.elem ?? []).length > 0)
+      tables.set(o.set.table, true);
+  }
+  return tables;
+}
+
+/**
+ * Removes the empty lock tables that appeared since `before` (criuTables()): a CRIU these tests
+ * kill after it locked the network leaves one, which drops nothing but must not outlive the test.
+ */
+export function removeNewEmptyTables(before) {
+  for (const [name, holds] of criuTables()) {
+    if (!before.has(name) && !holds) spawnSync(helper, ['unlock', `inet ${name}`]);
+  }
 }
