@@ -44,7 +44,8 @@ export function verdict(t) {
   if (t.met) return 'met';
   if (t.unit === 'ms') return `missed (by ${(t.value - t.goal).toFixed(0)} ms)`;
   const by = t.bound === 'at least' ? t.goal / t.value : t.value / t.goal;
-  return `missed (by ${by.toFixed(1)}×)`;
+  // A narrow miss must not read "by 1.0×".
+  return `missed (by ${by.toFixed(by < 1.1 ? 2 : 1)}×)`;
 }
 
 const fx = (x, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : '-');

@@ -35,6 +35,7 @@ test('verdicts: met, missed by how many times the goal, not measured with the re
   assert.equal(verdict(at(2.6, 'at most', 1.3)), 'missed (by 2.0×)');
   assert.equal(verdict(at(5, 'at least', 5)), 'met');
   assert.equal(verdict(at(2, 'at least', 5)), 'missed (by 2.5×)');
+  assert.equal(verdict(at(2.02, 'at most', 2)), 'missed (by 1.01×)');
   assert.equal(verdict(at(NaN, 'at most', 1)), 'not measured (no value)');
   const missing = judge({
     target: 't',
