@@ -696,6 +696,9 @@ function machine() {
     criu,
     criuPath,
     criuSource,
+    // Where the .ckpt files and the physical baseline's file are written.
+    filesDir: work,
+    filesFs: spawnSync('stat', ['-f', '-c', '%T', work], { encoding: 'utf8' }).stdout?.trim(),
     date: new Date().toISOString(),
     commit: spawnSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], {
       encoding: 'utf8',
@@ -714,7 +717,7 @@ async function main() {
     }
   const m = machine();
   console.log(
-    `checkpt bench (${quick ? 'quick' : 'full'}) at ${m.commit ?? '?'}, ${m.date}: ${m.nproc} cpus, ${m.memGiB} GiB, Linux ${m.kernel}; apps and checkpt on Node ${m.node} (${m.nodePath}); CRIU ${m.criu} (${m.criuPath}, ${m.criuSource})`,
+    `checkpt bench (${quick ? 'quick' : 'full'}) at ${m.commit ?? '?'}, ${m.date}: ${m.nproc} cpus, ${m.memGiB} GiB, Linux ${m.kernel}; apps and checkpt on Node ${m.node} (${m.nodePath}); CRIU ${m.criu} (${m.criuPath}, ${m.criuSource}); files in ${m.filesDir} (${m.filesFs})`,
   );
   const t = performance.now();
   process.stdout.write(
