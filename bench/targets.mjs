@@ -168,7 +168,11 @@ export function targets(sum, { heapMb = {}, startup } = {}) {
       goal: STARTUP_LIMIT_MS,
       bound: 'at most',
       how: Number.isFinite(d) ? `${d >= 0 ? '+' : ''}${d.toFixed(0)} ms` : '-',
-      ...(startup ? {} : { missing: 'start-up not measured' }),
+      ...(!startup
+        ? { missing: 'start-up not measured' }
+        : Number.isFinite(d)
+          ? {}
+          : { missing: 'the command noted no such moment (CHECKPT_BENCH_TRACE)' }),
     });
     // "Under 30 ms": 30 itself is not under.
     if (t.met !== undefined) t.met = d < STARTUP_LIMIT_MS;

@@ -128,6 +128,11 @@ test('start-up: the command under node -e 0 + 30 ms, judged in ms', () => {
   assert.equal(verdict(r), 'missed (by 15 ms)');
   const exactly = targets({}, { startup: { nodeMs: 100, versionMs: 130, resumeCliMs: 100 } });
   assert.equal(exactly.find((t) => t.target.includes('--version')).met, false);
+  const unmarked = targets({}, { startup: { nodeMs: 100, versionMs: 120, resumeCliMs: NaN } });
+  assert.match(
+    verdict(unmarked.find((t) => t.target.includes('checkpt -r'))),
+    /^not measured \(the command noted no such moment/,
+  );
   for (const t of targets({}).filter((x) => x.target.startsWith('start-up')))
     assert.match(verdict(t), /^not measured/);
 });
