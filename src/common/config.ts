@@ -439,6 +439,15 @@ note(
   'How long a test of real parts may run before it fails naming what still runs (default 180000).',
   'milliseconds',
 );
+export const BENCH_TRACE = define({
+  name: 'CHECKPT_BENCH_TRACE',
+  kind: 'test',
+  when: 'call',
+  accepts: 'an absolute path',
+  does: "Set by `npm run bench` only: the command appends a line to this file, `STEP EPOCH_MS`, when its `main` begins (`main`) and when it starts its native helper (`helper`) or CRIU's lazy-pages daemon (`lazy-pages`), for the bench's start-up measurement.",
+  fallback: undefined as string | undefined,
+  parse: absolute,
+});
 note(
   'CHECKPT_TEST_UNIT',
   'test',

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { childrenOf } from '../common/procfs.js';
+import { trace } from '../common/trace.js';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { argvOf, criuEnv, dumpCommand, type Command } from './criu.js';
@@ -109,6 +110,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
     '3',
     ...args,
   ];
+  trace('helper');
   const child = spawn(helperPath(), full, {
     stdio: [
       opts.detach ? 'ignore' : 'inherit',

@@ -1,6 +1,7 @@
 import { CheckptError } from '../common/errors.js';
 import { LAZY } from '../common/config.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
+import { trace } from '../common/trace.js';
 import { lazyPagesCommand, startCriu } from './criu.js';
 
 /**
@@ -33,6 +34,7 @@ export function startLazyPages(
   imagesDir: string,
   workDir: string,
 ): { ready: Promise<LazyPages | undefined>; stop(): number[]; pid: number | undefined } {
+  trace('lazy-pages');
   const daemon = startCriu(lazyPagesCommand(imagesDir, workDir), { statusFd: true });
   const exited = daemon.result.then(({ status, signal }) => ({ code: status, signal }));
   // CRIU forks probes of the kernel at start-up that stop themselves; one left by a daemon killed
