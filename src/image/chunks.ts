@@ -61,9 +61,13 @@ export function decodedLength(e: ChunkedEntry, i: number): number {
 }
 
 function chunkDamaged(file: string, e: ChunkedEntry, i: number, why: string): CheckptError {
+  const which = `memory entry ${e.name}, chunk index ${i} of ${e.stored.length} chunks`;
+  // A plain file's damage is said as format 1 says it: scripts and people know that phrase.
+  const detail = why === 'sha256' ? `checksum mismatch in ${which}` : `${which}, ${why}`;
+  const tampered = why === 'sha256' ? '' : ' or was tampered with';
   return new CheckptError(
     'EBADIMAGE',
-    `${file} is damaged or was tampered with (memory entry ${e.name}, chunk index ${i} of ${e.stored.length} chunks, ${why}): it was modified after it was written; use another checkpoint`,
+    `${file} is damaged${tampered} (${detail}): it was modified after it was written; use another checkpoint`,
     { path: file },
   );
 }
@@ -102,7 +106,7 @@ export async function readChunk(
   if (sealing === undefined) {
     const want = e.hashes?.[i];
     if (want === undefined || !createHash('sha256').update(raw).digest().equals(want)) {
-      throw chunkDamaged(src.file, e, i, 'its SHA-256 does not match');
+      throw chunkDamaged(src.file, e, i, 'sha256');
     }
     return raw;
   }
