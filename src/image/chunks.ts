@@ -222,6 +222,8 @@ export class FilePages implements PageSource {
     if (this.closed) return;
     this.closed = true;
     this.cache.clear();
+    // The file's AES key stays in memory only while its memory may still be read.
+    this.sealing?.keys.key.fill(0);
     await closeQuietly(this.src.fh);
   }
 }
