@@ -39,6 +39,7 @@
 #include <time.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -888,6 +889,9 @@ static int cmd_dump(int argc, char **argv) {
   pid_t worker = fork();
   if (worker < 0) die("fork worker");
   if (worker == 0) {
+    /* checkpoint(): Node's start-up would share the CPU with CRIU while the program is frozen; it
+     * packs at this priority anyway (src/common/procfs.ts, lowerPriority). */
+    if (async && setpriority(PRIO_PROCESS, 0, 10) < 0) { /* it only costs the pause some time */ }
     char fdarg[16];
     int r = dup(go[0]); /* the one end the worker keeps */
     if (r < 0) _exit(127);
