@@ -933,8 +933,8 @@ static int cmd_dump(int argc, char **argv) {
   }
   close(sp[1]);
   int sk = sp[0];
-  int criu_pidfd = (int)syscall(SYS_pidfd_open, criu, 0);
-  if (criu_pidfd < 0) die("pidfd_open CRIU");
+  /* CRIU's exit wakes the loop; before Linux 5.3 (no pidfd) the loop looks every 10 ms. */
+  int criu_pidfd = (int)syscall(SYS_pidfd_open, criu, 0), reaped = 0;
   /* Into the socket's buffer: CRIU reads it once it has started. */
   int sk_open = rpc_send(sk, &req) == 0;
   int st = 0, told = !async, timed_out = 0, killed = 0, answered = 0, dumped_ok = 0;
@@ -942,27 +942,30 @@ static int cmd_dump(int argc, char **argv) {
   static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
     if (!killed && now_ms() >= kill_at) {
-      kill(criu, SIGKILL);
+      if (!reaped) kill(criu, SIGKILL); /* never a pid reaped and reused */
       killed = timed_out = 1;
     }
     long left = kill_at - now_ms();
+    int wait_ms = killed ? 60000 : (int)(left < 0 ? 0 : left > 60000 ? 60000 : left);
+    if (criu_pidfd < 0 && wait_ms > 10) wait_ms = 10;
     struct pollfd p[2] = {{sk_open ? sk : -1, POLLIN, 0}, {criu_pidfd, POLLIN, 0}};
-    int n = poll(p, 2, killed ? -1 : (int)(left < 0 ? 0 : left > 60000 ? 60000 : left));
+    int n = poll(p, 2, wait_ms);
     if (n < 0 && errno != EINTR) die("poll");
-    if (n <= 0) continue;
+    if (criu_pidfd < 0 && !reaped && waitpid(criu, &st, WNOHANG) == criu) reaped = 1;
+    if (n <= 0 && !reaped) continue;
     /* A message CRIU sent just before it exited is still read. */
     if (sk_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
       ssize_t len = rpc_recv(sk, msg, sizeof msg);
       if (len <= 0) {
         sk_open = 0;
-        if (len < 0 && !killed) { kill(criu, SIGKILL); killed = 1; }
+        if (len < 0 && !killed) { if (!reaped) kill(criu, SIGKILL); killed = 1; }
         continue;
       }
       struct rpc_resp r;
       const char *why;
       if (rpc_decode_resp(msg, (size_t)len, &r, &why) < 0) {
         fprintf(stderr, "checkpt-helper: Error (rpc): CRIU sent a malformed message (%s); CRIU was stopped\n", why);
-        kill(criu, SIGKILL);
+        if (!reaped) kill(criu, SIGKILL);
         killed = 1;
         sk_open = 0;
         continue;
@@ -1006,7 +1009,7 @@ static int cmd_dump(int argc, char **argv) {
       if (rpc_send(sk, &reply) < 0) sk_open = 0;
       continue;
     }
-    if (p[1].revents & POLLIN) {
+    if (reaped || (p[1].revents & POLLIN)) {
       if (sk_open) {
         /* Exited: whatever it sent before is read first, then nothing more will come. */
         struct pollfd q = {sk, POLLIN, 0};
@@ -1015,7 +1018,7 @@ static int cmd_dump(int argc, char **argv) {
       break;
     }
   }
-  while (waitpid(criu, &st, 0) < 0)
+  while (!reaped && waitpid(criu, &st, 0) < 0)
     if (errno != EINTR) die("waitpid criu");
   long ms = now_ms() - t0;
   int status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
