@@ -755,6 +755,8 @@ static ssize_t rpc_recv(int sk, uint8_t *buf, size_t size) {
 static int rpc_send(int sk, const struct rpc_buf *b) {
   ssize_t n;
   do n = send(sk, b->data, b->len, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  /* CRIU died before our answer: its exit status says what happened, not this. */
+  if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) return -1;
   if (n != (ssize_t)b->len) { fprintf(stderr, "checkpt-helper: Error (rpc): writing to CRIU: %s\n", n < 0 ? strerror(errno) : "short write"); return -1; }
   return 0;
 }

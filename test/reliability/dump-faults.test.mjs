@@ -19,6 +19,7 @@ import {
 import { existsSync, mkdirSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import {
   HANG_GUARD_MS,
@@ -27,10 +28,12 @@ import {
   driven,
   inRead,
   leftovers,
+  procs,
   roles,
   settled,
   sha,
   signalWhen,
+  syscallOf,
   tracerOf,
 } from './faults.mjs';
 
@@ -230,19 +233,37 @@ describe('faults while checkpointing', () => {
   test('CRIU killed at its pre-dump step (checkpoint(): the program blocked, not yet frozen): EDUMP, the program runs on', async () => {
     // Once a pre-dump action script; now the front answers CRIU's pre-dump notification itself, so
     // the step's failure is CRIU's death while the program waits there, blocked on its channel.
-    // The window is a few milliseconds: CRIU is stopped in it, and killed only if it was stopped
-    // before it froze the program (otherwise let go, and the next try aims again).
+    // CRIU waits in recvfrom (x86-64 syscall 45) for each answer, the pre-dump one first: stopped
+    // there, it cannot freeze the program, which blocks meanwhile. Stopped anywhere else (the
+    // program already frozen, or not yet told to block), it is let go and the next try aims again.
     for (let attempt = 1; ; attempt++) {
       const r = await faulted('checkpoint', 'EDUMP', () => {
-        const criu = signalWhen(
-          roles.criu(prog.pid, staging),
-          () => inRead(prog.pid) && tracerOf(prog.pid) === 0,
-          'SIGSTOP',
-        );
+        const deadline = Date.now() + 20_000;
+        let criu;
+        while (!criu && Date.now() < deadline) criu = procs().find(roles.criu(prog.pid, staging));
         if (!criu) return false;
-        const inWindow = tracerOf(prog.pid) === 0;
-        process.kill(criu.pid, inWindow ? 'SIGKILL' : 'SIGCONT');
-        return inWindow || attempt >= 5 ? inWindow : MISSED;
+        let call;
+        while (
+          (call = syscallOf(criu.pid)) !== '' &&
+          !call.startsWith('45 ') &&
+          Date.now() < deadline
+        );
+        if (call === '') return attempt >= 5 ? false : MISSED; // it finished first
+        process.kill(criu.pid, 'SIGSTOP');
+        if (tracerOf(prog.pid) !== 0) {
+          process.kill(criu.pid, 'SIGCONT');
+          return attempt >= 5 ? false : MISSED;
+        }
+        // The front told the program to block and answers CRIU; CRIU, stopped, does not read it.
+        const soon = Date.now() + 3000;
+        while (!inRead(prog.pid) && Date.now() < soon);
+        if (!inRead(prog.pid) && attempt < 5) {
+          process.kill(criu.pid, 'SIGCONT');
+          return MISSED;
+        }
+        const blocked = inRead(prog.pid) && tracerOf(prog.pid) === 0;
+        process.kill(criu.pid, 'SIGKILL');
+        return blocked;
       });
       if (r === MISSED) {
         await settled(prog.pid);
@@ -252,6 +273,54 @@ describe('faults while checkpointing', () => {
       }
       assert.match(r.message, /CRIU was killed by SIGKILL/);
       break;
+    }
+  });
+
+  test('checkpoint and exit whose file is not durable by the deadline: the front refuses at post-dump, CRIU rolls back, ETIMEOUT, the program runs on', async () => {
+    // The worker is stopped once it listens for the post-dump step and the program is frozen:
+    // the front's wait for its verdict meets the deadline (twice the timeout), and killing CRIU
+    // there would leave the program stopped; refusing makes CRIU resume it. A worker that
+    // answered first ends the program (the checkpoint was kept): then the next try aims again.
+    const timeoutMs = 1500;
+    const listening = () =>
+      readdirSync(staging).some((d) => existsSync(join(staging, d, 'post-dump.sock')));
+    for (let attempt = 1; ; attempt++) {
+      const own = await driven({
+        CHECKPT_CRIU: fakeCriu,
+        FAULT_DIR: faultDir,
+        CHECKPT_TMPDIR: staging,
+      });
+      try {
+        const want = await own.ask({ op: 'ping' });
+        const file = join(target, 'exit.ckpt');
+        const pending = own.ask({ op: 'checkpt', file, exit: true, timeoutMs });
+        const worker = signalWhen(
+          roles.worker(staging),
+          () => tracerOf(own.pid) !== 0 && listening(),
+          'SIGSTOP',
+        );
+        if (!worker) {
+          assert.ok(attempt < 3, 'the worker was never stopped in its window');
+          continue;
+        }
+        // Past the front's deadline and CRIU's rollback, the worker goes on and reports.
+        const front = procs().find(roles.front(own.pid, staging));
+        const t0 = Date.now();
+        while (front && procs().some((x) => x.pid === front.pid) && Date.now() - t0 < 20_000)
+          await sleep(50);
+        process.kill(worker.pid, 'SIGCONT');
+        const r = await pending;
+        if (r.event !== 'failed' && attempt < 3) continue; // it had answered first
+        assert.equal(r.code, 'ETIMEOUT', JSON.stringify(r));
+        await assertIntact(own, want);
+        assert.equal(tracerOf(own.pid), 0);
+        assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'no file, no temporary file');
+        await settled(own.pid);
+        assert.deepEqual(leftovers(staging), []);
+        break;
+      } finally {
+        killGroup(own.p);
+      }
     }
   });
 

@@ -126,14 +126,17 @@ export const roles = {
   worker: (staging) => (x) => x.cmd[1]?.endsWith('/dump-worker.js') && inStaging(x, staging),
 };
 
-/** Whether `pid` sits in read(2) (syscall 0), as it does blocked on its control FIFO. */
-export function inRead(pid) {
+/** /proc/PID/syscall: the number of the system call it sits in, and its arguments; '' when gone. */
+export function syscallOf(pid) {
   try {
-    return readFileSync(`/proc/${pid}/syscall`, 'utf8').startsWith('0 ');
+    return readFileSync(`/proc/${pid}/syscall`, 'utf8');
   } catch {
-    return false;
+    return '';
   }
 }
+
+/** Whether `pid` sits in read(2) (syscall 0), as it does blocked on its control FIFO. */
+export const inRead = (pid) => syscallOf(pid).startsWith('0 ');
 
 /**
  * Polls /proc (without yielding, to hit short windows) until a process matching `find` runs and
