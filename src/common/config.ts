@@ -379,20 +379,13 @@ export const KEY_FILE = define({
 note(
   'CHECKPT_POST_DUMP_SOCK',
   'internal',
-  "For CRIU's action script (checkpt-helper): the worker's Unix socket the post-dump step of a checkpoint-and-exit asks for the verdict.",
+  "For CRIU's post-dump action script (checkpt-helper) in a checkpoint-and-exit taken from outside (`checkpt run`): the Unix socket it asks for the verdict. The dump front of a program's own checkpoint answers CRIU's post-dump notification itself and gets the socket as an option.",
 );
 note(
   'CHECKPT_POST_DUMP_TIMEOUT_MS',
   'internal',
-  "How long that post-dump step waits for the verdict before CRIU rolls back: `timeoutMs` for a program's own checkpoint-and-exit, the default dump limit for `checkpt run`'s from outside. The helper has no default of its own.",
+  'How long that post-dump script tries to reach the socket before CRIU rolls back: the default dump limit. The helper has no default of its own.',
 );
-note(
-  'CHECKPT_HOOK_PID',
-  'internal',
-  "Set by checkpt-helper's dump front for its pre-dump step: the process to wait for on its FIFO.",
-);
-note('CHECKPT_HOOK_FIFO', 'internal', 'Set likewise: that FIFO.');
-note('CHECKPT_HOOK_TIMEOUT_MS', 'internal', 'Set likewise: how long the pre-dump step waits.');
 
 // scripts/install-criu.sh (CHECKPT_CRIU_HOME above is shared with it)
 

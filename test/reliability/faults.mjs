@@ -85,25 +85,59 @@ export function tracerOf(pid) {
   }
 }
 
+/** One process as procs() lists it, or undefined when it is gone. */
+function procOf(pid) {
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return { pid, exe: readlinkSync(`/proc/${pid}/exe`), cmd };
+  } catch {
+    return undefined;
+  }
+}
+
+export function parentOf(pid) {
+  try {
+    // The command name in parentheses may hold spaces: the fields after it are what counts.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return 0;
+  }
+}
+
 /**
  * The processes of a checkpoint of `pid` staged in `staging` (the test's own CHECKPT_TMPDIR, in the
- * arguments of all three): the dump front, CRIU, the packing worker. Other checkpoints running on
- * the machine, other people's tests among them, never match.
+ * arguments of the front and the worker): the dump front, CRIU (`criu swrk FD`, the front's child),
+ * the packing worker. Other checkpoints running on the machine, other people's tests among them,
+ * never match.
  */
 const inStaging = (x, staging) => x.cmd.some((a) => a.startsWith(staging + '/'));
+const isFront = (pid, staging) => (x) =>
+  x.exe.endsWith('/checkpt-helper') &&
+  x.cmd[1] === 'dump' &&
+  x.cmd.includes(String(pid)) &&
+  inStaging(x, staging);
 export const roles = {
-  front: (pid, staging) => (x) =>
-    x.exe.endsWith('/checkpt-helper') &&
-    x.cmd[1] === 'dump' &&
-    x.cmd.includes(String(pid)) &&
-    inStaging(x, staging),
-  criu: (pid, staging) => (x) =>
-    x.exe.endsWith('/criu') &&
-    x.cmd[1] === 'dump' &&
-    x.cmd.includes(String(pid)) &&
-    inStaging(x, staging),
+  front: isFront,
+  criu: (pid, staging) => (x) => {
+    if (!x.exe.endsWith('/criu')) return false;
+    const parent = procOf(parentOf(x.pid));
+    return parent !== undefined && isFront(pid, staging)(parent);
+  },
   worker: (staging) => (x) => x.cmd[1]?.endsWith('/dump-worker.js') && inStaging(x, staging),
 };
+
+/** /proc/PID/syscall: the number of the system call it sits in, and its arguments; '' when gone. */
+export function syscallOf(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/syscall`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** Whether `pid` sits in read(2) (syscall 0), as it does blocked on its control FIFO. */
+export const inRead = (pid) => syscallOf(pid).startsWith('0 ');
 
 /**
  * Polls /proc (without yielding, to hit short windows) until a process matching `find` runs and
