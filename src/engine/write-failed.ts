@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { CheckptError, errnoOf } from '../common/errors.js';
 
 /** A failed write, said from the program's side: where, why, what to do, and what is left. */
@@ -7,6 +9,13 @@ export function writeFailed(e: unknown, target: string, imageBytes: number): Che
   if (err?.inPlace) return err;
   const errno = errnoOf(e);
   const full = errno === 'ENOSPC' || errno === 'EDQUOT';
+  // Removed while the file was written: the rename into it fails, and that is the target's fault.
+  if (!full && !existsSync(dirname(target)))
+    return new CheckptError(
+      'ETARGET',
+      `Could not write the checkpoint ${target}: its directory was removed while the file was written; check that the directory exists and is writable. Nothing was written and the program keeps running.`,
+      { cause: e, path: target },
+    );
   const why = full
     ? `the filesystem is full (the checkpoint needs about ${Math.ceil(imageBytes / 2 ** 20)} MB there); free some space or choose another place`
     : (err?.message ?? (e as Error).message);

@@ -77,10 +77,14 @@ export function checkKeyFile(path: string): void {
   closeSync(openKeyFile(path).fd);
 }
 
-/** Reads and decodes the key file at `path`. */
+/**
+ * Reads and decodes the key file at `path`, into memory outside the JavaScript heap and without a
+ * string of it: the caller zeroes the key after use, and then no copy is left behind (a copy in a
+ * heap that the garbage collector moved or dropped would end up in the next checkpoint's image).
+ */
 export function readKeyFile(path: string): Buffer {
   const { fd, st } = openKeyFile(path);
-  const raw = Buffer.alloc(st.size);
+  const raw = offHeap(st.size);
   try {
     let done = 0;
     while (done < raw.length) {
@@ -88,21 +92,40 @@ export function readKeyFile(path: string): Buffer {
       if (n === 0) throw keyError(path, 'became shorter while it was read; try again.');
       done += n;
     }
+  } catch (e) {
+    raw.fill(0);
+    throw e;
   } finally {
     closeSync(fd);
   }
   if (raw.length === KEY_BYTES) return raw;
-  const text = raw.toString('latin1');
-  const hex = text.endsWith('\n') ? text.slice(0, -1) : text;
-  if (hex.length !== 2 * KEY_BYTES || !/^[0-9a-fA-F]+$/.test(hex)) {
-    raw.fill(0);
+  const key = offHeap(KEY_BYTES);
+  const digits = raw[raw.length - 1] === 0x0a ? raw.length - 1 : raw.length;
+  let bad = digits !== 2 * KEY_BYTES;
+  for (let i = 0; !bad && i < KEY_BYTES; i++) {
+    const hi = hexDigit(raw[2 * i] ?? 0);
+    const lo = hexDigit(raw[2 * i + 1] ?? 0);
+    bad = hi < 0 || lo < 0;
+    key[i] = (hi << 4) | lo;
+  }
+  raw.fill(0);
+  if (bad) {
+    key.fill(0);
     throw keyError(
       path,
       `is not ${2 * KEY_BYTES} hex digits or ${KEY_BYTES} raw bytes; ${HOW_TO_MAKE}.`,
     );
   }
-  raw.fill(0);
-  return Buffer.from(hex, 'hex');
+  return key;
+}
+
+/** A Buffer over an ArrayBuffer of its own: never in the heap, where small typed arrays can live. */
+const offHeap = (size: number): Buffer => Buffer.from(new ArrayBuffer(size));
+
+function hexDigit(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  const l = c | 0x20;
+  return l >= 0x61 && l <= 0x66 ? l - 0x61 + 10 : -1;
 }
 
 /** The key named by CHECKPT_KEY_FILE, or undefined when the variable is unset. */
