@@ -12,20 +12,16 @@ import { runProgram } from '../launcher/run.js';
 import { requestCheckpoint } from '../launcher/request.js';
 import { exitLike } from '../launcher/signals.js';
 import type { Command } from './args.js';
-import { HELP, version } from './help.js';
 import { formatHeader, formatInspect } from './inspect.js';
 import { holdRequests, supervise } from './supervise.js';
 
 const EXIT_FAILED = 125;
 
-async function run(c: Command): Promise<number> {
+/** The commands main.ts does not answer itself. */
+export type RunnableCommand = Exclude<Command, { cmd: 'help' | 'version' }>;
+
+async function run(c: RunnableCommand): Promise<number> {
   switch (c.cmd) {
-    case 'help':
-      process.stdout.write(HELP);
-      return 0;
-    case 'version':
-      process.stdout.write(`checkpt ${version()}\n`);
-      return 0;
     case 'inspect': {
       const key = loadKey();
       const head = await readImageHeader(c.file);
@@ -156,10 +152,10 @@ async function run(c: Command): Promise<number> {
 }
 
 /** Runs the command and sets the exit status; a CheckptError is reported and exits 125. */
-export async function runCommand(command: Command): Promise<void> {
+export async function runCommand(command: RunnableCommand): Promise<void> {
   try {
     // A bad CHECKPT_* variable stops the command before it does anything.
-    if (command.cmd !== 'help' && command.cmd !== 'version') checkConfig(PUBLIC_VARIABLES);
+    checkConfig(PUBLIC_VARIABLES);
     process.exitCode = await run(command);
   } catch (e) {
     if (e instanceof CheckptError) {

@@ -1,6 +1,10 @@
 #!/usr/bin/env node
+// Only what every command needs is loaded here; the commands' modules (dist/bin/commands.js in
+// the package, bundled) load once a command runs, so --version and --help cost little more than
+// Node's own start (docs/PERFORMANCE.md, start-up).
 import { parseArgs, UsageError, type Command } from './args.js';
-import { runCommand } from './commands.js';
+import { enableCompileCache } from './compile-cache.js';
+import { HELP, version } from './help.js';
 
 const EXIT_USAGE = 2;
 
@@ -15,6 +19,10 @@ async function main(): Promise<void> {
     }
     throw e;
   }
+  if (command.cmd === 'help') return void process.stdout.write(HELP);
+  if (command.cmd === 'version') return void process.stdout.write(`checkpt ${version()}\n`);
+  enableCompileCache();
+  const { runCommand } = await import('./commands.js');
   await runCommand(command);
 }
 
