@@ -13,6 +13,7 @@ import { requestCheckpoint } from '../launcher/request.js';
 import { exitLike } from '../launcher/signals.js';
 import type { Command } from './args.js';
 import { formatHeader, formatInspect } from './inspect.js';
+import { terminalProgress } from './progress.js';
 import { holdRequests, supervise } from './supervise.js';
 
 const EXIT_FAILED = 125;
@@ -112,6 +113,8 @@ async function run(c: RunnableCommand): Promise<number> {
         key: c.key,
         pty: c.pty,
         trustFile: c.trust === true,
+        // Nothing else writes to the terminal until the copy runs, and the line is gone by then.
+        progress: terminalProgress({ style: 'line' }),
       });
       if (c.detach) {
         // The copy runs on its own: a stopping signal meant for it now stops only us, as before.

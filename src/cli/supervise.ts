@@ -1,6 +1,7 @@
 import { checkpointSignals } from '../common/signals.js';
 import type { Running } from '../engine/helper.js';
 import { Supervisor } from '../launcher/supervisor.js';
+import { terminalProgress } from './progress.js';
 import { exitLike, relaySignals } from '../launcher/signals.js';
 
 export interface HeldRequests {
@@ -62,6 +63,8 @@ export async function supervise(
     running: r,
     generation: o.generation,
     say: (line) => process.stderr.write(raw ? `\r${line}\r\n` : `${line}\n`),
+    // A program frozen until it is killed cannot write meanwhile; one that runs on owns the screen.
+    progress: (exit) => terminalProgress({ style: exit ? 'line' : 'title' }),
     ...(o.template === undefined ? {} : { template: o.template }),
   });
   const stop = sup.install();
