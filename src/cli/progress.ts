@@ -53,10 +53,13 @@ export function terminalProgress(o: TerminalProgressOptions): ProgressSink {
   let done = 0;
   let total = 0;
   let drawn = false;
+  let last = '';
   let ended = false;
   const draw = (): void => {
     if (ended || phase === '' || Date.now() - start < delayMs) return;
     const text = printable(progressText(phase, done, total, Date.now() - phaseStart));
+    if (text === last) return;
+    last = text;
     if (o.style === 'title') {
       // Saved once, before the first change: end() puts it back.
       stream.write(`${drawn ? '' : '\x1b[22;0t'}\x1b]2;${text}\x07`);
