@@ -1,3 +1,4 @@
+import { isatty } from 'node:tty';
 import { PROGRESS_MS } from '../common/config.js';
 import type { ProgressSink } from '../common/progress.js';
 
@@ -44,8 +45,10 @@ const printable = (s: string): string =>
  * what it drew at end(). Off a terminal it is inert: not one byte is written.
  */
 export function terminalProgress(o: TerminalProgressOptions): ProgressSink {
-  const stream = o.stream ?? process.stderr;
-  if (stream.isTTY !== true) return { update: () => undefined, end: () => undefined };
+  // isatty(2), not process.stderr.isTTY: making process.stderr costs milliseconds at start-up.
+  if (!(o.stream ? o.stream.isTTY === true : isatty(2)))
+    return { update: () => undefined, end: () => undefined };
+  const out = (): NodeJS.WriteStream => o.stream ?? process.stderr;
   const delayMs = o.delayMs ?? PROGRESS_MS.get();
   const start = Date.now();
   let phase = '';
@@ -62,11 +65,12 @@ export function terminalProgress(o: TerminalProgressOptions): ProgressSink {
     last = text;
     if (o.style === 'title') {
       // Saved once, before the first change: end() puts it back.
-      stream.write(`${drawn ? '' : '\x1b[22;0t'}\x1b]2;${text}\x07`);
+      out().write(`${drawn ? '' : '\x1b[22;0t'}\x1b]2;${text}\x07`);
     } else {
       // A line longer than the terminal would wrap, and \r would then rewrite only its last part.
-      const width = stream.columns > 1 ? stream.columns - 1 : 79;
-      stream.write(`\r${text.slice(0, width)}\x1b[K`);
+      const columns = out().columns;
+      const width = columns > 1 ? columns - 1 : 79;
+      out().write(`\r${text.slice(0, width)}\x1b[K`);
     }
     drawn = true;
   };
@@ -87,7 +91,7 @@ export function terminalProgress(o: TerminalProgressOptions): ProgressSink {
       if (ended) return;
       ended = true;
       clearInterval(timer);
-      if (drawn) stream.write(o.style === 'title' ? '\x1b[23;0t' : '\r\x1b[K');
+      if (drawn) out().write(o.style === 'title' ? '\x1b[23;0t' : '\r\x1b[K');
     },
   };
 }
