@@ -30,7 +30,7 @@ import { criuPath } from '../dist/engine/paths.js';
 import { processTree } from '../dist/common/procfs.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const cli = join(root, 'dist', 'bin', 'checkpt.js');
+const cli = join(root, 'dist', 'bin', 'checkpt.cjs');
 const helperBin = join(root, 'build', 'checkpt-helper');
 const apps = join(root, 'bench', 'apps');
 const node = process.execPath;

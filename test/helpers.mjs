@@ -35,7 +35,7 @@ process.env.CHECKPT_REAL_CRIU = realCriu;
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // The command as the package ships it (package.json's bin): the bundle npm run build makes.
-export const cli = join(root, 'dist', 'bin', 'checkpt.js');
+export const cli = join(root, 'dist', 'bin', 'checkpt.cjs');
 export const fixture = (name) => join(root, 'test', 'fixtures', name);
 
 /**

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Only what every command needs is loaded here; the commands' modules (dist/bin/commands.js in
+// Only what every command needs is loaded here; the commands' modules (dist/bin/commands.cjs in
 // the package, bundled) load once a command runs, so --version and --help cost little more than
 // Node's own start (docs/PERFORMANCE.md, start-up).
 import { parseArgs, UsageError, type Command } from './args.js';
