@@ -24,7 +24,7 @@ import { criuPath } from '../dist/engine/paths.js';
 import { processTree } from '../dist/common/procfs.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const cli = join(root, 'dist', 'cli', 'main.js');
+const cli = join(root, 'dist', 'bin', 'checkpt.cjs');
 const app = join(root, 'bench', 'apps', 'keepalive.mjs');
 
 const argv = process.argv.slice(2);

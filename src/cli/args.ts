@@ -1,4 +1,4 @@
-import { TRUST_FLAG } from '../image/trust.js';
+import { TRUST_FLAG } from '../common/flags.js';
 
 /** The commands the CLI understands, as plain data; parsing knows nothing about doing them. */
 export type Command =

@@ -302,6 +302,16 @@ export const TAKEOVER_MS = define({
   parse: ms(1),
 });
 
+export const PROGRESS_MS = define({
+  name: 'CHECKPT_PROGRESS_MS',
+  when: 'call',
+  defaultText: '1000',
+  accepts: milliseconds(0),
+  does: 'How long verifying and unpacking in `checkpt -r`, or a checkpoint `checkpt run` takes from outside, must last before its progress (bytes and rate) shows on the terminal; 0: at once. Only when stderr is a terminal (README, "Progress").',
+  fallback: 1000,
+  parse: ms(0),
+});
+
 export const RUN_DIR = define({
   name: 'CHECKPT_RUN_DIR',
   when: 'load',

@@ -4,14 +4,15 @@
  * and the program goes on running (or, for "checkpoint and exit", is stopped once the file is
  * durable, and only then).
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import type { ProgressSink } from '../common/progress.js';
 import { DEFAULT_TIMEOUT_MS } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
-import { dirBytes, writeImage, FORMAT_VERSION } from '../image/format.js';
+import { dirBytes, tempNameFor, writeImage, FORMAT_VERSION } from '../image/format.js';
 import { loadKey } from '../image/key.js';
 import {
   cmdline,
@@ -60,6 +61,8 @@ export interface OutsideDumpRequest {
   generation: number;
   template: string;
   timeoutMs: number;
+  /** Told how far the dump and the write got; ended before the program may run on its terminal. */
+  progress?: ProgressSink;
 }
 
 export interface OutsideDumpResult {
@@ -137,11 +140,16 @@ async function dumpWithKey(
       dumpMs,
       ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
     });
-    const pack = (manifest: Manifest) => packImages(imagesDir, manifest, req.target, key);
+    const pack = (manifest: Manifest) =>
+      packImages(imagesDir, manifest, req.target, key, req.progress);
+    // CRIU writes the images as it dumps: their size against the program's memory.
+    const watchDump = () => watch(req.progress, 'dumping', () => dirBytes(imagesDir), rss);
     const warning = tcp === 'close' ? { warning: NO_LOCK_WARNING } : {};
-    if (req.exit) return { ...(await dumpThenExit(req, dumpReq, manifestOf, pack)), ...warning };
+    if (req.exit)
+      return { ...(await dumpThenExit(req, dumpReq, manifestOf, pack, watchDump)), ...warning };
     const t0 = process.hrtime.bigint();
-    await dump(dumpReq);
+    const unwatch = watchDump();
+    await dump(dumpReq).finally(unwatch);
     const dumpMs = msSince(t0);
     return { bytes: await pack(manifestOf(dumpMs)), dumpMs, ...warning };
   } catch (e) {
@@ -169,20 +177,67 @@ async function packImages(
   manifest: Manifest,
   target: string,
   key: Buffer | undefined,
+  progress: ProgressSink | undefined,
 ): Promise<number> {
-  if (compressionWanted('outside') && (await compressImages(imagesDir)) > 0) {
-    manifest.compression = 'zstd';
-    manifest.packedBytes = dirBytes(imagesDir);
+  if (compressionWanted('outside')) {
+    // zstd replaces each pages file once it is done with it: counted file by file.
+    const pages = pageFiles(imagesDir);
+    const total = pages.reduce((sum, p) => sum + p.size, 0);
+    const left = () => pageFiles(imagesDir).reduce((sum, p) => sum + p.size, 0);
+    const unwatch = watch(progress, 'compressing', () => total - left(), total);
+    const n = await compressImages(imagesDir).finally(unwatch);
+    if (n > 0) {
+      manifest.compression = 'zstd';
+      manifest.packedBytes = dirBytes(imagesDir);
+    }
   }
+  const tmp = tempNameFor(target);
+  const size = () => statSync(tmp, { throwIfNoEntry: false })?.size ?? 0;
+  const unwatch = watch(progress, 'writing', size, dirBytes(imagesDir));
   const { bytes } = await writeImage(
     target,
     manifest as unknown as Record<string, unknown>,
     { dir: imagesDir },
-    { key },
-  ).catch((e: unknown) => {
-    throw writeFailed(e, target, manifest.packedBytes ?? manifest.imageBytes);
-  });
+    { key, tmp },
+  )
+    .catch((e: unknown) => {
+      throw writeFailed(e, target, manifest.packedBytes ?? manifest.imageBytes);
+    })
+    .finally(unwatch);
   return bytes;
+}
+
+/** CRIU's uncompressed memory images in `dir`, with their sizes. */
+function pageFiles(dir: string): { name: string; size: number }[] {
+  return readdirSync(dir)
+    .filter((n) => /^pages-\d+\.img$/.test(n))
+    .map((name) => ({
+      name,
+      size: statSync(join(dir, name), { throwIfNoEntry: false })?.size ?? 0,
+    }));
+}
+
+/** Tells `progress` what `sample()` says, a few times a second, until the returned function runs. */
+function watch(
+  progress: ProgressSink | undefined,
+  phase: string,
+  sample: () => number,
+  total: number,
+): () => void {
+  if (progress === undefined) return () => undefined;
+  const tell = (): void => {
+    try {
+      progress.update(phase, sample(), total);
+    } catch {
+      // a file gone between listing and stat: the next sample counts it
+    }
+  };
+  tell();
+  const timer = setInterval(tell, 200);
+  return () => {
+    clearInterval(timer);
+    tell();
+  };
 }
 
 /**
@@ -197,16 +252,21 @@ async function dumpThenExit(
   dumpReq: DumpRequest,
   manifestOf: (dumpMs: number) => Manifest,
   pack: (manifest: Manifest) => Promise<number>,
+  watchDump: () => () => void,
 ): Promise<OutsideDumpResult> {
   const hook = await listenForPostDump(dumpReq.workDir);
   try {
     const t0 = process.hrtime.bigint();
+    const unwatch = watchDump();
     // CRIU's timer stops once the images are complete; the hook's wait for the verdict is the bound.
     const run = startDump({
       ...dumpReq,
       postDump: { sock: hook.path, timeoutMs: DEFAULT_TIMEOUT_MS },
     });
-    const dumped = await Promise.race([hook.dumped.then(() => true), run.result.then(() => false)]);
+    const dumped = await Promise.race([
+      hook.dumped.then(() => true),
+      run.result.then(() => false),
+    ]).finally(unwatch);
     if (!dumped) {
       const r = await run.result;
       await checkDump(r.status, r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
@@ -232,6 +292,8 @@ async function dumpThenExit(
     } catch (e) {
       failure = e;
     }
+    // Erased before the verdict: on a failure CRIU lets the program run on its terminal again.
+    req.progress?.end();
     hook.verdict(failure === undefined);
     const r = await run.result;
     if (failure !== undefined) throw asCheckptError(failure, req.target);

@@ -2,8 +2,10 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { check, DUMP_LOG, firstError } from './criu.js';
 import { native } from './native.js';
+import { packageRoot } from './paths.js';
 import type { Finding } from './probe.js';
 
 // A child holding a listening socket and an established connection (both ends its own) is dumped
@@ -62,7 +64,8 @@ export function probeTcp(): Finding[] {
   const dir = mkdtempSync(join(tmpdir(), 'checkpt-probe-tcp-'));
   try {
     const preload = native('libcheckpt-nouring.so').found?.path ?? '';
-    const criuModule = new URL('./criu.js', import.meta.url).href;
+    // By the package root, not import.meta.url: bundled into dist/bin/, this code is not beside it.
+    const criuModule = pathToFileURL(join(packageRoot, 'dist', 'engine', 'criu.js')).href;
     const r = spawnSync(process.execPath, ['-e', TRIAL, criuModule, dir, preload], {
       encoding: 'utf8',
       timeout: 20000,

@@ -1,6 +1,7 @@
 import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import type { ProgressSink } from '../common/progress.js';
 import { zstdDecoder } from '../image/compress.js';
 import { extractImage } from '../image/format.js';
 import { manifestProblem } from './manifest.js';
@@ -35,6 +36,8 @@ export interface ResumeOptions {
    * (default false: refused with EUNTRUSTED; see src/image/trust.ts).
    */
   trustFile?: boolean;
+  /** Told how far verifying and unpacking the file got; ended before anything is restored. */
+  progress?: ProgressSink;
 }
 
 export interface Resumed extends Running {
@@ -83,7 +86,8 @@ async function restoreFrom(
   key: Buffer | undefined,
 ): Promise<Resumed> {
   // A missing file is reported by extractImage, which says what it expected there.
-  const workDir = makeStagingDir('restore', sizeOf(file));
+  const fileBytes = sizeOf(file);
+  const workDir = makeStagingDir('restore', fileBytes);
   let helper: Helper | undefined;
   let starting: ReturnType<typeof startLazyPages> | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
@@ -114,12 +118,16 @@ async function restoreFrom(
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
+    const { progress } = options;
     const info = await extractImage(file, imagesDir, {
       key,
       decoder: zstdDecoder(file),
       requireTrusted: options.trustFile !== true,
       checkManifest: manifestProblem,
-    });
+      ...(progress && {
+        onProgress: (b) => progress.update('verifying and unpacking', b, fileBytes),
+      }),
+    }).finally(() => progress?.end());
     // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
     await version;

@@ -23,6 +23,8 @@ export interface EntryDecoder {
 export interface ExtractOptions extends ReadOptions {
   /** A decoder for entries that are stored encoded, by name; undefined writes the bytes as they are. */
   decoder?: (name: string, dir: string) => EntryDecoder | undefined;
+  /** Told the entry bytes extracted so far, as they go (for a progress display). */
+  onProgress?: (bytes: number) => void;
 }
 
 /** Creates the entries in `dir`; remembers them so that a failed extraction can be undone. */
@@ -119,12 +121,12 @@ export async function extractImage(
   options: ExtractOptions = {},
 ): Promise<ImageInfo> {
   await checkEmptyDir(dir);
-  const { decoder, ...read } = options;
+  const { decoder, onProgress, ...read } = options;
   return withImage(file, async (src) => {
     // One pass: the hash covers the very bytes extracted, and the caller gets the directory only after.
     const sink = new DirSink(dir, decoder);
     try {
-      return await parse(src, { ...read, verify: true, sink });
+      return await parse(src, { ...read, verify: true, sink: counted(sink, onProgress) });
     } catch (e) {
       await sink.abort();
       throw e;
@@ -171,4 +173,19 @@ export async function extractLazy(
   } finally {
     if (!handedOver) await closeQuietly(src.fh);
   }
+}
+
+/** `sink`, telling `onProgress` the bytes written through it so far. */
+function counted(sink: Sink, onProgress: ((bytes: number) => void) | undefined): Sink {
+  if (onProgress === undefined) return sink;
+  let bytes = 0;
+  return {
+    begin: (name) => sink.begin(name),
+    write: async (chunk) => {
+      await sink.write(chunk);
+      bytes += chunk.length;
+      onProgress(bytes);
+    },
+    end: () => sink.end(),
+  };
 }

@@ -20,11 +20,11 @@
 import { fstatSync, lstatSync, readFileSync, type Stats } from 'node:fs';
 import { dirname } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { TRUST_FLAG } from '../common/flags.js';
 import { linkOf } from '../common/procfs.js';
 import { KEY_ENV } from './key.js';
 
-/** The command-line flag that accepts a file this check refuses (`checkpt -r --trust-file FILE`). */
-export const TRUST_FLAG = '--trust-file';
+export { TRUST_FLAG };
 
 const WRITE_GROUP = 0o020;
 const WRITE_OTHER = 0o002;

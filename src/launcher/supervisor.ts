@@ -1,5 +1,6 @@
 import { isAbsolute, join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import type { ProgressSink } from '../common/progress.js';
 import { checkpointSignals, signalNumber, type CheckpointSignals } from '../common/signals.js';
 import { commandName, expandTemplate } from '../common/template.js';
 import { FILE, TIMEOUT_MS } from '../common/config.js';
@@ -17,6 +18,8 @@ export interface SupervisorOptions {
   /** Where to say what happened; on a raw terminal lines need "\r\n". */
   say: (line: string) => void;
   timeoutMs?: number;
+  /** Where a checkpoint taken from outside shows its progress (exit: checkpoint and exit). */
+  progress?: (exit: boolean) => ProgressSink;
 }
 
 /**
@@ -74,6 +77,7 @@ export class Supervisor {
     }
     let target = '';
     const template = this.opts.template ?? FILE.get();
+    const progress = this.opts.progress?.(exit);
     try {
       target = this.targetFile(template);
       const r = await dumpFromOutside({
@@ -85,13 +89,16 @@ export class Supervisor {
         generation: this.opts.generation,
         template,
         timeoutMs: this.opts.timeoutMs ?? TIMEOUT_MS.get(),
+        ...(progress && { progress }),
       });
+      progress?.end();
       if (exit) this.stoppedByCheckpoint = target;
       if (r.warning !== undefined) this.opts.say(r.warning);
       this.opts.say(
         `checkpt: checkpoint written to ${target} (${(r.bytes / 1048576).toFixed(1)} MiB, program paused ${r.dumpMs} ms)${exit ? '; the program was stopped' : ''}. Resume it with: checkpt -r ${target}`,
       );
     } catch (e) {
+      progress?.end();
       const msg = e instanceof CheckptError ? e.message : String(e);
       this.opts.say(`checkpt: checkpoint${target ? ` to ${target}` : ''} failed: ${msg}`);
     }

@@ -261,7 +261,7 @@ test('--version is the version in package.json, not one written into the CLI', (
       join(pkg, 'package.json'),
       JSON.stringify({ name: 'checkpt', version: '9.8.7-test', type: 'module' }),
     );
-    const r = spawnSync(process.execPath, [join(pkg, 'dist', 'cli', 'main.js'), '--version'], {
+    const r = spawnSync(process.execPath, [join(pkg, 'dist', 'bin', 'checkpt.cjs'), '--version'], {
       encoding: 'utf8',
       timeout: 20_000,
     });

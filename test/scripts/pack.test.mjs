@@ -93,6 +93,8 @@ describe('npm pack, then npm install --ignore-scripts', () => {
   test('the tarball ships the prebuilt linux-x64 parts, and no local build', () => {
     for (const part of PARTS) assert.ok(listed.includes(`prebuilt/linux-x64/${part}`), part);
     assert.ok(listed.includes('dist/index.js'));
+    // The command as package.json's bin names it: the bundle npm run build makes.
+    assert.ok(listed.includes('dist/bin/checkpt.cjs') && listed.includes('dist/bin/commands.cjs'));
     assert.ok(listed.includes('scripts/build-helper.mjs'));
     assert.deepEqual(
       listed.filter((f) => f.startsWith('build/')),

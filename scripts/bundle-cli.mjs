@@ -1,0 +1,53 @@
+// Bundles the `checkpt` command into dist/bin/ (package.json's bin): checkpt.cjs, the entry, with
+// only what parsing, --help and --version need, and commands.cjs, every command's modules in one
+// file, which checkpt.cjs loads once a command runs. Two files load faster than the ~50 modules
+// tsc emits, one commands file faster than a chunk per command, and CommonJS faster than ES
+// modules: Node's ESM loader and its facade for each built-in cost ~13 ms of CPU more at each
+// start (docs/PERFORMANCE.md, start-up). dist/bin/ is two levels below the package root, like
+// dist/engine/, so paths made from import.meta.url (src/engine/paths.ts, src/cli/help.ts) stay
+// right. Needs esbuild (a devDependency): npm run build runs this; the package ships its output.
+import { chmodSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const outdir = join(root, 'dist', 'bin');
+const common = {
+  bundle: true,
+  format: 'cjs',
+  platform: 'node',
+  // The oldest Node checkpt supports (package.json engines).
+  target: 'node20',
+  logLevel: 'warning',
+  // CommonJS has no import.meta: the file's own URL stands in for it.
+  banner: {
+    js: '"use strict";var __checkptUrl = require("node:url").pathToFileURL(__filename).href;',
+  },
+  define: { 'import.meta.url': '__checkptUrl' },
+  // import() of the commands becomes require(): no ESM loader at all.
+  supported: { 'dynamic-import': false },
+};
+rmSync(outdir, { recursive: true, force: true });
+await build({
+  ...common,
+  entryPoints: [join(root, 'src', 'cli', 'main.ts')],
+  outfile: join(outdir, 'checkpt.cjs'),
+  plugins: [
+    {
+      name: 'commands-apart',
+      setup(b) {
+        b.onResolve({ filter: /^\.\/commands\.js$/ }, () => ({
+          path: './commands.cjs',
+          external: true,
+        }));
+      },
+    },
+  ],
+});
+await build({
+  ...common,
+  entryPoints: [join(root, 'src', 'cli', 'commands.ts')],
+  outfile: join(outdir, 'commands.cjs'),
+});
+chmodSync(join(outdir, 'checkpt.cjs'), 0o755);

@@ -1,0 +1,175 @@
+import { CheckptError } from '../common/errors.js';
+import { checkConfig, DEBUG, PUBLIC_VARIABLES } from '../common/config.js';
+import { trace } from '../common/trace.js';
+import { resume } from '../engine/restore.js';
+import { compileNative } from '../engine/native.js';
+import { probe } from '../engine/probe.js';
+import { removeLockTable } from '../engine/netlock.js';
+import { manifestProblem } from '../engine/manifest.js';
+import { readImageHeader, readImageInfo, verifyImage } from '../image/format.js';
+import { loadKey } from '../image/key.js';
+import { execCheckpointable } from '../launcher/exec.js';
+import { runProgram } from '../launcher/run.js';
+import { requestCheckpoint } from '../launcher/request.js';
+import { exitLike } from '../launcher/signals.js';
+import type { Command } from './args.js';
+import { formatHeader, formatInspect } from './inspect.js';
+import { terminalProgress } from './progress.js';
+import { holdRequests, supervise } from './supervise.js';
+
+const EXIT_FAILED = 125;
+
+/** The commands main.ts does not answer itself. */
+export type RunnableCommand = Exclude<Command, { cmd: 'help' | 'version' }>;
+
+async function run(c: RunnableCommand): Promise<number> {
+  switch (c.cmd) {
+    case 'inspect': {
+      const key = loadKey();
+      const head = await readImageHeader(c.file);
+      // Without the key only the header can be shown; --verify then fails with what to do.
+      if (head.encrypted && key === undefined && !c.verify) {
+        process.stdout.write(
+          c.json
+            ? JSON.stringify({ file: c.file, ...head }, null, 2) + '\n'
+            : formatHeader(c.file, head) + '\n',
+        );
+        return 0;
+      }
+      // Looking is harmless, so a plain file is shown even when a key is set; vouching for one is not.
+      const opts = { key, allowPlain: true, checkManifest: manifestProblem };
+      const info = c.verify
+        ? {
+            ...(await verifyImage(c.file, { ...opts, requireTrusted: c.trust !== true })),
+            verified: true,
+          }
+        : await readImageInfo(c.file, opts);
+      process.stdout.write(
+        c.json
+          ? JSON.stringify({ file: c.file, ...info }, null, 2) + '\n'
+          : formatInspect(c.file, info) + '\n',
+      );
+      return 0;
+    }
+    case 'check': {
+      const findings = probe(c.nodes.length ? c.nodes : [process.execPath]);
+      const ok = findings.every((f) => f.ok);
+      if (c.json) process.stdout.write(JSON.stringify({ ok, findings }, null, 2) + '\n');
+      else
+        for (const f of findings) {
+          const mark = !f.ok ? 'FAIL' : f.warning ? 'WARN' : 'ok  ';
+          process.stdout.write(`${mark}  ${f.detail}${f.fix ? `\n      -> ${f.fix}` : ''}\n`);
+        }
+      return ok ? 0 : 1;
+    }
+    case 'exec': {
+      const st = await execCheckpointable({ command: c.command, args: c.args });
+      return exitLike(st);
+    }
+    case 'signal': {
+      const r = requestCheckpoint(c.pid, { exit: c.exit });
+      if (c.verbose)
+        process.stdout.write(
+          r.viaAncestor
+            ? `checkpt: sent ${r.signal} to ${r.target}, the nearest ancestor of ${c.pid} that handles checkpoint requests\n`
+            : `checkpt: sent ${r.signal} to ${r.target}\n`,
+        );
+      return 0;
+    }
+    case 'build': {
+      const { status, parts } = compileNative();
+      for (const p of parts)
+        process.stdout.write(
+          p.found
+            ? `ok    ${p.part}: ${p.found.path}\n`
+            : `FAIL  ${p.part}: ${p.problem}\n      -> ${p.fix}\n`,
+        );
+      return status === 0 && parts.every((p) => p.found) ? 0 : 1;
+    }
+    case 'unlock': {
+      // Root acts on the table the manifest names: someone else's file could name another's lock.
+      const { manifest } = await readImageInfo(c.file, {
+        key: loadKey(),
+        allowPlain: true,
+        requireTrusted: c.trust !== true,
+        checkManifest: manifestProblem,
+      });
+      const table = (manifest as { networkLock?: unknown }).networkLock;
+      if (typeof table !== 'string') {
+        process.stdout.write(`checkpt: ${c.file} holds no network lock; nothing to do\n`);
+        return 0;
+      }
+      const r = removeLockTable(table);
+      process.stdout.write(
+        r === 'removed'
+          ? `checkpt: removed ${table}: the connections ${c.file} held are given up (their peers get a reset); it can still be resumed, without them\n`
+          : `checkpt: ${table} is already gone (${c.file} was resumed, or its lock removed)\n`,
+      );
+      return 0;
+    }
+    case 'restore': {
+      const held = c.detach ? undefined : holdRequests();
+      const r = await resume(c.file, {
+        detach: c.detach,
+        key: c.key,
+        pty: c.pty,
+        trustFile: c.trust === true,
+        // Nothing else writes to the terminal until the copy runs, and the line is gone by then.
+        progress: terminalProgress({ style: 'line' }),
+      });
+      if (c.detach) {
+        // The copy runs on its own: a stopping signal meant for it now stops only us, as before.
+        for (const s of r.takeSignals()) process.kill(process.pid, s);
+        process.stdout.write(`${r.pid}\n`);
+        await r.loaded;
+        return 0;
+      }
+      // A copy checkpointed from outside goes on using the file names it was started with.
+      const template = r.manifest.template;
+      return supervise(r, {
+        generation: r.manifest.generation + 1,
+        pty: c.pty,
+        // A copy stopped because its memory could not be loaded is a failed restore.
+        beforeExit: () => r.loaded,
+        takeSignals: r.takeSignals,
+        ...(held === undefined ? {} : { held }),
+        ...(template === undefined ? {} : { template }),
+      });
+    }
+    case 'run': {
+      const held = holdRequests();
+      const r = await runProgram({
+        command: c.command,
+        args: c.args,
+        key: c.key,
+        pty: c.pty,
+        ...(c.file === undefined ? {} : { file: c.file }),
+      });
+      return supervise(r, {
+        generation: 0,
+        pty: c.pty,
+        held,
+        ...(c.file === undefined ? {} : { template: c.file }),
+      });
+    }
+  }
+}
+
+/** Runs the command and sets the exit status; a CheckptError is reported and exits 125. */
+export async function runCommand(command: RunnableCommand): Promise<void> {
+  trace('main');
+  try {
+    // A bad CHECKPT_* variable stops the command before it does anything.
+    checkConfig(PUBLIC_VARIABLES);
+    process.exitCode = await run(command);
+  } catch (e) {
+    if (e instanceof CheckptError) {
+      process.stderr.write(`checkpt: ${e.message}\n`);
+      if (e.logTail && DEBUG.get()) process.stderr.write(`--- CRIU log (tail) ---\n${e.logTail}\n`);
+      else if (e.logTail)
+        process.stderr.write("(set CHECKPT_DEBUG=1 to see the tail of CRIU's log)\n");
+      process.exit(EXIT_FAILED);
+    }
+    throw e;
+  }
+}

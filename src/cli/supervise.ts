@@ -1,0 +1,83 @@
+import { checkpointSignals } from '../common/signals.js';
+import type { Running } from '../engine/helper.js';
+import { Supervisor } from '../launcher/supervisor.js';
+import { terminalProgress } from './progress.js';
+import { exitLike, relaySignals } from '../launcher/signals.js';
+
+export interface HeldRequests {
+  /** Stops holding; returns the requests that came meanwhile (true: checkpoint and exit). */
+  release(): boolean[];
+  /** The signals for the program that came meanwhile, in order. */
+  signals: NodeJS.Signals[];
+}
+
+/**
+ * Signals meant for the program that could arrive before it runs. The stopping ones (SIGTERM,
+ * SIGINT, SIGHUP) stop a restore itself, and once the copy runs resume() keeps them until the
+ * relay listens (takeSignals): libuv drops a signal whose listener is removed before the event
+ * loop dispatches it, and that lost SIGTERM left `checkpt -r` and its copy running for good.
+ */
+const HELD_FOR_PROGRAM: NodeJS.Signals[] = ['SIGUSR2', 'SIGQUIT'];
+
+/**
+ * Catches SIGCKPT/SIGCKPTEXIT and the program's own signals while the program starts, so an early
+ * request is not lost and an early SIGUSR2 does not kill checkpt (its default action).
+ */
+export function holdRequests(): HeldRequests {
+  const sig = checkpointSignals();
+  const got: boolean[] = [];
+  const signals: NodeJS.Signals[] = [];
+  const ckpt = (): void => void got.push(false);
+  const exit = (): void => void got.push(true);
+  const keep = (s: NodeJS.Signals): void => void signals.push(s);
+  process.on(sig.ckpt, ckpt);
+  process.on(sig.exit, exit);
+  for (const s of HELD_FOR_PROGRAM) process.on(s, keep);
+  return {
+    signals,
+    release: () => {
+      process.off(sig.ckpt, ckpt);
+      process.off(sig.exit, exit);
+      for (const s of HELD_FOR_PROGRAM) process.off(s, keep);
+      return got;
+    },
+  };
+}
+
+/** Waits for the program, carrying out checkpoint requests and passing signals on meanwhile. */
+export async function supervise(
+  r: Running,
+  o: {
+    generation: number;
+    pty: boolean;
+    template?: string;
+    held?: HeldRequests;
+    beforeExit?: () => Promise<void>;
+    /** A resume's stopping signals, held until the relay below listens (src/engine/restore.ts). */
+    takeSignals?: () => NodeJS.Signals[];
+  },
+): Promise<number> {
+  // On its own pseudo-terminal our terminal is raw: a line needs its carriage return.
+  const raw = o.pty && process.stdin.isTTY === true;
+  const sup = new Supervisor({
+    running: r,
+    generation: o.generation,
+    say: (line) => process.stderr.write(raw ? `\r${line}\r\n` : `${line}\n`),
+    // A program frozen until it is killed cannot write meanwhile; one that runs on owns the screen.
+    progress: (exit) => terminalProgress({ style: exit ? 'line' : 'title' }),
+    ...(o.template === undefined ? {} : { template: o.template }),
+  });
+  const stop = sup.install();
+  const unrelay = relaySignals(() => r.initPid, { terminalSignals: !raw });
+  // Only now, with the relay listening, may the resume's handlers go: a SIGTERM in between was lost.
+  for (const s of o.takeSignals?.() ?? []) process.kill(process.pid, s);
+  for (const exit of o.held?.release() ?? []) sup.request(exit);
+  // Signals for the program that came while it started: passed on now, in order.
+  for (const s of o.held?.signals ?? []) process.kill(process.pid, s);
+  const st = await r.exited;
+  unrelay();
+  stop();
+  await o.beforeExit?.();
+  if (sup.stoppedByCheckpoint) return 0;
+  return exitLike(st);
+}
