@@ -140,19 +140,27 @@ export function servePages(
       throw protocol(
         `asked for ${r.nrPages} pages at 0x${r.vaddr.toString(16)} of pid ${r.dstId}, which its page map does not hold as lazy memory`,
       );
-    await write(header(r));
-    // At most MAX_PIECE in memory at once, however much was asked for.
-    for (let o = 0; o < at.length; o += MAX_PIECE) {
+    const piece = async (o: number): Promise<Buffer> => {
       const length = Math.min(MAX_PIECE, at.length - o);
       const buf = await pages.read(at.pages, at.offset + o, length);
-      if (finished) return;
       if (buf.length !== length)
         throw new CheckptError(
           'EBADIMAGE',
           `${file}: ${at.pages} gave ${buf.length} bytes at ${at.offset + o} where ${length} were asked for; the checkpoint is truncated.`,
           { path: file },
         );
+      return buf;
+    };
+    // The first piece is checked before any of the answer goes out; at most MAX_PIECE is held.
+    let buf = await piece(0);
+    if (finished) return;
+    await write(header(r));
+    for (let o = 0; ;) {
       await write(buf);
+      o += buf.length;
+      if (o >= at.length) return;
+      buf = await piece(o);
+      if (finished) return;
     }
   };
 
