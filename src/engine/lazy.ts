@@ -1,10 +1,10 @@
 import { CheckptError } from '../common/errors.js';
 import { LAZY } from '../common/config.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
-import type { PageSource } from '../image/pages.js';
 import { lazyPagesCommand, startCriu } from './criu.js';
 import type { MemoryPlan } from './pagemap.js';
 import { servePages, type PageServer } from './page-server.js';
+import type { StagedPages } from './staged-pages.js';
 
 /**
  * CRIU's lazy-pages daemon for one restore: the copy starts with its memory still in the images
@@ -29,7 +29,7 @@ export function lazyWanted(pageBytes: number): boolean {
 
 /** The lazy pages come from checkpt's page server instead of the images (src/engine/page-server.ts). */
 export interface ServedPages {
-  pages: PageSource;
+  pages: StagedPages;
   plan: MemoryPlan;
   /** The checkpoint file, for messages. */
   file: string;

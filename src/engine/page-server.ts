@@ -16,8 +16,8 @@
 
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import type { PageSource } from '../image/pages.js';
-import { locate, MAX_PIECE, PAGE_SIZE, type MemoryPlan } from './pagemap.js';
+import { locate, PAGE_SIZE, type MemoryPlan } from './pagemap.js';
+import type { StagedPages } from './staged-pages.js';
 
 const IOV_SIZE = 32;
 const PS_IOV_ADD_F = 6;
@@ -26,6 +26,8 @@ const PS_IOV_CLOSE = 0x1023;
 const PS_IOV_FORCE_CLOSE = 0x1024;
 const PS_CMD_MASK = 0xffff;
 const PE_PRESENT = 4;
+/** The most read at once: what CRIU's daemon asks for at most (MAX_XFER_LEN in criu/uffd.c). */
+const MAX_PIECE = 4 * 1024 * 1024;
 /** Requests waiting for their turn; the daemon has one per task in flight, plus faults. */
 const MAX_QUEUED = 4096;
 
@@ -70,7 +72,7 @@ function header(r: Request): Buffer {
  */
 export function servePages(
   socket: Duplex,
-  pages: PageSource,
+  pages: Pick<StagedPages, 'read' | 'readNow'>,
   plan: MemoryPlan,
   file: string,
   onError: (e: Error) => void,
@@ -142,7 +144,10 @@ export function servePages(
       );
     const piece = async (o: number): Promise<Buffer> => {
       const length = Math.min(MAX_PIECE, at.length - o);
-      const buf = await pages.read(at.pages, at.offset + o, length);
+      // Staged already (the common case once a block was needed): no wait, no second check.
+      const buf =
+        pages.readNow(at.pages, at.offset + o, length) ??
+        (await pages.read(at.pages, at.offset + o, length));
       if (buf.length !== length)
         throw new CheckptError(
           'EBADIMAGE',

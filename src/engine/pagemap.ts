@@ -6,11 +6,9 @@
  * PE_LAZY itself; the lazy-pages daemon asks for the PE_LAZY ones (page-server.ts).
  */
 
-import { constants as fsc } from 'node:fs';
-import { open, readdir, readFile, type FileHandle } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
-import { closeQuietly, ioError, writeAll } from '../image/io.js';
 import type { PageSource } from '../image/pages.js';
 import { decodeMessage, imageEntries, type Field } from './criu-image.js';
 
@@ -20,8 +18,6 @@ const PAGEMAP_MAGIC = 0x56084025;
 const PE_PARENT = 1;
 const PE_LAZY = 2;
 const PE_PRESENT = 4;
-/** The most read from a PageSource at once: what CRIU's daemon asks for at most (MAX_XFER_LEN). */
-export const MAX_PIECE = 4 * 1024 * 1024;
 
 /** A byte range of a pages image. */
 export interface Range {
@@ -167,63 +163,4 @@ export function locate(
     }
   }
   return undefined;
-}
-
-/**
- * Writes `ranges` of each pages image from `pages` into `dir`: with `create`, each file is made
- * (O_EXCL) at its full size first, sparse where nothing is written. Reads one piece ahead of the
- * write; a piece that fails its check stops everything before it is written.
- */
-export async function writePages(
-  dir: string,
-  pages: PageSource,
-  ranges: ReadonlyMap<string, readonly Range[]>,
-  create: boolean,
-): Promise<void> {
-  for (const [entry, list] of ranges) {
-    const path = join(dir, entry);
-    let fh: FileHandle | undefined;
-    try {
-      try {
-        fh = create
-          ? await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600)
-          : await open(path, fsc.O_WRONLY | fsc.O_NOFOLLOW);
-        if (create) await fh.truncate(pages.entries.get(entry) ?? 0);
-      } catch (e) {
-        throw ioError(`creating ${path}`, path, e);
-      }
-      const pieces: Range[] = [];
-      for (const r of list)
-        for (let o = 0; o < r.length; o += MAX_PIECE)
-          pieces.push({ offset: r.offset + o, length: Math.min(MAX_PIECE, r.length - o) });
-      let next = pieces.length > 0 ? readPiece(pages, entry, pieces[0] as Range) : undefined;
-      for (let i = 0; i < pieces.length; i++) {
-        const buf = await (next as Promise<Buffer>);
-        next = i + 1 < pieces.length ? readPiece(pages, entry, pieces[i + 1] as Range) : undefined;
-        // Settled with the loop if the write fails first: no unhandled rejection.
-        next?.catch(() => undefined);
-        try {
-          await writeAll(fh, buf, (pieces[i] as Range).offset);
-        } catch (e) {
-          throw ioError(`writing ${path}`, path, e);
-        }
-      }
-      await fh.close().catch((e: unknown) => {
-        throw ioError(`writing ${path}`, path, e);
-      });
-      fh = undefined;
-    } finally {
-      await closeQuietly(fh);
-    }
-  }
-}
-
-async function readPiece(pages: PageSource, entry: string, r: Range): Promise<Buffer> {
-  const buf = await pages.read(entry, r.offset, r.length);
-  if (buf.length !== r.length)
-    throw new CheckptError(
-      'EBADIMAGE',
-      `${entry}: ${buf.length} bytes read at ${r.offset} where ${r.length} were asked for; the checkpoint is truncated.`,
-    );
-  return buf;
 }

@@ -20,7 +20,8 @@ import { runningUnder, spawnHelper, type Helper, type Running } from './helper.j
 // memory is extracted whole and served from there: the same path, without the head start.
 import { extractLazyViaDir as extractLazy } from './dir-pages.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
-import { readMemoryPlan, writePages, type Range } from './pagemap.js';
+import { readMemoryPlan, type Range } from './pagemap.js';
+import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { requireHelper } from './native.js';
@@ -104,6 +105,7 @@ async function restoreFrom(
   let starting: ReturnType<typeof startLazyPages> | undefined;
   // The memory still in the file, served to CRIU's lazy-pages daemon or written out for CRIU.
   let pages: PageSource | undefined;
+  let staged: StagedPages | undefined;
   // A chunk that failed its check (or a daemon that asked for what is not there): the copy is
   // stopped at once and this is the reason the resume fails.
   let pageFailure: Error | undefined;
@@ -190,14 +192,19 @@ async function restoreFrom(
           .filter((n) => /^pages-\d+\.img$/.test(n))
           .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
+    if (pages) {
+      staged = await StagedPages.create(imagesDir, pages);
+      pages = undefined;
+    }
     // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
     if (stopped) return await STOPPING_FOREVER;
     const wantLazy = lazyWanted(pageBytes);
+    const served = staged;
     starting = !wantLazy
       ? undefined
-      : pages && plan
+      : served && plan
         ? startLazyPages(imagesDir, workDir, {
-            pages,
+            pages: served,
             plan,
             file,
             onFailure: (e) => {
@@ -207,16 +214,15 @@ async function restoreFrom(
           })
         : startLazyPages(imagesDir, workDir);
     // While the daemon starts: what `criu restore` reads itself must be on disk before it runs.
-    if (pages && plan)
-      await writePages(imagesDir, pages, wantLazy ? plan.eager : whole(pages), true);
+    if (staged && plan) await staged.ensureRanges(wantLazy ? plan.eager : whole(staged.entries));
     const lazy = await starting?.ready;
     if (stopped) return await STOPPING_FOREVER;
     if (pageFailure) throw pageFailure;
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
-    if (pages && plan && wantLazy && !lazy) await writePages(imagesDir, pages, plan.lazy, false);
-    if (pages && !lazy) {
-      await pages.close();
-      pages = undefined;
+    if (staged && plan && wantLazy && !lazy) await staged.ensureRanges(plan.lazy);
+    if (staged && !lazy) {
+      await staged.close();
+      staged = undefined;
     }
     helper = spawnHelper(
       [
@@ -257,15 +263,15 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     const running = runningUnder(helper, manifest.pid, options.detach === true);
     handedOver = true;
-    const loaded = loadedBy(lazy, helper, workDir, pages);
-    pages = undefined;
+    const loaded = loadedBy(lazy, helper, workDir, staged);
+    staged = undefined;
     return { ...running, manifest, loaded, takeSignals };
   } catch (e) {
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
     starting?.stop();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
-    await pages?.close().catch(() => undefined);
+    await (staged ?? pages)?.close().catch(() => undefined);
     rmSync(workDir, { recursive: true, force: true });
     throw pageFailure ?? e;
   } finally {
@@ -281,7 +287,7 @@ function loadedBy(
   lazy: LazyPages | undefined,
   helper: Helper,
   workDir: string,
-  pages: PageSource | undefined,
+  pages: StagedPages | undefined,
 ): Promise<void> {
   const remove = async (): Promise<void> => {
     await pages?.close().catch(() => undefined);
@@ -299,9 +305,9 @@ function loadedBy(
 }
 
 /** Every byte of every memory image. */
-function whole(pages: PageSource): Map<string, Range[]> {
+function whole(entries: ReadonlyMap<string, number>): Map<string, Range[]> {
   return new Map(
-    [...pages.entries].map(([name, size]) => [name, size > 0 ? [{ offset: 0, length: size }] : []]),
+    [...entries].map(([name, size]) => [name, size > 0 ? [{ offset: 0, length: size }] : []]),
   );
 }
 

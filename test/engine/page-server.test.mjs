@@ -10,8 +10,9 @@ import { describe, removeDir, tempDir, unitTest as test } from '../helpers.mjs';
 import { CheckptError } from '../../dist/common/errors.js';
 import { encodeMessage, IMG_COMMON_MAGIC } from '../../dist/engine/criu-image.js';
 import { dirPageSource } from '../../dist/engine/dir-pages.js';
-import { locate, readMemoryPlan, writePages } from '../../dist/engine/pagemap.js';
+import { locate, readMemoryPlan } from '../../dist/engine/pagemap.js';
 import { servePages } from '../../dist/engine/page-server.js';
+import { StagedPages } from '../../dist/engine/staged-pages.js';
 
 const PAGE = 4096;
 const PRESENT = 4;
@@ -115,22 +116,56 @@ describe('page server', { unit: true }, () => {
     await src.close();
   });
 
-  test('restore gets sparse files with only what it reads itself, then the rest on demand', async () => {
+  test('restore gets sparse files with only what it reads itself, each block read once', async () => {
     const { images, memory } = makeImages();
-    const src = await dirPageSource(memory);
+    const inner = await dirPageSource(memory);
+    const reads = [];
+    const src = {
+      ...inner,
+      read: (...a) => {
+        reads.push(a);
+        return inner.read(...a);
+      },
+    };
     const plan = await readMemoryPlan(images, src, 'f.ckpt');
-    await writePages(images, src, plan.eager, true);
-    const one = readFileSync(join(images, 'pages-1.img'));
-    const want = readFileSync(join(memory, 'pages-1.img'));
-    assert.equal(one.length, want.length);
-    assert.deepEqual(one.subarray(0, 2 * PAGE), want.subarray(0, 2 * PAGE));
-    assert.deepEqual(one.subarray(2 * PAGE), Buffer.alloc(4 * PAGE), 'lazy pages not written');
-    assert.ok(statSync(join(images, 'pages-1.img')).blocks * 512 < want.length, 'sparse');
+    // Blocks of 1 MiB: a 6-page image is one block; only the eager parts' images are written.
+    const staged = await StagedPages.create(images, src);
+    const eager = new Map([['pages-2.img', plan.eager.get('pages-2.img')]]);
+    await staged.ensureRanges(eager);
+    assert.deepEqual(reads, [['pages-2.img', 0, 2 * PAGE]]);
     assert.deepEqual(readFileSync(join(images, 'pages-2.img')), pagesOf(2, 50));
-    assert.deepEqual(readFileSync(join(images, 'pages-3.img')), pagesOf(1, 90));
-    await writePages(images, src, plan.lazy, false);
+    assert.equal(readFileSync(join(images, 'pages-1.img')).length, 6 * PAGE, 'full size');
+    assert.deepEqual(readFileSync(join(images, 'pages-1.img')), Buffer.alloc(6 * PAGE), 'empty');
+    assert.equal(statSync(join(images, 'pages-1.img')).blocks, 0, 'sparse');
+    assert.equal(staged.readNow('pages-1.img', PAGE, PAGE), undefined, 'not staged yet');
+    const want = readFileSync(join(memory, 'pages-1.img'));
+    assert.deepEqual(
+      await staged.read('pages-1.img', 3 * PAGE, PAGE),
+      want.subarray(3 * PAGE, 4 * PAGE),
+    );
+    assert.deepEqual(staged.readNow('pages-1.img', 0, 6 * PAGE), want);
+    await staged.read('pages-1.img', 5 * PAGE, PAGE);
+    assert.equal(reads.length, 2, 'the block was read from the source once');
     assert.deepEqual(readFileSync(join(images, 'pages-1.img')), want);
-    await src.close();
+    await staged.close();
+  });
+
+  test('a block that fails its check is not staged, and fails again when asked again', async () => {
+    const { images, memory } = makeImages();
+    const inner = await dirPageSource(memory);
+    const bad = new CheckptError('EBADIMAGE', 'chunk 0 failed its check');
+    let reads = 0;
+    const src = { ...inner, read: () => (reads++, Promise.reject(bad)) };
+    const staged = await StagedPages.create(images, src);
+    await assert.rejects(staged.read('pages-1.img', 0, PAGE), (e) => e === bad);
+    assert.equal(staged.readNow('pages-1.img', 0, PAGE), undefined);
+    await assert.rejects(
+      staged.ensureRanges(new Map([['pages-1.img', [{ offset: 0, length: PAGE }]]])),
+      (e) => e === bad,
+    );
+    assert.equal(reads, 2);
+    await staged.close();
+    await inner.close();
   });
 
   /** A connected pair: `server` for servePages, `daemon` the CRIU side. */
@@ -178,10 +213,11 @@ describe('page server', { unit: true }, () => {
     const { images, memory } = makeImages();
     const src = wrap(await dirPageSource(memory));
     const plan = await readMemoryPlan(images, src, 'f.ckpt');
+    const staged = await StagedPages.create(images, src);
     const { server, daemon } = await pair();
     const errors = [];
-    const ps = servePages(server, src, plan, 'f.ckpt', (e) => errors.push(e));
-    return { ps, daemon, errors, src, memory };
+    const ps = servePages(server, staged, plan, 'f.ckpt', (e) => errors.push(e));
+    return { ps, daemon, errors, src: staged, memory };
   }
 
   test('answers PS_IOV_GET in order with the header echoed and the pages, then says goodbye', async () => {
@@ -241,13 +277,13 @@ describe('page server', { unit: true }, () => {
     const { ps, daemon, errors, src } = await serving((s) => ({
       ...s,
       read: (entry, offset, length) =>
-        offset >= 5 * PAGE ? Promise.reject(bad) : s.read(entry, offset, length),
+        entry === 'pages-1.img' ? Promise.reject(bad) : s.read(entry, offset, length),
     }));
-    const reply = readBytes(daemon, 32 + 3 * PAGE + 1);
+    const reply = readBytes(daemon, 1);
     daemon.write(Buffer.concat([iov(7, 3, 0x20000, 100), iov(7, 1, 0x30000, 100)]));
     await assert.rejects(ps.done, (e) => e === bad);
     assert.deepEqual(errors, [bad]);
-    assert.equal((await reply).length, 32 + 3 * PAGE, 'the good answer only');
+    assert.equal((await reply).length, 0, 'nothing of the answer');
     await src.close();
   });
 
