@@ -107,9 +107,14 @@ export function servePages(
       { path: file },
     );
 
-  const write = (buf: Buffer): Promise<void> =>
+  // Several buffers in one writev: the header and its pages reach the daemon together.
+  const write = (...bufs: Buffer[]): Promise<void> =>
     new Promise((resolve, reject) => {
-      if (socket.write(buf)) resolve();
+      socket.cork();
+      let ok = true;
+      for (const b of bufs) ok = socket.write(b) && ok;
+      socket.uncork();
+      if (ok) resolve();
       else {
         const onDrain = (): void => {
           socket.off('close', onClose);
@@ -159,13 +164,12 @@ export function servePages(
     // The first piece is checked before any of the answer goes out; at most MAX_PIECE is held.
     let buf = await piece(0);
     if (finished) return;
-    await write(header(r));
-    for (let o = 0; ;) {
-      await write(buf);
-      o += buf.length;
-      if (o >= at.length) return;
+    await write(header(r), buf);
+    for (let o = buf.length; o < at.length;) {
       buf = await piece(o);
       if (finished) return;
+      await write(buf);
+      o += buf.length;
     }
   };
 
