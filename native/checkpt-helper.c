@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <limits.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,13 +39,18 @@
 #include <time.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "criu-rpc.h"
 
 #define EXIT_RESTORE_FAILED 125
 #define EXIT_USAGE 126
@@ -656,30 +662,188 @@ static int wait_blocked(pid_t pid, const struct stat *fifo, long timeout, long n
   }
 }
 
-/* CRIU holds the process with ptrace while it is frozen: TracerPid is its pid until it lets go. */
-static int traced(pid_t pid) {
-  char buf[4096];
-  if (read_proc(pid, "status", buf, sizeof buf) < 0) return -1;
-  char *t = strstr(buf, "TracerPid:");
-  return t ? atoi(t + 10) != 0 : -1;
+/*
+ * CRIU runs the dump as `criu swrk FD` (its RPC, the way libcriu runs it) and tells the front
+ * each step a script would be run for as a notification on a SOCK_SEQPACKET socketpair; the front
+ * answers each in-process, so nothing is forked or executed while the program is frozen.
+ */
+
+/* What `criu dump`'s command line (src/engine/criu.ts, dumpCommand) says, as criu_opts; -1 with
+ * the reason on stderr for an option CRIU's RPC cannot carry. Opens -D and -W: CRIU reaches them
+ * through /proc/FRONT/fd, the front being its RPC peer. */
+static int dump_opts_from_argv(char **argv, pid_t pid, struct rpc_dump_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->images_dir_fd = -1;
+  o->work_dir_fd = -1;
+  o->log_level = 2;
+  o->notify_scripts = 1;
+  if (!argv[0] || !argv[1] || strcmp(argv[1], "dump") != 0) {
+    fprintf(stderr, "checkpt-helper dump: expected CRIU ARGS to be 'criu dump ...'\n");
+    return -1;
+  }
+  for (int i = 2; argv[i]; i++) {
+    const char *a = argv[i], *v = argv[i + 1];
+    int needs = !strcmp(a, "-D") || !strcmp(a, "-W") || !strcmp(a, "-o") || !strcmp(a, "-t") ||
+                !strcmp(a, "--network-lock") || !strcmp(a, "--external") || !strcmp(a, "--timeout");
+    if (needs && !v) { fprintf(stderr, "checkpt-helper dump: criu option %s needs a value\n", a); return -1; }
+    if (!strcmp(a, "-D") || !strcmp(a, "-W")) {
+      /* Above the fds the front sets up next (3 becomes the FIFO). */
+      int fd = open(v, O_RDONLY | O_DIRECTORY | O_CLOEXEC), high = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 10);
+      if (fd >= 0) close(fd);
+      if (high < 0) { fprintf(stderr, "checkpt-helper dump: open %s: %s\n", v, strerror(errno)); return -1; }
+      fd = high;
+      if (a[1] == 'D') o->images_dir_fd = fd;
+      else o->work_dir_fd = fd;
+    } else if (!strcmp(a, "-o")) {
+      /* CRIU's RPC takes a log file name only, in the work directory. */
+      if (strchr(v, '/')) { fprintf(stderr, "checkpt-helper dump: the log file must be a name in the work directory: %s\n", v); return -1; }
+      o->log_file = v;
+    } else if (!strcmp(a, "-t")) {
+      if (atoi(v) != pid) { fprintf(stderr, "checkpt-helper dump: criu -t %s is not --pid %d\n", v, (int)pid); return -1; }
+      o->pid = pid;
+    } else if (!strncmp(a, "-v", 2) && a[2] >= '0' && a[2] <= '4' && !a[3]) o->log_level = a[2] - '0';
+    else if (!strcmp(a, "--leave-running")) o->leave_running = 1;
+    else if (!strcmp(a, "--leave-stopped")) o->leave_stopped = 1;
+    else if (!strcmp(a, "--shell-job")) o->shell_job = 1;
+    else if (!strcmp(a, "--file-locks")) o->file_locks = 1;
+    else if (!strcmp(a, "--tcp-established")) o->tcp_established = 1;
+    else if (!strcmp(a, "--tcp-close")) o->tcp_close = 1;
+    else if (!strcmp(a, "--skip-in-flight")) o->tcp_skip_in_flight = 1;
+    else if (!strcmp(a, "--network-lock")) {
+      if (!strcmp(v, "nftables")) o->network_lock = RPC_NETLOCK_NFTABLES;
+      else if (!strcmp(v, "iptables")) o->network_lock = RPC_NETLOCK_IPTABLES;
+      else if (!strcmp(v, "skip")) o->network_lock = RPC_NETLOCK_SKIP;
+      else { fprintf(stderr, "checkpt-helper dump: unknown --network-lock %s\n", v); return -1; }
+    } else if (!strcmp(a, "--external")) {
+      if (o->n_external >= RPC_MAX_EXTERNAL) { fprintf(stderr, "checkpt-helper dump: more than %d --external\n", RPC_MAX_EXTERNAL); return -1; }
+      o->external[o->n_external++] = v;
+    } else if (!strcmp(a, "--timeout")) {
+      o->timeout = atol(v);
+      if (o->timeout <= 0) { fprintf(stderr, "checkpt-helper dump: bad --timeout %s\n", v); return -1; }
+    } else {
+      fprintf(stderr, "checkpt-helper dump: criu option %s has no counterpart in the front's RPC request (native/checkpt-helper.c, dump_opts_from_argv)\n", a);
+      return -1;
+    }
+    if (needs) i++;
+  }
+  if (o->pid <= 0 || o->images_dir_fd < 0) {
+    fprintf(stderr, "checkpt-helper dump: criu dump needs -t PID and -D DIR\n");
+    return -1;
+  }
+  return 0;
+}
+
+/* One message from CRIU: its length, 0 when CRIU closed its end, -1 on an error (said on stderr). */
+static ssize_t rpc_recv(int sk, uint8_t *buf, size_t size) {
+  char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+  struct iovec iov = {buf, size};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+  ssize_t n;
+  do n = recvmsg(sk, &mh, MSG_TRUNC | MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+  /* A dump's notifications carry no fd (only a restore's orphan-pts-master does): none is kept. */
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+      for (int *fd = (int *)CMSG_DATA(c); (char *)(fd + 1) <= (char *)c + c->cmsg_len; fd++) close(*fd);
+  /* A CRIU that died with our answer unread resets the connection: it is gone all the same. */
+  if (n < 0 && errno == ECONNRESET) return 0;
+  if (n < 0) { fprintf(stderr, "checkpt-helper: Error (rpc): reading from CRIU: %s\n", strerror(errno)); return -1; }
+  if ((size_t)n > size || (mh.msg_flags & MSG_TRUNC)) {
+    fprintf(stderr, "checkpt-helper: Error (rpc): CRIU sent a message of %zd bytes, more than the %zu any response needs\n", n, size);
+    return -1;
+  }
+  return n;
+}
+
+static int rpc_send(int sk, const struct rpc_buf *b) {
+  ssize_t n;
+  do n = send(sk, b->data, b->len, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  /* CRIU died before our answer: its exit status says what happened, not this. */
+  if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) return -1;
+  if (n != (ssize_t)b->len) { fprintf(stderr, "checkpt-helper: Error (rpc): writing to CRIU: %s\n", n < 0 ? strerror(errno) : "short write"); return -1; }
+  return 0;
+}
+
+/* poll() for one fd and CRIU's exit until `until` (ms, now_ms's clock): 1 readable, 0 not by
+ * then, -1 CRIU exited first. */
+static int wait_readable(int fd, int criu_pidfd, long until) {
+  for (;;) {
+    long left = until - now_ms();
+    if (left < 0) left = 0;
+    struct pollfd p[2] = {{fd, POLLIN, 0}, {criu_pidfd, POLLIN, 0}};
+    int n = poll(p, criu_pidfd >= 0 ? 2 : 1, (int)(left > 60000 ? 60000 : left));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (p[0].revents) return 1;
+    if (criu_pidfd >= 0 && p[1].revents) return -1;
+    if (now_ms() >= until) return 0;
+  }
 }
 
 /*
- * checkpt-helper dump --pid P --fifo PATH --timeout-ms N [--async] --worker NODE SCRIPT JOB
- *                    -- CRIU ARGS...
+ * Checkpoint and exit: the images are complete and the program is still frozen, its connections in
+ * repair mode and locked. Says "dumped" on checkpt's socket (src/engine/post-dump.ts) and waits for
+ * its verdict: 1 only for '1' (the file is durable); 0 for anything else, checkpt's death
+ * included, and CRIU then rolls back: network unlocked, sockets out of repair, program resumed.
+ * The packing worker may still be starting: connecting is retried for connect_ms. -1: `until`
+ * passed, or CRIU exited (criu_pidfd), first.
+ */
+static int post_dump_verdict(const char *path, long connect_ms, long until, int criu_pidfd) {
+  struct sockaddr_un a = { .sun_family = AF_UNIX };
+  if (strlen(path) >= sizeof a.sun_path) { fprintf(stderr, "checkpt hook: socket path too long (CHECKPT_TMPDIR under 90 characters?)\n"); return 0; }
+  strcpy(a.sun_path, path);
+  long start = now_ms();
+  int s = -1;
+  for (;;) {
+    s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) { fprintf(stderr, "checkpt hook: socket: %s\n", strerror(errno)); return 0; }
+    if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) break;
+    int e = errno;
+    close(s);
+    if ((e != ENOENT && e != ECONNREFUSED) || now_ms() - start > connect_ms) {
+      fprintf(stderr, "checkpt hook: connect %s: %s\n", path, strerror(e));
+      return 0;
+    }
+    if (now_ms() >= until) return -1;
+    nap_us(2000);
+  }
+  if (send(s, "dumped\n", 7, MSG_NOSIGNAL) != 7) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); close(s); return 0; }
+  int w = wait_readable(s, criu_pidfd, until);
+  if (w <= 0) { close(s); return -1; }
+  char v = 0;
+  ssize_t n;
+  do n = read(s, &v, 1); while (n < 0 && errno == EINTR);
+  close(s);
+  if (n == 1 && v == '1') return 1;
+  fprintf(stderr, "checkpt hook: checkpt did not keep the checkpoint; CRIU resumes the program\n");
+  return 0;
+}
+
+/* After the deadline, while CRIU rolls back a refused checkpoint-and-exit (sockets out of repair,
+ * network unlocked, program resumed): killed at once, it would leave all of that in place. */
+#define ROLLBACK_GRACE_MS 5000
+
+/*
+ * checkpt-helper dump --pid P --fifo PATH --timeout-ms N [--async]
+ *                    [--post-dump-sock PATH --post-dump-timeout-ms N]
+ *                    --worker NODE SCRIPT JOB -- CRIU dump ARGS...
  * The front of a checkpoint, started by the program itself (it detaches from the program's tree at
- * once). The packing worker (Node) starts loading right away, in parallel; meanwhile this waits
- * until the program blocks on its control FIFO, runs CRIU, and with --async tells the program
- * "dumped" (on fd 3, the FIFO) the moment CRIU lets go of it, before CRIU has even exited. Then it
- * tells the worker how CRIU ended ("criu STATUS MS", "timeout MS" or "blocked WHY") on a pipe.
+ * once). The packing worker (Node) starts loading right away, in parallel. CRIU runs as `criu
+ * swrk` and gets one DUMP request with what ARGS say (dump_opts_from_argv); without --async, only
+ * once the program blocks on its control FIFO. The front answers CRIU's notifications itself:
+ * "pre-dump" (--async: the program runs on through CRIU's start-up) writes {"t":"freeze"} on fd 3,
+ * the FIFO, and answers once the program blocks there; "post-dump" with --async writes "dumped"
+ * (the images are complete: the program reads it the moment CRIU lets it go), and with
+ * --post-dump-sock asks checkpt whether the file is durable (checkpoint and exit). Then it tells
+ * the worker how CRIU ended ("criu STATUS MS", "timeout MS" or "blocked WHY") on a pipe.
  * --timeout-ms is one deadline for all of it, from the front's start: waiting for the program to
- * block, CRIU's pre-dump hook and CRIU's run share it.
+ * block, CRIU's pre-dump step and CRIU's run share it; CRIU is killed when it passes.
  */
 static int cmd_dump(int argc, char **argv) {
   pid_t pid = 0;
   int async = 0, i;
   long timeout = 0; /* checkpt always gives it: its default lives in src/common/config.ts */
-  char *node = NULL, *script = NULL, *job = NULL, *fifo = NULL;
+  long post_dump_ms = 0;
+  char *node = NULL, *script = NULL, *job = NULL, *fifo = NULL, *post_dump_sock = NULL;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
     if (!strcmp(argv[i], "--async")) { async = 1; continue; }
@@ -691,14 +855,21 @@ static int cmd_dump(int argc, char **argv) {
     if (!strcmp(argv[i], "--pid")) pid = (pid_t)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--timeout-ms")) timeout = atol(argv[++i]);
     else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
+    else if (!strcmp(argv[i], "--post-dump-sock")) post_dump_sock = argv[++i];
+    else if (!strcmp(argv[i], "--post-dump-timeout-ms")) post_dump_ms = atol(argv[++i]);
     else { fprintf(stderr, "checkpt-helper dump: unknown option %s\n", argv[i]); return EXIT_USAGE; }
   }
-  if (pid <= 0 || !fifo || !node || timeout <= 0 || i >= argc) {
-    fprintf(stderr, "usage: checkpt-helper dump --pid P --fifo PATH --timeout-ms MS [--async] --worker NODE SCRIPT JOB -- criu dump ...\n");
+  if (pid <= 0 || !fifo || !node || timeout <= 0 || i >= argc || (post_dump_sock && post_dump_ms <= 0)) {
+    fprintf(stderr, "usage: checkpt-helper dump --pid P --fifo PATH --timeout-ms MS [--async] [--post-dump-sock PATH --post-dump-timeout-ms MS] --worker NODE SCRIPT JOB -- criu dump ...\n");
     return EXIT_USAGE;
   }
   char **criu_argv = argv + i;
   long deadline = now_ms() + timeout;
+  struct rpc_dump_opts opts;
+  struct rpc_buf req;
+  /* Checked before anything exists: an option CRIU's RPC cannot carry fails here, not in CRIU. */
+  if (dump_opts_from_argv(criu_argv, pid, &opts) < 0) return EXIT_USAGE;
+  if (rpc_encode_dump(&req, &opts) < 0) { fprintf(stderr, "checkpt-helper dump: the dump request is too large\n"); return EXIT_USAGE; }
   /* The control FIFO, held open on fd 3 before the program opens its read end (which then never
    * blocks): when this and the worker are gone, the program reads end-of-file, never hangs. */
   if (mkfifo(fifo, 0600) < 0) die("mkfifo");
@@ -718,20 +889,24 @@ static int cmd_dump(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   int go[2];
-  if (pipe(go) < 0) die("pipe");
+  if (pipe2(go, O_CLOEXEC) < 0) die("pipe");
   pid_t worker = fork();
   if (worker < 0) die("fork worker");
   if (worker == 0) {
-    close(go[1]);
+    /* checkpoint(): Node's start-up would share the CPU with CRIU while the program is frozen; it
+     * packs at this priority anyway (src/common/procfs.ts, lowerPriority). */
+    if (async && setpriority(PRIO_PROCESS, 0, 10) < 0) { /* it only costs the pause some time */ }
     char fdarg[16];
-    snprintf(fdarg, sizeof fdarg, "%d", go[0]);
+    int r = dup(go[0]); /* the one end the worker keeps */
+    if (r < 0) _exit(127);
+    snprintf(fdarg, sizeof fdarg, "%d", r);
     execl(node, node, script, job, "--go-fd", fdarg, (char *)NULL);
     fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", node, strerror(errno));
     _exit(127);
   }
   close(go[0]);
   char line[128];
-  /* With --async the program runs on until CRIU's pre-dump hook tells it to block. */
+  /* With --async the program runs on until CRIU's pre-dump notification tells it to block. */
   int b = async ? 1 : wait_blocked(pid, &fifo_st, deadline - now_ms(), 500);
   if (b != 1) {
     int n = snprintf(line, sizeof line, "blocked %s\n", b < 0 ? "vanished" : "timeout");
@@ -739,6 +914,10 @@ static int cmd_dump(int argc, char **argv) {
     return 0;
   }
 
+  /* Made here, by the detached front: CRIU takes its RPC peer's pid from this socket to reach the
+   * directories' fds through /proc. */
+  int sp[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) die("socketpair");
   long t0 = now_ms();
   pid_t front = getpid();
   pid_t criu = fork();
@@ -747,114 +926,175 @@ static int cmd_dump(int argc, char **argv) {
     /* CRIU must not outlive a killed front: the worker, told nothing, would remove the work
      * directory while CRIU still writes into it. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != front) _exit(128 + SIGKILL);
-    close(go[1]);
     close(3);
-    if (async) {
-      char v[32];
-      snprintf(v, sizeof v, "%d", (int)pid);
-      setenv("CHECKPT_HOOK_PID", v, 1);
-      snprintf(v, sizeof v, "%ld", deadline > t0 ? deadline - t0 : 0);
-      setenv("CHECKPT_HOOK_TIMEOUT_MS", v, 1);
-      setenv("CHECKPT_HOOK_FIFO", fifo, 1);
-    }
-    execvp(criu_argv[0], criu_argv);
+    int fd = dup(sp[1]); /* without FD_CLOEXEC: CRIU's end */
+    if (fd < 0) _exit(127);
+    char fdarg[16];
+    snprintf(fdarg, sizeof fdarg, "%d", fd);
+    execlp(criu_argv[0], criu_argv[0], "swrk", fdarg, (char *)NULL);
     fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", criu_argv[0], strerror(errno));
     _exit(127);
   }
-  int st = 0, seen_traced = 0, told = !async, timed_out = 0;
+  close(sp[1]);
+  int sk = sp[0];
+  /* CRIU's exit wakes the loop; before Linux 5.3 (no pidfd) the loop looks every 10 ms. */
+  int criu_pidfd = (int)syscall(SYS_pidfd_open, criu, 0), reaped = 0;
+  /* Into the socket's buffer: CRIU reads it once it has started. */
+  int sk_open = rpc_send(sk, &req) == 0;
+  int st = 0, told = !async, timed_out = 0, killed = 0, answered = 0, dumped_ok = 0;
+  long kill_at = deadline;
+  static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
-    pid_t w = waitpid(criu, &st, WNOHANG);
-    if (w == criu) break;
-    if (!told) {
-      int t = traced(pid);
-      if (t == 1) seen_traced = 1;
-      else if (t == 0 && seen_traced) {
-        if (write(3, DUMPED, strlen(DUMPED)) < 0) { /* the program is gone */ }
-        told = 1;
+    if (!killed && now_ms() >= kill_at) {
+      if (!reaped) kill(criu, SIGKILL); /* never a pid reaped and reused */
+      killed = timed_out = 1;
+    }
+    long left = kill_at - now_ms();
+    int wait_ms = killed ? 60000 : (int)(left < 0 ? 0 : left > 60000 ? 60000 : left);
+    if (criu_pidfd < 0 && wait_ms > 10) wait_ms = 10;
+    struct pollfd p[2] = {{sk_open ? sk : -1, POLLIN, 0}, {criu_pidfd, POLLIN, 0}};
+    int n = poll(p, 2, wait_ms);
+    if (n < 0 && errno != EINTR) die("poll");
+    if (criu_pidfd < 0 && !reaped && waitpid(criu, &st, WNOHANG) == criu) reaped = 1;
+    if (n <= 0 && !reaped) continue;
+    /* A message CRIU sent just before it exited is still read. */
+    if (sk_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t len = rpc_recv(sk, msg, sizeof msg);
+      if (len <= 0) {
+        sk_open = 0;
+        if (len < 0 && !killed) { if (!reaped) kill(criu, SIGKILL); killed = 1; }
+        continue;
       }
+      struct rpc_resp r;
+      const char *why;
+      if (rpc_decode_resp(msg, (size_t)len, &r, &why) < 0) {
+        fprintf(stderr, "checkpt-helper: Error (rpc): CRIU sent a malformed message (%s); CRIU was stopped\n", why);
+        if (!reaped) kill(criu, SIGKILL);
+        killed = 1;
+        sk_open = 0;
+        continue;
+      }
+      if (r.type == RPC_DUMP) {
+        answered = 1;
+        dumped_ok = r.success;
+        continue;
+      }
+      if (r.type != RPC_NOTIFY) {
+        /* send_criu_err: CRIU refused the request itself (its log says why). */
+        fprintf(stderr, "checkpt-helper: Error (rpc): CRIU refused the dump request%s%s\n", r.errmsg[0] ? ": " : "", r.errmsg);
+        continue;
+      }
+      int ok = 1;
+      if (!strcmp(r.script, "pre-dump") && async) {
+        /* Only now does the program block on its channel: it ran through CRIU's start-up. */
+        const char *freeze = "{\"t\":\"freeze\"}\n";
+        if (write(3, freeze, strlen(freeze)) < 0) ok = 0;
+        else {
+          int blocked = wait_blocked(pid, &fifo_st, kill_at - now_ms(), 200);
+          if (blocked < 0) fprintf(stderr, "checkpt hook: process %d is gone\n", (int)pid);
+          if (blocked == 0) fprintf(stderr, "checkpt hook: process %d did not block\n", (int)pid);
+          ok = blocked == 1;
+        }
+      } else if (!strcmp(r.script, "post-dump")) {
+        /* The images are complete: the program reads this as soon as CRIU lets it go. */
+        if (!told && write(3, DUMPED, strlen(DUMPED)) > 0) told = 1;
+        if (post_dump_sock) {
+          int v = post_dump_verdict(post_dump_sock, post_dump_ms, kill_at, criu_pidfd);
+          if (v < 0 && !killed && now_ms() >= kill_at) {
+            /* Refused, not killed: CRIU puts the program and its connections back as they were. */
+            timed_out = 1;
+            kill_at = now_ms() + ROLLBACK_GRACE_MS;
+          }
+          ok = v == 1;
+        }
+      }
+      struct rpc_buf reply;
+      rpc_encode_notify_reply(&reply, ok);
+      if (rpc_send(sk, &reply) < 0) sk_open = 0;
+      continue;
     }
-    if (!timed_out && now_ms() > deadline) {
-      kill(criu, SIGKILL);
-      timed_out = 1;
+    if (reaped || (p[1].revents & POLLIN)) {
+      if (sk_open) {
+        /* Exited: whatever it sent before is read first, then nothing more will come. */
+        struct pollfd q = {sk, POLLIN, 0};
+        if (poll(&q, 1, 0) == 1) continue;
+      }
+      break;
     }
-    nap_us(told ? 2000 : 250);
   }
+  while (!reaped && waitpid(criu, &st, 0) < 0)
+    if (errno != EINTR) die("waitpid criu");
   long ms = now_ms() - t0;
-  int ok = !timed_out && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  int status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  if (status == 0 && !(answered && dumped_ok)) {
+    fprintf(stderr, "checkpt-helper: Error (rpc): CRIU exited without %s\n", answered ? "dumping (its response said it failed)" : "answering the dump request");
+    status = 1;
+  }
+  int ok = !timed_out && status == 0;
   if (!told && ok) {
     if (write(3, DUMPED, strlen(DUMPED)) < 0) { /* the program is gone */ }
   }
   int n = timed_out ? snprintf(line, sizeof line, "timeout %ld\n", ms)
-                    : snprintf(line, sizeof line, "criu %d %ld\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), ms);
+                    : snprintf(line, sizeof line, "criu %d %ld\n", status, ms);
   if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone */ }
   return 0;
 }
 
 /*
- * checkpt-helper as CRIU's action script (no arguments, CRTOOLS_SCRIPT_ACTION set): for checkpoint() (async). CRIU runs it as
- * "pre-dump" right before it freezes the program: only now is the program told to block on its
- * control FIFO, so it ran through CRIU's own start-up; the hook returns once it is blocked.
- * Environment: CHECKPT_HOOK_PID, CHECKPT_HOOK_FIFO, CHECKPT_HOOK_TIMEOUT_MS.
+ * CRIU's "post-dump" action script for a checkpoint-and-exit taken from outside (`checkpt run`,
+ * src/engine/outside.ts: CRIU runs under nsenter, in the program's namespaces, with
+ * CHECKPT_POST_DUMP_SOCK and CHECKPT_POST_DUMP_TIMEOUT_MS set): exits 0 only for checkpt's '1'.
  */
-static int cmd_hook(void) {
-  const char *action = getenv("CRTOOLS_SCRIPT_ACTION");
-  if (!action || strcmp(action, "pre-dump") != 0) return 0;
-  const char *p = getenv("CHECKPT_HOOK_PID"), *fifo = getenv("CHECKPT_HOOK_FIFO");
-  const char *t = getenv("CHECKPT_HOOK_TIMEOUT_MS");
-  if (!p || !fifo || !t) return 0; /* the front sets all three, or it is not our hook */
-  pid_t pid = (pid_t)atoi(p);
-  long timeout = atol(t);
-  int w = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-  struct stat fifo_st;
-  if (w < 0 || fstat(w, &fifo_st) < 0) { fprintf(stderr, "checkpt hook: open %s: %s\n", fifo, strerror(errno)); return 1; }
-  const char *msg = "{\"t\":\"freeze\"}\n";
-  if (write(w, msg, strlen(msg)) < 0) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); return 1; }
-  close(w);
-  int b = wait_blocked(pid, &fifo_st, timeout, 200);
-  if (b < 0) fprintf(stderr, "checkpt hook: process %d is gone\n", (int)pid);
-  if (b == 0) fprintf(stderr, "checkpt hook: process %d did not block\n", (int)pid);
-  return b == 1 ? 0 : 1;
-}
-
-/*
- * CRIU's "post-dump" action script for a checkpoint-and-exit (CHECKPT_POST_DUMP_SOCK set), from
- * inside the program or from outside: the images are complete and the program is still frozen,
- * its connections in repair mode and locked. Says "dumped" on checkpt's socket
- * (src/engine/post-dump.ts) and waits for its verdict: '1' (the file is durable) lets CRIU leave
- * the program stopped, to exit or be killed without a FIN or RST; anything else, checkpt's death
- * included, fails the hook, and CRIU rolls back: network unlocked, sockets out of repair, program
- * resumed. The packing worker may still be starting: connecting is retried until
- * CHECKPT_POST_DUMP_TIMEOUT_MS (set by checkpt, always) has passed.
- */
-static int post_dump_verdict(const char *path) {
-  struct sockaddr_un a = { .sun_family = AF_UNIX };
-  if (strlen(path) >= sizeof a.sun_path) { fprintf(stderr, "checkpt hook: socket path too long (CHECKPT_TMPDIR under 90 characters?)\n"); return 1; }
-  strcpy(a.sun_path, path);
+static int cmd_post_dump_script(const char *sock) {
   const char *t = getenv("CHECKPT_POST_DUMP_TIMEOUT_MS");
   /* Failing rolls the dump back: better than guessing how long checkpt meant to wait. */
   if (!t || atol(t) <= 0) { fprintf(stderr, "checkpt hook: CHECKPT_POST_DUMP_TIMEOUT_MS is not set; is the native helper as new as checkpt? Run npm run build.\n"); return 1; }
-  long timeout = atol(t), start = now_ms();
-  int s = -1;
-  for (;;) {
-    s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0) { fprintf(stderr, "checkpt hook: socket: %s\n", strerror(errno)); return 1; }
-    if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) break;
-    int e = errno;
-    close(s);
-    if ((e != ENOENT && e != ECONNREFUSED) || now_ms() - start > timeout) {
-      fprintf(stderr, "checkpt hook: connect %s: %s\n", path, strerror(e));
-      return 1;
-    }
-    nap_us(2000);
+  /* No deadline of its own: the supervisor's answer or its death (end-of-file) ends the wait. */
+  return post_dump_verdict(sock, atol(t), LONG_MAX / 2, -1) == 1 ? 0 : 1;
+}
+
+/*
+ * checkpt-helper rpc-request --pid P -- CRIU dump ARGS: the DUMP request the front would send for
+ * ARGS, in hex on stdout (for the tests); exit 126 with the reason when it would refuse them.
+ */
+static int cmd_rpc_request(int argc, char **argv) {
+  if (argc < 4 || strcmp(argv[0], "--pid") != 0 || strcmp(argv[2], "--") != 0) {
+    fprintf(stderr, "usage: checkpt-helper rpc-request --pid P -- criu dump ...\n");
+    return EXIT_USAGE;
   }
-  signal(SIGPIPE, SIG_IGN);
-  if (write(s, "dumped\n", 7) != 7) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); return 1; }
-  char v = 0;
-  ssize_t n;
-  do n = read(s, &v, 1); while (n < 0 && errno == EINTR);
-  close(s);
-  if (n == 1 && v == '1') return 0;
-  fprintf(stderr, "checkpt hook: checkpt did not keep the checkpoint; CRIU resumes the program\n");
+  struct rpc_dump_opts opts;
+  struct rpc_buf req;
+  if (dump_opts_from_argv(argv + 3, (pid_t)atoi(argv[1]), &opts) < 0) return EXIT_USAGE;
+  if (rpc_encode_dump(&req, &opts) < 0) { fprintf(stderr, "checkpt-helper: the dump request is too large\n"); return EXIT_USAGE; }
+  for (size_t k = 0; k < req.len; k++) printf("%02x", req.data[k]);
+  printf("\n");
+  return 0;
+}
+
+/*
+ * checkpt-helper rpc-decode: one criu_resp from stdin, decoded as the dump front decodes CRIU's
+ * messages (criu-rpc.c), for the tests. Prints "type=N success=N script=S errno=N errmsg=S" and
+ * exits 0, or prints "malformed: WHY" and exits 1.
+ */
+static int cmd_rpc_decode(void) {
+  static uint8_t buf[RPC_MAX_MSG + 1];
+  size_t len = 0;
+  for (;;) {
+    ssize_t n = read(0, buf + len, sizeof buf - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) die("read");
+    if (n == 0) break;
+    len += (size_t)n;
+    if (len == sizeof buf) break;
+  }
+  struct rpc_resp r;
+  const char *why;
+  if (len > RPC_MAX_MSG) why = "the message is larger than any response CRIU sends";
+  else if (rpc_decode_resp(buf, len, &r, &why) == 0) {
+    printf("type=%d success=%d script=%s errno=%d errmsg=%s\n", r.type, r.success, r.script, r.cr_errno, r.errmsg);
+    return 0;
+  }
+  printf("malformed: %s\n", why);
   return 1;
 }
 
@@ -888,16 +1128,97 @@ static int cmd_unlock(const char *table) {
   return 1;
 }
 
+/*
+ * checkpt-helper nft-list: prints the inet family's ruleset as libnftables' JSON, so checkpt can
+ * find a lock table a killed CRIU left behind by the connections in it (its name is a random id).
+ * Exit 0: printed; 1: failed (the reason on stderr).
+ */
+static int cmd_nft_list(void) {
+  void *lib = dlopen("libnftables.so.1", RTLD_NOW);
+  if (!lib) { fprintf(stderr, "checkpt-helper nft-list: %s\n", dlerror()); return 1; }
+  void *(*ctx_new)(unsigned) = (void *(*)(unsigned))dlsym(lib, "nft_ctx_new");
+  int (*buffer_output)(void *) = (int (*)(void *))dlsym(lib, "nft_ctx_buffer_output");
+  int (*buffer_error)(void *) = (int (*)(void *))dlsym(lib, "nft_ctx_buffer_error");
+  void (*set_flags)(void *, unsigned) = (void (*)(void *, unsigned))dlsym(lib, "nft_ctx_output_set_flags");
+  const char *(*output_of)(void *) = (const char *(*)(void *))dlsym(lib, "nft_ctx_get_output_buffer");
+  const char *(*error_of)(void *) = (const char *(*)(void *))dlsym(lib, "nft_ctx_get_error_buffer");
+  int (*run)(void *, const char *) = (int (*)(void *, const char *))dlsym(lib, "nft_run_cmd_from_buffer");
+  if (!ctx_new || !buffer_output || !buffer_error || !set_flags || !output_of || !error_of || !run) {
+    fprintf(stderr, "checkpt-helper nft-list: libnftables lacks its API\n");
+    return 1;
+  }
+  void *ctx = ctx_new(0);
+  if (!ctx) { fprintf(stderr, "checkpt-helper nft-list: nft_ctx_new failed\n"); return 1; }
+  buffer_output(ctx);
+  buffer_error(ctx);
+  set_flags(ctx, 1u << 4); /* NFT_CTX_OUTPUT_JSON */
+  if (run(ctx, "list ruleset inet") != 0) {
+    const char *err = error_of(ctx);
+    fprintf(stderr, "checkpt-helper nft-list: %s", err ? err : "failed\n");
+    return 1;
+  }
+  const char *out = output_of(ctx);
+  fputs(out ? out : "", stdout);
+  return 0;
+}
+
+/*
+ * checkpt-helper unrepair PID...: takes the TCP sockets of these processes out of repair mode. A
+ * CRIU killed mid-dump leaves the connections it had paused in repair mode, where the program's
+ * reads fail with EPERM and nothing is sent; CRIU's own rollback would have done this.
+ * Prints one line per socket released ("PID FD"); exit 0, or 1 when one could not be examined.
+ */
+static int cmd_unrepair(int argc, char **argv) {
+  int bad = 0;
+  for (int i = 0; i < argc; i++) {
+    int pid = atoi(argv[i]);
+    if (pid <= 0) { fprintf(stderr, "checkpt-helper unrepair: not a pid: %s\n", argv[i]); return EXIT_USAGE; }
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) { if (errno != ESRCH) bad = 1; continue; }
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", pid);
+    DIR *d = opendir(dir);
+    if (!d) { close(pidfd); continue; }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char link[320], target[64];
+      snprintf(link, sizeof link, "%s/%s", dir, e->d_name);
+      ssize_t n = readlink(link, target, sizeof target - 1);
+      if (n <= 0) continue;
+      target[n] = 0;
+      if (strncmp(target, "socket:[", 8) != 0) continue;
+      int fd = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(e->d_name), 0);
+      if (fd < 0) { bad = 1; continue; }
+      int on = 0;
+      socklen_t len = sizeof on;
+      if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, &len) == 0 && on) {
+        int off = 0; /* TCP_REPAIR_OFF: the kernel sends a window probe, the peer resumes */
+        if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) == 0) printf("%d %s\n", pid, e->d_name);
+        else bad = 1;
+      }
+      close(fd);
+    }
+    closedir(d);
+    close(pidfd);
+  }
+  return bad;
+}
+
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
   if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
     const char *sock = getenv("CHECKPT_POST_DUMP_SOCK");
-    if (sock && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return post_dump_verdict(sock);
-    return cmd_hook();
+    if (sock && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return cmd_post_dump_script(sock);
+    return 0; /* every other action: nothing to do */
   }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (argc == 3 && !strcmp(argv[1], "unlock")) return cmd_unlock(argv[2]);
+  if (argc == 2 && !strcmp(argv[1], "nft-list")) return cmd_nft_list();
+  if (argc >= 3 && !strcmp(argv[1], "unrepair")) return cmd_unrepair(argc - 2, argv + 2);
+  if (argc == 2 && !strcmp(argv[1], "rpc-decode")) return cmd_rpc_decode();
+  if (argc >= 2 && !strcmp(argv[1], "rpc-request")) return cmd_rpc_request(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;

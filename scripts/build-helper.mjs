@@ -27,7 +27,8 @@ const failedFile = join(root, 'build', '.build-failed');
 if (install && (await prebuiltWork())) process.exit(0);
 
 const targets = [
-  { name: 'checkpt-helper', src: 'checkpt-helper.c', flags: [] },
+  // CRIU's RPC messages (the dump front's) in a file of their own.
+  { name: 'checkpt-helper', src: 'checkpt-helper.c', more: ['criu-rpc.c'], flags: [] },
   {
     name: 'libcheckpt-nouring.so',
     src: 'nouring.c',
@@ -48,18 +49,19 @@ const targets = [
 
 const cc = process.env.CC || 'cc';
 // A shared header changes every target that includes it.
-const headers = ['napi-min.h']
+const headers = ['napi-min.h', 'criu-rpc.h']
   .map((h) => join(root, 'native', h))
   .filter((h) => existsSync(h))
   .map((h) => statSync(h).mtimeMs);
 for (const t of targets) {
   const src = join(root, 'native', t.src);
+  const more = (t.more ?? []).map((f) => join(root, 'native', f));
   const out = join(outDir, t.name);
   if (!existsSync(src)) continue;
-  const newest = Math.max(statSync(src).mtimeMs, ...headers);
+  const newest = Math.max(...[src, ...more].map((f) => statSync(f).mtimeMs), ...headers);
   if (existsSync(out) && statSync(out).mtimeMs >= newest) continue;
   mkdirSync(outDir, { recursive: true });
-  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...t.flags, '-o', out, src], {
+  const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', ...t.flags, '-o', out, src, ...more], {
     stdio: ['ignore', 'inherit', 'pipe'],
     encoding: 'utf8',
   });

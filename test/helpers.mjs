@@ -13,6 +13,7 @@ import {
   readlinkSync,
   readSync,
   rmSync,
+  unlinkSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckptError } from '../dist/common/errors.js';
 import { childrenOf } from '../dist/common/procfs.js';
-import { extractImage, readImageInfo, verifyImage } from '../dist/image/format.js';
+import { extractImage, extractLazy, readImageInfo, verifyImage } from '../dist/image/format.js';
 import { processTree } from '../dist/common/procfs.js';
 import { MIN_CRIU_MAJOR, MIN_CRIU_MINOR } from '../dist/engine/criu.js';
 import { findCriu } from '../dist/engine/paths.js';
@@ -588,4 +589,41 @@ export async function assertReadersRefuse(file, out, where, options = {}) {
     }
     assert.deepEqual(readdirSync(out), [], `${where}: ${name} left files behind`);
   }
+  await assertLazyRefuses(file, out, where, options);
+}
+
+/**
+ * extractLazy of a mutated file: refused with nothing left in `out`, or (only when the damage is
+ * in memory chunks, each checked at its first read) some read of the memory rejects EBADIMAGE.
+ */
+export async function assertLazyRefuses(file, out, where, options = {}) {
+  let lazy;
+  try {
+    lazy = await extractLazy(file, out, options);
+  } catch (err) {
+    assert.ok(err instanceof CheckptError, `${where}: lazy threw ${err?.stack ?? err}`);
+    assert.ok(['EBADIMAGE', 'EIMAGEVERSION', 'EKEY'].includes(err.code), `${where}: ${err.code}`);
+    assert.deepEqual(readdirSync(out), [], `${where}: lazy left files behind`);
+    return;
+  }
+  if (lazy === undefined) {
+    assert.deepEqual(readdirSync(out), [], `${where}: lazy left files behind`);
+    return;
+  }
+  let refused;
+  try {
+    for (const [name, size] of lazy.pages.entries) {
+      for (let at = 0; at < size && refused === undefined; at += 4096) {
+        await lazy.pages.read(name, at, Math.min(4096, size - at)).catch((err) => {
+          refused = err;
+        });
+      }
+    }
+  } finally {
+    await lazy.pages.close();
+    for (const f of readdirSync(out)) unlinkSync(join(out, f));
+  }
+  assert.ok(refused instanceof CheckptError, `${where}: lazy served a mutated file: ${refused}`);
+  assert.equal(refused.code, 'EBADIMAGE', `${where}: ${refused.message}`);
+  assert.match(refused.message, /memory entry .*chunk index \d+/, where);
 }

@@ -1,5 +1,8 @@
 // (c) A server holding a large live heap: --mb N megabytes of strings and small objects, all
 // reachable, built before it listens. Run it with --max-old-space-size above N.
+// First, before anything else: on Node 22+ checkpt then restarts the program without io_uring
+// (docs/ARCHITECTURE.md, the restart at the import), so CRIU can dump it.
+import '../../dist/index.js';
 import { randomBytes } from 'node:crypto';
 import { option, serve } from './common.mjs';
 

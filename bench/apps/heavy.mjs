@@ -1,6 +1,9 @@
 // (b) A heavy-start server: imports a large generated code base (--modules DIR, made once by
 // `node heavy.mjs --generate DIR`) and builds in-memory indexes over its data before it listens,
 // so that a cold start takes well over a second.
+// First, before anything else: on Node 22+ checkpt then restarts the program without io_uring
+// (docs/ARCHITECTURE.md, the restart at the import), so CRIU can dump it.
+import '../../dist/index.js';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';

@@ -12,7 +12,7 @@ import { networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { criuVersion } from '../engine/criu.js';
 import { dumpFrontCommand } from '../engine/helper.js';
-import { networkLockWorks, NO_LOCK_WARNING } from '../engine/netlock.js';
+import { networkLockWorks, NO_LOCK_WARNING, releaseLocksAfter } from '../engine/netlock.js';
 import {
   imagesDirOf,
   type ControlMessage,
@@ -24,7 +24,7 @@ import { requireHelper } from '../engine/native.js';
 import { runDir } from '../engine/paths.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio } from '../engine/stdio.js';
-import { hasIoUring } from '../common/procfs.js';
+import { hasIoUring, processTree } from '../common/procfs.js';
 import { ioUringAdvice } from '../engine/iouring.js';
 import { whyNotRestarted } from './reexec.js';
 import { compressionWanted } from '../image/compress.js';
@@ -109,6 +109,7 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
       }
       result = conclude(s, msg, options);
     } catch (e) {
+      releaseLocksAfter(e, () => processTree(process.pid));
       throw withSteps(e, runStepsSync('afterRestore', notTaken()));
     }
     return settle(result, runStepsSync('afterRestore', taken(result)), target);
@@ -150,6 +151,7 @@ export async function checkpoint(file?: string, options: CheckptOptions = {}): P
       }
       result = conclude(s, msg, options);
     } catch (e) {
+      releaseLocksAfter(e, () => processTree(process.pid));
       throw withSteps(e, await runSteps('afterRestore', notTaken()));
     }
     return settle(result, await runSteps('afterRestore', taken(result)), target);

@@ -2,6 +2,7 @@
 import { CheckptError } from '../common/errors.js';
 import { checkConfig, DEBUG, PUBLIC_VARIABLES } from '../common/config.js';
 import { checkpointSignals } from '../common/signals.js';
+import { trace } from '../common/trace.js';
 import { resume } from '../engine/restore.js';
 import { compileNative } from '../engine/native.js';
 import { probe } from '../engine/probe.js';
@@ -236,6 +237,7 @@ async function supervise(
 }
 
 async function main(): Promise<void> {
+  trace('main');
   let command: Command;
   try {
     command = parseArgs(process.argv.slice(2));

@@ -379,20 +379,13 @@ export const KEY_FILE = define({
 note(
   'CHECKPT_POST_DUMP_SOCK',
   'internal',
-  "For CRIU's action script (checkpt-helper): the worker's Unix socket the post-dump step of a checkpoint-and-exit asks for the verdict.",
+  "For CRIU's post-dump action script (checkpt-helper) in a checkpoint-and-exit taken from outside (`checkpt run`): the Unix socket it asks for the verdict. The dump front of a program's own checkpoint answers CRIU's post-dump notification itself and gets the socket as an option.",
 );
 note(
   'CHECKPT_POST_DUMP_TIMEOUT_MS',
   'internal',
-  "How long that post-dump step waits for the verdict before CRIU rolls back: `timeoutMs` for a program's own checkpoint-and-exit, the default dump limit for `checkpt run`'s from outside. The helper has no default of its own.",
+  'How long that post-dump script tries to reach the socket before CRIU rolls back: the default dump limit. The helper has no default of its own.',
 );
-note(
-  'CHECKPT_HOOK_PID',
-  'internal',
-  "Set by checkpt-helper's dump front for its pre-dump step: the process to wait for on its FIFO.",
-);
-note('CHECKPT_HOOK_FIFO', 'internal', 'Set likewise: that FIFO.');
-note('CHECKPT_HOOK_TIMEOUT_MS', 'internal', 'Set likewise: how long the pre-dump step waits.');
 
 // scripts/install-criu.sh (CHECKPT_CRIU_HOME above is shared with it)
 
@@ -439,6 +432,15 @@ note(
   'How long a test of real parts may run before it fails naming what still runs (default 180000).',
   'milliseconds',
 );
+export const BENCH_TRACE = define({
+  name: 'CHECKPT_BENCH_TRACE',
+  kind: 'test',
+  when: 'call',
+  accepts: 'an absolute path',
+  does: "Set by `npm run bench` only: the command appends a line to this file, `STEP EPOCH_MS`, when its `main` begins (`main`) and when it starts its native helper (`helper`) or CRIU's lazy-pages daemon (`lazy-pages`), for the bench's start-up measurement.",
+  fallback: undefined as string | undefined,
+  parse: absolute,
+});
 note(
   'CHECKPT_TEST_UNIT',
   'test',

@@ -57,11 +57,10 @@ export interface DumpRequest {
   leave?: 'running' | 'stopped';
   /** How TCP connections are dumped (tcpDumpArgs); default 'established'. */
   tcp?: 'established' | 'close';
-  /** checkpt-helper is CRIU's pre-dump script: checkpoint() blocks only then (the front sets its environment). */
-  preDumpHook?: boolean;
   /**
-   * Checkpoint and exit: checkpt-helper is CRIU's post-dump script and asks on this Unix socket
-   * whether the file is durable (src/engine/post-dump.ts), trying to connect for `timeoutMs`.
+   * Checkpoint and exit from outside: checkpt-helper is CRIU's post-dump script and asks on this
+   * Unix socket whether the file is durable (src/engine/post-dump.ts), trying to connect for
+   * `timeoutMs`. (The dump front answers CRIU's notifications itself: helper.ts.)
    */
   postDump?: { sock: string; timeoutMs?: number };
 }
@@ -114,7 +113,12 @@ function request(req: Request): Command {
   return { file, args, env: { ...criuEnv(), ...req.env } };
 }
 
-/** `criu dump` for a request (the program's dump front runs it itself; dumpFromOutside through startCriu). */
+/**
+ * `criu dump` for a request (dumpFromOutside runs it through startCriu). The program's dump front
+ * runs the same dump over CRIU's RPC instead (`criu swrk`), translating each of these options into
+ * the request's criu_opts, and refuses one it has no counterpart for (native/checkpt-helper.c,
+ * dump_opts_from_argv).
+ */
 export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
   const args = [
     '-t',
@@ -125,7 +129,7 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
     ...tcpDumpArgs(req.tcp ?? 'established'),
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
-  if (req.preDumpHook || req.postDump) args.push('--action-script', helperPath());
+  if (req.postDump) args.push('--action-script', helperPath());
   const env: Record<string, string> = {};
   if (req.postDump) {
     env.CHECKPT_POST_DUMP_SOCK = req.postDump.sock;

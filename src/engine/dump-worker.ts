@@ -184,6 +184,8 @@ async function main(): Promise<void> {
     const msg: ControlMessage = { t: 'err', code: err.code, message: err.message };
     if (err.logTail !== undefined) msg.logTail = err.logTail;
     if (err.errno !== undefined) msg.errno = err.errno;
+    // As for "ok": the program may check, or end, the moment it hears.
+    removeStaging(job);
     send(msg);
   } finally {
     // A CRIU killed with the front may still be finishing its last write here.
@@ -192,7 +194,7 @@ async function main(): Promise<void> {
 }
 
 /**
- * Before the program hears "ok": a program that exits at once may end its PID namespace (a copy
+ * Before the program hears "ok" or "err": a program that exits at once may end its PID namespace (a copy
  * under checkpt -r), and the kernel then kills this worker too, which left the images behind.
  */
 function removeStaging(job: DumpJob): void {

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { childrenOf } from '../common/procfs.js';
+import { trace } from '../common/trace.js';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { argvOf, criuEnv, dumpCommand, type Command } from './criu.js';
@@ -48,9 +49,11 @@ export interface Helper {
 
 /**
  * The dump front for a program checkpointing itself: `checkpt-helper dump`, which starts the
- * packing worker on `jobFile`, waits for the program to block on `fifo` (or, `async`, lets CRIU's
- * pre-dump script tell it to), and runs `criu dump` with one deadline for all of it. The program
- * starts it itself: only the program can keep it out of its own tree (src/api/subreaper.ts).
+ * packing worker on `jobFile` and runs the dump over CRIU's RPC (`criu swrk`), answering CRIU's
+ * notifications itself: without `async` once the program has blocked on `fifo`; with it, the
+ * program is told to block when CRIU is about to freeze it (pre-dump). `criu dump`'s command line
+ * from criu.ts is what the front translates into its request. One deadline covers all of it. The
+ * program starts it itself: only the program can keep it out of its own tree (src/api/subreaper.ts).
  */
 export function dumpFrontCommand(
   job: DumpJob,
@@ -66,10 +69,6 @@ export function dumpFrontCommand(
     tcp: job.manifest.tcp === 'closed' ? 'close' : 'established',
     // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
     leave: job.exit ? 'stopped' : 'running',
-    preDumpHook: mode === 'async',
-    ...(job.exit
-      ? { postDump: { sock: join(job.workDir, POST_DUMP_SOCK), timeoutMs: job.timeoutMs } }
-      : {}),
   });
   // Exiting, CRIU's post-dump step waits for the packed file: the front's limit covers both.
   const frontMs = job.exit ? 2 * job.timeoutMs : job.timeoutMs;
@@ -84,6 +83,15 @@ export function dumpFrontCommand(
       '--timeout-ms',
       String(frontMs),
       ...(mode === 'async' ? ['--async'] : []),
+      // Exiting: at CRIU's post-dump step the front asks the worker whether the file is durable.
+      ...(job.exit
+        ? [
+            '--post-dump-sock',
+            join(job.workDir, POST_DUMP_SOCK),
+            '--post-dump-timeout-ms',
+            String(job.timeoutMs),
+          ]
+        : []),
       '--worker',
       process.execPath,
       dumpWorkerPath,
@@ -109,6 +117,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
     '3',
     ...args,
   ];
+  trace('helper');
   const child = spawn(helperPath(), full, {
     stdio: [
       opts.detach ? 'ignore' : 'inherit',

@@ -1,6 +1,7 @@
 import { CheckptError } from '../common/errors.js';
 import { LAZY } from '../common/config.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
+import { trace } from '../common/trace.js';
 import { lazyPagesCommand, startCriu } from './criu.js';
 import type { MemoryPlan } from './pagemap.js';
 import { servePages, type PageServer } from './page-server.js';
@@ -48,6 +49,7 @@ export function startLazyPages(
   workDir: string,
   served?: ServedPages,
 ): { ready: Promise<LazyPages | undefined>; stop(): number[]; pid: number | undefined } {
+  trace('lazy-pages');
   const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, served !== undefined), {
     statusFd: true,
     pageSocket: served !== undefined,

@@ -5,13 +5,22 @@
  * connections die silently and come back on restore, which removes it.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { check } from './criu.js';
 import { decodeMessage } from './criu-image.js';
 import { helperPath } from './native.js';
 import { criuPath, runDir } from './paths.js';
+import { parseProcNet, type Endpoint } from './sockets.js';
 import { CheckptError } from '../common/errors.js';
 
 let cached: boolean | undefined;
@@ -119,4 +128,103 @@ export function dropEmptyLock(lock: DumpLock | undefined): void {
   } catch {
     // An empty table drops nothing; never a reason to fail a written checkpoint.
   }
+}
+
+const key = (a: Endpoint, b: Endpoint): string => `${a.address} ${a.port} ${b.address} ${b.port}`;
+
+/** The connected TCP sockets of these processes, each in both directions (CRIU locks both). */
+export function connectionsOf(pids: readonly number[]): Set<string> {
+  const out = new Set<string>();
+  for (const pid of pids) {
+    const inodes = new Set<number>();
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) inodes.add(Number(m[1]));
+      } catch {
+        // closed meanwhile
+      }
+    }
+    if (inodes.size === 0) continue;
+    for (const n of ['tcp', 'tcp6']) {
+      let text = '';
+      try {
+        text = readFileSync(`/proc/${pid}/net/${n}`, 'utf8');
+      } catch {
+        continue;
+      }
+      for (const s of parseProcNet(text, 'tcp')) {
+        // 0A listening, 07 closed: CRIU locks neither
+        if (s.state === 0x0a || s.state === 0x07 || !inodes.has(s.inode)) continue;
+        out.add(key(s.local, s.remote)).add(key(s.remote, s.local));
+      }
+    }
+  }
+  return out;
+}
+
+interface NftObject {
+  table?: { family?: string; name?: string };
+  set?: { family?: string; table?: string; elem?: unknown[] };
+}
+
+/** The CRIU lock tables of a ruleset (libnftables JSON) whose connection sets hold one of `conns`. */
+export function locksHolding(ruleset: string, conns: ReadonlySet<string>): string[] {
+  let objects: NftObject[] = [];
+  try {
+    objects = (JSON.parse(ruleset) as { nftables?: NftObject[] }).nftables ?? [];
+  } catch {
+    return [];
+  }
+  const out = new Set<string>();
+  for (const o of objects) {
+    const set = o.set;
+    if (!set || set.family !== 'inet' || !set.table?.startsWith('CRIU-')) continue;
+    for (const e of set.elem ?? []) {
+      const c = (e as { concat?: unknown[] }).concat;
+      if (!Array.isArray(c) || c.length !== 4) continue;
+      if (conns.has(c.map(String).join(' '))) out.add(`inet ${set.table}`);
+    }
+  }
+  return [...out];
+}
+
+/**
+ * After a failed checkpoint: a CRIU killed while the program was frozen (a timeout, a dead front)
+ * leaves the connections it had paused in TCP repair mode (the program's reads fail with EPERM,
+ * nothing is sent) and its lock table dropping their packets: CRIU's own rollback would undo both.
+ * Takes the program's sockets out of repair mode, then removes the tables that hold its
+ * connections (found by their contents: the name is a random id); returns their names. Only a
+ * table holding one of this program's own 4-tuples goes: another dump's table could hold one only
+ * if it dumped the peer of that very connection at the same moment.
+ */
+export function releaseStrayLocks(pids: readonly number[]): string[] {
+  const conns = connectionsOf(pids);
+  if (conns.size === 0) return [];
+  spawnSync(helperPath(), ['unrepair', ...pids.map(String)], { timeout: 10_000 });
+  const r = spawnSync(helperPath(), ['nft-list'], { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) return [];
+  const removed: string[] = [];
+  for (const table of locksHolding(r.stdout, conns)) {
+    try {
+      if (removeLockTable(table) === 'removed') removed.push(table);
+    } catch {
+      // removing it needs what the dump needed (root); nothing more can be done here
+    }
+  }
+  return removed;
+}
+
+/** Failures after which CRIU may have died with the program frozen and its network locked. */
+const CRIU_MAY_HAVE_DIED = new Set(['ETIMEOUT', 'EHELPER', 'EDUMP']);
+
+/** releaseStrayLocks() for the program's processes, after a failure where CRIU may have died mid-dump. */
+export function releaseLocksAfter(e: unknown, pids: () => readonly number[]): void {
+  if (e instanceof CheckptError && CRIU_MAY_HAVE_DIED.has(e.code)) releaseStrayLocks(pids());
 }

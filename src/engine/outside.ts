@@ -33,7 +33,13 @@ import {
   type DumpRequest,
 } from './criu.js';
 import { helperPath } from './native.js';
-import { dropEmptyLock, dumpLock, networkLockWorks, NO_LOCK_WARNING } from './netlock.js';
+import {
+  dropEmptyLock,
+  dumpLock,
+  networkLockWorks,
+  NO_LOCK_WARNING,
+  releaseLocksAfter,
+} from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
 import type { Manifest } from './job.js';
 import { makeStagingDir } from './staging.js';
@@ -139,6 +145,7 @@ async function dumpWithKey(
     const dumpMs = msSince(t0);
     return { bytes: await pack(manifestOf(dumpMs)), dumpMs, ...warning };
   } catch (e) {
+    releaseLocksAfter(e, () => processTree(req.pid));
     throw asCheckptError(e, req.target);
   } finally {
     rmSync(workDir, { recursive: true, force: true });

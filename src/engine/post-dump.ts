@@ -1,9 +1,10 @@
 /**
- * checkpt's half of a checkpoint-and-exit's handshake with CRIU's post-dump script
- * (native/checkpt-helper.c, post_dump_verdict), for both the in-process path (dump-worker.ts) and
- * checkpoints taken from outside (outside.ts). CRIU runs the script once the images are complete,
- * with the program still frozen and its connections in repair mode and locked; the script connects
- * to this socket, says "dumped" and waits for one byte. '1' (the file is durable) leaves the
+ * checkpt's half of a checkpoint-and-exit's handshake with CRIU's post-dump step
+ * (native/checkpt-helper.c, post_dump_verdict), for both the in-process path (dump-worker.ts: the
+ * dump front asks when CRIU notifies it over its RPC) and checkpoints taken from outside
+ * (outside.ts: CRIU runs the helper as its post-dump action script). That step comes once the
+ * images are complete, with the program still frozen and its connections in repair mode and
+ * locked; it connects to this socket, says "dumped" and waits for one byte. '1' (the file is durable) leaves the
  * program stopped with its sockets in repair mode, so its end sends peers nothing; anything else,
  * or this side's death (end-of-file), makes CRIU roll back: network unlocked, program resumed,
  * connections intact. The socket lives in the 0700 staging directory: only root reaches it.

@@ -1,11 +1,15 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
+import * as zlib from 'node:zlib';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { COMPRESS, readAtLoad, ZSTD as ZSTD_VAR } from '../common/config.js';
 import { lowerPriority } from '../common/procfs.js';
 import type { EntryDecoder } from './extract.js';
+import { closeQuietly, writeAll } from './io.js';
+import { MEM_CHUNK } from './layout.js';
 
 /**
  * Compression of the memory images (CRIU's pages-N.img) with zstd, packed as `pages-N.img.zst`
@@ -58,16 +62,89 @@ function startZstd(args: string[]) {
   return { child, failed };
 }
 
+type ZstdCompress = (
+  b: Buffer,
+  o: { params: Record<number, number>; pledgedSrcSize: number },
+  cb: (e: Error | null, out: Buffer) => void,
+) => void;
+const zstdCompress = (zlib as unknown as { zstdCompress?: ZstdCompress }).zstdCompress;
+const ZSTD_LEVEL = (zlib.constants as unknown as Record<string, number>).ZSTD_c_compressionLevel;
+
+/** Whether this Node compresses with zstd by itself (zlib has zstd from Node 22.15 and 23.8). */
+export function zstdInZlib(): boolean {
+  return zstdCompress !== undefined && ZSTD_LEVEL !== undefined;
+}
+
+function compressChunk(data: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const compress = zstdCompress as ZstdCompress;
+    const params = { [ZSTD_LEVEL as number]: 1 };
+    compress(data, { params, pledgedSrcSize: data.length }, (e, out) =>
+      e ? reject(e) : resolve(out),
+    );
+  });
+}
+
+/**
+ * With Node's zlib: `path` becomes path.zst, one zstd frame per MEM_CHUNK bytes (each one saying
+ * its size), so that format 2 stores each frame as a chunk that decodes alone; the frames one
+ * after another are an ordinary .zst file. Compressed on zlib's threads, THREADS at a time.
+ */
+async function compressInFrames(path: string): Promise<void> {
+  let src: FileHandle | undefined;
+  let out: FileHandle | undefined;
+  const target = path + SUFFIX;
+  try {
+    src = await open(path, 'r');
+    out = await open(target, 'wx', 0o600);
+    const size = (await src.stat()).size;
+    let at = 0;
+    let written = 0;
+    while (at < size) {
+      const batch: Buffer[] = [];
+      for (let k = 0; k < THREADS && at < size; k++) {
+        const buf = Buffer.allocUnsafe(Math.min(MEM_CHUNK, size - at));
+        const { bytesRead } = await src.read(buf, 0, buf.length, at);
+        if (bytesRead !== buf.length) throw new Error(`${path} became shorter while compressed`);
+        batch.push(buf);
+        at += buf.length;
+      }
+      for (const frame of await Promise.all(batch.map(compressChunk))) {
+        await writeAll(out, frame, written);
+        written += frame.length;
+      }
+    }
+    await out.close();
+    out = undefined;
+    await unlink(path);
+  } catch (e) {
+    await closeQuietly(out);
+    rmSync(target, { force: true });
+    throw e;
+  } finally {
+    await closeQuietly(src);
+  }
+}
+
 /**
  * Replaces every large pages-N.img in `dir` with pages-N.img.zst; returns how many (none when
- * zstd is missing here: the image is then written as it is).
+ * zstd is missing here: the image is then written as it is). With Node's zlib each MiB is a frame
+ * of its own, which a format-2 file serves on demand; with the zstd program (Node 20) the file is
+ * one stream, which is extracted whole.
  */
 export async function compressImages(dir: string): Promise<number> {
-  if (!zstdAvailable()) return 0;
+  const inZlib = zstdInZlib();
+  if (!inZlib && !zstdAvailable()) return 0;
   const names = readdirSync(dir).filter(
     (n) => PAGES.test(n) && statSync(join(dir, n)).size >= MIN_BYTES,
   );
   for (const n of names) {
+    if (inZlib) {
+      await compressInFrames(join(dir, n)).catch((e: unknown) => {
+        throw new Error(`compressing ${n}: ${(e as Error).message}`);
+      });
+      continue;
+    }
     const out = join(dir, n + SUFFIX);
     const zstd = startZstd([
       '-q',

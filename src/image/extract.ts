@@ -5,8 +5,11 @@ import { open, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { closeQuietly, ioError, messageOf, unlinkQuietly, writeAll } from './io.js';
-import type { ImageInfo } from './layout.js';
-import { parse, withImage, type ReadOptions, type Sink } from './read.js';
+import { FilePages, servable } from './chunks.js';
+import type { LazyImage } from './pages.js';
+import { openImageFile, parse, parseFile, withImage, type ReadOptions, type Sink } from './read.js';
+import { readAt } from './reader.js';
+import { PREFIX_LEN, checkHead, versionOf, type ImageInfo } from './layout.js';
 
 /** Where an entry's bytes go instead of a file of its own name (compress.ts: zstd). */
 export interface EntryDecoder {
@@ -127,4 +130,45 @@ export async function extractImage(
       throw e;
     }
   });
+}
+
+/**
+ * Extracts every entry but the memory images into `dir` (existing and empty) exactly as
+ * extractImage() does, checking everything the memory chunks' own checks rest on (the SHA-256 over
+ * everything but the chunks, or every INDEX tag), and returns the memory as a PageSource whose
+ * chunks are each checked at their first read. Reads a few MB of a file of any size. Undefined,
+ * with nothing extracted, for a file that must be extracted eagerly: format 1, or compressed memory
+ * this Node cannot decode chunk by chunk (no zstd in its zlib, or one zstd stream).
+ */
+export async function extractLazy(
+  file: string,
+  dir: string,
+  options: ExtractOptions = {},
+): Promise<LazyImage | undefined> {
+  await checkEmptyDir(dir);
+  const { decoder, ...read } = options;
+  const src = await openImageFile(file);
+  let handedOver = false;
+  try {
+    const head = await readAt(src, 0, Math.min(src.size, PREFIX_LEN));
+    checkHead(file, head, src.size);
+    if (versionOf(head) < 2) return undefined;
+    const sink = new DirSink(dir, decoder);
+    let parsed;
+    try {
+      parsed = await parseFile(src, { ...read, verify: true, lazy: true, sink });
+    } catch (e) {
+      await sink.abort();
+      throw e;
+    }
+    if (!parsed.chunked.every(servable)) {
+      await sink.abort();
+      return undefined;
+    }
+    const pages = new FilePages(src, parsed.chunked, parsed.sealing);
+    handedOver = true;
+    return { info: parsed.info, pages };
+  } finally {
+    if (!handedOver) await closeQuietly(src.fh);
+  }
 }

@@ -11,4 +11,5 @@ export {
   type ManifestCheck,
   type ReadOptions,
 } from './read.js';
-export { extractImage, type EntryDecoder, type ExtractOptions } from './extract.js';
+export { extractImage, extractLazy, type EntryDecoder, type ExtractOptions } from './extract.js';
+export type { LazyImage, PageSource } from './pages.js';

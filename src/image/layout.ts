@@ -1,8 +1,50 @@
 /**
- * The single-file checkpoint container, format version 1. All integers are big-endian.
+ * The single-file checkpoint container. All integers are big-endian. Writers write format 2;
+ * readers read 1 and 2. Every file starts with PREFIX = "CHECKPT\n" | u32 version | u32 flags.
  *
- * Every file starts with "CHECKPT\n" | u32 version (1) | u32 flags, and the container proper,
- * BODY, is the same whether or not the file is encrypted:
+ * FORMAT 2 keeps the memory images (CRIU's pages-N.img, or pages-N.img.zst when compressed) apart
+ * from everything else, in independently checked chunks, so that they can be read on demand
+ * (pages.ts) while every byte is still checked before it is used:
+ *
+ *   file  = HEAD | DATA | INDEX' | TAIL
+ *   DATA  = the chunks of every chunked entry, entry after entry in INDEX order, chunk after chunk
+ *   INDEX = u32 manifest length M | M bytes JSON manifest | u32 entry count N | N × ENTRY
+ *   ENTRY = u16 name length L | L bytes UTF-8 name | u8 kind
+ *           | kind 0 (inline): u64 size S | S bytes
+ *           | kind 1 (chunked): u8 codec | u32 chunk size C | u64 decoded size U | u32 chunk count K
+ *             | K × (u32 stored length | 32-byte SHA-256 of the stored bytes, plain files only)
+ *
+ * Only memory images are chunked (name pages-<digits>.img or pages-<digits>.img.zst). Codec 0:
+ * chunk i holds bytes [iC, min(U, (i+1)C)) of the entry as they are (for a .zst entry that is one
+ * zstd stream, which only decodes as a whole: such a file is extracted eagerly). Codec 1 (a .zst
+ * entry only): chunk i is one zstd frame decoding to exactly min(C, U - iC) bytes of pages-N.img,
+ * so it decodes alone, and the frames one after another are an ordinary .zst file. K = ceil(U / C);
+ * the entry's size S (what extraction writes) is the sum of its stored lengths, and the stored
+ * lengths of all chunked entries (plus one GCM tag each when encrypted) add up to the length of
+ * DATA exactly. C is 1 MiB when written here: CRIU asks for single pages on faults and for runs of
+ * up to a few MiB in its background fill; a chunk of 1 MiB is checked (and decoded) in about a
+ * millisecond, and its table costs 36 bytes per MiB.
+ *
+ * Plain (flags 0): HEAD = PREFIX (16 bytes), INDEX' = INDEX, and
+ *   TAIL = u64 length of DATA D | "CKPTEND\n" | SHA-256 of (PREFIX | INDEX | u64 D).
+ * The hash covers everything but DATA, whose chunks are each checked by the SHA-256 in their table
+ * row: the tables are trusted once the hash is, before any chunk is read, and reading INDEX never
+ * needs DATA's bytes (INDEX starts at 16 + D and ends 48 bytes before the end of the file).
+ *
+ * Encrypted (flags bit 0): HEAD as in format 1 (below), HKDF info "checkpt image v2 aes-256-gcm",
+ * INDEX' = INDEX sealed in chunks of the HEAD's chunk size exactly as BODY in format 1 but with
+ * additional data HEAD | u64 D | u64 i | u8 last, and TAIL = u64 D | "CKPTEND\n" (so a D that was
+ * changed fails every INDEX tag). Chunk i of the e-th chunked entry (from 0) is stored as its
+ * AES-256-GCM ciphertext followed by its 16-byte tag, nonce = prefix | u32 (0x80000000 + e) | u32 i
+ * (INDEX nonces have their first bit 0, so no nonce repeats), additional data = HEAD | u16 L |
+ * name | u64 i | u8 (1 for the entry's last chunk, else 0): a chunk moved within its entry, swapped
+ * with another entry's or another file's (another salt, another key), dropped or cut off fails its
+ * tag, and INDEX (authenticated first) says how many chunks each entry has and how long each is.
+ *
+ * Limits: every count, length and size read is checked against what the file can hold before
+ * anything is allocated (C from 4 KiB to 64 MiB; a zstd frame at most C + C/128 + 4 KiB).
+ *
+ * FORMAT 1 (read only; writeImage writes it when asked for tests):
  *
  *   BODY = u32 manifest length M | M bytes JSON manifest
  *        | u32 entry count N | N × (u16 name length L | L bytes UTF-8 name | u64 size S | S bytes)
@@ -23,13 +65,14 @@
  *   header is bound to every chunk, and a fresh salt per file means a fresh key, so nonces never
  *   repeat. The key check tells a wrong key from a damaged file before anything is decrypted.
  *
- * Encryption wraps the byte stream BODY, so a later per-entry codec (compression) lives inside
- * BODY, in the entry header, and needs no change here.
+ * Encryption wraps the byte stream BODY, so a per-entry codec (compression) lives inside BODY, in
+ * the entry header, and needs no change here.
  */
 
 import { CheckptError } from '../common/errors.js';
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
+export const OLDEST_VERSION = 1;
 
 export interface ImageEntry {
   name: string;
@@ -75,6 +118,26 @@ export const MIN_FILE = HEAD_LEN + 4 + TRAILER_LEN;
 // A version this far beyond ours is far likelier to be a damaged header than a real future format.
 const MAX_PLAUSIBLE_VERSION = 0xffff;
 export const CHUNK = 4 * 1024 * 1024;
+/** Format 2: decoded bytes per memory chunk (see above for why). */
+export const MEM_CHUNK = 1024 * 1024;
+export const MIN_MEM_CHUNK = 4096;
+export const MAX_MEM_CHUNK = 64 * 1024 * 1024;
+export const KIND_INLINE = 0;
+export const KIND_CHUNKED = 1;
+export const CODEC_NONE = 0;
+export const CODEC_ZSTD_FRAMES = 1;
+/** Format 2, plain: u64 D | "CKPTEND\n" | SHA-256. */
+export const TAIL_V2 = 8 + TRAILER_MAGIC.length + HASH_LEN;
+/** Format 2, encrypted: u64 D | "CKPTEND\n". */
+export const SEALED_TAIL_V2 = 8 + TRAILER_MAGIC.length;
+export const MIN_FILE_V2 = PREFIX_LEN + 8 + TAIL_V2;
+/** Names of the memory images, which format 2 stores in chunks. */
+export const MEMORY_NAME = /^pages-\d+\.img(\.zst)?$/;
+
+/** The largest a zstd frame of `chunk` input bytes may be (above zstd's own compress bound). */
+export function maxFrame(chunk: number): number {
+  return chunk + Math.floor(chunk / 128) + 4096;
+}
 export const INFO_WINDOW = 64 * 1024;
 
 /** Why `name` cannot be an entry name, or undefined when it is fine. */
@@ -122,6 +185,11 @@ function notCheckpt(file: string, head: Buffer): CheckptError {
   );
 }
 
+/** The format version in a head that checkHead() accepted. */
+export function versionOf(head: Buffer): number {
+  return head.readUInt32BE(8);
+}
+
 /** Checks magic, version and flags; `head` is the first min(size, PREFIX_LEN) bytes. Returns the flags. */
 export function checkHead(file: string, head: Buffer, size: number): number {
   if (size === 0) {
@@ -135,7 +203,7 @@ export function checkHead(file: string, head: Buffer, size: number): number {
   if (!head.subarray(0, m).equals(MAGIC.subarray(0, m))) throw notCheckpt(file, head);
   if (head.length < PREFIX_LEN) throw truncated(file);
   const version = head.readUInt32BE(8);
-  if (version !== FORMAT_VERSION) {
+  if (version < OLDEST_VERSION || version > FORMAT_VERSION) {
     if (version > FORMAT_VERSION && version <= MAX_PLAUSIBLE_VERSION) {
       throw new CheckptError(
         'EIMAGEVERSION',

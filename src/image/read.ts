@@ -10,7 +10,6 @@ import { checkTrusted } from './trust.js';
 import {
   CHUNK,
   FLAG_ENCRYPTED,
-  FORMAT_VERSION,
   INFO_WINDOW,
   MAX_ENTRIES,
   MAX_MANIFEST,
@@ -22,19 +21,32 @@ import {
   MIN_SEALED_FILE,
   PREFIX_LEN,
   SEALED_HEAD_LEN,
+  SEALED_TAIL_V2,
   TAG_LEN,
+  TAIL_V2,
   TRAILER_LEN,
   TRAILER_MAGIC,
+  CODEC_NONE,
+  CODEC_ZSTD_FRAMES,
+  KIND_CHUNKED,
+  KIND_INLINE,
+  MAX_MEM_CHUNK,
+  MEMORY_NAME,
+  MIN_FILE_V2,
+  MIN_MEM_CHUNK,
   checkHead,
   damaged,
+  maxFrame,
   nameProblem,
   truncated,
+  versionOf,
   type ImageEntry,
   type ImageHeader,
   type ImageInfo,
 } from './layout.js';
 import { fileBytes, readAt, SeqReader, shrank, type ByteSource, type Source } from './reader.js';
-import { openChunk, sealingOf, type Sealing } from './seal.js';
+import { openChunk, rebound, sealingOf, type Sealing } from './seal.js';
+import { readChunk, type ChunkBuffers, type ChunkedEntry } from './chunks.js';
 
 export interface ReadOptions {
   /** The 32-byte key (see key.ts); needed for an encrypted file. */
@@ -61,6 +73,7 @@ export type ManifestCheck = (
   entries: readonly ImageEntry[],
 ) => string | undefined;
 
+const HASH_BYTES = 32;
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 export interface Sink {
@@ -95,6 +108,7 @@ class SealedBody implements ByteSource {
     private readonly chunk: number,
     private readonly count: number,
     private readonly lastLen: number,
+    private readonly base = SEALED_HEAD_LEN,
   ) {
     this.sealed = Buffer.allocUnsafe(chunk + TAG_LEN);
     this.plain = Buffer.allocUnsafe(chunk);
@@ -114,7 +128,7 @@ class SealedBody implements ByteSource {
     this.cached = -1;
     const final = k === this.count - 1;
     const len = final ? this.lastLen : this.chunk;
-    const position = SEALED_HEAD_LEN + k * (this.chunk + TAG_LEN);
+    const position = this.base + k * (this.chunk + TAG_LEN);
     let done = 0;
     while (done < len + TAG_LEN) {
       let bytesRead: number;
@@ -146,7 +160,23 @@ class SealedBody implements ByteSource {
 interface ParseMode extends ReadOptions {
   /** Read and check every byte (the checksum, or every sealed chunk). */
   verify: boolean;
+  /** Format 2: check everything but the memory chunks, which are left for a PageSource. */
+  lazy?: boolean;
   sink?: Sink;
+}
+
+/** What parse() found: the info, and for format 2 the checked chunk tables and the keys. */
+export interface Parsed {
+  info: ImageInfo;
+  chunked: ChunkedEntry[];
+  sealing: Sealing | undefined;
+}
+
+/** Where format 2's DATA is, so that the tables can be placed and checked against it. */
+interface DataRegion {
+  start: number;
+  length: number;
+  sealed: boolean;
 }
 
 function needsKey(file: string): CheckptError {
@@ -159,9 +189,18 @@ function needsKey(file: string): CheckptError {
 
 /** Walks the whole container, checking every length against the real file size. */
 export async function parse(src: Source, mode: ParseMode): Promise<ImageInfo> {
+  return (await parseFile(src, mode)).info;
+}
+
+/** As parse(), with format 2's chunk tables; reads and checks the chunks too unless `lazy`. */
+export async function parseFile(src: Source, mode: ParseMode): Promise<Parsed> {
   const { file, size } = src;
-  const flags = checkHead(file, await readAt(src, 0, Math.min(size, PREFIX_LEN)), size);
-  if ((flags & FLAG_ENCRYPTED) !== 0) return parseSealed(src, mode);
+  const prefix = await readAt(src, 0, Math.min(size, PREFIX_LEN));
+  const flags = checkHead(file, prefix, size);
+  const version = versionOf(prefix);
+  if ((flags & FLAG_ENCRYPTED) !== 0) {
+    return version === 1 ? parseSealed(src, mode) : parseSealedV2(src, mode);
+  }
   if (mode.key !== undefined && mode.allowPlain !== true) {
     throw new CheckptError(
       'EKEY',
@@ -170,6 +209,7 @@ export async function parse(src: Source, mode: ParseMode): Promise<ImageInfo> {
     );
   }
   if (mode.requireTrusted === true) checkTrusted(src.fh.fd, file);
+  if (version === 2) return parsePlainV2(src, mode);
   if (size < MIN_FILE) throw truncated(file);
   const trailer = await readAt(src, size - TRAILER_LEN, TRAILER_LEN);
   if (!trailer.subarray(0, TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) throw truncated(file);
@@ -181,21 +221,99 @@ export async function parse(src: Source, mode: ParseMode): Promise<ImageInfo> {
   });
   // Re-read through the reader so that the bytes checked are the bytes hashed.
   checkHead(file, await r.take(PREFIX_LEN), size);
-  const { manifest, entries } = await parseBody(r, file, mode);
+  const { manifest, entries } = await parseBody(r, file, mode, 1);
   if (mode.verify && !r.digest().equals(trailer.subarray(TRAILER_MAGIC.length))) {
-    throw new CheckptError(
-      'EBADIMAGE',
-      `${file} is damaged (checksum mismatch): it was modified or truncated after it was written; use another checkpoint`,
-      { path: file },
-    );
+    throw checksumMismatch(file);
   }
-  return { formatVersion: FORMAT_VERSION, manifest, entries, fileSize: size, encrypted: false };
+  const info = { formatVersion: 1, manifest, entries, fileSize: size, encrypted: false };
+  return { info, chunked: [], sealing: undefined };
 }
 
-async function parseSealed(src: Source, mode: ParseMode): Promise<ImageInfo> {
+function checksumMismatch(file: string): CheckptError {
+  return new CheckptError(
+    'EBADIMAGE',
+    `${file} is damaged (checksum mismatch): it was modified or truncated after it was written; use another checkpoint`,
+    { path: file },
+  );
+}
+
+/** Reads u64 D (the length of DATA) at `at`, checked against what the file can hold. */
+async function dataLength(src: Source, at: number, most: number): Promise<number> {
+  const d = (await readAt(src, at, 8)).readBigUInt64BE(0);
+  if (d > BigInt(most)) {
+    throw damaged(src.file, `its memory part claims ${d} bytes but the file is too short`);
+  }
+  return Number(d);
+}
+
+/** Format 2, plain: PREFIX | INDEX | u64 D is hashed; DATA's chunks have hashes of their own. */
+async function parsePlainV2(src: Source, mode: ParseMode): Promise<Parsed> {
+  const { file, size } = src;
+  if (size < MIN_FILE_V2) throw truncated(file);
+  const tail = await readAt(src, size - TAIL_V2, TAIL_V2);
+  if (!tail.subarray(8, 8 + TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) throw truncated(file);
+  const d = await dataLength(src, size - TAIL_V2, size - MIN_FILE_V2);
+  const fileAt = fileBytes(src);
+  // The hashed bytes, PREFIX | INDEX | u64 D, as one range: INDEX and D follow DATA in the file.
+  const hashed: ByteSource = {
+    read: (buf, off, len, position) =>
+      position < PREFIX_LEN
+        ? fileAt.read(buf, off, Math.min(len, PREFIX_LEN - position), position)
+        : fileAt.read(buf, off, len, position + d),
+  };
+  const indexEnd = size - TAIL_V2 - d;
+  const r = new SeqReader(hashed, file, indexEnd, {
+    window: mode.verify ? CHUNK : INFO_WINDOW,
+    hash: mode.verify,
+    readAll: mode.verify,
+  });
+  checkHead(file, await r.take(PREFIX_LEN), size);
+  const region = { start: PREFIX_LEN, length: d, sealed: false };
+  const { manifest, entries, chunked } = await parseBody(r, file, mode, 2, region);
+  r.limit += 8;
+  if ((await r.take(8)).readBigUInt64BE(0) !== BigInt(d)) throw shrank(file);
+  if (mode.verify && !r.digest().equals(tail.subarray(8 + TRAILER_MAGIC.length))) {
+    throw checksumMismatch(file);
+  }
+  const info = { formatVersion: 2, manifest, entries, fileSize: size, encrypted: false };
+  const parsed = { info, chunked, sealing: undefined };
+  await readChunks(src, parsed, mode);
+  return parsed;
+}
+
+/** Format 2, eager: every chunk read and checked, and written to the sink when there is one. */
+async function readChunks(src: Source, parsed: Parsed, mode: ParseMode): Promise<void> {
+  if (!mode.verify || mode.lazy === true) return;
+  const { sink } = mode;
+  let most = 0;
+  for (const e of parsed.chunked) for (const len of e.stored) most = Math.max(most, len);
+  const bufs: ChunkBuffers[] = [0, 1].map(() => ({
+    raw: Buffer.allocUnsafe(most + TAG_LEN),
+    plain: Buffer.allocUnsafe(most),
+  }));
+  for (const e of parsed.chunked) {
+    if (sink) await sink.begin(e.name);
+    const n = e.stored.length;
+    // The next chunk is read and checked while this one is written.
+    let next = n > 0 ? readChunk(src, e, 0, parsed.sealing, bufs[0]) : undefined;
+    for (let i = 0; i < n; i++) {
+      const bytes = await (next as Promise<Buffer>);
+      next = i + 1 < n ? readChunk(src, e, i + 1, parsed.sealing, bufs[(i + 1) % 2]) : undefined;
+      next?.catch(() => undefined);
+      if (sink) await sink.write(bytes);
+    }
+    if (sink) await sink.end();
+  }
+}
+/** An encrypted file's HEAD checked and its keys, or why not. */
+async function openSealed(
+  src: Source,
+  mode: ParseMode,
+  least: number,
+): Promise<{ chunk: number; sealing: Sealing }> {
   const { file, size } = src;
   if (mode.key === undefined) throw needsKey(file);
-  if (size < MIN_SEALED_FILE) throw truncated(file);
+  if (size < least) throw truncated(file);
   const head = await readAt(src, 0, SEALED_HEAD_LEN);
   checkHead(file, head, size);
   const chunk = head.readUInt32BE(PREFIX_LEN);
@@ -210,20 +328,59 @@ async function parseSealed(src: Source, mode: ParseMode): Promise<ImageInfo> {
       { path: file },
     );
   }
-  const end = await readAt(src, size - TRAILER_MAGIC.length, TRAILER_MAGIC.length);
-  if (!end.equals(TRAILER_MAGIC)) throw truncated(file);
-  const body = size - SEALED_HEAD_LEN - TRAILER_MAGIC.length;
+  return { chunk, sealing };
+}
+
+/** The sealed chunks of [base, end): their count and the plaintext length of the last. */
+function sealedSpan(file: string, chunk: number, body: number): { count: number; lastLen: number } {
   const count = Math.ceil(body / (chunk + TAG_LEN));
   const lastLen = body - (count - 1) * (chunk + TAG_LEN) - TAG_LEN;
   if (lastLen < 1) throw damaged(file, 'its encrypted part has an impossible length');
+  return { count, lastLen };
+}
+
+async function parseSealed(src: Source, mode: ParseMode): Promise<Parsed> {
+  const { file, size } = src;
+  const { chunk, sealing } = await openSealed(src, mode, MIN_SEALED_FILE);
+  const end = await readAt(src, size - TRAILER_MAGIC.length, TRAILER_MAGIC.length);
+  if (!end.equals(TRAILER_MAGIC)) throw truncated(file);
+  const { count, lastLen } = sealedSpan(file, chunk, size - SEALED_HEAD_LEN - TRAILER_MAGIC.length);
   const sealed = new SealedBody(src, sealing, chunk, count, lastLen);
   const r = new SeqReader(sealed, file, (count - 1) * chunk + lastLen, {
     window: mode.verify ? CHUNK : INFO_WINDOW,
     hash: false,
     readAll: mode.verify,
   });
-  const { manifest, entries } = await parseBody(r, file, mode);
-  return { formatVersion: FORMAT_VERSION, manifest, entries, fileSize: size, encrypted: true };
+  const { manifest, entries } = await parseBody(r, file, mode, 1);
+  const info = { formatVersion: 1, manifest, entries, fileSize: size, encrypted: true };
+  return { info, chunked: [], sealing: undefined };
+}
+
+/** Format 2, encrypted: INDEX sealed after DATA and bound to D; each DATA chunk sealed alone. */
+async function parseSealedV2(src: Source, mode: ParseMode): Promise<Parsed> {
+  const { file, size } = src;
+  const least = SEALED_HEAD_LEN + 1 + TAG_LEN + SEALED_TAIL_V2;
+  const { chunk, sealing } = await openSealed(src, mode, least);
+  const end = await readAt(src, size - TRAILER_MAGIC.length, TRAILER_MAGIC.length);
+  if (!end.equals(TRAILER_MAGIC)) throw truncated(file);
+  const d = await dataLength(src, size - SEALED_TAIL_V2, size - least);
+  const dataLen = Buffer.alloc(8);
+  dataLen.writeBigUInt64BE(BigInt(d), 0);
+  const indexSealing = rebound(sealing, Buffer.concat([sealing.head, dataLen]));
+  const base = SEALED_HEAD_LEN + d;
+  const { count, lastLen } = sealedSpan(file, chunk, size - base - SEALED_TAIL_V2);
+  const sealed = new SealedBody(src, indexSealing, chunk, count, lastLen, base);
+  const r = new SeqReader(sealed, file, (count - 1) * chunk + lastLen, {
+    window: mode.verify ? CHUNK : INFO_WINDOW,
+    hash: false,
+    readAll: mode.verify,
+  });
+  const region = { start: SEALED_HEAD_LEN, length: d, sealed: true };
+  const { manifest, entries, chunked } = await parseBody(r, file, mode, 2, region);
+  const info = { formatVersion: 2, manifest, entries, fileSize: size, encrypted: true };
+  const parsed = { info, chunked, sealing };
+  await readChunks(src, parsed, mode);
+  return parsed;
 }
 
 /** BODY: the manifest and the entries, every length checked against what is left. */
@@ -231,7 +388,9 @@ async function parseBody(
   r: SeqReader,
   file: string,
   { sink, checkManifest }: ParseMode,
-): Promise<{ manifest: Record<string, unknown>; entries: ImageEntry[] }> {
+  version: number,
+  region?: DataRegion,
+): Promise<{ manifest: Record<string, unknown>; entries: ImageEntry[]; chunked: ChunkedEntry[] }> {
   if (r.remaining < 4) throw damaged(file, 'it ends before its manifest');
   const manifestLen = (await r.take(4)).readUInt32BE(0);
   if (manifestLen > MAX_MANIFEST) {
@@ -250,6 +409,8 @@ async function parseBody(
   }
 
   const entries: ImageEntry[] = [];
+  const chunked: ChunkedEntry[] = [];
+  let dataAt = 0;
   const seen = new Set<string>();
   for (let i = 0; i < count; i++) {
     if (r.remaining < 2) throw damaged(file, `sizes do not add up at entry ${i}`);
@@ -270,6 +431,25 @@ async function parseBody(
     }
     if (seen.has(name)) throw damaged(file, `entry name ${JSON.stringify(name)} appears twice`);
     seen.add(name);
+    if (version === 2 && region) {
+      if (r.remaining < 1) throw damaged(file, `sizes do not add up at entry ${i}`);
+      const kind = (await r.take(1))[0];
+      if (kind === KIND_CHUNKED) {
+        const e = await chunkTable(r, file, name, chunked.length, region, region.start + dataAt);
+        dataAt += e.stored.length * (region.sealed ? TAG_LEN : 0) + e.size;
+        if (dataAt > region.length) {
+          throw damaged(
+            file,
+            `the chunks of entry ${JSON.stringify(name)} lie beyond its memory part`,
+          );
+        }
+        chunked.push(e);
+        entries.push({ name, size: e.size });
+        continue;
+      }
+      if (kind !== KIND_INLINE) throw damaged(file, `entry ${i} has an unknown kind ${kind}`);
+    }
+    if (r.remaining < 8) throw damaged(file, `sizes do not add up at entry ${i}`);
     const bigSize = (await r.take(8)).readBigUInt64BE(0);
     // Bounded by the real file size, so it is also within Number.MAX_SAFE_INTEGER.
     if (bigSize > BigInt(r.remaining)) {
@@ -290,9 +470,78 @@ async function parseBody(
       `sizes do not add up: ${r.remaining} unexpected bytes after the last entry`,
     );
   }
+  if (region && dataAt !== region.length) {
+    throw damaged(
+      file,
+      `sizes do not add up: its memory part holds ${region.length} bytes but its chunks ${dataAt}`,
+    );
+  }
   const problem = checkManifest?.(manifest, entries);
   if (problem !== undefined) throw damaged(file, problem);
-  return { manifest, entries };
+  return { manifest, entries, chunked };
+}
+
+/** A chunked entry's row (after its kind): codec, sizes and table, every number checked. */
+async function chunkTable(
+  r: SeqReader,
+  file: string,
+  name: string,
+  ordinal: number,
+  region: DataRegion,
+  start: number,
+): Promise<ChunkedEntry> {
+  const what = `memory entry ${JSON.stringify(name)}`;
+  const m = MEMORY_NAME.exec(name);
+  if (m === null) throw damaged(file, `entry ${JSON.stringify(name)} is chunked but not memory`);
+  if (r.remaining < 17) throw damaged(file, `sizes do not add up at ${what}`);
+  const head = await r.take(17);
+  const codec = head[0] ?? -1;
+  const chunk = head.readUInt32BE(1);
+  const bigDecoded = head.readBigUInt64BE(5);
+  const count = head.readUInt32BE(13);
+  const zst = m[1] !== undefined;
+  if (codec !== CODEC_NONE && !(codec === CODEC_ZSTD_FRAMES && zst)) {
+    throw damaged(file, `${what} has an unknown codec ${codec}`);
+  }
+  if (chunk < MIN_MEM_CHUNK || chunk > MAX_MEM_CHUNK) {
+    throw damaged(file, `${what} has an impossible chunk size ${chunk}`);
+  }
+  const row = region.sealed ? 4 : 4 + HASH_BYTES;
+  if (count * row > r.remaining) {
+    throw damaged(file, `${what} claims ${count} chunks but the file is too short to list them`);
+  }
+  // count is small now, so count * chunk is exact.
+  if (
+    bigDecoded > BigInt(count) * BigInt(chunk) ||
+    bigDecoded <= BigInt(count - 1) * BigInt(chunk)
+  ) {
+    if (!(count === 0 && bigDecoded === 0n)) {
+      throw damaged(file, `${what} claims ${bigDecoded} bytes in ${count} chunks of ${chunk}`);
+    }
+  }
+  const decoded = Number(bigDecoded);
+  const table = await r.take(count * row);
+  const stored: number[] = [];
+  const offsets: number[] = [];
+  const hashes: Buffer[] | undefined = region.sealed ? undefined : [];
+  let at = start;
+  let size = 0;
+  const most = region.start + region.length;
+  for (let i = 0; i < count; i++) {
+    const len = table.readUInt32BE(i * row);
+    const want = Math.min(chunk, decoded - i * chunk);
+    if (codec === CODEC_NONE ? len !== want : len < 1 || len > maxFrame(chunk)) {
+      throw damaged(file, `${what} gives chunk ${i} an impossible length ${len}`);
+    }
+    const next = at + len + (region.sealed ? TAG_LEN : 0);
+    if (next > most) throw damaged(file, `the chunks of ${what} lie beyond its memory part`);
+    stored.push(len);
+    offsets.push(at);
+    hashes?.push(table.subarray(i * row + 4, (i + 1) * row));
+    size += len;
+    at = next;
+  }
+  return { name, ordinal, codec, chunk, decoded, stored, offsets, hashes, size };
 }
 
 function openError(file: string, e: unknown): CheckptError {
@@ -352,6 +601,10 @@ async function openImage(file: string): Promise<Source> {
   }
 }
 
+export async function openImageFile(file: string): Promise<Source> {
+  return openImage(file);
+}
+
 export async function withImage<T>(file: string, fn: (src: Source) => Promise<T>): Promise<T> {
   const src = await openImage(file);
   try {
@@ -364,10 +617,12 @@ export async function withImage<T>(file: string, fn: (src: Source) => Promise<T>
 /** Reads only the header: the format version and whether the file is encrypted; needs no key. */
 export async function readImageHeader(file: string): Promise<ImageHeader> {
   return withImage(file, async (src) => {
-    const flags = checkHead(file, await readAt(src, 0, Math.min(src.size, PREFIX_LEN)), src.size);
+    const head = await readAt(src, 0, Math.min(src.size, PREFIX_LEN));
+    const flags = checkHead(file, head, src.size);
     const encrypted = (flags & FLAG_ENCRYPTED) !== 0;
-    if (src.size < (encrypted ? MIN_SEALED_FILE : MIN_FILE)) throw truncated(file);
-    return { formatVersion: FORMAT_VERSION, encrypted, fileSize: src.size };
+    const least = versionOf(head) === 1 ? (encrypted ? MIN_SEALED_FILE : MIN_FILE) : MIN_FILE_V2;
+    if (src.size < least) throw truncated(file);
+    return { formatVersion: versionOf(head), encrypted, fileSize: src.size };
   });
 }
 

@@ -63,7 +63,7 @@ export class SeqReader {
   constructor(
     private readonly src: ByteSource,
     private readonly file: string,
-    readonly limit: number,
+    public limit: number,
     o: SeqOptions,
   ) {
     this.win = Buffer.allocUnsafe(o.window);

@@ -14,20 +14,31 @@ import {
   writeAll,
   writeAllv,
 } from './io.js';
+import { scanFrames } from './chunks.js';
 import {
   CHUNK,
+  CODEC_NONE,
+  CODEC_ZSTD_FRAMES,
   FLAG_ENCRYPTED,
   FORMAT_VERSION,
+  KIND_CHUNKED,
+  KIND_INLINE,
   MAGIC,
   MAX_ENTRIES,
   MAX_MANIFEST,
+  MAX_MEM_CHUNK,
   MAX_SEAL_CHUNK,
+  MEM_CHUNK,
+  MEMORY_NAME,
+  MIN_MEM_CHUNK,
   MIN_SEAL_CHUNK,
   PREFIX_LEN,
+  TAG_LEN,
   TRAILER_MAGIC,
+  maxFrame,
   nameProblem,
 } from './layout.js';
-import { newSealing, sealChunk, type Sealing } from './seal.js';
+import { newSealing, rebound, sealChunk, sealPage, type Sealing } from './seal.js';
 
 export interface WriteOptions {
   /** Seal the file with this 32-byte key (see key.ts). */
@@ -36,6 +47,10 @@ export interface WriteOptions {
   chunkSize?: number;
   /** The temporary name to write to (tempNameFor()): a waiter can then remove it if the writer dies. */
   tmp?: string | undefined;
+  /** Format 1 only for tests of what older versions wrote; by default FORMAT_VERSION. */
+  formatVersion?: 1 | 2;
+  /** Format 2: decoded bytes per memory chunk; tests use small ones to get many chunks. */
+  memoryChunk?: number;
 }
 
 interface SourceFile {
@@ -130,9 +145,12 @@ class ChunkWriter {
     private position: number,
     size: number,
     private readonly sealing?: Sealing,
+    hashedOnly?: Buffer,
   ) {
     this.buf = Buffer.allocUnsafe(size);
     this.spare = Buffer.allocUnsafe(size);
+    // Format 2: PREFIX is hashed with INDEX but written before DATA.
+    if (hashedOnly) this.hash.update(hashedOnly);
   }
 
   async put(data: Buffer): Promise<void> {
@@ -186,11 +204,13 @@ class ChunkWriter {
     this.len = 0;
   }
 
-  /** Writes the last chunk and the trailer and returns the total file size. */
-  async finish(): Promise<number> {
+  /** Writes the last chunk and the trailer (after `lead`, hashed too) and returns the file size. */
+  async finish(lead: Buffer = Buffer.alloc(0)): Promise<number> {
     await this.flush(true);
     await this.pending;
-    const tail = this.sealing ? TRAILER_MAGIC : Buffer.concat([TRAILER_MAGIC, this.hash.digest()]);
+    const tail = this.sealing
+      ? Buffer.concat([lead, TRAILER_MAGIC])
+      : Buffer.concat([lead, TRAILER_MAGIC, this.hash.update(lead).digest()]);
     await writeAll(this.fh, tail, this.position);
     this.position += tail.length;
     return this.position;
@@ -272,11 +292,20 @@ export async function writeImage(
   if (!Number.isInteger(chunkSize) || chunkSize < MIN_SEAL_CHUNK || chunkSize > MAX_SEAL_CHUNK) {
     throw new RangeError(`chunkSize must be from ${MIN_SEAL_CHUNK} to ${MAX_SEAL_CHUNK} bytes`);
   }
+  const memoryChunk = options.memoryChunk ?? MEM_CHUNK;
+  if (
+    !Number.isInteger(memoryChunk) ||
+    memoryChunk < MIN_MEM_CHUNK ||
+    memoryChunk > MAX_MEM_CHUNK
+  ) {
+    throw new RangeError(`memoryChunk must be from ${MIN_MEM_CHUNK} to ${MAX_MEM_CHUNK} bytes`);
+  }
+  const version = options.formatVersion ?? FORMAT_VERSION;
   const sources = await listSources(source);
   const absTarget = resolve(target);
   const prefix = Buffer.alloc(PREFIX_LEN);
   MAGIC.copy(prefix, 0);
-  prefix.writeUInt32BE(FORMAT_VERSION, 8);
+  prefix.writeUInt32BE(version, 8);
   let sealing: Sealing | undefined;
   if (options.key !== undefined) {
     prefix.writeUInt32BE(FLAG_ENCRYPTED, 12);
@@ -286,42 +315,47 @@ export async function writeImage(
   let bytes: number;
   let out: ChunkWriter | undefined;
   try {
-    if (sealing) {
-      await writeAll(fh, sealing.head, 0);
-      out = new ChunkWriter(fh, sealing.head.length, chunkSize, sealing);
+    if (version === 2) {
+      bytes = await writeV2(fh, prefix, manifestBytes, sources, sealing, chunkSize, memoryChunk);
     } else {
-      out = new ChunkWriter(fh, 0, CHUNK);
-      await out.put(prefix);
-    }
-    const lengths = Buffer.alloc(4);
-    lengths.writeUInt32BE(manifestBytes.length, 0);
-    await out.put(lengths);
-    await out.put(manifestBytes);
-    const count = Buffer.alloc(4);
-    count.writeUInt32BE(sources.length, 0);
-    await out.put(count);
-    for (const s of sources) {
-      let src: FileHandle | undefined;
-      try {
-        src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
-        const st = await src.stat();
-        if (!st.isFile()) {
-          throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
-        }
-        const name = Buffer.from(s.name, 'utf8');
-        const entryHead = Buffer.alloc(2 + name.length + 8);
-        entryHead.writeUInt16BE(name.length, 0);
-        name.copy(entryHead, 2);
-        entryHead.writeBigUInt64BE(BigInt(st.size), 2 + name.length);
-        await out.put(entryHead);
-        await out.copyFrom(src, st.size, s.path);
-      } catch (e) {
-        throw ioError(`packing ${s.path}`, s.path, e);
-      } finally {
-        await closeQuietly(src);
+      // Format 1, kept for tests of files older versions wrote.
+      if (sealing) {
+        await writeAll(fh, sealing.head, 0);
+        out = new ChunkWriter(fh, sealing.head.length, chunkSize, sealing);
+      } else {
+        out = new ChunkWriter(fh, 0, CHUNK);
+        await out.put(prefix);
       }
+      const lengths = Buffer.alloc(4);
+      lengths.writeUInt32BE(manifestBytes.length, 0);
+      await out.put(lengths);
+      await out.put(manifestBytes);
+      const count = Buffer.alloc(4);
+      count.writeUInt32BE(sources.length, 0);
+      await out.put(count);
+      for (const s of sources) {
+        let src: FileHandle | undefined;
+        try {
+          src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+          const st = await src.stat();
+          if (!st.isFile()) {
+            throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
+          }
+          const name = Buffer.from(s.name, 'utf8');
+          const entryHead = Buffer.alloc(2 + name.length + 8);
+          entryHead.writeUInt16BE(name.length, 0);
+          name.copy(entryHead, 2);
+          entryHead.writeBigUInt64BE(BigInt(st.size), 2 + name.length);
+          await out.put(entryHead);
+          await out.copyFrom(src, st.size, s.path);
+        } catch (e) {
+          throw ioError(`packing ${s.path}`, s.path, e);
+        } finally {
+          await closeQuietly(src);
+        }
+      }
+      bytes = await out.finish();
     }
-    bytes = await out.finish();
     await fh.sync();
     await fh.close();
     await rename(tmp, absTarget);
@@ -333,6 +367,166 @@ export async function writeImage(
   }
   await syncDir(dirname(absTarget));
   return { bytes };
+}
+
+/** How a memory entry is cut: its codec, decoded size and each chunk's stored length. */
+interface Cut {
+  codec: number;
+  decoded: number;
+  lengths: number[];
+}
+
+function cutOf(fd: number, name: string, size: number, chunk: number): Cut {
+  if (name.endsWith('.zst')) {
+    const frames = scanFrames(fd, size, chunk);
+    if (frames !== undefined) {
+      return { codec: CODEC_ZSTD_FRAMES, decoded: frames.decoded, lengths: frames.lengths };
+    }
+  }
+  const lengths: number[] = [];
+  for (let at = 0; at < size; at += chunk) lengths.push(Math.min(chunk, size - at));
+  return { codec: CODEC_NONE, decoded: size, lengths };
+}
+
+interface Table {
+  cut: Cut;
+  hashes: Buffer[];
+}
+
+/**
+ * Format 2 (layout.ts): DATA (each memory entry in checked chunks) first, then INDEX (the manifest,
+ * the other entries and the chunk tables) and TAIL. Returns the file size.
+ */
+async function writeV2(
+  fh: FileHandle,
+  prefix: Buffer,
+  manifestBytes: Buffer,
+  sources: SourceFile[],
+  sealing: Sealing | undefined,
+  chunkSize: number,
+  memoryChunk: number,
+): Promise<number> {
+  const head = sealing ? sealing.head : prefix;
+  await writeAll(fh, head, 0);
+  let position = head.length;
+  const tables = new Map<string, Table>();
+  let ordinal = 0;
+  const bufs = [0, 1].map(() => Buffer.allocUnsafe(maxFrame(memoryChunk)));
+  for (const s of sources) {
+    if (!MEMORY_NAME.test(s.name)) continue;
+    let src: FileHandle | undefined;
+    let pending: Promise<void> = Promise.resolve();
+    try {
+      src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+      const st = await src.stat();
+      if (!st.isFile()) {
+        throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
+      }
+      const cut = cutOf(src.fd, s.name, st.size, memoryChunk);
+      const hashes: Buffer[] = [];
+      let at = 0;
+      for (let i = 0; i < cut.lengths.length; i++) {
+        const len = cut.lengths[i] ?? 0;
+        const buf = (bufs[i % 2] as Buffer).subarray(0, len);
+        // Read while the previous chunk (the other buffer) is written; this one's last write is done.
+        await readExactly(src, buf, at, s.path);
+        await pending;
+        at += len;
+        let out: Buffer[];
+        if (sealing) {
+          const last = i === cut.lengths.length - 1;
+          out = [buf, sealPage(sealing, ordinal, s.name, i, last, buf)];
+        } else {
+          hashes.push(createHash('sha256').update(buf).digest());
+          out = [buf];
+        }
+        pending = writeAllv(fh, out, position);
+        pending.catch(() => undefined);
+        position += len + (sealing ? TAG_LEN : 0);
+      }
+      await pending;
+      const probe = Buffer.allocUnsafe(1);
+      if ((await src.read(probe, 0, 1, st.size)).bytesRead !== 0) {
+        throw new CheckptError('EIO', `${s.path} grew while it was being packed`, { path: s.path });
+      }
+      tables.set(s.name, { cut, hashes });
+      ordinal++;
+    } catch (e) {
+      await pending.catch(() => undefined);
+      throw ioError(`packing ${s.path}`, s.path, e);
+    } finally {
+      await closeQuietly(src);
+    }
+  }
+  const dataLen = Buffer.alloc(8);
+  dataLen.writeBigUInt64BE(BigInt(position - head.length), 0);
+  const out = sealing
+    ? new ChunkWriter(fh, position, chunkSize, rebound(sealing, Buffer.concat([head, dataLen])))
+    : new ChunkWriter(fh, position, CHUNK, undefined, prefix);
+  try {
+    const lengths = Buffer.alloc(4);
+    lengths.writeUInt32BE(manifestBytes.length, 0);
+    await out.put(lengths);
+    await out.put(manifestBytes);
+    const count = Buffer.alloc(4);
+    count.writeUInt32BE(sources.length, 0);
+    await out.put(count);
+    for (const s of sources) {
+      const name = Buffer.from(s.name, 'utf8');
+      const nameHead = Buffer.alloc(2 + name.length + 1);
+      nameHead.writeUInt16BE(name.length, 0);
+      name.copy(nameHead, 2);
+      const table = tables.get(s.name);
+      if (table) {
+        nameHead[2 + name.length] = KIND_CHUNKED;
+        const { cut, hashes } = table;
+        const row = sealing ? 4 : 4 + 32;
+        const t = Buffer.alloc(1 + 4 + 8 + 4 + cut.lengths.length * row);
+        t[0] = cut.codec;
+        t.writeUInt32BE(memoryChunk, 1);
+        t.writeBigUInt64BE(BigInt(cut.decoded), 5);
+        t.writeUInt32BE(cut.lengths.length, 13);
+        cut.lengths.forEach((len, i) => {
+          t.writeUInt32BE(len, 17 + i * row);
+          hashes[i]?.copy(t, 17 + i * row + 4);
+        });
+        await out.put(Buffer.concat([nameHead, t]));
+        continue;
+      }
+      let src: FileHandle | undefined;
+      try {
+        src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+        const st = await src.stat();
+        if (!st.isFile()) {
+          throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
+        }
+        nameHead[2 + name.length] = KIND_INLINE;
+        const size = Buffer.alloc(8);
+        size.writeBigUInt64BE(BigInt(st.size), 0);
+        await out.put(Buffer.concat([nameHead, size]));
+        await out.copyFrom(src, st.size, s.path);
+      } catch (e) {
+        throw ioError(`packing ${s.path}`, s.path, e);
+      } finally {
+        await closeQuietly(src);
+      }
+    }
+    return await out.finish(dataLen);
+  } catch (e) {
+    await out.settle();
+    throw e;
+  }
+}
+
+async function readExactly(src: FileHandle, buf: Buffer, at: number, path: string): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesRead } = await src.read(buf, done, buf.length - done, at + done);
+    if (bytesRead === 0) {
+      throw new CheckptError('EIO', `${path} became shorter while it was being packed`, { path });
+    }
+    done += bytesRead;
+  }
 }
 
 /** The bytes of the files in `dir`: what writeImage() would pack of it, before packing. */

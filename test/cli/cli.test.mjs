@@ -67,7 +67,7 @@ describe('checkpt CLI on a real checkpoint', () => {
     assert.equal(r.status, 0, r.stderr);
     const j = JSON.parse(r.stdout);
     assert.equal(j.verified, true);
-    assert.equal(j.formatVersion, 1);
+    assert.equal(j.formatVersion, 2);
     assert.equal(j.manifest.pid, original.pid);
     assert.equal(j.manifest.generation, 0);
     assert.ok(j.manifest.rssBytes > 0 && j.manifest.imageBytes > 0);

@@ -89,9 +89,9 @@ test('dump from outside a checkpoint-and-exit: nsenter, stopped, closed TCP, pos
   assert.equal(c.env.CHECKPT_POST_DUMP_TIMEOUT_MS, '5000');
 });
 
-test("checkpoint()'s dump: the helper as pre-dump script, nothing for post-dump", () => {
-  const c = dumpCommand({ pid: 3, imagesDir: '/i', workDir: '/w', preDumpHook: true });
-  assert.deepEqual(c.args.slice(-2), ['--action-script', helperPath]);
+test("the front's dump: no action script (the front answers CRIU's notifications itself)", () => {
+  const c = dumpCommand({ pid: 3, imagesDir: '/i', workDir: '/w', leave: 'stopped' });
+  assert.ok(!c.args.includes('--action-script'));
   assert.equal(c.env.CHECKPT_POST_DUMP_SOCK, undefined);
 });
 
@@ -200,15 +200,22 @@ test("the dump front: the helper, the worker, then criu dump's own command line"
 
   const async = dumpFrontCommand(job, '/w/job.json', '/f', 'async');
   assert.deepEqual(async.args.slice(7, 8), ['--async']);
-  assert.deepEqual(async.args.slice(-2), ['--action-script', helperPath]);
+  assert.deepEqual(async.args.slice(async.args.indexOf('--') + 1), argvOf(criu));
 
-  // Exiting: stopped, the post-dump script waits for the file, and the front allows for packing.
+  // Exiting: stopped, the front asks for the file at post-dump, and its limit allows for packing.
   const exit = dumpFrontCommand({ ...job, exit: true }, '/w/job.json', '/f', 'sync');
   assert.equal(exit.args[exit.args.indexOf('--timeout-ms') + 1], '6000');
   assert.ok(exit.args.includes('--leave-stopped'));
-  assert.deepEqual(exit.args.slice(-2), ['--action-script', helperPath]);
-  assert.equal(exit.env.CHECKPT_POST_DUMP_SOCK, '/w/post-dump.sock');
-  assert.equal(exit.env.CHECKPT_POST_DUMP_TIMEOUT_MS, '3000');
+  assert.ok(!exit.args.includes('--action-script'));
+  const sock = exit.args.indexOf('--post-dump-sock');
+  assert.deepEqual(exit.args.slice(sock, sock + 4), [
+    '--post-dump-sock',
+    '/w/post-dump.sock',
+    '--post-dump-timeout-ms',
+    '3000',
+  ]);
+  assert.ok(sock < exit.args.indexOf('--'), "the front's own options, not CRIU's");
+  assert.equal(exit.env.CHECKPT_POST_DUMP_SOCK, undefined);
 
   const closed = { ...job, manifest: { ...job.manifest, tcp: 'closed' } };
   assert.ok(dumpFrontCommand(closed, '/j', '/f', 'sync').args.includes('--tcp-close'));

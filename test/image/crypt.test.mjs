@@ -89,8 +89,15 @@ test('an encrypted file round-trips, follows the documented layout, and holds no
   const manifest = { pid: 7, argv: ['node', secret] };
   const plainFile = path.join(root, 'plain.ckpt');
   const sealedFile = path.join(root, 'sealed.ckpt');
-  await writeImage(plainFile, manifest, { dir: src });
-  const { bytes } = await writeImage(sealedFile, manifest, { dir: src }, { key, chunkSize: CHUNK });
+  // Format 1, whose layout openByHand() follows; format 2 has its own tests (chunks.test.mjs).
+  const v1 = { formatVersion: 1 };
+  await writeImage(plainFile, manifest, { dir: src }, v1);
+  const { bytes } = await writeImage(
+    sealedFile,
+    manifest,
+    { dir: src },
+    { key, chunkSize: CHUNK, ...v1 },
+  );
   const sealed = fs.readFileSync(sealedFile);
   assert.equal(bytes, sealed.length);
   assert.equal(fs.statSync(sealedFile).mode & 0o777, 0o600);
@@ -123,7 +130,7 @@ test('an encrypted file round-trips, follows the documented layout, and holds no
 
   // A second file from the same bytes and key: a fresh salt, so nothing in common after the header.
   const again = path.join(root, 'again.ckpt');
-  await writeImage(again, manifest, { dir: src }, { key, chunkSize: CHUNK });
+  await writeImage(again, manifest, { dir: src }, { key, chunkSize: CHUNK, ...v1 });
   const b = fs.readFileSync(again);
   assert.ok(!b.subarray(20, 52).equals(sealed.subarray(20, 52)), 'same salt');
   assert.ok(!b.subarray(HEAD, HEAD + 64).equals(sealed.subarray(HEAD, HEAD + 64)));
@@ -135,7 +142,8 @@ test('a BODY that fills its last chunk exactly, and the default 4 MiB chunks, ro
   const src = sources(root, { a: randomBytes(2 * CHUNK - 21) });
   const key = randomBytes(32);
   const file = path.join(root, 'exact.ckpt');
-  await writeImage(file, {}, { dir: src }, { key, chunkSize: CHUNK });
+  const v1 = { formatVersion: 1 };
+  await writeImage(file, {}, { dir: src }, { key, chunkSize: CHUNK, ...v1 });
   const bytes = fs.readFileSync(file);
   assert.equal(bytes.length, HEAD + 2 * (CHUNK + TAG) + 8);
   assert.equal(openByHand(bytes, key).chunks, 2);
@@ -143,7 +151,7 @@ test('a BODY that fills its last chunk exactly, and the default 4 MiB chunks, ro
 
   const big = sources(fs.mkdtempSync(path.join(root, 'big-')), { b: randomBytes(9 << 20) });
   const bigFile = path.join(root, 'big.ckpt');
-  await writeImage(bigFile, {}, { dir: big }, { key });
+  await writeImage(bigFile, {}, { dir: big }, { key, ...v1 });
   const opened = openByHand(fs.readFileSync(bigFile), key);
   assert.equal(opened.chunk, 4 << 20);
   assert.equal(opened.chunks, 3);
@@ -252,10 +260,15 @@ test(
     const next = xorshift32(seed);
     const below = (k) => (k <= 0 ? 0 : next() % k);
     const root = scratchDir(t, 'checkpt-crypt-');
-    const src = sources(root, { 'a.img': Buffer.alloc(9000, 7), 'b.img': Buffer.from('bee') });
+    const src = sources(root, {
+      'a.img': Buffer.alloc(9000, 7),
+      'b.img': Buffer.from('bee'),
+      // Format 2 stores memory in chunks of its own: three here, each checked at its first read.
+      'pages-1.img': Buffer.alloc(9000, 5),
+    });
     const key = Buffer.alloc(32, 9);
     const file = path.join(root, 'fuzz.ckpt');
-    await writeImage(file, { pid: 1 }, { dir: src }, { key, chunkSize: CHUNK });
+    await writeImage(file, { pid: 1 }, { dir: src }, { key, chunkSize: CHUNK, memoryChunk: CHUNK });
     const good = fs.readFileSync(file);
     const out = path.join(root, 'out');
     fs.mkdirSync(out);

@@ -71,7 +71,7 @@ test('writeImage output matches the documented layout byte for byte', async (t) 
   fs.mkdirSync(src);
   for (const e of sampleEntries) fs.writeFileSync(path.join(src, e.name), e.data);
   const target = path.join(root, 'x.ckpt');
-  await writeImage(target, JSON.parse(sampleManifest), { dir: src });
+  await writeImage(target, JSON.parse(sampleManifest), { dir: src }, { formatVersion: 1 });
   const expected = build({ manifest: sampleManifest, entries: sampleEntries });
   assert.ok(fs.readFileSync(target).equals(expected));
 });
@@ -226,11 +226,11 @@ test('flipped bytes are caught by the checksum', async (t) => {
 
 test('a newer format version and unknown flags are refused', async (t) => {
   const root = scratchDir(t, 'checkpt-img-');
-  await assertRejected(root, build({ version: 2 }), 'EIMAGEVERSION', 'version 2');
-  const file = path.join(root, 'v2.ckpt');
-  fs.writeFileSync(file, build({ version: 2, entries: sampleEntries }));
-  await assert.rejects(verifyImage(file), /newer checkpt \(format 2.*upgrade checkpt/);
-  await rejectsWith(readImageInfo(file), 'EIMAGEVERSION', 'version 2 (info)');
+  await assertRejected(root, build({ version: 3 }), 'EIMAGEVERSION', 'version 3');
+  const file = path.join(root, 'v3.ckpt');
+  fs.writeFileSync(file, build({ version: 3, entries: sampleEntries }));
+  await assert.rejects(verifyImage(file), /newer checkpt \(format 3.*upgrade checkpt/);
+  await rejectsWith(readImageInfo(file), 'EIMAGEVERSION', 'version 3 (info)');
   await assertRejected(root, build({ version: 0 }), 'EBADIMAGE', 'version 0');
   await assertRejected(root, build({ flags: 2 }), 'EBADIMAGE', 'flag bit 1');
   // Bit 0 is "encrypted": without a key that is what is said, whatever follows.

@@ -63,3 +63,54 @@ export const sampleEntries = [
   { name: 'pages-1.img', data: 'p'.repeat(100) },
 ];
 export const sampleManifest = JSON.stringify({ pid: 42, node: 'v20', tags: ['a', 'b'] });
+
+/**
+ * Format 2 bytes by hand, straight from the documented layout (plain). `entries`: { name, data }
+ * inline, or { name, chunks: [Buffer...], codec, chunk, decoded } chunked (defaults: codec 0,
+ * chunk 4096, decoded = the sum); `table` overrides its header fields for tests of the limits.
+ */
+export function buildV2({ manifest = '{}', entries = [], dataLength, extraData } = {}) {
+  const m = Buffer.from(manifest, 'utf8');
+  const prefix = Buffer.concat([Buffer.from('CHECKPT\n', 'latin1'), u32(2), u32(0)]);
+  const data = [];
+  const index = [u32(m.length), m, u32(entries.length)];
+  for (const e of entries) {
+    const name = Buffer.from(e.name, 'utf8');
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(name.length);
+    if (e.chunks === undefined) {
+      const d = Buffer.from(e.data ?? '');
+      index.push(len, name, Buffer.from([0]), u64(e.size ?? d.length), d);
+      continue;
+    }
+    const sum = e.chunks.reduce((n, c) => n + c.length, 0);
+    const t = e.table ?? {};
+    index.push(len, name, Buffer.from([1, t.codec ?? e.codec ?? 0]));
+    index.push(u32(t.chunk ?? e.chunk ?? 4096), u64(t.decoded ?? e.decoded ?? sum));
+    index.push(u32(t.count ?? e.chunks.length));
+    for (const c of e.chunks) {
+      index.push(u32(c.length), createHash('sha256').update(c).digest());
+      data.push(c);
+    }
+  }
+  if (extraData) data.push(extraData);
+  const dataBytes = Buffer.concat(data);
+  const d = u64(dataLength ?? dataBytes.length);
+  const indexBytes = Buffer.concat(index);
+  const hash = createHash('sha256').update(prefix).update(indexBytes).update(d).digest();
+  return Buffer.concat([
+    prefix,
+    dataBytes,
+    indexBytes,
+    d,
+    Buffer.from('CKPTEND\n', 'latin1'),
+    hash,
+  ]);
+}
+
+/** `bytes` cut in pieces of `size`. */
+export function pieces(bytes, size) {
+  const out = [];
+  for (let at = 0; at < bytes.length; at += size) out.push(bytes.subarray(at, at + size));
+  return out;
+}

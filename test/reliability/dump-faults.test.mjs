@@ -16,23 +16,32 @@ import {
   tempDir,
   test,
 } from '../helpers.mjs';
-import { existsSync, mkdirSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import {
   HANG_GUARD_MS,
   assertIntact,
   assertVerifies,
+  criuTables,
+  removeNewEmptyTables,
   driven,
+  inRead,
   leftovers,
+  procs,
   roles,
+  settled,
   sha,
   signalWhen,
+  syscallOf,
   tracerOf,
 } from './faults.mjs';
 
 const fakeCriu = fixture('fake-criu.sh');
+/** What an `inject` returns when the fault missed its moment: the attempt went through. */
+const MISSED = Symbol('missed');
 
 function mount(dir, opts) {
   const r = spawnSync('mount', ['-t', 'tmpfs', '-o', opts, 'checkpt-test', dir]);
@@ -44,11 +53,12 @@ function remount(dir, opts) {
 }
 
 describe('faults while checkpointing', () => {
-  let dir, target, staging, faultDir, prog, base, keep, keepSha;
+  let dir, target, staging, faultDir, prog, base, keep, keepSha, tables;
   const mounts = [];
   const setFault = (mode) => writeFileSync(join(faultDir, 'mode'), mode);
 
   before(async () => {
+    tables = criuTables();
     dir = tempDir();
     target = join(dir, 'target');
     staging = join(dir, 'staging');
@@ -75,6 +85,7 @@ describe('faults while checkpointing', () => {
 
   after(async () => {
     await cleanup();
+    if (tables) removeNewEmptyTables(tables);
     for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
     if (dir) removeDir(dir);
   });
@@ -90,6 +101,7 @@ describe('faults while checkpointing', () => {
     const r = await pending;
     assert.ok(Date.now() - t0 < HANG_GUARD_MS);
     setFault('');
+    if (injected === MISSED) return MISSED;
     assert.ok(injected, 'the fault was injected at the intended moment');
     assert.equal(r.event, 'failed', `a fault must fail the checkpoint: ${JSON.stringify(r)}`);
     assert.equal(r.name, 'CheckptError');
@@ -222,10 +234,108 @@ describe('faults while checkpointing', () => {
     });
   }
 
-  test("CRIU's pre-dump hook (checkpoint(), before the freeze) killed: EDUMP, the program runs on", async () => {
-    setFault('hook-die');
-    const r = await faulted('checkpoint', 'EDUMP');
-    assert.match(r.message, /killed by signal 9/);
+  test('CRIU killed at its pre-dump step (checkpoint(): the program blocked, not yet frozen): EDUMP, the program runs on', async () => {
+    // Once a pre-dump action script; now the front answers CRIU's pre-dump notification itself, so
+    // the step's failure is CRIU's death while the program waits there, blocked on its channel.
+    // CRIU waits in recvfrom (x86-64 syscall 45) for each answer, the pre-dump one first: stopped
+    // there, it cannot freeze the program, which blocks meanwhile. Stopped anywhere else (the
+    // program already frozen, or not yet told to block), it is let go and the next try aims again.
+    for (let attempt = 1; ; attempt++) {
+      const r = await faulted('checkpoint', 'EDUMP', () => {
+        const deadline = Date.now() + 20_000;
+        let criu;
+        while (!criu && Date.now() < deadline) criu = procs().find(roles.criu(prog.pid, staging));
+        if (!criu) return false;
+        let call;
+        while (
+          (call = syscallOf(criu.pid)) !== '' &&
+          !call.startsWith('45 ') &&
+          Date.now() < deadline
+        );
+        if (call === '') return attempt >= 5 ? false : MISSED; // it finished first
+        process.kill(criu.pid, 'SIGSTOP');
+        if (tracerOf(prog.pid) !== 0) {
+          process.kill(criu.pid, 'SIGCONT');
+          return attempt >= 5 ? false : MISSED;
+        }
+        // The front told the program to block and answers CRIU; CRIU, stopped, does not read it.
+        const soon = Date.now() + 3000;
+        while (!inRead(prog.pid) && Date.now() < soon);
+        if (!inRead(prog.pid) && attempt < 5) {
+          process.kill(criu.pid, 'SIGCONT');
+          return MISSED;
+        }
+        const blocked = inRead(prog.pid) && tracerOf(prog.pid) === 0;
+        process.kill(criu.pid, 'SIGKILL');
+        return blocked;
+      });
+      if (r === MISSED) {
+        await settled(prog.pid);
+        keepSha = sha(keep);
+        base = await prog.ask({ op: 'ping' });
+        continue;
+      }
+      assert.match(r.message, /CRIU was killed by SIGKILL/);
+      break;
+    }
+  });
+
+  test('checkpoint and exit whose file is not durable by the deadline: the front refuses at post-dump, CRIU rolls back, ETIMEOUT, the program runs on', async () => {
+    // The worker is stopped once it listens for the post-dump step and the program is frozen:
+    // the front's wait for its verdict meets the deadline (twice the timeout), and killing CRIU
+    // there would leave the program stopped; refusing makes CRIU resume it. A worker that
+    // answered first ends the program (the checkpoint was kept): then the next try aims again.
+    const timeoutMs = 1500;
+    const listening = () =>
+      readdirSync(staging).some((d) => existsSync(join(staging, d, 'post-dump.sock')));
+    for (let attempt = 1; ; attempt++) {
+      const own = await driven({
+        CHECKPT_CRIU: fakeCriu,
+        FAULT_DIR: faultDir,
+        CHECKPT_TMPDIR: staging,
+      });
+      try {
+        const want = await own.ask({ op: 'ping' });
+        const file = join(target, 'exit.ckpt');
+        const pending = own.ask({ op: 'checkpt', file, exit: true, timeoutMs });
+        pending.catch(() => undefined); // an exited program never answers: raced below
+        const worker = signalWhen(
+          roles.worker(staging),
+          () => tracerOf(own.pid) !== 0 && listening(),
+          'SIGSTOP',
+        );
+        if (!worker) {
+          assert.ok(attempt < 3, 'the worker was never stopped in its window');
+          await Promise.race([own.p.closed, sleep(10_000)]);
+          rmSync(file, { force: true });
+          continue;
+        }
+        // Past the front's deadline and CRIU's rollback, the worker goes on and reports.
+        const front = procs().find(roles.front(own.pid, staging));
+        const t0 = Date.now();
+        while (front && procs().some((x) => x.pid === front.pid) && Date.now() - t0 < 20_000)
+          await sleep(50);
+        process.kill(worker.pid, 'SIGCONT');
+        // A worker that had answered first made the checkpoint durable: the program exited.
+        const r = await Promise.race([pending, own.p.closed.then(() => ({ event: 'exited' }))]);
+        if (r.event === 'exited' && attempt < 3) {
+          rmSync(file, { force: true });
+          continue;
+        }
+        assert.equal(r.code, 'ETIMEOUT', JSON.stringify(r));
+        await assertIntact(own, want);
+        assert.equal(tracerOf(own.pid), 0);
+        assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'no file, no temporary file');
+        await settled(own.pid);
+        // The worker removes its staging directory right after its report.
+        const until = Date.now() + 5000;
+        while (leftovers(staging).length && Date.now() < until) await sleep(20);
+        assert.deepEqual(leftovers(staging), []);
+        break;
+      } finally {
+        killGroup(own.p);
+      }
+    }
   });
 
   test('the staging directory is full: EDUMP, the program runs on', async () => {

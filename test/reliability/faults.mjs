@@ -7,7 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import { verifyImage } from '../../dist/image/format.js';
 import { manifestProblem } from '../../dist/engine/manifest.js';
-import { fixture, start, waitFor } from '../helpers.mjs';
+import { fixture, root, spawnSync, start, waitFor } from '../helpers.mjs';
+import { join } from 'node:path';
 
 /** Generous, and only there so a hang fails the test instead of holding it: not a timing claim. */
 export const HANG_GUARD_MS = 60_000;
@@ -84,25 +85,59 @@ export function tracerOf(pid) {
   }
 }
 
+/** One process as procs() lists it, or undefined when it is gone. */
+function procOf(pid) {
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return { pid, exe: readlinkSync(`/proc/${pid}/exe`), cmd };
+  } catch {
+    return undefined;
+  }
+}
+
+export function parentOf(pid) {
+  try {
+    // The command name in parentheses may hold spaces: the fields after it are what counts.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return 0;
+  }
+}
+
 /**
  * The processes of a checkpoint of `pid` staged in `staging` (the test's own CHECKPT_TMPDIR, in the
- * arguments of all three): the dump front, CRIU, the packing worker. Other checkpoints running on
- * the machine, other people's tests among them, never match.
+ * arguments of the front and the worker): the dump front, CRIU (`criu swrk FD`, the front's child),
+ * the packing worker. Other checkpoints running on the machine, other people's tests among them,
+ * never match.
  */
 const inStaging = (x, staging) => x.cmd.some((a) => a.startsWith(staging + '/'));
+const isFront = (pid, staging) => (x) =>
+  x.exe.endsWith('/checkpt-helper') &&
+  x.cmd[1] === 'dump' &&
+  x.cmd.includes(String(pid)) &&
+  inStaging(x, staging);
 export const roles = {
-  front: (pid, staging) => (x) =>
-    x.exe.endsWith('/checkpt-helper') &&
-    x.cmd[1] === 'dump' &&
-    x.cmd.includes(String(pid)) &&
-    inStaging(x, staging),
-  criu: (pid, staging) => (x) =>
-    x.exe.endsWith('/criu') &&
-    x.cmd[1] === 'dump' &&
-    x.cmd.includes(String(pid)) &&
-    inStaging(x, staging),
+  front: isFront,
+  criu: (pid, staging) => (x) => {
+    if (!x.exe.endsWith('/criu')) return false;
+    const parent = procOf(parentOf(x.pid));
+    return parent !== undefined && isFront(pid, staging)(parent);
+  },
   worker: (staging) => (x) => x.cmd[1]?.endsWith('/dump-worker.js') && inStaging(x, staging),
 };
+
+/** /proc/PID/syscall: the number of the system call it sits in, and its arguments; '' when gone. */
+export function syscallOf(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/syscall`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** Whether `pid` sits in read(2) (syscall 0), as it does blocked on its control FIFO. */
+export const inRead = (pid) => syscallOf(pid).startsWith('0 ');
 
 /**
  * Polls /proc (without yielding, to hit short windows) until a process matching `find` runs and
@@ -149,4 +184,30 @@ export async function assertVerifies(file) {
   const info = await verifyImage(file, { checkManifest: manifestProblem });
   assert.ok(info.entries.length > 0, `${file} holds CRIU images`);
   return info;
+}
+
+const helper = join(root, 'build', 'checkpt-helper');
+
+/** CRIU's lock tables now, each with whether its sets hold any connection. */
+export function criuTables() {
+  const r = spawnSync(helper, ['nft-list'], { encoding: 'utf8' });
+  if (r.status !== 0) return new Map();
+  const tables = new Map();
+  for (const o of JSON.parse(r.stdout).nftables ?? []) {
+    if (o.table?.name?.startsWith('CRIU-'))
+      tables.set(o.table.name, tables.get(o.table.name) ?? false);
+    if (o.set?.table?.startsWith('CRIU-') && (o.set.elem ?? []).length > 0)
+      tables.set(o.set.table, true);
+  }
+  return tables;
+}
+
+/**
+ * Removes the empty lock tables that appeared since `before` (criuTables()): a CRIU these tests
+ * kill after it locked the network leaves one, which drops nothing but must not outlive the test.
+ */
+export function removeNewEmptyTables(before) {
+  for (const [name, holds] of criuTables()) {
+    if (!before.has(name) && !holds) spawnSync(helper, ['unlock', `inet ${name}`]);
+  }
 }

@@ -21,7 +21,7 @@ import {
   test,
   waitFor,
 } from '../helpers.mjs';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
   copyFileSync,
@@ -35,6 +35,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { buildV2 } from '../image/layout.mjs';
 import { after, before } from 'node:test';
 
 const node = nodeBinaries()[0];
@@ -81,8 +82,11 @@ function refusedBeforeAnyProcess(r, message, label) {
 }
 
 /** The container, straight from the documented layout (plain files only). */
+/** The entries of a plain format-2 file (layout: src/image/layout.ts), memory reassembled. */
 function unpack(bytes) {
-  let o = 16;
+  const d = Number(bytes.readBigUInt64BE(bytes.length - 48));
+  let data = 16;
+  let o = 16 + d;
   const m = bytes.readUInt32BE(o);
   o += 4;
   const manifest = JSON.parse(bytes.subarray(o, o + m).toString('utf8'));
@@ -94,33 +98,32 @@ function unpack(bytes) {
     const l = bytes.readUInt16BE(o);
     const name = bytes.subarray(o + 2, o + 2 + l).toString('utf8');
     o += 2 + l;
-    const size = Number(bytes.readBigUInt64BE(o));
-    entries.push({ name, data: bytes.subarray(o + 8, o + 8 + size) });
-    o += 8 + size;
+    const kind = bytes[o++];
+    if (kind === 0) {
+      const size = Number(bytes.readBigUInt64BE(o));
+      entries.push({ name, data: bytes.subarray(o + 8, o + 8 + size) });
+      o += 8 + size;
+      continue;
+    }
+    const codec = bytes[o];
+    const chunk = bytes.readUInt32BE(o + 1);
+    const decoded = Number(bytes.readBigUInt64BE(o + 5));
+    const count = bytes.readUInt32BE(o + 13);
+    o += 17;
+    const chunks = [];
+    for (let k = 0; k < count; k++, o += 36) {
+      const len = bytes.readUInt32BE(o);
+      chunks.push(bytes.subarray(data, data + len));
+      data += len;
+    }
+    entries.push({ name, chunks, codec, chunk, decoded });
   }
   return { manifest, entries };
 }
 
 /** Packs with a correct checksum: whatever is wrong is wrong on purpose, not damage. */
-function pack({ manifest, entries, version = 1 }) {
-  const head = Buffer.alloc(16);
-  head.write('CHECKPT\n', 'latin1');
-  head.writeUInt32BE(version, 8);
-  const m = Buffer.from(JSON.stringify(manifest));
-  const parts = [head, Buffer.alloc(4), m, Buffer.alloc(4)];
-  parts[1].writeUInt32BE(m.length);
-  parts[3].writeUInt32BE(entries.length);
-  for (const e of entries) {
-    const name = Buffer.from(e.name);
-    const h = Buffer.alloc(2 + name.length + 8);
-    h.writeUInt16BE(name.length);
-    name.copy(h, 2);
-    h.writeBigUInt64BE(BigInt(e.data.length), 2 + name.length);
-    parts.push(h, e.data);
-  }
-  const body = Buffer.concat(parts);
-  const end = Buffer.from('CKPTEND\n', 'latin1');
-  return Buffer.concat([body, end, createHash('sha256').update(body).digest()]);
+function pack({ manifest, entries }) {
+  return buildV2({ manifest: JSON.stringify(manifest), entries });
 }
 
 async function checkpointSecret(file, env = {}) {
@@ -283,7 +286,7 @@ describe('damaged and hostile real checkpoints', () => {
       'cut in its trailer': [good.subarray(0, good.length - 20), /truncated|damaged/],
       'a byte flipped': [flipped, /checksum mismatch/],
       'empty file': [Buffer.alloc(0), /is empty/],
-      'newer format': [version(2), /newer checkpt.*upgrade checkpt/],
+      'newer format': [version(3), /newer checkpt.*upgrade checkpt/],
       'format 0': [version(0), /unknown format version 0/],
       gzipped: [gzipSync(good.subarray(0, 65536)), /not a checkpt file \(it looks like a gzip/],
       'a text file': [Buffer.from('#!/bin/sh\necho hi\n'), /not a checkpt file/],

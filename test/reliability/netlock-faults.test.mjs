@@ -1,0 +1,116 @@
+// CRIU killed mid-dump while the program holds a TCP connection: CRIU had paused the connection
+// (repair mode) and locked it (a nftables table dropping its packets), and died before its own
+// rollback. checkpt must undo both: the program keeps its connection, not merely its process.
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before } from 'node:test';
+import {
+  cleanup,
+  describe,
+  removeDir,
+  root,
+  spawnSync,
+  tempDir,
+  test,
+  unitTest,
+} from '../helpers.mjs';
+import { driven, leftovers, roles, signalWhen } from './faults.mjs';
+import { locksHolding } from '../../dist/engine/netlock.js';
+
+const helper = join(root, 'build', 'checkpt-helper');
+
+/** The CRIU lock tables that hold a connection on `port` right now. */
+function tablesWith(port) {
+  const r = spawnSync(helper, ['nft-list'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  return (JSON.parse(r.stdout).nftables ?? [])
+    .filter((o) => o.set?.table?.startsWith('CRIU-'))
+    .filter((o) => (o.set.elem ?? []).some((e) => e.concat?.includes(port)))
+    .map((o) => o.set.table);
+}
+
+describe('CRIU killed with a connection locked', () => {
+  let dir, staging, target, prog, link;
+
+  before(async () => {
+    dir = tempDir();
+    staging = join(dir, 'staging');
+    target = join(dir, 'target');
+    mkdirSync(staging);
+    mkdirSync(target);
+    prog = await driven({ CHECKPT_TMPDIR: staging });
+    link = await prog.ask({ op: 'loopback' });
+    assert.equal((await prog.ask({ op: 'echo' })).ok, true, 'the connection works before');
+  });
+
+  after(async () => {
+    await cleanup();
+    if (dir) removeDir(dir);
+  });
+
+  for (const op of ['checkpt', 'checkpoint']) {
+    test(`${op}(): EDUMP, and the connection is released (out of repair, lock table gone)`, async () => {
+      const file = join(target, `${op}.ckpt`);
+      const pending = prog.ask({ op, file });
+      // The moment CRIU has locked this connection, it has also put it in repair mode.
+      const killed = signalWhen(
+        roles.criu(prog.pid, staging),
+        () => tablesWith(link.local).length > 0,
+      );
+      const r = await pending;
+      assert.ok(killed, 'CRIU was killed after it locked the connection');
+      assert.equal(r.event, 'failed', JSON.stringify(r));
+      assert.equal(r.code, 'EDUMP', r.message);
+      assert.match(r.message, /killed by SIGKILL/);
+      assert.deepEqual(tablesWith(link.local), [], 'no lock table holds the connection');
+      const e = await prog.ask({ op: 'echo' });
+      assert.deepEqual([e.ok, e.errors], [true, []], 'the connection carries on');
+      assert.deepEqual(leftovers(target), [], 'nothing written');
+      assert.deepEqual(leftovers(staging), [], 'nothing staged');
+    });
+  }
+});
+
+unitTest(
+  'locksHolding: CRIU tables whose sets hold one of the connections, in either direction',
+  () => {
+    const ruleset = JSON.stringify({
+      nftables: [
+        { metainfo: { version: '1.0.6' } },
+        { table: { family: 'inet', name: 'CRIU-a' } },
+        {
+          set: {
+            family: 'inet',
+            name: 'conns4',
+            table: 'CRIU-a',
+            elem: [{ concat: ['127.0.0.1', 8080, '127.0.0.1', 40000] }],
+          },
+        },
+        {
+          set: {
+            family: 'inet',
+            name: 'conns6',
+            table: 'CRIU-b',
+            elem: [{ concat: ['::1', 1, '::1', 2] }],
+          },
+        },
+        {
+          set: {
+            family: 'inet',
+            name: 'conns4',
+            table: 'other',
+            elem: [{ concat: ['127.0.0.1', 8080, '127.0.0.1', 40000] }],
+          },
+        },
+        { set: { family: 'inet', name: 'conns4', table: 'CRIU-c' } },
+      ],
+    });
+    assert.deepEqual(locksHolding(ruleset, new Set(['127.0.0.1 8080 127.0.0.1 40000'])), [
+      'inet CRIU-a',
+    ]);
+    assert.deepEqual(locksHolding(ruleset, new Set(['::1 1 ::1 2'])), ['inet CRIU-b']);
+    assert.deepEqual(locksHolding(ruleset, new Set(['127.0.0.1 1 127.0.0.1 2'])), []);
+    assert.deepEqual(locksHolding('not json', new Set(['127.0.0.1 8080 127.0.0.1 40000'])), []);
+  },
+);
