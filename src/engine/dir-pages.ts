@@ -1,16 +1,15 @@
 /**
  * A PageSource over pages-N.img files already extracted (and so already checked) into a directory:
- * the lazy restore path's stand-in for a checkpoint file whose memory chunks are checked one by
- * one (src/image/pages.ts), and a base for tests that need a source of their own.
+ * for tests that need a source of their own (a fault to inject, a plan to compute), and to develop
+ * the lazy restore path without a checkpoint file.
  */
 
 import { constants as fsc, statSync } from 'node:fs';
-import { mkdtemp, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { open, readdir, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
-import { extractImage, type ExtractOptions } from '../image/format.js';
 import { ioError } from '../image/io.js';
-import type { LazyImage, PageSource } from '../image/pages.js';
+import type { PageSource } from '../image/pages.js';
 
 const MEMORY = /^pages-\d+\.img$/;
 
@@ -58,25 +57,4 @@ export async function dirPageSource(dir: string, owned = false): Promise<PageSou
       if (owned) await rm(dir, { recursive: true, force: true });
     },
   };
-}
-
-/**
- * Extracts `file` like extractImage (every byte checked), then moves its memory images out of
- * `dir` into a directory beside it that the returned source reads and removes on close.
- */
-export async function extractLazyViaDir(
-  file: string,
-  dir: string,
-  options: ExtractOptions,
-): Promise<LazyImage | undefined> {
-  const info = await extractImage(file, dir, options);
-  const memory = await mkdtemp(join(dirname(dir), `.${basename(dir)}-memory-`));
-  try {
-    for (const n of await readdir(dir))
-      if (MEMORY.test(n)) await rename(join(dir, n), join(memory, n));
-    return { info, pages: await dirPageSource(memory, true) };
-  } catch (e) {
-    await rm(memory, { recursive: true, force: true });
-    throw e;
-  }
 }

@@ -2,8 +2,7 @@ import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { zstdDecoder } from '../image/compress.js';
-import * as format from '../image/format.js';
-import { extractImage, type ExtractOptions } from '../image/format.js';
+import { extractImage, extractLazy, type ExtractOptions } from '../image/format.js';
 import type { PageSource } from '../image/pages.js';
 import { manifestProblem } from './manifest.js';
 import { loadKey } from '../image/key.js';
@@ -17,7 +16,6 @@ import {
   type CriuLog,
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
-import { extractLazyViaDir } from './dir-pages.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
 import { StagedPages } from './staged-pages.js';
@@ -27,14 +25,6 @@ import { requireHelper } from './native.js';
 import { prepareSockets } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
-
-/**
- * The format's own extractLazy (memory checked chunk by chunk at first read) where the format has
- * one; until then the memory is extracted whole and served from a directory: the same path,
- * without the head start.
- */
-const extractLazy: typeof extractLazyViaDir =
-  (format as { extractLazy?: typeof extractLazyViaDir }).extractLazy ?? extractLazyViaDir;
 
 export interface ResumeOptions {
   /** Run the resumed program in the background (stdin from /dev/null) and return once it runs. */
