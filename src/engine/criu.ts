@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
 import { ioUringAdvice } from './iouring.js';
@@ -161,12 +162,21 @@ export function restoreCommand(req: RestoreArgsRequest): Command {
   });
 }
 
-/** `criu lazy-pages`, which says on fd 3 when it listens; it dies with checkpt. */
-export function lazyPagesCommand(imagesDir: string, workDir: string): Command {
+/** The lazy-pages daemon's fd for the connected page server socket (startCriu's `pageSocket`). */
+export const PAGE_SERVER_FD = 4;
+
+/**
+ * `criu lazy-pages`, which says on fd 3 when it listens; it dies with checkpt. With `pageServer`
+ * it reads the lazy pages from the page server on fd 4 (`--ps-socket`: an already connected socket,
+ * so there is no address to connect to) instead of from the images.
+ */
+export function lazyPagesCommand(imagesDir: string, workDir: string, pageServer = false): Command {
+  const args = ['--status-fd', '3'];
+  if (pageServer) args.push('--page-server', '--ps-socket', String(PAGE_SERVER_FD));
   return request({
     verb: 'lazy-pages',
     dirs: { images: imagesDir, work: workDir, log: LAZY_PAGES_LOG },
-    args: ['--status-fd', '3'],
+    args,
     dieWithUs: true,
   });
 }
@@ -224,6 +234,8 @@ export interface CriuRun {
   pid: number | undefined;
   /** With `statusFd`: CRIU's fd 3, on which it says it is ready (--status-fd 3). */
   status?: NodeJS.ReadableStream;
+  /** With `pageSocket`: our end of the socketpair that is CRIU's fd 4. */
+  pageSocket?: Duplex;
   /** Whether it has not exited yet. */
   running(): boolean;
 }
@@ -233,13 +245,17 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Give it a pipe as fd 3 and no output (a daemon's status fd), instead of capturing its output. */
   statusFd?: boolean;
+  /** With `statusFd`: also a connected Unix stream socket as fd 4 (libuv makes it with socketpair). */
+  pageSocket?: boolean;
 }
 
 /** Starts a CRIU command: every CRIU checkpt itself runs is started here. */
 export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
   const capture = !opts.statusFd;
   const child = spawn(cmd.file, cmd.args, {
-    stdio: capture ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'ignore', 'ignore', 'pipe'],
+    stdio: capture
+      ? ['ignore', 'pipe', 'pipe']
+      : ['ignore', 'ignore', 'ignore', 'pipe', ...(opts.pageSocket ? ['pipe' as const] : [])],
     env: cmd.env,
   });
   let timer: NodeJS.Timeout | undefined;
@@ -289,6 +305,7 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
     running: () => !ended && child.exitCode === null && child.signalCode === null,
   };
   if (!capture) run.status = child.stdio[3] as NodeJS.ReadableStream;
+  if (!capture && opts.pageSocket) run.pageSocket = child.stdio[PAGE_SERVER_FD] as Duplex;
   return run;
 }
 

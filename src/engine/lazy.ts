@@ -3,6 +3,9 @@ import { LAZY } from '../common/config.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
 import { trace } from '../common/trace.js';
 import { lazyPagesCommand, startCriu } from './criu.js';
+import type { MemoryPlan } from './pagemap.js';
+import { servePages, type PageServer } from './page-server.js';
+import type { StagedPages } from './staged-pages.js';
 
 /**
  * CRIU's lazy-pages daemon for one restore: the copy starts with its memory still in the images
@@ -25,31 +28,69 @@ export function lazyWanted(pageBytes: number): boolean {
   return LAZY.get() ?? pageBytes >= LAZY_MIN_BYTES;
 }
 
+/** The lazy pages come from checkpt's page server instead of the images (src/engine/page-server.ts). */
+export interface ServedPages {
+  pages: StagedPages;
+  plan: MemoryPlan;
+  /** The checkpoint file, for messages. */
+  file: string;
+  /** Called once, at once, when serving fails (the daemon is already being stopped). */
+  onFailure(e: Error): void;
+}
+
 /**
  * Starts `criu lazy-pages` on the images; `ready` resolves once it listens for the restore, or
  * with undefined when it cannot run here (no userfaultfd): the restore then loads memory eagerly.
- * `stop` works from the start, so a caller interrupted meanwhile leaves no daemon behind.
+ * `stop` works from the start, so a caller interrupted meanwhile leaves no daemon behind. With
+ * `served`, the daemon reads the lazy pages from a page server on a socketpair instead.
  */
 export function startLazyPages(
   imagesDir: string,
   workDir: string,
+  served?: ServedPages,
 ): { ready: Promise<LazyPages | undefined>; stop(): number[]; pid: number | undefined } {
   trace('lazy-pages');
-  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir), { statusFd: true });
+  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, served !== undefined), {
+    statusFd: true,
+    pageSocket: served !== undefined,
+  });
   const exited = daemon.result.then(({ status, signal }) => ({ code: status, signal }));
+  let server: PageServer | undefined;
   // CRIU forks probes of the kernel at start-up that stop themselves; one left by a daemon killed
   // then stays stopped for good: the whole tree goes. Returns who was signalled.
   const stop = (): number[] => {
+    server?.stop();
     if (daemon.pid === undefined || !daemon.running()) return [];
     const tree = processTree(daemon.pid);
     for (const p of tree) signalQuietly(p, 'SIGKILL');
     return tree;
   };
+  if (served && daemon.pageSocket)
+    server = servePages(daemon.pageSocket, served.pages, served.plan, served.file, (e) => {
+      stop();
+      served.onFailure(e);
+    });
+  // How the server ended is known by the time the daemon has exited: the daemon waits for our
+  // answer to its goodbye before it exits, and a failed read kills it after the failure is noted.
+  let outcome: { closed: boolean } | { error: Error } = { closed: false };
+  void server?.done.then(
+    (closed) => (outcome = { closed }),
+    (error: unknown) => (outcome = { error: error as Error }),
+  );
   const ready = new Promise<LazyPages | undefined>((resolve) => {
     let listening = false;
     daemon.status?.once('data', () => {
       listening = true;
       const done = exited.then(({ code, signal }) => {
+        if (server) {
+          // A failed read stopped the daemon: that failure is the reason, not its death.
+          if ('error' in outcome) throw outcome.error;
+          if (code === 0 && !outcome.closed)
+            throw new CheckptError(
+              'ERESTORE',
+              `CRIU's lazy-pages daemon exited without closing its page server connection, so the copy may not have all of its memory; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).`,
+            );
+        }
         if (code === 0) return;
         throw new CheckptError(
           'ERESTORE',

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
 import { zstdDecoder } from '../image/compress.js';
-import { extractImage } from '../image/format.js';
+import { extractImage, extractLazy, type ExtractOptions } from '../image/format.js';
+import type { PageSource } from '../image/pages.js';
 import { manifestProblem } from './manifest.js';
 import { loadKey } from '../image/key.js';
 import {
@@ -17,6 +18,8 @@ import {
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
+import { readMemoryPlan, type Range } from './pagemap.js';
+import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { requireHelper } from './native.js';
@@ -55,13 +58,23 @@ export interface Resumed extends Running {
   takeSignals(): NodeJS.Signals[];
 }
 
+/** For tests: what resume() uses in place of its own parts. */
+export interface ResumeHooks {
+  /** Wraps the memory's source (to make a chunk fail its check). */
+  pages?: (source: PageSource) => PageSource;
+}
+
 /** Whether a foreground program on our terminal gets a pseudo-terminal of its own. */
 export function wantsPty(detach: boolean | undefined, pty: boolean | undefined): boolean {
   return !detach && pty !== false && process.stdin.isTTY === true;
 }
 
 /** Verifies and unpacks a checkpoint, then restores it in a PID and mount namespace of its own. */
-export async function resume(file: string, options: ResumeOptions = {}): Promise<Resumed> {
+export async function resume(
+  file: string,
+  options: ResumeOptions = {},
+  hooks: ResumeHooks = {},
+): Promise<Resumed> {
   requireHelper();
   if (process.getuid?.() !== 0)
     throw new CheckptError(
@@ -73,7 +86,7 @@ export async function resume(file: string, options: ResumeOptions = {}): Promise
   version.catch(() => undefined);
   const key = loadKey();
   try {
-    return await restoreFrom(file, options, version, key);
+    return await restoreFrom(file, options, version, key, hooks);
   } finally {
     key?.fill(0);
   }
@@ -84,12 +97,19 @@ async function restoreFrom(
   options: ResumeOptions,
   version: Promise<unknown>,
   key: Buffer | undefined,
+  hooks: ResumeHooks,
 ): Promise<Resumed> {
   // A missing file is reported by extractImage, which says what it expected there.
   const fileBytes = sizeOf(file);
   const workDir = makeStagingDir('restore', fileBytes);
   let helper: Helper | undefined;
   let starting: ReturnType<typeof startLazyPages> | undefined;
+  // The memory still in the file, served to CRIU's lazy-pages daemon or written out for CRIU.
+  let pages: PageSource | undefined;
+  let staged: StagedPages | undefined;
+  // A chunk that failed its check (or a daemon that asked for what is not there): the copy is
+  // stopped at once and this is the reason the resume fails.
+  let pageFailure: Error | undefined;
   // Killed while restoring (the copy may already answer): the unpacked images must not stay. CRIU
   // recreates its work directory if it still runs, so the helper's tree goes first.
   let stopped = false;
@@ -119,15 +139,24 @@ async function restoreFrom(
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
     const { progress } = options;
-    const info = await extractImage(file, imagesDir, {
+    const extractOptions: ExtractOptions = {
       key,
       decoder: zstdDecoder(file),
       requireTrusted: options.trustFile !== true,
       checkManifest: manifestProblem,
       ...(progress && {
-        onProgress: (b) => progress.update('verifying and unpacking', b, fileBytes),
+        onProgress: (b: number) => progress.update('verifying and unpacking', b, fileBytes),
       }),
-    }).finally(() => progress?.end());
+    };
+    let info;
+    try {
+      // Everything but the memory is checked and unpacked now; the memory when it is needed.
+      const lazyImage = await extractLazy(file, imagesDir, extractOptions);
+      pages = lazyImage && hooks.pages ? hooks.pages(lazyImage.pages) : lazyImage?.pages;
+      info = lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions));
+    } finally {
+      progress?.end();
+    }
     // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
     await version;
@@ -167,14 +196,44 @@ async function restoreFrom(
         ]
       : [];
     const pty = wantsPty(options.detach, options.pty);
-    const pageBytes = readdirSync(imagesDir)
-      .filter((n) => /^pages-\d+\.img$/.test(n))
-      .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
+    const pageBytes = pages
+      ? [...pages.entries.values()].reduce((sum, n) => sum + n, 0)
+      : readdirSync(imagesDir)
+          .filter((n) => /^pages-\d+\.img$/.test(n))
+          .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
+    const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
+    if (pages) {
+      staged = await StagedPages.create(imagesDir, pages);
+      pages = undefined;
+    }
     // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
     if (stopped) return await STOPPING_FOREVER;
-    starting = lazyWanted(pageBytes) ? startLazyPages(imagesDir, workDir) : undefined;
+    const wantLazy = lazyWanted(pageBytes);
+    const served = staged;
+    starting = !wantLazy
+      ? undefined
+      : served && plan
+        ? startLazyPages(imagesDir, workDir, {
+            pages: served,
+            plan,
+            file,
+            onFailure: (e) => {
+              pageFailure ??= e;
+              if (helper) killTree(helper);
+            },
+          })
+        : startLazyPages(imagesDir, workDir);
+    // While the daemon starts: what `criu restore` reads itself must be on disk before it runs.
+    if (staged && plan) await staged.ensureRanges(wantLazy ? plan.eager : whole(staged.entries));
     const lazy = await starting?.ready;
     if (stopped) return await STOPPING_FOREVER;
+    if (pageFailure) throw pageFailure;
+    // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
+    if (staged && plan && wantLazy && !lazy) await staged.ensureRanges(plan.lazy);
+    if (staged && !lazy) {
+      await staged.close();
+      staged = undefined;
+    }
     helper = spawnHelper(
       [
         '--pid',
@@ -202,6 +261,7 @@ async function restoreFrom(
       },
     );
     const first = await helper.next();
+    if (pageFailure) throw pageFailure;
     if (first.kind !== 'restored') {
       const log = await readLog(join(workDir, RESTORE_LOG));
       const how =
@@ -213,14 +273,17 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     const running = runningUnder(helper, manifest.pid, options.detach === true);
     handedOver = true;
-    return { ...running, manifest, loaded: loadedBy(lazy, helper, workDir), takeSignals };
+    const loaded = loadedBy(lazy, helper, workDir, staged);
+    staged = undefined;
+    return { ...running, manifest, loaded, takeSignals };
   } catch (e) {
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
     starting?.stop();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
+    await (staged ?? pages)?.close().catch(() => undefined);
     rmSync(workDir, { recursive: true, force: true });
-    throw e;
+    throw pageFailure ?? e;
   } finally {
     if (!handedOver) for (const s of STOPPING) process.off(s, onSignal);
   }
@@ -230,20 +293,32 @@ async function restoreFrom(
  * The images stay until the lazy-pages daemon has put every page into the copy; a copy whose
  * daemon failed has holes in its memory and must not go on.
  */
-function loadedBy(lazy: LazyPages | undefined, helper: Helper, workDir: string): Promise<void> {
-  const remove = (): void => rmSync(workDir, { recursive: true, force: true });
-  if (!lazy) {
-    remove();
-    return Promise.resolve();
-  }
-  const loaded = lazy.done.then(remove, (e: unknown) => {
+function loadedBy(
+  lazy: LazyPages | undefined,
+  helper: Helper,
+  workDir: string,
+  pages: StagedPages | undefined,
+): Promise<void> {
+  const remove = async (): Promise<void> => {
+    await pages?.close().catch(() => undefined);
+    rmSync(workDir, { recursive: true, force: true });
+  };
+  if (!lazy) return remove();
+  const loaded = lazy.done.then(remove, async (e: unknown) => {
     killTree(helper);
-    remove();
+    await remove();
     throw e;
   });
   // The caller looks only once the program ended; until then a failure must not crash checkpt.
   loaded.catch(() => undefined);
   return loaded;
+}
+
+/** Every byte of every memory image. */
+function whole(entries: ReadonlyMap<string, number>): Map<string, Range[]> {
+  return new Map(
+    [...entries].map(([name, size]) => [name, size > 0 ? [{ offset: 0, length: size }] : []]),
+  );
 }
 
 function sizeOf(file: string): number {

@@ -144,6 +144,10 @@ test('lazy-pages: dies with checkpt, says on fd 3 when it listens, logs at the l
     '--status-fd',
     '3',
   ]);
+  // Served memory: the connected socket on fd 4, no address or port to connect to.
+  const served = lazyPagesCommand('/i', '/w', true).args;
+  assert.deepEqual(served.slice(-5), ['--status-fd', '3', '--page-server', '--ps-socket', '4']);
+  assert.ok(!served.some((a) => a === '--address' || a === '--port'));
   process.env.CHECKPT_DEBUG = '1';
   try {
     assert.ok(lazyPagesCommand('/i', '/w').args.includes('-v4'), 'CHECKPT_DEBUG logs everything');

@@ -1,0 +1,166 @@
+/**
+ * The memory of a resume, staged block by block as it is first needed: each 1 MiB block is read
+ * once from the PageSource (so checked once), written into the sparse pages-N.img in the staging
+ * directory, and read from there afterwards. CRIU faults pages all over the heap: without this a
+ * source that keeps a few chunks would check the same chunk again for nearly every fault. The
+ * staging directory is checkpt's own (0700), where an eager restore puts the whole memory anyway.
+ */
+
+import { constants as fsc, readSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CheckptError } from '../common/errors.js';
+import { ioError, writeAll } from '../image/io.js';
+import type { PageSource } from '../image/pages.js';
+import type { Range } from './pagemap.js';
+
+/** Bytes staged at once: a multiple of the page size, and of the format's memory chunk. */
+export const BLOCK = 1024 * 1024;
+
+interface Staged {
+  fh: FileHandle;
+  /** The same file, for synchronous reads of staged blocks. */
+  fd: number;
+  size: number;
+  present: Uint8Array;
+  inFlight: Map<number, Promise<void>>;
+}
+
+export class StagedPages {
+  readonly entries: ReadonlyMap<string, number>;
+  private readonly files = new Map<string, Staged>();
+  private closed = false;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly source: PageSource,
+  ) {
+    this.entries = source.entries;
+  }
+
+  /** Creates every pages image of `source` in `dir` (O_EXCL), at full size and empty. */
+  static async create(dir: string, source: PageSource): Promise<StagedPages> {
+    const s = new StagedPages(dir, source);
+    try {
+      for (const [entry, size] of source.entries) {
+        const path = join(dir, entry);
+        let fh: FileHandle;
+        try {
+          fh = await open(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+        } catch (e) {
+          throw ioError(`creating ${path}`, path, e);
+        }
+        s.files.set(entry, {
+          fh,
+          fd: fh.fd,
+          size,
+          present: new Uint8Array(Math.ceil(size / BLOCK)),
+          inFlight: new Map(),
+        });
+        await fh.truncate(size);
+      }
+    } catch (e) {
+      await s.release();
+      throw e;
+    }
+    return s;
+  }
+
+  private file(entry: string, offset: number, length: number): Staged {
+    const f = this.files.get(entry);
+    if (this.closed) throw new Error(`internal: ${entry} read after the staged memory was closed`);
+    if (!f || offset < 0 || length < 0 || offset + length > f.size)
+      throw new RangeError(`${entry}: ${length} bytes at ${offset} are outside the image`);
+    return f;
+  }
+
+  /** Stages every block `length` bytes at `offset` touch; rejects as the source does. */
+  async ensure(entry: string, offset: number, length: number): Promise<void> {
+    const f = this.file(entry, offset, length);
+    const waits: Promise<void>[] = [];
+    for (let b = Math.floor(offset / BLOCK); b * BLOCK < offset + length; b++) {
+      if (f.present[b]) continue;
+      let p = f.inFlight.get(b);
+      if (!p) {
+        p = this.stage(entry, f, b);
+        f.inFlight.set(b, p);
+        // Failed: not kept, so the next read checks it again (and fails again).
+        p.then(
+          () => f.inFlight.delete(b),
+          () => f.inFlight.delete(b),
+        );
+      }
+      waits.push(p);
+    }
+    await Promise.all(waits);
+  }
+
+  private async stage(entry: string, f: Staged, b: number): Promise<void> {
+    const at = b * BLOCK;
+    const length = Math.min(BLOCK, f.size - at);
+    const buf = await this.source.read(entry, at, length);
+    if (buf.length !== length)
+      throw new CheckptError(
+        'EBADIMAGE',
+        `${entry}: ${buf.length} bytes read at ${at} where ${length} were asked for; the checkpoint is truncated.`,
+      );
+    if (this.closed) return;
+    try {
+      await writeAll(f.fh, buf, at);
+    } catch (e) {
+      throw ioError(`writing ${join(this.dir, entry)}`, join(this.dir, entry), e);
+    }
+    f.present[b] = 1;
+  }
+
+  /** Stages `ranges` of each image, a block ahead of the write (an eager restore's whole memory). */
+  async ensureRanges(ranges: ReadonlyMap<string, readonly Range[]>): Promise<void> {
+    for (const [entry, list] of ranges)
+      for (const r of list) {
+        let ahead: Promise<void> | undefined;
+        for (let o = 0; o < r.length; o += BLOCK) {
+          const now = ahead ?? this.ensure(entry, r.offset + o, Math.min(BLOCK, r.length - o));
+          const next = o + BLOCK;
+          ahead =
+            next < r.length
+              ? this.ensure(entry, r.offset + next, Math.min(BLOCK, r.length - next))
+              : undefined;
+          ahead?.catch(() => undefined);
+          await now;
+        }
+      }
+  }
+
+  /** The bytes, when every block they touch is staged: read at once, without waiting. */
+  readNow(entry: string, offset: number, length: number): Buffer | undefined {
+    const f = this.file(entry, offset, length);
+    for (let b = Math.floor(offset / BLOCK); b * BLOCK < offset + length; b++)
+      if (!f.present[b]) return undefined;
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const n = readSync(f.fd, buf, got, length - got, offset + got);
+      if (n === 0) throw new Error(`internal: staged ${entry} shorter than ${offset + length}`);
+      got += n;
+    }
+    return buf;
+  }
+
+  async read(entry: string, offset: number, length: number): Promise<Buffer> {
+    await this.ensure(entry, offset, length);
+    return this.readNow(entry, offset, length) as Buffer;
+  }
+
+  private async release(): Promise<void> {
+    for (const f of this.files.values()) await f.fh.close().catch(() => undefined);
+    this.files.clear();
+  }
+
+  /** Closes the staged files and the source. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.release();
+    await this.source.close();
+  }
+}
