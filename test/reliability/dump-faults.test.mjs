@@ -16,7 +16,15 @@ import {
   tempDir,
   test,
 } from '../helpers.mjs';
-import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statfsSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -286,8 +294,20 @@ describe('faults while checkpointing', () => {
     // there would leave the program stopped; refusing makes CRIU resume it. A worker that
     // answered first ends the program (the checkpoint was kept): then the next try aims again.
     const timeoutMs = 1500;
-    const listening = () =>
-      readdirSync(staging).some((d) => existsSync(join(staging, d, 'post-dump.sock')));
+    // Listening, not merely bound: a worker stopped between bind() and listen() refuses the
+    // front's connection, which is another fault (the worker never showed up: EDUMP).
+    const listening = () => {
+      const socks = readdirSync(staging)
+        .map((d) => join(staging, d, 'post-dump.sock'))
+        .filter((p) => existsSync(p));
+      if (socks.length === 0) return false;
+      const unix = readFileSync('/proc/net/unix', 'utf8').split('\n');
+      // Flags 00010000 is __SO_ACCEPTCON: the socket listens.
+      return unix.some((l) => {
+        const f = l.trim().split(/\s+/);
+        return f[3] === '00010000' && socks.includes(f[7]);
+      });
+    };
     for (let attempt = 1; ; attempt++) {
       const own = await driven({
         CHECKPT_CRIU: fakeCriu,
