@@ -148,15 +148,10 @@ async function restoreFrom(
         onProgress: (b: number) => progress.update('verifying and unpacking', b, fileBytes),
       }),
     };
-    let info;
-    try {
-      // Everything but the memory is checked and unpacked now; the memory when it is needed.
-      const lazyImage = await extractLazy(file, imagesDir, extractOptions);
-      pages = lazyImage && hooks.pages ? hooks.pages(lazyImage.pages) : lazyImage?.pages;
-      info = lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions));
-    } finally {
-      progress?.end();
-    }
+    // Everything but the memory is checked and unpacked now; the memory when it is needed.
+    const lazyImage = await extractLazy(file, imagesDir, extractOptions);
+    pages = lazyImage && hooks.pages ? hooks.pages(lazyImage.pages) : lazyImage?.pages;
+    const info = lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions));
     // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
     await version;
@@ -203,7 +198,12 @@ async function restoreFrom(
           .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
     if (pages) {
-      staged = await StagedPages.create(imagesDir, pages);
+      // Memory staged before the copy runs (all of it for an eager restore) is checked now too.
+      let stagedBytes = 0;
+      staged = await StagedPages.create(imagesDir, pages, (n) => {
+        stagedBytes += n;
+        progress?.update('verifying and unpacking', stagedBytes, pageBytes);
+      });
       pages = undefined;
     }
     // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
@@ -234,6 +234,8 @@ async function restoreFrom(
       await staged.close();
       staged = undefined;
     }
+    // Erased before the copy can write to the terminal.
+    progress?.end();
     helper = spawnHelper(
       [
         '--pid',
@@ -277,6 +279,7 @@ async function restoreFrom(
     staged = undefined;
     return { ...running, manifest, loaded, takeSignals };
   } catch (e) {
+    options.progress?.end();
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
     starting?.stop();

@@ -34,13 +34,18 @@ export class StagedPages {
   private constructor(
     private readonly dir: string,
     private readonly source: PageSource,
+    private readonly onStaged: ((bytes: number) => void) | undefined,
   ) {
     this.entries = source.entries;
   }
 
-  /** Creates every pages image of `source` in `dir` (O_EXCL), at full size and empty. */
-  static async create(dir: string, source: PageSource): Promise<StagedPages> {
-    const s = new StagedPages(dir, source);
+  /** Creates every pages image of `source` in `dir` (O_EXCL), at full size and empty; `onStaged` hears each block staged. */
+  static async create(
+    dir: string,
+    source: PageSource,
+    onStaged?: (bytes: number) => void,
+  ): Promise<StagedPages> {
+    const s = new StagedPages(dir, source, onStaged);
     try {
       for (const [entry, size] of source.entries) {
         const path = join(dir, entry);
@@ -111,6 +116,7 @@ export class StagedPages {
       throw ioError(`writing ${join(this.dir, entry)}`, join(this.dir, entry), e);
     }
     f.present[b] = 1;
+    this.onStaged?.(length);
   }
 
   /** Stages `ranges` of each image, a block ahead of the write (an eager restore's whole memory). */
