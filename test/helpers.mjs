@@ -628,3 +628,23 @@ export async function assertLazyRefuses(file, out, where, options = {}) {
   assert.equal(refused.code, 'EBADIMAGE', `${where}: ${refused.message}`);
   assert.match(refused.message, /memory entry .*chunk index \d+/, where);
 }
+
+/**
+ * Live processes whose command line names `arg` (a test's checkpoint file is unique), or, with
+ * `within`, has an argument inside that directory.
+ */
+export function runningWith(arg, within = false) {
+  const found = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      const state = /State:\s+(\S)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1];
+      const named = within ? argv.some((a) => a.startsWith(arg + '/')) : argv.includes(arg);
+      if (named && state !== 'Z' && state !== 'X') found.push(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}

@@ -111,3 +111,19 @@ export function hasIoUring(pid: number | 'self' = 'self'): boolean {
   }
   return fds.some((fd) => linkOf(pid, `fd/${fd}`) === 'anon_inode:[io_uring]');
 }
+
+/** The inodes of the sockets `pid` holds open; none when it is gone. */
+export function socketInodes(pid: number): Set<number> {
+  const out = new Set<number>();
+  let fds: string[] = [];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return out;
+  }
+  for (const fd of fds) {
+    const m = /^socket:\[(\d+)\]$/.exec(linkOf(pid, `fd/${fd}`));
+    if (m) out.add(Number(m[1]));
+  }
+  return out;
+}

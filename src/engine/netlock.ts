@@ -5,15 +5,7 @@
  * connections die silently and come back on restore, which removes it.
  */
 import { spawnSync } from 'node:child_process';
-import {
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  renameSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { check } from './criu.js';
@@ -22,6 +14,7 @@ import { helperPath } from './native.js';
 import { criuPath, runDir } from './paths.js';
 import { parseProcNet, type Endpoint } from './sockets.js';
 import { CheckptError } from '../common/errors.js';
+import { socketInodes } from '../common/procfs.js';
 
 let cached: boolean | undefined;
 
@@ -136,21 +129,7 @@ const key = (a: Endpoint, b: Endpoint): string => `${a.address} ${a.port} ${b.ad
 export function connectionsOf(pids: readonly number[]): Set<string> {
   const out = new Set<string>();
   for (const pid of pids) {
-    const inodes = new Set<number>();
-    let fds: string[] = [];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-        if (m) inodes.add(Number(m[1]));
-      } catch {
-        // closed meanwhile
-      }
-    }
+    const inodes = socketInodes(pid);
     if (inodes.size === 0) continue;
     for (const n of ['tcp', 'tcp6']) {
       let text = '';

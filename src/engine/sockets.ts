@@ -8,9 +8,10 @@
  * Connections whose 4-tuple the host still uses (the original runs on) are restored closed
  * (--tcp-close), so the copy never disturbs them.
  */
-import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { socketInodes } from '../common/procfs.js';
 import { decodeMessage, encodeMessage, imageEntries, readVarint } from './criu-image.js';
 
 const FILES_MAGIC = 0x56303138;
@@ -228,23 +229,10 @@ export function planSockets(
 /** Who holds a socket inode: "pid 123 (node server.js)", or undefined when it cannot be found. */
 export function holderOf(inode: number): string | undefined {
   if (!inode) return undefined;
-  const link = `socket:[${inode}]`;
   for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        if (readlinkSync(`/proc/${pid}/fd/${fd}`) !== link) continue;
-      } catch {
-        continue;
-      }
-      const cmd = readProc(`/proc/${pid}/cmdline`).split('\0').filter(Boolean).join(' ');
-      return `pid ${pid} (${cmd.length > 80 ? cmd.slice(0, 77) + '...' : cmd || '?'})`;
-    }
+    if (!socketInodes(Number(pid)).has(inode)) continue;
+    const cmd = readProc(`/proc/${pid}/cmdline`).split('\0').filter(Boolean).join(' ');
+    return `pid ${pid} (${cmd.length > 80 ? cmd.slice(0, 77) + '...' : cmd || '?'})`;
   }
   return undefined;
 }

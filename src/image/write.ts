@@ -131,6 +131,17 @@ async function listSources(source: { dir: string; files?: string[] }): Promise<S
  * Buffers output in large chunks and writes each while the next one fills; a plain file hashes
  * each chunk, an encrypted one seals each as one GCM chunk (only full ones, except the last).
  */
+/** What every format's body starts with: u32 manifest length, the manifest, u32 entry count. */
+async function putBodyHead(out: ChunkWriter, manifest: Buffer, entries: number): Promise<void> {
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(manifest.length, 0);
+  await out.put(length);
+  await out.put(manifest);
+  const count = Buffer.alloc(4);
+  count.writeUInt32BE(entries, 0);
+  await out.put(count);
+}
+
 class ChunkWriter {
   private buf: Buffer;
   private spare: Buffer;
@@ -326,13 +337,7 @@ export async function writeImage(
         out = new ChunkWriter(fh, 0, CHUNK);
         await out.put(prefix);
       }
-      const lengths = Buffer.alloc(4);
-      lengths.writeUInt32BE(manifestBytes.length, 0);
-      await out.put(lengths);
-      await out.put(manifestBytes);
-      const count = Buffer.alloc(4);
-      count.writeUInt32BE(sources.length, 0);
-      await out.put(count);
+      await putBodyHead(out, manifestBytes, sources.length);
       for (const s of sources) {
         let src: FileHandle | undefined;
         try {
@@ -464,13 +469,7 @@ async function writeV2(
     ? new ChunkWriter(fh, position, chunkSize, rebound(sealing, Buffer.concat([head, dataLen])))
     : new ChunkWriter(fh, position, CHUNK, undefined, prefix);
   try {
-    const lengths = Buffer.alloc(4);
-    lengths.writeUInt32BE(manifestBytes.length, 0);
-    await out.put(lengths);
-    await out.put(manifestBytes);
-    const count = Buffer.alloc(4);
-    count.writeUInt32BE(sources.length, 0);
-    await out.put(count);
+    await putBodyHead(out, manifestBytes, sources.length);
     for (const s of sources) {
       const name = Buffer.from(s.name, 'utf8');
       const nameHead = Buffer.alloc(2 + name.length + 1);

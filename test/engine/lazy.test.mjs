@@ -10,6 +10,7 @@ import {
   nodeBinaries,
   realCriu,
   removeDir,
+  runningWith,
   resume,
   startNode,
   tempDir,
@@ -37,26 +38,6 @@ exec '${realCriu}' "$@"
   );
   chmodSync(path, 0o755);
   return { path, calls: () => readFileSync(log, 'utf8').split('\n').filter(Boolean) };
-}
-
-/**
- * Live processes whose command line names `arg` (the fixture's checkpoint file is unique), or,
- * with `within`, has an argument inside that directory.
- */
-function runningWith(arg, within = false) {
-  const found = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-      const state = /State:\s+(\S)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1];
-      const named = within ? argv.some((a) => a.startsWith(arg + '/')) : argv.includes(arg);
-      if (named && state !== 'Z' && state !== 'X') found.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return found;
 }
 
 describe('lazy restore', () => {

@@ -23,6 +23,7 @@ import {
   nodeBinaries,
   realCriu,
   removeDir,
+  runningWith,
   resume,
   start,
   startNode,
@@ -36,23 +37,6 @@ import { readMemoryPlan } from '../../dist/engine/pagemap.js';
 
 const node = nodeBinaries()[0];
 const CHUNK = 4 * 1024 * 1024;
-
-/** Live processes with `arg` in their command line, or with an argument inside it (`within`). */
-function runningWith(arg, within = false) {
-  const found = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-      const state = /State:\s+(\S)/.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1];
-      const named = within ? argv.some((a) => a.startsWith(arg + '/')) : argv.includes(arg);
-      if (named && state !== 'Z' && state !== 'X') found.push(Number(d));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return found;
-}
 
 async function noneLeft(file, staging) {
   const deadline = Date.now() + 5000;
