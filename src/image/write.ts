@@ -131,6 +131,23 @@ async function listSources(source: { dir: string; files?: string[] }): Promise<S
  * Buffers output in large chunks and writes each while the next one fills; a plain file hashes
  * each chunk, an encrypted one seals each as one GCM chunk (only full ones, except the last).
  */
+/**
+ * An image file to pack, and its size: opened without following links or blocking, and only a
+ * regular file (the handle is closed otherwise).
+ */
+async function openEntry(path: string): Promise<{ fh: FileHandle; size: number }> {
+  const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  try {
+    const st = await fh.stat();
+    if (st.isFile()) return { fh, size: st.size };
+  } catch (e) {
+    await closeQuietly(fh);
+    throw e;
+  }
+  await closeQuietly(fh);
+  throw new CheckptError('EIO', `${path} is not a regular file`, { path });
+}
+
 /** What every format's body starts with: u32 manifest length, the manifest, u32 entry count. */
 async function putBodyHead(out: ChunkWriter, manifest: Buffer, entries: number): Promise<void> {
   const length = Buffer.alloc(4);
@@ -341,18 +358,16 @@ export async function writeImage(
       for (const s of sources) {
         let src: FileHandle | undefined;
         try {
-          src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
-          const st = await src.stat();
-          if (!st.isFile()) {
-            throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
-          }
+          const opened = await openEntry(s.path);
+          src = opened.fh;
+          const fileSize = opened.size;
           const name = Buffer.from(s.name, 'utf8');
           const entryHead = Buffer.alloc(2 + name.length + 8);
           entryHead.writeUInt16BE(name.length, 0);
           name.copy(entryHead, 2);
-          entryHead.writeBigUInt64BE(BigInt(st.size), 2 + name.length);
+          entryHead.writeBigUInt64BE(BigInt(fileSize), 2 + name.length);
           await out.put(entryHead);
-          await out.copyFrom(src, st.size, s.path);
+          await out.copyFrom(src, fileSize, s.path);
         } catch (e) {
           throw ioError(`packing ${s.path}`, s.path, e);
         } finally {
@@ -422,12 +437,10 @@ async function writeV2(
     let src: FileHandle | undefined;
     let pending: Promise<void> = Promise.resolve();
     try {
-      src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
-      const st = await src.stat();
-      if (!st.isFile()) {
-        throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
-      }
-      const cut = cutOf(src.fd, s.name, st.size, memoryChunk);
+      const opened = await openEntry(s.path);
+      src = opened.fh;
+      const fileSize = opened.size;
+      const cut = cutOf(src.fd, s.name, fileSize, memoryChunk);
       const hashes: Buffer[] = [];
       let at = 0;
       for (let i = 0; i < cut.lengths.length; i++) {
@@ -451,7 +464,7 @@ async function writeV2(
       }
       await pending;
       const probe = Buffer.allocUnsafe(1);
-      if ((await src.read(probe, 0, 1, st.size)).bytesRead !== 0) {
+      if ((await src.read(probe, 0, 1, fileSize)).bytesRead !== 0) {
         throw new CheckptError('EIO', `${s.path} grew while it was being packed`, { path: s.path });
       }
       tables.set(s.name, { cut, hashes });
@@ -494,16 +507,14 @@ async function writeV2(
       }
       let src: FileHandle | undefined;
       try {
-        src = await open(s.path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
-        const st = await src.stat();
-        if (!st.isFile()) {
-          throw new CheckptError('EIO', `${s.path} is not a regular file`, { path: s.path });
-        }
+        const opened = await openEntry(s.path);
+        src = opened.fh;
+        const fileSize = opened.size;
         nameHead[2 + name.length] = KIND_INLINE;
         const size = Buffer.alloc(8);
-        size.writeBigUInt64BE(BigInt(st.size), 0);
+        size.writeBigUInt64BE(BigInt(fileSize), 0);
         await out.put(Buffer.concat([nameHead, size]));
-        await out.copyFrom(src, st.size, s.path);
+        await out.copyFrom(src, fileSize, s.path);
       } catch (e) {
         throw ioError(`packing ${s.path}`, s.path, e);
       } finally {
