@@ -65,27 +65,31 @@ export function startLazyPages(
     for (const p of tree) signalQuietly(p, 'SIGKILL');
     return tree;
   };
-  if (served && daemon.pageSocket)
+  if (served && daemon.pageSocket) {
     server = servePages(daemon.pageSocket, served.pages, served.plan, served.file, (e) => {
       stop();
       served.onFailure(e);
     });
-  // How the server ended is known by the time the daemon has exited: the daemon waits for our
-  // answer to its goodbye before it exits, and a failed read kills it after the failure is noted.
-  let outcome: { closed: boolean } | { error: Error } = { closed: false };
-  void server?.done.then(
-    (closed) => (outcome = { closed }),
-    (error: unknown) => (outcome = { error: error as Error }),
-  );
+    // Checked and staged ahead of the daemon, from now on: most of a faulting copy's waits and the
+    // daemon's background fill then find their blocks ready. A damaged chunk stops the copy here.
+    // (The server checks the entries it has a table for itself.)
+    const ours = new Map([...served.plan.lazy].filter(([e]) => !served.pages.direct(e)));
+    served.pages.ensureRanges(ours).catch((e: unknown) => {
+      if (!daemon.running()) return;
+      stop();
+      served.onFailure(e as Error);
+    });
+  }
   const ready = new Promise<LazyPages | undefined>((resolve) => {
     let listening = false;
     daemon.status?.once('data', () => {
       listening = true;
-      const done = exited.then(({ code, signal }) => {
+      const done = exited.then(async ({ code, signal }) => {
         if (server) {
-          // A failed read stopped the daemon: that failure is the reason, not its death.
-          if ('error' in outcome) throw outcome.error;
-          if (code === 0 && !outcome.closed)
+          // The server ends with the daemon's end of the socket: a failed read stopped the daemon,
+          // and that failure is the reason, not its death.
+          const closed = await server.done;
+          if (code === 0 && !closed)
             throw new CheckptError(
               'ERESTORE',
               `CRIU's lazy-pages daemon exited without closing its page server connection, so the copy may not have all of its memory; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).`,

@@ -1,5 +1,6 @@
 import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
 import { zstdDecoder } from '../image/compress.js';
@@ -149,7 +150,9 @@ async function restoreFrom(
       }),
     };
     // Everything but the memory is checked and unpacked now; the memory when it is needed.
+    trace('extract');
     const lazyImage = await extractLazy(file, imagesDir, extractOptions);
+    trace('extracted');
     pages = lazyImage && hooks.pages ? hooks.pages(lazyImage.pages) : lazyImage?.pages;
     const info = lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions));
     // Not needed any more: gone now, not only when the copy runs.
@@ -197,6 +200,7 @@ async function restoreFrom(
           .filter((n) => /^pages-\d+\.img$/.test(n))
           .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
+    trace('planned');
     if (pages) {
       // Memory staged before the copy runs (all of it for an eager restore) is checked now too.
       let stagedBytes = 0;
@@ -225,7 +229,9 @@ async function restoreFrom(
         : startLazyPages(imagesDir, workDir);
     // While the daemon starts: what `criu restore` reads itself must be on disk before it runs.
     if (staged && plan) await staged.ensureRanges(wantLazy ? plan.eager : whole(staged.entries));
+    trace('eager-staged');
     const lazy = await starting?.ready;
+    trace('daemon-ready');
     if (stopped) return await STOPPING_FOREVER;
     if (pageFailure) throw pageFailure;
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
@@ -264,6 +270,7 @@ async function restoreFrom(
     );
     const first = await helper.next();
     if (pageFailure) throw pageFailure;
+    trace(`status-${first.kind}`);
     if (first.kind !== 'restored') {
       const log = await readLog(join(workDir, RESTORE_LOG));
       const how =
