@@ -20,8 +20,10 @@
  * checkpoint file, u32 stored length, u32 codec (0 none, 1 zstd frame), 32 bytes SHA-256 of the
  * stored bytes; then per lazy pagemap entry, sorted by pid then vaddr: u32 pid, u32 file,
  * u64 vaddr, u64 bytes, u64 offset in the file. Messages: u32 type, u32 file, u64 block. checkpt
- * sends STAGED for each block staged before, then PLANNED, then STAGED as it stages more; this
- * server sends NEED for a block of checkpt's that a request waits for, once.
+ * sends STAGED for each block staged before, then PLANNED, then STAGED as it stages more, and
+ * STAGE for a block of this server's that CRIU's restore reads itself (answered with STAGED once
+ * it is checked and in the staged image); this server sends NEED for a block of checkpt's that a
+ * request waits for, once.
  *
  * Exit status: 0 after answering the daemon's goodbye, 3 when the daemon hung up with nothing
  * asked (no goodbye), 2 with one line on stderr for a request the plan does not allow or a broken
@@ -62,6 +64,7 @@
 #define MSG_STAGED 1
 #define MSG_NEED 2
 #define MSG_PLANNED 3
+#define MSG_STAGE 4
 #define MSG_SIZE 16
 /* Requests read ahead of the one being answered; past that the daemon waits (its async reads
  * are few: one background range per task plus the faults). */
@@ -253,6 +256,9 @@ static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static struct { uint32_t file; uint64_t block; } *urgent;
 static size_t urgent_cap, urgent_head, urgent_len;
 static int staged_fd = -1; /* eventfd: the checker staged a block */
+/* Blocks checkpt asked to have staged (STAGE), to answer STAGED once they are (main thread). */
+static struct { uint32_t file; uint64_t block; } *reports;
+static size_t nreports;
 /* The background order: every block checked here, file by file (under lock). */
 static uint32_t cursor_file;
 static uint64_t cursor;
@@ -373,8 +379,9 @@ static void start_checker(void) {
   for (uint32_t i = 0; i < nfiles; i++) total += files[i].blocks;
   urgent_cap = total + 1;
   urgent = calloc(urgent_cap, sizeof *urgent);
+  reports = calloc(urgent_cap, sizeof *reports);
   staged_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (!urgent || staged_fd < 0) fail("cannot start the checker (%s)", strerror(errno));
+  if (!urgent || !reports || staged_fd < 0) fail("cannot start the checker (%s)", strerror(errno));
   /* Half the CPUs (1 to 4): the copy, CRIU and its daemon need the rest while it runs. */
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   long threads = cpus >= 8 ? 4 : cpus >= 4 ? cpus / 2 : 1;
@@ -394,6 +401,27 @@ static void ask_checker(uint32_t file, uint64_t b) {
   pthread_mutex_unlock(&lock);
 }
 
+/* Has block b of f staged: by the checker (first in line), or by checkpt (NEED). */
+static void ask(uint32_t fi, uint64_t b) {
+  struct file *f = &files[fi];
+  if (f->asked[b]) return;
+  f->asked[b] = 1;
+  if (checked_here(f, b)) ask_checker(fi, b);
+  else send_ctl(MSG_NEED, fi, b);
+}
+
+/* Answers the STAGE requests whose blocks are staged now. */
+static void report_staged(void) {
+  size_t keep = 0;
+  for (size_t i = 0; i < nreports; i++) {
+    if (__atomic_load_n(&files[reports[i].file].staged[reports[i].block], __ATOMIC_ACQUIRE))
+      send_ctl(MSG_STAGED, reports[i].file, reports[i].block);
+    else
+      reports[keep++] = reports[i];
+  }
+  nreports = keep;
+}
+
 /* Whether every block of the request is staged; asks for the ones not asked for yet, first. */
 static int ready(const struct request *r) {
   struct file *f = &files[r->file];
@@ -401,11 +429,7 @@ static int ready(const struct request *r) {
   for (uint64_t b = r->offset / block; b * block < r->offset + r->length; b++) {
     if (__atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE)) continue;
     all = 0;
-    if (!f->asked[b]) {
-      f->asked[b] = 1;
-      if (checked_here(f, b)) ask_checker(r->file, b);
-      else send_ctl(MSG_NEED, r->file, b);
-    }
+    ask(r->file, b);
   }
   return all;
 }
@@ -520,6 +544,7 @@ int cmd_serve_pages(void) {
     if (p[2].revents) {
       uint64_t n;
       if (read(staged_fd, &n, sizeof n) < 0 && errno != EAGAIN) fail("poll failed (%s)", strerror(errno));
+      report_staged();
     }
     if (p[0].revents) {
       ssize_t n = read(CTL_FD, ctl + ctllen, sizeof ctl - ctllen);
@@ -530,10 +555,20 @@ int cmd_serve_pages(void) {
       for (; ctllen - at >= MSG_SIZE; at += MSG_SIZE) {
         uint32_t type = u32(ctl + at), file = u32(ctl + at + 4);
         uint64_t blk = u64(ctl + at + 8);
-        if (type != MSG_STAGED || file >= nfiles || blk >= files[file].blocks)
+        if ((type != MSG_STAGED && type != MSG_STAGE) || file >= nfiles || blk >= files[file].blocks)
           fail("checkpt sent a malformed message");
-        __atomic_store_n(&files[file].staged[blk], 1, __ATOMIC_RELEASE);
+        if (type == MSG_STAGED) {
+          __atomic_store_n(&files[file].staged[blk], 1, __ATOMIC_RELEASE);
+          continue;
+        }
+        if (!checked_here(&files[file], blk)) fail("checkpt asked to stage a block it stages itself");
+        if (nreports >= urgent_cap) fail("checkpt asked to stage too many blocks");
+        reports[nreports].file = file;
+        reports[nreports].block = blk;
+        nreports++;
+        ask(file, blk);
       }
+      report_staged();
       memmove(ctl, ctl + at, ctllen - at);
       ctllen -= at;
     }

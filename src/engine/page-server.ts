@@ -22,13 +22,14 @@ import { spawn, type StdioOptions } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { helperPath } from './native.js';
-import type { MemoryPlan } from './pagemap.js';
+import type { MemoryPlan, Range } from './pagemap.js';
 import { BLOCK, type StagedPages } from './staged-pages.js';
 
 const PLAN_MAGIC = 0x53504b43;
 const MSG_STAGED = 1;
 const MSG_NEED = 2;
 const MSG_PLANNED = 3;
+const MSG_STAGE = 4;
 const MSG_SIZE = 16;
 /** native/page-server.c's exit statuses. */
 const EXIT_CLOSED = 0;
@@ -37,7 +38,10 @@ const EXIT_DAMAGED = 4;
 /** The server's fds: the checkpoint file, then the staged images. */
 const CKPT_FD = 5;
 
-type Pages = Pick<StagedPages, 'entries' | 'ensure' | 'onBlock' | 'fdOf' | 'direct' | 'damaged'>;
+type Pages = Pick<
+  StagedPages,
+  'entries' | 'ensure' | 'ensureRanges' | 'onBlock' | 'fdOf' | 'direct' | 'damaged'
+>;
 
 export interface PageServer {
   /**
@@ -45,6 +49,11 @@ export interface PageServer {
    * rejects on a request outside the pagemap, a broken connection, or a read that failed its check.
    */
   done: Promise<boolean>;
+  /**
+   * Has `ranges` of each image checked and staged, for CRIU's restore to read itself: by the
+   * server for the images it checks, by `pages` for the rest. Rejects as serving fails.
+   */
+  stage(ranges: ReadonlyMap<string, readonly Range[]>): Promise<void>;
   /** Stops answering and closes the connection. */
   stop(): void;
 }
@@ -182,6 +191,8 @@ export function servePages(
   });
   send(MSG_PLANNED, 0, 0);
 
+  // STAGE requests waiting for their STAGED, by "entry:block".
+  const waiting = new Map<string, () => void>();
   let pending: Buffer = Buffer.alloc(0);
   ctl.on('data', (chunk: Buffer) => {
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
@@ -190,6 +201,12 @@ export function servePages(
       const entry = names[pending.readUInt32LE(4)];
       const block = Number(pending.readBigUInt64LE(8));
       const size = entry === undefined ? undefined : pages.entries.get(entry);
+      const waiter = type === MSG_STAGED ? waiting.get(`${entry}:${block}`) : undefined;
+      if (waiter) {
+        waiting.delete(`${entry}:${block}`);
+        waiter();
+        continue;
+      }
       if (type !== MSG_NEED || entry === undefined || size === undefined || block * BLOCK >= size) {
         fail(new Error(`internal: checkpt-helper serve-pages sent a malformed message`));
         return;
@@ -217,8 +234,35 @@ export function servePages(
     }
   });
 
+  const stageHere = (entry: string, list: readonly Range[]): Promise<void>[] => {
+    const i = index.get(entry) as number;
+    const blocks = new Set<number>();
+    for (const r of list)
+      for (let b = Math.floor(r.offset / BLOCK); b * BLOCK < r.offset + r.length; b++)
+        blocks.add(b);
+    return [...blocks].map(
+      (b) =>
+        new Promise<void>((resolve) => {
+          waiting.set(`${entry}:${b}`, resolve);
+          send(MSG_STAGE, i, b);
+        }),
+    );
+  };
+  const stage = async (ranges: ReadonlyMap<string, readonly Range[]>): Promise<void> => {
+    const waits: Promise<void>[] = [];
+    for (const [entry, list] of ranges)
+      if (pages.direct(entry)) waits.push(...stageHere(entry, list));
+      else waits.push(pages.ensureRanges(new Map([[entry, list]])));
+    // Or the server ends first: its failure, or the end of what it was asked.
+    const ended = done.then(() => {
+      throw new Error('internal: the page server ended before it staged what restore reads');
+    });
+    await Promise.race([Promise.all(waits), ended]);
+  };
+
   return {
     done,
+    stage,
     stop: () => {
       stopping = true;
       child.kill('SIGKILL');

@@ -157,10 +157,22 @@ async function restoreFrom(
     const info = lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions));
     // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
+    const pageBytes = pages
+      ? [...pages.entries.values()].reduce((sum, n) => sum + n, 0)
+      : readdirSync(imagesDir)
+          .filter((n) => /^pages-\d+\.img$/.test(n))
+          .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     await version;
+    trace('version');
+    const wantLazy = lazyWanted(pageBytes);
+    // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
+    // kernel) overlaps the rest of the preparation. Stopped on any failure below.
+    if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined);
+
     const manifest = checkManifest(info.manifest, file);
     // Before anything runs: a busy port fails here, or the copy is set up not to collide.
     const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover');
+    trace('sockets');
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
       throw new CheckptError(
@@ -194,11 +206,6 @@ async function restoreFrom(
         ]
       : [];
     const pty = wantsPty(options.detach, options.pty);
-    const pageBytes = pages
-      ? [...pages.entries.values()].reduce((sum, n) => sum + n, 0)
-      : readdirSync(imagesDir)
-          .filter((n) => /^pages-\d+\.img$/.test(n))
-          .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
     trace('planned');
     if (pages) {
@@ -212,13 +219,10 @@ async function restoreFrom(
     }
     // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
     if (stopped) return await STOPPING_FOREVER;
-    const wantLazy = lazyWanted(pageBytes);
-    const served = staged;
-    starting = !wantLazy
-      ? undefined
-      : served && plan
-        ? startLazyPages(imagesDir, workDir, {
-            pages: served,
+    const server =
+      staged && plan
+        ? starting?.serve({
+            pages: staged,
             plan,
             file,
             onFailure: (e) => {
@@ -226,9 +230,12 @@ async function restoreFrom(
               if (helper) killTree(helper);
             },
           })
-        : startLazyPages(imagesDir, workDir);
+        : undefined;
     // While the daemon starts: what `criu restore` reads itself must be on disk before it runs.
-    if (staged && plan) await staged.ensureRanges(wantLazy ? plan.eager : whole(staged.entries));
+    if (staged && plan)
+      await (server
+        ? server.stage(plan.eager)
+        : staged.ensureRanges(wantLazy ? plan.eager : whole(staged.entries)));
     trace('eager-staged');
     const lazy = await starting?.ready;
     trace('daemon-ready');

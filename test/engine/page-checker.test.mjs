@@ -65,12 +65,13 @@ async function serve(root, file, key) {
   };
   const plan = await readMemoryPlan(dir, counting, file);
   const staged = await StagedPages.create(dir, counting);
-  await staged.ensureRanges(plan.eager);
-  const eagerReads = counted.reads;
   const { server, daemon } = await pair();
   const errors = [];
   const ps = servePages(server, staged, plan, file, (e) => errors.push(e));
-  return { ps, daemon, errors, staged, counted, eagerReads, direct: source.direct('pages-1.img') };
+  // What CRIU's restore reads itself, staged before it runs, by whoever checks that image.
+  await ps.stage(plan.eager);
+  const eager = readFileSync(join(dir, 'pages-1.img')).subarray(0, PAGE);
+  return { ps, daemon, errors, staged, counted, eager, direct: source.direct('pages-1.img') };
 }
 
 /** Asks for `nr` pages at page `first` of the lazy entry, then goodbye; resolves with the answers. */
@@ -92,8 +93,9 @@ for (const [name, opts] of [
     if (opts.compress && typeof zlib.zstdDecompressSync !== 'function')
       return t.skip('this Node serves zstd chunks only with zlib zstd (Node 22.15+)');
     const { root, file, memory } = await checkpointFile(t, opts);
-    const { ps, daemon, errors, staged, counted, eagerReads, direct } = await serve(root, file);
+    const { ps, daemon, errors, staged, counted, eager, direct } = await serve(root, file);
     assert.equal(direct?.zstd, opts.compress === true, 'the file gives the server its table');
+    assert.ok(eager.equals(memory.subarray(0, PAGE)), 'the eager page staged by the server');
     // Across the chunk boundaries, out of order, and the last page.
     const requests = [
       [PAGES_PER_MIB - 2, 4],
@@ -116,7 +118,7 @@ for (const [name, opts] of [
     assert.deepEqual(got.subarray(at), Buffer.alloc(4), 'status 0 for the goodbye');
     assert.equal(await ps.done, true);
     assert.deepEqual(errors, []);
-    assert.equal(counted.reads, eagerReads, 'the lazy chunks were read by the server, not here');
+    assert.equal(counted.reads, 0, 'every chunk was read and checked by the server, not here');
     daemon.destroy();
     await staged.close();
   });
@@ -158,8 +160,10 @@ test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it
 test('an encrypted file: its chunks are checked and staged here, on the server asking', async (t) => {
   const key = randomBytes(32);
   const { root, file, memory } = await checkpointFile(t, { key });
-  const { ps, daemon, errors, staged, counted, eagerReads, direct } = await serve(root, file, key);
+  const { ps, daemon, errors, staged, counted, eager, direct } = await serve(root, file, key);
   assert.equal(direct, undefined, 'no table for the server: it cannot check GCM chunks itself');
+  assert.ok(eager.equals(memory.subarray(0, PAGE)), 'the eager page staged here');
+  const eagerReads = counted.reads;
   const got = await fetch(daemon, [[2 * PAGES_PER_MIB + 5, 2]]);
   assert.ok(
     got
