@@ -25,6 +25,9 @@
  * it is checked and in the staged image); this server sends NEED for a block of checkpt's that a
  * request waits for, once.
  *
+ * With --stage-only there is no daemon (fd 3 unused): the server only checks and stages what
+ * checkpt asks with STAGE (an eager restore's memory), and ends with 0 when checkpt closes fd 4.
+ *
  * Exit status: 0 after answering the daemon's goodbye, 3 when the daemon hung up with nothing
  * asked (no goodbye), 2 with one line on stderr for a request the plan does not allow or a broken
  * connection, 4 with "damaged FILE BLOCK WHY" on stderr for a block that failed its check, 1 when
@@ -373,7 +376,7 @@ static void *checker(void *arg) {
   return NULL;
 }
 
-static void start_checker(void) {
+static void start_checker(int stage_only) {
   load_codecs();
   uint64_t total = 0;
   for (uint32_t i = 0; i < nfiles; i++) total += files[i].blocks;
@@ -382,9 +385,10 @@ static void start_checker(void) {
   reports = calloc(urgent_cap, sizeof *reports);
   staged_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (!urgent || !reports || staged_fd < 0) fail("cannot start the checker (%s)", strerror(errno));
-  /* Half the CPUs (1 to 4): the copy, CRIU and its daemon need the rest while it runs. */
+  /* Half the CPUs (1 to 4): the copy, CRIU and its daemon need the rest while it runs; all of
+   * them (up to 4) for staging before CRIU starts, when nothing else runs. */
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  long threads = cpus >= 8 ? 4 : cpus >= 4 ? cpus / 2 : 1;
+  long threads = stage_only ? (cpus > 4 ? 4 : cpus < 1 ? 1 : cpus) : cpus >= 8 ? 4 : cpus >= 4 ? cpus / 2 : 1;
   for (long i = 0; i < threads; i++) {
     pthread_t t;
     if (pthread_create(&t, NULL, checker, NULL)) fail("cannot start the checker thread");
@@ -499,12 +503,13 @@ static void take_request(const uint8_t *iov) {
   if (!r->close) ready(r);
 }
 
-int cmd_serve_pages(void) {
+int cmd_serve_pages(int stage_only) {
   signal(SIGPIPE, SIG_IGN);
   /* Node made the daemon's socket non-blocking; only this process holds it now. The control
    * socket stays as it is: checkpt's event loop shares it. */
-  int fl = fcntl(DAEMON_FD, F_GETFL);
-  if (fl < 0 || fcntl(DAEMON_FD, F_SETFL, fl & ~O_NONBLOCK) < 0) fail("no socket to serve (%s)", strerror(errno));
+  int fl = stage_only ? 0 : fcntl(DAEMON_FD, F_GETFL);
+  if (fl < 0 || (!stage_only && fcntl(DAEMON_FD, F_SETFL, fl & ~O_NONBLOCK) < 0))
+    fail("no socket to serve (%s)", strerror(errno));
   read_plan();
   /* What checkpt staged already (what restore reads itself shares blocks with lazy memory). */
   for (;;) {
@@ -517,12 +522,12 @@ int cmd_serve_pages(void) {
       fail("checkpt sent a malformed message");
     files[file].staged[blk] = 1;
   }
-  start_checker();
+  start_checker(stage_only);
   uint8_t in[IOV_SIZE * 128];
   size_t inlen = 0;
   uint8_t ctl[MSG_SIZE * 256];
   size_t ctllen = 0;
-  int daemon_open = 1;
+  int daemon_open = !stage_only;
   for (;;) {
     serve_queue();
     size_t at = 0;
@@ -530,12 +535,12 @@ int cmd_serve_pages(void) {
     memmove(in, in + at, inlen - at);
     inlen -= at;
     if (at > 0) continue;
-    if (!daemon_open) {
+    if (!daemon_open && !stage_only) {
       if (qlen > 0) fail("hung up with requests unanswered");
       exit(EXIT_HUNG_UP);
     }
     struct pollfd p[3] = {{CTL_FD, POLLIN, 0},
-                          {DAEMON_FD, qlen < MAX_QUEUED ? POLLIN : 0, 0},
+                          {daemon_open ? DAEMON_FD : -1, qlen < MAX_QUEUED ? POLLIN : 0, 0},
                           {staged_fd, POLLIN, 0}};
     if (poll(p, 3, -1) < 0) {
       if (errno == EINTR) continue;
@@ -549,7 +554,8 @@ int cmd_serve_pages(void) {
     if (p[0].revents) {
       ssize_t n = read(CTL_FD, ctl + ctllen, sizeof ctl - ctllen);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n <= 0) exit(EXIT_GONE);
+      /* Staging only: checkpt closes its end when it has what it asked for. */
+      if (n <= 0) exit(stage_only ? EXIT_CLOSED : EXIT_GONE);
       ctllen += (size_t)n;
       at = 0;
       for (; ctllen - at >= MSG_SIZE; at += MSG_SIZE) {

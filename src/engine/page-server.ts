@@ -40,7 +40,7 @@ const CKPT_FD = 5;
 
 type Pages = Pick<
   StagedPages,
-  'entries' | 'ensure' | 'ensureRanges' | 'onBlock' | 'fdOf' | 'direct' | 'damaged'
+  'entries' | 'ensure' | 'ensureRanges' | 'onBlock' | 'fdOf' | 'direct' | 'damaged' | 'noteStaged'
 >;
 
 export interface PageServer {
@@ -56,6 +56,8 @@ export interface PageServer {
   stage(ranges: ReadonlyMap<string, readonly Range[]>): Promise<void>;
   /** Stops answering and closes the connection. */
   stop(): void;
+  /** Without a daemon: tells the server it is done; settles as `done`. */
+  finish(): Promise<boolean>;
 }
 
 /**
@@ -113,11 +115,12 @@ export function encodePlan(
 
 /**
  * Serves `plan`'s lazy pages from `pages` on `socket`, which the native server takes over (this
- * process closes its own copy). `onError` is called once, at once, when serving fails: the caller
- * stops the copy before anything else can run on it.
+ * process closes its own copy); without a socket the server only stages what `stage` asks. `onError`
+ * is called once, at once, when serving fails: the caller stops the copy before anything else can
+ * run on it.
  */
 export function servePages(
-  socket: Duplex,
+  socket: Duplex | undefined,
   pages: Pages,
   plan: MemoryPlan,
   file: string,
@@ -135,16 +138,16 @@ export function servePages(
     'ignore',
     'ignore',
     'pipe',
-    socket,
+    socket ?? 'ignore',
     'pipe',
     direct?.fd ?? 'ignore',
   ];
   if (stdio.length !== CKPT_FD + 1) throw new Error('internal: the page server fds are misplaced');
-  const child = spawn(helperPath(), ['serve-pages'], {
+  const child = spawn(helperPath(), socket ? ['serve-pages'] : ['serve-pages', '--stage-only'], {
     stdio: [...stdio, ...names.map((n) => pages.fdOf(n))],
   });
   // The helper has its own copy: this one must not read a request meant for it.
-  socket.destroy();
+  socket?.destroy();
   const ctl = child.stdio[4] as Duplex;
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
@@ -202,8 +205,9 @@ export function servePages(
       const block = Number(pending.readBigUInt64LE(8));
       const size = entry === undefined ? undefined : pages.entries.get(entry);
       const waiter = type === MSG_STAGED ? waiting.get(`${entry}:${block}`) : undefined;
-      if (waiter) {
+      if (waiter && entry !== undefined) {
         waiting.delete(`${entry}:${block}`);
+        pages.noteStaged(entry, block);
         waiter();
         continue;
       }
@@ -263,6 +267,10 @@ export function servePages(
   return {
     done,
     stage,
+    finish: () => {
+      ctl.end();
+      return done;
+    },
     stop: () => {
       stopping = true;
       child.kill('SIGKILL');
@@ -270,4 +278,23 @@ export function servePages(
       settle(false);
     },
   };
+}
+
+/**
+ * Checks and stages `ranges` of `pages` before CRIU's restore reads them (an eager restore's
+ * memory): by the native server, on every core, for the images it can check; by `pages` for the rest.
+ */
+export async function stageBeforeRestore(
+  pages: Pages,
+  plan: MemoryPlan,
+  file: string,
+  ranges: ReadonlyMap<string, readonly Range[]>,
+): Promise<void> {
+  if (![...ranges.keys()].some((e) => pages.direct(e))) return pages.ensureRanges(ranges);
+  const server = servePages(undefined, pages, plan, file, () => undefined);
+  try {
+    await server.stage(ranges);
+  } finally {
+    await server.finish().catch(() => undefined);
+  }
 }

@@ -20,6 +20,7 @@ import {
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
+import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
@@ -235,14 +236,15 @@ async function restoreFrom(
     if (staged && plan)
       await (server
         ? server.stage(plan.eager)
-        : staged.ensureRanges(wantLazy ? plan.eager : whole(staged.entries)));
+        : stageBeforeRestore(staged, plan, file, wantLazy ? plan.eager : whole(staged.entries)));
     trace('eager-staged');
     const lazy = await starting?.ready;
     trace('daemon-ready');
     if (stopped) return await STOPPING_FOREVER;
     if (pageFailure) throw pageFailure;
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
-    if (staged && plan && wantLazy && !lazy) await staged.ensureRanges(plan.lazy);
+    if (staged && plan && wantLazy && !lazy)
+      await stageBeforeRestore(staged, plan, file, plan.lazy);
     if (staged && !lazy) {
       await staged.close();
       staged = undefined;

@@ -131,6 +131,14 @@ export class StagedPages {
     return () => this.listeners.delete(listener);
   }
 
+  /** Notes block `b` of `entry` as staged by a checker in another process (for progress and reads). */
+  noteStaged(entry: string, b: number): void {
+    const f = this.file(entry, 0, 0);
+    if (b < 0 || b >= f.present.length || f.present[b]) return;
+    f.present[b] = 1;
+    this.onStaged?.(Math.min(BLOCK, f.size - b * BLOCK));
+  }
+
   /** The entry's chunks for a checker in another process, when each is one staged block. */
   direct(entry: string): DirectChunks | undefined {
     const d = this.source.direct?.(entry);

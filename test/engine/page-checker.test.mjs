@@ -11,7 +11,7 @@ import { scratchDir, unitTest as test } from '../helpers.mjs';
 import { compressImages } from '../../dist/image/compress.js';
 import { extractLazy, writeImage } from '../../dist/image/format.js';
 import { readMemoryPlan } from '../../dist/engine/pagemap.js';
-import { servePages } from '../../dist/engine/page-server.js';
+import { servePages, stageBeforeRestore } from '../../dist/engine/page-server.js';
 import { StagedPages } from '../../dist/engine/staged-pages.js';
 import { iov, LAZY, PAGE, pagemap, pair, PRESENT, readBytes } from './fake-daemon.mjs';
 
@@ -174,5 +174,37 @@ test('an encrypted file: its chunks are checked and staged here, on the server a
   assert.deepEqual(errors, []);
   assert.ok(counted.reads > eagerReads, 'the block was read and checked here');
   daemon.destroy();
+  await staged.close();
+});
+
+test('an eager restore: all memory checked and staged by the server before CRIU starts', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  const dir = join(root, 'eager');
+  mkdirSync(dir);
+  const lazy = await extractLazy(file, dir);
+  let reads = 0;
+  const source = {
+    entries: lazy.pages.entries,
+    close: () => lazy.pages.close(),
+    read: (...a) => {
+      reads++;
+      return lazy.pages.read(...a);
+    },
+    direct: (e) => lazy.pages.direct(e),
+    damaged: (...a) => lazy.pages.damaged(...a),
+  };
+  const plan = await readMemoryPlan(dir, source, file);
+  let progress = 0;
+  const staged = await StagedPages.create(dir, source, (n) => (progress += n));
+  const size = memory.length;
+  await stageBeforeRestore(
+    staged,
+    plan,
+    file,
+    new Map([['pages-1.img', [{ offset: 0, length: size }]]]),
+  );
+  assert.ok(readFileSync(join(dir, 'pages-1.img')).equals(memory), 'all of the memory, as it was');
+  assert.equal(reads, 0, 'checked by the server, not here');
+  assert.equal(progress, size, 'progress heard every block');
   await staged.close();
 });
