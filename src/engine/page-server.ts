@@ -282,19 +282,24 @@ export function servePages(
 
 /**
  * Checks and stages `ranges` of `pages` before CRIU's restore reads them (an eager restore's
- * memory): by the native server, on every core, for the images it can check; by `pages` for the rest.
+ * memory): by the native server, on every core, for the images it can check; by `pages` for the
+ * rest. `stop` ends the server at once (the restore failed meanwhile).
  */
-export async function stageBeforeRestore(
+export function stageBeforeRestore(
   pages: Pages,
   plan: MemoryPlan,
   file: string,
   ranges: ReadonlyMap<string, readonly Range[]>,
-): Promise<void> {
-  if (![...ranges.keys()].some((e) => pages.direct(e))) return pages.ensureRanges(ranges);
+): { done: Promise<void>; stop(): void } {
+  if (![...ranges.keys()].some((e) => pages.direct(e)))
+    return { done: pages.ensureRanges(ranges), stop: () => undefined };
   const server = servePages(undefined, pages, plan, file, () => undefined);
-  try {
-    await server.stage(ranges);
-  } finally {
-    await server.finish().catch(() => undefined);
-  }
+  const done = (async (): Promise<void> => {
+    try {
+      await server.stage(ranges);
+    } finally {
+      await server.finish().catch(() => undefined);
+    }
+  })();
+  return { done, stop: () => server.stop() };
 }

@@ -109,6 +109,8 @@ async function restoreFrom(
   // The memory still in the file, served to CRIU's lazy-pages daemon or written out for CRIU.
   let pages: PageSource | undefined;
   let staged: StagedPages | undefined;
+  // Memory being checked and staged before CRIU's restore runs.
+  let staging: { done: Promise<void>; stop(): void } | undefined;
   // A chunk that failed its check (or a daemon that asked for what is not there): the copy is
   // stopped at once and this is the reason the resume fails.
   let pageFailure: Error | undefined;
@@ -166,11 +168,44 @@ async function restoreFrom(
     await version;
     trace('version');
     const wantLazy = lazyWanted(pageBytes);
+    const manifest = checkManifest(info.manifest, file);
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
     if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined);
+    const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
+    trace('planned');
+    if (pages) {
+      // Memory staged before the copy runs (all of it for an eager restore) is checked now too.
+      let stagedBytes = 0;
+      staged = await StagedPages.create(imagesDir, pages, (n) => {
+        stagedBytes += n;
+        progress?.update('verifying and unpacking', stagedBytes, pageBytes);
+      });
+      pages = undefined;
+    }
+    // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
+    if (stopped) return await STOPPING_FOREVER;
+    const server =
+      staged && plan
+        ? starting?.serve({
+            pages: staged,
+            plan,
+            file,
+            onFailure: (e) => {
+              pageFailure ??= e;
+              if (helper) killTree(helper);
+            },
+          })
+        : undefined;
+    // What `criu restore` reads itself must be on disk before it runs: checked and staged by the
+    // native server while the rest is prepared here, awaited below.
+    const ranges = wantLazy ? plan?.eager : staged && whole(staged.entries);
+    if (staged && plan && ranges)
+      staging = server
+        ? { done: server.stage(ranges), stop: () => undefined }
+        : stageBeforeRestore(staged, plan, file, ranges);
+    staging?.done.catch(() => undefined);
 
-    const manifest = checkManifest(info.manifest, file);
     // Before anything runs: a busy port fails here, or the copy is set up not to collide.
     const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover');
     trace('sockets');
@@ -207,44 +242,17 @@ async function restoreFrom(
         ]
       : [];
     const pty = wantsPty(options.detach, options.pty);
-    const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
-    trace('planned');
-    if (pages) {
-      // Memory staged before the copy runs (all of it for an eager restore) is checked now too.
-      let stagedBytes = 0;
-      staged = await StagedPages.create(imagesDir, pages, (n) => {
-        stagedBytes += n;
-        progress?.update('verifying and unpacking', stagedBytes, pageBytes);
-      });
-      pages = undefined;
-    }
-    // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
-    if (stopped) return await STOPPING_FOREVER;
-    const server =
-      staged && plan
-        ? starting?.serve({
-            pages: staged,
-            plan,
-            file,
-            onFailure: (e) => {
-              pageFailure ??= e;
-              if (helper) killTree(helper);
-            },
-          })
-        : undefined;
-    // While the daemon starts: what `criu restore` reads itself must be on disk before it runs.
-    if (staged && plan)
-      await (server
-        ? server.stage(plan.eager)
-        : stageBeforeRestore(staged, plan, file, wantLazy ? plan.eager : whole(staged.entries)));
+    await staging?.done;
     trace('eager-staged');
     const lazy = await starting?.ready;
     trace('daemon-ready');
     if (stopped) return await STOPPING_FOREVER;
     if (pageFailure) throw pageFailure;
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
-    if (staged && plan && wantLazy && !lazy)
-      await stageBeforeRestore(staged, plan, file, plan.lazy);
+    if (staged && plan && wantLazy && !lazy) {
+      staging = stageBeforeRestore(staged, plan, file, plan.lazy);
+      await staging.done;
+    }
     if (staged && !lazy) {
       await staged.close();
       staged = undefined;
@@ -298,6 +306,7 @@ async function restoreFrom(
     options.progress?.end();
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
+    staging?.stop();
     starting?.stop();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     await (staged ?? pages)?.close().catch(() => undefined);

@@ -202,7 +202,7 @@ test('an eager restore: all memory checked and staged by the server before CRIU 
     plan,
     file,
     new Map([['pages-1.img', [{ offset: 0, length: size }]]]),
-  );
+  ).done;
   assert.ok(readFileSync(join(dir, 'pages-1.img')).equals(memory), 'all of the memory, as it was');
   assert.equal(reads, 0, 'checked by the server, not here');
   assert.equal(progress, size, 'progress heard every block');
