@@ -176,7 +176,7 @@ test('a Node server under --every 1s --keep 3 --restart comes back with its stat
     0xbeef,
     async (from) => {
       // The copy listens on the port again and serves the count it came back with, counting on.
-      const res = await within(fetch(`http://127.0.0.1:${port}/`), 'GET / of the copy');
+      const res = await within(globalThis.fetch(`http://127.0.0.1:${port}/`), 'GET / of the copy');
       const body = await res.json();
       assert.ok(body.n >= from && body.kept === body.n, JSON.stringify(body));
     },
