@@ -19,8 +19,11 @@ import {
   events,
   fixture,
   freePort,
+  nodeBinaries,
   removeDir,
   run,
+  spawnSync,
+  startNode,
   tempDir,
   test,
   waitFor,
@@ -291,4 +294,81 @@ test('an interval shorter than a checkpoint takes is refused, naming what it too
   assert.deepEqual(rotation(where, 's'), ['s.1.ckpt']);
   process.kill(p.pid, 'SIGTERM');
   assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' }, p.stderrText);
+});
+
+test('checkpointEvery() in a Node program keeps the newest N files; its stopper stops it', async () => {
+  const where = join(dir, 'api');
+  mkdirSync(where);
+  const p = startNode(nodeBinaries()[0], fixture('every.mjs'), [join(where, 'app.ckpt'), '2'], {
+    cwd: where,
+  });
+  await waitFor(p, (e) => e.event === 'stopped', 'four checkpoints, then the stopper', 30_000);
+  const files = events(p)
+    .filter((e) => e.event === 'taken')
+    .map((e) => e.file);
+  assert.deepEqual(
+    files,
+    [1, 2, 3, 4].map((n) => join(where, `app.${n}.ckpt`)),
+  );
+  assert.deepEqual(
+    events(p).filter((e) => e.event === 'error'),
+    [],
+  );
+  // Stopped: nothing more is written.
+  await sleep(2500);
+  assert.deepEqual(rotation(where, 'app').sort(), ['app.3.ckpt', 'app.4.ckpt']);
+  assert.equal(events(p).filter((e) => e.event === 'taken').length, 4);
+  for (const f of files.slice(2)) verify(f);
+  process.kill(p.pid, 'SIGKILL');
+  await p.closed;
+});
+
+test('a full disk skips that checkpoint with a warning and keeps the previous good ones', async () => {
+  const where = join(dir, 'full');
+  mkdirSync(where);
+  // Room for two of this program's checkpoints (about 1.6 MB each), not for a third.
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'tmpfs', where]);
+  assert.equal(mounted.status, 0, String(mounted.stderr));
+  try {
+    const p = run(
+      [
+        '--every',
+        '1s',
+        '--keep',
+        '3',
+        '--file',
+        join(where, 'f.ckpt'),
+        '--',
+        'python3',
+        fixture('counter.py'),
+      ],
+      { cwd: dir },
+    );
+    await until('a skipped checkpoint', () => /periodic checkpoint skipped/.test(p.stderrText), p);
+    assert.match(
+      p.stderrText,
+      /warning: periodic checkpoint skipped, the previous ones are kept: Could not write the checkpoint \S+: the filesystem is full/,
+    );
+    const good = taken(p);
+    assert.ok(good.length >= 1, p.stderrText);
+    assert.deepEqual(
+      rotation(where, 'f')
+        .map((f) => join(where, f))
+        .sort(),
+      [...good].sort(),
+    );
+    for (const f of good) verify(f);
+    // No half-written file is left, and the program runs on.
+    assert.deepEqual(
+      readdirSync(where).filter((f) => !/^f\.[0-9]+\.ckpt$/.test(f)),
+      [],
+    );
+    const n = ticks(p).length;
+    await sleep(500);
+    assert.ok(ticks(p).length > n, 'the program stopped');
+    process.kill(p.pid, 'SIGTERM');
+    assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' }, p.stderrText);
+  } finally {
+    spawnSync('umount', [where]);
+  }
 });
