@@ -104,7 +104,7 @@ export class Rotation {
     write: (path: string) => Promise<R>,
     isCopy: (result: R) => boolean = () => false,
   ): Promise<Taken<R>> {
-    await this.dropPending();
+    if (this.last === 0) await this.dropPending();
     const seq = Math.max(this.last, (await rotationFiles(this.base))[0]?.seq ?? 0) + 1;
     if (this.firstSeq === 0) this.firstSeq = seq;
     this.last = seq;
@@ -143,7 +143,7 @@ export class Rotation {
     return (await rotationFiles(this.base)).filter((f) => f.seq >= this.firstSeq);
   }
 
-  /** Hidden files a write that never finished left behind (ours: one rotation per template). */
+  /** Hidden files an earlier run left when it died mid-write (one program per rotation). */
   private async dropPending(): Promise<void> {
     for (const f of await rotationFiles(this.base, true)) await rm(f.path, { force: true });
   }
