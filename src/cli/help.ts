@@ -33,9 +33,10 @@ Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]
                app.ckpt gives app.1.ckpt, app.2.ckpt, ...; each durable and verified before
                the oldest goes. Refused when the first checkpoint takes longer than D.
   --keep N     keep the newest N of them (default 3)
-  --restart[=MAX]  when it is killed or exits non-zero, resume the newest good checkpoint of
-               this run (or start it anew if none), after a back-off, at most MAX (default 5)
-               times in a row; a copy dying at once falls back to the one before, then gives up
+  --restart[=MAX]  when it crashes (a signal other than HUP, INT, TERM, PIPE) or exits
+               non-zero, resume the newest good checkpoint of --every's rotation (none yet:
+               start it anew), after a back-off, at most MAX (default 5) times in a row; a copy
+               dying at once falls back to the one before, then checkpt gives up
 
 Resume:
   In the foreground (default) the program gets checkpt's own stdin, stdout and stderr, signals

@@ -28,7 +28,13 @@ type Next = Running & Pick<SuperviseOptions, 'beforeExit' | 'takeSignals'>;
 
 const STOPPING = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 
-const failed = (st: ExitStatus): boolean => st.signal !== undefined || st.code !== 0;
+// As systemd's on-failure: these signals ask a program to stop (^C, kill, a hang-up), not a crash.
+const CLEAN_SIGNALS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGPIPE'].map(
+  (s) => constants.signals[s as 'SIGHUP'],
+);
+
+const failed = (st: ExitStatus): boolean =>
+  st.signal !== undefined ? !CLEAN_SIGNALS.includes(st.signal) : st.code !== 0;
 
 function describe(st: ExitStatus): string {
   if (st.signal === undefined) return `exited with status ${st.code}`;
