@@ -372,3 +372,31 @@ test('a full disk skips that checkpoint with a warning and keeps the previous go
     spawnSync('umount', [where]);
   }
 });
+
+test('--restart leaves alone a program stopped by SIGTERM or by checkpoint and exit', async () => {
+  const where = join(dir, 'stops');
+  mkdirSync(where);
+  const args = [
+    '--every',
+    '1s',
+    '--restart',
+    '--file',
+    join(where, 's.ckpt'),
+    '--',
+    'python3',
+    fixture('counter.py'),
+  ];
+  const p = run(args, { cwd: where });
+  await until('a checkpoint', () => taken(p).length >= 1, p);
+  process.kill(await programOf(p, 'counter.py'), 'SIGTERM');
+  assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' }, p.stderrText);
+  assert.doesNotMatch(p.stderrText, /resumed|starts anew/);
+
+  const q = run(args, { cwd: where });
+  await until('a checkpoint', () => taken(q).length >= 1, q);
+  const r = checkptCli(['signal', '--exit', String(q.pid)]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(await q.closed, { code: 0, signal: null }, q.stderrText);
+  assert.match(q.stderrText, /the program was stopped/);
+  assert.doesNotMatch(q.stderrText, /resumed|starts anew/);
+});
