@@ -46,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -94,8 +95,9 @@ struct file {
   uint8_t *staged, *asked;
   /* Taken by a checker thread (under lock). */
   uint8_t *claimed;
-  /* The checker's table, when this server checks the file itself. */
+  /* The checker's table, when this server checks the file itself, and the staged image mapped. */
   struct chunk *chunks;
+  uint8_t *map;
 };
 
 struct request {
@@ -282,7 +284,7 @@ static void load_codecs(void) {
 
 /* Whether this server checks block b of f itself (else checkpt does, on NEED). */
 static int checked_here(const struct file *f, uint64_t b) {
-  if (!f->chunks || !sha_init || !sha_update || !sha_digest) return 0;
+  if (!f->chunks || !f->map || !sha_init || !sha_update || !sha_digest) return 0;
   return f->chunks[b].codec == 0 || (zstd_decompress && zstd_is_error);
 }
 
@@ -298,13 +300,19 @@ static void io_failed(const char *what) {
   _exit(EXIT_PROTOCOL);
 }
 
-static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, uint8_t *plain) {
+static void check_block(uint32_t fi, uint64_t b, uint8_t *raw) {
   struct file *f = &files[fi];
   const struct chunk *c = &f->chunks[b];
   uint64_t want = f->size - b * block < block ? f->size - b * block : block;
+  /* The block's place in the staged image, filled in place (one copy on a machine where copies
+   * are dear); a plain chunk is hashed there, where nobody else can change it before it is sent. */
+  uint8_t *dst = f->map + b * block;
+  madvise(dst, want, MADV_POPULATE_WRITE);
+  uint8_t *in = c->codec == 1 ? raw : dst;
+  if (c->codec == 0 && c->stored != want) damaged(fi, b, "size");
   size_t got = 0;
   while (got < c->stored) {
-    ssize_t n = pread(CKPT_FD, raw + got, c->stored - got, (off_t)(c->offset + got));
+    ssize_t n = pread(CKPT_FD, in + got, c->stored - got, (off_t)(c->offset + got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) io_failed("reading the checkpoint file failed");
     if (n == 0) damaged(fi, b, "truncated");
@@ -313,23 +321,12 @@ static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, uint8_t *plain) {
   uint64_t ctx[64]; /* nettle's sha256_ctx is smaller */
   uint8_t md[32];
   sha_init(ctx);
-  sha_update(ctx, c->stored, raw);
+  sha_update(ctx, c->stored, in);
   sha_digest(ctx, 32, md);
   if (memcmp(md, c->sha, 32)) damaged(fi, b, "sha256");
-  const uint8_t *out = raw;
   if (c->codec == 1) {
-    size_t n = zstd_decompress(plain, block, raw, c->stored);
+    size_t n = zstd_decompress(dst, want, raw, c->stored);
     if (zstd_is_error(n) || n != want) damaged(fi, b, "zstd");
-    out = plain;
-  } else if (c->stored != want) {
-    damaged(fi, b, "size");
-  }
-  size_t put = 0;
-  while (put < want) {
-    ssize_t n = pwrite(FIRST_FILE_FD + (int)fi, out + put, want - put, (off_t)(b * block + put));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) io_failed("writing a staged pages image failed");
-    put += (size_t)n;
   }
   __atomic_store_n(&f->staged[b], 1, __ATOMIC_RELEASE);
   uint64_t one = 1;
@@ -338,8 +335,8 @@ static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, uint8_t *plain) {
 
 static void *checker(void *arg) {
   (void)arg;
-  uint8_t *raw = malloc(2 * block + 65536), *plain = malloc(block);
-  if (!raw || !plain) io_failed("out of memory for the checker");
+  uint8_t *raw = malloc(2 * block + 65536);
+  if (!raw) io_failed("out of memory for the checker");
   for (;;) {
     uint32_t f = 0;
     uint64_t b = 0;
@@ -371,13 +368,19 @@ static void *checker(void *arg) {
     }
     files[f].claimed[b] = 1;
     pthread_mutex_unlock(&lock);
-    if (!__atomic_load_n(&files[f].staged[b], __ATOMIC_ACQUIRE)) check_block(f, b, raw, plain);
+    if (!__atomic_load_n(&files[f].staged[b], __ATOMIC_ACQUIRE)) check_block(f, b, raw);
   }
   return NULL;
 }
 
 static void start_checker(int stage_only) {
   load_codecs();
+  for (uint32_t i = 0; i < nfiles; i++) {
+    if (!files[i].chunks || files[i].size == 0) continue;
+    void *m = mmap(NULL, files[i].size, PROT_READ | PROT_WRITE, MAP_SHARED, FIRST_FILE_FD + (int)i, 0);
+    if (m == MAP_FAILED) fail("cannot map a staged pages image (%s)", strerror(errno));
+    files[i].map = m;
+  }
   uint64_t total = 0;
   for (uint32_t i = 0; i < nfiles; i++) total += files[i].blocks;
   urgent_cap = total + 1;
