@@ -4,6 +4,7 @@
  * (src/launcher/restart.ts decides when and from what), until it ends cleanly or we give up.
  */
 import { constants } from 'node:os';
+import type { Command } from './args.js';
 import { CheckptError } from '../common/errors.js';
 import type { ExitStatus, Running } from '../engine/helper.js';
 import { resume } from '../engine/restore.js';
@@ -13,16 +14,10 @@ import { runProgram } from '../launcher/run.js';
 import { exitLike } from '../launcher/signals.js';
 import { holdRequests, superviseOnce, type SuperviseOptions } from './supervise.js';
 
-export interface SupervisedRun {
-  command: string;
-  args: string[];
-  file?: string;
-  key: number | null;
-  pty: boolean;
-  every?: number;
+/** `checkpt run`'s command, with the number of checkpoints kept settled. */
+export type SupervisedRun = Omit<Extract<Command, { cmd: 'run' }>, 'cmd' | 'keep'> & {
   keep: number;
-  restart?: number;
-}
+};
 
 type Next = Running & Pick<SuperviseOptions, 'beforeExit' | 'takeSignals'>;
 
