@@ -1,0 +1,222 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { rename, type FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { TMPDIR } from '../common/config.js';
+import { CheckptError } from '../common/errors.js';
+import { manifestProblem } from '../engine/manifest.js';
+import { ownerTag, sweepOrphans } from '../engine/staging.js';
+import { createTemp, readImageHeader, syncDir, verifyImage } from '../image/format.js';
+import { loadKey } from '../image/key.js';
+import {
+  CHUNK_TYPE,
+  MANIFEST_TYPE,
+  MAX_CONFIG,
+  MAX_MANIFEST,
+  parseConfig,
+  parseManifest,
+  type CheckpointConfig,
+  type Descriptor,
+  type Manifest,
+} from './artifact.js';
+import { drain, readBody, RegistryClient, type ClientOptions } from './client.js';
+import { formatReference, manifestRef, parseReference } from './reference.js';
+
+export interface PullOptions extends ClientOptions {
+  /** Told what the config says before any layer is downloaded; throws to stop there. */
+  accept?: (config: CheckpointConfig) => void;
+}
+
+export interface Pulled {
+  /** The manifest's digest: pull by `registry/repository@digest` for these very bytes again. */
+  digest: string;
+  size: number;
+  layers: number;
+  config: CheckpointConfig;
+}
+
+const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** The manifest and config of `ref`, checked: enough to know what will be downloaded. */
+async function describe(
+  client: RegistryClient,
+): Promise<{ manifest: Manifest; digest: string; config: CheckpointConfig }> {
+  const ref = client.ref;
+  const res = await client.request('GET', client.url(`manifests/${manifestRef(ref)}`), {
+    headers: {
+      accept: `${MANIFEST_TYPE}, application/vnd.docker.distribution.manifest.v2+json;q=0.5`,
+    },
+  });
+  if (res.statusCode === 404) {
+    await drain(res);
+    throw new CheckptError(
+      'EREGISTRY',
+      `registry ${ref.registry} has no ${ref.digest !== undefined ? `manifest ${ref.digest}` : `tag '${ref.tag ?? 'latest'}'`} in ${ref.repository} (or no such repository): check the reference, or push it first (checkpt push FILE ${client.name}).`,
+    );
+  }
+  if (res.statusCode !== 200) throw await client.failure(res, `getting ${client.name}`);
+  const bytes = await readBody(res, MAX_MANIFEST);
+  const digest = sha256(bytes);
+  if (ref.digest !== undefined && digest !== ref.digest)
+    throw new CheckptError(
+      'EBADIMAGE',
+      `registry ${ref.registry} answered ${client.name} with a manifest whose digest is ${digest}: it is damaged or not what was asked for. Nothing was written.`,
+    );
+  const manifest = parseManifest(bytes, client.name);
+  const configBytes = await fetchSmall(client, manifest.config);
+  const config = parseConfig(configBytes, client.name);
+  const total = manifest.layers.reduce((n, l) => n + l.size, 0);
+  if (total !== config.size)
+    throw new CheckptError(
+      'EBADIMAGE',
+      `${client.name}: its layers add up to ${total} bytes, its config says ${config.size}; push it again.`,
+    );
+  return { manifest, digest, config };
+}
+
+async function fetchSmall(client: RegistryClient, d: Descriptor): Promise<Buffer> {
+  const res = await client.request('GET', client.url(`blobs/${d.digest}`), { follow: true });
+  if (res.statusCode !== 200)
+    throw await client.failure(res, `getting blob ${d.digest} of ${client.name}`);
+  const bytes = await readBody(res, Math.min(d.size, MAX_CONFIG));
+  if (bytes.length !== d.size || sha256(bytes) !== d.digest)
+    throw changedBlob(client, d, sha256(bytes), bytes.length);
+  return bytes;
+}
+
+function changedBlob(
+  client: RegistryClient,
+  d: Descriptor,
+  got: string,
+  size: number,
+): CheckptError {
+  return new CheckptError(
+    'EBADIMAGE',
+    `registry ${client.ref.registry} sent other bytes for blob ${d.digest} of ${client.name} (${size} bytes with digest ${got}, expected ${d.size}): its copy is damaged or was tampered with. Nothing was written or resumed; push the checkpoint again.`,
+  );
+}
+
+/** Downloads every layer in order into `fh`, checking each blob's digest and size as it comes. */
+async function download(
+  client: RegistryClient,
+  manifest: Manifest,
+  config: CheckpointConfig,
+  fh: FileHandle,
+): Promise<void> {
+  const whole = createHash('sha256');
+  let position = 0;
+  for (const layer of manifest.layers) {
+    if (layer.mediaType !== CHUNK_TYPE)
+      throw new CheckptError(
+        'EREGISTRY',
+        `${client.name}: unexpected layer type ${layer.mediaType}.`,
+      );
+    const res = await client.request('GET', client.url(`blobs/${layer.digest}`), { follow: true });
+    if (res.statusCode !== 200)
+      throw await client.failure(res, `getting blob ${layer.digest} of ${client.name}`);
+    const hash = createHash('sha256');
+    let n = 0;
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      n += chunk.length;
+      if (n > layer.size) {
+        res.destroy();
+        throw changedBlob(client, layer, 'unknown', n);
+      }
+      hash.update(chunk);
+      whole.update(chunk);
+      for (let off = 0; off < chunk.length;) {
+        const { bytesWritten } = await fh.write(chunk, off, chunk.length - off, position);
+        off += bytesWritten;
+        position += bytesWritten;
+      }
+    }
+    const got = `sha256:${hash.digest('hex')}`;
+    if (n !== layer.size || got !== layer.digest) throw changedBlob(client, layer, got, n);
+  }
+  const got = `sha256:${whole.digest('hex')}`;
+  if (got !== config.digest)
+    throw new CheckptError(
+      'EBADIMAGE',
+      `${client.name}: the joined layers have digest ${got}, its config says ${config.digest}; push it again.`,
+    );
+}
+
+/**
+ * Pulls `ref` into `dest`: every blob checked against its digest while it downloads, the joined
+ * file against the whole file's digest, then as a checkpoint file (fully, when it is plain or the
+ * key is set). The file appears at `dest` atomically, mode 0600; on failure nothing is left there.
+ */
+export async function pullCheckpoint(
+  refText: string,
+  dest: string,
+  options: PullOptions = {},
+): Promise<Pulled> {
+  const ref = parseReference(refText);
+  const client = new RegistryClient(ref, 'pull', options);
+  const target = resolve(dest);
+  try {
+    const { manifest, digest, config } = await describe(client);
+    options.accept?.(config);
+    const { fh, tmp } = await createTemp(target);
+    try {
+      await download(client, manifest, config, fh);
+      await fh.sync();
+      await fh.close();
+      await checkFile(tmp, client.name);
+      await rename(tmp, target);
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      rmSync(tmp, { force: true });
+      throw e;
+    }
+    await syncDir(dirname(target));
+    return { digest, size: config.size, layers: manifest.layers.length, config };
+  } finally {
+    client.close();
+  }
+}
+
+/** The joined file as checkpt reads any: fully verified when it can be, else its header. */
+async function checkFile(file: string, name: string): Promise<void> {
+  const key = loadKey();
+  try {
+    const head = await readImageHeader(file);
+    if (!head.encrypted || key !== undefined)
+      await verifyImage(file, { key, allowPlain: true, checkManifest: manifestProblem });
+  } catch (e) {
+    if (e instanceof CheckptError && e.code === 'EBADIMAGE')
+      throw new CheckptError('EBADIMAGE', `${name}: ${e.message}`, { cause: e });
+    throw e;
+  } finally {
+    key?.fill(0);
+  }
+}
+
+/** A pull into a private directory, for `-r oci://` and `inspect oci://`; remove() when done. */
+export interface TemporaryPull extends Pulled {
+  file: string;
+  reference: string;
+  remove(): void;
+}
+
+const PULL_PREFIX = 'checkpt-pull-';
+
+export async function pullTemporary(
+  refText: string,
+  options: PullOptions = {},
+): Promise<TemporaryPull> {
+  // On disk, not in /dev/shm: a resume reads the memory from it while the copy also holds it.
+  const root = TMPDIR.get(options.env) ?? tmpdir();
+  sweepOrphans(root, PULL_PREFIX);
+  const dir = mkdtempSync(join(root, `${PULL_PREFIX}${ownerTag()}-`));
+  const remove = (): void => rmSync(dir, { recursive: true, force: true });
+  const file = join(dir, 'checkpoint.ckpt');
+  try {
+    const pulled = await pullCheckpoint(refText, file, options);
+    return { ...pulled, file, reference: `${formatReference(parseReference(refText))}`, remove };
+  } catch (e) {
+    remove();
+    throw e;
+  }
+}
