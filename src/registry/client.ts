@@ -120,12 +120,15 @@ export class RegistryClient {
   }
 
   private denied(status: number, detail = ''): CheckptError {
-    const how = this.creds
-      ? `with the credentials from ${this.creds.source}, which it refused${status === 403 ? ` or which may not ${this.actions === 'pull' ? 'pull from' : 'push to'} ${this.ref.repository}` : ''}: check them (podman login ${this.ref.registry}, or CHECKPT_REGISTRY_USER/CHECKPT_REGISTRY_PASSWORD)`
-      : `without credentials: log in (podman login ${this.ref.registry} or docker login ${this.ref.registry}), or set CHECKPT_REGISTRY_USER and CHECKPT_REGISTRY_PASSWORD`;
+    const verb = this.actions === 'pull' ? 'pull from' : 'push to';
+    const fix = !this.creds
+      ? `without credentials: log in (podman login ${this.ref.registry}, or docker login), or set CHECKPT_REGISTRY_USER and CHECKPT_REGISTRY_PASSWORD`
+      : this.creds.source.startsWith('CHECKPT_')
+        ? `with the user in CHECKPT_REGISTRY_USER: check it and CHECKPT_REGISTRY_PASSWORD${status === 403 ? `, and that the user may ${verb} ${this.ref.repository}` : ''}`
+        : `with the credentials in ${this.creds.source}: log in again (podman login ${this.ref.registry})${status === 403 ? `, and check that the user may ${verb} ${this.ref.repository}` : ''}`;
     return new CheckptError(
       'EREGISTRY',
-      `registry ${this.ref.registry} denied access to ${this.ref.repository} (${status}${detail ? `: ${detail}` : ''}) ${how}.`,
+      `registry ${this.ref.registry} denied access to ${this.ref.repository} (${status}${detail ? `: ${detail}` : ''}) ${fix}.`,
     );
   }
 
@@ -211,7 +214,8 @@ export class RegistryClient {
   private unreachable(url: URL, e: unknown): CheckptError {
     if (e instanceof CheckptError) return e;
     const code = errnoOf(e) ?? (e as { code?: string }).code;
-    const msg = e instanceof Error ? e.message : String(e);
+    // OpenSSL's messages run over several lines; the first says it.
+    const msg = (e instanceof Error ? e.message : String(e)).split('\n')[0]?.trim() ?? '';
     const tlsProblem = /SSL|TLS|certificate|CERT|wrong version|EPROTO/i.test(
       `${code ?? ''} ${msg}`,
     );
