@@ -1,6 +1,7 @@
 // A private registry (Debian's docker-registry, distribution 2.8) for the registry tests: on
 // 127.0.0.1 at a free port, its storage in a temp dir, with basic auth and TLS when asked.
 import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -19,7 +20,7 @@ export const registryMissing = REGISTRY_BIN
 
 /** A bcrypt htpasswd line (distribution 2.8 takes nothing else), through libcrypt's crypt(3). */
 function htpasswdLine(user, password) {
-  const salt = [...crypto.getRandomValues(new Uint8Array(22))]
+  const salt = [...randomBytes(22)]
     .map((b) => './ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'[b % 64])
     .join('')
     .replace(/.$/, 'e');
