@@ -1,8 +1,9 @@
 // A private registry (Debian's docker-registry, distribution 2.8) for the registry tests: on
 // 127.0.0.1 at a free port, its storage in a temp dir, with basic auth and TLS when asked.
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes, sign, X509Certificate, createPrivateKey } from 'node:crypto';
+import { createServer } from 'node:http';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -79,7 +80,7 @@ function listening(port) {
  * Starts a registry; `stop()` kills it by pid and removes its directory. `host` is what goes in a
  * reference; `env` speaks to it (plain HTTP, or its CA).
  */
-export async function startRegistry({ user, password, tls = false } = {}) {
+export async function startRegistry({ user, password, tls = false, token = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'checkpt-registry-'));
   const storage = join(dir, 'storage');
   const port = await freePort();
@@ -94,7 +95,13 @@ export async function startRegistry({ user, password, tls = false } = {}) {
     ca = cert;
     lines.push(`http: {addr: "127.0.0.1:${port}", tls: {certificate: ${cert}, key: ${key}}}`);
   } else lines.push(`http: {addr: "127.0.0.1:${port}"}`);
-  if (user !== undefined) {
+  let tokenServer;
+  if (token) {
+    tokenServer = await startTokenServer(dir, user, password);
+    lines.push(
+      `auth: {token: {realm: "${tokenServer.realm}", service: checkpt-test, issuer: checkpt-test-issuer, rootcertbundle: ${tokenServer.cert}}}`,
+    );
+  } else if (user !== undefined) {
     writeFileSync(join(dir, 'htpasswd'), htpasswdLine(user, password));
     lines.push(`auth: {htpasswd: {realm: checkpt-test, path: ${join(dir, 'htpasswd')}}}`);
   }
@@ -107,6 +114,7 @@ export async function startRegistry({ user, password, tls = false } = {}) {
   child.stderr.on('data', (d) => (stderr += d));
   const ended = new Promise((resolve) => child.once('close', resolve));
   const stop = async () => {
+    await tokenServer?.close();
     if (child.exitCode === null && child.signalCode === null) {
       process.kill(child.pid, 'SIGKILL');
       await Promise.race([ended, sleep(10_000)]);
@@ -122,11 +130,94 @@ export async function startRegistry({ user, password, tls = false } = {}) {
   const host = `127.0.0.1:${port}`;
   const env = { ...process.env, CHECKPT_INSECURE_REGISTRIES: tls ? '' : host };
   if (ca) env.NODE_EXTRA_CA_CERTS = ca;
-  return { host, port, dir, storage, ca, env, pid: child.pid, stop, stderr: () => stderr };
+  return {
+    host,
+    port,
+    dir,
+    storage,
+    ca,
+    env,
+    pid: child.pid,
+    stop,
+    stderr: () => stderr,
+    tokens: () => tokenServer?.issued ?? [],
+  };
 }
 
 /** The path of a blob's bytes in the registry's storage. */
 export function blobPath(storage, digest) {
   const hex = digest.slice('sha256:'.length);
   return join(storage, 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+}
+
+const b64url = (x) =>
+  Buffer.from(typeof x === 'string' ? x : JSON.stringify(x)).toString('base64url');
+
+/**
+ * The other half of the bearer-token flow, as a registry's auth service does it: checks basic
+ * credentials and issues a JWT (ES256, its certificate in x5c) for the scope asked for, which the
+ * registry verifies against the certificate it is given (rootcertbundle).
+ */
+async function startTokenServer(dir, user, password) {
+  const cert = join(dir, 'token-cert.pem');
+  const keyFile = join(dir, 'token-key.pem');
+  const r = spawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=checkpt-test-issuer',
+    ],
+    { encoding: 'utf8', timeout: 30_000 },
+  );
+  if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
+  const key = createPrivateKey(readFileSync(keyFile));
+  const der = new X509Certificate(readFileSync(cert)).raw.toString('base64');
+  const issued = [];
+  const server = createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    const given = req.headers.authorization ?? '';
+    const expected = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+    if (given !== expected) {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      return res.end('{"details":"wrong credentials"}');
+    }
+    const scope = url.searchParams.get('scope') ?? '';
+    const [type, name, actions] = scope.split(':');
+    const now = Math.floor(Date.now() / 1000);
+    const claims = {
+      iss: 'checkpt-test-issuer',
+      sub: user,
+      aud: url.searchParams.get('service'),
+      exp: now + 300,
+      nbf: now - 10,
+      iat: now,
+      jti: randomBytes(8).toString('hex'),
+      access: type === 'repository' ? [{ type, name, actions: (actions ?? '').split(',') }] : [],
+    };
+    const input = `${b64url({ typ: 'JWT', alg: 'ES256', x5c: [der] })}.${b64url(claims)}`;
+    const sig = sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' });
+    issued.push(scope);
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ token: `${input}.${sig.toString('base64url')}` }));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    realm: `http://127.0.0.1:${server.address().port}/token`,
+    cert,
+    issued,
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
 }

@@ -347,3 +347,46 @@ describe('an encrypted checkpoint in a registry over TLS', { skip }, () => {
     assert.equal(st.code, 7, child.stderrText);
   });
 });
+
+describe('a registry that asks for bearer tokens', { skip }, () => {
+  let registry;
+  let dir;
+  let file;
+  before(async () => {
+    registry = await startRegistry({ user: USER, password: PASSWORD, token: true });
+    dir = tempDir();
+    file = join(dir, 'state.ckpt');
+    await checkpointOf(file);
+  });
+  after(async () => {
+    await cleanup();
+    await registry?.stop();
+    if (dir) removeDir(dir);
+  });
+
+  test('push and pull get a token for their scope with the credentials; bad ones are refused', async () => {
+    const env = {
+      ...registry.env,
+      CHECKPT_REGISTRY_USER: USER,
+      CHECKPT_REGISTRY_PASSWORD: PASSWORD,
+    };
+    const ref = `${registry.host}/team/tokens:v1`;
+    await within(pushCheckpoint(file, ref, { env }), 'push');
+    const out = join(dir, 'pulled.ckpt');
+    await within(pullCheckpoint(ref, out, { env }), 'pull');
+    assert.ok(readFileSync(out).equals(readFileSync(file)));
+    assert.deepEqual(registry.tokens(), [
+      'repository:team/tokens:pull,push',
+      'repository:team/tokens:pull',
+    ]);
+    await rejectsWith(
+      pullCheckpoint(ref, join(dir, 'x.ckpt'), {
+        env: { ...env, CHECKPT_REGISTRY_PASSWORD: 'wrong' },
+      }),
+      'EREGISTRY',
+      'wrong password at the token service',
+      /denied access to team\/tokens \(401\)/,
+    );
+    assert.deepEqual(leftovers(dir), []);
+  });
+});
