@@ -198,14 +198,22 @@ export class RegistryClient {
         ),
       );
       req.on('response', resolve);
+      let readFailed = false;
       req.on('error', (e) => {
         source?.destroy();
-        reject(this.unreachable(url, e));
+        reject(
+          readFailed
+            ? new CheckptError('EIO', `reading what to upload failed: ${e.message}`, { cause: e })
+            : this.unreachable(url, e),
+        );
       });
       if (Buffer.isBuffer(body)) req.end(body);
       else if (body !== undefined) {
         source = body();
-        source.on('error', (e) => req.destroy(e));
+        source.on('error', (e) => {
+          readFailed = true;
+          req.destroy(e);
+        });
         source.pipe(req);
       } else req.end();
     });
@@ -240,7 +248,7 @@ function isRedirect(status: number | undefined): boolean {
 export async function readBody(res: IncomingMessage, limit: number): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
-  for await (const chunk of res as AsyncIterable<Buffer>) {
+  for await (const chunk of bodyOf(res)) {
     n += chunk.length;
     if (n > limit) {
       res.destroy();
@@ -252,6 +260,20 @@ export async function readBody(res: IncomingMessage, limit: number): Promise<Buf
     parts.push(chunk);
   }
   return Buffer.concat(parts);
+}
+
+/** A response's body; a connection that breaks or falls silent midway is EREGISTRY. */
+export async function* bodyOf(res: IncomingMessage): AsyncGenerator<Buffer> {
+  try {
+    for await (const chunk of res as AsyncIterable<Buffer>) yield chunk;
+  } catch (e) {
+    if (e instanceof CheckptError) throw e;
+    throw new CheckptError(
+      'EREGISTRY',
+      `the connection to the registry broke during a download (${e instanceof Error ? e.message : String(e)}); try again.`,
+      { cause: e },
+    );
+  }
 }
 
 /** Reads and drops a body, so that the connection can be used again. */

@@ -20,7 +20,7 @@ import {
   type Descriptor,
   type Manifest,
 } from './artifact.js';
-import { drain, readBody, RegistryClient, type ClientOptions } from './client.js';
+import { bodyOf, drain, readBody, RegistryClient, type ClientOptions } from './client.js';
 import { formatReference, manifestRef, parseReference } from './reference.js';
 
 export interface PullOptions extends ClientOptions {
@@ -117,7 +117,7 @@ async function download(
       throw await client.failure(res, `getting blob ${layer.digest} of ${client.name}`);
     const hash = createHash('sha256');
     let n = 0;
-    for await (const chunk of res as AsyncIterable<Buffer>) {
+    for await (const chunk of bodyOf(res)) {
       n += chunk.length;
       if (n > layer.size) {
         res.destroy();
@@ -168,7 +168,12 @@ export async function pullCheckpoint(
     } catch (e) {
       await fh.close().catch(() => undefined);
       rmSync(tmp, { force: true });
-      throw e;
+      if (e instanceof CheckptError) throw e;
+      throw new CheckptError(
+        'EIO',
+        `writing ${target} failed (${e instanceof Error ? e.message : String(e)}); nothing was left there.`,
+        { cause: e, path: target },
+      );
     }
     await syncDir(dirname(target));
     return { digest, size: config.size, layers: manifest.layers.length, config };
