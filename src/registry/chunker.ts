@@ -12,11 +12,22 @@ export interface Chunking {
   max: number;
 }
 
-export const DEFAULT_CHUNKING: Chunking = {
-  min: 512 * 1024,
-  avg: 1024 * 1024,
-  max: 4 * 1024 * 1024,
-};
+/**
+ * The chunking for a file of `size` bytes: a unit that is a power of two from 64 KiB to 4 MiB,
+ * the smallest at least size/512; no cut before one unit, about one more on average, none after
+ * eight. A file has about 256 layers (fewer when small, more past 2 GiB), and the next checkpoint
+ * of the same program, of about the same size, is cut by the same rule. Smaller layers share more
+ * but each costs round trips: on two checkpoints of one process a moment apart (27 MB), 64 KiB
+ * units shared 48% of the bytes in 181 layers, 32 KiB 60% in 375, 512 KiB 6% in 17.
+ */
+export function chunkingFor(size: number): Chunking {
+  let unit = MIN_UNIT;
+  while (unit < MAX_UNIT && unit < size / 512) unit *= 2;
+  return { min: unit, avg: unit, max: 8 * unit };
+}
+
+const MIN_UNIT = 64 * 1024;
+const MAX_UNIT = 4 * 1024 * 1024;
 
 export interface Chunk {
   offset: number;
@@ -55,12 +66,8 @@ export function checkChunking(c: Chunking): void {
  */
 export async function chunkFile(
   file: string,
-  chunking: Chunking = DEFAULT_CHUNKING,
+  given?: Chunking,
 ): Promise<{ chunks: Chunk[]; size: number; digest: string }> {
-  checkChunking(chunking);
-  const bits = Math.max(1, Math.round(Math.log2(chunking.avg)));
-  const mask = bits >= 32 ? -1 : ~((1 << (32 - bits)) - 1) | 0;
-  const { min, max } = chunking;
   let fh;
   try {
     fh = await open(file, 'r');
@@ -72,6 +79,11 @@ export async function chunkFile(
     );
   }
   try {
+    const chunking = given ?? chunkingFor((await fh.stat()).size);
+    checkChunking(chunking);
+    const bits = Math.max(1, Math.round(Math.log2(chunking.avg)));
+    const mask = bits >= 32 ? -1 : ~((1 << (32 - bits)) - 1) | 0;
+    const { min, max } = chunking;
     const buf = Buffer.allocUnsafe(READ);
     const chunks: Chunk[] = [];
     const whole = createHash('sha256');

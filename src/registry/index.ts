@@ -15,6 +15,6 @@ export {
   type TemporaryPull,
 } from './pull.js';
 export { resumeFromRegistry } from './resume.js';
-export { DEFAULT_CHUNKING, type Chunking } from './chunker.js';
+export { chunkingFor, type Chunking } from './chunker.js';
 export { ARTIFACT_TYPE, CONFIG_TYPE, CHUNK_TYPE } from './artifact.js';
 export type { ClientOptions } from './client.js';

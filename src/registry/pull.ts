@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { rename, type FileHandle } from 'node:fs/promises';
+import { open, rename, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { TMPDIR } from '../common/config.js';
@@ -10,7 +10,6 @@ import { ownerTag, sweepOrphans } from '../engine/staging.js';
 import { createTemp, readImageHeader, syncDir, verifyImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
 import {
-  CHUNK_TYPE,
   MANIFEST_TYPE,
   MAX_CONFIG,
   MAX_MANIFEST,
@@ -20,6 +19,7 @@ import {
   type Descriptor,
   type Manifest,
 } from './artifact.js';
+import { eachLimited, PARALLEL } from './parallel.js';
 import { bodyOf, drain, readBody, RegistryClient, type ClientOptions } from './client.js';
 import { formatReference, manifestRef, parseReference } from './reference.js';
 
@@ -97,49 +97,76 @@ function changedBlob(
   );
 }
 
-/** Downloads every layer in order into `fh`, checking each blob's digest and size as it comes. */
+/**
+ * Downloads the layers, a few at a time, each into its place in `fh`, checking each blob's size and
+ * digest as it comes; then the joined file's digest, read back (from the page cache).
+ */
 async function download(
   client: RegistryClient,
   manifest: Manifest,
   config: CheckpointConfig,
   fh: FileHandle,
+  tmp: string,
 ): Promise<void> {
-  const whole = createHash('sha256');
-  let position = 0;
+  const places: Array<{ layer: Descriptor; at: number }> = [];
+  let at = 0;
   for (const layer of manifest.layers) {
-    if (layer.mediaType !== CHUNK_TYPE)
-      throw new CheckptError(
-        'EREGISTRY',
-        `${client.name}: unexpected layer type ${layer.mediaType}.`,
-      );
+    places.push({ layer, at });
+    at += layer.size;
+  }
+  await eachLimited(places, PARALLEL, async ({ layer, at: start }) => {
     const res = await client.request('GET', client.url(`blobs/${layer.digest}`), { follow: true });
     if (res.statusCode !== 200)
       throw await client.failure(res, `getting blob ${layer.digest} of ${client.name}`);
     const hash = createHash('sha256');
     let n = 0;
     for await (const chunk of bodyOf(res)) {
-      n += chunk.length;
-      if (n > layer.size) {
+      if (n + chunk.length > layer.size) {
         res.destroy();
-        throw changedBlob(client, layer, 'unknown', n);
+        throw changedBlob(client, layer, 'unknown', n + chunk.length);
       }
       hash.update(chunk);
-      whole.update(chunk);
-      for (let off = 0; off < chunk.length;) {
-        const { bytesWritten } = await fh.write(chunk, off, chunk.length - off, position);
-        off += bytesWritten;
-        position += bytesWritten;
-      }
+      await writeAll(fh, chunk, start + n);
+      n += chunk.length;
     }
     const got = `sha256:${hash.digest('hex')}`;
     if (n !== layer.size || got !== layer.digest) throw changedBlob(client, layer, got, n);
-  }
-  const got = `sha256:${whole.digest('hex')}`;
+  });
+  await fh.sync();
+  const got = await digestOf(tmp, at);
   if (got !== config.digest)
     throw new CheckptError(
       'EBADIMAGE',
       `${client.name}: the joined layers have digest ${got}, its config says ${config.digest}; push it again.`,
     );
+}
+
+async function writeAll(fh: FileHandle, buf: Buffer, position: number): Promise<void> {
+  for (let off = 0; off < buf.length;) {
+    const { bytesWritten } = await fh.write(buf, off, buf.length - off, position + off);
+    off += bytesWritten;
+  }
+}
+
+async function digestOf(file: string, size: number): Promise<string> {
+  const fh = await open(file, 'r');
+  try {
+    return await digestOfOpen(fh, size);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function digestOfOpen(fh: FileHandle, size: number): Promise<string> {
+  const hash = createHash('sha256');
+  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+  for (let pos = 0; pos < size;) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
+    if (bytesRead === 0) break;
+    hash.update(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+  }
+  return `sha256:${hash.digest('hex')}`;
 }
 
 /**
@@ -160,8 +187,7 @@ export async function pullCheckpoint(
     options.accept?.(config);
     const { fh, tmp } = await createTemp(target);
     try {
-      await download(client, manifest, config, fh);
-      await fh.sync();
+      await download(client, manifest, config, fh, tmp);
       await fh.close();
       await checkFile(tmp, client.name);
       await rename(tmp, target);

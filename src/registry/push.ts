@@ -4,12 +4,13 @@ import { CheckptError } from '../common/errors.js';
 import { manifestProblem } from '../engine/manifest.js';
 import { readImageHeader, readImageInfo } from '../image/format.js';
 import { buildManifest, MANIFEST_TYPE, type CheckpointConfig, type Summary } from './artifact.js';
-import { chunkFile, DEFAULT_CHUNKING, type Chunking } from './chunker.js';
+import { chunkFile, type Chunking } from './chunker.js';
 import { drain, RegistryClient, type Body, type ClientOptions } from './client.js';
+import { eachLimited, PARALLEL } from './parallel.js';
 import { formatReference, parseReference } from './reference.js';
 
 export interface PushOptions extends ClientOptions {
-  /** Where the file is cut into layers (default DEFAULT_CHUNKING). */
+  /** Where the file is cut into layers (default chunkingFor(the file's size)). */
   chunking?: Chunking;
 }
 
@@ -58,7 +59,7 @@ export async function pushCheckpoint(
       `push needs a tag, not a digest (${refText}): the digest is the registry's to compute. Write ${ref.registry}/${ref.repository}:TAG.`,
     );
   const described = await summarize(file);
-  const { chunks, size, digest } = await chunkFile(file, options.chunking ?? DEFAULT_CHUNKING);
+  const { chunks, size, digest } = await chunkFile(file, options.chunking);
   const config: CheckpointConfig = { size, digest, ...described };
   const configBytes = Buffer.from(JSON.stringify(config));
   const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
@@ -74,15 +75,14 @@ export async function pushCheckpoint(
       result.uploaded++;
       result.bytesUploaded += length;
     };
-    const seen = new Set<string>();
-    for (const c of chunks) {
-      if (seen.has(c.digest)) continue;
-      seen.add(c.digest);
-      await send(c.digest, c.length, () =>
-        createReadStream(file, { start: c.offset, end: c.offset + c.length - 1 }),
-      );
-    }
+    // The config first and alone: it logs in once for all that follow.
     await send(configDigest, configBytes.length, configBytes);
+    const unique = [...new Map(chunks.map((c) => [c.digest, c])).values()];
+    await eachLimited(unique, PARALLEL, (c) =>
+      send(c.digest, c.length, () =>
+        createReadStream(file, { start: c.offset, end: c.offset + c.length - 1 }),
+      ),
+    );
     const manifest = buildManifest(
       config,
       { digest: configDigest, size: configBytes.length },
