@@ -15,6 +15,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { pullCheckpoint, pushCheckpoint } from '../../dist/registry/index.js';
 import {
   cleanup,
@@ -22,6 +23,7 @@ import {
   describe,
   fixture,
   nodeBinaries,
+  pidAlive,
   rejectsWith,
   removeDir,
   spawnSync,
@@ -77,8 +79,12 @@ describe('checkpoints in a real registry (docker-registry 2.8, basic auth)', { s
   let env;
   let auth;
   const ref = (tag) => `${registry.host}/team/state:${tag}`;
-  const run = (args, extra = {}) =>
-    spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...env, ...extra } });
+  const run = (args, extra = {}, stdio = 'pipe') =>
+    spawnSync(process.execPath, [cli, ...args], {
+      encoding: 'utf8',
+      env: { ...env, ...extra },
+      stdio,
+    });
 
   before(async () => {
     registry = await startRegistry({ user: USER, password: PASSWORD });
@@ -209,6 +215,28 @@ describe('checkpoints in a real registry (docker-registry 2.8, basic auth)', { s
       [],
       'the pulled file is removed',
     );
+  });
+
+  test('checkpt -r -d oci://REF prints the pid of the running copy; the pulled file is gone by then', async () => {
+    assert.equal(run(['push', file, ref('detach')]).status, 0);
+    const before = new Set(pullDirs());
+    // The copy inherits stdout, as a shell's background job would: a file, not a pipe to wait on.
+    const outFile = join(dir, 'detached.out');
+    const fd = openSync(outFile, 'w');
+    const r = run(['-r', '-d', '--trust-file', `oci://${ref('detach')}`], {}, ['ignore', fd, fd]);
+    closeSync(fd);
+    const out = readFileSync(outFile, 'utf8');
+    assert.equal(r.status, 0, out);
+    const pid = Number(out.split('\n').find((l) => /^\d+$/.test(l)));
+    assert.ok(pid > 1, `printed a pid: ${out}`);
+    assert.deepEqual(
+      pullDirs().filter((d) => !before.has(d)),
+      [],
+      'the pulled file is removed',
+    );
+    // The copy ends by itself (state.mjs's timer); killed by pid if it has not within 30 s.
+    for (const end = Date.now() + 30_000; pidAlive(pid) && Date.now() < end;) await sleep(50);
+    if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
   });
 
   test('a plain checkpoint from a registry is resumed only with --trust-file', () => {
