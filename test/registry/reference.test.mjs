@@ -4,7 +4,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../../dist/common/errors.js';
 import { authFiles, findCredentials, parseChallenge } from '../../dist/registry/auth.js';
-import { chunkFile } from '../../dist/registry/chunker.js';
+import { chunkFile, chunkingFor } from '../../dist/registry/chunker.js';
+import { INSECURE_REGISTRIES } from '../../dist/common/config.js';
 import { formatReference, parseReference } from '../../dist/registry/reference.js';
 import { describe, scratchDir, test } from '../helpers.mjs';
 
@@ -137,5 +138,29 @@ describe('registry references, credentials and chunks', { unit: true }, () => {
     assert.notEqual(a.digest, bc.digest);
     // The same bytes, the same cuts.
     assert.deepEqual((await chunkFile(join(dir, 'a'), chunking)).chunks, a.chunks);
+  });
+
+  test('layers are sized by the file: about 256 of them, units of 64 KiB to 4 MiB', () => {
+    const K = 1024;
+    assert.deepEqual(chunkingFor(0), { min: 64 * K, avg: 64 * K, max: 512 * K });
+    assert.deepEqual(chunkingFor(27e6), { min: 64 * K, avg: 64 * K, max: 512 * K });
+    assert.equal(chunkingFor(2 ** 30).min, 2 * K * K);
+    assert.equal(chunkingFor(2 ** 40).min, 4 * K * K);
+    // Files of about the same size are cut by the same rule.
+    assert.deepEqual(chunkingFor(300e6), chunkingFor(310e6));
+  });
+
+  test('CHECKPT_INSECURE_REGISTRIES: hosts as in references, anything else refused', () => {
+    const get = (v) => INSECURE_REGISTRIES.get({ CHECKPT_INSECURE_REGISTRIES: v });
+    assert.deepEqual(get(''), []);
+    assert.deepEqual(get('localhost:5000, [::1]:5000,r.io'), [
+      'localhost:5000',
+      '[::1]:5000',
+      'r.io',
+    ]);
+    assert.throws(
+      () => get('http://r.io'),
+      (e) => e.code === 'EBADCONFIG',
+    );
   });
 });
