@@ -33,7 +33,8 @@ async function run(c: RunnableCommand): Promise<number> {
   switch (c.cmd) {
     case 'inspect': {
       if (!isOciRef(c.file)) return inspect(c);
-      const pulled = await pullTemporary(c.file);
+      const progress = terminalProgress({ style: 'line' });
+      const pulled = await pullTemporary(c.file, { progress }).finally(() => progress.end());
       try {
         // A pulled file is ours: whoever pushed it is what --trust-file is about, not its directory.
         return await inspect({ ...c, file: pulled.file, trust: true }, c.file);
@@ -42,16 +43,18 @@ async function run(c: RunnableCommand): Promise<number> {
       }
     }
     case 'push': {
-      const r = await pushCheckpoint(c.file, c.ref);
+      const progress = terminalProgress({ style: 'line' });
+      const r = await pushCheckpoint(c.file, c.ref, { progress }).finally(() => progress.end());
       process.stdout.write(
         `checkpt: pushed ${c.file} (${r.size} bytes, ${r.layers} layers: ${r.uploaded} blobs sent, ${r.skipped} already there)\n${r.reference}\n`,
       );
       return 0;
     }
     case 'pull': {
-      const r = await pullCheckpoint(c.ref, c.file);
+      const progress = terminalProgress({ style: 'line' });
+      const r = await pullCheckpoint(c.ref, c.file, { progress }).finally(() => progress.end());
       process.stdout.write(
-        `checkpt: pulled ${c.ref}@${r.digest} into ${c.file} (${r.size} bytes)\n`,
+        `checkpt: pulled ${c.ref} into ${c.file} (${r.size} bytes, manifest ${r.digest})\n`,
       );
       return 0;
     }

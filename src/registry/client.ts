@@ -2,6 +2,7 @@ import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Readable } from 'node:stream';
 import { INSECURE_REGISTRIES } from '../common/config.js';
+import type { ProgressSink } from '../common/progress.js';
 import { CheckptError, errnoOf } from '../common/errors.js';
 import { basicHeader, findCredentials, parseChallenge, type Credentials } from './auth.js';
 import { endpointHost, formatReference, type Reference } from './reference.js';
@@ -11,6 +12,8 @@ export interface ClientOptions {
   plainHttp?: boolean;
   /** Extra CA certificates (PEM) to trust, besides Node's (and NODE_EXTRA_CA_CERTS). */
   ca?: string | Buffer;
+  /** Told how many bytes of the file were sent or fetched so far (`push` counts blobs already there). */
+  progress?: ProgressSink;
   /** How long a connection may stay silent, in ms (default 30 s). */
   idleMs?: number;
   env?: NodeJS.ProcessEnv;

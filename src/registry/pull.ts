@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { TMPDIR } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
+import type { ProgressSink } from '../common/progress.js';
 import { manifestProblem } from '../engine/manifest.js';
 import { ownerTag, sweepOrphans } from '../engine/staging.js';
 import { createTemp, readImageHeader, syncDir, verifyImage } from '../image/format.js';
@@ -107,7 +108,9 @@ async function download(
   config: CheckpointConfig,
   fh: FileHandle,
   tmp: string,
+  progress: ProgressSink | undefined,
 ): Promise<void> {
+  let done = 0;
   const places: Array<{ layer: Descriptor; at: number }> = [];
   let at = 0;
   for (const layer of manifest.layers) {
@@ -128,6 +131,8 @@ async function download(
       hash.update(chunk);
       await writeAll(fh, chunk, start + n);
       n += chunk.length;
+      done += chunk.length;
+      progress?.update('pulling', done, config.size);
     }
     const got = `sha256:${hash.digest('hex')}`;
     if (n !== layer.size || got !== layer.digest) throw changedBlob(client, layer, got, n);
@@ -187,7 +192,7 @@ export async function pullCheckpoint(
     options.accept?.(config);
     const { fh, tmp } = await createTemp(target);
     try {
-      await download(client, manifest, config, fh, tmp);
+      await download(client, manifest, config, fh, tmp, options.progress);
       await fh.close();
       await checkFile(tmp, client.name);
       await rename(tmp, target);

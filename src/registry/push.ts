@@ -65,15 +65,22 @@ export async function pushCheckpoint(
   const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
   const client = new RegistryClient(ref, 'pull,push', options);
   const result = { uploaded: 0, skipped: 0, bytesUploaded: 0 };
+  let done = 0;
+  const moved = (n: number): void => {
+    done += n;
+    options.progress?.update('pushing', done, size);
+  };
   try {
     const send = async (blobDigest: string, length: number, body: Body): Promise<void> => {
       if (await hasBlob(client, blobDigest)) {
         result.skipped++;
+        moved(length);
         return;
       }
       await uploadBlob(client, blobDigest, length, body);
       result.uploaded++;
       result.bytesUploaded += length;
+      moved(length);
     };
     // The config first and alone: it logs in once for all that follow.
     await send(configDigest, configBytes.length, configBytes);

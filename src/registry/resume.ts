@@ -28,6 +28,10 @@ export async function resumeFromRegistry(
     accept: (config) => {
       if (!trusting && !config.encrypted) throw untrusted(ref);
     },
+  }).catch((e: unknown) => {
+    // resume() ends the progress it was given; a pull that failed before it must too.
+    options.progress?.end();
+    throw e;
   });
   try {
     if (!trusting && !(await readImageHeader(pulled.file)).encrypted)
