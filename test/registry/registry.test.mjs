@@ -164,6 +164,23 @@ describe('checkpoints in a real registry (docker-registry 2.8, basic auth)', { s
     assert.deepEqual(leftovers(dir), [], 'no temporary file');
   });
 
+  test('the next checkpoint of the same process shares layers with the one before', async (t) => {
+    const first = join(dir, 'first.ckpt');
+    const second = join(dir, 'second.ckpt');
+    const p = startNode(node, fixture('twice.mjs'), [first, second]);
+    await waitFor(p, (e) => e.event === 'done', 'two checkpoints');
+    await within(p.closed, 'the program to end', 30_000);
+    const a = await within(pushCheckpoint(first, ref('first'), { env }), 'push');
+    const b = await within(pushCheckpoint(second, ref('second'), { env }), 'push');
+    assert.equal(a.skipped, 0);
+    t.diagnostic(
+      `${b.skipped} of ${b.layers} layers, ${b.size - b.bytesUploaded} of ${b.size} bytes shared`,
+    );
+    // Measured about half; any shared layer shows the cuts follow the content.
+    assert.ok(b.skipped >= 1, `${b.skipped} of ${b.layers} layers shared`);
+    assert.ok(b.bytesUploaded < b.size, `${b.bytesUploaded} of ${b.size} bytes sent`);
+  });
+
   test('a blob changed in the registry is refused by its digest; nothing written, nothing resumed', async () => {
     const pushed = await within(pushCheckpoint(file, ref('tampered'), { env }), 'push');
     const m = await (
