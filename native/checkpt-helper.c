@@ -20,6 +20,10 @@
  *     Without --fifo the restored program is not waiting to be told (it was dumped from outside).
  *     --eof-fd FD: FD becomes the read end of an empty pipe whose write end is closed (for CRIU's
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
+ *
+ *   checkpt-helper serve-pages [--stage-only]
+ *     The page server of a lazy restore, checking memory chunks itself (native/page-server.c);
+ *     --stage-only: no daemon, it checks and stages an eager restore's memory.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -51,6 +55,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "criu-rpc.h"
+#include "page-server.h"
 
 #define EXIT_RESTORE_FAILED 125
 #define EXIT_USAGE 126
@@ -1219,7 +1224,10 @@ int main(int argc, char **argv) {
   if (argc >= 3 && !strcmp(argv[1], "unrepair")) return cmd_unrepair(argc - 2, argv + 2);
   if (argc == 2 && !strcmp(argv[1], "rpc-decode")) return cmd_rpc_decode();
   if (argc >= 2 && !strcmp(argv[1], "rpc-request")) return cmd_rpc_request(argc - 2, argv + 2);
-  if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 1"); return 0; }
+  if (argc == 2 && !strcmp(argv[1], "serve-pages")) return cmd_serve_pages(0);
+  if (argc == 3 && !strcmp(argv[1], "serve-pages") && !strcmp(argv[2], "--stage-only"))
+    return cmd_serve_pages(1);
+  if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 2"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;
 }

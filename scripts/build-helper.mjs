@@ -28,7 +28,13 @@ if (install && (await prebuiltWork())) process.exit(0);
 
 const targets = [
   // CRIU's RPC messages (the dump front's) in a file of their own.
-  { name: 'checkpt-helper', src: 'checkpt-helper.c', more: ['criu-rpc.c'], flags: [] },
+  {
+    name: 'checkpt-helper',
+    src: 'checkpt-helper.c',
+    more: ['criu-rpc.c', 'page-server.c'],
+    // The page server's checker thread.
+    flags: ['-pthread'],
+  },
   {
     name: 'libcheckpt-nouring.so',
     src: 'nouring.c',
@@ -49,7 +55,7 @@ const targets = [
 
 const cc = process.env.CC || 'cc';
 // A shared header changes every target that includes it.
-const headers = ['napi-min.h', 'criu-rpc.h']
+const headers = ['napi-min.h', 'criu-rpc.h', 'page-server.h']
   .map((h) => join(root, 'native', h))
   .filter((h) => existsSync(h))
   .map((h) => statSync(h).mtimeMs);

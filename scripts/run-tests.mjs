@@ -1,7 +1,8 @@
 // Runs every test file under test/ with Node's own runner, whose summary counts passes and failures.
 // --unit: only the pure-logic tests (CHECKPT_TEST_UNIT=1 skips the rest, each saying so), in seconds.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 
 const root = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..');
@@ -19,6 +20,8 @@ const files = (named.length > 0 ? named : find(join(root, 'test'))).map((f) => r
 // Real CRIU dumps compete for 2 cores; one file at a time keeps timings sane. Each test bounds
 // itself (test/helpers.mjs: TEST_MS, UNIT_MS) and says what still ran; the runner's limit, a
 // little longer than the longest test's own, is the last net.
+// The checkpt commands the tests run keep their compile cache here, not in the user's.
+const cache = mkdtempSync(join(tmpdir(), 'checkpt-test-cache-'));
 const r = spawnSync(
   process.execPath,
   [
@@ -30,7 +33,12 @@ const r = spawnSync(
   {
     cwd: root,
     stdio: 'inherit',
-    env: unit ? { ...process.env, CHECKPT_TEST_UNIT: '1' } : process.env,
+    env: {
+      ...process.env,
+      XDG_CACHE_HOME: cache,
+      ...(unit ? { CHECKPT_TEST_UNIT: '1' } : {}),
+    },
   },
 );
+rmSync(cache, { recursive: true, force: true });
 process.exit(r.status ?? 1);

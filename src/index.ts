@@ -12,6 +12,8 @@ export {
   type CheckptOptions,
   type RestoreInfo,
 } from './api/checkpt.js';
+export { checkpointEvery, type EveryOptions, type PeriodicCheckpoints } from './api/every.js';
+export { parseDuration } from './common/duration.js';
 export { CheckptError, isCheckptError, type CheckptErrorCode } from './common/errors.js';
 export { expandTemplate, defaultCheckpointFile, DEFAULT_TEMPLATE } from './common/template.js';
 export {

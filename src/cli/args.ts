@@ -1,4 +1,7 @@
+import { CheckptError } from '../common/errors.js';
+import { parseDuration } from '../common/duration.js';
 import { TRUST_FLAG } from '../common/flags.js';
+import { DEFAULT_RESTARTS } from '../launcher/restart.js';
 
 /** The commands the CLI understands, as plain data; parsing knows nothing about doing them. */
 export type Command =
@@ -21,6 +24,12 @@ export type Command =
       file?: string;
       key: number | null;
       pty: boolean;
+      /** --every: milliseconds between periodic checkpoints. */
+      every?: number;
+      /** --keep: how many periodic checkpoints are kept (default 3). */
+      keep?: number;
+      /** --restart[=MAX]: resume the newest good checkpoint when the program fails, at most MAX times in a row. */
+      restart?: number;
     }
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'unlock'; file: string; trust?: true }
@@ -139,6 +148,9 @@ function parseRun(args: readonly string[]): Command {
   let file: string | undefined;
   let key: number | null = CTRL_E;
   let pty = true;
+  let every: number | undefined;
+  let keep: number | undefined;
+  let restart: number | undefined;
   let i = 0;
   for (; i < args.length; i++) {
     const a = args[i] as string;
@@ -147,6 +159,19 @@ function parseRun(args: readonly string[]): Command {
       break;
     }
     if (a === '--no-pty') pty = false;
+    else if (a === '--every' || a.startsWith('--every=')) {
+      const v = a === '--every' ? args[++i] : a.slice('--every='.length);
+      every = duration(v ?? '', '--every');
+    } else if (a === '--keep' || a.startsWith('--keep=')) {
+      const v = a === '--keep' ? args[++i] : a.slice('--keep='.length);
+      keep = count(v, '--keep', 'how many periodic checkpoints to keep, e.g. --keep 3');
+    } else if (a === '--restart') restart = DEFAULT_RESTARTS;
+    else if (a.startsWith('--restart='))
+      restart = count(
+        a.slice('--restart='.length),
+        '--restart',
+        'at most how many restarts in a row, e.g. --restart=5',
+      );
     else if (a === '--key') key = parseKey(args[++i], 'run');
     else if (a === '--file' || a === '-f') {
       file = args[++i];
@@ -160,7 +185,11 @@ function parseRun(args: readonly string[]): Command {
   const [command, ...cmdArgs] = args.slice(i);
   if (command === undefined)
     throw new UsageError(
-      'run: what to run? Usage: checkpt run [--file T] [--key K] -- COMMAND [ARGS...]',
+      'run: what to run? Usage: checkpt run [--file T] [--key K] [--every D [--keep N]] [--restart[=MAX]] -- COMMAND [ARGS...]',
+    );
+  if (keep !== undefined && every === undefined)
+    throw new UsageError(
+      'run: --keep counts periodic checkpoints; give --every too, e.g. --every 1m --keep 3.',
     );
   return {
     cmd: 'run',
@@ -169,7 +198,26 @@ function parseRun(args: readonly string[]): Command {
     key,
     pty,
     ...(file === undefined ? {} : { file }),
+    ...(every === undefined ? {} : { every, keep: keep ?? 3 }),
+    ...(restart === undefined ? {} : { restart }),
   };
+}
+
+function duration(v: string, flag: string): number {
+  try {
+    return parseDuration(v, `${flag} interval`);
+  } catch (e) {
+    if (e instanceof CheckptError) throw new UsageError(`run: ${e.message}`);
+    throw e;
+  }
+}
+
+function count(v: string | undefined, flag: string, hint: string): number {
+  if (v === undefined || !/^[1-9][0-9]{0,5}$/.test(v))
+    throw new UsageError(
+      `run: ${flag} takes a whole number of at least 1 (got '${v ?? ''}'): ${hint}.`,
+    );
+  return Number(v);
 }
 
 /** `^E`, `C-e`, `ctrl-e` or `none`: the key that asks for a checkpoint on the terminal. */

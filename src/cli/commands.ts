@@ -22,6 +22,7 @@ import {
 import type { Command } from './args.js';
 import { formatHeader, formatInspect } from './inspect.js';
 import { terminalProgress } from './progress.js';
+import { runSupervised } from './restart.js';
 import { holdRequests, supervise } from './supervise.js';
 
 const EXIT_FAILED = 125;
@@ -147,6 +148,8 @@ async function run(c: RunnableCommand): Promise<number> {
       });
     }
     case 'run': {
+      if (c.every !== undefined || c.restart !== undefined)
+        return runSupervised({ ...c, keep: c.keep ?? 3 });
       const held = holdRequests();
       const r = await runProgram({
         command: c.command,

@@ -32,6 +32,14 @@ Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]
   --file T     checkpoint file name template (also given to the program as CHECKPT_FILE)
   --key K      the checkpoint key on the terminal: ^E (default), ^G, C-g, ..., or none
   --no-pty     run on checkpt's own terminal (no key, copies not re-checkpointable there)
+  --every D    also checkpoint it from outside every D (500ms, 30s, 5m, 1h) into T's rotation:
+               app.ckpt gives app.1.ckpt, app.2.ckpt, ...; each durable and verified before
+               the oldest goes. Refused when the first checkpoint takes longer than D.
+  --keep N     keep the newest N of them (default 3)
+  --restart[=MAX]  when it crashes (a signal other than HUP, INT, TERM, PIPE) or exits
+               non-zero, resume the newest good checkpoint of --every's rotation (none yet:
+               start it anew), after a back-off, at most MAX (default 5) times in a row; a copy
+               dying at once falls back to the one before, then checkpt gives up
 
 Resume:
   In the foreground (default) the program gets checkpt's own stdin, stdout and stderr, signals

@@ -1,6 +1,6 @@
 import { checkpointSignals } from '../common/signals.js';
-import type { Running } from '../engine/helper.js';
-import { Supervisor } from '../launcher/supervisor.js';
+import type { ExitStatus, Running } from '../engine/helper.js';
+import { Supervisor, type SupervisorOptions } from '../launcher/supervisor.js';
 import { terminalProgress } from './progress.js';
 import { exitLike, relaySignals } from '../launcher/signals.js';
 
@@ -44,19 +44,31 @@ export function holdRequests(): HeldRequests {
   };
 }
 
+export interface SuperviseOptions {
+  generation: number;
+  pty: boolean;
+  template?: string;
+  held?: HeldRequests;
+  beforeExit?: () => Promise<void>;
+  /** A resume's stopping signals, held until the relay below listens (src/engine/restore.ts). */
+  takeSignals?: () => NodeJS.Signals[];
+  /** `--every`: periodic checkpoints into a rotation (src/launcher/supervisor.ts). */
+  periodic?: SupervisorOptions['periodic'];
+  onPeriodic?: (file: string) => void;
+}
+
 /** Waits for the program, carrying out checkpoint requests and passing signals on meanwhile. */
-export async function supervise(
+export async function supervise(r: Running, o: SuperviseOptions): Promise<number> {
+  const { status, stopped } = await superviseOnce(r, o);
+  if (stopped) return 0;
+  return exitLike(status);
+}
+
+/** As supervise(), but says how the program ended instead of ending checkpt the same way. */
+export async function superviseOnce(
   r: Running,
-  o: {
-    generation: number;
-    pty: boolean;
-    template?: string;
-    held?: HeldRequests;
-    beforeExit?: () => Promise<void>;
-    /** A resume's stopping signals, held until the relay below listens (src/engine/restore.ts). */
-    takeSignals?: () => NodeJS.Signals[];
-  },
-): Promise<number> {
+  o: SuperviseOptions,
+): Promise<{ status: ExitStatus; stopped: boolean }> {
   // On its own pseudo-terminal our terminal is raw: a line needs its carriage return.
   const raw = o.pty && process.stdin.isTTY === true;
   const sup = new Supervisor({
@@ -66,6 +78,8 @@ export async function supervise(
     // A program frozen until it is killed cannot write meanwhile; one that runs on owns the screen.
     progress: (exit) => terminalProgress({ style: exit ? 'line' : 'title' }),
     ...(o.template === undefined ? {} : { template: o.template }),
+    ...(o.periodic === undefined ? {} : { periodic: o.periodic }),
+    ...(o.onPeriodic === undefined ? {} : { onPeriodic: o.onPeriodic }),
   });
   const stop = sup.install();
   const unrelay = relaySignals(() => r.initPid, { terminalSignals: !raw });
@@ -74,10 +88,10 @@ export async function supervise(
   for (const exit of o.held?.release() ?? []) sup.request(exit);
   // Signals for the program that came while it started: passed on now, in order.
   for (const s of o.held?.signals ?? []) process.kill(process.pid, s);
-  const st = await r.exited;
+  const status = await r.exited;
   unrelay();
-  stop();
+  // A checkpoint in progress ends (it fails: the program is gone) before anything else happens.
+  await stop();
   await o.beforeExit?.();
-  if (sup.stoppedByCheckpoint) return 0;
-  return exitLike(st);
+  return { status, stopped: sup.stoppedByCheckpoint !== undefined };
 }

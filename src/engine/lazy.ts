@@ -38,21 +38,33 @@ export interface ServedPages {
   onFailure(e: Error): void;
 }
 
+/** A lazy-pages daemon starting. */
+export interface LazyStart {
+  /** Resolves once the daemon listens for the restore, or with undefined when it cannot run here. */
+  ready: Promise<LazyPages | undefined>;
+  /** Stops the daemon (and the page server); returns who was signalled. */
+  stop(): number[];
+  pid: number | undefined;
+  /**
+   * With a page server: attaches it, once, before the restore starts (the daemon only reads from
+   * it then); undefined when the daemon has already gone.
+   */
+  serve(served: ServedPages): PageServer | undefined;
+}
+
 /**
  * Starts `criu lazy-pages` on the images; `ready` resolves once it listens for the restore, or
  * with undefined when it cannot run here (no userfaultfd): the restore then loads memory eagerly.
  * `stop` works from the start, so a caller interrupted meanwhile leaves no daemon behind. With
- * `served`, the daemon reads the lazy pages from a page server on a socketpair instead.
+ * `pageServer`, the daemon reads the lazy pages from a page server on a socketpair instead, which
+ * `serve` attaches: the daemon's own start (CRIU's probes of the kernel) overlaps the restore's
+ * preparation.
  */
-export function startLazyPages(
-  imagesDir: string,
-  workDir: string,
-  served?: ServedPages,
-): { ready: Promise<LazyPages | undefined>; stop(): number[]; pid: number | undefined } {
+export function startLazyPages(imagesDir: string, workDir: string, pageServer = false): LazyStart {
   trace('lazy-pages');
-  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, served !== undefined), {
+  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, pageServer), {
     statusFd: true,
-    pageSocket: served !== undefined,
+    pageSocket: pageServer,
   });
   const exited = daemon.result.then(({ status, signal }) => ({ code: status, signal }));
   let server: PageServer | undefined;
@@ -65,27 +77,35 @@ export function startLazyPages(
     for (const p of tree) signalQuietly(p, 'SIGKILL');
     return tree;
   };
-  if (served && daemon.pageSocket)
-    server = servePages(daemon.pageSocket, served.pages, served.plan, served.file, (e) => {
+  const serve = (served: ServedPages): PageServer | undefined => {
+    if (server) throw new Error('internal: the page server is attached once');
+    if (!daemon.pageSocket || !daemon.running()) return undefined;
+    const s = servePages(daemon.pageSocket, served.pages, served.plan, served.file, (e) => {
       stop();
       served.onFailure(e);
     });
-  // How the server ended is known by the time the daemon has exited: the daemon waits for our
-  // answer to its goodbye before it exits, and a failed read kills it after the failure is noted.
-  let outcome: { closed: boolean } | { error: Error } = { closed: false };
-  void server?.done.then(
-    (closed) => (outcome = { closed }),
-    (error: unknown) => (outcome = { error: error as Error }),
-  );
+    server = s;
+    // Checked and staged ahead of the daemon, from now on: most of a faulting copy's waits and the
+    // daemon's background fill then find their blocks ready. A damaged chunk stops the copy here.
+    // (The server checks the entries it has a table for itself.)
+    const ours = new Map([...served.plan.lazy].filter(([e]) => !served.pages.direct(e)));
+    served.pages.ensureRanges(ours).catch((e: unknown) => {
+      if (!daemon.running()) return;
+      stop();
+      served.onFailure(e as Error);
+    });
+    return s;
+  };
   const ready = new Promise<LazyPages | undefined>((resolve) => {
     let listening = false;
     daemon.status?.once('data', () => {
       listening = true;
-      const done = exited.then(({ code, signal }) => {
-        if (server) {
-          // A failed read stopped the daemon: that failure is the reason, not its death.
-          if ('error' in outcome) throw outcome.error;
-          if (code === 0 && !outcome.closed)
+      const done = exited.then(async ({ code, signal }) => {
+        if (pageServer) {
+          // The server ends with the daemon's end of the socket: a failed read stopped the daemon,
+          // and that failure is the reason, not its death.
+          const closed = server ? await server.done : false;
+          if (code === 0 && !closed)
             throw new CheckptError(
               'ERESTORE',
               `CRIU's lazy-pages daemon exited without closing its page server connection, so the copy may not have all of its memory; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).`,
@@ -105,5 +125,5 @@ export function startLazyPages(
       if (!listening) resolve(undefined);
     });
   });
-  return { ready, stop, pid: daemon.pid };
+  return { ready, stop, pid: daemon.pid, serve };
 }

@@ -22,7 +22,7 @@ const WHAT: Record<NativePart, string> = {
 };
 
 /** What `checkpt-helper --version` answers; another answer is a helper of another checkpt. */
-const HELPER_VERSION = 'checkpt-helper 1';
+const HELPER_VERSION = 'checkpt-helper 2';
 
 /** Written into build/ by scripts/build-helper.mjs when compiling failed, removed when it worked. */
 export const BUILD_FAILED_FILE = '.build-failed';

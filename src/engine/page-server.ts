@@ -1,8 +1,7 @@
 /**
  * The page server CRIU's lazy-pages daemon reads a copy's memory from (`criu lazy-pages
- * --page-server --ps-socket 4`), answering from a PageSource: every byte it sends passed its
- * chunk's check. The protocol is CRIU's (criu/page-xfer.c), over a socketpair only checkpt and the
- * daemon hold: no address, nothing another process could connect to.
+ * --page-server --ps-socket 4`). The protocol is CRIU's (criu/page-xfer.c), over a socketpair only
+ * checkpt and the daemon hold: no address, nothing another process could connect to.
  *
  * Each message is a `struct page_server_iov` (32 bytes, little-endian, natural alignment):
  * u32 cmd (command in the low 16 bits, flags above), 4 bytes padding, u64 nr_pages, u64 vaddr,
@@ -12,24 +11,37 @@
  * and nr_pages, vaddr, dst_id echoed, then nr_pages * 4096 bytes. At its end it sends
  * PS_IOV_FORCE_CLOSE (PS_IOV_CLOSE without --ps-socket) and waits for an s32 status, 0. There is
  * no feature handshake on this path.
+ *
+ * The answering is native (`checkpt-helper serve-pages`, native/page-server.c): a fault then costs
+ * a few microseconds, not a turn of this event loop. It sends only checked blocks: those this
+ * side reports as staged (staged-pages.ts), and, for plain and zstd chunks, those its own checker
+ * thread read, hashed against the file's table and staged, urgent ones first, the rest in order.
  */
 
+import { spawn, type StdioOptions } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import { locate, PAGE_SIZE, type MemoryPlan } from './pagemap.js';
-import type { StagedPages } from './staged-pages.js';
+import { helperPath } from './native.js';
+import type { MemoryPlan, Range } from './pagemap.js';
+import { BLOCK, type StagedPages } from './staged-pages.js';
 
-const IOV_SIZE = 32;
-const PS_IOV_ADD_F = 6;
-const PS_IOV_GET = 7;
-const PS_IOV_CLOSE = 0x1023;
-const PS_IOV_FORCE_CLOSE = 0x1024;
-const PS_CMD_MASK = 0xffff;
-const PE_PRESENT = 4;
-/** The most read at once: what CRIU's daemon asks for at most (MAX_XFER_LEN in criu/uffd.c). */
-const MAX_PIECE = 4 * 1024 * 1024;
-/** Requests waiting for their turn; the daemon has one per task in flight, plus faults. */
-const MAX_QUEUED = 4096;
+const PLAN_MAGIC = 0x53504b43;
+const MSG_STAGED = 1;
+const MSG_NEED = 2;
+const MSG_PLANNED = 3;
+const MSG_STAGE = 4;
+const MSG_SIZE = 16;
+/** native/page-server.c's exit statuses. */
+const EXIT_CLOSED = 0;
+const EXIT_HUNG_UP = 3;
+const EXIT_DAMAGED = 4;
+/** The server's fds: the checkpoint file, then the staged images. */
+const CKPT_FD = 5;
+
+type Pages = Pick<
+  StagedPages,
+  'entries' | 'ensure' | 'ensureRanges' | 'onBlock' | 'fdOf' | 'direct' | 'damaged' | 'noteStaged'
+>;
 
 export interface PageServer {
   /**
@@ -37,62 +49,127 @@ export interface PageServer {
    * rejects on a request outside the pagemap, a broken connection, or a read that failed its check.
    */
   done: Promise<boolean>;
+  /**
+   * Has `ranges` of each image checked and staged, for CRIU's restore to read itself: by the
+   * server for the images it checks, by `pages` for the rest. Rejects as serving fails.
+   */
+  stage(ranges: ReadonlyMap<string, readonly Range[]>): Promise<void>;
   /** Stops answering and closes the connection. */
   stop(): void;
+  /** Without a daemon: tells the server it is done; settles as `done`. */
+  finish(): Promise<boolean>;
 }
 
-interface Request {
-  cmd: number;
-  nrPages: bigint;
-  vaddr: bigint;
-  dstId: bigint;
-}
-
-function parse(buf: Buffer): Request {
-  return {
-    cmd: buf.readUInt32LE(0),
-    nrPages: buf.readBigUInt64LE(8),
-    vaddr: buf.readBigUInt64LE(16),
-    dstId: buf.readBigUInt64LE(24),
-  };
-}
-
-function header(r: Request): Buffer {
-  const buf = Buffer.alloc(IOV_SIZE);
-  buf.writeUInt32LE(((PE_PRESENT << 16) | PS_IOV_ADD_F) >>> 0, 0);
-  buf.writeBigUInt64LE(r.nrPages, 8);
-  buf.writeBigUInt64LE(r.vaddr, 16);
-  buf.writeBigUInt64LE(r.dstId, 24);
+/**
+ * The plan native/page-server.c reads: each image's size and, when the server checks it itself,
+ * its chunk table; then every lazy entry by pid and vaddr.
+ */
+export function encodePlan(
+  plan: MemoryPlan,
+  names: readonly string[],
+  pages: Pick<Pages, 'entries' | 'direct'>,
+): Buffer {
+  const index = new Map(names.map((n, i) => [n, i]));
+  const rows: { pid: number; file: number; vaddr: number; bytes: number; offset: number }[] = [];
+  for (const [pid, t] of plan.tasks) {
+    const file = index.get(t.pages);
+    if (file === undefined) continue;
+    t.vaddr.forEach((vaddr, i) => {
+      if (t.lazy[i])
+        rows.push({ pid, file, vaddr, bytes: t.bytes[i] ?? 0, offset: t.offset[i] ?? 0 });
+    });
+  }
+  rows.sort((a, b) => a.pid - b.pid || a.vaddr - b.vaddr);
+  const tables = names.map((n) => pages.direct(n));
+  const chunks = tables.reduce((sum, t) => sum + (t?.offsets.length ?? 0), 0);
+  const buf = Buffer.alloc(16 + names.length * 16 + chunks * 48 + rows.length * 32);
+  buf.writeUInt32LE(PLAN_MAGIC, 0);
+  buf.writeUInt32LE(names.length, 4);
+  buf.writeUInt32LE(rows.length, 8);
+  buf.writeUInt32LE(BLOCK, 12);
+  let at = 16;
+  names.forEach((n, i) => {
+    const t = tables[i];
+    buf.writeBigUInt64LE(BigInt(pages.entries.get(n) ?? 0), at);
+    buf.writeUInt32LE(t ? 1 : 0, at + 8);
+    buf.writeUInt32LE(t?.offsets.length ?? 0, at + 12);
+    at += 16;
+    t?.offsets.forEach((offset, c) => {
+      buf.writeBigUInt64LE(BigInt(offset), at);
+      buf.writeUInt32LE(t.stored[c] ?? 0, at + 8);
+      buf.writeUInt32LE(t.zstd ? 1 : 0, at + 12);
+      (t.hashes[c] ?? Buffer.alloc(32)).copy(buf, at + 16, 0, 32);
+      at += 48;
+    });
+  });
+  for (const r of rows) {
+    buf.writeUInt32LE(r.pid, at);
+    buf.writeUInt32LE(r.file, at + 4);
+    buf.writeBigUInt64LE(BigInt(r.vaddr), at + 8);
+    buf.writeBigUInt64LE(BigInt(r.bytes), at + 16);
+    buf.writeBigUInt64LE(BigInt(r.offset), at + 24);
+    at += 32;
+  }
   return buf;
 }
 
 /**
- * Serves `plan`'s lazy pages from `pages` on `socket`. `onError` is called once, at once, when
- * serving fails: the caller stops the copy before anything else can run on it.
+ * Serves `plan`'s lazy pages from `pages` on `socket`, which the native server takes over (this
+ * process closes its own copy); without a socket the server only stages what `stage` asks. `onError`
+ * is called once, at once, when serving fails: the caller stops the copy before anything else can
+ * run on it.
  */
 export function servePages(
-  socket: Duplex,
-  pages: Pick<StagedPages, 'read' | 'readNow'>,
+  socket: Duplex | undefined,
+  pages: Pages,
   plan: MemoryPlan,
   file: string,
   onError: (e: Error) => void,
 ): PageServer {
-  let pending: Buffer = Buffer.alloc(0);
-  const queue: Request[] = [];
-  let busy = false;
+  const names = [...pages.entries.keys()];
+  const protocol = (what: string): CheckptError =>
+    new CheckptError(
+      'ERESTORE',
+      `CRIU's lazy-pages daemon ${what} while resuming ${file}; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).`,
+      { path: file },
+    );
+  const direct = names.map((n) => pages.direct(n)).find((d) => d !== undefined);
+  const stdio: Exclude<StdioOptions, string> = [
+    'ignore',
+    'ignore',
+    'pipe',
+    socket ?? 'ignore',
+    'pipe',
+    direct?.fd ?? 'ignore',
+  ];
+  if (stdio.length !== CKPT_FD + 1) throw new Error('internal: the page server fds are misplaced');
+  const child = spawn(helperPath(), socket ? ['serve-pages'] : ['serve-pages', '--stage-only'], {
+    stdio: [...stdio, ...names.map((n) => pages.fdOf(n))],
+  });
+  // The helper has its own copy: this one must not read a request meant for it.
+  socket?.destroy();
+  const ctl = child.stdio[4] as Duplex;
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+
   let finished = false;
+  let stopping = false;
+  let unlisten = (): void => undefined;
   let settle!: (closed: boolean) => void;
   let fail!: (e: Error) => void;
   const done = new Promise<boolean>((resolve, reject) => {
     settle = (closed) => {
       if (finished) return;
       finished = true;
+      unlisten();
       resolve(closed);
     };
     fail = (e) => {
       if (finished) return;
       finished = true;
-      socket.destroy();
+      unlisten();
+      child.kill('SIGKILL');
+      ctl.destroy();
       reject(e);
       onError(e);
     };
@@ -100,112 +177,129 @@ export function servePages(
   // The caller reads the outcome from `done` when it needs it; the failure is reported at once.
   done.catch(() => undefined);
 
-  const protocol = (what: string): CheckptError =>
-    new CheckptError(
-      'ERESTORE',
-      `CRIU's lazy-pages daemon ${what} while resuming ${file}; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).`,
-      { path: file },
-    );
-
-  // Several buffers in one writev: the header and its pages reach the daemon together.
-  const write = (...bufs: Buffer[]): Promise<void> =>
-    new Promise((resolve, reject) => {
-      socket.cork();
-      let ok = true;
-      for (const b of bufs) ok = socket.write(b) && ok;
-      socket.uncork();
-      if (ok) resolve();
-      else {
-        const onDrain = (): void => {
-          socket.off('close', onClose);
-          resolve();
-        };
-        const onClose = (): void => {
-          socket.off('drain', onDrain);
-          reject(protocol('hung up in the middle of an answer'));
-        };
-        socket.once('drain', onDrain);
-        socket.once('close', onClose);
-      }
-    });
-
-  const answer = async (r: Request): Promise<void> => {
-    const cmd = r.cmd & PS_CMD_MASK;
-    if (cmd === PS_IOV_CLOSE || cmd === PS_IOV_FORCE_CLOSE) {
-      const status = Buffer.alloc(4);
-      settle(true);
-      socket.end(status);
-      return;
-    }
-    if (cmd !== PS_IOV_GET) throw protocol(`sent an unknown command (${r.cmd})`);
-    const max = BigInt(Number.MAX_SAFE_INTEGER);
-    const at =
-      r.vaddr <= max && r.nrPages <= max / BigInt(PAGE_SIZE) && r.dstId <= 0x7fffffffn
-        ? locate(plan, Number(r.dstId), Number(r.vaddr), Number(r.nrPages))
-        : undefined;
-    if (!at)
-      throw protocol(
-        `asked for ${r.nrPages} pages at 0x${r.vaddr.toString(16)} of pid ${r.dstId}, which its page map does not hold as lazy memory`,
-      );
-    const piece = async (o: number): Promise<Buffer> => {
-      const length = Math.min(MAX_PIECE, at.length - o);
-      // Staged already (the common case once a block was needed): no wait, no second check.
-      const buf =
-        pages.readNow(at.pages, at.offset + o, length) ??
-        (await pages.read(at.pages, at.offset + o, length));
-      if (buf.length !== length)
-        throw new CheckptError(
-          'EBADIMAGE',
-          `${file}: ${at.pages} gave ${buf.length} bytes at ${at.offset + o} where ${length} were asked for; the checkpoint is truncated.`,
-          { path: file },
-        );
-      return buf;
-    };
-    // The first piece is checked before any of the answer goes out; at most MAX_PIECE is held.
-    let buf = await piece(0);
-    if (finished) return;
-    await write(header(r), buf);
-    for (let o = buf.length; o < at.length;) {
-      buf = await piece(o);
-      if (finished) return;
-      await write(buf);
-      o += buf.length;
-    }
+  const send = (type: number, entry: number, block: number): void => {
+    const m = Buffer.alloc(MSG_SIZE);
+    m.writeUInt32LE(type, 0);
+    m.writeUInt32LE(entry, 4);
+    m.writeBigUInt64LE(BigInt(block), 8);
+    ctl.write(m);
   };
+  ctl.on('error', () => undefined);
+  ctl.write(encodePlan(plan, names, pages));
+  const index = new Map(names.map((n, i) => [n, i]));
+  // At once with what is staged already, then as blocks are staged; PLANNED between the two.
+  unlisten = pages.onBlock((entry, block) => {
+    const i = index.get(entry);
+    if (i !== undefined && !finished) send(MSG_STAGED, i, block);
+  });
+  send(MSG_PLANNED, 0, 0);
 
-  const run = async (): Promise<void> => {
-    if (busy) return;
-    busy = true;
-    try {
-      for (let r = queue.shift(); r && !finished; r = queue.shift()) await answer(r);
-    } catch (e) {
-      fail(e as Error);
-    } finally {
-      busy = false;
-    }
-  };
-
-  socket.on('data', (chunk: Buffer) => {
-    if (finished) return;
+  // STAGE requests waiting for their STAGED, by "entry:block".
+  const waiting = new Map<string, () => void>();
+  let pending: Buffer = Buffer.alloc(0);
+  ctl.on('data', (chunk: Buffer) => {
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-    while (pending.length >= IOV_SIZE) {
-      queue.push(parse(pending.subarray(0, IOV_SIZE)));
-      pending = pending.subarray(IOV_SIZE);
+    for (; pending.length >= MSG_SIZE; pending = pending.subarray(MSG_SIZE)) {
+      const type = pending.readUInt32LE(0);
+      const entry = names[pending.readUInt32LE(4)];
+      const block = Number(pending.readBigUInt64LE(8));
+      const size = entry === undefined ? undefined : pages.entries.get(entry);
+      const waiter = type === MSG_STAGED ? waiting.get(`${entry}:${block}`) : undefined;
+      if (waiter && entry !== undefined) {
+        waiting.delete(`${entry}:${block}`);
+        pages.noteStaged(entry, block);
+        waiter();
+        continue;
+      }
+      if (type !== MSG_NEED || entry === undefined || size === undefined || block * BLOCK >= size) {
+        fail(new Error(`internal: checkpt-helper serve-pages sent a malformed message`));
+        return;
+      }
+      // Staged: reported through onBlock. Failed: the copy must not run on, at once.
+      pages.ensure(entry, block * BLOCK, Math.min(BLOCK, size - block * BLOCK)).catch(fail);
     }
-    if (queue.length > MAX_QUEUED) fail(protocol(`sent more than ${MAX_QUEUED} requests at once`));
-    else void run();
   });
-  socket.on('error', (e: Error) => fail(protocol(`connection failed (${e.message})`)));
-  socket.on('close', () => {
-    if (!busy && queue.length === 0) settle(false);
-    else fail(protocol('hung up with requests unanswered'));
+
+  child.on('error', (e) => fail(protocol(`could not be served (checkpt-helper: ${e.message})`)));
+  child.on('close', (code) => {
+    if (code === EXIT_CLOSED) settle(true);
+    else if (code === EXIT_HUNG_UP || stopping) settle(false);
+    else if (code === EXIT_DAMAGED) {
+      const m = /^damaged (\d+) (\d+) (\w+)$/m.exec(stderr);
+      const entry = names[Number(m?.[1])];
+      fail(
+        m && entry
+          ? pages.damaged(entry, Number(m[2]), m[3] ?? '')
+          : protocol(`was served a damaged block (${stderr.trim()})`),
+      );
+    } else {
+      const line = stderr.trim().split('\n').pop();
+      fail(protocol(line ? line : `was served by a helper that ended (${code ?? 'killed'})`));
+    }
   });
+
+  const stageHere = (entry: string, list: readonly Range[]): Promise<void>[] => {
+    const i = index.get(entry) as number;
+    const blocks = new Set<number>();
+    for (const r of list)
+      for (let b = Math.floor(r.offset / BLOCK); b * BLOCK < r.offset + r.length; b++)
+        blocks.add(b);
+    return [...blocks].map(
+      (b) =>
+        new Promise<void>((resolve) => {
+          waiting.set(`${entry}:${b}`, resolve);
+          send(MSG_STAGE, i, b);
+        }),
+    );
+  };
+  const stage = async (ranges: ReadonlyMap<string, readonly Range[]>): Promise<void> => {
+    const waits: Promise<void>[] = [];
+    for (const [entry, list] of ranges)
+      if (pages.direct(entry)) waits.push(...stageHere(entry, list));
+      else waits.push(pages.ensureRanges(new Map([[entry, list]])));
+    // Or the server ends first: its failure, or the end of what it was asked.
+    const ended = done.then(() => {
+      throw new Error('internal: the page server ended before it staged what restore reads');
+    });
+    await Promise.race([Promise.all(waits), ended]);
+  };
 
   return {
     done,
+    stage,
+    finish: () => {
+      ctl.end();
+      return done;
+    },
     stop: () => {
+      stopping = true;
+      child.kill('SIGKILL');
+      ctl.destroy();
       settle(false);
-      socket.destroy();
     },
   };
+}
+
+/**
+ * Checks and stages `ranges` of `pages` before CRIU's restore reads them (an eager restore's
+ * memory): by the native server, on every core, for the images it can check; by `pages` for the
+ * rest. `stop` ends the server at once (the restore failed meanwhile).
+ */
+export function stageBeforeRestore(
+  pages: Pages,
+  plan: MemoryPlan,
+  file: string,
+  ranges: ReadonlyMap<string, readonly Range[]>,
+): { done: Promise<void>; stop(): void } {
+  if (![...ranges.keys()].some((e) => pages.direct(e)))
+    return { done: pages.ensureRanges(ranges), stop: () => undefined };
+  const server = servePages(undefined, pages, plan, file, () => undefined);
+  const done = (async (): Promise<void> => {
+    try {
+      await server.stage(ranges);
+    } finally {
+      await server.finish().catch(() => undefined);
+    }
+  })();
+  return { done, stop: () => server.stop() };
 }

@@ -1,5 +1,6 @@
 import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
 import { zstdDecoder } from '../image/compress.js';
@@ -19,6 +20,7 @@ import {
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
+import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
@@ -107,6 +109,8 @@ async function restoreFrom(
   // The memory still in the file, served to CRIU's lazy-pages daemon or written out for CRIU.
   let pages: PageSource | undefined;
   let staged: StagedPages | undefined;
+  // Memory being checked and staged before CRIU's restore runs.
+  let staging: { done: Promise<void>; stop(): void } | undefined;
   // A chunk that failed its check (or a daemon that asked for what is not there): the copy is
   // stopped at once and this is the reason the resume fails.
   let pageFailure: Error | undefined;
@@ -149,15 +153,62 @@ async function restoreFrom(
       }),
     };
     // Everything but the memory is checked and unpacked now; the memory when it is needed.
+    trace('extract');
     const lazyImage = await extractLazy(file, imagesDir, extractOptions);
+    trace('extracted');
     pages = lazyImage && hooks.pages ? hooks.pages(lazyImage.pages) : lazyImage?.pages;
     const info = lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions));
     // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
+    const pageBytes = pages
+      ? [...pages.entries.values()].reduce((sum, n) => sum + n, 0)
+      : readdirSync(imagesDir)
+          .filter((n) => /^pages-\d+\.img$/.test(n))
+          .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     await version;
+    trace('version');
+    const wantLazy = lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
+    // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
+    // kernel) overlaps the rest of the preparation. Stopped on any failure below.
+    if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined);
+    const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
+    trace('planned');
+    if (pages) {
+      // Memory staged before the copy runs (all of it for an eager restore) is checked now too.
+      let stagedBytes = 0;
+      staged = await StagedPages.create(imagesDir, pages, (n) => {
+        stagedBytes += n;
+        progress?.update('verifying and unpacking', stagedBytes, pageBytes);
+      });
+      pages = undefined;
+    }
+    // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
+    if (stopped) return await STOPPING_FOREVER;
+    const server =
+      staged && plan
+        ? starting?.serve({
+            pages: staged,
+            plan,
+            file,
+            onFailure: (e) => {
+              pageFailure ??= e;
+              if (helper) killTree(helper);
+            },
+          })
+        : undefined;
+    // What `criu restore` reads itself must be on disk before it runs: checked and staged by the
+    // native server while the rest is prepared here, awaited below.
+    const ranges = wantLazy ? plan?.eager : staged && whole(staged.entries);
+    if (staged && plan && ranges)
+      staging = server
+        ? { done: server.stage(ranges), stop: () => undefined }
+        : stageBeforeRestore(staged, plan, file, ranges);
+    staging?.done.catch(() => undefined);
+
     // Before anything runs: a busy port fails here, or the copy is set up not to collide.
     const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover');
+    trace('sockets');
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
       throw new CheckptError(
@@ -191,45 +242,17 @@ async function restoreFrom(
         ]
       : [];
     const pty = wantsPty(options.detach, options.pty);
-    const pageBytes = pages
-      ? [...pages.entries.values()].reduce((sum, n) => sum + n, 0)
-      : readdirSync(imagesDir)
-          .filter((n) => /^pages-\d+\.img$/.test(n))
-          .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
-    const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
-    if (pages) {
-      // Memory staged before the copy runs (all of it for an eager restore) is checked now too.
-      let stagedBytes = 0;
-      staged = await StagedPages.create(imagesDir, pages, (n) => {
-        stagedBytes += n;
-        progress?.update('verifying and unpacking', stagedBytes, pageBytes);
-      });
-      pages = undefined;
-    }
-    // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
-    if (stopped) return await STOPPING_FOREVER;
-    const wantLazy = lazyWanted(pageBytes);
-    const served = staged;
-    starting = !wantLazy
-      ? undefined
-      : served && plan
-        ? startLazyPages(imagesDir, workDir, {
-            pages: served,
-            plan,
-            file,
-            onFailure: (e) => {
-              pageFailure ??= e;
-              if (helper) killTree(helper);
-            },
-          })
-        : startLazyPages(imagesDir, workDir);
-    // While the daemon starts: what `criu restore` reads itself must be on disk before it runs.
-    if (staged && plan) await staged.ensureRanges(wantLazy ? plan.eager : whole(staged.entries));
+    await staging?.done;
+    trace('eager-staged');
     const lazy = await starting?.ready;
+    trace('daemon-ready');
     if (stopped) return await STOPPING_FOREVER;
     if (pageFailure) throw pageFailure;
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
-    if (staged && plan && wantLazy && !lazy) await staged.ensureRanges(plan.lazy);
+    if (staged && plan && wantLazy && !lazy) {
+      staging = stageBeforeRestore(staged, plan, file, plan.lazy);
+      await staging.done;
+    }
     if (staged && !lazy) {
       await staged.close();
       staged = undefined;
@@ -264,6 +287,7 @@ async function restoreFrom(
     );
     const first = await helper.next();
     if (pageFailure) throw pageFailure;
+    trace(`status-${first.kind}`);
     if (first.kind !== 'restored') {
       const log = await readLog(join(workDir, RESTORE_LOG));
       const how =
@@ -282,6 +306,7 @@ async function restoreFrom(
     options.progress?.end();
     // The signal handler ends this process once the helper's tree is gone; nothing else may.
     if (stopped) return await STOPPING_FOREVER;
+    staging?.stop();
     starting?.stop();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     await (staged ?? pages)?.close().catch(() => undefined);

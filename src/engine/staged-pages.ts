@@ -11,7 +11,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { ioError, writeAll } from '../image/io.js';
-import type { PageSource } from '../image/pages.js';
+import type { DirectChunks, PageSource } from '../image/pages.js';
 import type { Range } from './pagemap.js';
 
 /** Bytes staged at once: a multiple of the page size, and of the format's memory chunk. */
@@ -29,6 +29,7 @@ interface Staged {
 export class StagedPages {
   readonly entries: ReadonlyMap<string, number>;
   private readonly files = new Map<string, Staged>();
+  private readonly listeners = new Set<(entry: string, block: number) => void>();
   private closed = false;
 
   private constructor(
@@ -117,6 +118,48 @@ export class StagedPages {
     }
     f.present[b] = 1;
     this.onStaged?.(length);
+    for (const l of this.listeners) l(entry, b);
+  }
+
+  /** Calls `listener` with each block staged from now on, and at once with those staged before; returns the way to stop. */
+  onBlock(listener: (entry: string, block: number) => void): () => void {
+    for (const [entry, f] of this.files)
+      f.present.forEach((p, b) => {
+        if (p) listener(entry, b);
+      });
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Notes block `b` of `entry` as staged by a checker in another process (for progress and reads). */
+  noteStaged(entry: string, b: number): void {
+    const f = this.file(entry, 0, 0);
+    if (b < 0 || b >= f.present.length || f.present[b]) return;
+    f.present[b] = 1;
+    this.onStaged?.(Math.min(BLOCK, f.size - b * BLOCK));
+  }
+
+  /** The entry's chunks for a checker in another process, when each is one staged block. */
+  direct(entry: string): DirectChunks | undefined {
+    const d = this.source.direct?.(entry);
+    return d && d.chunk === BLOCK ? d : undefined;
+  }
+
+  /** The error for block `index` of `entry` failing a check made outside. */
+  damaged(entry: string, index: number, why: string): Error {
+    return (
+      this.source.damaged?.(entry, index, why) ??
+      new CheckptError(
+        'EBADIMAGE',
+        `${entry}: chunk ${index} failed its check (${why}); the checkpoint is damaged.`,
+      )
+    );
+  }
+
+  /** The staged image's fd, for a reader that sends only blocks `onBlock` reported. */
+  fdOf(entry: string): number {
+    const f = this.file(entry, 0, 0);
+    return f.fd;
   }
 
   /** Stages `ranges` of each image, a block ahead of the write (an eager restore's whole memory). */
@@ -166,6 +209,7 @@ export class StagedPages {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.listeners.clear();
     await this.release();
     await this.source.close();
   }

@@ -10,7 +10,7 @@ import * as zlib from 'node:zlib';
 import { CheckptError } from '../common/errors.js';
 import { closeQuietly, ioError } from './io.js';
 import { CODEC_ZSTD_FRAMES, TAG_LEN, maxFrame } from './layout.js';
-import type { PageSource } from './pages.js';
+import type { DirectChunks, PageSource } from './pages.js';
 import { shrank, type Source } from './reader.js';
 import { openPage, type Sealing } from './seal.js';
 
@@ -216,6 +216,31 @@ export class FilePages implements PageSource {
       this.cache.delete(oldest);
     }
     return p;
+  }
+
+  direct(entry: string): DirectChunks | undefined {
+    const e = this.byName.get(entry);
+    if (e === undefined || this.sealing !== undefined || e.hashes === undefined) return undefined;
+    if (e.codec !== CODEC_ZSTD_FRAMES && e.name.endsWith('.zst')) return undefined;
+    return {
+      fd: this.src.fh.fd,
+      chunk: e.chunk,
+      zstd: e.codec === CODEC_ZSTD_FRAMES,
+      offsets: e.offsets,
+      stored: e.stored,
+      hashes: e.hashes,
+    };
+  }
+
+  damaged(entry: string, index: number, why: string): Error {
+    const e = this.byName.get(entry);
+    if (e === undefined) return new RangeError(`${this.src.file} has no memory entry ${entry}`);
+    if (why === 'truncated') return shrank(this.src.file);
+    const said: Record<string, string> = {
+      zstd: 'its zstd frame does not decode to its size',
+      size: 'its stored length is not its size',
+    };
+    return chunkDamaged(this.src.file, e, index, said[why] ?? why);
   }
 
   async close(): Promise<void> {

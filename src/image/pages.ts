@@ -13,6 +13,27 @@ export interface PageSource {
   read(entry: string, offset: number, length: number): Promise<Buffer>;
   /** Releases the file; reads after close reject. */
   close(): Promise<void>;
+  /**
+   * The entry's chunks as a reader outside this process may check them itself (plain SHA-256
+   * chunks, stored as they are or as zstd frames); undefined when only `read` may serve it.
+   */
+  direct?(entry: string): DirectChunks | undefined;
+  /** The error for chunk `index` of `entry` failing a check made outside (`why`: sha256, zstd, size, truncated). */
+  damaged?(entry: string, index: number, why: string): Error;
+}
+
+/** A checked entry's chunk table, for a reader in another process (the native page server). */
+export interface DirectChunks {
+  /** The checkpoint file, open for reading (valid until the source is closed). */
+  fd: number;
+  /** Decoded bytes per chunk (the last may hold fewer). */
+  chunk: number;
+  /** Each chunk is one zstd frame (else stored as it is). */
+  zstd: boolean;
+  offsets: readonly number[];
+  stored: readonly number[];
+  /** SHA-256 of each chunk's stored bytes. */
+  hashes: readonly Buffer[];
 }
 
 /** What a lazy extraction left in the directory, and the memory still in the file. */

@@ -4,10 +4,14 @@ import type { ProgressSink } from '../common/progress.js';
 import { checkpointSignals, signalNumber, type CheckpointSignals } from '../common/signals.js';
 import { commandName, expandTemplate } from '../common/template.js';
 import { FILE, TIMEOUT_MS } from '../common/config.js';
-import { dumpFromOutside } from '../engine/outside.js';
+import { dumpFromOutside, type OutsideDumpResult } from '../engine/outside.js';
+import type { Rotation } from '../engine/rotation.js';
+import { Schedule } from '../engine/schedule.js';
 import type { Running } from '../engine/helper.js';
 import { Coalescer } from './coalesce.js';
-import { catchesSignal, cmdline, linkOf } from '../common/procfs.js';
+import { catchesSignal, cmdline, linkOf, procStatus } from '../common/procfs.js';
+
+const procAlive = (pid: number): boolean => procStatus(pid) !== undefined;
 
 export interface SupervisorOptions {
   running: Running;
@@ -20,6 +24,10 @@ export interface SupervisorOptions {
   timeoutMs?: number;
   /** Where a checkpoint taken from outside shows its progress (exit: checkpoint and exit). */
   progress?: (exit: boolean) => ProgressSink;
+  /** `--every`: a checkpoint every `intervalMs` into the rotation of the (expanded) template. */
+  periodic?: { intervalMs: number; rotation: (base: string) => Rotation };
+  /** Told of each periodic checkpoint once it is good (a restart's count starts over). */
+  onPeriodic?: (file: string) => void;
 }
 
 /**
@@ -35,6 +43,8 @@ export class Supervisor {
   stoppedByCheckpoint: string | undefined;
   private readonly queue: Coalescer;
   private readonly opts: SupervisorOptions;
+  // Requests and periodic checkpoints take turns: never two dumps of the program at once.
+  private turn: Promise<unknown> = Promise.resolve();
 
   constructor(opts: SupervisorOptions) {
     this.opts = opts;
@@ -52,11 +62,71 @@ export class Supervisor {
     process.on(this.signals.ckpt, ckpt);
     process.on(this.signals.exit, exit);
     this.opts.running.onKey(() => this.request(false));
-    return () => {
+    const schedule = this.startPeriodic();
+    return async () => {
       process.off(this.signals.ckpt, ckpt);
       process.off(this.signals.exit, exit);
       this.opts.running.onKey(() => undefined);
+      await schedule?.stop();
+      await this.queue.idle();
     };
+  }
+
+  /** A checkpoint-and-continue into `target`, taken from outside, in turn with the requests. */
+  checkpointTo(target: string): Promise<OutsideDumpResult> {
+    return this.inTurn(() => {
+      if (this.stoppedByCheckpoint !== undefined)
+        throw new CheckptError('EDUMP', 'The program was stopped by checkpoint and exit.');
+      const { running } = this.opts;
+      const template = this.opts.template ?? FILE.get();
+      return dumpFromOutside({
+        pid: running.pid,
+        innerPid: running.innerPid,
+        nsPid: running.initPid,
+        target,
+        exit: false,
+        generation: this.opts.generation,
+        template,
+        timeoutMs: this.opts.timeoutMs ?? TIMEOUT_MS.get(),
+      });
+    });
+  }
+
+  private inTurn<T>(fn: () => Promise<T>): Promise<T> {
+    const mine = this.turn.then(fn);
+    this.turn = mine.catch(() => undefined);
+    return mine;
+  }
+
+  private startPeriodic(): Schedule<OutsideDumpResult> | undefined {
+    const p = this.opts.periodic;
+    if (p === undefined) return undefined;
+    let rotation: Rotation;
+    try {
+      rotation = p.rotation(this.targetFile(this.opts.template ?? FILE.get()));
+    } catch (e) {
+      this.opts.say(`checkpt: no periodic checkpoints: ${(e as Error).message}`);
+      return undefined;
+    }
+    return new Schedule({
+      intervalMs: p.intervalMs,
+      rotation,
+      write: (path) => this.checkpointTo(path),
+      onTaken: (t) => {
+        if (t.result.warning !== undefined) this.opts.say(t.result.warning);
+        this.opts.say(
+          `checkpt: periodic checkpoint ${t.file} (${(t.result.bytes / 1048576).toFixed(1)} MiB, program paused ${t.result.dumpMs} ms, ${t.ms} ms in all)${t.removed.length ? `; removed ${t.removed.join(', ')}` : ''}`,
+        );
+        this.opts.onPeriodic?.(t.file);
+      },
+      onSkipped: (e) => {
+        if (this.stoppedByCheckpoint !== undefined || !procAlive(this.opts.running.pid)) return;
+        this.opts.say(
+          `checkpt: warning: periodic checkpoint skipped, the previous ones are kept: ${e.message}`,
+        );
+      },
+      onRefused: (e) => this.opts.say(`checkpt: ${e.message}`),
+    }).start();
   }
 
   request(exit: boolean): void {
@@ -64,7 +134,11 @@ export class Supervisor {
   }
 
   /** Resolves once the request is carried out or has failed (the failure is reported, not thrown). */
-  private async carryOut(exit: boolean): Promise<void> {
+  private carryOut(exit: boolean): Promise<void> {
+    return this.inTurn(() => this.carryOutNow(exit));
+  }
+
+  private async carryOutNow(exit: boolean): Promise<void> {
     const { running } = this.opts;
     const sig = exit ? this.signals.exit : this.signals.ckpt;
     if (catchesSignal(running.pid, signalNumber(sig))) {

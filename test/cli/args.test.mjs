@@ -118,3 +118,45 @@ test('push FILE REF, pull REF FILE; -r and inspect take an oci:// reference as t
   for (const bad of [['push'], ['push', 'a.ckpt'], ['pull', 'r', 'f', 'x'], ['push', '-f', 'r']])
     assert.throws(() => parseArgs(bad), UsageError, bad.join(' '));
 });
+
+test('run --every D --keep N --restart[=MAX]: parsed, with defaults (keep 3, 5 restarts)', () => {
+  assert.deepEqual(parseArgs(['run', '--every', '1s', '--keep', '4', '--restart', '--', 'p']), {
+    cmd: 'run',
+    command: 'p',
+    args: [],
+    key: 5,
+    pty: true,
+    every: 1000,
+    keep: 4,
+    restart: 5,
+  });
+  assert.deepEqual(parseArgs(['run', '--every=5m', '--restart=2', 'p', '-x']), {
+    cmd: 'run',
+    command: 'p',
+    args: ['-x'],
+    key: 5,
+    pty: true,
+    every: 300_000,
+    keep: 3,
+    restart: 2,
+  });
+  const r = parseArgs(['run', '--restart', '--', 'p']);
+  assert.equal(r.restart, 5);
+  assert.equal(r.every, undefined);
+});
+
+test('run: a bad --every, --keep or --restart is a usage error saying what it takes', () => {
+  const bad = [
+    [['--every', '1x'], /--every interval '1x' is not a duration.*500ms/],
+    [['--every'], /--every interval '--' is not a duration/],
+    [['--every', '1s', '--keep', '0'], /--keep takes a whole number of at least 1 \(got '0'\)/],
+    [['--restart=many'], /--restart takes a whole number .*'many'/],
+    [['--keep', '3'], /--keep counts periodic checkpoints; give --every too/],
+  ];
+  for (const [opts, re] of bad)
+    assert.throws(
+      () => parseArgs(['run', ...opts, '--', 'p']),
+      (e) => e instanceof UsageError && re.test(e.message),
+      opts.join(' '),
+    );
+});

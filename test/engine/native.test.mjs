@@ -93,7 +93,7 @@ describe('looking the native parts up', () => {
     compile(helper, '#include <stdio.h>\nint main(void) { puts("checkpt-helper 0"); return 0; }\n');
     assert.match(
       lookUp('checkpt-helper', ctxFor(r)).tried[0].problem,
-      /answers 'checkpt-helper 0', not 'checkpt-helper 1'/,
+      /answers 'checkpt-helper 0', not 'checkpt-helper 2'/,
     );
 
     // Linked against a library that is then gone: the dynamic loader refuses to start it.

@@ -2,44 +2,15 @@
 // CRIU's page-server protocol over a real Unix socket (the daemon's side played by the test).
 import assert from 'node:assert/strict';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
-import { once } from 'node:events';
-import { createServer, connect } from 'node:net';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { describe, removeDir, tempDir, unitTest as test } from '../helpers.mjs';
 import { CheckptError } from '../../dist/common/errors.js';
-import { encodeMessage, IMG_COMMON_MAGIC } from '../../dist/engine/criu-image.js';
 import { dirPageSource } from '../../dist/engine/dir-pages.js';
 import { locate, readMemoryPlan } from '../../dist/engine/pagemap.js';
 import { servePages } from '../../dist/engine/page-server.js';
 import { StagedPages } from '../../dist/engine/staged-pages.js';
-
-const PAGE = 4096;
-const PRESENT = 4;
-const LAZY = 2;
-
-const varint = (no, int) => ({ no, wire: 0, int, bytes: Buffer.alloc(0) });
-
-/** A CRIU pagemap image: the head naming pages-<id>.img, then the entries. */
-function pagemap(id, entries) {
-  const msgs = [
-    encodeMessage([varint(1, id)]),
-    ...entries.map(([vaddr, nr, flags]) =>
-      encodeMessage([varint(1, vaddr), varint(2, nr), varint(4, flags)]),
-    ),
-  ];
-  const head = Buffer.alloc(8);
-  head.writeUInt32LE(IMG_COMMON_MAGIC, 0);
-  head.writeUInt32LE(0x56084025, 4);
-  return Buffer.concat([
-    head,
-    ...msgs.flatMap((m) => {
-      const len = Buffer.alloc(4);
-      len.writeUInt32LE(m.length);
-      return [len, m];
-    }),
-  ]);
-}
+import { iov, LAZY, PAGE, pagemap, pair, PRESENT, readBytes } from './fake-daemon.mjs';
 
 /** `n` pages, page i filled with the byte `seed + i`. */
 function pagesOf(n, seed) {
@@ -167,47 +138,6 @@ describe('page server', { unit: true }, () => {
     await staged.close();
     await inner.close();
   });
-
-  /** A connected pair: `server` for servePages, `daemon` the CRIU side. */
-  async function pair() {
-    const dir = tempDir('checkpt-ps-sock-');
-    dirs.push(dir);
-    const path = join(dir, 's');
-    const srv = createServer();
-    srv.listen(path);
-    await once(srv, 'listening');
-    const daemon = connect(path);
-    const [server] = await once(srv, 'connection');
-    srv.close();
-    return { server, daemon };
-  }
-
-  function iov(cmd, nr, vaddr, dst) {
-    const b = Buffer.alloc(32);
-    b.writeUInt32LE(cmd, 0);
-    b.writeBigUInt64LE(BigInt(nr), 8);
-    b.writeBigUInt64LE(BigInt(vaddr), 16);
-    b.writeBigUInt64LE(BigInt(dst), 24);
-    return b;
-  }
-
-  /** Reads exactly `n` bytes from the daemon's side (or fewer, if it closes first). */
-  function readBytes(sock, n) {
-    return new Promise((resolve) => {
-      let got = Buffer.alloc(0);
-      const on = (d) => {
-        got = Buffer.concat([got, d]);
-        if (got.length >= n) finish();
-      };
-      const finish = () => {
-        sock.off('data', on);
-        sock.off('close', finish);
-        resolve(got);
-      };
-      sock.on('data', on);
-      sock.on('close', finish);
-    });
-  }
 
   async function serving(wrap = (s) => s) {
     const { images, memory } = makeImages();

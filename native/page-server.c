@@ -1,0 +1,595 @@
+/*
+ * checkpt-helper serve-pages: the page server CRIU's lazy-pages daemon reads a copy's memory from
+ * (`criu lazy-pages --page-server --ps-socket 4`), in native code so that a page fault costs a
+ * few microseconds instead of a turn of Node's event loop (docs/PERFORMANCE.md).
+ *
+ * It only sends bytes that passed their check, from the staged pages images (block by block, as
+ * src/engine/staged-pages.ts fills them). A block is staged either by checkpt, which says STAGED,
+ * or, for a plain or zstd chunk whose SHA-256 the plan gives, by this server's checker thread:
+ * read from the checkpoint file, hashed, decoded, written to the staged image, and only then
+ * marked. The checker takes the blocks requests wait for first, then the rest in order, so most
+ * faults find their page staged; the serving loop never waits for a check it does not need.
+ *
+ *   fd 3  the daemon's socket (CRIU's protocol, criu/page-xfer.c; see src/engine/page-server.ts)
+ *   fd 4  checkpt's control socket: first the plan, then 16-byte messages both ways
+ *   fd 5  the checkpoint file, readable (for the blocks this server checks)
+ *   fd 6+ the staged pages images, in the plan's order, readable and writable
+ *
+ * Plan (little-endian): u32 magic "CKPS", u32 files, u32 entries, u32 block size; per file u64
+ * size, u32 checked here (0/1), u32 blocks, and when checked here per block u64 offset in the
+ * checkpoint file, u32 stored length, u32 codec (0 none, 1 zstd frame), 32 bytes SHA-256 of the
+ * stored bytes; then per lazy pagemap entry, sorted by pid then vaddr: u32 pid, u32 file,
+ * u64 vaddr, u64 bytes, u64 offset in the file. Messages: u32 type, u32 file, u64 block. checkpt
+ * sends STAGED for each block staged before, then PLANNED, then STAGED as it stages more, and
+ * STAGE for a block of this server's that CRIU's restore reads itself (answered with STAGED once
+ * it is checked and in the staged image); this server sends NEED for a block of checkpt's that a
+ * request waits for, once.
+ *
+ * With --stage-only there is no daemon (fd 3 unused): the server only checks and stages what
+ * checkpt asks with STAGE (an eager restore's memory), and ends with 0 when checkpt closes fd 4.
+ *
+ * Exit status: 0 after answering the daemon's goodbye, 3 when the daemon hung up with nothing
+ * asked (no goodbye), 2 with one line on stderr for a request the plan does not allow or a broken
+ * connection, 4 with "damaged FILE BLOCK WHY" on stderr for a block that failed its check, 1 when
+ * checkpt's side went away.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <dlfcn.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "page-server.h"
+
+#define DAEMON_FD 3
+#define CTL_FD 4
+#define CKPT_FD 5
+#define FIRST_FILE_FD 6
+#define IOV_SIZE 32
+#define PS_IOV_ADD_F 6
+#define PS_IOV_GET 7
+#define PS_IOV_CLOSE 0x1023
+#define PS_IOV_FORCE_CLOSE 0x1024
+#define PS_CMD_MASK 0xffff
+#define PE_PRESENT 4
+#define PAGE 4096ULL
+#define PLAN_MAGIC 0x53504b43u
+#define MSG_STAGED 1
+#define MSG_NEED 2
+#define MSG_PLANNED 3
+#define MSG_STAGE 4
+#define MSG_SIZE 16
+/* Requests read ahead of the one being answered; past that the daemon waits (its async reads
+ * are few: one background range per task plus the faults). */
+#define MAX_QUEUED 4096
+#define MAX_FILES 4096
+#define MAX_ENTRIES (1u << 22)
+
+enum { EXIT_CLOSED = 0, EXIT_GONE = 1, EXIT_PROTOCOL = 2, EXIT_HUNG_UP = 3, EXIT_DAMAGED = 4 };
+
+struct entry {
+  uint32_t pid, file;
+  uint64_t vaddr, bytes, offset;
+};
+
+struct chunk {
+  uint64_t offset;
+  uint32_t stored, codec;
+  uint8_t sha[32];
+};
+
+struct file {
+  uint64_t size, blocks;
+  /* Set once a block's bytes in the staged image passed their check (read with acquire). */
+  uint8_t *staged, *asked;
+  /* Taken by a checker thread (under lock). */
+  uint8_t *claimed;
+  /* The checker's table, when this server checks the file itself, and the staged image mapped. */
+  struct chunk *chunks;
+  uint8_t *map;
+};
+
+struct request {
+  uint8_t head[IOV_SIZE];
+  int close;
+  uint32_t file;
+  uint64_t offset, length;
+};
+
+static struct file *files;
+static uint32_t nfiles;
+static struct entry *entries;
+static uint32_t nentries;
+static uint64_t block;
+static struct request queue[MAX_QUEUED];
+static unsigned qhead, qlen;
+
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void fail(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  exit(EXIT_PROTOCOL);
+}
+
+static uint32_t u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* Reads exactly n bytes of the plan; checkpt gone before it is whole: exit. */
+static void read_ctl_exact(void *buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(CTL_FD, (char *)buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EAGAIN) {
+      struct pollfd p = {CTL_FD, POLLIN, 0};
+      poll(&p, 1, -1);
+      continue;
+    }
+    if (r <= 0) exit(EXIT_GONE);
+    got += (size_t)r;
+  }
+}
+
+static void read_plan(void) {
+  uint8_t h[16];
+  read_ctl_exact(h, sizeof h);
+  if (u32(h) != PLAN_MAGIC) fail("the plan from checkpt is malformed");
+  nfiles = u32(h + 4);
+  nentries = u32(h + 8);
+  block = u32(h + 12);
+  if (nfiles > MAX_FILES || nentries > MAX_ENTRIES || block < PAGE || block % PAGE)
+    fail("the plan from checkpt is out of bounds");
+  files = calloc(nfiles ? nfiles : 1, sizeof *files);
+  entries = calloc(nentries ? nentries : 1, sizeof *entries);
+  if (!files || !entries) fail("out of memory for the plan");
+  for (uint32_t i = 0; i < nfiles; i++) {
+    uint8_t b[16];
+    read_ctl_exact(b, 16);
+    struct file *f = &files[i];
+    f->size = u64(b);
+    f->blocks = (f->size + block - 1) / block;
+    f->staged = calloc(f->blocks + 1, 1);
+    f->asked = calloc(f->blocks + 1, 1);
+    f->claimed = calloc(f->blocks + 1, 1);
+    if (!f->staged || !f->asked || !f->claimed) fail("out of memory for the plan");
+    if (!u32(b + 8)) continue;
+    if (u32(b + 12) != f->blocks) fail("the plan from checkpt is malformed");
+    f->chunks = calloc(f->blocks + 1, sizeof *f->chunks);
+    if (!f->chunks) fail("out of memory for the plan");
+    for (uint64_t c = 0; c < f->blocks; c++) {
+      uint8_t r[48];
+      read_ctl_exact(r, 48);
+      f->chunks[c].offset = u64(r);
+      f->chunks[c].stored = u32(r + 8);
+      f->chunks[c].codec = u32(r + 12);
+      memcpy(f->chunks[c].sha, r + 16, 32);
+      if (f->chunks[c].codec > 1 || f->chunks[c].stored > 2 * block + 65536)
+        fail("the plan from checkpt is out of bounds");
+    }
+  }
+  for (uint32_t i = 0; i < nentries; i++) {
+    uint8_t b[32];
+    read_ctl_exact(b, 32);
+    struct entry *e = &entries[i];
+    e->pid = u32(b);
+    e->file = u32(b + 4);
+    e->vaddr = u64(b + 8);
+    e->bytes = u64(b + 16);
+    e->offset = u64(b + 24);
+    if (e->file >= nfiles || e->offset > files[e->file].size ||
+        e->bytes > files[e->file].size - e->offset)
+      fail("the plan from checkpt names pages outside their image");
+  }
+}
+
+/* The lazy entry holding nr pages at vaddr of pid, wholly; NULL if none (CRIU asks within one). */
+static const struct entry *locate(uint64_t pid, uint64_t vaddr, uint64_t nr) {
+  if (nr < 1 || nr > UINT64_MAX / PAGE || vaddr % PAGE) return NULL;
+  uint64_t len = nr * PAGE;
+  size_t lo = 0, hi = nentries;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    const struct entry *e = &entries[mid];
+    if (e->pid < pid || (e->pid == pid && e->vaddr + e->bytes <= vaddr)) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo == nentries) return NULL;
+  const struct entry *e = &entries[lo];
+  if (e->pid != pid || vaddr < e->vaddr || vaddr - e->vaddr > e->bytes ||
+      len > e->bytes - (vaddr - e->vaddr))
+    return NULL;
+  return e;
+}
+
+static void write_all(int fd, const void *buf, size_t n, int more) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t w = send(fd, (const char *)buf + done, n - done, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) fail("connection failed (%s)", strerror(errno));
+    done += (size_t)w;
+  }
+}
+
+static void send_ctl(uint32_t type, uint32_t file, uint64_t blk) {
+  uint8_t m[MSG_SIZE];
+  memcpy(m, &type, 4);
+  memcpy(m + 4, &file, 4);
+  memcpy(m + 8, &blk, 8);
+  size_t done = 0;
+  while (done < MSG_SIZE) {
+    ssize_t w = send(CTL_FD, m + done, MSG_SIZE - done, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && errno == EAGAIN) {
+      struct pollfd p = {CTL_FD, POLLOUT, 0};
+      poll(&p, 1, -1);
+      continue;
+    }
+    if (w <= 0) exit(EXIT_GONE);
+    done += (size_t)w;
+  }
+}
+
+
+/* ------------------------------------------------------------------ the checker thread */
+
+/* Nettle is CRIU's own dependency (through GnuTLS), so it is wherever CRIU runs; libzstd is
+ * Debian's. Without either, checkpt stages those blocks itself (NEED). */
+static void (*sha_init)(void *);
+static void (*sha_update)(void *, size_t, const uint8_t *);
+static void (*sha_digest)(void *, size_t, uint8_t *);
+static size_t (*zstd_decompress)(void *, size_t, const void *, size_t);
+static unsigned (*zstd_is_error)(size_t);
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+/* Blocks requests wait for, checked before the rest; a ring with room for every block asked. */
+static struct { uint32_t file; uint64_t block; } *urgent;
+static size_t urgent_cap, urgent_head, urgent_len;
+static int staged_fd = -1; /* eventfd: the checker staged a block */
+/* Blocks checkpt asked to have staged (STAGE), to answer STAGED once they are (main thread). */
+static struct { uint32_t file; uint64_t block; } *reports;
+static size_t nreports;
+/* The background order: every block checked here, file by file (under lock). */
+static uint32_t cursor_file;
+static uint64_t cursor;
+
+static void load_codecs(void) {
+  void *ne = dlopen("libnettle.so.8", RTLD_NOW | RTLD_LOCAL);
+  if (ne) {
+    sha_init = (void (*)(void *))dlsym(ne, "nettle_sha256_init");
+    sha_update = (void (*)(void *, size_t, const uint8_t *))dlsym(ne, "nettle_sha256_update");
+    sha_digest = (void (*)(void *, size_t, uint8_t *))dlsym(ne, "nettle_sha256_digest");
+  }
+  void *z = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (z) {
+    zstd_decompress = (size_t (*)(void *, size_t, const void *, size_t))dlsym(z, "ZSTD_decompress");
+    zstd_is_error = (unsigned (*)(size_t))dlsym(z, "ZSTD_isError");
+  }
+}
+
+/* Whether this server checks block b of f itself (else checkpt does, on NEED). */
+static int checked_here(const struct file *f, uint64_t b) {
+  if (!f->chunks || !f->map || !sha_init || !sha_update || !sha_digest) return 0;
+  return f->chunks[b].codec == 0 || (zstd_decompress && zstd_is_error);
+}
+
+static void damaged(uint32_t file, uint64_t b, const char *why) {
+  fprintf(stderr, "damaged %u %llu %s\n", file, (unsigned long long)b, why);
+  fflush(stderr);
+  _exit(EXIT_DAMAGED);
+}
+
+static void io_failed(const char *what) {
+  fprintf(stderr, "%s (%s)\n", what, strerror(errno));
+  fflush(stderr);
+  _exit(EXIT_PROTOCOL);
+}
+
+static void check_block(uint32_t fi, uint64_t b, uint8_t *raw) {
+  struct file *f = &files[fi];
+  const struct chunk *c = &f->chunks[b];
+  uint64_t want = f->size - b * block < block ? f->size - b * block : block;
+  /* The block's place in the staged image, filled in place (one copy on a machine where copies
+   * are dear); a plain chunk is hashed there, where nobody else can change it before it is sent. */
+  uint8_t *dst = f->map + b * block;
+  madvise(dst, want, MADV_POPULATE_WRITE);
+  uint8_t *in = c->codec == 1 ? raw : dst;
+  if (c->codec == 0 && c->stored != want) damaged(fi, b, "size");
+  size_t got = 0;
+  while (got < c->stored) {
+    ssize_t n = pread(CKPT_FD, in + got, c->stored - got, (off_t)(c->offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) io_failed("reading the checkpoint file failed");
+    if (n == 0) damaged(fi, b, "truncated");
+    got += (size_t)n;
+  }
+  uint64_t ctx[64]; /* nettle's sha256_ctx is smaller */
+  uint8_t md[32];
+  sha_init(ctx);
+  sha_update(ctx, c->stored, in);
+  sha_digest(ctx, 32, md);
+  if (memcmp(md, c->sha, 32)) damaged(fi, b, "sha256");
+  if (c->codec == 1) {
+    size_t n = zstd_decompress(dst, want, raw, c->stored);
+    if (zstd_is_error(n) || n != want) damaged(fi, b, "zstd");
+  }
+  __atomic_store_n(&f->staged[b], 1, __ATOMIC_RELEASE);
+  uint64_t one = 1;
+  if (write(staged_fd, &one, sizeof one) < 0 && errno != EAGAIN) io_failed("waking the server failed");
+}
+
+static void *checker(void *arg) {
+  (void)arg;
+  uint8_t *raw = malloc(2 * block + 65536);
+  if (!raw) io_failed("out of memory for the checker");
+  for (;;) {
+    uint32_t f = 0;
+    uint64_t b = 0;
+    pthread_mutex_lock(&lock);
+    for (;;) {
+      if (urgent_len > 0) {
+        f = urgent[urgent_head].file;
+        b = urgent[urgent_head].block;
+        urgent_head = (urgent_head + 1) % urgent_cap;
+        urgent_len--;
+        if (files[f].claimed[b]) continue;
+        break;
+      }
+      while (cursor_file < nfiles &&
+             (cursor >= files[cursor_file].blocks || !checked_here(&files[cursor_file], cursor) ||
+              files[cursor_file].claimed[cursor] ||
+              __atomic_load_n(&files[cursor_file].staged[cursor], __ATOMIC_ACQUIRE))) {
+        if (++cursor >= files[cursor_file].blocks) {
+          cursor_file++;
+          cursor = 0;
+        }
+      }
+      if (cursor_file < nfiles) {
+        f = cursor_file;
+        b = cursor;
+        break;
+      }
+      pthread_cond_wait(&wake, &lock);
+    }
+    files[f].claimed[b] = 1;
+    pthread_mutex_unlock(&lock);
+    if (!__atomic_load_n(&files[f].staged[b], __ATOMIC_ACQUIRE)) check_block(f, b, raw);
+  }
+  return NULL;
+}
+
+static void start_checker(int stage_only) {
+  load_codecs();
+  for (uint32_t i = 0; i < nfiles; i++) {
+    if (!files[i].chunks || files[i].size == 0) continue;
+    void *m = mmap(NULL, files[i].size, PROT_READ | PROT_WRITE, MAP_SHARED, FIRST_FILE_FD + (int)i, 0);
+    if (m == MAP_FAILED) fail("cannot map a staged pages image (%s)", strerror(errno));
+    files[i].map = m;
+  }
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < nfiles; i++) total += files[i].blocks;
+  urgent_cap = total + 1;
+  urgent = calloc(urgent_cap, sizeof *urgent);
+  reports = calloc(urgent_cap, sizeof *reports);
+  staged_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (!urgent || !reports || staged_fd < 0) fail("cannot start the checker (%s)", strerror(errno));
+  /* Half the CPUs (1 to 4): the copy, CRIU and its daemon need the rest while it runs; all of
+   * them (up to 4) for staging before CRIU starts, when nothing else runs. */
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  long threads = stage_only ? (cpus > 4 ? 4 : cpus < 1 ? 1 : cpus) : cpus >= 8 ? 4 : cpus >= 4 ? cpus / 2 : 1;
+  for (long i = 0; i < threads; i++) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, checker, NULL)) fail("cannot start the checker thread");
+    pthread_detach(t);
+  }
+}
+
+static void ask_checker(uint32_t file, uint64_t b) {
+  pthread_mutex_lock(&lock);
+  urgent[(urgent_head + urgent_len) % urgent_cap].file = file;
+  urgent[(urgent_head + urgent_len) % urgent_cap].block = b;
+  urgent_len++;
+  pthread_cond_signal(&wake);
+  pthread_mutex_unlock(&lock);
+}
+
+/* Has block b of f staged: by the checker (first in line), or by checkpt (NEED). */
+static void ask(uint32_t fi, uint64_t b) {
+  struct file *f = &files[fi];
+  if (f->asked[b]) return;
+  f->asked[b] = 1;
+  if (checked_here(f, b)) ask_checker(fi, b);
+  else send_ctl(MSG_NEED, fi, b);
+}
+
+/* Answers the STAGE requests whose blocks are staged now. */
+static void report_staged(void) {
+  size_t keep = 0;
+  for (size_t i = 0; i < nreports; i++) {
+    if (__atomic_load_n(&files[reports[i].file].staged[reports[i].block], __ATOMIC_ACQUIRE))
+      send_ctl(MSG_STAGED, reports[i].file, reports[i].block);
+    else
+      reports[keep++] = reports[i];
+  }
+  nreports = keep;
+}
+
+/* Whether every block of the request is staged; asks for the ones not asked for yet, first. */
+static int ready(const struct request *r) {
+  struct file *f = &files[r->file];
+  int all = 1;
+  for (uint64_t b = r->offset / block; b * block < r->offset + r->length; b++) {
+    if (__atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE)) continue;
+    all = 0;
+    ask(r->file, b);
+  }
+  return all;
+}
+
+static void answer(const struct request *r) {
+  uint8_t head[IOV_SIZE];
+  memcpy(head, r->head, IOV_SIZE);
+  uint32_t cmd = (PE_PRESENT << 16) | PS_IOV_ADD_F;
+  memcpy(head, &cmd, 4);
+  memset(head + 4, 0, 4);
+  write_all(DAEMON_FD, head, IOV_SIZE, 1);
+  int fd = FIRST_FILE_FD + (int)r->file;
+  off_t at = (off_t)r->offset;
+  uint64_t left = r->length;
+  while (left > 0) {
+    ssize_t n = sendfile(DAEMON_FD, fd, &at, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("connection failed (%s)", strerror(errno));
+    if (n == 0) fail("a staged pages image is shorter than its plan");
+    left -= (uint64_t)n;
+  }
+}
+
+/* Answers the queue from its head for as long as the head is ready; a goodbye ends the server. */
+static void serve_queue(void) {
+  while (qlen > 0) {
+    struct request *r = &queue[qhead];
+    if (r->close) {
+      int32_t status = 0;
+      write_all(DAEMON_FD, &status, sizeof status, 0);
+      shutdown(DAEMON_FD, SHUT_WR);
+      exit(EXIT_CLOSED);
+    }
+    if (!ready(r)) return;
+    answer(r);
+    qhead = (qhead + 1) % MAX_QUEUED;
+    qlen--;
+  }
+}
+
+static void take_request(const uint8_t *iov) {
+  uint32_t cmd = u32(iov);
+  uint64_t nr = u64(iov + 8), vaddr = u64(iov + 16), dst = u64(iov + 24);
+  struct request *r = &queue[(qhead + qlen) % MAX_QUEUED];
+  memset(r, 0, sizeof *r);
+  memcpy(r->head, iov, IOV_SIZE);
+  switch (cmd & PS_CMD_MASK) {
+  case PS_IOV_CLOSE:
+  case PS_IOV_FORCE_CLOSE:
+    r->close = 1;
+    break;
+  case PS_IOV_GET: {
+    const struct entry *e = dst <= 0x7fffffff ? locate(dst, vaddr, nr) : NULL;
+    if (!e)
+      fail("asked for %llu pages at 0x%llx of pid %llu, which its page map does not hold as lazy memory",
+           (unsigned long long)nr, (unsigned long long)vaddr, (unsigned long long)dst);
+    r->file = e->file;
+    r->offset = e->offset + (vaddr - e->vaddr);
+    r->length = nr * PAGE;
+    break;
+  }
+  default:
+    fail("sent an unknown command (%u)", cmd);
+  }
+  qlen++;
+  /* Asked for at once, so checkpt stages it while earlier answers go out. */
+  if (!r->close) ready(r);
+}
+
+int cmd_serve_pages(int stage_only) {
+  signal(SIGPIPE, SIG_IGN);
+  /* Node made the daemon's socket non-blocking; only this process holds it now. The control
+   * socket stays as it is: checkpt's event loop shares it. */
+  int fl = stage_only ? 0 : fcntl(DAEMON_FD, F_GETFL);
+  if (fl < 0 || (!stage_only && fcntl(DAEMON_FD, F_SETFL, fl & ~O_NONBLOCK) < 0))
+    fail("no socket to serve (%s)", strerror(errno));
+  read_plan();
+  /* What checkpt staged already (what restore reads itself shares blocks with lazy memory). */
+  for (;;) {
+    uint8_t m[MSG_SIZE];
+    read_ctl_exact(m, MSG_SIZE);
+    uint32_t type = u32(m), file = u32(m + 4);
+    uint64_t blk = u64(m + 8);
+    if (type == MSG_PLANNED) break;
+    if (type != MSG_STAGED || file >= nfiles || blk >= files[file].blocks)
+      fail("checkpt sent a malformed message");
+    files[file].staged[blk] = 1;
+  }
+  start_checker(stage_only);
+  uint8_t in[IOV_SIZE * 128];
+  size_t inlen = 0;
+  uint8_t ctl[MSG_SIZE * 256];
+  size_t ctllen = 0;
+  int daemon_open = !stage_only;
+  for (;;) {
+    serve_queue();
+    size_t at = 0;
+    for (; inlen - at >= IOV_SIZE && qlen < MAX_QUEUED; at += IOV_SIZE) take_request(in + at);
+    memmove(in, in + at, inlen - at);
+    inlen -= at;
+    if (at > 0) continue;
+    if (!daemon_open && !stage_only) {
+      if (qlen > 0) fail("hung up with requests unanswered");
+      exit(EXIT_HUNG_UP);
+    }
+    struct pollfd p[3] = {{CTL_FD, POLLIN, 0},
+                          {daemon_open ? DAEMON_FD : -1, qlen < MAX_QUEUED ? POLLIN : 0, 0},
+                          {staged_fd, POLLIN, 0}};
+    if (poll(p, 3, -1) < 0) {
+      if (errno == EINTR) continue;
+      fail("poll failed (%s)", strerror(errno));
+    }
+    if (p[2].revents) {
+      uint64_t n;
+      if (read(staged_fd, &n, sizeof n) < 0 && errno != EAGAIN) fail("poll failed (%s)", strerror(errno));
+      report_staged();
+    }
+    if (p[0].revents) {
+      ssize_t n = read(CTL_FD, ctl + ctllen, sizeof ctl - ctllen);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      /* Staging only: checkpt closes its end when it has what it asked for. */
+      if (n <= 0) exit(stage_only ? EXIT_CLOSED : EXIT_GONE);
+      ctllen += (size_t)n;
+      at = 0;
+      for (; ctllen - at >= MSG_SIZE; at += MSG_SIZE) {
+        uint32_t type = u32(ctl + at), file = u32(ctl + at + 4);
+        uint64_t blk = u64(ctl + at + 8);
+        if ((type != MSG_STAGED && type != MSG_STAGE) || file >= nfiles || blk >= files[file].blocks)
+          fail("checkpt sent a malformed message");
+        if (type == MSG_STAGED) {
+          __atomic_store_n(&files[file].staged[blk], 1, __ATOMIC_RELEASE);
+          continue;
+        }
+        /* A block this server cannot check here (no Nettle or libzstd) comes back as NEED. */
+        if (nreports >= urgent_cap) fail("checkpt asked to stage too many blocks");
+        reports[nreports].file = file;
+        reports[nreports].block = blk;
+        nreports++;
+        ask(file, blk);
+      }
+      report_staged();
+      memmove(ctl, ctl + at, ctllen - at);
+      ctllen -= at;
+    }
+    if (p[1].revents) {
+      ssize_t n = recv(DAEMON_FD, in + inlen, sizeof in - inlen, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail("connection failed (%s)", strerror(errno));
+      if (n == 0) {
+        daemon_open = 0;
+        continue;
+      }
+      inlen += (size_t)n;
+    }
+  }
+}

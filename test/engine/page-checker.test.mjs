@@ -1,0 +1,210 @@
+// The native page server checking a real checkpoint file's memory chunks itself (its checker
+// thread): plain and zstd chunks are read, hashed against the file's table and served without
+// this process reading them; a damaged chunk is EBADIMAGE naming it, and nothing of the answer
+// that needed it is sent; an encrypted file's chunks are still checked and staged by checkpt.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import * as zlib from 'node:zlib';
+import { scratchDir, unitTest as test } from '../helpers.mjs';
+import { compressImages } from '../../dist/image/compress.js';
+import { extractLazy, writeImage } from '../../dist/image/format.js';
+import { readMemoryPlan } from '../../dist/engine/pagemap.js';
+import { servePages, stageBeforeRestore } from '../../dist/engine/page-server.js';
+import { StagedPages } from '../../dist/engine/staged-pages.js';
+import { iov, LAZY, PAGE, pagemap, pair, PRESENT, readBytes } from './fake-daemon.mjs';
+
+const MIB = 1024 * 1024;
+const PAGES_PER_MIB = MIB / PAGE;
+const GET = 7;
+const CLOSE = 0x1024;
+const VADDR = 0x7f0000000000;
+
+/**
+ * A checkpoint file whose task 100 has 3 MiB of memory: one eager page, then the rest lazy.
+ * `fill` makes the memory (random: stored as it is; repetitive: compressible).
+ */
+async function checkpointFile(t, { fill = randomBytes, compress = false, key } = {}) {
+  const root = scratchDir(t, 'checkpt-checker-');
+  const images = join(root, 'images');
+  mkdirSync(images);
+  const memory = fill(3 * MIB);
+  writeFileSync(
+    join(images, 'pagemap-100.img'),
+    pagemap(1, [
+      [VADDR, 1, PRESENT],
+      [VADDR + PAGE, 3 * PAGES_PER_MIB - 1, PRESENT | LAZY],
+    ]),
+  );
+  writeFileSync(join(images, 'pages-1.img'), memory);
+  writeFileSync(join(images, 'core-100.img'), 'core');
+  if (compress) assert.equal(await compressImages(images), 1, 'pages-1.img compressed');
+  const file = join(root, 'app.ckpt');
+  await writeImage(file, { program: 'test' }, { dir: images }, key ? { key } : {});
+  return { root, file, memory };
+}
+
+/** Serves `file`'s memory to a fake daemon; `reads` counts the chunks this process read itself. */
+async function serve(root, file, key) {
+  const dir = join(root, 'restore');
+  mkdirSync(dir);
+  const lazy = await extractLazy(file, dir, key ? { key } : {});
+  assert.ok(lazy, 'a format-2 file served lazily');
+  const source = lazy.pages;
+  const counted = { reads: 0 };
+  const counting = {
+    entries: source.entries,
+    close: () => source.close(),
+    read: (...a) => {
+      counted.reads++;
+      return source.read(...a);
+    },
+    direct: (e) => source.direct(e),
+    damaged: (...a) => source.damaged(...a),
+  };
+  const plan = await readMemoryPlan(dir, counting, file);
+  const staged = await StagedPages.create(dir, counting);
+  const { server, daemon } = await pair();
+  const errors = [];
+  const ps = servePages(server, staged, plan, file, (e) => errors.push(e));
+  // What CRIU's restore reads itself, staged before it runs, by whoever checks that image.
+  await ps.stage(plan.eager);
+  const eager = readFileSync(join(dir, 'pages-1.img')).subarray(0, PAGE);
+  return { ps, daemon, errors, staged, counted, eager, direct: source.direct('pages-1.img') };
+}
+
+/** Asks for `nr` pages at page `first` of the lazy entry, then goodbye; resolves with the answers. */
+async function fetch(daemon, requests) {
+  const want = requests.reduce((n, [, nr]) => n + 32 + nr * PAGE, 0) + 4;
+  const got = readBytes(daemon, want);
+  daemon.write(
+    Buffer.concat(requests.map(([first, nr]) => iov(GET, nr, VADDR + first * PAGE, 100))),
+  );
+  daemon.write(iov(CLOSE, 0, 0, 0));
+  return got;
+}
+
+for (const [name, opts] of [
+  ['plain chunks', {}],
+  ['zstd chunks', { compress: true, fill: (n) => Buffer.alloc(n, 'checkpt ') }],
+])
+  test(`${name}: checked and served by the native server, none read here`, async (t) => {
+    if (opts.compress && typeof zlib.zstdDecompressSync !== 'function')
+      return t.skip('this Node serves zstd chunks only with zlib zstd (Node 22.15+)');
+    const { root, file, memory } = await checkpointFile(t, opts);
+    const { ps, daemon, errors, staged, counted, eager, direct } = await serve(root, file);
+    assert.equal(direct?.zstd, opts.compress === true, 'the file gives the server its table');
+    assert.ok(eager.equals(memory.subarray(0, PAGE)), 'the eager page staged by the server');
+    // Across the chunk boundaries, out of order, and the last page.
+    const requests = [
+      [PAGES_PER_MIB - 2, 4],
+      [1, 3],
+      [3 * PAGES_PER_MIB - 1, 1],
+    ];
+    const got = await fetch(daemon, requests);
+    let at = 0;
+    for (const [first, nr] of requests) {
+      const head = got.subarray(at, at + 32);
+      assert.equal(head.readUInt32LE(0), (4 << 16) | 6);
+      assert.equal(head.readBigUInt64LE(16), BigInt(VADDR + first * PAGE));
+      const body = got.subarray(at + 32, at + 32 + nr * PAGE);
+      assert.ok(
+        body.equals(memory.subarray(first * PAGE, (first + nr) * PAGE)),
+        `pages at ${first}`,
+      );
+      at += 32 + nr * PAGE;
+    }
+    assert.deepEqual(got.subarray(at), Buffer.alloc(4), 'status 0 for the goodbye');
+    assert.equal(await ps.done, true);
+    assert.deepEqual(errors, []);
+    assert.equal(counted.reads, 0, 'every chunk was read and checked by the server, not here');
+    daemon.destroy();
+    await staged.close();
+  });
+
+test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  // Chunk 2 (the third MiB) damaged: only its first read can find it (the index is sound).
+  const bytes = readFileSync(file);
+  const probe = memory.subarray(2 * MIB + 4096, 2 * MIB + 4160);
+  const at = bytes.indexOf(probe);
+  assert.ok(at > 0 && bytes.indexOf(probe, at + 1) < 0, 'chunk 2 found in the file');
+  const fd = openSync(file, 'r+');
+  writeSync(fd, Buffer.from([bytes[at] ^ 0xff]), 0, 1, at);
+  closeSync(fd);
+  const { ps, daemon, errors, staged } = await serve(root, file);
+  // The server may be gone before the requests are out.
+  daemon.on('error', () => undefined);
+  // The first answer may go out (its chunk is sound); the one in chunk 2 must not.
+  const got = readBytes(daemon, 32 + PAGE + 32 + PAGE + 1);
+  daemon.write(
+    Buffer.concat([iov(GET, 1, VADDR + PAGE, 100), iov(GET, 1, VADDR + 2 * MIB + PAGE, 100)]),
+  );
+  await assert.rejects(ps.done, (e) => {
+    assert.equal(e.code, 'EBADIMAGE');
+    assert.ok(e.message.includes(file), e.message);
+    assert.match(
+      e.message,
+      /checksum mismatch in memory entry pages-1\.img, chunk index 2 of 3 chunks/,
+    );
+    return true;
+  });
+  assert.equal(errors.length, 1);
+  const sent = await got;
+  assert.ok(sent.length <= 32 + PAGE, `only the sound answer at most (${sent.length} bytes)`);
+  daemon.destroy();
+  await staged.close();
+});
+
+test('an encrypted file: its chunks are checked and staged here, on the server asking', async (t) => {
+  const key = randomBytes(32);
+  const { root, file, memory } = await checkpointFile(t, { key });
+  const { ps, daemon, errors, staged, counted, eager, direct } = await serve(root, file, key);
+  assert.equal(direct, undefined, 'no table for the server: it cannot check GCM chunks itself');
+  assert.ok(eager.equals(memory.subarray(0, PAGE)), 'the eager page staged here');
+  const eagerReads = counted.reads;
+  const got = await fetch(daemon, [[2 * PAGES_PER_MIB + 5, 2]]);
+  assert.ok(
+    got
+      .subarray(32, 32 + 2 * PAGE)
+      .equals(memory.subarray((2 * PAGES_PER_MIB + 5) * PAGE, (2 * PAGES_PER_MIB + 7) * PAGE)),
+  );
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
+  assert.ok(counted.reads > eagerReads, 'the block was read and checked here');
+  daemon.destroy();
+  await staged.close();
+});
+
+test('an eager restore: all memory checked and staged by the server before CRIU starts', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  const dir = join(root, 'eager');
+  mkdirSync(dir);
+  const lazy = await extractLazy(file, dir);
+  let reads = 0;
+  const source = {
+    entries: lazy.pages.entries,
+    close: () => lazy.pages.close(),
+    read: (...a) => {
+      reads++;
+      return lazy.pages.read(...a);
+    },
+    direct: (e) => lazy.pages.direct(e),
+    damaged: (...a) => lazy.pages.damaged(...a),
+  };
+  const plan = await readMemoryPlan(dir, source, file);
+  let progress = 0;
+  const staged = await StagedPages.create(dir, source, (n) => (progress += n));
+  const size = memory.length;
+  await stageBeforeRestore(
+    staged,
+    plan,
+    file,
+    new Map([['pages-1.img', [{ offset: 0, length: size }]]]),
+  ).done;
+  assert.ok(readFileSync(join(dir, 'pages-1.img')).equals(memory), 'all of the memory, as it was');
+  assert.equal(reads, 0, 'checked by the server, not here');
+  assert.equal(progress, size, 'progress heard every block');
+  await staged.close();
+});
