@@ -1,6 +1,7 @@
 import { CheckptError } from '../common/errors.js';
 import { resume, type ResumeOptions, type Resumed } from '../engine/restore.js';
 import { readImageHeader } from '../image/format.js';
+import { KEY_ENV, keyFilePath } from '../image/key.js';
 import type { ClientOptions } from './client.js';
 import { pullTemporary } from './pull.js';
 
@@ -27,6 +28,11 @@ export async function resumeFromRegistry(
     // Refused before anything is downloaded when the config says plain; the file itself decides.
     accept: (config) => {
       if (!trusting && !config.encrypted) throw untrusted(ref);
+      if (config.encrypted && keyFilePath(options.env) === undefined)
+        throw new CheckptError(
+          'EKEY',
+          `${ref} is encrypted and ${KEY_ENV} is not set: set it to the key file it was written with. Nothing was downloaded.`,
+        );
     },
   }).catch((e: unknown) => {
     // resume() ends the progress it was given; a pull that failed before it must too.

@@ -383,6 +383,13 @@ describe('an encrypted checkpoint in a registry over TLS', { skip }, () => {
       'no CA',
       /NODE_EXTRA_CA_CERTS/,
     );
+    // Without the key: refused before anything is downloaded, saying what to set.
+    const nokey = spawnSync(process.execPath, [cli, '-r', `oci://${ref}`], {
+      encoding: 'utf8',
+      env: { ...env, CHECKPT_KEY_FILE: '' },
+    });
+    assert.equal(nokey.status, 125);
+    assert.match(nokey.stderr, /is encrypted and CHECKPT_KEY_FILE is not set/);
     // The CLI takes the CA from NODE_EXTRA_CA_CERTS, as Node does.
     const child = start(process.execPath, [cli, '-r', `oci://${ref}`], { env });
     const back = await waitFor(child, (e) => e.event === 'returned', 'the resumed copy');
