@@ -16,7 +16,8 @@ fi
 # that `checkpt run` checkpoints there; nsenter (util-linux) runs CRIU inside a program's namespaces;
 # redis-server is the outside service of the example server's test (each test starts a private
 # one on a free port: the system service is kept from starting and disabled); zstd compresses
-# the memory in checkpoint files.
+# the memory in checkpoint files; docker-registry (distribution 2.8) is the registry the registry
+# tests push to and pull from (each starts a private one, like redis-server).
 missing=()
 if command -v cc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ]; then
   say "C compiler: $(command -v cc)"
@@ -28,11 +29,12 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # No service may start during the install (redis-server's would): a policy-rc.d that denies
-  # every start, unless the machine already has one (Docker images do).
+  # No service may start during the install (redis-server's and docker-registry's would): a
+  # policy-rc.d that denies every start, unless the machine already has one (Docker images do).
   policy=/usr/sbin/policy-rc.d
   own_policy=
   if [ ! -e "$policy" ]; then
@@ -48,9 +50,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap - EXIT
   fi
 fi
-# The tests start their own redis-server; a system one is neither needed nor wanted.
+# The tests start their own redis-server and registry; system ones are neither needed nor wanted.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl disable --now redis-server >/dev/null 2>&1 || true
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 say "CRIU"

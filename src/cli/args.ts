@@ -33,6 +33,8 @@ export type Command =
     }
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'unlock'; file: string; trust?: true }
+  | { cmd: 'push'; file: string; ref: string }
+  | { cmd: 'pull'; ref: string; file: string }
   | { cmd: 'build' }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
@@ -56,6 +58,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'run') return parseRun(rest);
   if (first === 'signal') return parseSignal(rest);
   if (first === 'unlock') return parseUnlock(rest);
+  if (first === 'push' || first === 'pull') return parseTransfer(first, rest);
   if (first === 'build') {
     if (rest.length > 0) throw new UsageError('build takes no arguments. Usage: checkpt build');
     return { cmd: 'build' };
@@ -259,6 +262,19 @@ function one(values: readonly string[], already: string | undefined): string {
   if (already !== undefined || values.length !== 1)
     throw new UsageError('give exactly one checkpoint file.');
   return values[0] as string;
+}
+
+/** `push FILE REF`, `pull REF FILE`; a reference may carry oci:// or not. */
+function parseTransfer(cmd: 'push' | 'pull', args: readonly string[]): Command {
+  const rest = args[0] === '--' ? args.slice(1) : args;
+  const usage =
+    cmd === 'push'
+      ? 'checkpt push FILE.ckpt REGISTRY/REPO:TAG'
+      : 'checkpt pull REGISTRY/REPO:TAG FILE.ckpt';
+  if (rest.length !== 2 || (args[0] !== '--' && rest.some((a) => a.startsWith('-'))))
+    throw new UsageError(`${cmd}: give a file and a reference. Usage: ${usage}`);
+  const [a, b] = rest as [string, string];
+  return cmd === 'push' ? { cmd, file: a, ref: b } : { cmd, ref: a, file: b };
 }
 
 function parseUnlock(args: readonly string[]): Command {

@@ -12,6 +12,13 @@ import { execCheckpointable } from '../launcher/exec.js';
 import { runProgram } from '../launcher/run.js';
 import { requestCheckpoint } from '../launcher/request.js';
 import { exitLike } from '../launcher/signals.js';
+import {
+  isOciRef,
+  pullCheckpoint,
+  pullTemporary,
+  pushCheckpoint,
+  resumeFromRegistry,
+} from '../registry/index.js';
 import type { Command } from './args.js';
 import { formatHeader, formatInspect } from './inspect.js';
 import { terminalProgress } from './progress.js';
@@ -26,29 +33,29 @@ export type RunnableCommand = Exclude<Command, { cmd: 'help' | 'version' }>;
 async function run(c: RunnableCommand): Promise<number> {
   switch (c.cmd) {
     case 'inspect': {
-      const key = loadKey();
-      const head = await readImageHeader(c.file);
-      // Without the key only the header can be shown; --verify then fails with what to do.
-      if (head.encrypted && key === undefined && !c.verify) {
-        process.stdout.write(
-          c.json
-            ? JSON.stringify({ file: c.file, ...head }, null, 2) + '\n'
-            : formatHeader(c.file, head) + '\n',
-        );
-        return 0;
+      if (!isOciRef(c.file)) return inspect(c);
+      const progress = terminalProgress({ style: 'line' });
+      const pulled = await pullTemporary(c.file, { progress }).finally(() => progress.end());
+      try {
+        // A pulled file is ours: whoever pushed it is what --trust-file is about, not its directory.
+        return await inspect({ ...c, file: pulled.file, trust: true }, c.file);
+      } finally {
+        pulled.remove();
       }
-      // Looking is harmless, so a plain file is shown even when a key is set; vouching for one is not.
-      const opts = { key, allowPlain: true, checkManifest: manifestProblem };
-      const info = c.verify
-        ? {
-            ...(await verifyImage(c.file, { ...opts, requireTrusted: c.trust !== true })),
-            verified: true,
-          }
-        : await readImageInfo(c.file, opts);
+    }
+    case 'push': {
+      const progress = terminalProgress({ style: 'line' });
+      const r = await pushCheckpoint(c.file, c.ref, { progress }).finally(() => progress.end());
       process.stdout.write(
-        c.json
-          ? JSON.stringify({ file: c.file, ...info }, null, 2) + '\n'
-          : formatInspect(c.file, info) + '\n',
+        `checkpt: pushed ${c.file} (${r.size} bytes, ${r.layers} layers: ${r.uploaded} blobs sent, ${r.skipped} already there)\n${r.reference}\n`,
+      );
+      return 0;
+    }
+    case 'pull': {
+      const progress = terminalProgress({ style: 'line' });
+      const r = await pullCheckpoint(c.ref, c.file, { progress }).finally(() => progress.end());
+      process.stdout.write(
+        `checkpt: pulled ${c.ref} into ${c.file} (${r.size} bytes, manifest ${r.digest})\n`,
       );
       return 0;
     }
@@ -110,14 +117,17 @@ async function run(c: RunnableCommand): Promise<number> {
     }
     case 'restore': {
       const held = c.detach ? undefined : holdRequests();
-      const r = await resume(c.file, {
+      const options = {
         detach: c.detach,
         key: c.key,
         pty: c.pty,
         trustFile: c.trust === true,
         // Nothing else writes to the terminal until the copy runs, and the line is gone by then.
         progress: terminalProgress({ style: 'line' }),
-      });
+      };
+      const r = isOciRef(c.file)
+        ? await resumeFromRegistry(c.file, options)
+        : await resume(c.file, options);
       if (c.detach) {
         // The copy runs on its own: a stopping signal meant for it now stops only us, as before.
         for (const s of r.takeSignals()) process.kill(process.pid, s);
@@ -156,6 +166,35 @@ async function run(c: RunnableCommand): Promise<number> {
       });
     }
   }
+}
+
+/** `checkpt inspect`: `shown` is the name printed (the reference, for a pulled file). */
+async function inspect(c: Extract<Command, { cmd: 'inspect' }>, shown = c.file): Promise<number> {
+  const key = loadKey();
+  const head = await readImageHeader(c.file);
+  // Without the key only the header can be shown; --verify then fails with what to do.
+  if (head.encrypted && key === undefined && !c.verify) {
+    process.stdout.write(
+      c.json
+        ? JSON.stringify({ file: shown, ...head }, null, 2) + '\n'
+        : formatHeader(shown, head) + '\n',
+    );
+    return 0;
+  }
+  // Looking is harmless, so a plain file is shown even when a key is set; vouching for one is not.
+  const opts = { key, allowPlain: true, checkManifest: manifestProblem };
+  const info = c.verify
+    ? {
+        ...(await verifyImage(c.file, { ...opts, requireTrusted: c.trust !== true })),
+        verified: true,
+      }
+    : await readImageInfo(c.file, opts);
+  process.stdout.write(
+    c.json
+      ? JSON.stringify({ file: shown, ...info }, null, 2) + '\n'
+      : formatInspect(shown, info) + '\n',
+  );
+  return 0;
 }
 
 /** Runs the command and sets the exit status; a CheckptError is reported and exits 125. */

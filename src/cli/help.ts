@@ -16,6 +16,9 @@ Usage:
   checkpt exec -- COMMAND [ARGS]   run a program so it can be checkpointed (io_uring off)
   checkpt signal [--exit] PID      ask a running program to checkpoint itself [--verbose]
   checkpt unlock FILE.ckpt         give up the connections of a checkpoint-and-exit never resumed
+  checkpt push FILE.ckpt REF       store a checkpoint in an OCI registry (REF: host/repo:tag)
+  checkpt pull REF FILE.ckpt       fetch one (checked blob by blob, then as a file)
+  checkpt -r oci://REF             pull, verify and resume in one step (inspect oci://REF too)
   checkpt build                    compile the native parts here (when the prebuilt ones do not work)
 
 Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]):
@@ -50,6 +53,13 @@ Resume:
                  (theirs, or in a directory others can write without the sticky bit); without
                  it such a file is refused, as it could run code as root. inspect --verify and
                  unlock take it too. A file sealed with CHECKPT_KEY_FILE needs no such check.
+
+Registries:
+  REF is registry.example.com/team/app:tag or .../app@sha256:DIGEST. Credentials: the auth file
+  of podman/docker login ($REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
+  ~/.docker/config.json), or CHECKPT_REGISTRY_USER and CHECKPT_REGISTRY_PASSWORD. TLS always,
+  except for the hosts in CHECKPT_INSECURE_REGISTRIES (host:port,...). A plain checkpoint from a
+  registry is resumed only with --trust-file: anyone who can push there could have written it.
 
 Checkpoint requests:
   checkpt signal PID sends SIGCKPT (SIGSTKFLT), checkpt signal --exit PID SIGCKPTEXIT (SIGPWR),

@@ -384,6 +384,41 @@ export const KEY_FILE = define({
   parse: anyText,
 });
 
+export const REGISTRY_USER = define({
+  name: 'CHECKPT_REGISTRY_USER',
+  when: 'call',
+  defaultText: "the registry's entry in the container tools' auth file",
+  accepts: 'a user name (with CHECKPT_REGISTRY_PASSWORD)',
+  does: '`checkpt push`, `pull` and `-r oci://` log in to every registry with this user instead of the one in the auth file (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.docker/config.json`: README, "Checkpoints in a registry").',
+  fallback: undefined as string | undefined,
+  parse: anyText,
+});
+
+export const REGISTRY_PASSWORD = define({
+  name: 'CHECKPT_REGISTRY_PASSWORD',
+  when: 'call',
+  accepts: 'the password or token of CHECKPT_REGISTRY_USER',
+  does: 'The password for CHECKPT_REGISTRY_USER, sent as HTTP basic credentials, or to get a bearer token where the registry asks for one.',
+  fallback: undefined as string | undefined,
+  parse: anyText,
+});
+
+export const INSECURE_REGISTRIES = define({
+  name: 'CHECKPT_INSECURE_REGISTRIES',
+  when: 'call',
+  defaultText: 'none: every registry is spoken to over TLS',
+  accepts: 'comma-separated registry hosts, each as in the reference (`host` or `host:port`)',
+  does: 'Registries spoken to over plain HTTP, without TLS (a local test registry, say). Credentials sent to them travel in clear. A registry with a certificate of a private CA needs no such thing: give Node the CA with `NODE_EXTRA_CA_CERTS`.',
+  fallback: [] as string[],
+  parse: (s: string): string[] | Refused => {
+    const hosts = s
+      .split(',')
+      .map((h) => h.trim())
+      .filter((h) => h !== '');
+    return hosts.every((h) => /^[A-Za-z0-9.[\]:-]+$/.test(h)) ? hosts : refuse('not a host list');
+  },
+});
+
 // ---------------------------------------------------------------------------------------------
 // Internal handshakes, set by checkpt for its own processes
 

@@ -3,7 +3,14 @@
  * write.ts, read.ts and extract.ts. What the rest of checkpt uses is here.
  */
 export { FORMAT_VERSION, type ImageEntry, type ImageHeader, type ImageInfo } from './layout.js';
-export { dirBytes, tempNameFor, writeImage, type WriteOptions } from './write.js';
+export {
+  createTemp,
+  dirBytes,
+  syncDir,
+  tempNameFor,
+  writeImage,
+  type WriteOptions,
+} from './write.js';
 export {
   readImageHeader,
   readImageInfo,

@@ -254,7 +254,8 @@ export function tempNameFor(target: string): string {
   return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
 }
 
-async function createTemp(
+/** A new file (mode 0600, never an existing one) beside `target`, to be renamed over it. */
+export async function createTemp(
   target: string,
   given?: string,
 ): Promise<{ fh: FileHandle; tmp: string }> {
@@ -278,7 +279,8 @@ async function createTemp(
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
+/** fsyncs a directory, so that a rename in it lasts; EIO with `inPlace` when it cannot. */
+export async function syncDir(dir: string): Promise<void> {
   let fh: FileHandle | undefined;
   try {
     fh = await open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);

@@ -97,6 +97,28 @@ test('build takes no arguments', () => {
   assert.throws(() => parseArgs(['build', 'x']), UsageError);
 });
 
+test('push FILE REF, pull REF FILE; -r and inspect take an oci:// reference as their file', () => {
+  assert.deepEqual(parseArgs(['push', 'a.ckpt', 'r.io/team/app:v1']), {
+    cmd: 'push',
+    file: 'a.ckpt',
+    ref: 'r.io/team/app:v1',
+  });
+  assert.deepEqual(parseArgs(['pull', 'oci://r.io/team/app:v1', 'a.ckpt']), {
+    cmd: 'pull',
+    ref: 'oci://r.io/team/app:v1',
+    file: 'a.ckpt',
+  });
+  assert.deepEqual(parseArgs(['pull', '--', 'r.io/a:v1', '-x.ckpt']), {
+    cmd: 'pull',
+    ref: 'r.io/a:v1',
+    file: '-x.ckpt',
+  });
+  assert.equal(parseArgs(['-r', '--trust-file', 'oci://r.io/a:v1']).file, 'oci://r.io/a:v1');
+  assert.equal(parseArgs(['inspect', 'oci://r.io/a:v1']).file, 'oci://r.io/a:v1');
+  for (const bad of [['push'], ['push', 'a.ckpt'], ['pull', 'r', 'f', 'x'], ['push', '-f', 'r']])
+    assert.throws(() => parseArgs(bad), UsageError, bad.join(' '));
+});
+
 test('run --every D --keep N --restart[=MAX]: parsed, with defaults (keep 3, 5 restarts)', () => {
   assert.deepEqual(parseArgs(['run', '--every', '1s', '--keep', '4', '--restart', '--', 'p']), {
     cmd: 'run',
