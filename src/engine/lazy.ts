@@ -21,23 +21,11 @@ export interface LazyPages {
 export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
 
 /**
- * Below this much, checking and staging all of the memory before CRIU starts (on every core) costs
- * less than serving it as the copy faults: each fault is then a read of a local image by the
- * daemon, not a round trip through the page server (docs/PERFORMANCE.md).
+ * Whether a restore of `pageBytes` of memory loads it lazily: by default when there is at least
+ * LAZY_MIN_BYTES of it; `CHECKPT_LAZY=1` always, `CHECKPT_LAZY=0` never.
  */
-export const SERVED_MIN_BYTES = 128 * 1024 * 1024;
-
-/**
- * How a restore of `pageBytes` of memory loads it: `eager`, all of it before the program runs
- * (under LAZY_MIN_BYTES, or `CHECKPT_LAZY=0`); `staged`, all of it checked and staged first, then
- * lazily from there (up to SERVED_MIN_BYTES); `served`, lazily from the checkpoint file through
- * the page server, checked as it is first needed (from SERVED_MIN_BYTES, or `CHECKPT_LAZY=1`).
- */
-export function memoryLoad(pageBytes: number): 'eager' | 'staged' | 'served' {
-  const lazy = LAZY.get();
-  if (lazy !== undefined) return lazy ? 'served' : 'eager';
-  if (pageBytes < LAZY_MIN_BYTES) return 'eager';
-  return pageBytes < SERVED_MIN_BYTES ? 'staged' : 'served';
+export function lazyWanted(pageBytes: number): boolean {
+  return LAZY.get() ?? pageBytes >= LAZY_MIN_BYTES;
 }
 
 /** The lazy pages come from checkpt's page server instead of the images (src/engine/page-server.ts). */

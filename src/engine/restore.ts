@@ -18,7 +18,7 @@ import {
   type CriuLog,
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
-import { memoryLoad, startLazyPages, type LazyPages } from './lazy.js';
+import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
 import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
@@ -167,13 +167,11 @@ async function restoreFrom(
           .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     await version;
     trace('version');
-    const load = memoryLoad(pageBytes);
-    const wantLazy = load !== 'eager';
+    const wantLazy = lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
-    if (wantLazy)
-      starting = startLazyPages(imagesDir, workDir, pages !== undefined && load === 'served');
+    if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined);
     const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
     trace('planned');
     if (pages) {
@@ -201,7 +199,7 @@ async function restoreFrom(
         : undefined;
     // What `criu restore` reads itself must be on disk before it runs: checked and staged by the
     // native server while the rest is prepared here, awaited below.
-    const ranges = load === 'served' ? plan?.eager : staged && whole(staged.entries);
+    const ranges = wantLazy ? plan?.eager : staged && whole(staged.entries);
     if (staged && plan && ranges)
       staging = server
         ? { done: server.stage(ranges), stop: () => undefined }
@@ -251,7 +249,7 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     if (pageFailure) throw pageFailure;
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
-    if (staged && plan && load === 'served' && !lazy) {
+    if (staged && plan && wantLazy && !lazy) {
       staging = stageBeforeRestore(staged, plan, file, plan.lazy);
       await staging.done;
     }
