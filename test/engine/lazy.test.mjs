@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import {
@@ -103,6 +103,38 @@ describe('lazy restore', () => {
         calls.join('\n'),
       );
     });
+
+  test('32 MiB of memory or more: lazy by default, served from the file, every byte back', async () => {
+    const big = join(dir, 'ballast.ckpt');
+    const p = startNode(node, fixture('state.mjs'), [big, '--ballast', '48']);
+    await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+    await p.closed;
+    const staging = join(dir, 'bysize');
+    mkdirSync(staging);
+    const criu = criuWrapper(staging);
+    const r = resume(big, {
+      env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_CRIU: criu.path },
+    });
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.r, 1);
+    assert.equal(back.ballastSame, true, 'every byte of the 48 MiB came back');
+    assert.equal(back.mapSize, 100_000);
+    assert.equal((await r.closed).code, 7, r.stderrText);
+    const calls = criu.calls();
+    assert.ok(
+      calls.some((c) => c.startsWith('lazy-pages ') && c.includes('--page-server')),
+      calls.join('\n'),
+    );
+    assert.ok(
+      calls.some((c) => c.startsWith('restore ') && c.includes('--lazy-pages')),
+      calls.join('\n'),
+    );
+    assert.deepEqual(
+      readdirSync(staging).filter((n) => n.startsWith('checkpt-restore-')),
+      [],
+    );
+    rmSync(big, { force: true });
+  });
 
   test('a failing lazy-pages daemon stops the copy, says why, and leaves nothing behind', async () => {
     const p = startNode(node, fixture('state.mjs'), [join(dir, 'linger.ckpt'), '--linger']);
