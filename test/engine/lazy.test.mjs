@@ -40,6 +40,23 @@ exec '${realCriu}' "$@"
   return { path, calls: () => readFileSync(log, 'utf8').split('\n').filter(Boolean) };
 }
 
+/** CRIU's lazy-pages daemon ran (with `daemonArg`), the restore was lazy, and no images are left. */
+function restoredLazily(criu, staging, daemonArg = '') {
+  const calls = criu.calls();
+  assert.ok(
+    calls.some((c) => c.startsWith('lazy-pages ') && c.includes(daemonArg)),
+    calls.join('\n'),
+  );
+  assert.ok(
+    calls.some((c) => c.startsWith('restore ') && c.includes('--lazy-pages')),
+    calls.join('\n'),
+  );
+  assert.deepEqual(
+    readdirSync(staging).filter((n) => n.startsWith('checkpt-restore-')),
+    [],
+  );
+}
+
 describe('lazy restore', () => {
   let dir;
   let file;
@@ -72,19 +89,7 @@ describe('lazy restore', () => {
     assert.equal(back.mapSize, 100_000);
     assert.deepEqual(back.mapSample, { i: 99999, sq: 99999 * 99999 });
     assert.equal((await r.closed).code, 7, r.stderrText);
-    const calls = criu.calls();
-    assert.ok(
-      calls.some((c) => c.startsWith('lazy-pages ')),
-      calls.join('\n'),
-    );
-    assert.ok(
-      calls.some((c) => c.startsWith('restore ') && c.includes('--lazy-pages')),
-      calls.join('\n'),
-    );
-    assert.deepEqual(
-      readdirSync(staging).filter((n) => n.startsWith('checkpt-restore-')),
-      [],
-    );
+    restoredLazily(criu, staging);
   });
 
   for (const [name, env] of [
@@ -120,19 +125,7 @@ describe('lazy restore', () => {
     assert.equal(back.ballastSame, true, 'every byte of the 48 MiB came back');
     assert.equal(back.mapSize, 100_000);
     assert.equal((await r.closed).code, 7, r.stderrText);
-    const calls = criu.calls();
-    assert.ok(
-      calls.some((c) => c.startsWith('lazy-pages ') && c.includes('--page-server')),
-      calls.join('\n'),
-    );
-    assert.ok(
-      calls.some((c) => c.startsWith('restore ') && c.includes('--lazy-pages')),
-      calls.join('\n'),
-    );
-    assert.deepEqual(
-      readdirSync(staging).filter((n) => n.startsWith('checkpt-restore-')),
-      [],
-    );
+    restoredLazily(criu, staging, '--page-server');
     rmSync(big, { force: true });
   });
 

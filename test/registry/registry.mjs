@@ -45,7 +45,8 @@ sys.stdout.write(l.crypt(sys.argv[1].encode(),sys.argv[2].encode()).decode())`;
   return `${user}:${r.stdout}\n`;
 }
 
-function selfSigned(dir) {
+/** A self-signed P-256 certificate and its key, written to `cert` and `key`; `more`: extra openssl args. */
+function selfSignedPair(cert, key, subject, more = []) {
   const r = spawnSync(
     'openssl',
     [
@@ -57,20 +58,24 @@ function selfSigned(dir) {
       'ec_paramgen_curve:prime256v1',
       '-nodes',
       '-keyout',
-      join(dir, 'key.pem'),
+      key,
       '-out',
-      join(dir, 'cert.pem'),
+      cert,
       '-days',
       '1',
       '-subj',
-      '/CN=127.0.0.1',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
+      subject,
+      ...more,
     ],
     { encoding: 'utf8', timeout: 30_000 },
   );
   if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
-  return { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') };
+}
+
+function selfSigned(dir) {
+  const pair = { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') };
+  selfSignedPair(pair.cert, pair.key, '/CN=127.0.0.1', ['-addext', 'subjectAltName=IP:127.0.0.1']);
+  return pair;
 }
 
 function listening(port) {
@@ -178,28 +183,7 @@ const b64url = (x) =>
 async function startTokenServer(dir, user, password) {
   const cert = join(dir, 'token-cert.pem');
   const keyFile = join(dir, 'token-key.pem');
-  const r = spawnSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-keyout',
-      keyFile,
-      '-out',
-      cert,
-      '-days',
-      '1',
-      '-subj',
-      '/CN=checkpt-test-issuer',
-    ],
-    { encoding: 'utf8', timeout: 30_000 },
-  );
-  if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
+  selfSignedPair(cert, keyFile, '/CN=checkpt-test-issuer');
   const key = createPrivateKey(readFileSync(keyFile));
   const der = new X509Certificate(readFileSync(cert)).raw.toString('base64');
   const issued = [];
