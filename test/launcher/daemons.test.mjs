@@ -7,6 +7,7 @@ import { after } from 'node:test';
 import {
   checkptCli,
   cleanup,
+  describeTree,
   descendants,
   events,
   pidAlive,
@@ -47,7 +48,7 @@ async function until(what, pred, child, ms = 30_000) {
     if (v) return v;
     if (Date.now() > end)
       throw new Error(
-        `timed out: ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}`,
+        `timed out: ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}; running:\n${describeTree(child.pid)}`,
       );
     await sleep(50);
   }
