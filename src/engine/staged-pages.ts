@@ -6,7 +6,7 @@
  * staging directory is checkpt's own (0700), where an eager restore puts the whole memory anyway.
  */
 
-import { constants as fsc, readSync } from 'node:fs';
+import { constants as fsc } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
@@ -19,8 +19,6 @@ export const BLOCK = 1024 * 1024;
 
 interface Staged {
   fh: FileHandle;
-  /** The same file, for synchronous reads of staged blocks. */
-  fd: number;
   size: number;
   present: Uint8Array;
   inFlight: Map<number, Promise<void>>;
@@ -58,7 +56,6 @@ export class StagedPages {
         }
         s.files.set(entry, {
           fh,
-          fd: fh.fd,
           size,
           present: new Uint8Array(Math.ceil(size / BLOCK)),
           inFlight: new Map(),
@@ -158,8 +155,7 @@ export class StagedPages {
 
   /** The staged image's fd, for a reader that sends only blocks `onBlock` reported. */
   fdOf(entry: string): number {
-    const f = this.file(entry, 0, 0);
-    return f.fd;
+    return this.file(entry, 0, 0).fh.fd;
   }
 
   /** Stages `ranges` of each image, a block ahead of the write (an eager restore's whole memory). */
@@ -178,26 +174,6 @@ export class StagedPages {
           await now;
         }
       }
-  }
-
-  /** The bytes, when every block they touch is staged: read at once, without waiting. */
-  readNow(entry: string, offset: number, length: number): Buffer | undefined {
-    const f = this.file(entry, offset, length);
-    for (let b = Math.floor(offset / BLOCK); b * BLOCK < offset + length; b++)
-      if (!f.present[b]) return undefined;
-    const buf = Buffer.allocUnsafe(length);
-    let got = 0;
-    while (got < length) {
-      const n = readSync(f.fd, buf, got, length - got, offset + got);
-      if (n === 0) throw new Error(`internal: staged ${entry} shorter than ${offset + length}`);
-      got += n;
-    }
-    return buf;
-  }
-
-  async read(entry: string, offset: number, length: number): Promise<Buffer> {
-    await this.ensure(entry, offset, length);
-    return this.readNow(entry, offset, length) as Buffer;
   }
 
   private async release(): Promise<void> {

@@ -17,6 +17,13 @@ function pagesOf(n, seed) {
   return Buffer.concat(Array.from({ length: n }, (_, i) => Buffer.alloc(PAGE, seed + i)));
 }
 
+/** The blocks `staged` holds, as "entry:block". */
+function stagedBlocks(staged) {
+  const got = [];
+  staged.onBlock((entry, block) => got.push(`${entry}:${block}`))();
+  return got;
+}
+
 const dirs = [];
 after(() => dirs.forEach(removeDir));
 
@@ -108,14 +115,15 @@ describe('page server', { unit: true }, () => {
     assert.equal(readFileSync(join(images, 'pages-1.img')).length, 6 * PAGE, 'full size');
     assert.deepEqual(readFileSync(join(images, 'pages-1.img')), Buffer.alloc(6 * PAGE), 'empty');
     assert.equal(statSync(join(images, 'pages-1.img')).blocks, 0, 'sparse');
-    assert.equal(staged.readNow('pages-1.img', PAGE, PAGE), undefined, 'not staged yet');
+    assert.ok(!stagedBlocks(staged).includes('pages-1.img:0'), 'not staged yet');
     const want = readFileSync(join(memory, 'pages-1.img'));
+    await staged.ensure('pages-1.img', 3 * PAGE, PAGE);
     assert.deepEqual(
-      await staged.read('pages-1.img', 3 * PAGE, PAGE),
+      readFileSync(join(images, 'pages-1.img')).subarray(3 * PAGE, 4 * PAGE),
       want.subarray(3 * PAGE, 4 * PAGE),
     );
-    assert.deepEqual(staged.readNow('pages-1.img', 0, 6 * PAGE), want);
-    await staged.read('pages-1.img', 5 * PAGE, PAGE);
+    assert.ok(stagedBlocks(staged).includes('pages-1.img:0'), 'the whole block staged');
+    await staged.ensure('pages-1.img', 5 * PAGE, PAGE);
     assert.equal(reads.length, 2, 'the block was read from the source once');
     assert.deepEqual(readFileSync(join(images, 'pages-1.img')), want);
     await staged.close();
@@ -128,8 +136,8 @@ describe('page server', { unit: true }, () => {
     let reads = 0;
     const src = { ...inner, read: () => (reads++, Promise.reject(bad)) };
     const staged = await StagedPages.create(images, src);
-    await assert.rejects(staged.read('pages-1.img', 0, PAGE), (e) => e === bad);
-    assert.equal(staged.readNow('pages-1.img', 0, PAGE), undefined);
+    await assert.rejects(staged.ensure('pages-1.img', 0, PAGE), (e) => e === bad);
+    assert.ok(!stagedBlocks(staged).includes('pages-1.img:0'));
     await assert.rejects(
       staged.ensureRanges(new Map([['pages-1.img', [{ offset: 0, length: PAGE }]]])),
       (e) => e === bad,
