@@ -15,8 +15,9 @@
  *   fd 5  the checkpoint file, readable (for the blocks this server checks)
  *   fd 6+ the staged pages images, in the plan's order, readable and writable
  *
- * Plan (little-endian): u32 magic "CKPS", u32 files, u32 entries, u32 block size; per file u64
- * size, u32 checked here (0/1), u32 blocks, and when checked here per block u64 offset in the
+ * Plan (little-endian): u32 magic "CKPS", u32 files, u32 entries, u32 0; per file u64 size,
+ * u32 checked here (0/1), u32 blocks, u32 block size, u32 0, and when checked here per block (one
+ * chunk of the file's: checkpt stages blocks of its own size) u64 offset in the
  * checkpoint file, u32 stored length, u32 codec (0 none, 1 zstd frame), 32 bytes SHA-256 of the
  * stored bytes; then per lazy pagemap entry, sorted by pid then vaddr: u32 pid, u32 file,
  * u64 vaddr, u64 bytes, u64 offset in the file. Messages: u32 type, u32 file, u64 block. checkpt
@@ -48,6 +49,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "page-server.h"
@@ -76,6 +78,7 @@
 #define MAX_FILES 4096
 #define MAX_ENTRIES (1u << 22)
 
+enum { STAGED_NO = 0, STAGED_MAP = 1, STAGED_FILE = 2 };
 enum { EXIT_CLOSED = 0, EXIT_GONE = 1, EXIT_PROTOCOL = 2, EXIT_HUNG_UP = 3, EXIT_DAMAGED = 4 };
 
 struct entry {
@@ -90,9 +93,12 @@ struct chunk {
 };
 
 struct file {
-  uint64_t size, blocks;
-  /* Set once a block's bytes in the staged image passed their check (read with acquire). */
+  uint64_t size, blocks, block;
+  /* Set once a block's bytes passed their check (read with acquire): STAGED_MAP when they are in
+   * the staged image, STAGED_FILE when the checked bytes are those in the checkpoint file. */
   uint8_t *staged, *asked;
+  /* Wanted in the staged image (what `criu restore` reads itself), not only checked in the file. */
+  uint8_t *want_map;
   /* Taken by a checker thread (under lock). */
   uint8_t *claimed;
   /* The checker's table, when this server checks the file itself, and the staged image mapped. */
@@ -111,6 +117,7 @@ static struct file *files;
 static uint32_t nfiles;
 static struct entry *entries;
 static uint32_t nentries;
+/* The largest block of any file (for buffers). */
 static uint64_t block;
 static struct request queue[MAX_QUEUED];
 static unsigned qhead, qlen;
@@ -150,22 +157,25 @@ static void read_plan(void) {
   if (u32(h) != PLAN_MAGIC) fail("the plan from checkpt is malformed");
   nfiles = u32(h + 4);
   nentries = u32(h + 8);
-  block = u32(h + 12);
-  if (nfiles > MAX_FILES || nentries > MAX_ENTRIES || block < PAGE || block % PAGE)
-    fail("the plan from checkpt is out of bounds");
+  if (nfiles > MAX_FILES || nentries > MAX_ENTRIES) fail("the plan from checkpt is out of bounds");
   files = calloc(nfiles ? nfiles : 1, sizeof *files);
   entries = calloc(nentries ? nentries : 1, sizeof *entries);
   if (!files || !entries) fail("out of memory for the plan");
   for (uint32_t i = 0; i < nfiles; i++) {
-    uint8_t b[16];
-    read_ctl_exact(b, 16);
+    uint8_t b[24];
+    read_ctl_exact(b, 24);
     struct file *f = &files[i];
     f->size = u64(b);
-    f->blocks = (f->size + block - 1) / block;
+    f->block = u32(b + 16);
+    if (f->block < PAGE || f->block % PAGE || f->block > (64u << 20))
+      fail("the plan from checkpt is out of bounds");
+    if (f->block > block) block = f->block;
+    f->blocks = (f->size + f->block - 1) / f->block;
     f->staged = calloc(f->blocks + 1, 1);
     f->asked = calloc(f->blocks + 1, 1);
     f->claimed = calloc(f->blocks + 1, 1);
-    if (!f->staged || !f->asked || !f->claimed) fail("out of memory for the plan");
+    f->want_map = calloc(f->blocks + 1, 1);
+    if (!f->staged || !f->asked || !f->claimed || !f->want_map) fail("out of memory for the plan");
     if (!u32(b + 8)) continue;
     if (u32(b + 12) != f->blocks) fail("the plan from checkpt is malformed");
     f->chunks = calloc(f->blocks + 1, sizeof *f->chunks);
@@ -177,7 +187,7 @@ static void read_plan(void) {
       f->chunks[c].stored = u32(r + 8);
       f->chunks[c].codec = u32(r + 12);
       memcpy(f->chunks[c].sha, r + 16, 32);
-      if (f->chunks[c].codec > 1 || f->chunks[c].stored > 2 * block + 65536)
+      if (f->chunks[c].codec > 1 || f->chunks[c].stored > 2 * f->block + 65536)
         fail("the plan from checkpt is out of bounds");
     }
   }
@@ -268,6 +278,17 @@ static size_t nreports;
 static uint32_t cursor_file;
 static uint64_t cursor;
 
+/* Plain blocks are checked in the checkpoint file and sent from it, with no copy to stage, while
+ * this server holds a read lease on the file: nobody can open it for writing or truncate it
+ * without the kernel telling us first, and waiting until we let go. Told so, the server copies
+ * every such block into its staged image (checking it again), then lets go (end_direct). */
+static int direct_mode;
+static int inflight_direct;
+static pthread_cond_t direct_idle = PTHREAD_COND_INITIALIZER;
+static int lease_fd = -1;
+static int lease_sigfd = -1;
+#define LEASE_SIGNAL (SIGRTMIN + 1)
+
 static void load_codecs(void) {
   void *ne = dlopen("libnettle.so.8", RTLD_NOW | RTLD_LOCAL);
   if (ne) {
@@ -300,37 +321,62 @@ static void io_failed(const char *what) {
   _exit(EXIT_PROTOCOL);
 }
 
-static void check_block(uint32_t fi, uint64_t b, uint8_t *raw) {
-  struct file *f = &files[fi];
-  const struct chunk *c = &f->chunks[b];
-  uint64_t want = f->size - b * block < block ? f->size - b * block : block;
-  /* The block's place in the staged image, filled in place (one copy on a machine where copies
-   * are dear); a plain chunk is hashed there, where nobody else can change it before it is sent. */
-  uint8_t *dst = f->map + b * block;
-  madvise(dst, want, MADV_POPULATE_WRITE);
-  uint8_t *in = c->codec == 1 ? raw : dst;
-  if (c->codec == 0 && c->stored != want) damaged(fi, b, "size");
+/* The stored bytes of block b of file fi, from the checkpoint file (through the lease's own fd). */
+static void read_chunk(uint32_t fi, uint64_t b, uint8_t *into) {
+  const struct chunk *c = &files[fi].chunks[b];
+  int fd = lease_fd >= 0 ? lease_fd : CKPT_FD;
   size_t got = 0;
   while (got < c->stored) {
-    ssize_t n = pread(CKPT_FD, in + got, c->stored - got, (off_t)(c->offset + got));
+    ssize_t n = pread(fd, into + got, c->stored - got, (off_t)(c->offset + got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) io_failed("reading the checkpoint file failed");
     if (n == 0) damaged(fi, b, "truncated");
     got += (size_t)n;
   }
+}
+
+static void hash_check(uint32_t fi, uint64_t b, const uint8_t *bytes) {
+  const struct chunk *c = &files[fi].chunks[b];
   uint64_t ctx[64]; /* nettle's sha256_ctx is smaller */
   uint8_t md[32];
   sha_init(ctx);
-  sha_update(ctx, c->stored, in);
+  sha_update(ctx, c->stored, bytes);
   sha_digest(ctx, 32, md);
   if (memcmp(md, c->sha, 32)) damaged(fi, b, "sha256");
+}
+
+static void wake_server(void) {
+  uint64_t one = 1;
+  if (write(staged_fd, &one, sizeof one) < 0 && errno != EAGAIN) io_failed("waking the server failed");
+}
+
+static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, int to_map) {
+  struct file *f = &files[fi];
+  const struct chunk *c = &f->chunks[b];
+  uint64_t want = f->size - b * f->block < f->block ? f->size - b * f->block : f->block;
+  if (!to_map && c->codec == 0) {
+    /* Checked where it lies: the lease keeps the file as it is until the block is copied out. */
+    if (c->stored != want) damaged(fi, b, "size");
+    read_chunk(fi, b, raw);
+    hash_check(fi, b, raw);
+    __atomic_store_n(&f->staged[b], STAGED_FILE, __ATOMIC_RELEASE);
+    wake_server();
+    return;
+  }
+  /* The block's place in the staged image, filled in place (one copy on a machine where copies
+   * are dear); a plain chunk is hashed there, where nobody else can change it before it is sent. */
+  uint8_t *dst = f->map + b * f->block;
+  madvise(dst, want, MADV_POPULATE_WRITE);
+  uint8_t *in = c->codec == 1 ? raw : dst;
+  if (c->codec == 0 && c->stored != want) damaged(fi, b, "size");
+  read_chunk(fi, b, in);
+  hash_check(fi, b, in);
   if (c->codec == 1) {
     size_t n = zstd_decompress(dst, want, raw, c->stored);
     if (zstd_is_error(n) || n != want) damaged(fi, b, "zstd");
   }
-  __atomic_store_n(&f->staged[b], 1, __ATOMIC_RELEASE);
-  uint64_t one = 1;
-  if (write(staged_fd, &one, sizeof one) < 0 && errno != EAGAIN) io_failed("waking the server failed");
+  __atomic_store_n(&f->staged[b], STAGED_MAP, __ATOMIC_RELEASE);
+  wake_server();
 }
 
 static void *checker(void *arg) {
@@ -367,14 +413,47 @@ static void *checker(void *arg) {
       pthread_cond_wait(&wake, &lock);
     }
     files[f].claimed[b] = 1;
+    int direct = direct_mode && files[f].chunks[b].codec == 0 && !files[f].want_map[b];
+    if (direct) inflight_direct++;
     pthread_mutex_unlock(&lock);
-    if (!__atomic_load_n(&files[f].staged[b], __ATOMIC_ACQUIRE)) check_block(f, b, raw);
+    if (!__atomic_load_n(&files[f].staged[b], __ATOMIC_ACQUIRE)) check_block(f, b, raw, !direct);
+    if (direct) {
+      pthread_mutex_lock(&lock);
+      if (--inflight_direct == 0) pthread_cond_broadcast(&direct_idle);
+      pthread_mutex_unlock(&lock);
+    }
   }
   return NULL;
 }
 
+/* Takes the read lease on a description of the checkpoint file of this server's own (one shared
+ * with checkpt would outlive this process), with its break reported on a signalfd. */
+static void take_lease(void) {
+  int any = 0;
+  for (uint32_t i = 0; i < nfiles; i++) any |= files[i].chunks != NULL;
+  if (!any || !sha_init || !sha_update || !sha_digest) return;
+  int fd = open("/proc/self/fd/5", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, LEASE_SIGNAL);
+  /* Blocked before the checker threads start, so they inherit it and only the signalfd sees it. */
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  /* No lease where the file system has none, or the file is open for writing: staged as before. */
+  if (sfd < 0 || fcntl(fd, F_SETSIG, LEASE_SIGNAL) < 0 || fcntl(fd, F_SETLEASE, F_RDLCK) < 0) {
+    if (sfd >= 0) close(sfd);
+    close(fd);
+    return;
+  }
+  lease_fd = fd;
+  lease_sigfd = sfd;
+  direct_mode = 1;
+}
+
 static void start_checker(int stage_only) {
   load_codecs();
+  if (!stage_only) take_lease();
   for (uint32_t i = 0; i < nfiles; i++) {
     if (!files[i].chunks || files[i].size == 0) continue;
     void *m = mmap(NULL, files[i].size, PROT_READ | PROT_WRITE, MAP_SHARED, FIRST_FILE_FD + (int)i, 0);
@@ -417,11 +496,40 @@ static void ask(uint32_t fi, uint64_t b) {
   else send_ctl(MSG_NEED, fi, b);
 }
 
+/* Copies a block checked in the checkpoint file into its staged image, checked again (main thread:
+ * nothing is sending from the file meanwhile). */
+static void materialize(uint32_t fi, uint64_t b) {
+  static uint8_t *raw;
+  if (!raw && !(raw = malloc(2 * block + 65536))) io_failed("out of memory for staging");
+  check_block(fi, b, raw, 1);
+}
+
+/* The lease is being broken (someone opens the file for writing): every block checked in the file
+ * is copied out and checked again before the lease is let go, and the rest is staged from now on. */
+static void end_direct(void) {
+  struct signalfd_siginfo si;
+  while (read(lease_sigfd, &si, sizeof si) > 0) {
+  }
+  pthread_mutex_lock(&lock);
+  direct_mode = 0;
+  while (inflight_direct > 0) pthread_cond_wait(&direct_idle, &lock);
+  pthread_mutex_unlock(&lock);
+  for (uint32_t i = 0; i < nfiles; i++)
+    for (uint64_t b = 0; b < files[i].blocks; b++)
+      if (__atomic_load_n(&files[i].staged[b], __ATOMIC_ACQUIRE) == STAGED_FILE) materialize(i, b);
+  fcntl(lease_fd, F_SETLEASE, F_UNLCK);
+  close(lease_sigfd);
+  lease_sigfd = -1;
+}
+
 /* Answers the STAGE requests whose blocks are staged now. */
 static void report_staged(void) {
   size_t keep = 0;
   for (size_t i = 0; i < nreports; i++) {
-    if (__atomic_load_n(&files[reports[i].file].staged[reports[i].block], __ATOMIC_ACQUIRE))
+    uint8_t st = __atomic_load_n(&files[reports[i].file].staged[reports[i].block], __ATOMIC_ACQUIRE);
+    /* CRIU's restore reads it from the staged image. */
+    if (st == STAGED_FILE) materialize(reports[i].file, reports[i].block);
+    if (st != STAGED_NO)
       send_ctl(MSG_STAGED, reports[i].file, reports[i].block);
     else
       reports[keep++] = reports[i];
@@ -433,7 +541,7 @@ static void report_staged(void) {
 static int ready(const struct request *r) {
   struct file *f = &files[r->file];
   int all = 1;
-  for (uint64_t b = r->offset / block; b * block < r->offset + r->length; b++) {
+  for (uint64_t b = r->offset / f->block; b * f->block < r->offset + r->length; b++) {
     if (__atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE)) continue;
     all = 0;
     ask(r->file, b);
@@ -448,15 +556,22 @@ static void answer(const struct request *r) {
   memcpy(head, &cmd, 4);
   memset(head + 4, 0, 4);
   write_all(DAEMON_FD, head, IOV_SIZE, 1);
-  int fd = FIRST_FILE_FD + (int)r->file;
-  off_t at = (off_t)r->offset;
-  uint64_t left = r->length;
-  while (left > 0) {
-    ssize_t n = sendfile(DAEMON_FD, fd, &at, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail("connection failed (%s)", strerror(errno));
-    if (n == 0) fail("a staged pages image is shorter than its plan");
-    left -= (uint64_t)n;
+  const struct file *f = &files[r->file];
+  uint64_t at = r->offset, end = r->offset + r->length;
+  while (at < end) {
+    /* Block by block: each from where it was checked. */
+    uint64_t fb = f->block, b = at / fb, seg = (b + 1) * fb < end ? (b + 1) * fb - at : end - at;
+    int from_file = __atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE) == STAGED_FILE;
+    int fd = from_file ? lease_fd : FIRST_FILE_FD + (int)r->file;
+    off_t pos = (off_t)(from_file ? f->chunks[b].offset + (at - b * fb) : at);
+    while (seg > 0) {
+      ssize_t n = sendfile(DAEMON_FD, fd, &pos, seg);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail("connection failed (%s)", strerror(errno));
+      if (n == 0) fail("a pages image is shorter than its plan");
+      seg -= (uint64_t)n;
+      at += (uint64_t)n;
+    }
   }
 }
 
@@ -542,13 +657,15 @@ int cmd_serve_pages(int stage_only) {
       if (qlen > 0) fail("hung up with requests unanswered");
       exit(EXIT_HUNG_UP);
     }
-    struct pollfd p[3] = {{CTL_FD, POLLIN, 0},
+    struct pollfd p[4] = {{CTL_FD, POLLIN, 0},
                           {daemon_open ? DAEMON_FD : -1, qlen < MAX_QUEUED ? POLLIN : 0, 0},
-                          {staged_fd, POLLIN, 0}};
-    if (poll(p, 3, -1) < 0) {
+                          {staged_fd, POLLIN, 0},
+                          {lease_sigfd, POLLIN, 0}};
+    if (poll(p, 4, -1) < 0) {
       if (errno == EINTR) continue;
       fail("poll failed (%s)", strerror(errno));
     }
+    if (p[3].revents) end_direct();
     if (p[2].revents) {
       uint64_t n;
       if (read(staged_fd, &n, sizeof n) < 0 && errno != EAGAIN) fail("poll failed (%s)", strerror(errno));
@@ -575,6 +692,9 @@ int cmd_serve_pages(int stage_only) {
         reports[nreports].file = file;
         reports[nreports].block = blk;
         nreports++;
+        pthread_mutex_lock(&lock);
+        files[file].want_map[blk] = 1;
+        pthread_mutex_unlock(&lock);
         ask(file, blk);
       }
       report_staged();

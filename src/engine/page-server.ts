@@ -23,7 +23,7 @@ import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { helperPath } from './native.js';
 import type { MemoryPlan, Range } from './pagemap.js';
-import { BLOCK, type StagedPages } from './staged-pages.js';
+import type { StagedPages } from './staged-pages.js';
 
 const PLAN_MAGIC = 0x53504b43;
 const MSG_STAGED = 1;
@@ -40,7 +40,15 @@ const CKPT_FD = 5;
 
 type Pages = Pick<
   StagedPages,
-  'entries' | 'ensure' | 'ensureRanges' | 'onBlock' | 'fdOf' | 'direct' | 'damaged' | 'noteStaged'
+  | 'entries'
+  | 'ensure'
+  | 'ensureRanges'
+  | 'onBlock'
+  | 'fdOf'
+  | 'direct'
+  | 'damaged'
+  | 'noteStaged'
+  | 'blockOf'
 >;
 
 export interface PageServer {
@@ -67,7 +75,7 @@ export interface PageServer {
 export function encodePlan(
   plan: MemoryPlan,
   names: readonly string[],
-  pages: Pick<Pages, 'entries' | 'direct'>,
+  pages: Pick<Pages, 'entries' | 'direct' | 'blockOf'>,
 ): Buffer {
   const index = new Map(names.map((n, i) => [n, i]));
   const rows: { pid: number; file: number; vaddr: number; bytes: number; offset: number }[] = [];
@@ -82,18 +90,18 @@ export function encodePlan(
   rows.sort((a, b) => a.pid - b.pid || a.vaddr - b.vaddr);
   const tables = names.map((n) => pages.direct(n));
   const chunks = tables.reduce((sum, t) => sum + (t?.offsets.length ?? 0), 0);
-  const buf = Buffer.alloc(16 + names.length * 16 + chunks * 48 + rows.length * 32);
+  const buf = Buffer.alloc(16 + names.length * 24 + chunks * 48 + rows.length * 32);
   buf.writeUInt32LE(PLAN_MAGIC, 0);
   buf.writeUInt32LE(names.length, 4);
   buf.writeUInt32LE(rows.length, 8);
-  buf.writeUInt32LE(BLOCK, 12);
   let at = 16;
   names.forEach((n, i) => {
     const t = tables[i];
     buf.writeBigUInt64LE(BigInt(pages.entries.get(n) ?? 0), at);
     buf.writeUInt32LE(t ? 1 : 0, at + 8);
     buf.writeUInt32LE(t?.offsets.length ?? 0, at + 12);
-    at += 16;
+    buf.writeUInt32LE(pages.blockOf(n), at + 16);
+    at += 24;
     t?.offsets.forEach((offset, c) => {
       buf.writeBigUInt64LE(BigInt(offset), at);
       buf.writeUInt32LE(t.stored[c] ?? 0, at + 8);
@@ -211,12 +219,13 @@ export function servePages(
         waiter();
         continue;
       }
-      if (type !== MSG_NEED || entry === undefined || size === undefined || block * BLOCK >= size) {
+      const bytes = entry === undefined ? 0 : pages.blockOf(entry);
+      if (type !== MSG_NEED || entry === undefined || size === undefined || block * bytes >= size) {
         fail(new Error(`internal: checkpt-helper serve-pages sent a malformed message`));
         return;
       }
       // Staged: reported through onBlock. Failed: the copy must not run on, at once.
-      pages.ensure(entry, block * BLOCK, Math.min(BLOCK, size - block * BLOCK)).catch(fail);
+      pages.ensure(entry, block * bytes, Math.min(bytes, size - block * bytes)).catch(fail);
     }
   });
 
@@ -241,8 +250,9 @@ export function servePages(
   const stageHere = (entry: string, list: readonly Range[]): Promise<void>[] => {
     const i = index.get(entry) as number;
     const blocks = new Set<number>();
+    const bytes = pages.blockOf(entry);
     for (const r of list)
-      for (let b = Math.floor(r.offset / BLOCK); b * BLOCK < r.offset + r.length; b++)
+      for (let b = Math.floor(r.offset / bytes); b * bytes < r.offset + r.length; b++)
         blocks.add(b);
     return [...blocks].map(
       (b) =>

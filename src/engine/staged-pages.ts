@@ -1,5 +1,6 @@
 /**
- * The memory of a resume, staged block by block as it is first needed: each 1 MiB block is read
+ * The memory of a resume, staged block by block as it is first needed: each block (one chunk of
+ * an image a native checker checks, else 1 MiB) is read
  * once from the PageSource (so checked once), written into the sparse pages-N.img in the staging
  * directory, and read from there afterwards. CRIU faults pages all over the heap: without this a
  * source that keeps a few chunks would check the same chunk again for nearly every fault. The
@@ -14,12 +15,14 @@ import { ioError, writeAll } from '../image/io.js';
 import type { DirectChunks, PageSource } from '../image/pages.js';
 import type { Range } from './pagemap.js';
 
-/** Bytes staged at once: a multiple of the page size, and of the format's memory chunk. */
+/** Bytes staged at once where the image's chunks are not checked natively: a multiple of the page size. */
 export const BLOCK = 1024 * 1024;
+const PAGE = 4096;
 
 interface Staged {
   fh: FileHandle;
   size: number;
+  block: number;
   present: Uint8Array;
   inFlight: Map<number, Promise<void>>;
 }
@@ -54,10 +57,14 @@ export class StagedPages {
         } catch (e) {
           throw ioError(`creating ${path}`, path, e);
         }
+        // A native checker's block is one chunk, of whatever size the file was written with.
+        const chunk = source.direct?.(entry)?.chunk;
+        const block = chunk !== undefined && chunk % PAGE === 0 ? chunk : BLOCK;
         s.files.set(entry, {
           fh,
           size,
-          present: new Uint8Array(Math.ceil(size / BLOCK)),
+          block,
+          present: new Uint8Array(Math.ceil(size / block)),
           inFlight: new Map(),
         });
         await fh.truncate(size);
@@ -81,7 +88,7 @@ export class StagedPages {
   async ensure(entry: string, offset: number, length: number): Promise<void> {
     const f = this.file(entry, offset, length);
     const waits: Promise<void>[] = [];
-    for (let b = Math.floor(offset / BLOCK); b * BLOCK < offset + length; b++) {
+    for (let b = Math.floor(offset / f.block); b * f.block < offset + length; b++) {
       if (f.present[b]) continue;
       let p = f.inFlight.get(b);
       if (!p) {
@@ -99,8 +106,8 @@ export class StagedPages {
   }
 
   private async stage(entry: string, f: Staged, b: number): Promise<void> {
-    const at = b * BLOCK;
-    const length = Math.min(BLOCK, f.size - at);
+    const at = b * f.block;
+    const length = Math.min(f.block, f.size - at);
     const buf = await this.source.read(entry, at, length);
     if (buf.length !== length)
       throw new CheckptError(
@@ -133,13 +140,18 @@ export class StagedPages {
     const f = this.file(entry, 0, 0);
     if (b < 0 || b >= f.present.length || f.present[b]) return;
     f.present[b] = 1;
-    this.onStaged?.(Math.min(BLOCK, f.size - b * BLOCK));
+    this.onStaged?.(Math.min(f.block, f.size - b * f.block));
   }
 
   /** The entry's chunks for a checker in another process, when each is one staged block. */
   direct(entry: string): DirectChunks | undefined {
     const d = this.source.direct?.(entry);
-    return d && d.chunk === BLOCK ? d : undefined;
+    return d && d.chunk === this.files.get(entry)?.block ? d : undefined;
+  }
+
+  /** Bytes per block of `entry`: what STAGED, NEED and STAGE messages count in. */
+  blockOf(entry: string): number {
+    return this.file(entry, 0, 0).block;
   }
 
   /** The error for block `index` of `entry` failing a check made outside. */
@@ -163,12 +175,14 @@ export class StagedPages {
     for (const [entry, list] of ranges)
       for (const r of list) {
         let ahead: Promise<void> | undefined;
-        for (let o = 0; o < r.length; o += BLOCK) {
-          const now = ahead ?? this.ensure(entry, r.offset + o, Math.min(BLOCK, r.length - o));
-          const next = o + BLOCK;
+        // At least a megabyte at a time: small blocks staged one by one would wait on each write.
+        const step = Math.max(BLOCK, this.blockOf(entry));
+        for (let o = 0; o < r.length; o += step) {
+          const now = ahead ?? this.ensure(entry, r.offset + o, Math.min(step, r.length - o));
+          const next = o + step;
           ahead =
             next < r.length
-              ? this.ensure(entry, r.offset + next, Math.min(BLOCK, r.length - next))
+              ? this.ensure(entry, r.offset + next, Math.min(step, r.length - next))
               : undefined;
           ahead?.catch(() => undefined);
           await now;

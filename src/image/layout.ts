@@ -120,6 +120,14 @@ const MAX_PLAUSIBLE_VERSION = 0xffff;
 export const CHUNK = 4 * 1024 * 1024;
 /** Format 2: decoded bytes per memory chunk (see above for why). */
 export const MEM_CHUNK = 1024 * 1024;
+/**
+ * Decoded bytes per chunk of a plain (neither compressed nor encrypted) memory image, written by
+ * default: a lazy restore checks a chunk when a page fault first needs it, and 64 KiB is checked
+ * in ~60 µs where 1 MiB takes a millisecond (docs/PERFORMANCE.md).
+ */
+export const PLAIN_MEM_CHUNK = 64 * 1024;
+/** Bytes a plain memory image is read and written in, whatever its chunks. */
+export const IO_UNIT = 1024 * 1024;
 export const MIN_MEM_CHUNK = 4096;
 export const MAX_MEM_CHUNK = 64 * 1024 * 1024;
 export const KIND_INLINE = 0;

@@ -28,7 +28,9 @@ import {
   MAX_MANIFEST,
   MAX_MEM_CHUNK,
   MAX_SEAL_CHUNK,
+  IO_UNIT,
   MEM_CHUNK,
+  PLAIN_MEM_CHUNK,
   MEMORY_NAME,
   MIN_MEM_CHUNK,
   MIN_SEAL_CHUNK,
@@ -323,6 +325,8 @@ export async function writeImage(
     throw new RangeError(`chunkSize must be from ${MIN_SEAL_CHUNK} to ${MAX_SEAL_CHUNK} bytes`);
   }
   const memoryChunk = options.memoryChunk ?? MEM_CHUNK;
+  // Plain memory is checked where a fault first needs it: a small chunk is checked in microseconds.
+  const plainChunk = options.memoryChunk ?? PLAIN_MEM_CHUNK;
   if (
     !Number.isInteger(memoryChunk) ||
     memoryChunk < MIN_MEM_CHUNK ||
@@ -346,7 +350,10 @@ export async function writeImage(
   let out: ChunkWriter | undefined;
   try {
     if (version === 2) {
-      bytes = await writeV2(fh, prefix, manifestBytes, sources, sealing, chunkSize, memoryChunk);
+      bytes = await writeV2(fh, prefix, manifestBytes, sources, sealing, chunkSize, {
+        memoryChunk,
+        plainChunk,
+      });
     } else {
       // Format 1, kept for tests of files older versions wrote.
       if (sealing) {
@@ -413,6 +420,7 @@ function cutOf(fd: number, name: string, size: number, chunk: number): Cut {
 interface Table {
   cut: Cut;
   hashes: Buffer[];
+  chunk: number;
 }
 
 /**
@@ -426,14 +434,17 @@ async function writeV2(
   sources: SourceFile[],
   sealing: Sealing | undefined,
   chunkSize: number,
-  memoryChunk: number,
+  chunks: { memoryChunk: number; plainChunk: number },
 ): Promise<number> {
+  const { memoryChunk, plainChunk } = chunks;
   const head = sealing ? sealing.head : prefix;
   await writeAll(fh, head, 0);
   let position = head.length;
   const tables = new Map<string, Table>();
   let ordinal = 0;
-  const bufs = [0, 1].map(() => Buffer.allocUnsafe(maxFrame(memoryChunk)));
+  const bufs = [0, 1].map(() =>
+    Buffer.allocUnsafe(Math.max(maxFrame(memoryChunk), maxFrame(plainChunk), IO_UNIT)),
+  );
   for (const s of sources) {
     if (!MEMORY_NAME.test(s.name)) continue;
     let src: FileHandle | undefined;
@@ -442,12 +453,19 @@ async function writeV2(
       const opened = await openEntry(s.path);
       src = opened.fh;
       const fileSize = opened.size;
-      const cut = cutOf(src.fd, s.name, fileSize, memoryChunk);
+      const chunk = sealing || s.name.endsWith('.zst') ? memoryChunk : plainChunk;
+      const cut = cutOf(src.fd, s.name, fileSize, chunk);
       const hashes: Buffer[] = [];
       let at = 0;
-      for (let i = 0; i < cut.lengths.length; i++) {
-        const len = cut.lengths[i] ?? 0;
-        const buf = (bufs[i % 2] as Buffer).subarray(0, len);
+      let turn = 0;
+      for (let i = 0; i < cut.lengths.length; turn++) {
+        // Plain chunks go to disk a megabyte at a time, each hashed on its own.
+        let n = 1;
+        let len = cut.lengths[i] ?? 0;
+        if (!sealing && cut.codec === CODEC_NONE)
+          while (i + n < cut.lengths.length && len + (cut.lengths[i + n] ?? 0) <= IO_UNIT)
+            len += cut.lengths[i + n++] ?? 0;
+        const buf = (bufs[turn % 2] as Buffer).subarray(0, len);
         // Read while the previous chunk (the other buffer) is written; this one's last write is done.
         await readExactly(src, buf, at, s.path);
         await pending;
@@ -457,9 +475,19 @@ async function writeV2(
           const last = i === cut.lengths.length - 1;
           out = [buf, sealPage(sealing, ordinal, s.name, i, last, buf)];
         } else {
-          hashes.push(createHash('sha256').update(buf).digest());
+          let from = 0;
+          for (let k = i; k < i + n; k++) {
+            const l = cut.lengths[k] ?? 0;
+            hashes.push(
+              createHash('sha256')
+                .update(buf.subarray(from, from + l))
+                .digest(),
+            );
+            from += l;
+          }
           out = [buf];
         }
+        i += n;
         pending = writeAllv(fh, out, position);
         pending.catch(() => undefined);
         position += len + (sealing ? TAG_LEN : 0);
@@ -469,7 +497,7 @@ async function writeV2(
       if ((await src.read(probe, 0, 1, fileSize)).bytesRead !== 0) {
         throw new CheckptError('EIO', `${s.path} grew while it was being packed`, { path: s.path });
       }
-      tables.set(s.name, { cut, hashes });
+      tables.set(s.name, { cut, hashes, chunk });
       ordinal++;
     } catch (e) {
       await pending.catch(() => undefined);
@@ -493,11 +521,11 @@ async function writeV2(
       const table = tables.get(s.name);
       if (table) {
         nameHead[2 + name.length] = KIND_CHUNKED;
-        const { cut, hashes } = table;
+        const { cut, hashes, chunk } = table;
         const row = sealing ? 4 : 4 + 32;
         const t = Buffer.alloc(1 + 4 + 8 + 4 + cut.lengths.length * row);
         t[0] = cut.codec;
-        t.writeUInt32BE(memoryChunk, 1);
+        t.writeUInt32BE(chunk, 1);
         t.writeBigUInt64BE(BigInt(cut.decoded), 5);
         t.writeUInt32BE(cut.lengths.length, 13);
         cut.lengths.forEach((len, i) => {

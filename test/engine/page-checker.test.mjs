@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import { scratchDir, unitTest as test } from '../helpers.mjs';
@@ -123,9 +124,59 @@ for (const [name, opts] of [
     await staged.close();
   });
 
+test('plain chunks are sent from the checkpoint file itself until someone opens it for writing', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  const { ps, daemon, errors, staged } = await serve(root, file);
+  const stagedImage = join(root, 'restore', 'pages-1.img');
+  const ask = async (first, nr) => {
+    const got = readBytes(daemon, 32 + nr * PAGE);
+    daemon.write(iov(GET, nr, VADDR + first * PAGE, 100));
+    return (await got).subarray(32);
+  };
+  // Checked in the file and sent from it: nothing of it was copied to the staged image.
+  const before = await ask(PAGES_PER_MIB + 5, 2);
+  assert.ok(before.equals(memory.subarray((PAGES_PER_MIB + 5) * PAGE, (PAGES_PER_MIB + 7) * PAGE)));
+  const hole = readFileSync(stagedImage).subarray(
+    (PAGES_PER_MIB + 5) * PAGE,
+    (PAGES_PER_MIB + 7) * PAGE,
+  );
+  assert.ok(hole.equals(Buffer.alloc(2 * PAGE)), 'sent from the checkpoint file, not staged');
+  // A writer: its open waits until the server has copied and checked what it sent from the file.
+  const writer = await open(file, 'r+');
+  try {
+    const copied = readFileSync(stagedImage).subarray(
+      (PAGES_PER_MIB + 5) * PAGE,
+      (PAGES_PER_MIB + 7) * PAGE,
+    );
+    assert.ok(copied.equals(before), 'copied to the staged image before the writer got the file');
+    // The writer ruins the file: what is sent from now on is what was checked before.
+    const { size } = await writer.stat();
+    await writer.write(Buffer.alloc(size, 0xee), 0, size, 0);
+  } finally {
+    await writer.close();
+  }
+  for (const [first, nr] of [
+    [PAGES_PER_MIB + 5, 2],
+    [2 * PAGES_PER_MIB + 3, 4],
+  ]) {
+    const later = await ask(first, nr);
+    assert.ok(
+      later.equals(memory.subarray(first * PAGE, (first + nr) * PAGE)),
+      `pages at ${first}`,
+    );
+  }
+  const bye = readBytes(daemon, 4);
+  daemon.write(iov(CLOSE, 0, 0, 0));
+  assert.deepEqual(await bye, Buffer.alloc(4));
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
+  daemon.destroy();
+  await staged.close();
+});
+
 test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it', async (t) => {
   const { root, file, memory } = await checkpointFile(t);
-  // Chunk 2 (the third MiB) damaged: only its first read can find it (the index is sound).
+  // Chunk 32 (64 KiB chunks: the first of the third MiB) damaged: only its first read can find it.
   const bytes = readFileSync(file);
   const probe = memory.subarray(2 * MIB + 4096, 2 * MIB + 4160);
   const at = bytes.indexOf(probe);
@@ -146,7 +197,7 @@ test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it
     assert.ok(e.message.includes(file), e.message);
     assert.match(
       e.message,
-      /checksum mismatch in memory entry pages-1\.img, chunk index 2 of 3 chunks/,
+      /checksum mismatch in memory entry pages-1\.img, chunk index 32 of 48 chunks/,
     );
     return true;
   });
