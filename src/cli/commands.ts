@@ -1,29 +1,15 @@
 import { CheckptError } from '../common/errors.js';
 import { checkConfig, DEBUG, PUBLIC_VARIABLES } from '../common/config.js';
 import { trace } from '../common/trace.js';
-import { resume } from '../engine/restore.js';
-import { compileNative } from '../engine/native.js';
-import { probe } from '../engine/probe.js';
-import { removeLockTable } from '../engine/netlock.js';
-import { manifestProblem } from '../engine/manifest.js';
-import { readImageHeader, readImageInfo, verifyImage } from '../image/format.js';
-import { loadKey } from '../image/key.js';
-import { execCheckpointable } from '../launcher/exec.js';
-import { runProgram } from '../launcher/run.js';
-import { requestCheckpoint } from '../launcher/request.js';
-import { exitLike } from '../launcher/signals.js';
-import {
-  isOciRef,
-  pullCheckpoint,
-  pullTemporary,
-  pushCheckpoint,
-  resumeFromRegistry,
-} from '../registry/index.js';
+import { isOciRef } from '../registry/reference.js';
 import type { Command } from './args.js';
-import { formatHeader, formatInspect } from './inspect.js';
 import { terminalProgress } from './progress.js';
-import { runSupervised } from './restart.js';
 import { holdRequests, supervise } from './supervise.js';
+
+// Each command loads what it uses when it runs: `checkpt -r` never pays for the registry's HTTP
+// and TLS, nor `checkpt signal` for the image format (docs/PERFORMANCE.md, start-up).
+const registry = () => import('../registry/index.js');
+const images = () => import('../image/format.js');
 
 const EXIT_FAILED = 125;
 
@@ -35,6 +21,7 @@ async function run(c: RunnableCommand): Promise<number> {
     case 'inspect': {
       if (!isOciRef(c.file)) return inspect(c);
       const progress = terminalProgress({ style: 'line' });
+      const { pullTemporary } = await registry();
       const pulled = await pullTemporary(c.file, { progress }).finally(() => progress.end());
       try {
         // A pulled file is ours: whoever pushed it is what --trust-file is about, not its directory.
@@ -45,6 +32,7 @@ async function run(c: RunnableCommand): Promise<number> {
     }
     case 'push': {
       const progress = terminalProgress({ style: 'line' });
+      const { pushCheckpoint } = await registry();
       const r = await pushCheckpoint(c.file, c.ref, { progress }).finally(() => progress.end());
       process.stdout.write(
         `checkpt: pushed ${c.file} (${r.size} bytes, ${r.layers} layers: ${r.uploaded} blobs sent, ${r.skipped} already there)\n${r.reference}\n`,
@@ -53,6 +41,7 @@ async function run(c: RunnableCommand): Promise<number> {
     }
     case 'pull': {
       const progress = terminalProgress({ style: 'line' });
+      const { pullCheckpoint } = await registry();
       const r = await pullCheckpoint(c.ref, c.file, { progress }).finally(() => progress.end());
       process.stdout.write(
         `checkpt: pulled ${c.ref} into ${c.file} (${r.size} bytes, manifest ${r.digest})\n`,
@@ -60,6 +49,7 @@ async function run(c: RunnableCommand): Promise<number> {
       return 0;
     }
     case 'check': {
+      const { probe } = await import('../engine/probe.js');
       const findings = probe(c.nodes.length ? c.nodes : [process.execPath]);
       const ok = findings.every((f) => f.ok);
       if (c.json) process.stdout.write(JSON.stringify({ ok, findings }, null, 2) + '\n');
@@ -71,10 +61,13 @@ async function run(c: RunnableCommand): Promise<number> {
       return ok ? 0 : 1;
     }
     case 'exec': {
+      const { execCheckpointable } = await import('../launcher/exec.js');
+      const { exitLike } = await import('../launcher/signals.js');
       const st = await execCheckpointable({ command: c.command, args: c.args });
       return exitLike(st);
     }
     case 'signal': {
+      const { requestCheckpoint } = await import('../launcher/request.js');
       const r = requestCheckpoint(c.pid, { exit: c.exit });
       if (c.verbose)
         process.stdout.write(
@@ -85,6 +78,7 @@ async function run(c: RunnableCommand): Promise<number> {
       return 0;
     }
     case 'build': {
+      const { compileNative } = await import('../engine/native.js');
       const { status, parts } = compileNative();
       for (const p of parts)
         process.stdout.write(
@@ -95,6 +89,10 @@ async function run(c: RunnableCommand): Promise<number> {
       return status === 0 && parts.every((p) => p.found) ? 0 : 1;
     }
     case 'unlock': {
+      const { readImageInfo } = await images();
+      const { loadKey } = await import('../image/key.js');
+      const { manifestProblem } = await import('../engine/manifest.js');
+      const { removeLockTable } = await import('../engine/netlock.js');
       // Root acts on the table the manifest names: someone else's file could name another's lock.
       const { manifest } = await readImageInfo(c.file, {
         key: loadKey(),
@@ -126,8 +124,8 @@ async function run(c: RunnableCommand): Promise<number> {
         progress: terminalProgress({ style: 'line' }),
       };
       const r = isOciRef(c.file)
-        ? await resumeFromRegistry(c.file, options)
-        : await resume(c.file, options);
+        ? await (await registry()).resumeFromRegistry(c.file, options)
+        : await (await import('../engine/restore.js')).resume(c.file, options);
       if (c.detach) {
         // The copy runs on its own: a stopping signal meant for it now stops only us, as before.
         for (const s of r.takeSignals()) process.kill(process.pid, s);
@@ -148,9 +146,12 @@ async function run(c: RunnableCommand): Promise<number> {
       });
     }
     case 'run': {
-      if (c.every !== undefined || c.restart !== undefined)
+      if (c.every !== undefined || c.restart !== undefined) {
+        const { runSupervised } = await import('./restart.js');
         return runSupervised({ ...c, keep: c.keep ?? 3 });
+      }
       const held = holdRequests();
+      const { runProgram } = await import('../launcher/run.js');
       const r = await runProgram({
         command: c.command,
         args: c.args,
@@ -170,6 +171,10 @@ async function run(c: RunnableCommand): Promise<number> {
 
 /** `checkpt inspect`: `shown` is the name printed (the reference, for a pulled file). */
 async function inspect(c: Extract<Command, { cmd: 'inspect' }>, shown = c.file): Promise<number> {
+  const { readImageHeader, readImageInfo, verifyImage } = await images();
+  const { loadKey } = await import('../image/key.js');
+  const { manifestProblem } = await import('../engine/manifest.js');
+  const { formatHeader, formatInspect } = await import('./inspect.js');
   const key = loadKey();
   const head = await readImageHeader(c.file);
   // Without the key only the header can be shown; --verify then fails with what to do.
