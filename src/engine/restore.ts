@@ -25,7 +25,7 @@ import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { requireHelper } from './native.js';
-import { prepareSockets } from './sockets.js';
+import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 
@@ -86,9 +86,12 @@ export async function resume(
   // Checked while the image unpacks; awaited before CRIU is needed.
   const version = criuVersionAsync();
   version.catch(() => undefined);
+  // Read while the image unpacks: the host's sockets, for the preflight of the copy's.
+  const host = hostSocketsAsync();
+  host.catch(() => undefined);
   const key = loadKey();
   try {
-    return await restoreFrom(file, options, version, key, hooks);
+    return await restoreFrom(file, options, version, host, key, hooks);
   } finally {
     key?.fill(0);
   }
@@ -98,6 +101,7 @@ async function restoreFrom(
   file: string,
   options: ResumeOptions,
   version: Promise<unknown>,
+  host: Promise<HostSocket[]>,
   key: Buffer | undefined,
   hooks: ResumeHooks,
 ): Promise<Resumed> {
@@ -207,7 +211,7 @@ async function restoreFrom(
     staging?.done.catch(() => undefined);
 
     // Before anything runs: a busy port fails here, or the copy is set up not to collide.
-    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover');
+    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', await host);
     trace('sockets');
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))

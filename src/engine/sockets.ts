@@ -9,6 +9,7 @@
  * (--tcp-close), so the copy never disturbs them.
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { socketInodes } from '../common/procfs.js';
@@ -161,6 +162,15 @@ export function hostSockets(read: (path: string) => string = readProc): HostSock
   );
 }
 
+/** hostSockets(), read in the thread pool: /proc/net/tcp walks the kernel's whole table (ms). */
+export async function hostSocketsAsync(): Promise<HostSocket[]> {
+  const names = ['tcp', 'tcp6', 'udp', 'udp6'] as const;
+  const texts = await Promise.all(
+    names.map((n) => readFile(`/proc/net/${n}`, 'utf8').catch(() => '')),
+  );
+  return names.flatMap((n, i) => parseProcNet(texts[i] ?? '', n.startsWith('tcp') ? 'tcp' : 'udp'));
+}
+
 function readProc(path: string): string {
   try {
     return readFileSync(path, 'utf8');
@@ -263,6 +273,7 @@ export function prepareSockets(
   imagesDir: string,
   file: string,
   takeover: boolean,
+  host: readonly HostSocket[] = hostSockets(),
 ): { tcpClose: boolean } {
   const path = join(imagesDir, 'files.img');
   let img: Buffer;
@@ -279,7 +290,7 @@ export function prepareSockets(
     return { tcpClose: false };
   }
   if (!image.length) return { tcpClose: false };
-  const plan = planSockets(image, hostSockets(), takeover);
+  const plan = planSockets(image, host, takeover);
   if (plan.busy.length) throw busyError(file, plan.busy);
   if (plan.moved.size) writeFileSync(path, withPortZero(img, plan.moved));
   return { tcpClose: plan.tcpClose };
