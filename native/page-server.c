@@ -16,10 +16,11 @@
  *   fd 6+ the staged pages images, in the plan's order, readable and writable
  *
  * Plan (little-endian): u32 magic "CKPS", u32 files, u32 entries, u32 0; per file u64 size,
- * u32 checked here (0/1), u32 blocks, u32 block size, u32 0, and when checked here per block (one
- * chunk of the file's: checkpt stages blocks of its own size) u64 offset in the
- * checkpoint file, u32 stored length, u32 codec (0 none, 1 zstd frame), 32 bytes SHA-256 of the
- * stored bytes; then per lazy pagemap entry, sorted by pid then vaddr: u32 pid, u32 file,
+ * u32 checked here (0/1), u32 blocks, u32 block size, u32 codec (0 none, 1 zstd frames), u64
+ * offset of the first chunk in the checkpoint file, and when checked here the file's chunk table
+ * as the checkpoint stores it (one chunk a block, back to back from that offset): per block u32
+ * stored length (big-endian) and SHA-256 of the stored bytes; then per lazy pagemap entry, sorted
+ * by pid then vaddr: u32 pid, u32 file,
  * u64 vaddr, u64 bytes, u64 offset in the file. Messages: u32 type, u32 file, u64 block. checkpt
  * sends STAGED for each block staged before, then PLANNED, then STAGED as it stages more, and
  * STAGE for a block of this server's that CRIU's restore reads itself (answered with STAGED once
@@ -162,8 +163,8 @@ static void read_plan(void) {
   entries = calloc(nentries ? nentries : 1, sizeof *entries);
   if (!files || !entries) fail("out of memory for the plan");
   for (uint32_t i = 0; i < nfiles; i++) {
-    uint8_t b[24];
-    read_ctl_exact(b, 24);
+    uint8_t b[32];
+    read_ctl_exact(b, 32);
     struct file *f = &files[i];
     f->size = u64(b);
     f->block = u32(b + 16);
@@ -178,18 +179,23 @@ static void read_plan(void) {
     if (!f->staged || !f->asked || !f->claimed || !f->want_map) fail("out of memory for the plan");
     if (!u32(b + 8)) continue;
     if (u32(b + 12) != f->blocks) fail("the plan from checkpt is malformed");
+    uint32_t codec = u32(b + 20);
+    uint64_t at = u64(b + 24);
+    if (codec > 1) fail("the plan from checkpt is out of bounds");
     f->chunks = calloc(f->blocks + 1, sizeof *f->chunks);
-    if (!f->chunks) fail("out of memory for the plan");
+    uint8_t *table = malloc(f->blocks * 36 + 1);
+    if (!f->chunks || !table) fail("out of memory for the plan");
+    read_ctl_exact(table, f->blocks * 36);
     for (uint64_t c = 0; c < f->blocks; c++) {
-      uint8_t r[48];
-      read_ctl_exact(r, 48);
-      f->chunks[c].offset = u64(r);
-      f->chunks[c].stored = u32(r + 8);
-      f->chunks[c].codec = u32(r + 12);
-      memcpy(f->chunks[c].sha, r + 16, 32);
-      if (f->chunks[c].codec > 1 || f->chunks[c].stored > 2 * f->block + 65536)
-        fail("the plan from checkpt is out of bounds");
+      const uint8_t *r = table + c * 36;
+      f->chunks[c].offset = at;
+      f->chunks[c].stored = (uint32_t)r[0] << 24 | (uint32_t)r[1] << 16 | (uint32_t)r[2] << 8 | r[3];
+      f->chunks[c].codec = codec;
+      memcpy(f->chunks[c].sha, r + 4, 32);
+      if (f->chunks[c].stored > 2 * f->block + 65536) fail("the plan from checkpt is out of bounds");
+      at += f->chunks[c].stored;
     }
+    free(table);
   }
   for (uint32_t i = 0; i < nentries; i++) {
     uint8_t b[32];

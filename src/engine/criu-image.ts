@@ -77,6 +77,59 @@ export function encodeMessage(fields: readonly Field[]): Buffer {
   return Buffer.concat(parts);
 }
 
+/**
+ * Calls `each` with the varint fields numbered below `ints.length` of every entry of a CRIU image
+ * whose second magic number is `magic`, in `ints` (reused; undefined where an entry lacks one):
+ * what decodeMessage() gives, without a Buffer per field (a big program's page map has 10⁴ entries).
+ */
+export function scanVarints(
+  img: Buffer,
+  magic: number,
+  ints: (number | undefined)[],
+  each: (index: number) => void,
+): void {
+  if (img.length < 8 || img.readUInt32LE(0) !== IMG_COMMON_MAGIC || img.readUInt32LE(4) !== magic)
+    throw new Error(`not a CRIU image of kind 0x${magic.toString(16)}`);
+  let at = 8;
+  for (let index = 0; at < img.length; index++) {
+    if (at + 4 > img.length) throw new Error('truncated entry length');
+    const end = at + 4 + img.readUInt32LE(at);
+    if (end > img.length) throw new Error('truncated entry');
+    ints.fill(undefined);
+    at += 4;
+    while (at < end) {
+      let key = 0;
+      [key, at] = varintWithin(img, at, end);
+      const no = Math.floor(key / 8);
+      const wire = key % 8;
+      if (wire === 0) {
+        let v = 0;
+        [v, at] = varintWithin(img, at, end);
+        if (no < ints.length) ints[no] = v;
+      } else if (wire === 2) {
+        let len = 0;
+        [len, at] = varintWithin(img, at, end);
+        at += len;
+      } else if (wire === 1 || wire === 5) at += wire === 1 ? 8 : 4;
+      else throw new Error(`unsupported wire type ${wire}`);
+      if (at > end) throw new Error('field runs past its message');
+    }
+    each(index);
+  }
+}
+
+function varintWithin(buf: Buffer, at: number, end: number): [number, number] {
+  let value = 0;
+  let mul = 1;
+  for (let i = at; i < end && i - at < 10; i++) {
+    const b = buf[i] as number;
+    value += (b & 0x7f) * mul;
+    mul *= 128;
+    if ((b & 0x80) === 0) return [value, i + 1];
+  }
+  throw new Error('bad varint');
+}
+
 /** The entries of a CRIU image whose second magic number is `magic`. */
 export function imageEntries(img: Buffer, magic: number): Buffer[] {
   if (img.length < 8 || img.readUInt32LE(0) !== IMG_COMMON_MAGIC || img.readUInt32LE(4) !== magic)

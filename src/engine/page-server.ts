@@ -68,6 +68,15 @@ export interface PageServer {
   finish(): Promise<boolean>;
 }
 
+/** A safe integer as a little-endian u64, without a BigInt (10⁴ of them in a big plan). */
+/** Bytes per chunk in a plain file's chunk table (and in the plan): u32 stored length, SHA-256. */
+const TABLE_ROW = 36;
+
+function putU64(buf: Buffer, value: number, at: number): void {
+  buf.writeUInt32LE(value % 0x1_0000_0000, at);
+  buf.writeUInt32LE(Math.floor(value / 0x1_0000_0000), at + 4);
+}
+
 /**
  * The plan native/page-server.c reads: each image's size and, when the server checks it itself,
  * its chunk table; then every lazy entry by pid and vaddr.
@@ -89,33 +98,30 @@ export function encodePlan(
   }
   rows.sort((a, b) => a.pid - b.pid || a.vaddr - b.vaddr);
   const tables = names.map((n) => pages.direct(n));
-  const chunks = tables.reduce((sum, t) => sum + (t?.offsets.length ?? 0), 0);
-  const buf = Buffer.alloc(16 + names.length * 24 + chunks * 48 + rows.length * 32);
+  const chunks = tables.reduce((sum, t) => sum + (t?.count ?? 0), 0);
+  const buf = Buffer.alloc(16 + names.length * 32 + chunks * TABLE_ROW + rows.length * 32);
   buf.writeUInt32LE(PLAN_MAGIC, 0);
   buf.writeUInt32LE(names.length, 4);
   buf.writeUInt32LE(rows.length, 8);
   let at = 16;
   names.forEach((n, i) => {
     const t = tables[i];
-    buf.writeBigUInt64LE(BigInt(pages.entries.get(n) ?? 0), at);
+    putU64(buf, pages.entries.get(n) ?? 0, at);
     buf.writeUInt32LE(t ? 1 : 0, at + 8);
-    buf.writeUInt32LE(t?.offsets.length ?? 0, at + 12);
+    buf.writeUInt32LE(t?.count ?? 0, at + 12);
     buf.writeUInt32LE(pages.blockOf(n), at + 16);
-    at += 24;
-    t?.offsets.forEach((offset, c) => {
-      buf.writeBigUInt64LE(BigInt(offset), at);
-      buf.writeUInt32LE(t.stored[c] ?? 0, at + 8);
-      buf.writeUInt32LE(t.zstd ? 1 : 0, at + 12);
-      (t.hashes[c] ?? Buffer.alloc(32)).copy(buf, at + 16, 0, 32);
-      at += 48;
-    });
+    buf.writeUInt32LE(t?.zstd ? 1 : 0, at + 20);
+    putU64(buf, t?.first ?? 0, at + 24);
+    at += 32;
+    // The file's own table, as it is: the server adds up the offsets.
+    if (t) at += t.table.copy(buf, at, 0, t.count * TABLE_ROW);
   });
   for (const r of rows) {
     buf.writeUInt32LE(r.pid, at);
     buf.writeUInt32LE(r.file, at + 4);
-    buf.writeBigUInt64LE(BigInt(r.vaddr), at + 8);
-    buf.writeBigUInt64LE(BigInt(r.bytes), at + 16);
-    buf.writeBigUInt64LE(BigInt(r.offset), at + 24);
+    putU64(buf, r.vaddr, at + 8);
+    putU64(buf, r.bytes, at + 16);
+    putU64(buf, r.offset, at + 24);
     at += 32;
   }
   return buf;
@@ -189,7 +195,7 @@ export function servePages(
     const m = Buffer.alloc(MSG_SIZE);
     m.writeUInt32LE(type, 0);
     m.writeUInt32LE(entry, 4);
-    m.writeBigUInt64LE(BigInt(block), 8);
+    putU64(m, block, 8);
     ctl.write(m);
   };
   ctl.on('error', () => undefined);

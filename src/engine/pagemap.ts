@@ -10,7 +10,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import type { PageSource } from '../image/pages.js';
-import { decodeMessage, imageEntries, type Field } from './criu-image.js';
+import { scanVarints } from './criu-image.js';
 
 export const PAGE_SIZE = 4096;
 const PAGEMAP_MAGIC = 0x56084025;
@@ -45,10 +45,6 @@ export interface MemoryPlan {
   lazy: Map<string, Range[]>;
 }
 
-function field(fields: Field[], no: number): Field | undefined {
-  return fields.find((f) => f.no === no && f.wire === 0);
-}
-
 /** Adds a range, merged with the previous one when they touch. */
 function push(ranges: Range[], offset: number, length: number): void {
   const last = ranges[ranges.length - 1];
@@ -76,54 +72,62 @@ export async function readMemoryPlan(
   for (const name of (await readdir(dir)).sort()) {
     const m = /^pagemap-(shmem-)?(\d+)\.img$/.exec(name);
     if (!m) continue;
-    let head: Field[];
-    let entries: Field[][];
-    try {
-      const all = imageEntries(await readFile(join(dir, name)), PAGEMAP_MAGIC);
-      if (all.length === 0) continue;
-      head = decodeMessage(all[0] as Buffer);
-      entries = all.slice(1).map(decodeMessage);
-    } catch (e) {
-      throw bad(`${name} is not a CRIU page map (${(e as Error).message})`);
-    }
-    const id = field(head, 1)?.int;
-    if (id === undefined) throw bad(`${name} names no pages image`);
-    const pagesName = `pages-${id}.img`;
-    const size = pages.entries.get(pagesName);
-    if (size === undefined) throw bad(`${name} names ${pagesName}, which the file does not hold`);
-    if (claimed.has(pagesName)) throw bad(`${pagesName} is named by two page maps`);
-    claimed.add(pagesName);
-    const task: TaskPages = { pages: pagesName, vaddr: [], bytes: [], offset: [], lazy: [] };
+    const img = await readFile(join(dir, name));
+    let task: TaskPages | undefined;
+    let pagesName = '';
+    let size = 0;
     const eager: Range[] = [];
     const lazy: Range[] = [];
     let at = 0;
     let end = 0;
-    for (const e of entries) {
-      const vaddr = field(e, 1)?.int;
-      const nr = field(e, 5)?.int ?? field(e, 2)?.int;
-      const inParent = field(e, 3)?.int === 1;
-      // As CRIU reads an entry from an older CRIU (init_compat_pagemap_entry).
-      const flags = inParent ? PE_PARENT : (field(e, 4)?.int ?? PE_PRESENT);
-      if (vaddr === undefined || nr === undefined || vaddr % PAGE_SIZE !== 0 || nr < 1)
-        throw bad(`${name} has a malformed entry`);
-      if (vaddr < end) throw bad(`${name} has overlapping or unsorted entries`);
-      if (flags & PE_PARENT)
-        throw bad(`${name} refers to a parent image, which checkpt never makes`);
-      const bytes = nr * PAGE_SIZE;
-      end = vaddr + bytes;
-      const present = (flags & PE_PRESENT) !== 0;
-      // Shared memory is restored by `criu restore` itself, lazily or not.
-      const isLazy = present && (flags & PE_LAZY) !== 0 && m[1] === undefined;
-      task.vaddr.push(vaddr);
-      task.bytes.push(bytes);
-      task.offset.push(present ? at : -1);
-      task.lazy.push(isLazy);
-      if (present) {
-        if (at + bytes > size) throw bad(`${name} maps more pages than ${pagesName} holds`);
-        push(isLazy ? lazy : eager, at, bytes);
-        at += bytes;
-      }
+    // The head names the pages image; each entry after it maps pages (pagemap_entry).
+    const f: (number | undefined)[] = new Array(6);
+    try {
+      scanVarints(img, PAGEMAP_MAGIC, f, (index) => {
+        if (index === 0) {
+          const id = f[1];
+          if (id === undefined) throw bad(`${name} names no pages image`);
+          pagesName = `pages-${id}.img`;
+          const known = pages.entries.get(pagesName);
+          if (known === undefined)
+            throw bad(`${name} names ${pagesName}, which the file does not hold`);
+          if (claimed.has(pagesName)) throw bad(`${pagesName} is named by two page maps`);
+          claimed.add(pagesName);
+          size = known;
+          task = { pages: pagesName, vaddr: [], bytes: [], offset: [], lazy: [] };
+          return;
+        }
+        const t = task as TaskPages;
+        const vaddr = f[1];
+        const nr = f[5] ?? f[2];
+        const inParent = f[3] === 1;
+        // As CRIU reads an entry from an older CRIU (init_compat_pagemap_entry).
+        const flags = inParent ? PE_PARENT : (f[4] ?? PE_PRESENT);
+        if (vaddr === undefined || nr === undefined || vaddr % PAGE_SIZE !== 0 || nr < 1)
+          throw bad(`${name} has a malformed entry`);
+        if (vaddr < end) throw bad(`${name} has overlapping or unsorted entries`);
+        if (flags & PE_PARENT)
+          throw bad(`${name} refers to a parent image, which checkpt never makes`);
+        const bytes = nr * PAGE_SIZE;
+        end = vaddr + bytes;
+        const present = (flags & PE_PRESENT) !== 0;
+        // Shared memory is restored by `criu restore` itself, lazily or not.
+        const isLazy = present && (flags & PE_LAZY) !== 0 && m[1] === undefined;
+        t.vaddr.push(vaddr);
+        t.bytes.push(bytes);
+        t.offset.push(present ? at : -1);
+        t.lazy.push(isLazy);
+        if (present) {
+          if (at + bytes > size) throw bad(`${name} maps more pages than ${pagesName} holds`);
+          push(isLazy ? lazy : eager, at, bytes);
+          at += bytes;
+        }
+      });
+    } catch (e) {
+      if (e instanceof CheckptError) throw e;
+      throw bad(`${name} is not a CRIU page map (${(e as Error).message})`);
     }
+    if (task === undefined) continue;
     if (at !== size) throw bad(`${pagesName} holds ${size} bytes where ${name} maps ${at}`);
     plan.eager.set(pagesName, eager);
     plan.lazy.set(pagesName, lazy);

@@ -10,7 +10,7 @@ import * as zlib from 'node:zlib';
 import { CheckptError } from '../common/errors.js';
 import { closeQuietly, ioError } from './io.js';
 import { CODEC_ZSTD_FRAMES, TAG_LEN, maxFrame } from './layout.js';
-import type { DirectChunks, PageSource } from './pages.js';
+import type { ChunkHashes, DirectChunks, PageSource } from './pages.js';
 import { shrank, type Source } from './reader.js';
 import { openPage, type Sealing } from './seal.js';
 
@@ -30,7 +30,9 @@ export interface ChunkedEntry {
   /** File offset of each chunk. */
   offsets: number[];
   /** SHA-256 of each chunk's stored bytes (plain files). */
-  hashes: Buffer[] | undefined;
+  hashes: ChunkHashes | undefined;
+  /** The stored table (plain files): TABLE_ROW bytes per chunk. */
+  table?: Buffer;
   /** Sum of the stored lengths: the size of the entry as extracted. */
   size: number;
 }
@@ -104,7 +106,7 @@ export async function readChunk(
     done += bytesRead;
   }
   if (sealing === undefined) {
-    const want = e.hashes?.[i];
+    const want = e.hashes?.at(i);
     if (want === undefined || !createHash('sha256').update(raw).digest().equals(want)) {
       throw chunkDamaged(src.file, e, i, 'sha256');
     }
@@ -220,15 +222,15 @@ export class FilePages implements PageSource {
 
   direct(entry: string): DirectChunks | undefined {
     const e = this.byName.get(entry);
-    if (e === undefined || this.sealing !== undefined || e.hashes === undefined) return undefined;
+    if (e === undefined || this.sealing !== undefined || e.table === undefined) return undefined;
     if (e.codec !== CODEC_ZSTD_FRAMES && e.name.endsWith('.zst')) return undefined;
     return {
       fd: this.src.fh.fd,
       chunk: e.chunk,
       zstd: e.codec === CODEC_ZSTD_FRAMES,
-      offsets: e.offsets,
-      stored: e.stored,
-      hashes: e.hashes,
+      first: e.offsets[0] ?? 0,
+      count: e.stored.length,
+      table: e.table,
     };
   }
 

@@ -30,10 +30,33 @@ export interface DirectChunks {
   chunk: number;
   /** Each chunk is one zstd frame (else stored as it is). */
   zstd: boolean;
-  offsets: readonly number[];
-  stored: readonly number[];
-  /** SHA-256 of each chunk's stored bytes. */
-  hashes: readonly Buffer[];
+  /** File offset of the first chunk: the others follow it, back to back. */
+  first: number;
+  count: number;
+  /** The chunk table as the file stores it: per chunk u32 stored length (big-endian), SHA-256. */
+  table: Buffer;
+}
+
+/** SHA-256 of each chunk's stored bytes, by chunk index (an array of them will do). */
+export interface ChunkHashes {
+  readonly length: number;
+  at(index: number): Buffer | undefined;
+}
+
+/** The hashes in a chunk table as it is stored: one Buffer, not one per chunk (10⁴ of them). */
+export class TableHashes implements ChunkHashes {
+  constructor(
+    private readonly table: Buffer,
+    private readonly row: number,
+    private readonly skip: number,
+    readonly length: number,
+  ) {}
+
+  at(index: number): Buffer | undefined {
+    if (!Number.isInteger(index) || index < 0 || index >= this.length) return undefined;
+    const from = index * this.row + this.skip;
+    return this.table.subarray(from, from + 32);
+  }
 }
 
 /** What a lazy extraction left in the directory, and the memory still in the file. */

@@ -47,6 +47,7 @@ import {
 import { fileBytes, readAt, SeqReader, shrank, type ByteSource, type Source } from './reader.js';
 import { openChunk, rebound, sealingOf, type Sealing } from './seal.js';
 import { readChunk, type ChunkBuffers, type ChunkedEntry } from './chunks.js';
+import { TableHashes } from './pages.js';
 
 export interface ReadOptions {
   /** The 32-byte key (see key.ts); needed for an encrypted file. */
@@ -523,7 +524,7 @@ async function chunkTable(
   const table = await r.take(count * row);
   const stored: number[] = [];
   const offsets: number[] = [];
-  const hashes: Buffer[] | undefined = region.sealed ? undefined : [];
+  const hashes = region.sealed ? undefined : new TableHashes(table, row, 4, count);
   let at = start;
   let size = 0;
   const most = region.start + region.length;
@@ -537,11 +538,21 @@ async function chunkTable(
     if (next > most) throw damaged(file, `the chunks of ${what} lie beyond its memory part`);
     stored.push(len);
     offsets.push(at);
-    hashes?.push(table.subarray(i * row + 4, (i + 1) * row));
     size += len;
     at = next;
   }
-  return { name, ordinal, codec, chunk, decoded, stored, offsets, hashes, size };
+  return {
+    name,
+    ordinal,
+    codec,
+    chunk,
+    decoded,
+    stored,
+    offsets,
+    hashes,
+    size,
+    ...(region.sealed ? {} : { table: table.subarray(0, count * row) }),
+  };
 }
 
 function openError(file: string, e: unknown): CheckptError {
