@@ -9,7 +9,7 @@ import { COMPRESS, readAtLoad, ZSTD as ZSTD_VAR } from '../common/config.js';
 import { lowerPriority } from '../common/procfs.js';
 import type { EntryDecoder } from './extract.js';
 import { closeQuietly, writeAll } from './io.js';
-import { MEM_CHUNK } from './layout.js';
+import { IO_UNIT, ZSTD_FRAME } from './layout.js';
 
 /**
  * Compression of the memory images (CRIU's pages-N.img) with zstd, packed as `pages-N.img.zst`
@@ -86,7 +86,7 @@ function compressChunk(data: Buffer): Promise<Buffer> {
 }
 
 /**
- * With Node's zlib: `path` becomes path.zst, one zstd frame per MEM_CHUNK bytes (each one saying
+ * With Node's zlib: `path` becomes path.zst, one zstd frame per ZSTD_FRAME bytes (each one saying
  * its size), so that format 2 stores each frame as a chunk that decodes alone; the frames one
  * after another are an ordinary .zst file. Compressed on zlib's threads, THREADS at a time.
  */
@@ -101,18 +101,17 @@ async function compressInFrames(path: string): Promise<void> {
     let at = 0;
     let written = 0;
     while (at < size) {
+      // A megabyte per thread at a time, its frames compressed side by side on zlib's threads.
+      const buf = Buffer.allocUnsafe(Math.min(IO_UNIT * THREADS, size - at));
+      const { bytesRead } = await src.read(buf, 0, buf.length, at);
+      if (bytesRead !== buf.length) throw new Error(`${path} became shorter while compressed`);
+      at += buf.length;
       const batch: Buffer[] = [];
-      for (let k = 0; k < THREADS && at < size; k++) {
-        const buf = Buffer.allocUnsafe(Math.min(MEM_CHUNK, size - at));
-        const { bytesRead } = await src.read(buf, 0, buf.length, at);
-        if (bytesRead !== buf.length) throw new Error(`${path} became shorter while compressed`);
-        batch.push(buf);
-        at += buf.length;
-      }
-      for (const frame of await Promise.all(batch.map(compressChunk))) {
-        await writeAll(out, frame, written);
-        written += frame.length;
-      }
+      for (let f = 0; f < buf.length; f += ZSTD_FRAME) batch.push(buf.subarray(f, f + ZSTD_FRAME));
+      const frames = await Promise.all(batch.map(compressChunk));
+      const joined = Buffer.concat(frames);
+      await writeAll(out, joined, written);
+      written += joined.length;
     }
     await out.close();
     out = undefined;
@@ -128,7 +127,7 @@ async function compressInFrames(path: string): Promise<void> {
 
 /**
  * Replaces every large pages-N.img in `dir` with pages-N.img.zst; returns how many (none when
- * zstd is missing here: the image is then written as it is). With Node's zlib each MiB is a frame
+ * zstd is missing here: the image is then written as it is). With Node's zlib each 64 KiB is a frame
  * of its own, which a format-2 file serves on demand; with the zstd program (Node 20) the file is
  * one stream, which is extracted whole.
  */

@@ -31,6 +31,7 @@ import {
   IO_UNIT,
   MEM_CHUNK,
   PLAIN_MEM_CHUNK,
+  ZSTD_FRAME,
   MEMORY_NAME,
   MIN_MEM_CHUNK,
   MIN_SEAL_CHUNK,
@@ -327,6 +328,7 @@ export async function writeImage(
   const memoryChunk = options.memoryChunk ?? MEM_CHUNK;
   // Plain memory is checked where a fault first needs it: a small chunk is checked in microseconds.
   const plainChunk = options.memoryChunk ?? PLAIN_MEM_CHUNK;
+  const zstdChunk = options.memoryChunk ?? ZSTD_FRAME;
   if (
     !Number.isInteger(memoryChunk) ||
     memoryChunk < MIN_MEM_CHUNK ||
@@ -353,6 +355,7 @@ export async function writeImage(
       bytes = await writeV2(fh, prefix, manifestBytes, sources, sealing, chunkSize, {
         memoryChunk,
         plainChunk,
+        zstdChunk,
       });
     } else {
       // Format 1, kept for tests of files older versions wrote.
@@ -434,16 +437,18 @@ async function writeV2(
   sources: SourceFile[],
   sealing: Sealing | undefined,
   chunkSize: number,
-  chunks: { memoryChunk: number; plainChunk: number },
+  chunks: { memoryChunk: number; plainChunk: number; zstdChunk: number },
 ): Promise<number> {
-  const { memoryChunk, plainChunk } = chunks;
+  const { memoryChunk, plainChunk, zstdChunk } = chunks;
   const head = sealing ? sealing.head : prefix;
   await writeAll(fh, head, 0);
   let position = head.length;
   const tables = new Map<string, Table>();
   let ordinal = 0;
   const bufs = [0, 1].map(() =>
-    Buffer.allocUnsafe(Math.max(maxFrame(memoryChunk), maxFrame(plainChunk), IO_UNIT)),
+    Buffer.allocUnsafe(
+      Math.max(maxFrame(memoryChunk), maxFrame(plainChunk), maxFrame(zstdChunk), IO_UNIT),
+    ),
   );
   for (const s of sources) {
     if (!MEMORY_NAME.test(s.name)) continue;
@@ -453,7 +458,9 @@ async function writeV2(
       const opened = await openEntry(s.path);
       src = opened.fh;
       const fileSize = opened.size;
-      const chunk = sealing || s.name.endsWith('.zst') ? memoryChunk : plainChunk;
+      // A .zst cut into frames by compressImages() has a chunk per frame (sealed or not); a .zst
+      // of one stream is stored in chunks all the same, and decoded whole on resume.
+      const chunk = s.name.endsWith('.zst') ? zstdChunk : sealing ? memoryChunk : plainChunk;
       const cut = cutOf(src.fd, s.name, fileSize, chunk);
       const hashes: Buffer[] = [];
       let at = 0;
