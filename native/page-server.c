@@ -100,6 +100,8 @@ struct file {
   uint8_t *staged, *asked;
   /* Wanted in the staged image (what `criu restore` reads itself), not only checked in the file. */
   uint8_t *want_map;
+  /* Asked for with STAGE and not yet answered (main thread). */
+  uint8_t *report;
   /* Taken by a checker thread (under lock). */
   uint8_t *claimed;
   /* The checker's table, when this server checks the file itself, and the staged image mapped. */
@@ -176,7 +178,9 @@ static void read_plan(void) {
     f->asked = calloc(f->blocks + 1, 1);
     f->claimed = calloc(f->blocks + 1, 1);
     f->want_map = calloc(f->blocks + 1, 1);
-    if (!f->staged || !f->asked || !f->claimed || !f->want_map) fail("out of memory for the plan");
+    f->report = calloc(f->blocks + 1, 1);
+    if (!f->staged || !f->asked || !f->claimed || !f->want_map || !f->report)
+      fail("out of memory for the plan");
     if (!u32(b + 8)) continue;
     if (u32(b + 12) != f->blocks) fail("the plan from checkpt is malformed");
     uint32_t codec = u32(b + 20);
@@ -277,9 +281,10 @@ static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static struct { uint32_t file; uint64_t block; } *urgent;
 static size_t urgent_cap, urgent_head, urgent_len;
 static int staged_fd = -1; /* eventfd: the checker staged a block */
-/* Blocks checkpt asked to have staged (STAGE), to answer STAGED once they are (main thread). */
-static struct { uint32_t file; uint64_t block; } *reports;
-static size_t nreports;
+/* Blocks staged since the main thread last looked (under lock): it answers the STAGE requests
+ * among them. Each block is staged at most twice (in the file, then copied out). */
+static struct { uint32_t file; uint64_t block; } *done;
+static size_t done_cap, done_head, done_len;
 /* The background order: every block checked here, file by file (under lock). */
 static uint32_t cursor_file;
 static uint64_t cursor;
@@ -351,7 +356,12 @@ static void hash_check(uint32_t fi, uint64_t b, const uint8_t *bytes) {
   if (memcmp(md, c->sha, 32)) damaged(fi, b, "sha256");
 }
 
-static void wake_server(void) {
+static void wake_server(uint32_t fi, uint64_t b) {
+  pthread_mutex_lock(&lock);
+  done[(done_head + done_len) % done_cap].file = fi;
+  done[(done_head + done_len) % done_cap].block = b;
+  done_len++;
+  pthread_mutex_unlock(&lock);
   uint64_t one = 1;
   if (write(staged_fd, &one, sizeof one) < 0 && errno != EAGAIN) io_failed("waking the server failed");
 }
@@ -366,7 +376,7 @@ static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, int to_map) {
     read_chunk(fi, b, raw);
     hash_check(fi, b, raw);
     __atomic_store_n(&f->staged[b], STAGED_FILE, __ATOMIC_RELEASE);
-    wake_server();
+    wake_server(fi, b);
     return;
   }
   /* The block's place in the staged image, filled in place (one copy on a machine where copies
@@ -382,7 +392,7 @@ static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, int to_map) {
     if (zstd_is_error(n) || n != want) damaged(fi, b, "zstd");
   }
   __atomic_store_n(&f->staged[b], STAGED_MAP, __ATOMIC_RELEASE);
-  wake_server();
+  wake_server(fi, b);
 }
 
 static void *checker(void *arg) {
@@ -470,9 +480,10 @@ static void start_checker(int stage_only) {
   for (uint32_t i = 0; i < nfiles; i++) total += files[i].blocks;
   urgent_cap = total + 1;
   urgent = calloc(urgent_cap, sizeof *urgent);
-  reports = calloc(urgent_cap, sizeof *reports);
+  done_cap = 2 * urgent_cap;
+  done = calloc(done_cap, sizeof *done);
   staged_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (!urgent || !reports || staged_fd < 0) fail("cannot start the checker (%s)", strerror(errno));
+  if (!urgent || !done || staged_fd < 0) fail("cannot start the checker (%s)", strerror(errno));
   /* Half the CPUs (1 to 4): the copy, CRIU and its daemon need the rest while it runs; all of
    * them (up to 4) for staging before CRIU starts, when nothing else runs. */
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -528,19 +539,33 @@ static void end_direct(void) {
   lease_sigfd = -1;
 }
 
-/* Answers the STAGE requests whose blocks are staged now. */
+/* Answers a STAGE request for block b of fi once the block is in its staged image. */
+static void report_if_staged(uint32_t fi, uint64_t b) {
+  struct file *f = &files[fi];
+  if (!f->report[b]) return;
+  uint8_t st = __atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE);
+  if (st == STAGED_NO) return;
+  /* CRIU's restore reads it from the staged image. */
+  if (st == STAGED_FILE) materialize(fi, b);
+  f->report[b] = 0;
+  send_ctl(MSG_STAGED, fi, b);
+}
+
+/* Answers the STAGE requests among the blocks staged since the last look. */
 static void report_staged(void) {
-  size_t keep = 0;
-  for (size_t i = 0; i < nreports; i++) {
-    uint8_t st = __atomic_load_n(&files[reports[i].file].staged[reports[i].block], __ATOMIC_ACQUIRE);
-    /* CRIU's restore reads it from the staged image. */
-    if (st == STAGED_FILE) materialize(reports[i].file, reports[i].block);
-    if (st != STAGED_NO)
-      send_ctl(MSG_STAGED, reports[i].file, reports[i].block);
-    else
-      reports[keep++] = reports[i];
+  for (;;) {
+    pthread_mutex_lock(&lock);
+    if (done_len == 0) {
+      pthread_mutex_unlock(&lock);
+      return;
+    }
+    uint32_t fi = done[done_head].file;
+    uint64_t b = done[done_head].block;
+    done_head = (done_head + 1) % done_cap;
+    done_len--;
+    pthread_mutex_unlock(&lock);
+    report_if_staged(fi, b);
   }
-  nreports = keep;
 }
 
 /* Whether every block of the request is staged; asks for the ones not asked for yet, first. */
@@ -690,20 +715,18 @@ int cmd_serve_pages(int stage_only) {
         if ((type != MSG_STAGED && type != MSG_STAGE) || file >= nfiles || blk >= files[file].blocks)
           fail("checkpt sent a malformed message");
         if (type == MSG_STAGED) {
-          __atomic_store_n(&files[file].staged[blk], 1, __ATOMIC_RELEASE);
+          __atomic_store_n(&files[file].staged[blk], STAGED_MAP, __ATOMIC_RELEASE);
+          report_if_staged(file, blk);
           continue;
         }
         /* A block this server cannot check here (no Nettle or libzstd) comes back as NEED. */
-        if (nreports >= urgent_cap) fail("checkpt asked to stage too many blocks");
-        reports[nreports].file = file;
-        reports[nreports].block = blk;
-        nreports++;
         pthread_mutex_lock(&lock);
         files[file].want_map[blk] = 1;
         pthread_mutex_unlock(&lock);
+        files[file].report[blk] = 1;
         ask(file, blk);
+        report_if_staged(file, blk);
       }
-      report_staged();
       memmove(ctl, ctl + at, ctllen - at);
       ctllen -= at;
     }

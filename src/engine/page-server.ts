@@ -260,13 +260,20 @@ export function servePages(
     for (const r of list)
       for (let b = Math.floor(r.offset / bytes); b * bytes < r.offset + r.length; b++)
         blocks.add(b);
-    return [...blocks].map(
-      (b) =>
-        new Promise<void>((resolve) => {
-          waiting.set(`${entry}:${b}`, resolve);
-          send(MSG_STAGE, i, b);
-        }),
+    const waits = [...blocks].map(
+      (b) => new Promise<void>((resolve) => waiting.set(`${entry}:${b}`, resolve)),
     );
+    // One write for all of them: an eager restore's memory is hundreds of blocks.
+    const batch = Buffer.alloc(blocks.size * MSG_SIZE);
+    let at = 0;
+    for (const b of blocks) {
+      batch.writeUInt32LE(MSG_STAGE, at);
+      batch.writeUInt32LE(i, at + 4);
+      putU64(batch, b, at + 8);
+      at += MSG_SIZE;
+    }
+    if (at > 0) ctl.write(batch);
+    return waits;
   };
   const stage = async (ranges: ReadonlyMap<string, readonly Range[]>): Promise<void> => {
     const waits: Promise<void>[] = [];
