@@ -117,7 +117,7 @@ export async function readChunk(
 ): Promise<Buffer> {
   if (e.store !== undefined) {
     const hash = e.hashes?.[i] ?? Buffer.alloc(32);
-    return readStoredChunk({
+    const c = {
       file: src.file,
       store: e.store,
       entry: e.name,
@@ -125,7 +125,8 @@ export async function readChunk(
       count: e.stored.length,
       length: e.stored[i] ?? 0,
       hash,
-    });
+    };
+    return readStoredChunk(c, bufs?.raw);
   }
   const len = e.stored[i] ?? 0;
   const total = len + (sealing ? TAG_LEN : 0);
