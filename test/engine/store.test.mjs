@@ -15,6 +15,7 @@ import {
   nodeBinaries,
   removeDir,
   resume,
+  spawnSync,
   startNode,
   tempDir,
   test,
@@ -207,4 +208,34 @@ test('the writer killed in the middle of its store write: that checkpoint fails,
       'a half-written chunk was left',
     );
   for (const e of taken) assert.equal(await resumeDigest(e.file), e.digest);
+});
+
+test('a full disk skips that checkpoint with a warning, keeps the previous good ones and leaves no chunk of it behind', async () => {
+  const where = join(dir, 'full');
+  mkdirSync(where);
+  // Room for the first checkpoint of this program and what changes by the second, not much more.
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=150m,mode=0700', 'tmpfs', where]);
+  assert.equal(mounted.status, 0, String(mounted.stderr));
+  try {
+    const all = await rotationRun(where, ['3', '5', '64', '24']);
+    const taken = all.filter((e) => e.event === 'taken');
+    const failed = all.filter((e) => e.event === 'error');
+    console.log(`# taken ${taken.map((e) => e.i)}, skipped ${failed.map((e) => e.i)}`);
+    assert.ok(taken.length >= 1 && failed.length >= 1, JSON.stringify(all));
+    for (const e of failed) assert.match(e.message, /filesystem is full/, e.message);
+    const kept = taken.slice(-3);
+    assert.deepEqual(
+      readdirSync(where)
+        .filter((n) => n !== 'app.ckpt.store')
+        .sort(),
+      kept.map((e) => `app.${e.i}.ckpt`).sort(),
+    );
+    // What the skipped ones managed to write was collected: nothing is left to collect.
+    const store = join(where, 'app.ckpt.store');
+    assert.deepEqual(await collectGarbage(store), { removed: 0, bytes: 0 });
+    const newest = kept.at(-1);
+    assert.equal(await resumeDigest(newest.file), newest.digest);
+  } finally {
+    spawnSync('umount', [where]);
+  }
 });
