@@ -6,6 +6,7 @@ import { compileNative } from '../engine/native.js';
 import { probe } from '../engine/probe.js';
 import { removeLockTable } from '../engine/netlock.js';
 import { manifestProblem } from '../engine/manifest.js';
+import { packStandalone } from '../engine/pack.js';
 import { readImageHeader, readImageInfo, verifyImage } from '../image/format.js';
 import { loadKey } from '../image/key.js';
 import { execCheckpointable } from '../launcher/exec.js';
@@ -93,6 +94,13 @@ async function run(c: RunnableCommand): Promise<number> {
             : `FAIL  ${p.part}: ${p.problem}\n      -> ${p.fix}\n`,
         );
       return status === 0 && parts.every((p) => p.found) ? 0 : 1;
+    }
+    case 'pack': {
+      const r = await packStandalone(c.file, c.out);
+      process.stdout.write(
+        `checkpt: packed ${c.file} into ${c.out} (${r.bytes} bytes; it needs no store)\n`,
+      );
+      return 0;
     }
     case 'unlock': {
       // Root acts on the table the manifest names: someone else's file could name another's lock.

@@ -18,6 +18,7 @@ Usage:
   checkpt unlock FILE.ckpt         give up the connections of a checkpoint-and-exit never resumed
   checkpt push FILE.ckpt REF       store a checkpoint in an OCI registry (REF: host/repo:tag)
   checkpt pull REF FILE.ckpt       fetch one (checked blob by blob, then as a file)
+  checkpt pack IN.ckpt OUT.ckpt    a periodic checkpoint as a file that holds all of its memory
   checkpt -r oci://REF             pull, verify and resume in one step (inspect oci://REF too)
   checkpt build                    compile the native parts here (when the prebuilt ones do not work)
 

@@ -1,7 +1,7 @@
 // The chunk store (store.ts): memory kept once across files, cut where the content says so a shift
 // by whole pages still shares, every chunk checked as strictly as in a file, and collection that
 // never removes a chunk a file names.
-import { rejectsWith, scratchDir, unitTest as test } from '../helpers.mjs';
+import { checkptCli, rejectsWith, scratchDir, unitTest as test } from '../helpers.mjs';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -185,4 +185,30 @@ test('compressed chunks read back; a key writes a file that holds its memory', a
     ),
     /must be in the directory/,
   );
+});
+
+test('inspect says a file is store-backed; pack makes one that needs no store; push refuses one', async (t) => {
+  const root = scratchDir(t);
+  const store = path.join(root, 'app.ckpt.store');
+  const a = randomBytes(3 * MiB);
+  const f = path.join(root, 'app.1.ckpt');
+  await writeImage(f, { argv: ['x'] }, { dir: images(root, 'a', a) }, { store: { dir: store } });
+  const shown = checkptCli(['inspect', f]);
+  assert.equal(shown.status, 0, shown.stderr);
+  assert.match(shown.stdout, new RegExp(`store +memory in the chunk store ${store}`));
+  const out = path.join(root, 'whole.ckpt');
+  const packed = checkptCli(['pack', f, out]);
+  assert.equal(packed.status, 0, packed.stderr);
+  assert.equal((await readImageInfo(out)).store, undefined);
+  fs.rmSync(store, { recursive: true });
+  await verifyImage(out);
+  assert.equal(sha(await pagesOf(out, root)), sha(a));
+  // Without its store the original is refused, and so is packing it.
+  const again = checkptCli(['pack', f, path.join(root, 'again.ckpt')]);
+  assert.notEqual(again.status, 0);
+  assert.match(again.stderr, /is missing/);
+  assert.ok(!fs.existsSync(path.join(root, 'again.ckpt')));
+  const pushed = checkptCli(['push', f, '127.0.0.1:9/none/x:y']);
+  assert.notEqual(pushed.status, 0);
+  assert.match(pushed.stderr, /chunk store beside it.*checkpt pack/);
 });
