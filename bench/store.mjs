@@ -7,7 +7,7 @@
 // Usage: node bench/store.mjs [MB=128] [CHANGE=8] [COUNT=6] [DIR]
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { zstdDecoder } from '../dist/image/compress.js';
