@@ -101,8 +101,8 @@ export interface ImageInfo {
 export interface ImageHeader {
   formatVersion: number;
   encrypted: boolean;
-  /** Its memory is in a chunk store beside it (store.ts). */
-  stored: boolean;
+  /** Its memory is in a chunk store beside it (store.ts); absent otherwise. */
+  stored?: true;
   fileSize: number;
 }
 

@@ -714,8 +714,9 @@ export async function readImageHeader(file: string): Promise<ImageHeader> {
     const encrypted = (flags & FLAG_ENCRYPTED) !== 0;
     const least = versionOf(head) === 1 ? (encrypted ? MIN_SEALED_FILE : MIN_FILE) : MIN_FILE_V2;
     if (src.size < least) throw truncated(file);
-    const stored = (flags & FLAG_STORE) !== 0;
-    return { formatVersion: versionOf(head), encrypted, stored, fileSize: src.size };
+    const head2: ImageHeader = { formatVersion: versionOf(head), encrypted, fileSize: src.size };
+    if ((flags & FLAG_STORE) !== 0) head2.stored = true;
+    return head2;
   });
 }
 
