@@ -9,12 +9,14 @@ import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { collectGarbage, storeBytes, storeRefs } from '../../dist/image/format.js';
 import {
+  checkptCli,
   cleanup,
   events,
   fixture,
   nodeBinaries,
   removeDir,
   resume,
+  run,
   spawnSync,
   startNode,
   tempDir,
@@ -238,4 +240,41 @@ test('a full disk skips that checkpoint with a warning, keeps the previous good 
   } finally {
     spawnSync('umount', [where]);
   }
+});
+
+test('checkpt run --every writes into the store too, says what each checkpoint added, and inspect shows it', async () => {
+  const where = join(dir, 'run');
+  mkdirSync(where);
+  const p = run(
+    [
+      '--every',
+      '1s',
+      '--keep',
+      '2',
+      '--file',
+      join(where, 'w.ckpt'),
+      '--',
+      'python3',
+      fixture('counter.py'),
+    ],
+    { cwd: where },
+  );
+  const lines = () => [
+    ...p.stderrText.matchAll(/periodic checkpoint (\S+) \((.*?), program paused/g),
+  ];
+  const deadline = Date.now() + 60_000;
+  while (lines().length < 3 && Date.now() < deadline) await sleep(50);
+  const seen = lines();
+  assert.ok(seen.length >= 3, p.stderrText);
+  // The first fills the store; the next add little of it.
+  for (const m of seen)
+    assert.match(m[2], /MiB file \+ [0-9.]+ MiB new in its store, [0-9.]+ MiB unchanged/);
+  const shown = checkptCli(['inspect', seen[2][1]]);
+  assert.equal(shown.status, 0, shown.stderr);
+  assert.match(
+    shown.stdout,
+    new RegExp(`memory in the chunk store ${join(where, 'w.ckpt.store')}`),
+  );
+  process.kill(p.pid, 'SIGTERM');
+  assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' }, p.stderrText);
 });
