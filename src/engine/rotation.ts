@@ -15,7 +15,7 @@ import { open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { STORE } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
-import { collectGarbage, verifyImage, type Collected } from '../image/format.js';
+import { collectGarbage, StoreChunkError, verifyImage, type Collected } from '../image/format.js';
 import { keyFilePath, loadKey } from '../image/key.js';
 import { manifestProblem } from './manifest.js';
 
@@ -138,10 +138,19 @@ export class Rotation {
       result = await write(pending, store);
       if (isCopy(result))
         return { file: rotationFile(this.base, seq), result, copy: true, removed: [] };
-      await verifyCheckpoint(pending).catch((e: unknown) => {
+      await verifyCheckpoint(pending).catch(async (e: unknown) => {
+        // A damaged chunk in the store would be found present and reused by every next
+        // checkpoint: it goes, so the next one writes it again (and the files naming it heal).
+        const dropped =
+          e instanceof StoreChunkError && !e.missing
+            ? await rm(e.chunk, { force: true }).then(
+                () => true,
+                () => false,
+              )
+            : false;
         throw new CheckptError(
           'EBADIMAGE',
-          `The checkpoint just written does not verify (${(e as Error).message}); it was removed and the previous ones kept.`,
+          `The checkpoint just written does not verify (${(e as Error).message}); it was removed and the previous ones kept${dropped ? `; the damaged chunk ${e instanceof StoreChunkError ? e.chunk : ''} was removed from the store, so the next checkpoint writes it again` : ''}.`,
           { cause: e, path: pending },
         );
       });

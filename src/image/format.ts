@@ -22,4 +22,4 @@ export {
 } from './read.js';
 export { extractImage, extractLazy, type EntryDecoder, type ExtractOptions } from './extract.js';
 export type { LazyImage, PageSource } from './pages.js';
-export { storeBytes, type Collected, type StoreWrite } from './store.js';
+export { storeBytes, StoreChunkError, type Collected, type StoreWrite } from './store.js';

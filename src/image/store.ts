@@ -193,13 +193,25 @@ export interface StoredChunk {
   hash: Buffer;
 }
 
-function chunkError(c: StoredChunk, what: string): CheckptError {
-  const err = new CheckptError(
-    'EBADIMAGE',
+/** A stored chunk that is missing or damaged (EBADIMAGE); `chunk` is its path in the store. */
+export class StoreChunkError extends CheckptError {
+  constructor(
+    message: string,
+    file: string,
+    readonly chunk: string,
+    readonly missing: boolean,
+  ) {
+    super('EBADIMAGE', message, { path: file });
+  }
+}
+
+function chunkError(c: StoredChunk, what: string): StoreChunkError {
+  return new StoreChunkError(
     `${c.file} is damaged: memory chunk ${c.hash.toString('hex')} (memory entry ${c.entry}, chunk index ${c.index} of ${c.count} chunks) in its store ${c.store} ${what}; use another checkpoint, or keep the file beside its store (checkpt pack makes a file that needs none)`,
-    { path: c.file },
+    c.file,
+    chunkPath(c.store, c.hash),
+    what === 'is missing',
   );
-  return err;
 }
 
 /**
