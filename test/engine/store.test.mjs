@@ -14,6 +14,7 @@ import {
   events,
   fixture,
   nodeBinaries,
+  programPid,
   removeDir,
   resume,
   run,
@@ -277,4 +278,43 @@ test('checkpt run --every writes into the store too, says what each checkpoint a
   );
   process.kill(p.pid, 'SIGTERM');
   assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' }, p.stderrText);
+});
+
+test('checkpt run --restart passes over a newest checkpoint whose chunk is missing for the one before it', async () => {
+  const where = join(dir, 'restart');
+  mkdirSync(where);
+  const p = run(
+    [
+      '--every',
+      '2s',
+      '--keep',
+      '3',
+      '--restart',
+      '--file',
+      join(where, 'r.ckpt'),
+      '--',
+      'python3',
+      fixture('counter.py'),
+    ],
+    { cwd: where },
+  );
+  const taken = () => [...p.stderrText.matchAll(/periodic checkpoint (\S+) \(/g)].map((m) => m[1]);
+  const deadline = Date.now() + 60_000;
+  while (taken().length < 2 && Date.now() < deadline) await sleep(10);
+  const [prev, newest] = taken();
+  assert.ok(newest, p.stderrText);
+  const store = join(where, 'r.ckpt.store');
+  const older = new Set((await storeRefs(prev)).hashes.map((h) => h.toString('hex')));
+  const hex = (await storeRefs(newest)).hashes
+    .map((h) => h.toString('hex'))
+    .find((h) => !older.has(h));
+  assert.ok(hex, 'the newest file has a chunk of its own');
+  rmSync(chunkFile(store, hex));
+  process.kill(await programPid(p), 'SIGKILL');
+  const until = Date.now() + 60_000;
+  while (!/checkpt: resumed /.test(p.stderrText) && Date.now() < until) await sleep(20);
+  assert.match(p.stderrText, new RegExp(`checkpt: resumed ${prev}: `), p.stderrText);
+  assert.match(p.stderrText, new RegExp(`${newest}[^\\n]*memory chunk ${hex}[^\\n]*is missing`));
+  process.kill(p.pid, 'SIGTERM');
+  await p.closed;
 });
