@@ -104,6 +104,8 @@ export class StoreWriter {
   readonly stats: StoreWrite = { written: 0, shared: 0, chunks: 0 };
   private readonly dirs = new Set<string>();
   private readonly seen = new Set<string>();
+  /** Written, not yet fsynced nor renamed: fsynced together (the disk coalesces them). */
+  private batch: { fh: FileHandle; tmp: string; path: string }[] = [];
 
   constructor(
     readonly dir: string,
@@ -136,27 +138,54 @@ export class StoreWriter {
     let fh: FileHandle | undefined;
     try {
       fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      this.batch.push({ fh, tmp, path });
       await writeAll(fh, Buffer.from([codec]), 0);
       await writeAll(fh, payload, 1);
-      await fh.sync();
-      await fh.close();
-      fh = undefined;
-      await rename(tmp, path);
     } catch (e) {
-      await closeQuietly(fh);
-      await unlinkQuietly(tmp);
+      if (fh === undefined) await unlinkQuietly(tmp);
+      await this.abandon();
       throw ioError(`writing memory chunk ${path}`, path, e);
     }
     this.seen.add(path);
     this.stats.written += payload.length + 1;
+    if (this.batch.length >= BATCH) await this.flush();
     return hash;
+  }
+
+  /** fsyncs the chunks written so far, all at once, then renames each to its name. */
+  private async flush(): Promise<void> {
+    const batch = this.batch;
+    try {
+      await Promise.all(batch.map((c) => c.fh.sync()));
+      await Promise.all(batch.map((c) => c.fh.close()));
+      // Only a chunk whose bytes are durable gets its name: a present chunk is a whole one.
+      for (const c of batch) await rename(c.tmp, c.path);
+      this.batch = [];
+    } catch (e) {
+      await this.abandon();
+      throw ioError(`writing memory chunks into ${this.dir}`, this.dir, e);
+    }
+  }
+
+  /** Drops the chunks not yet renamed (a failed write). */
+  private async abandon(): Promise<void> {
+    const batch = this.batch;
+    this.batch = [];
+    for (const c of batch) {
+      await closeQuietly(c.fh);
+      await unlinkQuietly(c.tmp);
+    }
   }
 
   /** Makes every chunk put so far durable where it is (their directories fsynced). */
   async sync(): Promise<void> {
+    await this.flush();
     for (const d of [...this.dirs, join(this.dir, 'chunks'), this.dir]) await syncDirQuietly(d);
   }
 }
+
+/** Chunk files written before they are fsynced together (file descriptors held meanwhile). */
+const BATCH = 32;
 
 async function present(path: string): Promise<boolean> {
   try {
