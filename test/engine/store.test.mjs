@@ -95,7 +95,8 @@ test('ten checkpoints of a 96 MB program store about its memory once plus what c
     last.store < last.rss + 3 * 32 * MiB,
     `the store grew to ${last.store} from ${first}, RSS ${last.rss}`,
   );
-  assert.ok(last.store < 2.5 * first, `the store grew to ${last.store} from ${first}`);
+  // Four files would hold four times the first.
+  assert.ok(last.store < 3 * first, `the store grew to ${last.store} from ${first}`);
   assert.ok(first < last.rss + 16 * MiB, `the first checkpoint stored ${first}, RSS ${last.rss}`);
   // Chunks of files rotated out were collected.
   assert.ok(
