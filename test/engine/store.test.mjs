@@ -11,6 +11,7 @@ import { collectGarbage, storeBytes, storeRefs } from '../../dist/image/format.j
 import {
   checkptCli,
   cleanup,
+  descendants,
   events,
   fixture,
   nodeBinaries,
@@ -151,7 +152,9 @@ function workerOf(pid) {
       const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
       const at = argv.findIndex((a) => a.endsWith('dump-worker.js'));
       if (at < 0) continue;
-      if (JSON.parse(readFileSync(argv[at + 1], 'utf8')).pid === pid) return Number(d);
+      const job = JSON.parse(readFileSync(argv[at + 1], 'utf8')).pid;
+      // Under `checkpt exec` (Node 22 and later) the program is below the process started.
+      if (job === pid || descendants(pid).includes(job)) return Number(d);
     } catch {
       // Gone meanwhile.
     }
