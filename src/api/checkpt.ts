@@ -124,6 +124,15 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
  * Registered resources' steps, async ones too, run around it.
  */
 export async function checkpoint(file?: string, options: CheckptOptions = {}): Promise<number> {
+  return checkpointInto(file, options, undefined);
+}
+
+/** @internal `checkpoint()` with its memory put into a rotation's chunk store (`checkpointEvery()`). */
+export async function checkpointInto(
+  file: string | undefined,
+  options: CheckptOptions,
+  store: string | undefined,
+): Promise<number> {
   checkCheckptOptions('checkpoint()', options);
   const target = claim(file);
   try {
@@ -136,7 +145,7 @@ export async function checkpoint(file?: string, options: CheckptOptions = {}): P
     try {
       // Exiting, the program has nothing to run meanwhile: it waits as checkpt() does.
       const mode = options.exit ? 'sync' : 'async';
-      const s = begin(target, options, mode);
+      const s = begin(target, options, mode, store);
       let msg: ControlMessage | undefined;
       try {
         if (mode === 'sync') msg = s.channel.readSync();
@@ -215,7 +224,12 @@ function warnNoLockOnce(): void {
   process.stderr.write(`${NO_LOCK_WARNING}\n`);
 }
 
-function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'): Session {
+function begin(
+  target: string,
+  options: CheckptOptions,
+  mode: 'sync' | 'async',
+  store?: string,
+): Session {
   const id = `${ownerTag()}-${randomBytes(6).toString('hex')}`;
   const ctlDir = join(runDir, id);
   let workDir: string | undefined;
@@ -242,6 +256,7 @@ function begin(target: string, options: CheckptOptions, mode: 'sync' | 'async'):
       warnNoLockOnce();
     }
     if (options.exit) job.exit = true;
+    if (store !== undefined) job.store = store;
     // Only the path: the key itself is read by the worker, never into this process's memory.
     const keyFile = keyFilePath();
     if (keyFile !== undefined) job.keyFile = keyFile;

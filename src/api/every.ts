@@ -6,13 +6,18 @@ import { checkOptions, type OptionCheck } from '../common/options.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { Rotation } from '../engine/rotation.js';
 import { Schedule } from '../engine/schedule.js';
-import { checkpoint } from './checkpt.js';
+import { checkpointInto } from './checkpt.js';
 
 export interface EveryOptions {
   /** How many checkpoints to keep, the newest (default 3). */
   keep?: number;
   /** The rotation's name: `app.ckpt` gives `app.1.ckpt`, `app.2.ckpt`, ... (default CHECKPT_FILE, else %N.ckpt). */
   file?: string;
+  /**
+   * Keep the memory in a chunk store beside the rotation (`app.ckpt.store/`), each chunk once
+   * (default CHECKPT_STORE, on; never with a key). False: every file holds all of its memory.
+   */
+  store?: boolean;
   /** Told of each checkpoint once it is durable, verified and in place. */
   onCheckpoint?: (file: string) => void;
   /**
@@ -47,6 +52,7 @@ export function checkpointEvery(
   checkOptions('checkpointEvery()', options, {
     keep: KEEP,
     file: NAME,
+    store: { accepts: 'true or false', ok: (v) => typeof v === 'boolean' },
     onCheckpoint: FUNCTION,
     onError: FUNCTION,
   });
@@ -61,8 +67,12 @@ export function checkpointEvery(
     options.onError ?? ((e: CheckptError) => void process.stderr.write(`checkpt: ${e.message}\n`));
   const schedule = new Schedule({
     intervalMs: ms,
-    rotation: new Rotation(resolve(options.file ?? defaultCheckpointFile()), options.keep ?? 3),
-    write: (path) => checkpoint(path),
+    rotation: new Rotation(
+      resolve(options.file ?? defaultCheckpointFile()),
+      options.keep ?? 3,
+      options.store === undefined ? {} : { store: options.store },
+    ),
+    write: (path, store) => checkpointInto(path, {}, store),
     isCopy: (r) => r !== 0,
     unref: true,
     onTaken: (t) => options.onCheckpoint?.(t.file),

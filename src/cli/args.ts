@@ -34,6 +34,7 @@ export type Command =
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'unlock'; file: string; trust?: true }
   | { cmd: 'push'; file: string; ref: string }
+  | { cmd: 'pack'; file: string; out: string }
   | { cmd: 'pull'; ref: string; file: string }
   | { cmd: 'build' }
   | { cmd: 'help'; topic?: string }
@@ -59,6 +60,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'signal') return parseSignal(rest);
   if (first === 'unlock') return parseUnlock(rest);
   if (first === 'push' || first === 'pull') return parseTransfer(first, rest);
+  if (first === 'pack') return parsePack(rest);
   if (first === 'build') {
     if (rest.length > 0) throw new UsageError('build takes no arguments. Usage: checkpt build');
     return { cmd: 'build' };
@@ -275,6 +277,17 @@ function parseTransfer(cmd: 'push' | 'pull', args: readonly string[]): Command {
     throw new UsageError(`${cmd}: give a file and a reference. Usage: ${usage}`);
   const [a, b] = rest as [string, string];
   return cmd === 'push' ? { cmd, file: a, ref: b } : { cmd, ref: a, file: b };
+}
+
+/** `pack IN OUT`: a store-backed checkpoint as a file that holds all of its memory. */
+function parsePack(args: readonly string[]): Command {
+  const rest = args[0] === '--' ? args.slice(1) : args;
+  if (rest.length !== 2 || (args[0] !== '--' && rest.some((a) => a.startsWith('-'))))
+    throw new UsageError(
+      'pack: give a checkpoint and a new file. Usage: checkpt pack IN.ckpt OUT.ckpt',
+    );
+  const [file, out] = rest as [string, string];
+  return { cmd: 'pack', file, out };
 }
 
 function parseUnlock(args: readonly string[]): Command {

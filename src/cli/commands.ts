@@ -88,6 +88,14 @@ async function run(c: RunnableCommand): Promise<number> {
         );
       return status === 0 && parts.every((p) => p.found) ? 0 : 1;
     }
+    case 'pack': {
+      const { packStandalone } = await import('../engine/pack.js');
+      const r = await packStandalone(c.file, c.out);
+      process.stdout.write(
+        `checkpt: packed ${c.file} into ${c.out} (${r.bytes} bytes; it needs no store)\n`,
+      );
+      return 0;
+    }
     case 'unlock': {
       const { readImageInfo } = await images();
       const { loadKey } = await import('../image/key.js');

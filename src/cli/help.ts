@@ -18,6 +18,7 @@ Usage:
   checkpt unlock FILE.ckpt         give up the connections of a checkpoint-and-exit never resumed
   checkpt push FILE.ckpt REF       store a checkpoint in an OCI registry (REF: host/repo:tag)
   checkpt pull REF FILE.ckpt       fetch one (checked blob by blob, then as a file)
+  checkpt pack IN.ckpt OUT.ckpt    a periodic checkpoint as a file that holds all of its memory
   checkpt -r oci://REF             pull, verify and resume in one step (inspect oci://REF too)
   checkpt build                    compile the native parts here (when the prebuilt ones do not work)
 
@@ -35,6 +36,8 @@ Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]
   --every D    also checkpoint it from outside every D (500ms, 30s, 5m, 1h) into T's rotation:
                app.ckpt gives app.1.ckpt, app.2.ckpt, ...; each durable and verified before
                the oldest goes. Refused when the first checkpoint takes longer than D.
+               Their memory is kept once in app.ckpt.store/ beside them (CHECKPT_STORE=0:
+               whole files); checkpt pack IN OUT makes a file that needs no store.
   --keep N     keep the newest N of them (default 3)
   --restart[=MAX]  when it crashes (a signal other than HUP, INT, TERM, PIPE) or exits
                non-zero, resume the newest good checkpoint of --every's rotation (none yet:

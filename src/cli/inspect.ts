@@ -44,6 +44,11 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     ],
     ['stdio', stdio],
   ];
+  if (info.store !== undefined)
+    lines.push([
+      'store',
+      `memory in the chunk store ${info.store}: keep the file beside it (checkpt pack makes one that holds it all)`,
+    ]);
   const network = networkLine(m);
   if (network !== undefined) lines.push(['network', network]);
   return table(lines);

@@ -242,6 +242,16 @@ export const COMPRESS = define({
   parse: onOff,
 });
 
+export const STORE = define({
+  name: 'CHECKPT_STORE',
+  when: 'call',
+  defaultText: 'on',
+  accepts: SWITCH,
+  does: 'Periodic checkpoints (`--every`, `checkpointEvery()`) keep their memory in a chunk store beside the rotation (`app.ckpt.store/`), each chunk once, so a checkpoint costs what changed; off: every file holds all of its memory. Encrypted checkpoints never use the store. See [PERIODIC](PERIODIC.md).',
+  fallback: true as boolean,
+  parse: onOff,
+});
+
 export const ZSTD = define({
   name: 'CHECKPT_ZSTD',
   when: 'load',
@@ -526,6 +536,7 @@ export const CHECKPOINT_VARIABLES: readonly Variable[] = [
   HOOK_TIMEOUT_MS,
   TMPDIR,
   COMPRESS,
+  STORE,
   TAKEOVER_MS,
   DEBUG,
   CRIU_BREAKPOINTS,

@@ -81,7 +81,9 @@ async function pack(job: DumpJob, criu: string, dumpMs: number, lock?: DumpLock)
   };
   // What `checkpt inspect` and `checkpt unlock` need: the table holding the connections.
   if (lock?.holds) manifest.networkLock = lock.table;
-  if (job.compress && (await compressImages(imagesDir)) > 0) {
+  // Into a store, each new chunk is compressed alone: a whole compressed image would not dedup.
+  const store = job.store !== undefined && job.keyFile === undefined ? job.store : undefined;
+  if (job.compress && store === undefined && (await compressImages(imagesDir)) > 0) {
     manifest.compression = 'zstd';
     manifest.packedBytes = dirBytes(imagesDir);
   }
@@ -92,7 +94,11 @@ async function pack(job: DumpJob, criu: string, dumpMs: number, lock?: DumpLock)
       job.target,
       manifest as unknown as Record<string, unknown>,
       { dir: imagesDir },
-      { key, tmp: job.tmp },
+      {
+        key,
+        tmp: job.tmp,
+        store: store === undefined ? undefined : { dir: store, compress: job.compress },
+      },
     ).catch((e: unknown) => {
       throw writeFailed(e, job.target, manifest.packedBytes ?? manifest.imageBytes);
     });

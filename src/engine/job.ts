@@ -19,6 +19,8 @@ export interface DumpJob {
   /** The program runs again while the image is packed: packing must not take its CPU. */
   background: boolean;
   manifest: ManifestBase;
+  /** A rotation's chunk store beside the target: the memory goes there (image/store.ts). */
+  store?: string;
   /** The key file to seal the checkpoint with (absolute; CHECKPT_KEY_FILE when the program asked). */
   keyFile?: string;
   /**

@@ -12,7 +12,13 @@ import type { ProgressSink } from '../common/progress.js';
 import { DEFAULT_TIMEOUT_MS } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
-import { dirBytes, tempNameFor, writeImage, FORMAT_VERSION } from '../image/format.js';
+import {
+  dirBytes,
+  tempNameFor,
+  writeImage,
+  FORMAT_VERSION,
+  type StoreWrite,
+} from '../image/format.js';
 import { loadKey } from '../image/key.js';
 import {
   cmdline,
@@ -63,10 +69,14 @@ export interface OutsideDumpRequest {
   timeoutMs: number;
   /** Told how far the dump and the write got; ended before the program may run on its terminal. */
   progress?: ProgressSink;
+  /** Put the memory into this chunk store beside the target (a rotation's, store.ts). */
+  store?: string;
 }
 
 export interface OutsideDumpResult {
   bytes: number;
+  /** With a store: what this checkpoint added to it and what it found there. */
+  store?: StoreWrite;
   dumpMs: number;
   /** Something the user should know although the checkpoint worked (one line). */
   warning?: string;
@@ -140,8 +150,12 @@ async function dumpWithKey(
       dumpMs,
       ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
     });
-    const pack = (manifest: Manifest) =>
-      packImages(imagesDir, manifest, req.target, key, req.progress);
+    let stored: { store?: StoreWrite } = {};
+    const pack = async (manifest: Manifest): Promise<number> => {
+      const r = await packImages(imagesDir, manifest, req, key);
+      if (r.store !== undefined) stored = { store: r.store };
+      return r.bytes;
+    };
     // CRIU writes the images as it dumps: their size against the program's memory.
     const watchDump = () => watch(req.progress, 'dumping', () => dirBytes(imagesDir), rss);
     const warning = tcp === 'close' ? { warning: NO_LOCK_WARNING } : {};
@@ -151,7 +165,7 @@ async function dumpWithKey(
     const unwatch = watchDump();
     await dump(dumpReq).finally(unwatch);
     const dumpMs = msSince(t0);
-    return { bytes: await pack(manifestOf(dumpMs)), dumpMs, ...warning };
+    return { bytes: await pack(manifestOf(dumpMs)), dumpMs, ...warning, ...stored };
   } catch (e) {
     releaseLocksAfter(e, () => processTree(req.pid));
     throw asCheckptError(e, req.target);
@@ -175,11 +189,14 @@ function asCheckptError(e: unknown, target: string): CheckptError {
 async function packImages(
   imagesDir: string,
   manifest: Manifest,
-  target: string,
+  req: OutsideDumpRequest,
   key: Buffer | undefined,
-  progress: ProgressSink | undefined,
-): Promise<number> {
-  if (compressionWanted('outside')) {
+): Promise<{ bytes: number; store?: StoreWrite }> {
+  const { target, progress } = req;
+  const compress = compressionWanted('outside');
+  // Into a store, each new chunk is compressed alone: a whole compressed image would not dedup.
+  const store = req.store !== undefined && key === undefined ? req.store : undefined;
+  if (compress && store === undefined) {
     // zstd replaces each pages file once it is done with it: counted file by file.
     const pages = pageFiles(imagesDir);
     const total = pages.reduce((sum, p) => sum + p.size, 0);
@@ -194,17 +211,17 @@ async function packImages(
   const tmp = tempNameFor(target);
   const size = () => statSync(tmp, { throwIfNoEntry: false })?.size ?? 0;
   const unwatch = watch(progress, 'writing', size, dirBytes(imagesDir));
-  const { bytes } = await writeImage(
+  const written = await writeImage(
     target,
     manifest as unknown as Record<string, unknown>,
     { dir: imagesDir },
-    { key, tmp },
+    { key, tmp, store: store === undefined ? undefined : { dir: store, compress } },
   )
     .catch((e: unknown) => {
       throw writeFailed(e, target, manifest.packedBytes ?? manifest.imageBytes);
     })
     .finally(unwatch);
-  return bytes;
+  return written;
 }
 
 /** CRIU's uncompressed memory images in `dir`, with their sizes. */

@@ -4,13 +4,19 @@
  * under a hidden name (`dir/.app.7.ckpt.new`), made durable and verified there; only then are the
  * oldest removed, down to keep - 1, and it is renamed into place. So a crash at any moment leaves
  * the last good ones, and never more than `keep` of them.
+ *
+ * With a store (the default, CHECKPT_STORE), the memory goes into `dir/app.ckpt.store/` (store.ts),
+ * each chunk once: the files name their chunks there. Chunks no remaining file names are collected
+ * only after the new file is in place (or after a failed one was removed), so a crash at any moment
+ * loses no chunk a file names.
  */
 import { constants as fsc } from 'node:fs';
 import { open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { STORE } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
-import { verifyImage } from '../image/format.js';
-import { loadKey } from '../image/key.js';
+import { collectGarbage, StoreChunkError, verifyImage, type Collected } from '../image/format.js';
+import { keyFilePath, loadKey } from '../image/key.js';
 import { manifestProblem } from './manifest.js';
 
 export interface RotationFile {
@@ -75,6 +81,13 @@ export interface Taken<R> {
   copy: boolean;
   /** Older rotation files removed to make room. */
   removed: string[];
+  /** The store's chunks no file names any more, removed after this one was in place. */
+  collected?: Collected;
+}
+
+/** The chunk store of the rotation of `base` (`app.ckpt` gives `app.ckpt.store`). */
+export function storeOf(base: string): string {
+  return `${base}.store`;
 }
 
 /** The rotation of one template: numbers one checkpoint after another, keeps the newest `keep`. */
@@ -85,7 +98,11 @@ export class Rotation {
   firstSeq = 0;
   private last = 0;
 
-  constructor(base: string, keep: number) {
+  /** Use the chunk store (undefined: CHECKPT_STORE, on by default); never with a key. */
+  private readonly useStore: boolean | undefined;
+
+  constructor(base: string, keep: number, options: { store?: boolean } = {}) {
+    this.useStore = options.store;
     if (!Number.isSafeInteger(keep) || keep < 1)
       throw new CheckptError(
         'EBADCONFIG',
@@ -100,10 +117,17 @@ export class Rotation {
    * keep - 1 and renames it into place. A failed write or check removes only the new file.
    * `isCopy(result)` says the write returned in a resumed copy (a program checkpointing itself).
    */
+  /** The store the next checkpoint goes into, or undefined for a file that holds all of it. */
+  storeDir(): string | undefined {
+    if (!(this.useStore ?? STORE.get()) || keyFilePath() !== undefined) return undefined;
+    return storeOf(this.base);
+  }
+
   async take<R>(
-    write: (path: string) => Promise<R>,
+    write: (path: string, store: string | undefined) => Promise<R>,
     isCopy: (result: R) => boolean = () => false,
   ): Promise<Taken<R>> {
+    const store = this.storeDir();
     if (this.last === 0) await this.dropPending();
     const seq = Math.max(this.last, (await rotationFiles(this.base))[0]?.seq ?? 0) + 1;
     if (this.firstSeq === 0) this.firstSeq = seq;
@@ -111,18 +135,29 @@ export class Rotation {
     const pending = pendingFile(this.base, seq);
     let result: R;
     try {
-      result = await write(pending);
+      result = await write(pending, store);
       if (isCopy(result))
         return { file: rotationFile(this.base, seq), result, copy: true, removed: [] };
-      await verifyCheckpoint(pending).catch((e: unknown) => {
+      await verifyCheckpoint(pending).catch(async (e: unknown) => {
+        // A damaged chunk in the store would be found present and reused by every next
+        // checkpoint: it goes, so the next one writes it again (and the files naming it heal).
+        const dropped =
+          e instanceof StoreChunkError && !e.missing
+            ? await rm(e.chunk, { force: true }).then(
+                () => true,
+                () => false,
+              )
+            : false;
         throw new CheckptError(
           'EBADIMAGE',
-          `The checkpoint just written does not verify (${(e as Error).message}); it was removed and the previous ones kept.`,
+          `The checkpoint just written does not verify (${(e as Error).message}); it was removed and the previous ones kept${dropped ? `; the damaged chunk ${e instanceof StoreChunkError ? e.chunk : ''} was removed from the store, so the next checkpoint writes it again` : ''}.`,
           { cause: e, path: pending },
         );
       });
     } catch (e) {
       await rm(pending, { force: true });
+      // The chunks only it named (a full disk: what it managed to write) go again.
+      if (store !== undefined) await collectGarbage(store).catch(() => undefined);
       throw e;
     }
     const removed: string[] = [];
@@ -134,7 +169,10 @@ export class Rotation {
     const file = rotationFile(this.base, seq);
     await rename(pending, file);
     await syncDir(dirname(file));
-    return { file, result, copy: false, removed };
+    // Only now that the new one is durable: a crash in here leaves chunks, never loses one.
+    if (store === undefined) return { file, result, copy: false, removed };
+    const collected = await collectGarbage(store);
+    return { file, result, copy: false, removed, collected };
   }
 
   /** This rotation's files, newest first (none of an earlier run's). */

@@ -11,8 +11,8 @@ import type { Rotation, Taken } from './rotation.js';
 export interface ScheduleOptions<R> {
   intervalMs: number;
   rotation: Rotation;
-  /** Writes one checkpoint to `path` (durable when it resolves). */
-  write: (path: string) => Promise<R>;
+  /** Writes one checkpoint to `path` (durable when it resolves), its memory into `store` if given. */
+  write: (path: string, store: string | undefined) => Promise<R>;
   /** The write returned in a resumed copy (see Rotation.take). */
   isCopy?: (result: R) => boolean;
   /** A checkpoint is in place and verified; `ms` from its start to then. */

@@ -13,6 +13,7 @@ import { CODEC_ZSTD_FRAMES, TAG_LEN, maxFrame } from './layout.js';
 import type { ChunkHashes, DirectChunks, PageSource } from './pages.js';
 import { shrank, type Source } from './reader.js';
 import { openPage, type Sealing } from './seal.js';
+import { readStoredChunk } from './store.js';
 
 /** A chunked entry as its (already checked) INDEX row describes it. */
 export interface ChunkedEntry {
@@ -35,6 +36,11 @@ export interface ChunkedEntry {
   table?: Buffer;
   /** Sum of the stored lengths: the size of the entry as extracted. */
   size: number;
+  /**
+   * Store-backed (kind 2): the store its chunks are in; `stored` are then their decoded lengths,
+   * `offsets` where each starts in the decoded entry, and `hashes` of the decoded bytes.
+   */
+  store?: string;
 }
 
 const zstdDecompress = (
@@ -59,7 +65,27 @@ export function servedName(e: ChunkedEntry): string {
 
 /** Decoded bytes of chunk `i`. */
 export function decodedLength(e: ChunkedEntry, i: number): number {
+  if (e.store !== undefined) return e.stored[i] ?? 0;
   return Math.min(e.chunk, e.decoded - i * e.chunk);
+}
+
+/** Where chunk `i` starts in the decoded entry. */
+function chunkStart(e: ChunkedEntry, i: number): number {
+  if (e.store !== undefined) return i < e.stored.length ? (e.offsets[i] ?? 0) : e.decoded;
+  return i * e.chunk;
+}
+
+/** The chunk holding decoded byte `offset`. */
+function chunkIndex(e: ChunkedEntry, offset: number): number {
+  if (e.store === undefined) return Math.floor(offset / e.chunk);
+  let lo = 0;
+  let hi = e.offsets.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if ((e.offsets[mid] ?? 0) <= offset) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }
 
 function chunkDamaged(file: string, e: ChunkedEntry, i: number, why: string): CheckptError {
@@ -91,6 +117,19 @@ export async function readChunk(
   sealing: Sealing | undefined,
   bufs?: ChunkBuffers,
 ): Promise<Buffer> {
+  if (e.store !== undefined) {
+    const hash = e.hashes?.at(i) ?? Buffer.alloc(32);
+    const c = {
+      file: src.file,
+      store: e.store,
+      entry: e.name,
+      index: i,
+      count: e.stored.length,
+      length: e.stored[i] ?? 0,
+      hash,
+    };
+    return readStoredChunk(c, bufs?.raw);
+  }
   const len = e.stored[i] ?? 0;
   const total = len + (sealing ? TAG_LEN : 0);
   const raw = bufs ? bufs.raw.subarray(0, total) : Buffer.allocUnsafe(total);
@@ -182,19 +221,19 @@ export class FilePages implements PageSource {
     }
     const out = Buffer.allocUnsafe(length);
     if (length === 0) return out;
-    const first = Math.floor(offset / e.chunk);
-    const last = Math.floor((offset + length - 1) / e.chunk);
+    const first = chunkIndex(e, offset);
+    const last = chunkIndex(e, offset + length - 1);
     // All at once: the preads overlap each other and the checks of the chunks before them.
     const loads: Promise<Buffer>[] = [];
     for (let i = first; i <= last; i++) loads.push(this.chunk(e, i));
     // Reading up to a chunk's end is how a sequential reader goes: the next one is started now.
-    if ((offset + length) % e.chunk === 0 && last + 1 < e.stored.length) {
+    if (offset + length === chunkStart(e, last + 1) && last + 1 < e.stored.length) {
       this.chunk(e, last + 1).catch(() => undefined);
     }
     let done = 0;
     for (let i = first; i <= last; i++) {
       const bytes = await (loads[i - first] as Promise<Buffer>);
-      const from = offset + done - i * e.chunk;
+      const from = offset + done - chunkStart(e, i);
       done += bytes.copy(out, done, from, Math.min(bytes.length, from + length - done));
     }
     return out;
@@ -223,6 +262,8 @@ export class FilePages implements PageSource {
   direct(entry: string): DirectChunks | undefined {
     const e = this.byName.get(entry);
     if (e === undefined || this.sealing !== undefined || e.table === undefined) return undefined;
+    // The native server reads chunks from the file only: stored ones are served from here.
+    if (e.store !== undefined) return undefined;
     if (e.codec !== CODEC_ZSTD_FRAMES && e.name.endsWith('.zst')) return undefined;
     return {
       fd: this.src.fh.fd,

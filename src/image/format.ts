@@ -15,8 +15,11 @@ export {
   readImageHeader,
   readImageInfo,
   verifyImage,
+  collectGarbage,
+  storeRefs,
   type ManifestCheck,
   type ReadOptions,
 } from './read.js';
 export { extractImage, extractLazy, type EntryDecoder, type ExtractOptions } from './extract.js';
 export type { LazyImage, PageSource } from './pages.js';
+export { storeBytes, StoreChunkError, type Collected, type StoreWrite } from './store.js';

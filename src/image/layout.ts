@@ -41,6 +41,13 @@
  * with another entry's or another file's (another salt, another key), dropped or cut off fails its
  * tag, and INDEX (authenticated first) says how many chunks each entry has and how long each is.
  *
+ * STORE-BACKED (flags bit 1, plain only; store.ts): the memory lives in a chunk store, a directory
+ * beside the file, shared by the files that name it. INDEX then has u16 S | S bytes of the store's
+ * name (a directory of the file's directory) right after the manifest, and its memory entries are
+ *   kind 2 (stored): u64 decoded size U | u32 chunk count K | K × (u32 length | 32-byte SHA-256)
+ * of the decoded bytes, 1..4 MiB each, adding up to U, cut where the content says, each read from
+ * the store and checked as a chunk in the file is. Such an entry has nothing in DATA.
+ *
  * Limits: every count, length and size read is checked against what the file can hold before
  * anything is allocated (C from 4 KiB to 64 MiB; a zstd frame at most C + C/128 + 4 KiB).
  *
@@ -86,12 +93,16 @@ export interface ImageInfo {
   fileSize: number;
   /** Sealed with AES-256-GCM under the key in CHECKPT_KEY_FILE. */
   encrypted: boolean;
+  /** The chunk store holding its memory (a directory beside it), for a store-backed file. */
+  store?: string;
 }
 
 /** What the first bytes say, readable without the key. */
 export interface ImageHeader {
   formatVersion: number;
   encrypted: boolean;
+  /** Its memory is in a chunk store beside it (store.ts); absent otherwise. */
+  stored?: true;
   fileSize: number;
 }
 
@@ -102,7 +113,9 @@ export const TRAILER_LEN = TRAILER_MAGIC.length + HASH_LEN;
 export const PREFIX_LEN = MAGIC.length + 8;
 export const HEAD_LEN = PREFIX_LEN + 4;
 export const FLAG_ENCRYPTED = 1;
-const KNOWN_FLAGS = FLAG_ENCRYPTED;
+/** The memory is in a chunk store beside the file (store.ts). */
+export const FLAG_STORE = 2;
+const KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_STORE;
 export const SALT_LEN = 32;
 export const CHECK_LEN = 16;
 export const TAG_LEN = 16;
@@ -138,6 +151,7 @@ export const MIN_MEM_CHUNK = 4096;
 export const MAX_MEM_CHUNK = 64 * 1024 * 1024;
 export const KIND_INLINE = 0;
 export const KIND_CHUNKED = 1;
+export const KIND_STORED = 2;
 export const CODEC_NONE = 0;
 export const CODEC_ZSTD_FRAMES = 1;
 /** Format 2, plain: u64 D | "CKPTEND\n" | SHA-256. */
@@ -233,6 +247,9 @@ export function checkHead(file: string, head: Buffer, size: number): number {
       file,
       `unknown header flags 0x${flags.toString(16)}; if it is not damaged, a newer checkpt wrote it`,
     );
+  }
+  if ((flags & FLAG_STORE) !== 0 && (version !== 2 || (flags & FLAG_ENCRYPTED) !== 0)) {
+    throw damaged(file, `its header flags 0x${flags.toString(16)} do not go together`);
   }
   return flags;
 }

@@ -2,6 +2,7 @@
 
 import { constants as fsc } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { TextDecoder } from 'node:util';
 import { CheckptError } from '../common/errors.js';
 import { closeQuietly, errnoOf, ioError, messageOf } from './io.js';
@@ -10,6 +11,7 @@ import { checkTrusted } from './trust.js';
 import {
   CHUNK,
   FLAG_ENCRYPTED,
+  FLAG_STORE,
   INFO_WINDOW,
   MAX_ENTRIES,
   MAX_MANIFEST,
@@ -30,6 +32,7 @@ import {
   CODEC_ZSTD_FRAMES,
   KIND_CHUNKED,
   KIND_INLINE,
+  KIND_STORED,
   MAX_MEM_CHUNK,
   MEMORY_NAME,
   MIN_FILE_V2,
@@ -48,6 +51,7 @@ import { fileBytes, readAt, SeqReader, shrank, type ByteSource, type Source } fr
 import { openChunk, rebound, sealingOf, type Sealing } from './seal.js';
 import { readChunk, type ChunkBuffers, type ChunkedEntry } from './chunks.js';
 import { TableHashes } from './pages.js';
+import { collectStore, type Collected } from './store.js';
 
 export interface ReadOptions {
   /** The 32-byte key (see key.ts); needed for an encrypted file. */
@@ -178,6 +182,8 @@ interface DataRegion {
   start: number;
   length: number;
   sealed: boolean;
+  /** FLAG_STORE: INDEX names a chunk store after the manifest. */
+  stored?: boolean;
 }
 
 function needsKey(file: string): CheckptError {
@@ -210,7 +216,7 @@ export async function parseFile(src: Source, mode: ParseMode): Promise<Parsed> {
     );
   }
   if (mode.requireTrusted === true) checkTrusted(src.fh.fd, file);
-  if (version === 2) return parsePlainV2(src, mode);
+  if (version === 2) return parsePlainV2(src, mode, (flags & FLAG_STORE) !== 0);
   if (size < MIN_FILE) throw truncated(file);
   const trailer = await readAt(src, size - TRAILER_LEN, TRAILER_LEN);
   if (!trailer.subarray(0, TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) throw truncated(file);
@@ -248,7 +254,7 @@ async function dataLength(src: Source, at: number, most: number): Promise<number
 }
 
 /** Format 2, plain: PREFIX | INDEX | u64 D is hashed; DATA's chunks have hashes of their own. */
-async function parsePlainV2(src: Source, mode: ParseMode): Promise<Parsed> {
+async function parsePlainV2(src: Source, mode: ParseMode, stored: boolean): Promise<Parsed> {
   const { file, size } = src;
   if (size < MIN_FILE_V2) throw truncated(file);
   const tail = await readAt(src, size - TAIL_V2, TAIL_V2);
@@ -269,14 +275,15 @@ async function parsePlainV2(src: Source, mode: ParseMode): Promise<Parsed> {
     readAll: mode.verify,
   });
   checkHead(file, await r.take(PREFIX_LEN), size);
-  const region = { start: PREFIX_LEN, length: d, sealed: false };
-  const { manifest, entries, chunked } = await parseBody(r, file, mode, 2, region);
+  const region = { start: PREFIX_LEN, length: d, sealed: false, stored };
+  const { manifest, entries, chunked, store } = await parseBody(r, file, mode, 2, region);
   r.limit += 8;
   if ((await r.take(8)).readBigUInt64BE(0) !== BigInt(d)) throw shrank(file);
   if (mode.verify && !r.digest().equals(tail.subarray(8 + TRAILER_MAGIC.length))) {
     throw checksumMismatch(file);
   }
-  const info = { formatVersion: 2, manifest, entries, fileSize: size, encrypted: false };
+  const info: ImageInfo = { formatVersion: 2, manifest, entries, fileSize: size, encrypted: false };
+  if (store !== undefined) info.store = store;
   const parsed = { info, chunked, sealing: undefined };
   await readChunks(src, parsed, mode);
   return parsed;
@@ -391,7 +398,12 @@ async function parseBody(
   { sink, checkManifest }: ParseMode,
   version: number,
   region?: DataRegion,
-): Promise<{ manifest: Record<string, unknown>; entries: ImageEntry[]; chunked: ChunkedEntry[] }> {
+): Promise<{
+  manifest: Record<string, unknown>;
+  entries: ImageEntry[];
+  chunked: ChunkedEntry[];
+  store?: string;
+}> {
   if (r.remaining < 4) throw damaged(file, 'it ends before its manifest');
   const manifestLen = (await r.take(4)).readUInt32BE(0);
   if (manifestLen > MAX_MANIFEST) {
@@ -401,6 +413,23 @@ async function parseBody(
     throw damaged(file, `its manifest claims ${manifestLen} bytes but the file is too short`);
   }
   const manifest = parseManifest(file, await r.take(manifestLen));
+  let store: string | undefined;
+  if (region?.stored === true) {
+    if (r.remaining < 2) throw damaged(file, 'it ends before the name of its chunk store');
+    const len = (await r.take(2)).readUInt16BE(0);
+    if (len === 0 || len > MAX_NAME || r.remaining < len + 4) {
+      throw damaged(file, `its chunk store has a name of ${len} bytes`);
+    }
+    let name: string;
+    try {
+      name = utf8.decode(await r.take(len));
+    } catch {
+      throw damaged(file, 'the name of its chunk store is not valid UTF-8');
+    }
+    const problem = nameProblem(name);
+    if (problem !== undefined) throw damaged(file, `the name of its chunk store ${problem}`);
+    store = join(dirname(resolve(file)), name);
+  }
   const count = (await r.take(4)).readUInt32BE(0);
   if (count > MAX_ENTRIES) {
     throw damaged(file, `it claims ${count} entries, more than the limit of ${MAX_ENTRIES}`);
@@ -435,6 +464,12 @@ async function parseBody(
     if (version === 2 && region) {
       if (r.remaining < 1) throw damaged(file, `sizes do not add up at entry ${i}`);
       const kind = (await r.take(1))[0];
+      if (kind === KIND_STORED && store !== undefined) {
+        const e = await storedTable(r, file, name, chunked.length, store);
+        chunked.push(e);
+        entries.push({ name, size: e.size });
+        continue;
+      }
       if (kind === KIND_CHUNKED) {
         const e = await chunkTable(r, file, name, chunked.length, region, region.start + dataAt);
         dataAt += e.stored.length * (region.sealed ? TAG_LEN : 0) + e.size;
@@ -479,7 +514,64 @@ async function parseBody(
   }
   const problem = checkManifest?.(manifest, entries);
   if (problem !== undefined) throw damaged(file, problem);
-  return { manifest, entries, chunked };
+  return store === undefined
+    ? { manifest, entries, chunked }
+    : { manifest, entries, chunked, store };
+}
+
+/** A stored entry's row (after its kind): its size and the table of its chunks in the store. */
+async function storedTable(
+  r: SeqReader,
+  file: string,
+  name: string,
+  ordinal: number,
+  store: string,
+): Promise<ChunkedEntry> {
+  const what = `memory entry ${JSON.stringify(name)}`;
+  if (!MEMORY_NAME.test(name) || name.endsWith('.zst')) {
+    throw damaged(file, `entry ${JSON.stringify(name)} is stored but not uncompressed memory`);
+  }
+  if (r.remaining < 12) throw damaged(file, `sizes do not add up at ${what}`);
+  const head = await r.take(12);
+  const bigDecoded = head.readBigUInt64BE(0);
+  const count = head.readUInt32BE(8);
+  const row = 4 + HASH_BYTES;
+  if (count * row > r.remaining) {
+    throw damaged(file, `${what} claims ${count} chunks but the file is too short to list them`);
+  }
+  if (bigDecoded > BigInt(count) * BigInt(MAX_MEM_CHUNK)) {
+    throw damaged(file, `${what} claims ${bigDecoded} bytes in ${count} chunks`);
+  }
+  const table = await r.take(count * row);
+  const stored: number[] = [];
+  const offsets: number[] = [];
+  const hashes: Buffer[] = [];
+  let at = 0;
+  for (let i = 0; i < count; i++) {
+    const len = table.readUInt32BE(i * row);
+    if (len < 1 || len > MAX_MEM_CHUNK) {
+      throw damaged(file, `${what} gives chunk ${i} an impossible length ${len}`);
+    }
+    stored.push(len);
+    offsets.push(at);
+    hashes.push(table.subarray(i * row + 4, (i + 1) * row));
+    at += len;
+  }
+  if (BigInt(at) !== bigDecoded) {
+    throw damaged(file, `${what} claims ${bigDecoded} bytes but its chunks hold ${at}`);
+  }
+  return {
+    name,
+    ordinal,
+    codec: CODEC_NONE,
+    chunk: MAX_MEM_CHUNK,
+    decoded: at,
+    stored,
+    offsets,
+    hashes,
+    size: at,
+    store,
+  };
 }
 
 /** A chunked entry's row (after its kind): codec, sizes and table, every number checked. */
@@ -633,7 +725,9 @@ export async function readImageHeader(file: string): Promise<ImageHeader> {
     const encrypted = (flags & FLAG_ENCRYPTED) !== 0;
     const least = versionOf(head) === 1 ? (encrypted ? MIN_SEALED_FILE : MIN_FILE) : MIN_FILE_V2;
     if (src.size < least) throw truncated(file);
-    return { formatVersion: versionOf(head), encrypted, fileSize: src.size };
+    const head2: ImageHeader = { formatVersion: versionOf(head), encrypted, fileSize: src.size };
+    if ((flags & FLAG_STORE) !== 0) head2.stored = true;
+    return head2;
   });
 }
 
@@ -657,4 +751,26 @@ export async function readImageInfo(
     ...(await parse(src, { ...options, verify: false })),
     verified: false,
   }));
+}
+
+/** The store a store-backed file names and every chunk hash it needs (INDEX checked, no memory read). */
+export async function storeRefs(
+  file: string,
+): Promise<{ store: string; hashes: Buffer[] } | undefined> {
+  return withImage(file, async (src) => {
+    const p = await parseFile(src, { verify: true, lazy: true, allowPlain: true });
+    if (p.info.store === undefined) return undefined;
+    return {
+      store: p.info.store,
+      hashes: p.chunked.flatMap((e) => {
+        const h = e.store !== undefined ? e.hashes : undefined;
+        return h ? Array.from({ length: h.length }, (_, i) => h.at(i) as Buffer) : [];
+      }),
+    };
+  });
+}
+
+/** Removes the chunks of `store` no file beside it names (store.ts, collectStore). */
+export function collectGarbage(store: string): Promise<Collected> {
+  return collectStore(store, FLAG_STORE, storeRefs);
 }

@@ -20,9 +20,11 @@ import {
   CODEC_NONE,
   CODEC_ZSTD_FRAMES,
   FLAG_ENCRYPTED,
+  FLAG_STORE,
   FORMAT_VERSION,
   KIND_CHUNKED,
   KIND_INLINE,
+  KIND_STORED,
   MAGIC,
   MAX_ENTRIES,
   MAX_MANIFEST,
@@ -41,6 +43,7 @@ import {
   maxFrame,
   nameProblem,
 } from './layout.js';
+import { contentChunks, storeNameOf, StoreWriter, type StoreWrite } from './store.js';
 import { newSealing, rebound, sealChunk, sealPage, type Sealing } from './seal.js';
 
 export interface WriteOptions {
@@ -54,6 +57,12 @@ export interface WriteOptions {
   formatVersion?: 1 | 2;
   /** Format 2: decoded bytes per memory chunk; tests use small ones to get many chunks. */
   memoryChunk?: number;
+  /**
+   * Put the uncompressed memory into this chunk store (a directory beside `target`, store.ts) and
+   * only refer to it from the file; each chunk zstd-compressed with `compress`. Ignored with a key:
+   * an encrypted file holds its memory itself.
+   */
+  store?: { dir: string; compress?: boolean } | undefined;
 }
 
 interface SourceFile {
@@ -152,11 +161,22 @@ async function openEntry(path: string): Promise<{ fh: FileHandle; size: number }
 }
 
 /** What every format's body starts with: u32 manifest length, the manifest, u32 entry count. */
-async function putBodyHead(out: ChunkWriter, manifest: Buffer, entries: number): Promise<void> {
+async function putBodyHead(
+  out: ChunkWriter,
+  manifest: Buffer,
+  entries: number,
+  store?: string,
+): Promise<void> {
   const length = Buffer.alloc(4);
   length.writeUInt32BE(manifest.length, 0);
   await out.put(length);
   await out.put(manifest);
+  if (store !== undefined) {
+    const name = Buffer.from(store, 'utf8');
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(name.length, 0);
+    await out.put(Buffer.concat([len, name]));
+  }
   const count = Buffer.alloc(4);
   count.writeUInt32BE(entries, 0);
   await out.put(count);
@@ -319,7 +339,7 @@ export async function writeImage(
   manifest: object,
   source: { dir: string; files?: string[] },
   options: WriteOptions = {},
-): Promise<{ bytes: number }> {
+): Promise<{ bytes: number; store?: StoreWrite }> {
   const manifestBytes = encodeManifest(manifest);
   const chunkSize = options.chunkSize ?? CHUNK;
   if (!Number.isInteger(chunkSize) || chunkSize < MIN_SEAL_CHUNK || chunkSize > MAX_SEAL_CHUNK) {
@@ -347,15 +367,25 @@ export async function writeImage(
     prefix.writeUInt32BE(FLAG_ENCRYPTED, 12);
     sealing = newSealing(options.key, prefix, chunkSize);
   }
+  let store: StoreWriter | undefined;
+  if (options.store !== undefined && sealing === undefined && version === 2) {
+    const dir = resolve(options.store.dir);
+    storeNameOf(dir, absTarget);
+    prefix.writeUInt32BE(FLAG_STORE, 12);
+    store = new StoreWriter(dir, options.store.compress === true);
+  }
   const { fh, tmp } = await createTemp(absTarget, options.tmp);
   let bytes: number;
   let out: ChunkWriter | undefined;
   try {
     if (version === 2) {
-      bytes = await writeV2(fh, prefix, manifestBytes, sources, sealing, chunkSize, {
+      bytes = await writeV2(fh, prefix, manifestBytes, sources, {
+        sealing,
+        chunkSize,
         memoryChunk,
         plainChunk,
         zstdChunk,
+        store,
       });
     } else {
       // Format 1, kept for tests of files older versions wrote.
@@ -398,7 +428,7 @@ export async function writeImage(
     throw ioError(`writing ${absTarget}`, absTarget, e);
   }
   await syncDir(dirname(absTarget));
-  return { bytes };
+  return store ? { bytes, store: store.stats } : { bytes };
 }
 
 /** How a memory entry is cut: its codec, decoded size and each chunk's stored length. */
@@ -423,7 +453,48 @@ function cutOf(fd: number, name: string, size: number, chunk: number): Cut {
 interface Table {
   cut: Cut;
   hashes: Buffer[];
+  /** Bytes per chunk (decoded), as the table says; 0 for a store's (cut by content). */
   chunk: number;
+  /** In the store: the cut's lengths are decoded lengths, the hashes of decoded bytes. */
+  stored?: boolean;
+}
+
+/** A memory entry cut where its content says, each chunk put into the store. */
+async function storeEntry(store: StoreWriter, s: SourceFile): Promise<Table> {
+  let src: FileHandle | undefined;
+  try {
+    const opened = await openEntry(s.path);
+    src = opened.fh;
+    const lengths: number[] = [];
+    const hashes: Buffer[] = [];
+    for await (const chunk of contentChunks(src, opened.size, s.path)) {
+      lengths.push(chunk.length);
+      hashes.push(await store.put(chunk));
+    }
+    const probe = Buffer.allocUnsafe(1);
+    if ((await src.read(probe, 0, 1, opened.size)).bytesRead !== 0) {
+      throw new CheckptError('EIO', `${s.path} grew while it was being packed`, { path: s.path });
+    }
+    return {
+      cut: { codec: CODEC_NONE, decoded: opened.size, lengths },
+      hashes,
+      chunk: 0,
+      stored: true,
+    };
+  } catch (e) {
+    throw ioError(`packing ${s.path}`, s.path, e);
+  } finally {
+    await closeQuietly(src);
+  }
+}
+
+interface V2Options {
+  sealing: Sealing | undefined;
+  chunkSize: number;
+  memoryChunk: number;
+  plainChunk: number;
+  zstdChunk: number;
+  store: StoreWriter | undefined;
 }
 
 /**
@@ -435,11 +506,8 @@ async function writeV2(
   prefix: Buffer,
   manifestBytes: Buffer,
   sources: SourceFile[],
-  sealing: Sealing | undefined,
-  chunkSize: number,
-  chunks: { memoryChunk: number; plainChunk: number; zstdChunk: number },
+  { sealing, chunkSize, memoryChunk, plainChunk, zstdChunk, store }: V2Options,
 ): Promise<number> {
-  const { memoryChunk, plainChunk, zstdChunk } = chunks;
   const head = sealing ? sealing.head : prefix;
   await writeAll(fh, head, 0);
   let position = head.length;
@@ -452,6 +520,10 @@ async function writeV2(
   );
   for (const s of sources) {
     if (!MEMORY_NAME.test(s.name)) continue;
+    if (store && !s.name.endsWith('.zst')) {
+      tables.set(s.name, await storeEntry(store, s));
+      continue;
+    }
     let src: FileHandle | undefined;
     let pending: Promise<void> = Promise.resolve();
     try {
@@ -513,19 +585,34 @@ async function writeV2(
       await closeQuietly(src);
     }
   }
+  // The chunks are durable before the file naming them can be.
+  await store?.sync();
   const dataLen = Buffer.alloc(8);
   dataLen.writeBigUInt64BE(BigInt(position - head.length), 0);
   const out = sealing
     ? new ChunkWriter(fh, position, chunkSize, rebound(sealing, Buffer.concat([head, dataLen])))
     : new ChunkWriter(fh, position, CHUNK, undefined, prefix);
   try {
-    await putBodyHead(out, manifestBytes, sources.length);
+    await putBodyHead(out, manifestBytes, sources.length, store && basename(store.dir));
     for (const s of sources) {
       const name = Buffer.from(s.name, 'utf8');
       const nameHead = Buffer.alloc(2 + name.length + 1);
       nameHead.writeUInt16BE(name.length, 0);
       name.copy(nameHead, 2);
       const table = tables.get(s.name);
+      if (table?.stored === true) {
+        nameHead[2 + name.length] = KIND_STORED;
+        const { cut, hashes } = table;
+        const t = Buffer.alloc(8 + 4 + cut.lengths.length * 36);
+        t.writeBigUInt64BE(BigInt(cut.decoded), 0);
+        t.writeUInt32BE(cut.lengths.length, 8);
+        cut.lengths.forEach((len, i) => {
+          t.writeUInt32BE(len, 12 + i * 36);
+          hashes[i]?.copy(t, 12 + i * 36 + 4);
+        });
+        await out.put(Buffer.concat([nameHead, t]));
+        continue;
+      }
       if (table) {
         nameHead[2 + name.length] = KIND_CHUNKED;
         const { cut, hashes, chunk } = table;

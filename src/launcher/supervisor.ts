@@ -73,7 +73,7 @@ export class Supervisor {
   }
 
   /** A checkpoint-and-continue into `target`, taken from outside, in turn with the requests. */
-  checkpointTo(target: string): Promise<OutsideDumpResult> {
+  checkpointTo(target: string, store?: string): Promise<OutsideDumpResult> {
     return this.inTurn(() => {
       if (this.stoppedByCheckpoint !== undefined)
         throw new CheckptError('EDUMP', 'The program was stopped by checkpoint and exit.');
@@ -88,6 +88,7 @@ export class Supervisor {
         generation: this.opts.generation,
         template,
         timeoutMs: this.opts.timeoutMs ?? TIMEOUT_MS.get(),
+        ...(store !== undefined ? { store } : {}),
       });
     });
   }
@@ -111,11 +112,11 @@ export class Supervisor {
     return new Schedule({
       intervalMs: p.intervalMs,
       rotation,
-      write: (path) => this.checkpointTo(path),
+      write: (path, store) => this.checkpointTo(path, store),
       onTaken: (t) => {
         if (t.result.warning !== undefined) this.opts.say(t.result.warning);
         this.opts.say(
-          `checkpt: periodic checkpoint ${t.file} (${(t.result.bytes / 1048576).toFixed(1)} MiB, program paused ${t.result.dumpMs} ms, ${t.ms} ms in all)${t.removed.length ? `; removed ${t.removed.join(', ')}` : ''}`,
+          `checkpt: periodic checkpoint ${t.file} (${storedText(t.result)}, program paused ${t.result.dumpMs} ms, ${t.ms} ms in all)${t.removed.length ? `; removed ${t.removed.join(', ')}` : ''}`,
         );
         this.opts.onPeriodic?.(t.file);
       },
@@ -188,4 +189,12 @@ export class Supervisor {
     // Relative names are relative to the program's directory, as for a checkpoint it takes itself.
     return isAbsolute(name) ? name : join(linkOf(running.pid, 'cwd') || process.cwd(), name);
   }
+}
+
+const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
+
+/** What a periodic checkpoint cost: its file, and with a store what it added there. */
+function storedText(r: OutsideDumpResult): string {
+  if (r.store === undefined) return mib(r.bytes);
+  return `${mib(r.bytes)} file + ${mib(r.store.written)} new in its store, ${mib(r.store.shared)} unchanged`;
 }

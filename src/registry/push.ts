@@ -30,6 +30,12 @@ export interface PushResult {
 /** What the file's own manifest says, for the annotations; nothing of an encrypted one. */
 async function summarize(file: string): Promise<Omit<CheckpointConfig, 'size' | 'digest'>> {
   const head = await readImageHeader(file);
+  if (head.stored)
+    throw new CheckptError(
+      'EBADIMAGE',
+      `${file} keeps its memory in the chunk store beside it, which a registry would not get; make a file that holds it all first (checkpt pack ${file} OUT.ckpt) and push that`,
+      { path: file },
+    );
   if (head.encrypted) return { formatVersion: head.formatVersion, encrypted: true, summary: {} };
   const info = await readImageInfo(file, { allowPlain: true, checkManifest: manifestProblem });
   const m = info.manifest;

@@ -1,10 +1,20 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { unitTest as test } from '../helpers.mjs';
 import { Rotation, rotationFile, rotationFiles } from '../../dist/engine/rotation.js';
+import { readImageInfo, storeRefs, verifyImage, writeImage } from '../../dist/image/format.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'checkpt-rotation-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -65,4 +75,61 @@ test('a write that fails, or writes a file that does not verify, removes only th
     () => new Rotation(base, 0),
     (e) => e.code === 'EBADCONFIG',
   );
+});
+
+test('a store-backed rotation: chunks shared, collected after a file goes, a damaged one dropped so the next checkpoint heals it', async () => {
+  const d = mkdtempSync(join(dir, 'store-'));
+  const base = join(d, 'app.ckpt');
+  const images = join(d, 'images');
+  mkdirSync(images);
+  const pages = randomBytes(2 * 1024 * 1024);
+  const put = () => {
+    writeFileSync(join(images, 'pages-1.img'), pages);
+    writeFileSync(join(images, 'pstree.img'), 'tree');
+  };
+  put();
+  const r = new Rotation(base, 2, { store: true });
+  const write = (path, store) => writeImage(path, {}, { dir: images }, { store: { dir: store } });
+  const first = await r.take(write);
+  assert.equal(first.collected.removed, 0);
+  assert.equal((await readImageInfo(first.file)).store, `${base}.store`);
+  randomBytes(512 * 1024).copy(pages, 1024 * 1024);
+  put();
+  await r.take(write);
+  randomBytes(512 * 1024).copy(pages, 0);
+  put();
+  const third = await r.take(write);
+  assert.deepEqual(third.removed, [join(d, 'app.1.ckpt')]);
+  assert.ok(third.collected.removed > 0, 'the chunks only the first named went');
+  await verifyImage(join(d, 'app.2.ckpt'));
+  // A chunk the third names and the fourth would reuse, damaged.
+  const { hashes } = await storeRefs(third.file);
+  const hex = hashes[0].toString('hex');
+  const chunk = join(`${base}.store`, 'chunks', hex.slice(0, 2), hex);
+  const bytes = readFileSync(chunk);
+  bytes[bytes.length - 1] ^= 1;
+  writeFileSync(chunk, bytes);
+  await assert.rejects(r.take(write), (e) => {
+    assert.equal(e.code, 'EBADIMAGE');
+    assert.match(e.message, new RegExp(`damaged chunk ${chunk} was removed from the store`));
+    return true;
+  });
+  assert.equal(existsSync(chunk), false);
+  assert.deepEqual(
+    readdirSync(d)
+      .filter((n) => n.endsWith('.ckpt'))
+      .sort(),
+    ['app.2.ckpt', 'app.3.ckpt'],
+  );
+  // The next one writes it again: the third is whole again too.
+  await r.take(write);
+  await verifyImage(third.file);
+  // Opted out: a file that holds its memory, and no store.
+  const plain = mkdtempSync(join(dir, 'plain-'));
+  const t = await new Rotation(join(plain, 'p.ckpt'), 2, { store: false }).take((path, store) => {
+    assert.equal(store, undefined);
+    return writeImage(path, {}, { dir: images });
+  });
+  assert.equal((await readImageInfo(t.file)).store, undefined);
+  assert.deepEqual(readdirSync(plain), ['p.1.ckpt']);
 });
