@@ -118,6 +118,11 @@ export class Supervisor {
         this.opts.say(
           `checkpt: periodic checkpoint ${t.file} (${storedText(t.result)}, program paused ${t.result.dumpMs} ms, ${t.ms} ms in all)${t.removed.length ? `; removed ${t.removed.join(', ')}` : ''}`,
         );
+        // A store that cannot be cleaned keeps growing: the user must hear why.
+        if (t.collected?.skipped !== undefined)
+          this.opts.say(
+            `checkpt: warning: the chunk store was not cleaned this time, so it keeps what older checkpoints used: ${t.collected.skipped}; remove or fix that file`,
+          );
         this.opts.onPeriodic?.(t.file);
       },
       onSkipped: (e) => {
