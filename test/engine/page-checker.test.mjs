@@ -174,6 +174,32 @@ test('plain chunks are sent from the checkpoint file itself until someone opens 
   await staged.close();
 });
 
+test('a checkpoint file someone holds open for writing is not sent from: its chunks are staged, checked, as before', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  // No read lease while a writer has the file open: the server must not send from it.
+  const writer = await open(file, 'r+');
+  try {
+    const { ps, daemon, errors, staged } = await serve(root, file);
+    const first = PAGES_PER_MIB + 5;
+    const got = readBytes(daemon, 32 + 2 * PAGE + 4);
+    daemon.write(Buffer.concat([iov(GET, 2, VADDR + first * PAGE, 100), iov(CLOSE, 0, 0, 0)]));
+    const body = (await got).subarray(32, 32 + 2 * PAGE);
+    const want = memory.subarray(first * PAGE, (first + 2) * PAGE);
+    assert.ok(body.equals(want), 'the pages as checkpointed');
+    const inStaging = readFileSync(join(root, 'restore', 'pages-1.img')).subarray(
+      first * PAGE,
+      (first + 2) * PAGE,
+    );
+    assert.ok(inStaging.equals(want), 'staged before they were sent');
+    assert.equal(await ps.done, true);
+    assert.deepEqual(errors, []);
+    daemon.destroy();
+    await staged.close();
+  } finally {
+    await writer.close();
+  }
+});
+
 test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it', async (t) => {
   const { root, file, memory } = await checkpointFile(t);
   // Chunk 32 (64 KiB chunks: the first of the third MiB) damaged: only its first read can find it.
