@@ -569,11 +569,40 @@ static void report_staged(void) {
 }
 
 /* Whether every block of the request is staged; asks for the ones not asked for yet, first. */
+/* Checks block b of fi on this thread unless a checker has it already; whether it did. */
+static int check_here_now(uint32_t fi, uint64_t b) {
+  static uint8_t *raw;
+  struct file *f = &files[fi];
+  if (!checked_here(f, b)) return 0;
+  if (!raw && !(raw = malloc(2 * block + 65536))) io_failed("out of memory for checking");
+  pthread_mutex_lock(&lock);
+  if (f->claimed[b]) {
+    pthread_mutex_unlock(&lock);
+    return 0;
+  }
+  f->claimed[b] = 1;
+  int direct = direct_mode && f->chunks[b].codec == 0 && !f->want_map[b];
+  if (direct) inflight_direct++;
+  pthread_mutex_unlock(&lock);
+  check_block(fi, b, raw, !direct);
+  if (direct) {
+    pthread_mutex_lock(&lock);
+    if (--inflight_direct == 0) pthread_cond_broadcast(&direct_idle);
+    pthread_mutex_unlock(&lock);
+  }
+  return 1;
+}
+
+/* Whether every block of the request is staged; asks for the ones not asked for yet, first. A
+ * page fault's one block is checked right here: handing it to a checker thread and back costs two
+ * wake-ups, more than checking 64 KiB. */
 static int ready(const struct request *r) {
   struct file *f = &files[r->file];
   int all = 1;
+  int fault = r->length <= f->block;
   for (uint64_t b = r->offset / f->block; b * f->block < r->offset + r->length; b++) {
     if (__atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE)) continue;
+    if (fault && f->block <= (256u << 10) && check_here_now(r->file, b)) continue;
     all = 0;
     ask(r->file, b);
   }
