@@ -40,6 +40,7 @@ import {
   networkLockWorks,
   NO_LOCK_WARNING,
   releaseLocksAfter,
+  removeLockTable,
 } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
 import type { Manifest } from './job.js';
@@ -63,6 +64,12 @@ export interface OutsideDumpRequest {
   timeoutMs: number;
   /** Told how far the dump and the write got; ended before the program may run on its terminal. */
   progress?: ProgressSink;
+  /**
+   * With `exit`: called with the packed file while the program is still frozen (live migration
+   * sends it and waits for the destination's confirmation). When it throws, CRIU rolls back and
+   * the program runs on; when it returns, the program is killed and its network lock removed.
+   */
+  handOff?: (target: string) => Promise<void>;
 }
 
 export interface OutsideDumpResult {
@@ -289,6 +296,7 @@ async function dumpThenExit(
       // Frozen, the namespace can no longer change: what is not in the tree is not in the image.
       requireWholeProgram(req.nsPid, req.innerPid, req.pid, run.pid);
       bytes = await pack(manifest);
+      if (req.handOff) await req.handOff(req.target);
     } catch (e) {
       failure = e;
     }
@@ -307,7 +315,9 @@ async function dumpThenExit(
       );
     }
     for (const pid of tree) signalQuietly(pid, 'SIGKILL');
-    dropEmptyLock(lock);
+    // Handed off, its connections live elsewhere now: the lock here would only blackhole them.
+    if (req.handOff && lock?.holds) removeLockTable(lock.table);
+    else dropEmptyLock(lock);
     return { bytes, dumpMs };
   } finally {
     hook.close();
