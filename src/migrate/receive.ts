@@ -14,8 +14,10 @@ export interface ReceiveOptions extends IdentityFiles {
   /** Where incoming checkpoints are written before they are resumed (removed once loaded). */
   dir: string;
   /**
-   * Moves the service address (sh -c CMD ARG): `take` before the copy is resumed here, `release`
-   * when that failed after a take. The copy's connections need their address on this host.
+   * Moves the service address (sh -c 'CMD PHASE'): `take` before the copy is resumed here (the
+   * address is added, its traffic still goes to the source, where the network lock holds it),
+   * `announce` once the copy runs (the network now sends the traffic here: a gratuitous ARP, a
+   * route or VIP change), `release` when the resume failed after a take.
    */
   hook?: string;
   /** Told of each migration, in one line. */
@@ -87,6 +89,7 @@ async function serve(
     const r = await resume(file, { detach: true, trustFile: true });
     took = false;
     r.takeSignals();
+    if (opts.hook !== undefined) runHook(opts.hook, 'announce');
     send(socket, { type: 'restored', pid: r.pid });
     socket.end();
     say(`checkpt: resumed ${offer.argv.join(' ') || 'a program'} from ${socket.remoteAddress ?? '?'} as pid ${r.pid}`);
@@ -128,7 +131,7 @@ function sweepIncoming(dir: string): void {
     if (n.startsWith('.incoming-')) rmSync(join(dir, n), { recursive: true, force: true });
 }
 
-function runHook(hook: string, phase: 'take' | 'release'): void {
+function runHook(hook: string, phase: 'take' | 'announce' | 'release'): void {
   const r = spawnSync('sh', ['-c', `${hook} ${phase}`], { stdio: 'inherit', timeout: HOOK_TIMEOUT_MS });
   if (r.status !== 0)
     throw new CheckptError(

@@ -30,9 +30,9 @@ export function makeHosts(tag) {
     },
     /** Puts the floating `service` address on host `to` (off `from`), and tells C, as a gratuitous ARP would. */
     moveAddress(service, from, to) {
-      ipQuiet('-n', ns[from], 'addr', 'del', `${service}/32`, 'dev', dev[from]);
-      ip('-n', ns[to], 'addr', 'add', `${service}/32`, 'dev', dev[to]);
+      ipQuiet('-n', ns[to], 'addr', 'add', `${service}/32`, 'dev', dev[to]);
       ip('-n', ns.c, 'neigh', 'replace', service, 'lladdr', hosts.mac(to), 'dev', dev.c);
+      ipQuiet('-n', ns[from], 'addr', 'del', `${service}/32`, 'dev', dev[from]);
     },
     /** The inode of host `h`'s network namespace, as /proc/PID/ns/net names it. */
     netInode(h) {

@@ -103,13 +103,12 @@ function hookScript(address) {
 set -e
 case "$1" in
 take)
-  ip -n ${ns.a} addr del ${address}/32 dev ${dev.a} || true
-  ip -n ${ns.b} addr add ${address}/32 dev ${dev.b}
-  ip -n ${ns.c} neigh replace ${address} lladdr ${hosts.mac('b')} dev ${dev.c} ;;
+  ip -n ${ns.b} addr add ${address}/32 dev ${dev.b} ;;
+announce)
+  ip -n ${ns.c} neigh replace ${address} lladdr ${hosts.mac('b')} dev ${dev.c}
+  ip -n ${ns.a} addr del ${address}/32 dev ${dev.a} ;;
 release)
-  ip -n ${ns.b} addr del ${address}/32 dev ${dev.b} || true
-  ip -n ${ns.a} addr add ${address}/32 dev ${dev.a}
-  ip -n ${ns.c} neigh replace ${address} lladdr ${hosts.mac('a')} dev ${dev.c} ;;
+  ip -n ${ns.b} addr del ${address}/32 dev ${dev.b} ;;
 esac
 `,
   );
@@ -182,10 +181,12 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     await ended(twin.run, 'the twin checkpointed and stopped');
     const copied = join(dir, 'incoming-base.ckpt');
     copyFileSync(join(dir, `base-${PORT + 1}.ckpt`), copied);
-    hosts.moveAddress(BASELINE, 'a', 'b');
+    // As the receiver's hook does: the address is on B before the resume, announced after it.
+    spawnIp('-n', hosts.ns.b, 'addr', 'add', `${BASELINE}/32`, 'dev', hosts.dev.b);
     const r = inNs(hosts.ns.b, [node, cli, '-r', '-d', copied]);
     const rr = await ended(r, 'the baseline resume');
     assert.equal(rr.code, 0, `baseline resume failed: ${r.stderrText}`);
+    hosts.moveAddress(BASELINE, 'a', 'b');
     const baseMs = Number(process.hrtime.bigint() - t0) / 1e6;
     copies.push(Number(r.lines.at(-1)));
     await new Promise((res) => setTimeout(res, 500));
