@@ -56,7 +56,16 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       template: target,
       timeoutMs: TIMEOUT_MS.get(),
       handOff: async (file) => {
-        remotePid = await handOff(socket, file, pid, opts.confirmTimeoutMs ?? 60_000);
+        try {
+          remotePid = await handOff(socket, file, pid, opts.confirmTimeoutMs ?? 60_000);
+        } catch (e) {
+          if (e instanceof CheckptError) throw e;
+          throw new CheckptError(
+            'EMIGRATE',
+            `sending the checkpoint to the receiver failed: ${(e as Error).message}. The program keeps running here.`,
+            { cause: e },
+          );
+        }
       },
     });
     const totalMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -86,7 +95,10 @@ async function handOff(
   send(socket, { type: 'offer', bytes, argv: argvOf(pid) });
   const answer = readMessage(socket, timeoutMs, "the receiver's confirmation");
   answer.catch(() => undefined);
-  await pipeline(createReadStream(file), socket, { end: false });
+  // A receiver that fails early (disk full) answers before it has read everything.
+  const piping = pipeline(createReadStream(file), socket, { end: false });
+  piping.catch(() => undefined);
+  await Promise.race([piping, answer]);
   const m = await answer;
   if (m.type === 'restored' && Number.isInteger(m.pid) && m.pid > 0) return m.pid;
   if (m.type === 'failed')

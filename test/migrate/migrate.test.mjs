@@ -12,6 +12,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -204,6 +205,93 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     assert.equal(t.lastHits, t.ok, 'every request counted by the one server, before and after');
     assert.deepEqual(readdirSync(join(dir, 'incoming')), [], 'nothing left in the receiver directory');
     killTree(receiver.pid);
+  });
+
+  /** One request from C: the program still answers at `address` (its counter goes on). */
+  async function answers(address, port) {
+    const c = inNs(hosts.ns.c, [node, '-e', `fetch('http://${address}:${port}/').then(r => r.json()).then(j => console.log(JSON.stringify(j)), e => { console.error(String(e)); process.exit(1); })`]);
+    const r = await ended(c, 'a request from C');
+    assert.equal(r.code, 0, `the program does not answer: ${c.stderrText}`);
+    return JSON.parse(c.lines.at(-1)).hits;
+  }
+
+  async function failsAndRunsOn(server, m, pattern, port) {
+    const before = await answers(SERVICE, port);
+    const r = await ended(m, 'checkpt migrate');
+    assert.equal(r.code, 125, `migrate should fail: ${m.lines.join('\n')} ${m.stderrText}`);
+    assert.match(m.stderrText, pattern);
+    assert.match(m.stderrText, /keeps running/);
+    assert.ok(pidAlive(server.pid), 'the program still runs at the source');
+    assert.equal(netInodeOf(server.pid), hosts.netInode('a'));
+    assert.equal(await answers(SERVICE, port), before + 1, 'its state goes on at the source');
+    console.log(`# ${m.stderrText.trim().split('\n')[0]}`);
+  }
+
+  test('failures before the destination confirms leave the program running at the source', async () => {
+    // The floating address is back on A (the first test moved it to B); a new server there.
+    hosts.moveAddress(SERVICE, 'b', 'a');
+    const port = PORT + 2;
+    const server = await startServer(port, 100);
+
+    // Nobody listens at the destination.
+    await failsAndRunsOn(server, migrateCmd(server.pid), /Cannot reach a trusted receiver.*Nothing was frozen/s, port);
+
+    // The receiver does not trust this sender.
+    let receiver = startReceiver(join(dir, 'trust-stranger'), hookScript(SERVICE));
+    await receiving(receiver);
+    await failsAndRunsOn(server, migrateCmd(server.pid), /(not trust|closed before|failed before)/, port);
+    // This sender does not trust the receiver.
+    await failsAndRunsOn(server, migrateCmd(server.pid, undefined, join(dir, 'trust-stranger')), /certificate is not in the trust file/, port);
+    killTree(receiver.pid);
+    await ended(receiver, 'the receiver killed');
+
+    // The receiver is killed mid-transfer: as soon as the incoming file grows.
+    const incoming = join(dir, 'incoming');
+    receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
+    await receiving(receiver);
+    const m = migrateCmd(server.pid);
+    const deadline = Date.now() + 60_000;
+    let killedAt = -1;
+    while (Date.now() < deadline && m.exitCode === null) {
+      const part = readdirSync(incoming).find((n) => n.startsWith('.incoming-'));
+      const file = part && join(incoming, part, 'migrated.ckpt');
+      const size = file ? (statSync(file, { throwIfNoEntry: false })?.size ?? 0) : 0;
+      if (size > 0) {
+        killedAt = size;
+        killTree(receiver.pid);
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.ok(killedAt > 0, 'the receiver was killed while the checkpoint came in');
+    await failsAndRunsOn(server, m, /closed|failed before|reset|EPIPE|ECONNRESET/, port);
+    // A new receiver in the same directory sweeps what the killed one left half-written.
+    receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
+    await receiving(receiver);
+    assert.deepEqual(readdirSync(incoming), [], 'nothing half-written left at the destination');
+    killTree(receiver.pid);
+    await ended(receiver, 'the receiver killed');
+
+    // The destination's disk is full: a 4 MiB tmpfs for a ~100 MB checkpoint.
+    const small = join(dir, 'small');
+    mkdirSync(small);
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', small]);
+    assert.equal(mount.status, 0, `mount: ${mount.stderr}`);
+    try {
+      receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), small);
+      await receiving(receiver);
+      await failsAndRunsOn(server, migrateCmd(server.pid), /ENOSPC/, port);
+      assert.deepEqual(readdirSync(small), [], 'nothing half-written left on the full disk');
+      killTree(receiver.pid);
+      await ended(receiver, 'the receiver killed');
+    } finally {
+      spawnSync('umount', [small]);
+    }
+    // No copy ever started at B.
+    assert.ok(
+      !readdirSync('/proc').some((p) => /^\d+$/.test(p) && p !== String(server.pid) && netInodeOf(Number(p)) === hosts.netInode('b') && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`migrate-server.mjs\0${port}`)),
+      'no copy of the program runs at B',
+    );
   });
 });
 
