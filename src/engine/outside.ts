@@ -147,8 +147,16 @@ async function dumpWithKey(
       dumpMs,
       ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
     });
+    // A migrating program waits, frozen, for its file, as a synchronous checkpt() does.
     const pack = (manifest: Manifest) =>
-      packImages(imagesDir, manifest, req.target, key, req.progress);
+      packImages(
+        imagesDir,
+        manifest,
+        req.target,
+        key,
+        req.progress,
+        req.handOff ? 'sync' : 'outside',
+      );
     // CRIU writes the images as it dumps: their size against the program's memory.
     const watchDump = () => watch(req.progress, 'dumping', () => dirBytes(imagesDir), rss);
     const warning = tcp === 'close' ? { warning: NO_LOCK_WARNING } : {};
@@ -185,8 +193,9 @@ async function packImages(
   target: string,
   key: Buffer | undefined,
   progress: ProgressSink | undefined,
+  mode: 'sync' | 'outside',
 ): Promise<number> {
-  if (compressionWanted('outside')) {
+  if (compressionWanted(mode)) {
     // zstd replaces each pages file once it is done with it: counted file by file.
     const pages = pageFiles(imagesDir);
     const total = pages.reduce((sum, p) => sum + p.size, 0);
