@@ -56,11 +56,18 @@ export function receive(opts: ReceiveOptions): Promise<Receiver> {
     socket.on('error', () => undefined);
     const peer = trustedPeer(socket, id);
     if (peer === undefined) {
-      say(`checkpt: refused a sender from ${socket.remoteAddress ?? '?'}: its certificate is not trusted`);
-      send(socket, { type: 'failed', code: 'EPERM', message: 'this receiver does not trust your certificate.' });
+      say(
+        `checkpt: refused a sender from ${socket.remoteAddress ?? '?'}: its certificate is not trusted`,
+      );
+      send(socket, {
+        type: 'failed',
+        code: 'EPERM',
+        message: 'this receiver does not trust your certificate',
+      });
       socket.end();
       return;
     }
+    send(socket, { type: 'ready' });
     void serve(socket, opts, id, say);
   });
   server.on('tlsClientError', () => undefined);
@@ -92,7 +99,9 @@ async function serve(
     if (opts.hook !== undefined) runHook(opts.hook, 'announce');
     send(socket, { type: 'restored', pid: r.pid });
     socket.end();
-    say(`checkpt: resumed ${offer.argv.join(' ') || 'a program'} from ${socket.remoteAddress ?? '?'} as pid ${r.pid}`);
+    say(
+      `checkpt: resumed ${offer.argv.join(' ') || 'a program'} from ${socket.remoteAddress ?? '?'} as pid ${r.pid}`,
+    );
     await r.loaded.catch((e: unknown) =>
       say(`checkpt: the copy ${r.pid} failed while loading its memory: ${(e as Error).message}`),
     );
@@ -122,17 +131,24 @@ function sweepIncoming(dir: string): void {
   try {
     names = readdirSync(dir);
   } catch (e) {
-    throw new CheckptError('ETARGET', `Cannot use ${dir} for incoming checkpoints: ${(e as Error).message}.`, {
-      cause: e,
-      path: dir,
-    });
+    throw new CheckptError(
+      'ETARGET',
+      `Cannot use ${dir} for incoming checkpoints: ${(e as Error).message}.`,
+      {
+        cause: e,
+        path: dir,
+      },
+    );
   }
   for (const n of names)
     if (n.startsWith('.incoming-')) rmSync(join(dir, n), { recursive: true, force: true });
 }
 
 function runHook(hook: string, phase: 'take' | 'announce' | 'release'): void {
-  const r = spawnSync('sh', ['-c', `${hook} ${phase}`], { stdio: 'inherit', timeout: HOOK_TIMEOUT_MS });
+  const r = spawnSync('sh', ['-c', `${hook} ${phase}`], {
+    stdio: 'inherit',
+    timeout: HOOK_TIMEOUT_MS,
+  });
   if (r.status !== 0)
     throw new CheckptError(
       'EMIGRATE',
@@ -186,7 +202,8 @@ function receiveBytes(socket: TLSSocket, file: string, bytes: number): Promise<v
       resolve();
     });
     socket.once('close', () => {
-      if (left > 0) fail(new Error(`the connection closed with ${left} of ${bytes} bytes still to come`));
+      if (left > 0)
+        fail(new Error(`the connection closed with ${left} of ${bytes} bytes still to come`));
     });
     socket.on('data', onData);
     socket.resume();
@@ -197,11 +214,9 @@ function listen(server: Server, opts: ReceiveOptions): Promise<Receiver> {
   return new Promise((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>
       reject(
-        new CheckptError(
-          'EMIGRATE',
-          `Cannot listen on ${opts.host}:${opts.port}: ${e.message}.`,
-          { cause: e },
-        ),
+        new CheckptError('EMIGRATE', `Cannot listen on ${opts.host}:${opts.port}: ${e.message}.`, {
+          cause: e,
+        }),
       ),
     );
     server.listen(opts.port, opts.host, () => {

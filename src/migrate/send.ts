@@ -106,7 +106,10 @@ async function handOff(
       'EMIGRATE',
       `the receiver could not resume the program: ${m.message} The program keeps running here.`,
     );
-  throw new CheckptError('EMIGRATE', 'the receiver answered out of turn; the program keeps running here.');
+  throw new CheckptError(
+    'EMIGRATE',
+    'the receiver answered out of turn; the program keeps running here.',
+  );
 }
 
 function open(opts: MigrateOptions, id: Identity): Promise<TLSSocket> {
@@ -138,11 +141,18 @@ function open(opts: MigrateOptions, id: Identity): Promise<TLSSocket> {
       socket.setTimeout(0);
       socket.removeAllListeners('error');
       if (trustedPeer(socket, id) === undefined) {
-        fail("its certificate is not in the trust file");
+        fail('its certificate is not in the trust file');
         return;
       }
       socket.on('error', () => undefined);
-      resolve(socket);
+      // The receiver's word that it trusts us, before anything is frozen here.
+      readMessage(socket, CONNECT_TIMEOUT_MS, "the receiver's greeting").then(
+        (m) => {
+          if (m.type === 'ready') resolve(socket);
+          else fail(m.type === 'failed' ? `it refused: ${m.message}` : 'it answered out of turn');
+        },
+        (e: Error) => fail(e.message, e),
+      );
     });
   });
 }
@@ -150,8 +160,7 @@ function open(opts: MigrateOptions, id: Identity): Promise<TLSSocket> {
 /** The pid of `pid` in its own PID namespace, and a host pid there that checkpt can enter (its init). */
 function namespaceOf(pid: number): { innerPid: number; nsPid: number } {
   const ns = nsPids(pid);
-  if (ns === undefined)
-    throw new CheckptError('ESRCH', `No process ${pid}; nothing to migrate.`);
+  if (ns === undefined) throw new CheckptError('ESRCH', `No process ${pid}; nothing to migrate.`);
   if (ns.length < 2)
     throw new CheckptError(
       'EMIGRATE',

@@ -2,9 +2,11 @@ import type { Duplex } from 'node:stream';
 
 /**
  * The migration channel's messages: one JSON object a line. The sender offers a checkpoint of
- * `bytes` bytes and streams them right after its line; the receiver answers with one line.
+ * `bytes` bytes and streams them right after its line; the receiver answers with one line. First of
+ * all the receiver says "ready" (it trusts the sender) or "failed", before the sender freezes anything.
  */
 export type Message =
+  | { type: 'ready' }
   | { type: 'offer'; bytes: number; argv: string[] }
   | { type: 'restored'; pid: number }
   | { type: 'failed'; message: string; code?: string };

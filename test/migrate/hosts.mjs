@@ -44,7 +44,20 @@ export function makeHosts(tag) {
     ip('-n', ns.br, 'link', 'add', 'br0', 'type', 'bridge');
     ip('-n', ns.br, 'link', 'set', 'br0', 'up');
     for (const h of ['a', 'b', 'c']) {
-      ip('-n', ns[h], 'link', 'add', dev[h], 'type', 'veth', 'peer', 'name', `p-${h}`, 'netns', ns.br);
+      ip(
+        '-n',
+        ns[h],
+        'link',
+        'add',
+        dev[h],
+        'type',
+        'veth',
+        'peer',
+        'name',
+        `p-${h}`,
+        'netns',
+        ns.br,
+      );
       ip('-n', ns.br, 'link', 'set', `p-${h}`, 'master', 'br0', 'up');
       ip('-n', ns[h], 'addr', 'add', `${addr[h]}/24`, 'dev', dev[h]);
       ip('-n', ns[h], 'link', 'set', dev[h], 'up');
@@ -76,7 +89,23 @@ export function makeCert(dir, name) {
   const key = join(dir, `${name}.key`);
   const r = spawnSync(
     'openssl',
-    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-subj', `/CN=${name}`, '-days', '2'],
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-subj',
+      `/CN=${name}`,
+      '-days',
+      '2',
+    ],
     { encoding: 'utf8', timeout: 30_000 },
   );
   if (r.status !== 0) throw new Error(`openssl: ${r.stderr}`);

@@ -52,7 +52,23 @@ async function startServer(port, mb = 100) {
   // Its output goes to a file: CRIU in A cannot see a Unix socket peer in the root namespace.
   const log = join(dir, `server-${port}.log`);
   const fd = openSync(log, 'w');
-  const run = inNs(hosts.ns.a, [node, cli, 'run', '--no-pty', '--file', join(dir, `base-${port}.ckpt`), '--', node, fixture('migrate-server.mjs'), String(port), String(mb)], { stdio: ['ignore', fd, fd] });
+  const run = inNs(
+    hosts.ns.a,
+    [
+      node,
+      cli,
+      'run',
+      '--no-pty',
+      '--file',
+      join(dir, `base-${port}.ckpt`),
+      '--',
+      node,
+      fixture('migrate-server.mjs'),
+      String(port),
+      String(mb),
+    ],
+    { stdio: ['ignore', fd, fd] },
+  );
   closeSync(fd);
   const deadline = Date.now() + 60_000;
   while (!readFileSync(log, 'utf8').includes('listening')) {
@@ -64,9 +80,13 @@ async function startServer(port, mb = 100) {
 }
 
 function startClient(address, port) {
-  const c = inNs(hosts.ns.c, [node, fixture('migrate-client.mjs'), address, String(port), '4', '10'], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const c = inNs(
+    hosts.ns.c,
+    [node, fixture('migrate-client.mjs'), address, String(port), '4', '10'],
+    {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
   return c;
 }
 
@@ -76,7 +96,21 @@ async function tally(client) {
 }
 
 function startReceiver(trust, hook, receiveDir = join(dir, 'incoming')) {
-  const args = [node, cli, 'receive', '--listen', `${hosts.addr.b}:${RECEIVE_PORT}`, '--dir', receiveDir, '--cert', certs.receiver.cert, '--key', certs.receiver.key, '--trust', trust];
+  const args = [
+    node,
+    cli,
+    'receive',
+    '--listen',
+    `${hosts.addr.b}:${RECEIVE_PORT}`,
+    '--dir',
+    receiveDir,
+    '--cert',
+    certs.receiver.cert,
+    '--key',
+    certs.receiver.key,
+    '--trust',
+    trust,
+  ];
   if (hook) args.push('--hook', hook);
   return inNs(hosts.ns.b, args);
 }
@@ -85,13 +119,31 @@ async function receiving(r) {
   const deadline = Date.now() + 30_000;
   while (!r.lines.some((l) => l.includes('receiving on'))) {
     if (r.exitCode !== null) throw new Error(`receiver ended: ${r.stderrText}`);
-    if (Date.now() > deadline) throw new Error(`receiver not listening: ${r.lines.join('\n')} ${r.stderrText}`);
+    if (Date.now() > deadline)
+      throw new Error(`receiver not listening: ${r.lines.join('\n')} ${r.stderrText}`);
     await new Promise((res) => setTimeout(res, 20));
   }
 }
 
-function migrateCmd(pid, to = `${hosts.addr.b}:${RECEIVE_PORT}`, trust = join(dir, 'trust-sender')) {
-  return inNs(hosts.ns.a, [node, cli, 'migrate', String(pid), '--to', to, '--cert', certs.sender.cert, '--key', certs.sender.key, '--trust', trust]);
+function migrateCmd(
+  pid,
+  to = `${hosts.addr.b}:${RECEIVE_PORT}`,
+  trust = join(dir, 'trust-sender'),
+) {
+  return inNs(hosts.ns.a, [
+    node,
+    cli,
+    'migrate',
+    String(pid),
+    '--to',
+    to,
+    '--cert',
+    certs.sender.cert,
+    '--key',
+    certs.sender.key,
+    '--trust',
+    trust,
+  ]);
 }
 
 /** The address hook the receiver runs: the service address moves to B (take) or back (release). */
@@ -140,7 +192,11 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
   before(() => {
     dir = tempDir('checkpt-migrate-');
     hosts = makeHosts(String(process.pid));
-    certs = { sender: makeCert(dir, 'sender'), receiver: makeCert(dir, 'receiver'), stranger: makeCert(dir, 'stranger') };
+    certs = {
+      sender: makeCert(dir, 'sender'),
+      receiver: makeCert(dir, 'receiver'),
+      stranger: makeCert(dir, 'stranger'),
+    };
     trustFile(join(dir, 'trust-sender'), certs.receiver.cert);
     trustFile(join(dir, 'trust-receiver'), certs.sender.cert);
     trustFile(join(dir, 'trust-stranger'), certs.stranger.cert);
@@ -203,13 +259,21 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     assert.equal(b.failed, 0, `requests failed during the baseline: ${b.errors.join('; ')}`);
     // The counter went on: the memory came along, no fresh server answered.
     assert.equal(t.lastHits, t.ok, 'every request counted by the one server, before and after');
-    assert.deepEqual(readdirSync(join(dir, 'incoming')), [], 'nothing left in the receiver directory');
+    assert.deepEqual(
+      readdirSync(join(dir, 'incoming')),
+      [],
+      'nothing left in the receiver directory',
+    );
     killTree(receiver.pid);
   });
 
   /** One request from C: the program still answers at `address` (its counter goes on). */
   async function answers(address, port) {
-    const c = inNs(hosts.ns.c, [node, '-e', `fetch('http://${address}:${port}/').then(r => r.json()).then(j => console.log(JSON.stringify(j)), e => { console.error(String(e)); process.exit(1); })`]);
+    const c = inNs(hosts.ns.c, [
+      node,
+      '-e',
+      `fetch('http://${address}:${port}/').then(r => r.json()).then(j => console.log(JSON.stringify(j)), e => { console.error(String(e)); process.exit(1); })`,
+    ]);
     const r = await ended(c, 'a request from C');
     assert.equal(r.code, 0, `the program does not answer: ${c.stderrText}`);
     return JSON.parse(c.lines.at(-1)).hits;
@@ -234,14 +298,29 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     const server = await startServer(port, 100);
 
     // Nobody listens at the destination.
-    await failsAndRunsOn(server, migrateCmd(server.pid), /Cannot reach a trusted receiver.*Nothing was frozen/s, port);
+    await failsAndRunsOn(
+      server,
+      migrateCmd(server.pid),
+      /Cannot reach a trusted receiver.*Nothing was frozen/s,
+      port,
+    );
 
     // The receiver does not trust this sender.
     let receiver = startReceiver(join(dir, 'trust-stranger'), hookScript(SERVICE));
     await receiving(receiver);
-    await failsAndRunsOn(server, migrateCmd(server.pid), /(not trust|closed before|failed before)/, port);
+    await failsAndRunsOn(
+      server,
+      migrateCmd(server.pid),
+      /(not trust|closed before|failed before)/,
+      port,
+    );
     // This sender does not trust the receiver.
-    await failsAndRunsOn(server, migrateCmd(server.pid, undefined, join(dir, 'trust-stranger')), /certificate is not in the trust file/, port);
+    await failsAndRunsOn(
+      server,
+      migrateCmd(server.pid, undefined, join(dir, 'trust-stranger')),
+      /certificate is not in the trust file/,
+      port,
+    );
     killTree(receiver.pid);
     await ended(receiver, 'the receiver killed');
 
@@ -289,7 +368,13 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     }
     // No copy ever started at B.
     assert.ok(
-      !readdirSync('/proc').some((p) => /^\d+$/.test(p) && p !== String(server.pid) && netInodeOf(Number(p)) === hosts.netInode('b') && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`migrate-server.mjs\0${port}`)),
+      !readdirSync('/proc').some(
+        (p) =>
+          /^\d+$/.test(p) &&
+          p !== String(server.pid) &&
+          netInodeOf(Number(p)) === hosts.netInode('b') &&
+          readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`migrate-server.mjs\0${port}`),
+      ),
       'no copy of the program runs at B',
     );
   });
