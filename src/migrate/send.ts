@@ -1,4 +1,12 @@
-import { createReadStream, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  createReadStream,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -38,10 +46,11 @@ const CONNECT_TIMEOUT_MS = 10_000;
  */
 export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrated> {
   const id = loadIdentity(opts);
+  sweepOrphans();
   const { innerPid, nsPid } = namespaceOf(pid);
   // Connected and authenticated before anything is frozen: no receiver costs the program nothing.
   const socket = await open(opts, id);
-  const workDir = mkdtempSync(join(tmpdir(), 'checkpt-migrate-'));
+  const workDir = mkdtempSync(join(tmpdir(), `checkpt-migrate-${process.pid}-`));
   const target = join(workDir, 'migrate.ckpt');
   let remotePid = 0;
   const t0 = process.hrtime.bigint();
@@ -174,6 +183,21 @@ function namespaceOf(pid: number): { innerPid: number; nsPid: number } {
     p = ppidOf(p);
   }
   throw new CheckptError('EMIGRATE', `Cannot find the init of process ${pid}'s PID namespace.`);
+}
+
+/** The files of a `checkpt migrate` that was killed: its pid, in the name, no longer runs. */
+function sweepOrphans(): void {
+  let names: string[] = [];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const owner = /^checkpt-migrate-(\d+)-/.exec(n)?.[1];
+    if (owner !== undefined && !existsSync(`/proc/${owner}`))
+      rmSync(join(tmpdir(), n), { recursive: true, force: true });
+  }
 }
 
 function nsPids(pid: number): number[] | undefined {

@@ -15,6 +15,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import {
@@ -350,6 +351,38 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     assert.deepEqual(readdirSync(incoming), [], 'nothing half-written left at the destination');
     killTree(receiver.pid);
     await ended(receiver, 'the receiver killed');
+
+    // The sender is killed mid-transfer: CRIU's post-dump hook loses its checkpt and rolls back.
+    receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
+    await receiving(receiver);
+    const k = migrateCmd(server.pid);
+    let growing = false;
+    for (const until = Date.now() + 60_000; Date.now() < until && k.exitCode === null;) {
+      const part = readdirSync(incoming).find((n) => n.startsWith('.incoming-'));
+      const file = part && join(incoming, part, 'migrated.ckpt');
+      if (file && (statSync(file, { throwIfNoEntry: false })?.size ?? 0) > 0) {
+        growing = true;
+        process.kill(k.pid, 'SIGKILL');
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.ok(growing, 'the sender was killed while the checkpoint went out');
+    await ended(k, 'the killed sender');
+    const before = await answers(SERVICE, port);
+    assert.ok(pidAlive(server.pid), 'the program still runs at the source');
+    assert.equal(await answers(SERVICE, port), before + 1);
+    for (const until = Date.now() + 10_000; readdirSync(incoming).length > 0 && Date.now() < until;)
+      await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(readdirSync(incoming), [], 'the receiver removed the partial checkpoint');
+    killTree(receiver.pid);
+    await ended(receiver, 'the receiver killed');
+    // The killed sender's file goes with the next migrate (here one with no receiver).
+    const leftover = () =>
+      readdirSync(tmpdir()).filter((n) => n.startsWith(`checkpt-migrate-${k.pid}-`));
+    assert.equal(leftover().length, 1, "the killed sender's file is there until the next migrate");
+    await failsAndRunsOn(server, migrateCmd(server.pid), /Cannot reach a trusted receiver/, port);
+    assert.deepEqual(leftover(), [], 'the next migrate removed it');
 
     // The destination's disk is full: a 4 MiB tmpfs for a ~100 MB checkpoint.
     const small = join(dir, 'small');
