@@ -36,6 +36,25 @@ export type Command =
   | { cmd: 'push'; file: string; ref: string }
   | { cmd: 'pack'; file: string; out: string }
   | { cmd: 'pull'; ref: string; file: string }
+  | {
+      cmd: 'migrate';
+      pid: number;
+      host: string;
+      port: number;
+      cert: string;
+      key: string;
+      trust: string;
+    }
+  | {
+      cmd: 'receive';
+      host: string;
+      port: number;
+      dir: string;
+      hook?: string;
+      cert: string;
+      key: string;
+      trust: string;
+    }
   | { cmd: 'build' }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
@@ -61,6 +80,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'unlock') return parseUnlock(rest);
   if (first === 'push' || first === 'pull') return parseTransfer(first, rest);
   if (first === 'pack') return parsePack(rest);
+  if (first === 'migrate' || first === 'receive') return parseMigration(first, rest);
   if (first === 'build') {
     if (rest.length > 0) throw new UsageError('build takes no arguments. Usage: checkpt build');
     return { cmd: 'build' };
@@ -300,4 +320,58 @@ function parseUnlock(args: readonly string[]): Command {
       `unlock: which checkpoint? Usage: checkpt unlock [${TRUST_FLAG}] FILE.ckpt`,
     );
   return { cmd: 'unlock', file, ...(trust ? { trust } : {}) };
+}
+
+const MIGRATE_USAGE =
+  'Usage: checkpt migrate PID --to HOST:PORT --cert FILE --key FILE --trust FILE';
+const RECEIVE_USAGE =
+  'Usage: checkpt receive --listen HOST:PORT --dir DIR --cert FILE --key FILE --trust FILE [--hook CMD]';
+
+/** `migrate PID --to HOST:PORT ...` and `receive --listen HOST:PORT --dir DIR ...`. */
+function parseMigration(cmd: 'migrate' | 'receive', args: readonly string[]): Command {
+  const usage = cmd === 'migrate' ? MIGRATE_USAGE : RECEIVE_USAGE;
+  const opts = new Map<string, string>();
+  let pid: string | undefined;
+  const known = cmd === 'migrate' ? ['--to'] : ['--listen', '--dir'];
+  const optional = cmd === 'migrate' ? [] : ['--hook'];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if ([...known, ...optional, '--cert', '--key', '--trust'].includes(a)) {
+      const v = args[++i];
+      if (v === undefined) throw new UsageError(`${cmd}: ${a} needs a value. ${usage}`);
+      opts.set(a, v);
+    } else if (a.startsWith('-')) throw new UsageError(`${cmd}: unknown option '${a}'. ${usage}`);
+    else if (cmd === 'receive' || pid !== undefined)
+      throw new UsageError(`${cmd}: unexpected '${a}'. ${usage}`);
+    else pid = a;
+  }
+  for (const need of [...known, '--cert', '--key', '--trust'])
+    if (!opts.has(need)) throw new UsageError(`${cmd}: ${need} is required. ${usage}`);
+  const where = hostPort(cmd, opts.get(known[0] as string) as string, usage);
+  const files = {
+    cert: opts.get('--cert') as string,
+    key: opts.get('--key') as string,
+    trust: opts.get('--trust') as string,
+  };
+  const hook = opts.get('--hook');
+  if (cmd === 'receive')
+    return {
+      cmd,
+      ...where,
+      dir: opts.get('--dir') as string,
+      ...(hook === undefined ? {} : { hook }),
+      ...files,
+    };
+  if (pid === undefined) throw new UsageError(`migrate: which process? ${usage}`);
+  if (!/^[1-9][0-9]{0,9}$/.test(pid))
+    throw new UsageError(`migrate: '${pid}' is not a process id (a positive number). ${usage}`);
+  return { cmd, pid: Number(pid), ...where, ...files };
+}
+
+function hostPort(cmd: string, v: string, usage: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(v);
+  const port = Number(m?.[3]);
+  if (!m || port > 65535)
+    throw new UsageError(`${cmd}: '${v}' is not HOST:PORT (for IPv6: [ADDR]:PORT). ${usage}`);
+  return { host: (m[1] ?? m[2]) as string, port };
 }

@@ -77,6 +77,41 @@ async function run(c: RunnableCommand): Promise<number> {
         );
       return 0;
     }
+    case 'migrate': {
+      const { migrate } = await import('../migrate/index.js');
+      const r = await migrate(c.pid, {
+        host: c.host,
+        port: c.port,
+        cert: c.cert,
+        key: c.key,
+        trust: c.trust,
+      });
+      process.stdout.write(
+        `checkpt: migrated pid ${c.pid} to ${c.host}:${c.port}, where it runs as pid ${r.remotePid} (${(r.bytes / 1048576).toFixed(1)} MiB, frozen ${r.totalMs} ms, dump ${r.dumpMs} ms)\n`,
+      );
+      return 0;
+    }
+    case 'receive': {
+      const say = (line: string): void => void process.stdout.write(`${line}\n`);
+      const { receive } = await import('../migrate/index.js');
+      const r = await receive({
+        host: c.host,
+        port: c.port,
+        dir: c.dir,
+        ...(c.hook === undefined ? {} : { hook: c.hook }),
+        cert: c.cert,
+        key: c.key,
+        trust: c.trust,
+        say,
+      });
+      say(`checkpt: receiving on ${c.host}:${r.port}`);
+      // Runs until stopped; the copies it resumed run on without it.
+      await new Promise<void>((resolve) => {
+        for (const s of ['SIGINT', 'SIGTERM'] as const) process.once(s, resolve);
+      });
+      await r.close();
+      return 0;
+    }
     case 'build': {
       const { compileNative } = await import('../engine/native.js');
       const { status, parts } = compileNative();

@@ -22,6 +22,8 @@ export const ERROR_CODES = {
   ENOTARGET: 'neither the process nor an ancestor handles checkpoint requests',
   EHOOK: 'a step of a registered resource failed (see errors)',
   EIO: 'reading or writing a file failed (errno says why: ENOENT, ENOSPC, ...)',
+  EMIGRATE:
+    'a migration failed: no trusted receiver, a broken transfer, or a failed resume there (the program runs on at the source)',
   EREGISTRY:
     'a registry could not be reached, refused the credentials or the request, or has no such checkpoint',
 } as const;

@@ -46,6 +46,7 @@ import {
   networkLockWorks,
   NO_LOCK_WARNING,
   releaseLocksAfter,
+  removeLockTable,
 } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
 import type { Manifest } from './job.js';
@@ -71,6 +72,12 @@ export interface OutsideDumpRequest {
   progress?: ProgressSink;
   /** Put the memory into this chunk store beside the target (a rotation's, store.ts). */
   store?: string;
+  /**
+   * With `exit`: called with the packed file while the program is still frozen (live migration
+   * sends it and waits for the destination's confirmation). When it throws, CRIU rolls back and
+   * the program runs on; when it returns, the program is killed and its network lock removed.
+   */
+  handOff?: (target: string) => Promise<void>;
 }
 
 export interface OutsideDumpResult {
@@ -193,7 +200,8 @@ async function packImages(
   key: Buffer | undefined,
 ): Promise<{ bytes: number; store?: StoreWrite }> {
   const { target, progress } = req;
-  const compress = compressionWanted('outside');
+  // A migrating program waits, frozen, for its file, as a synchronous checkpt() does.
+  const compress = compressionWanted(req.handOff ? 'sync' : 'outside');
   // Into a store, each new chunk is compressed alone: a whole compressed image would not dedup.
   const store = req.store !== undefined && key === undefined ? req.store : undefined;
   if (compress && store === undefined) {
@@ -306,6 +314,7 @@ async function dumpThenExit(
       // Frozen, the namespace can no longer change: what is not in the tree is not in the image.
       requireWholeProgram(req.nsPid, req.innerPid, req.pid, run.pid);
       bytes = await pack(manifest);
+      if (req.handOff) await req.handOff(req.target);
     } catch (e) {
       failure = e;
     }
@@ -324,7 +333,9 @@ async function dumpThenExit(
       );
     }
     for (const pid of tree) signalQuietly(pid, 'SIGKILL');
-    dropEmptyLock(lock);
+    // Handed off, its connections live elsewhere now: the lock here would only blackhole them.
+    if (req.handOff && lock?.holds) removeLockTable(lock.table);
+    else dropEmptyLock(lock);
     return { bytes, dumpMs };
   } finally {
     hook.close();

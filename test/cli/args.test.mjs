@@ -160,3 +160,47 @@ test('run: a bad --every, --keep or --restart is a usage error saying what it ta
       opts.join(' '),
     );
 });
+
+test('migrate and receive: every option, HOST:PORT and [IPv6]:PORT, and what is missing or wrong', () => {
+  const ids = ['--cert', 'a.crt', '--key', 'a.key', '--trust', 't.pem'];
+  assert.deepEqual(parseArgs(['migrate', '42', '--to', '10.0.0.2:7700', ...ids]), {
+    cmd: 'migrate',
+    pid: 42,
+    host: '10.0.0.2',
+    port: 7700,
+    cert: 'a.crt',
+    key: 'a.key',
+    trust: 't.pem',
+  });
+  assert.deepEqual(
+    parseArgs(['receive', '--listen', '[::1]:7700', '--dir', 'in', '--hook', 'mv', ...ids]),
+    {
+      cmd: 'receive',
+      host: '::1',
+      port: 7700,
+      dir: 'in',
+      hook: 'mv',
+      cert: 'a.crt',
+      key: 'a.key',
+      trust: 't.pem',
+    },
+  );
+  const bad = [
+    [['migrate', '--to', 'h:1', ...ids], /which process/],
+    [['migrate', 'x', '--to', 'h:1', ...ids], /not a process id/],
+    [['migrate', '42', ...ids], /--to is required/],
+    [['migrate', '42', '--to', 'h', ...ids], /not HOST:PORT/],
+    [['migrate', '42', '--to', 'h:70000', ...ids], /not HOST:PORT/],
+    [['migrate', '42', '--to', 'h:1', '--cert', 'a', '--key', 'b'], /--trust is required/],
+    [['migrate', '42', '--to', 'h:1', '--hook', 'x', ...ids], /unknown option '--hook'/],
+    [['receive', '--listen', 'h:1', ...ids], /--dir is required/],
+    [['receive', '--listen', 'h:1', '--dir', 'd', '--cert'], /--cert needs a value/],
+    [['receive', '5', '--listen', 'h:1', '--dir', 'd', ...ids], /unexpected '5'/],
+  ];
+  for (const [argv, msg] of bad)
+    assert.throws(
+      () => parseArgs(argv),
+      (e) => e instanceof UsageError && msg.test(e.message),
+      argv.join(' '),
+    );
+});

@@ -1,0 +1,223 @@
+import {
+  createReadStream,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { connect, type TLSSocket } from 'node:tls';
+import { TIMEOUT_MS } from '../common/config.js';
+import { CheckptError } from '../common/errors.js';
+import { dumpFromOutside } from '../engine/outside.js';
+import { loadIdentity, trustedPeer, type Identity, type IdentityFiles } from './peer.js';
+import { readMessage, send } from './wire.js';
+
+export interface MigrateOptions extends IdentityFiles {
+  /** The receiver: host name or address, and port. */
+  host: string;
+  port: number;
+  /** How long the receiver may take to restore and confirm (default 60 s). */
+  confirmTimeoutMs?: number;
+}
+
+export interface Migrated {
+  /** The program's pid on the destination, as the receiver sees it. */
+  remotePid: number;
+  bytes: number;
+  /** How long the program was frozen before its image was complete. */
+  dumpMs: number;
+  /** From freezing the program to the destination's confirmation: the blackout. */
+  totalMs: number;
+}
+
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * Live migration, stop-and-copy: the program (under `checkpt run`) is frozen and dumped as for
+ * checkpoint and exit, and while CRIU still holds it frozen the file goes to the receiver over
+ * mutually authenticated TLS. Only the receiver's "restored" kills it here; any failure before
+ * that (no receiver, a broken connection, a failed restore there) lets CRIU roll back, and the
+ * program runs on here with its connections.
+ */
+export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrated> {
+  const id = loadIdentity(opts);
+  sweepOrphans();
+  const { innerPid, nsPid } = namespaceOf(pid);
+  // Connected and authenticated before anything is frozen: no receiver costs the program nothing.
+  const socket = await open(opts, id);
+  const workDir = mkdtempSync(join(tmpdir(), `checkpt-migrate-${process.pid}-`));
+  const target = join(workDir, 'migrate.ckpt');
+  let remotePid = 0;
+  const t0 = process.hrtime.bigint();
+  try {
+    const r = await dumpFromOutside({
+      pid,
+      innerPid,
+      nsPid,
+      target,
+      exit: true,
+      generation: 0,
+      template: target,
+      timeoutMs: TIMEOUT_MS.get(),
+      handOff: async (file) => {
+        try {
+          remotePid = await handOff(socket, file, pid, opts.confirmTimeoutMs ?? 60_000);
+        } catch (e) {
+          if (e instanceof CheckptError) throw e;
+          throw new CheckptError(
+            'EMIGRATE',
+            `sending the checkpoint to the receiver failed: ${(e as Error).message}. The program keeps running here.`,
+            { cause: e },
+          );
+        }
+      },
+    });
+    const totalMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
+    return { remotePid, bytes: r.bytes, dumpMs: r.dumpMs, totalMs };
+  } catch (e) {
+    if (e instanceof CheckptError && e.code === 'EMIGRATE') throw e;
+    const why = e instanceof Error ? e.message : String(e);
+    throw new CheckptError(
+      'EMIGRATE',
+      `Migrating pid ${pid} to ${opts.host}:${opts.port} failed: ${why}${/keeps running|runs on/.test(why) ? '' : ' The program keeps running here.'}`,
+      { cause: e },
+    );
+  } finally {
+    socket.destroy();
+    rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+/** Sends the file and waits for the receiver's word; its pid for the copy, or why not. */
+async function handOff(
+  socket: TLSSocket,
+  file: string,
+  pid: number,
+  timeoutMs: number,
+): Promise<number> {
+  const bytes = statSync(file).size;
+  send(socket, { type: 'offer', bytes, argv: argvOf(pid) });
+  const answer = readMessage(socket, timeoutMs, "the receiver's confirmation");
+  answer.catch(() => undefined);
+  // A receiver that fails early (disk full) answers before it has read everything.
+  const piping = pipeline(createReadStream(file), socket, { end: false });
+  piping.catch(() => undefined);
+  await Promise.race([piping, answer]);
+  const m = await answer;
+  if (m.type === 'restored' && Number.isInteger(m.pid) && m.pid > 0) return m.pid;
+  if (m.type === 'failed')
+    throw new CheckptError(
+      'EMIGRATE',
+      `the receiver could not resume the program: ${m.message} The program keeps running here.`,
+    );
+  throw new CheckptError(
+    'EMIGRATE',
+    'the receiver answered out of turn; the program keeps running here.',
+  );
+}
+
+function open(opts: MigrateOptions, id: Identity): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const where = `${opts.host}:${opts.port}`;
+    const fail = (why: string, cause?: unknown): void => {
+      socket.destroy();
+      reject(
+        new CheckptError(
+          'EMIGRATE',
+          `Cannot reach a trusted receiver at ${where}: ${why}. Is 'checkpt receive' running there, and does each side trust the other's certificate? Nothing was frozen; the program keeps running.`,
+          cause === undefined ? {} : { cause },
+        ),
+      );
+    };
+    const socket = connect({
+      host: opts.host,
+      port: opts.port,
+      cert: id.cert,
+      key: id.key,
+      // The receiver is pinned by its certificate, not by a name a CA vouched for.
+      rejectUnauthorized: false,
+      minVersion: 'TLSv1.3',
+      timeout: CONNECT_TIMEOUT_MS,
+    });
+    socket.once('timeout', () => fail(`no answer within ${CONNECT_TIMEOUT_MS / 1000} s`));
+    socket.once('error', (e) => fail(e.message, e));
+    socket.once('secureConnect', () => {
+      socket.setTimeout(0);
+      socket.removeAllListeners('error');
+      if (trustedPeer(socket, id) === undefined) {
+        fail('its certificate is not in the trust file');
+        return;
+      }
+      socket.on('error', () => undefined);
+      // The receiver's word that it trusts us, before anything is frozen here.
+      readMessage(socket, CONNECT_TIMEOUT_MS, "the receiver's greeting").then(
+        (m) => {
+          if (m.type === 'ready') resolve(socket);
+          else fail(m.type === 'failed' ? `it refused: ${m.message}` : 'it answered out of turn');
+        },
+        (e: Error) => fail(e.message, e),
+      );
+    });
+  });
+}
+
+/** The pid of `pid` in its own PID namespace, and a host pid there that checkpt can enter (its init). */
+function namespaceOf(pid: number): { innerPid: number; nsPid: number } {
+  const ns = nsPids(pid);
+  if (ns === undefined) throw new CheckptError('ESRCH', `No process ${pid}; nothing to migrate.`);
+  if (ns.length < 2)
+    throw new CheckptError(
+      'EMIGRATE',
+      `Process ${pid} runs in the machine's own PID namespace: only a program started with 'checkpt run' (or resumed by checkpt) can be migrated. Nothing was done.`,
+    );
+  let p = pid;
+  for (;;) {
+    const mine = nsPids(p);
+    if (mine === undefined || mine.length !== ns.length) break;
+    if (mine.at(-1) === 1) return { innerPid: ns.at(-1) as number, nsPid: p };
+    p = ppidOf(p);
+  }
+  throw new CheckptError('EMIGRATE', `Cannot find the init of process ${pid}'s PID namespace.`);
+}
+
+/** The files of a `checkpt migrate` that was killed: its pid, in the name, no longer runs. */
+function sweepOrphans(): void {
+  let names: string[] = [];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const owner = /^checkpt-migrate-(\d+)-/.exec(n)?.[1];
+    if (owner !== undefined && !existsSync(`/proc/${owner}`))
+      rmSync(join(tmpdir(), n), { recursive: true, force: true });
+  }
+}
+
+function nsPids(pid: number): number[] | undefined {
+  try {
+    const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+    return /^NSpid:\s+(.*)$/m.exec(s)?.[1]?.trim().split(/\s+/).map(Number);
+  } catch {
+    return undefined;
+  }
+}
+
+function ppidOf(pid: number): number {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/^PPid:\s+(\d+)/m.exec(s)?.[1] ?? 0);
+}
+
+function argvOf(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  } catch {
+    return [];
+  }
+}
