@@ -122,7 +122,7 @@ async function dumpWithKey(
     );
   const rss = running.reduce((sum, p) => sum + rssBytes(procStatus(p)), 0);
   const tcp = networkLockWorks() ? 'established' : 'close';
-  const workDir = makeStagingDir('dump', rss);
+  const workDir = makeStagingDir('dump', rss, true);
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });

@@ -22,7 +22,7 @@ export async function packStandalone(file: string, out: string): Promise<{ bytes
     const read = { key, allowPlain: true, checkManifest: manifestProblem };
     const info = await readImageInfo(file, read);
     const bytes = info.entries.reduce((sum, e) => sum + e.size, 0);
-    const dir = makeStagingDir('dump', bytes);
+    const dir = makeStagingDir('dump', bytes, true);
     try {
       await extractImage(file, dir, read);
       return await writeImage(out, info.manifest, { dir }, { key });

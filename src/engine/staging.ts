@@ -76,10 +76,18 @@ export function sweepOrphans(root: string, prefix: string): void {
   }
 }
 
-/** A fresh 0700 directory for one dump or restore, named `checkpt-KIND-[PID.PIDNS-]XXXXXX`. */
-export function makeStagingDir(kind: 'dump' | 'restore', bytes: number): string {
+/**
+ * A fresh 0700 directory for one dump or restore, named `checkpt-KIND-[PID.PIDNS-]XXXXXX`. A dump
+ * whose directory this process removes itself (`owned`: checkpt's command, not a program's worker)
+ * names it too, so that one killed midway is swept by the next, as a restore's.
+ */
+export function makeStagingDir(kind: 'dump' | 'restore', bytes: number, owned = false): string {
   const root = stagingRoot(bytes);
-  if (kind === 'dump') return mkdtempSync(join(root, 'checkpt-dump-'));
+  if (kind === 'dump' && !owned) return mkdtempSync(join(root, 'checkpt-dump-'));
+  if (kind === 'dump') {
+    sweepOrphans(root, 'checkpt-dump-');
+    return mkdtempSync(join(root, `checkpt-dump-${ownerTag()}-`));
+  }
   // Unpacked images in /dev/shm hold memory; a restore's directory names its checkpt process.
   sweepOrphans(root, 'checkpt-restore-');
   return mkdtempSync(join(root, `checkpt-restore-${ownerTag()}-`));
