@@ -648,3 +648,30 @@ export function runningWith(arg, within = false) {
   }
   return found;
 }
+
+/** A self-signed P-256 certificate and its key, written to `cert` and `key`; `more`: extra openssl args. */
+export function selfSignedPair(cert, key, subject, more = []) {
+  const r = nodeSpawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      subject,
+      ...more,
+    ],
+    { encoding: 'utf8', timeout: 30_000 },
+  );
+  if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
+}

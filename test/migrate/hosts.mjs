@@ -3,6 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { selfSignedPair } from '../helpers.mjs';
 
 const ip = (...args) => {
   const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
@@ -87,28 +88,7 @@ function readLinkSafe(p) {
 export function makeCert(dir, name) {
   const cert = join(dir, `${name}.crt`);
   const key = join(dir, `${name}.key`);
-  const r = spawnSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-subj',
-      `/CN=${name}`,
-      '-days',
-      '2',
-    ],
-    { encoding: 'utf8', timeout: 30_000 },
-  );
-  if (r.status !== 0) throw new Error(`openssl: ${r.stderr}`);
+  selfSignedPair(cert, key, `/CN=${name}`);
   return { cert, key };
 }
 

@@ -16,7 +16,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { freePort } from '../helpers.mjs';
+import { freePort, selfSignedPair } from '../helpers.mjs';
 
 export const REGISTRY_BIN = ['/usr/bin/docker-registry', '/usr/bin/registry'].find((p) =>
   existsSync(p),
@@ -43,33 +43,6 @@ sys.stdout.write(l.crypt(sys.argv[1].encode(),sys.argv[2].encode()).decode())`;
   if (r.status !== 0 || !r.stdout.startsWith('$2b$'))
     throw new Error(`cannot make a bcrypt hash: ${r.stderr}`);
   return `${user}:${r.stdout}\n`;
-}
-
-/** A self-signed P-256 certificate and its key, written to `cert` and `key`; `more`: extra openssl args. */
-function selfSignedPair(cert, key, subject, more = []) {
-  const r = spawnSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '1',
-      '-subj',
-      subject,
-      ...more,
-    ],
-    { encoding: 'utf8', timeout: 30_000 },
-  );
-  if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
 }
 
 function selfSigned(dir) {
