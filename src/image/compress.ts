@@ -127,7 +127,7 @@ async function compressInFrames(path: string): Promise<void> {
 
 /**
  * Replaces every large pages-N.img in `dir` with pages-N.img.zst; returns how many (none when
- * zstd is missing here: the image is then written as it is). With Node's zlib each 64 KiB is a frame
+ * zstd is missing here: the image is then written as it is). With Node's zlib each MiB is a frame
  * of its own, which a format-2 file serves on demand; with the zstd program (Node 20) the file is
  * one stream, which is extracted whole.
  */
