@@ -47,7 +47,7 @@ async function checkpointFile(t, { fill = randomBytes, compress = false, key } =
 }
 
 /** Serves `file`'s memory to a fake daemon; `reads` counts the chunks this process read itself. */
-async function serve(root, file, key) {
+async function serve(root, file, key, { stage = true } = {}) {
   const dir = join(root, 'restore');
   mkdirSync(dir);
   const lazy = await extractLazy(file, dir, key ? { key } : {});
@@ -69,8 +69,11 @@ async function serve(root, file, key) {
   const { server, daemon } = await pair();
   const errors = [];
   const ps = servePages(server, staged, plan, file, (e) => errors.push(e));
-  // What CRIU's restore reads itself, staged before it runs, by whoever checks that image.
-  await ps.stage(plan.eager);
+  // What CRIU's restore reads itself, staged before it runs, by whoever checks that image. (The
+  // server's own pass through the file may find a damaged chunk first: then this fails with it.)
+  const staging = ps.stage(plan.eager);
+  staging.catch(() => undefined);
+  if (stage) await staging;
   const eager = readFileSync(join(dir, 'pages-1.img')).subarray(0, PAGE);
   return { ps, daemon, errors, staged, counted, eager, direct: source.direct('pages-1.img') };
 }
@@ -206,14 +209,14 @@ test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it
   const bytes = readFileSync(file);
   const probe = memory.subarray(2 * MIB + 4096, 2 * MIB + 4160);
   const at = bytes.indexOf(probe);
-  assert.ok(at > 0 && bytes.indexOf(probe, at + 1) < 0, 'chunk 2 found in the file');
+  assert.ok(at > 0 && bytes.indexOf(probe, at + 1) < 0, 'chunk 32 found in the file');
   const fd = openSync(file, 'r+');
   writeSync(fd, Buffer.from([bytes[at] ^ 0xff]), 0, 1, at);
   closeSync(fd);
-  const { ps, daemon, errors, staged } = await serve(root, file);
+  const { ps, daemon, errors, staged } = await serve(root, file, undefined, { stage: false });
   // The server may be gone before the requests are out.
   daemon.on('error', () => undefined);
-  // The first answer may go out (its chunk is sound); the one in chunk 2 must not.
+  // The first answer may go out (its chunk is sound); the one in chunk 32 must not.
   const got = readBytes(daemon, 32 + PAGE + 32 + PAGE + 1);
   daemon.write(
     Buffer.concat([iov(GET, 1, VADDR + PAGE, 100), iov(GET, 1, VADDR + 2 * MIB + PAGE, 100)]),
