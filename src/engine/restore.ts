@@ -171,6 +171,8 @@ async function restoreFrom(
           .reduce((sum, n) => sum + statSync(join(imagesDir, n)).size, 0);
     await version;
     trace('version');
+    // Stopped while the image unpacked: nothing may be started now (the handler found nothing).
+    if (stopped) return await STOPPING_FOREVER;
     const wantLazy = lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
