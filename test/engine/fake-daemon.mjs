@@ -1,6 +1,7 @@
 // CRIU's side of the page-server protocol, played by tests: page maps, a connected socket pair,
 // requests and exact reads (src/engine/page-server.ts describes the protocol).
 import { once } from 'node:events';
+import { rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { join } from 'node:path';
 import { encodeMessage, IMG_COMMON_MAGIC } from '../../dist/engine/criu-image.js';
@@ -43,6 +44,8 @@ export async function pair() {
   const daemon = connect(path);
   const [server] = await once(srv, 'connection');
   srv.close();
+  // Connected: the socket's name is no longer needed, and the test leaves no directory behind.
+  rmSync(dir, { recursive: true, force: true });
   return { server, daemon };
 }
 
