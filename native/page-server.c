@@ -395,6 +395,21 @@ static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, int to_map) {
   wake_server(fi, b);
 }
 
+/* Checks block b of fi, just claimed by the caller, who holds the lock (released here): in the
+ * checkpoint file when the lease allows, else into the staged image. */
+static void check_claimed(uint32_t fi, uint64_t b, uint8_t *raw) {
+  const struct file *f = &files[fi];
+  int direct = direct_mode && f->chunks[b].codec == 0 && !f->want_map[b];
+  if (direct) inflight_direct++;
+  pthread_mutex_unlock(&lock);
+  if (!__atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE)) check_block(fi, b, raw, !direct);
+  if (direct) {
+    pthread_mutex_lock(&lock);
+    if (--inflight_direct == 0) pthread_cond_broadcast(&direct_idle);
+    pthread_mutex_unlock(&lock);
+  }
+}
+
 static void *checker(void *arg) {
   (void)arg;
   uint8_t *raw = malloc(2 * block + 65536);
@@ -429,15 +444,7 @@ static void *checker(void *arg) {
       pthread_cond_wait(&wake, &lock);
     }
     files[f].claimed[b] = 1;
-    int direct = direct_mode && files[f].chunks[b].codec == 0 && !files[f].want_map[b];
-    if (direct) inflight_direct++;
-    pthread_mutex_unlock(&lock);
-    if (!__atomic_load_n(&files[f].staged[b], __ATOMIC_ACQUIRE)) check_block(f, b, raw, !direct);
-    if (direct) {
-      pthread_mutex_lock(&lock);
-      if (--inflight_direct == 0) pthread_cond_broadcast(&direct_idle);
-      pthread_mutex_unlock(&lock);
-    }
+    check_claimed(f, b, raw);
   }
   return NULL;
 }
@@ -581,15 +588,7 @@ static int check_here_now(uint32_t fi, uint64_t b) {
     return 0;
   }
   f->claimed[b] = 1;
-  int direct = direct_mode && f->chunks[b].codec == 0 && !f->want_map[b];
-  if (direct) inflight_direct++;
-  pthread_mutex_unlock(&lock);
-  check_block(fi, b, raw, !direct);
-  if (direct) {
-    pthread_mutex_lock(&lock);
-    if (--inflight_direct == 0) pthread_cond_broadcast(&direct_idle);
-    pthread_mutex_unlock(&lock);
-  }
+  check_claimed(fi, b, raw);
   return 1;
 }
 
