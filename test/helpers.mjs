@@ -488,17 +488,24 @@ export function run(args, options = {}) {
 export async function programPid(child, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const todo = [...childrenOf(child.pid)];
-    while (todo.length) {
-      const p = todo.shift();
-      let exe = '';
+    const idOf = (pid) => {
       try {
-        exe = readlinkSync(`/proc/${p}/exe`);
+        return `${readlinkSync(`/proc/${pid}/exe`)}\0${readFileSync(`/proc/${pid}/cmdline`, 'latin1')}`;
       } catch {
-        continue;
+        return '';
       }
-      if (!exe.endsWith('/checkpt-helper') && !exe.endsWith('/criu')) return p;
-      todo.push(...childrenOf(p));
+    };
+    const todo = childrenOf(child.pid).map((p) => [p, idOf(child.pid)]);
+    while (todo.length) {
+      const [p, parentId] = todo.shift();
+      const id = idOf(p);
+      if (!id) continue;
+      const exe = id.slice(0, id.indexOf('\0'));
+      const ours = exe.endsWith('/checkpt-helper') || exe.endsWith('/criu');
+      // A fork that has not exec'd yet is its parent's twin (checkpt's Node about to become its helper).
+      if (!ours && id === parentId) continue;
+      if (!ours) return p;
+      todo.push(...childrenOf(p).map((c) => [c, id]));
     }
     if (Date.now() > deadline)
       throw new Error(`no program found under ${child.pid}; running:\n${describeTree(child.pid)}`);
