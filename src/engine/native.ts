@@ -1,5 +1,14 @@
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import {
+  accessSync,
+  closeSync,
+  constants as fsc,
+  existsSync,
+  openSync,
+  readFileSync,
+  readSync,
+  statSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { HELPER, readAtLoad } from '../common/config.js';
@@ -52,6 +61,11 @@ export interface NativeContext {
   arch: string;
   /** The C compiler `checkpt build` would run. */
   cc: string;
+  /**
+   * Commands that start the helper take it as working without running it first (~7 ms of each
+   * resume): its version among its bytes, executable. `checkpt check` and `checkpt build` run it.
+   */
+  quick?: boolean;
 }
 
 export function nativeContext(env: NodeJS.ProcessEnv = process.env): NativeContext {
@@ -109,6 +123,19 @@ export function elfArch(path: string): { arch: string } | { problem: string } {
   return { arch: ELF_MACHINES[machine] ?? `ELF machine ${machine}` };
 }
 
+/** Why the helper at `path` is not this checkpt's, judged from its file alone. */
+function helperBytesProblem(path: string): string | undefined {
+  // `puts("checkpt-helper 2")` keeps the answer NUL-terminated in the binary.
+  if (readFileSync(path).indexOf(`${HELPER_VERSION}\0`) < 0)
+    return `does not answer '${HELPER_VERSION}' (from another checkpt version, or damaged)`;
+  try {
+    accessSync(path, fsc.X_OK);
+  } catch {
+    return `is not executable (mode ${(statSync(path).mode & 0o777).toString(8)})`;
+  }
+  return undefined;
+}
+
 function firstLine(text: string): string {
   return text.trim().split('\n')[0]?.trim() ?? '';
 }
@@ -124,6 +151,10 @@ function problemOf(
   if ('problem' in elf) return { problem: elf.problem };
   if (elf.arch !== ctx.arch)
     return { problem: `built for ${elf.arch}, and this machine is ${ctx.arch}` };
+  if (part === 'checkpt-helper' && ctx.quick) {
+    const problem = helperBytesProblem(c.path);
+    return problem === undefined ? {} : { problem };
+  }
   if (part === 'checkpt-helper') {
     const r = spawnSync(c.path, ['--version'], { encoding: 'utf8', timeout: 10_000 });
     if (r.error) {
@@ -180,14 +211,15 @@ export function lookUp(part: NativePart, ctx: NativeContext = nativeContext()): 
   return { part, tried };
 }
 
-const cache = new Map<NativePart, NativeLookup>();
+const cache = new Map<string, NativeLookup>();
 
-/** The lookup of `part` for this process, done once. */
-export function native(part: NativePart): NativeLookup {
-  let l = cache.get(part);
+/** The lookup of `part` for this process, done once (`quick`: see NativeContext). */
+export function native(part: NativePart, quick = false): NativeLookup {
+  const key = quick ? `quick:${part}` : part;
+  let l = cache.get(key) ?? (quick ? cache.get(part) : undefined);
   if (l === undefined) {
-    l = lookUp(part);
-    if (l.found !== undefined) cache.set(part, l);
+    l = lookUp(part, { ...nativeContext(), quick });
+    if (l.found !== undefined) cache.set(key, l);
   }
   return l;
 }
@@ -198,8 +230,8 @@ export function forgetNative(): void {
 }
 
 /** The path of a working `part`; throws EHELPER saying why there is none and what to do. */
-export function nativePath(part: NativePart): string {
-  const l = native(part);
+export function nativePath(part: NativePart, quick = false): string {
+  const l = native(part, quick);
   if (l.found === undefined) throw new CheckptError('EHELPER', unusableMessage(l));
   return l.found.path;
 }
@@ -287,7 +319,7 @@ const helperOverride = readAtLoad(HELPER);
 
 /** The native helper to run: CHECKPT_HELPER, else the first that works; throws EHELPER. */
 export function helperPath(): string {
-  if (helperOverride === undefined) return nativePath('checkpt-helper');
+  if (helperOverride === undefined) return nativePath('checkpt-helper', true);
   if (!existsSync(helperOverride))
     throw new CheckptError(
       'EHELPER',

@@ -6,8 +6,8 @@
 
 import { createHash } from 'node:crypto';
 import { readSync } from 'node:fs';
-import * as zlib from 'node:zlib';
 import { CheckptError } from '../common/errors.js';
+import { zlibZstd } from '../common/zstd.js';
 import { closeQuietly, ioError } from './io.js';
 import { CODEC_ZSTD_FRAMES, TAG_LEN, maxFrame } from './layout.js';
 import type { ChunkHashes, DirectChunks, PageSource } from './pages.js';
@@ -43,18 +43,14 @@ export interface ChunkedEntry {
   store?: string;
 }
 
-const zstdDecompress = (
-  zlib as unknown as {
-    zstdDecompressSync?: (b: Buffer, o: { maxOutputLength: number }) => Buffer;
-  }
-).zstdDecompressSync;
-
 /** Whether this Node decodes a zstd frame by itself (zlib has zstd from Node 22.15 and 23.8). */
-export const zstdInProcess = typeof zstdDecompress === 'function';
+export function zstdInProcess(): boolean {
+  return typeof zlibZstd().zstdDecompressSync === 'function';
+}
 
 /** Whether PageSource can serve `e` here; else the file is extracted eagerly. */
 export function servable(e: ChunkedEntry): boolean {
-  if (e.codec === CODEC_ZSTD_FRAMES) return zstdInProcess;
+  if (e.codec === CODEC_ZSTD_FRAMES) return zstdInProcess();
   return !e.name.endsWith('.zst');
 }
 
@@ -165,6 +161,7 @@ export function decodeChunk(file: string, e: ChunkedEntry, i: number, bytes: Buf
   const want = decodedLength(e, i);
   let out: Buffer;
   try {
+    const zstdDecompress = zlibZstd().zstdDecompressSync;
     if (zstdDecompress === undefined) throw new Error('no zstd in this Node');
     out = zstdDecompress(bytes, { maxOutputLength: want });
   } catch (err) {

@@ -1,11 +1,11 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
-import * as zlib from 'node:zlib';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { COMPRESS, readAtLoad, ZSTD as ZSTD_VAR } from '../common/config.js';
+import { zlibZstd, type ZlibZstd } from '../common/zstd.js';
 import { lowerPriority } from '../common/procfs.js';
 import type { EntryDecoder } from './extract.js';
 import { closeQuietly, writeAll } from './io.js';
@@ -62,23 +62,17 @@ function startZstd(args: string[]) {
   return { child, failed };
 }
 
-type ZstdCompress = (
-  b: Buffer,
-  o: { params: Record<number, number>; pledgedSrcSize: number },
-  cb: (e: Error | null, out: Buffer) => void,
-) => void;
-const zstdCompress = (zlib as unknown as { zstdCompress?: ZstdCompress }).zstdCompress;
-const ZSTD_LEVEL = (zlib.constants as unknown as Record<string, number>).ZSTD_c_compressionLevel;
-
 /** Whether this Node compresses with zstd by itself (zlib has zstd from Node 22.15 and 23.8). */
 export function zstdInZlib(): boolean {
-  return zstdCompress !== undefined && ZSTD_LEVEL !== undefined;
+  const z = zlibZstd();
+  return z.zstdCompress !== undefined && z.constants.ZSTD_c_compressionLevel !== undefined;
 }
 
 function compressChunk(data: Buffer): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const compress = zstdCompress as ZstdCompress;
-    const params = { [ZSTD_LEVEL as number]: 1 };
+    const z = zlibZstd();
+    const compress = z.zstdCompress as NonNullable<ZlibZstd['zstdCompress']>;
+    const params = { [z.constants.ZSTD_c_compressionLevel as number]: 1 };
     compress(data, { params, pledgedSrcSize: data.length }, (e, out) =>
       e ? reject(e) : resolve(out),
     );

@@ -16,8 +16,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import * as zlib from 'node:zlib';
 import { CheckptError } from '../common/errors.js';
+import { zlibZstd } from '../common/zstd.js';
 import { closeQuietly, errnoOf, ioError, unlinkQuietly, writeAll } from './io.js';
 import { MAGIC, PREFIX_LEN, maxFrame } from './layout.js';
 
@@ -32,14 +32,6 @@ const MAX_PAGES = 1024;
 export const MAX_STORED_CHUNK = MAX_PAGES * PAGE;
 const CODEC_RAW = 0;
 const CODEC_ZSTD = 1;
-
-type ZstdCompress = (b: Buffer, o: { params: Record<number, number> }) => Buffer;
-type ZstdDecompress = (b: Buffer, o: { maxOutputLength: number }) => Buffer;
-const z = zlib as unknown as {
-  zstdCompressSync?: ZstdCompress;
-  zstdDecompressSync?: ZstdDecompress;
-  constants: Record<string, number>;
-};
 
 /** The path of the chunk whose bytes hash to `hash` in `store`. */
 export function chunkPath(store: string, hash: Buffer): string {
@@ -124,7 +116,8 @@ export class StoreWriter {
     }
     let payload = bytes;
     let codec = CODEC_RAW;
-    if (this.compress && z.zstdCompressSync) {
+    const z = this.compress ? zlibZstd() : undefined;
+    if (z?.zstdCompressSync) {
       const level = z.constants.ZSTD_c_compressionLevel ?? 100;
       const packed = z.zstdCompressSync(bytes, { params: { [level]: 1 } });
       if (packed.length < bytes.length) [payload, codec] = [packed, CODEC_ZSTD];
@@ -278,6 +271,7 @@ export async function readStoredChunk(c: StoredChunk, scratch?: Buffer): Promise
   let bytes: Buffer;
   if (raw[0] === CODEC_RAW) bytes = raw.subarray(1);
   else if (raw[0] === CODEC_ZSTD) {
+    const z = zlibZstd();
     if (!z.zstdDecompressSync) {
       throw new CheckptError(
         'EBADIMAGE',

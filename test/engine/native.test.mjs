@@ -106,6 +106,25 @@ describe('looking the native parts up', () => {
     assert.match(l.tried[0].problem, /^does not run here: .*libgone\.so/);
   });
 
+  test('the quick look of the commands that start the helper: its version among its bytes, executable; running it is left to checkpt check', () => {
+    const r = fakeRoot({ build: ['checkpt-helper'] });
+    const helper = join(r, 'build', 'checkpt-helper');
+    assert.equal(lookUp('checkpt-helper', ctxFor(r, { quick: true })).found?.origin, 'build');
+    chmodSync(helper, 0o644);
+    assert.equal(
+      lookUp('checkpt-helper', ctxFor(r, { quick: true })).tried[0].problem,
+      'is not executable (mode 644)',
+    );
+    // Another version's answer, and one that only begins like this version's.
+    for (const answer of ['checkpt-helper 0', 'checkpt-helper 21']) {
+      compile(helper, `#include <stdio.h>\nint main(void) { puts("${answer}"); return 0; }\n`);
+      assert.equal(
+        lookUp('checkpt-helper', ctxFor(r, { quick: true })).tried[0].problem,
+        "does not answer 'checkpt-helper 2' (from another checkpt version, or damaged)",
+      );
+    }
+  });
+
   test('a preload library that does not load, and an addon that does not dlopen, are refused', () => {
     const r = fakeRoot({ prebuilt: ['libcheckpt-nouring.so', 'checkpt-rand.node'] });
     const lib = join(r, 'libgone.so');
