@@ -10,9 +10,19 @@
 #   CHECKPT_CRIU_SOURCE   build from this criu_X.Y.Z.orig.tar.xz instead of fetching it
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
+#
+# checkpt's build differs from Debian's in one thing: CRIU keeps its cache of kernel probes (40-70
+# ms at each start without it) in $kdat_dir, on tmpfs everywhere, containers included, instead
+# of /run, which is not tmpfs in most containers (CRIU then keeps none). The patches in
+# criu-patches/ make CRIU use a cache only when the file and its directory are its user's alone,
+# since /dev/shm is shared; checkpt makes the directory, root's and 0700, before CRIU runs.
 set -euo pipefail
 
 home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
+here=$(cd "$(dirname "$0")" && pwd)
+kdat_dir=/dev/shm/checkpt-criu
+# Bumped when the build changes: an older build of checkpt's own is then rebuilt.
+recipe=2
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }
@@ -42,15 +52,23 @@ criu_works() {
 
 if [ "${CHECKPT_CRIU_FORCE:-}" != 1 ]; then
   if v=$(criu_works "$home/bin/criu"); then
-    say "CRIU $v at $home/bin/criu works (checkpt's own build)"
-    exit 0
-  fi
-  if v=$(criu_works criu); then
+    if grep -qx "recipe=$recipe" "$home/BUILD-INFO" 2>/dev/null; then
+      say "CRIU $v at $home/bin/criu works (checkpt's own build)"
+      exit 0
+    fi
+    say "CRIU $v at $home/bin/criu is checkpt's build of an older recipe; building it again (its kernel-probe cache in $kdat_dir)"
+    # The source kept beside the binary builds it again without the network.
+    kept=$(ls "$home"/src/criu_*.orig.tar.* 2>/dev/null | sort -V | tail -1 || true)
+    [ -n "${CHECKPT_CRIU_SOURCE:-}" ] || [ -z "$kept" ] || CHECKPT_CRIU_SOURCE=$kept
+    rebuild=1
+  elif v=$(criu_works criu); then
     say "CRIU $v at $(command -v criu) works (the system's)"
     exit 0
   fi
 fi
-if sys=$(command -v criu 2>/dev/null); then
+if [ -n "${rebuild:-}" ]; then
+  :
+elif sys=$(command -v criu 2>/dev/null); then
   say "the system's $sys ($("$sys" --version 2>/dev/null | sed -n 's/^Version: *//p')) is older than $need_major.$need_minor or fails 'criu check'; building CRIU for checkpt in $home (the system's is left alone)"
 else
   say "no CRIU $need_major.$need_minor or newer here; building one for checkpt in $home"
@@ -60,7 +78,7 @@ fi
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: on a system without apt, install CRIU $need_major.$need_minor or newer yourself and point CHECKPT_CRIU at it"
 
 export DEBIAN_FRONTEND=noninteractive
-deps=(make gcc libc6-dev pkg-config python3 xz-utils
+deps=(make gcc libc6-dev pkg-config python3 xz-utils patch
   libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libnl-3-dev libnl-route-3-dev libnet1-dev libcap-dev libbsd-dev libaio-dev
   libgnutls28-dev libnftables-dev uuid-dev)
@@ -138,7 +156,11 @@ say "building CRIU $version ($(nproc) cores, about a minute)"
 mkdir -p "$work/build"
 tar -C "$work/build" -xf "$tarball"
 tree=$(ls -d "$work"/build/criu-*/ | head -1)
-if ! make -C "$tree" -j"$(nproc)" criu >"$work/make.log" 2>&1; then
+for p in "$here"/criu-patches/*.patch; do
+  patch -d "$tree" -p1 --forward --silent <"$p" >"$work/patch.log" 2>&1 ||
+    die "patch $(basename "$p") does not apply to CRIU $version: $(head -n 3 "$work/patch.log")"
+done
+if ! make -C "$tree" -j"$(nproc)" RUNDIR="$kdat_dir" criu >"$work/make.log" 2>&1; then
   grep -E 'error|Error|No such file|not found' "$work/make.log" | head -n 10 >&2 || tail -n 15 "$work/make.log" >&2
   die "building CRIU $version failed (above); a missing header usually means a missing build dependency"
 fi
@@ -148,8 +170,9 @@ mkdir -p "$home/bin" "$home/src"
 [ "$tarball" -ef "$home/src/$(basename "$tarball")" ] || install -m 0644 "$tarball" "$home/src/$(basename "$tarball")"
 install -m 0755 "$tree/criu/criu" "$home/bin/criu.new"
 mv -f "$home/bin/criu.new" "$home/bin/criu"
-printf 'version=%s\nsource=%s\nsha256=%s\nbuilt=%s\n' "$version" "$(basename "$tarball")" \
-  "$(sha256sum "$tarball" | cut -d' ' -f1)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$home/BUILD-INFO"
+printf 'version=%s\nsource=%s\nsha256=%s\nbuilt=%s\nrecipe=%s\nkdat=%s\npatches=%s\n' "$version" "$(basename "$tarball")" \
+  "$(sha256sum "$tarball" | cut -d' ' -f1)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$recipe" "$kdat_dir" \
+  "$(cd "$here/criu-patches" && ls ./*.patch | sed 's#^\./##' | tr '\n' ' ' | sed 's/ $//')" >"$home/BUILD-INFO"
 
 if ! v=$(criu_works "$home/bin/criu"); then
   CRIU_FAULT=130 "$home/bin/criu" check >&2 || true

@@ -7,6 +7,7 @@ import { CheckptError } from '../common/errors.js';
 import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
+import { prepareKdatDir } from './kdat.js';
 import { criuPath } from './paths.js';
 
 export const MIN_CRIU_MAJOR = 4;
@@ -432,6 +433,8 @@ function dumpFailureMessage(reason: string | undefined, log: string): string {
  * single-step through syscalls instead: a little slower, but it works everywhere.
  */
 export function criuEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  // Every CRIU checkpt starts gets its environment here: its probe cache's directory too.
+  prepareKdatDir();
   if (CRIU_BREAKPOINTS.get(env) || env.CRIU_FAULT) return env;
   return { ...env, CRIU_FAULT: '130' };
 }
