@@ -17,8 +17,12 @@ export interface LazyPages {
   done: Promise<void>;
 }
 
-/** Below this much memory in the image, starting the daemon costs more than it saves. */
-export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
+/**
+ * Below this much memory in the image, starting the daemon costs more than it saves: with memory
+ * served from the file and CRIU's probe cache, an idle Node server (20 MB) resumed ~40 ms sooner
+ * lazily; eager staging costs ~2 ms per MiB, the daemon ~15-20 ms (docs/PERFORMANCE.md).
+ */
+export const LAZY_MIN_BYTES = 8 * 1024 * 1024;
 
 /**
  * Whether a restore of `pageBytes` of memory loads it lazily: by default when there is at least
