@@ -68,6 +68,8 @@ static int nrelay = 0;
 static int pty_mode = 0;
 static int wake_fd[2] = {-1, -1};
 static int hold_slave = -1;
+/* Not root: the namespaces are in a user namespace of our own (enter_own_userns). */
+static int rootless = 0;
 static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
 static void die(const char *what) {
@@ -175,6 +177,32 @@ static int open_private_pty(int index, const char **slave) {
 }
 static int relay_pty(int master, pid_t init, int status_fd, int key);
 
+static void write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) die(path);
+  ssize_t n = write(fd, text, strlen(text));
+  if (n != (ssize_t)strlen(text)) die(path);
+  close(fd);
+}
+
+/*
+ * Not root: the PID and mount namespaces belong to a user namespace of our own, in which our uid
+ * and gid are 0 (as `unshare -U -r`). That gives CRIU (run with --unprivileged) the capabilities
+ * it needs over this namespace and nothing outside it: one uid mapped, no supplementary groups.
+ */
+static void enter_own_userns(void) {
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+  char map[64];
+  if (unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(user|PID|mount namespace)");
+  rootless = 1;
+  write_file("/proc/self/setgroups", "deny");
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
+  write_file("/proc/self/uid_map", map);
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
+  write_file("/proc/self/gid_map", map);
+}
+
 static void on_child(int sig) {
   (void)sig;
   int e = errno;
@@ -225,7 +253,8 @@ static int cmd_init(int argc, char **argv) {
   if (pty_mode && !(attached && isatty(0))) pty_mode = 0;
   int tty = attached && isatty(0) && !pty_mode;
   pid_t fg = tty ? tcgetpgrp(0) : -1;
-  if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(PID|mount namespace)");
+  if (geteuid() != 0) enter_own_userns();
+  else if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(PID|mount namespace)");
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
   int master = -1;
   if (pty_mode) master = open_private_pty(pty_index, &o.slave);
@@ -530,6 +559,8 @@ static int run_init(struct init_opts *o) {
     if (pid == 0) {
       default_signals();
       adopt_orphans();
+      /* Without root, CRIU cannot dump an fd the launcher opened in a mount namespace outside. */
+      if (rootless) close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
       setpgid(0, 0);
       if (isatty(0)) {
         signal(SIGTTOU, SIG_IGN);
@@ -714,6 +745,7 @@ static int dump_opts_from_argv(char **argv, pid_t pid, struct rpc_dump_opts *o) 
     else if (!strcmp(a, "--tcp-established")) o->tcp_established = 1;
     else if (!strcmp(a, "--tcp-close")) o->tcp_close = 1;
     else if (!strcmp(a, "--skip-in-flight")) o->tcp_skip_in_flight = 1;
+    else if (!strcmp(a, "--unprivileged")) o->unprivileged = 1;
     else if (!strcmp(a, "--network-lock")) {
       if (!strcmp(v, "nftables")) o->network_lock = RPC_NETLOCK_NFTABLES;
       else if (!strcmp(v, "iptables")) o->network_lock = RPC_NETLOCK_IPTABLES;

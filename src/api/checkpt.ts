@@ -7,12 +7,13 @@ import { ControlChannel } from './channel.js';
 import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
 import { refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
+import { hostUid, rootless } from '../common/privilege.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
 import { networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { criuVersion } from '../engine/criu.js';
 import { dumpFrontCommand } from '../engine/helper.js';
-import { networkLockWorks, NO_LOCK_WARNING, releaseLocksAfter } from '../engine/netlock.js';
+import { networkLockWorks, noLockWarning, releaseLocksAfter } from '../engine/netlock.js';
 import {
   imagesDirOf,
   type ControlMessage,
@@ -221,7 +222,7 @@ let warnedNoLock = false;
 function warnNoLockOnce(): void {
   if (warnedNoLock) return;
   warnedNoLock = true;
-  process.stderr.write(`${NO_LOCK_WARNING}\n`);
+  process.stderr.write(`${noLockWarning()}\n`);
 }
 
 function begin(
@@ -368,10 +369,11 @@ function resolveTarget(file: string | undefined): string {
 function preflight(target: string): void {
   checkConfig(CHECKPOINT_VARIABLES);
   checkTarget(target);
+  // Under a rootless `checkpt run` the program is uid 0 of its own user namespace.
   if (process.getuid?.() !== 0)
     throw new CheckptError(
       'EPERM',
-      `Checkpointing needs root: CRIU dumps processes as root (running as uid ${process.getuid?.()}). Run the program as root; it keeps running.`,
+      `Without root, checkpt can checkpoint only a program it started itself (running as uid ${process.getuid?.()}): start it with \`checkpt run -- node app.js\` as this user (no root needed), or run it as root. The program keeps running.`,
     );
   requireHelper();
   criuVersion();
@@ -394,7 +396,7 @@ function manifestBase(fifo: string): ManifestBase {
     execPath: process.execPath,
     cwd: process.cwd(),
     pid: process.pid,
-    uid: process.getuid?.() ?? 0,
+    uid: hostUid(),
     node: process.version,
     kernel: release(),
     rssBytes: mem.rss,
@@ -403,5 +405,6 @@ function manifestBase(fifo: string): ManifestBase {
     control: { mount: runDir, fifo },
     generation: lastRestore?.generation ?? 0,
     ...(hasBuiltIn(networkResource) ? { network: 'takeover' as const } : {}),
+    ...(rootless() ? { rootless: true as const } : {}),
   };
 }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
+import { rootless } from '../common/privilege.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
 import { criuPath } from './paths.js';
@@ -101,9 +102,14 @@ function request(req: Request): Command {
   if (req.dirs)
     args.push('-D', req.dirs.images, '-W', req.dirs.work, '-o', req.dirs.log, logLevel());
   args.push(...(req.args ?? []));
+  // Without root CRIU runs as uid 0 of the user's own namespaces and must accept their limits.
+  const unprivileged = rootless();
+  if (unprivileged && req.verb !== '--version') args.push('--unprivileged');
   let file = criuPath;
   if (req.enter !== undefined) {
-    args = ['-t', String(req.enter), '-p', '-m', '--', file, ...args];
+    // The user namespace first: it owns the PID and mount namespaces and gives CRIU its rights there.
+    const userns = unprivileged ? ['-U', '--preserve-credentials'] : [];
+    args = ['-t', String(req.enter), ...userns, '-p', '-m', '--', file, ...args];
     file = 'nsenter';
   }
   if (req.dieWithUs) {

@@ -61,6 +61,8 @@ export interface ManifestBase {
   tcp?: 'closed';
   /** The nftables table CRIU left locking this checkpoint's connections (checkpoint and exit). */
   networkLock?: string;
+  /** Made without root, in user namespaces of `uid`'s own: it resumes only as that user (docs/ROOTLESS.md). */
+  rootless?: true;
 }
 
 export interface Manifest extends ManifestBase {

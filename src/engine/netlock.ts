@@ -15,6 +15,7 @@ import { criuPath, runDir } from './paths.js';
 import { parseProcNet, type Endpoint } from './sockets.js';
 import { CheckptError } from '../common/errors.js';
 import { socketInodes } from '../common/procfs.js';
+import { rootless } from '../common/privilege.js';
 
 let cached: boolean | undefined;
 
@@ -25,6 +26,8 @@ let cached: boolean | undefined;
  */
 export function networkLockWorks(): boolean {
   if (cached !== undefined) return cached;
+  // Without root the program shares the host's network namespace, which the user does not own.
+  if (rootless()) return (cached = false);
   let key = `${criuPath} ${release()}`;
   try {
     const st = statSync(criuPath);
@@ -51,8 +54,15 @@ export function networkLockWorks(): boolean {
   return cached;
 }
 
-export const NO_LOCK_WARNING =
+const NFT_MISSING_WARNING =
   'checkpt: warning: CRIU cannot lock the network with nftables here (kernel without nf_tables?): TCP connections are not kept, they are closed in the resumed copy (listening sockets are kept).';
+const ROOTLESS_TCP_WARNING =
+  'checkpt: warning: without root, TCP connections are not kept: they are closed in the resumed copy (listening sockets are kept). Run as root to keep them.';
+
+/** The one-line warning for checkpoints whose TCP connections are recorded closed. */
+export function noLockWarning(): string {
+  return rootless() ? ROOTLESS_TCP_WARNING : NFT_MISSING_WARNING;
+}
 
 const INVENTORY_MAGIC = 0x58313116;
 const DUMP_CRIU_RUN_ID = 13;

@@ -11,6 +11,7 @@ import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
 import { DEFAULT_TIMEOUT_MS } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
+import { rootless } from '../common/privilege.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
 import {
   dirBytes,
@@ -44,7 +45,7 @@ import {
   dropEmptyLock,
   dumpLock,
   networkLockWorks,
-  NO_LOCK_WARNING,
+  noLockWarning,
   releaseLocksAfter,
   removeLockTable,
 } from './netlock.js';
@@ -156,6 +157,7 @@ async function dumpWithKey(
       imageBytes: dirBytes(imagesDir),
       dumpMs,
       ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
+      ...(rootless() ? { rootless: true as const } : {}),
     });
     let stored: { store?: StoreWrite } = {};
     const pack = async (manifest: Manifest): Promise<number> => {
@@ -165,7 +167,7 @@ async function dumpWithKey(
     };
     // CRIU writes the images as it dumps: their size against the program's memory.
     const watchDump = () => watch(req.progress, 'dumping', () => dirBytes(imagesDir), rss);
-    const warning = tcp === 'close' ? { warning: NO_LOCK_WARNING } : {};
+    const warning = tcp === 'close' ? { warning: noLockWarning() } : {};
     if (req.exit)
       return { ...(await dumpThenExit(req, dumpReq, manifestOf, pack, watchDump)), ...warning };
     const t0 = process.hrtime.bigint();

@@ -28,6 +28,8 @@ import { requireHelper } from './native.js';
 import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
+import { resumeRefusal } from './ownership.js';
+import { privilegeMode, rootless, userNamespacesAllowed } from '../common/privilege.js';
 
 export interface ResumeOptions {
   /** Run the resumed program in the background (stdin from /dev/null) and return once it runs. */
@@ -78,11 +80,14 @@ export async function resume(
   hooks: ResumeHooks = {},
 ): Promise<Resumed> {
   requireHelper();
-  if (process.getuid?.() !== 0)
-    throw new CheckptError(
-      'EPERM',
-      'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.',
-    );
+  if (rootless()) {
+    const userns = userNamespacesAllowed();
+    if (!userns.ok)
+      throw new CheckptError(
+        'EPERM',
+        `Without root, checkpt -r resumes the program in a user namespace of your own, and this system forbids that (${userns.why ?? 'unknown reason'}). Ask an administrator to allow unprivileged user namespaces, or run checkpt -r as root.`,
+      );
+  }
   // Checked while the image unpacks; awaited before CRIU is needed.
   const version = criuVersionAsync();
   version.catch(() => undefined);
@@ -175,6 +180,8 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     const wantLazy = lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
+    const refusal = resumeRefusal(manifest, file, privilegeMode(), process.getuid?.() ?? 0);
+    if (refusal) throw refusal;
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
     if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined);

@@ -4,6 +4,8 @@ import { runningUnder, spawnHelper, type Helper, type Running } from '../engine/
 import { requireHelper } from '../engine/native.js';
 import { CTRL_E, wantsPty } from '../engine/restore.js';
 import { checkpointableEnv } from './exec.js';
+import { RUN_DIR } from '../common/config.js';
+import { rootless, userNamespacesAllowed, userRunDir } from '../common/privilege.js';
 
 export interface RunOptions {
   command: string;
@@ -25,12 +27,8 @@ export interface RunOptions {
  */
 export async function runProgram(opts: RunOptions): Promise<Running> {
   requireHelper();
-  if (process.getuid?.() !== 0)
-    throw new CheckptError(
-      'EPERM',
-      'checkpt run needs root: it gives the program a PID namespace, and CRIU checkpoints as root. Run it with sudo.',
-    );
   const env = checkpointableEnv();
+  if (rootless()) requireUserNamespaces(env);
   if (opts.file !== undefined) env.CHECKPT_FILE = opts.file;
   const pty = wantsPty(opts.detach, opts.pty);
   const helper: Helper = spawnHelper(['--run', '--', opts.command, ...opts.args], {
@@ -48,6 +46,30 @@ export async function runProgram(opts: RunOptions): Promise<Running> {
     );
   }
   return runningUnder(helper, first.value, opts.detach === true);
+}
+
+/**
+ * Without root the program runs in a user namespace of the user's own: the kernel must allow one,
+ * and its control FIFOs go to a directory of the user's (root's /run/checkpt is not writable).
+ */
+export function requireUserNamespaces(env: NodeJS.ProcessEnv): void {
+  const userns = userNamespacesAllowed();
+  if (!userns.ok)
+    throw new CheckptError(
+      'EPERM',
+      `Without root, checkpt runs the program in a user namespace of your own, and this system forbids that (${userns.why ?? 'unknown reason'}). Ask an administrator to allow unprivileged user namespaces, or run checkpt as root.`,
+    );
+  if (RUN_DIR.get(env) === RUN_DIR.get({})) {
+    try {
+      env[RUN_DIR.name] = userRunDir(env);
+    } catch (e) {
+      throw new CheckptError(
+        'EIO',
+        `Could not prepare a directory for the program's checkpoint requests: ${(e as Error).message}.`,
+        { cause: e },
+      );
+    }
+  }
 }
 
 /**
