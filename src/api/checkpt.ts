@@ -221,8 +221,10 @@ function settle(result: number, after: HookFailure[], target: string): number {
 let warnedNoLock = false;
 function warnNoLockOnce(): void {
   if (warnedNoLock) return;
+  const warning = noLockWarning(processTree(process.pid));
+  if (warning === undefined) return;
   warnedNoLock = true;
-  process.stderr.write(`${noLockWarning()}\n`);
+  process.stderr.write(`${warning}\n`);
 }
 
 function begin(

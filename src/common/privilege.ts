@@ -1,6 +1,7 @@
 import { lstatSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
+import { CheckptError } from './errors.js';
 
 /**
  * Which way checkpt runs CRIU: as root, or without root inside user namespaces the user owns
@@ -55,6 +56,15 @@ export function privilegeMode(): PrivilegeMode {
 }
 
 export const rootless = (): boolean => privilegeMode() === 'rootless';
+
+/** For what only root can do (docs/ROOTLESS.md): EPERM saying so, and what to do instead. */
+export function requireRoot(what: string, why: string): void {
+  if (privilegeMode() === 'root') return;
+  throw new CheckptError(
+    'EPERM',
+    `${what} needs root: ${why} (running as uid ${hostUid()}). Run it as root (sudo); checkpt run and checkpt -r work without root.`,
+  );
+}
 
 /** Whether this kernel lets an ordinary user make the user namespace a rootless run needs. */
 export function userNamespacesAllowed(): { ok: boolean; why?: string } {

@@ -12,7 +12,7 @@ import { check } from './criu.js';
 import { decodeMessage } from './criu-image.js';
 import { helperPath } from './native.js';
 import { criuPath, runDir } from './paths.js';
-import { parseProcNet, type Endpoint } from './sockets.js';
+import { hostSockets, parseProcNet, type Endpoint } from './sockets.js';
 import { CheckptError } from '../common/errors.js';
 import { socketInodes } from '../common/procfs.js';
 import { rootless } from '../common/privilege.js';
@@ -59,10 +59,20 @@ const NFT_MISSING_WARNING =
 const ROOTLESS_TCP_WARNING =
   'checkpt: warning: without root, TCP connections are not kept: they are closed in the resumed copy (listening sockets are kept). Run as root to keep them.';
 
-/** The one-line warning for checkpoints whose TCP connections are recorded closed. */
-export function noLockWarning(): string {
-  return rootless() ? ROOTLESS_TCP_WARNING : NFT_MISSING_WARNING;
+/**
+ * The one-line warning for a checkpoint of `pids` whose TCP connections are recorded closed;
+ * without root (the expected case there) only when they hold an established connection.
+ */
+export function noLockWarning(pids: readonly number[]): string | undefined {
+  if (!rootless()) return NFT_MISSING_WARNING;
+  const mine = new Set(pids.flatMap((p) => [...socketInodes(p)]));
+  const connected = hostSockets().some(
+    (s) => s.proto === 'tcp' && s.state === TCP_ESTABLISHED && mine.has(s.inode),
+  );
+  return connected ? ROOTLESS_TCP_WARNING : undefined;
 }
+
+const TCP_ESTABLISHED = 1;
 
 const INVENTORY_MAGIC = 0x58313116;
 const DUMP_CRIU_RUN_ID = 13;

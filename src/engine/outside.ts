@@ -167,7 +167,8 @@ async function dumpWithKey(
     };
     // CRIU writes the images as it dumps: their size against the program's memory.
     const watchDump = () => watch(req.progress, 'dumping', () => dirBytes(imagesDir), rss);
-    const warning = tcp === 'close' ? { warning: noLockWarning() } : {};
+    const lockWarning = tcp === 'close' ? noLockWarning(running) : undefined;
+    const warning = lockWarning === undefined ? {} : { warning: lockWarning };
     if (req.exit)
       return { ...(await dumpThenExit(req, dumpReq, manifestOf, pack, watchDump)), ...warning };
     const t0 = process.hrtime.bigint();
