@@ -36,7 +36,12 @@ function idMap(which: 'uid_map' | 'gid_map'): IdRange[] {
 /** Whether this process is in a user namespace other than the machine's (its map is not the identity). */
 export function inUserNamespace(): boolean {
   const map = idMap('uid_map');
-  return !(map.length === 1 && map[0]?.inside === 0 && map[0].outside === 0 && map[0].count === 2 ** 32 - 1);
+  return !(
+    map.length === 1 &&
+    map[0]?.inside === 0 &&
+    map[0].outside === 0 &&
+    map[0].count === 2 ** 32 - 1
+  );
 }
 
 /** The id `id` of this namespace as the parent namespace sees it (-1 when unmapped). */
