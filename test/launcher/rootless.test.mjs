@@ -8,6 +8,8 @@ import {
   describe,
   events,
   fixture,
+  freePort,
+  nodeBinaries,
   pidAlive,
   programPid,
   removeDir,
@@ -185,6 +187,40 @@ describe('without root', () => {
     await waitFor(copy, (e) => e.event === 'timer', 'the pending timer fires in the copy');
     // state.mjs exits 7 when checkpt() returned anything but 0.
     assert.deepEqual(await copy.closed, { code: 7, signal: null });
+  });
+
+  test('a Node server (the newest Node here) under a rootless checkpt run: its copy keeps its state and takes its port over from the original', async () => {
+    const node = nodeBinaries().at(-1);
+    const port = await freePort();
+    const file = join(a.dir, 'server.ckpt');
+    const url = (path) => `http://127.0.0.1:${port}${path}`;
+    const p = a.checkptStart(['run', '--', node.bin, fixture('server.mjs'), String(port), file]);
+    await waitFor(p, (e) => e.event === 'listening', 'the server listens');
+    assert.equal((await fetch(url('/notes?k=a&v=1'), { method: 'POST' })).status, 200);
+    assert.equal((await fetch(url('/checkpoint'), { method: 'POST' })).status, 202);
+    const done = await waitFor(p, (e) => e.event === 'checkpointed', 'the checkpoint');
+    assert.equal(done.r, 0, p.stderrText);
+    // The copy comes up while the original still holds the port, and waits for it.
+    const copy = a.checkptStart(['-r', file]);
+    const back = await waitFor(copy, (e) => e.event === 'checkpointed', 'the copy');
+    assert.equal(back.r, 1, copy.stderrText);
+    assert.match(copy.stderrText, /is busy \(the original still listens there\)/);
+    assert.equal((await (await fetch(url('/'))).json()).gen, 0);
+    process.kill(p.pid, 'SIGTERM');
+    await p.closed;
+    let state;
+    for (const end = Date.now() + 30_000; state?.gen !== 1;) {
+      if (Date.now() > end)
+        throw new Error(`the copy never took the port over: ${copy.stderrText}`);
+      state = await fetch(url('/'))
+        .then((r) => r.json())
+        .catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual(state.notes, { a: '1' });
+    assert.equal(uidOf(await programPid(copy)), a.uid);
+    process.kill(copy.pid, 'SIGTERM');
+    await copy.closed;
   });
 
   test("user A's checkpoint is refused for user B, and for root", async () => {
