@@ -23,6 +23,8 @@ import { chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, statSync }
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 
+// Node's own fetch (the lint's globals predate it).
+const { fetch } = globalThis;
 const users = [];
 const dirs = [];
 
