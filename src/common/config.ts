@@ -325,10 +325,9 @@ export const PROGRESS_MS = define({
 export const RUN_DIR = define({
   name: 'CHECKPT_RUN_DIR',
   when: 'load',
-  defaultText:
-    '/run/checkpt (without root: $XDG_RUNTIME_DIR/checkpt, else checkpt-UID in the temporary directory)',
+  defaultText: '/run/checkpt as root',
   accepts: 'an absolute path',
-  does: "The directory of the control FIFOs (each resume mounts a private tmpfs over it). Without root, `checkpt run` gives its program a directory of the user's own instead of the default (docs/ROOTLESS.md).",
+  does: 'The directory of the control FIFOs (each resume mounts a private tmpfs over it). Without root, `checkpt run` gives its program `/tmp/checkpt-UID` instead of the default (docs/ROOTLESS.md).',
   fallback: '/run/checkpt',
   parse: absolute,
 });

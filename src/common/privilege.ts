@@ -1,6 +1,5 @@
 import { lstatSync, mkdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { isAbsolute, join } from 'node:path';
+import { join } from 'node:path';
 import { CheckptError } from './errors.js';
 
 /**
@@ -91,14 +90,14 @@ export function userNamespacesAllowed(): { ok: boolean; why?: string } {
 
 /**
  * The control FIFOs' directory for a rootless run (root's /run/checkpt is not the user's):
- * $XDG_RUNTIME_DIR/checkpt, else checkpt-UID in the temporary directory. Made 0700 and refused
- * unless it is a real directory of the user's own that nobody else can enter.
+ * /tmp/checkpt-UID. Its path is in every image, and each resume must be able to make it again in
+ * its own mount namespace: $XDG_RUNTIME_DIR is gone once the user's last session ends, and
+ * $TMPDIR may differ from one shell to the next. Made 0700 and refused unless it is a real
+ * directory of the user's own that nobody else can enter.
  */
-export function userRunDir(env: NodeJS.ProcessEnv = process.env): string {
-  const xdg = env.XDG_RUNTIME_DIR;
+export function userRunDir(): string {
   const uid = process.getuid?.() ?? 0;
-  const dir =
-    xdg !== undefined && isAbsolute(xdg) ? join(xdg, 'checkpt') : join(tmpdir(), `checkpt-${uid}`);
+  const dir = join('/tmp', `checkpt-${uid}`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const st = lstatSync(dir);
   if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0)

@@ -61,7 +61,7 @@ export function requireUserNamespaces(env: NodeJS.ProcessEnv): void {
     );
   if (RUN_DIR.get(env) === RUN_DIR.get({})) {
     try {
-      env[RUN_DIR.name] = userRunDir(env);
+      env[RUN_DIR.name] = userRunDir();
     } catch (e) {
       throw new CheckptError(
         'EIO',

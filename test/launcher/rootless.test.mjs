@@ -19,7 +19,15 @@ import {
   test,
   waitFor,
 } from '../helpers.mjs';
-import { chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 
@@ -42,7 +50,7 @@ function makeUser(label) {
   dirs.push(dir);
   chownSync(dir, uid, gid);
   chmodSync(dir, 0o700);
-  for (const sub of ['run', 'cache']) {
+  for (const sub of ['cache']) {
     mkdirSync(join(dir, sub), { mode: 0o700 });
     chownSync(join(dir, sub), uid, gid);
   }
@@ -50,7 +58,6 @@ function makeUser(label) {
     PATH: process.env.PATH,
     HOME: join('/home', name),
     LANG: 'C.UTF-8',
-    XDG_RUNTIME_DIR: join(dir, 'run'),
     XDG_CACHE_HOME: join(dir, 'cache'),
   };
   const as = (cmd, args) => [
@@ -81,6 +88,8 @@ before(() => {
 after(async () => {
   await cleanup();
   for (const d of dirs) removeDir(d);
+  // The control FIFOs' directory of each user's runs (src/common/privilege.ts, userRunDir).
+  for (const u of [a, b]) if (u) rmSync(`/tmp/checkpt-${u.uid}`, { recursive: true, force: true });
   for (const u of users) {
     const r = spawnSync('userdel', ['--remove', u], { encoding: 'utf8' });
     // userdel -r warns (status 12) when the mail spool it would remove does not exist.
