@@ -13,7 +13,7 @@ import { networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { criuVersion } from '../engine/criu.js';
 import { dumpFrontCommand } from '../engine/helper.js';
-import { networkLockWorks, noLockWarning, releaseLocksAfter } from '../engine/netlock.js';
+import { noLockWarning, releaseLocksAfter, tcpModeFor } from '../engine/netlock.js';
 import {
   imagesDirOf,
   type ControlMessage,
@@ -31,7 +31,7 @@ import { whyNotRestarted } from './reexec.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
-import { CHECKPOINT_VARIABLES, checkConfig } from '../common/config.js';
+import { CHECKPOINT_VARIABLES, checkConfig, PRIVATE_NET } from '../common/config.js';
 import { checkCheckptOptions, dumpTimeoutMs } from '../common/options.js';
 
 export interface CheckptOptions {
@@ -253,7 +253,10 @@ function begin(
       background: mode === 'async',
       manifest: manifestBase(fifo),
     };
-    if (!networkLockWorks()) {
+    // Under `checkpt run --private-net` the network namespace is the program's own.
+    const privateNet = PRIVATE_NET.get() === '1';
+    if (privateNet) job.manifest.net = 'private';
+    if (tcpModeFor(privateNet) === 'close') {
       // Without nftables CRIU cannot hold connections still: they are recorded closed instead.
       job.manifest.tcp = 'closed';
       warnNoLockOnce();

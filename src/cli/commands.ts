@@ -211,6 +211,7 @@ async function run(c: RunnableCommand): Promise<number> {
         key: c.key,
         pty: c.pty,
         ...(c.file === undefined ? {} : { file: c.file }),
+        ...(c.privateNet === true ? { privateNet: true } : {}),
       });
       return supervise(r, {
         generation: 0,

@@ -442,6 +442,13 @@ note(
   'How long that post-dump script tries to reach the socket before CRIU rolls back: the default dump limit. The helper has no default of its own.',
 );
 
+export const PRIVATE_NET = note(
+  'CHECKPT_PRIVATE_NET',
+  'internal',
+  'Set to 1 by `checkpt run --private-net` for its program: it has a network namespace of its own, so its own checkpoints keep its TCP connections without root (docs/ROOTLESS.md).',
+  '1',
+);
+
 // scripts/install-criu.sh (CHECKPT_CRIU_HOME above is shared with it)
 
 note(

@@ -54,10 +54,12 @@ export interface DumpRequest {
   timeoutMs: number;
   /** Run CRIU in the PID and mount namespaces of this (host) pid: `pid` is then as seen there. */
   enter?: number;
+  /** With `enter`: its network namespace too (a program of `checkpt run --private-net`). */
+  enterNet?: boolean;
   /** After the dump: keep running (default), or stay stopped until the caller decides. */
   leave?: 'running' | 'stopped';
   /** How TCP connections are dumped (tcpDumpArgs); default 'established'. */
-  tcp?: 'established' | 'close';
+  tcp?: TcpMode;
   /**
    * Checkpoint and exit from outside: checkpt-helper is CRIU's post-dump script and asks on this
    * Unix socket whether the file is durable (src/engine/post-dump.ts), trying to connect for
@@ -89,8 +91,9 @@ interface Request {
   /** Where the images are and CRIU works; CRIU then logs into `log` there at checkpt's level. */
   dirs?: { images: string; work: string; log: string };
   args?: string[];
-  /** Run CRIU in the PID and mount namespaces of this host pid. */
+  /** Run CRIU in the PID and mount namespaces of this host pid (and its network namespace: `enterNet`). */
   enter?: number;
+  enterNet?: boolean;
   /** CRIU dies with checkpt, however checkpt ends (even killed itself). */
   dieWithUs?: boolean;
   env?: Record<string, string>;
@@ -109,7 +112,8 @@ function request(req: Request): Command {
   if (req.enter !== undefined) {
     // The user namespace first: it owns the PID and mount namespaces and gives CRIU its rights there.
     const userns = unprivileged ? ['-U', '--preserve-credentials'] : [];
-    args = ['-t', String(req.enter), ...userns, '-p', '-m', '--', file, ...args];
+    const net = req.enterNet === true ? ['-n'] : [];
+    args = ['-t', String(req.enter), ...userns, '-p', '-m', ...net, '--', file, ...args];
     file = 'nsenter';
   }
   if (req.dieWithUs) {
@@ -147,6 +151,7 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
     dirs: { images: req.imagesDir, work: req.workDir, log: DUMP_LOG },
     args,
     ...(req.enter === undefined ? {} : { enter: req.enter }),
+    ...(req.enterNet === true ? { enterNet: true } : {}),
     env,
   });
 }
@@ -382,9 +387,17 @@ function logLevel(): string {
  * connection still in a listener's queue (a client connecting during the freeze) is left out
  * rather than failing the dump: the original keeps it; a resumed copy never had it.
  */
-export function tcpDumpArgs(tcp: 'established' | 'close'): string[] {
+/**
+ * How TCP connections are dumped: kept and locked with nftables; recorded closed (no lock here);
+ * or kept without a lock, in a private network namespace whose every process is frozen in the
+ * dump (nftables cannot be used without root there, and nothing outside can send them packets).
+ */
+export type TcpMode = 'established' | 'close' | 'unlocked';
+
+export function tcpDumpArgs(tcp: TcpMode): string[] {
   const common = ['--skip-in-flight'];
   if (tcp === 'close') return [...common, '--tcp-close', '--network-lock', 'skip'];
+  if (tcp === 'unlocked') return [...common, '--tcp-established', '--network-lock', 'skip'];
   return [...common, '--tcp-established', '--network-lock', 'nftables'];
 }
 

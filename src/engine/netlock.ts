@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
-import { check } from './criu.js';
+import { check, type TcpMode } from './criu.js';
 import { decodeMessage } from './criu-image.js';
 import { helperPath } from './native.js';
 import { criuPath, runDir } from './paths.js';
@@ -73,6 +73,15 @@ export function noLockWarning(pids: readonly number[]): string | undefined {
 }
 
 const TCP_ESTABLISHED = 1;
+
+/**
+ * How a dump keeps TCP connections (tcpDumpArgs): without root in a network namespace of the
+ * program's own (`checkpt run --private-net`), kept without a lock; else locked, where nftables works.
+ */
+export function tcpModeFor(privateNet: boolean): TcpMode {
+  if (privateNet && rootless()) return 'unlocked';
+  return networkLockWorks() ? 'established' : 'close';
+}
 
 const INVENTORY_MAGIC = 0x58313116;
 const DUMP_CRIU_RUN_ID = 13;

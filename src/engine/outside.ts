@@ -44,7 +44,7 @@ import { helperPath } from './native.js';
 import {
   dropEmptyLock,
   dumpLock,
-  networkLockWorks,
+  tcpModeFor,
   noLockWarning,
   releaseLocksAfter,
   removeLockTable,
@@ -122,7 +122,9 @@ async function dumpWithKey(
       `Process ${uring} of the program uses io_uring, which CRIU cannot checkpoint. It was started without checkpt's LD_PRELOAD (a program that resets LD_PRELOAD?), or set sysctl kernel.io_uring_disabled=2. The program keeps running.`,
     );
   const rss = running.reduce((sum, p) => sum + rssBytes(procStatus(p)), 0);
-  const tcp = networkLockWorks() ? 'established' : 'close';
+  // `checkpt run --private-net`: CRIU goes into that network namespace too.
+  const privateNet = linkOf(req.nsPid, 'ns/net') !== linkOf('self', 'ns/net');
+  const tcp = tcpModeFor(privateNet);
   const workDir = makeStagingDir('dump', rss, true);
   try {
     const imagesDir = join(workDir, 'images');
@@ -132,6 +134,7 @@ async function dumpWithKey(
     const dumpReq: DumpRequest = {
       pid: req.innerPid,
       enter: req.nsPid,
+      ...(privateNet ? { enterNet: true } : {}),
       imagesDir,
       workDir,
       externalUnix: externalSockets(stdio),
@@ -158,6 +161,7 @@ async function dumpWithKey(
       dumpMs,
       ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
       ...(rootless() ? { rootless: true as const } : {}),
+      ...(privateNet ? { net: 'private' as const } : {}),
     });
     let stored: { store?: StoreWrite } = {};
     const pack = async (manifest: Manifest): Promise<number> => {

@@ -220,7 +220,10 @@ async function restoreFrom(
     staging?.done.catch(() => undefined);
 
     // Before anything runs: a busy port fails here, or the copy is set up not to collide.
-    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', await host);
+    // A private network namespace is new for each copy: nothing of the host's can be in its way.
+    const privateNet = manifest.net === 'private';
+    const hostSockets = privateNet ? [] : await host;
+    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', hostSockets);
     trace('sockets');
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
@@ -296,6 +299,7 @@ async function restoreFrom(
         relays: relaysFor(inherit),
         ptyIndex: ptyIndexOf(stdio),
         extraFds: stdinArgs.fds,
+        ...(privateNet ? { netns: true } : {}),
       },
     );
     const first = await helper.next();

@@ -4,7 +4,7 @@ import { runningUnder, spawnHelper, type Helper, type Running } from '../engine/
 import { requireHelper } from '../engine/native.js';
 import { CTRL_E, wantsPty } from '../engine/restore.js';
 import { checkpointableEnv } from './exec.js';
-import { RUN_DIR } from '../common/config.js';
+import { PRIVATE_NET, RUN_DIR } from '../common/config.js';
 import { rootless, userNamespacesAllowed, userRunDir } from '../common/privilege.js';
 
 export interface RunOptions {
@@ -18,6 +18,8 @@ export interface RunOptions {
   file?: string;
   /** Run in the background: stdin from /dev/null, not watched once started. */
   detach?: boolean;
+  /** A network namespace of its own (only `lo`): its TCP connections survive checkpoints without root. */
+  privateNet?: boolean;
 }
 
 /**
@@ -30,13 +32,15 @@ export async function runProgram(opts: RunOptions): Promise<Running> {
   const env = checkpointableEnv();
   if (rootless()) requireUserNamespaces(env);
   if (opts.file !== undefined) env.CHECKPT_FILE = opts.file;
+  if (opts.privateNet === true) env[PRIVATE_NET.name] = '1';
   const pty = wantsPty(opts.detach, opts.pty);
   const helper: Helper = spawnHelper(['--run', '--', opts.command, ...opts.args], {
     detach: opts.detach === true,
     pty,
     ...(opts.key === null ? {} : { key: opts.key ?? CTRL_E }),
-    relays: relaysForRun(),
+    relays: relaysForRun(opts.privateNet === true),
     env,
+    ...(opts.privateNet === true ? { netns: true } : {}),
   });
   const first = await helper.next();
   if (first.kind !== 'started') {
@@ -74,12 +78,15 @@ export function requireUserNamespaces(env: NodeJS.ProcessEnv): void {
 
 /**
  * A stdout or stderr that is a regular file was opened outside the program's mount namespace,
- * which CRIU cannot dump; the program gets a pipe and a relay writes to the file instead.
+ * which CRIU cannot dump; the program gets a pipe and a relay writes to the file instead. So does
+ * a socket, for a program with a network namespace of its own: CRIU finds Unix sockets through
+ * that namespace, and one made outside it is not there.
  */
-function relaysForRun(): number[] {
+function relaysForRun(privateNet: boolean): number[] {
   return [1, 2].filter((fd) => {
     try {
-      return fstatSync(fd).isFile();
+      const st = fstatSync(fd);
+      return st.isFile() || (privateNet && st.isSocket());
     } catch {
       return false;
     }

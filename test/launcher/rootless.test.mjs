@@ -234,6 +234,77 @@ describe('without root', () => {
     await copy.closed;
   });
 
+  test('--private-net: a TCP connection inside the program survives checkpoint and exit and resume, without root', async () => {
+    const file = join(a.dir, 'pair.ckpt');
+    const p = a.checkptStart([
+      'run',
+      '--private-net',
+      '--file',
+      file,
+      '--',
+      process.execPath,
+      fixture('tcp-pair.mjs'),
+    ]);
+    await waitFor(p, (e) => e.event === 'echo' && e.n >= 3, 'echoes');
+    const r = a.checkpt(['signal', '--exit', String(p.pid)]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(await p.closed, { code: 0, signal: null }, p.stderrText);
+    // Kept, so no warning about connections.
+    assert.doesNotMatch(p.stderrText, /warning/);
+    const last = events(p)
+      .filter((e) => e.event === 'echo')
+      .at(-1).n;
+    assert.ok(!events(p).some((e) => e.event === 'closed'));
+    const info = JSON.parse(a.checkpt(['inspect', '--json', file]).stdout).manifest;
+    assert.equal(info.net, 'private');
+    assert.equal(info.tcp, undefined);
+    const copy = a.checkptStart(['-r', file]);
+    // The same connection goes on: the next number, then more, and it never closes.
+    const first = await waitFor(copy, (e) => e.event === 'echo', 'the copy echoes');
+    assert.equal(first.n, last + 1);
+    await waitFor(copy, (e) => e.event === 'echo' && e.n >= last + 10, 'it goes on');
+    assert.ok(!events(copy).some((e) => e.event === 'closed' || e.event === 'error'));
+    process.kill(copy.pid, 'SIGTERM');
+    await copy.closed;
+  });
+
+  test("--private-net: a Node program's own checkpoint() keeps its connection; without it, the copy's connection is closed", async () => {
+    for (const privateNet of [true, false]) {
+      const file = join(a.dir, `pair-self-${privateNet}.ckpt`);
+      const opt = privateNet ? ['--private-net'] : [];
+      const p = a.checkptStart([
+        'run',
+        ...opt,
+        '--',
+        process.execPath,
+        fixture('tcp-pair.mjs'),
+        file,
+      ]);
+      const done = await waitFor(
+        p,
+        (e) => e.event === 'checkpointed' || e.event === 'error',
+        'checkpoint()',
+      );
+      assert.equal(done.r, 0, JSON.stringify(done) + p.stderrText);
+      if (privateNet) assert.doesNotMatch(p.stderrText, /warning/);
+      else assert.match(p.stderrText, /without root, TCP connections are not kept/);
+      process.kill(p.pid, 'SIGTERM');
+      await p.closed;
+      const copy = a.checkptStart(['-r', file]);
+      const back = await waitFor(copy, (e) => e.event === 'checkpointed', 'the copy');
+      assert.equal(back.r, 1);
+      if (privateNet) {
+        await waitFor(copy, (e) => e.event === 'echo' && e.n >= 15, 'echoes go on in the copy');
+        assert.ok(!events(copy).some((e) => e.event === 'closed' || e.event === 'error'));
+        process.kill(copy.pid, 'SIGTERM');
+        await copy.closed;
+      } else {
+        await waitFor(copy, (e) => e.event === 'closed', 'the connection ends in the copy');
+        assert.deepEqual(await copy.closed, { code: 0, signal: null });
+      }
+    }
+  });
+
   test("user A's checkpoint is refused for user B, and for root", async () => {
     assert.ok(loopFile, 'needs the loop checkpoint of the test above');
     // B got hold of A's file (a copy of B's own, so that only the ownership rule can refuse it).
