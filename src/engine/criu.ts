@@ -110,8 +110,9 @@ function request(req: Request): Command {
   if (unprivileged && req.verb !== '--version') args.push('--unprivileged');
   let file = criuPath;
   if (req.enter !== undefined) {
-    // The user namespace first: it owns the PID and mount namespaces and gives CRIU its rights there.
-    const userns = unprivileged ? ['-U', '--preserve-credentials'] : [];
+    // The user namespace first: it owns the PID and mount namespaces and gives CRIU its rights
+    // there. The helper makes one when not root (native/checkpt-helper.c), and only then.
+    const userns = process.geteuid?.() !== 0 ? ['-U', '--preserve-credentials'] : [];
     const net = req.enterNet === true ? ['-n'] : [];
     args = ['-t', String(req.enter), ...userns, '-p', '-m', ...net, '--', file, ...args];
     file = 'nsenter';

@@ -29,7 +29,7 @@ import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js'
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 import { resumeRefusal } from './ownership.js';
-import { privilegeMode, rootless, userNamespacesAllowed } from '../common/privilege.js';
+import { hostUid, privilegeMode, rootless, userNamespacesAllowed } from '../common/privilege.js';
 
 export interface ResumeOptions {
   /** Run the resumed program in the background (stdin from /dev/null) and return once it runs. */
@@ -180,7 +180,7 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     const wantLazy = lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
-    const refusal = resumeRefusal(manifest, file, privilegeMode(), process.getuid?.() ?? 0);
+    const refusal = resumeRefusal(manifest, file, privilegeMode(), hostUid());
     if (refusal) throw refusal;
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
