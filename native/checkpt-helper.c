@@ -18,6 +18,8 @@
  *     passes window size changes on, and reports the checkpoint key as "key PGRP" (--key BYTE,
  *     default 5 = ^E, -1 for none) instead of passing it through.
  *     Without --fifo the restored program is not waiting to be told (it was dumped from outside).
+ *     --netns: the program also gets a network namespace of its own, with only `lo` (up): its TCP
+ *     connections among its own processes survive a checkpoint even without root.
  *     --eof-fd FD: FD becomes the read end of an empty pipe whose write end is closed (for CRIU's
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  *
@@ -52,6 +54,7 @@
 #include <sys/syscall.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <net/if.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "criu-rpc.h"
@@ -68,6 +71,10 @@ static int nrelay = 0;
 static int pty_mode = 0;
 static int wake_fd[2] = {-1, -1};
 static int hold_slave = -1;
+/* Not root: the namespaces are in a user namespace of our own (enter_own_userns). */
+static int rootless = 0;
+/* --netns: a network namespace of the program's own. */
+static int netns = 0;
 static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
 static void die(const char *what) {
@@ -175,6 +182,44 @@ static int open_private_pty(int index, const char **slave) {
 }
 static int relay_pty(int master, pid_t init, int status_fd, int key);
 
+static void write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) die(path);
+  ssize_t n = write(fd, text, strlen(text));
+  if (n != (ssize_t)strlen(text)) die(path);
+  close(fd);
+}
+
+/*
+ * Not root: the PID and mount namespaces belong to a user namespace of our own, in which our uid
+ * and gid are 0 (as `unshare -U -r`). That gives CRIU (run with --unprivileged) the capabilities
+ * it needs over this namespace and nothing outside it: one uid mapped, no supplementary groups.
+ */
+static void enter_own_userns(int more) {
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+  char map[64];
+  if (unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | more) < 0) die("unshare(user|PID|mount namespace)");
+  rootless = 1;
+  write_file("/proc/self/setgroups", "deny");
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
+  write_file("/proc/self/uid_map", map);
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
+  write_file("/proc/self/gid_map", map);
+}
+
+/* A new network namespace has only `lo`, and down. */
+static void loopback_up(void) {
+  int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  strcpy(ifr.ifr_name, "lo");
+  if (sk < 0 || ioctl(sk, SIOCGIFFLAGS, &ifr) < 0) die("lo");
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (ioctl(sk, SIOCSIFFLAGS, &ifr) < 0) die("bring lo up");
+  close(sk);
+}
+
 static void on_child(int sig) {
   (void)sig;
   int e = errno;
@@ -191,6 +236,7 @@ static int cmd_init(int argc, char **argv) {
     if (!strcmp(argv[i], "--attached")) { attached = 1; continue; }
     if (!strcmp(argv[i], "--run")) { o.run = 1; continue; }
     if (!strcmp(argv[i], "--pty")) { pty_mode = 1; continue; }
+    if (!strcmp(argv[i], "--netns")) { netns = 1; continue; }
     if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper init: %s needs a value\n", argv[i]); return EXIT_USAGE; }
     if (!strcmp(argv[i], "--pid")) o.pid = (pid_t)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--relay")) {
@@ -225,7 +271,9 @@ static int cmd_init(int argc, char **argv) {
   if (pty_mode && !(attached && isatty(0))) pty_mode = 0;
   int tty = attached && isatty(0) && !pty_mode;
   pid_t fg = tty ? tcgetpgrp(0) : -1;
-  if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) die("unshare(PID|mount namespace)");
+  if (geteuid() != 0) enter_own_userns(netns ? CLONE_NEWNET : 0);
+  else if (unshare(CLONE_NEWPID | CLONE_NEWNS | (netns ? CLONE_NEWNET : 0)) < 0) die("unshare(PID|mount|network namespace)");
+  if (netns) loopback_up();
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
   int master = -1;
   if (pty_mode) master = open_private_pty(pty_index, &o.slave);
@@ -530,6 +578,8 @@ static int run_init(struct init_opts *o) {
     if (pid == 0) {
       default_signals();
       adopt_orphans();
+      /* Without root, CRIU cannot dump an fd the launcher opened in a mount namespace outside. */
+      if (rootless) close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
       setpgid(0, 0);
       if (isatty(0)) {
         signal(SIGTTOU, SIG_IGN);
@@ -714,6 +764,7 @@ static int dump_opts_from_argv(char **argv, pid_t pid, struct rpc_dump_opts *o) 
     else if (!strcmp(a, "--tcp-established")) o->tcp_established = 1;
     else if (!strcmp(a, "--tcp-close")) o->tcp_close = 1;
     else if (!strcmp(a, "--skip-in-flight")) o->tcp_skip_in_flight = 1;
+    else if (!strcmp(a, "--unprivileged")) o->unprivileged = 1;
     else if (!strcmp(a, "--network-lock")) {
       if (!strcmp(v, "nftables")) o->network_lock = RPC_NETLOCK_NFTABLES;
       else if (!strcmp(v, "iptables")) o->network_lock = RPC_NETLOCK_IPTABLES;

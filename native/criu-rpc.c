@@ -9,7 +9,8 @@ enum {
   OPT_IMAGES_DIR_FD = 1, OPT_PID = 2, OPT_LEAVE_RUNNING = 3, OPT_TCP_ESTABLISHED = 5,
   OPT_SHELL_JOB = 7, OPT_FILE_LOCKS = 8, OPT_LOG_LEVEL = 9, OPT_LOG_FILE = 10,
   OPT_NOTIFY_SCRIPTS = 12, OPT_WORK_DIR_FD = 17, OPT_EXTERNAL = 37, OPT_TIMEOUT = 45,
-  OPT_TCP_SKIP_IN_FLIGHT = 46, OPT_TCP_CLOSE = 52, OPT_NETWORK_LOCK = 64, OPT_LEAVE_STOPPED = 69,
+  OPT_TCP_SKIP_IN_FLIGHT = 46, OPT_TCP_CLOSE = 52, OPT_NETWORK_LOCK = 64, OPT_UNPRIVILEGED = 67,
+  OPT_LEAVE_STOPPED = 69,
 };
 
 static void put_byte(struct rpc_buf *b, uint8_t v) {
@@ -65,6 +66,7 @@ int rpc_encode_dump(struct rpc_buf *b, const struct rpc_dump_opts *o) {
   put_flag(&opts, OPT_TCP_CLOSE, o->tcp_close);
   if (o->network_lock) put_int(&opts, OPT_NETWORK_LOCK, o->network_lock);
   put_flag(&opts, OPT_LEAVE_STOPPED, o->leave_stopped);
+  put_flag(&opts, OPT_UNPRIVILEGED, o->unprivileged);
   b->len = 0;
   b->overflow = opts.overflow;
   put_int(b, 1, RPC_DUMP);          /* criu_req.type */

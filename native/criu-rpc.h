@@ -28,6 +28,7 @@ struct rpc_dump_opts {
   int network_lock; /* 0: CRIU's default */
   long timeout;     /* seconds; 0: CRIU's default */
   int notify_scripts;
+  int unprivileged; /* in a user namespace of the user's own (checkpt run without root) */
   const char *external[RPC_MAX_EXTERNAL];
   int n_external;
 };

@@ -7,12 +7,13 @@ import { ControlChannel } from './channel.js';
 import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
 import { refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
+import { hostUid, rootless } from '../common/privilege.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
 import { networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { criuVersion } from '../engine/criu.js';
 import { dumpFrontCommand } from '../engine/helper.js';
-import { networkLockWorks, NO_LOCK_WARNING, releaseLocksAfter } from '../engine/netlock.js';
+import { noLockWarning, releaseLocksAfter, tcpModeFor } from '../engine/netlock.js';
 import {
   imagesDirOf,
   type ControlMessage,
@@ -30,7 +31,7 @@ import { whyNotRestarted } from './reexec.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
-import { CHECKPOINT_VARIABLES, checkConfig } from '../common/config.js';
+import { CHECKPOINT_VARIABLES, checkConfig, PRIVATE_NET } from '../common/config.js';
 import { checkCheckptOptions, dumpTimeoutMs } from '../common/options.js';
 
 export interface CheckptOptions {
@@ -220,8 +221,10 @@ function settle(result: number, after: HookFailure[], target: string): number {
 let warnedNoLock = false;
 function warnNoLockOnce(): void {
   if (warnedNoLock) return;
+  const warning = noLockWarning(processTree(process.pid));
+  if (warning === undefined) return;
   warnedNoLock = true;
-  process.stderr.write(`${NO_LOCK_WARNING}\n`);
+  process.stderr.write(`${warning}\n`);
 }
 
 function begin(
@@ -250,7 +253,10 @@ function begin(
       background: mode === 'async',
       manifest: manifestBase(fifo),
     };
-    if (!networkLockWorks()) {
+    // Under `checkpt run --private-net` the network namespace is the program's own.
+    const privateNet = PRIVATE_NET.get() === '1';
+    if (privateNet) job.manifest.net = 'private';
+    if (tcpModeFor(privateNet) === 'close') {
       // Without nftables CRIU cannot hold connections still: they are recorded closed instead.
       job.manifest.tcp = 'closed';
       warnNoLockOnce();
@@ -368,10 +374,11 @@ function resolveTarget(file: string | undefined): string {
 function preflight(target: string): void {
   checkConfig(CHECKPOINT_VARIABLES);
   checkTarget(target);
+  // Under a rootless `checkpt run` the program is uid 0 of its own user namespace.
   if (process.getuid?.() !== 0)
     throw new CheckptError(
       'EPERM',
-      `Checkpointing needs root: CRIU dumps processes as root (running as uid ${process.getuid?.()}). Run the program as root; it keeps running.`,
+      `Without root, checkpt can checkpoint only a program it started itself (running as uid ${process.getuid?.()}): start it with \`checkpt run -- node app.js\` as this user (no root needed), or run it as root. The program keeps running.`,
     );
   requireHelper();
   criuVersion();
@@ -394,7 +401,7 @@ function manifestBase(fifo: string): ManifestBase {
     execPath: process.execPath,
     cwd: process.cwd(),
     pid: process.pid,
-    uid: process.getuid?.() ?? 0,
+    uid: hostUid(),
     node: process.version,
     kernel: release(),
     rssBytes: mem.rss,
@@ -403,5 +410,6 @@ function manifestBase(fifo: string): ManifestBase {
     control: { mount: runDir, fifo },
     generation: lastRestore?.generation ?? 0,
     ...(hasBuiltIn(networkResource) ? { network: 'takeover' as const } : {}),
+    ...(rootless() ? { rootless: true as const } : {}),
   };
 }

@@ -30,6 +30,8 @@ export type Command =
       keep?: number;
       /** --restart[=MAX]: resume the newest good checkpoint when the program fails, at most MAX times in a row. */
       restart?: number;
+      /** --private-net: a network namespace of the program's own (docs/ROOTLESS.md). */
+      privateNet?: true;
     }
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'unlock'; file: string; trust?: true }
@@ -173,6 +175,7 @@ function parseRun(args: readonly string[]): Command {
   let every: number | undefined;
   let keep: number | undefined;
   let restart: number | undefined;
+  let privateNet = false;
   let i = 0;
   for (; i < args.length; i++) {
     const a = args[i] as string;
@@ -181,6 +184,7 @@ function parseRun(args: readonly string[]): Command {
       break;
     }
     if (a === '--no-pty') pty = false;
+    else if (a === '--private-net') privateNet = true;
     else if (a === '--every' || a.startsWith('--every=')) {
       const v = a === '--every' ? args[++i] : a.slice('--every='.length);
       every = duration(v ?? '', '--every');
@@ -207,7 +211,7 @@ function parseRun(args: readonly string[]): Command {
   const [command, ...cmdArgs] = args.slice(i);
   if (command === undefined)
     throw new UsageError(
-      'run: what to run? Usage: checkpt run [--file T] [--key K] [--every D [--keep N]] [--restart[=MAX]] -- COMMAND [ARGS...]',
+      'run: what to run? Usage: checkpt run [--file T] [--key K] [--every D [--keep N]] [--restart[=MAX]] [--private-net] -- COMMAND [ARGS...]',
     );
   if (keep !== undefined && every === undefined)
     throw new UsageError(
@@ -222,6 +226,7 @@ function parseRun(args: readonly string[]): Command {
     ...(file === undefined ? {} : { file }),
     ...(every === undefined ? {} : { every, keep: keep ?? 3 }),
     ...(restart === undefined ? {} : { restart }),
+    ...(privateNet ? { privateNet: true as const } : {}),
   };
 }
 

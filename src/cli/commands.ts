@@ -1,6 +1,7 @@
 import { CheckptError } from '../common/errors.js';
 import { checkConfig, DEBUG, PUBLIC_VARIABLES } from '../common/config.js';
 import { trace } from '../common/trace.js';
+import { requireRoot } from '../common/privilege.js';
 import { isOciRef } from '../registry/reference.js';
 import type { Command } from './args.js';
 import { terminalProgress } from './progress.js';
@@ -78,6 +79,10 @@ async function run(c: RunnableCommand): Promise<number> {
       return 0;
     }
     case 'migrate': {
+      requireRoot(
+        'checkpt migrate',
+        "it holds the program's TCP connections with an nftables lock on the host's network",
+      );
       const { migrate } = await import('../migrate/index.js');
       const r = await migrate(c.pid, {
         host: c.host,
@@ -92,6 +97,10 @@ async function run(c: RunnableCommand): Promise<number> {
       return 0;
     }
     case 'receive': {
+      requireRoot(
+        'checkpt receive',
+        'a migrated program brings its TCP connections, which only root can restore',
+      );
       const say = (line: string): void => void process.stdout.write(`${line}\n`);
       const { receive } = await import('../migrate/index.js');
       const r = await receive({
@@ -132,6 +141,7 @@ async function run(c: RunnableCommand): Promise<number> {
       return 0;
     }
     case 'unlock': {
+      requireRoot('checkpt unlock', "removing CRIU's nftables table needs CAP_NET_ADMIN");
       const { readImageInfo } = await images();
       const { loadKey } = await import('../image/key.js');
       const { manifestProblem } = await import('../engine/manifest.js');
@@ -201,6 +211,7 @@ async function run(c: RunnableCommand): Promise<number> {
         key: c.key,
         pty: c.pty,
         ...(c.file === undefined ? {} : { file: c.file }),
+        ...(c.privateNet === true ? { privateNet: true } : {}),
       });
       return supervise(r, {
         generation: 0,

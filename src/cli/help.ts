@@ -41,6 +41,8 @@ Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]
                Their memory is kept once in app.ckpt.store/ beside them (CHECKPT_STORE=0:
                whole files); checkpt pack IN OUT makes a file that needs no store.
   --keep N     keep the newest N of them (default 3)
+  --private-net  a network namespace of its own (only lo): its TCP connections among its own
+               processes survive checkpoints, without root too; unreachable from outside
   --restart[=MAX]  when it crashes (a signal other than HUP, INT, TERM, PIPE) or exits
                non-zero, resume the newest good checkpoint of --every's rotation (none yet:
                start it anew), after a back-off, at most MAX (default 5) times in a row; a copy

@@ -74,6 +74,7 @@ export async function runSupervised(c: SupervisedRun): Promise<number> {
         key: c.key,
         pty: c.pty,
         ...(c.file === undefined ? {} : { file: c.file }),
+        ...(c.privateNet === true ? { privateNet: true } : {}),
       }));
     const t0 = Date.now();
     const { status, stopped } = await superviseOnce(r, {

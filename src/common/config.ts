@@ -325,9 +325,9 @@ export const PROGRESS_MS = define({
 export const RUN_DIR = define({
   name: 'CHECKPT_RUN_DIR',
   when: 'load',
-  defaultText: '/run/checkpt',
+  defaultText: '/run/checkpt as root',
   accepts: 'an absolute path',
-  does: 'The directory of the control FIFOs (each resume mounts a private tmpfs over it).',
+  does: 'The directory of the control FIFOs (each resume mounts a private tmpfs over it). Without root, `checkpt run` gives its program `/tmp/checkpt-UID` instead of the default (docs/ROOTLESS.md).',
   fallback: '/run/checkpt',
   parse: absolute,
 });
@@ -440,6 +440,13 @@ note(
   'CHECKPT_POST_DUMP_TIMEOUT_MS',
   'internal',
   'How long that post-dump script tries to reach the socket before CRIU rolls back: the default dump limit. The helper has no default of its own.',
+);
+
+export const PRIVATE_NET = note(
+  'CHECKPT_PRIVATE_NET',
+  'internal',
+  'Set to 1 by `checkpt run --private-net` for its program: it has a network namespace of its own, so its own checkpoints keep its TCP connections without root (docs/ROOTLESS.md).',
+  '1',
 );
 
 // scripts/install-criu.sh (CHECKPT_CRIU_HOME above is shared with it)

@@ -1,6 +1,7 @@
 import { basename, extname } from 'node:path';
 import { CheckptError } from './errors.js';
 import { FILE } from './config.js';
+import { hostUid } from './privilege.js';
 
 export { DEFAULT_TEMPLATE } from './config.js';
 
@@ -52,7 +53,7 @@ export function defaultCheckpointFile(env: NodeJS.ProcessEnv = process.env): str
   return expandTemplate(FILE.get(env), {
     name: programName(),
     pid: process.pid,
-    uid: process.getuid?.() ?? 0,
+    uid: hostUid(),
   });
 }
 

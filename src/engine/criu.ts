@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
+import { rootless } from '../common/privilege.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
 import { prepareKdatDir } from './kdat.js';
@@ -54,10 +55,12 @@ export interface DumpRequest {
   timeoutMs: number;
   /** Run CRIU in the PID and mount namespaces of this (host) pid: `pid` is then as seen there. */
   enter?: number;
+  /** With `enter`: its network namespace too (a program of `checkpt run --private-net`). */
+  enterNet?: boolean;
   /** After the dump: keep running (default), or stay stopped until the caller decides. */
   leave?: 'running' | 'stopped';
   /** How TCP connections are dumped (tcpDumpArgs); default 'established'. */
-  tcp?: 'established' | 'close';
+  tcp?: TcpMode;
   /**
    * Checkpoint and exit from outside: checkpt-helper is CRIU's post-dump script and asks on this
    * Unix socket whether the file is durable (src/engine/post-dump.ts), trying to connect for
@@ -89,8 +92,9 @@ interface Request {
   /** Where the images are and CRIU works; CRIU then logs into `log` there at checkpt's level. */
   dirs?: { images: string; work: string; log: string };
   args?: string[];
-  /** Run CRIU in the PID and mount namespaces of this host pid. */
+  /** Run CRIU in the PID and mount namespaces of this host pid (and its network namespace: `enterNet`). */
   enter?: number;
+  enterNet?: boolean;
   /** CRIU dies with checkpt, however checkpt ends (even killed itself). */
   dieWithUs?: boolean;
   env?: Record<string, string>;
@@ -102,9 +106,16 @@ function request(req: Request): Command {
   if (req.dirs)
     args.push('-D', req.dirs.images, '-W', req.dirs.work, '-o', req.dirs.log, logLevel());
   args.push(...(req.args ?? []));
+  // Without root CRIU runs as uid 0 of the user's own namespaces and must accept their limits.
+  const unprivileged = rootless();
+  if (unprivileged && req.verb !== '--version') args.push('--unprivileged');
   let file = criuPath;
   if (req.enter !== undefined) {
-    args = ['-t', String(req.enter), '-p', '-m', '--', file, ...args];
+    // The user namespace first: it owns the PID and mount namespaces and gives CRIU its rights
+    // there. The helper makes one when not root (native/checkpt-helper.c), and only then.
+    const userns = process.geteuid?.() !== 0 ? ['-U', '--preserve-credentials'] : [];
+    const net = req.enterNet === true ? ['-n'] : [];
+    args = ['-t', String(req.enter), ...userns, '-p', '-m', ...net, '--', file, ...args];
     file = 'nsenter';
   }
   if (req.dieWithUs) {
@@ -142,6 +153,7 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
     dirs: { images: req.imagesDir, work: req.workDir, log: DUMP_LOG },
     args,
     ...(req.enter === undefined ? {} : { enter: req.enter }),
+    ...(req.enterNet === true ? { enterNet: true } : {}),
     env,
   });
 }
@@ -377,9 +389,17 @@ function logLevel(): string {
  * connection still in a listener's queue (a client connecting during the freeze) is left out
  * rather than failing the dump: the original keeps it; a resumed copy never had it.
  */
-export function tcpDumpArgs(tcp: 'established' | 'close'): string[] {
+/**
+ * How TCP connections are dumped: kept and locked with nftables; recorded closed (no lock here);
+ * or kept without a lock, in a private network namespace whose every process is frozen in the
+ * dump (nftables cannot be used without root there, and nothing outside can send them packets).
+ */
+export type TcpMode = 'established' | 'close' | 'unlocked';
+
+export function tcpDumpArgs(tcp: TcpMode): string[] {
   const common = ['--skip-in-flight'];
   if (tcp === 'close') return [...common, '--tcp-close', '--network-lock', 'skip'];
+  if (tcp === 'unlocked') return [...common, '--tcp-established', '--network-lock', 'skip'];
   return [...common, '--tcp-established', '--network-lock', 'nftables'];
 }
 

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { childrenOf } from '../common/procfs.js';
+import { rootless } from '../common/privilege.js';
 import { trace } from '../common/trace.js';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
@@ -35,6 +36,8 @@ export interface HelperOptions {
   env?: NodeJS.ProcessEnv;
   /** Our fds handed to the helper as its fds 4, 5, ... (for CRIU's --inherit-fd). */
   extraFds?: number[];
+  /** A network namespace of the program's own, only `lo` in it (`checkpt run --private-net`). */
+  netns?: boolean;
 }
 
 /** One running helper: its status lines in order, and checkpoint keys as they are pressed. */
@@ -66,7 +69,12 @@ export function dumpFrontCommand(
     imagesDir: imagesDirOf(job.workDir),
     workDir: job.workDir,
     externalUnix: externalSockets(job.manifest.stdio),
-    tcp: job.manifest.tcp === 'closed' ? 'close' : 'established',
+    tcp:
+      job.manifest.tcp === 'closed'
+        ? 'close'
+        : job.manifest.net === 'private' && rootless()
+          ? 'unlocked'
+          : 'established',
     // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
     leave: job.exit ? 'stopped' : 'running',
   });
@@ -113,6 +121,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
       ? ['--pty', '--key', String(opts.key ?? -1), '--pty-index', String(opts.ptyIndex ?? 0)]
       : []),
     ...opts.relays.flatMap((fd) => ['--relay', String(fd)]),
+    ...(opts.netns === true ? ['--netns'] : []),
     '--status-fd',
     '3',
     ...args,

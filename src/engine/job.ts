@@ -61,6 +61,10 @@ export interface ManifestBase {
   tcp?: 'closed';
   /** The nftables table CRIU left locking this checkpoint's connections (checkpoint and exit). */
   networkLock?: string;
+  /** Made without root, in user namespaces of `uid`'s own: it resumes only as that user (docs/ROOTLESS.md). */
+  rootless?: true;
+  /** 'private': run with a network namespace of its own (`checkpt run --private-net`); each copy gets a new one. */
+  net?: 'private';
 }
 
 export interface Manifest extends ManifestBase {

@@ -1,5 +1,6 @@
 import { CheckptError } from '../common/errors.js';
 import { LAZY } from '../common/config.js';
+import { rootless } from '../common/privilege.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
 import { trace } from '../common/trace.js';
 import { lazyPagesCommand, startCriu } from './criu.js';
@@ -29,6 +30,8 @@ export const LAZY_MIN_BYTES = 8 * 1024 * 1024;
  * LAZY_MIN_BYTES of it; `CHECKPT_LAZY=1` always, `CHECKPT_LAZY=0` never.
  */
 export function lazyWanted(pageBytes: number): boolean {
+  // An ordinary user's CRIU gets no userfaultfd for another process's memory (vm.unprivileged_userfaultfd).
+  if (rootless()) return false;
   return LAZY.get() ?? pageBytes >= LAZY_MIN_BYTES;
 }
 

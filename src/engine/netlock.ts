@@ -8,13 +8,14 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
-import { check } from './criu.js';
+import { check, type TcpMode } from './criu.js';
 import { decodeMessage } from './criu-image.js';
 import { helperPath } from './native.js';
 import { criuPath, runDir } from './paths.js';
-import { parseProcNet, type Endpoint } from './sockets.js';
+import { hostSockets, parseProcNet, type Endpoint } from './sockets.js';
 import { CheckptError } from '../common/errors.js';
 import { socketInodes } from '../common/procfs.js';
+import { rootless } from '../common/privilege.js';
 
 let cached: boolean | undefined;
 
@@ -25,6 +26,8 @@ let cached: boolean | undefined;
  */
 export function networkLockWorks(): boolean {
   if (cached !== undefined) return cached;
+  // Without root the program shares the host's network namespace, which the user does not own.
+  if (rootless()) return (cached = false);
   let key = `${criuPath} ${release()}`;
   try {
     const st = statSync(criuPath);
@@ -51,8 +54,34 @@ export function networkLockWorks(): boolean {
   return cached;
 }
 
-export const NO_LOCK_WARNING =
+const NFT_MISSING_WARNING =
   'checkpt: warning: CRIU cannot lock the network with nftables here (kernel without nf_tables?): TCP connections are not kept, they are closed in the resumed copy (listening sockets are kept).';
+const ROOTLESS_TCP_WARNING =
+  'checkpt: warning: without root, TCP connections are not kept: they are closed in the resumed copy (listening sockets are kept). Run as root to keep them.';
+
+/**
+ * The one-line warning for a checkpoint of `pids` whose TCP connections are recorded closed;
+ * without root (the expected case there) only when they hold an established connection.
+ */
+export function noLockWarning(pids: readonly number[]): string | undefined {
+  if (!rootless()) return NFT_MISSING_WARNING;
+  const mine = new Set(pids.flatMap((p) => [...socketInodes(p)]));
+  const connected = hostSockets().some(
+    (s) => s.proto === 'tcp' && s.state === TCP_ESTABLISHED && mine.has(s.inode),
+  );
+  return connected ? ROOTLESS_TCP_WARNING : undefined;
+}
+
+const TCP_ESTABLISHED = 1;
+
+/**
+ * How a dump keeps TCP connections (tcpDumpArgs): without root in a network namespace of the
+ * program's own (`checkpt run --private-net`), kept without a lock; else locked, where nftables works.
+ */
+export function tcpModeFor(privateNet: boolean): TcpMode {
+  if (privateNet && rootless()) return 'unlocked';
+  return networkLockWorks() ? 'established' : 'close';
+}
 
 const INVENTORY_MAGIC = 0x58313116;
 const DUMP_CRIU_RUN_ID = 13;

@@ -11,6 +11,7 @@ import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
 import { DEFAULT_TIMEOUT_MS } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
+import { rootless } from '../common/privilege.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
 import {
   dirBytes,
@@ -43,8 +44,8 @@ import { helperPath } from './native.js';
 import {
   dropEmptyLock,
   dumpLock,
-  networkLockWorks,
-  NO_LOCK_WARNING,
+  tcpModeFor,
+  noLockWarning,
   releaseLocksAfter,
   removeLockTable,
 } from './netlock.js';
@@ -121,7 +122,9 @@ async function dumpWithKey(
       `Process ${uring} of the program uses io_uring, which CRIU cannot checkpoint. It was started without checkpt's LD_PRELOAD (a program that resets LD_PRELOAD?), or set sysctl kernel.io_uring_disabled=2. The program keeps running.`,
     );
   const rss = running.reduce((sum, p) => sum + rssBytes(procStatus(p)), 0);
-  const tcp = networkLockWorks() ? 'established' : 'close';
+  // `checkpt run --private-net`: CRIU goes into that network namespace too.
+  const privateNet = linkOf(req.nsPid, 'ns/net') !== linkOf('self', 'ns/net');
+  const tcp = tcpModeFor(privateNet);
   const workDir = makeStagingDir('dump', rss, true);
   try {
     const imagesDir = join(workDir, 'images');
@@ -131,6 +134,7 @@ async function dumpWithKey(
     const dumpReq: DumpRequest = {
       pid: req.innerPid,
       enter: req.nsPid,
+      ...(privateNet ? { enterNet: true } : {}),
       imagesDir,
       workDir,
       externalUnix: externalSockets(stdio),
@@ -156,6 +160,8 @@ async function dumpWithKey(
       imageBytes: dirBytes(imagesDir),
       dumpMs,
       ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
+      ...(rootless() ? { rootless: true as const } : {}),
+      ...(privateNet ? { net: 'private' as const } : {}),
     });
     let stored: { store?: StoreWrite } = {};
     const pack = async (manifest: Manifest): Promise<number> => {
@@ -165,7 +171,8 @@ async function dumpWithKey(
     };
     // CRIU writes the images as it dumps: their size against the program's memory.
     const watchDump = () => watch(req.progress, 'dumping', () => dirBytes(imagesDir), rss);
-    const warning = tcp === 'close' ? { warning: NO_LOCK_WARNING } : {};
+    const lockWarning = tcp === 'close' ? noLockWarning(running) : undefined;
+    const warning = lockWarning === undefined ? {} : { warning: lockWarning };
     if (req.exit)
       return { ...(await dumpThenExit(req, dumpReq, manifestOf, pack, watchDump)), ...warning };
     const t0 = process.hrtime.bigint();

@@ -6,6 +6,9 @@ import { check, criuVersion, MIN_CRIU_TEXT, tailOf } from './criu.js';
 import { ioUringAdvice } from './iouring.js';
 import { explainUnusable, native, type NativeLookup } from './native.js';
 import { criuPath, criuSource, ownCriuHome, runDir } from './paths.js';
+import { helperPath } from './native.js';
+import { RUN_DIR } from '../common/config.js';
+import { privilegeMode, userNamespacesAllowed, userRunDir } from '../common/privilege.js';
 import { probeTcp } from './probe-tcp.js';
 
 export interface Finding {
@@ -22,17 +25,8 @@ export interface Finding {
 /** Everything `checkpt check` looks at, in order; each finding is one actionable line. */
 export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
   const out: Finding[] = [];
-  const root = process.getuid?.() === 0;
-  out.push(
-    root
-      ? { name: 'privileges', ok: true, detail: 'running as root' }
-      : {
-          name: 'privileges',
-          ok: false,
-          detail: `running as uid ${process.getuid?.()}`,
-          fix: 'CRIU needs root to dump and restore: run the program and checkpt as root (or with sudo).',
-        },
-  );
+  const root = privilegeMode() === 'root';
+  out.push(root ? { name: 'mode', ok: true, detail: ROOT_MODE } : rootlessFinding());
   let version: string | undefined;
   try {
     version = criuVersion().text;
@@ -109,21 +103,64 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
           fix: 'Install zstd (apt-get install zstd).',
         },
   );
+  // Without root, checkpt run gives its programs a directory of the user's (launcher/run.ts).
+  let dir = runDir;
   try {
-    mkdirSync(runDir, { recursive: true, mode: 0o700 });
-    accessSync(runDir, constants.W_OK);
-    out.push({ name: 'run dir', ok: true, detail: `${runDir} is writable` });
+    if (!root && RUN_DIR.get() === RUN_DIR.get({})) dir = userRunDir();
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    accessSync(dir, constants.W_OK);
+    out.push({ name: 'run dir', ok: true, detail: `${dir} is writable` });
   } catch (e) {
     out.push({
       name: 'run dir',
       ok: false,
-      detail: `${runDir} is not writable (${(e as Error).message})`,
+      detail: `${dir} is not writable (${(e as Error).message})`,
       fix: `Run as root, or point CHECKPT_RUN_DIR at a writable directory.`,
     });
   }
   out.push(...nodeFindings(nodeBinaries));
   return out;
 }
+
+const ROOT_MODE =
+  'root: CRIU runs as root; every command works, TCP connections are kept across a checkpoint';
+
+/** What the rootless mode can do here (a real user namespace made and left), and what it lacks. */
+function rootlessFinding(): Finding {
+  const uid = process.getuid?.() ?? 0;
+  const allowed = userNamespacesAllowed();
+  let why = allowed.why;
+  if (allowed.ok) {
+    try {
+      const r = spawnSync(helperPath(), ['init', '--run', '--', 'true'], {
+        encoding: 'utf8',
+        timeout: 10_000,
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      if (r.status !== 0) why = (r.stderr || r.error?.message || `status ${r.status}`).trim();
+    } catch (e) {
+      why = (e as Error).message;
+    }
+  }
+  if (why !== undefined)
+    return {
+      name: 'mode',
+      ok: false,
+      detail: `rootless (uid ${uid}), but no user namespace can be made here: ${why}`,
+      fix: 'Ask an administrator to allow unprivileged user namespaces (user.max_user_namespaces > 0, no AppArmor restriction), or run checkpt as root.',
+    };
+  return {
+    name: 'mode',
+    ok: true,
+    warning: true,
+    detail: `rootless (uid ${uid}): checkpt run, checkpt signal, checkpt() under checkpt run and checkpt -r work in user namespaces of your own; checkpoints resume only as uid ${uid}`,
+    fix: ROOTLESS_LACKS,
+  };
+}
+
+/** What only root can do (docs/ROOTLESS.md); said by checkpt check and in errors. */
+export const ROOTLESS_LACKS =
+  'Without root: TCP connections to the outside are closed in a resumed copy (listening sockets are kept; a Node program takes its port back), memory is loaded before a copy runs (no lazy restore), a program not started by checkpt run cannot be checkpointed, and checkpt unlock, migrate and receive need root. Run as root for those.';
 
 function whereFrom(): string {
   if (criuSource === 'CHECKPT_CRIU') return 'from CHECKPT_CRIU';

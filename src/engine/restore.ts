@@ -28,6 +28,8 @@ import { requireHelper } from './native.js';
 import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
+import { resumeRefusal } from './ownership.js';
+import { hostUid, privilegeMode, rootless, userNamespacesAllowed } from '../common/privilege.js';
 
 export interface ResumeOptions {
   /** Run the resumed program in the background (stdin from /dev/null) and return once it runs. */
@@ -78,11 +80,14 @@ export async function resume(
   hooks: ResumeHooks = {},
 ): Promise<Resumed> {
   requireHelper();
-  if (process.getuid?.() !== 0)
-    throw new CheckptError(
-      'EPERM',
-      'Resuming a checkpoint needs root (CRIU restores processes as root). Run checkpt -r with sudo.',
-    );
+  if (rootless()) {
+    const userns = userNamespacesAllowed();
+    if (!userns.ok)
+      throw new CheckptError(
+        'EPERM',
+        `Without root, checkpt -r resumes the program in a user namespace of your own, and this system forbids that (${userns.why ?? 'unknown reason'}). Ask an administrator to allow unprivileged user namespaces, or run checkpt -r as root.`,
+      );
+  }
   // Checked while the image unpacks; awaited before CRIU is needed.
   const version = criuVersionAsync();
   version.catch(() => undefined);
@@ -175,6 +180,8 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     const wantLazy = lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
+    const refusal = resumeRefusal(manifest, file, privilegeMode(), hostUid());
+    if (refusal) throw refusal;
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
     if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined);
@@ -213,7 +220,10 @@ async function restoreFrom(
     staging?.done.catch(() => undefined);
 
     // Before anything runs: a busy port fails here, or the copy is set up not to collide.
-    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', await host);
+    // A private network namespace is new for each copy: nothing of the host's can be in its way.
+    const privateNet = manifest.net === 'private';
+    const hostSockets = privateNet ? [] : await host;
+    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', hostSockets);
     trace('sockets');
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !process.stdin.isTTY))
@@ -289,6 +299,7 @@ async function restoreFrom(
         relays: relaysFor(inherit),
         ptyIndex: ptyIndexOf(stdio),
         extraFds: stdinArgs.fds,
+        ...(privateNet ? { netns: true } : {}),
       },
     );
     const first = await helper.next();

@@ -4,6 +4,8 @@ import { runningUnder, spawnHelper, type Helper, type Running } from '../engine/
 import { requireHelper } from '../engine/native.js';
 import { CTRL_E, wantsPty } from '../engine/restore.js';
 import { checkpointableEnv } from './exec.js';
+import { PRIVATE_NET, RUN_DIR } from '../common/config.js';
+import { rootless, userNamespacesAllowed, userRunDir } from '../common/privilege.js';
 
 export interface RunOptions {
   command: string;
@@ -16,6 +18,8 @@ export interface RunOptions {
   file?: string;
   /** Run in the background: stdin from /dev/null, not watched once started. */
   detach?: boolean;
+  /** A network namespace of its own (only `lo`): its TCP connections survive checkpoints without root. */
+  privateNet?: boolean;
 }
 
 /**
@@ -25,20 +29,18 @@ export interface RunOptions {
  */
 export async function runProgram(opts: RunOptions): Promise<Running> {
   requireHelper();
-  if (process.getuid?.() !== 0)
-    throw new CheckptError(
-      'EPERM',
-      'checkpt run needs root: it gives the program a PID namespace, and CRIU checkpoints as root. Run it with sudo.',
-    );
   const env = checkpointableEnv();
+  if (rootless()) requireUserNamespaces(env);
   if (opts.file !== undefined) env.CHECKPT_FILE = opts.file;
+  if (opts.privateNet === true) env[PRIVATE_NET.name] = '1';
   const pty = wantsPty(opts.detach, opts.pty);
   const helper: Helper = spawnHelper(['--run', '--', opts.command, ...opts.args], {
     detach: opts.detach === true,
     pty,
     ...(opts.key === null ? {} : { key: opts.key ?? CTRL_E }),
-    relays: relaysForRun(),
+    relays: relaysForRun(opts.privateNet === true),
     env,
+    ...(opts.privateNet === true ? { netns: true } : {}),
   });
   const first = await helper.next();
   if (first.kind !== 'started') {
@@ -51,13 +53,40 @@ export async function runProgram(opts: RunOptions): Promise<Running> {
 }
 
 /**
- * A stdout or stderr that is a regular file was opened outside the program's mount namespace,
- * which CRIU cannot dump; the program gets a pipe and a relay writes to the file instead.
+ * Without root the program runs in a user namespace of the user's own: the kernel must allow one,
+ * and its control FIFOs go to a directory of the user's (root's /run/checkpt is not writable).
  */
-function relaysForRun(): number[] {
+export function requireUserNamespaces(env: NodeJS.ProcessEnv): void {
+  const userns = userNamespacesAllowed();
+  if (!userns.ok)
+    throw new CheckptError(
+      'EPERM',
+      `Without root, checkpt runs the program in a user namespace of your own, and this system forbids that (${userns.why ?? 'unknown reason'}). Ask an administrator to allow unprivileged user namespaces, or run checkpt as root.`,
+    );
+  if (RUN_DIR.get(env) === RUN_DIR.get({})) {
+    try {
+      env[RUN_DIR.name] = userRunDir();
+    } catch (e) {
+      throw new CheckptError(
+        'EIO',
+        `Could not prepare a directory for the program's checkpoint requests: ${(e as Error).message}.`,
+        { cause: e },
+      );
+    }
+  }
+}
+
+/**
+ * A stdout or stderr that is a regular file was opened outside the program's mount namespace,
+ * which CRIU cannot dump; the program gets a pipe and a relay writes to the file instead. So does
+ * a socket, for a program with a network namespace of its own: CRIU finds Unix sockets through
+ * that namespace, and one made outside it is not there.
+ */
+function relaysForRun(privateNet: boolean): number[] {
   return [1, 2].filter((fd) => {
     try {
-      return fstatSync(fd).isFile();
+      const st = fstatSync(fd);
+      return st.isFile() || (privateNet && st.isSocket());
     } catch {
       return false;
     }
