@@ -1,4 +1,5 @@
 import { lstatSync, mkdirSync, rmSync } from 'node:fs';
+import { inUserNamespace } from '../common/privilege.js';
 
 /**
  * Where checkpt's own CRIU build keeps its cache of kernel probes (scripts/install-criu.sh builds
@@ -15,7 +16,8 @@ let prepared = false;
  * A cache only: when anything fails, CRIU probes the kernel as before.
  */
 export function prepareKdatDir(dir = KDAT_DIR, euid = process.geteuid?.()): void {
-  if (prepared || euid !== 0) return;
+  // Root of a rootless run's user namespace is the user: its CRIU keeps its cache elsewhere.
+  if (prepared || euid !== 0 || inUserNamespace()) return;
   prepared = true;
   try {
     const st = lstatSync(dir, { throwIfNoEntry: false });
