@@ -265,7 +265,7 @@ export const ZSTD = define({
 export const LAZY = define({
   name: 'CHECKPT_LAZY',
   when: 'call',
-  defaultText: 'lazy for images with 8 MiB of memory or more',
+  defaultText: 'lazy for images with 32 MiB of memory or more',
   accepts: SWITCH,
   does: "How `checkpt -r` loads the copy's memory. On: through CRIU's lazy-pages daemon and userfaultfd, straight from the checkpoint file, each chunk checked when first needed (the copy runs at once; pages it touches come first, the rest in the background; `checkpt -r -d` returns once all of it is in); off: all of it before the program runs. If the daemon fails before the copy has all of its memory, the copy is killed and `checkpt -r` fails.",
   fallback: undefined as boolean | undefined,

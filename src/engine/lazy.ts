@@ -19,11 +19,11 @@ export interface LazyPages {
 }
 
 /**
- * Below this much memory in the image, starting the daemon costs more than it saves: with memory
- * served from the file and CRIU's probe cache, an idle Node server (20 MB) resumed ~40 ms sooner
- * lazily; eager staging costs ~2 ms per MiB, the daemon ~15-20 ms (docs/PERFORMANCE.md).
+ * Below this much memory in the image, all of it is checked before the copy starts: a damaged
+ * small image never starts a process. (Lazily, from 8 MiB, an idle Node server came back ~40 ms
+ * sooner, but a damaged chunk is then found only once the copy runs: docs/PERFORMANCE.md.)
  */
-export const LAZY_MIN_BYTES = 8 * 1024 * 1024;
+export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
 
 /**
  * Whether a restore of `pageBytes` of memory loads it lazily: by default when there is at least
