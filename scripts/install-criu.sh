@@ -156,11 +156,21 @@ say "building CRIU $version ($(nproc) cores, about a minute)"
 mkdir -p "$work/build"
 tar -C "$work/build" -xf "$tarball"
 tree=$(ls -d "$work"/build/criu-*/ | head -1)
+# The cache moves to the shared /dev/shm only with the patch that checks its owner; a CRIU the
+# patches do not fit keeps it where Debian's does.
+rundir=()
+patched=yes
 for p in "$here"/criu-patches/*.patch; do
-  patch -d "$tree" -p1 --forward --silent <"$p" >"$work/patch.log" 2>&1 ||
-    die "patch $(basename "$p") does not apply to CRIU $version: $(head -n 3 "$work/patch.log")"
+  patch -d "$tree" -p1 --forward --dry-run --silent <"$p" >/dev/null 2>&1 || patched=
 done
-if ! make -C "$tree" -j"$(nproc)" RUNDIR="$kdat_dir" criu >"$work/make.log" 2>&1; then
+if [ -n "$patched" ]; then
+  for p in "$here"/criu-patches/*.patch; do patch -d "$tree" -p1 --forward --silent <"$p" >/dev/null; done
+  rundir=(RUNDIR="$kdat_dir")
+else
+  say "the patches in criu-patches/ do not fit CRIU $version: building it as Debian does (its kernel-probe cache in /run, kept only where /run is tmpfs)"
+  kdat_dir=
+fi
+if ! make -C "$tree" -j"$(nproc)" "${rundir[@]}" criu >"$work/make.log" 2>&1; then
   grep -E 'error|Error|No such file|not found' "$work/make.log" | head -n 10 >&2 || tail -n 15 "$work/make.log" >&2
   die "building CRIU $version failed (above); a missing header usually means a missing build dependency"
 fi
@@ -171,8 +181,8 @@ mkdir -p "$home/bin" "$home/src"
 install -m 0755 "$tree/criu/criu" "$home/bin/criu.new"
 mv -f "$home/bin/criu.new" "$home/bin/criu"
 printf 'version=%s\nsource=%s\nsha256=%s\nbuilt=%s\nrecipe=%s\nkdat=%s\npatches=%s\n' "$version" "$(basename "$tarball")" \
-  "$(sha256sum "$tarball" | cut -d' ' -f1)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$recipe" "$kdat_dir" \
-  "$(cd "$here/criu-patches" && ls ./*.patch | sed 's#^\./##' | tr '\n' ' ' | sed 's/ $//')" >"$home/BUILD-INFO"
+  "$(sha256sum "$tarball" | cut -d' ' -f1)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$recipe" "${kdat_dir:-/run}" \
+  "$([ -z "$patched" ] || (cd "$here/criu-patches" && ls ./*.patch | sed 's#^\./##' | tr '\n' ' ' | sed 's/ $//'))" >"$home/BUILD-INFO"
 
 if ! v=$(criu_works "$home/bin/criu"); then
   CRIU_FAULT=130 "$home/bin/criu" check >&2 || true

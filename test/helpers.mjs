@@ -487,25 +487,24 @@ export function run(args, options = {}) {
  */
 export async function programPid(child, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
+  const exeOf = (pid) => {
+    try {
+      return readlinkSync(`/proc/${pid}/exe`);
+    } catch {
+      return '';
+    }
+  };
+  const ours = (exe) => exe.endsWith('/checkpt-helper') || exe.endsWith('/criu');
   for (;;) {
-    const idOf = (pid) => {
-      try {
-        return `${readlinkSync(`/proc/${pid}/exe`)}\0${readFileSync(`/proc/${pid}/cmdline`, 'latin1')}`;
-      } catch {
-        return '';
-      }
-    };
-    const todo = childrenOf(child.pid).map((p) => [p, idOf(child.pid)]);
+    // The program is the first process below checkpt's helper (or CRIU) that is neither: what
+    // checkpt's Node starts itself (a probe, its own fork before it becomes the helper) is not.
+    const todo = childrenOf(child.pid).map((p) => [p, false]);
     while (todo.length) {
-      const [p, parentId] = todo.shift();
-      const id = idOf(p);
-      if (!id) continue;
-      const exe = id.slice(0, id.indexOf('\0'));
-      const ours = exe.endsWith('/checkpt-helper') || exe.endsWith('/criu');
-      // A fork that has not exec'd yet is its parent's twin (checkpt's Node about to become its helper).
-      if (!ours && id === parentId) continue;
-      if (!ours) return p;
-      todo.push(...childrenOf(p).map((c) => [c, id]));
+      const [p, underOurs] = todo.shift();
+      const exe = exeOf(p);
+      if (!exe) continue;
+      if (underOurs && !ours(exe)) return p;
+      todo.push(...childrenOf(p).map((c) => [c, ours(exe)]));
     }
     if (Date.now() > deadline)
       throw new Error(`no program found under ${child.pid}; running:\n${describeTree(child.pid)}`);

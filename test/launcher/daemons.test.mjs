@@ -48,7 +48,7 @@ async function until(what, pred, child, ms = 30_000) {
     if (v) return v;
     if (Date.now() > end)
       throw new Error(
-        `timed out: ${what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}; running:\n${describeTree(child.pid)}`,
+        `timed out: ${typeof what === 'function' ? what() : what}; stdout: ${child.lines.join('\n')} stderr: ${child.stderrText}; running:\n${describeTree(child.pid)}`,
       );
     await sleep(50);
   }
@@ -108,7 +108,18 @@ test('checkpt run: a shell that adopts orphans still reaps them (no zombies)', a
   };
   // One child at the very start is the first subshell, not yet forked its orphan: wait for the loop.
   await until(
-    'the orphans to end',
+    () =>
+      `the orphans to end (the shell ${sh}: ${cmdline(sh)}; its children: ${children()
+        .map((c) => {
+          let st = 'gone';
+          try {
+            st = state(c);
+          } catch {
+            // ended meanwhile
+          }
+          return `${c} ${st} ${JSON.stringify(cmdline(c))}`;
+        })
+        .join(', ')})`,
     () => children().length === 1 && cmdline(children()[0]) === 'sleep\x0030\x00',
     p,
   );
