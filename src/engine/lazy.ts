@@ -1,3 +1,4 @@
+import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { LAZY } from '../common/config.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
@@ -50,7 +51,15 @@ export interface LazyStart {
    * it then); undefined when the daemon has already gone.
    */
   serve(served: ServedPages): PageServer | undefined;
+  /**
+   * Instead of `serve`: connects the daemon's page server socket to `channel`, a page server
+   * elsewhere (a live migration's source, through its TLS channel); false when the daemon has gone.
+   */
+  tunnel(channel: Duplex): boolean;
 }
+
+/** How long a daemon whose page channel closed may take to end by itself before it is stopped. */
+const CHANNEL_GRACE_MS = 2000;
 
 /**
  * Starts `criu lazy-pages` on the images; `ready` resolves once it listens for the restore, or
@@ -67,7 +76,7 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
     pageSocket: pageServer,
   });
   const exited = daemon.result.then(({ status, signal }) => ({ code: status, signal }));
-  let server: PageServer | undefined;
+  let server: Pick<PageServer, 'done' | 'stop'> | undefined;
   // CRIU forks probes of the kernel at start-up that stop themselves; one left by a daemon killed
   // then stays stopped for good: the whole tree goes. Returns who was signalled.
   const stop = (): number[] => {
@@ -95,6 +104,22 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
       served.onFailure(e as Error);
     });
     return s;
+  };
+  const tunnel = (channel: Duplex): boolean => {
+    if (server) throw new Error('internal: the page server is attached once');
+    const sock = daemon.pageSocket;
+    if (!sock || !daemon.running()) return false;
+    channel.pipe(sock);
+    sock.pipe(channel);
+    sock.on('error', () => undefined);
+    channel.on('error', () => undefined);
+    // A daemon that got its last pages says goodbye and ends; one cut off mid-way may wait forever.
+    channel.once('close', () => {
+      const timer = setTimeout(stop, CHANNEL_GRACE_MS);
+      void exited.then(() => clearTimeout(timer));
+    });
+    server = { done: exited.then(({ code }) => code === 0), stop: () => channel.destroy() };
+    return true;
   };
   const ready = new Promise<LazyPages | undefined>((resolve) => {
     let listening = false;
@@ -125,5 +150,5 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
       if (!listening) resolve(undefined);
     });
   });
-  return { ready, stop, pid: daemon.pid, serve };
+  return { ready, stop, pid: daemon.pid, serve, tunnel };
 }
