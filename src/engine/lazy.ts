@@ -52,14 +52,18 @@ export interface LazyStart {
    */
   serve(served: ServedPages): PageServer | undefined;
   /**
-   * Instead of `serve`: connects the daemon's page server socket to `channel`, a page server
-   * elsewhere (a live migration's source, through its TLS channel); false when the daemon has gone.
+   * Instead of `serve`: hands the daemon's page server socket to `start`, which answers it with
+   * memory from elsewhere (a live migration's source) and calls `fail` when it cannot; false when
+   * the daemon has already gone.
    */
-  tunnel(channel: Duplex): boolean;
+  relay(start: (socket: Duplex, fail: () => void) => Relay): boolean;
 }
 
-/** How long a daemon whose page channel closed may take to end by itself before it is stopped. */
-const CHANNEL_GRACE_MS = 2000;
+/** What answers the daemon in `relay`: `done` is true once the daemon said goodbye. */
+export interface Relay {
+  done: Promise<boolean>;
+  stop(): void;
+}
 
 /**
  * Starts `criu lazy-pages` on the images; `ready` resolves once it listens for the restore, or
@@ -105,20 +109,12 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
     });
     return s;
   };
-  const tunnel = (channel: Duplex): boolean => {
+  const relay = (start: (socket: Duplex, fail: () => void) => Relay): boolean => {
     if (server) throw new Error('internal: the page server is attached once');
     const sock = daemon.pageSocket;
     if (!sock || !daemon.running()) return false;
-    channel.pipe(sock);
-    sock.pipe(channel);
     sock.on('error', () => undefined);
-    channel.on('error', () => undefined);
-    // A daemon that got its last pages says goodbye and ends; one cut off mid-way may wait forever.
-    channel.once('close', () => {
-      const timer = setTimeout(stop, CHANNEL_GRACE_MS);
-      void exited.then(() => clearTimeout(timer));
-    });
-    server = { done: exited.then(({ code }) => code === 0), stop: () => channel.destroy() };
+    server = start(sock, stop);
     return true;
   };
   const ready = new Promise<LazyPages | undefined>((resolve) => {
@@ -150,5 +146,5 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
       if (!listening) resolve(undefined);
     });
   });
-  return { ready, stop, pid: daemon.pid, serve, tunnel };
+  return { ready, stop, pid: daemon.pid, serve, relay };
 }

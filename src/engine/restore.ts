@@ -19,7 +19,7 @@ import {
   type CriuLog,
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
-import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
+import { lazyWanted, startLazyPages, type LazyPages, type Relay } from './lazy.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
 import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
@@ -70,7 +70,7 @@ export interface ResumeHooks {
 /**
  * A program's images that come from elsewhere rather than from a checkpoint file (a post-copy
  * migration): everything but the lazy memory is written into the images directory by `write`,
- * which returns the manifest; the lazy memory comes from a page server at the other end of `pages`.
+ * which returns the manifest; `relay` answers CRIU's lazy-pages daemon with the lazy memory.
  */
 export interface RemoteImages {
   /** Names the program in messages, where a file's path would. */
@@ -78,7 +78,9 @@ export interface RemoteImages {
   /** About how much the images take on disk (where to stage them). */
   bytes: number;
   write(imagesDir: string): Promise<Record<string, unknown>>;
-  pages: Duplex;
+  relay(daemonSocket: Duplex, imagesDir: string, fail: () => void): Relay;
+  /** Awaited right before CRIU's restore starts (the service address taken meanwhile). */
+  beforeRestore?: () => Promise<void>;
 }
 
 /** Whether a foreground program on our terminal gets a pseudo-terminal of its own. */
@@ -198,7 +200,7 @@ async function restoreFrom(
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
     if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote);
-    if (remote && starting && !starting.tunnel(remote.pages))
+    if (remote && starting && !starting.relay((sock, fail) => remote.relay(sock, imagesDir, fail)))
       throw new CheckptError(
         'ERESTORE',
         `CRIU's lazy-pages daemon ended at once, so ${file} cannot get its memory here; nothing was started.`,
@@ -293,6 +295,8 @@ async function restoreFrom(
       await staged.close();
       staged = undefined;
     }
+    await remote?.beforeRestore?.();
+    if (stopped) return await STOPPING_FOREVER;
     // Erased before the copy can write to the terminal.
     progress?.end();
     helper = spawnHelper(

@@ -1,41 +1,88 @@
 /**
  * The source's side of a post-copy migration: the frozen program's memory, as CRIU dumped it into
- * pages-N.img files, served to the destination's `criu lazy-pages --page-server` over the
- * migration's TLS connection. CRIU's own dump-side page server (`dump --lazy-pages`) would keep the
- * memory in pipes that it cannot size without CAP_SYS_RESOURCE or a larger fs.pipe-max-size
- * (docs/MIGRATION.md); these files need neither. The protocol is CRIU's, as in
- * src/engine/page-server.ts: 32-byte requests (u32 cmd, pad, u64 nr_pages, u64 vaddr, u64 pid),
- * each PS_IOV_GET answered in order by the same header with cmd PS_IOV_ADD_F | PE_PRESENT << 16
- * and its pages; PS_IOV_CLOSE or PS_IOV_FORCE_CLOSE answered with an s32 0, the end.
+ * pages-N.img files, pushed to the destination over the migration's TLS page connection
+ * (page-frames.ts), the ranges the copy waits for first. CRIU's own dump-side page server (`dump
+ * --lazy-pages`) would keep the memory in pipes that it cannot size without CAP_SYS_RESOURCE or a
+ * larger fs.pipe-max-size (docs/MIGRATION.md), and answers one request at a time: across hosts each
+ * page fault and each piece of the background fill would wait a round trip.
  */
 
 import type { Duplex } from 'node:stream';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PageSource } from '../image/pages.js';
-import { locate, type MemoryPlan } from '../engine/pagemap.js';
+import type { MemoryPlan } from '../engine/pagemap.js';
 import type { ImageFile } from './wire.js';
+import {
+  ACK,
+  Bytes,
+  COMPLETE,
+  DATA,
+  FRAME_HEAD,
+  frameHead,
+  GO,
+  NEED,
+  PUSHED,
+  readHead,
+  WINDOW,
+} from './page-frames.js';
 
-const IOV_SIZE = 32;
-const CMD_MASK = 0xffff;
-const PS_IOV_GET = 7;
-const PS_IOV_ADD_F = 6;
-const PS_IOV_CLOSE = 0x1023;
-const PS_IOV_FORCE_CLOSE = 0x1024;
-const PE_PRESENT = 4;
+/** The pushed pieces: large enough to keep the connection busy, small enough not to hold up a fault. */
+const PIECE = 256 << 10;
 
 export interface PageService {
-  /** Resolves when the destination said it has every page; rejects when the connection failed first. */
+  /** Resolves when the destination said the copy has all of its memory; rejects when the connection failed first. */
   done: Promise<void>;
   /** How many bytes of memory went out. */
   sent(): number;
   stop(): void;
 }
 
-/** Answers the destination's page requests on `socket` from `pages` (the source's images). */
-export function servePagesOver(socket: Duplex, plan: MemoryPlan, pages: PageSource): PageService {
-  let buf: Buffer = Buffer.alloc(0);
+/** Pushes the lazy memory of `files` (the offer's list) from `pages` on `socket`. */
+export function servePagesOver(
+  socket: Duplex,
+  files: readonly ImageFile[],
+  plan: MemoryPlan,
+  pages: PageSource,
+): PageService {
+  const index = new Map(files.map((f, i) => [f.name, i]));
+  const bulk: { file: number; name: string; offset: number; length: number }[] = [];
+  for (const [name, ranges] of plan.lazy) {
+    const file = index.get(name);
+    if (file === undefined) continue;
+    for (const r of ranges)
+      for (let at = 0; at < r.length; at += PIECE)
+        bulk.push({ file, name, offset: r.offset + at, length: Math.min(PIECE, r.length - at) });
+  }
+  bulk.sort((a, b) => a.file - b.file || a.offset - b.offset);
+  const urgent: typeof bulk = [];
+  // Pushed from where the copy last waited on: its next faults are likely near.
+  const sent = new Uint8Array(bulk.length);
+  let cursor = 0;
+  let left = bulk.length;
+  const nextBulk = (): (typeof bulk)[number] | undefined => {
+    if (left === 0) return undefined;
+    while (sent[cursor] === 1) cursor = (cursor + 1) % bulk.length;
+    sent[cursor] = 1;
+    left--;
+    return bulk[cursor];
+  };
+  const moveTo = (file: number, offset: number): void => {
+    let lo = 0;
+    let hi = bulk.length;
+    const key = (b: (typeof bulk)[number]): number => b.file * 2 ** 40 + b.offset;
+    const want = file * 2 ** 40 + offset;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (key(bulk[mid] as (typeof bulk)[number]) <= want) lo = mid + 1;
+      else hi = mid;
+    }
+    if (bulk.length > 0) cursor = lo % bulk.length;
+  };
+  const input = new Bytes();
+  let go = false;
   let busy = false;
+  let unacked = 0;
   let finished = false;
   let bytes = 0;
   let settle: { ok: () => void; fail: (e: Error) => void } | undefined;
@@ -62,53 +109,73 @@ export function servePagesOver(socket: Duplex, plan: MemoryPlan, pages: PageSour
           socket.once('drain', onDrain);
           socket.once('close', onClose);
         });
-  // Answers are in the order of the requests (the daemon reads them as a FIFO): one at a time.
+  let pushed = false;
   const pump = async (): Promise<void> => {
-    if (busy) return;
+    if (busy || !go) return;
     busy = true;
     try {
-      while (!finished && buf.length >= IOV_SIZE) {
-        const head = Buffer.from(buf.subarray(0, IOV_SIZE));
-        buf = buf.subarray(IOV_SIZE);
-        const cmd = head.readUInt32LE(0) & CMD_MASK;
-        if (cmd === PS_IOV_CLOSE || cmd === PS_IOV_FORCE_CLOSE) {
-          const status = Buffer.alloc(4);
-          await write(status);
-          finished = true;
-          settle?.ok();
-          return;
+      for (;;) {
+        if (finished) return;
+        // Bulk waits for the window; what the copy waits for does not.
+        const next = urgent.shift() ?? (unacked < WINDOW ? nextBulk() : undefined);
+        if (next === undefined) {
+          if (left > 0) return;
+          break;
         }
-        if (cmd !== PS_IOV_GET) throw new Error(`the destination sent an unknown command (${cmd})`);
-        const nr = Number(head.readBigUInt64LE(8));
-        const vaddr = Number(head.readBigUInt64LE(16));
-        const pid = Number(head.readBigUInt64LE(24));
-        const at = locate(plan, pid, vaddr, nr);
-        if (at === undefined)
-          throw new Error(
-            `the destination asked for ${nr} pages at 0x${vaddr.toString(16)} of pid ${pid}, which the page map does not hold as lazy memory`,
-          );
-        const data = await pages.read(at.pages, at.offset, at.length);
-        if (data.length !== at.length) throw new Error(`${at.pages} is shorter than its page map`);
-        head.writeUInt32LE(((PE_PRESENT << 16) | PS_IOV_ADD_F) >>> 0, 0);
-        head.writeUInt32LE(0, 4);
-        await write(head);
+        const data = await pages.read(next.name, next.offset, next.length);
+        if (data.length !== next.length)
+          throw new Error(`${next.name} is shorter than its page map`);
+        await write(
+          frameHead({ kind: DATA, file: next.file, offset: next.offset, length: next.length }),
+        );
         await write(data);
         bytes += data.length;
+        unacked += data.length;
+      }
+      if (!pushed) {
+        pushed = true;
+        await write(frameHead({ kind: PUSHED, file: 0, offset: 0, length: 0 }));
       }
     } catch (e) {
       fail(e as Error);
     } finally {
       busy = false;
     }
-    if (!finished && buf.length >= IOV_SIZE) void pump();
+  };
+  const onFrames = (): void => {
+    for (;;) {
+      const head = input.peek(FRAME_HEAD);
+      if (head === undefined) return;
+      const f = readHead(input.take(FRAME_HEAD));
+      if (f.kind === GO) go = true;
+      else if (f.kind === ACK) unacked -= f.length;
+      else if (f.kind === COMPLETE) {
+        finished = true;
+        settle?.ok();
+        return;
+      } else if (f.kind === NEED) {
+        const file = files[f.file];
+        if (file === undefined || f.offset + f.length > file.size || f.length <= 0)
+          return fail(new Error('the destination asked for memory outside its images'));
+        moveTo(f.file, f.offset + f.length);
+        for (let at = 0; at < f.length; at += PIECE)
+          urgent.push({
+            file: f.file,
+            name: file.name,
+            offset: f.offset + at,
+            length: Math.min(PIECE, f.length - at),
+          });
+      } else return fail(new Error(`the destination sent an unknown frame (${f.kind})`));
+    }
   };
   socket.on('data', (d: Buffer) => {
-    buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+    input.push(d);
+    onFrames();
     void pump();
   });
   socket.on('error', (e: Error) => fail(new Error(`the page connection failed: ${e.message}`)));
   socket.on('close', () =>
-    fail(new Error('the page connection closed before the destination had every page')),
+    fail(new Error('the page connection closed (did the receiver go away?)')),
   );
   socket.resume();
   return { done, sent: () => bytes, stop: () => fail(new Error('the page service was stopped')) };

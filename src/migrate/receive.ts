@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   closeSync,
   createWriteStream,
@@ -12,7 +12,9 @@ import {
 import { join } from 'node:path';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import { CheckptError } from '../common/errors.js';
+import { trace } from '../common/trace.js';
 import { resume } from '../engine/restore.js';
+import { relayPages } from './page-relay.js';
 import { loadIdentity, trustedPeer, type IdentityFiles } from './peer.js';
 import { readMessage, send, type ImageFile, type Message } from './wire.js';
 
@@ -147,7 +149,11 @@ async function serve(
     socket.destroy();
     return;
   }
-  if (first.type === 'pages') return parkPages(first.token, socket, peer);
+  if (first.type === 'pages') {
+    // Small requests and answers, each waited for: Nagle's delay would stall every page fault.
+    socket.setNoDelay(true);
+    return parkPages(first.token, socket, peer);
+  }
   if (first.type === 'postcopy') return postCopy(socket, first, opts, peer, say);
   return stopAndCopy(socket, first, opts, say);
 }
@@ -231,8 +237,11 @@ async function postCopy(
   try {
     const files = checkFiles(offer.files, offer.bytes);
     pages = await pagesFor(offer.token, peer);
+    // Taken while the images come and CRIU's daemon starts; awaited before the restore.
+    let taking: Promise<void> | undefined;
     if (opts.hook !== undefined) {
-      runHook(opts.hook, 'take');
+      taking = runHookAsync(opts.hook, 'take');
+      taking.catch(() => undefined);
       took = true;
     }
     const from = socket.remoteAddress ?? '?';
@@ -241,17 +250,22 @@ async function postCopy(
       {
         name: `the program migrated from ${from}`,
         bytes: offer.bytes,
-        pages: channel,
+        relay: (daemon, imagesDir, fail) => relayPages(daemon, channel, imagesDir, files, fail),
+        ...(taking && { beforeRestore: () => taking }),
         write: async (imagesDir) => {
+          trace('receive-offer');
           await receiveFiles(socket, imagesDir, files, offer.bytes);
+          trace('receive-images');
           return offer.manifest;
         },
       },
       { detach: true },
     );
     took = false;
+    trace('receive-resumed');
     r.takeSignals();
     if (opts.hook !== undefined) runHook(opts.hook, 'announce');
+    trace('receive-announced');
     send(socket, { type: 'restored', pid: r.pid });
     socket.end();
     say(`checkpt: resumed ${offer.argv.join(' ') || 'a program'} from ${from} as pid ${r.pid}`);
@@ -398,6 +412,25 @@ function runHook(hook: string, phase: 'take' | 'announce' | 'release'): void {
       'EMIGRATE',
       `The address hook '${hook} ${phase}' failed (${r.error?.message ?? (r.signal ? `killed by ${r.signal}` : `exit status ${r.status}`)}).`,
     );
+}
+
+/** runHook without blocking the receiver: other work goes on while the hook runs. */
+function runHookAsync(hook: string, phase: 'take' | 'announce' | 'release'): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('sh', ['-c', `${hook} ${phase}`], {
+      stdio: 'inherit',
+      timeout: HOOK_TIMEOUT_MS,
+    });
+    child.once('error', (e) => reject(hookFailed(hook, phase, e.message)));
+    child.once('exit', (code, signal) => {
+      if (code === 0) resolve();
+      else reject(hookFailed(hook, phase, signal ? `killed by ${signal}` : `exit status ${code}`));
+    });
+  });
+}
+
+function hookFailed(hook: string, phase: string, why: string): CheckptError {
+  return new CheckptError('EMIGRATE', `The address hook '${hook} ${phase}' failed (${why}).`);
 }
 
 /** Exactly `bytes` bytes off the socket into `file`; ENOSPC and friends come out as EIO. */

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { connect, type TLSSocket } from 'node:tls';
 import { TIMEOUT_MS } from '../common/config.js';
+import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
 import { dirPageSource } from '../engine/dir-pages.js';
 import type { Manifest } from '../engine/job.js';
@@ -76,12 +77,15 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       socket.destroy();
       throw e;
     }
+    // Small requests and answers, each waited for: Nagle's delay would stall every page fault.
+    pagesSocket.setNoDelay(true);
     send(pagesSocket, { type: 'pages', token });
   }
   const workDir = mkdtempSync(join(tmpdir(), `checkpt-migrate-${process.pid}-`));
   const target = join(workDir, 'migrate.ckpt');
   let remotePid = 0;
   let post: { runningMs: number; pageBytes: number } | undefined;
+  trace('migrate-freeze');
   const t0 = process.hrtime.bigint();
   const ms = (): number => Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
   try {
@@ -163,11 +167,12 @@ async function handOffImages(
   const source = await dirPageSource(imagesDir);
   let running = false;
   try {
+    trace('migrate-dumped');
     const plan = await readMemoryPlan(imagesDir, source, 'the frozen program');
     const files = imageFilesFor(imagesDir, plan);
     const bytes = files.reduce((sum, f) => sum + f.ranges.reduce((n, [, l]) => n + l, 0), 0);
     // Serving before the offer: the copy faults its first pages before the receiver confirms.
-    const service = servePagesOver(pages, plan, source);
+    const service = servePagesOver(pages, files, plan, source);
     send(socket, {
       type: 'postcopy',
       token,
@@ -176,9 +181,14 @@ async function handOffImages(
       files,
       bytes,
     });
+    trace('migrate-offered');
     const answer = readMessage(socket, o.confirmMs, "the receiver's confirmation");
     answer.catch(() => undefined);
     const sending = sendRanges(socket, imagesDir, files);
+    sending.then(
+      () => trace('migrate-sent'),
+      () => undefined,
+    );
     sending.catch(() => undefined);
     // A receiver that fails early (disk full) answers before it has read everything.
     await Promise.race([sending, answer, service.done]);
@@ -194,6 +204,7 @@ async function handOffImages(
         'the receiver answered out of turn; the program keeps running here.',
       );
     running = true;
+    trace('migrate-confirmed');
     const runningMs = o.confirmed();
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
@@ -210,7 +221,14 @@ async function handOffImages(
     return { pid: m.pid, runningMs, pageBytes: service.sent() };
   } catch (e) {
     pages.destroy();
-    if (!running) throw e;
+    if (!running) {
+      if (e instanceof CheckptError) throw e;
+      throw new CheckptError(
+        'EMIGRATE',
+        `sending the program to the receiver failed: ${(e as Error).message}. The program keeps running here.`,
+        { cause: e },
+      );
+    }
     throw new CheckptError(
       'EMIGRATE',
       `the copy already ran at ${o.where} when moving its memory failed (${(e as Error).message}). Without all of its memory the copy there is stopped; the program was resumed here as it was when it was frozen, so what the copy did meanwhile is lost and so are its connections, and the service address is still at the destination: move it back (see docs/MIGRATION.md).`,
@@ -233,8 +251,13 @@ async function sendRanges(
     const fh = await openFile(join(dir, f.name), 'r');
     try {
       for (const [offset, length] of f.ranges)
-        for (let at = 0; at < length; ) {
-          const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.length, length - at), offset + at);
+        for (let at = 0; at < length;) {
+          const { bytesRead } = await fh.read(
+            chunk,
+            0,
+            Math.min(chunk.length, length - at),
+            offset + at,
+          );
           if (bytesRead === 0) throw new Error(`${f.name} is shorter than the offer`);
           at += bytesRead;
           if (!socket.write(Buffer.from(chunk.subarray(0, bytesRead))))
