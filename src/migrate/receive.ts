@@ -263,6 +263,11 @@ async function postCopy(
     );
     took = false;
     trace('receive-resumed');
+    const guard = guardCopy(r.initPid);
+    void r.loaded.then(
+      () => guard.stdin?.end('loaded\n'),
+      () => guard.stdin?.end(),
+    );
     r.takeSignals();
     if (opts.hook !== undefined) runHook(opts.hook, 'announce');
     trace('receive-announced');
@@ -412,6 +417,21 @@ function runHook(hook: string, phase: 'take' | 'announce' | 'release'): void {
       'EMIGRATE',
       `The address hook '${hook} ${phase}' failed (${r.error?.message ?? (r.signal ? `killed by ${r.signal}` : `exit status ${r.status}`)}).`,
     );
+}
+
+/**
+ * The copy runs with holes in its memory until the relay has filled them; should this receiver die
+ * first (nobody would fill them), a process of its own kills the copy's PID namespace (its init).
+ */
+function guardCopy(initPid: number): ReturnType<typeof spawn> {
+  const guard = spawn('sh', ['-c', `read done; [ "$done" = loaded ] || kill -KILL ${initPid}`], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    detached: true,
+  });
+  guard.on('error', () => undefined);
+  guard.stdin?.on('error', () => undefined);
+  guard.unref();
+  return guard;
 }
 
 /** runHook without blocking the receiver: other work goes on while the hook runs. */

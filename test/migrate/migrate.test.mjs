@@ -296,6 +296,13 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     await moveWithTwin({ postCopy: true, service: POST, baseline: POST_BASELINE, port: PORT + 3 });
   });
 
+  /** The processes in host B's network namespace. */
+  function processesInB() {
+    return readdirSync('/proc').filter(
+      (p) => /^\d+$/.test(p) && netInodeOf(Number(p)) === hosts.netInode('b'),
+    );
+  }
+
   /** One request from C: the program still answers at `address` (its counter goes on). */
   async function answers(address, port) {
     const c = inNs(hosts.ns.c, [
@@ -444,34 +451,44 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     hosts.moveAddress(SERVICE, 'b', 'a');
     const port = PORT + 5;
     const server = await startServer(port, 100);
-    // The receiver is killed while its hook takes the address: the images are there, the copy is not.
-    const marker = join(dir, 'taking');
-    const hook = join(dir, 'hook-kill.sh');
-    writeFileSync(
-      hook,
-      `#!/bin/sh\nif [ "$1" = take ]; then touch ${marker}; sleep 5; fi\n${hookScript(SERVICE)} "$1"\n`,
-    );
-    chmodSync(hook, 0o755);
     const incoming = join(dir, 'incoming-killed');
     mkdirSync(incoming);
-    const receiver = startReceiver(join(dir, 'trust-receiver'), hook, incoming);
-    await receiving(receiver);
-    const m = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
-    let killed = false;
-    for (const until = Date.now() + 60_000; Date.now() < until && m.exitCode === null;) {
-      if (existsSync(marker)) {
-        killTree(receiver.pid);
-        killed = true;
-        break;
+    // Killed while its hook takes the address (the images are there, the copy is not), then while
+    // it announces it (the copy runs there, with most of its memory still at A, unconfirmed).
+    for (const phase of ['take', 'announce']) {
+      const marker = join(dir, `in-${phase}`);
+      const hook = join(dir, `hook-kill-${phase}.sh`);
+      writeFileSync(
+        hook,
+        `#!/bin/sh\nif [ "$1" = ${phase} ]; then touch ${marker}; sleep 3; exit 1; fi\n${hookScript(SERVICE)} "$1"\n`,
+      );
+      chmodSync(hook, 0o755);
+      const receiver = startReceiver(join(dir, 'trust-receiver'), hook, incoming);
+      await receiving(receiver);
+      const m = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
+      let killed = false;
+      for (const until = Date.now() + 60_000; Date.now() < until && m.exitCode === null;) {
+        if (existsSync(marker)) {
+          // The receiver alone, as a crash would: not the hook, not the copy.
+          process.kill(receiver.pid, 'SIGKILL');
+          killed = true;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 5));
       }
-      await new Promise((r) => setTimeout(r, 5));
+      assert.ok(
+        killed,
+        `the receiver was killed in ${phase}: ${m.lines.join('\n')} ${m.stderrText}`,
+      );
+      await ended(receiver, 'the receiver killed');
+      await failsAndRunsOn(server, m, /closed|failed before|reset|ECONNRESET/, port);
+      // A copy that ran at B without its memory does not stay (the orphaned hook ends by itself).
+      for (const until = Date.now() + 15_000; processesInB().length > 0 && Date.now() < until;)
+        await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(processesInB(), [], `nothing runs at B after a kill in ${phase}`);
+      spawnSync('ip', ['-n', hosts.ns.b, 'addr', 'del', `${SERVICE}/32`, 'dev', hosts.dev.b]);
+      assert.deepEqual(readdirSync(incoming), [], 'nothing left in the receiver directory');
     }
-    assert.ok(
-      killed,
-      `the receiver was killed before it confirmed: ${m.lines.join('\n')} ${m.stderrText}`,
-    );
-    await ended(receiver, 'the receiver killed');
-    await failsAndRunsOn(server, m, /closed|failed before|reset|ECONNRESET/, port);
     // And it still moves, post-copy, to a receiver that lives.
     const again = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
     await receiving(again);
