@@ -29,6 +29,8 @@ import {
 import type { ImageFile } from './wire.js';
 
 const IOV_SIZE = 32;
+/** The daemon asks for a fault's pages alone (a few); its background fill asks for 64 KiB and up. */
+const FAULT_BYTES = 32 << 10;
 const CMD_MASK = 0xffff;
 const PS_IOV_GET = 7;
 const PS_IOV_ADD_F = 6;
@@ -103,9 +105,10 @@ export function relayPages(
             frameHead({ kind: NEED, file: r.file, offset: r.offset, length: r.length }),
           );
         }
-        // Later requests may be here already: ask for theirs too, so they come right after.
+        // Faults queued behind it (small requests) are asked for too, to come right after it; the
+        // daemon's background fill (large ones) comes with the push, not ahead of someone's fault.
         for (const q of queue)
-          if (!q.close && !q.asked && !isHere(q)) {
+          if (!q.close && !q.asked && q.length <= FAULT_BYTES && !isHere(q)) {
             q.asked = true;
             channel.write(
               frameHead({ kind: NEED, file: q.file, offset: q.offset, length: q.length }),
