@@ -82,13 +82,21 @@ export function relayPages(
   };
   const mark = (file: number, offset: number, length: number, value: 0 | 1): void =>
     void here[file]?.fill(value, offset / PAGE_SIZE, (offset + length) / PAGE_SIZE);
-  const isHere = (r: Request): boolean => {
+  // How many of the request's bytes, from its start, are here.
+  const herePrefix = (r: Request): number => {
     const h = here[r.file] as Uint8Array;
-    for (let p = r.offset / PAGE_SIZE; p < (r.offset + r.length) / PAGE_SIZE; p++)
-      if (h[p] === 0) return false;
-    return true;
+    const first = r.offset / PAGE_SIZE;
+    let p = first;
+    while (p < (r.offset + r.length) / PAGE_SIZE && h[p] === 1) p++;
+    return (p - first) * PAGE_SIZE;
   };
-  // The daemon reads its answers as a FIFO: the head goes out once all of its pages are here.
+  const need = (r: Request, length: number): void => {
+    r.asked = true;
+    channel.write(frameHead({ kind: NEED, file: r.file, offset: r.offset, length }));
+  };
+  // The daemon reads its answers as a FIFO. It takes fewer pages than it asked for (and asks for
+  // the rest again later), so the head goes out as soon as its first pages are here: a fault
+  // behind the daemon's background fill does not wait for the whole of it.
   const answer = (): void => {
     while (!ended && queue.length > 0) {
       const r = queue[0] as Request;
@@ -98,31 +106,23 @@ export function relayPages(
         finish(true);
         return;
       }
-      if (!isHere(r)) {
-        if (!r.asked) {
-          r.asked = true;
-          channel.write(
-            frameHead({ kind: NEED, file: r.file, offset: r.offset, length: r.length }),
-          );
-        }
-        // Faults queued behind it (small requests) are asked for too, to come right after it; the
-        // daemon's background fill (large ones) comes with the push, not ahead of someone's fault.
+      const length = herePrefix(r);
+      if (length === 0) {
+        if (!r.asked) need(r, Math.min(r.length, FAULT_BYTES));
+        // Faults queued behind it are asked for too, to come right after it.
         for (const q of queue)
-          if (!q.close && !q.asked && q.length <= FAULT_BYTES && !isHere(q)) {
-            q.asked = true;
-            channel.write(
-              frameHead({ kind: NEED, file: q.file, offset: q.offset, length: q.length }),
-            );
-          }
+          if (!q.close && !q.asked && q.length <= FAULT_BYTES && herePrefix(q) === 0)
+            need(q, q.length);
         return;
       }
       queue.shift();
-      const data = Buffer.allocUnsafe(r.length);
+      const data = Buffer.allocUnsafe(length);
       let got = 0;
-      while (got < r.length)
-        got += readSync(fds[r.file] as number, data, got, r.length - got, r.offset + got);
+      while (got < length)
+        got += readSync(fds[r.file] as number, data, got, length - got, r.offset + got);
       r.head.writeUInt32LE(((PE_PRESENT << 16) | PS_IOV_ADD_F) >>> 0, 0);
       r.head.writeUInt32LE(0, 4);
+      r.head.writeBigUInt64LE(BigInt(length / PAGE_SIZE), 8);
       daemon.write(r.head);
       daemon.write(data);
     }

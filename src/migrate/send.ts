@@ -21,6 +21,7 @@ import type { Manifest } from '../engine/job.js';
 import { dumpFromOutside } from '../engine/outside.js';
 import { readMemoryPlan } from '../engine/pagemap.js';
 import { imageFilesFor, servePagesOver } from './page-source.js';
+import { loadSmallRegionsEagerly } from './small-memory.js';
 import { loadIdentity, trustedPeer, type Identity, type IdentityFiles } from './peer.js';
 import { readMessage, send } from './wire.js';
 
@@ -168,6 +169,7 @@ async function handOffImages(
   let running = false;
   try {
     trace('migrate-dumped');
+    loadSmallRegionsEagerly(imagesDir);
     const plan = await readMemoryPlan(imagesDir, source, 'the frozen program');
     const files = imageFilesFor(imagesDir, plan);
     const bytes = files.reduce((sum, f) => sum + f.ranges.reduce((n, [, l]) => n + l, 0), 0);
