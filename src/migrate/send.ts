@@ -264,8 +264,12 @@ async function sendRanges(
           at += bytesRead;
           if (!socket.write(Buffer.from(chunk.subarray(0, bytesRead))))
             await new Promise<void>((res, rej) => {
-              socket.once('drain', res);
-              socket.once('close', () => rej(new Error('the connection closed')));
+              const onClose = (): void => rej(new Error('the connection closed'));
+              socket.once('drain', () => {
+                socket.off('close', onClose);
+                res();
+              });
+              socket.once('close', onClose);
             });
         }
     } finally {

@@ -506,6 +506,56 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     killTree(again.pid);
     await ended(again, 'the receiver killed');
   });
+
+  test('post-copy: a destination lost after it confirmed, before the last page: the copy stops, the program resumes at the source as it was frozen', async () => {
+    hosts.moveAddress(SERVICE, 'b', 'a');
+    const port = PORT + 6;
+    const server = await startServer(port, 100);
+    const incoming = join(dir, 'incoming-window');
+    mkdirSync(incoming);
+    const receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
+    await receiving(receiver);
+    const there = new Set(processesInB());
+    const before = await answers(SERVICE, port);
+    const m = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
+    // Stopped as soon as it says the copy runs (its memory takes about a second more), then killed.
+    let stopped = false;
+    for (const until = Date.now() + 60_000; Date.now() < until && m.exitCode === null;) {
+      if (receiver.lines.some((l) => l.includes('checkpt: resumed'))) {
+        process.kill(receiver.pid, 'SIGSTOP');
+        stopped = true;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.ok(stopped, `the copy never ran at B: ${m.stderrText}`);
+    assert.ok(
+      !receiver.lines.some((l) => l.includes('has all of its memory')),
+      'the receiver was stopped before all of the memory moved',
+    );
+    process.kill(receiver.pid, 'SIGKILL');
+    await ended(receiver, 'the receiver killed');
+    const r = await ended(m, 'checkpt migrate');
+    assert.equal(r.code, 125, `migrate should fail: ${m.lines.join('\n')} ${m.stderrText}`);
+    assert.match(m.stderrText, /already ran at .* resumed here as it was when it was frozen/s);
+    console.log(`# ${m.stderrText.split('\n').find((l) => l.startsWith('checkpt:'))}`);
+    assert.doesNotMatch(m.stderrText, /Warning/, 'no warnings from checkpt migrate');
+    // The copy at B does not stay; the program runs on at A once its address is back there.
+    for (const until = Date.now() + 15_000; Date.now() < until;) {
+      if (processesInB().every((p) => there.has(p) || p === String(receiver.pid))) break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    assert.deepEqual(
+      processesInB().filter((p) => !there.has(p)),
+      [],
+      'nothing of this migration runs at B',
+    );
+    assert.ok(pidAlive(server.pid), 'the program runs at the source');
+    hosts.moveAddress(SERVICE, 'b', 'a');
+    const after = await answers(SERVICE, port);
+    // Its state is the frozen one: the requests the copy answered at B (none here) are gone.
+    assert.equal(after, before + 1, 'the program goes on from the state it was frozen in');
+  });
 });
 
 function spawnIp(...args) {
