@@ -57,6 +57,8 @@ export function relayPages(
   imagesDir: string,
   files: readonly ImageFile[],
   fail: () => void,
+  /** Resolves when the push may start: not while the images still come, on the same link. */
+  start: Promise<unknown> = Promise.resolve(),
 ): Relay {
   const index = new Map(files.map((f, i) => [f.name, i]));
   const fds: number[] = [];
@@ -191,6 +193,7 @@ export function relayPages(
       const file = index.get(name);
       if (file !== undefined) for (const r of ranges) mark(file, r.offset, r.length, 0);
     }
+    await start;
     channel.write(frameHead({ kind: GO, file: 0, offset: 0, length: 0 }));
     onSource();
     onDaemon();

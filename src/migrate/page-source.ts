@@ -187,7 +187,10 @@ export function servePagesOver(
  */
 export function imageFilesFor(imagesDir: string, plan: MemoryPlan): ImageFile[] {
   const files: ImageFile[] = [];
-  for (const name of readdirSync(imagesDir).sort()) {
+  // The memory images last: the destination starts CRIU's daemon once the others are there.
+  const memory = (n: string): number => (/^pages-\d+\.img$/.test(n) ? 1 : 0);
+  const names = readdirSync(imagesDir).sort((a, b) => memory(a) - memory(b) || (a < b ? -1 : 1));
+  for (const name of names) {
     const st = statSync(join(imagesDir, name));
     if (!st.isFile()) continue;
     const eager = plan.eager.get(name);

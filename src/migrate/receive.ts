@@ -246,16 +246,29 @@ async function postCopy(
     }
     const from = socket.remoteAddress ?? '?';
     const channel = pages;
+    let memory: Promise<void> | undefined;
     const r = await resume(
       {
         name: `the program migrated from ${from}`,
         bytes: offer.bytes,
-        relay: (daemon, imagesDir, fail) => relayPages(daemon, channel, imagesDir, files, fail),
-        ...(taking && { beforeRestore: () => taking }),
+        relay: (daemon, imagesDir, fail) =>
+          relayPages(daemon, channel, imagesDir, files, fail, memory),
+        beforeRestore: async () => {
+          await taking;
+          await memory;
+        },
+        // Done once all but the memory images are there (CRIU's daemon can start); the memory's
+        // ranges are awaited before the restore.
         write: async (imagesDir) => {
           trace('receive-offer');
-          await receiveFiles(socket, imagesDir, files, offer.bytes);
-          trace('receive-images');
+          let metaDone = (): void => undefined;
+          const meta = new Promise<void>((res) => (metaDone = res));
+          memory = receiveFiles(socket, imagesDir, files, offer.bytes, metaDone);
+          memory.then(
+            () => trace('receive-images'),
+            () => undefined,
+          );
+          await Promise.race([meta, memory]);
           return offer.manifest;
         },
       },
@@ -312,7 +325,14 @@ function receiveFiles(
   dir: string,
   files: readonly ImageFile[],
   bytes: number,
+  onMetadata: () => void,
 ): Promise<void> {
+  // The bytes before the first memory image (the sender puts those last).
+  let metadata = 0;
+  for (const f of files) {
+    if (/^pages-\d+\.img$/.test(f.name)) break;
+    for (const [, l] of f.ranges) metadata += l;
+  }
   return new Promise((resolve, reject) => {
     const parts: { fd: number; offset: number; length: number }[] = [];
     const fds: number[] = [];
@@ -358,6 +378,7 @@ function receiveFiles(
           p.length -= n;
           if (p.length === 0) parts.shift();
         }
+        if (bytes - left >= metadata) onMetadata();
         if (left === 0) {
           socket.pause();
           if (at < d.length) socket.unshift(d.subarray(at));
@@ -369,6 +390,7 @@ function receiveFiles(
     };
     const onClose = (): void =>
       finish(new Error(`the connection closed with ${left} of ${bytes} bytes still to come`));
+    if (metadata === 0) onMetadata();
     if (left === 0) {
       finish();
       return;
