@@ -29,6 +29,8 @@ import {
 import type { ImageFile } from './wire.js';
 
 const IOV_SIZE = 32;
+/** How long the copy may wait on a page with nothing from the source before it is given up. */
+const STALL_MS = 30_000;
 /** The daemon asks for a fault's pages alone (a few); its background fill asks for 64 KiB and up. */
 const FAULT_BYTES = 32 << 10;
 const CMD_MASK = 0xffff;
@@ -59,6 +61,8 @@ export function relayPages(
   fail: () => void,
   /** Resolves when the push may start: not while the images still come, on the same link. */
   start: Promise<unknown> = Promise.resolve(),
+  /** A daemon request may wait this long without a byte from the source (a partition). */
+  stallMs = STALL_MS,
 ): Relay {
   const index = new Map(files.map((f, i) => [f.name, i]));
   const fds: number[] = [];
@@ -72,9 +76,19 @@ export function relayPages(
   let unacked = 0;
   let settle: ((closed: boolean) => void) | undefined;
   const done = new Promise<boolean>((res) => (settle = res));
+  // Reset by every byte from the source; fires only while a request waits.
+  let lastHeard = Date.now();
+  const watchdog = setInterval(
+    () => {
+      if (queue.length > 0 && Date.now() - lastHeard > stallMs) finish(false);
+    },
+    Math.min(1000, stallMs),
+  );
+  watchdog.unref();
   const finish = (closed: boolean): void => {
     if (ended) return;
     ended = true;
+    clearInterval(watchdog);
     for (const fd of fds.splice(0)) closeSync(fd);
     if (!closed) {
       channel.destroy();
@@ -203,6 +217,7 @@ export function relayPages(
     onDaemon();
   });
   channel.on('data', (d: Buffer) => {
+    lastHeard = Date.now();
     if (plan === undefined) {
       fromSource.push(d);
       return;

@@ -160,4 +160,29 @@ describe('post-copy memory', { unit: true }, () => {
     await src.close();
     for (const s of [link.server, criu.server, criu.daemon]) s.destroy();
   });
+
+  test('a source that goes silent while the copy waits on a page is given up (a partition)', async () => {
+    const source = makeImages();
+    const src = await dirPageSource(source);
+    const plan = await readMemoryPlan(source, src, 'test');
+    await src.close();
+    const files = imageFilesFor(source, plan);
+    // The source's end is open but never answers: no push, no NEED served.
+    const link = await pair();
+    const criu = await pair();
+    let failed = false;
+    const relay = relayPages(
+      criu.server,
+      link.daemon,
+      source,
+      files,
+      () => (failed = true),
+      undefined,
+      200,
+    );
+    criu.daemon.write(iov(GET, 1, 0x20000, 100));
+    assert.equal(await relay.done, false);
+    assert.equal(failed, true, 'the daemon is stopped');
+    for (const s of [link.server, link.daemon, criu.server, criu.daemon]) s.destroy();
+  });
 });
