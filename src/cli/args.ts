@@ -43,6 +43,7 @@ export type Command =
       pid: number;
       host: string;
       port: number;
+      postCopy?: true;
       cert: string;
       key: string;
       trust: string;
@@ -328,7 +329,7 @@ function parseUnlock(args: readonly string[]): Command {
 }
 
 const MIGRATE_USAGE =
-  'Usage: checkpt migrate PID --to HOST:PORT --cert FILE --key FILE --trust FILE';
+  'Usage: checkpt migrate PID --to HOST:PORT --cert FILE --key FILE --trust FILE [--post-copy]';
 const RECEIVE_USAGE =
   'Usage: checkpt receive --listen HOST:PORT --dir DIR --cert FILE --key FILE --trust FILE [--hook CMD]';
 
@@ -337,6 +338,7 @@ function parseMigration(cmd: 'migrate' | 'receive', args: readonly string[]): Co
   const usage = cmd === 'migrate' ? MIGRATE_USAGE : RECEIVE_USAGE;
   const opts = new Map<string, string>();
   let pid: string | undefined;
+  let postCopy = false;
   const known = cmd === 'migrate' ? ['--to'] : ['--listen', '--dir'];
   const optional = cmd === 'migrate' ? [] : ['--hook'];
   for (let i = 0; i < args.length; i++) {
@@ -345,7 +347,8 @@ function parseMigration(cmd: 'migrate' | 'receive', args: readonly string[]): Co
       const v = args[++i];
       if (v === undefined) throw new UsageError(`${cmd}: ${a} needs a value. ${usage}`);
       opts.set(a, v);
-    } else if (a.startsWith('-')) throw new UsageError(`${cmd}: unknown option '${a}'. ${usage}`);
+    } else if (cmd === 'migrate' && a === '--post-copy') postCopy = true;
+    else if (a.startsWith('-')) throw new UsageError(`${cmd}: unknown option '${a}'. ${usage}`);
     else if (cmd === 'receive' || pid !== undefined)
       throw new UsageError(`${cmd}: unexpected '${a}'. ${usage}`);
     else pid = a;
@@ -370,7 +373,7 @@ function parseMigration(cmd: 'migrate' | 'receive', args: readonly string[]): Co
   if (pid === undefined) throw new UsageError(`migrate: which process? ${usage}`);
   if (!/^[1-9][0-9]{0,9}$/.test(pid))
     throw new UsageError(`migrate: '${pid}' is not a process id (a positive number). ${usage}`);
-  return { cmd, pid: Number(pid), ...where, ...files };
+  return { cmd, pid: Number(pid), ...where, ...files, ...(postCopy ? { postCopy } : {}) };
 }
 
 function hostPort(cmd: string, v: string, usage: string): { host: string; port: number } {

@@ -90,9 +90,13 @@ async function run(c: RunnableCommand): Promise<number> {
         cert: c.cert,
         key: c.key,
         trust: c.trust,
+        ...(c.postCopy ? { postCopy: true } : {}),
       });
+      const mib = (n: number): string => (n / 1048576).toFixed(1);
       process.stdout.write(
-        `checkpt: migrated pid ${c.pid} to ${c.host}:${c.port}, where it runs as pid ${r.remotePid} (${(r.bytes / 1048576).toFixed(1)} MiB, frozen ${r.totalMs} ms, dump ${r.dumpMs} ms)\n`,
+        r.pagesMs === undefined
+          ? `checkpt: migrated pid ${c.pid} to ${c.host}:${c.port}, where it runs as pid ${r.remotePid} (${mib(r.bytes)} MiB, frozen ${r.totalMs} ms, dump ${r.dumpMs} ms)\n`
+          : `checkpt: migrated pid ${c.pid} to ${c.host}:${c.port}, where it runs as pid ${r.remotePid} (post-copy: running there ${r.totalMs} ms after the freeze, dump ${r.dumpMs} ms; ${mib(r.pageBytes ?? 0)} MiB of memory followed, all there after ${r.pagesMs} ms)\n`,
       );
       return 0;
     }

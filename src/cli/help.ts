@@ -20,7 +20,7 @@ Usage:
   checkpt pull REF FILE.ckpt       fetch one (checked blob by blob, then as a file)
   checkpt pack IN.ckpt OUT.ckpt    a periodic checkpoint as a file that holds all of its memory
   checkpt -r oci://REF             pull, verify and resume in one step (inspect oci://REF too)
-  checkpt migrate PID --to H:P ... move a program under checkpt run to another host (docs/MIGRATION.md)
+  checkpt migrate PID --to H:P ... move a program under checkpt run to another host (--post-copy; docs/MIGRATION.md)
   checkpt receive --listen H:P ... accept migrated programs (--dir DIR --cert F --key F --trust F)
   checkpt build                    compile the native parts here (when the prebuilt ones do not work)
 

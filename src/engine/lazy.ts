@@ -1,3 +1,4 @@
+import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { LAZY } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
@@ -57,6 +58,18 @@ export interface LazyStart {
    * it then); undefined when the daemon has already gone.
    */
   serve(served: ServedPages): PageServer | undefined;
+  /**
+   * Instead of `serve`: hands the daemon's page server socket to `start`, which answers it with
+   * memory from elsewhere (a live migration's source) and calls `fail` when it cannot; false when
+   * the daemon has already gone.
+   */
+  relay(start: (socket: Duplex, fail: () => void) => Relay): boolean;
+}
+
+/** What answers the daemon in `relay`: `done` is true once the daemon said goodbye. */
+export interface Relay {
+  done: Promise<boolean>;
+  stop(): void;
 }
 
 /**
@@ -74,7 +87,7 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
     pageSocket: pageServer,
   });
   const exited = daemon.result.then(({ status, signal }) => ({ code: status, signal }));
-  let server: PageServer | undefined;
+  let server: Pick<PageServer, 'done' | 'stop'> | undefined;
   // CRIU forks probes of the kernel at start-up that stop themselves; one left by a daemon killed
   // then stays stopped for good: the whole tree goes. Returns who was signalled.
   const stop = (): number[] => {
@@ -102,6 +115,14 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
       served.onFailure(e as Error);
     });
     return s;
+  };
+  const relay = (start: (socket: Duplex, fail: () => void) => Relay): boolean => {
+    if (server) throw new Error('internal: the page server is attached once');
+    const sock = daemon.pageSocket;
+    if (!sock || !daemon.running()) return false;
+    sock.on('error', () => undefined);
+    server = start(sock, stop);
+    return true;
   };
   const ready = new Promise<LazyPages | undefined>((resolve) => {
     let listening = false;
@@ -132,5 +153,5 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
       if (!listening) resolve(undefined);
     });
   });
-  return { ready, stop, pid: daemon.pid, serve };
+  return { ready, stop, pid: daemon.pid, serve, relay };
 }

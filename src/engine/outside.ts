@@ -79,6 +79,12 @@ export interface OutsideDumpRequest {
    * the program runs on; when it returns, the program is killed and its network lock removed.
    */
   handOff?: (target: string) => Promise<void>;
+  /**
+   * Post-copy instead of `handOff`: called with CRIU's images directory (no file is packed) and
+   * the manifest while the program is still frozen; it may serve the memory from there until it
+   * returns. Throws: CRIU rolls back and the program runs on; returns: the program is killed.
+   */
+  handOffImages?: (imagesDir: string, manifest: Manifest) => Promise<void>;
 }
 
 export interface OutsideDumpResult {
@@ -320,8 +326,13 @@ async function dumpThenExit(
     try {
       // Frozen, the namespace can no longer change: what is not in the tree is not in the image.
       requireWholeProgram(req.nsPid, req.innerPid, req.pid, run.pid);
-      bytes = await pack(manifest);
-      if (req.handOff) await req.handOff(req.target);
+      if (req.handOffImages) {
+        bytes = manifest.imageBytes;
+        await req.handOffImages(dumpReq.imagesDir, manifest);
+      } else {
+        bytes = await pack(manifest);
+        if (req.handOff) await req.handOff(req.target);
+      }
     } catch (e) {
       failure = e;
     }
@@ -341,7 +352,7 @@ async function dumpThenExit(
     }
     for (const pid of tree) signalQuietly(pid, 'SIGKILL');
     // Handed off, its connections live elsewhere now: the lock here would only blackhole them.
-    if (req.handOff && lock?.holds) removeLockTable(lock.table);
+    if ((req.handOff || req.handOffImages) && lock?.holds) removeLockTable(lock.table);
     else dropEmptyLock(lock);
     return { bytes, dumpMs };
   } finally {

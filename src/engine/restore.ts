@@ -1,5 +1,6 @@
 import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
@@ -18,7 +19,7 @@ import {
   type CriuLog,
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
-import { lazyWanted, startLazyPages, type LazyPages } from './lazy.js';
+import { lazyWanted, startLazyPages, type LazyPages, type Relay } from './lazy.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
 import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
@@ -68,6 +69,22 @@ export interface ResumeHooks {
   pages?: (source: PageSource) => PageSource;
 }
 
+/**
+ * A program's images that come from elsewhere rather than from a checkpoint file (a post-copy
+ * migration): everything but the lazy memory is written into the images directory by `write`,
+ * which returns the manifest; `relay` answers CRIU's lazy-pages daemon with the lazy memory.
+ */
+export interface RemoteImages {
+  /** Names the program in messages, where a file's path would. */
+  name: string;
+  /** About how much the images take on disk (where to stage them). */
+  bytes: number;
+  write(imagesDir: string): Promise<Record<string, unknown>>;
+  relay(daemonSocket: Duplex, imagesDir: string, fail: () => void): Relay;
+  /** Awaited right before CRIU's restore starts (the service address taken meanwhile). */
+  beforeRestore?: () => Promise<void>;
+}
+
 /** Whether a foreground program on our terminal gets a pseudo-terminal of its own. */
 export function wantsPty(detach: boolean | undefined, pty: boolean | undefined): boolean {
   return !detach && pty !== false && process.stdin.isTTY === true;
@@ -75,7 +92,7 @@ export function wantsPty(detach: boolean | undefined, pty: boolean | undefined):
 
 /** Verifies and unpacks a checkpoint, then restores it in a PID and mount namespace of its own. */
 export async function resume(
-  file: string,
+  file: string | RemoteImages,
   options: ResumeOptions = {},
   hooks: ResumeHooks = {},
 ): Promise<Resumed> {
@@ -103,15 +120,17 @@ export async function resume(
 }
 
 async function restoreFrom(
-  file: string,
+  source: string | RemoteImages,
   options: ResumeOptions,
   version: Promise<unknown>,
   host: Promise<HostSocket[]>,
   key: Buffer | undefined,
   hooks: ResumeHooks,
 ): Promise<Resumed> {
+  const remote = typeof source === 'string' ? undefined : source;
+  const file = typeof source === 'string' ? source : source.name;
   // A missing file is reported by extractImage, which says what it expected there.
-  const fileBytes = sizeOf(file);
+  const fileBytes = remote ? remote.bytes : sizeOf(file);
   const workDir = makeStagingDir('restore', fileBytes);
   let helper: Helper | undefined;
   let starting: ReturnType<typeof startLazyPages> | undefined;
@@ -163,10 +182,12 @@ async function restoreFrom(
     };
     // Everything but the memory is checked and unpacked now; the memory when it is needed.
     trace('extract');
-    const lazyImage = await extractLazy(file, imagesDir, extractOptions);
+    const lazyImage = remote ? undefined : await extractLazy(file, imagesDir, extractOptions);
     trace('extracted');
     pages = lazyImage && hooks.pages ? hooks.pages(lazyImage.pages) : lazyImage?.pages;
-    const info = lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions));
+    const info = remote
+      ? { manifest: await remote.write(imagesDir) }
+      : (lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions)));
     // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
     const pageBytes = pages
@@ -178,13 +199,19 @@ async function restoreFrom(
     trace('version');
     // Stopped while the image unpacked: nothing may be started now (the handler found nothing).
     if (stopped) return await STOPPING_FOREVER;
-    const wantLazy = lazyWanted(pageBytes);
+    // Remote images have no memory here to load eagerly: the daemon is the only way in.
+    const wantLazy = remote !== undefined || lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
     const refusal = resumeRefusal(manifest, file, privilegeMode(), hostUid());
     if (refusal) throw refusal;
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
-    if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined);
+    if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote);
+    if (remote && starting && !starting.relay((sock, fail) => remote.relay(sock, imagesDir, fail)))
+      throw new CheckptError(
+        'ERESTORE',
+        `CRIU's lazy-pages daemon ended at once, so ${file} cannot get its memory here; nothing was started.`,
+      );
     const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
     trace('planned');
     if (pages) {
@@ -264,6 +291,11 @@ async function restoreFrom(
     trace('daemon-ready');
     if (stopped) return await STOPPING_FOREVER;
     if (pageFailure) throw pageFailure;
+    if (remote && !lazy)
+      throw new CheckptError(
+        'ERESTORE',
+        `CRIU's lazy-pages daemon cannot run here (no userfaultfd?), and ${file} needs it: its memory is still at the source. Nothing was started; migrate without --post-copy.`,
+      );
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
     if (staged && plan && wantLazy && !lazy) {
       staging = stageBeforeRestore(staged, plan, file, plan.lazy);
@@ -273,6 +305,8 @@ async function restoreFrom(
       await staged.close();
       staged = undefined;
     }
+    await remote?.beforeRestore?.();
+    if (stopped) return await STOPPING_FOREVER;
     // Erased before the copy can write to the terminal.
     progress?.end();
     helper = spawnHelper(

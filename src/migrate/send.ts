@@ -7,13 +7,21 @@ import {
   rmSync,
   statSync,
 } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { open as openFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { connect, type TLSSocket } from 'node:tls';
 import { TIMEOUT_MS } from '../common/config.js';
+import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
+import { dirPageSource } from '../engine/dir-pages.js';
+import type { Manifest } from '../engine/job.js';
 import { dumpFromOutside } from '../engine/outside.js';
+import { readMemoryPlan } from '../engine/pagemap.js';
+import { imageFilesFor, servePagesOver } from './page-source.js';
+import { loadSmallRegionsEagerly } from './small-memory.js';
 import { loadIdentity, trustedPeer, type Identity, type IdentityFiles } from './peer.js';
 import { readMessage, send } from './wire.js';
 
@@ -23,6 +31,13 @@ export interface MigrateOptions extends IdentityFiles {
   port: number;
   /** How long the receiver may take to restore and confirm (default 60 s). */
   confirmTimeoutMs?: number;
+  /**
+   * Post-copy: the copy starts at the destination with everything but its memory, which follows
+   * while it runs; the program stays frozen here until all of it has moved.
+   */
+  postCopy?: boolean;
+  /** Post-copy: how long the memory may take to move once the copy runs (default 300 s). */
+  pagesTimeoutMs?: number;
 }
 
 export interface Migrated {
@@ -33,6 +48,10 @@ export interface Migrated {
   dumpMs: number;
   /** From freezing the program to the destination's confirmation: the blackout. */
   totalMs: number;
+  /** Post-copy: from freezing the program to the last page at the destination. */
+  pagesMs?: number;
+  /** Post-copy: the memory that moved after the copy ran. */
+  pageBytes?: number;
 }
 
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -50,10 +69,26 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   const { innerPid, nsPid } = namespaceOf(pid);
   // Connected and authenticated before anything is frozen: no receiver costs the program nothing.
   const socket = await open(opts, id);
+  const token = randomBytes(16).toString('hex');
+  let pagesSocket: TLSSocket | undefined;
+  if (opts.postCopy) {
+    try {
+      pagesSocket = await open(opts, id);
+    } catch (e) {
+      socket.destroy();
+      throw e;
+    }
+    // Small requests and answers, each waited for: Nagle's delay would stall every page fault.
+    pagesSocket.setNoDelay(true);
+    send(pagesSocket, { type: 'pages', token });
+  }
   const workDir = mkdtempSync(join(tmpdir(), `checkpt-migrate-${process.pid}-`));
   const target = join(workDir, 'migrate.ckpt');
   let remotePid = 0;
+  let post: { runningMs: number; pageBytes: number } | undefined;
+  trace('migrate-freeze');
   const t0 = process.hrtime.bigint();
+  const ms = (): number => Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
   try {
     const r = await dumpFromOutside({
       pid,
@@ -64,6 +99,18 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       generation: 0,
       template: target,
       timeoutMs: TIMEOUT_MS.get(),
+      ...(pagesSocket && {
+        handOffImages: async (imagesDir: string, manifest: Manifest) => {
+          const r = await handOffImages(socket, pagesSocket, token, imagesDir, manifest, pid, {
+            confirmMs: opts.confirmTimeoutMs ?? 60_000,
+            pagesMs: opts.pagesTimeoutMs ?? 300_000,
+            where: `${opts.host}:${opts.port}`,
+            confirmed: () => ms(),
+          });
+          remotePid = r.pid;
+          post = { runningMs: r.runningMs, pageBytes: r.pageBytes };
+        },
+      }),
       handOff: async (file) => {
         try {
           remotePid = await handOff(socket, file, pid, opts.confirmTimeoutMs ?? 60_000);
@@ -77,7 +124,16 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
         }
       },
     });
-    const totalMs = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
+    const totalMs = ms();
+    if (post)
+      return {
+        remotePid,
+        bytes: r.bytes,
+        dumpMs: r.dumpMs,
+        totalMs: post.runningMs,
+        pagesMs: totalMs,
+        pageBytes: post.pageBytes,
+      };
     return { remotePid, bytes: r.bytes, dumpMs: r.dumpMs, totalMs };
   } catch (e) {
     if (e instanceof CheckptError && e.code === 'EMIGRATE') throw e;
@@ -89,7 +145,136 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
     );
   } finally {
     socket.destroy();
+    pagesSocket?.destroy();
     rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Post-copy: sends the images but the lazy memory, serves that memory on `pages` while the
+ * receiver resumes the copy, waits for its confirmation, then for its last page. Throws on any
+ * failure (the caller's CRIU then rolls back and the program runs on here), saying whether the copy
+ * had already started there.
+ */
+async function handOffImages(
+  socket: TLSSocket,
+  pages: TLSSocket,
+  token: string,
+  imagesDir: string,
+  manifest: Manifest,
+  pid: number,
+  o: { confirmMs: number; pagesMs: number; where: string; confirmed: () => number },
+): Promise<{ pid: number; runningMs: number; pageBytes: number }> {
+  const source = await dirPageSource(imagesDir);
+  let running = false;
+  try {
+    trace('migrate-dumped');
+    loadSmallRegionsEagerly(imagesDir);
+    const plan = await readMemoryPlan(imagesDir, source, 'the frozen program');
+    const files = imageFilesFor(imagesDir, plan);
+    const bytes = files.reduce((sum, f) => sum + f.ranges.reduce((n, [, l]) => n + l, 0), 0);
+    // Serving before the offer: the copy faults its first pages before the receiver confirms.
+    const service = servePagesOver(pages, files, plan, source);
+    send(socket, {
+      type: 'postcopy',
+      token,
+      argv: argvOf(pid),
+      manifest: manifest as unknown as Record<string, unknown>,
+      files,
+      bytes,
+    });
+    trace('migrate-offered');
+    const answer = readMessage(socket, o.confirmMs, "the receiver's confirmation");
+    answer.catch(() => undefined);
+    const sending = sendRanges(socket, imagesDir, files);
+    sending.then(
+      () => trace('migrate-sent'),
+      () => undefined,
+    );
+    sending.catch(() => undefined);
+    // A receiver that fails early (disk full) answers before it has read everything.
+    await Promise.race([sending, answer, service.done]);
+    const m = await Promise.race([answer, service.done.then(() => answer)]);
+    if (m.type === 'failed')
+      throw new CheckptError(
+        'EMIGRATE',
+        `the receiver could not resume the program: ${m.message} The program keeps running here.`,
+      );
+    if (m.type !== 'restored' || !Number.isInteger(m.pid) || m.pid <= 0)
+      throw new CheckptError(
+        'EMIGRATE',
+        'the receiver answered out of turn; the program keeps running here.',
+      );
+    running = true;
+    trace('migrate-confirmed');
+    const runningMs = o.confirmed();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`not all of it came within ${o.pagesMs / 1000} s`)),
+        o.pagesMs,
+      );
+    });
+    try {
+      await Promise.race([service.done, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+    return { pid: m.pid, runningMs, pageBytes: service.sent() };
+  } catch (e) {
+    pages.destroy();
+    if (!running) {
+      if (e instanceof CheckptError) throw e;
+      throw new CheckptError(
+        'EMIGRATE',
+        `sending the program to the receiver failed: ${(e as Error).message}. The program keeps running here.`,
+        { cause: e },
+      );
+    }
+    throw new CheckptError(
+      'EMIGRATE',
+      `the copy already ran at ${o.where} when moving its memory failed (${(e as Error).message}). Without all of its memory the copy there is stopped; the program was resumed here as it was when it was frozen, so what the copy did meanwhile is lost and so are its connections, and the service address is still at the destination: move it back (see docs/MIGRATION.md).`,
+      { cause: e },
+    );
+  } finally {
+    await source.close();
+  }
+}
+
+/** Streams each file's ranges, in order, after the offer's line. */
+async function sendRanges(
+  socket: TLSSocket,
+  dir: string,
+  files: readonly { name: string; ranges: [number, number][] }[],
+): Promise<void> {
+  const chunk = Buffer.allocUnsafe(1 << 20);
+  for (const f of files) {
+    if (f.ranges.length === 0) continue;
+    const fh = await openFile(join(dir, f.name), 'r');
+    try {
+      for (const [offset, length] of f.ranges)
+        for (let at = 0; at < length;) {
+          const { bytesRead } = await fh.read(
+            chunk,
+            0,
+            Math.min(chunk.length, length - at),
+            offset + at,
+          );
+          if (bytesRead === 0) throw new Error(`${f.name} is shorter than the offer`);
+          at += bytesRead;
+          if (!socket.write(Buffer.from(chunk.subarray(0, bytesRead))))
+            await new Promise<void>((res, rej) => {
+              const onClose = (): void => rej(new Error('the connection closed'));
+              socket.once('drain', () => {
+                socket.off('close', onClose);
+                res();
+              });
+              socket.once('close', onClose);
+            });
+        }
+    } finally {
+      await fh.close();
+    }
   }
 }
 

@@ -1,13 +1,33 @@
 import type { Duplex } from 'node:stream';
 
+/** One of CRIU's image files in a post-copy offer, and which byte ranges of it follow. */
+export interface ImageFile {
+  name: string;
+  size: number;
+  /** [offset, length] pairs, in order; the rest of the file is memory that comes later (a hole). */
+  ranges: [number, number][];
+}
+
 /**
  * The migration channel's messages: one JSON object a line. The sender offers a checkpoint of
  * `bytes` bytes and streams them right after its line; the receiver answers with one line. First of
  * all the receiver says "ready" (it trusts the sender) or "failed", before the sender freezes anything.
+ * Post-copy: the sender opens a second connection first, whose one line ("pages") names the
+ * migration by a token; it then carries CRIU's page server protocol (the source serving the copy's
+ * memory). The "postcopy" offer streams its files' ranges after its line, in order.
  */
 export type Message =
   | { type: 'ready' }
   | { type: 'offer'; bytes: number; argv: string[] }
+  | {
+      type: 'postcopy';
+      token: string;
+      argv: string[];
+      manifest: Record<string, unknown>;
+      files: ImageFile[];
+      bytes: number;
+    }
+  | { type: 'pages'; token: string }
   | { type: 'restored'; pid: number }
   | { type: 'failed'; message: string; code?: string };
 

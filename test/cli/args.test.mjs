@@ -172,6 +172,16 @@ test('migrate and receive: every option, HOST:PORT and [IPv6]:PORT, and what is 
     key: 'a.key',
     trust: 't.pem',
   });
+  assert.deepEqual(parseArgs(['migrate', '--post-copy', '42', '--to', 'h:1', ...ids]), {
+    cmd: 'migrate',
+    pid: 42,
+    host: 'h',
+    port: 1,
+    cert: 'a.crt',
+    key: 'a.key',
+    trust: 't.pem',
+    postCopy: true,
+  });
   assert.deepEqual(
     parseArgs(['receive', '--listen', '[::1]:7700', '--dir', 'in', '--hook', 'mv', ...ids]),
     {
@@ -196,6 +206,7 @@ test('migrate and receive: every option, HOST:PORT and [IPv6]:PORT, and what is 
     [['receive', '--listen', 'h:1', ...ids], /--dir is required/],
     [['receive', '--listen', 'h:1', '--dir', 'd', '--cert'], /--cert needs a value/],
     [['receive', '5', '--listen', 'h:1', '--dir', 'd', ...ids], /unexpected '5'/],
+    [['receive', '--post-copy', '--listen', 'h:1', '--dir', 'd', ...ids], /unknown option/],
   ];
   for (const [argv, msg] of bad)
     assert.throws(

@@ -8,6 +8,7 @@ import {
   chmodSync,
   closeSync,
   copyFileSync,
+  existsSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -39,6 +40,8 @@ import { makeCert, makeHosts, netInodeOf, trustFile } from './hosts.mjs';
 const node = process.execPath;
 const SERVICE = '10.77.0.100';
 const BASELINE = '10.77.0.101';
+const POST = '10.77.0.102';
+const POST_BASELINE = '10.77.0.103';
 const PORT = 8080;
 const RECEIVE_PORT = 7700;
 
@@ -130,14 +133,11 @@ function migrateCmd(
   pid,
   to = `${hosts.addr.b}:${RECEIVE_PORT}`,
   trust = join(dir, 'trust-sender'),
+  extra = [],
 ) {
   return inNs(hosts.ns.a, [
-    node,
-    cli,
-    'migrate',
-    String(pid),
-    '--to',
-    to,
+    ...[node, cli, 'migrate', String(pid), '--to', to],
+    ...extra,
     '--cert',
     certs.sender.cert,
     '--key',
@@ -201,8 +201,6 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     trustFile(join(dir, 'trust-sender'), certs.receiver.cert);
     trustFile(join(dir, 'trust-receiver'), certs.sender.cert);
     trustFile(join(dir, 'trust-stranger'), certs.stranger.cert);
-    spawnIp('-n', hosts.ns.a, 'addr', 'add', `${SERVICE}/32`, 'dev', hosts.dev.a);
-    spawnIp('-n', hosts.ns.a, 'addr', 'add', `${BASELINE}/32`, 'dev', hosts.dev.a);
     mkdirSync(join(dir, 'incoming'));
   });
   after(async () => {
@@ -212,61 +210,98 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     if (dir) removeDir(dir);
   });
 
-  test('a loaded server moves to B with its connections and state; stop-and-copy measured beside it', async () => {
-    const live = await startServer(PORT);
-    const twin = await startServer(PORT + 1);
-    const receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE));
+  /**
+   * Moves a loaded server from A to B (post-copy or not) while a twin server is moved by plain
+   * stop-and-copy through a file, both under load from C; prints the longest request of each.
+   */
+  async function moveWithTwin({ postCopy, service, baseline, port }) {
+    spawnIp('-n', hosts.ns.a, 'addr', 'add', `${service}/32`, 'dev', hosts.dev.a);
+    spawnIp('-n', hosts.ns.a, 'addr', 'add', `${baseline}/32`, 'dev', hosts.dev.a);
+    const live = await startServer(port);
+    const twin = await startServer(port + 1);
+    const incoming = join(dir, `incoming-${port}`);
+    mkdirSync(incoming);
+    const receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(service), incoming);
     await receiving(receiver);
-    const client = startClient(SERVICE, PORT);
-    const twinClient = startClient(BASELINE, PORT + 1);
+    const client = startClient(service, port);
+    const twinClient = startClient(baseline, port + 1);
     await waitFor(client, (e) => e.event === 'ready', 'the client under way');
     await waitFor(twinClient, (e) => e.event === 'ready', 'the twin client under way');
     await new Promise((r) => setTimeout(r, 500));
 
-    const m = migrateCmd(live.pid);
+    const m = migrateCmd(live.pid, undefined, undefined, postCopy ? ['--post-copy'] : []);
     const mr = await ended(m, 'checkpt migrate');
     assert.equal(mr.code, 0, `migrate failed: ${m.stderrText}`);
-    const remote = Number(/runs as pid (\d+)/.exec(m.lines.join('\n'))?.[1]);
+    const said = m.lines.join('\n');
+    const remote = Number(/runs as pid (\d+)/.exec(said)?.[1]);
     copies.push(remote);
-    assert.ok(remote > 0 && pidAlive(remote), `no copy running at B: ${m.lines.join('\n')}`);
+    assert.ok(remote > 0 && pidAlive(remote), `no copy running at B: ${said}`);
     assert.equal(netInodeOf(remote), hosts.netInode('b'), 'the copy runs in host B');
     assert.ok(!pidAlive(live.pid), 'the source is gone once B confirmed');
+    if (postCopy) {
+      // Every page came from A: the copy says so once its memory is all there.
+      for (const until = Date.now() + 30_000; Date.now() < until;) {
+        if (receiver.lines.some((l) => l.includes('has all of its memory'))) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(
+        receiver.lines.some((l) => l.includes(`copy ${remote} has all of its memory`)),
+        `the copy did not get all of its memory: ${receiver.lines.join('\n')}`,
+      );
+      const moved = Number(/([\d.]+) MiB of memory followed/.exec(said)?.[1]);
+      assert.ok(moved >= 90, `about 100 MiB of memory moved after the copy ran: ${said}`);
+    }
     await new Promise((r) => setTimeout(r, 500));
 
     // Baseline: checkpoint and exit to a file, copy it to B, move the address, resume it there.
     const t0 = process.hrtime.bigint();
     process.kill(twin.run.pid, 'SIGPWR');
     await ended(twin.run, 'the twin checkpointed and stopped');
-    const copied = join(dir, 'incoming-base.ckpt');
-    copyFileSync(join(dir, `base-${PORT + 1}.ckpt`), copied);
+    const copied = join(dir, `incoming-base-${port}.ckpt`);
+    copyFileSync(join(dir, `base-${port + 1}.ckpt`), copied);
     // As the receiver's hook does: the address is on B before the resume, announced after it.
-    spawnIp('-n', hosts.ns.b, 'addr', 'add', `${BASELINE}/32`, 'dev', hosts.dev.b);
+    spawnIp('-n', hosts.ns.b, 'addr', 'add', `${baseline}/32`, 'dev', hosts.dev.b);
     const r = inNs(hosts.ns.b, [node, cli, '-r', '-d', copied]);
     const rr = await ended(r, 'the baseline resume');
     assert.equal(rr.code, 0, `baseline resume failed: ${r.stderrText}`);
-    hosts.moveAddress(BASELINE, 'a', 'b');
+    hosts.moveAddress(baseline, 'a', 'b');
     const baseMs = Number(process.hrtime.bigint() - t0) / 1e6;
     copies.push(Number(r.lines.at(-1)));
     await new Promise((res) => setTimeout(res, 500));
 
     const t = await tally(client);
     const b = await tally(twinClient);
-    const migrated = /frozen (\d+) ms/.exec(m.lines.join('\n'))?.[1];
+    const frozen = postCopy
+      ? `running at B ${/running there (\d+) ms/.exec(said)?.[1]} ms after the freeze, all memory there after ${/all there after (\d+) ms/.exec(said)?.[1]} ms`
+      : `frozen ${/frozen (\d+) ms/.exec(said)?.[1]} ms`;
+    console.log(`# ${m.lines.at(-1)}`);
     console.log(
-      `# migration: blackout (longest request) ${t.maxMs.toFixed(1)} ms, frozen ${migrated} ms, ${t.ok} requests ok, ${t.failed} failed; ` +
+      `# ${postCopy ? 'post-copy ' : ''}migration: blackout (longest request) ${t.maxMs.toFixed(1)} ms, ${frozen}, ${t.ok} requests ok, ${t.failed} failed; ` +
         `stop-and-copy baseline: longest request ${b.maxMs.toFixed(1)} ms (${baseMs.toFixed(0)} ms from signal to resumed), ${b.ok} ok, ${b.failed} failed; ratio ${(t.maxMs / b.maxMs).toFixed(2)}`,
     );
     assert.equal(t.failed, 0, `requests failed during the migration: ${t.errors.join('; ')}`);
     assert.equal(b.failed, 0, `requests failed during the baseline: ${b.errors.join('; ')}`);
     // The counter went on: the memory came along, no fresh server answered.
     assert.equal(t.lastHits, t.ok, 'every request counted by the one server, before and after');
-    assert.deepEqual(
-      readdirSync(join(dir, 'incoming')),
-      [],
-      'nothing left in the receiver directory',
-    );
+    assert.deepEqual(readdirSync(incoming), [], 'nothing left in the receiver directory');
     killTree(receiver.pid);
+    await ended(receiver, 'the receiver killed');
+  }
+
+  test('a loaded server moves to B with its connections and state; stop-and-copy measured beside it', async () => {
+    await moveWithTwin({ postCopy: false, service: SERVICE, baseline: BASELINE, port: PORT });
   });
+
+  test('post-copy: the server runs at B before its memory is there; stop-and-copy measured beside it', async () => {
+    await moveWithTwin({ postCopy: true, service: POST, baseline: POST_BASELINE, port: PORT + 3 });
+  });
+
+  /** The processes in host B's network namespace. */
+  function processesInB() {
+    return readdirSync('/proc').filter(
+      (p) => /^\d+$/.test(p) && netInodeOf(Number(p)) === hosts.netInode('b'),
+    );
+  }
 
   /** One request from C: the program still answers at `address` (its counter goes on). */
   async function answers(address, port) {
@@ -410,6 +445,116 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
       ),
       'no copy of the program runs at B',
     );
+  });
+
+  test('post-copy: a destination killed before it confirms leaves the program running at the source', async () => {
+    hosts.moveAddress(SERVICE, 'b', 'a');
+    const port = PORT + 5;
+    const server = await startServer(port, 100);
+    const incoming = join(dir, 'incoming-killed');
+    mkdirSync(incoming);
+    // Killed while its hook takes the address (the images are there, the copy is not), then while
+    // it announces it (the copy runs there, with most of its memory still at A, unconfirmed).
+    for (const phase of ['take', 'announce']) {
+      const marker = join(dir, `in-${phase}`);
+      const hook = join(dir, `hook-kill-${phase}.sh`);
+      writeFileSync(
+        hook,
+        `#!/bin/sh\nif [ "$1" = ${phase} ]; then touch ${marker}; sleep 3; exit 1; fi\n${hookScript(SERVICE)} "$1"\n`,
+      );
+      chmodSync(hook, 0o755);
+      const receiver = startReceiver(join(dir, 'trust-receiver'), hook, incoming);
+      await receiving(receiver);
+      // What runs at B already (earlier tests' copies, the receiver): the rest is this migration's.
+      const there = new Set(processesInB());
+      const added = () => processesInB().filter((p) => !there.has(p));
+      const m = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
+      let killed = false;
+      for (const until = Date.now() + 60_000; Date.now() < until && m.exitCode === null;) {
+        if (existsSync(marker)) {
+          // The receiver alone, as a crash would: not the hook, not the copy.
+          process.kill(receiver.pid, 'SIGKILL');
+          killed = true;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      assert.ok(
+        killed,
+        `the receiver was killed in ${phase}: ${m.lines.join('\n')} ${m.stderrText}`,
+      );
+      await ended(receiver, 'the receiver killed');
+      await failsAndRunsOn(server, m, /closed|failed before|reset|ECONNRESET/, port);
+      // A copy that ran at B without its memory does not stay (the orphaned hook ends by itself).
+      for (const until = Date.now() + 15_000; added().length > 0 && Date.now() < until;)
+        await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(added(), [], `nothing of this migration runs at B after a kill in ${phase}`);
+      spawnSync('ip', ['-n', hosts.ns.b, 'addr', 'del', `${SERVICE}/32`, 'dev', hosts.dev.b]);
+      assert.deepEqual(readdirSync(incoming), [], 'nothing left in the receiver directory');
+    }
+    // And it still moves, post-copy, to a receiver that lives.
+    const again = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
+    await receiving(again);
+    const before = await answers(SERVICE, port);
+    const ok = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
+    const r = await ended(ok, 'checkpt migrate');
+    assert.equal(r.code, 0, `migrate failed: ${ok.stderrText}`);
+    const remote = Number(/runs as pid (\d+)/.exec(ok.lines.join('\n'))?.[1]);
+    copies.push(remote);
+    assert.equal(netInodeOf(remote), hosts.netInode('b'), 'the copy runs in host B');
+    assert.equal(await answers(SERVICE, port), before + 1, 'its state went along');
+    killTree(again.pid);
+    await ended(again, 'the receiver killed');
+  });
+
+  test('post-copy: a destination lost after it confirmed, before the last page: the copy stops, the program resumes at the source as it was frozen', async () => {
+    hosts.moveAddress(SERVICE, 'b', 'a');
+    const port = PORT + 6;
+    const server = await startServer(port, 100);
+    const incoming = join(dir, 'incoming-window');
+    mkdirSync(incoming);
+    const receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
+    await receiving(receiver);
+    const there = new Set(processesInB());
+    const before = await answers(SERVICE, port);
+    const m = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
+    // Stopped as soon as it says the copy runs (its memory takes about a second more), then killed.
+    let stopped = false;
+    for (const until = Date.now() + 60_000; Date.now() < until && m.exitCode === null;) {
+      if (receiver.lines.some((l) => l.includes('checkpt: resumed'))) {
+        process.kill(receiver.pid, 'SIGSTOP');
+        stopped = true;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.ok(stopped, `the copy never ran at B: ${m.stderrText}`);
+    assert.ok(
+      !receiver.lines.some((l) => l.includes('has all of its memory')),
+      'the receiver was stopped before all of the memory moved',
+    );
+    process.kill(receiver.pid, 'SIGKILL');
+    await ended(receiver, 'the receiver killed');
+    const r = await ended(m, 'checkpt migrate');
+    assert.equal(r.code, 125, `migrate should fail: ${m.lines.join('\n')} ${m.stderrText}`);
+    assert.match(m.stderrText, /already ran at .* resumed here as it was when it was frozen/s);
+    console.log(`# ${m.stderrText.split('\n').find((l) => l.startsWith('checkpt:'))}`);
+    assert.doesNotMatch(m.stderrText, /Warning/, 'no warnings from checkpt migrate');
+    // The copy at B does not stay; the program runs on at A once its address is back there.
+    for (const until = Date.now() + 15_000; Date.now() < until;) {
+      if (processesInB().every((p) => there.has(p) || p === String(receiver.pid))) break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    assert.deepEqual(
+      processesInB().filter((p) => !there.has(p)),
+      [],
+      'nothing of this migration runs at B',
+    );
+    assert.ok(pidAlive(server.pid), 'the program runs at the source');
+    hosts.moveAddress(SERVICE, 'b', 'a');
+    const after = await answers(SERVICE, port);
+    // Its state is the frozen one: the requests the copy answered at B (none here) are gone.
+    assert.equal(after, before + 1, 'the program goes on from the state it was frozen in');
   });
 });
 
