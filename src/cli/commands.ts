@@ -138,6 +138,10 @@ async function run(c: RunnableCommand): Promise<number> {
       );
       for (const cap of grant.GRANT_CAPABILITIES.filter((k) => info.capabilities.includes(k.cap)))
         process.stdout.write(`  ${cap.cap}: ${cap.why}\n`);
+      if (info.tcp && info.nftables !== true)
+        process.stdout.write(
+          '  (but CRIU cannot lock the network with nftables here, so TCP connections are still closed in a resumed copy)\n',
+        );
       if (!info.tcp)
         process.stdout.write(
           '  (not cap_net_admin: TCP connections are closed in a resumed copy; give --tcp to keep them)\n',

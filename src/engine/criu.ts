@@ -115,7 +115,9 @@ function request(req: Request): Command {
   const unprivileged = rootless();
   if (unprivileged && req.verb !== '--version') args.push('--unprivileged');
   // The version asked is the one that will run: on the host without root, the granted copy.
-  const granted = req.granted === true || (req.verb === '--version' && grantedCriu() !== undefined);
+  const granted =
+    req.granted === true ||
+    ((req.verb === '--version' || req.verb === 'check') && grantedCriu() !== undefined);
   let file = granted ? grantedCriuPath : criuPath;
   if (req.enter !== undefined) {
     // The user namespace first: it owns the PID and mount namespaces and gives CRIU its rights

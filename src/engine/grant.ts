@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { CRIU_HOME, readAtLoad } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
 import { inUserNamespace } from '../common/privilege.js';
+import { check } from './criu.js';
 import { criuPath } from './paths.js';
 
 /**
@@ -50,6 +51,11 @@ export interface GrantInfo {
   group: string;
   gid: number;
   tcp: boolean;
+  /**
+   * With tcp: whether CRIU can lock the network with nftables here, checked by root at grant time
+   * (CRIU's own check cannot run unprivileged, though a dump with cap_net_admin locks fine).
+   */
+  nftables?: boolean;
   capabilities: string[];
   /** The CRIU it was copied from. */
   from: string;
@@ -76,6 +82,12 @@ export function grantedCriu(): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Whether this process uses a granted CRIU that may repair TCP (granted with --tcp). */
+export function grantedTcp(): boolean {
+  const info = grantInfo();
+  return grantedCriu() !== undefined && info?.tcp === true && info.nftables === true;
 }
 
 /** What the grant looks like to this user, for `checkpt check` and errors. */
@@ -146,7 +158,14 @@ export function installGrant(group: string, tcp: boolean): GrantInfo {
     rmSync(tmp, { force: true });
     throw e;
   }
-  const info: GrantInfo = { group, gid, tcp, capabilities: caps, from };
+  const info: GrantInfo = {
+    group,
+    gid,
+    tcp,
+    ...(tcp ? { nftables: check('network_lock_nftables').ok } : {}),
+    capabilities: caps,
+    from,
+  };
   writeFileSync(`${GRANT_INFO}.new`, JSON.stringify(info, null, 2) + '\n', { mode: 0o644 });
   renameSync(`${GRANT_INFO}.new`, GRANT_INFO);
   return info;

@@ -266,6 +266,32 @@ describe("an administrator's grant", () => {
     assert.match(direct.stderr, /Permission denied/);
   });
 
+  test('granted with --tcp: a connection inside a plain program survives its checkpoint-and-exit and the resume on the host', async () => {
+    const g = asRoot(['setup', '--grant', group, '--tcp']);
+    assert.equal(g.status, 0, g.stderr);
+    assert.match(g.stdout, /cap_net_admin: /);
+    assert.match(spawnSync('getcap', [granted], { encoding: 'utf8' }).stdout, /cap_net_admin/);
+    const file = join(member.dir, 'tcp.ckpt');
+    const p = member.start(...nodeArgs(fixture('tcp-pair.mjs'), [file, '--exit']));
+    assert.deepEqual(await p.closed, { code: 0, signal: null }, p.stderrText);
+    const last = events(p)
+      .filter((e) => e.event === 'echo')
+      .at(-1);
+    // checkpoint() lets the event loop run until CRIU freezes it: an echo or two may come after 5.
+    assert.ok(last.n >= 5, p.lines.join('\n') + p.stderrText);
+    assert.equal(manifestOf(member, file).tcp, undefined, 'connections kept, not closed');
+
+    const copy = member.checkptStart(['-r', file]);
+    await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'the copy');
+    // Its client goes on on the same connection: 6, 7, ... come back from its own server.
+    await waitFor(copy, (e) => e.event === 'echo' && e.n >= 10, 'echoes on the kept connection');
+    const seen = events(copy).filter((e) => e.event === 'echo' || e.event === 'error');
+    assert.equal(seen[0].n, last.n + 1, JSON.stringify(seen.slice(0, 3)));
+    assert.ok(!events(copy).some((e) => e.event === 'closed' || e.event === 'error'));
+    process.kill(copy.pid, 'SIGTERM');
+    await copy.closed;
+  });
+
   test('setup --revoke removes the copy (twice is fine); the member is back to EPERM', async () => {
     const r = asRoot(['setup', '--revoke']);
     assert.equal(r.status, 0, r.stderr);
