@@ -38,7 +38,7 @@ export const GRANT_CAPABILITIES: ReadonlyArray<{ cap: string; tcp?: true; why: s
   },
   {
     cap: 'cap_setpcap',
-    why: 'lets CRIU\'s restorer drop from the restored process the capabilities this machine\'s bounding set lacks; without it the restorer fails ("Unable to drop capability") and CRIU hangs',
+    why: 'lets CRIU\'s restorer drop from the restored process the capabilities this machine\'s bounding set lacks; without it the restorer fails ("Unable to drop capability", then a CRIU BUG) and the restore fails or hangs',
   },
   {
     cap: 'cap_net_admin',
