@@ -20,6 +20,10 @@
  *     Without --fifo the restored program is not waiting to be told (it was dumped from outside).
  *     --netns: the program also gets a network namespace of its own, with only `lo` (up): its TCP
  *     connections among its own processes survive a checkpoint even without root.
+ *     --host: no namespaces (an ordinary user may not make them without a user namespace, and
+ *     an image made on the host by the granted CRIU must be restored there): the init is a child
+ *     subreaper that adopts the restored program, the FIFO is made at its path (one copy at a
+ *     time: the program needs its old pid on the host anyway) and removed after.
  *     --eof-fd FD: FD becomes the read end of an empty pipe whose write end is closed (for CRIU's
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  *
@@ -75,6 +79,8 @@ static int hold_slave = -1;
 static int rootless = 0;
 /* --netns: a network namespace of the program's own. */
 static int netns = 0;
+/* --host: restore on the host with the granted CRIU, no namespaces of ours (docs/ROOTLESS.md). */
+static int host = 0;
 static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
 static void die(const char *what) {
@@ -237,6 +243,7 @@ static int cmd_init(int argc, char **argv) {
     if (!strcmp(argv[i], "--run")) { o.run = 1; continue; }
     if (!strcmp(argv[i], "--pty")) { pty_mode = 1; continue; }
     if (!strcmp(argv[i], "--netns")) { netns = 1; continue; }
+    if (!strcmp(argv[i], "--host")) { host = 1; continue; }
     if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper init: %s needs a value\n", argv[i]); return EXIT_USAGE; }
     if (!strcmp(argv[i], "--pid")) o.pid = (pid_t)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--relay")) {
@@ -271,17 +278,21 @@ static int cmd_init(int argc, char **argv) {
   if (pty_mode && !(attached && isatty(0))) pty_mode = 0;
   int tty = attached && isatty(0) && !pty_mode;
   pid_t fg = tty ? tcgetpgrp(0) : -1;
-  if (geteuid() != 0) enter_own_userns(netns ? CLONE_NEWNET : 0);
+  if (host && (netns || o.run)) { fprintf(stderr, "checkpt-helper init: --host is only for a restore\n"); return EXIT_USAGE; }
+  if (host) { /* no namespaces: see --host above */ }
+  else if (geteuid() != 0) enter_own_userns(netns ? CLONE_NEWNET : 0);
   else if (unshare(CLONE_NEWPID | CLONE_NEWNS | (netns ? CLONE_NEWNET : 0)) < 0) die("unshare(PID|mount|network namespace)");
   if (netns) loopback_up();
-  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
+  if (!host && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
   int master = -1;
   if (pty_mode) master = open_private_pty(pty_index, &o.slave);
   pid_t init = fork();
   if (init < 0) die("fork init");
   if (init == 0) {
     if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
-    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("mount /proc");
+    /* On the host the restored program is CRIU's child; when CRIU exits it comes to us. */
+    if (host && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) die("prctl(CHILD_SUBREAPER)");
+    if (!host && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("mount /proc");
     if (pty_mode) {
       close(master);
       close(hold_slave);
@@ -509,6 +520,21 @@ static void keep_pids_free(pid_t pid) {
  * that left running is killed, or it would hold the output relays open and checkpt would never
  * return. Every process of the namespace but this init and the relays (from /proc: our own).
  */
+static pid_t parent_of(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return -1;
+  ssize_t n = read(f, buf, sizeof buf - 1);
+  close(f);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  char *rp = strrchr(buf, ')');
+  int ppid;
+  if (!rp || sscanf(rp + 1, " %*c %d", &ppid) != 1) return -1;
+  return (pid_t)ppid;
+}
+
 static void end_leftovers(void) {
   DIR *d = opendir("/proc");
   if (!d) return;
@@ -519,6 +545,8 @@ static void end_leftovers(void) {
     if (*end || p <= 1) continue;
     int relay = 0;
     for (int k = 0; k < nrelay; k++) relay |= p == relay_pids[k];
+    /* On the host /proc is everyone's: only what the program left to us (our children). */
+    if (!relay && host && parent_of((pid_t)p) != getpid()) continue;
     if (!relay) kill((pid_t)p, SIGKILL);
   }
   closedir(d);
@@ -553,18 +581,21 @@ static int run_init(struct init_opts *o) {
   if (o->fifo) {
     /* A tmpfs of our own at the FIFO's directory: concurrent restores of one image never share a channel. */
     mkdirs(o->mnt);
-    if (mount("checkpt", o->mnt, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0) die("mount tmpfs");
+    if (!host && mount("checkpt", o->mnt, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0) die("mount tmpfs");
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", o->fifo);
     char *slash = strrchr(dir, '/');
     if (slash && slash != dir) { *slash = '\0'; mkdirs(dir); }
+    /* On the host a FIFO left by a copy that was killed is in the way. */
+    if (host) unlink(o->fifo);
     if (mkfifo(o->fifo, 0600) < 0) die("mkfifo");
     ctl = open(o->fifo, O_RDWR | O_CLOEXEC);
     if (ctl < 0) die("open fifo");
   }
 
   relay_signals();
-  if (!o->run) keep_pids_free(o->pid);
+  /* The host's pids are not ours to steer (that needs CAP_CHECKPOINT_RESTORE). */
+  if (!o->run && !host) keep_pids_free(o->pid);
 
   int pid_status = 0;
   for (int k = 0; k < nrelay; k++) relay_pids[k] = start_relay(relay_fds[k]);
@@ -612,6 +643,7 @@ static int run_init(struct init_opts *o) {
       if (w < 0 && errno != EINTR) die("waitpid criu");
     }
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      if (host && o->fifo) unlink(o->fifo);
       report(o->status_fd, "restore-failed %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
       return EXIT_RESTORE_FAILED;
     }
@@ -625,6 +657,14 @@ static int run_init(struct init_opts *o) {
       if (write(ctl, line, len + 1) != (ssize_t)(len + 1)) die("write fifo");
       free(line);
       close(ctl);
+      /* The program holds it open; its name on the host is no longer needed. */
+      if (host) {
+        unlink(o->fifo);
+        char d[4096];
+        snprintf(d, sizeof d, "%s", o->fifo);
+        char *sl = strrchr(d, '/');
+        if (sl && sl != d) { *sl = '\0'; rmdir(d); }
+      }
     }
     report(o->status_fd, "restored %d\n", (int)pid);
     if (isatty(0)) {

@@ -17,7 +17,8 @@ fi
 # redis-server is the outside service of the example server's test (each test starts a private
 # one on a free port: the system service is kept from starting and disabled); zstd compresses
 # the memory in checkpoint files; docker-registry (distribution 2.8) is the registry the registry
-# tests push to and pull from (each starts a private one, like redis-server).
+# tests push to and pull from (each starts a private one, like redis-server); setcap (libcap2-bin)
+# gives the CRIU copy of `checkpt setup --grant` its capabilities.
 missing=()
 if command -v cc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ]; then
   say "C compiler: $(command -v cc)"
@@ -30,6 +31,7 @@ command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || missing+=(libcap2-bin)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -7,7 +7,7 @@ import { ControlChannel } from './channel.js';
 import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
 import { refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
-import { hostUid, rootless } from '../common/privilege.js';
+import { hostUid, rootless, userRunDir } from '../common/privilege.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
 import { networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
@@ -23,6 +23,7 @@ import {
 import { withoutAdoption } from './subreaper.js';
 import { requireHelper } from '../engine/native.js';
 import { runDir } from '../engine/paths.js';
+import { GRANT_ADVICE, grantedCriu, grantedCriuPath, grantState } from '../engine/grant.js';
 import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
 import { describeStdio } from '../engine/stdio.js';
 import { hasIoUring, processTree } from '../common/procfs.js';
@@ -238,6 +239,8 @@ function begin(
   let workDir: string | undefined;
   let channel: ControlChannel | undefined;
   try {
+    // Checked to be the user's own (0700) before a FIFO goes there.
+    if (grantedCriu() !== undefined) userRunDir();
     // A program killed in its own checkpoint left its FIFO's directory behind.
     sweepOrphans(runDir, '');
     mkdirSync(ctlDir, { recursive: true, mode: 0o700 });
@@ -374,11 +377,12 @@ function resolveTarget(file: string | undefined): string {
 function preflight(target: string): void {
   checkConfig(CHECKPOINT_VARIABLES);
   checkTarget(target);
-  // Under a rootless `checkpt run` the program is uid 0 of its own user namespace.
-  if (process.getuid?.() !== 0)
+  // Under a rootless `checkpt run` the program is uid 0 of its own user namespace; on the host,
+  // without root, only the administrator's granted CRIU can dump it.
+  if (process.getuid?.() !== 0 && grantedCriu() === undefined)
     throw new CheckptError(
       'EPERM',
-      `Without root, checkpt can checkpoint only a program it started itself (running as uid ${process.getuid?.()}): start it with \`checkpt run -- node app.js\` as this user (no root needed), or run it as root. The program keeps running.`,
+      `Without root, checkpt can checkpoint a program started outside checkpt only with an administrator's grant (running as uid ${process.getuid?.()}; ${grantState() === 'not a member' ? `the granted CRIU at ${grantedCriuPath} is there, but this user is not in its group` : 'no CRIU has been granted here'}): ${GRANT_ADVICE}. The program keeps running.`,
     );
   requireHelper();
   criuVersion();
@@ -411,5 +415,6 @@ function manifestBase(fifo: string): ManifestBase {
     generation: lastRestore?.generation ?? 0,
     ...(hasBuiltIn(networkResource) ? { network: 'takeover' as const } : {}),
     ...(rootless() ? { rootless: true as const } : {}),
+    ...(grantedCriu() !== undefined ? { granted: true as const } : {}),
   };
 }

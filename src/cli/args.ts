@@ -59,6 +59,9 @@ export type Command =
       trust: string;
     }
   | { cmd: 'build' }
+  /** An administrator's grant of a capability-carrying CRIU to GROUP, or its removal (src/engine/grant.ts). */
+  | { cmd: 'setup'; grant: string; tcp: boolean }
+  | { cmd: 'setup'; revoke: true }
   | { cmd: 'help'; topic?: string }
   | { cmd: 'version' };
 
@@ -84,6 +87,7 @@ export function parseArgs(argv: readonly string[]): Command {
   if (first === 'push' || first === 'pull') return parseTransfer(first, rest);
   if (first === 'pack') return parsePack(rest);
   if (first === 'migrate' || first === 'receive') return parseMigration(first, rest);
+  if (first === 'setup') return parseSetup(rest);
   if (first === 'build') {
     if (rest.length > 0) throw new UsageError('build takes no arguments. Usage: checkpt build');
     return { cmd: 'build' };
@@ -266,6 +270,29 @@ export function parseKey(spec: string | undefined, cmd: string): number | null {
   throw new UsageError(
     `${cmd}: --key takes a control key such as ^E or C-e, or none (got '${spec}').`,
   );
+}
+
+const SETUP_USAGE = 'Usage: checkpt setup --grant GROUP [--tcp] | checkpt setup --revoke';
+
+function parseSetup(args: readonly string[]): Command {
+  let grant: string | undefined;
+  let tcp = false;
+  let revoke = false;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === '--grant') {
+      grant = args[++i];
+      if (grant === undefined || grant === '' || grant.startsWith('-'))
+        throw new UsageError(`setup: --grant needs a group name. ${SETUP_USAGE}`);
+    } else if (a === '--tcp') tcp = true;
+    else if (a === '--revoke') revoke = true;
+    else throw new UsageError(`setup: unknown argument '${a}'. ${SETUP_USAGE}`);
+  }
+  if (revoke && (grant !== undefined || tcp))
+    throw new UsageError(`setup: --revoke takes nothing else. ${SETUP_USAGE}`);
+  if (revoke) return { cmd: 'setup', revoke: true };
+  if (grant === undefined) throw new UsageError(`setup: grant to which group? ${SETUP_USAGE}`);
+  return { cmd: 'setup', grant, tcp };
 }
 
 function parseSignal(args: readonly string[]): Command {

@@ -125,6 +125,36 @@ async function run(c: RunnableCommand): Promise<number> {
       await r.close();
       return 0;
     }
+    case 'setup': {
+      const grant = await import('../engine/grant.js');
+      if ('revoke' in c) {
+        const had = grant.revokeGrant();
+        process.stdout.write(
+          had
+            ? `checkpt: removed the granted CRIU (${grant.grantDir})\n`
+            : `checkpt: there was no granted CRIU (${grant.grantDir}); nothing to do\n`,
+        );
+        return 0;
+      }
+      const info = grant.installGrant(c.grant, c.tcp);
+      process.stdout.write(
+        `checkpt: installed ${grant.grantedCriuPath} (a copy of ${info.from}), owned root:${info.group}, mode 0750: only members of ${info.group} can run it.\nIts capabilities, for checkpt()/checkpoint() in, checkpt signal to and checkpt -r of programs started outside checkpt by those members:\n`,
+      );
+      for (const cap of grant.GRANT_CAPABILITIES.filter((k) => info.capabilities.includes(k.cap)))
+        process.stdout.write(`  ${cap.cap}: ${cap.why}\n`);
+      if (info.tcp && info.nftables !== true)
+        process.stdout.write(
+          '  (but CRIU cannot lock the network with nftables here, so TCP connections are still closed in a resumed copy)\n',
+        );
+      if (!info.tcp)
+        process.stdout.write(
+          '  (not cap_net_admin: TCP connections are closed in a resumed copy; give --tcp to keep them)\n',
+        );
+      process.stdout.write(
+        `Members can run this CRIU directly too: grant it only to users you trust with these capabilities over their own processes. Remove it with: checkpt setup --revoke\n`,
+      );
+      return 0;
+    }
     case 'build': {
       const { compileNative } = await import('../engine/native.js');
       const { status, parts } = compileNative();

@@ -23,6 +23,8 @@ Usage:
   checkpt migrate PID --to H:P ... move a program under checkpt run to another host (--post-copy; docs/MIGRATION.md)
   checkpt receive --listen H:P ... accept migrated programs (--dir DIR --cert F --key F --trust F)
   checkpt build                    compile the native parts here (when the prebuilt ones do not work)
+  checkpt setup --grant GROUP      (root) let GROUP checkpoint programs started outside checkpt
+                                   [--tcp]; checkpt setup --revoke removes it (docs/ROOTLESS.md)
 
 Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]):
   Starts COMMAND (Node or not) in a PID namespace of its own, off io_uring; on a terminal, on a

@@ -327,7 +327,7 @@ export const RUN_DIR = define({
   when: 'load',
   defaultText: '/run/checkpt as root',
   accepts: 'an absolute path',
-  does: 'The directory of the control FIFOs (each resume mounts a private tmpfs over it). Without root, `checkpt run` gives its program `/tmp/checkpt-UID` instead of the default (docs/ROOTLESS.md).',
+  does: 'The directory of the control FIFOs (each resume mounts a private tmpfs over it). Without root, `checkpt run` gives its program `/tmp/checkpt-UID` instead of the default, and a program started outside checkpt uses that too (docs/ROOTLESS.md).',
   fallback: '/run/checkpt',
   parse: absolute,
 });
@@ -367,7 +367,7 @@ export const CRIU_HOME = define({
   when: 'load',
   defaultText: '/opt/checkpt/criu',
   accepts: 'a directory',
-  does: 'Where `scripts/install-criu.sh` puts the CRIU it builds, and where checkpt looks for `bin/criu`.',
+  does: 'Where `scripts/install-criu.sh` puts the CRIU it builds, and where checkpt looks for `bin/criu`, and for `granted/criu` (`checkpt setup --grant`, docs/ROOTLESS.md).',
   fallback: '/opt/checkpt/criu',
   parse: anyText,
 });

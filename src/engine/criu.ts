@@ -10,6 +10,7 @@ import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
 import { prepareKdatDir } from './kdat.js';
 import { criuPath } from './paths.js';
+import { grantedCriu, grantedCriuPath } from './grant.js';
 
 export const MIN_CRIU_MAJOR = 4;
 /** 4.2: earlier CRIUs cannot dump any TCP or UDP socket on Linux 6.16 and newer (CRIU issues 2705, 2718). */
@@ -76,6 +77,8 @@ export interface RestoreArgsRequest {
   inherit: Array<{ fd: number; key: string }>;
   /** Memory comes from CRIU's lazy-pages daemon, already listening in workDir. */
   lazy?: boolean;
+  /** Restore on the host with the granted CRIU (an image made with it, src/engine/grant.ts). */
+  granted?: boolean;
   /** Restore TCP connections closed: the host still uses their 4-tuples (src/engine/sockets.ts), or the
    * image was dumped without a network lock (--tcp-close, which CRIU then requires on restore). */
   tcpClose?: boolean;
@@ -97,6 +100,8 @@ interface Request {
   enterNet?: boolean;
   /** CRIU dies with checkpt, however checkpt ends (even killed itself). */
   dieWithUs?: boolean;
+  /** Run the administrator's granted CRIU (src/engine/grant.ts): on the host, without root. */
+  granted?: boolean;
   env?: Record<string, string>;
 }
 
@@ -109,7 +114,11 @@ function request(req: Request): Command {
   // Without root CRIU runs as uid 0 of the user's own namespaces and must accept their limits.
   const unprivileged = rootless();
   if (unprivileged && req.verb !== '--version') args.push('--unprivileged');
-  let file = criuPath;
+  // The version asked is the one that will run: on the host without root, the granted copy.
+  const granted =
+    req.granted === true ||
+    ((req.verb === '--version' || req.verb === 'check') && grantedCriu() !== undefined);
+  let file = granted ? grantedCriuPath : criuPath;
   if (req.enter !== undefined) {
     // The user namespace first: it owns the PID and mount namespaces and gives CRIU its rights
     // there. The helper makes one when not root (native/checkpt-helper.c), and only then.
@@ -152,6 +161,8 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
     verb: 'dump',
     dirs: { images: req.imagesDir, work: req.workDir, log: DUMP_LOG },
     args,
+    // A program on the host (not in namespaces of checkpt's) checkpointing itself without root.
+    ...(req.enter === undefined && grantedCriu() !== undefined ? { granted: true } : {}),
     ...(req.enter === undefined ? {} : { enter: req.enter }),
     ...(req.enterNet === true ? { enterNet: true } : {}),
     env,
@@ -172,6 +183,7 @@ export function restoreCommand(req: RestoreArgsRequest): Command {
     verb: 'restore',
     dirs: { images: req.imagesDir, work: req.workDir, log: RESTORE_LOG },
     args,
+    ...(req.granted === true ? { granted: true } : {}),
   });
 }
 

@@ -38,6 +38,8 @@ export interface HelperOptions {
   extraFds?: number[];
   /** A network namespace of the program's own, only `lo` in it (`checkpt run --private-net`). */
   netns?: boolean;
+  /** Restore on the host, no namespaces (an image of the granted CRIU: src/engine/grant.ts). */
+  host?: boolean;
 }
 
 /** One running helper: its status lines in order, and checkpoint keys as they are pressed. */
@@ -122,6 +124,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
       : []),
     ...opts.relays.flatMap((fd) => ['--relay', String(fd)]),
     ...(opts.netns === true ? ['--netns'] : []),
+    ...(opts.host === true ? ['--host'] : []),
     '--status-fd',
     '3',
     ...args,

@@ -63,6 +63,11 @@ export interface ManifestBase {
   networkLock?: string;
   /** Made without root, in user namespaces of `uid`'s own: it resumes only as that user (docs/ROOTLESS.md). */
   rootless?: true;
+  /**
+   * With `rootless`: made on the host by the administrator's granted CRIU (src/engine/grant.ts),
+   * not in namespaces of checkpt's; it resumes on the host, as `uid`, with that CRIU again.
+   */
+  granted?: true;
   /** 'private': run with a network namespace of its own (`checkpt run --private-net`); each copy gets a new one. */
   net?: 'private';
 }

@@ -12,6 +12,7 @@ import { check, type TcpMode } from './criu.js';
 import { decodeMessage } from './criu-image.js';
 import { helperPath } from './native.js';
 import { criuPath, runDir } from './paths.js';
+import { grantedCriuPath, grantedTcp } from './grant.js';
 import { hostSockets, parseProcNet, type Endpoint } from './sockets.js';
 import { CheckptError } from '../common/errors.js';
 import { socketInodes } from '../common/procfs.js';
@@ -26,11 +27,14 @@ let cached: boolean | undefined;
  */
 export function networkLockWorks(): boolean {
   if (cached !== undefined) return cached;
-  // Without root the program shares the host's network namespace, which the user does not own.
-  if (rootless()) return (cached = false);
-  let key = `${criuPath} ${release()}`;
+  // Without root the program shares the host's network namespace, which the user does not own;
+  // only a CRIU granted with --tcp (cap_net_admin) may lock and repair there.
+  // (checked by root when it granted: CRIU's check itself needs more than the grant gives).
+  if (rootless()) return (cached = grantedTcp());
+  const bin = grantedTcp() ? grantedCriuPath : criuPath;
+  let key = `${bin} ${release()}`;
   try {
-    const st = statSync(criuPath);
+    const st = statSync(bin);
     key += ` ${st.ino} ${st.mtimeMs}`;
   } catch {
     // 'criu' on the PATH: the path and the kernel are the key

@@ -10,21 +10,29 @@ import type { ManifestBase } from './job.js';
  * Root resumes what root made, as before. Undefined when allowed, else the refusal.
  */
 export function resumeRefusal(
-  manifest: Pick<ManifestBase, 'uid' | 'rootless'>,
+  manifest: Pick<ManifestBase, 'uid' | 'rootless' | 'granted'>,
   file: string,
   mode: PrivilegeMode,
   uid: number,
+  grant: 'usable' | 'not a member' | 'none' = 'none',
 ): CheckptError | undefined {
   const maker = manifest.uid;
   // Anything but absent counts as made without root: a manifest that is unsure is not trusted.
-  const madeRootless = manifest.rootless !== undefined;
+  const madeRootless = manifest.rootless !== undefined || manifest.granted !== undefined;
+  // Made on the host with the administrator's granted CRIU (src/engine/grant.ts).
+  const granted = manifest.granted !== undefined;
   if (mode === 'root') {
     if (!madeRootless) return undefined;
     return new CheckptError(
       'EPERM',
-      `${file} was made without root by uid ${maker}; root does not resume it (its processes would run as root). Resume it as uid ${maker}: checkpt -r as that user.`,
+      `${file} was made without root by uid ${maker}${granted ? " (with the administrator's granted CRIU)" : ''}; root does not resume it (its processes would run as root). Resume it as uid ${maker}: checkpt -r as that user.`,
     );
   }
+  if (madeRootless && maker === uid && granted && grant !== 'usable')
+    return new CheckptError(
+      'EPERM',
+      `${file} was made on the host with the administrator's granted CRIU, and resuming it needs that CRIU again: ${grant === 'none' ? 'there is none here' : 'you are not in the group it is granted to'}. Ask an administrator for \`checkpt setup --grant GROUP\` and membership of GROUP.`,
+    );
   if (madeRootless && maker === uid) return undefined;
   if (!madeRootless)
     return new CheckptError(

@@ -29,5 +29,12 @@ const criu = findCriu();
 export const criuPath = criu.path;
 export const criuSource: CriuSource = criu.source;
 
-/** Control FIFOs live here; each restore mounts a private tmpfs over it, so restores never share one. */
-export const runDir = readAtLoad(RUN_DIR);
+/**
+ * Control FIFOs live here; each restore mounts a private tmpfs over it, so restores never share one.
+ * Not root and not told (a program started outside checkpt, using the granted CRIU): root's
+ * /run/checkpt is not the user's, so the user's own /tmp/checkpt-UID (common/privilege.ts).
+ */
+export const runDir =
+  process.env[RUN_DIR.name] === undefined && process.geteuid?.() !== 0
+    ? join('/tmp', `checkpt-${process.getuid?.() ?? 0}`)
+    : readAtLoad(RUN_DIR);

@@ -8,7 +8,13 @@ import { explainUnusable, native, type NativeLookup } from './native.js';
 import { criuPath, criuSource, ownCriuHome, runDir } from './paths.js';
 import { helperPath } from './native.js';
 import { RUN_DIR } from '../common/config.js';
-import { privilegeMode, userNamespacesAllowed, userRunDir } from '../common/privilege.js';
+import {
+  inUserNamespace,
+  privilegeMode,
+  userNamespacesAllowed,
+  userRunDir,
+} from '../common/privilege.js';
+import { grantedCriuPath, grantInfo, grantState } from './grant.js';
 import { probeTcp } from './probe-tcp.js';
 
 export interface Finding {
@@ -27,6 +33,8 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
   const out: Finding[] = [];
   const root = privilegeMode() === 'root';
   out.push(root ? { name: 'mode', ok: true, detail: ROOT_MODE } : rootlessFinding());
+  const granted = grantFinding(root);
+  if (granted) out.push(granted);
   let version: string | undefined;
   try {
     version = criuVersion().text;
@@ -160,7 +168,52 @@ function rootlessFinding(): Finding {
 
 /** What only root can do (docs/ROOTLESS.md); said by checkpt check and in errors. */
 export const ROOTLESS_LACKS =
-  'Without root: TCP connections to the outside are closed in a resumed copy (listening sockets are kept; a Node program takes its port back), memory is loaded before a copy runs (no lazy restore), a program not started by checkpt run cannot be checkpointed, and checkpt unlock, migrate and receive need root. Run as root for those.';
+  'Without root: TCP connections to the outside are closed in a resumed copy (listening sockets are kept; a Node program takes its port back), memory is loaded before a copy runs (no lazy restore), a program not started by checkpt run cannot be checkpointed (unless an administrator granted a CRIU: below), and checkpt unlock, migrate and receive need root. Run as root for those.';
+
+/**
+ * The third mode (docs/ROOTLESS.md): the administrator's granted CRIU, for programs started
+ * outside checkpt by an ordinary user. For root, only whether one is installed.
+ */
+function grantFinding(root: boolean): Finding | undefined {
+  const info = grantInfo();
+  const caps = info ? info.capabilities.join(', ') : '';
+  if (root)
+    return info
+      ? {
+          name: 'grant',
+          ok: true,
+          detail: `granted CRIU at ${grantedCriuPath} for group ${info.group} (${caps}); checkpt setup --revoke removes it`,
+        }
+      : undefined;
+  if (inUserNamespace()) return undefined;
+  const uid = process.getuid?.() ?? 0;
+  const state = grantState();
+  if (state === 'usable')
+    return {
+      name: 'grant',
+      ok: true,
+      warning: true,
+      detail: `granted CRIU (uid ${uid}, group ${info?.group ?? '?'}: ${caps}): checkpt() in programs you start outside checkpt, checkpt signal to them and checkpt -r of their files work on the host`,
+      fix: GRANT_LACKS,
+    };
+  return {
+    name: 'grant',
+    ok: true,
+    warning: true,
+    detail:
+      state === 'none'
+        ? 'no granted CRIU here: a program started outside checkpt (plain node app.js) cannot be checkpointed without root'
+        : `a granted CRIU is at ${grantedCriuPath} for group ${info?.group ?? '?'}, and uid ${uid} is not in that group: a program started outside checkpt cannot be checkpointed`,
+    fix:
+      state === 'none'
+        ? 'Start such programs with checkpt run, or ask an administrator for `checkpt setup --grant GROUP` and membership of GROUP.'
+        : `Ask an administrator to add you to ${info?.group ?? 'its group'} (then log in again), or start such programs with checkpt run.`,
+  };
+}
+
+/** What the granted mode cannot do (docs/ROOTLESS.md). */
+export const GRANT_LACKS =
+  "With the grant: a copy is resumed on the host with its old pid, so only once the original has ended (one copy at a time), and only as you; TCP connections are closed in the copy unless granted with --tcp; memory is loaded before the copy runs. checkpt run's copies resume any number of times at once.";
 
 function whereFrom(): string {
   if (criuSource === 'CHECKPT_CRIU') return 'from CHECKPT_CRIU';

@@ -1,4 +1,4 @@
-import { fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { trace } from '../common/trace.js';
@@ -30,6 +30,7 @@ import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js'
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 import { resumeRefusal } from './ownership.js';
+import { grantedCriu, grantState } from './grant.js';
 import { hostUid, privilegeMode, rootless, userNamespacesAllowed } from '../common/privilege.js';
 
 export interface ResumeOptions {
@@ -97,7 +98,8 @@ export async function resume(
   hooks: ResumeHooks = {},
 ): Promise<Resumed> {
   requireHelper();
-  if (rootless()) {
+  // With a grant, an image made on the host needs no user namespace; which one it is comes later.
+  if (rootless() && grantedCriu() === undefined) {
     const userns = userNamespacesAllowed();
     if (!userns.ok)
       throw new CheckptError(
@@ -202,8 +204,11 @@ async function restoreFrom(
     // Remote images have no memory here to load eagerly: the daemon is the only way in.
     const wantLazy = remote !== undefined || lazyWanted(pageBytes);
     const manifest = checkManifest(info.manifest, file);
-    const refusal = resumeRefusal(manifest, file, privilegeMode(), hostUid());
+    const refusal = resumeRefusal(manifest, file, privilegeMode(), hostUid(), grantState());
     if (refusal) throw refusal;
+    // Made on the host by the granted CRIU: restored there, as it was, with its old pid.
+    const onHost = manifest.granted === true;
+    if (onHost) requirePidFree(manifest.pid, file);
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
     if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote);
@@ -323,6 +328,7 @@ async function restoreFrom(
             inherit,
             lazy: lazy !== undefined,
             tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
+            ...(onHost ? { granted: true } : {}),
           }),
         ),
       ],
@@ -330,10 +336,11 @@ async function restoreFrom(
         detach: options.detach === true,
         pty,
         ...(options.key === null ? {} : { key: options.key ?? CTRL_E }),
-        relays: relaysFor(inherit),
+        relays: relaysFor(inherit, onHost),
         ptyIndex: ptyIndexOf(stdio),
         extraFds: stdinArgs.fds,
         ...(privateNet ? { netns: true } : {}),
+        ...(onHost ? { host: true } : {}),
       },
     );
     const first = await helper.next();
@@ -446,14 +453,27 @@ function ptyIndexOf(stdio: readonly StdioDescriptor[]): number {
  * socket cannot be reopened at all. A regular file opened outside the copy's mount namespace
  * also makes any later checkpoint of the copy fail (CRIU cannot find its mount).
  */
-function relaysFor(inherit: ReadonlyArray<{ fd: number; key: string }>): number[] {
+function relaysFor(inherit: ReadonlyArray<{ fd: number; key: string }>, onHost: boolean): number[] {
+  const uid = process.getuid?.() ?? 0;
   return inherit
     .filter(({ fd }) => fd === 1 || fd === 2)
     .filter(({ fd, key }) => {
       const st = fstatSync(fd);
+      // On the host without root, CRIU reopens a pipe through /proc as the user: one made by
+      // someone else (runuser's caller) is 0600 theirs.
+      if (onHost && st.isFIFO() && st.uid !== uid) return true;
       return st.isFile() || (st.isSocket() && key.startsWith('pipe:'));
     })
     .map(({ fd }) => fd);
+}
+
+/** A copy restored on the host takes its old pid there: free, or CRIU fails (File exists). */
+function requirePidFree(pid: number, file: string): void {
+  if (!existsSync(`/proc/${pid}`)) return;
+  throw new CheckptError(
+    'ERESTORE',
+    `${file} was checkpointed on the host without root (the granted CRIU), so its copy must get its old pid ${pid} there, and pid ${pid} is in use (the original still running?). Stop that process first; or run the program under \`checkpt run\`, whose checkpoints resume any number of times at once.`,
+  );
 }
 
 function checkManifest(m: Record<string, unknown>, file: string): Manifest {

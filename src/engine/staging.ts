@@ -72,7 +72,11 @@ export function sweepOrphans(root: string, prefix: string): void {
     if (!n.startsWith(prefix)) continue;
     const m = /^(\d+)\.(\d+)-/.exec(n.slice(prefix.length));
     if (m && m[2] === ns && Number(m[1]) !== process.pid && !alive(Number(m[1])))
-      rmSync(join(root, n), { recursive: true, force: true });
+      try {
+        rmSync(join(root, n), { recursive: true, force: true });
+      } catch {
+        // another user's (root's, seen by an ordinary user on the host): theirs to sweep
+      }
   }
 }
 

@@ -215,3 +215,27 @@ test('migrate and receive: every option, HOST:PORT and [IPv6]:PORT, and what is 
       argv.join(' '),
     );
 });
+
+test('setup: --grant GROUP [--tcp], or --revoke alone', () => {
+  assert.deepEqual(parseArgs(['setup', '--grant', 'ckpt']), {
+    cmd: 'setup',
+    grant: 'ckpt',
+    tcp: false,
+  });
+  assert.deepEqual(parseArgs(['setup', '--tcp', '--grant', 'ckpt']), {
+    cmd: 'setup',
+    grant: 'ckpt',
+    tcp: true,
+  });
+  assert.deepEqual(parseArgs(['setup', '--revoke']), { cmd: 'setup', revoke: true });
+  for (const bad of [
+    [],
+    ['--grant'],
+    ['--grant', '--tcp'],
+    ['--tcp'],
+    ['--revoke', '--grant', 'x'],
+    ['--revoke', '--tcp'],
+    ['x'],
+  ])
+    assert.throws(() => parseArgs(['setup', ...bad]), UsageError, bad.join(' '));
+});

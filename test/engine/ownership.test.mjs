@@ -31,4 +31,29 @@ describe('resumeRefusal', { unit: true }, () => {
     // A manifest without a number for the uid matches nobody.
     assert.equal(resumeRefusal({ rootless: true }, 'f', 'rootless', 1001)?.code, 'EPERM');
   });
+
+  unitTest(
+    'an image of the granted CRIU: only its maker, only with the grant usable, never root',
+    () => {
+      const m = { uid: 1000, rootless: true, granted: true };
+      assert.equal(resumeRefusal(m, 'f', 'rootless', 1000, 'usable'), undefined);
+      const none = resumeRefusal(m, 'f', 'rootless', 1000, 'none');
+      assert.equal(none?.code, 'EPERM');
+      assert.match(none.message, /needs that CRIU again: there is none here/);
+      assert.match(none.message, /checkpt setup --grant GROUP/);
+      const outside = resumeRefusal(m, 'f', 'rootless', 1000, 'not a member');
+      assert.match(outside.message, /not in the group it is granted to/);
+      // The grant gives no one another user's image, nor root a user's.
+      assert.match(
+        resumeRefusal(m, 'f', 'rootless', 1001, 'usable').message,
+        /made by uid 1000, and you are uid 1001/,
+      );
+      for (const granted of [true, 'yes']) {
+        // `granted` alone (no `rootless`) still counts as made without root.
+        const e = resumeRefusal({ uid: 1000, granted }, 'f', 'root', 0, 'usable');
+        assert.equal(e?.code, 'EPERM');
+        assert.match(e.message, /granted CRIU\); root does not resume it/);
+      }
+    },
+  );
 });

@@ -335,7 +335,7 @@ describe('without root', () => {
     const plain = a.start(process.execPath, [fixture('state.mjs'), join(a.dir, 'plain.ckpt')]);
     const err = await waitFor(plain, (e) => e.event === 'error', 'the refusal');
     assert.equal(err.code, 'EPERM');
-    assert.match(err.message, /only a program it started itself/);
+    assert.match(err.message, /only with an administrator's grant/);
     assert.match(err.message, /checkpt run --/);
     await waitFor(plain, (e) => e.event === 'alive', 'it keeps running');
     assert.deepEqual(await plain.closed, { code: 3, signal: null });
