@@ -357,7 +357,7 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     const running = runningUnder(helper, manifest.pid, options.detach === true);
     handedOver = true;
-    const loaded = loadedBy(lazy, helper, workDir, staged);
+    const loaded = loadedBy(lazy, helper, workDir, staged, () => pageFailure);
     staged = undefined;
     return { ...running, manifest, loaded, takeSignals };
   } catch (e) {
@@ -384,6 +384,7 @@ function loadedBy(
   helper: Helper,
   workDir: string,
   pages: StagedPages | undefined,
+  pageFailure: () => Error | undefined,
 ): Promise<void> {
   const remove = async (): Promise<void> => {
     await pages?.close().catch(() => undefined);
@@ -393,7 +394,8 @@ function loadedBy(
   const loaded = lazy.done.then(remove, async (e: unknown) => {
     killTree(helper);
     await remove();
-    throw e;
+    // A damaged chunk stops the daemon: its death is the consequence, the chunk the reason.
+    throw pageFailure() ?? e;
   });
   // The caller looks only once the program ended; until then a failure must not crash checkpt.
   loaded.catch(() => undefined);
