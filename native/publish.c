@@ -49,17 +49,22 @@ static int join_ns(pid_t pid, const char *name, int type) {
   return r;
 }
 
-/* One connection: bytes both ways until both sides have ended; a half-close is passed on. */
-static void copy_both_ways(int a, int b) {
+/*
+ * One connection: bytes both ways until both sides have ended (a half-close is passed on), or the
+ * program's namespace is gone: a program dumped and stopped under a network lock ends its
+ * connections without a word, and the client outside must not wait on us forever.
+ */
+static void copy_both_ways(int a, int b, int pidfd) {
   char buf[65536];
   int open_in[2] = {1, 1};
   int fds[2] = {a, b};
   while (open_in[0] || open_in[1]) {
-    struct pollfd p[2] = {{open_in[0] ? a : -1, POLLIN, 0}, {open_in[1] ? b : -1, POLLIN, 0}};
-    if (poll(p, 2, -1) < 0) {
+    struct pollfd p[3] = {{open_in[0] ? a : -1, POLLIN, 0}, {open_in[1] ? b : -1, POLLIN, 0}, {pidfd, POLLIN, 0}};
+    if (poll(p, 3, -1) < 0) {
       if (errno == EINTR) continue;
       return;
     }
+    if (p[2].revents) return;
     for (int i = 0; i < 2; i++) {
       if (!open_in[i] || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       ssize_t n = read(fds[i], buf, sizeof buf);
@@ -81,7 +86,7 @@ static void copy_both_ways(int a, int b) {
   }
 }
 
-static void serve(int client, int port) {
+static void serve(int client, int port, int pidfd) {
   struct sockaddr_in to = {0};
   to.sin_family = AF_INET;
   to.sin_port = htons((uint16_t)port);
@@ -89,7 +94,7 @@ static void serve(int client, int port) {
   int sk = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   /* Nothing listening inside: the client sees its connection closed. */
   if (sk < 0 || connect(sk, (struct sockaddr *)&to, sizeof to) < 0) _exit(1);
-  copy_both_ways(client, sk);
+  copy_both_ways(client, sk, pidfd);
   _exit(0);
 }
 
@@ -101,6 +106,8 @@ int cmd_publish(int argc, char **argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  /* What the launcher left open (a pipe someone waits on to end) is not ours to hold. */
+  syscall(SYS_close_range, 3, ~0U, 0);
   for (int i = 0; i < argc; i++) {
     char addr[64];
     int host_port, port;
@@ -166,8 +173,7 @@ int cmd_publish(int argc, char **argv) {
       pid_t child = fork();
       if (child == 0) {
         for (int j = 0; j < n; j++) close(pub[j].listener);
-        close(pidfd);
-        serve(client, pub[i].port);
+        serve(client, pub[i].port, pidfd);
       }
       close(client);
     }
