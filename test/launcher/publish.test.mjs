@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { after } from 'node:test';
 
 // Node's own fetch (the lint's globals predate it).
-const { fetch } = globalThis;
+const { fetch, AbortSignal } = globalThis;
 const users = [];
 const dirs = [];
 const forwarders = new Set();
