@@ -201,8 +201,7 @@ function parseRun(args: readonly string[]): Command {
       } catch (e) {
         throw new UsageError(`run: ${(e as Error).message}`);
       }
-    }
-    else if (a === '--every' || a.startsWith('--every=')) {
+    } else if (a === '--every' || a.startsWith('--every=')) {
       const v = a === '--every' ? args[++i] : a.slice('--every='.length);
       every = duration(v ?? '', '--every');
     } else if (a === '--keep' || a.startsWith('--keep=')) {

@@ -30,7 +30,7 @@ export function parsePublish(spec: string): Published {
       'EBADCONFIG',
       `--publish ${spec}: give HOSTPORT, HOSTPORT:PORT or ADDR:HOSTPORT:PORT (an IPv4 address, ports 1-65535), e.g. --publish 8080 or --publish 0.0.0.0:8080:3000.`,
     );
-  return { address: address ?? "127.0.0.1", hostPort, port: port ?? hostPort };
+  return { address: address ?? '127.0.0.1', hostPort, port: port ?? hostPort };
 }
 
 export function formatPublish(p: Published): string {
@@ -66,7 +66,10 @@ export async function openPublished(list: readonly Published[]): Promise<Publish
         `Cannot publish ${busy[1]}: ${Number(busy[2]) === 98 ? 'the port is already in use' : `bind failed (errno ${busy[2]})`}. Nothing was started; free the port or publish another (--publish HOSTPORT:PORT).`,
         { errno: Number(busy[2]) === 98 ? 'EADDRINUSE' : 'EACCES' },
       );
-    throw new CheckptError('EHELPER', `checkpt's helper could not publish the ports (${first ?? 'no answer'}).`);
+    throw new CheckptError(
+      'EHELPER',
+      `checkpt's helper could not publish the ports (${first ?? 'no answer'}).`,
+    );
   }
   return {
     attach(initPid) {

@@ -258,7 +258,9 @@ async function restoreFrom(
     const privateNet = manifest.net === 'private';
     const hostSockets = privateNet ? [] : await host;
     // Its published ports again, into the copy's new namespace; a busy one fails before it starts.
-    publisher = privateNet ? await openPublished((manifest.publish ?? []).map(parsePublish)) : undefined;
+    publisher = privateNet
+      ? await openPublished((manifest.publish ?? []).map(parsePublish))
+      : undefined;
     const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', hostSockets);
     trace('sockets');
     const stdio = manifest.stdio;
