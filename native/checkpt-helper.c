@@ -63,6 +63,7 @@
 #include <unistd.h>
 #include "criu-rpc.h"
 #include "page-server.h"
+#include "publish.h"
 
 #define EXIT_RESTORE_FAILED 125
 #define EXIT_USAGE 126
@@ -1314,6 +1315,7 @@ int main(int argc, char **argv) {
   if (argc == 2 && !strcmp(argv[1], "nft-list")) return cmd_nft_list();
   if (argc >= 3 && !strcmp(argv[1], "unrepair")) return cmd_unrepair(argc - 2, argv + 2);
   if (argc == 2 && !strcmp(argv[1], "rpc-decode")) return cmd_rpc_decode();
+  if (argc >= 2 && !strcmp(argv[1], "publish")) return cmd_publish(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "rpc-request")) return cmd_rpc_request(argc - 2, argv + 2);
   if (argc == 2 && !strcmp(argv[1], "serve-pages")) return cmd_serve_pages(0);
   if (argc == 3 && !strcmp(argv[1], "serve-pages") && !strcmp(argv[2], "--stage-only"))

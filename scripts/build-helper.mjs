@@ -31,7 +31,7 @@ const targets = [
   {
     name: 'checkpt-helper',
     src: 'checkpt-helper.c',
-    more: ['criu-rpc.c', 'page-server.c'],
+    more: ['criu-rpc.c', 'page-server.c', 'publish.c'],
     // The page server's checker thread.
     flags: ['-pthread'],
   },
@@ -55,7 +55,7 @@ const targets = [
 
 const cc = process.env.CC || 'cc';
 // A shared header changes every target that includes it.
-const headers = ['napi-min.h', 'criu-rpc.h', 'page-server.h']
+const headers = ['napi-min.h', 'criu-rpc.h', 'page-server.h', 'publish.h']
   .map((h) => join(root, 'native', h))
   .filter((h) => existsSync(h))
   .map((h) => statSync(h).mtimeMs);

@@ -32,7 +32,7 @@ import { whyNotRestarted } from './reexec.js';
 import { compressionWanted } from '../image/compress.js';
 import { FORMAT_VERSION, tempNameFor } from '../image/format.js';
 import { checkKeyFile, keyFilePath } from '../image/key.js';
-import { CHECKPOINT_VARIABLES, checkConfig, PRIVATE_NET } from '../common/config.js';
+import { CHECKPOINT_VARIABLES, checkConfig, PRIVATE_NET, PUBLISH } from '../common/config.js';
 import { checkCheckptOptions, dumpTimeoutMs } from '../common/options.js';
 
 export interface CheckptOptions {
@@ -259,6 +259,8 @@ function begin(
     // Under `checkpt run --private-net` the network namespace is the program's own.
     const privateNet = PRIVATE_NET.get() === '1';
     if (privateNet) job.manifest.net = 'private';
+    const published = PUBLISH.get();
+    if (privateNet && published) job.manifest.publish = published.split(',');
     if (tcpModeFor(privateNet) === 'close') {
       // Without nftables CRIU cannot hold connections still: they are recorded closed instead.
       job.manifest.tcp = 'closed';

@@ -2,6 +2,7 @@ import { CheckptError } from '../common/errors.js';
 import { parseDuration } from '../common/duration.js';
 import { TRUST_FLAG } from '../common/flags.js';
 import { DEFAULT_RESTARTS } from '../launcher/restart.js';
+import { parsePublish, type Published } from '../engine/publish.js';
 
 /** The commands the CLI understands, as plain data; parsing knows nothing about doing them. */
 export type Command =
@@ -32,6 +33,8 @@ export type Command =
       restart?: number;
       /** --private-net: a network namespace of the program's own (docs/ROOTLESS.md). */
       privateNet?: true;
+      /** --publish [ADDR:]HOSTPORT[:PORT], repeatable: host ports forwarded into --private-net. */
+      publish?: Published[];
     }
   | { cmd: 'signal'; pid: number; exit: boolean; verbose: boolean }
   | { cmd: 'unlock'; file: string; trust?: true }
@@ -181,6 +184,7 @@ function parseRun(args: readonly string[]): Command {
   let keep: number | undefined;
   let restart: number | undefined;
   let privateNet = false;
+  const publish: Published[] = [];
   let i = 0;
   for (; i < args.length; i++) {
     const a = args[i] as string;
@@ -190,7 +194,14 @@ function parseRun(args: readonly string[]): Command {
     }
     if (a === '--no-pty') pty = false;
     else if (a === '--private-net') privateNet = true;
-    else if (a === '--every' || a.startsWith('--every=')) {
+    else if (a === '--publish' || a.startsWith('--publish=')) {
+      const v = a === '--publish' ? args[++i] : a.slice('--publish='.length);
+      try {
+        publish.push(parsePublish(v ?? ''));
+      } catch (e) {
+        throw new UsageError(`run: ${(e as Error).message}`);
+      }
+    } else if (a === '--every' || a.startsWith('--every=')) {
       const v = a === '--every' ? args[++i] : a.slice('--every='.length);
       every = duration(v ?? '', '--every');
     } else if (a === '--keep' || a.startsWith('--keep=')) {
@@ -216,11 +227,15 @@ function parseRun(args: readonly string[]): Command {
   const [command, ...cmdArgs] = args.slice(i);
   if (command === undefined)
     throw new UsageError(
-      'run: what to run? Usage: checkpt run [--file T] [--key K] [--every D [--keep N]] [--restart[=MAX]] [--private-net] -- COMMAND [ARGS...]',
+      'run: what to run? Usage: checkpt run [--file T] [--key K] [--every D [--keep N]] [--restart[=MAX]] [--private-net [--publish P]...] -- COMMAND [ARGS...]',
     );
   if (keep !== undefined && every === undefined)
     throw new UsageError(
       'run: --keep counts periodic checkpoints; give --every too, e.g. --every 1m --keep 3.',
+    );
+  if (publish.length > 0 && !privateNet)
+    throw new UsageError(
+      'run: --publish forwards host ports into the network namespace of --private-net; add --private-net (without it the program listens on the host itself).',
     );
   return {
     cmd: 'run',
@@ -232,6 +247,7 @@ function parseRun(args: readonly string[]): Command {
     ...(every === undefined ? {} : { every, keep: keep ?? 3 }),
     ...(restart === undefined ? {} : { restart }),
     ...(privateNet ? { privateNet: true as const } : {}),
+    ...(publish.length > 0 ? { publish } : {}),
   };
 }
 

@@ -246,6 +246,7 @@ async function run(c: RunnableCommand): Promise<number> {
         pty: c.pty,
         ...(c.file === undefined ? {} : { file: c.file }),
         ...(c.privateNet === true ? { privateNet: true } : {}),
+        ...(c.publish === undefined ? {} : { publish: c.publish }),
       });
       return supervise(r, {
         generation: 0,

@@ -44,7 +44,11 @@ Run (checkpt run [--file TEMPLATE] [--key KEY|none] [--no-pty] -- COMMAND [ARGS]
                whole files); checkpt pack IN OUT makes a file that needs no store.
   --keep N     keep the newest N of them (default 3)
   --private-net  a network namespace of its own (only lo): its TCP connections among its own
-               processes survive checkpoints, without root too; unreachable from outside
+               processes survive checkpoints, without root too; reached only through --publish
+  --publish [ADDR:]HOSTPORT[:PORT]  with --private-net: checkpt listens on ADDR (127.0.0.1)
+               :HOSTPORT and forwards to 127.0.0.1:PORT (default HOSTPORT) inside; repeatable;
+               resumed copies too. A port in use fails before the program starts. Connections
+               from outside are closed in a copy (clients reconnect)
   --restart[=MAX]  when it crashes (a signal other than HUP, INT, TERM, PIPE) or exits
                non-zero, resume the newest good checkpoint of --every's rotation (none yet:
                start it anew), after a back-off, at most MAX (default 5) times in a row; a copy

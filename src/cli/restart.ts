@@ -75,6 +75,7 @@ export async function runSupervised(c: SupervisedRun): Promise<number> {
         pty: c.pty,
         ...(c.file === undefined ? {} : { file: c.file }),
         ...(c.privateNet === true ? { privateNet: true } : {}),
+        ...(c.publish === undefined ? {} : { publish: c.publish }),
       }));
     const t0 = Date.now();
     const { status, stopped } = await superviseOnce(r, {

@@ -449,6 +449,13 @@ export const PRIVATE_NET = note(
   '1',
 );
 
+export const PUBLISH = note(
+  'CHECKPT_PUBLISH',
+  'internal',
+  'Set by `checkpt run --private-net --publish` for its program: the forwarded ports (ADDR:HOSTPORT:PORT, comma-separated), recorded in its checkpoints so that a resumed copy is published again (docs/ROOTLESS.md).',
+  '127.0.0.1:8080:8080',
+);
+
 // scripts/install-criu.sh (CHECKPT_CRIU_HOME above is shared with it)
 
 note(

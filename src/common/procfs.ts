@@ -85,6 +85,18 @@ export function cmdline(pid: number): string[] {
   }
 }
 
+/** One variable of a process's environment as it started (empty when unreadable or unset). */
+export function envOf(pid: number, name: string): string {
+  try {
+    const entry = readFileSync(`/proc/${pid}/environ`, 'utf8')
+      .split('\0')
+      .find((e) => e.startsWith(`${name}=`));
+    return entry?.slice(name.length + 1) ?? '';
+  } catch {
+    return '';
+  }
+}
+
 export function linkOf(pid: number | 'self', what: string): string {
   try {
     return readlinkSync(`/proc/${pid}/${what}`);

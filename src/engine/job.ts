@@ -70,6 +70,8 @@ export interface ManifestBase {
   granted?: true;
   /** 'private': run with a network namespace of its own (`checkpt run --private-net`); each copy gets a new one. */
   net?: 'private';
+  /** With `net: 'private'`: the host ports forwarded into it (ADDR:HOSTPORT:PORT), forwarded again for each copy. */
+  publish?: string[];
 }
 
 export interface Manifest extends ManifestBase {

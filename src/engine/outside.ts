@@ -9,7 +9,7 @@ import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
-import { DEFAULT_TIMEOUT_MS } from '../common/config.js';
+import { DEFAULT_TIMEOUT_MS, PUBLISH } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
 import { rootless } from '../common/privilege.js';
 import { compressImages, compressionWanted } from '../image/compress.js';
@@ -23,6 +23,7 @@ import {
 import { loadKey } from '../image/key.js';
 import {
   cmdline,
+  envOf,
   linkOf,
   procStatus,
   processTree,
@@ -131,6 +132,7 @@ async function dumpWithKey(
   // `checkpt run --private-net`: CRIU goes into that network namespace too.
   const privateNet = linkOf(req.nsPid, 'ns/net') !== linkOf('self', 'ns/net');
   const tcp = tcpModeFor(privateNet);
+  const published = privateNet ? envOf(req.pid, PUBLISH.name) : '';
   const workDir = makeStagingDir('dump', rss, true);
   try {
     const imagesDir = join(workDir, 'images');
@@ -168,6 +170,7 @@ async function dumpWithKey(
       ...(tcp === 'close' ? { tcp: 'closed' as const } : {}),
       ...(rootless() ? { rootless: true as const } : {}),
       ...(privateNet ? { net: 'private' as const } : {}),
+      ...(published ? { publish: published.split(',') } : {}),
     });
     let stored: { store?: StoreWrite } = {};
     const pack = async (manifest: Manifest): Promise<number> => {

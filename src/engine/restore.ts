@@ -1,3 +1,4 @@
+import { openPublished, parsePublish, type Publisher } from './publish.js';
 import { existsSync, fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -135,6 +136,7 @@ async function restoreFrom(
   const fileBytes = remote ? remote.bytes : sizeOf(file);
   const workDir = makeStagingDir('restore', fileBytes);
   let helper: Helper | undefined;
+  let publisher: Publisher | undefined;
   let starting: ReturnType<typeof startLazyPages> | undefined;
   // The memory still in the file, served to CRIU's lazy-pages daemon or written out for CRIU.
   let pages: PageSource | undefined;
@@ -255,6 +257,10 @@ async function restoreFrom(
     // A private network namespace is new for each copy: nothing of the host's can be in its way.
     const privateNet = manifest.net === 'private';
     const hostSockets = privateNet ? [] : await host;
+    // Its published ports again, into the copy's new namespace; a busy one fails before it starts.
+    publisher = privateNet
+      ? await openPublished((manifest.publish ?? []).map(parsePublish))
+      : undefined;
     const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', hostSockets);
     trace('sockets');
     const stdio = manifest.stdio;
@@ -356,6 +362,7 @@ async function restoreFrom(
     }
     if (stopped) return await STOPPING_FOREVER;
     const running = runningUnder(helper, manifest.pid, options.detach === true);
+    publisher?.attach(running.initPid);
     handedOver = true;
     const loaded = loadedBy(lazy, helper, workDir, staged, () => pageFailure);
     staged = undefined;
@@ -367,6 +374,7 @@ async function restoreFrom(
     staging?.stop();
     starting?.stop();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
+    if (!handedOver) publisher?.close();
     await (staged ?? pages)?.close().catch(() => undefined);
     rmSync(workDir, { recursive: true, force: true });
     throw pageFailure ?? e;

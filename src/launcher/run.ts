@@ -4,7 +4,8 @@ import { runningUnder, spawnHelper, type Helper, type Running } from '../engine/
 import { requireHelper } from '../engine/native.js';
 import { CTRL_E, wantsPty } from '../engine/restore.js';
 import { checkpointableEnv } from './exec.js';
-import { PRIVATE_NET, RUN_DIR } from '../common/config.js';
+import { PRIVATE_NET, PUBLISH, RUN_DIR } from '../common/config.js';
+import { formatPublish, openPublished, type Published, type Publisher } from '../engine/publish.js';
 import { rootless, userNamespacesAllowed, userRunDir } from '../common/privilege.js';
 
 export interface RunOptions {
@@ -20,6 +21,8 @@ export interface RunOptions {
   detach?: boolean;
   /** A network namespace of its own (only `lo`): its TCP connections survive checkpoints without root. */
   privateNet?: boolean;
+  /** With `privateNet`: host ports forwarded to 127.0.0.1 ports inside it (`--publish`). */
+  publish?: Published[];
 }
 
 /**
@@ -33,6 +36,28 @@ export async function runProgram(opts: RunOptions): Promise<Running> {
   if (rootless()) requireUserNamespaces(env);
   if (opts.file !== undefined) env.CHECKPT_FILE = opts.file;
   if (opts.privateNet === true) env[PRIVATE_NET.name] = '1';
+  const publish = opts.publish ?? [];
+  if (publish.length > 0 && opts.privateNet !== true)
+    throw new CheckptError(
+      'EBADCONFIG',
+      '--publish forwards ports into the network namespace of --private-net; without it the program already listens on the host. Add --private-net, or drop --publish.',
+    );
+  // A busy port fails here, before the program starts.
+  const publisher = await openPublished(publish);
+  if (publisher) env[PUBLISH.name] = publish.map(formatPublish).join(',');
+  try {
+    return await startUnder(opts, env, publisher);
+  } catch (e) {
+    publisher?.close();
+    throw e;
+  }
+}
+
+async function startUnder(
+  opts: RunOptions,
+  env: NodeJS.ProcessEnv,
+  publisher: Publisher | undefined,
+): Promise<Running> {
   const pty = wantsPty(opts.detach, opts.pty);
   const helper: Helper = spawnHelper(['--run', '--', opts.command, ...opts.args], {
     detach: opts.detach === true,
@@ -49,7 +74,9 @@ export async function runProgram(opts: RunOptions): Promise<Running> {
       `Could not start ${opts.command} under checkpt (helper status ${first.kind} ${first.value}).`,
     );
   }
-  return runningUnder(helper, first.value, opts.detach === true);
+  const running = runningUnder(helper, first.value, opts.detach === true);
+  publisher?.attach(running.initPid);
+  return running;
 }
 
 /**

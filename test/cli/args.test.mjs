@@ -239,3 +239,34 @@ test('setup: --grant GROUP [--tcp], or --revoke alone', () => {
   ])
     assert.throws(() => parseArgs(['setup', ...bad]), UsageError, bad.join(' '));
 });
+
+test('run --publish: [ADDR:]HOSTPORT[:PORT], repeatable, only with --private-net', () => {
+  const c = parseArgs([
+    'run',
+    '--private-net',
+    '--publish',
+    '8080',
+    '--publish=9000:3000',
+    '--publish',
+    '0.0.0.0:80:3001',
+    '--',
+    'node',
+    'app.js',
+  ]);
+  assert.deepEqual(c.publish, [
+    { address: '127.0.0.1', hostPort: 8080, port: 8080 },
+    { address: '127.0.0.1', hostPort: 9000, port: 3000 },
+    { address: '0.0.0.0', hostPort: 80, port: 3001 },
+  ]);
+  for (const bad of ['0', '70000', 'x', '1:2:3:4', 'localhost:80:80', '80:'])
+    assert.throws(
+      () => parseArgs(['run', '--private-net', '--publish', bad, '--', 'true']),
+      (e) =>
+        e instanceof UsageError && /HOSTPORT, HOSTPORT:PORT or ADDR:HOSTPORT:PORT/.test(e.message),
+      bad,
+    );
+  assert.throws(
+    () => parseArgs(['run', '--publish', '8080', '--', 'true']),
+    (e) => e instanceof UsageError && /add --private-net/.test(e.message),
+  );
+});
