@@ -15,37 +15,20 @@ import {
   realCriu,
   removeDir,
   spawnSync,
-  start,
   tempDir,
   test,
   waitFor,
 } from '../helpers.mjs';
-import {
-  chmodSync,
-  chownSync,
-  existsSync,
-  mkdirSync,
-  rmSync,
-  statSync,
-  symlinkSync,
-} from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, statSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
+import { makeTestUser, removeTestUsers } from '../users.mjs';
 
 const group = `ckg${process.pid}`;
 let groupMade = false;
-const users = [];
 const dirs = [];
 let home;
 let granted;
-
-/** The environment every command of these tests gets: our own CRIU home. */
-const envFor = (extra = {}) => ({
-  PATH: process.env.PATH,
-  LANG: 'C.UTF-8',
-  CHECKPT_CRIU_HOME: home,
-  ...extra,
-});
 
 /** Node 22 and later open io_uring, which CRIU cannot dump: started through checkpt exec. */
 const major = Number(process.versions.node.split('.')[0]);
@@ -54,42 +37,9 @@ const nodeArgs = (script, args) =>
     ? [process.execPath, [cli, 'exec', '--', process.execPath, script, ...args]]
     : [process.execPath, [script, ...args]];
 
-/** An ordinary user of the tests' own, in `groups`, with a 0700 directory of its own. */
-function makeUser(label, groups) {
-  const name = `ckg${label}${process.pid}`;
-  const r = spawnSync(
-    'useradd',
-    ['--create-home', '--shell', '/bin/sh', ...(groups ? ['-G', groups] : []), name],
-    { encoding: 'utf8' },
-  );
-  assert.equal(r.status, 0, r.stderr);
-  users.push(name);
-  const uid = Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout.trim());
-  const gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout.trim());
-  const dir = tempDir(`checkpt-grant-${label}-`);
-  dirs.push(dir);
-  chownSync(dir, uid, gid);
-  chmodSync(dir, 0o700);
-  mkdirSync(join(dir, 'cache'), { mode: 0o700 });
-  chownSync(join(dir, 'cache'), uid, gid);
-  const env = envFor({ HOME: join('/home', name), XDG_CACHE_HOME: join(dir, 'cache') });
-  // --init-groups: the user's groups as a login would give them (the grant's group among them).
-  const as = (cmd, args) => [
-    'setpriv',
-    ['--reuid', name, '--regid', name, '--init-groups', '--', cmd, ...args],
-  ];
-  return {
-    name,
-    uid,
-    dir,
-    /** A process of this user, started plainly (not under checkpt run); killed at cleanup. */
-    start: (cmd, args, extra = {}) =>
-      start(...as(cmd, args), { cwd: dir, env: { ...env, ...extra } }),
-    checkpt: (args) =>
-      spawnSync(...as(process.execPath, [cli, ...args]), { cwd: dir, env, encoding: 'utf8' }),
-    checkptStart: (args) => start(...as(process.execPath, [cli, ...args]), { cwd: dir, env }),
-  };
-}
+/** An ordinary user of the tests' own, in `groups` (test/users.mjs), using our CRIU home. */
+const makeUser = (label, groups) =>
+  makeTestUser({ prefix: 'ckg', label, groups, env: { CHECKPT_CRIU_HOME: home } });
 
 const asRoot = (args) => checkptCli(args, { env: { ...process.env, CHECKPT_CRIU_HOME: home } });
 
@@ -111,13 +61,7 @@ before(() => {
 after(async () => {
   await cleanup();
   for (const d of dirs) removeDir(d);
-  for (const u of [member, other])
-    if (u) rmSync(`/tmp/checkpt-${u.uid}`, { recursive: true, force: true });
-  for (const u of users) {
-    const r = spawnSync('userdel', ['--remove', u], { encoding: 'utf8' });
-    // userdel -r warns (status 12) when the mail spool it would remove does not exist.
-    assert.ok(r.status === 0 || r.status === 12, `userdel ${u}: ${r.status} ${r.stderr}`);
-  }
+  removeTestUsers();
   if (groupMade) {
     const r = spawnSync('groupdel', [group], { encoding: 'utf8' });
     assert.equal(r.status, 0, `groupdel ${group}: ${r.stderr}`);

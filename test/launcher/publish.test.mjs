@@ -11,20 +11,19 @@ import {
   fixture,
   freePort,
   removeDir,
-  spawnSync,
   start,
   tempDir,
   test,
   waitFor,
 } from '../helpers.mjs';
-import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { makeTestUser, removeTestUsers } from '../users.mjs';
 import { after } from 'node:test';
 
 // Node's own fetch (the lint's globals predate it).
 const { fetch, AbortSignal } = globalThis;
-const users = [];
 const dirs = [];
 const forwarders = new Set();
 
@@ -41,36 +40,13 @@ function asRoot() {
 }
 
 function asUser() {
-  const name = `ckpub${process.pid}`;
-  const r = spawnSync('useradd', ['--create-home', '--shell', '/bin/sh', name], {
-    encoding: 'utf8',
-  });
-  assert.equal(r.status, 0, r.stderr);
-  users.push(name);
-  const uid = Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout.trim());
-  const gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout.trim());
-  const dir = tempDir('checkpt-publish-user-');
-  dirs.push(dir);
-  chownSync(dir, uid, gid);
-  chmodSync(dir, 0o700);
-  mkdirSync(join(dir, 'cache'), { mode: 0o700 });
-  chownSync(join(dir, 'cache'), uid, gid);
-  const env = {
-    PATH: process.env.PATH,
-    HOME: join('/home', name),
-    LANG: 'C.UTF-8',
-    XDG_CACHE_HOME: join(dir, 'cache'),
-  };
-  const as = (args) => [
-    'setpriv',
-    ['--reuid', name, '--regid', name, '--init-groups', '--', process.execPath, cli, ...args],
-  ];
+  const u = makeTestUser({ prefix: 'ckpub' });
   return {
     label: 'an ordinary user',
-    uid,
-    dir,
-    checkpt: (args) => spawnSync(...as(args), { cwd: dir, env, encoding: 'utf8', timeout: 60_000 }),
-    checkptStart: (args) => start(...as(args), { cwd: dir, env }),
+    uid: u.uid,
+    dir: u.dir,
+    checkpt: u.checkpt,
+    checkptStart: u.checkptStart,
   };
 }
 
@@ -117,13 +93,7 @@ after(async () => {
       // already gone
     }
   for (const d of dirs) removeDir(d);
-  for (const u of users) {
-    const uid = Number(spawnSync('id', ['-u', u], { encoding: 'utf8' }).stdout.trim());
-    if (uid > 0) rmSync(`/tmp/checkpt-${uid}`, { recursive: true, force: true });
-    const r = spawnSync('userdel', ['--remove', u], { encoding: 'utf8' });
-    // userdel -r warns (status 12) when the mail spool it would remove does not exist.
-    assert.ok(r.status === 0 || r.status === 12, `userdel ${u}: ${r.status} ${r.stderr}`);
-  }
+  removeTestUsers();
 });
 
 async function gone(port) {

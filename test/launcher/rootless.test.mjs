@@ -13,70 +13,22 @@ import {
   pidAlive,
   programPid,
   removeDir,
-  spawnSync,
   start,
   tempDir,
   test,
   waitFor,
 } from '../helpers.mjs';
-import {
-  chmodSync,
-  chownSync,
-  copyFileSync,
-  mkdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-} from 'node:fs';
+import { chownSync, copyFileSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
+import { makeTestUser, removeTestUsers } from '../users.mjs';
 
 // Node's own fetch (the lint's globals predate it).
 const { fetch } = globalThis;
-const users = [];
 const dirs = [];
 
-/** An ordinary user of the tests' own, with a directory of its own (mode 0700) in a test dir. */
-function makeUser(label) {
-  const name = `ckrl${label}${process.pid}`;
-  const r = spawnSync('useradd', ['--create-home', '--shell', '/bin/sh', name], {
-    encoding: 'utf8',
-  });
-  assert.equal(r.status, 0, r.stderr);
-  users.push(name);
-  const uid = Number(spawnSync('id', ['-u', name], { encoding: 'utf8' }).stdout.trim());
-  const gid = Number(spawnSync('id', ['-g', name], { encoding: 'utf8' }).stdout.trim());
-  const dir = tempDir(`checkpt-rootless-${label}-`);
-  dirs.push(dir);
-  chownSync(dir, uid, gid);
-  chmodSync(dir, 0o700);
-  for (const sub of ['cache']) {
-    mkdirSync(join(dir, sub), { mode: 0o700 });
-    chownSync(join(dir, sub), uid, gid);
-  }
-  const env = {
-    PATH: process.env.PATH,
-    HOME: join('/home', name),
-    LANG: 'C.UTF-8',
-    XDG_CACHE_HOME: join(dir, 'cache'),
-  };
-  const as = (cmd, args) => [
-    'setpriv',
-    ['--reuid', name, '--regid', name, '--init-groups', '--', cmd, ...args],
-  ];
-  return {
-    name,
-    uid,
-    gid,
-    dir,
-    /** A process of this user, started like every process a test starts (killed at cleanup). */
-    start: (cmd, args) => start(...as(cmd, args), { cwd: dir, env }),
-    /** `checkpt ARGS...` as this user, to its end. */
-    checkpt: (args) =>
-      spawnSync(...as(process.execPath, [cli, ...args]), { cwd: dir, env, encoding: 'utf8' }),
-    checkptStart: (args) => start(...as(process.execPath, [cli, ...args]), { cwd: dir, env }),
-  };
-}
+/** An ordinary user of the tests' own (test/users.mjs). */
+const makeUser = (label) => makeTestUser({ prefix: 'ckrl', label });
 
 let a;
 let b;
@@ -88,13 +40,7 @@ before(() => {
 after(async () => {
   await cleanup();
   for (const d of dirs) removeDir(d);
-  // The control FIFOs' directory of each user's runs (src/common/privilege.ts, userRunDir).
-  for (const u of [a, b]) if (u) rmSync(`/tmp/checkpt-${u.uid}`, { recursive: true, force: true });
-  for (const u of users) {
-    const r = spawnSync('userdel', ['--remove', u], { encoding: 'utf8' });
-    // userdel -r warns (status 12) when the mail spool it would remove does not exist.
-    assert.ok(r.status === 0 || r.status === 12, `userdel ${u}: ${r.status} ${r.stderr}`);
-  }
+  removeTestUsers();
 });
 
 const uidOf = (pid) =>
