@@ -55,7 +55,8 @@ export function makeTestUser({ prefix, label = '', groups, env: extra = {} }) {
         encoding: 'utf8',
         timeout: 60_000,
       }),
-    checkptStart: (args) => start(...as(process.execPath, [cli, ...args]), { cwd: dir, env }),
+    checkptStart: (args, more = {}) =>
+      start(...as(process.execPath, [cli, ...args]), { cwd: dir, env: { ...env, ...more } }),
   };
 }
 

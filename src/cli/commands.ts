@@ -1,7 +1,7 @@
 import { CheckptError } from '../common/errors.js';
 import { checkConfig, DEBUG, PUBLIC_VARIABLES } from '../common/config.js';
 import { trace } from '../common/trace.js';
-import { requireRoot } from '../common/privilege.js';
+import { privilegeMode, requireRoot } from '../common/privilege.js';
 import { isOciRef } from '../registry/reference.js';
 import type { Command } from './args.js';
 import { terminalProgress } from './progress.js';
@@ -62,6 +62,13 @@ async function run(c: RunnableCommand): Promise<number> {
       return ok ? 0 : 1;
     }
     case 'exec': {
+      // Without root, CRIU can checkpoint only inside namespaces the user owns: what `checkpt
+      // run` gives the program (unless an administrator's grant covers programs on the host).
+      const { grantedCriu } = await import('../engine/grant.js');
+      if (privilegeMode() === 'rootless' && grantedCriu() === undefined) {
+        const { parseArgs } = await import('./args.js');
+        return run(parseArgs(['run', '--', c.command, ...c.args]) as RunnableCommand);
+      }
       const { execCheckpointable } = await import('../launcher/exec.js');
       const { exitLike } = await import('../launcher/signals.js');
       const st = await execCheckpointable({ command: c.command, args: c.args });

@@ -18,7 +18,7 @@ import {
   test,
   waitFor,
 } from '../helpers.mjs';
-import { chownSync, copyFileSync, readFileSync, statSync } from 'node:fs';
+import { chownSync, copyFileSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { makeTestUser, removeTestUsers } from '../users.mjs';
@@ -249,6 +249,25 @@ describe('without root', () => {
         assert.deepEqual(await copy.closed, { code: 0, signal: null });
       }
     }
+  });
+
+  test('checkpt exec without root runs the program as checkpt run does, so that it can be checkpointed and resumed', async () => {
+    const file = join(a.dir, 'exec.ckpt');
+    const p = a.checkptStart(['exec', '--', 'sh', fixture('loop.sh')], { CHECKPT_FILE: file });
+    await waitFor(p, (e) => e.event === 'tick' && e.n >= 3, 'ticks');
+    const pid = await programPid(p);
+    const r = a.checkpt(['signal', '--exit', String(pid)]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(await p.closed, { code: 0, signal: null }, p.stderrText);
+    assert.ok(written(p), p.stderrText);
+    const made = file;
+    const last = ticks(p).at(-1).n;
+    const copy = a.checkptStart(['-r', made]);
+    const first = await waitFor(copy, (e) => e.event === 'tick', 'the resumed copy');
+    assert.ok(first.n > 1 && first.n <= last + 2, `resumed at ${first.n}, exited at ${last}`);
+    process.kill(copy.pid, 'SIGTERM');
+    assert.deepEqual(await copy.closed, { code: null, signal: 'SIGTERM' });
+    rmSync(made, { force: true });
   });
 
   test("user A's checkpoint is refused for user B, and for root", async () => {
