@@ -1320,7 +1320,7 @@ int main(int argc, char **argv) {
   if (argc == 2 && !strcmp(argv[1], "serve-pages")) return cmd_serve_pages(0);
   if (argc == 3 && !strcmp(argv[1], "serve-pages") && !strcmp(argv[2], "--stage-only"))
     return cmd_serve_pages(1);
-  if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 2"); return 0; }
+  if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 3"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;
 }

@@ -30,8 +30,8 @@ const WHAT: Record<NativePart, string> = {
   'checkpt-subreaper.node': "checkpt's orphan-adoption addon",
 };
 
-/** What `checkpt-helper --version` answers; another answer is a helper of another checkpt. */
-const HELPER_VERSION = 'checkpt-helper 2';
+/** What `checkpt-helper --version` answers; another answer is a helper of another checkpt (bumped with its command line: 3 has --netns, --host and publish). */
+const HELPER_VERSION = 'checkpt-helper 3';
 
 /** Written into build/ by scripts/build-helper.mjs when compiling failed, removed when it worked. */
 export const BUILD_FAILED_FILE = '.build-failed';
@@ -125,7 +125,7 @@ export function elfArch(path: string): { arch: string } | { problem: string } {
 
 /** Why the helper at `path` is not this checkpt's, judged from its file alone. */
 function helperBytesProblem(path: string): string | undefined {
-  // `puts("checkpt-helper 2")` keeps the answer NUL-terminated in the binary.
+  // `puts("checkpt-helper 3")` keeps the answer NUL-terminated in the binary.
   if (readFileSync(path).indexOf(`${HELPER_VERSION}\0`) < 0)
     return `does not answer '${HELPER_VERSION}' (from another checkpt version, or damaged)`;
   try {
