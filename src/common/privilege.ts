@@ -32,9 +32,16 @@ function idMap(which: 'uid_map' | 'gid_map'): IdRange[] {
   }
 }
 
+let inUserNs: boolean | undefined;
+
 /** Whether this process is in a user namespace other than the machine's (its map is not the identity). */
 export function inUserNamespace(): boolean {
-  const map = idMap('uid_map');
+  // Asked before every CRIU command; a process's own user namespace never changes under it.
+  inUserNs ??= userNamespaceOf(idMap('uid_map'));
+  return inUserNs;
+}
+
+function userNamespaceOf(map: IdRange[]): boolean {
   return !(
     map.length === 1 &&
     map[0]?.inside === 0 &&
@@ -101,8 +108,10 @@ export function userRunDir(): string {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const st = lstatSync(dir);
   if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0)
-    throw new Error(
+    throw new CheckptError(
+      'EPERM',
       `${dir} is not a directory of uid ${uid}'s own with mode 0700; remove it or set CHECKPT_RUN_DIR`,
+      { path: dir },
     );
   return dir;
 }

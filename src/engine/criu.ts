@@ -394,20 +394,21 @@ function logLevel(): string {
 }
 
 /**
- * 'established': connections are dumped, not closed: while the program is frozen CRIU drops their
- * packets (one nftables rule per connection; no iptables or nft program needed), so peers only see
- * a pause. 'close', where nftables cannot lock: connections are left alone and recorded as closed
- * (restore needs --tcp-close), since unlocked ones could lose data in flight. Either way a
- * connection still in a listener's queue (a client connecting during the freeze) is left out
- * rather than failing the dump: the original keeps it; a resumed copy never had it.
- */
-/**
  * How TCP connections are dumped: kept and locked with nftables; recorded closed (no lock here);
  * or kept without a lock, in a private network namespace whose every process is frozen in the
  * dump (nftables cannot be used without root there, and nothing outside can send them packets).
  */
 export type TcpMode = 'established' | 'close' | 'unlocked';
 
+/**
+ * 'established': connections are dumped, not closed: while the program is frozen CRIU drops their
+ * packets (one nftables rule per connection; no iptables or nft program needed), so peers only see
+ * a pause. 'close', where nftables cannot lock: connections are left alone and recorded as closed
+ * (restore needs --tcp-close), since unlocked ones could lose data in flight. Either way a
+ * connection still in a listener's queue (a client connecting during the freeze) is left out
+ * rather than failing the dump: the original keeps it; a resumed copy never had it. 'unlocked':
+ * dumped as 'established', without the lock (TcpMode).
+ */
 export function tcpDumpArgs(tcp: TcpMode): string[] {
   const common = ['--skip-in-flight'];
   if (tcp === 'close') return [...common, '--tcp-close', '--network-lock', 'skip'];
