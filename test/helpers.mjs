@@ -512,6 +512,19 @@ export async function programPid(child, timeoutMs = 30_000) {
   }
 }
 
+/**
+ * test/fixtures/state.mjs came back whole in a resumed copy: checkpt() returned 1 there, and its
+ * Map, module state and closure are the original's (`why`: what to print when r is not 1).
+ */
+export function assertStateBack(resumed, original, why = '') {
+  assert.equal(resumed.r, 1, why);
+  assert.equal(resumed.mapSize, 100_000);
+  assert.deepEqual(resumed.mapSample, { i: 99999, sq: 99999 * 99999 });
+  assert.equal(resumed.moduleCounter, original.moduleCounter);
+  assert.equal(resumed.closure, original.closure);
+  assert.equal(resumed.generation, 1);
+}
+
 /** A seeded xorshift32 generator for fuzz tests: the same seed, the same inputs. */
 export function xorshift32(seed) {
   let x = seed >>> 0 || 1;
