@@ -1,4 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +10,7 @@ import { rootless } from '../common/privilege.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
 import { prepareKdatDir } from './kdat.js';
-import { criuPath } from './paths.js';
+import { criuPath, criuSource, ownCriuHome, type CriuSource } from './paths.js';
 import { grantedCriu, grantedCriuPath } from './grant.js';
 
 export const MIN_CRIU_MAJOR = 4;
@@ -484,6 +485,8 @@ let cachedVersion: CriuVersion | undefined;
 /** `criu --version`; throws ENOCRIU with "need 4.2, found X" when missing or too old. */
 export function criuVersion(): CriuVersion {
   if (cachedVersion) return cachedVersion;
+  const recorded = recordedVersion();
+  if (recorded) return (cachedVersion = recorded);
   const r = runCriuSync(versionCommand(), VERSION_TIMEOUT_MS);
   cachedVersion = versionOf(r.stdout, r.error);
   return cachedVersion;
@@ -492,9 +495,37 @@ export function criuVersion(): CriuVersion {
 /** The same check, while the caller goes on (a resume unpacks its image meanwhile). */
 export async function criuVersionAsync(): Promise<CriuVersion> {
   if (cachedVersion) return cachedVersion;
+  const recorded = recordedVersion();
+  if (recorded) return (cachedVersion = recorded);
   const r = await runCriu(versionCommand(), VERSION_TIMEOUT_MS);
   cachedVersion = versionOf(r.stdout, r.error);
   return cachedVersion;
+}
+
+/**
+ * The version scripts/install-criu.sh recorded beside checkpt's own CRIU, when that is the CRIU
+ * that runs and nothing changed the binary after the record was written: a resume then starts no
+ * `criu --version` (a process start on its critical path). Anything else: undefined, and CRIU
+ * is asked.
+ */
+export function recordedVersion(
+  home: string = ownCriuHome,
+  binary: string = criuPath,
+  source: CriuSource = criuSource,
+): CriuVersion | undefined {
+  if (source !== 'checkpt build' || (rootless() && grantedCriu() !== undefined)) return undefined;
+  let recorded: string | undefined;
+  try {
+    const info = join(home, 'BUILD-INFO');
+    const text = readFileSync(info, 'utf8');
+    // Built, then recorded: a binary replaced, copied over or re-labelled since is newer.
+    if (statSync(binary).ctimeMs > statSync(info).mtimeMs) return undefined;
+    recorded = /^version=(\d+\.\d+(?:\.\d+)?)$/m.exec(text)?.[1];
+  } catch {
+    return undefined;
+  }
+  // Too old is refused as CRIU's own answer would be.
+  return recorded === undefined ? undefined : versionOf(`Version: ${recorded}`, undefined);
 }
 
 /** `criu --version` answers at once; a CRIU that does not is as good as missing. */

@@ -6,7 +6,7 @@
  * PE_LAZY itself; the lazy-pages daemon asks for the PE_LAZY ones (page-server.ts).
  */
 
-import { readdir, readFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import type { PageSource } from '../image/pages.js';
@@ -69,10 +69,11 @@ export async function readMemoryPlan(
     );
   const plan: MemoryPlan = { tasks: new Map(), eager: new Map(), lazy: new Map() };
   const claimed = new Set<string>();
-  for (const name of (await readdir(dir)).sort()) {
+  // Small files in tmpfs, read on this thread: each trip through the thread pool cost more.
+  for (const name of readdirSync(dir).sort()) {
     const m = /^pagemap-(shmem-)?(\d+)\.img$/.exec(name);
     if (!m) continue;
-    const img = await readFile(join(dir, name));
+    const img = readFileSync(join(dir, name));
     let task: TaskPages | undefined;
     let pagesName = '';
     let size = 0;

@@ -1,10 +1,10 @@
 /** Extracting a checkpoint file into a directory, undone when anything in it is wrong. */
 
-import { constants as fsc } from 'node:fs';
-import { open, readdir, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants as fsc, openSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
-import { closeQuietly, ioError, messageOf, unlinkQuietly, writeAll } from './io.js';
+import { closeFdQuietly, closeQuietly, ioError, messageOf, unlinkQuietly, writeNow } from './io.js';
 import { FilePages, servable } from './chunks.js';
 import type { LazyImage } from './pages.js';
 import { openImageFile, parse, parseFile, withImage, type ReadOptions, type Sink } from './read.js';
@@ -31,7 +31,8 @@ export interface ExtractOptions extends ReadOptions {
 class DirSink implements Sink {
   private readonly created: string[] = [];
   private readonly decoders: EntryDecoder[] = [];
-  private fh: FileHandle | undefined;
+  // A descriptor, not a FileHandle: opened, written and closed on this thread (io.ts, readNow).
+  private fd: number | undefined;
   private decoding: EntryDecoder | undefined;
   private path = '';
   private position = 0;
@@ -51,7 +52,7 @@ class DirSink implements Sink {
     }
     try {
       const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
-      this.fh = await open(this.path, flags, 0o600);
+      this.fd = openSync(this.path, flags, 0o600);
     } catch (e) {
       throw ioError(`creating ${this.path}`, this.path, e);
     }
@@ -60,9 +61,9 @@ class DirSink implements Sink {
 
   async write(chunk: Buffer): Promise<void> {
     if (this.decoding) return this.decoding.write(chunk);
-    if (this.fh === undefined) throw new Error('internal: write before begin');
+    if (this.fd === undefined) throw new Error('internal: write before begin');
     try {
-      await writeAll(this.fh, chunk, this.position);
+      await writeNow(this.fd, chunk, this.position);
     } catch (e) {
       throw ioError(`writing ${this.path}`, this.path, e);
     }
@@ -73,18 +74,18 @@ class DirSink implements Sink {
     const decoding = this.decoding;
     this.decoding = undefined;
     if (decoding) return decoding.end();
-    const fh = this.fh;
-    this.fh = undefined;
+    const fd = this.fd;
+    this.fd = undefined;
     try {
-      await fh?.close();
+      if (fd !== undefined) closeSync(fd);
     } catch (e) {
       throw ioError(`writing ${this.path}`, this.path, e);
     }
   }
 
   async abort(): Promise<void> {
-    await closeQuietly(this.fh);
-    this.fh = undefined;
+    if (this.fd !== undefined) closeFdQuietly(this.fd);
+    this.fd = undefined;
     for (const d of this.decoders) await d.abort();
     for (const p of this.created) await unlinkQuietly(p);
   }

@@ -5,7 +5,7 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { TextDecoder } from 'node:util';
 import { CheckptError } from '../common/errors.js';
-import { closeQuietly, errnoOf, ioError, messageOf } from './io.js';
+import { closeQuietly, errnoOf, ioError, messageOf, readNow } from './io.js';
 import { KEY_ENV } from './key.js';
 import { checkTrusted } from './trust.js';
 import {
@@ -138,12 +138,13 @@ class SealedBody implements ByteSource {
     while (done < len + TAG_LEN) {
       let bytesRead: number;
       try {
-        ({ bytesRead } = await this.src.fh.read(
+        bytesRead = await readNow(
+          this.src.fh.fd,
           this.sealed,
           done,
           len + TAG_LEN - done,
           position + done,
-        ));
+        );
       } catch (e) {
         throw ioError(`reading ${this.src.file}`, this.src.file, e);
       }

@@ -3,7 +3,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { CheckptError } from '../common/errors.js';
-import { ioError } from './io.js';
+import { ioError, readNow } from './io.js';
 import { truncated } from './layout.js';
 
 export interface Source {
@@ -22,7 +22,7 @@ export function fileBytes(src: Source): ByteSource {
   return {
     async read(buf, off, len, position) {
       try {
-        return (await src.fh.read(buf, off, len, position)).bytesRead;
+        return await readNow(src.fh.fd, buf, off, len, position);
       } catch (e) {
         throw ioError(`reading ${src.file}`, src.file, e);
       }
@@ -173,7 +173,7 @@ export async function readAt(src: Source, position: number, len: number): Promis
   while (done < len) {
     let bytesRead: number;
     try {
-      ({ bytesRead } = await src.fh.read(buf, done, len - done, position + done));
+      bytesRead = await readNow(src.fh.fd, buf, done, len - done, position + done);
     } catch (e) {
       throw ioError(`reading ${src.file}`, src.file, e);
     }

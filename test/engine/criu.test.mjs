@@ -220,3 +220,42 @@ test("the dump front: the helper, the worker, then criu dump's own command line"
   const closed = { ...job, manifest: { ...job.manifest, tcp: 'closed' } };
   assert.ok(dumpFrontCommand(closed, '/j', '/f', 'sync').args.includes('--tcp-close'));
 });
+
+test("the recorded version: read from checkpt's own build, not when the binary changed since", async (t) => {
+  const { recordedVersion } = await import('../../dist/engine/criu.js');
+  const { mkdtempSync, mkdirSync, writeFileSync, rmSync, utimesSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const home = mkdtempSync(join(tmpdir(), 'checkpt-test-criu-home-'));
+  t.after(() => rmSync(home, { recursive: true, force: true }));
+  mkdirSync(join(home, 'bin'));
+  const bin = join(home, 'bin', 'criu');
+  writeFileSync(bin, '');
+  const info = join(home, 'BUILD-INFO');
+  writeFileSync(info, 'version=4.2.1\nrecipe=2\n');
+  assert.deepEqual(recordedVersion(home, bin, 'checkpt build'), {
+    major: 4,
+    minor: 2,
+    patch: 1,
+    text: '4.2.1',
+  });
+  // Another CRIU runs (CHECKPT_CRIU, the PATH's): its own answer counts.
+  assert.equal(recordedVersion(home, bin, 'CHECKPT_CRIU'), undefined);
+  assert.equal(recordedVersion(home, bin, 'PATH'), undefined);
+  // The binary replaced after the record was written: asked again.
+  const past = new Date(Date.now() - 60_000);
+  utimesSync(info, past, past);
+  writeFileSync(bin, 'x');
+  assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
+  // An older CRIU recorded: refused with the version found, as CRIU's own answer would be.
+  writeFileSync(info, 'version=4.1.1\n');
+  assert.throws(() => recordedVersion(home, bin, 'checkpt build'), {
+    code: 'ENOCRIU',
+    message: /need 4\.2 or newer, found 4\.1\.1/,
+  });
+  // No record, or one without a version: asked.
+  writeFileSync(info, 'recipe=2\n');
+  assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
+  rmSync(info);
+  assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
+});
