@@ -11,18 +11,21 @@
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 #
-# checkpt's build differs from Debian's in one thing: CRIU keeps its cache of kernel probes (40-70
-# ms at each start without it) in $kdat_dir, on tmpfs everywhere, containers included, instead
-# of /run, which is not tmpfs in most containers (CRIU then keeps none). The patches in
-# criu-patches/ make CRIU use a cache only when the file and its directory are its user's alone,
-# since /dev/shm is shared; checkpt makes the directory, root's and 0700, before CRIU runs.
+# checkpt's build differs from Debian's in two things (scripts/criu-patches/):
+# - CRIU keeps its cache of kernel probes (40-70 ms at each start without it) in $kdat_dir, on
+#   tmpfs everywhere, containers included, instead of /run, which is not tmpfs in most containers
+#   (CRIU then keeps none). kdat-cache-owner.patch makes CRIU use a cache only when the file and
+#   its directory are its user's alone, since /dev/shm is shared; checkpt makes the directory,
+#   root's and 0700, before CRIU runs.
+# - lazy-fault-around.patch: the lazy-pages daemon answers a page fault with the 64 KiB around
+#   the page rather than the page alone (half the round trips to checkpt's page server).
 set -euo pipefail
 
 home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=2
+recipe=3
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }
@@ -156,18 +159,22 @@ say "building CRIU $version ($(nproc) cores, about a minute)"
 mkdir -p "$work/build"
 tar -C "$work/build" -xf "$tarball"
 tree=$(ls -d "$work"/build/criu-*/ | head -1)
-# The cache moves to the shared /dev/shm only with the patch that checks its owner; a CRIU the
-# patches do not fit keeps it where Debian's does.
+# Each patch that fits is applied; one that does not is left out, and CRIU works as Debian's does
+# in that respect. The cache moves to the shared /dev/shm only with the patch that checks its owner.
 rundir=()
-patched=yes
+applied=()
 for p in "$here"/criu-patches/*.patch; do
-  patch -d "$tree" -p1 --forward --dry-run --silent <"$p" >/dev/null 2>&1 || patched=
+  if patch -d "$tree" -p1 --forward --dry-run --silent <"$p" >/dev/null 2>&1; then
+    patch -d "$tree" -p1 --forward --silent <"$p" >/dev/null
+    applied+=("$(basename "$p")")
+  else
+    say "$(basename "$p") does not fit CRIU $version: building without it"
+  fi
 done
-if [ -n "$patched" ]; then
-  for p in "$here"/criu-patches/*.patch; do patch -d "$tree" -p1 --forward --silent <"$p" >/dev/null; done
+if [[ " ${applied[*]} " == *" kdat-cache-owner.patch "* ]]; then
   rundir=(RUNDIR="$kdat_dir")
 else
-  say "the patches in criu-patches/ do not fit CRIU $version: building it as Debian does (its kernel-probe cache in /run, kept only where /run is tmpfs)"
+  say "CRIU keeps its kernel-probe cache in /run, as Debian's does (kept only where /run is tmpfs)"
   kdat_dir=
 fi
 if ! make -C "$tree" -j"$(nproc)" "${rundir[@]}" criu >"$work/make.log" 2>&1; then
@@ -182,7 +189,7 @@ install -m 0755 "$tree/criu/criu" "$home/bin/criu.new"
 mv -f "$home/bin/criu.new" "$home/bin/criu"
 printf 'version=%s\nsource=%s\nsha256=%s\nbuilt=%s\nrecipe=%s\nkdat=%s\npatches=%s\n' "$version" "$(basename "$tarball")" \
   "$(sha256sum "$tarball" | cut -d' ' -f1)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$recipe" "${kdat_dir:-/run}" \
-  "$([ -z "$patched" ] || (cd "$here/criu-patches" && ls ./*.patch | sed 's#^\./##' | tr '\n' ' ' | sed 's/ $//'))" >"$home/BUILD-INFO"
+  "${applied[*]}" >"$home/BUILD-INFO"
 
 if ! v=$(criu_works "$home/bin/criu"); then
   CRIU_FAULT=130 "$home/bin/criu" check >&2 || true
