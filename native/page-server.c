@@ -49,6 +49,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -285,6 +286,10 @@ static int staged_fd = -1; /* eventfd: the checker staged a block */
  * among them. Each block is staged at most twice (in the file, then copied out). */
 static struct { uint32_t file; uint64_t block; } *done;
 static size_t done_cap, done_head, done_len;
+/* Set once the daemon asks for its first page: the copy runs, and the checkers' background work
+ * yields to it (a checker found the copy waiting behind it on a 2-core machine). */
+static int copy_runs;
+
 /* The background order: every block checked here, file by file (under lock). */
 static uint32_t cursor_file;
 static uint64_t cursor;
@@ -414,7 +419,15 @@ static void *checker(void *arg) {
   (void)arg;
   uint8_t *raw = malloc(2 * block + 65536);
   if (!raw) io_failed("out of memory for the checker");
+  int yielding = 0;
   for (;;) {
+    /* Lowest priority from the copy's first request on: the blocks it waits for are checked on
+     * the serving thread, and this thread's background work must not take their CPU. Raising
+     * one's nice value needs no privilege; it stays raised. */
+    if (!yielding && __atomic_load_n(&copy_runs, __ATOMIC_RELAXED)) {
+      yielding = 1;
+      setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+    }
     uint32_t f = 0;
     uint64_t b = 0;
     pthread_mutex_lock(&lock);
@@ -594,14 +607,15 @@ static int check_here_now(uint32_t fi, uint64_t b) {
 
 /* Whether every block of the request is staged; asks for the ones not asked for yet, first. A
  * page fault's one block is checked right here: handing it to a checker thread and back costs two
- * wake-ups, more than checking 64 KiB. */
-static int ready(const struct request *r) {
+ * wake-ups, more than checking 64 KiB. So is every block of the request at the head of the queue
+ * (`head`): everything behind it waits for it, and the checkers yield to the copy. */
+static int ready(const struct request *r, int head) {
   struct file *f = &files[r->file];
   int all = 1;
-  int fault = r->length <= f->block;
+  int here = head || (r->length <= f->block && f->block <= (256u << 10));
   for (uint64_t b = r->offset / f->block; b * f->block < r->offset + r->length; b++) {
     if (__atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE)) continue;
-    if (fault && f->block <= (256u << 10) && check_here_now(r->file, b)) continue;
+    if (here && check_here_now(r->file, b)) continue;
     all = 0;
     ask(r->file, b);
   }
@@ -644,7 +658,7 @@ static void serve_queue(void) {
       shutdown(DAEMON_FD, SHUT_WR);
       exit(EXIT_CLOSED);
     }
-    if (!ready(r)) return;
+    if (!ready(r, 1)) return;
     answer(r);
     qhead = (qhead + 1) % MAX_QUEUED;
     qlen--;
@@ -676,8 +690,9 @@ static void take_request(const uint8_t *iov) {
     fail("sent an unknown command (%u)", cmd);
   }
   qlen++;
+  __atomic_store_n(&copy_runs, 1, __ATOMIC_RELAXED);
   /* Asked for at once, so checkpt stages it while earlier answers go out. */
-  if (!r->close) ready(r);
+  if (!r->close) ready(r, 0);
 }
 
 int cmd_serve_pages(int stage_only) {

@@ -141,10 +141,12 @@ export const MEM_CHUNK = 1024 * 1024;
 export const PLAIN_MEM_CHUNK = 64 * 1024;
 /**
  * Decoded bytes per zstd frame of a memory image compressed with Node's zlib (each frame one
- * chunk, checked and decoded alone). Frames of 64 KiB were tried: the 2 GB heap's compressed file
- * then resumed in 0.8-9.5 s against 1.0-2.2 s (docs/PERFORMANCE.md), so they stay at 1 MiB.
+ * chunk, checked and decoded alone), as for plain memory: CRIU's lazy-pages daemon asks for 64 KiB
+ * around a fault (scripts/criu-patches/), and a 1 MiB frame took the page server ~2 ms to check
+ * and decode for each. Costs ~8% more bytes (docs/PERFORMANCE.md). Files with 1 MiB frames, as
+ * written before, are read as ever.
  */
-export const ZSTD_FRAME = 1024 * 1024;
+export const ZSTD_FRAME = 64 * 1024;
 /** Bytes a plain memory image is read and written in, whatever its chunks. */
 export const IO_UNIT = 1024 * 1024;
 export const MIN_MEM_CHUNK = 4096;
