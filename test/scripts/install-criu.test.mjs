@@ -2,7 +2,7 @@
 // and every way a build can be refused or fail, each with its message and nothing installed.
 import assert from 'node:assert/strict';
 import { describe, removeDir, root, spawnSync, tempDir, test } from '../helpers.mjs';
-import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { findCriu, ownCriuHome } from '../../dist/engine/paths.js';
@@ -85,6 +85,43 @@ describe('scripts/install-criu.sh', () => {
     assert.match(r.stderr, /nl\.h: No such file or directory/);
     assert.match(r.stderr, /building CRIU 4\.2\.9 failed.*missing build dependency/);
     assert.equal(existsSync(join(home, 'bin', 'criu')), false);
+  });
+
+  test('each patch that fits is applied, one that does not is left out and named', (t) => {
+    // The lazy-pages daemon's source as CRIU ships it, from the tarball kept beside checkpt's CRIU;
+    // the kernel-probe patch's files are missing from this tree, so it cannot fit.
+    const kept = join(ownCriuHome, 'src', 'criu_4.2.1.orig.tar.xz');
+    if (!existsSync(kept)) return t.skip(`no CRIU source kept at ${kept}`);
+    const x = spawnSync('tar', ['-xJOf', kept, 'criu-4.2.1/criu/uffd.c'], {
+      maxBuffer: 1 << 24,
+    });
+    assert.equal(x.status, 0, String(x.stderr));
+    // The build succeeds only on a patched uffd.c; the "binary" answers as a CRIU would.
+    const { home, tarball } = fakeSource('criu_4.2.9.orig.tar.xz', {
+      Makefile:
+        '.PHONY: criu\ncriu:\n\tgrep -q FAULT_AROUND_LEN criu/uffd.c\n' +
+        '\tprintf \'#!/bin/sh\\necho "Version: 4.2.9"\\n\' > criu/criu && chmod +x criu/criu\n',
+    });
+    const tree = join(dirs.at(-1), 'tree', 'criu-x');
+    mkdirSync(join(tree, 'criu'));
+    writeFileSync(join(tree, 'criu', 'uffd.c'), x.stdout);
+    const again = spawnSync('tar', ['-C', join(tree, '..'), '-cJf', tarball, 'criu-x']);
+    assert.equal(again.status, 0, String(again.stderr));
+    const r = install({
+      CHECKPT_CRIU_FORCE: '1',
+      CHECKPT_CRIU_HOME: home,
+      CHECKPT_CRIU_SOURCE: tarball,
+    });
+    assert.equal(r.status, 0, r.stderr + r.stdout);
+    assert.match(
+      r.stdout,
+      /kdat-cache-owner\.patch does not fit CRIU 4\.2\.9: building without it/,
+    );
+    assert.match(r.stdout, /kernel-probe cache in \/run/);
+    const info = readFileSync(join(home, 'BUILD-INFO'), 'utf8');
+    assert.match(info, /^patches=lazy-fault-around\.patch$/m);
+    assert.match(info, /^kdat=\/run$/m);
+    assert.match(info, /^version=4\.2\.9$/m);
   });
 
   test('a tarball whose name carries no version is refused', () => {
