@@ -21,9 +21,10 @@
  * so it decodes alone, and the frames one after another are an ordinary .zst file. K = ceil(U / C);
  * the entry's size S (what extraction writes) is the sum of its stored lengths, and the stored
  * lengths of all chunked entries (plus one GCM tag each when encrypted) add up to the length of
- * DATA exactly. C is 64 KiB for plain memory when written here, 1 MiB for encrypted or zstd
- * memory: CRIU asks for single pages on faults, and a fault waits for its chunk's first check,
- * ~60 µs for 64 KiB against a millisecond for 1 MiB; plain tables cost 36 bytes per 64 KiB.
+ * DATA exactly. C is 64 KiB for plain and zstd memory when written here (zstd: 1 MiB before
+ * 2026-12-01), 1 MiB for encrypted memory: CRIU asks for 64 KiB around a fault, and a fault waits
+ * for its chunk's first check, ~60 µs for 64 KiB against a millisecond or two for 1 MiB; tables
+ * cost 36 bytes per chunk.
  *
  * Plain (flags 0): HEAD = PREFIX (16 bytes), INDEX' = INDEX, and
  *   TAIL = u64 length of DATA D | "CKPTEND\n" | SHA-256 of (PREFIX | INDEX | u64 D).
