@@ -1,7 +1,6 @@
 /** Extracting a checkpoint file into a directory, undone when anything in it is wrong. */
 
-import { closeSync, constants as fsc, openSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { closeSync, constants as fsc, openSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { closeFdQuietly, closeQuietly, ioError, messageOf, unlinkQuietly, writeNow } from './io.js';
@@ -94,7 +93,7 @@ class DirSink implements Sink {
 async function checkEmptyDir(dir: string): Promise<void> {
   let names: string[];
   try {
-    names = await readdir(dir);
+    names = readdirSync(dir);
   } catch (e) {
     throw new CheckptError(
       'ETARGET',

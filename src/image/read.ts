@@ -1,7 +1,7 @@
 /** Opening a checkpoint file and checking it: header, structure, checksum or every sealed chunk. */
 
-import { constants as fsc } from 'node:fs';
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { constants as fsc, fstatSync, statSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { TextDecoder } from 'node:util';
 import { CheckptError } from '../common/errors.js';
@@ -684,7 +684,7 @@ function checkKind(file: string, st: { isDirectory(): boolean; isFile(): boolean
 async function openImage(file: string): Promise<Source> {
   // Looked at before it is opened: opening a FIFO could block, and opening a device can act.
   try {
-    checkKind(file, await stat(file));
+    checkKind(file, statSync(file));
   } catch (e) {
     throw e instanceof CheckptError ? e : openError(file, e);
   }
@@ -696,7 +696,7 @@ async function openImage(file: string): Promise<Source> {
     throw openError(file, e);
   }
   try {
-    const st = await fh.stat();
+    const st = fstatSync(fh.fd);
     checkKind(file, st);
     return { fh, size: st.size, file };
   } catch (e) {
