@@ -16,6 +16,7 @@ import {
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import * as zlib from 'node:zlib';
 import { after, before } from 'node:test';
 import { extractImage, writeImage } from '../../dist/image/format.js';
 
@@ -94,10 +95,20 @@ describe('compressed images', () => {
     assert.equal((await r.closed).code, 7, r.stderrText);
   });
 
-  test('without zstd a compressed image is refused with advice, and nothing starts', () => {
+  test('without the zstd program: one zstd stream is refused with advice and nothing starts; zstd frames resume', async () => {
+    const env = { ...process.env, CHECKPT_ZSTD: join(dir, 'no-such-zstd') };
+    // The program that wrote async.ckpt ran on this Node: with zstd in its zlib (22.15+) the
+    // memory is in frames, checked and decoded by checkpt itself; else one stream, by the program.
+    if (typeof zlib.zstdDecompress === 'function') {
+      const r = resume(join(dir, 'async.ckpt'), { env });
+      const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+      assert.deepEqual(back.mapSample, { i: 99999, sq: 99999 * 99999 });
+      assert.equal((await r.closed).code, 7, r.stderrText);
+      return;
+    }
     const r = spawnSync(process.execPath, [cli, '-r', join(dir, 'async.ckpt')], {
       encoding: 'utf8',
-      env: { ...process.env, CHECKPT_ZSTD: join(dir, 'no-such-zstd') },
+      env,
     });
     assert.equal(r.status, 125, r.stderr);
     assert.match(r.stderr, /zstd program is missing.*apt-get install zstd/);
