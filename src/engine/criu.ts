@@ -484,9 +484,8 @@ let cachedVersion: CriuVersion | undefined;
 
 /** `criu --version`; throws ENOCRIU with "need 4.2, found X" when missing or too old. */
 export function criuVersion(): CriuVersion {
-  if (cachedVersion) return cachedVersion;
-  const recorded = recordedVersion();
-  if (recorded) return (cachedVersion = recorded);
+  const known = knownVersion();
+  if (known) return known;
   const r = runCriuSync(versionCommand(), VERSION_TIMEOUT_MS);
   cachedVersion = versionOf(r.stdout, r.error);
   return cachedVersion;
@@ -494,12 +493,16 @@ export function criuVersion(): CriuVersion {
 
 /** The same check, while the caller goes on (a resume unpacks its image meanwhile). */
 export async function criuVersionAsync(): Promise<CriuVersion> {
-  if (cachedVersion) return cachedVersion;
-  const recorded = recordedVersion();
-  if (recorded) return (cachedVersion = recorded);
+  const known = knownVersion();
+  if (known) return known;
   const r = await runCriu(versionCommand(), VERSION_TIMEOUT_MS);
   cachedVersion = versionOf(r.stdout, r.error);
   return cachedVersion;
+}
+
+/** The version already known here: asked before, or recorded beside checkpt's own build. */
+function knownVersion(): CriuVersion | undefined {
+  return (cachedVersion ??= recordedVersion());
 }
 
 /**
@@ -513,7 +516,8 @@ export function recordedVersion(
   binary: string = criuPath,
   source: CriuSource = criuSource,
 ): CriuVersion | undefined {
-  if (source !== 'checkpt build' || (rootless() && grantedCriu() !== undefined)) return undefined;
+  // Where `criu --version` would run the granted copy (request()), that copy answers.
+  if (source !== 'checkpt build' || grantedCriu() !== undefined) return undefined;
   let recorded: string | undefined;
   try {
     const info = join(home, 'BUILD-INFO');
