@@ -103,7 +103,7 @@ async function run(c: RunnableCommand): Promise<number> {
       process.stdout.write(
         r.pagesMs === undefined
           ? `checkpt: migrated pid ${c.pid} to ${c.host}:${c.port}, where it runs as pid ${r.remotePid} (${mib(r.bytes)} MiB, frozen ${r.totalMs} ms, dump ${r.dumpMs} ms)\n`
-          : `checkpt: migrated pid ${c.pid} to ${c.host}:${c.port}, where it runs as pid ${r.remotePid} (post-copy: running there ${r.totalMs} ms after the freeze, dump ${r.dumpMs} ms; ${mib(r.pageBytes ?? 0)} MiB of memory followed, all there after ${r.pagesMs} ms)\n`,
+          : `checkpt: migrated pid ${c.pid} to ${c.host}:${c.port}, where it runs as pid ${r.remotePid} (post-copy: running there ${r.totalMs} ms after the freeze, dump ${r.dumpMs} ms${r.memoryWritten ? ' with the memory written out: the open-file limit is too low to keep it in pipes' : ''}; ${mib(r.pageBytes ?? 0)} MiB of memory followed, all there after ${r.pagesMs} ms)\n`,
       );
       return 0;
     }

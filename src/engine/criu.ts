@@ -69,6 +69,13 @@ export interface DumpRequest {
    * `timeoutMs`. (The dump front answers CRIU's notifications itself: helper.ts.)
    */
   postDump?: { sock: string; timeoutMs?: number };
+  /**
+   * Leave the lazy memory (private anonymous pages) in the frozen program instead of writing it
+   * (`--lazy-pages`): CRIU keeps it in pipes and serves it, after the post-dump step, from its page
+   * server on fd 4, which checkpt closes at once (nobody asks it: src/migrate/frozen-memory.ts reads
+   * the frozen processes' memory itself). Post-copy migration only.
+   */
+  lazyMemory?: boolean;
 }
 
 export interface RestoreArgsRequest {
@@ -152,6 +159,7 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
   ];
   for (const ino of req.externalUnix ?? []) args.push('--external', `unix[${ino}]`);
   if (req.postDump) args.push('--action-script', helperPath());
+  if (req.lazyMemory) args.push('--lazy-pages', '--ps-socket', String(PAGE_SERVER_FD));
   const env: Record<string, string> = {};
   if (req.postDump) {
     env.CHECKPT_POST_DUMP_SOCK = req.postDump.sock;
@@ -271,17 +279,18 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Give it a pipe as fd 3 and no output (a daemon's status fd), instead of capturing its output. */
   statusFd?: boolean;
-  /** With `statusFd`: also a connected Unix stream socket as fd 4 (libuv makes it with socketpair). */
+  /** Also a connected Unix stream socket as fd 4 (libuv makes it with socketpair). */
   pageSocket?: boolean;
 }
 
 /** Starts a CRIU command: every CRIU checkpt itself runs is started here. */
 export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
   const capture = !opts.statusFd;
+  const fd4 = opts.pageSocket ? ['pipe' as const] : [];
   const child = spawn(cmd.file, cmd.args, {
     stdio: capture
-      ? ['ignore', 'pipe', 'pipe']
-      : ['ignore', 'ignore', 'ignore', 'pipe', ...(opts.pageSocket ? ['pipe' as const] : [])],
+      ? ['ignore', 'pipe', 'pipe', ...(opts.pageSocket ? ['ignore' as const] : []), ...fd4]
+      : ['ignore', 'ignore', 'ignore', 'pipe', ...fd4],
     env: cmd.env,
   });
   let timer: NodeJS.Timeout | undefined;
@@ -331,7 +340,7 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
     running: () => !ended && child.exitCode === null && child.signalCode === null,
   };
   if (!capture) run.status = child.stdio[3] as NodeJS.ReadableStream;
-  if (!capture && opts.pageSocket) run.pageSocket = child.stdio[PAGE_SERVER_FD] as Duplex;
+  if (opts.pageSocket) run.pageSocket = child.stdio[PAGE_SERVER_FD] as Duplex;
   return run;
 }
 
@@ -343,7 +352,10 @@ export async function dump(req: DumpRequest): Promise<void> {
 
 /** `criu dump` started for a caller that acts while it runs (checkpoint and exit's post-dump step). */
 export function startDump(req: DumpRequest): CriuRun {
-  return startCriu(dumpCommand(req), { timeoutMs: req.timeoutMs });
+  return startCriu(dumpCommand(req), {
+    timeoutMs: req.timeoutMs,
+    ...(req.lazyMemory ? { pageSocket: true } : {}),
+  });
 }
 
 export interface CriuLog {

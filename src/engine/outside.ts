@@ -85,7 +85,19 @@ export interface OutsideDumpRequest {
    * the manifest while the program is still frozen; it may serve the memory from there until it
    * returns. Throws: CRIU rolls back and the program runs on; returns: the program is killed.
    */
-  handOffImages?: (imagesDir: string, manifest: Manifest) => Promise<void>;
+  handOffImages?: (imagesDir: string, manifest: Manifest, frozen: FrozenTree) => Promise<void>;
+  /**
+   * With `handOffImages`: CRIU leaves the lazy memory in the frozen program, unwritten
+   * (DumpRequest.lazyMemory); the hand-off reads it from the processes of `frozen`.
+   */
+  lazyMemory?: boolean;
+}
+
+/** The frozen program's processes: host pid by the pid CRIU's images name them by. */
+export interface FrozenTree {
+  hostPids: ReadonlyMap<number, number>;
+  /** Whether CRIU left the lazy memory in them rather than in the images. */
+  lazyMemory: boolean;
 }
 
 export interface OutsideDumpResult {
@@ -149,6 +161,7 @@ async function dumpWithKey(
       timeoutMs: req.timeoutMs,
       leave: req.exit ? 'stopped' : 'running',
       tcp,
+      ...(req.lazyMemory && req.handOffImages && req.exit ? { lazyMemory: true } : {}),
     };
     const manifestOf = (dumpMs: number): Manifest => ({
       formatVersion: FORMAT_VERSION,
@@ -248,6 +261,16 @@ async function packImages(
   return written;
 }
 
+/** Host pid by the pid in the program's own PID namespace (the last of NSpid). */
+function innerPids(tree: readonly number[]): Map<number, number> {
+  const map = new Map<number, number>();
+  for (const pid of tree) {
+    const inner = Number(procStatus(pid)?.NSpid?.trim().split(/\s+/).at(-1));
+    if (Number.isInteger(inner) && inner > 0) map.set(inner, pid);
+  }
+  return map;
+}
+
 /** CRIU's uncompressed memory images in `dir`, with their sizes. */
 function pageFiles(dir: string): { name: string; size: number }[] {
   return readdirSync(dir)
@@ -304,6 +327,8 @@ async function dumpThenExit(
       ...dumpReq,
       postDump: { sock: hook.path, timeoutMs: DEFAULT_TIMEOUT_MS },
     });
+    // Nobody asks CRIU's page server for the memory it keeps: closed, it ends as soon as it starts.
+    run.pageSocket?.destroy();
     const dumped = await Promise.race([
       hook.dumped.then(() => true),
       run.result.then(() => false),
@@ -331,7 +356,10 @@ async function dumpThenExit(
       requireWholeProgram(req.nsPid, req.innerPid, req.pid, run.pid);
       if (req.handOffImages) {
         bytes = manifest.imageBytes;
-        await req.handOffImages(dumpReq.imagesDir, manifest);
+        await req.handOffImages(dumpReq.imagesDir, manifest, {
+          hostPids: innerPids(tree),
+          lazyMemory: dumpReq.lazyMemory === true,
+        });
       } else {
         bytes = await pack(manifest);
         if (req.handOff) await req.handOff(req.target);

@@ -8,18 +8,22 @@ import {
   statSync,
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { open as openFile } from 'node:fs/promises';
+import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { connect, type TLSSocket } from 'node:tls';
 import { TIMEOUT_MS } from '../common/config.js';
+import { procStatus, processTree, rssBytes } from '../common/procfs.js';
 import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
 import { dirPageSource } from '../engine/dir-pages.js';
+import type { PageSource } from '../image/pages.js';
 import type { Manifest } from '../engine/job.js';
-import { dumpFromOutside } from '../engine/outside.js';
+import { dumpFromOutside, type FrozenTree } from '../engine/outside.js';
 import { readMemoryPlan } from '../engine/pagemap.js';
+import { dirBytes } from '../image/format.js';
+import { completeLazyDump } from './frozen-memory.js';
 import { imageFilesFor, servePagesOver } from './page-source.js';
 import { loadSmallRegionsEagerly } from './small-memory.js';
 import { loadIdentity, trustedPeer, type Identity, type IdentityFiles } from './peer.js';
@@ -52,6 +56,11 @@ export interface Migrated {
   pagesMs?: number;
   /** Post-copy: the memory that moved after the copy ran. */
   pageBytes?: number;
+  /**
+   * Post-copy: CRIU wrote the memory out before the hand-off (the open-file limit was too low for
+   * the pipes that keep it in the frozen program), which lengthens the blackout.
+   */
+  memoryWritten?: boolean;
 }
 
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -86,6 +95,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   const target = join(workDir, 'migrate.ckpt');
   let remotePid = 0;
   let post: { runningMs: number; pageBytes: number } | undefined;
+  const lazyMemory = opts.postCopy === true && lazyDumpFits(pid);
   trace('migrate-freeze');
   const t0 = process.hrtime.bigint();
   const ms = (): number => Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -100,13 +110,23 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       template: target,
       timeoutMs: TIMEOUT_MS.get(),
       ...(pagesSocket && {
-        handOffImages: async (imagesDir: string, manifest: Manifest) => {
-          const r = await handOffImages(socket, pagesSocket, token, imagesDir, manifest, pid, {
-            confirmMs: opts.confirmTimeoutMs ?? 60_000,
-            pagesMs: opts.pagesTimeoutMs ?? 300_000,
-            where: `${opts.host}:${opts.port}`,
-            confirmed: () => ms(),
-          });
+        lazyMemory,
+        handOffImages: async (imagesDir: string, manifest: Manifest, frozen: FrozenTree) => {
+          const r = await handOffImages(
+            socket,
+            pagesSocket,
+            token,
+            imagesDir,
+            manifest,
+            frozen,
+            pid,
+            {
+              confirmMs: opts.confirmTimeoutMs ?? 60_000,
+              pagesMs: opts.pagesTimeoutMs ?? 300_000,
+              where: `${opts.host}:${opts.port}`,
+              confirmed: () => ms(),
+            },
+          );
           remotePid = r.pid;
           post = { runningMs: r.runningMs, pageBytes: r.pageBytes };
         },
@@ -133,6 +153,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
         totalMs: post.runningMs,
         pagesMs: totalMs,
         pageBytes: post.pageBytes,
+        ...(lazyMemory ? {} : { memoryWritten: true }),
       };
     return { remotePid, bytes: r.bytes, dumpMs: r.dumpMs, totalMs };
   } catch (e) {
@@ -162,13 +183,18 @@ async function handOffImages(
   token: string,
   imagesDir: string,
   manifest: Manifest,
+  frozen: FrozenTree,
   pid: number,
   o: { confirmMs: number; pagesMs: number; where: string; confirmed: () => number },
 ): Promise<{ pid: number; runningMs: number; pageBytes: number }> {
-  const source = await dirPageSource(imagesDir);
+  trace('migrate-dumped');
+  // The memory CRIU did not write is read from the frozen processes.
+  const memory = frozen.lazyMemory ? completeLazyDump(imagesDir, frozen.hostPids) : undefined;
+  if (memory) manifest.imageBytes = dirBytes(imagesDir);
+  const files = await dirPageSource(imagesDir);
+  const source = memory ? memory.source(files) : files;
   let running = false;
   try {
-    trace('migrate-dumped');
     loadSmallRegionsEagerly(imagesDir);
     const plan = await readMemoryPlan(imagesDir, source, 'the frozen program');
     const files = imageFilesFor(imagesDir, plan);
@@ -186,7 +212,7 @@ async function handOffImages(
     trace('migrate-offered');
     const answer = readMessage(socket, o.confirmMs, "the receiver's confirmation");
     answer.catch(() => undefined);
-    const sending = sendRanges(socket, imagesDir, files);
+    const sending = sendRanges(socket, imagesDir, files, source);
     sending.then(
       () => trace('migrate-sent'),
       () => undefined,
@@ -241,40 +267,57 @@ async function handOffImages(
   }
 }
 
-/** Streams each file's ranges, in order, after the offer's line. */
+/**
+ * Streams each file's ranges, in order, after the offer's line; the memory images' through
+ * `pages` (what CRIU left in the frozen processes is read from there).
+ */
 async function sendRanges(
   socket: TLSSocket,
   dir: string,
   files: readonly { name: string; ranges: [number, number][] }[],
+  pages: PageSource,
 ): Promise<void> {
-  const chunk = Buffer.allocUnsafe(1 << 20);
-  for (const f of files) {
-    if (f.ranges.length === 0) continue;
-    const fh = await openFile(join(dir, f.name), 'r');
-    try {
-      for (const [offset, length] of f.ranges)
-        for (let at = 0; at < length;) {
-          const { bytesRead } = await fh.read(
-            chunk,
-            0,
-            Math.min(chunk.length, length - at),
-            offset + at,
-          );
-          if (bytesRead === 0) throw new Error(`${f.name} is shorter than the offer`);
-          at += bytesRead;
-          if (!socket.write(Buffer.from(chunk.subarray(0, bytesRead))))
-            await new Promise<void>((res, rej) => {
-              const onClose = (): void => rej(new Error('the connection closed'));
-              socket.once('drain', () => {
-                socket.off('close', onClose);
-                res();
-              });
-              socket.once('close', onClose);
-            });
-        }
-    } finally {
-      await fh.close();
+  const PIECE = 1 << 20;
+  const handles = new Map<string, Promise<FileHandle>>();
+  const readFile = async (name: string, offset: number, length: number): Promise<Buffer> => {
+    let fh = handles.get(name);
+    if (!fh) {
+      fh = openFile(join(dir, name), 'r');
+      handles.set(name, fh);
     }
+    const chunk = Buffer.allocUnsafe(length);
+    const { bytesRead } = await (await fh).read(chunk, 0, length, offset);
+    if (bytesRead !== length) throw new Error(`${name} is shorter than the offer`);
+    return chunk;
+  };
+  const pieces: (() => Promise<Buffer>)[] = [];
+  for (const f of files)
+    for (const [offset, length] of f.ranges)
+      for (let at = 0; at < length; at += PIECE) {
+        const [o, l] = [offset + at, Math.min(PIECE, length - at)];
+        pieces.push(
+          pages.entries.has(f.name) ? () => pages.read(f.name, o, l) : () => readFile(f.name, o, l),
+        );
+      }
+  try {
+    // One piece read ahead while the one before goes out.
+    let next = pieces[0]?.();
+    for (let i = 0; i < pieces.length; i++) {
+      const data = await (next as Promise<Buffer>);
+      next = pieces[i + 1]?.();
+      next?.catch(() => undefined);
+      if (!socket.write(data))
+        await new Promise<void>((res, rej) => {
+          const onClose = (): void => rej(new Error('the connection closed'));
+          socket.once('drain', () => {
+            socket.off('close', onClose);
+            res();
+          });
+          socket.once('close', onClose);
+        });
+    }
+  } finally {
+    for (const fh of handles.values()) await (await fh.catch(() => undefined))?.close();
   }
 }
 
@@ -349,6 +392,24 @@ function open(opts: MigrateOptions, id: Identity): Promise<TLSSocket> {
       );
     });
   });
+}
+
+/**
+ * Whether CRIU can keep the program's memory in pipes rather than write it: about two fds per MiB
+ * (pipes stop at fs.pipe-max-size, 1 MiB by default), within the open-file limit CRIU inherits.
+ */
+function lazyDumpFits(pid: number): boolean {
+  const rss = processTree(pid).reduce((sum, p) => sum + rssBytes(procStatus(p)), 0);
+  const limit = Number(/^Max open files\s+(\d+)/m.exec(readLimits())?.[1] ?? 1024);
+  return 2 * Math.ceil(rss / (1 << 20)) + 512 <= limit;
+}
+
+function readLimits(): string {
+  try {
+    return readFileSync('/proc/self/limits', 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 /** The pid of `pid` in its own PID namespace, and a host pid there that checkpt can enter (its init). */
