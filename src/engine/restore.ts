@@ -48,6 +48,8 @@ export interface ResumeOptions {
   trustFile?: boolean;
   /** Told how far verifying and unpacking the file got; ended before anything is restored. */
   progress?: ProgressSink;
+  /** The image's network lock is on the host it came from (a migration): nothing to remove here. */
+  lockElsewhere?: boolean;
 }
 
 export interface Resumed extends Running {
@@ -334,6 +336,7 @@ async function restoreFrom(
             inherit,
             lazy: lazy !== undefined,
             tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
+            ...(options.lockElsewhere ? { lockElsewhere: true } : {}),
             ...(onHost ? { granted: true } : {}),
           }),
         ),

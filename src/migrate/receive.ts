@@ -176,7 +176,7 @@ async function stopAndCopy(
       runHook(opts.hook, 'take');
       took = true;
     }
-    const r = await resume(file, { detach: true, trustFile: true });
+    const r = await resume(file, { detach: true, trustFile: true, lockElsewhere: true });
     took = false;
     r.takeSignals();
     if (opts.hook !== undefined) runHook(opts.hook, 'announce');
@@ -247,12 +247,15 @@ async function postCopy(
     const from = socket.remoteAddress ?? '?';
     const channel = pages;
     let memory: Promise<void> | undefined;
+    // The push starts once the copy runs: before, it would take the CPU from CRIU's restore.
+    let copyRuns = (): void => undefined;
+    const running = new Promise<void>((res) => (copyRuns = res));
     const r = await resume(
       {
         name: `the program migrated from ${from}`,
         bytes: offer.bytes,
         relay: (daemon, imagesDir, fail) =>
-          relayPages(daemon, channel, imagesDir, files, fail, memory),
+          relayPages(daemon, channel, imagesDir, files, fail, running),
         beforeRestore: async () => {
           await taking;
           await memory;
@@ -272,9 +275,10 @@ async function postCopy(
           return offer.manifest;
         },
       },
-      { detach: true },
+      { detach: true, lockElsewhere: true },
     );
     took = false;
+    copyRuns();
     trace('receive-resumed');
     const guard = guardCopy(r.initPid);
     void r.loaded.then(
