@@ -4,7 +4,7 @@
 // once as `checkpt migrate` (stop-and-copy through its channel) and once as `checkpt migrate
 // --post-copy`, each next to a twin moved by the file-based stop-and-copy (checkpoint and exit, copy,
 // resume) in the same run, and prints each run's longest request during the move, the twin's, and
-// their ratio. Goal (issue 14): blackout < 200 ms and < 0.5 x stop-and-copy.
+// their ratio. Goal (issue 14), post-copy's: blackout < 200 ms and < 0.5 x stop-and-copy.
 //
 //   node bench/migrate.mjs [RUNS]      (root, CRIU, `npm run build`)
 import { spawnSync } from 'node:child_process';
@@ -49,7 +49,12 @@ const med = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 for (const mode of modes) {
   const blackout = med(rows[mode.name].map((r) => r.blackout));
   const ratio = med(rows[mode.name].map((r) => r.ratio));
+  // The goal is post-copy's: stop-and-copy freezes the program for the whole transfer by design.
+  const verdict =
+    mode.name === 'post-copy'
+      ? `; goal < 200 ms and < 0.50: ${blackout < 200 && ratio < 0.5 ? 'met' : 'NOT met'}`
+      : '';
   process.stdout.write(
-    `median ${mode.name}: blackout ${blackout.toFixed(0)} ms, ratio ${ratio.toFixed(2)} against the file-based stop-and-copy twin; goal < 200 ms and < 0.50: ${blackout < 200 && ratio < 0.5 ? 'met' : 'NOT met'}\n`,
+    `median ${mode.name}: blackout ${blackout.toFixed(0)} ms, ratio ${ratio.toFixed(2)} against the file-based stop-and-copy twin${verdict}\n`,
   );
 }
