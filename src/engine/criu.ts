@@ -90,12 +90,6 @@ export interface RestoreArgsRequest {
   /** Restore TCP connections closed: the host still uses their 4-tuples (src/engine/sockets.ts), or the
    * image was dumped without a network lock (--tcp-close, which CRIU then requires on restore). */
   tcpClose?: boolean;
-  /**
-   * The dump's network lock is on another host (a migrated program): CRIU leaves the lock alone
-   * (`--network-lock skip`) instead of removing a table that is not here, an `nft` run of ~15 ms
-   * while the copy waits.
-   */
-  lockElsewhere?: boolean;
 }
 
 const LOG_TAIL_LINES = 25;
@@ -192,7 +186,6 @@ export function restoreCommand(req: RestoreArgsRequest): Command {
     '--file-locks',
     req.tcpClose ? '--tcp-close' : '--tcp-established',
   ];
-  if (req.lockElsewhere) args.push('--network-lock', 'skip');
   if (req.lazy) args.push('--lazy-pages');
   for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);
   return request({

@@ -103,6 +103,32 @@ export function lockTableName(inventory: Buffer): string | undefined {
   return id ? `inet CRIU-${id.bytes.toString('utf8')}`.slice(0, TABLE_NAME_MAX) : undefined;
 }
 
+/** inventory_entry.network_lock_method (criu/include/cr_options.h: iptables 0, nftables 1, skip 2). */
+const NETWORK_LOCK_METHOD = 11;
+const NETWORK_LOCK_SKIP = 2;
+
+/**
+ * Marks inventory.img's network lock "skip", in place: `criu restore` takes the method from the
+ * dump (it ignores --network-lock) and, for nftables, deletes the dump's lock table, an `nft` run
+ * of ~12 ms. A migrated program's table is on the host it came from, which removes it itself.
+ * Whether it changed anything.
+ */
+export function skipLockRemoval(imagesDir: string): boolean {
+  const path = join(imagesDir, 'inventory.img');
+  const inventory = readFileSync(path);
+  if (inventory.length < 8 || inventory.readUInt32LE(0) !== INVENTORY_MAGIC) return false;
+  const len = inventory.readUInt32LE(4);
+  if (8 + len > inventory.length) return false;
+  const method = decodeMessage(inventory.subarray(8, 8 + len)).find(
+    (f) => f.no === NETWORK_LOCK_METHOD && f.wire === 0,
+  );
+  // A one-byte varint (0-2), rewritten where it is; anything else is not CRIU's today.
+  if (!method || method.bytes.length !== 1 || method.int === NETWORK_LOCK_SKIP) return false;
+  method.bytes[0] = NETWORK_LOCK_SKIP;
+  writeFileSync(path, inventory);
+  return true;
+}
+
 /** The table a dump's connections are locked by, from its inventory.img. */
 export function lockTableOf(imagesDir: string): string | undefined {
   try {

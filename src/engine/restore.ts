@@ -21,6 +21,7 @@ import {
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages, type Relay } from './lazy.js';
+import { skipLockRemoval } from './netlock.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
 import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
@@ -320,6 +321,8 @@ async function restoreFrom(
     }
     await remote?.beforeRestore?.();
     if (stopped) return await STOPPING_FOREVER;
+    // The dump's lock table is on the host the image came from: nothing to remove here.
+    if (options.lockElsewhere) skipLockRemoval(imagesDir);
     // Erased before the copy can write to the terminal.
     progress?.end();
     helper = spawnHelper(
@@ -336,7 +339,6 @@ async function restoreFrom(
             inherit,
             lazy: lazy !== undefined,
             tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
-            ...(options.lockElsewhere ? { lockElsewhere: true } : {}),
             ...(onHost ? { granted: true } : {}),
           }),
         ),

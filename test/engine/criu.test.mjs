@@ -95,11 +95,6 @@ test("the front's dump: no action script (the front answers CRIU's notifications
   assert.equal(c.env.CHECKPT_POST_DUMP_SOCK, undefined);
 });
 
-test("restore of a migrated program: the dump's network lock is left to its own host", () => {
-  const c = restoreCommand({ imagesDir: '/i', workDir: '/w', inherit: [], lockElsewhere: true });
-  assert.deepEqual(c.args.slice(-3), ['--tcp-established', '--network-lock', 'skip']);
-});
-
 test('restore: detached, inherited fds, lazy pages and closed TCP when asked', () => {
   assert.deepEqual(restoreCommand({ imagesDir: '/i', workDir: '/w', inherit: [] }).args, [
     'restore',

@@ -1,8 +1,13 @@
-// CRIU's lock table name from inventory.img (fakes); the real one is checked in network.test.mjs.
+// CRIU's lock table name from inventory.img, and its lock method set to skip (fakes); the real
+// ones are checked in network.test.mjs and the migration tests.
 import assert from 'node:assert/strict';
 import { unitTest as test } from '../helpers.mjs';
 import { encodeMessage } from '../../dist/engine/criu-image.js';
-import { lockTableName } from '../../dist/engine/netlock.js';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeMessage } from '../../dist/engine/criu-image.js';
+import { lockTableName, skipLockRemoval } from '../../dist/engine/netlock.js';
 
 function inventory(fields) {
   const body = encodeMessage(fields);
@@ -29,4 +34,24 @@ test('no run id, another magic or a cut file: no name', () => {
   other.writeUInt32LE(0x54564319, 0);
   assert.equal(lockTableName(other), undefined);
   assert.equal(lockTableName(inventory([text(13, 'abcdef')]).subarray(0, 10)), undefined);
+});
+
+test("a migrated image's lock method becomes skip, in place; the rest of inventory.img as it was", () => {
+  const dir = mkdtempSync(join(tmpdir(), 'checkpt-test-'));
+  try {
+    const path = join(dir, 'inventory.img');
+    const fields = [varint(1, 2), varint(11, 1), text(13, 'abc'), varint(14, 1)];
+    writeFileSync(path, inventory(fields));
+    assert.equal(skipLockRemoval(dir), true);
+    const after = readFileSync(path);
+    const got = decodeMessage(after.subarray(8));
+    assert.equal(got.find((f) => f.no === 11).int, 2, 'nftables (1) became skip (2)');
+    assert.ok(after.equals(inventory([...fields.slice(0, 1), varint(11, 2), ...fields.slice(2)])));
+    assert.equal(skipLockRemoval(dir), false, 'already skip: nothing to do');
+    // No method recorded (an old CRIU's image): left alone.
+    writeFileSync(path, inventory([varint(1, 2), text(13, 'abc')]));
+    assert.equal(skipLockRemoval(dir), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
