@@ -7,11 +7,11 @@
  * staging directory is checkpt's own (0700), where an eager restore puts the whole memory anyway.
  */
 
-import { constants as fsc } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { constants as fsc, ftruncateSync, openSync, write } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { CheckptError } from '../common/errors.js';
-import { ioError, writeAll } from '../image/io.js';
+import { closeFdQuietly, ioError } from '../image/io.js';
 import type { DirectChunks, PageSource } from '../image/pages.js';
 import type { Range } from './pagemap.js';
 
@@ -19,8 +19,10 @@ import type { Range } from './pagemap.js';
 export const BLOCK = 1024 * 1024;
 const PAGE = 4096;
 
+const writeAt = promisify(write);
+
 interface Staged {
-  fh: FileHandle;
+  fd: number;
   size: number;
   block: number;
   present: Uint8Array;
@@ -31,6 +33,8 @@ export class StagedPages {
   readonly entries: ReadonlyMap<string, number>;
   private readonly files = new Map<string, Staged>();
   private readonly listeners = new Set<(entry: string, block: number) => void>();
+  /** Writes under way: their fds are closed only after them (a closed fd's number is reused). */
+  private readonly writing = new Set<Promise<void>>();
   private closed = false;
 
   private constructor(
@@ -49,11 +53,13 @@ export class StagedPages {
   ): Promise<StagedPages> {
     const s = new StagedPages(dir, source, onStaged);
     try {
+      // On this thread: a trip through the thread pool each would wait behind the host's
+      // /proc/net reads, started with the resume.
       for (const [entry, size] of source.entries) {
         const path = join(dir, entry);
-        let fh: FileHandle;
+        let fd: number;
         try {
-          fh = await open(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+          fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
         } catch (e) {
           throw ioError(`creating ${path}`, path, e);
         }
@@ -61,13 +67,17 @@ export class StagedPages {
         const chunk = source.direct?.(entry)?.chunk;
         const block = chunk !== undefined && chunk % PAGE === 0 ? chunk : BLOCK;
         s.files.set(entry, {
-          fh,
+          fd,
           size,
           block,
           present: new Uint8Array(Math.ceil(size / block)),
           inFlight: new Map(),
         });
-        await fh.truncate(size);
+        try {
+          ftruncateSync(fd, size);
+        } catch (e) {
+          throw ioError(`creating ${path}`, path, e);
+        }
       }
     } catch (e) {
       await s.release();
@@ -116,7 +126,9 @@ export class StagedPages {
       );
     if (this.closed) return;
     try {
-      await writeAll(f.fh, buf, at);
+      const writing = this.writeAll(f.fd, buf, at);
+      this.writing.add(writing);
+      await writing.finally(() => this.writing.delete(writing));
     } catch (e) {
       throw ioError(`writing ${join(this.dir, entry)}`, join(this.dir, entry), e);
     }
@@ -167,7 +179,7 @@ export class StagedPages {
 
   /** The staged image's fd, for a reader that sends only blocks `onBlock` reported. */
   fdOf(entry: string): number {
-    return this.file(entry, 0, 0).fh.fd;
+    return this.file(entry, 0, 0).fd;
   }
 
   /** Stages `ranges` of each image, a block ahead of the write (an eager restore's whole memory). */
@@ -190,8 +202,14 @@ export class StagedPages {
       }
   }
 
+  private async writeAll(fd: number, buf: Buffer, at: number): Promise<void> {
+    for (let off = 0; off < buf.length;)
+      off += (await writeAt(fd, buf, off, buf.length - off, at + off)).bytesWritten;
+  }
+
   private async release(): Promise<void> {
-    for (const f of this.files.values()) await f.fh.close().catch(() => undefined);
+    await Promise.allSettled([...this.writing]);
+    for (const f of this.files.values()) closeFdQuietly(f.fd);
     this.files.clear();
   }
 
