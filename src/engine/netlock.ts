@@ -115,7 +115,12 @@ const NETWORK_LOCK_SKIP = 2;
  */
 export function skipLockRemoval(imagesDir: string): boolean {
   const path = join(imagesDir, 'inventory.img');
-  const inventory = readFileSync(path);
+  let inventory: Buffer;
+  try {
+    inventory = readFileSync(path);
+  } catch {
+    return false; // CRIU's restore says what is wrong with the images
+  }
   if (inventory.length < 8 || inventory.readUInt32LE(0) !== INVENTORY_MAGIC) return false;
   const len = inventory.readUInt32LE(4);
   if (8 + len > inventory.length) return false;

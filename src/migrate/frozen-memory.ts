@@ -1,8 +1,8 @@
 /**
  * Post-copy's dump without writing the memory: `criu dump --lazy-pages` leaves the lazy pages
  * (private anonymous memory) in the frozen processes and writes the rest of the images. Written,
- * that memory was most of the dump and all of it in the program's blackout (100 MB: ~110 ms of
- * dump against ~35 here). CRIU would serve it from the pipes it keeps, but cannot size the pipe it
+ * that memory was most of the dump and all of it in the program's blackout (100 MB here: a dump
+ * of 65-85 ms against 27-36). CRIU would serve it from the pipes it keeps, but cannot size the pipe it
  * reads them through without a system setting (docs/MIGRATION.md), so checkpt reads the frozen
  * processes' memory itself (/proc/PID/mem: they stay frozen until the destination has it all).
  *
