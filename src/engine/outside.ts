@@ -261,6 +261,13 @@ async function packImages(
   return written;
 }
 
+/** Waits, at most `ms`, until each of `pids` has ended (exited, or a zombie its parent has yet to reap). */
+async function untilEnded(pids: readonly number[], ms: number): Promise<void> {
+  const ended = (pid: number): boolean => /^[ZX]/.test(procStatus(pid)?.State ?? 'X');
+  for (const until = Date.now() + ms; !pids.every(ended) && Date.now() < until;)
+    await new Promise((r) => setTimeout(r, 5));
+}
+
 /** Host pid by the pid in the program's own PID namespace (the last of NSpid). */
 function innerPids(tree: readonly number[]): Map<number, number> {
   const map = new Map<number, number>();
@@ -385,6 +392,8 @@ async function dumpThenExit(
     // Handed off, its connections live elsewhere now: the lock here would only blackhole them.
     if ((req.handOff || req.handOffImages) && lock?.holds) removeLockTable(lock.table);
     else dropEmptyLock(lock);
+    // Done means the program is gone here, not only told to go (a big one takes a while to end).
+    await untilEnded(tree, 5000);
     return { bytes, dumpMs };
   } finally {
     hook.close();

@@ -80,6 +80,13 @@ export function sweepOrphans(root: string, prefix: string): void {
   }
 }
 
+/** Sweeps every place a restore stages in (see sweepOrphans): for a receiver started again after a crash. */
+export function sweepRestoreOrphans(): void {
+  const dir = TMPDIR.get();
+  for (const root of dir === undefined ? [SHM, tmpdir()] : [dir])
+    sweepOrphans(root, 'checkpt-restore-');
+}
+
 /**
  * A fresh 0700 directory for one dump or restore, named `checkpt-KIND-[PID.PIDNS-]XXXXXX`. A dump
  * whose directory this process removes itself (`owned`: checkpt's command, not a program's worker)

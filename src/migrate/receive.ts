@@ -14,6 +14,7 @@ import { createServer, type Server, type TLSSocket } from 'node:tls';
 import { CheckptError } from '../common/errors.js';
 import { trace } from '../common/trace.js';
 import { resume } from '../engine/restore.js';
+import { sweepRestoreOrphans } from '../engine/staging.js';
 import { relayPages } from './page-relay.js';
 import { loadIdentity, trustedPeer, type IdentityFiles } from './peer.js';
 import { readMessage, send, type ImageFile, type Message } from './wire.js';
@@ -54,6 +55,8 @@ const HOOK_TIMEOUT_MS = 30_000;
 export function receive(opts: ReceiveOptions): Promise<Receiver> {
   const id = loadIdentity(opts);
   sweepIncoming(opts.dir);
+  // What a receiver killed with a copy still loading left in /dev/shm (post-copy's images).
+  sweepRestoreOrphans();
   const say = opts.say ?? (() => undefined);
   const server = createServer({
     cert: id.cert,

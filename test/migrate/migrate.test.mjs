@@ -172,6 +172,15 @@ esac
   return path;
 }
 
+/** Whether a process has exited (gone, or a zombie its parent has yet to reap). */
+function exited(pid) {
+  try {
+    return /^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
 /** Its exit (not the close of its pipes, which a detached copy it resumed keeps open). */
 async function ended(child, what) {
   const exited =
@@ -241,7 +250,7 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     // Post-copy: CRIU left the memory in the frozen program, unwritten (frozen-memory.ts).
     assert.doesNotMatch(said, /memory written out/);
     assert.equal(netInodeOf(remote), hosts.netInode('b'), 'the copy runs in host B');
-    assert.ok(!pidAlive(live.pid), 'the source is gone once B confirmed');
+    assert.ok(exited(live.pid), 'the source is gone once B confirmed');
     if (postCopy) {
       // Every page came from A: the copy says so once its memory is all there.
       for (const until = Date.now() + 30_000; Date.now() < until;) {
@@ -496,6 +505,46 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
       spawnSync('ip', ['-n', hosts.ns.b, 'addr', 'del', `${SERVICE}/32`, 'dev', hosts.dev.b]);
       assert.deepEqual(readdirSync(incoming), [], 'nothing left in the receiver directory');
     }
+    // The sender killed while the receiver takes the address (CRIU's dump left the memory in the
+    // program, unwritten): CRIU's post-dump hook loses its checkpt and rolls back.
+    {
+      const marker = join(dir, 'in-take-sender');
+      const hook = join(dir, 'hook-mark-take.sh');
+      writeFileSync(
+        hook,
+        `#!/bin/sh\nif [ "$1" = take ]; then touch ${marker}; fi\nexec ${hookScript(SERVICE)} "$1"\n`,
+      );
+      chmodSync(hook, 0o755);
+      const receiver = startReceiver(join(dir, 'trust-receiver'), hook, incoming);
+      await receiving(receiver);
+      const there = new Set(processesInB());
+      const added = () => processesInB().filter((p) => !there.has(p));
+      const before = await answers(SERVICE, port);
+      const k = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
+      let killed = false;
+      for (const until = Date.now() + 60_000; Date.now() < until && k.exitCode === null;) {
+        if (existsSync(marker)) {
+          process.kill(k.pid, 'SIGKILL');
+          killed = true;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      assert.ok(
+        killed,
+        `the sender was killed while the receiver took the address: ${k.lines.join('\n')} ${k.stderrText}`,
+      );
+      await ended(k, 'the killed sender');
+      assert.ok(pidAlive(server.pid), 'the program still runs at the source');
+      assert.equal(netInodeOf(server.pid), hosts.netInode('a'));
+      assert.equal(await answers(SERVICE, port), before + 1, 'its state goes on at the source');
+      for (const until = Date.now() + 15_000; added().length > 0 && Date.now() < until;)
+        await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(added(), [], 'nothing of this migration runs at B after the sender died');
+      spawnSync('ip', ['-n', hosts.ns.b, 'addr', 'del', `${SERVICE}/32`, 'dev', hosts.dev.b]);
+      killTree(receiver.pid);
+      await ended(receiver, 'the receiver killed');
+    }
     // And it still moves, post-copy, to a receiver that lives.
     const again = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
     await receiving(again);
@@ -568,6 +617,15 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     const after = await answers(SERVICE, port);
     // Its state is the frozen one: the requests the copy answered at B (none here) are gone.
     assert.equal(after, before + 1, 'the program goes on from the state it was frozen in');
+    // The killed receiver's staged images stay until a receiver starts again, which removes them.
+    const staged = () =>
+      readdirSync('/dev/shm').filter((n) => n.startsWith(`checkpt-restore-${receiver.pid}.`));
+    assert.equal(staged().length, 1, 'the killed receiver left its staged images');
+    const restarted = startReceiver(join(dir, 'trust-receiver'), hookScript(SERVICE), incoming);
+    await receiving(restarted);
+    assert.deepEqual(staged(), [], 'the restarted receiver removed what the killed one left');
+    killTree(restarted.pid);
+    await ended(restarted, 'the receiver killed');
   });
 });
 
