@@ -172,6 +172,18 @@ esac
   return path;
 }
 
+/** SIGKILLs `pid` once `marker` exists (a hook touched it), while `m` still runs; whether it did. */
+async function killOnMarker(marker, pid, m) {
+  for (const until = Date.now() + 60_000; Date.now() < until && m.exitCode === null;) {
+    if (existsSync(marker)) {
+      process.kill(pid, 'SIGKILL');
+      return true;
+    }
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  return false;
+}
+
 /** Whether a process has exited (gone, or a zombie its parent has yet to reap). */
 function exited(pid) {
   try {
@@ -482,16 +494,8 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
       const there = new Set(processesInB());
       const added = () => processesInB().filter((p) => !there.has(p));
       const m = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
-      let killed = false;
-      for (const until = Date.now() + 60_000; Date.now() < until && m.exitCode === null;) {
-        if (existsSync(marker)) {
-          // The receiver alone, as a crash would: not the hook, not the copy.
-          process.kill(receiver.pid, 'SIGKILL');
-          killed = true;
-          break;
-        }
-        await new Promise((r) => setTimeout(r, 5));
-      }
+      // The receiver alone, as a crash would: not the hook, not the copy.
+      const killed = await killOnMarker(marker, receiver.pid, m);
       assert.ok(
         killed,
         `the receiver was killed in ${phase}: ${m.lines.join('\n')} ${m.stderrText}`,
@@ -521,15 +525,7 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
       const added = () => processesInB().filter((p) => !there.has(p));
       const before = await answers(SERVICE, port);
       const k = migrateCmd(server.pid, undefined, undefined, ['--post-copy']);
-      let killed = false;
-      for (const until = Date.now() + 60_000; Date.now() < until && k.exitCode === null;) {
-        if (existsSync(marker)) {
-          process.kill(k.pid, 'SIGKILL');
-          killed = true;
-          break;
-        }
-        await new Promise((r) => setTimeout(r, 2));
-      }
+      const killed = await killOnMarker(marker, k.pid, k);
       assert.ok(
         killed,
         `the sender was killed while the receiver took the address: ${k.lines.join('\n')} ${k.stderrText}`,
