@@ -20,6 +20,23 @@ export function lowerPriority(pid = 0): void {
 }
 
 /** Reads /proc/PID/status into its fields; undefined when the process is gone. */
+/** Waits, at most `ms`, until each of `pids` has ended (gone, or a zombie its parent has yet to reap). */
+export async function untilEnded(pids: readonly number[], ms: number): Promise<void> {
+  const running = (p: number): boolean => !/^[ZX]/.test(procStatus(p)?.State ?? 'X');
+  for (const deadline = Date.now() + ms; pids.some(running) && Date.now() < deadline;)
+    await new Promise((r) => setTimeout(r, 5));
+}
+
+/** The open-file limit this process has (and its children inherit), from /proc/self/limits. */
+export function openFileLimit(): number | undefined {
+  try {
+    const n = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+    return n === undefined ? undefined : Number(n);
+  } catch {
+    return undefined;
+  }
+}
+
 export function procStatus(pid: number): Record<string, string> | undefined {
   let text: string;
   try {

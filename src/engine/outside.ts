@@ -30,6 +30,8 @@ import {
   rssBytes,
   signalQuietly,
   treeUsesIoUring,
+  untilEnded,
+  openFileLimit,
 } from '../common/procfs.js';
 import {
   checkDump,
@@ -88,7 +90,8 @@ export interface OutsideDumpRequest {
   handOffImages?: (imagesDir: string, manifest: Manifest, frozen: FrozenTree) => Promise<void>;
   /**
    * With `handOffImages`: CRIU leaves the lazy memory in the frozen program, unwritten
-   * (DumpRequest.lazyMemory); the hand-off reads it from the processes of `frozen`.
+   * (DumpRequest.lazyMemory), where the open-file limit allows; the hand-off reads it from the
+   * processes of `frozen`, whose `lazyMemory` says whether it was.
    */
   lazyMemory?: boolean;
 }
@@ -161,7 +164,9 @@ async function dumpWithKey(
       timeoutMs: req.timeoutMs,
       leave: req.exit ? 'stopped' : 'running',
       tcp,
-      ...(req.lazyMemory && req.handOffImages && req.exit ? { lazyMemory: true } : {}),
+      ...(req.lazyMemory && req.handOffImages && req.exit && lazyDumpFits(rss)
+        ? { lazyMemory: true }
+        : {}),
     };
     const manifestOf = (dumpMs: number): Manifest => ({
       formatVersion: FORMAT_VERSION,
@@ -261,11 +266,12 @@ async function packImages(
   return written;
 }
 
-/** Waits, at most `ms`, until each of `pids` has ended (exited, or a zombie its parent has yet to reap). */
-async function untilEnded(pids: readonly number[], ms: number): Promise<void> {
-  const ended = (pid: number): boolean => /^[ZX]/.test(procStatus(pid)?.State ?? 'X');
-  for (const until = Date.now() + ms; !pids.every(ended) && Date.now() < until;)
-    await new Promise((r) => setTimeout(r, 5));
+/**
+ * Whether CRIU can keep a program of `rss` bytes in pipes rather than write it: about two fds per
+ * MiB (pipes stop at fs.pipe-max-size, 1 MiB by default), within the open-file limit it inherits.
+ */
+function lazyDumpFits(rss: number): boolean {
+  return 2 * Math.ceil(rss / (1 << 20)) + 512 <= (openFileLimit() ?? 1024);
 }
 
 /** Host pid by the pid in the program's own PID namespace (the last of NSpid). */

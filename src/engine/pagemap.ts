@@ -13,11 +13,11 @@ import type { PageSource } from '../image/pages.js';
 import { scanVarints } from './criu-image.js';
 
 export const PAGE_SIZE = 4096;
-const PAGEMAP_MAGIC = 0x56084025;
+export const PAGEMAP_MAGIC = 0x56084025;
 /** pagemap_entry.flags (criu/include/pagemap.h). */
 const PE_PARENT = 1;
-const PE_LAZY = 2;
-const PE_PRESENT = 4;
+export const PE_LAZY = 2;
+export const PE_PRESENT = 4;
 
 /** A byte range of a pages image. */
 export interface Range {

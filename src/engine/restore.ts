@@ -26,7 +26,7 @@ import { readMemoryPlan, type Range } from './pagemap.js';
 import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
-import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
+import { processTree, signalQuietly, untilEnded } from '../common/procfs.js';
 import { requireHelper } from './native.js';
 import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js';
 import { makeStagingDir } from './staging.js';
@@ -164,7 +164,7 @@ async function restoreFrom(
     for (const s of STOPPING) process.off(s, onSignal);
     const daemon = starting?.stop() ?? [];
     const tree = helper ? killTree(helper) : [];
-    void untilGone([...tree, ...daemon], 5000).then(() => {
+    void untilEnded([...tree, ...daemon], 5000).then(() => {
       rmSync(workDir, { recursive: true, force: true });
       process.kill(process.pid, sig);
     });
@@ -446,12 +446,6 @@ function killTree(helper: Helper): number[] {
 }
 
 /** Resolves once none of `pids` runs any more (a zombie counts as gone), or after `ms`. */
-async function untilGone(pids: readonly number[], ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  const running = (p: number): boolean => !/^[ZX]/.test(procStatus(p)?.State ?? 'X');
-  while (pids.some(running) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-}
-
 export const CTRL_E = 5;
 
 /** The helper's fd (3 is its status pipe) that carries our stdin for the program's old one. */

@@ -25,12 +25,9 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { decodeMessage, imageEntries } from '../engine/criu-image.js';
-import { PAGE_SIZE } from '../engine/pagemap.js';
+import { PAGE_SIZE, PAGEMAP_MAGIC, PE_LAZY, PE_PRESENT } from '../engine/pagemap.js';
 import type { PageSource } from '../image/pages.js';
 
-const PAGEMAP_MAGIC = 0x56084025;
-const PE_LAZY = 2;
-const PE_PRESENT = 4;
 const COPY = 1 << 20;
 
 /** Pages of a pages image that are still only in a frozen process, at `vaddr` there. */

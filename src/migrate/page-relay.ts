@@ -12,7 +12,13 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { dirPageSource } from '../engine/dir-pages.js';
 import type { Relay } from '../engine/lazy.js';
-import { locate, PAGE_SIZE, readMemoryPlan, type MemoryPlan } from '../engine/pagemap.js';
+import {
+  locate,
+  PAGE_SIZE,
+  PE_PRESENT,
+  readMemoryPlan,
+  type MemoryPlan,
+} from '../engine/pagemap.js';
 import {
   ACK,
   Bytes,
@@ -38,7 +44,6 @@ const PS_IOV_GET = 7;
 const PS_IOV_ADD_F = 6;
 const PS_IOV_CLOSE = 0x1023;
 const PS_IOV_FORCE_CLOSE = 0x1024;
-const PE_PRESENT = 4;
 
 interface Request {
   head: Buffer;

@@ -12,7 +12,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PageSource } from '../image/pages.js';
 import type { MemoryPlan } from '../engine/pagemap.js';
-import type { ImageFile } from './wire.js';
+import { writeDrained, type ImageFile } from './wire.js';
 import {
   ACK,
   Bytes,
@@ -95,20 +95,7 @@ export function servePagesOver(
     settle?.fail(e);
   };
   const write = (b: Buffer): Promise<void> =>
-    socket.write(b)
-      ? Promise.resolve()
-      : new Promise((res, rej) => {
-          const onDrain = (): void => {
-            socket.off('close', onClose);
-            res();
-          };
-          const onClose = (): void => {
-            socket.off('drain', onDrain);
-            rej(new Error('the connection closed while pages went out'));
-          };
-          socket.once('drain', onDrain);
-          socket.once('close', onClose);
-        });
+    writeDrained(socket, b, 'the connection closed while pages went out');
   let pushed = false;
   const pump = async (): Promise<void> => {
     if (busy || !go) return;

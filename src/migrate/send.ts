@@ -14,7 +14,6 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { connect, type TLSSocket } from 'node:tls';
 import { TIMEOUT_MS } from '../common/config.js';
-import { procStatus, processTree, rssBytes } from '../common/procfs.js';
 import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
 import { dirPageSource } from '../engine/dir-pages.js';
@@ -27,7 +26,7 @@ import { completeLazyDump } from './frozen-memory.js';
 import { imageFilesFor, servePagesOver } from './page-source.js';
 import { loadSmallRegionsEagerly } from './small-memory.js';
 import { loadIdentity, trustedPeer, type Identity, type IdentityFiles } from './peer.js';
-import { readMessage, send } from './wire.js';
+import { readMessage, send, writeDrained } from './wire.js';
 
 export interface MigrateOptions extends IdentityFiles {
   /** The receiver: host name or address, and port. */
@@ -94,8 +93,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
   const workDir = mkdtempSync(join(tmpdir(), `checkpt-migrate-${process.pid}-`));
   const target = join(workDir, 'migrate.ckpt');
   let remotePid = 0;
-  let post: { runningMs: number; pageBytes: number } | undefined;
-  const lazyMemory = opts.postCopy === true && lazyDumpFits(pid);
+  let post: { runningMs: number; pageBytes: number; memoryWritten: boolean } | undefined;
   trace('migrate-freeze');
   const t0 = process.hrtime.bigint();
   const ms = (): number => Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -110,7 +108,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
       template: target,
       timeoutMs: TIMEOUT_MS.get(),
       ...(pagesSocket && {
-        lazyMemory,
+        lazyMemory: true,
         handOffImages: async (imagesDir: string, manifest: Manifest, frozen: FrozenTree) => {
           const r = await handOffImages(
             socket,
@@ -128,7 +126,11 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
             },
           );
           remotePid = r.pid;
-          post = { runningMs: r.runningMs, pageBytes: r.pageBytes };
+          post = {
+            runningMs: r.runningMs,
+            pageBytes: r.pageBytes,
+            memoryWritten: !frozen.lazyMemory,
+          };
         },
       }),
       handOff: async (file) => {
@@ -153,7 +155,7 @@ export async function migrate(pid: number, opts: MigrateOptions): Promise<Migrat
         totalMs: post.runningMs,
         pagesMs: totalMs,
         pageBytes: post.pageBytes,
-        ...(lazyMemory ? {} : { memoryWritten: true }),
+        ...(post.memoryWritten ? { memoryWritten: true } : {}),
       };
     return { remotePid, bytes: r.bytes, dumpMs: r.dumpMs, totalMs };
   } catch (e) {
@@ -191,8 +193,8 @@ async function handOffImages(
   // The memory CRIU did not write is read from the frozen processes.
   const memory = frozen.lazyMemory ? completeLazyDump(imagesDir, frozen.hostPids) : undefined;
   if (memory) manifest.imageBytes = dirBytes(imagesDir);
-  const files = await dirPageSource(imagesDir);
-  const source = memory ? memory.source(files) : files;
+  const onDisk = await dirPageSource(imagesDir);
+  const source = memory ? memory.source(onDisk) : onDisk;
   let running = false;
   try {
     loadSmallRegionsEagerly(imagesDir);
@@ -306,15 +308,7 @@ async function sendRanges(
       const data = await (next as Promise<Buffer>);
       next = pieces[i + 1]?.();
       next?.catch(() => undefined);
-      if (!socket.write(data))
-        await new Promise<void>((res, rej) => {
-          const onClose = (): void => rej(new Error('the connection closed'));
-          socket.once('drain', () => {
-            socket.off('close', onClose);
-            res();
-          });
-          socket.once('close', onClose);
-        });
+      await writeDrained(socket, data, 'the connection closed');
     }
   } finally {
     for (const fh of handles.values()) await (await fh.catch(() => undefined))?.close();
@@ -392,24 +386,6 @@ function open(opts: MigrateOptions, id: Identity): Promise<TLSSocket> {
       );
     });
   });
-}
-
-/**
- * Whether CRIU can keep the program's memory in pipes rather than write it: about two fds per MiB
- * (pipes stop at fs.pipe-max-size, 1 MiB by default), within the open-file limit CRIU inherits.
- */
-function lazyDumpFits(pid: number): boolean {
-  const rss = processTree(pid).reduce((sum, p) => sum + rssBytes(procStatus(p)), 0);
-  const limit = Number(/^Max open files\s+(\d+)/m.exec(readLimits())?.[1] ?? 1024);
-  return 2 * Math.ceil(rss / (1 << 20)) + 512 <= limit;
-}
-
-function readLimits(): string {
-  try {
-    return readFileSync('/proc/self/limits', 'utf8');
-  } catch {
-    return '';
-  }
 }
 
 /** The pid of `pid` in its own PID namespace, and a host pid there that checkpt can enter (its init). */

@@ -10,10 +10,7 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeMessage, imageEntries } from '../engine/criu-image.js';
-import { PAGE_SIZE } from '../engine/pagemap.js';
-
-const PAGEMAP_MAGIC = 0x56084025;
-const PE_LAZY = 2;
+import { PAGE_SIZE, PAGEMAP_MAGIC, PE_LAZY } from '../engine/pagemap.js';
 
 /** What moves with the images by default: small regions first, at most this much. */
 export const SMALL_MEMORY_BUDGET = 16 << 20;

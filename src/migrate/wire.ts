@@ -88,3 +88,20 @@ export function readMessage(socket: Duplex, timeoutMs: number, what: string): Pr
     socket.resume();
   });
 }
+
+/** Writes `data`: resolved at once, or once the socket drains; rejected with `closed` if it closes first. */
+export function writeDrained(socket: Duplex, data: Buffer, closed: string): Promise<void> {
+  if (socket.write(data)) return Promise.resolve();
+  return new Promise((res, rej) => {
+    const onDrain = (): void => {
+      socket.off('close', onClose);
+      res();
+    };
+    const onClose = (): void => {
+      socket.off('drain', onDrain);
+      rej(new Error(closed));
+    };
+    socket.once('drain', onDrain);
+    socket.once('close', onClose);
+  });
+}
