@@ -21,7 +21,7 @@ import {
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages, type Relay } from './lazy.js';
-import { dumpedConnections, skipLockRemoval } from './netlock.js';
+import { skipLockRemoval } from './netlock.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
 import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
@@ -322,12 +322,8 @@ async function restoreFrom(
     await remote?.beforeRestore?.();
     if (stopped) return await STOPPING_FOREVER;
     // No lock table to remove here (CRIU would run nft to delete one anyway, ~12 ms while the
-    // copy waits): the image came from another host, or it locked no connection.
-    if (
-      options.lockElsewhere ||
-      (manifest.networkLock === undefined && !dumpedConnections(imagesDir))
-    )
-      skipLockRemoval(imagesDir);
+    // copy waits): the image came from another host, whose checkpt removes it.
+    if (options.lockElsewhere) skipLockRemoval(imagesDir);
     // Erased before the copy can write to the terminal.
     progress?.end();
     helper = spawnHelper(
