@@ -918,6 +918,9 @@ static int post_dump_verdict(const char *path, long connect_ms, long until, int 
 /* After the deadline, while CRIU rolls back a refused checkpoint-and-exit (sockets out of repair,
  * network unlocked, program resumed): killed at once, it would leave all of that in place. */
 #define ROLLBACK_GRACE_MS 5000
+/* After the deadline, from CRIU's SIGALRM to SIGKILL: its handler makes the call it waits in fail
+ * (EINTR), retries each second, and gives up by itself after five. */
+#define INTERRUPT_GRACE_MS 5500
 
 /*
  * checkpt-helper dump --pid P --fifo PATH --timeout-ms N [--async]
@@ -1043,6 +1046,15 @@ static int cmd_dump(int argc, char **argv) {
   static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
     if (!killed && now_ms() >= kill_at) {
+      if (!timed_out && !reaped) {
+        /* Killed now, CRIU could leave its parasite in the program, which then dies of its trap
+         * (SIGTRAP): interrupted instead, CRIU's failure path cures it and lets the program go. */
+        kill(criu, SIGCONT);
+        kill(criu, SIGALRM);
+        timed_out = 1;
+        kill_at = now_ms() + INTERRUPT_GRACE_MS;
+        continue;
+      }
       if (!reaped) kill(criu, SIGKILL); /* never a pid reaped and reused */
       killed = timed_out = 1;
     }
@@ -1081,8 +1093,10 @@ static int cmd_dump(int argc, char **argv) {
         fprintf(stderr, "checkpt-helper: Error (rpc): CRIU refused the dump request%s%s\n", r.errmsg[0] ? ": " : "", r.errmsg);
         continue;
       }
-      int ok = 1;
-      if (!strcmp(r.script, "pre-dump") && async) {
+      int ok = !timed_out;
+      if (timed_out) {
+        /* Too late: whatever CRIU asks now is refused, so it rolls back. */
+      } else if (!strcmp(r.script, "pre-dump") && async) {
         /* Only now does the program block on its channel: it ran through CRIU's start-up. */
         const char *freeze = "{\"t\":\"freeze\"}\n";
         if (write(3, freeze, strlen(freeze)) < 0) ok = 0;

@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
+import { processTree, signalQuietly } from '../common/procfs.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
 import { prepareKdatDir } from './kdat.js';
@@ -272,6 +273,8 @@ export interface CriuRun {
   pageSocket?: Duplex;
   /** Whether it has not exited yet. */
   running(): boolean;
+  /** Whether its deadline passed (it was interrupted then); stopTimer() no longer helps. */
+  timedOut(): boolean;
 }
 
 export interface StartOptions {
@@ -295,10 +298,10 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
   });
   let timer: NodeJS.Timeout | undefined;
   let ended = false;
+  let timedOut = false;
   const result = new Promise<CriuResult>((resolve) => {
     let stdout = '';
     let stderr = '';
-    let timedOut = false;
     if (capture) {
       child.stdout?.setEncoding('utf8');
       child.stdout?.on('data', (d: string) => {
@@ -312,7 +315,7 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
     if (opts.timeoutMs !== undefined)
       timer = setTimeout(() => {
         timedOut = true;
-        child.kill('SIGKILL');
+        timer = interrupt(child.pid, cmd.file === 'nsenter');
       }, opts.timeoutMs);
     child.on('error', (error) => {
       ended = true;
@@ -335,13 +338,35 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
   });
   const run: CriuRun = {
     result,
-    stopTimer: () => clearTimeout(timer),
+    stopTimer: () => {
+      if (!timedOut) clearTimeout(timer);
+    },
+    timedOut: () => timedOut,
     pid: child.pid,
     running: () => !ended && child.exitCode === null && child.signalCode === null,
   };
   if (!capture) run.status = child.stdio[3] as NodeJS.ReadableStream;
   if (opts.pageSocket) run.pageSocket = child.stdio[PAGE_SERVER_FD] as Duplex;
   return run;
+}
+
+/** From CRIU's SIGALRM to SIGKILL: its handler fails the call it waits in and retries each second, five times. */
+const INTERRUPT_GRACE_MS = 5500;
+
+/**
+ * Stops a CRIU past its deadline without harm to the program: killed at once, CRIU could leave
+ * its parasite in it, which then dies of its trap (SIGTRAP). SIGALRM makes CRIU's dump fail the
+ * call it waits in, so its failure path cures the program and lets it go; what still runs after
+ * the grace is killed. `wrapped`: the root is nsenter, which would die of it and pass nothing on.
+ */
+function interrupt(pid: number | undefined, wrapped: boolean): NodeJS.Timeout | undefined {
+  if (pid === undefined) return undefined;
+  const tree = processTree(pid);
+  for (const p of tree) signalQuietly(p, 'SIGCONT');
+  for (const p of wrapped ? tree.slice(1) : tree) signalQuietly(p, 'SIGALRM');
+  return setTimeout(() => {
+    for (const p of processTree(pid).reverse()) signalQuietly(p, 'SIGKILL');
+  }, INTERRUPT_GRACE_MS);
 }
 
 /** `criu dump` run by checkpt itself (from outside the program): nothing when it worked, else why not. */

@@ -354,6 +354,12 @@ async function dumpThenExit(
         `CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (${helperPath()}) up to date? Run 'npx checkpt build' (npm run build in a checkout).`,
       );
     }
+    // Interrupted at its deadline, CRIU may still reach this step: refused, it rolls back.
+    if (run.timedOut()) {
+      hook.verdict(false);
+      const r = await run.result;
+      await checkDump(r.status, true, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
+    }
     // Packing is ours to time, not CRIU's: killing CRIU now would leave sockets in repair mode.
     run.stopTimer();
     const dumpMs = msSince(t0);

@@ -6,6 +6,7 @@ import {
   descendants,
   events,
   fixture,
+  freePort,
   nodeBinaries,
   pidAlive,
   programPid,
@@ -22,6 +23,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } fr
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { parasiteIn, parentOf, procs } from '../reliability/faults.mjs';
 
 const dir = tempDir();
 after(async () => {
@@ -157,6 +159,52 @@ test('a failed checkpoint from outside says why, leaves no file, and the program
   assert.ok(!existsSync(file));
   process.kill(p.pid, 'SIGTERM');
   assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' });
+});
+
+test('a checkpoint from outside whose CRIU hangs with its parasite in the program: interrupted at the deadline, ETIMEOUT, nothing written, the program goes on', async () => {
+  // CRIU runs under nsenter, which would wake a CRIU stopped alone: it is stopped first. Killed
+  // there, CRIU would leave the program stopped (or, in one of its traps, dead of SIGTRAP).
+  const file = join(dir, 'late.ckpt');
+  for (let attempt = 1; ; attempt++) {
+    // A Node program: its dump is long enough to be caught with the parasite in.
+    const port = await freePort();
+    const p = run(['--file', file, '--', process.execPath, fixture('counter.mjs'), String(port)], {
+      cwd: dir,
+      env: { ...process.env, CHECKPT_TIMEOUT: '2000' },
+    });
+    await waitFor(p, (e) => e.event === 'tick', 'ticks');
+    const pid = await programPid(p);
+    process.kill(p.pid, 'SIGPWR');
+    const isCriu = (x) =>
+      x.exe.endsWith('/criu') && x.cmd.includes('dump') && descendants(p.pid).includes(x.pid);
+    const deadline = Date.now() + 10_000;
+    let criu;
+    while (!criu && Date.now() < deadline) criu = procs().find(isCriu);
+    while (criu && !parasiteIn(pid) && Date.now() < deadline);
+    const hung = criu !== undefined && parasiteIn(pid);
+    if (hung) {
+      process.kill(parentOf(criu.pid), 'SIGSTOP');
+      process.kill(criu.pid, 'SIGSTOP');
+    }
+    if (!hung && attempt < 5) {
+      // It finished first: the next try aims again.
+      await until('the checkpoint', () => written(p) === 1, p);
+      process.kill(p.pid, 'SIGTERM');
+      await p.closed;
+      rmSync(file, { force: true });
+      continue;
+    }
+    assert.ok(hung, 'stopped CRIU while its parasite was in the program');
+    await until('the failure', () => /did not finish the dump within 2 s/.test(p.stderrText), p);
+    const n = lastTick(p);
+    await waitFor(p, (e) => e.event === 'tick' && e.n > n + 3, 'ticks after');
+    assert.ok(pidAlive(pid));
+    assert.ok(!existsSync(file));
+    assert.ok(!parasiteIn(pid), 'the parasite is gone from the program');
+    process.kill(p.pid, 'SIGTERM');
+    assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' });
+    break;
+  }
 });
 
 test('stdout and stderr to one file: output lands in it, and checkpt run ends after SIGCKPTEXIT with nothing left behind', async () => {

@@ -38,6 +38,7 @@ import {
   driven,
   inRead,
   leftovers,
+  parasiteIn,
   procs,
   roles,
   settled,
@@ -173,6 +174,29 @@ describe('faults while checkpointing', () => {
             signalWhen(roles.criu(prog.pid, staging), () => tracerOf(prog.pid) !== 0, 'SIGSTOP'),
           { timeout: 3000 },
         );
+      });
+
+      test('CRIU stopped while its parasite runs in the program: ETIMEOUT, and the program lives', async () => {
+        // Killed there, CRIU would leave the parasite to hit its trap with nobody tracing: the
+        // program would die of SIGTRAP. Interrupted, CRIU's failure path cures it first.
+        for (let attempt = 1; ; attempt++) {
+          const r = await faulted(
+            op,
+            'ETIMEOUT',
+            () =>
+              signalWhen(
+                roles.criu(prog.pid, staging),
+                () => parasiteIn(prog.pid),
+                'SIGSTOP',
+                10_000,
+              ) ?? (attempt >= 5 ? false : MISSED),
+            { timeout: 3000 },
+          );
+          if (r !== MISSED) break;
+          await settled(prog.pid);
+          keepSha = sha(keep);
+          base = await prog.ask({ op: 'ping' });
+        }
       });
 
       test('the dump front killed while CRIU runs: EHELPER', async () => {

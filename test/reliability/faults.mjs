@@ -85,6 +85,28 @@ export function tracerOf(pid) {
   }
 }
 
+/** Whether CRIU's parasite is mapped into the process (compel's memfd, "CRIUMFD"). */
+export function parasiteIn(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/maps`, 'utf8').includes('CRIUMFD');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether the parasite is in and the process's main thread stopped for its tracer: when CRIU has
+ * it run a system call, that stop is the parasite's trap, which a CRIU killed there leaves armed.
+ */
+export function parasiteTrapped(pid) {
+  try {
+    const state = /State:\s+(\S)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1];
+    return state === 't' && parasiteIn(pid);
+  } catch {
+    return false;
+  }
+}
+
 /** One process as procs() lists it, or undefined when it is gone. */
 function procOf(pid) {
   try {
