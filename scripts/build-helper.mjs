@@ -47,6 +47,11 @@ const targets = [
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
   {
+    name: 'checkpt-net.node',
+    src: 'checkpt-net.c',
+    flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
+  },
+  {
     name: 'checkpt-rand.node',
     src: 'checkpt-rand.c',
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],

@@ -20,6 +20,7 @@ export const NATIVE_PARTS = [
   'libcheckpt-nouring.so',
   'checkpt-rand.node',
   'checkpt-subreaper.node',
+  'checkpt-net.node',
 ] as const;
 export type NativePart = (typeof NATIVE_PARTS)[number];
 
@@ -28,6 +29,7 @@ const WHAT: Record<NativePart, string> = {
   'libcheckpt-nouring.so': "checkpt's io_uring blocker",
   'checkpt-rand.node': "checkpt's random-state refresh addon",
   'checkpt-subreaper.node': "checkpt's orphan-adoption addon",
+  'checkpt-net.node': "checkpt's socket-listing addon",
 };
 
 /** What `checkpt-helper --version` answers; another answer is a helper of another checkpt (bumped with its command line: 3 has --netns, --host and publish). */
@@ -237,7 +239,9 @@ export function nativePath(part: NativePart, quick = false): string {
 }
 
 /** The exports of a working addon; throws EHELPER saying why there is none and what to do. */
-export function nativeAddon<T>(part: 'checkpt-rand.node' | 'checkpt-subreaper.node'): T {
+export function nativeAddon<T>(
+  part: 'checkpt-rand.node' | 'checkpt-subreaper.node' | 'checkpt-net.node',
+): T {
   const l = native(part);
   if (l.found === undefined) throw new CheckptError('EHELPER', unusableMessage(l));
   return l.exports as T;

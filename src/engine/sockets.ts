@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { socketInodes } from '../common/procfs.js';
 import { decodeMessage, encodeMessage, imageEntries, readVarint } from './criu-image.js';
+import { nativeAddon } from './native.js';
 
 const FILES_MAGIC = 0x56303138;
 const FD_INETSK = 4;
@@ -156,19 +157,51 @@ export function parseProcNet(text: string, proto: 'tcp' | 'udp'): HostSocket[] {
   return out;
 }
 
-export function hostSockets(read: (path: string) => string = readProc): HostSocket[] {
-  return (['tcp', 'tcp6', 'udp', 'udp6'] as const).flatMap((n) =>
-    parseProcNet(read(`/proc/net/${n}`), n.startsWith('tcp') ? 'tcp' : 'udp'),
-  );
+export function hostSockets(
+  read: (path: string) => string = readProc,
+  diag: () => string | undefined = tcpFromDiag,
+): HostSocket[] {
+  const tcp = diag();
+  const names =
+    tcp === undefined ? (['tcp', 'tcp6', 'udp', 'udp6'] as const) : (['udp', 'udp6'] as const);
+  return [
+    ...(tcp === undefined ? [] : parseProcNet(tcp, 'tcp')),
+    ...names.flatMap((n) =>
+      parseProcNet(read(`/proc/net/${n}`), n.startsWith('tcp') ? 'tcp' : 'udp'),
+    ),
+  ];
 }
 
-/** hostSockets(), read in the thread pool: /proc/net/tcp walks the kernel's whole table (ms). */
-export async function hostSocketsAsync(): Promise<HostSocket[]> {
-  const names = ['tcp', 'tcp6', 'udp', 'udp6'] as const;
+/**
+ * hostSockets(), without blocking: TCP from sock_diag netlink (the addon, well under 1 ms) where
+ * it works, else from /proc/net/tcp and tcp6 in the thread pool, each of which walks the kernel's
+ * whole connection table (~4 ms of CPU on a 24 GiB machine, taken from the rest of the resume).
+ */
+export async function hostSocketsAsync(diag = tcpFromDiag): Promise<HostSocket[]> {
+  const tcp = diag();
+  const names =
+    tcp === undefined ? (['tcp', 'tcp6', 'udp', 'udp6'] as const) : (['udp', 'udp6'] as const);
   const texts = await Promise.all(
     names.map((n) => readFile(`/proc/net/${n}`, 'utf8').catch(() => '')),
   );
-  return names.flatMap((n, i) => parseProcNet(texts[i] ?? '', n.startsWith('tcp') ? 'tcp' : 'udp'));
+  return [
+    ...(tcp === undefined ? [] : parseProcNet(tcp, 'tcp')),
+    ...names.flatMap((n, i) => parseProcNet(texts[i] ?? '', n.startsWith('tcp') ? 'tcp' : 'udp')),
+  ];
+}
+
+interface NetAddon {
+  tcpSockets(): string | null;
+}
+
+/** The host's TCP sockets as /proc/net/tcp text, from sock_diag; undefined when that cannot tell. */
+export function tcpFromDiag(): string | undefined {
+  try {
+    return nativeAddon<NetAddon>('checkpt-net.node').tcpSockets() ?? undefined;
+  } catch {
+    // No working addon here: /proc/net says the same, only slower.
+    return undefined;
+  }
 }
 
 function readProc(path: string): string {

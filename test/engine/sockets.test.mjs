@@ -2,7 +2,7 @@
 // the same on a real image of a Node server holding a listener and a keep-alive connection.
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import {
@@ -26,8 +26,10 @@ import {
   imageSockets,
   parseProcNet,
   planSockets,
+  tcpFromDiag,
   withPortZero,
 } from '../../dist/engine/sockets.js';
+import { socketInodes } from '../../dist/common/procfs.js';
 import { decodeMessage, encodeMessage, imageEntries } from '../../dist/engine/criu-image.js';
 
 const dir = tempDir();
@@ -203,10 +205,52 @@ test('/proc/net: local and remote endpoints, state and inode', { unit: true }, (
   });
   assert.deepEqual(tcp[1].remote, { address: '127.0.0.1', port: 51000 });
   assert.equal(parseProcNet(procUdp, 'udp')[0].local.port, 5353);
-  const host = hostSockets((p) =>
-    p === '/proc/net/tcp' ? procTcp : p === '/proc/net/udp' ? procUdp : '',
+  const host = hostSockets(
+    (p) => (p === '/proc/net/tcp' ? procTcp : p === '/proc/net/udp' ? procUdp : ''),
+    () => undefined,
   );
   assert.equal(host.length, 3);
+  // With sock_diag's listing, TCP comes from it and only UDP from /proc/net.
+  const diag = hostSockets(
+    (p) => {
+      if (p.includes('tcp')) throw new Error(`${p} read`);
+      return p === '/proc/net/udp' ? procUdp : '';
+    },
+    () => procTcp,
+  );
+  assert.deepEqual(diag, host);
+});
+
+test("sock_diag's listing of TCP sockets is /proc/net/tcp's and tcp6's, for a listener and a connection in each family", async () => {
+  const text = tcpFromDiag();
+  assert.equal(typeof text, 'string', 'the addon works here (npm run build)');
+  const servers = [];
+  const clients = [];
+  for (const host of ['127.0.0.1', '::1']) {
+    const server = createServer((c) => clients.push(c));
+    await new Promise((r) => server.listen(0, host, r));
+    servers.push(server);
+    const c = connect(server.address().port, host);
+    await within(new Promise((r) => c.on('connect', r)), `a connection to ${host}`);
+    clients.push(c);
+  }
+  try {
+    const mine = socketInodes(process.pid);
+    const ours = (list) =>
+      list
+        .filter((s) => mine.has(s.inode))
+        .map((s) => JSON.stringify([s.local, s.remote, s.state, s.inode]))
+        .sort();
+    const fromProc = ours([
+      ...parseProcNet(readFileSync('/proc/net/tcp', 'utf8'), 'tcp'),
+      ...parseProcNet(readFileSync('/proc/net/tcp6', 'utf8'), 'tcp'),
+    ]);
+    assert.equal(fromProc.length, 6, 'two listeners, two connections seen from both ends');
+    assert.deepEqual(ours(parseProcNet(tcpFromDiag(), 'tcp')), fromProc);
+  } finally {
+    for (const c of clients) c.destroy();
+    await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  }
 });
 
 test(

@@ -14,6 +14,7 @@ const PARTS = [
   'libcheckpt-nouring.so',
   'checkpt-rand.node',
   'checkpt-subreaper.node',
+  'checkpt-net.node',
 ];
 
 const work = tempDir('checkpt-pack-');

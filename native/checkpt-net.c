@@ -1,0 +1,143 @@
+/*
+ * checkpt-net.node: a tiny N-API addon, tcpSockets() lists the host's TCP sockets (IPv4 and IPv6,
+ * every state) through sock_diag netlink, as text in the format of /proc/net/tcp, or null when
+ * netlink cannot tell (no sock_diag here). The restore's socket preflight reads it instead of
+ * /proc/net/tcp and tcp6, each of which walks the kernel's whole connection table (~4 ms of CPU
+ * on a 2-core machine with 24 GiB; this dump takes well under 1 ms).
+ * Built like checkpt-rand.c: the few N-API declarations written out, resolved from the node binary.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "napi-min.h"
+extern napi_status napi_create_string_utf8(napi_env env, const char *str, size_t length,
+                                           napi_value *result);
+extern napi_status napi_get_null(napi_env env, napi_value *result);
+
+#define NAPI_AUTO_LENGTH ((size_t)-1)
+
+struct text {
+  char *buf;
+  size_t len, cap;
+  int failed;
+};
+
+static void append(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void append(struct text *t, const char *fmt, ...) {
+  if (t->failed) return;
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+      t->failed = 1;
+      return;
+    }
+    if ((size_t)n < t->cap - t->len) {
+      t->len += (size_t)n;
+      return;
+    }
+    size_t cap = t->cap * 2 + (size_t)n;
+    char *b = realloc(t->buf, cap);
+    if (!b) {
+      t->failed = 1;
+      return;
+    }
+    t->buf = b;
+    t->cap = cap;
+  }
+}
+
+/* An address as /proc/net prints it: each 32-bit word of the raw bytes, as a native u32. */
+static void address(struct text *t, const uint32_t *words, int n, uint16_t port_be) {
+  for (int i = 0; i < n; i++) append(t, "%08X", words[i]);
+  append(t, ":%04X", ntohs(port_be));
+}
+
+/* One family's TCP sockets into t; 0, or -1 when netlink could not list them. */
+static int dump(struct text *t, uint8_t family, unsigned *row) {
+  int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (fd < 0) return -1;
+  struct {
+    struct nlmsghdr nlh;
+    struct inet_diag_req_v2 r;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.nlh.nlmsg_len = sizeof req;
+  req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.nlh.nlmsg_seq = 1;
+  req.r.sdiag_family = family;
+  req.r.sdiag_protocol = IPPROTO_TCP;
+  req.r.idiag_states = ~0u;
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  if (sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)sizeof req) {
+    close(fd);
+    return -1;
+  }
+  static long buf[8192];
+  for (;;) {
+    ssize_t n;
+    do n = recv(fd, buf, sizeof buf, 0); while (n < 0 && errno == EINTR);
+    if (n <= 0) break;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE) {
+        close(fd);
+        return 0;
+      }
+      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) {
+        close(fd);
+        return -1;
+      }
+      const struct inet_diag_msg *m = NLMSG_DATA(h);
+      int words = family == AF_INET ? 1 : 4;
+      append(t, "%4u: ", (*row)++);
+      address(t, m->id.idiag_src, words, m->id.idiag_sport);
+      append(t, " ");
+      address(t, m->id.idiag_dst, words, m->id.idiag_dport);
+      /* The queues stay zero: nothing reads them, and a listener's would mean something else. */
+      append(t, " %02X 00000000:00000000 00:00000000 00000000 %5u 0 %u\n", m->idiag_state,
+             m->idiag_uid, m->idiag_inode);
+    }
+  }
+  close(fd);
+  return -1;
+}
+
+/* tcpSockets(): every TCP socket of this network namespace, as /proc/net/tcp would list it. */
+static napi_value tcp_sockets(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value r = NULL;
+  struct text t = {malloc(65536), 0, 65536, 0};
+  if (!t.buf) t.failed = 1;
+  unsigned row = 0;
+  append(&t, "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n");
+  if (!t.failed && dump(&t, AF_INET, &row) == 0 && dump(&t, AF_INET6, &row) == 0 && !t.failed)
+    napi_create_string_utf8(env, t.buf, t.len, &r);
+  else
+    napi_get_null(env, &r);
+  free(t.buf);
+  return r;
+}
+
+__attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env,
+                                                                          napi_value exports) {
+  napi_value fn;
+  if (napi_create_function(env, "tcpSockets", NAPI_AUTO_LENGTH, tcp_sockets, NULL, &fn) != 0)
+    return NULL;
+  if (napi_set_named_property(env, exports, "tcpSockets", fn) != 0) return NULL;
+  return exports;
+}
