@@ -195,6 +195,8 @@ async function restoreFrom(
     const info = remote
       ? { manifest: await remote.write(imagesDir) }
       : (lazyImage?.info ?? (await extractImage(file, imagesDir, extractOptions)));
+    // Memory this resume cannot serve chunk by chunk was unpacked whole: the bench's trace says so.
+    if (!remote && !lazyImage) trace('extracted-whole');
     // Not needed any more: gone now, not only when the copy runs.
     key?.fill(0);
     const pageBytes = pages
