@@ -162,14 +162,12 @@ export function hostSockets(
   diag: () => string | undefined = tcpFromDiag,
 ): HostSocket[] {
   const tcp = diag();
-  const names =
-    tcp === undefined ? (['tcp', 'tcp6', 'udp', 'udp6'] as const) : (['udp', 'udp6'] as const);
-  return [
-    ...(tcp === undefined ? [] : parseProcNet(tcp, 'tcp')),
-    ...names.flatMap((n) =>
-      parseProcNet(read(`/proc/net/${n}`), n.startsWith('tcp') ? 'tcp' : 'udp'),
-    ),
-  ];
+  const names = procNetFiles(tcp);
+  return combine(
+    tcp,
+    names,
+    names.map((n) => read(`/proc/net/${n}`)),
+  );
 }
 
 /**
@@ -179,11 +177,26 @@ export function hostSockets(
  */
 export async function hostSocketsAsync(diag = tcpFromDiag): Promise<HostSocket[]> {
   const tcp = diag();
-  const names =
-    tcp === undefined ? (['tcp', 'tcp6', 'udp', 'udp6'] as const) : (['udp', 'udp6'] as const);
+  const names = procNetFiles(tcp);
   const texts = await Promise.all(
     names.map((n) => readFile(`/proc/net/${n}`, 'utf8').catch(() => '')),
   );
+  return combine(tcp, names, texts);
+}
+
+type ProcNetFile = 'tcp' | 'tcp6' | 'udp' | 'udp6';
+
+/** The /proc/net files still to read: TCP's only when sock_diag could not list it. */
+function procNetFiles(tcp: string | undefined): readonly ProcNetFile[] {
+  return tcp === undefined ? ['tcp', 'tcp6', 'udp', 'udp6'] : ['udp', 'udp6'];
+}
+
+/** sock_diag's TCP text (if any) and the texts of `names`, as one list. */
+function combine(
+  tcp: string | undefined,
+  names: readonly ProcNetFile[],
+  texts: readonly string[],
+): HostSocket[] {
   return [
     ...(tcp === undefined ? [] : parseProcNet(tcp, 'tcp')),
     ...names.flatMap((n, i) => parseProcNet(texts[i] ?? '', n.startsWith('tcp') ? 'tcp' : 'udp')),
