@@ -107,6 +107,52 @@ export function parasiteTrapped(pid) {
   }
 }
 
+/** The address ranges of compel's memfd (the parasite's code and data) in `pid`'s memory. */
+function parasiteRanges(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/maps`, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('CRIUMFD'))
+      .map((l) =>
+        l
+          .split(' ')[0]
+          .split('-')
+          .map((a) => BigInt(`0x${a}`)),
+      );
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Whether a CRIU killed now leaves `pid` to carry on by itself. That holds while the parasite runs
+ * as a daemon in the main thread: once CRIU's socket closes, the daemon returns to the program
+ * through its own sigreturn, and the other threads, stopped with their own registers, are let go.
+ * It does not hold once CRIU has any thread at one of its traps (the daemon being stopped, a thread
+ * made to run parasite code, a system call run remotely), which the kernel turns into a fatal
+ * SIGTRAP or SIGSEGV when nobody traces it. Call it with CRIU stopped, so the answer stays true.
+ */
+export function onlyParasiteDaemonRuns(pid) {
+  const blob = parasiteRanges(pid);
+  if (blob.length === 0) return false;
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const dir = `/proc/${pid}/task/${tid}`;
+      const state = /State:\s+(\S)/.exec(readFileSync(`${dir}/status`, 'utf8'))[1];
+      // "NR ARGS... SP PC" in a system call, "-1 SP PC" blocked outside one, "running" otherwise.
+      const fields = readFileSync(`${dir}/syscall`, 'utf8').trim().split(' ');
+      if (fields[0] === 'running') return false;
+      const pc = BigInt(fields.at(-1));
+      const inBlob = blob.some(([lo, hi]) => pc >= lo && pc < hi);
+      const ok = Number(tid) === pid ? state !== 't' && inBlob : state === 't' && !inBlob;
+      if (!ok) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** One process as procs() lists it, or undefined when it is gone. */
 function procOf(pid) {
   try {
