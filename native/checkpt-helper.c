@@ -1024,8 +1024,10 @@ static int cmd_dump(int argc, char **argv) {
   if (criu < 0) die("fork criu");
   if (criu == 0) {
     /* CRIU must not outlive a killed front: the worker, told nothing, would remove the work
-     * directory while CRIU still writes into it. */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != front) _exit(128 + SIGKILL);
+     * directory while CRIU still writes into it. SIGALRM, not SIGKILL: CRIU's dump fails on it
+     * and takes its parasite out first; killed at one of the parasite's traps, it would take the
+     * program with it. Before CRIU sets its handler, SIGALRM ends it as SIGKILL would. */
+    if (prctl(PR_SET_PDEATHSIG, SIGALRM) < 0 || getppid() != front) _exit(128 + SIGALRM);
     close(3);
     int fd = dup(sp[1]); /* without FD_CLOEXEC: CRIU's end */
     if (fd < 0) _exit(127);

@@ -2,7 +2,7 @@
 // checks every fault ends with (program intact, documented error, nothing left, old file whole).
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import { verifyImage } from '../../dist/image/format.js';
@@ -69,7 +69,8 @@ export function procs() {
   return out;
 }
 
-function running(pid) {
+/** Whether `pid` exists and has not ended (a zombie has). */
+export function running(pid) {
   try {
     return !/^[ZX]/.test(/State:\s+(\S)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
   } catch {
@@ -107,50 +108,121 @@ export function parasiteTrapped(pid) {
   }
 }
 
-/** The address ranges of compel's memfd (the parasite's code and data) in `pid`'s memory. */
-function parasiteRanges(pid) {
+/** `pid`'s mappings: [start, end, perms, name] each. */
+function mapsOf(pid) {
   try {
     return readFileSync(`/proc/${pid}/maps`, 'utf8')
       .split('\n')
-      .filter((l) => l.includes('CRIUMFD'))
-      .map((l) =>
-        l
-          .split(' ')[0]
-          .split('-')
-          .map((a) => BigInt(`0x${a}`)),
-      );
+      .filter(Boolean)
+      .map((l) => {
+        const [range, perms, , , , name = ''] = l.split(/\s+/);
+        const [lo, hi] = range.split('-').map((x) => BigInt(`0x${x}`));
+        return [lo, hi, perms, name];
+      });
   } catch {
     return [];
   }
 }
 
+/** compel's injected system call on x86_64 (`syscall`, then `int3` six times). */
+const COMPEL_SYSCALL = Buffer.from([0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]);
+
+/** `len` bytes of `pid`'s memory at `addr`, or undefined. */
+function peek(pid, addr, len) {
+  let fd;
+  try {
+    fd = openSync(`/proc/${pid}/mem`, 'r');
+    const buf = Buffer.alloc(len);
+    return readSync(fd, buf, 0, len, Number(addr)) === len ? buf : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 /**
- * Whether a CRIU killed now leaves `pid` to carry on by itself. That holds while the parasite runs
- * as a daemon in the main thread: once CRIU's socket closes, the daemon returns to the program
- * through its own sigreturn, and the other threads, stopped with their own registers, are let go.
- * It does not hold once CRIU has any thread at one of its traps (the daemon being stopped, a thread
- * made to run parasite code, a system call run remotely), which the kernel turns into a fatal
- * SIGTRAP or SIGSEGV when nobody traces it. Call it with CRIU stopped, so the answer stays true.
+ * Where CRIU holds `pid`: 'trap' when a CRIU killed now would take the program with it, 'free'
+ * when the program would carry on by itself, 'unsure' while one of its threads runs. When its
+ * tracer dies, the kernel lets every thread go as it is: with the signal of a stop CRIU has not
+ * collected yet still due (a trap's SIGTRAP, which kills), and with whatever registers and code
+ * CRIU left in place. So it is a trap while a thread has an uncollected signal stop, a thread
+ * stopped in the parasite's code would run it untraced, or compel's `syscall; int3` is written
+ * over the program's code (the first executable mapping). The main thread running the parasite's
+ * daemon is free: once CRIU's socket closes, the daemon returns to the program through its own
+ * sigreturn. Call it with CRIU stopped, so the answer holds.
  */
-export function onlyParasiteDaemonRuns(pid) {
-  const blob = parasiteRanges(pid);
-  if (blob.length === 0) return false;
+export function criuHold(pid) {
+  const maps = mapsOf(pid);
+  const blob = maps.filter((m) => m[3].includes('CRIUMFD'));
+  // compel's get_exec_start: the first executable mapping of at least a page.
+  const exec = maps.find((m) => m[2][2] === 'x' && m[1] - m[0] >= 4096n);
+  const code = exec && peek(pid, exec[0], COMPEL_SYSCALL.length);
+  if (!code) return 'unsure';
+  if (code.equals(COMPEL_SYSCALL)) return 'trap';
+  let hold = 'free';
   try {
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
       const dir = `/proc/${pid}/task/${tid}`;
-      const state = /State:\s+(\S)/.exec(readFileSync(`${dir}/status`, 'utf8'))[1];
+      const stat = readFileSync(`${dir}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // Field 52, exit_code: while stopped for a tracer, the stop's signal until the tracer
+      // collects it; ptrace events carry their number above the low byte and deliver nothing.
+      const [state, stopCode] = [fields[0], Number(fields[49])];
+      if (state === 't' && stopCode !== 0 && stopCode >> 8 === 0) return 'trap';
       // "NR ARGS... SP PC" in a system call, "-1 SP PC" blocked outside one, "running" otherwise.
-      const fields = readFileSync(`${dir}/syscall`, 'utf8').trim().split(' ');
-      if (fields[0] === 'running') return false;
-      const pc = BigInt(fields.at(-1));
+      const sc = readFileSync(`${dir}/syscall`, 'utf8').trim().split(' ');
+      if (sc[0] === 'running') {
+        hold = 'unsure';
+        continue;
+      }
+      const pc = BigInt(sc.at(-1));
       const inBlob = blob.some(([lo, hi]) => pc >= lo && pc < hi);
-      const ok = Number(tid) === pid ? state !== 't' && inBlob : state === 't' && !inBlob;
-      if (!ok) return false;
+      if (inBlob && (Number(tid) !== pid || state === 't')) return 'trap';
     }
-    return true;
+    return hold;
   } catch {
-    return false;
+    return 'unsure';
   }
+}
+
+/** Whether a CRIU killed now leaves `pid` to carry on by itself (criuHold). */
+export const criuDeathSpares = (pid) => criuHold(pid) === 'free';
+
+const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+/**
+ * Lets `criu`, stopped by the caller, run a millisecond at a time until it holds `pid` at a trap
+ * (criuHold), while `going()` holds and for at most two seconds. Leaves it stopped; true when
+ * it stopped at a trap.
+ */
+export function stepCriuToTrap(criu, pid, going) {
+  const deadline = Date.now() + 2000;
+  while (Date.now() < deadline && going()) {
+    let hold = 'unsure';
+    for (let i = 0; i < 5 && hold === 'unsure'; i++) {
+      pause(2);
+      hold = criuHold(pid);
+    }
+    if (hold === 'trap') return true;
+    process.kill(criu.pid, 'SIGCONT');
+    pause(1);
+    process.kill(criu.pid, 'SIGSTOP');
+  }
+  return false;
+}
+
+/**
+ * Sends SIGKILL to `criu` (stopped by the caller) if that spares the program (criuDeathSpares,
+ * given up to a second to settle), and returns true; otherwise lets it go on and returns false.
+ */
+export function killCriuIfSpared(criu, pid) {
+  const deadline = Date.now() + 1000;
+  let hold;
+  while ((hold = criuHold(pid)) === 'unsure' && Date.now() < deadline) pause(10);
+  const spared = hold === 'free';
+  process.kill(criu.pid, spared ? 'SIGKILL' : 'SIGCONT');
+  return spared;
 }
 
 /** One process as procs() lists it, or undefined when it is gone. */
