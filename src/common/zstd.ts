@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 export interface ZlibZstd {
   zstdCompress?: (
     b: Buffer,
-    o: { params: Record<number, number>; pledgedSrcSize?: number },
+    o: { params: Record<number, number>; pledgedSrcSize?: number; chunkSize?: number },
     cb: (e: Error | null, out: Buffer) => void,
   ) => void;
   zstdCompressSync?: (b: Buffer, o: { params: Record<number, number> }) => Buffer;

@@ -9,7 +9,7 @@ import { zlibZstd, type ZlibZstd } from '../common/zstd.js';
 import { lowerPriority } from '../common/procfs.js';
 import type { EntryDecoder } from './extract.js';
 import { closeQuietly, writeAll } from './io.js';
-import { IO_UNIT, ZSTD_FRAME } from './layout.js';
+import { IO_UNIT, ZSTD_FRAME, maxFrame } from './layout.js';
 
 /**
  * Compression of the memory images (CRIU's pages-N.img) with zstd, packed as `pages-N.img.zst`
@@ -68,13 +68,33 @@ export function zstdInZlib(): boolean {
   return z.zstdCompress !== undefined && z.constants.ZSTD_c_compressionLevel !== undefined;
 }
 
+/** A zstd frame holding nothing: magic, a single-segment header of size 0, one empty last block. */
+const EMPTY_FRAME = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x00, 0x01, 0x00, 0x00]);
+
+/**
+ * Node's zlib ends a frame whose compressed size fills its output buffers exactly with a second,
+ * empty frame (seen: a 64 KiB chunk that compressed to exactly 32768 bytes). A chunk must be one
+ * frame that says its size, or the whole entry is not served lazily: output buffers larger than
+ * any frame can be keep it from happening, and the empty frame is dropped should it come anyway.
+ */
+export function oneFrame(out: Buffer): Buffer {
+  let end = out.length;
+  while (
+    end > EMPTY_FRAME.length &&
+    out.subarray(end - EMPTY_FRAME.length, end).equals(EMPTY_FRAME)
+  )
+    end -= EMPTY_FRAME.length;
+  return end === out.length ? out : out.subarray(0, end);
+}
+
 function compressChunk(data: Buffer): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const z = zlibZstd();
     const compress = z.zstdCompress as NonNullable<ZlibZstd['zstdCompress']>;
     const params = { [z.constants.ZSTD_c_compressionLevel as number]: 1 };
-    compress(data, { params, pledgedSrcSize: data.length }, (e, out) =>
-      e ? reject(e) : resolve(out),
+    const chunkSize = 2 * maxFrame(data.length);
+    compress(data, { params, pledgedSrcSize: data.length, chunkSize }, (e, out) =>
+      e ? reject(e) : resolve(oneFrame(out)),
     );
   });
 }

@@ -11,6 +11,7 @@ import {
   startNode,
   tempDir,
   test,
+  unitTest,
   waitFor,
 } from '../helpers.mjs';
 import { randomBytes } from 'node:crypto';
@@ -19,6 +20,7 @@ import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import { after, before } from 'node:test';
 import { extractImage, writeImage } from '../../dist/image/format.js';
+import { oneFrame } from '../../dist/image/compress.js';
 
 const node = nodeBinaries()[0];
 
@@ -136,4 +138,45 @@ describe('compressed images', () => {
     );
     assert.deepEqual(r.lines, []);
   });
+});
+
+test("a chunk whose zstd frame fills zlib's output buffers exactly stays one frame: the file is served chunk by chunk", async (t) => {
+  // The fixture is such a frame, 32768 bytes, from a 2 GB program's memory: Node's zlib ended it
+  // with a second, empty frame, and the whole 1 GB file was then unpacked before each resume.
+  const nodes = nodeBinaries().filter((n) => n.major >= 22);
+  if (nodes.length === 0) return t.skip('no Node 22+ here (scripts/install-nodes.sh)');
+  for (const n of nodes) {
+    const dir = tempDir();
+    try {
+      const r = spawnSync(
+        n.bin,
+        [fixture('compress-frames.mjs'), fixture('zstd-frame-32768.zst'), dir],
+        {
+          encoding: 'utf8',
+          timeout: 30_000,
+        },
+      );
+      assert.equal(r.status, 0, `Node ${n.major}: ${r.stderr}`);
+      assert.deepEqual(
+        JSON.parse(r.stdout),
+        { chunk: 65536, frames: 16, decoded: 1 << 20, lazy: true, served: true },
+        `Node ${n.major}`,
+      );
+    } finally {
+      removeDir(dir);
+    }
+  }
+});
+
+unitTest('oneFrame drops the empty zstd frames that end a chunk, and nothing else', () => {
+  const empty = Buffer.from('28b52ffd2000010000', 'hex');
+  const frame = Buffer.from('28b52ffd6000800500aabbcc', 'hex');
+  assert.deepEqual(oneFrame(Buffer.concat([frame, empty])), frame);
+  assert.deepEqual(oneFrame(Buffer.concat([frame, empty, empty])), frame);
+  assert.deepEqual(oneFrame(frame), frame);
+  assert.deepEqual(
+    oneFrame(empty),
+    empty,
+    'a chunk that is only an empty frame is left to the reader to refuse',
+  );
 });
