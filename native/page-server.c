@@ -125,6 +125,10 @@ static uint32_t nentries;
 static uint64_t block;
 static struct request queue[MAX_QUEUED];
 static unsigned qhead, qlen;
+/* The daemon's requests read but not yet taken, and whether it has said goodbye. */
+static uint8_t in[IOV_SIZE * 128];
+static size_t inlen;
+static int closing;
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void fail(const char *fmt, ...) {
@@ -236,12 +240,39 @@ static const struct entry *locate(uint64_t pid, uint64_t vaddr, uint64_t nr) {
   return e;
 }
 
+static int is_goodbye(const uint8_t *iov) {
+  uint32_t cmd; memcpy(&cmd, iov, 4);
+  return (cmd & PS_CMD_MASK) == PS_IOV_CLOSE || (cmd & PS_CMD_MASK) == PS_IOV_FORCE_CLOSE;
+}
+
+/* The daemon closed its end while we wrote to it. After its goodbye that is how it ends when its
+ * program has exited (it stops reading, even our status for the goodbye), so it is no failure;
+ * before one, the copy may be missing memory. The goodbye may still be unread: look for it. */
+static void peer_gone(int err) __attribute__((noreturn));
+static void peer_gone(int err) {
+  if (err == EPIPE || err == ECONNRESET) {
+    if (closing) exit(EXIT_CLOSED);
+    for (;;) {
+      size_t whole = inlen - inlen % IOV_SIZE;
+      for (size_t at = 0; at < whole; at += IOV_SIZE)
+        if (is_goodbye(in + at)) exit(EXIT_CLOSED);
+      memmove(in, in + whole, inlen - whole);
+      inlen -= whole;
+      ssize_t n = recv(DAEMON_FD, in + inlen, sizeof in - inlen, MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      inlen += (size_t)n;
+    }
+  }
+  fail("connection failed (%s)", strerror(err));
+}
+
 static void write_all(int fd, const void *buf, size_t n, int more) {
   size_t done = 0;
   while (done < n) {
     ssize_t w = send(fd, (const char *)buf + done, n - done, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
     if (w < 0 && errno == EINTR) continue;
-    if (w < 0) fail("connection failed (%s)", strerror(errno));
+    if (w < 0) peer_gone(errno);
     done += (size_t)w;
   }
 }
@@ -640,7 +671,7 @@ static void answer(const struct request *r) {
     while (seg > 0) {
       ssize_t n = sendfile(DAEMON_FD, fd, &pos, seg);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) fail("connection failed (%s)", strerror(errno));
+      if (n < 0) peer_gone(errno);
       if (n == 0) fail("a pages image is shorter than its plan");
       seg -= (uint64_t)n;
       at += (uint64_t)n;
@@ -675,6 +706,7 @@ static void take_request(const uint8_t *iov) {
   case PS_IOV_CLOSE:
   case PS_IOV_FORCE_CLOSE:
     r->close = 1;
+    closing = 1;
     break;
   case PS_IOV_GET: {
     const struct entry *e = dst <= 0x7fffffff ? locate(dst, vaddr, nr) : NULL;
@@ -715,8 +747,6 @@ int cmd_serve_pages(int stage_only) {
     files[file].staged[blk] = 1;
   }
   start_checker(stage_only);
-  uint8_t in[IOV_SIZE * 128];
-  size_t inlen = 0;
   uint8_t ctl[MSG_SIZE * 256];
   size_t ctllen = 0;
   int daemon_open = !stage_only;
@@ -728,6 +758,8 @@ int cmd_serve_pages(int stage_only) {
     inlen -= at;
     if (at > 0) continue;
     if (!daemon_open && !stage_only) {
+      /* After its goodbye the daemon may go without waiting for what it asked before it. */
+      if (closing) exit(EXIT_CLOSED);
       if (qlen > 0) fail("hung up with requests unanswered");
       exit(EXIT_HUNG_UP);
     }

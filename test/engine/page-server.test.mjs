@@ -225,6 +225,34 @@ describe('page server', { unit: true }, () => {
     await src.close();
   });
 
+  test('a daemon gone right after its goodbye, with requests still out, is no failure', async () => {
+    // Seen as "connection failed (Broken pipe)" after a SIGTERM to checkpt -r: the server wrote
+    // answers to a daemon that had said goodbye and closed.
+    const { ps, daemon, errors, src } = await serving();
+    const sent = Buffer.concat([
+      iov(7, 3, 0x20000, 100),
+      iov(7, 1, 0x30000, 100),
+      iov(0x1024, 0, 0, 0),
+    ]);
+    daemon.write(sent, () => daemon.destroy());
+    assert.equal(await ps.done, true);
+    assert.deepEqual(errors, []);
+    await src.close();
+  });
+
+  test('a daemon gone with requests out and no goodbye is the error', async () => {
+    const { ps, daemon, errors, src } = await serving();
+    const sent = Buffer.concat([iov(7, 3, 0x20000, 100), iov(7, 1, 0x30000, 100)]);
+    daemon.write(sent, () => daemon.destroy());
+    await assert.rejects(ps.done, (e) => {
+      assert.equal(e.code, 'ERESTORE');
+      assert.match(e.message, /lazy-pages daemon .*f\.ckpt; the copy was stopped/);
+      return true;
+    });
+    assert.equal(errors.length, 1);
+    await src.close();
+  });
+
   test('a daemon that hangs up without goodbye ends the server with false', async () => {
     const { ps, daemon, errors, src } = await serving();
     daemon.destroy();
