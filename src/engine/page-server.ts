@@ -9,8 +9,9 @@
  * type bits: request_remote_pages), one request per pagemap entry range, and expects the replies
  * in order (its async reads are a FIFO): the same header with cmd PS_IOV_ADD_F | PE_PRESENT << 16
  * and nr_pages, vaddr, dst_id echoed, then nr_pages * 4096 bytes. At its end it sends
- * PS_IOV_FORCE_CLOSE (PS_IOV_CLOSE without --ps-socket) and waits for an s32 status, 0. There is
- * no feature handshake on this path.
+ * PS_IOV_FORCE_CLOSE (PS_IOV_CLOSE without --ps-socket) and waits for an s32 status, 0. When its
+ * program has exited it says goodbye with requests still out and may close without reading their
+ * answers or the status: that is an orderly end too. There is no feature handshake on this path.
  *
  * The answering is native (`checkpt-helper serve-pages`, native/page-server.c): a fault then costs
  * a few microseconds, not a turn of this event loop. It sends only checked blocks: those this
