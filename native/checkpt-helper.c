@@ -921,6 +921,105 @@ static int post_dump_verdict(const char *path, long connect_ms, long until, int 
 /* After the deadline, from CRIU's SIGALRM to SIGKILL: its handler makes the call it waits in fail
  * (EINTR), retries each second, and gives up by itself after five. */
 #define INTERRUPT_GRACE_MS 5500
+/* After the deadline, how long CRIU may go on to a moment where interrupting it spares the program
+ * (its parasite out): by then it has usually reached a notification, which is refused instead. */
+#define HOLD_GRACE_MS 10000
+
+/* compel's injected system call on x86_64: `syscall`, then `int3` six times. */
+static const unsigned char compel_syscall_code[8] = {0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc};
+
+/* Whether CRIU holds `pid` (or a process below it) where interrupting or losing CRIU would kill
+ * it: its parasite mapped (compel's memfd), compel's system call written over the first
+ * executable page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a trap's
+ * SIGTRAP, delivered to a program nobody traces any more). */
+static int criu_holds(pid_t pid, int depth) {
+  char path[64], line[512];
+  snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  unsigned long exec_start = 0;
+  int held = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    char perms[8];
+    if (strstr(line, "CRIUMFD")) held = 1;
+    if (!exec_start && sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && perms[2] == 'x' && hi - lo >= 4096)
+      exec_start = lo;
+  }
+  fclose(f);
+  if (held) return 1;
+  if (exec_start) {
+    unsigned char code[sizeof compel_syscall_code];
+    snprintf(path, sizeof path, "/proc/%d/mem", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      held = pread(fd, code, sizeof code, (off_t)exec_start) == (ssize_t)sizeof code &&
+             !memcmp(code, compel_syscall_code, sizeof code);
+      close(fd);
+      if (held) return 1;
+    }
+  }
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  DIR *d = opendir(path);
+  if (!d) return 0;
+  struct dirent *e;
+  while (!held && (e = readdir(d))) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    char tpath[300], stat[1024];
+    snprintf(tpath, sizeof tpath, "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+    int fd = open(tpath, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, stat, sizeof stat - 1);
+    close(fd);
+    if (n <= 0) continue;
+    stat[n] = 0;
+    /* After the command's closing parenthesis: field 3, the state, ... field 52, exit_code (the
+     * signal of a ptrace stop until the tracer collects it; events carry bits above the low byte). */
+    char *at = strrchr(stat, ')');
+    if (!at) continue;
+    char state = 0;
+    long code = 0;
+    int field = 2;
+    for (char *tok = strtok(at + 1, " "); tok; tok = strtok(NULL, " ")) {
+      if (++field == 3) state = tok[0];
+      if (field == 52) { code = atol(tok); break; }
+    }
+    if (state == 't' && code != 0 && (code >> 8) == 0) held = 1;
+    /* The processes below it, which CRIU dumps too. */
+    snprintf(tpath, sizeof tpath, "/proc/%d/task/%s/children", (int)pid, e->d_name);
+    FILE *c = depth < 8 ? fopen(tpath, "r") : NULL;
+    int child;
+    while (c && !held && fscanf(c, "%d", &child) == 1) held = criu_holds(child, depth + 1);
+    if (c) fclose(c);
+  }
+  closedir(d);
+  return held;
+}
+
+/* Stops CRIU and, if it holds nothing of the program where an interruption would kill it, leaves
+ * SIGALRM pending for it and lets it go on: its dump then fails and puts the program back. */
+static int interrupt_if_safe(pid_t criu, pid_t pid) {
+  if (kill(criu, SIGSTOP) < 0) return 0;
+  /* Stopped for sure before looking: what it holds cannot change meanwhile. */
+  for (int i = 0; i < 50; i++) {
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)criu);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) break;
+    buf[n] = 0;
+    char *at = strrchr(buf, ')');
+    if (at && (at[2] == 'T' || at[2] == 't' || at[2] == 'Z')) break;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  int safe = !criu_holds(pid, 0);
+  if (safe) kill(criu, SIGALRM);
+  kill(criu, SIGCONT);
+  return safe;
+}
 
 /*
  * checkpt-helper dump --pid P --fifo PATH --timeout-ms N [--async]
@@ -1044,17 +1143,29 @@ static int cmd_dump(int argc, char **argv) {
   /* Into the socket's buffer: CRIU reads it once it has started. */
   int sk_open = rpc_send(sk, &req) == 0;
   int st = 0, told = !async, timed_out = 0, killed = 0, answered = 0, dumped_ok = 0;
-  long kill_at = deadline;
+  /* Past the deadline, looking for a moment to interrupt CRIU, until hold_until. */
+  int holding = 0;
+  long kill_at = deadline, hold_until = 0;
   static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
     if (!killed && now_ms() >= kill_at) {
       if (!timed_out && !reaped) {
         /* Killed now, CRIU could leave its parasite in the program, which then dies of its trap
-         * (SIGTRAP): interrupted instead, CRIU's failure path cures it and lets the program go. */
+         * (SIGTRAP). Interrupted (SIGALRM), its dump fails and puts the program back, but only
+         * where it holds no thread at a trap: an interrupted wait for one leaves it due. So CRIU
+         * (stopped by a fault, perhaps) goes on until such a moment, or a notification, refused. */
         kill(criu, SIGCONT);
-        kill(criu, SIGALRM);
-        timed_out = 1;
-        kill_at = now_ms() + INTERRUPT_GRACE_MS;
+        timed_out = holding = 1;
+        hold_until = now_ms() + HOLD_GRACE_MS;
+      }
+      if (holding && !reaped) {
+        if (interrupt_if_safe(criu, pid) || now_ms() >= hold_until) {
+          if (now_ms() >= hold_until) kill(criu, SIGALRM);
+          holding = 0;
+          kill_at = now_ms() + INTERRUPT_GRACE_MS;
+        } else {
+          kill_at = now_ms() + 5;
+        }
         continue;
       }
       if (!reaped) kill(criu, SIGKILL); /* never a pid reaped and reused */
@@ -1097,7 +1208,11 @@ static int cmd_dump(int argc, char **argv) {
       }
       int ok = !timed_out;
       if (timed_out) {
-        /* Too late: whatever CRIU asks now is refused, so it rolls back. */
+        /* Too late: whatever CRIU asks now is refused, so it rolls back, uninterrupted. */
+        if (holding) {
+          holding = 0;
+          kill_at = now_ms() + ROLLBACK_GRACE_MS;
+        }
       } else if (!strcmp(r.script, "pre-dump") && async) {
         /* Only now does the program block on its channel: it ran through CRIU's start-up. */
         const char *freeze = "{\"t\":\"freeze\"}\n";

@@ -218,6 +218,35 @@ describe('faults while checkpointing', () => {
         }
       });
 
+      test('CRIU stopped while it holds the program at a trap: ETIMEOUT, and the program lives', async () => {
+        // Interrupted right there, CRIU's wait for the trap would fail and leave its SIGTRAP due.
+        // The front lets CRIU go on to a moment where an interruption spares the program.
+        for (let attempt = 1; ; attempt++) {
+          const r = await faulted(
+            op,
+            'ETIMEOUT',
+            () => {
+              const criu = signalWhen(
+                roles.criu(prog.pid, staging),
+                () => parasiteIn(prog.pid),
+                'SIGSTOP',
+                10_000,
+              );
+              if (!criu) return false;
+              // Left stopped at the trap: the deadline finds it there.
+              if (stepCriuToTrap(criu, prog.pid, () => parasiteIn(prog.pid))) return criu;
+              process.kill(criu.pid, 'SIGCONT');
+              return attempt >= 5 ? false : MISSED;
+            },
+            { timeout: 3000 },
+          );
+          if (r !== MISSED) break;
+          await settled(prog.pid);
+          keepSha = sha(keep);
+          base = await prog.ask({ op: 'ping' });
+        }
+      });
+
       test('the dump front killed while CRIU runs: EHELPER', async () => {
         await faulted(op, 'EHELPER', () =>
           signalWhen(roles.front(prog.pid, staging), () => tracerOf(prog.pid) !== 0),
