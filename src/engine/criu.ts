@@ -7,7 +7,8 @@ import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
-import { processTree, signalQuietly } from '../common/procfs.js';
+import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
+import { criuHolds } from './criu-hold.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath } from './native.js';
 import { prepareKdatDir } from './kdat.js';
@@ -280,6 +281,8 @@ export interface CriuRun {
 export interface StartOptions {
   /** Kill it (SIGKILL) after this long; none: it runs until it ends or is stopped. */
   timeoutMs?: number;
+  /** The (host) pid of the process tree it dumps: past the deadline, interrupted only where that spares it. */
+  program?: number;
   /** Give it a pipe as fd 3 and no output (a daemon's status fd), instead of capturing its output. */
   statusFd?: boolean;
   /** Also a connected Unix stream socket as fd 4 (libuv makes it with socketpair). */
@@ -315,7 +318,7 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
     if (opts.timeoutMs !== undefined)
       timer = setTimeout(() => {
         timedOut = true;
-        timer = interrupt(child.pid, cmd.file === 'nsenter');
+        interrupt(child.pid, cmd.file === 'nsenter', opts.program, (t) => (timer = t));
       }, opts.timeoutMs);
     child.on('error', (error) => {
       ended = true;
@@ -353,25 +356,65 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
 /** From CRIU's SIGALRM to SIGKILL: its handler fails the call it waits in and retries each second, five times. */
 const INTERRUPT_GRACE_MS = 5500;
 
+/** Past the deadline, how long CRIU may go on to a moment where interrupting it spares the program. */
+const HOLD_GRACE_MS = 10_000;
+
 /**
  * Stops a CRIU past its deadline without harm to the program: killed at once, CRIU could leave
  * its parasite in it, which then dies of its trap (SIGTRAP). SIGALRM makes CRIU's dump fail the
- * call it waits in, so its failure path cures the program and lets it go; what still runs after
- * the grace is killed. `wrapped`: the root is nsenter, which would die of it and pass nothing on.
+ * call it waits in, so its failure path cures the program and lets it go, unless that call is its
+ * wait for a trap: the trap's SIGTRAP then stays due. So CRIU goes on (SIGCONT) and is stopped
+ * every 5 ms to look (criuHolds), and interrupted once it holds `program` nowhere dangerous (or
+ * after HOLD_GRACE_MS); what still runs after the grace is killed. `wrapped`: the root is nsenter,
+ * which would die of SIGALRM and pass nothing on. `setTimer` gets each timer, for the caller to
+ * clear when CRIU ends.
  */
-function interrupt(pid: number | undefined, wrapped: boolean): NodeJS.Timeout | undefined {
-  if (pid === undefined) return undefined;
-  const tree = processTree(pid);
-  for (const p of tree) signalQuietly(p, 'SIGCONT');
-  for (const p of wrapped ? tree.slice(1) : tree) signalQuietly(p, 'SIGALRM');
-  return setTimeout(() => {
-    for (const p of processTree(pid).reverse()) signalQuietly(p, 'SIGKILL');
-  }, INTERRUPT_GRACE_MS);
+function interrupt(
+  pid: number | undefined,
+  wrapped: boolean,
+  program: number | undefined,
+  setTimer: (t: NodeJS.Timeout) => void,
+): void {
+  if (pid === undefined) return;
+  const criuOf = (): number[] => (wrapped ? processTree(pid).slice(1) : processTree(pid));
+  for (const p of processTree(pid)) signalQuietly(p, 'SIGCONT');
+  const holdUntil = Date.now() + HOLD_GRACE_MS;
+  const attempt = (): void => {
+    const criu = criuOf();
+    let safe = program === undefined || Date.now() >= holdUntil;
+    if (!safe) {
+      for (const p of criu) signalQuietly(p, 'SIGSTOP');
+      // Stopped for sure before looking: what it holds cannot change meanwhile.
+      for (const end = Date.now() + 50; Date.now() < end && !criu.every(stopped););
+      safe = !criuHolds(program as number);
+    }
+    if (safe) for (const p of criu) signalQuietly(p, 'SIGALRM');
+    for (const p of criu) signalQuietly(p, 'SIGCONT');
+    if (!safe) {
+      setTimer(setTimeout(attempt, 5));
+      return;
+    }
+    setTimer(
+      setTimeout(() => {
+        for (const p of processTree(pid).reverse()) signalQuietly(p, 'SIGKILL');
+      }, INTERRUPT_GRACE_MS),
+    );
+  };
+  attempt();
+}
+
+/** Whether `pid` is stopped (or gone). */
+function stopped(pid: number): boolean {
+  const state = procStatus(pid)?.State ?? 'X';
+  return /^[TtZX]/.test(state);
 }
 
 /** `criu dump` run by checkpt itself (from outside the program): nothing when it worked, else why not. */
 export async function dump(req: DumpRequest): Promise<void> {
-  const r = await runCriu(dumpCommand(req), req.timeoutMs);
+  const r = await startCriu(dumpCommand(req), {
+    timeoutMs: req.timeoutMs,
+    program: req.enter ?? req.pid,
+  }).result;
   await checkDump(r.status, r.timedOut, req.workDir, req.timeoutMs, r.stderr);
 }
 
@@ -379,6 +422,7 @@ export async function dump(req: DumpRequest): Promise<void> {
 export function startDump(req: DumpRequest): CriuRun {
   return startCriu(dumpCommand(req), {
     timeoutMs: req.timeoutMs,
+    program: req.enter ?? req.pid,
     ...(req.lazyMemory ? { pageSocket: true } : {}),
   });
 }

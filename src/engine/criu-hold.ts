@@ -1,0 +1,70 @@
+/**
+ * Whether CRIU holds a program where interrupting or losing CRIU would kill it (the same test as
+ * native/checkpt-helper.c's criu_holds, for the dumps checkpt runs from outside).
+ */
+import { closeSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs';
+
+/** compel's injected system call on x86_64: `syscall`, then `int3` six times. */
+const COMPEL_SYSCALL = Buffer.from([0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]);
+
+function read(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether compel's system call is written at `addr` of `pid`'s memory. */
+function compelCodeAt(pid: number, addr: number): boolean {
+  let fd: number | undefined;
+  try {
+    fd = openSync(`/proc/${pid}/mem`, 'r');
+    const buf = Buffer.alloc(COMPEL_SYSCALL.length);
+    return readSync(fd, buf, 0, buf.length, addr) === buf.length && buf.equals(COMPEL_SYSCALL);
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/**
+ * Whether CRIU holds `pid` (or a process below it) where an interruption or its death would kill
+ * it: its parasite mapped (compel's memfd), compel's system call written over the first executable
+ * page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a trap's SIGTRAP,
+ * delivered to a program nobody traces any more).
+ */
+export function criuHolds(pid: number, depth = 0): boolean {
+  const maps = read(`/proc/${pid}/maps`);
+  if (maps === undefined) return false;
+  if (maps.includes('CRIUMFD')) return true;
+  for (const line of maps.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) ..x/.exec(line);
+    if (!m) continue;
+    const [lo, hi] = [parseInt(m[1] ?? '0', 16), parseInt(m[2] ?? '0', 16)];
+    if (hi - lo < 4096) continue;
+    if (compelCodeAt(pid, lo)) return true;
+    break;
+  }
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return false;
+  }
+  for (const tid of tids) {
+    const stat = read(`/proc/${pid}/task/${tid}/stat`);
+    if (stat === undefined) continue;
+    // Field 3, the state, then field 52, exit_code: a ptrace stop's signal until the tracer
+    // collects it (ptrace events carry bits above the low byte and deliver nothing).
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const code = Number(fields[49] ?? 0);
+    if (fields[0] === 't' && code !== 0 && code >> 8 === 0) return true;
+    if (depth >= 8) continue;
+    for (const child of (read(`/proc/${pid}/task/${tid}/children`) ?? '').split(' ')) {
+      if (child && criuHolds(Number(child), depth + 1)) return true;
+    }
+  }
+  return false;
+}
