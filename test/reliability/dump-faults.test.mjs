@@ -29,6 +29,7 @@ import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
+import { criuHolds } from '../../dist/engine/criu-hold.js';
 import {
   HANG_GUARD_MS,
   assertIntact,
@@ -233,8 +234,15 @@ describe('faults while checkpointing', () => {
                 10_000,
               );
               if (!criu) return false;
-              // Left stopped at the trap: the deadline finds it there.
-              if (stepCriuToTrap(criu, prog.pid, () => parasiteIn(prog.pid))) return criu;
+              // Left stopped at the trap: the deadline finds it there. The outside dumps' test
+              // (src/engine/criu-hold.ts) must see it too.
+              if (stepCriuToTrap(criu, prog.pid, () => parasiteIn(prog.pid))) {
+                if (!criuHolds(prog.pid)) {
+                  process.kill(criu.pid, 'SIGCONT');
+                  return false;
+                }
+                return criu;
+              }
               process.kill(criu.pid, 'SIGCONT');
               return attempt >= 5 ? false : MISSED;
             },
