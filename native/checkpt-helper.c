@@ -928,6 +928,19 @@ static int post_dump_verdict(const char *path, long connect_ms, long until, int 
 /* compel's injected system call on x86_64: `syscall`, then `int3` six times. */
 static const unsigned char compel_syscall_code[8] = {0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc};
 
+/* The fields of a /proc stat file from the third (the state) on, after the command in parentheses,
+ * which may hold anything; NULL when the process is gone. */
+static char *stat_fields(const char *path, char *buf, size_t len) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NULL;
+  ssize_t n = read(fd, buf, len - 1);
+  close(fd);
+  if (n <= 0) return NULL;
+  buf[n] = 0;
+  char *at = strrchr(buf, ')');
+  return at && at[1] == ' ' ? at + 2 : NULL;
+}
+
 /* Whether CRIU holds `pid` (or a process below it) where interrupting or losing CRIU would kill
  * it: its parasite mapped (compel's memfd), compel's system call written over the first
  * executable page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a trap's
@@ -967,20 +980,14 @@ static int criu_holds(pid_t pid, int depth) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     char tpath[300], stat[1024];
     snprintf(tpath, sizeof tpath, "/proc/%d/task/%s/stat", (int)pid, e->d_name);
-    int fd = open(tpath, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ssize_t n = read(fd, stat, sizeof stat - 1);
-    close(fd);
-    if (n <= 0) continue;
-    stat[n] = 0;
-    /* After the command's closing parenthesis: field 3, the state, ... field 52, exit_code (the
-     * signal of a ptrace stop until the tracer collects it; events carry bits above the low byte). */
-    char *at = strrchr(stat, ')');
-    if (!at) continue;
+    /* Field 3, the state, ... field 52, exit_code: the signal of a ptrace stop until the tracer
+     * collects it (events carry bits above the low byte). */
+    char *fields = stat_fields(tpath, stat, sizeof stat);
+    if (!fields) continue;
     char state = 0;
     long code = 0;
     int field = 2;
-    for (char *tok = strtok(at + 1, " "); tok; tok = strtok(NULL, " ")) {
+    for (char *tok = strtok(fields, " "); tok; tok = strtok(NULL, " ")) {
       if (++field == 3) state = tok[0];
       if (field == 52) { code = atol(tok); break; }
     }
@@ -1004,14 +1011,8 @@ static int interrupt_if_safe(pid_t criu, pid_t pid) {
   for (int i = 0; i < 50; i++) {
     char path[64], buf[256];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)criu);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) break;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) break;
-    buf[n] = 0;
-    char *at = strrchr(buf, ')');
-    if (at && (at[2] == 'T' || at[2] == 't' || at[2] == 'Z')) break;
+    char *fields = stat_fields(path, buf, sizeof buf);
+    if (!fields || fields[0] == 'T' || fields[0] == 't' || fields[0] == 'Z') break;
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
   }
