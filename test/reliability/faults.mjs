@@ -186,9 +186,6 @@ export function criuHold(pid) {
   }
 }
 
-/** Whether a CRIU killed now leaves `pid` to carry on by itself (criuHold). */
-export const criuDeathSpares = (pid) => criuHold(pid) === 'free';
-
 const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
 /**
@@ -213,8 +210,9 @@ export function stepCriuToTrap(criu, pid, going) {
 }
 
 /**
- * Sends SIGKILL to `criu` (stopped by the caller) if that spares the program (criuDeathSpares,
- * given up to a second to settle), and returns true; otherwise lets it go on and returns false.
+ * Sends SIGKILL to `criu` (stopped by the caller) if that spares the program (criuHold says
+ * 'free', given up to a second to settle), and returns true; otherwise lets it go on and returns
+ * false.
  */
 export function killCriuIfSpared(criu, pid) {
   const deadline = Date.now() + 1000;
