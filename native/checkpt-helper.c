@@ -1160,8 +1160,10 @@ static int cmd_dump(int argc, char **argv) {
         hold_until = now_ms() + HOLD_GRACE_MS;
       }
       if (holding && !reaped) {
-        if (interrupt_if_safe(criu, pid) || now_ms() >= hold_until) {
-          if (now_ms() >= hold_until) kill(criu, SIGALRM);
+        /* Too long: interrupted wherever it is, as a last resort. */
+        int late = now_ms() >= hold_until;
+        if (late) kill(criu, SIGALRM);
+        if (late || interrupt_if_safe(criu, pid)) {
           holding = 0;
           kill_at = now_ms() + INTERRUPT_GRACE_MS;
         } else {

@@ -32,8 +32,8 @@
  *
  * Exit status: 0 after the daemon's goodbye (answered, or the daemon gone after saying it), 3 when
  * the daemon hung up with nothing asked (no goodbye), 2 with one line on stderr for a request the
- * plan does not allow or a broken connection, 4 with "damaged FILE BLOCK WHY" on stderr for a block that failed its check, 1 when
- * checkpt's side went away.
+ * plan does not allow or a broken connection, 4 with "damaged FILE BLOCK WHY" on stderr for a
+ * block that failed its check, 1 when checkpt's side went away.
  */
 #define _GNU_SOURCE
 #include <errno.h>

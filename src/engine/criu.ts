@@ -411,10 +411,7 @@ function stopped(pid: number): boolean {
 
 /** `criu dump` run by checkpt itself (from outside the program): nothing when it worked, else why not. */
 export async function dump(req: DumpRequest): Promise<void> {
-  const r = await startCriu(dumpCommand(req), {
-    timeoutMs: req.timeoutMs,
-    program: req.enter ?? req.pid,
-  }).result;
+  const r = await startDump(req).result;
   await checkDump(r.status, r.timedOut, req.workDir, req.timeoutMs, r.stderr);
 }
 

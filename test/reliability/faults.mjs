@@ -95,19 +95,6 @@ export function parasiteIn(pid) {
   }
 }
 
-/**
- * Whether the parasite is in and the process's main thread stopped for its tracer: when CRIU has
- * it run a system call, that stop is the parasite's trap, which a CRIU killed there leaves armed.
- */
-export function parasiteTrapped(pid) {
-  try {
-    const state = /State:\s+(\S)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1];
-    return state === 't' && parasiteIn(pid);
-  } catch {
-    return false;
-  }
-}
-
 /** `pid`'s mappings: [start, end, perms, name] each. */
 function mapsOf(pid) {
   try {
