@@ -116,6 +116,20 @@ static void relay_signals(void) {
   for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
 }
 
+/* For the bench (CHECKPT_BENCH_TRACE, as src/common/trace.ts): appends `STEP EPOCH_MS`. */
+static void bench_trace(const char *step) {
+  const char *file = getenv("CHECKPT_BENCH_TRACE");
+  if (!file || !*file) return;
+  struct timespec t;
+  clock_gettime(CLOCK_REALTIME, &t);
+  int fd = open(file, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return;
+  char line[96];
+  int n = snprintf(line, sizeof line, "%s %lld.%03ld\n", step, (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000, (t.tv_nsec / 1000) % 1000);
+  if (write(fd, line, (size_t)n) < 0) { /* a measurement aid only */ }
+  close(fd);
+}
+
 static void mkdirs(const char *path) {
   char buf[4096];
   if (strlen(path) >= sizeof buf) die("path too long");
@@ -273,6 +287,7 @@ static int cmd_init(int argc, char **argv) {
     return EXIT_USAGE;
   }
   o.argv = argv + i;
+  bench_trace("init");
   if (o.status_fd >= 0) fcntl(o.status_fd, F_SETFD, FD_CLOEXEC);
   signal(SIGPIPE, SIG_IGN);
   if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
@@ -634,6 +649,7 @@ static int run_init(struct init_opts *o) {
     if (criu < 0) die("fork");
     if (criu == 0) {
       default_signals();
+      bench_trace("criu-exec");
       execvp(o->argv[0], o->argv);
       fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", o->argv[0], strerror(errno));
       _exit(127);
@@ -643,6 +659,7 @@ static int run_init(struct init_opts *o) {
       if (w == criu) break;
       if (w < 0 && errno != EINTR) die("waitpid criu");
     }
+    bench_trace("criu-exited");
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
       if (host && o->fifo) unlink(o->fifo);
       report(o->status_fd, "restore-failed %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));

@@ -91,43 +91,43 @@ export function scanVarints(
   if (img.length < 8 || img.readUInt32LE(0) !== IMG_COMMON_MAGIC || img.readUInt32LE(4) !== magic)
     throw new Error(`not a CRIU image of kind 0x${magic.toString(16)}`);
   let at = 8;
+  let end = 0;
+  // Advances `at` (no [value, at] pair: destructuring one costs an iterator each time, and this
+  // runs once per resume, before any of it is optimized).
+  const varint = (): number => {
+    let value = 0;
+    let mul = 1;
+    for (let i = at; i < end && i - at < 10; i++) {
+      const b = img[i] as number;
+      value += (b & 0x7f) * mul;
+      mul *= 128;
+      if (b < 0x80) {
+        at = i + 1;
+        return value;
+      }
+    }
+    throw new Error('bad varint');
+  };
   for (let index = 0; at < img.length; index++) {
     if (at + 4 > img.length) throw new Error('truncated entry length');
-    const end = at + 4 + img.readUInt32LE(at);
+    end = at + 4 + img.readUInt32LE(at);
     if (end > img.length) throw new Error('truncated entry');
     ints.fill(undefined);
     at += 4;
     while (at < end) {
-      let key = 0;
-      [key, at] = varintWithin(img, at, end);
+      const key = varint();
       const no = Math.floor(key / 8);
       const wire = key % 8;
       if (wire === 0) {
-        let v = 0;
-        [v, at] = varintWithin(img, at, end);
+        const v = varint();
         if (no < ints.length) ints[no] = v;
-      } else if (wire === 2) {
-        let len = 0;
-        [len, at] = varintWithin(img, at, end);
-        at += len;
-      } else if (wire === 1 || wire === 5) at += wire === 1 ? 8 : 4;
+      } else if (wire === 2) at += varint();
+      else if (wire === 1 || wire === 5) at += wire === 1 ? 8 : 4;
       else throw new Error(`unsupported wire type ${wire}`);
       if (at > end) throw new Error('field runs past its message');
     }
     each(index);
   }
-}
-
-function varintWithin(buf: Buffer, at: number, end: number): [number, number] {
-  let value = 0;
-  let mul = 1;
-  for (let i = at; i < end && i - at < 10; i++) {
-    const b = buf[i] as number;
-    value += (b & 0x7f) * mul;
-    mul *= 128;
-    if ((b & 0x80) === 0) return [value, i + 1];
-  }
-  throw new Error('bad varint');
 }
 
 /** The entries of a CRIU image whose second magic number is `magic`. */
