@@ -26,6 +26,7 @@
  *     time: the program needs its old pid on the host anyway) and removed after.
  *     --eof-fd FD: FD becomes the read end of an empty pipe whose write end is closed (for CRIU's
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
+ *     --lock-table 'inet CRIU-ID' --lock-method-at OFFSET:INVENTORY: see nft-lock.h.
  *
  *   checkpt-helper serve-pages [--stage-only]
  *     The page server of a lazy restore, checking memory chunks itself (native/page-server.c);
@@ -64,6 +65,7 @@
 #include "criu-rpc.h"
 #include "page-server.h"
 #include "publish.h"
+#include "nft-lock.h"
 
 #define EXIT_RESTORE_FAILED 125
 #define EXIT_USAGE 126
@@ -252,6 +254,7 @@ static void on_child(int sig) {
 static int cmd_init(int argc, char **argv) {
   struct init_opts o = {0, 0, NULL, NULL, "", -1, NULL, NULL};
   int attached = 0, key = 5, pty_index = 0, i;
+  const char *lock_table = NULL, *lock_method_at = NULL;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
     if (!strcmp(argv[i], "--attached")) { attached = 1; continue; }
@@ -272,6 +275,8 @@ static int cmd_init(int argc, char **argv) {
     else if (!strcmp(argv[i], "--status-fd")) o.status_fd = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--key")) key = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--pty-index")) pty_index = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--lock-table")) lock_table = argv[++i];
+    else if (!strcmp(argv[i], "--lock-method-at")) lock_method_at = argv[++i];
     else if (!strcmp(argv[i], "--eof-fd")) {
       /* An empty pipe, its write end closed, for a program whose stdin was a pipe: /dev/null in
        * its place breaks a restore when the program watched its stdin with epoll (EPERM). */
@@ -295,6 +300,8 @@ static int cmd_init(int argc, char **argv) {
   int tty = attached && isatty(0) && !pty_mode;
   pid_t fg = tty ? tcgetpgrp(0) : -1;
   if (host && (netns || o.run)) { fprintf(stderr, "checkpt-helper init: --host is only for a restore\n"); return EXIT_USAGE; }
+  /* In the host's network namespace, where the dump's lock table would be. */
+  if (lock_table && lock_method_at && !netns) skip_lock_if_gone(lock_table, lock_method_at);
   if (host) { /* no namespaces: see --host above */ }
   else if (geteuid() != 0) enter_own_userns(netns ? CLONE_NEWNET : 0);
   else if (unshare(CLONE_NEWPID | CLONE_NEWNS | (netns ? CLONE_NEWNET : 0)) < 0) die("unshare(PID|mount|network namespace)");

@@ -31,7 +31,7 @@ const targets = [
   {
     name: 'checkpt-helper',
     src: 'checkpt-helper.c',
-    more: ['criu-rpc.c', 'page-server.c', 'publish.c'],
+    more: ['criu-rpc.c', 'page-server.c', 'publish.c', 'nft-lock.c'],
     // The page server's checker thread.
     flags: ['-pthread'],
   },

@@ -48,3 +48,13 @@ export function tablesLocking(port) {
 export function unlockPorts(ports) {
   for (const port of ports) for (const name of tablesLocking(port)) nft(`delete table ${name}`);
 }
+
+/** Makes an empty table `name` ("inet CRIU-..."), as a dump that held connections leaves one. */
+export function addTable(name) {
+  nft(`add table ${name}`);
+}
+
+/** Deletes table `name` if it is there. */
+export function deleteTable(name) {
+  if (criuTables().has(name)) nft(`delete table ${name}`);
+}

@@ -105,33 +105,58 @@ export function lockTableName(inventory: Buffer): string | undefined {
 
 /** inventory_entry.network_lock_method (criu/include/cr_options.h: iptables 0, nftables 1, skip 2). */
 const NETWORK_LOCK_METHOD = 11;
+const NETWORK_LOCK_NFTABLES = 1;
 const NETWORK_LOCK_SKIP = 2;
 
-/**
- * Marks inventory.img's network lock "skip", in place: `criu restore` takes the method from the
- * dump (it ignores --network-lock) and, for nftables, deletes the dump's lock table, an `nft` run
- * of ~12 ms. A migrated program's table is on the host it came from, which removes it itself.
- * Whether it changed anything.
- */
-export function skipLockRemoval(imagesDir: string): boolean {
+/** Where inventory.img says its lock method: the file, its bytes and the varint's offset. */
+function lockMethodOf(
+  imagesDir: string,
+): { path: string; inventory: Buffer; offset: number; method: number } | undefined {
   const path = join(imagesDir, 'inventory.img');
   let inventory: Buffer;
   try {
     inventory = readFileSync(path);
   } catch {
-    return false; // CRIU's restore says what is wrong with the images
+    return undefined; // CRIU's restore says what is wrong with the images
   }
-  if (inventory.length < 8 || inventory.readUInt32LE(0) !== INVENTORY_MAGIC) return false;
+  if (inventory.length < 8 || inventory.readUInt32LE(0) !== INVENTORY_MAGIC) return undefined;
   const len = inventory.readUInt32LE(4);
-  if (8 + len > inventory.length) return false;
+  if (8 + len > inventory.length) return undefined;
   const method = decodeMessage(inventory.subarray(8, 8 + len)).find(
     (f) => f.no === NETWORK_LOCK_METHOD && f.wire === 0,
   );
   // A one-byte varint (0-2), rewritten where it is; anything else is not CRIU's today.
-  if (!method || method.bytes.length !== 1 || method.int === NETWORK_LOCK_SKIP) return false;
-  method.bytes[0] = NETWORK_LOCK_SKIP;
-  writeFileSync(path, inventory);
+  if (!method || method.bytes.length !== 1) return undefined;
+  const offset = method.bytes.byteOffset - inventory.byteOffset;
+  return { path, inventory, offset, method: method.int };
+}
+
+/**
+ * Marks inventory.img's network lock "skip", in place: `criu restore` takes the method from the
+ * dump (it ignores --network-lock) and, for nftables, deletes the dump's lock table, an `nft` run
+ * of 13-18 ms while the restored program waits. A migrated program's table is on the host it came
+ * from, which removes it itself; a private network namespace is new for each copy.
+ * Whether it changed anything.
+ */
+export function skipLockRemoval(imagesDir: string): boolean {
+  const at = lockMethodOf(imagesDir);
+  if (!at || at.method === NETWORK_LOCK_SKIP) return false;
+  at.inventory[at.offset] = NETWORK_LOCK_SKIP;
+  writeFileSync(at.path, at.inventory);
   return true;
+}
+
+/**
+ * For a restore on the host's network: the helper's options that mark the lock "skip" when the
+ * dump's table is gone by then (checkpt-helper init --lock-table, native/nft-lock.h). Only a
+ * checkpoint-and-exit that held connections leaves its table, until a restore removes it.
+ */
+export function lockCheckArgs(imagesDir: string): string[] {
+  const at = lockMethodOf(imagesDir);
+  const table = at && at.method === NETWORK_LOCK_NFTABLES ? lockTableName(at.inventory) : undefined;
+  return table === undefined || at === undefined
+    ? []
+    : ['--lock-table', table, '--lock-method-at', `${at.offset}:${at.path}`];
 }
 
 /** The table a dump's connections are locked by, from its inventory.img. */

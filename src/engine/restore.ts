@@ -22,7 +22,7 @@ import {
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages, type Relay } from './lazy.js';
-import { skipLockRemoval } from './netlock.js';
+import { lockCheckArgs, skipLockRemoval } from './netlock.js';
 import { readMemoryPlan, type Range } from './pagemap.js';
 import { stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
@@ -329,9 +329,12 @@ async function restoreFrom(
     }
     await remote?.beforeRestore?.();
     if (stopped) return await STOPPING_FOREVER;
-    // No lock table to remove here (CRIU would run nft to delete one anyway, ~12 ms while the
-    // copy waits): the image came from another host, whose checkpt removes it.
-    if (options.lockElsewhere) skipLockRemoval(imagesDir);
+    // No lock table to remove here (CRIU would run nft to delete one anyway, 13-18 ms while the
+    // copy waits): the image came from another host, whose checkpt removes it, or the copy has a
+    // new network namespace. On the host's network the helper looks for the table first.
+    let lockArgs: string[] = [];
+    if (options.lockElsewhere || privateNet) skipLockRemoval(imagesDir);
+    else lockArgs = lockCheckArgs(imagesDir);
     // Erased before the copy can write to the terminal.
     progress?.end();
     helper = spawnHelper(
@@ -340,6 +343,7 @@ async function restoreFrom(
         String(manifest.pid),
         ...control,
         ...stdinArgs.args,
+        ...lockArgs,
         '--',
         ...argvOf(
           restoreCommand({

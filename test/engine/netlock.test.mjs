@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeMessage } from '../../dist/engine/criu-image.js';
-import { lockTableName, skipLockRemoval } from '../../dist/engine/netlock.js';
+import { lockCheckArgs, lockTableName, skipLockRemoval } from '../../dist/engine/netlock.js';
 
 function inventory(fields) {
   const body = encodeMessage(fields);
@@ -51,6 +51,28 @@ test("a migrated image's lock method becomes skip, in place; the rest of invento
     // No method recorded (an old CRIU's image): left alone.
     writeFileSync(path, inventory([varint(1, 2), text(13, 'abc')]));
     assert.equal(skipLockRemoval(dir), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a host restore's helper gets the table and the method byte's place (nftables only)", () => {
+  const dir = mkdtempSync(join(tmpdir(), 'checkpt-test-'));
+  try {
+    const path = join(dir, 'inventory.img');
+    const img = inventory([varint(1, 2), varint(11, 1), text(13, 'abc'), varint(14, 1)]);
+    writeFileSync(path, img);
+    const args = lockCheckArgs(dir);
+    assert.deepEqual(args.slice(0, 3), ['--lock-table', 'inet CRIU-abc', '--lock-method-at']);
+    const [offset, at] = [Number(args[3].split(':')[0]), args[3].slice(args[3].indexOf(':') + 1)];
+    assert.equal(at, path);
+    assert.equal(img[offset], 1, 'the byte the helper turns into skip (2)');
+    assert.equal(img[offset - 1], 11 * 8, "right after field 11's key");
+    // Already skip, no method, or no run id to name a table by: nothing to check.
+    for (const fields of [[varint(11, 2), text(13, 'abc')], [text(13, 'abc')], [varint(11, 1)]]) {
+      writeFileSync(path, inventory(fields));
+      assert.deepEqual(lockCheckArgs(dir), []);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
