@@ -56,10 +56,7 @@ static int nft_table_exists(uint8_t family, const char *name) {
   for (int round = 0; round < 4 && !acked; round++) {
     ssize_t n = recv(fd, &buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      result = -1;
-      break;
-    }
+    if (n <= 0) break;
     for (nh = &buf.nh; NLMSG_OK(nh, (size_t)n); nh = NLMSG_NEXT(nh, n)) {
       if (nh->nlmsg_seq != 1) continue;
       if (nh->nlmsg_type == NLMSG_ERROR) {

@@ -104,9 +104,8 @@ struct file {
   uint8_t *report;
   /* Taken by a checker thread (under lock). */
   uint8_t *claimed;
-  /* The checker's table, when this server checks the file itself (with a staged image to fill). */
+  /* The checker's table, when this server checks the file itself. */
   struct chunk *chunks;
-  int fill;
 };
 
 struct request {
@@ -355,7 +354,7 @@ static void load_codecs(void) {
 
 /* Whether this server checks block b of f itself (else checkpt does, on NEED). */
 static int checked_here(const struct file *f, uint64_t b) {
-  if (!f->chunks || !f->fill || !sha_init || !sha_update || !sha_digest) return 0;
+  if (!f->chunks || f->size == 0 || !sha_init || !sha_update || !sha_digest) return 0;
   return f->chunks[b].codec == 0 || (zstd_decompress && zstd_is_error);
 }
 
@@ -531,7 +530,6 @@ static void take_lease(void) {
 static void start_checker(int stage_only) {
   load_codecs();
   if (!stage_only) take_lease();
-  for (uint32_t i = 0; i < nfiles; i++) files[i].fill = files[i].chunks && files[i].size > 0;
   uint64_t total = 0;
   for (uint32_t i = 0; i < nfiles; i++) total += files[i].blocks;
   urgent_cap = total + 1;
