@@ -11,7 +11,7 @@
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 #
-# checkpt's build differs from Debian's in three things (scripts/criu-patches/):
+# checkpt's build differs from Debian's in four things (scripts/criu-patches/):
 # - CRIU keeps its cache of kernel probes (40-70 ms at each start without it) in $kdat_dir, on
 #   tmpfs everywhere, containers included, instead of /run, which is not tmpfs in most containers
 #   (CRIU then keeps none). kdat-cache-owner.patch makes CRIU use a cache only when the file and
@@ -22,13 +22,15 @@
 # - nft-lock-fast.patch: the nftables network lock is made in one libnftables batch and removed
 #   with one netlink message, its socket closed at CRIU's exit (the close waits ~10 ms for the
 #   kernel): 10-15 ms less of a small program's frozen time.
+# - run-id-from-env.patch: CRIU takes its run id from CHECKPT_CRIU_RUN_ID, so that checkpt knows
+#   the name of each dump's lock table and removes it when CRIU dies before it could.
 set -euo pipefail
 
 home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=4
+recipe=5
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }

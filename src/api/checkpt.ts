@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -101,8 +101,10 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
     const before = runStepsSync('beforeCheckpoint', { exit: options.exit === true, file: target });
     if (before.length) throw abandoned(before, runStepsSync('afterRestore', notTaken()), target);
     let result: number;
+    // CRIU's run id: if CRIU dies mid-dump, its lock table is found by this name.
+    const runId = randomUUID();
     try {
-      const s = begin(target, options, 'sync');
+      const s = begin(target, options, 'sync', runId);
       let msg: ControlMessage | undefined;
       try {
         msg = s.channel.readSync();
@@ -111,7 +113,7 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
       }
       result = conclude(s, msg, options);
     } catch (e) {
-      releaseLocksAfter(e, () => processTree(process.pid));
+      releaseLocksAfter(e, () => processTree(process.pid), runId);
       throw withSteps(e, runStepsSync('afterRestore', notTaken()));
     }
     return settle(result, runStepsSync('afterRestore', taken(result)), target);
@@ -144,10 +146,11 @@ export async function checkpointInto(
     });
     if (before.length) throw abandoned(before, await runSteps('afterRestore', notTaken()), target);
     let result: number;
+    const runId = randomUUID();
     try {
       // Exiting, the program has nothing to run meanwhile: it waits as checkpt() does.
       const mode = options.exit ? 'sync' : 'async';
-      const s = begin(target, options, mode, store);
+      const s = begin(target, options, mode, runId, store);
       let msg: ControlMessage | undefined;
       try {
         if (mode === 'sync') msg = s.channel.readSync();
@@ -162,7 +165,7 @@ export async function checkpointInto(
       }
       result = conclude(s, msg, options);
     } catch (e) {
-      releaseLocksAfter(e, () => processTree(process.pid));
+      releaseLocksAfter(e, () => processTree(process.pid), runId);
       throw withSteps(e, await runSteps('afterRestore', notTaken()));
     }
     return settle(result, await runSteps('afterRestore', taken(result)), target);
@@ -232,6 +235,7 @@ function begin(
   target: string,
   options: CheckptOptions,
   mode: 'sync' | 'async',
+  runId: string,
   store?: string,
 ): Session {
   const id = `${ownerTag()}-${randomBytes(6).toString('hex')}`;
@@ -255,6 +259,7 @@ function begin(
       compress: compressionWanted(mode),
       background: mode === 'async',
       manifest: manifestBase(fifo),
+      runId,
     };
     // Under `checkpt run --private-net` the network namespace is the program's own.
     const privateNet = PRIVATE_NET.get() === '1';

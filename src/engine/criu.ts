@@ -78,6 +78,12 @@ export interface DumpRequest {
    * the frozen processes' memory itself). Post-copy migration only.
    */
   lazyMemory?: boolean;
+  /**
+   * The run id CRIU takes (CHECKPT_CRIU_RUN_ID; checkpt's CRIU build, run-id-from-env.patch): the
+   * dump's network lock is then the table `inet CRIU-<runId>`, which checkpt can remove by name
+   * if CRIU dies before it does (netlock.ts, releaseStrayLocks).
+   */
+  runId?: string;
 }
 
 export interface RestoreArgsRequest {
@@ -163,6 +169,7 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
   if (req.postDump) args.push('--action-script', helperPath());
   if (req.lazyMemory) args.push('--lazy-pages', '--ps-socket', String(PAGE_SERVER_FD));
   const env: Record<string, string> = {};
+  if (req.runId !== undefined) env.CHECKPT_CRIU_RUN_ID = req.runId;
   if (req.postDump) {
     env.CHECKPT_POST_DUMP_SOCK = req.postDump.sock;
     if (req.postDump.timeoutMs !== undefined)

@@ -28,6 +28,8 @@ export interface DumpJob {
    * locked, and waits in its post-dump script (./post-dump.ts) until the file is durable.
    */
   exit?: boolean;
+  /** CRIU's run id for this dump (DumpRequest.runId): its lock table's name. */
+  runId?: string;
 }
 
 /** The manifest fields the process knows; the worker adds CRIU's version and the sizes. */

@@ -172,14 +172,20 @@ export function lockTableOf(imagesDir: string): string | undefined {
  * Deletes a lock table a checkpoint-and-exit left (checkpt-helper unlock, through libnftables):
  * the connections it held silent then get a reset from the kernel the next time their peers send.
  */
-export function removeLockTable(table: string): 'removed' | 'absent' {
-  const r = spawnSync(helperPath(), ['unlock', table], { encoding: 'utf8', timeout: 30_000 });
+export function removeLockTable(table: string, netnsOf?: number): 'removed' | 'absent' {
+  const r = spawnSync(...inNetns(netnsOf, ['unlock', table]), { encoding: 'utf8', timeout: 30_000 });
   if (r.status === 0) return 'removed';
   if (r.status === 3) return 'absent';
   throw new CheckptError(
     process.getuid?.() === 0 ? 'EIO' : 'EPERM',
     `Could not remove the network lock ${table}: ${(r.stderr || r.error?.message || `status ${r.status}`).trim()}. Removing it needs root (CAP_NET_ADMIN).`,
   );
+}
+
+/** The helper with `args`, in the network namespace of process `netnsOf` if given. */
+function inNetns(netnsOf: number | undefined, args: string[]): [string, string[]] {
+  if (netnsOf === undefined) return [helperPath(), args];
+  return ['nsenter', ['-t', String(netnsOf), '-n', '--', helperPath(), ...args]];
 }
 
 /** Whether a dump holds established TCP connections (CRIU writes one tcp-stream image for each). */
@@ -263,29 +269,43 @@ export function locksHolding(ruleset: string, conns: ReadonlySet<string>): strin
   return [...out];
 }
 
+/** The lock table of the dump CRIU ran as `runId` (DumpRequest.runId). */
+export const lockTableOfRun = (runId: string): string =>
+  `inet CRIU-${runId}`.slice(0, TABLE_NAME_MAX);
+
 /**
  * After a failed checkpoint: a CRIU killed while the program was frozen (a timeout, a dead front)
  * leaves the connections it had paused in TCP repair mode (the program's reads fail with EPERM,
  * nothing is sent) and its lock table dropping their packets: CRIU's own rollback would undo both.
- * Takes the program's sockets out of repair mode, then removes the tables that hold its
- * connections (found by their contents: the name is a random id); returns their names. Only a
- * table holding one of this program's own 4-tuples goes: another dump's table could hold one only
- * if it dumped the peer of that very connection at the same moment.
+ * Removes the dump's own table by name (`runId`: CRIU makes it at the freeze, empty or not), takes
+ * the program's sockets out of repair mode, then removes the tables that hold its connections
+ * (found by their contents, for a CRIU that did not take checkpt's run id); returns their names.
+ * Only a table holding one of this program's own 4-tuples goes: another dump's table could hold
+ * one only if it dumped the peer of that very connection at the same moment. CRIU made its table
+ * in the network namespace it ran in: the program's own (`netnsOf`) under `checkpt run --private-net`.
  */
-export function releaseStrayLocks(pids: readonly number[]): string[] {
-  const conns = connectionsOf(pids);
-  if (conns.size === 0) return [];
-  spawnSync(helperPath(), ['unrepair', ...pids.map(String)], { timeout: 10_000 });
-  const r = spawnSync(helperPath(), ['nft-list'], { encoding: 'utf8', timeout: 10_000 });
-  if (r.status !== 0) return [];
+export function releaseStrayLocks(
+  pids: readonly number[],
+  runId?: string,
+  netnsOf?: number,
+): string[] {
+  // The program gone (a checkpoint-and-exit that finished), its table may be its file's to restore.
+  if (pids.length === 0) return [];
   const removed: string[] = [];
-  for (const table of locksHolding(r.stdout, conns)) {
+  const remove = (table: string) => {
     try {
-      if (removeLockTable(table) === 'removed') removed.push(table);
+      if (removeLockTable(table, netnsOf) === 'removed') removed.push(table);
     } catch {
       // removing it needs what the dump needed (root); nothing more can be done here
     }
-  }
+  };
+  if (runId !== undefined) remove(lockTableOfRun(runId));
+  const conns = connectionsOf(pids);
+  if (conns.size === 0) return removed;
+  spawnSync(helperPath(), ['unrepair', ...pids.map(String)], { timeout: 10_000 });
+  const r = spawnSync(...inNetns(netnsOf, ['nft-list']), { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) return removed;
+  for (const table of locksHolding(r.stdout, conns)) remove(table);
   return removed;
 }
 
@@ -293,6 +313,12 @@ export function releaseStrayLocks(pids: readonly number[]): string[] {
 const CRIU_MAY_HAVE_DIED = new Set(['ETIMEOUT', 'EHELPER', 'EDUMP']);
 
 /** releaseStrayLocks() for the program's processes, after a failure where CRIU may have died mid-dump. */
-export function releaseLocksAfter(e: unknown, pids: () => readonly number[]): void {
-  if (e instanceof CheckptError && CRIU_MAY_HAVE_DIED.has(e.code)) releaseStrayLocks(pids());
+export function releaseLocksAfter(
+  e: unknown,
+  pids: () => readonly number[],
+  runId: string | undefined,
+  netnsOf?: number,
+): void {
+  if (e instanceof CheckptError && CRIU_MAY_HAVE_DIED.has(e.code))
+    releaseStrayLocks(pids(), runId, netnsOf);
 }

@@ -4,6 +4,7 @@
  * and the program goes on running (or, for "checkpoint and exit", is stopped once the file is
  * durable, and only then).
  */
+import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
@@ -149,6 +150,7 @@ async function dumpWithKey(
   const tcp = tcpModeFor(privateNet);
   const published = privateNet ? envOf(req.pid, PUBLISH.name) : '';
   const workDir = makeStagingDir('dump', rss, true);
+  const runId = randomUUID();
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
@@ -164,6 +166,7 @@ async function dumpWithKey(
       timeoutMs: req.timeoutMs,
       leave: req.exit ? 'stopped' : 'running',
       tcp,
+      runId,
       ...(req.lazyMemory && req.handOffImages && req.exit && lazyDumpFits(rss)
         ? { lazyMemory: true }
         : {}),
@@ -208,7 +211,7 @@ async function dumpWithKey(
     const dumpMs = msSince(t0);
     return { bytes: await pack(manifestOf(dumpMs)), dumpMs, ...warning, ...stored };
   } catch (e) {
-    releaseLocksAfter(e, () => processTree(req.pid));
+    releaseLocksAfter(e, () => processTree(req.pid), runId, privateNet ? req.nsPid : undefined);
     throw asCheckptError(e, req.target);
   } finally {
     rmSync(workDir, { recursive: true, force: true });

@@ -23,7 +23,16 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } fr
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parasiteIn, parentOf, procs } from '../reliability/faults.mjs';
+import {
+  criuTables,
+  killCriuIfSpared,
+  parasiteIn,
+  parentOf,
+  procs,
+  runIdOf,
+  running,
+  tablesLeft,
+} from '../reliability/faults.mjs';
 
 const dir = tempDir();
 after(async () => {
@@ -49,6 +58,14 @@ function verify(file) {
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout);
 }
+
+const procState = (pid) => {
+  try {
+    return /State:\s+(\S+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1];
+  } catch {
+    return 'gone';
+  }
+};
 
 const written = (child) => (child.stderrText.match(/checkpoint written to/g) ?? []).length;
 
@@ -165,6 +182,7 @@ test('a checkpoint from outside whose CRIU hangs with its parasite in the progra
   // CRIU runs under nsenter, which would wake a CRIU stopped alone: it is stopped first. Killed
   // there, CRIU would leave the program stopped (or, in one of its traps, dead of SIGTRAP).
   const file = join(dir, 'late.ckpt');
+  const tables = criuTables();
   for (let attempt = 1; ; attempt++) {
     // A Node program: its dump is long enough to be caught with the parasite in.
     const port = await freePort();
@@ -201,11 +219,76 @@ test('a checkpoint from outside whose CRIU hangs with its parasite in the progra
     assert.ok(pidAlive(pid));
     assert.ok(!existsSync(file));
     assert.ok(!parasiteIn(pid), 'the parasite is gone from the program');
+    assert.deepEqual(
+      await tablesLeft(tables),
+      [],
+      "no lock table left: CRIU's was made at the freeze",
+    );
     process.kill(p.pid, 'SIGTERM');
     assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' });
     break;
   }
 });
+
+for (const net of ['', '--private-net']) {
+  test(`a checkpoint from outside${net && ` (${net})`} whose CRIU is killed once it locked the network: it fails, the program goes on, and the lock table is removed by name`, async () => {
+    // CRIU makes its table at the freeze; a sh loop holds no connection, so only the run id checkpt
+    // gave CRIU finds that table again.
+    const file = join(dir, 'killed.ckpt');
+    const p = run(['--file', file, ...(net ? [net] : []), '--', 'sh', fixture('loop.sh')], {
+      cwd: dir,
+    });
+    await waitFor(p, (e) => e.event === 'tick', 'ticks');
+    const pid = await programPid(p);
+    // Under --private-net, CRIU makes its table in the program's network namespace.
+    const netns = net ? pid : undefined;
+    const isCriu = (x) =>
+      x.exe.endsWith('/criu') && x.cmd.includes('dump') && descendants(p.pid).includes(x.pid);
+    let table;
+    for (let attempt = 1; ; attempt++) {
+      assert.ok(attempt <= 8, 'CRIU was never stopped where killing it spares the program');
+      process.kill(p.pid, 'SIGPWR');
+      const deadline = Date.now() + 10_000;
+      let criu, stopped;
+      while (!criu && Date.now() < deadline) criu = procs().find(isCriu);
+      assert.ok(criu, 'CRIU ran');
+      const id = runIdOf(criu.pid);
+      assert.ok(id, 'CRIU runs with the run id checkpt chose (CHECKPT_CRIU_RUN_ID)');
+      // CRIU formats "inet CRIU-<run id>" into 32 bytes: the name keeps the id's first 21 characters.
+      table = `CRIU-${id}`.slice(0, 26);
+      const nsenter = parentOf(criu.pid);
+      while (!stopped && running(criu.pid) && Date.now() < deadline) {
+        if (criuTables(netns).has(table)) {
+          // nsenter would wake a CRIU stopped alone.
+          process.kill(nsenter, 'SIGSTOP');
+          process.kill(criu.pid, 'SIGSTOP');
+          stopped = true;
+        }
+      }
+      if (stopped) {
+        const killed = killCriuIfSpared(criu, pid);
+        // nsenter stops itself again when it sees its child stopped before it sees it end.
+        for (const end = Date.now() + 2000; Date.now() < end; await sleep(50))
+          if (/^[Tt]/.test(procState(nsenter))) process.kill(nsenter, 'SIGCONT');
+        if (killed) break;
+      }
+      await until('the checkpoint let finish', () => written(p) === attempt, p);
+      rmSync(file, { force: true });
+    }
+    await until('the failure', () => /killed.ckpt failed: CRIU/.test(p.stderrText), {
+      get stderrText() {
+        const tree = procs().filter((x) => descendants(p.pid).includes(x.pid));
+        return `${p.stderrText}; still running: ${tree.map((x) => `${x.pid} ${x.cmd.join(' ')} ${procState(x.pid)}`).join(', ')}`;
+      },
+    });
+    assert.equal(criuTables(netns).has(table), false, `${table} was removed`);
+    const n = lastTick(p);
+    await waitFor(p, (e) => e.event === 'tick' && e.n > n + 2, 'ticks after');
+    assert.ok(!existsSync(file));
+    process.kill(p.pid, 'SIGTERM');
+    assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' });
+  });
+}
 
 test('stdout and stderr to one file: output lands in it, and checkpt run ends after SIGCKPTEXIT with nothing left behind', async () => {
   const file = join(dir, 'out.ckpt');

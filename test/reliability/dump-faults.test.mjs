@@ -36,6 +36,7 @@ import {
   assertVerifies,
   criuTables,
   removeNewEmptyTables,
+  tablesLeft,
   driven,
   inRead,
   killCriuIfSpared,
@@ -126,6 +127,8 @@ describe('faults while checkpointing', () => {
     const ctl = readdirSync(runDir).filter((d) => d.startsWith(`${prog.pid}.`));
     assert.deepEqual(ctl, [], 'no control FIFO left');
     assert.equal(sha(keep), keepSha, 'the older checkpoint is untouched');
+    // A CRIU killed after the freeze has made its network-lock table; it must not outlive the run.
+    assert.deepEqual(await tablesLeft(tables), [], 'no lock table left');
     return r;
   }
 

@@ -313,9 +313,17 @@ export async function assertVerifies(file) {
 
 const helper = join(root, 'build', 'checkpt-helper');
 
-/** CRIU's lock tables now, each with whether its sets hold any connection. */
-export function criuTables() {
-  const r = spawnSync(helper, ['nft-list'], { encoding: 'utf8' });
+/**
+ * CRIU's lock tables now, each with whether its sets hold any connection: the host's, or those in
+ * the network namespace of process `netnsOf`.
+ */
+export function criuTables(netnsOf) {
+  const r =
+    netnsOf === undefined
+      ? spawnSync(helper, ['nft-list'], { encoding: 'utf8' })
+      : spawnSync('nsenter', ['-t', String(netnsOf), '-n', '--', helper, 'nft-list'], {
+          encoding: 'utf8',
+        });
   if (r.status !== 0) return new Map();
   const tables = new Map();
   for (const o of JSON.parse(r.stdout).nftables ?? []) {
@@ -328,8 +336,31 @@ export function criuTables() {
 }
 
 /**
- * Removes the empty lock tables that appeared since `before` (criuTables()): a CRIU these tests
- * kill after it locked the network leaves one, which drops nothing but must not outlive the test.
+ * The lock tables that appeared since `before` (criuTables()) and are still there once a CRIU
+ * still ending has had `ms` to remove its own: a killed CRIU's table is checkpt's to remove.
+ */
+export async function tablesLeft(before, ms = 2000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const added = [...criuTables().keys()].filter((n) => !before.has(n));
+    if (added.length === 0 || Date.now() > deadline) return added;
+    await sleep(50);
+  }
+}
+
+/** CRIU's run id as checkpt gave it (CHECKPT_CRIU_RUN_ID in its environment), or undefined. */
+export function runIdOf(pid) {
+  try {
+    const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+    return env.find((v) => v.startsWith('CHECKPT_CRIU_RUN_ID='))?.slice(20);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Removes the empty lock tables that appeared since `before` (criuTables()): only a test that
+ * failed leaves one (a CRIU killed after it locked the network, its table not removed).
  */
 export function removeNewEmptyTables(before) {
   for (const [name, holds] of criuTables()) {

@@ -15,7 +15,18 @@ import {
   test,
   unitTest,
 } from '../helpers.mjs';
-import { driven, leftovers, killCriuIfSpared, roles, settled, signalWhen } from './faults.mjs';
+import {
+  criuTables,
+  driven,
+  leftovers,
+  killCriuIfSpared,
+  procs,
+  roles,
+  runIdOf,
+  running,
+  settled,
+  signalWhen,
+} from './faults.mjs';
 import { locksHolding } from '../../dist/engine/netlock.js';
 
 const helper = join(root, 'build', 'checkpt-helper');
@@ -79,6 +90,81 @@ describe('CRIU killed with a connection locked', () => {
       assert.deepEqual(tablesWith(link.local), [], 'no lock table holds the connection');
       const e = await prog.ask({ op: 'echo' });
       assert.deepEqual([e.ok, e.errors], [true, []], 'the connection carries on');
+      assert.deepEqual(leftovers(target), [], 'nothing written');
+      assert.deepEqual(leftovers(staging), [], 'nothing staged');
+    });
+  }
+});
+
+/**
+ * Stops the CRIU matching `find` once its own lock table (named by the run id checkpt gave it) is
+ * there. Returns { criu, table }; undefined when the dump ended first (the moment was missed).
+ */
+function stopCriuAtItsTable(find, front, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  let criu, sawFront;
+  while (Date.now() < deadline) {
+    const all = procs();
+    criu ??= all.find(find);
+    if (!criu) {
+      if (all.some(front)) sawFront = true;
+      else if (sawFront) return undefined;
+      continue;
+    }
+    const id = runIdOf(criu.pid);
+    assert.ok(id, 'CRIU runs with the run id checkpt chose (CHECKPT_CRIU_RUN_ID)');
+    // CRIU formats "inet CRIU-<run id>" into 32 bytes: the name keeps the id's first 21 characters.
+    const table = `CRIU-${id}`.slice(0, 26);
+    while (Date.now() < deadline && running(criu.pid)) {
+      if (criuTables().has(table)) {
+        process.kill(criu.pid, 'SIGSTOP');
+        return { criu, table };
+      }
+    }
+    return undefined;
+  }
+  return undefined;
+}
+
+// CRIU makes its lock table at the freeze, before it knows of any connection: killed then, it
+// leaves an empty table, found by no connection. checkpt names the run, and removes it by name.
+describe('CRIU killed once it locked the network, with no connection yet', () => {
+  let dir, staging, target, prog;
+
+  before(async () => {
+    dir = tempDir();
+    staging = join(dir, 'staging');
+    target = join(dir, 'target');
+    mkdirSync(staging);
+    mkdirSync(target);
+    prog = await driven({ CHECKPT_TMPDIR: staging });
+  });
+
+  after(async () => {
+    await cleanup();
+    if (dir) removeDir(dir);
+  });
+
+  for (const op of ['checkpt', 'checkpoint']) {
+    test(`${op}(): EDUMP, and that run's lock table is gone`, async () => {
+      const file = join(target, `${op}.ckpt`);
+      let r, held;
+      for (let attempt = 1; ; attempt++) {
+        assert.ok(attempt <= 8, 'CRIU was never stopped where killing it spares the program');
+        const pending = prog.ask({ op, file });
+        held = stopCriuAtItsTable(roles.criu(prog.pid, staging), roles.front(prog.pid, staging));
+        if (held && killCriuIfSpared(held.criu, prog.pid)) {
+          r = await pending;
+          break;
+        }
+        assert.equal((await pending).event, 'returned', 'a round let finish checkpoints');
+        rmSync(file, { force: true });
+        await settled(prog.pid);
+      }
+      assert.equal(r.event, 'failed', JSON.stringify(r));
+      assert.equal(r.code, 'EDUMP', r.message);
+      assert.equal(criuTables().has(held.table), false, `${held.table} was removed`);
+      assert.equal((await prog.ask({ op: 'ping' })).event, 'pong', 'the program runs on');
       assert.deepEqual(leftovers(target), [], 'nothing written');
       assert.deepEqual(leftovers(staging), [], 'nothing staged');
     });
