@@ -419,7 +419,7 @@ function stopped(pid: number): boolean {
 /** `criu dump` run by checkpt itself (from outside the program): nothing when it worked, else why not. */
 export async function dump(req: DumpRequest): Promise<void> {
   const r = await startDump(req).result;
-  await checkDump(r.status, r.timedOut, req.workDir, req.timeoutMs, r.stderr);
+  await checkDump(shellStatus(r), r.timedOut, req.workDir, req.timeoutMs, r.stderr);
 }
 
 /** `criu dump` started for a caller that acts while it runs (checkpoint and exit's post-dump step). */
@@ -523,6 +523,14 @@ export async function checkDump(
     dumpFailureMessage(reason ?? firstError(stderr) ?? killedBy(status), tail),
     { logTail: tail || stderr },
   );
+}
+
+/** A run's exit status as a shell gives it: 128 + the signal for one killed (nsenter re-raises CRIU's). */
+export function shellStatus(r: {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+}): number | null {
+  return r.signal === null ? r.status : 128 + osConstants.signals[r.signal];
 }
 
 /** The front reports a CRIU that died of a signal as 128 + the signal, as a shell would. */

@@ -173,7 +173,10 @@ export function lockTableOf(imagesDir: string): string | undefined {
  * the connections it held silent then get a reset from the kernel the next time their peers send.
  */
 export function removeLockTable(table: string, netnsOf?: number): 'removed' | 'absent' {
-  const r = spawnSync(...inNetns(netnsOf, ['unlock', table]), { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(...inNetns(netnsOf, ['unlock', table]), {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   if (r.status === 0) return 'removed';
   if (r.status === 3) return 'absent';
   throw new CheckptError(

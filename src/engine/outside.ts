@@ -36,6 +36,8 @@ import {
 } from '../common/procfs.js';
 import {
   checkDump,
+  killedBy,
+  shellStatus,
   criuVersion,
   dump,
   DUMP_LOG,
@@ -351,7 +353,7 @@ async function dumpThenExit(
     ]).finally(unwatch);
     if (!dumped) {
       const r = await run.result;
-      await checkDump(r.status, r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
+      await checkDump(shellStatus(r), r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
       throw new CheckptError(
         'EDUMP',
         `CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (${helperPath()}) up to date? Run 'npx checkpt build' (npm run build in a checkout).`,
@@ -361,7 +363,7 @@ async function dumpThenExit(
     if (run.timedOut()) {
       hook.verdict(false);
       const r = await run.result;
-      await checkDump(r.status, true, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
+      await checkDump(shellStatus(r), true, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
     }
     // Packing is ours to time, not CRIU's: killing CRIU now would leave sockets in repair mode.
     run.stopTimer();
@@ -399,7 +401,7 @@ async function dumpThenExit(
       const { reason } = await readLog(join(dumpReq.workDir, DUMP_LOG));
       throw new CheckptError(
         'EDUMP',
-        `CRIU failed after the checkpoint was packed (${reason ?? `status ${r.status}`}), so ${req.target} was removed; the program keeps running, but its connections may have been disturbed.`,
+        `CRIU failed after the checkpoint was packed (${reason ?? killedBy(shellStatus(r)) ?? `status ${r.status}`}), so ${req.target} was removed; the program keeps running, but its connections may have been disturbed.`,
         { path: req.target },
       );
     }

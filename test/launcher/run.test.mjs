@@ -275,12 +275,16 @@ for (const net of ['', '--private-net']) {
       await until('the checkpoint let finish', () => written(p) === attempt, p);
       rmSync(file, { force: true });
     }
-    await until('the failure', () => /killed.ckpt failed: CRIU/.test(p.stderrText), {
-      get stderrText() {
-        const tree = procs().filter((x) => descendants(p.pid).includes(x.pid));
-        return `${p.stderrText}; still running: ${tree.map((x) => `${x.pid} ${x.cmd.join(' ')} ${procState(x.pid)}`).join(', ')}`;
+    await until(
+      'the failure',
+      () => /killed.ckpt failed: .*CRIU was killed by SIGKILL/.test(p.stderrText),
+      {
+        get stderrText() {
+          const tree = procs().filter((x) => descendants(p.pid).includes(x.pid));
+          return `${p.stderrText}; still running: ${tree.map((x) => `${x.pid} ${x.cmd.join(' ')} ${procState(x.pid)}`).join(', ')}`;
+        },
       },
-    });
+    );
     assert.equal(criuTables(netns).has(table), false, `${table} was removed`);
     const n = lastTick(p);
     await waitFor(p, (e) => e.event === 'tick' && e.n > n + 2, 'ticks after');
