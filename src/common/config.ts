@@ -442,6 +442,12 @@ note(
   'How long that post-dump script tries to reach the socket before CRIU rolls back: the default dump limit. The helper has no default of its own.',
 );
 
+note(
+  'CHECKPT_CRIU_RUN_ID',
+  'internal',
+  "For CRIU, one UUID per dump: checkpt's CRIU build takes it as its run id (scripts/criu-patches/run-id-from-env.patch), which names the dump's network-lock table `inet CRIU-<run id>`; if CRIU dies mid-dump, checkpt removes that table by name.",
+);
+
 export const PRIVATE_NET = note(
   'CHECKPT_PRIVATE_NET',
   'internal',

@@ -237,7 +237,7 @@ async function restoreFrom(
       });
       pages = undefined;
     }
-    trace('X-staged-create');
+    trace('staged-open');
     // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
     if (stopped) return await STOPPING_FOREVER;
     const server =
@@ -264,14 +264,14 @@ async function restoreFrom(
     // Before anything runs: a busy port fails here, or the copy is set up not to collide.
     // A private network namespace is new for each copy: nothing of the host's can be in its way.
     const privateNet = manifest.net === 'private';
-    trace('X-pre-host');
+    trace('host-wait');
     const hostSockets = privateNet ? [] : await host;
-    trace('X-host');
+    trace('host-sockets');
     // Its published ports again, into the copy's new namespace; a busy one fails before it starts.
     publisher = privateNet
       ? await openPublished((manifest.publish ?? []).map(parsePublish))
       : undefined;
-    trace('X-published');
+    trace('published');
     const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', hostSockets);
     trace('sockets');
     const stdio = manifest.stdio;
