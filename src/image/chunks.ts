@@ -27,9 +27,9 @@ export interface ChunkedEntry {
   /** Decoded size U. */
   decoded: number;
   /** Stored length of each chunk, without its tag. */
-  stored: number[];
+  stored: ArrayLike<number> & Iterable<number>;
   /** File offset of each chunk. */
-  offsets: number[];
+  offsets: ArrayLike<number> & Iterable<number>;
   /** SHA-256 of each chunk's stored bytes (plain files). */
   hashes: ChunkHashes | undefined;
   /** The stored table (plain files): TABLE_ROW bytes per chunk. */

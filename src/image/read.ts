@@ -615,25 +615,30 @@ async function chunkTable(
   }
   const decoded = Number(bigDecoded);
   const table = await r.take(count * row);
-  const stored: number[] = [];
-  const offsets: number[] = [];
+  // Typed arrays and a lean loop: a 2 GB image has 33,000 chunks, parsed once, by cold code.
+  const stored = new Uint32Array(count);
+  const offsets = new Float64Array(count);
   const hashes = region.sealed ? undefined : new TableHashes(table, row, 4, count);
+  const tag = region.sealed ? TAG_LEN : 0;
+  const most = region.start + region.length;
+  const limit = codec === CODEC_NONE ? 0 : maxFrame(chunk);
   let at = start;
   let size = 0;
-  const most = region.start + region.length;
-  for (let i = 0; i < count; i++) {
-    const len = table.readUInt32BE(i * row);
-    const want = Math.min(chunk, decoded - i * chunk);
-    if (codec === CODEC_NONE ? len !== want : len < 1 || len > maxFrame(chunk)) {
-      throw damaged(file, `${what} gives chunk ${i} an impossible length ${len}`);
-    }
-    const next = at + len + (region.sealed ? TAG_LEN : 0);
-    if (next > most) throw damaged(file, `the chunks of ${what} lie beyond its memory part`);
-    stored.push(len);
-    offsets.push(at);
+  for (let i = 0, p = 0; i < count; i++, p += row) {
+    const len =
+      (table[p] as number) * 0x1000000 +
+      (((table[p + 1] as number) << 16) |
+        ((table[p + 2] as number) << 8) |
+        (table[p + 3] as number));
+    const bad =
+      limit === 0 ? len !== (i < count - 1 ? chunk : decoded - i * chunk) : len < 1 || len > limit;
+    if (bad) throw damaged(file, `${what} gives chunk ${i} an impossible length ${len}`);
+    stored[i] = len;
+    offsets[i] = at;
     size += len;
-    at = next;
+    at += len + tag;
   }
+  if (at > most) throw damaged(file, `the chunks of ${what} lie beyond its memory part`);
   return {
     name,
     ordinal,
