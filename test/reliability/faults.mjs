@@ -348,13 +348,25 @@ export async function tablesLeft(before, ms = 2000) {
   }
 }
 
-/** CRIU's run id as checkpt gave it (CHECKPT_CRIU_RUN_ID in its environment), or undefined. */
-export function runIdOf(pid) {
-  try {
-    const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
-    return env.find((v) => v.startsWith('CHECKPT_CRIU_RUN_ID='))?.slice(20);
-  } catch {
-    return undefined;
+/**
+ * CRIU's run id as checkpt gave it (CHECKPT_CRIU_RUN_ID in its environment); undefined when the
+ * process is gone. Read again for a moment while it comes up empty (a process still in exec).
+ * Only for `criu dump` run as a command: `criu swrk` sets a process title over its environment.
+ */
+export function runIdOf(pid, ms = 1000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    let env = '';
+    try {
+      env = readFileSync(`/proc/${pid}/environ`, 'utf8');
+    } catch {
+      return undefined;
+    }
+    const id = env
+      .split('\0')
+      .find((v) => v.startsWith('CHECKPT_CRIU_RUN_ID='))
+      ?.slice(20);
+    if (id !== undefined || !running(pid) || Date.now() > deadline) return id;
   }
 }
 

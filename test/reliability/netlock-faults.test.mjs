@@ -22,7 +22,6 @@ import {
   killCriuIfSpared,
   procs,
   roles,
-  runIdOf,
   running,
   settled,
   signalWhen,
@@ -41,16 +40,21 @@ function tablesWith(port) {
     .map((o) => o.set.table);
 }
 
+/** A driven program staging into a directory of the test's own, and a target directory beside. */
+async function drivenWithDirs() {
+  const dir = tempDir();
+  const staging = join(dir, 'staging');
+  const target = join(dir, 'target');
+  mkdirSync(staging);
+  mkdirSync(target);
+  return { dir, staging, target, prog: await driven({ CHECKPT_TMPDIR: staging }) };
+}
+
 describe('CRIU killed with a connection locked', () => {
   let dir, staging, target, prog, link;
 
   before(async () => {
-    dir = tempDir();
-    staging = join(dir, 'staging');
-    target = join(dir, 'target');
-    mkdirSync(staging);
-    mkdirSync(target);
-    prog = await driven({ CHECKPT_TMPDIR: staging });
+    ({ dir, staging, target, prog } = await drivenWithDirs());
     link = await prog.ask({ op: 'loopback' });
     assert.equal((await prog.ask({ op: 'echo' })).ok, true, 'the connection works before');
   });
@@ -97,10 +101,11 @@ describe('CRIU killed with a connection locked', () => {
 });
 
 /**
- * Stops the CRIU matching `find` once its own lock table (named by the run id checkpt gave it) is
- * there. Returns { criu, table }; undefined when the dump ended first (the moment was missed).
+ * Stops the CRIU matching `find` once a lock table not in `before` (criuTables()) is there: its
+ * own (one dump at a time here; its run id cannot be read from /proc, where CRIU's process title
+ * overwrites its environment). Returns { criu, table }; undefined when the moment was missed.
  */
-function stopCriuAtItsTable(find, front, ms = 10_000) {
+function stopCriuAtItsTable(find, front, before, ms = 10_000) {
   const deadline = Date.now() + ms;
   let criu, sawFront;
   while (Date.now() < deadline) {
@@ -111,12 +116,9 @@ function stopCriuAtItsTable(find, front, ms = 10_000) {
       else if (sawFront) return undefined;
       continue;
     }
-    const id = runIdOf(criu.pid);
-    assert.ok(id, 'CRIU runs with the run id checkpt chose (CHECKPT_CRIU_RUN_ID)');
-    // CRIU formats "inet CRIU-<run id>" into 32 bytes: the name keeps the id's first 21 characters.
-    const table = `CRIU-${id}`.slice(0, 26);
     while (Date.now() < deadline && running(criu.pid)) {
-      if (criuTables().has(table)) {
+      const table = [...criuTables().keys()].find((n) => !before.has(n));
+      if (table) {
         process.kill(criu.pid, 'SIGSTOP');
         return { criu, table };
       }
@@ -132,12 +134,7 @@ describe('CRIU killed once it locked the network, with no connection yet', () =>
   let dir, staging, target, prog;
 
   before(async () => {
-    dir = tempDir();
-    staging = join(dir, 'staging');
-    target = join(dir, 'target');
-    mkdirSync(staging);
-    mkdirSync(target);
-    prog = await driven({ CHECKPT_TMPDIR: staging });
+    ({ dir, staging, target, prog } = await drivenWithDirs());
   });
 
   after(async () => {
@@ -151,8 +148,13 @@ describe('CRIU killed once it locked the network, with no connection yet', () =>
       let r, held;
       for (let attempt = 1; ; attempt++) {
         assert.ok(attempt <= 8, 'CRIU was never stopped where killing it spares the program');
+        const before = criuTables();
         const pending = prog.ask({ op, file });
-        held = stopCriuAtItsTable(roles.criu(prog.pid, staging), roles.front(prog.pid, staging));
+        held = stopCriuAtItsTable(
+          roles.criu(prog.pid, staging),
+          roles.front(prog.pid, staging),
+          before,
+        );
         if (held && killCriuIfSpared(held.criu, prog.pid)) {
           r = await pending;
           break;
