@@ -23,6 +23,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } fr
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { signalQuietly } from '../../dist/common/procfs.js';
 import {
   criuTables,
   killCriuIfSpared,
@@ -259,17 +260,22 @@ for (const net of ['', '--private-net']) {
       const nsenter = parentOf(criu.pid);
       while (!stopped && running(criu.pid) && Date.now() < deadline) {
         if (criuTables(netns).has(table)) {
-          // nsenter would wake a CRIU stopped alone.
-          process.kill(nsenter, 'SIGSTOP');
-          process.kill(criu.pid, 'SIGSTOP');
-          stopped = true;
+          // nsenter would wake a CRIU stopped alone. Either may have ended meanwhile: missed.
+          try {
+            process.kill(nsenter, 'SIGSTOP');
+            process.kill(criu.pid, 'SIGSTOP');
+            stopped = true;
+          } catch {
+            signalQuietly(nsenter, 'SIGCONT');
+            break;
+          }
         }
       }
       if (stopped) {
         const killed = killCriuIfSpared(criu, pid);
         // nsenter stops itself again when it sees its child stopped before it sees it end.
         for (const end = Date.now() + 2000; Date.now() < end; await sleep(50))
-          if (/^[Tt]/.test(procState(nsenter))) process.kill(nsenter, 'SIGCONT');
+          if (/^[Tt]/.test(procState(nsenter))) signalQuietly(nsenter, 'SIGCONT');
         if (killed) break;
       }
       await until('the checkpoint let finish', () => written(p) === attempt, p);
