@@ -7,7 +7,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeMessage } from '../../dist/engine/criu-image.js';
-import { lockCheckArgs, lockTableName, skipLockRemoval } from '../../dist/engine/netlock.js';
+import {
+  lockCheckArgs,
+  lockTableName,
+  lockTableOfRun,
+  skipLockRemoval,
+} from '../../dist/engine/netlock.js';
 
 function inventory(fields) {
   const body = encodeMessage(fields);
@@ -26,6 +31,8 @@ test("the table is 'inet CRIU-' and the dump run id, cut to 31 characters as CRI
     varint(14, 1),
   ]);
   assert.equal(lockTableName(img), 'inet CRIU-61286e05-e7a1-4e6d-9b');
+  // The run id checkpt gives a dump names the same table as the one CRIU records in the image.
+  assert.equal(lockTableOfRun('61286e05-e7a1-4e6d-9bbc-d8b95a000000'), lockTableName(img));
 });
 
 test('no run id, another magic or a cut file: no name', () => {
