@@ -7,8 +7,10 @@ import {
   argvOf,
   checkCommand,
   dumpCommand,
+  killedBy,
   lazyPagesCommand,
   restoreCommand,
+  shellStatus,
   versionCommand,
 } from '../../dist/engine/criu.js';
 import { dumpFrontCommand } from '../../dist/engine/helper.js';
@@ -258,4 +260,21 @@ test("the recorded version: read from checkpt's own build, not when the binary c
   assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
   rmSync(info);
   assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
+});
+
+test("a CRIU killed through nsenter (which re-raises its signal) is reported by the signal's name", () => {
+  assert.equal(shellStatus({ status: null, signal: 'SIGKILL' }), 137);
+  assert.equal(shellStatus({ status: 1, signal: null }), 1);
+  assert.equal(
+    killedBy(shellStatus({ status: null, signal: 'SIGKILL' })),
+    'CRIU was killed by SIGKILL before it finished',
+  );
+  assert.equal(killedBy(shellStatus({ status: 1, signal: null })), undefined);
+});
+
+test('a dump with a run id gives it to CRIU (CHECKPT_CRIU_RUN_ID), one without gives none', () => {
+  const base = { pid: 42, imagesDir: '/tmp/i', workDir: '/tmp/w' };
+  const id = '68f32715-77ff-4939-9987-9b2d9b70ce5c';
+  assert.equal(dumpCommand({ ...base, runId: id }).env.CHECKPT_CRIU_RUN_ID, id);
+  assert.equal(dumpCommand(base).env.CHECKPT_CRIU_RUN_ID, undefined);
 });
