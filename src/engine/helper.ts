@@ -79,7 +79,7 @@ export function dumpFrontCommand(
           : 'established',
     // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
     leave: job.exit ? 'stopped' : 'running',
-    ...(job.runId === undefined ? {} : { runId: job.runId }),
+    runId: job.runId,
   });
   // Exiting, CRIU's post-dump step waits for the packed file: the front's limit covers both.
   const frontMs = job.exit ? 2 * job.timeoutMs : job.timeoutMs;

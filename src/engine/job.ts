@@ -29,7 +29,7 @@ export interface DumpJob {
    */
   exit?: boolean;
   /** CRIU's run id for this dump (DumpRequest.runId): its lock table's name. */
-  runId?: string;
+  runId: string;
 }
 
 /** The manifest fields the process knows; the worker adds CRIU's version and the sizes. */

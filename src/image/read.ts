@@ -621,7 +621,8 @@ async function chunkTable(
   const hashes = region.sealed ? undefined : new TableHashes(table, row, 4, count);
   const tag = region.sealed ? TAG_LEN : 0;
   const most = region.start + region.length;
-  const limit = codec === CODEC_NONE ? 0 : maxFrame(chunk);
+  const plain = codec === CODEC_NONE;
+  const limit = maxFrame(chunk);
   let at = start;
   let size = 0;
   for (let i = 0, p = 0; i < count; i++, p += row) {
@@ -630,8 +631,9 @@ async function chunkTable(
       (((table[p + 1] as number) << 16) |
         ((table[p + 2] as number) << 8) |
         (table[p + 3] as number));
-    const bad =
-      limit === 0 ? len !== (i < count - 1 ? chunk : decoded - i * chunk) : len < 1 || len > limit;
+    const bad = plain
+      ? len !== (i < count - 1 ? chunk : decoded - i * chunk)
+      : len < 1 || len > limit;
     if (bad) throw damaged(file, `${what} gives chunk ${i} an impossible length ${len}`);
     stored[i] = len;
     offsets[i] = at;
