@@ -11,7 +11,7 @@
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 #
-# checkpt's build differs from Debian's in four things (scripts/criu-patches/):
+# checkpt's build differs from Debian's in five things (scripts/criu-patches/):
 # - CRIU keeps its cache of kernel probes (40-70 ms at each start without it) in $kdat_dir, on
 #   tmpfs everywhere, containers included, instead of /run, which is not tmpfs in most containers
 #   (CRIU then keeps none). kdat-cache-owner.patch makes CRIU use a cache only when the file and
@@ -24,13 +24,16 @@
 #   kernel): 10-15 ms less of a small program's frozen time.
 # - run-id-from-env.patch: CRIU takes its run id from CHECKPT_CRIU_RUN_ID, so that checkpt knows
 #   the name of each dump's lock table and removes it when CRIU dies before it could.
+# - staged-local-reads.patch: the lazy-pages daemon reads the memory blocks checkpt's page server
+#   has already checked itself (the server shares which, CHECKPT_STAGED_MAP) instead of asking the
+#   server for each; the others it asks for as before, and the server checks them first.
 set -euo pipefail
 
 home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=5
+recipe=6
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }

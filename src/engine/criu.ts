@@ -213,7 +213,12 @@ export const PAGE_SERVER_FD = 4;
  * it reads the lazy pages from the page server on fd 4 (`--ps-socket`: an already connected socket,
  * so there is no address to connect to) instead of from the images.
  */
-export function lazyPagesCommand(imagesDir: string, workDir: string, pageServer = false): Command {
+export function lazyPagesCommand(
+  imagesDir: string,
+  workDir: string,
+  pageServer = false,
+  stagedMap?: string,
+): Command {
   const args = ['--status-fd', '3'];
   if (pageServer) args.push('--page-server', '--ps-socket', String(PAGE_SERVER_FD));
   return request({
@@ -221,6 +226,8 @@ export function lazyPagesCommand(imagesDir: string, workDir: string, pageServer 
     dirs: { images: imagesDir, work: workDir, log: LAZY_PAGES_LOG },
     args,
     dieWithUs: true,
+    // Checked blocks the daemon may read itself (checkpt's CRIU build; others ignore it).
+    ...(pageServer && stagedMap !== undefined ? { env: { CHECKPT_STAGED_MAP: stagedMap } } : {}),
   });
 }
 

@@ -1,6 +1,8 @@
+import { closeSync, openSync, readSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import { LAZY } from '../common/config.js';
+import { BENCH_TRACE, LAZY } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
 import { trace } from '../common/trace.js';
@@ -80,9 +82,16 @@ export interface Relay {
  * `serve` attaches: the daemon's own start (CRIU's probes of the kernel) overlaps the restore's
  * preparation.
  */
-export function startLazyPages(imagesDir: string, workDir: string, pageServer = false): LazyStart {
+export function startLazyPages(
+  imagesDir: string,
+  workDir: string,
+  pageServer = false,
+  shareChecked = pageServer,
+): LazyStart {
   trace('lazy-pages');
-  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, pageServer), {
+  // Where checkpt's page server will say which blocks it checked: the daemon reads those itself.
+  const stagedMap = pageServer && shareChecked ? join(workDir, STAGED_MAP_FILE) : undefined;
+  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, pageServer, stagedMap), {
     statusFd: true,
     pageSocket: pageServer,
   });
@@ -100,10 +109,17 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
   const serve = (served: ServedPages): PageServer | undefined => {
     if (server) throw new Error('internal: the page server is attached once');
     if (!daemon.pageSocket || !daemon.running()) return undefined;
-    const s = servePages(daemon.pageSocket, served.pages, served.plan, served.file, (e) => {
-      stop();
-      served.onFailure(e);
-    });
+    const s = servePages(
+      daemon.pageSocket,
+      served.pages,
+      served.plan,
+      served.file,
+      (e) => {
+        stop();
+        served.onFailure(e);
+      },
+      stagedMap,
+    );
     server = s;
     // Checked and staged ahead of the daemon, from now on: most of a faulting copy's waits and the
     // daemon's background fill then find their blocks ready. A damaged chunk stops the copy here.
@@ -129,6 +145,7 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
     daemon.status?.once('data', () => {
       listening = true;
       const done = exited.then(async ({ code, signal }) => {
+        if (stagedMap !== undefined) traceLocalPages(stagedMap);
         if (pageServer) {
           // The server ends with the daemon's end of the socket: a failed read stopped the daemon,
           // and that failure is the reason, not its death.
@@ -154,4 +171,25 @@ export function startLazyPages(imagesDir: string, workDir: string, pageServer = 
     });
   });
   return { ready, stop, pid: daemon.pid, serve, relay };
+}
+
+/** The file of checked blocks in the staging directory (native/page-server.c, share_states). */
+export const STAGED_MAP_FILE = 'staged.map';
+
+/** Where the map's header keeps the pages the daemon read itself (u64, native/page-server.c). */
+const LOCAL_PAGES_AT = 32;
+
+/** For the bench's trace: how many pages the daemon read from checked blocks itself. */
+function traceLocalPages(stagedMap: string): void {
+  if (BENCH_TRACE.get() === undefined) return;
+  let fd: number | undefined;
+  try {
+    fd = openSync(stagedMap, 'r');
+    const b = Buffer.alloc(8);
+    if (readSync(fd, b, 0, 8, LOCAL_PAGES_AT) === 8) trace(`local-pages-${b.readBigUInt64LE(0)}`);
+  } catch {
+    // No map (no server, or no room for it): the daemon asked the server for every page.
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }

@@ -38,6 +38,8 @@ const EXIT_HUNG_UP = 3;
 const EXIT_DAMAGED = 4;
 /** The server's fds: the checkpoint file, then the staged images. */
 const CKPT_FD = 5;
+/** Names the file of checked blocks shared with CRIU's lazy-pages daemon (native/page-server.c). */
+export const STAGED_MAP_VARIABLE = 'CHECKPT_STAGED_MAP';
 
 type Pages = Pick<
   StagedPages,
@@ -137,7 +139,9 @@ export function encodePlan(
  * Serves `plan`'s lazy pages from `pages` on `socket`, which the native server takes over (this
  * process closes its own copy); without a socket the server only stages what `stage` asks. `onError`
  * is called once, at once, when serving fails: the caller stops the copy before anything else can
- * run on it.
+ * run on it. With `stagedMap` (a path in the staging directory, the one CRIU's lazy-pages daemon
+ * was given: lazyPagesCommand) the server shares which blocks are checked there, and the daemon
+ * reads those itself.
  */
 export function servePages(
   socket: Duplex | undefined,
@@ -145,6 +149,7 @@ export function servePages(
   plan: MemoryPlan,
   file: string,
   onError: (e: Error) => void,
+  stagedMap?: string,
 ): PageServer {
   const names = [...pages.entries.keys()];
   const protocol = (what: string): CheckptError =>
@@ -165,6 +170,9 @@ export function servePages(
   if (stdio.length !== CKPT_FD + 1) throw new Error('internal: the page server fds are misplaced');
   const child = spawn(helperPath(), socket ? ['serve-pages'] : ['serve-pages', '--stage-only'], {
     stdio: [...stdio, ...names.map((n) => pages.fdOf(n))],
+    ...(socket && stagedMap !== undefined
+      ? { env: { ...process.env, [STAGED_MAP_VARIABLE]: stagedMap } }
+      : {}),
   });
   // The helper has its own copy: this one must not read a request meant for it.
   socket?.destroy();

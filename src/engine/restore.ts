@@ -220,7 +220,8 @@ async function restoreFrom(
     if (onHost) requirePidFree(manifest.pid, file);
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
-    if (wantLazy) starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote);
+    if (wantLazy)
+      starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote, !remote);
     if (remote && starting && !starting.relay((sock, fail) => remote.relay(sock, imagesDir, fail)))
       throw new CheckptError(
         'ERESTORE',

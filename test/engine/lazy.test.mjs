@@ -117,8 +117,14 @@ describe('lazy restore', () => {
     const staging = join(dir, 'bysize');
     mkdirSync(staging);
     const criu = criuWrapper(staging);
+    const trace = join(dir, 'bysize.trace');
     const r = resume(big, {
-      env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_CRIU: criu.path },
+      env: {
+        ...process.env,
+        CHECKPT_TMPDIR: staging,
+        CHECKPT_CRIU: criu.path,
+        CHECKPT_BENCH_TRACE: trace,
+      },
     });
     const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
     assert.equal(back.r, 1);
@@ -126,6 +132,12 @@ describe('lazy restore', () => {
     assert.equal(back.mapSize, 100_000);
     assert.equal((await r.closed).code, 7, r.stderrText);
     restoredLazily(criu, staging, '--page-server');
+    // checkpt's CRIU read the blocks its page server had checked itself (staged-local-reads.patch).
+    const local = /^local-pages-(\d+) /m.exec(readFileSync(trace, 'utf8'));
+    assert.ok(
+      local && Number(local[1]) > 0,
+      `the daemon read checked blocks itself: ${local?.[0]}`,
+    );
     rmSync(big, { force: true });
   });
 

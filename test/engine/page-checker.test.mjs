@@ -4,7 +4,16 @@
 // that needed it is sent; an encrypted file's chunks are still checked and staged by checkpt.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
@@ -47,7 +56,7 @@ async function checkpointFile(t, { fill = randomBytes, compress = false, key } =
 }
 
 /** Serves `file`'s memory to a fake daemon; `reads` counts the chunks this process read itself. */
-async function serve(root, file, key, { stage = true } = {}) {
+async function serve(root, file, key, { stage = true, stagedMap } = {}) {
   const dir = join(root, 'restore');
   mkdirSync(dir);
   const lazy = await extractLazy(file, dir, key ? { key } : {});
@@ -68,7 +77,7 @@ async function serve(root, file, key, { stage = true } = {}) {
   const staged = await StagedPages.create(dir, counting);
   const { server, daemon } = await pair();
   const errors = [];
-  const ps = servePages(server, staged, plan, file, (e) => errors.push(e));
+  const ps = servePages(server, staged, plan, file, (e) => errors.push(e), stagedMap);
   // What CRIU's restore reads itself, staged before it runs, by whoever checks that image. (The
   // server's own pass through the file may find a damaged chunk first: then this fails with it.)
   const staging = ps.stage(plan.eager);
@@ -175,6 +184,109 @@ test('plain chunks are sent from the checkpoint file itself until someone opens 
   assert.deepEqual(errors, []);
   daemon.destroy();
   await staged.close();
+});
+
+/** The map of checked blocks the server shares with CRIU's daemon (native/page-server.c). */
+function readMap(path) {
+  const m = readFileSync(path);
+  const files = [];
+  for (let i = 0; i < m.readUInt32LE(8); i++) {
+    const at = 40 + i * 56;
+    const field = (k) => Number(m.readBigUInt64LE(at + 8 * k));
+    const [dev, ino, size, block, blocks, statesOff, offsetsOff] = [0, 1, 2, 3, 4, 5, 6].map(field);
+    files.push({
+      dev,
+      ino,
+      size,
+      block,
+      states: [...m.subarray(statesOff, statesOff + blocks)],
+      offsets: offsetsOff
+        ? [...Array(blocks).keys()].map((b) => Number(m.readBigUInt64LE(offsetsOff + 8 * b)))
+        : [],
+    });
+  }
+  return {
+    magic: m.readUInt32LE(0),
+    serverPid: m.readUInt32LE(12),
+    directOk: m.readUInt32LE(16),
+    files,
+  };
+}
+
+/** Sets the map's count of the daemon's reads from the checkpoint file, as the daemon does. */
+function setReaders(path, n) {
+  const fd = openSync(path, 'r+');
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  writeSync(fd, b, 0, 4, 20);
+  closeSync(fd);
+}
+
+test("checked blocks are shared with CRIU's daemon; a writer waits for the daemon's reads from the file", async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  const map = join(root, 'staged.map');
+  const { ps, daemon, errors, staged } = await serve(root, file, undefined, { stagedMap: map });
+  // Also when an assertion fails: the server ends with the daemon's socket.
+  t.after(async () => {
+    daemon.destroy();
+    await staged.close().catch(() => undefined);
+  });
+  const ask = async (first, nr) => {
+    const got = readBytes(daemon, 32 + nr * PAGE);
+    daemon.write(iov(GET, nr, VADDR + first * PAGE, 100));
+    return (await got).subarray(32);
+  };
+  await ask(PAGES_PER_MIB + 5, 2);
+  const shared = readMap(map);
+  assert.equal(shared.magic, 0x50414d53, 'the map is complete');
+  assert.match(
+    readFileSync(`/proc/${shared.serverPid}/cmdline`, 'utf8'),
+    /serve-pages/,
+    "the server's pid, for the daemon to open its file",
+  );
+  assert.equal(shared.directOk, 1, 'reading from the checkpoint file allowed: the lease is held');
+  const [f] = shared.files;
+  const st = statSync(join(root, 'restore', 'pages-1.img'));
+  assert.deepEqual(
+    [f.dev, f.ino, f.size],
+    [st.dev, st.ino, memory.length],
+    'names the staged image',
+  );
+  // 64 KiB blocks: the one asked for was checked in the file; where each lies there is given.
+  const b = Math.floor(((PAGES_PER_MIB + 5) * PAGE) / f.block);
+  assert.equal(f.states[b], 2, 'checked where it lies in the checkpoint file');
+  const bytes = readFileSync(file);
+  assert.ok(
+    bytes
+      .subarray(f.offsets[b], f.offsets[b] + f.block)
+      .equals(memory.subarray(b * f.block, (b + 1) * f.block)),
+    'the offset of its chunk in the checkpoint file',
+  );
+  // A read of the daemon's from the file is under way: a writer's open waits until it ends.
+  setReaders(map, 1);
+  let opened = false;
+  const writer = open(file, 'r+').then((h) => {
+    opened = true;
+    return h;
+  });
+  t.after(async () => (await writer.catch(() => undefined))?.close());
+  await sleep(300);
+  assert.equal(opened, false, 'the writer waits while the daemon reads from the file');
+  assert.equal(readMap(map).directOk, 0, 'the daemon may start no new read from the file');
+  setReaders(map, 0);
+  await writer;
+  const after = readMap(map).files[0];
+  assert.equal(
+    after.states[b],
+    1,
+    'copied to the staged image (checked again) before the writer got the file',
+  );
+  assert.ok(!after.states.includes(2), 'nothing is left to be read from the file');
+  const bye = readBytes(daemon, 4);
+  daemon.write(iov(CLOSE, 0, 0, 0));
+  assert.deepEqual(await bye, Buffer.alloc(4));
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
 });
 
 test('a checkpoint file someone holds open for writing is not sent from: its chunks are staged, checked, as before', async (t) => {
