@@ -27,6 +27,10 @@
  * it is checked and in the staged image); this server sends NEED for a block of checkpt's that a
  * request waits for, once.
  *
+ * With CHECKPT_STAGED_MAP set, the blocks' states live in that file (share_states), which CRIU's
+ * daemon maps too: checkpt's CRIU build reads a request whose blocks are all checked itself
+ * (scripts/criu-patches/staged-local-reads.patch) and asks this server only for the others.
+ *
  * With --stage-only there is no daemon (fd 3 unused): the server only checks and stages what
  * checkpt asks with STAGE (an eager restore's memory), and ends with 0 when checkpt closes fd 4.
  *
