@@ -448,7 +448,7 @@ note(
   "For CRIU, one UUID per dump: checkpt's CRIU build takes it as its run id (scripts/criu-patches/run-id-from-env.patch), which names the dump's network-lock table `inet CRIU-<run id>`; if CRIU dies mid-dump, checkpt removes that table by name.",
 );
 
-note(
+export const STAGED_MAP = note(
   'CHECKPT_STAGED_MAP',
   'internal',
   "For CRIU's lazy-pages daemon and checkpt's page server, during a lazy resume: a file in the staging directory where the server says which memory blocks it has checked; checkpt's CRIU build (scripts/criu-patches/staged-local-reads.patch) reads those itself instead of asking the server.",

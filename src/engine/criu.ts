@@ -5,7 +5,7 @@ import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import { CRIU_BREAKPOINTS, DEBUG } from '../common/config.js';
+import { CRIU_BREAKPOINTS, DEBUG, STAGED_MAP } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { criuHolds } from './criu-hold.js';
@@ -227,7 +227,7 @@ export function lazyPagesCommand(
     args,
     dieWithUs: true,
     // Checked blocks the daemon may read itself (checkpt's CRIU build; others ignore it).
-    ...(pageServer && stagedMap !== undefined ? { env: { CHECKPT_STAGED_MAP: stagedMap } } : {}),
+    ...(pageServer && stagedMap !== undefined ? { env: { [STAGED_MAP.name]: stagedMap } } : {}),
   });
 }
 

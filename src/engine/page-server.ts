@@ -21,6 +21,7 @@
 
 import { spawn, type StdioOptions } from 'node:child_process';
 import type { Duplex } from 'node:stream';
+import { STAGED_MAP } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
 import { helperPath } from './native.js';
 import type { MemoryPlan, Range } from './pagemap.js';
@@ -38,8 +39,6 @@ const EXIT_HUNG_UP = 3;
 const EXIT_DAMAGED = 4;
 /** The server's fds: the checkpoint file, then the staged images. */
 const CKPT_FD = 5;
-/** Names the file of checked blocks shared with CRIU's lazy-pages daemon (native/page-server.c). */
-export const STAGED_MAP_VARIABLE = 'CHECKPT_STAGED_MAP';
 
 type Pages = Pick<
   StagedPages,
@@ -171,7 +170,7 @@ export function servePages(
   const child = spawn(helperPath(), socket ? ['serve-pages'] : ['serve-pages', '--stage-only'], {
     stdio: [...stdio, ...names.map((n) => pages.fdOf(n))],
     ...(socket && stagedMap !== undefined
-      ? { env: { ...process.env, [STAGED_MAP_VARIABLE]: stagedMap } }
+      ? { env: { ...process.env, [STAGED_MAP.name]: stagedMap } }
       : {}),
   });
   // The helper has its own copy: this one must not read a request meant for it.
