@@ -341,6 +341,10 @@ static uint64_t cursor;
  * every such block into its staged image (checking it again), then lets go (end_direct). */
 static int direct_mode;
 static int inflight_direct;
+static pthread_cond_t direct_idle = PTHREAD_COND_INITIALIZER;
+static int lease_fd = -1;
+static int lease_sigfd = -1;
+#define LEASE_SIGNAL (SIGRTMIN + 1)
 
 /* The blocks' states, shared with CRIU's lazy-pages daemon (checkpt's CRIU patch
  * staged-local-reads.patch) through a file in checkpt's staging directory, CHECKPT_STAGED_MAP:
@@ -360,10 +364,6 @@ struct smap_file {
   uint64_t dev, ino, size, block, blocks, states_off, offsets_off;
 };
 static struct smap_head *smap;
-static pthread_cond_t direct_idle = PTHREAD_COND_INITIALIZER;
-static int lease_fd = -1;
-static int lease_sigfd = -1;
-#define LEASE_SIGNAL (SIGRTMIN + 1)
 
 static void load_codecs(void) {
   void *ne = dlopen("libnettle.so.8", RTLD_NOW | RTLD_LOCAL);
