@@ -195,9 +195,11 @@ mkdir -p "$home/bin" "$home/src"
 [ "$tarball" -ef "$home/src/$(basename "$tarball")" ] || install -m 0644 "$tarball" "$home/src/$(basename "$tarball")"
 install -m 0755 "$tree/criu/criu" "$home/bin/criu.new"
 mv -f "$home/bin/criu.new" "$home/bin/criu"
-printf 'version=%s\nsource=%s\nsha256=%s\nbuilt=%s\nrecipe=%s\nkdat=%s\npatches=%s\n' "$version" "$(basename "$tarball")" \
+# binary= (inode, size, mtime) names the binary recorded here: checkpt then trusts version= for
+# it without running `criu --version` at each resume, through hard links and xattrs alike.
+printf 'version=%s\nsource=%s\nsha256=%s\nbuilt=%s\nrecipe=%s\nkdat=%s\npatches=%s\nbinary=%s\n' "$version" "$(basename "$tarball")" \
   "$(sha256sum "$tarball" | cut -d' ' -f1)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$recipe" "${kdat_dir:-/run}" \
-  "${applied[*]}" >"$home/BUILD-INFO"
+  "${applied[*]}" "$(stat -c '%i %s %.9Y' "$home/bin/criu")" >"$home/BUILD-INFO"
 
 if ! v=$(criu_works "$home/bin/criu"); then
   CRIU_FAULT=130 "$home/bin/criu" check >&2 || true

@@ -622,14 +622,31 @@ export function recordedVersion(
   try {
     const info = join(home, 'BUILD-INFO');
     const text = readFileSync(info, 'utf8');
-    // Built, then recorded: a binary replaced, copied over or re-labelled since is newer.
-    if (statSync(binary).ctimeMs > statSync(info).mtimeMs) return undefined;
+    const named = /^binary=(.*)$/m.exec(text)?.[1];
+    if (named !== undefined) {
+      // The binary recorded, by inode, size and mtime: one replaced or copied over differs.
+      if (named !== binaryIdentity(binary)) return undefined;
+    } else if (statSync(binary).ctimeMs > statSync(info).mtimeMs) {
+      // An older record: a binary replaced, copied over or re-labelled since is newer than it.
+      return undefined;
+    }
     recorded = /^version=(\d+\.\d+(?:\.\d+)?)$/m.exec(text)?.[1];
   } catch {
     return undefined;
   }
   // Too old is refused as CRIU's own answer would be.
   return recorded === undefined ? undefined : versionOf(`Version: ${recorded}`, undefined);
+}
+
+/**
+ * A binary as scripts/install-criu.sh records it (`stat -c '%i %s %.9Y'`): inode, size and
+ * mtime in seconds with nine decimals. A hard link (perf's build-id cache makes one) or a file
+ * capability changes the ctime, not this.
+ */
+export function binaryIdentity(path: string): string {
+  const s = statSync(path, { bigint: true });
+  const ns = s.mtimeNs % 1_000_000_000n;
+  return `${s.ino} ${s.size} ${s.mtimeNs / 1_000_000_000n}.${ns.toString().padStart(9, '0')}`;
 }
 
 /** `criu --version` answers at once; a CRIU that does not is as good as missing. */

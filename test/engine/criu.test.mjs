@@ -225,7 +225,8 @@ test("the dump front: the helper, the worker, then criu dump's own command line"
 
 test("the recorded version: read from checkpt's own build, not when the binary changed since", async (t) => {
   const { recordedVersion } = await import('../../dist/engine/criu.js');
-  const { mkdtempSync, mkdirSync, writeFileSync, rmSync, utimesSync } = await import('node:fs');
+  const { mkdtempSync, mkdirSync, writeFileSync, rmSync, utimesSync, statSync, renameSync } =
+    await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
   const home = mkdtempSync(join(tmpdir(), 'checkpt-test-criu-home-'));
@@ -255,6 +256,24 @@ test("the recorded version: read from checkpt's own build, not when the binary c
     code: 'ENOCRIU',
     message: /need 4\.2 or newer, found 4\.1\.1/,
   });
+  // The binary named by inode, size and mtime (install-criu.sh records it): a hard link made
+  // since (perf's build-id cache makes one) changes its ctime, not what it is.
+  const { binaryIdentity } = await import('../../dist/engine/criu.js');
+  const { linkSync } = await import('node:fs');
+  writeFileSync(info, `version=4.2.1\nbinary=${binaryIdentity(bin)}\n`);
+  utimesSync(info, past, past);
+  linkSync(bin, join(home, 'criu-link'));
+  assert.equal(recordedVersion(home, bin, 'checkpt build')?.text, '4.2.1');
+  // Copied over (same inode, new size and mtime), or another file put in its place: asked.
+  writeFileSync(bin, 'xy');
+  assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
+  writeFileSync(info, `version=4.2.1\nbinary=${binaryIdentity(bin)}\n`);
+  assert.equal(recordedVersion(home, bin, 'checkpt build')?.text, '4.2.1');
+  const other = join(home, 'criu-other');
+  writeFileSync(other, 'xy');
+  utimesSync(other, statSync(bin).atime, statSync(bin).mtime);
+  renameSync(other, bin);
+  assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
   // No record, or one without a version: asked.
   writeFileSync(info, 'recipe=2\n');
   assert.equal(recordedVersion(home, bin, 'checkpt build'), undefined);
