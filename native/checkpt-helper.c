@@ -28,7 +28,7 @@
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  *     --lock-table 'inet CRIU-ID' --lock-method-at OFFSET:INVENTORY: see nft-lock.h.
  *
- *   checkpt-helper serve-pages [--stage-only]
+ *   checkpt-helper serve-pages [--stage-only] [--pagemaps DIR]
  *     The page server of a lazy restore, checking memory chunks itself (native/page-server.c);
  *     --stage-only: no daemon, it checks and stages an eager restore's memory.
  */
@@ -1475,9 +1475,17 @@ int main(int argc, char **argv) {
   if (argc == 2 && !strcmp(argv[1], "rpc-decode")) return cmd_rpc_decode();
   if (argc >= 2 && !strcmp(argv[1], "publish")) return cmd_publish(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "rpc-request")) return cmd_rpc_request(argc - 2, argv + 2);
-  if (argc == 2 && !strcmp(argv[1], "serve-pages")) return cmd_serve_pages(0);
-  if (argc == 3 && !strcmp(argv[1], "serve-pages") && !strcmp(argv[2], "--stage-only"))
-    return cmd_serve_pages(1);
+  if (argc >= 2 && !strcmp(argv[1], "serve-pages")) {
+    int stage_only = 0;
+    const char *pagemaps = NULL;
+    int i = 2;
+    for (; i < argc; i++) {
+      if (!strcmp(argv[i], "--stage-only")) stage_only = 1;
+      else if (!strcmp(argv[i], "--pagemaps") && i + 1 < argc) pagemaps = argv[++i];
+      else break;
+    }
+    if (i == argc) return cmd_serve_pages(stage_only, pagemaps);
+  }
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 3"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;

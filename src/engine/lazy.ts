@@ -41,7 +41,8 @@ export function lazyWanted(pageBytes: number): boolean {
 /** The lazy pages come from checkpt's page server instead of the images (src/engine/page-server.ts). */
 export interface ServedPages {
   pages: StagedPages;
-  plan: MemoryPlan;
+  /** The lazy pages, or the images directory whose page maps the native server reads itself. */
+  plan: MemoryPlan | { pagemaps: string };
   /** The checkpoint file, for messages. */
   file: string;
   /** Called once, at once, when serving fails (the daemon is already being stopped). */
@@ -124,7 +125,8 @@ export function startLazyPages(
     // Checked and staged ahead of the daemon, from now on: most of a faulting copy's waits and the
     // daemon's background fill then find their blocks ready. A damaged chunk stops the copy here.
     // (The server checks the entries it has a table for itself.)
-    const ours = new Map([...served.plan.lazy].filter(([e]) => !served.pages.direct(e)));
+    const lazy = 'pagemaps' in served.plan ? [] : [...served.plan.lazy];
+    const ours = new Map(lazy.filter(([e]) => !served.pages.direct(e)));
     served.pages.ensureRanges(ours).catch((e: unknown) => {
       if (!daemon.running()) return;
       stop();

@@ -24,7 +24,7 @@ import type { Duplex } from 'node:stream';
 import { STAGED_MAP } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
 import { helperPath } from './native.js';
-import type { MemoryPlan, Range } from './pagemap.js';
+import { badPageMap, type MemoryPlan, type Range } from './pagemap.js';
 import type { StagedPages } from './staged-pages.js';
 
 const PLAN_MAGIC = 0x53504b43;
@@ -32,11 +32,16 @@ const MSG_STAGED = 1;
 const MSG_NEED = 2;
 const MSG_PLANNED = 3;
 const MSG_STAGE = 4;
+const MSG_STAGE_EAGER = 5;
+const MSG_EAGER_STAGED = 6;
 const MSG_SIZE = 16;
+/** The plan's flags: the server reads the page maps itself (its --pagemaps). */
+const PLAN_PAGEMAPS = 1;
 /** native/page-server.c's exit statuses. */
 const EXIT_CLOSED = 0;
 const EXIT_HUNG_UP = 3;
 const EXIT_DAMAGED = 4;
+const EXIT_BAD_MAP = 5;
 /** The server's fds: the checkpoint file, then the staged images. */
 const CKPT_FD = 5;
 
@@ -64,6 +69,11 @@ export interface PageServer {
    * server for the images it checks, by `pages` for the rest. Rejects as serving fails.
    */
   stage(ranges: ReadonlyMap<string, readonly Range[]>): Promise<void>;
+  /**
+   * With the page maps read by the server (`{ pagemaps }`): has what CRIU's restore reads itself
+   * checked and staged (without a daemon, every byte). Rejects as serving fails.
+   */
+  stageEager(): Promise<void>;
   /** Stops answering and closes the connection. */
   stop(): void;
   /** Without a daemon: tells the server it is done; settles as `done`. */
@@ -86,18 +96,22 @@ function putU64(buf: Buffer, value: number, at: number): void {
  * optimized anything, where a call per field cost milliseconds.
  */
 export function encodePlan(
-  plan: MemoryPlan,
+  plan: MemoryPlan | undefined,
   names: readonly string[],
   pages: Pick<Pages, 'entries' | 'direct' | 'blockOf'>,
 ): Buffer {
   const index = new Map(names.map((n, i) => [n, i]));
   // Pagemap entries are sorted by vaddr (readMemoryPlan refuses others): only pids need sorting.
-  const tasks = [...plan.tasks].filter(([, t]) => index.has(t.pages)).sort((a, b) => a[0] - b[0]);
+  const tasks = [...(plan?.tasks ?? [])]
+    .filter(([, t]) => index.has(t.pages))
+    .sort((a, b) => a[0] - b[0]);
   let count = 0;
   for (const [, t] of tasks) for (const lazy of t.lazy) if (lazy) count++;
   const tables = names.map((n) => pages.direct(n));
   const chunks = tables.reduce((sum, t) => sum + (t?.count ?? 0), 0);
-  const buf = Buffer.alloc(16 + names.length * 32 + chunks * TABLE_ROW + count * 32);
+  // Without a plan the server reads the page maps: it needs each image's number instead.
+  const ids = plan ? 0 : names.length * 4;
+  const buf = Buffer.alloc(16 + names.length * 32 + chunks * TABLE_ROW + count * 32 + ids);
   const u32 = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4);
   const u64 = (at: number, value: number): void => {
     u32[at >> 2] = value % 0x1_0000_0000;
@@ -106,6 +120,7 @@ export function encodePlan(
   u32[0] = PLAN_MAGIC;
   u32[1] = names.length;
   u32[2] = count;
+  u32[3] = plan ? 0 : PLAN_PAGEMAPS;
   let at = 16;
   names.forEach((n, i) => {
     const t = tables[i];
@@ -131,7 +146,35 @@ export function encodePlan(
       at += 32;
     }
   }
+  if (!plan)
+    for (const n of names) {
+      const id = pagesId(n);
+      if (id === undefined)
+        throw new Error(`internal: ${n} is not a pages image the server can map`);
+      u32[at >> 2] = id;
+      at += 4;
+    }
   return buf;
+}
+
+/** N of `pages-N.img`, the name CRIU's page maps give their pages image by. */
+export function pagesId(name: string): number | undefined {
+  const m = /^pages-(\d{1,10})\.img$/.exec(name);
+  const id = m ? Number(m[1]) : undefined;
+  return id !== undefined && id <= 0xffff_ffff ? id : undefined;
+}
+
+/**
+ * Whether the native server can read `pages`'s page maps itself: it checks every image (each has
+ * its table in the file) and each is named as a page map names it.
+ */
+export function serverMaps(pages: {
+  entries: ReadonlyMap<string, number>;
+  direct?: (entry: string) => unknown;
+}): boolean {
+  return [...pages.entries.keys()].every(
+    (n) => pages.direct?.(n) !== undefined && pagesId(n) !== undefined,
+  );
 }
 
 /**
@@ -145,11 +188,12 @@ export function encodePlan(
 export function servePages(
   socket: Duplex | undefined,
   pages: Pages,
-  plan: MemoryPlan,
+  plan: MemoryPlan | { pagemaps: string },
   file: string,
   onError: (e: Error) => void,
   stagedMap?: string,
 ): PageServer {
+  const mapsDir = 'pagemaps' in plan ? plan.pagemaps : undefined;
   const names = [...pages.entries.keys()];
   const protocol = (what: string): CheckptError =>
     new CheckptError(
@@ -167,7 +211,9 @@ export function servePages(
     direct?.fd ?? 'ignore',
   ];
   if (stdio.length !== CKPT_FD + 1) throw new Error('internal: the page server fds are misplaced');
-  const child = spawn(helperPath(), socket ? ['serve-pages'] : ['serve-pages', '--stage-only'], {
+  const args = ['serve-pages', ...(socket ? [] : ['--stage-only'])];
+  if (mapsDir !== undefined) args.push('--pagemaps', mapsDir);
+  const child = spawn(helperPath(), args, {
     stdio: [...stdio, ...names.map((n) => pages.fdOf(n))],
     ...(socket && stagedMap !== undefined
       ? { env: { ...process.env, [STAGED_MAP.name]: stagedMap } }
@@ -212,7 +258,7 @@ export function servePages(
     ctl.write(m);
   };
   ctl.on('error', () => undefined);
-  ctl.write(encodePlan(plan, names, pages));
+  ctl.write(encodePlan('pagemaps' in plan ? undefined : plan, names, pages));
   const index = new Map(names.map((n, i) => [n, i]));
   // At once with what is staged already, then as blocks are staged; PLANNED between the two.
   unlisten = pages.onBlock((entry, block) => {
@@ -223,11 +269,17 @@ export function servePages(
 
   // STAGE requests waiting for their STAGED, by "entry:block".
   const waiting = new Map<string, () => void>();
+  let eagerStaged: (() => void) | undefined;
   let pending: Buffer = Buffer.alloc(0);
   ctl.on('data', (chunk: Buffer) => {
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
     for (; pending.length >= MSG_SIZE; pending = pending.subarray(MSG_SIZE)) {
       const type = pending.readUInt32LE(0);
+      if (type === MSG_EAGER_STAGED && eagerStaged) {
+        eagerStaged();
+        eagerStaged = undefined;
+        continue;
+      }
       const entry = names[pending.readUInt32LE(4)];
       const block = Number(pending.readBigUInt64LE(8));
       const size = entry === undefined ? undefined : pages.entries.get(entry);
@@ -236,6 +288,11 @@ export function servePages(
         waiting.delete(`${entry}:${block}`);
         pages.noteStaged(entry, block);
         waiter();
+        continue;
+      }
+      // A block of stageEager's (their end is MSG_EAGER_STAGED): heard for the progress.
+      if (type === MSG_STAGED && eagerStaged && entry !== undefined && size !== undefined) {
+        pages.noteStaged(entry, block);
         continue;
       }
       const bytes = entry === undefined ? 0 : pages.blockOf(entry);
@@ -252,6 +309,8 @@ export function servePages(
   child.on('close', (code) => {
     if (code === EXIT_CLOSED) settle(true);
     else if (code === EXIT_HUNG_UP || stopping) settle(false);
+    else if (code === EXIT_BAD_MAP && /^badmap (.+)$/m.test(stderr))
+      fail(badPageMap(file, /^badmap (.+)$/m.exec(stderr)?.[1] ?? ''));
     else if (code === EXIT_DAMAGED) {
       const m = /^damaged (\d+) (\d+) (\w+)$/m.exec(stderr);
       const entry = names[Number(m?.[1])];
@@ -288,21 +347,30 @@ export function servePages(
     if (at > 0) ctl.write(batch);
     return waits;
   };
+  // Or the server ends first: its failure, or the end of what it was asked.
+  const ended = (): Promise<never> =>
+    done.then(() => {
+      throw new Error('internal: the page server ended before it staged what restore reads');
+    });
   const stage = async (ranges: ReadonlyMap<string, readonly Range[]>): Promise<void> => {
     const waits: Promise<void>[] = [];
     for (const [entry, list] of ranges)
       if (pages.direct(entry)) waits.push(...stageHere(entry, list));
       else waits.push(pages.ensureRanges(new Map([[entry, list]])));
-    // Or the server ends first: its failure, or the end of what it was asked.
-    const ended = done.then(() => {
-      throw new Error('internal: the page server ended before it staged what restore reads');
-    });
-    await Promise.race([Promise.all(waits), ended]);
+    await Promise.race([Promise.all(waits), ended()]);
+  };
+  const stageEager = async (): Promise<void> => {
+    if (mapsDir === undefined || eagerStaged)
+      throw new Error('internal: stageEager needs a server that read the page maps, once');
+    const staged = new Promise<void>((resolve) => (eagerStaged = resolve));
+    send(MSG_STAGE_EAGER, 0, 0);
+    await Promise.race([staged, ended()]);
   };
 
   return {
     done,
     stage,
+    stageEager,
     finish: () => {
       ctl.end();
       return done;
@@ -319,20 +387,22 @@ export function servePages(
 /**
  * Checks and stages `ranges` of `pages` before CRIU's restore reads them (an eager restore's
  * memory): by the native server, on every core, for the images it can check; by `pages` for the
- * rest. `stop` ends the server at once (the restore failed meanwhile).
+ * rest. With `'all'` (and the page maps left to the server), every byte. `stop` ends the server at
+ * once (the restore failed meanwhile).
  */
 export function stageBeforeRestore(
   pages: Pages,
-  plan: MemoryPlan,
+  plan: MemoryPlan | { pagemaps: string },
   file: string,
-  ranges: ReadonlyMap<string, readonly Range[]>,
+  ranges: ReadonlyMap<string, readonly Range[]> | 'all',
 ): { done: Promise<void>; stop(): void } {
-  if (![...ranges.keys()].some((e) => pages.direct(e)))
+  if (ranges !== 'all' && ![...ranges.keys()].some((e) => pages.direct(e)))
     return { done: pages.ensureRanges(ranges), stop: () => undefined };
   const server = servePages(undefined, pages, plan, file, () => undefined);
   const done = (async (): Promise<void> => {
     try {
-      await server.stage(ranges);
+      // Without a daemon, what the server stages "eagerly" is every byte.
+      await (ranges === 'all' ? server.stageEager() : server.stage(ranges));
     } finally {
       await server.finish().catch(() => undefined);
     }

@@ -52,6 +52,15 @@ function push(ranges: Range[], offset: number, length: number): void {
   else ranges.push({ offset, length });
 }
 
+/** A page map that does not fit its pages image (found here, or by native/page-server.c). */
+export function badPageMap(file: string, what: string): CheckptError {
+  return new CheckptError(
+    'EBADIMAGE',
+    `${file}: ${what}; the checkpoint's memory does not match its page maps and cannot be resumed.`,
+    { path: file },
+  );
+}
+
 /**
  * Reads every pagemap-*.img in `dir` against the pages images of `pages`: each pages image's size
  * must be exactly what its pagemap's present entries add up to, and entries must not overlap.
@@ -61,12 +70,7 @@ export async function readMemoryPlan(
   pages: PageSource,
   file: string,
 ): Promise<MemoryPlan> {
-  const bad = (what: string): CheckptError =>
-    new CheckptError(
-      'EBADIMAGE',
-      `${file}: ${what}; the checkpoint's memory does not match its page maps and cannot be resumed.`,
-      { path: file },
-    );
+  const bad = (what: string): CheckptError => badPageMap(file, what);
   const plan: MemoryPlan = { tasks: new Map(), eager: new Map(), lazy: new Map() };
   const claimed = new Set<string>();
   // Small files in tmpfs, read on this thread: each trip through the thread pool cost more.

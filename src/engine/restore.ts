@@ -23,8 +23,8 @@ import {
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
 import { lazyWanted, startLazyPages, type LazyPages, type Relay } from './lazy.js';
 import { lockCheckArgs, skipLockRemoval } from './netlock.js';
-import { readMemoryPlan, type Range } from './pagemap.js';
-import { stageBeforeRestore } from './page-server.js';
+import { readMemoryPlan, type MemoryPlan, type Range } from './pagemap.js';
+import { serverMaps, stageBeforeRestore } from './page-server.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { processTree, signalQuietly, untilEnded } from '../common/procfs.js';
@@ -227,7 +227,13 @@ async function restoreFrom(
         'ERESTORE',
         `CRIU's lazy-pages daemon ended at once, so ${file} cannot get its memory here; nothing was started.`,
       );
-    const plan = pages ? await readMemoryPlan(imagesDir, pages, file) : undefined;
+    // The native server reads the page maps itself when it checks every image (plain and zstd
+    // files): ~8 ms of this thread for 110 MB of memory, ~20 ms for 2 GB, before.
+    const plan: MemoryPlan | { pagemaps: string } | undefined = !pages
+      ? undefined
+      : serverMaps(pages)
+        ? { pagemaps: imagesDir }
+        : await readMemoryPlan(imagesDir, pages, file);
     trace('planned');
     if (pages) {
       // Memory staged before the copy runs (all of it for an eager restore) is checked now too.
@@ -255,7 +261,16 @@ async function restoreFrom(
         : undefined;
     // What `criu restore` reads itself must be on disk before it runs: checked and staged by the
     // native server while the rest is prepared here, awaited below.
-    const ranges = wantLazy ? plan?.eager : staged && whole(staged.entries);
+    if (staged && plan && 'pagemaps' in plan)
+      staging = server
+        ? { done: server.stageEager(), stop: () => undefined }
+        : stageBeforeRestore(staged, plan, file, 'all');
+    const ranges =
+      !plan || 'pagemaps' in plan
+        ? undefined
+        : wantLazy
+          ? plan.eager
+          : staged && whole(staged.entries);
     if (staged && plan && ranges)
       staging = server
         ? { done: server.stage(ranges), stop: () => undefined }
@@ -320,8 +335,8 @@ async function restoreFrom(
         `CRIU's lazy-pages daemon cannot run here (no userfaultfd?), and ${file} needs it: its memory is still at the source. Nothing was started; migrate without --post-copy.`,
       );
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
-    if (staged && plan && wantLazy && !lazy) {
-      staging = stageBeforeRestore(staged, plan, file, plan.lazy);
+    if (staged && plan && wantLazy && !lazy && (server || !('pagemaps' in plan))) {
+      staging = stageBeforeRestore(staged, plan, file, 'pagemaps' in plan ? 'all' : plan.lazy);
       await staging.done;
     }
     if (staged && !lazy) {

@@ -21,7 +21,7 @@ import { scratchDir, unitTest as test } from '../helpers.mjs';
 import { compressImages } from '../../dist/image/compress.js';
 import { extractLazy, writeImage } from '../../dist/image/format.js';
 import { readMemoryPlan } from '../../dist/engine/pagemap.js';
-import { servePages, stageBeforeRestore } from '../../dist/engine/page-server.js';
+import { serverMaps, servePages, stageBeforeRestore } from '../../dist/engine/page-server.js';
 import { StagedPages } from '../../dist/engine/staged-pages.js';
 import { iov, LAZY, PAGE, pagemap, pair, PRESENT, readBytes } from './fake-daemon.mjs';
 
@@ -56,7 +56,7 @@ async function checkpointFile(t, { fill = randomBytes, compress = false, key } =
 }
 
 /** Serves `file`'s memory to a fake daemon; `reads` counts the chunks this process read itself. */
-async function serve(root, file, key, { stage = true, stagedMap } = {}) {
+async function serve(root, file, key, { stage = true, stagedMap, maps = false } = {}) {
   const dir = join(root, 'restore');
   mkdirSync(dir);
   const lazy = await extractLazy(file, dir, key ? { key } : {});
@@ -73,14 +73,15 @@ async function serve(root, file, key, { stage = true, stagedMap } = {}) {
     direct: (e) => source.direct(e),
     damaged: (...a) => source.damaged(...a),
   };
-  const plan = await readMemoryPlan(dir, counting, file);
+  // With `maps`, the server reads the page maps itself, as a resume of a plain or zstd file has it.
+  const plan = maps ? { pagemaps: dir } : await readMemoryPlan(dir, counting, file);
   const staged = await StagedPages.create(dir, counting);
   const { server, daemon } = await pair();
   const errors = [];
   const ps = servePages(server, staged, plan, file, (e) => errors.push(e), stagedMap);
   // What CRIU's restore reads itself, staged before it runs, by whoever checks that image. (The
   // server's own pass through the file may find a damaged chunk first: then this fails with it.)
-  const staging = ps.stage(plan.eager);
+  const staging = maps ? ps.stageEager() : ps.stage(plan.eager);
   staging.catch(() => undefined);
   if (stage) await staging;
   const eager = readFileSync(join(dir, 'pages-1.img')).subarray(0, PAGE);
@@ -98,15 +99,28 @@ async function fetch(daemon, requests) {
   return got;
 }
 
-for (const [name, opts] of [
-  ['plain chunks', {}],
-  ['zstd chunks', { compress: true, fill: (n) => Buffer.alloc(n, 'checkpt ') }],
+for (const [name, opts, maps] of [
+  ['plain chunks', {}, false],
+  ['zstd chunks', { compress: true, fill: (n) => Buffer.alloc(n, 'checkpt ') }, false],
+  ['plain chunks, page maps read by the server', {}, true],
+  [
+    'zstd chunks, page maps read by the server',
+    { compress: true, fill: (n) => Buffer.alloc(n, 'checkpt ') },
+    true,
+  ],
 ])
   test(`${name}: checked and served by the native server, none read here`, async (t) => {
     if (opts.compress && typeof zlib.zstdDecompressSync !== 'function')
       return t.skip('this Node serves zstd chunks only with zlib zstd (Node 22.15+)');
     const { root, file, memory } = await checkpointFile(t, opts);
-    const { ps, daemon, errors, staged, counted, eager, direct } = await serve(root, file);
+    const { ps, daemon, errors, staged, counted, eager, direct } = await serve(
+      root,
+      file,
+      undefined,
+      {
+        maps,
+      },
+    );
     assert.equal(direct?.zstd, opts.compress === true, 'the file gives the server its table');
     assert.ok(eager.equals(memory.subarray(0, PAGE)), 'the eager page staged by the server');
     // Across the chunk boundaries, out of order, and the last page.
@@ -398,5 +412,70 @@ test('an eager restore: all memory checked and staged by the server before CRIU 
   assert.ok(readFileSync(join(dir, 'pages-1.img')).equals(memory), 'all of the memory, as it was');
   assert.equal(reads, 0, 'checked by the server, not here');
   assert.equal(progress, size, 'progress heard every block');
+  await staged.close();
+});
+
+test('an eager restore with the page maps left to the server: every byte staged, progress heard', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  const dir = join(root, 'eager');
+  mkdirSync(dir);
+  const lazy = await extractLazy(file, dir);
+  assert.equal(serverMaps(lazy.pages), true, 'a plain file: the server can read its page maps');
+  let progress = 0;
+  const staged = await StagedPages.create(dir, lazy.pages, (n) => (progress += n));
+  await stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done;
+  assert.ok(readFileSync(join(dir, 'pages-1.img')).equals(memory), 'all of the memory, as it was');
+  assert.equal(progress, memory.length, 'progress heard every block');
+  await staged.close();
+});
+
+test('page maps that do not fit: the server refuses them as readMemoryPlan does, for the same reason', async (t) => {
+  const { root, file } = await checkpointFile(t);
+  const E = 0x7f0000000000;
+  const cases = [
+    ['short of its image', pagemap(1, [[E, 10, PRESENT]])],
+    ['more than its image', pagemap(1, [[E, 3 * PAGES_PER_MIB + 1, PRESENT | LAZY]])],
+    ['another image', pagemap(9, [[E, 3 * PAGES_PER_MIB, PRESENT]])],
+    [
+      'overlapping',
+      pagemap(1, [
+        [E, 2, PRESENT],
+        [E + PAGE, 3 * PAGES_PER_MIB - 2, PRESENT | LAZY],
+      ]),
+    ],
+    ['a parent', pagemap(1, [[E, 3 * PAGES_PER_MIB, PRESENT | 1]])],
+    ['unaligned', pagemap(1, [[E + 1, 3 * PAGES_PER_MIB, PRESENT]])],
+    ['cut short', pagemap(1, [[E, 3 * PAGES_PER_MIB, PRESENT]]).subarray(0, 20)],
+    ['not a page map', Buffer.from('not a CRIU image at all')],
+  ];
+  let n = 0;
+  for (const [what, bytes] of cases) {
+    const dir = join(root, `bad-${n++}`);
+    mkdirSync(dir);
+    const lazy = await extractLazy(file, dir);
+    writeFileSync(join(dir, 'pagemap-100.img'), bytes);
+    const here = await readMemoryPlan(dir, lazy.pages, file).then(
+      () => assert.fail(`${what}: readMemoryPlan took it`),
+      (e) => e,
+    );
+    const staged = await StagedPages.create(dir, lazy.pages);
+    const there = await stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done.then(
+      () => assert.fail(`${what}: the server took it`),
+      (e) => e,
+    );
+    await staged.close();
+    assert.equal(there.code, 'EBADIMAGE', `${what}: ${there.message}`);
+    assert.equal(there.message, here.message, what);
+  }
+  // Two page maps naming one image.
+  const dir = join(root, 'twice');
+  mkdirSync(dir);
+  const lazy = await extractLazy(file, dir);
+  writeFileSync(join(dir, 'pagemap-101.img'), readFileSync(join(dir, 'pagemap-100.img')));
+  const staged = await StagedPages.create(dir, lazy.pages);
+  await assert.rejects(stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done, {
+    code: 'EBADIMAGE',
+    message: /pages-1\.img is named by two page maps; the checkpoint's memory does not match/,
+  });
   await staged.close();
 });
