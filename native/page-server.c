@@ -367,12 +367,14 @@ static void read_pagemap(int dirfd, const char *name, uint32_t pid, int shmem, u
     uint64_t vaddr = field[1], nr = has[5] ? field[5] : field[2];
     int in_parent = has[3] && field[3] == 1;
     uint64_t flags = in_parent ? PE_PARENT : has[4] ? field[4] : PE_PRESENT;
-    if (!has[1] || !(has[5] || has[2]) || vaddr % PAGE || nr < 1 || nr > (UINT64_MAX - vaddr) / PAGE)
+    if (!has[1] || !(has[5] || has[2]) || vaddr % PAGE || nr < 1)
       bad_map("%s has a malformed entry", name);
     if (vaddr < end_vaddr) bad_map("%s has overlapping or unsorted entries", name);
     if (flags & PE_PARENT) bad_map("%s refers to a parent image, which checkpt never makes", name);
-    uint64_t bytes = nr * PAGE;
-    end_vaddr = vaddr + bytes;
+    /* Past the address space: it ends at its top (nothing after it fits), as pagemap.ts has it. */
+    int huge = nr > (UINT64_MAX - vaddr) / PAGE;
+    uint64_t bytes = huge ? UINT64_MAX : nr * PAGE;
+    end_vaddr = huge ? UINT64_MAX : vaddr + bytes;
     if (!(flags & PE_PRESENT)) continue;
     if (bytes > f->size - at_pages)
       bad_map("%s maps more pages than pages-%u.img holds", name, f->id);

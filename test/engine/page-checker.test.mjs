@@ -479,3 +479,73 @@ test('page maps that do not fit: the server refuses them as readMemoryPlan does,
   });
   await staged.close();
 });
+
+test('page maps damaged at random: the server accepts exactly those readMemoryPlan accepts', async (t) => {
+  const { root, file } = await checkpointFile(t);
+  const base = join(root, 'base');
+  mkdirSync(base);
+  await (await extractLazy(file, base)).pages.close();
+  const good = readFileSync(join(base, 'pagemap-100.img'));
+  // A fixed seed: a failure names the case, and the same cases run every time.
+  let seed = 0x2545f491;
+  const rand = (n) => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const E = 0x7f0000000000;
+  const mutations = [
+    // A byte or two of the protobuf changed.
+    (b) => {
+      const m = Buffer.from(b);
+      for (let k = 1 + rand(2); k > 0; k--) m[8 + rand(m.length - 8)] = rand(256);
+      return m;
+    },
+    // Cut anywhere.
+    (b) => b.subarray(0, rand(b.length)),
+    // Another map of the same memory: cut elsewhere, a hole between (overlapping what follows
+    // when it is longer than 8 pages), lazy or not.
+    () => {
+      const total = 3 * PAGES_PER_MIB;
+      const k = 1 + rand(total - 1);
+      const hole = E + k * PAGE + rand(2) * 16 * PAGE;
+      return pagemap(1, [
+        [E, k, [PRESENT, PRESENT | LAZY][rand(2)]],
+        [hole, 1 + rand(12), 0],
+        [hole + 8 * PAGE, total - k, [PRESENT, PRESENT | LAZY][rand(2)]],
+      ]);
+    },
+    // An entry with odd numbers in its fields.
+    () =>
+      pagemap(rand(3), [
+        [E + rand(3) * PAGE, 1 + rand(3), [PRESENT, PRESENT | LAZY, LAZY, 0][rand(4)]],
+        [E + rand(4) * PAGE * 0x100, rand(2) ? 3 * PAGES_PER_MIB - 1 : 2 ** 40, PRESENT | LAZY],
+      ]),
+  ];
+  let accepted = 0;
+  for (let i = 0; i < 60; i++) {
+    const bytes = mutations[i % mutations.length](good);
+    const dir = join(root, `fuzz-${i}`);
+    mkdirSync(dir);
+    const lazy = await extractLazy(file, dir);
+    writeFileSync(join(dir, 'pagemap-100.img'), bytes);
+    const here = await readMemoryPlan(dir, lazy.pages, file).then(
+      () => 'accepted',
+      (e) => `${e.code}`,
+    );
+    const staged = await StagedPages.create(dir, lazy.pages);
+    const there = await stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done.then(
+      () => 'accepted',
+      (e) => `${e.code}: ${e.message}`,
+    );
+    await staged.close();
+    assert.equal(
+      there.split(':')[0],
+      here,
+      `case ${i} (${bytes.toString('hex')}): the server said ${there}`,
+    );
+    if (here === 'accepted') accepted++;
+  }
+  assert.ok(accepted > 0 && accepted < 60, `both outcomes were tried (${accepted} of 60 accepted)`);
+});
