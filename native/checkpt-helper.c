@@ -969,6 +969,9 @@ static char *stat_fields(const char *path, char *buf, size_t len) {
  * it: its parasite mapped (compel's memfd), compel's system call written over the first
  * executable page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a trap's
  * SIGTRAP, delivered to a program nobody traces any more). */
+/* Why criu_holds last said "held", for the line the dump front writes when its grace runs out. */
+static char hold_why[160];
+
 static int criu_holds(pid_t pid, int depth) {
   char path[64], line[512];
   snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
@@ -984,7 +987,10 @@ static int criu_holds(pid_t pid, int depth) {
       exec_start = lo;
   }
   fclose(f);
-  if (held) return 1;
+  if (held) {
+    snprintf(hold_why, sizeof hold_why, "pid %d maps CRIU's parasite (CRIUMFD)", (int)pid);
+    return 1;
+  }
   if (exec_start) {
     unsigned char code[sizeof compel_syscall_code];
     snprintf(path, sizeof path, "/proc/%d/mem", (int)pid);
@@ -993,7 +999,10 @@ static int criu_holds(pid_t pid, int depth) {
       held = pread(fd, code, sizeof code, (off_t)exec_start) == (ssize_t)sizeof code &&
              !memcmp(code, compel_syscall_code, sizeof code);
       close(fd);
-      if (held) return 1;
+      if (held) {
+        snprintf(hold_why, sizeof hold_why, "pid %d has compel's system call at 0x%lx", (int)pid, exec_start);
+        return 1;
+      }
     }
   }
   snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
@@ -1015,7 +1024,10 @@ static int criu_holds(pid_t pid, int depth) {
       if (++field == 3) state = tok[0];
       if (field == 52) { code = atol(tok); break; }
     }
-    if (state == 't' && code != 0 && (code >> 8) == 0) held = 1;
+    if (state == 't' && code != 0 && (code >> 8) == 0) {
+      held = 1;
+      snprintf(hold_why, sizeof hold_why, "thread %.20s of pid %d is in a ptrace stop with signal %ld", e->d_name, (int)pid, code);
+    }
     /* The processes below it, which CRIU dumps too. */
     snprintf(tpath, sizeof tpath, "/proc/%d/task/%s/children", (int)pid, e->d_name);
     FILE *c = depth < 8 ? fopen(tpath, "r") : NULL;
@@ -1186,7 +1198,12 @@ static int cmd_dump(int argc, char **argv) {
       if (holding && !reaped) {
         /* Too long: interrupted wherever it is, as a last resort. */
         int late = now_ms() >= hold_until;
-        if (late) kill(criu, SIGALRM);
+        if (late) {
+          kill(criu, SIGALRM);
+          /* Rare, and worth knowing why: said on the program's stderr, where the front's goes. */
+          fprintf(stderr, "checkpt: CRIU still held the program %d ms past the checkpoint's deadline (%s); interrupted anyway\n",
+                  HOLD_GRACE_MS, hold_why[0] ? hold_why : "no reason recorded");
+        }
         if (late || interrupt_if_safe(criu, pid)) {
           holding = 0;
           kill_at = now_ms() + INTERRUPT_GRACE_MS;

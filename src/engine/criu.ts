@@ -519,11 +519,13 @@ export async function checkDump(
 ): Promise<void> {
   if (status === 0 && !timedOut) return;
   const { tail, reason } = await readLog(join(workDir, DUMP_LOG));
+  // The front interrupted CRIU only after its grace, and said what held the program that long.
+  const late = /^checkpt: (CRIU still held the program .*)$/m.exec(stderr)?.[1];
   if (timedOut)
     throw new CheckptError(
       'ETIMEOUT',
-      `CRIU did not finish the dump within ${Math.round(timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.`,
-      { logTail: tail },
+      `CRIU did not finish the dump within ${Math.round(timeoutMs / 1000)} s and was stopped; the program keeps running. Raise the timeout option or CHECKPT_TIMEOUT if the process is very large.${late ? ` (${late}.)` : ''}`,
+      { logTail: tail || stderr },
     );
   throw new CheckptError(
     'EDUMP',

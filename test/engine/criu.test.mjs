@@ -297,3 +297,25 @@ test('a dump with a run id gives it to CRIU (CHECKPT_CRIU_RUN_ID), one without g
   assert.equal(dumpCommand({ ...base, runId: id }).env.CHECKPT_CRIU_RUN_ID, id);
   assert.equal(dumpCommand(base).env.CHECKPT_CRIU_RUN_ID, undefined);
 });
+
+test('a dump interrupted only after the front held off: ETIMEOUT says what held the program', async (t) => {
+  const { checkDump } = await import('../../dist/engine/criu.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'checkpt-test-dump-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const held =
+    "checkpt: CRIU still held the program 10000 ms past the checkpoint's deadline (pid 42 maps CRIU's parasite (CRIUMFD)); interrupted anyway\n";
+  await assert.rejects(checkDump(null, true, dir, 2000, held), {
+    code: 'ETIMEOUT',
+    message:
+      /within 2 s .*\(CRIU still held the program 10000 ms past .*pid 42 maps CRIU's parasite/,
+  });
+  // An ordinary timeout says nothing of it.
+  await assert.rejects(checkDump(null, true, dir, 2000, ''), (e) => {
+    assert.equal(e.code, 'ETIMEOUT');
+    assert.doesNotMatch(e.message, /still held/);
+    return true;
+  });
+});
