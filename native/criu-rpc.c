@@ -82,11 +82,7 @@ int rpc_encode_notify_reply(struct rpc_buf *b, int ok) {
   return b->overflow ? -1 : 0;
 }
 
-struct reader {
-  const uint8_t *p, *end;
-};
-
-static int get_varint(struct reader *r, uint64_t *v) {
+int pb_get_varint(struct pb_reader *r, uint64_t *v) {
   *v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (r->p >= r->end) return -1;
@@ -98,9 +94,9 @@ static int get_varint(struct reader *r, uint64_t *v) {
 }
 
 /* A length-delimited field's bytes, only if all of them are inside the message. */
-static int get_len(struct reader *r, const uint8_t **p, size_t *n) {
+static int get_len(struct pb_reader *r, const uint8_t **p, size_t *n) {
   uint64_t len;
-  if (get_varint(r, &len) < 0) return -1;
+  if (pb_get_varint(r, &len) < 0) return -1;
   if (len > (uint64_t)(r->end - r->p)) return -1;
   *p = r->p;
   *n = (size_t)len;
@@ -108,12 +104,12 @@ static int get_len(struct reader *r, const uint8_t **p, size_t *n) {
   return 0;
 }
 
-static int skip(struct reader *r, unsigned wt) {
+static int skip(struct pb_reader *r, unsigned wt) {
   uint64_t v;
   const uint8_t *p;
   size_t n;
   switch (wt) {
-  case WT_VARINT: return get_varint(r, &v);
+  case WT_VARINT: return pb_get_varint(r, &v);
   case WT_LEN: return get_len(r, &p, &n);
   case WT_I64: n = 8; break;
   case WT_I32: n = 4; break;
@@ -134,10 +130,10 @@ static void copy_text(char *dst, size_t size, const uint8_t *p, size_t n) {
 }
 
 static int decode_notify(const uint8_t *p, size_t n, struct rpc_resp *out, const char **why) {
-  struct reader r = {p, p + n};
+  struct pb_reader r = {p, p + n};
   while (r.p < r.end) {
     uint64_t key;
-    if (get_varint(&r, &key) < 0) { *why = "a truncated field key in criu_notify"; return -1; }
+    if (pb_get_varint(&r, &key) < 0) { *why = "a truncated field key in criu_notify"; return -1; }
     unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
     if (field == 1 && wt == WT_LEN) {
       const uint8_t *s;
@@ -159,14 +155,14 @@ int rpc_decode_resp(const uint8_t *msg, size_t len, struct rpc_resp *out, const 
   out->success = -1;
   *why = NULL;
   if (len > RPC_MAX_MSG) { *why = "the message is larger than any response CRIU sends"; return -1; }
-  struct reader r = {msg, msg + len};
+  struct pb_reader r = {msg, msg + len};
   while (r.p < r.end) {
     uint64_t key, v;
-    if (get_varint(&r, &key) < 0) { *why = "a truncated field key"; return -1; }
+    if (pb_get_varint(&r, &key) < 0) { *why = "a truncated field key"; return -1; }
     unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
     if (field == 0) { *why = "field number 0"; return -1; }
     if ((field == 1 || field == 2 || field == 7) && wt == WT_VARINT) {
-      if (get_varint(&r, &v) < 0) { *why = "a truncated varint"; return -1; }
+      if (pb_get_varint(&r, &v) < 0) { *why = "a truncated varint"; return -1; }
       if (field == 1) out->type = (int)(uint32_t)v;
       else if (field == 2) out->success = v != 0;
       else out->cr_errno = (int)(uint32_t)v;

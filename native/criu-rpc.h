@@ -55,4 +55,11 @@ int rpc_encode_notify_reply(struct rpc_buf *b, int ok);
 /* 0 with *r filled, or -1 with *why saying what is wrong with the message. */
 int rpc_decode_resp(const uint8_t *msg, size_t len, struct rpc_resp *r, const char **why);
 
+/* Reading Protocol Buffers by hand (also CRIU's page maps, native/page-server.c). */
+struct pb_reader {
+  const uint8_t *p, *end;
+};
+/* The varint at r->p (at most ten bytes, all before r->end), advancing past it: 0, or -1. */
+int pb_get_varint(struct pb_reader *r, uint64_t *v);
+
 #endif

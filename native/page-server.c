@@ -70,6 +70,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "criu-rpc.h"
 #include "page-server.h"
 
 #define DAEMON_FD 3
@@ -281,20 +282,6 @@ static void bad_map(const char *fmt, ...) {
   _exit(EXIT_BAD_MAP);
 }
 
-/* The varint at *at (before end); 0 when it is malformed. */
-static int varint(const uint8_t *img, size_t *at, size_t end, uint64_t *v) {
-  uint64_t value = 0;
-  for (size_t i = *at, shift = 0; i < end && shift < 70; i++, shift += 7) {
-    value |= (uint64_t)(img[i] & 0x7f) << (shift < 64 ? shift : 63);
-    if (img[i] < 0x80) {
-      *at = i + 1;
-      *v = value;
-      return 1;
-    }
-  }
-  return 0;
-}
-
 static int by_pid_vaddr(const void *a, const void *b) {
   const struct entry *x = a, *y = b;
   if (x->pid != y->pid) return x->pid < y->pid ? -1 : 1;
@@ -335,24 +322,24 @@ static void read_pagemap(int dirfd, const char *name, uint32_t pid, int shmem, u
     at += 4;
     uint64_t field[6];
     int has[6] = {0};
-    while (at < end) {
-      uint64_t key, v;
-      if (!varint(img, &at, end, &key)) bad_map("%s is not a CRIU page map (bad varint)", name);
+    struct pb_reader r = {img + at, img + end};
+    while (r.p < r.end) {
+      uint64_t key, v, skip = 0;
+      if (pb_get_varint(&r, &key) < 0) bad_map("%s is not a CRIU page map (bad varint)", name);
       uint64_t no = key >> 3, wire = key & 7;
-      if (wire == 0) {
-        if (!varint(img, &at, end, &v)) bad_map("%s is not a CRIU page map (bad varint)", name);
-        if (no < 6) field[no] = v, has[no] = 1;
-      } else if (wire == 2) {
-        if (!varint(img, &at, end, &v)) bad_map("%s is not a CRIU page map (bad varint)", name);
-        if (v > end - at) bad_map("%s is not a CRIU page map (field runs past its message)", name);
-        at += v;
+      if (wire == 0 || wire == 2) {
+        if (pb_get_varint(&r, &v) < 0) bad_map("%s is not a CRIU page map (bad varint)", name);
+        if (wire == 2) skip = v;
+        else if (no < 6) field[no] = v, has[no] = 1;
       } else if (wire == 1 || wire == 5) {
-        at += wire == 1 ? 8 : 4;
+        skip = wire == 1 ? 8 : 4;
       } else {
         bad_map("%s is not a CRIU page map (unsupported wire type %llu)", name, (unsigned long long)wire);
       }
-      if (at > end) bad_map("%s is not a CRIU page map (field runs past its message)", name);
+      if (skip > (uint64_t)(r.end - r.p)) bad_map("%s is not a CRIU page map (field runs past its message)", name);
+      r.p += skip;
     }
+    at = end;
     if (index == 0) {
       if (!has[1]) bad_map("%s names no pages image", name);
       for (fi = 0; fi < nfiles && files[fi].id != field[1]; fi++) {
