@@ -66,14 +66,11 @@ export interface PageServer {
   done: Promise<boolean>;
   /**
    * Has `ranges` of each image checked and staged, for CRIU's restore to read itself: by the
-   * server for the images it checks, by `pages` for the rest. Rejects as serving fails.
+   * server for the images it checks, by `pages` for the rest. `'eager'`, with the page maps read
+   * by the server (`{ pagemaps }`): what CRIU's restore reads itself, as those maps say (without a
+   * daemon, every byte). Rejects as serving fails.
    */
-  stage(ranges: ReadonlyMap<string, readonly Range[]>): Promise<void>;
-  /**
-   * With the page maps read by the server (`{ pagemaps }`): has what CRIU's restore reads itself
-   * checked and staged (without a daemon, every byte). Rejects as serving fails.
-   */
-  stageEager(): Promise<void>;
+  stage(ranges: ReadonlyMap<string, readonly Range[]> | 'eager'): Promise<void>;
   /** Stops answering and closes the connection. */
   stop(): void;
   /** Without a daemon: tells the server it is done; settles as `done`. */
@@ -290,7 +287,7 @@ export function servePages(
         waiter();
         continue;
       }
-      // A block of stageEager's (their end is MSG_EAGER_STAGED): heard for the progress.
+      // A block of stage('eager')'s (their end is MSG_EAGER_STAGED): heard for the progress.
       if (type === MSG_STAGED && eagerStaged && entry !== undefined && size !== undefined) {
         pages.noteStaged(entry, block);
         continue;
@@ -307,10 +304,10 @@ export function servePages(
 
   child.on('error', (e) => fail(protocol(`could not be served (checkpt-helper: ${e.message})`)));
   child.on('close', (code) => {
+    const badMap = code === EXIT_BAD_MAP ? /^badmap (.+)$/m.exec(stderr)?.[1] : undefined;
     if (code === EXIT_CLOSED) settle(true);
     else if (code === EXIT_HUNG_UP || stopping) settle(false);
-    else if (code === EXIT_BAD_MAP && /^badmap (.+)$/m.test(stderr))
-      fail(badPageMap(file, /^badmap (.+)$/m.exec(stderr)?.[1] ?? ''));
+    else if (badMap !== undefined) fail(badPageMap(file, badMap));
     else if (code === EXIT_DAMAGED) {
       const m = /^damaged (\d+) (\d+) (\w+)$/m.exec(stderr);
       const entry = names[Number(m?.[1])];
@@ -347,30 +344,31 @@ export function servePages(
     if (at > 0) ctl.write(batch);
     return waits;
   };
-  // Or the server ends first: its failure, or the end of what it was asked.
-  const ended = (): Promise<never> =>
-    done.then(() => {
-      throw new Error('internal: the page server ended before it staged what restore reads');
-    });
-  const stage = async (ranges: ReadonlyMap<string, readonly Range[]>): Promise<void> => {
-    const waits: Promise<void>[] = [];
-    for (const [entry, list] of ranges)
-      if (pages.direct(entry)) waits.push(...stageHere(entry, list));
-      else waits.push(pages.ensureRanges(new Map([[entry, list]])));
-    await Promise.race([Promise.all(waits), ended()]);
-  };
-  const stageEager = async (): Promise<void> => {
+  // The server knows the blocks itself: one message, one answer once they are all staged.
+  const stageEager = (): Promise<void> => {
     if (mapsDir === undefined || eagerStaged)
-      throw new Error('internal: stageEager needs a server that read the page maps, once');
+      throw new Error("internal: stage('eager') needs a server that read the page maps, once");
     const staged = new Promise<void>((resolve) => (eagerStaged = resolve));
     send(MSG_STAGE_EAGER, 0, 0);
-    await Promise.race([staged, ended()]);
+    return staged;
+  };
+  const stage = async (ranges: ReadonlyMap<string, readonly Range[]> | 'eager'): Promise<void> => {
+    const waits: Promise<void>[] = [];
+    if (ranges === 'eager') waits.push(stageEager());
+    else
+      for (const [entry, list] of ranges)
+        if (pages.direct(entry)) waits.push(...stageHere(entry, list));
+        else waits.push(pages.ensureRanges(new Map([[entry, list]])));
+    // Or the server ends first: its failure, or the end of what it was asked.
+    const ended = done.then(() => {
+      throw new Error('internal: the page server ended before it staged what restore reads');
+    });
+    await Promise.race([Promise.all(waits), ended]);
   };
 
   return {
     done,
     stage,
-    stageEager,
     finish: () => {
       ctl.end();
       return done;
@@ -387,22 +385,21 @@ export function servePages(
 /**
  * Checks and stages `ranges` of `pages` before CRIU's restore reads them (an eager restore's
  * memory): by the native server, on every core, for the images it can check; by `pages` for the
- * rest. With `'all'` (and the page maps left to the server), every byte. `stop` ends the server at
- * once (the restore failed meanwhile).
+ * rest. With `'eager'` (and the page maps left to the server), every byte: there is no daemon.
+ * `stop` ends the server at once (the restore failed meanwhile).
  */
 export function stageBeforeRestore(
   pages: Pages,
   plan: MemoryPlan | { pagemaps: string },
   file: string,
-  ranges: ReadonlyMap<string, readonly Range[]> | 'all',
+  ranges: ReadonlyMap<string, readonly Range[]> | 'eager',
 ): { done: Promise<void>; stop(): void } {
-  if (ranges !== 'all' && ![...ranges.keys()].some((e) => pages.direct(e)))
+  if (ranges !== 'eager' && ![...ranges.keys()].some((e) => pages.direct(e)))
     return { done: pages.ensureRanges(ranges), stop: () => undefined };
   const server = servePages(undefined, pages, plan, file, () => undefined);
   const done = (async (): Promise<void> => {
     try {
-      // Without a daemon, what the server stages "eagerly" is every byte.
-      await (ranges === 'all' ? server.stageEager() : server.stage(ranges));
+      await server.stage(ranges);
     } finally {
       await server.finish().catch(() => undefined);
     }

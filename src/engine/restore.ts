@@ -260,14 +260,12 @@ async function restoreFrom(
           })
         : undefined;
     // What `criu restore` reads itself must be on disk before it runs: checked and staged by the
-    // native server while the rest is prepared here, awaited below.
-    if (staged && plan && 'pagemaps' in plan)
-      staging = server
-        ? { done: server.stageEager(), stop: () => undefined }
-        : stageBeforeRestore(staged, plan, file, 'all');
-    const ranges =
-      !plan || 'pagemaps' in plan
-        ? undefined
+    // native server while the rest is prepared here, awaited below (one that read the page maps
+    // knows what that is: 'eager').
+    const ranges = !plan
+      ? undefined
+      : 'pagemaps' in plan
+        ? 'eager'
         : wantLazy
           ? plan.eager
           : staged && whole(staged.entries);
@@ -336,7 +334,7 @@ async function restoreFrom(
       );
     // No daemon after all (no userfaultfd here): CRIU reads the rest of the memory from disk too.
     if (staged && plan && wantLazy && !lazy && (server || !('pagemaps' in plan))) {
-      staging = stageBeforeRestore(staged, plan, file, 'pagemaps' in plan ? 'all' : plan.lazy);
+      staging = stageBeforeRestore(staged, plan, file, 'pagemaps' in plan ? 'eager' : plan.lazy);
       await staging.done;
     }
     if (staged && !lazy) {

@@ -81,7 +81,7 @@ async function serve(root, file, key, { stage = true, stagedMap, maps = false } 
   const ps = servePages(server, staged, plan, file, (e) => errors.push(e), stagedMap);
   // What CRIU's restore reads itself, staged before it runs, by whoever checks that image. (The
   // server's own pass through the file may find a damaged chunk first: then this fails with it.)
-  const staging = maps ? ps.stageEager() : ps.stage(plan.eager);
+  const staging = ps.stage(maps ? 'eager' : plan.eager);
   staging.catch(() => undefined);
   if (stage) await staging;
   const eager = readFileSync(join(dir, 'pages-1.img')).subarray(0, PAGE);
@@ -423,7 +423,7 @@ test('an eager restore with the page maps left to the server: every byte staged,
   assert.equal(serverMaps(lazy.pages), true, 'a plain file: the server can read its page maps');
   let progress = 0;
   const staged = await StagedPages.create(dir, lazy.pages, (n) => (progress += n));
-  await stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done;
+  await stageBeforeRestore(staged, { pagemaps: dir }, file, 'eager').done;
   assert.ok(readFileSync(join(dir, 'pages-1.img')).equals(memory), 'all of the memory, as it was');
   assert.equal(progress, memory.length, 'progress heard every block');
   await staged.close();
@@ -459,7 +459,7 @@ test('page maps that do not fit: the server refuses them as readMemoryPlan does,
       (e) => e,
     );
     const staged = await StagedPages.create(dir, lazy.pages);
-    const there = await stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done.then(
+    const there = await stageBeforeRestore(staged, { pagemaps: dir }, file, 'eager').done.then(
       () => assert.fail(`${what}: the server took it`),
       (e) => e,
     );
@@ -473,7 +473,7 @@ test('page maps that do not fit: the server refuses them as readMemoryPlan does,
   const lazy = await extractLazy(file, dir);
   writeFileSync(join(dir, 'pagemap-101.img'), readFileSync(join(dir, 'pagemap-100.img')));
   const staged = await StagedPages.create(dir, lazy.pages);
-  await assert.rejects(stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done, {
+  await assert.rejects(stageBeforeRestore(staged, { pagemaps: dir }, file, 'eager').done, {
     code: 'EBADIMAGE',
     message: /pages-1\.img is named by two page maps; the checkpoint's memory does not match/,
   });
@@ -535,7 +535,7 @@ test('page maps damaged at random: the server accepts exactly those readMemoryPl
       (e) => `${e.code}`,
     );
     const staged = await StagedPages.create(dir, lazy.pages);
-    const there = await stageBeforeRestore(staged, { pagemaps: dir }, file, 'all').done.then(
+    const there = await stageBeforeRestore(staged, { pagemaps: dir }, file, 'eager').done.then(
       () => 'accepted',
       (e) => `${e.code}: ${e.message}`,
     );
