@@ -274,7 +274,8 @@ for (const net of ['', '--private-net']) {
         }
       }
       if (stopped) {
-        const killed = killCriuIfSpared(criu, pid);
+        // Stopped after its unlock, CRIU has removed the table and may have answered already.
+        const killed = killCriuIfSpared(criu, pid, () => criuTables(netns).has(table));
         // nsenter stops itself again when it sees its child stopped before it sees it end.
         for (const end = Date.now() + 2000; Date.now() < end; await sleep(50))
           if (/^[Tt]/.test(procState(nsenter))) signalQuietly(nsenter, 'SIGCONT');

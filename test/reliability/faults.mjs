@@ -6,6 +6,7 @@ import { closeSync, openSync, readFileSync, readSync, readdirSync, readlinkSync 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import { verifyImage } from '../../dist/image/format.js';
+import { signalQuietly } from '../../dist/common/procfs.js';
 import { manifestProblem } from '../../dist/engine/manifest.js';
 import { fixture, root, spawnSync, start, waitFor } from '../helpers.mjs';
 import { join } from 'node:path';
@@ -71,11 +72,8 @@ export function procs() {
 
 /** Whether `pid` exists and has not ended (a zombie has). */
 export function running(pid) {
-  try {
-    return !/^[ZX]/.test(/State:\s+(\S)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
-  } catch {
-    return false;
-  }
+  const state = stateOf(pid);
+  return state !== '' && state !== 'Z' && state !== 'X';
 }
 
 export function tracerOf(pid) {
@@ -198,16 +196,34 @@ export function stepCriuToTrap(criu, pid, going) {
 
 /**
  * Sends SIGKILL to `criu` (stopped by the caller) if that spares the program (criuHold says
- * 'free', given up to a second to settle), and returns true; otherwise lets it go on and returns
- * false.
+ * 'free', given up to a second to settle) and `still()` holds once CRIU is stopped, and returns
+ * true; otherwise lets it go on and returns false.
+ *
+ * A SIGSTOP sent to a CRIU that has just ended succeeds on its zombie: without the stop seen in
+ * /proc, a round CRIU won (the dump written, its table removed) passed for one it lost.
  */
-export function killCriuIfSpared(criu, pid) {
+export function killCriuIfSpared(criu, pid, still = () => true) {
   const deadline = Date.now() + 1000;
+  let state;
+  while ((state = stateOf(criu.pid)) !== 'T' && state !== 't' && Date.now() < deadline) pause(2);
+  if (state !== 'T' && state !== 't') {
+    signalQuietly(criu.pid, 'SIGCONT');
+    return false;
+  }
   let hold;
   while ((hold = criuHold(pid)) === 'unsure' && Date.now() < deadline) pause(10);
-  const spared = hold === 'free';
+  const spared = hold === 'free' && still();
   process.kill(criu.pid, spared ? 'SIGKILL' : 'SIGCONT');
   return spared;
+}
+
+/** The one-letter state of `pid` in /proc ('T' stopped, 'Z' a zombie), or '' when it is gone. */
+export function stateOf(pid) {
+  try {
+    return /State:\s+(\S)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1];
+  } catch {
+    return '';
+  }
 }
 
 /** One process as procs() lists it, or undefined when it is gone. */
