@@ -52,6 +52,12 @@ const targets = [
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
   {
+    name: 'checkpt-spawn.node',
+    src: 'checkpt-spawn.c',
+    // Each child's watcher thread.
+    flags: ['-shared', '-fPIC', '-fvisibility=hidden', '-pthread'],
+  },
+  {
     name: 'checkpt-rand.node',
     src: 'checkpt-rand.c',
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, release } from 'node:os';
@@ -21,6 +20,7 @@ import {
   type ManifestBase,
 } from '../engine/job.js';
 import { withoutAdoption } from './subreaper.js';
+import { spawnWait } from '../engine/spawn.js';
 import { requireHelper } from '../engine/native.js';
 import { runDir } from '../engine/paths.js';
 import { GRANT_ADVICE, grantedCriu, grantedCriuPath, grantState } from '../engine/grant.js';
@@ -284,7 +284,7 @@ function begin(
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
     // would dump it along with us. One process start, before anything is frozen.
     const r = withoutAdoption(() =>
-      spawnSync(front.file, front.args, { stdio: ['ignore', log, log], env: front.env }),
+      spawnWait(front.file, front.args, { stdio: ['ignore', log, log], env: front.env }),
     );
     closeSync(log);
     if (r.error || r.status !== 0)

@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
@@ -14,6 +14,7 @@ import { helperPath } from './native.js';
 import { prepareKdatDir } from './kdat.js';
 import { criuPath, criuSource, ownCriuHome, type CriuSource } from './paths.js';
 import { grantedCriu, grantedCriuPath } from './grant.js';
+import { spawnFast } from './spawn.js';
 
 export const MIN_CRIU_MAJOR = 4;
 /** 4.2: earlier CRIUs cannot dump any TCP or UDP socket on Linux 6.16 and newer (CRIU issues 2705, 2718). */
@@ -307,7 +308,7 @@ export interface StartOptions {
 export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
   const capture = !opts.statusFd;
   const fd4 = opts.pageSocket ? ['pipe' as const] : [];
-  const child = spawn(cmd.file, cmd.args, {
+  const child = spawnFast(cmd.file, cmd.args, {
     stdio: capture
       ? ['ignore', 'pipe', 'pipe', ...(opts.pageSocket ? ['ignore' as const] : []), ...fd4]
       : ['ignore', 'ignore', 'ignore', 'pipe', ...fd4],

@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { childrenOf } from '../common/procfs.js';
 import { rootless } from '../common/privilege.js';
@@ -11,6 +10,7 @@ import { POST_DUMP_SOCK } from './post-dump.js';
 import { helperPath } from './native.js';
 import { dumpWorkerPath } from './paths.js';
 import { externalSockets } from './stdio.js';
+import { spawnFast, type Child } from './spawn.js';
 
 /** What the native helper reports on its status pipe (see native/checkpt-helper.c). */
 export type HelperStatus =
@@ -44,7 +44,7 @@ export interface HelperOptions {
 
 /** One running helper: its status lines in order, and checkpoint keys as they are pressed. */
 export interface Helper {
-  child: ChildProcess;
+  child: Child;
   next(): Promise<HelperStatus>;
   /** Called with the terminal's foreground process group each time the checkpoint key is pressed. */
   onKey(listener: (pgrp: number) => void): void;
@@ -131,7 +131,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
     ...args,
   ];
   trace('helper');
-  const child = spawn(helperPath(), full, {
+  const child = spawnFast(helperPath(), full, {
     stdio: [
       opts.detach ? 'ignore' : 'inherit',
       'inherit',
@@ -145,7 +145,7 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
   return statusOf(child);
 }
 
-function statusOf(child: ChildProcess): Helper {
+function statusOf(child: Child): Helper {
   const stream = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
   const queue: HelperStatus[] = [];
   const waiters: Array<(s: HelperStatus) => void> = [];

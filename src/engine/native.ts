@@ -21,6 +21,7 @@ export const NATIVE_PARTS = [
   'checkpt-rand.node',
   'checkpt-subreaper.node',
   'checkpt-net.node',
+  'checkpt-spawn.node',
 ] as const;
 export type NativePart = (typeof NATIVE_PARTS)[number];
 
@@ -30,6 +31,7 @@ const WHAT: Record<NativePart, string> = {
   'checkpt-rand.node': "checkpt's random-state refresh addon",
   'checkpt-subreaper.node': "checkpt's orphan-adoption addon",
   'checkpt-net.node': "checkpt's socket-listing addon",
+  'checkpt-spawn.node': "checkpt's process-starting addon",
 };
 
 /** What `checkpt-helper --version` answers; another answer is a helper of another checkpt (bumped with its command line: 3 has --netns, --host and publish). */
@@ -240,7 +242,7 @@ export function nativePath(part: NativePart, quick = false): string {
 
 /** The exports of a working addon; throws EHELPER saying why there is none and what to do. */
 export function nativeAddon<T>(
-  part: 'checkpt-rand.node' | 'checkpt-subreaper.node' | 'checkpt-net.node',
+  part: 'checkpt-rand.node' | 'checkpt-subreaper.node' | 'checkpt-net.node' | 'checkpt-spawn.node',
 ): T {
   const l = native(part);
   if (l.found === undefined) throw new CheckptError('EHELPER', unusableMessage(l));

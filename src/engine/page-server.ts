@@ -19,13 +19,13 @@
  * thread read, hashed against the file's table and staged, urgent ones first, the rest in order.
  */
 
-import { spawn, type StdioOptions } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { STAGED_MAP } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
 import { helperPath } from './native.js';
 import { badPageMap, type MemoryPlan, type Range } from './pagemap.js';
 import type { StagedPages } from './staged-pages.js';
+import { spawnFast, type StdioEntry } from './spawn.js';
 
 const PLAN_MAGIC = 0x53504b43;
 const MSG_STAGED = 1;
@@ -199,7 +199,7 @@ export function servePages(
       { path: file },
     );
   const direct = names.map((n) => pages.direct(n)).find((d) => d !== undefined);
-  const stdio: Exclude<StdioOptions, string> = [
+  const stdio: StdioEntry[] = [
     'ignore',
     'ignore',
     'pipe',
@@ -210,7 +210,7 @@ export function servePages(
   if (stdio.length !== CKPT_FD + 1) throw new Error('internal: the page server fds are misplaced');
   const args = ['serve-pages', ...(socket ? [] : ['--stage-only'])];
   if (mapsDir !== undefined) args.push('--pagemaps', mapsDir);
-  const child = spawn(helperPath(), args, {
+  const child = spawnFast(helperPath(), args, {
     stdio: [...stdio, ...names.map((n) => pages.fdOf(n))],
     ...(socket && stagedMap !== undefined
       ? { env: { ...process.env, [STAGED_MAP.name]: stagedMap } }

@@ -15,6 +15,7 @@ const PARTS = [
   'checkpt-rand.node',
   'checkpt-subreaper.node',
   'checkpt-net.node',
+  'checkpt-spawn.node',
 ];
 
 const work = tempDir('checkpt-pack-');
