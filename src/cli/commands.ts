@@ -17,7 +17,7 @@ const EXIT_FAILED = 125;
 /** The commands main.ts does not answer itself. */
 export type RunnableCommand = Exclude<Command, { cmd: 'help' | 'version' }>;
 
-async function run(c: RunnableCommand): Promise<number> {
+async function run(c: RunnableCommand, started: () => void): Promise<number> {
   switch (c.cmd) {
     case 'inspect': {
       if (!isOciRef(c.file)) return inspect(c);
@@ -67,7 +67,7 @@ async function run(c: RunnableCommand): Promise<number> {
       const { grantedCriu } = await import('../engine/grant.js');
       if (privilegeMode() === 'rootless' && grantedCriu() === undefined) {
         const { parseArgs } = await import('./args.js');
-        return run(parseArgs(['run', '--', c.command, ...c.args]) as RunnableCommand);
+        return run(parseArgs(['run', '--', c.command, ...c.args]) as RunnableCommand, started);
       }
       const { execCheckpointable } = await import('../launcher/exec.js');
       const { exitLike } = await import('../launcher/signals.js');
@@ -220,6 +220,7 @@ async function run(c: RunnableCommand): Promise<number> {
       const r = isOciRef(c.file)
         ? await (await registry()).resumeFromRegistry(c.file, options)
         : await (await import('../engine/restore.js')).resume(c.file, options);
+      started();
       if (c.detach) {
         // The copy runs on its own: a stopping signal meant for it now stops only us, as before.
         for (const s of r.takeSignals()) process.kill(process.pid, s);
@@ -298,13 +299,19 @@ async function inspect(c: Extract<Command, { cmd: 'inspect' }>, shown = c.file):
   return 0;
 }
 
-/** Runs the command and sets the exit status; a CheckptError is reported and exits 125. */
-export async function runCommand(command: RunnableCommand): Promise<void> {
+/**
+ * Runs the command and sets the exit status; a CheckptError is reported and exits 125. `started`
+ * is called once a command that goes on running (a resume's supervision) has done its start.
+ */
+export async function runCommand(
+  command: RunnableCommand,
+  started: () => void = () => undefined,
+): Promise<void> {
   trace('main');
   try {
     // A bad CHECKPT_* variable stops the command before it does anything.
     checkConfig(PUBLIC_VARIABLES);
-    process.exitCode = await run(command);
+    process.exitCode = await run(command, started);
   } catch (e) {
     if (e instanceof CheckptError) {
       process.stderr.write(`checkpt: ${e.message}\n`);
