@@ -50,4 +50,16 @@ await build({
   entryPoints: [join(root, 'src', 'cli', 'commands.ts')],
   outfile: join(outdir, 'commands.cjs'),
 });
+// The dump front's packing worker (src/engine/paths.ts, dumpWorkerPath): the same two parts, the
+// entry loading the worker's code with its code cache.
+await build({
+  ...common,
+  entryPoints: [join(root, 'src', 'engine', 'dump-worker.ts')],
+  outfile: join(outdir, 'dump-worker-code.cjs'),
+});
+await build({
+  ...common,
+  entryPoints: [join(root, 'src', 'engine', 'dump-worker-start.ts')],
+  outfile: join(outdir, 'dump-worker.cjs'),
+});
 chmodSync(join(outdir, 'checkpt.cjs'), 0o755);

@@ -6,7 +6,11 @@ import { CRIU, CRIU_HOME, readAtLoad, RUN_DIR } from '../common/config.js';
 /** The package root: dist/engine/paths.js lives two levels below it. */
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-export const dumpWorkerPath = join(packageRoot, 'dist', 'engine', 'dump-worker.js');
+/** The packing worker: bundled with a code cache (dist/bin), else tsc's ES module. */
+export const dumpWorkerPath = ((): string => {
+  const bundled = join(packageRoot, 'dist', 'bin', 'dump-worker.cjs');
+  return existsSync(bundled) ? bundled : join(packageRoot, 'dist', 'engine', 'dump-worker.js');
+})();
 
 /** Where scripts/install-criu.sh puts the CRIU it builds: a directory of checkpt's own. */
 export const ownCriuHome = readAtLoad(CRIU_HOME);

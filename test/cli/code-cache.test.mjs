@@ -6,6 +6,7 @@ import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSyn
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { cli, removeDir, spawnSync, tempDir, unitTest } from '../helpers.mjs';
+import { dumpWorkerPath } from '../../dist/engine/paths.js';
 
 const dir = tempDir();
 after(() => removeDir(dir));
@@ -117,5 +118,23 @@ unitTest('the command writes its cache once, then runs from it with the same ans
   const second = inspect();
   assert.equal(second.status, 125, second.stderr);
   assert.equal(second.stderr, first.stderr);
+  assert.equal(statSync(join(where, written[0])).mtimeMs, mtime, 'taken, not made again');
+});
+
+unitTest('the packing worker is the bundle, loaded with a code cache of its own', () => {
+  const home = join(dir, 'worker-home');
+  mkdirSync(home, { mode: 0o700 });
+  const env = { ...process.env, XDG_CACHE_HOME: home };
+  const where = join(home, 'checkpt', 'compile-cache');
+  assert.match(dumpWorkerPath, /dist\/bin\/dump-worker\.cjs$/);
+  // Without a job it says how it is run, from the bundled code, each time the same.
+  const worker = () => spawnSync(process.execPath, [dumpWorkerPath], { env, encoding: 'utf8' });
+  const first = worker();
+  assert.equal(first.status, 1);
+  assert.match(first.stderr, /usage: dump-worker JOB\.json --go-fd FD[^]*dump-worker-code\.cjs/);
+  const written = readdirSync(where).filter((n) => n.startsWith('checkpt-commands-dump-worker-'));
+  assert.equal(written.length, 1, `${readdirSync(where)}`);
+  const mtime = statSync(join(where, written[0])).mtimeMs;
+  assert.equal(worker().stderr.split('\n')[0], first.stderr.split('\n')[0]);
   assert.equal(statSync(join(where, written[0])).mtimeMs, mtime, 'taken, not made again');
 });

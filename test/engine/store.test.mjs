@@ -150,7 +150,7 @@ function workerOf(pid) {
     if (!/^[0-9]+$/.test(d)) continue;
     try {
       const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-      const at = argv.findIndex((a) => a.endsWith('dump-worker.js'));
+      const at = argv.findIndex((a) => /dump-worker\.c?js$/.test(a));
       if (at < 0) continue;
       const job = JSON.parse(readFileSync(argv[at + 1], 'utf8')).pid;
       // Under `checkpt exec` (Node 22 and later) the program is below the process started.

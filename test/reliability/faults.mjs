@@ -265,7 +265,7 @@ export const roles = {
     const parent = procOf(parentOf(x.pid));
     return parent !== undefined && isFront(pid, staging)(parent);
   },
-  worker: (staging) => (x) => x.cmd[1]?.endsWith('/dump-worker.js') && inStaging(x, staging),
+  worker: (staging) => (x) => /\/dump-worker\.c?js$/.test(x.cmd[1] ?? '') && inStaging(x, staging),
 };
 
 /** /proc/PID/syscall: the number of the system call it sits in, and its arguments; '' when gone. */

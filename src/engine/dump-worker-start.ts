@@ -1,0 +1,15 @@
+/**
+ * What the dump front runs (dist/bin/dump-worker.cjs, bundled): the packing worker's code, one
+ * bundled file, loaded with a code cache made after a worker ran (src/cli/code-cache.ts). The
+ * worker starts loading while CRIU dumps the program, and for a small program its load was the
+ * longer of the two: ES modules and lazily compiled functions, ~70 ms over `node -e 0`.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { loadWithCodeCache } from '../cli/code-cache.js';
+
+const code = fileURLToPath(new URL('./dump-worker-code.cjs', import.meta.url));
+const cached = existsSync(code) ? loadWithCodeCache(code, 'dump-worker') : undefined;
+if (cached) process.once('exit', cached.save);
+else createRequire(import.meta.url)(code);
