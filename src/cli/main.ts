@@ -5,7 +5,7 @@
 import { parseArgs, UsageError, type Command } from './args.js';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { Cached } from './code-cache.js';
+import type { Cached } from '../common/code-cache.js';
 import { enableCompileCache } from './compile-cache.js';
 import { HELP, version } from './help.js';
 
@@ -41,7 +41,7 @@ async function loadCommands(
   const bundled = fileURLToPath(new URL('./commands.cjs', import.meta.url));
   if (!existsSync(bundled)) return undefined;
   // Loaded here: --version and --help need none of it (node:crypto, node:vm).
-  const { loadWithCodeCache } = await import('./code-cache.js');
+  const { loadWithCodeCache } = await import('../common/code-cache.js');
   const cached = loadWithCodeCache<typeof import('./commands.js')>(bundled, kind);
   // At the end of a command that was not told it started.
   if (cached) process.once('exit', cached.save);

@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { loadWithCodeCache } from '../cli/code-cache.js';
+import { loadWithCodeCache } from '../common/code-cache.js';
 
 const code = fileURLToPath(new URL('./dump-worker-code.cjs', import.meta.url));
 const cached = existsSync(code) ? loadWithCodeCache(code, 'dump-worker') : undefined;

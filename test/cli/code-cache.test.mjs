@@ -13,7 +13,7 @@ after(() => removeDir(dir));
 process.env.XDG_CACHE_HOME = join(dir, 'home');
 mkdirSync(process.env.XDG_CACHE_HOME, { mode: 0o700 });
 const cacheDir = join(process.env.XDG_CACHE_HOME, 'checkpt', 'compile-cache');
-const codeCache = new URL('../../dist/cli/code-cache.js', import.meta.url).href;
+const codeCache = new URL('../../dist/common/code-cache.js', import.meta.url).href;
 const { loadWithCodeCache } = await import(codeCache);
 
 const caches = (kind) =>

@@ -3,7 +3,7 @@ import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSyn
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Script } from 'node:vm';
-import { privateCacheDir } from './compile-cache.js';
+import { privateCacheDir } from './cache-dir.js';
 
 /** A module loaded with V8's code cache for it, which `save` writes once the command has run. */
 export interface Cached<T> {
