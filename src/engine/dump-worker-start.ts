@@ -11,5 +11,6 @@ import { loadWithCodeCache } from '../common/code-cache.js';
 
 const code = fileURLToPath(new URL('./dump-worker-code.cjs', import.meta.url));
 const cached = existsSync(code) ? loadWithCodeCache(code, 'dump-worker') : undefined;
-if (cached) process.once('exit', cached.save);
+// Only after a worker that did its job: one that failed at once compiled little of the packing.
+if (cached) process.once('exit', (code) => code === 0 && cached.save());
 else createRequire(import.meta.url)(code);

@@ -2,14 +2,37 @@
 // very file it was made from, refused when damaged, never outside the private cache directory;
 // and the real command writes it once and then runs from it.
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
-import { cli, removeDir, spawnSync, tempDir, unitTest } from '../helpers.mjs';
+import {
+  cli,
+  cleanup,
+  fixture,
+  removeDir,
+  spawnSync,
+  start,
+  tempDir,
+  test,
+  unitTest,
+  waitFor,
+  within,
+} from '../helpers.mjs';
 import { dumpWorkerPath } from '../../dist/engine/paths.js';
 
 const dir = tempDir();
-after(() => removeDir(dir));
+after(async () => {
+  await cleanup();
+  removeDir(dir);
+});
 process.env.XDG_CACHE_HOME = join(dir, 'home');
 mkdirSync(process.env.XDG_CACHE_HOME, { mode: 0o700 });
 const cacheDir = join(process.env.XDG_CACHE_HOME, 'checkpt', 'compile-cache');
@@ -121,20 +144,45 @@ unitTest('the command writes its cache once, then runs from it with the same ans
   assert.equal(statSync(join(where, written[0])).mtimeMs, mtime, 'taken, not made again');
 });
 
-unitTest('the packing worker is the bundle, loaded with a code cache of its own', () => {
+unitTest('the packing worker is the bundle; one that failed at once leaves no code cache', () => {
   const home = join(dir, 'worker-home');
   mkdirSync(home, { mode: 0o700 });
   const env = { ...process.env, XDG_CACHE_HOME: home };
   const where = join(home, 'checkpt', 'compile-cache');
   assert.match(dumpWorkerPath, /dist\/bin\/dump-worker\.cjs$/);
-  // Without a job it says how it is run, from the bundled code, each time the same.
-  const worker = () => spawnSync(process.execPath, [dumpWorkerPath], { env, encoding: 'utf8' });
-  const first = worker();
-  assert.equal(first.status, 1);
-  assert.match(first.stderr, /usage: dump-worker JOB\.json --go-fd FD[^]*dump-worker-code\.cjs/);
-  const written = readdirSync(where).filter((n) => n.startsWith('checkpt-commands-dump-worker-'));
-  assert.equal(written.length, 1, `${readdirSync(where)}`);
-  const mtime = statSync(join(where, written[0])).mtimeMs;
-  assert.equal(worker().stderr.split('\n')[0], first.stderr.split('\n')[0]);
-  assert.equal(statSync(join(where, written[0])).mtimeMs, mtime, 'taken, not made again');
+  // Without a job it says how it is run, from the bundled code.
+  const r = spawnSync(process.execPath, [dumpWorkerPath], { env, encoding: 'utf8' });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /usage: dump-worker JOB\.json --go-fd FD[^]*dump-worker-code\.cjs/);
+  assert.deepEqual(
+    readdirSync(where).filter((n) => n.includes('dump-worker')),
+    [],
+  );
+});
+
+test("a program's checkpoints: the first worker writes its code cache, the later ones take it", async () => {
+  const home = join(dir, 'program-home');
+  mkdirSync(home, { mode: 0o700 });
+  const where = join(home, 'checkpt', 'compile-cache');
+  const workerCaches = () =>
+    readdirSync(where).filter((n) => n.startsWith('checkpt-commands-dump-worker-'));
+  // A program that checkpoints itself twice, then ends.
+  const twice = async (tag) => {
+    const files = [join(dir, `${tag}-1.ckpt`), join(dir, `${tag}-2.ckpt`)];
+    const p = start(process.execPath, [fixture('twice.mjs'), ...files], {
+      env: { ...process.env, XDG_CACHE_HOME: home },
+    });
+    await waitFor(p, (e) => e.event === 'done', `${tag}: both checkpoints`);
+    assert.deepEqual(await within(p.closed, `${tag}: the program to end`), {
+      code: 0,
+      signal: null,
+    });
+    for (const f of files) rmSync(f);
+  };
+  await twice('first');
+  assert.equal(workerCaches().length, 1, `${readdirSync(where)}`);
+  const mtime = statSync(join(where, workerCaches()[0])).mtimeMs;
+  await twice('again');
+  assert.equal(workerCaches().length, 1);
+  assert.equal(statSync(join(where, workerCaches()[0])).mtimeMs, mtime, 'taken, not made again');
 });
