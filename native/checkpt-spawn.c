@@ -163,6 +163,17 @@ out:
   return int32(env, result);
 }
 
+/* The call's one argument, a pid; -EINVAL when it is not one. */
+static int32_t pid_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  int32_t pid = 0;
+  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 1 ||
+      napi_get_value_int32(env, a[0], &pid) != 0 || pid <= 0)
+    return -EINVAL;
+  return pid;
+}
+
 struct watch {
   pid_t pid;
   int fd;
@@ -181,12 +192,8 @@ static void *watcher(void *p) {
 
 /* watch(pid): the read end of a pipe that reaches its end when the child has ended; or -errno. */
 static napi_value watch_(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value a[1];
-  int32_t pid = 0;
-  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 1 ||
-      napi_get_value_int32(env, a[0], &pid) != 0 || pid <= 0)
-    return int32(env, -EINVAL);
+  int32_t pid = pid_arg(env, info);
+  if (pid < 0) return int32(env, pid);
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) < 0) return int32(env, -errno);
   struct watch *w = malloc(sizeof *w);
@@ -220,12 +227,8 @@ static napi_value watch_(napi_env env, napi_callback_info info) {
 
 /* reap(pid): the wait status of a child that has ended (watch's pipe at its end), or -errno. */
 static napi_value reap_(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value a[1];
-  int32_t pid = 0;
-  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 1 ||
-      napi_get_value_int32(env, a[0], &pid) != 0 || pid <= 0)
-    return int32(env, -EINVAL);
+  int32_t pid = pid_arg(env, info);
+  if (pid < 0) return int32(env, pid);
   int status = 0;
   pid_t r;
   do r = waitpid(pid, &status, 0); while (r < 0 && errno == EINTR);
