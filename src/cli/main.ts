@@ -33,7 +33,7 @@ async function main(): Promise<void> {
 
 /**
  * The bundle's commands file (dist/bin/commands.cjs) with a code cache made after the command ran
- * (src/cli/code-cache.ts); undefined outside the bundle, or with no private cache directory.
+ * (src/common/code-cache.ts); undefined outside the bundle, or with no private cache directory.
  */
 async function loadCommands(
   kind: string,

@@ -1,6 +1,6 @@
 /**
  * What the dump front runs (dist/bin/dump-worker.cjs, bundled): the packing worker's code, one
- * bundled file, loaded with a code cache made after a worker ran (src/cli/code-cache.ts). The
+ * bundled file, loaded with a code cache made after a worker ran (src/common/code-cache.ts). The
  * worker starts loading while CRIU dumps the program, and for a small program its load was the
  * longer of the two: ES modules and lazily compiled functions, ~70 ms over `node -e 0`.
  */
