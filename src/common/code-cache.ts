@@ -34,7 +34,8 @@ export function loadWithCodeCache<T>(path: string, kind: string): Cached<T> | un
     .update(source)
     .digest('hex')
     .slice(0, 32);
-  const file = join(dir, `${PREFIX}${kind}-${key}.v8`);
+  const name = `${PREFIX}${kind}-${key}.v8`;
+  const file = join(dir, name);
   let cachedData: Buffer | undefined;
   try {
     cachedData = readFileSync(file);
@@ -63,7 +64,7 @@ export function loadWithCodeCache<T>(path: string, kind: string): Cached<T> | un
         renameSync(tmp, file);
         // The caches of older files, or of another Node, for this command.
         for (const n of readdirSync(dir))
-          if (n.startsWith(`${PREFIX}${kind}-`) && n !== `${PREFIX}${kind}-${key}.v8`)
+          if (n.startsWith(`${PREFIX}${kind}-`) && n !== name)
             rmSync(join(dir, n), { force: true });
       } catch {
         // A cache not written costs the next run time, nothing else.

@@ -4,11 +4,12 @@ import {
   type ChildProcess,
 } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { accessSync, closeSync, constants as fsc, readFileSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsc } from 'node:fs';
 import { Socket } from 'node:net';
 import { constants as os } from 'node:os';
 import { delimiter, join } from 'node:path';
 import type { Duplex, Readable, Writable } from 'node:stream';
+import { procStatus } from '../common/procfs.js';
 import { native } from './native.js';
 
 /** What checkpt uses of a started process: a ChildProcess, or a FastChild made with vfork. */
@@ -91,10 +92,8 @@ export function spawnWait(file: string, args: string[], opts: SpawnOptions): Wai
   }
   const env = opts.env ?? process.env;
   const fds = opts.stdio.map((s, i) => {
-    if (s === 'ignore') return -1;
-    if (s === 'inherit') return i;
-    if (typeof s === 'number') return s;
-    throw new Error('internal: spawnWait takes fds only');
+    if (s === 'pipe') throw new Error('internal: spawnWait captures nothing (no pipes)');
+    return givenFd(s, i);
   });
   const pid = a.spawn(resolveFile(file, env), [file, ...args], envList(env), fds, false);
   if (pid < 0)
@@ -103,6 +102,14 @@ export function spawnWait(file: string, args: string[], opts: SpawnOptions): Wai
   if (status < 0)
     return { status: null, signal: null, error: errnoError(-status, 'waitpid', file, args) };
   return decode(status);
+}
+
+/** The parent's fd that child fd `i` gets ('ignore': -1); a pipe is made by the caller. */
+function givenFd(s: Exclude<StdioEntry, 'pipe'>, i: number): number {
+  if (s === 'ignore') return -1;
+  if (s === 'inherit') return i;
+  if (typeof s === 'number') return s;
+  return fdOfStream(s);
 }
 
 function decode(status: number): { status: number | null; signal: NodeJS.Signals | null } {
@@ -165,17 +172,15 @@ class FastChild extends EventEmitter implements Child {
     const theirs: number[] = [];
     try {
       opts.stdio.forEach((s, i) => {
-        if (s === 'ignore') fds.push(-1);
-        else if (s === 'inherit') fds.push(i);
-        else if (typeof s === 'number') fds.push(s);
-        else if (s === 'pipe') {
+        if (s === 'pipe') {
           const pair = a.socketpair();
           if (typeof pair === 'number') throw errnoError(-pair, 'socketpair', file, args);
           this.stdio[i] = new Socket({ fd: pair[0], readable: true, writable: true });
           fds.push(pair[1]);
           theirs.push(pair[1]);
           return;
-        } else fds.push(fdOfStream(s));
+        }
+        fds.push(givenFd(s, i));
         this.stdio[i] = null;
       });
       const r = a.spawn(
@@ -259,12 +264,8 @@ class FastChild extends EventEmitter implements Child {
 
 /** Whether `pid` has ended (a zombie, or gone). */
 function endedIn(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
-  } catch {
-    return true;
-  }
+  const state = procStatus(pid)?.State;
+  return state === undefined || state.startsWith('Z');
 }
 
 /** An error shaped like child_process's own (code, errno, syscall, path, spawnargs). */

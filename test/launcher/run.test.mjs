@@ -32,6 +32,7 @@ import {
   procs,
   runIdOf,
   running,
+  stateOf,
   tablesLeft,
 } from '../reliability/faults.mjs';
 
@@ -60,13 +61,7 @@ function verify(file) {
   return JSON.parse(r.stdout);
 }
 
-const procState = (pid) => {
-  try {
-    return /State:\s+(\S+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1];
-  } catch {
-    return 'gone';
-  }
-};
+const procState = (pid) => stateOf(pid) || 'gone';
 
 const written = (child) => (child.stderrText.match(/checkpoint written to/g) ?? []).length;
 

@@ -6,7 +6,7 @@ import { closeSync, openSync, readFileSync, readSync, readdirSync, readlinkSync 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import { verifyImage } from '../../dist/image/format.js';
-import { signalQuietly } from '../../dist/common/procfs.js';
+import { procStatus, signalQuietly } from '../../dist/common/procfs.js';
 import { manifestProblem } from '../../dist/engine/manifest.js';
 import { fixture, root, spawnSync, start, waitFor } from '../helpers.mjs';
 import { join } from 'node:path';
@@ -204,9 +204,9 @@ export function stepCriuToTrap(criu, pid, going) {
  */
 export function killCriuIfSpared(criu, pid, still = () => true) {
   const deadline = Date.now() + 1000;
-  let state;
-  while ((state = stateOf(criu.pid)) !== 'T' && state !== 't' && Date.now() < deadline) pause(2);
-  if (state !== 'T' && state !== 't') {
+  const stopped = () => /^[Tt]$/.test(stateOf(criu.pid));
+  while (!stopped() && Date.now() < deadline) pause(2);
+  if (!stopped()) {
     signalQuietly(criu.pid, 'SIGCONT');
     return false;
   }
@@ -219,11 +219,7 @@ export function killCriuIfSpared(criu, pid, still = () => true) {
 
 /** The one-letter state of `pid` in /proc ('T' stopped, 'Z' a zombie), or '' when it is gone. */
 export function stateOf(pid) {
-  try {
-    return /State:\s+(\S)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1];
-  } catch {
-    return '';
-  }
+  return procStatus(pid)?.State?.[0] ?? '';
 }
 
 /** One process as procs() lists it, or undefined when it is gone. */
