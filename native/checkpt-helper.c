@@ -908,7 +908,7 @@ static int wait_readable(int fd, int criu_pidfd, long until) {
  * The packing worker may still be starting: connecting is retried for connect_ms. -1: `until`
  * passed, or CRIU exited (criu_pidfd), first.
  */
-static int post_dump_verdict(const char *path, long connect_ms, long until, int criu_pidfd) {
+static int script_verdict(const char *path, const char *greeting, long connect_ms, long until, int criu_pidfd) {
   struct sockaddr_un a = { .sun_family = AF_UNIX };
   if (strlen(path) >= sizeof a.sun_path) { fprintf(stderr, "checkpt hook: socket path too long (CHECKPT_TMPDIR under 90 characters?)\n"); return 0; }
   strcpy(a.sun_path, path);
@@ -927,7 +927,8 @@ static int post_dump_verdict(const char *path, long connect_ms, long until, int 
     if (now_ms() >= until) return -1;
     nap_us(2000);
   }
-  if (send(s, "dumped\n", 7, MSG_NOSIGNAL) != 7) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); close(s); return 0; }
+  size_t glen = strlen(greeting);
+  if (send(s, greeting, glen, MSG_NOSIGNAL) != (ssize_t)glen) { fprintf(stderr, "checkpt hook: write: %s\n", strerror(errno)); close(s); return 0; }
   int w = wait_readable(s, criu_pidfd, until);
   if (w <= 0) { close(s); return -1; }
   char v = 0;
@@ -935,8 +936,31 @@ static int post_dump_verdict(const char *path, long connect_ms, long until, int 
   do n = read(s, &v, 1); while (n < 0 && errno == EINTR);
   close(s);
   if (n == 1 && v == '1') return 1;
-  fprintf(stderr, "checkpt hook: checkpt did not keep the checkpoint; CRIU resumes the program\n");
   return 0;
+}
+
+static int post_dump_verdict(const char *path, long connect_ms, long until, int criu_pidfd) {
+  int v = script_verdict(path, "dumped\n", connect_ms, until, criu_pidfd);
+  if (v == 0) fprintf(stderr, "checkpt hook: checkpt did not keep the checkpoint; CRIU resumes the program\n");
+  return v;
+}
+
+/* checkpt listens before CRIU starts: a socket not there is checkpt gone. */
+#define HOLD_CONNECT_MS 5000
+
+/*
+ * CRIU's "post-restore" action script for a small image restored lazily (src/engine/restore.ts,
+ * CHECKPT_HOLD_SOCK): the copy is restored but none of it has run. Says "restored" and waits,
+ * without a deadline of its own, for checkpt's '1' (every block of its memory passed its check);
+ * anything else, checkpt's death included, fails the step and CRIU kills the copy before it runs.
+ */
+static int cmd_hold_script(const char *sock) {
+  bench_trace("hold");
+  int v = script_verdict(sock, "restored\n", HOLD_CONNECT_MS, LONG_MAX / 2, -1);
+  bench_trace("held");
+  if (v == 1) return 0;
+  fprintf(stderr, "checkpt hook: the copy's memory did not pass its check; CRIU kills it before it runs\n");
+  return 1;
 }
 
 /* After the deadline, while CRIU rolls back a refused checkpoint-and-exit (sockets out of repair,
@@ -1482,6 +1506,9 @@ int main(int argc, char **argv) {
   if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
     const char *sock = getenv("CHECKPT_POST_DUMP_SOCK");
     if (sock && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return cmd_post_dump_script(sock);
+    bench_trace(getenv("CRTOOLS_SCRIPT_ACTION"));
+    const char *hold = getenv("CHECKPT_HOLD_SOCK");
+    if (hold && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-restore")) return cmd_hold_script(hold);
     return 0; /* every other action: nothing to do */
   }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);

@@ -41,6 +41,10 @@
  * stages what `criu restore` reads itself (every block with --stage-only), each block answered
  * with STAGED, then EAGER_STAGED (6) once.
  *
+ * CHECK_ALL (7), serving a daemon: every block is to be checked (the checker walks them all; the
+ * blocks checkpt checks are asked for with NEED), and the server says ALL_CHECKED (8) once they
+ * are. checkpt holds a small image's copy in CRIU's post-restore step until then.
+ *
  * Exit status: 0 after the daemon's goodbye (answered, or the daemon gone after saying it), 3 when
  * the daemon hung up with nothing asked (no goodbye), 2 with one line on stderr for a request the
  * plan does not allow or a broken connection, 4 with "damaged FILE BLOCK WHY" on stderr for a
@@ -92,6 +96,8 @@
 #define MSG_STAGE 4
 #define MSG_STAGE_EAGER 5
 #define MSG_EAGER_STAGED 6
+#define MSG_CHECK_ALL 7
+#define MSG_ALL_CHECKED 8
 #define MSG_SIZE 16
 /* The plan's flags (its fourth word): this server reads the page maps itself (--pagemaps). */
 #define PLAN_PAGEMAPS 1u
@@ -136,6 +142,8 @@ struct file {
    * itself (the page maps' entries that are not lazy; all of an image no page map names). */
   uint32_t id;
   uint8_t *eager;
+  /* Not yet checked when MSG_CHECK_ALL came (main thread). */
+  uint8_t *held;
 };
 
 struct request {
@@ -164,6 +172,8 @@ static int closing;
 static uint32_t plan_flags;
 /* Blocks of MSG_STAGE_EAGER not yet in their staged images; -1 before it was asked. */
 static int64_t eager_left = -1;
+/* Blocks of MSG_CHECK_ALL not yet checked; -1 before it was asked. */
+static int64_t held_left = -1;
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void fail(const char *fmt, ...) {
@@ -618,8 +628,17 @@ static void wake_server(uint32_t fi, uint64_t b) {
   if (write(staged_fd, &one, sizeof one) < 0 && errno != EAGAIN) io_failed("waking the server failed");
 }
 
+/* Fault injection for the tests (CHECKPT_FAULT_SLOW_CHECK_MS): each block's check takes this much
+ * longer, so that what waits for checking can be seen waiting. */
+static long slow_check_ms;
+
 static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, int to_map) {
   struct file *f = &files[fi];
+  if (slow_check_ms > 0) {
+    struct timespec t = {slow_check_ms / 1000, (slow_check_ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) < 0 && errno == EINTR) {
+    }
+  }
   const struct chunk *c = &f->chunks[b];
   uint64_t want = f->size - b * f->block < f->block ? f->size - b * f->block : f->block;
   if (!to_map && c->codec == 0) {
@@ -900,6 +919,35 @@ static void report_if_staged(uint32_t fi, uint64_t b) {
   if (eager && --eager_left == 0) send_ctl(MSG_EAGER_STAGED, 0, 0);
 }
 
+/* Counts block b of fi as checked for MSG_CHECK_ALL, once it is. */
+static void release_if_checked(uint32_t fi, uint64_t b) {
+  struct file *f = &files[fi];
+  if (!f->held || !f->held[b] || __atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE) == STAGED_NO) return;
+  f->held[b] = 0;
+  if (--held_left == 0) send_ctl(MSG_ALL_CHECKED, 0, 0);
+}
+
+/* MSG_CHECK_ALL: a copy held until all of its memory is checked (a small image restored lazily:
+ * none of it may run on a damaged image). The checker walks every block anyway; this asks
+ * checkpt for those it checks itself and says MSG_ALL_CHECKED once every block passed. */
+static void check_all(void) {
+  if (held_left >= 0) fail("checkpt sent a malformed message");
+  held_left = 1;
+  for (uint32_t fi = 0; fi < nfiles; fi++) {
+    struct file *f = &files[fi];
+    if (!f->blocks) continue;
+    if (!(f->held = calloc(f->blocks, 1))) fail("out of memory for the plan");
+    for (uint64_t b = 0; b < f->blocks; b++) {
+      if (__atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE) != STAGED_NO) continue;
+      f->held[b] = 1;
+      held_left++;
+      /* The checker's walk reaches the others. */
+      if (!checked_here(f, b)) ask(fi, b);
+    }
+  }
+  if (--held_left == 0) send_ctl(MSG_ALL_CHECKED, 0, 0);
+}
+
 /* MSG_STAGE_EAGER: stages what `criu restore` reads itself (all of it without a daemon), as if
  * each block had been asked for with STAGE (each answered with STAGED, for checkpt's progress),
  * and says MSG_EAGER_STAGED once, when all are. */
@@ -937,6 +985,7 @@ static void report_staged(void) {
     done_len--;
     pthread_mutex_unlock(&lock);
     report_if_staged(fi, b);
+    release_if_checked(fi, b);
   }
 }
 
@@ -1055,6 +1104,8 @@ int cmd_serve_pages(int stage_only, const char *pagemaps) {
   int fl = stage_only ? 0 : fcntl(DAEMON_FD, F_GETFL);
   if (fl < 0 || (!stage_only && fcntl(DAEMON_FD, F_SETFL, fl & ~O_NONBLOCK) < 0))
     fail("no socket to serve (%s)", strerror(errno));
+  const char *slow = getenv("CHECKPT_FAULT_SLOW_CHECK_MS");
+  slow_check_ms = slow ? atol(slow) : 0;
   read_plan();
   if (!pagemaps != !(plan_flags & PLAN_PAGEMAPS)) fail("the plan from checkpt is malformed");
   if (pagemaps) read_pagemaps(pagemaps);
@@ -1115,11 +1166,16 @@ int cmd_serve_pages(int stage_only, const char *pagemaps) {
           stage_eager(stage_only);
           continue;
         }
+        if (type == MSG_CHECK_ALL && !stage_only) {
+          check_all();
+          continue;
+        }
         if ((type != MSG_STAGED && type != MSG_STAGE) || file >= nfiles || blk >= files[file].blocks)
           fail("checkpt sent a malformed message");
         if (type == MSG_STAGED) {
           __atomic_store_n(&files[file].staged[blk], STAGED_MAP, __ATOMIC_RELEASE);
           report_if_staged(file, blk);
+          release_if_checked(file, blk);
           continue;
         }
         /* A block this server cannot check here (no Nettle or libzstd) comes back as NEED. */

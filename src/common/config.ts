@@ -265,9 +265,9 @@ export const ZSTD = define({
 export const LAZY = define({
   name: 'CHECKPT_LAZY',
   when: 'call',
-  defaultText: 'lazy for images with 32 MiB of memory or more',
+  defaultText: 'lazy; below 32 MiB of memory the copy waits until all of it is checked',
   accepts: SWITCH,
-  does: "How `checkpt -r` loads the copy's memory. On: through CRIU's lazy-pages daemon and userfaultfd, straight from the checkpoint file, each chunk checked when first needed (the copy runs at once; pages it touches come first, the rest in the background; `checkpt -r -d` returns once all of it is in); off: all of it before the program runs. If the daemon fails before the copy has all of its memory, the copy is killed and `checkpt -r` fails.",
+  does: "How `checkpt -r` loads the copy's memory. On: through CRIU's lazy-pages daemon and userfaultfd, straight from the checkpoint file, each chunk checked when first needed (the copy runs at once; pages it touches come first, the rest in the background; `checkpt -r -d` returns once all of it is in); off: all of it before the program runs. Unset, an image with less than 32 MiB of memory is restored lazily too, but the copy is held in CRIU's post-restore step until every chunk has passed its check, so a damaged small image never runs. If the daemon fails before the copy has all of its memory, the copy is killed and `checkpt -r` fails.",
   fallback: undefined as boolean | undefined,
   parse: onOff,
 });
@@ -442,6 +442,18 @@ note(
   'How long that post-dump script tries to reach the socket before CRIU rolls back: the default dump limit. The helper has no default of its own.',
 );
 
+export const HOLD_SOCK = note(
+  'CHECKPT_HOLD_SOCK',
+  'internal',
+  "For CRIU's post-restore action script (checkpt-helper) in a resume of an image with less than 32 MiB of memory: the Unix socket in the staging directory where it waits, the copy restored but not yet run, until checkpt says that every memory chunk passed its check.",
+);
+
+export const SCRIPT_ACTIONS = note(
+  'CHECKPT_CRIU_SCRIPT_ACTIONS',
+  'internal',
+  "For CRIU: the only actions it runs checkpt's action script for (comma-separated; checkpt's CRIU build, scripts/criu-patches/script-actions-from-env.patch). Another CRIU runs it for each action, which the helper answers at once.",
+);
+
 note(
   'CHECKPT_CRIU_RUN_ID',
   'internal',
@@ -494,6 +506,12 @@ note(
 );
 note('CHECKPT_ZDTM_DIR', 'test', "Where CRIU's zdtm tests are built (test/compat).", 'a directory');
 note('CHECKPT_ZDTM_ONLY', 'test', 'Only these zdtm tests.', 'comma-separated names');
+note(
+  'CHECKPT_FAULT_SLOW_CHECK_MS',
+  'test',
+  "Fault injection: each memory block checkpt's page server checks takes this much longer, so that what waits for checking can be seen waiting.",
+  'milliseconds',
+);
 note('CHECKPT_FUZZ_SEED', 'test', 'The seed of the image fuzz tests.', 'a number');
 note(
   'CHECKPT_TEST_NODES',

@@ -5,7 +5,7 @@ import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import { CRIU_BREAKPOINTS, DEBUG, STAGED_MAP } from '../common/config.js';
+import { CRIU_BREAKPOINTS, DEBUG, SCRIPT_ACTIONS, STAGED_MAP } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { criuHolds } from './criu-hold.js';
@@ -94,6 +94,8 @@ export interface RestoreArgsRequest {
   inherit: Array<{ fd: number; key: string }>;
   /** Memory comes from CRIU's lazy-pages daemon, already listening in workDir. */
   lazy?: boolean;
+  /** The copy waits in CRIU's post-restore step for checkpt's verdict (CHECKPT_HOLD_SOCK). */
+  hold?: boolean;
   /** Restore on the host with the granted CRIU (an image made with it, src/engine/grant.ts). */
   granted?: boolean;
   /** Restore TCP connections closed: the host still uses their 4-tuples (src/engine/sockets.ts), or the
@@ -173,6 +175,7 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
   if (req.runId !== undefined) env.CHECKPT_CRIU_RUN_ID = req.runId;
   if (req.postDump) {
     env.CHECKPT_POST_DUMP_SOCK = req.postDump.sock;
+    env[SCRIPT_ACTIONS.name] = 'post-dump';
     if (req.postDump.timeoutMs !== undefined)
       env.CHECKPT_POST_DUMP_TIMEOUT_MS = String(req.postDump.timeoutMs);
   }
@@ -197,6 +200,7 @@ export function restoreCommand(req: RestoreArgsRequest): Command {
     req.tcpClose ? '--tcp-close' : '--tcp-established',
   ];
   if (req.lazy) args.push('--lazy-pages');
+  if (req.hold) args.push('--action-script', helperPath());
   for (const { fd, key } of req.inherit) args.push('--inherit-fd', `fd[${fd}]:${key}`);
   return request({
     verb: 'restore',

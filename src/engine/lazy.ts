@@ -22,20 +22,25 @@ export interface LazyPages {
 }
 
 /**
- * Below this much memory in the image, all of it is checked before the copy starts: a damaged
- * small image never starts a process. (Lazily, from 8 MiB, an idle Node server came back ~40 ms
- * sooner, but a damaged chunk is then found only once the copy runs: docs/PERFORMANCE.md.)
+ * From this much memory in the image the copy runs while its memory streams in, each chunk checked
+ * when first read. Below it the copy is held, restored, until all of its memory is checked: a
+ * damaged small image never starts a process.
  */
 export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
 
 /**
- * Whether a restore of `pageBytes` of memory loads it lazily: by default when there is at least
- * LAZY_MIN_BYTES of it; `CHECKPT_LAZY=1` always, `CHECKPT_LAZY=0` never.
+ * How a restore of `pageBytes` of memory loads it: 'lazy' (the copy runs at once), 'held' (lazily,
+ * the copy held in CRIU's post-restore step until every chunk passed its check: checking overlaps
+ * CRIU's restore, ~40 ms sooner than 'eager' for an idle Node server, docs/PERFORMANCE.md) or
+ * 'eager' (all of it checked and staged before CRIU starts). `CHECKPT_LAZY=1` is always 'lazy',
+ * `CHECKPT_LAZY=0` always 'eager'.
  */
-export function lazyWanted(pageBytes: number): boolean {
+export function loadingOf(pageBytes: number): 'lazy' | 'held' | 'eager' {
   // An ordinary user's CRIU gets no userfaultfd for another process's memory (vm.unprivileged_userfaultfd).
-  if (rootless()) return false;
-  return LAZY.get() ?? pageBytes >= LAZY_MIN_BYTES;
+  if (rootless()) return 'eager';
+  const lazy = LAZY.get();
+  if (lazy !== undefined) return lazy ? 'lazy' : 'eager';
+  return pageBytes >= LAZY_MIN_BYTES ? 'lazy' : 'held';
 }
 
 /** The lazy pages come from checkpt's page server instead of the images (src/engine/page-server.ts). */

@@ -34,6 +34,8 @@ const MSG_PLANNED = 3;
 const MSG_STAGE = 4;
 const MSG_STAGE_EAGER = 5;
 const MSG_EAGER_STAGED = 6;
+const MSG_CHECK_ALL = 7;
+const MSG_ALL_CHECKED = 8;
 const MSG_SIZE = 16;
 /** The plan's flags: the server reads the page maps itself (its --pagemaps). */
 const PLAN_PAGEMAPS = 1;
@@ -71,6 +73,11 @@ export interface PageServer {
    * daemon, every byte). Rejects as serving fails.
    */
   stage(ranges: ReadonlyMap<string, readonly Range[]> | 'eager'): Promise<void>;
+  /**
+   * Resolves once every block of every image has passed its check (the server checks them all in
+   * the background anyway; this asks it to say so). Rejects as serving fails.
+   */
+  allChecked(): Promise<void>;
   /** Stops answering and closes the connection. */
   stop(): void;
   /** Without a daemon: tells the server it is done; settles as `done`. */
@@ -267,6 +274,7 @@ export function servePages(
   // STAGE requests waiting for their STAGED, by "entry:block".
   const waiting = new Map<string, () => void>();
   let eagerStaged: (() => void) | undefined;
+  let allChecked: (() => void) | undefined;
   let pending: Buffer = Buffer.alloc(0);
   ctl.on('data', (chunk: Buffer) => {
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
@@ -275,6 +283,11 @@ export function servePages(
       if (type === MSG_EAGER_STAGED && eagerStaged) {
         eagerStaged();
         eagerStaged = undefined;
+        continue;
+      }
+      if (type === MSG_ALL_CHECKED && allChecked) {
+        allChecked();
+        allChecked = undefined;
         continue;
       }
       const entry = names[pending.readUInt32LE(4)];
@@ -352,6 +365,13 @@ export function servePages(
     send(MSG_STAGE_EAGER, 0, 0);
     return staged;
   };
+  // Or the server ends first: its failure, or the end of what it was asked.
+  const beforeEnd = async (what: Promise<unknown>, of: string): Promise<void> => {
+    const ended = done.then(() => {
+      throw new Error(`internal: the page server ended before ${of}`);
+    });
+    await Promise.race([what, ended]);
+  };
   const stage = async (ranges: ReadonlyMap<string, readonly Range[]> | 'eager'): Promise<void> => {
     const waits: Promise<void>[] = [];
     if (ranges === 'eager') waits.push(stageEager());
@@ -359,16 +379,20 @@ export function servePages(
       for (const [entry, list] of ranges)
         if (pages.direct(entry)) waits.push(...stageHere(entry, list));
         else waits.push(pages.ensureRanges(new Map([[entry, list]])));
-    // Or the server ends first: its failure, or the end of what it was asked.
-    const ended = done.then(() => {
-      throw new Error('internal: the page server ended before it staged what restore reads');
-    });
-    await Promise.race([Promise.all(waits), ended]);
+    await beforeEnd(Promise.all(waits), 'it staged what restore reads');
+  };
+
+  const checkAll = (): Promise<void> => {
+    if (!socket || allChecked) throw new Error('internal: allChecked() needs a daemon, once');
+    const checked = new Promise<void>((resolve) => (allChecked = resolve));
+    send(MSG_CHECK_ALL, 0, 0);
+    return beforeEnd(checked, 'it checked every block');
   };
 
   return {
     done,
     stage,
+    allChecked: checkAll,
     finish: () => {
       ctl.end();
       return done;

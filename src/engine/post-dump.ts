@@ -13,6 +13,48 @@ import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 
 export const POST_DUMP_SOCK = 'post-dump.sock';
+/** A small image's restore: CRIU's post-restore step waits on it (native/checkpt-helper.c). */
+export const HOLD_SOCK = 'hold.sock';
+
+/** One of CRIU's steps, run as checkpt's action script, waiting on checkpt's socket for a verdict. */
+export interface ScriptHook {
+  path: string;
+  /** Settles once the script has connected and said its step. */
+  greeted: Promise<void>;
+  /** '1' (go on) or '0' (CRIU fails the step), now or as soon as the script is there. */
+  verdict(ok: boolean): void;
+  close(): void;
+}
+
+/** Listens at `path` (in the 0700 staging directory: only root reaches it) for one script. */
+export async function listenForScript(path: string): Promise<ScriptHook> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, resolve);
+  });
+  let hook: Socket | undefined;
+  let early: boolean | undefined;
+  const greeted = new Promise<void>((resolve) => {
+    server.once('connection', (c) => {
+      c.on('error', () => undefined);
+      c.once('data', () => {
+        hook = c;
+        if (early !== undefined) c.end(early ? '1' : '0');
+        resolve();
+      });
+    });
+  });
+  return {
+    path,
+    greeted,
+    verdict: (ok) => {
+      if (hook) hook.end(ok ? '1' : '0');
+      else early ??= ok;
+    },
+    close: () => server.close(),
+  };
+}
 
 export interface PostDump {
   /** The socket's path, for CRIU's environment (CHECKPT_POST_DUMP_SOCK). */
@@ -26,26 +68,6 @@ export interface PostDump {
 
 /** Listens in the staging directory; the script retries until it is there (the worker starts late). */
 export async function listenForPostDump(workDir: string): Promise<PostDump> {
-  const path = join(workDir, POST_DUMP_SOCK);
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, resolve);
-  });
-  let hook: Socket | undefined;
-  const dumped = new Promise<void>((resolve) => {
-    server.once('connection', (c) => {
-      c.on('error', () => undefined);
-      c.once('data', () => {
-        hook = c;
-        resolve();
-      });
-    });
-  });
-  return {
-    path,
-    dumped,
-    verdict: (kept) => hook?.end(kept ? '1' : '0'),
-    close: () => server.close(),
-  };
+  const hook = await listenForScript(join(workDir, POST_DUMP_SOCK));
+  return { path: hook.path, dumped: hook.greeted, verdict: hook.verdict, close: hook.close };
 }

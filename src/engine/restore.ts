@@ -21,10 +21,12 @@ import {
   type CriuLog,
 } from './criu.js';
 import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
-import { lazyWanted, startLazyPages, type LazyPages, type Relay } from './lazy.js';
+import { loadingOf, startLazyPages, type LazyPages, type Relay } from './lazy.js';
 import { lockCheckArgs, skipLockRemoval } from './netlock.js';
 import { readMemoryPlan, type MemoryPlan, type Range } from './pagemap.js';
 import { serverMaps, stageBeforeRestore } from './page-server.js';
+import { HOLD_SOCK, listenForScript, type ScriptHook } from './post-dump.js';
+import { HOLD_SOCK as HOLD_VAR, SCRIPT_ACTIONS } from '../common/config.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { processTree, signalQuietly, untilEnded } from '../common/procfs.js';
@@ -148,6 +150,8 @@ async function restoreFrom(
   let staged: StagedPages | undefined;
   // Memory being checked and staged before CRIU's restore runs.
   let staging: { done: Promise<void>; stop(): void } | undefined;
+  // A small image's copy waits in CRIU's post-restore step for this socket's '1'.
+  let hook: ScriptHook | undefined;
   // A chunk that failed its check (or a daemon that asked for what is not there): the copy is
   // stopped at once and this is the reason the resume fails.
   let pageFailure: Error | undefined;
@@ -210,8 +214,14 @@ async function restoreFrom(
     trace('version');
     // Stopped while the image unpacked: nothing may be started now (the handler found nothing).
     if (stopped) return await STOPPING_FOREVER;
-    // Remote images have no memory here to load eagerly: the daemon is the only way in.
-    const wantLazy = remote !== undefined || lazyWanted(pageBytes);
+    // Remote images have no memory here to load eagerly: the daemon is the only way in. A copy
+    // held until its memory is checked needs the native server that reads the page maps.
+    const loading = remote ? 'lazy' : loadingOf(pageBytes);
+    // Held only for one process: lazily, CRIU's daemon fills each process's memory on its own,
+    // and pages a process tree shared copy-on-write would no longer be shared (zdtm's cow00).
+    const held =
+      loading === 'held' && pages !== undefined && serverMaps(pages) && oneProcess(imagesDir);
+    const wantLazy = loading === 'lazy' || held;
     const manifest = checkManifest(info.manifest, file);
     const refusal = resumeRefusal(manifest, file, privilegeMode(), hostUid(), grantState());
     if (refusal) throw refusal;
@@ -269,6 +279,11 @@ async function restoreFrom(
         : wantLazy
           ? plan.eager
           : staged && whole(staged.entries);
+    // Checking every block overlaps CRIU's restore; the copy runs only once it is done.
+    const holding = held && server ? listenForScript(join(workDir, HOLD_SOCK)) : undefined;
+    const checkedAll = holding && server ? server.allChecked() : undefined;
+    checkedAll?.catch(() => undefined);
+    holding?.catch(() => undefined);
     if (staged && plan && ranges)
       staging = server
         ? { done: server.stage(ranges), stop: () => undefined }
@@ -349,6 +364,36 @@ async function restoreFrom(
     let lockArgs: string[] = [];
     if (options.lockElsewhere || privateNet) skipLockRemoval(imagesDir);
     else lockArgs = lockCheckArgs(imagesDir);
+    if (holding) {
+      hook = await holding;
+      // Without a daemon every block was staged, and so checked, before the restore.
+      if (lazy && checkedAll) {
+        const answer = hook;
+        // Never a copy waiting for good: checking under 32 MiB takes well under a second.
+        const late = setTimeout(() => {
+          pageFailure ??= new CheckptError(
+            'ERESTORE',
+            `The memory of ${file} was not all checked within ${HOLD_LIMIT_MS / 1000} s, so its copy was stopped before it ran. Resume again; CHECKPT_LAZY=0 checks all of it before CRIU starts.`,
+            { path: file },
+          );
+          answer.verdict(false);
+        }, HOLD_LIMIT_MS);
+        late.unref();
+        void checkedAll.then(
+          () => {
+            clearTimeout(late);
+            answer.verdict(true);
+          },
+          () => {
+            clearTimeout(late);
+            answer.verdict(false);
+          },
+        );
+      } else {
+        hook.close();
+        hook = undefined;
+      }
+    }
     // Erased before the copy can write to the terminal.
     progress?.end();
     helper = spawnHelper(
@@ -365,6 +410,7 @@ async function restoreFrom(
             workDir,
             inherit,
             lazy: lazy !== undefined,
+            ...(hook ? { hold: true } : {}),
             tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
             ...(onHost ? { granted: true } : {}),
           }),
@@ -379,9 +425,19 @@ async function restoreFrom(
         extraFds: stdinArgs.fds,
         ...(privateNet ? { netns: true } : {}),
         ...(onHost ? { host: true } : {}),
+        ...(hook
+          ? {
+              env: {
+                ...process.env,
+                [HOLD_VAR.name]: hook.path,
+                [SCRIPT_ACTIONS.name]: 'post-restore',
+              },
+            }
+          : {}),
       },
     );
     const first = await helper.next();
+    hook?.close();
     if (pageFailure) throw pageFailure;
     trace(`status-${first.kind}`);
     if (first.kind !== 'restored') {
@@ -405,6 +461,7 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     staging?.stop();
     starting?.stop();
+    hook?.close();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     if (!handedOver) publisher?.close();
     await (staged ?? pages)?.close().catch(() => undefined);
@@ -442,6 +499,11 @@ function loadedBy(
   return loaded;
 }
 
+/** Whether the images hold the memory of one process (one task's page map). */
+function oneProcess(imagesDir: string): boolean {
+  return readdirSync(imagesDir).filter((n) => /^pagemap-\d+\.img$/.test(n)).length === 1;
+}
+
 /** Every byte of every memory image. */
 function whole(entries: ReadonlyMap<string, number>): Map<string, Range[]> {
   return new Map(
@@ -456,6 +518,9 @@ function sizeOf(file: string): number {
     return 0;
   }
 }
+
+/** How long a held copy may wait for its memory's check before the resume fails. */
+const HOLD_LIMIT_MS = 30_000;
 
 const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 const STOPPING_FOREVER = new Promise<never>(() => undefined);

@@ -216,10 +216,11 @@ describe('lazy restore of a real file with a damaged memory chunk', () => {
     removeDir(dir);
   });
 
-  test('checkpt -r fails with EBADIMAGE (exit 125) naming the file and chunk, nothing left', async (t) => {
-    // Format 1 files are checked whole before anything runs (test/reliability covers them).
-    if (format < 2)
-      return t.skip(`needs a file whose memory is checked per chunk (format ${format})`);
+  let damaged = false;
+  /** Flips one byte the copy reads only lazily, once. */
+  const damage = async () => {
+    if (damaged) return;
+    damaged = true;
     const x = join(dir, 'x');
     mkdirSync(x);
     await extractImage(file, x);
@@ -261,16 +262,54 @@ describe('lazy restore of a real file with a damaged memory chunk', () => {
     const fd = openSync(file, 'r+');
     writeSync(fd, Buffer.from([bytes[at] ^ 0x5a]), 0, 1, at);
     closeSync(fd);
-    const staging = join(dir, 'staging');
+  };
+  const resumeDamaged = async (name, env) => {
+    await damage();
+    const staging = join(dir, name);
     mkdirSync(staging);
-    const r = resume(file, {
-      env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_LAZY: '1' },
-    });
+    const r = resume(file, { env: { ...process.env, CHECKPT_TMPDIR: staging, ...env } });
     const end = await r.closed;
     assert.equal(end.code, 125, r.stderrText);
     assert.ok(r.stderrText.includes(file), r.stderrText);
     assert.match(r.stderrText, /chunk/);
     assert.match(r.stderrText, /EBADIMAGE|damaged/);
     await noneLeft(file, staging);
+    return r;
+  };
+
+  test('checkpt -r fails with EBADIMAGE (exit 125) naming the file and chunk, nothing left', async (t) => {
+    // Format 1 files are checked whole before anything runs (test/reliability covers them).
+    if (format < 2)
+      return t.skip(`needs a file whose memory is checked per chunk (format ${format})`);
+    await resumeDamaged('lazy', { CHECKPT_LAZY: '1' });
   });
+
+  // Each block's check slowed down (fault injection): the damaged one is found long after CRIU
+  // could have let the copy run. Lazily the copy runs first (CRIU's restore ends, the copy is
+  // handed over); held, CRIU's post-restore step fails and kills the copy before it runs.
+  for (const [name, env, ran] of [
+    [
+      'CHECKPT_LAZY=1: the copy runs before the damage is found, then is stopped',
+      { CHECKPT_LAZY: '1' },
+      true,
+    ],
+    [
+      'a small image restored lazily by default is held until all of it passed: the copy never runs',
+      {},
+      false,
+    ],
+  ])
+    test(name, async (t) => {
+      if (format < 2)
+        return t.skip(`needs a file whose memory is checked per chunk (format ${format})`);
+      const trace = join(dir, `${ran ? 'ran' : 'held'}.trace`);
+      await resumeDamaged(ran ? 'ran' : 'held', {
+        CHECKPT_BENCH_TRACE: trace,
+        CHECKPT_FAULT_SLOW_CHECK_MS: '40',
+        ...env,
+      });
+      const steps = readFileSync(trace, 'utf8');
+      assert.match(steps, /^lazy-pages /m, 'restored lazily');
+      assert.equal(/^status-restored /m.test(steps), ran, steps);
+    });
 });
