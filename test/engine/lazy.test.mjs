@@ -206,31 +206,35 @@ describe('lazy restore', () => {
     assert.equal((await two.closed).code, 0, two.stderrText);
   });
 
-  test('SIGTERM at any moment of a lazy restore leaves no daemon and no unpacked images', async () => {
-    const staging = join(dir, 'stopped');
-    mkdirSync(staging);
-    for (const delay of [0, 30, 80, 150, 300, 600]) {
-      const r = resume(file, {
-        env: { ...process.env, CHECKPT_TMPDIR: staging, CHECKPT_LAZY: '1' },
-      });
-      const by = Date.now() + 30_000;
-      while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
-        assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
-        await sleep(5);
+  for (const [how, env] of [
+    ['a lazy restore', { CHECKPT_LAZY: '1' }],
+    ['a held one (its checking slowed down)', { CHECKPT_FAULT_SLOW_CHECK_MS: '20' }],
+  ])
+    test(`SIGTERM at any moment of ${how} leaves no daemon and no unpacked images`, async () => {
+      const staging = join(dir, `stopped-${Object.keys(env)[0]}`);
+      mkdirSync(staging);
+      for (const delay of [0, 30, 80, 150, 300, 600]) {
+        const r = resume(file, {
+          env: { ...process.env, CHECKPT_TMPDIR: staging, ...env },
+        });
+        const by = Date.now() + 30_000;
+        while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
+          assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
+          await sleep(5);
+        }
+        await sleep(delay);
+        r.kill('SIGTERM');
+        await r.closed;
+        assert.deepEqual(readdirSync(staging), [], `images left after ${delay} ms`);
+        // The daemon's command line names the staging directory: none may run on.
+        const deadline = Date.now() + 5000;
+        while (runningWith(staging, true).length > 0 && Date.now() < deadline) await sleep(20);
+        const left = runningWith(staging, true);
+        assert.deepEqual(
+          left,
+          [],
+          `a process left after ${delay} ms:\n${left.map(describeTree).join('\n')}`,
+        );
       }
-      await sleep(delay);
-      r.kill('SIGTERM');
-      await r.closed;
-      assert.deepEqual(readdirSync(staging), [], `images left after ${delay} ms`);
-      // The daemon's command line names the staging directory: none may run on.
-      const deadline = Date.now() + 5000;
-      while (runningWith(staging, true).length > 0 && Date.now() < deadline) await sleep(20);
-      const left = runningWith(staging, true);
-      assert.deepEqual(
-        left,
-        [],
-        `a process left after ${delay} ms:\n${left.map(describeTree).join('\n')}`,
-      );
-    }
-  });
+    });
 });
