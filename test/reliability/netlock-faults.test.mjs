@@ -71,21 +71,26 @@ describe('CRIU killed with a connection locked', () => {
       for (let attempt = 1; ; attempt++) {
         const pending = prog.ask({ op, file });
         // The moment CRIU has locked this connection, it has also put it in repair mode.
+        // The lock lasts a small program's frozen time (~40 ms): a look at /proc and nft may miss
+        // all of it, and the round (its checkpoint written) is then one more missed round.
         const criu = signalWhen(
           roles.criu(prog.pid, staging),
           () => tablesWith(link.local).length > 0,
           'SIGSTOP',
+          5000,
         );
-        assert.ok(criu, 'CRIU was stopped after it locked the connection');
         // Killed at one of its traps, CRIU would take the program with it (docs/RELIABILITY.md):
         // that loss is CRIU's, not what this test is about. Such a round is let finish.
-        if (killCriuIfSpared(criu, prog.pid, () => tablesWith(link.local).length > 0)) {
+        if (criu && killCriuIfSpared(criu, prog.pid, () => tablesWith(link.local).length > 0)) {
           r = await pending;
           break;
         }
         assert.equal((await pending).event, 'returned', 'a round let finish checkpoints');
         rmSync(file, { force: true });
-        assert.ok(attempt < 5, 'CRIU was never stopped where killing it spares the program');
+        assert.ok(
+          attempt < 5,
+          'CRIU was never stopped after it locked the connection, where killing it spares the program',
+        );
         await settled(prog.pid);
       }
       assert.equal(r.event, 'failed', JSON.stringify(r));
