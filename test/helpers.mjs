@@ -292,6 +292,21 @@ export function events(child) {
   });
 }
 
+/**
+ * Sends SIGTERM to a resuming `checkpt -r` `delay` ms after it staged something in `staging`
+ * (`delay` 0: at once), and resolves with its end.
+ */
+export async function stopResumeAfter(r, staging, delay) {
+  const by = Date.now() + 30_000;
+  while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
+    assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
+    await sleep(5);
+  }
+  await sleep(delay);
+  r.kill('SIGTERM');
+  return r.closed;
+}
+
 export async function waitFor(child, pred, what, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {

@@ -15,6 +15,7 @@ import {
   tempDir,
   test,
   waitFor,
+  stopResumeAfter,
 } from '../helpers.mjs';
 import {
   copyFileSync,
@@ -127,14 +128,7 @@ describe('checkpt -r stopped while it restores', () => {
       // Stop it at several points: while unpacking, while CRIU restores, as the copy wakes up.
       for (const delay of [0, 50, 150, 300, 600]) {
         const r = resume(file, { env: { ...process.env, CHECKPT_TMPDIR: staging } });
-        const by = Date.now() + 30_000;
-        while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
-          assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
-          await sleep(5);
-        }
-        await sleep(delay);
-        r.kill('SIGTERM');
-        await r.closed;
+        await stopResumeAfter(r, staging, delay);
         assert.deepEqual(readdirSync(staging), [], `after ${delay} ms`);
       }
     } finally {

@@ -16,6 +16,7 @@ import {
   tempDir,
   test,
   waitFor,
+  stopResumeAfter,
 } from '../helpers.mjs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -217,14 +218,7 @@ describe('lazy restore', () => {
         const r = resume(file, {
           env: { ...process.env, CHECKPT_TMPDIR: staging, ...env },
         });
-        const by = Date.now() + 30_000;
-        while (delay > 0 && readdirSync(staging).length === 0 && r.exitCode === null) {
-          assert.ok(Date.now() < by, `checkpt -r staged nothing within 30 s: ${r.stderrText}`);
-          await sleep(5);
-        }
-        await sleep(delay);
-        r.kill('SIGTERM');
-        await r.closed;
+        await stopResumeAfter(r, staging, delay);
         assert.deepEqual(readdirSync(staging), [], `images left after ${delay} ms`);
         // The daemon's command line names the staging directory: none may run on.
         const deadline = Date.now() + 5000;
