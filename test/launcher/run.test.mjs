@@ -242,7 +242,9 @@ for (const net of ['', '--private-net']) {
       x.exe.endsWith('/criu') && x.cmd.includes('dump') && descendants(p.pid).includes(x.pid);
     let table;
     for (let attempt = 1; ; attempt++) {
-      assert.ok(attempt <= 8, 'CRIU was never stopped where killing it spares the program');
+      // A small program's lock lasts tens of milliseconds and a look at nft takes some: on a quiet
+      // machine most rounds miss it (CI emulation 99 missed 8 in a row).
+      assert.ok(attempt <= 30, 'CRIU was never stopped where killing it spares the program');
       // Checkpoint and continue: a round missed (the dump done before CRIU could be stopped)
       // leaves the program running for the next one. Checkpoint-and-exit ended it there.
       process.kill(p.pid, 'SIGSTKFLT');
