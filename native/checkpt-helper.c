@@ -1503,12 +1503,12 @@ static int cmd_unrepair(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
-  if (argc == 1 && getenv("CRTOOLS_SCRIPT_ACTION")) {
+  const char *action = getenv("CRTOOLS_SCRIPT_ACTION");
+  if (argc == 1 && action) {
     const char *sock = getenv("CHECKPT_POST_DUMP_SOCK");
-    if (sock && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-dump")) return cmd_post_dump_script(sock);
-    bench_trace(getenv("CRTOOLS_SCRIPT_ACTION"));
+    if (sock && !strcmp(action, "post-dump")) return cmd_post_dump_script(sock);
     const char *hold = getenv("CHECKPT_HOLD_SOCK");
-    if (hold && !strcmp(getenv("CRTOOLS_SCRIPT_ACTION"), "post-restore")) return cmd_hold_script(hold);
+    if (hold && !strcmp(action, "post-restore")) return cmd_hold_script(hold);
     return 0; /* every other action: nothing to do */
   }
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
