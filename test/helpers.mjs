@@ -207,7 +207,13 @@ export function describeTree(pid) {
   return processTree(pid)
     .map((p) => {
       try {
-        return `  ${p}: ${readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ').trim()}`;
+        const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ').trim();
+        const state = readFileSync(`/proc/${p}/stat`, 'utf8')
+          .replace(/^.*\) /, '')
+          .split(' ')[0];
+        const wchan = readFileSync(`/proc/${p}/wchan`, 'utf8');
+        // State and kernel wait point: what a hung process is stuck in.
+        return `  ${p} [${state} ${wchan || '-'}]: ${argv}`;
       } catch {
         return `  ${p}: (gone)`;
       }

@@ -1,25 +1,19 @@
 // `checkpt run --every --keep --restart`: real programs checkpointed on a schedule, killed at
 // random moments (some in the middle of a checkpoint), and brought back from the newest good one.
 import assert from 'node:assert/strict';
-import {
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  truncateSync,
-  writeFileSync,
-} from 'node:fs';
+import { mkdirSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   checkptCli,
   cleanup,
-  descendants,
+  describeTree,
   events,
   fixture,
   freePort,
   nodeBinaries,
+  programPid,
   removeDir,
   run,
   spawnSync,
@@ -30,6 +24,7 @@ import {
   within,
   xorshift32,
 } from '../helpers.mjs';
+import { cmdline } from '../../dist/common/procfs.js';
 
 const dir = tempDir();
 after(async () => {
@@ -45,9 +40,12 @@ const MAX_GAP_S = 2 * INTERVAL_S + 3;
 async function until(what, pred, child, ms = 30_000) {
   const end = Date.now() + ms;
   for (;;) {
-    const v = pred();
+    const v = await pred();
     if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out: ${what}; stderr: ${child?.stderrText ?? ''}`);
+    if (Date.now() > end)
+      throw new Error(
+        `timed out: ${what}; running:\n${child ? describeTree(child.pid) : ''}\nstderr: ${child?.stderrText ?? ''}`,
+      );
     await sleep(20);
   }
 }
@@ -68,20 +66,17 @@ function sampleRotation(where, stem) {
   };
 }
 
-/** The program's host pid under `checkpt run` (not the helper, which has the same arguments). */
+/**
+ * The program's host pid under `checkpt run`: below checkpt's helper, never a process checkpt's
+ * Node has just cloned, which has the same exe and command line until it execs.
+ */
 async function programOf(p, script) {
   return until(
     `the program ${script}`,
-    () =>
-      descendants(p.pid).find((pid) => {
-        try {
-          const exe = readlinkSync(`/proc/${pid}/exe`);
-          const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-          return !/\/(checkpt-helper|criu|nsenter)$/.test(exe) && argv.includes(script);
-        } catch {
-          return false;
-        }
-      }),
+    async () => {
+      const pid = await programPid(p);
+      return cmdline(pid).join(' ').includes(script) ? pid : undefined;
+    },
     p,
   );
 }
