@@ -649,6 +649,17 @@ static int run_init(struct init_opts *o) {
     report(o->status_fd, "started %d\n", (int)pid);
   } else {
     pid = o->pid;
+    /* The message waits in the FIFO before CRIU runs: the copy reads it the moment it runs, not
+       once CRIU has exited. A copy whose restore fails never runs to read it. */
+    if (ctl >= 0) {
+      size_t len = strlen(o->message);
+      char *line = malloc(len + 2);
+      if (!line) die("malloc");
+      memcpy(line, o->message, len);
+      line[len] = '\n';
+      if (write(ctl, line, len + 1) != (ssize_t)(len + 1)) die("write fifo");
+      free(line);
+    }
     /* CRIU puts back the size the terminal had at the checkpoint; this one's is what counts. */
     struct winsize ws;
     int have_ws = isatty(0) && ioctl(0, TIOCGWINSZ, &ws) == 0;
@@ -674,13 +685,6 @@ static int run_init(struct init_opts *o) {
     }
     target_pid = pid;
     if (ctl >= 0) {
-      size_t len = strlen(o->message);
-      char *line = malloc(len + 2);
-      if (!line) die("malloc");
-      memcpy(line, o->message, len);
-      line[len] = '\n';
-      if (write(ctl, line, len + 1) != (ssize_t)(len + 1)) die("write fifo");
-      free(line);
       close(ctl);
       /* The program holds it open; its name on the host is no longer needed. */
       if (host) {

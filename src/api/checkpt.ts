@@ -4,7 +4,7 @@ import { hostname, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
 import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
-import { refreshIdentity } from './identity.js';
+import { prepareIdentity, refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
 import { hostUid, rootless, userRunDir } from '../common/privilege.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
@@ -279,6 +279,7 @@ function begin(
     const jobFile = join(workDir, 'job.json');
     writeFileSync(jobFile, JSON.stringify(job), { mode: 0o600 });
     mkdirSync(imagesDirOf(workDir), { mode: 0o700 });
+    prepareIdentity();
     const front = dumpFrontCommand(job, jobFile, fifo, mode);
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU

@@ -98,6 +98,19 @@ function seedMathRandom(): void {
 }
 
 /**
+ * Loads the reseeding addon before a checkpoint, so that it is in the image: each resumed copy
+ * then reseeds at once instead of loading it first (~2 ms of a lazily restored copy's start).
+ */
+export function prepareIdentity(): void {
+  if (!enabled) return;
+  try {
+    loadAddon();
+  } catch {
+    // refreshIdentity() says so, where it matters
+  }
+}
+
+/**
  * Gives this process randomness of its own after a checkpoint, in the original and in every
  * resumed copy, which otherwise all continue from the same generator states: reseeds OpenSSL
  * (randomBytes, getRandomValues, key generation, TLS), flushes Node's randomUUID() and randomInt()

@@ -1,4 +1,4 @@
-import { isatty } from 'node:tty';
+import { isTerminal } from '../common/builtin.js';
 import { PROGRESS_MS } from '../common/config.js';
 import type { ProgressSink } from '../common/progress.js';
 
@@ -45,8 +45,8 @@ const printable = (s: string): string =>
  * what it drew at end(). Off a terminal it is inert: not one byte is written.
  */
 export function terminalProgress(o: TerminalProgressOptions): ProgressSink {
-  // isatty(2), not process.stderr.isTTY: making process.stderr costs milliseconds at start-up.
-  if (!(o.stream ? o.stream.isTTY === true : isatty(2)))
+  // Not process.stderr.isTTY: making process.stderr costs milliseconds at start-up.
+  if (!(o.stream ? o.stream.isTTY === true : isTerminal(2)))
     return { update: () => undefined, end: () => undefined };
   const out = (): NodeJS.WriteStream => o.stream ?? process.stderr;
   const delayMs = o.delayMs ?? PROGRESS_MS.get();

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { childProcess } from '../common/builtin.js';
 import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
@@ -262,7 +262,7 @@ export function runCriu(cmd: Command, timeoutMs: number): Promise<CriuResult> {
 
 /** The same, blocking: for the short verbs (check, --version) of synchronous callers. */
 export function runCriuSync(cmd: Command, timeoutMs: number): CriuResult {
-  const r = spawnSync(cmd.file, cmd.args, {
+  const r = childProcess().spawnSync(cmd.file, cmd.args, {
     encoding: 'utf8',
     env: cmd.env,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { childProcess } from '../common/builtin.js';
 import {
   accessSync,
   chmodSync,
@@ -101,7 +101,10 @@ export const GRANT_ADVICE =
   'start it with `checkpt run -- node app.js` as this user (no root needed), or ask an administrator to run `checkpt setup --grant GROUP` and add you to GROUP (docs/ROOTLESS.md)';
 
 function groupId(group: string): number {
-  const r = spawnSync('getent', ['group', group], { encoding: 'utf8', timeout: 10_000 });
+  const r = childProcess().spawnSync('getent', ['group', group], {
+    encoding: 'utf8',
+    timeout: 10_000,
+  });
   const gid = Number(r.stdout.split(':')[2]);
   if (r.status !== 0 || !Number.isInteger(gid))
     throw new CheckptError(
@@ -144,7 +147,7 @@ export function installGrant(group: string, tcp: boolean): GrantInfo {
     copyFileSync(from, tmp);
     chownSync(tmp, 0, gid);
     chmodSync(tmp, 0o750);
-    const r = spawnSync('setcap', [`${caps.join(',')}+ep`, tmp], {
+    const r = childProcess().spawnSync('setcap', [`${caps.join(',')}+ep`, tmp], {
       encoding: 'utf8',
       timeout: 10_000,
     });

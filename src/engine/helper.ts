@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { childrenOf } from '../common/procfs.js';
 import { rootless } from '../common/privilege.js';
 import { trace } from '../common/trace.js';
-import { createInterface } from 'node:readline';
+import { eachLine } from '../common/lines.js';
 import { join } from 'node:path';
 import { argvOf, criuEnv, dumpCommand, type Command } from './criu.js';
 import { imagesDirOf, type DumpJob } from './job.js';
@@ -155,8 +155,7 @@ function statusOf(child: Child): Helper {
     if (w) w(s);
     else queue.push(s);
   };
-  const rl = createInterface({ input: stream });
-  rl.on('line', (line) => {
+  const onLine = (line: string): void => {
     const [word, num] = line.split(' ');
     const value = Number(num);
     if (word === 'key') keyListener?.(value);
@@ -165,8 +164,8 @@ function statusOf(child: Child): Helper {
     else if (word === 'exit') push({ kind: 'exit', value });
     else if (word === 'signal') push({ kind: 'signal', value });
     else if (word === 'restore-failed') push({ kind: 'failed', value });
-  });
-  rl.on('close', () => {
+  };
+  eachLine(stream, onLine, () => {
     // Whatever was not reported by now never will be.
     const gone: HelperStatus = { kind: 'gone', value: child.exitCode ?? -1 };
     for (;;) {

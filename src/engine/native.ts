@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { childProcess } from '../common/builtin.js';
 import {
   accessSync,
   closeSync,
@@ -160,7 +160,10 @@ function problemOf(
     return problem === undefined ? {} : { problem };
   }
   if (part === 'checkpt-helper') {
-    const r = spawnSync(c.path, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+    const r = childProcess().spawnSync(c.path, ['--version'], {
+      encoding: 'utf8',
+      timeout: 10_000,
+    });
     if (r.error) {
       const code = (r.error as NodeJS.ErrnoException).code;
       if (code === 'EACCES')
@@ -181,7 +184,7 @@ function problemOf(
   if (part === 'libcheckpt-nouring.so') {
     // ld.so only warns about a preload it cannot open and runs the program without it; one whose
     // own libraries are missing stops the program instead: both count.
-    const r = spawnSync(process.execPath, ['--version'], {
+    const r = childProcess().spawnSync(process.execPath, ['--version'], {
       encoding: 'utf8',
       timeout: 10_000,
       env: { ...process.env, LD_PRELOAD: c.path, NODE_OPTIONS: '' },
@@ -251,7 +254,7 @@ export function nativeAddon<T>(
 
 /** Whether `cc` runs, and if not, what happened. */
 function compilerProblem(cc: string): string | undefined {
-  const r = spawnSync(cc, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  const r = childProcess().spawnSync(cc, ['--version'], { encoding: 'utf8', timeout: 10_000 });
   if (r.error)
     return (r.error as NodeJS.ErrnoException).code === 'ENOENT'
       ? `'${cc}' is not installed`
@@ -347,9 +350,13 @@ export function compileNative(): {
   status: number;
   parts: { part: NativePart; found?: Candidate; problem?: string; fix?: string }[];
 } {
-  const r = spawnSync(process.execPath, [join(packageRoot, 'scripts', 'build-helper.mjs')], {
-    stdio: ['ignore', 2, 2],
-  });
+  const r = childProcess().spawnSync(
+    process.execPath,
+    [join(packageRoot, 'scripts', 'build-helper.mjs')],
+    {
+      stdio: ['ignore', 2, 2],
+    },
+  );
   forgetNative();
   const parts = NATIVE_PARTS.map((part) => {
     const l = native(part);

@@ -4,7 +4,7 @@
  * through a table `inet CRIU-<run id>`; a "checkpoint and exit" leaves that table in place so the
  * connections die silently and come back on restore, which removes it.
  */
-import { spawnSync } from 'node:child_process';
+import { childProcess } from '../common/builtin.js';
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
@@ -173,7 +173,7 @@ export function lockTableOf(imagesDir: string): string | undefined {
  * the connections it held silent then get a reset from the kernel the next time their peers send.
  */
 export function removeLockTable(table: string, netnsOf?: number): 'removed' | 'absent' {
-  const r = spawnSync(...inNetns(netnsOf, ['unlock', table]), {
+  const r = childProcess().spawnSync(...inNetns(netnsOf, ['unlock', table]), {
     encoding: 'utf8',
     timeout: 30_000,
   });
@@ -305,8 +305,11 @@ export function releaseStrayLocks(
   if (runId !== undefined) remove(lockTableOfRun(runId));
   const conns = connectionsOf(pids);
   if (conns.size === 0) return removed;
-  spawnSync(helperPath(), ['unrepair', ...pids.map(String)], { timeout: 10_000 });
-  const r = spawnSync(...inNetns(netnsOf, ['nft-list']), { encoding: 'utf8', timeout: 10_000 });
+  childProcess().spawnSync(helperPath(), ['unrepair', ...pids.map(String)], { timeout: 10_000 });
+  const r = childProcess().spawnSync(...inNetns(netnsOf, ['nft-list']), {
+    encoding: 'utf8',
+    timeout: 10_000,
+  });
   if (r.status !== 0) return removed;
   for (const table of locksHolding(r.stdout, conns)) remove(table);
   return removed;

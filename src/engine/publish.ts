@@ -1,5 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
+import { childProcess, readline } from '../common/builtin.js';
+import type { ChildProcess } from 'node:child_process';
 import { CheckptError } from '../common/errors.js';
 import { helperPath } from './native.js';
 
@@ -52,10 +52,14 @@ export interface Publisher {
 export async function openPublished(list: readonly Published[]): Promise<Publisher | undefined> {
   if (list.length === 0) return undefined;
   // Detached from our process group: it outlives a detached run and ends with the program.
-  const child: ChildProcess = spawn(helperPath(), ['publish', ...list.map(formatPublish)], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-    detached: true,
-  });
+  const child: ChildProcess = childProcess().spawn(
+    helperPath(),
+    ['publish', ...list.map(formatPublish)],
+    {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      detached: true,
+    },
+  );
   const first = await firstLine(child);
   if (first !== 'ok') {
     child.kill('SIGKILL');
@@ -85,7 +89,7 @@ export async function openPublished(list: readonly Published[]): Promise<Publish
 
 function firstLine(child: ChildProcess): Promise<string | undefined> {
   return new Promise((resolve) => {
-    const lines = createInterface({ input: child.stdout! });
+    const lines = readline().createInterface({ input: child.stdout! });
     const done = (l: string | undefined) => {
       resolve(l);
       lines.close();

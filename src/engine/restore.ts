@@ -1,7 +1,7 @@
+import { isTerminal } from '../common/builtin.js';
 import { openPublished, parsePublish, type Publisher } from './publish.js';
 import { existsSync, fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { isatty } from 'node:tty';
 import type { Duplex } from 'node:stream';
 import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
@@ -95,8 +95,8 @@ export interface RemoteImages {
 
 /** Whether a foreground program on our terminal gets a pseudo-terminal of its own. */
 export function wantsPty(detach: boolean | undefined, pty: boolean | undefined): boolean {
-  // isatty(0), not process.stdin.isTTY: making that stream costs a resume ~4 ms.
-  return !detach && pty !== false && isatty(0);
+  // Not process.stdin.isTTY: making that stream costs a resume ~4 ms.
+  return !detach && pty !== false && isTerminal(0);
 }
 
 /** Verifies and unpacks a checkpoint, then restores it in a PID and mount namespace of its own. */
@@ -304,7 +304,7 @@ async function restoreFrom(
     const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', hostSockets);
     trace('sockets');
     const stdio = manifest.stdio;
-    if (stdio.some((d) => d.kind === 'tty') && (options.detach || !isatty(0)))
+    if (stdio.some((d) => d.kind === 'tty') && (options.detach || !isTerminal(0)))
       throw new CheckptError(
         'ERESTORE',
         `${file} was checkpointed while it used a terminal; resume it in the foreground of a terminal (checkpt -r without -d, stdin a tty).`,

@@ -1,8 +1,5 @@
-import {
-  spawn as nodeSpawn,
-  spawnSync as nodeSpawnSync,
-  type ChildProcess,
-} from 'node:child_process';
+import { childProcess } from '../common/builtin.js';
+import type { ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { accessSync, closeSync, constants as fsc } from 'node:fs';
 import { Socket } from 'node:net';
@@ -84,7 +81,7 @@ export interface Waited {
 export function spawnWait(file: string, args: string[], opts: SpawnOptions): Waited {
   const a = spawnAddon();
   if (!a) {
-    const r = nodeSpawnSync(file, args, {
+    const r = childProcess().spawnSync(file, args, {
       stdio: opts.stdio as Array<'ignore' | 'inherit' | number>,
       ...(opts.env ? { env: opts.env } : {}),
     });
@@ -126,7 +123,7 @@ function envList(env: NodeJS.ProcessEnv): string[] {
 }
 
 function spawnNode(file: string, args: string[], opts: SpawnOptions): ChildProcess {
-  return nodeSpawn(file, args, {
+  return childProcess().spawn(file, args, {
     stdio: opts.stdio,
     ...(opts.env ? { env: opts.env } : {}),
     ...(opts.detached ? { detached: true } : {}),

@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { childProcess } from '../common/builtin.js';
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
@@ -30,7 +30,7 @@ let available: boolean | undefined;
 
 /** Whether the zstd program runs here (checked once). */
 export function zstdAvailable(): boolean {
-  available ??= spawnSync(ZSTD, ['--version'], { stdio: 'ignore' }).status === 0;
+  available ??= childProcess().spawnSync(ZSTD, ['--version'], { stdio: 'ignore' }).status === 0;
   return available;
 }
 
@@ -45,7 +45,7 @@ export function compressionWanted(mode: DumpMode): boolean {
 
 /** Starts zstd; `failed` settles with why it failed, or undefined when it exited 0. */
 function startZstd(args: string[]) {
-  const child = spawn(ZSTD, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+  const child = childProcess().spawn(ZSTD, args, { stdio: ['pipe', 'ignore', 'pipe'] });
   // A zstd that stopped early makes writes fail; `failed` says why.
   child.stdin.on('error', () => undefined);
   let stderr = '';
