@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import {
   existsSync,
   readdirSync,
@@ -29,8 +28,8 @@ const PREFIX = 'checkpt-commands-';
  * cache is made after the command ran: Node's compile cache is made right after compiling, so it
  * holds only the top level, and every function a resume calls was compiled again on each run
  * (~12 ms of the command's main thread, docs/PERFORMANCE.md). One cache per `kind` (the command),
- * keyed by the file's identity and times (inode, size, mtime, ctime: any write moves its ctime), this Node and its architecture, in privateCacheDir() only: code in
- * it is run as found. Undefined where there is no such place (the caller then requires the file).
+ * file path, Node and architecture, keyed by the file's identity and times (inode, size, mtime,
+ * ctime: any write moves its ctime), in privateCacheDir() only: code in it is run as found. Undefined where there is no such place (the caller then requires the file).
  */
 export function loadWithCodeCache<T>(path: string, kind: string): Cached<T> | undefined {
   const dir = privateCacheDir();
@@ -39,12 +38,8 @@ export function loadWithCodeCache<T>(path: string, kind: string): Cached<T> | un
   // V8 itself checks only the source's length: a changed file must not find the old code. Its
   // stat, not its content: hashing the 430 KB commands file took 3-4 ms of every start.
   const st = statSync(path, { bigint: true });
-  const key = createHash('sha256')
-    .update(`${process.version} ${process.arch}\0`)
-    .update(`${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`)
-    .digest('hex')
-    .slice(0, 32);
-  const name = `${PREFIX}${kind}-${key}.v8`;
+  const slot = `${PREFIX}${kind}-${slotOf(path)}-`;
+  const name = `${slot}${st.dev}-${st.ino}-${st.size}-${st.mtimeNs}-${st.ctimeNs}.v8`;
   const file = join(dir, name);
   let cachedData: Buffer | undefined;
   try {
@@ -72,14 +67,39 @@ export function loadWithCodeCache<T>(path: string, kind: string): Cached<T> | un
       try {
         writeFileSync(tmp, script.createCachedData(), { mode: 0o600 });
         renameSync(tmp, file);
-        // The caches of older files, or of another Node, for this command.
-        for (const n of readdirSync(dir))
-          if (n.startsWith(`${PREFIX}${kind}-`) && n !== name)
-            rmSync(join(dir, n), { force: true });
+        forgetOthers(dir, slot, name);
       } catch {
         // A cache not written costs the next run time, nothing else.
         if (existsSync(tmp)) rmSync(tmp, { force: true });
       }
     },
   };
+}
+
+/** Unused this long, a cache belongs to an install or a Node that is gone. */
+const STALE_MS = 30 * 24 * 3600 * 1000;
+
+/**
+ * Removes the caches of older versions of this file on this Node, and any cache left unchanged
+ * for a month. Two installs of checkpt, or one run by two Nodes, keep a cache each: removing every
+ * other cache of the command made them throw each other's away, and each start compiled anew.
+ */
+function forgetOthers(dir: string, slot: string, name: string): void {
+  const now = Date.now();
+  for (const n of readdirSync(dir)) {
+    if (!n.startsWith(PREFIX) || n === name) continue;
+    const p = join(dir, n);
+    const mtime = statSync(p, { throwIfNoEntry: false })?.mtimeMs ?? now;
+    if (n.startsWith(slot) || now - mtime > STALE_MS) rmSync(p, { force: true });
+  }
+}
+
+/** The cache's slot: this file on this Node and architecture (FNV-1a, 32 bits, in hex). */
+function slotOf(path: string): string {
+  let h = 0x811c9dc5;
+  for (const c of `${path}\0${process.version}\0${process.arch}`) {
+    h ^= c.codePointAt(0)!;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, '0');
 }

@@ -4,11 +4,13 @@
 import assert from 'node:assert/strict';
 import {
   chmodSync,
+  existsSync,
   mkdirSync,
   readdirSync,
   readFileSync,
   rmSync,
   statSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -93,6 +95,38 @@ unitTest(
     const changed = load(mod, 'beta');
     assert.deepEqual([changed.fromCache, changed.value], [false, 'new/']);
     assert.equal(caches('beta').length, 1, "the old file's cache is removed");
+  },
+);
+
+unitTest(
+  'two installs of one command keep a cache each and take it; a month-old cache of another is removed',
+  () => {
+    const [one, two] = ['one', 'two'].map((d) => {
+      mkdirSync(join(dir, d));
+      const mod = join(dir, d, 'same.cjs');
+      writeModule(mod, d);
+      return mod;
+    });
+    load(one, 'delta');
+    load(two, 'delta');
+    assert.equal(caches('delta').length, 2);
+    // In turn, as two projects' checkpt would run: each finds its own cache.
+    for (let i = 0; i < 2; i++) {
+      assert.deepEqual(Object.values(load(one, 'delta')).slice(0, 2), [true, 'one/']);
+      assert.deepEqual(Object.values(load(two, 'delta')).slice(0, 2), [true, 'two/']);
+    }
+    const old = join(cacheDir, 'checkpt-commands-delta-00000000-1-2-3-4-5.v8');
+    const recent = join(cacheDir, 'checkpt-commands-delta-00000001-1-2-3-4-5.v8');
+    for (const f of [old, recent]) writeFileSync(f, 'x', { mode: 0o600 });
+    const day = 24 * 3600;
+    utimesSync(old, Date.now() / 1000 - 31 * day, Date.now() / 1000 - 31 * day);
+    utimesSync(recent, Date.now() / 1000 - day, Date.now() / 1000 - day);
+    const three = join(dir, 'three.cjs');
+    writeModule(three, 'three');
+    load(three, 'delta');
+    assert.equal(existsSync(old), false, 'a month-old cache is removed when a cache is written');
+    assert.equal(existsSync(recent), true, 'a recent one of another install stays');
+    assert.equal(caches('delta').length, 4);
   },
 );
 
