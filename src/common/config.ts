@@ -460,6 +460,12 @@ note(
   "For CRIU, one UUID per dump: checkpt's CRIU build takes it as its run id (scripts/criu-patches/run-id-from-env.patch), which names the dump's network-lock table `inet CRIU-<run id>`; if CRIU dies mid-dump, checkpt removes that table by name.",
 );
 
+export const CRIU_PDEATHSIG = note(
+  'CHECKPT_CRIU_PDEATHSIG',
+  'internal',
+  "For CRIU: the pid of its parent, checkpt. checkpt's CRIU build (scripts/criu-patches/pdeathsig-from-env.patch) then dies with it, as `setpriv --pdeathsig KILL` would make it (which checkpt runs in front of another CRIU), and exits at once if that parent is already gone. Set for the lazy-pages daemon.",
+);
+
 export const STAGED_MAP = note(
   'CHECKPT_STAGED_MAP',
   'internal',

@@ -5,7 +5,13 @@ import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import { CRIU_BREAKPOINTS, DEBUG, SCRIPT_ACTIONS, STAGED_MAP } from '../common/config.js';
+import {
+  CRIU_BREAKPOINTS,
+  CRIU_PDEATHSIG,
+  DEBUG,
+  SCRIPT_ACTIONS,
+  STAGED_MAP,
+} from '../common/config.js';
 import { rootless } from '../common/privilege.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { criuHolds } from './criu-hold.js';
@@ -124,6 +130,9 @@ interface Request {
   env?: Record<string, string>;
 }
 
+/** scripts/criu-patches/: CRIU dies with the parent named in CHECKPT_CRIU_PDEATHSIG. */
+const PDEATHSIG_PATCH = 'pdeathsig-from-env.patch';
+
 /** The one way a CRIU command line is made. */
 function request(req: Request): Command {
   let args: string[] = [req.verb];
@@ -146,11 +155,15 @@ function request(req: Request): Command {
     args = ['-t', String(req.enter), ...userns, '-p', '-m', ...net, '--', file, ...args];
     file = 'nsenter';
   }
-  if (req.dieWithUs) {
+  let env = { ...criuEnv(), ...req.env };
+  if (req.dieWithUs && file === criuPath && ownBuildHas(PDEATHSIG_PATCH)) {
+    // checkpt's CRIU sets it itself: no setpriv exec in front of the daemon.
+    env = { ...env, [CRIU_PDEATHSIG.name]: String(process.pid) };
+  } else if (req.dieWithUs) {
     args = ['--pdeathsig', 'KILL', '--', file, ...args];
     file = 'setpriv';
   }
-  return { file, args, env: { ...criuEnv(), ...req.env } };
+  return { file, args, env };
 }
 
 /**
@@ -623,9 +636,31 @@ export function recordedVersion(
   binary: string = criuPath,
   source: CriuSource = criuSource,
 ): CriuVersion | undefined {
+  const recorded = /^version=(\d+\.\d+(?:\.\d+)?)$/m.exec(
+    buildInfo(home, binary, source) ?? '',
+  )?.[1];
+  // Too old is refused as CRIU's own answer would be.
+  return recorded === undefined ? undefined : versionOf(`Version: ${recorded}`, undefined);
+}
+
+/**
+ * Whether the CRIU that runs is checkpt's own build with `patch` (scripts/criu-patches/) in it,
+ * as its BUILD-INFO records (a patch that did not fit a CRIU is left out and not listed there).
+ */
+export function ownBuildHas(
+  patch: string,
+  home: string = ownCriuHome,
+  binary: string = criuPath,
+  source: CriuSource = criuSource,
+): boolean {
+  const listed = /^patches=(.*)$/m.exec(buildInfo(home, binary, source) ?? '')?.[1];
+  return listed?.split(' ').includes(patch) ?? false;
+}
+
+/** BUILD-INFO of checkpt's own CRIU, when it is the binary that runs, unchanged since. */
+function buildInfo(home: string, binary: string, source: CriuSource): string | undefined {
   // Where `criu --version` would run the granted copy (request()), that copy answers.
   if (source !== 'checkpt build' || grantedCriu() !== undefined) return undefined;
-  let recorded: string | undefined;
   try {
     const info = join(home, 'BUILD-INFO');
     const text = readFileSync(info, 'utf8');
@@ -637,12 +672,10 @@ export function recordedVersion(
       // An older record: a binary replaced, copied over or re-labelled since is newer than it.
       return undefined;
     }
-    recorded = /^version=(\d+\.\d+(?:\.\d+)?)$/m.exec(text)?.[1];
+    return text;
   } catch {
     return undefined;
   }
-  // Too old is refused as CRIU's own answer would be.
-  return recorded === undefined ? undefined : versionOf(`Version: ${recorded}`, undefined);
 }
 
 /**

@@ -2,6 +2,7 @@
 // src/engine/helper.ts: pure logic, no CRIU run.
 import { unitTest as test } from '../helpers.mjs';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after } from 'node:test';
 import {
   argvOf,
@@ -9,6 +10,7 @@ import {
   dumpCommand,
   killedBy,
   lazyPagesCommand,
+  ownBuildHas,
   restoreCommand,
   shellStatus,
   versionCommand,
@@ -18,6 +20,7 @@ import { criuPath, dumpWorkerPath } from '../../dist/engine/paths.js';
 import { helperPath as helperPathOf } from '../../dist/engine/native.js';
 
 const helperPath = helperPathOf();
+const criuModule = new URL('../../dist/engine/criu.js', import.meta.url).href;
 
 const debug = process.env.CHECKPT_DEBUG;
 after(() => {
@@ -134,18 +137,28 @@ test('restore: detached, inherited fds, lazy pages and closed TCP when asked', (
 });
 
 test('lazy-pages: dies with checkpt, says on fd 3 when it listens, logs at the level asked', () => {
+  const daemon = ['lazy-pages', ...logged('lazy-pages.log'), '--status-fd', '3'];
   const c = lazyPagesCommand('/i', '/w');
-  assert.equal(c.file, 'setpriv');
-  assert.deepEqual(c.args, [
-    '--pdeathsig',
-    'KILL',
-    '--',
-    criuPath,
-    'lazy-pages',
-    ...logged('lazy-pages.log'),
-    '--status-fd',
-    '3',
-  ]);
+  if (ownBuildHas('pdeathsig-from-env.patch')) {
+    // checkpt's CRIU is told its parent and dies with it itself: no setpriv in front.
+    assert.equal(c.file, criuPath);
+    assert.deepEqual(c.args, daemon);
+    assert.equal(c.env.CHECKPT_CRIU_PDEATHSIG, String(process.pid));
+  } else {
+    assert.equal(c.file, 'setpriv');
+    assert.equal(c.env.CHECKPT_CRIU_PDEATHSIG, undefined);
+  }
+  // Another CRIU (here the same binary named by CHECKPT_CRIU): setpriv makes it die with checkpt.
+  const script = `import(${JSON.stringify(criuModule)}).then((m) => console.log(JSON.stringify(m.lazyPagesCommand('/i', '/w'))))`;
+  const other = spawnSync(process.execPath, ['-e', script], {
+    encoding: 'utf8',
+    env: { ...process.env, CHECKPT_CRIU: criuPath },
+  });
+  const o = JSON.parse(other.stdout || 'null');
+  assert.ok(o, other.stderr);
+  assert.equal(o.file, 'setpriv');
+  assert.deepEqual(o.args, ['--pdeathsig', 'KILL', '--', criuPath, ...daemon]);
+  assert.equal(o.env.CHECKPT_CRIU_PDEATHSIG, undefined);
   // Served memory: the connected socket on fd 4, no address or port to connect to.
   const served = lazyPagesCommand('/i', '/w', true).args;
   assert.deepEqual(served.slice(-5), ['--status-fd', '3', '--page-server', '--ps-socket', '4']);
@@ -221,6 +234,31 @@ test("the dump front: the helper, the worker, then criu dump's own command line"
 
   const closed = { ...job, manifest: { ...job.manifest, tcp: 'closed' } };
   assert.ok(dumpFrontCommand(closed, '/j', '/f', 'sync').args.includes('--tcp-close'));
+});
+
+test("ownBuildHas: a patch listed in checkpt's own build's record, only for that binary", async (t) => {
+  const { mkdtempSync, mkdirSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { binaryIdentity } = await import('../../dist/engine/criu.js');
+  const home = mkdtempSync(join(tmpdir(), 'checkpt-test-criu-home-'));
+  t.after(() => rmSync(home, { recursive: true, force: true }));
+  mkdirSync(join(home, 'bin'));
+  const bin = join(home, 'bin', 'criu');
+  writeFileSync(bin, 'x');
+  const info = join(home, 'BUILD-INFO');
+  writeFileSync(
+    info,
+    `version=4.2.1\npatches=a.patch pdeathsig-from-env.patch\nbinary=${binaryIdentity(bin)}\n`,
+  );
+  assert.equal(ownBuildHas('pdeathsig-from-env.patch', home, bin, 'checkpt build'), true);
+  assert.equal(ownBuildHas('a.patch', home, bin, 'checkpt build'), true);
+  assert.equal(ownBuildHas('pdeathsig', home, bin, 'checkpt build'), false, 'whole names only');
+  assert.equal(ownBuildHas('other.patch', home, bin, 'checkpt build'), false);
+  // Another CRIU runs, or checkpt's was replaced since: its record says nothing about it.
+  assert.equal(ownBuildHas('a.patch', home, bin, 'CHECKPT_CRIU'), false);
+  writeFileSync(bin, 'changed');
+  assert.equal(ownBuildHas('a.patch', home, bin, 'checkpt build'), false);
 });
 
 test("the recorded version: read from checkpt's own build, not when the binary changed since", async (t) => {

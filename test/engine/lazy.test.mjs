@@ -1,5 +1,13 @@
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import {
@@ -19,6 +27,33 @@ import {
   stopResumeAfter,
 } from '../helpers.mjs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { cmdline, processTree } from '../../dist/common/procfs.js';
+
+/** The file a pid runs ('' once it is gone). */
+const exeOf = (pid) => {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return '';
+  }
+};
+
+/** Gone, or a zombie: it runs no more. */
+const ended = (pid) => {
+  try {
+    return /^\S+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+};
+
+const signalQuietly = (pid, sig) => {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // gone already
+  }
+};
 
 const node = nodeBinaries()[0];
 
@@ -120,6 +155,36 @@ describe('lazy restore', () => {
         calls.join('\n'),
       );
     });
+
+  test('checkpt -r killed with SIGKILL mid-restore: no lazy-pages daemon outlives it', async () => {
+    const staging = join(dir, 'killed');
+    mkdirSync(staging);
+    // Each memory block's check slowed: the copy is held, and the daemon lives, for seconds.
+    const r = resume(file, {
+      env: {
+        ...process.env,
+        CHECKPT_TMPDIR: staging,
+        CHECKPT_FAULT_SLOW_CHECK_MS: '200',
+      },
+    });
+    const daemonOf = () =>
+      processTree(r.pid).find((p) => exeOf(p).endsWith('/criu') && cmdline(p)[1] === 'lazy-pages');
+    let daemon;
+    for (const end = Date.now() + 30_000; !(daemon = daemonOf()); await sleep(5))
+      assert.ok(Date.now() < end, `no lazy-pages daemon within 30 s:\n${describeTree(r.pid)}`);
+    const tree = processTree(r.pid);
+    try {
+      process.kill(r.pid, 'SIGKILL');
+      await r.closed;
+      for (const end = Date.now() + 5000; !ended(daemon); await sleep(20))
+        assert.ok(Date.now() < end, `the daemon outlived checkpt -r:\n${describeTree(daemon)}`);
+    } finally {
+      // Nobody is left to stop the copy and its helper: they go by the pids seen before.
+      for (const p of tree) signalQuietly(p, 'SIGKILL');
+      for (const end = Date.now() + 5000; !tree.every(ended) && Date.now() < end;) await sleep(20);
+    }
+    assert.ok(tree.every(ended), tree.map((p) => describeTree(p)).join('\n'));
+  });
 
   test('32 MiB of memory or more: lazy by default, served from the file, every byte back', async () => {
     const big = join(dir, 'ballast.ckpt');
