@@ -994,27 +994,42 @@ static char *stat_fields(const char *path, char *buf, size_t len) {
 }
 
 /* Whether CRIU holds `pid` (or a process below it) where interrupting or losing CRIU would kill
- * it: its parasite mapped (compel's memfd), compel's system call written over the first
+ * it: traced, with its parasite mapped (compel's memfd), compel's system call written over the first
  * executable page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a trap's
  * SIGTRAP, delivered to a program nobody traces any more). */
 /* Why criu_holds last said "held", for the line the dump front writes when its grace runs out. */
 static char hold_why[160];
 
-static int criu_holds(pid_t pid, int depth) {
-  char path[64], line[512];
-  snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+/* Whether anyone traces `pid` (TracerPid in its status). */
+static int traced(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
   FILE *f = fopen(path, "r");
   if (!f) return 0;
+  long tracer = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "TracerPid: %ld", &tracer) == 1) break;
+  fclose(f);
+  return tracer != 0;
+}
+
+static int criu_holds(pid_t pid, int depth) {
+  char path[64], line[512];
+  /* Untraced, nothing of CRIU's can hurt it: a parasite mapping a killed CRIU left behind is inert,
+   * and waiting for it to go cost every later timed-out checkpoint the whole grace. */
+  int mine = traced(pid);
+  snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+  FILE *f = mine ? fopen(path, "r") : NULL;
   unsigned long exec_start = 0;
   int held = 0;
-  while (fgets(line, sizeof line, f)) {
+  while (f && fgets(line, sizeof line, f)) {
     unsigned long lo, hi;
     char perms[8];
     if (strstr(line, "CRIUMFD")) held = 1;
     if (!exec_start && sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && perms[2] == 'x' && hi - lo >= 4096)
       exec_start = lo;
   }
-  fclose(f);
+  if (f) fclose(f);
   if (held) {
     snprintf(hold_why, sizeof hold_why, "pid %d maps CRIU's parasite (CRIUMFD)", (int)pid);
     return 1;
@@ -1052,7 +1067,7 @@ static int criu_holds(pid_t pid, int depth) {
       if (++field == 3) state = tok[0];
       if (field == 52) { code = atol(tok); break; }
     }
-    if (state == 't' && code != 0 && (code >> 8) == 0) {
+    if (mine && state == 't' && code != 0 && (code >> 8) == 0) {
       held = 1;
       snprintf(hold_why, sizeof hold_why, "thread %.20s of pid %d is in a ptrace stop with signal %ld", e->d_name, (int)pid, code);
     }

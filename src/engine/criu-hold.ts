@@ -31,12 +31,14 @@ function compelCodeAt(pid: number, addr: number): boolean {
 
 /**
  * Whether CRIU holds `pid` (or a process below it) where an interruption or its death would kill
- * it: its parasite mapped (compel's memfd), compel's system call written over the first executable
- * page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a trap's SIGTRAP,
- * delivered to a program nobody traces any more).
+ * it: traced, with its parasite mapped (compel's memfd), compel's system call written over the
+ * first executable page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a
+ * trap's SIGTRAP, delivered to a program nobody traces any more).
  */
 export function criuHolds(pid: number, depth = 0): boolean {
-  const maps = read(`/proc/${pid}/maps`);
+  // Untraced, nothing of CRIU's can hurt it: a parasite mapping a killed CRIU left is inert.
+  const mine = /^TracerPid:\s*[1-9]/m.test(read(`/proc/${pid}/status`) ?? '');
+  const maps = mine ? read(`/proc/${pid}/maps`) : '';
   if (maps === undefined) return false;
   if (maps.includes('CRIUMFD')) return true;
   for (const line of maps.split('\n')) {
@@ -60,7 +62,7 @@ export function criuHolds(pid: number, depth = 0): boolean {
     // collects it (ptrace events carry bits above the low byte and deliver nothing).
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const code = Number(fields[49] ?? 0);
-    if (fields[0] === 't' && code !== 0 && code >> 8 === 0) return true;
+    if (mine && fields[0] === 't' && code !== 0 && code >> 8 === 0) return true;
     if (depth >= 8) continue;
     for (const child of (read(`/proc/${pid}/task/${tid}/children`) ?? '').split(' ')) {
       if (child && criuHolds(Number(child), depth + 1)) return true;

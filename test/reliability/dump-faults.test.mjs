@@ -357,6 +357,41 @@ describe('faults while checkpointing', () => {
     });
   }
 
+  test("a parasite's mapping a killed CRIU left behind costs a timed-out checkpoint no grace", async () => {
+    // A child of the program maps a memfd named as compel's: what a CRIU killed between injecting
+    // its parasite and curing leaves. Nobody traces it, so nothing is held; the dump front must
+    // not wait its 10 s grace for it to go (it did, a flake of this file: 1 run in ~47).
+    const other = await driven({
+      CHECKPT_CRIU: fakeCriu,
+      CHECKPT_HELPER: fixture('fake-helper.sh'),
+      REAL_HELPER: join(root, 'build', 'checkpt-helper'),
+      FAULT_DIR: faultDir,
+      CHECKPT_TMPDIR: staging,
+    });
+    try {
+      const script =
+        'import mmap, os, sys, time\n' +
+        'fd = os.memfd_create("CRIUMFD")\nos.ftruncate(fd, 4096)\nm = mmap.mmap(fd, 4096)\n' +
+        'print("mapped", flush=True)\ntime.sleep(600)\n';
+      const child = await other.ask({ op: 'spawn', cmd: ['python3', '-c', script] });
+      assert.match(readFileSync(`/proc/${child.pid}/maps`, 'utf8'), /CRIUMFD/);
+      assert.equal(criuHolds(other.pid), false, 'untraced: held by nobody');
+      const timeout = 1500;
+      setFault('hang');
+      const t0 = Date.now();
+      const r = await other.ask({ op: 'checkpt', file: join(target, 'stale.ckpt'), timeout });
+      const took = Date.now() - t0;
+      setFault('');
+      assert.equal(r.code, 'ETIMEOUT', JSON.stringify(r));
+      assert.doesNotMatch(r.message, /still held the program/);
+      assert.ok(took < 2 * timeout, `failed after ${took} ms, not within 2 × ${timeout} ms`);
+      process.kill(child.pid, 'SIGKILL');
+    } finally {
+      setFault('');
+      killGroup(other.p);
+    }
+  });
+
   test('CRIU killed at its pre-dump step (checkpoint(): the program blocked, not yet frozen): EDUMP, the program runs on', async () => {
     // Once a pre-dump action script; now the front answers CRIU's pre-dump notification itself, so
     // the step's failure is CRIU's death while the program waits there, blocked on its channel.
