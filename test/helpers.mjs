@@ -467,6 +467,15 @@ export function releaseLocks(dir) {
   assert.deepEqual(left, [], 'lock tables left after checkpt unlock');
 }
 
+/** Gone, or a zombie: `pid` runs no more. */
+export function ended(pid) {
+  try {
+    return /^\S+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
 export function pidAlive(pid) {
   try {
     process.kill(pid, 0);

@@ -29,7 +29,8 @@ const PREFIX = 'checkpt-commands-';
  * holds only the top level, and every function a resume calls was compiled again on each run
  * (~12 ms of the command's main thread, docs/PERFORMANCE.md). One cache per `kind` (the command),
  * file path, Node and architecture, keyed by the file's identity and times (inode, size, mtime,
- * ctime: any write moves its ctime), in privateCacheDir() only: code in it is run as found. Undefined where there is no such place (the caller then requires the file).
+ * ctime: any write moves its ctime), in privateCacheDir() only: code in it is run as found.
+ * Undefined where there is no such place (the caller then requires the file).
  */
 export function loadWithCodeCache<T>(path: string, kind: string): Cached<T> | undefined {
   const dir = privateCacheDir();

@@ -236,17 +236,23 @@ test("the dump front: the helper, the worker, then criu dump's own command line"
   assert.ok(dumpFrontCommand(closed, '/j', '/f', 'sync').args.includes('--tcp-close'));
 });
 
-test("ownBuildHas: a patch listed in checkpt's own build's record, only for that binary", async (t) => {
+/** A CRIU home of checkpt's build for one test: bin/criu holding `content`, BUILD-INFO's path. */
+async function fakeCriuHome(t, content) {
   const { mkdtempSync, mkdirSync, writeFileSync, rmSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
-  const { binaryIdentity } = await import('../../dist/engine/criu.js');
   const home = mkdtempSync(join(tmpdir(), 'checkpt-test-criu-home-'));
   t.after(() => rmSync(home, { recursive: true, force: true }));
   mkdirSync(join(home, 'bin'));
   const bin = join(home, 'bin', 'criu');
-  writeFileSync(bin, 'x');
-  const info = join(home, 'BUILD-INFO');
+  writeFileSync(bin, content);
+  return { home, bin, info: join(home, 'BUILD-INFO') };
+}
+
+test("ownBuildHas: a patch listed in checkpt's own build's record, only for that binary", async (t) => {
+  const { writeFileSync } = await import('node:fs');
+  const { binaryIdentity } = await import('../../dist/engine/criu.js');
+  const { home, bin, info } = await fakeCriuHome(t, 'x');
   writeFileSync(
     info,
     `version=4.2.1\npatches=a.patch pdeathsig-from-env.patch\nbinary=${binaryIdentity(bin)}\n`,
@@ -263,16 +269,9 @@ test("ownBuildHas: a patch listed in checkpt's own build's record, only for that
 
 test("the recorded version: read from checkpt's own build, not when the binary changed since", async (t) => {
   const { recordedVersion } = await import('../../dist/engine/criu.js');
-  const { mkdtempSync, mkdirSync, writeFileSync, rmSync, utimesSync, statSync, renameSync } =
-    await import('node:fs');
-  const { tmpdir } = await import('node:os');
+  const { writeFileSync, utimesSync, statSync, renameSync, rmSync } = await import('node:fs');
   const { join } = await import('node:path');
-  const home = mkdtempSync(join(tmpdir(), 'checkpt-test-criu-home-'));
-  t.after(() => rmSync(home, { recursive: true, force: true }));
-  mkdirSync(join(home, 'bin'));
-  const bin = join(home, 'bin', 'criu');
-  writeFileSync(bin, '');
-  const info = join(home, 'BUILD-INFO');
+  const { home, bin, info } = await fakeCriuHome(t, '');
   writeFileSync(info, 'version=4.2.1\nrecipe=2\n');
   assert.deepEqual(recordedVersion(home, bin, 'checkpt build'), {
     major: 4,

@@ -14,6 +14,7 @@ import {
   cleanup,
   describe,
   describeTree,
+  ended,
   fixture,
   nodeBinaries,
   realCriu,
@@ -27,7 +28,7 @@ import {
   stopResumeAfter,
 } from '../helpers.mjs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cmdline, processTree } from '../../dist/common/procfs.js';
+import { cmdline, processTree, signalQuietly } from '../../dist/common/procfs.js';
 
 /** The file a pid runs ('' once it is gone). */
 const exeOf = (pid) => {
@@ -35,23 +36,6 @@ const exeOf = (pid) => {
     return readlinkSync(`/proc/${pid}/exe`);
   } catch {
     return '';
-  }
-};
-
-/** Gone, or a zombie: it runs no more. */
-const ended = (pid) => {
-  try {
-    return /^\S+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-};
-
-const signalQuietly = (pid, sig) => {
-  try {
-    process.kill(pid, sig);
-  } catch {
-    // gone already
   }
 };
 

@@ -2,7 +2,6 @@
 // (scripts/criu-patches/pdeathsig-from-env.patch): the lazy-pages daemon's guard against
 // outliving a `checkpt -r` that was killed, without a setpriv exec in front of it.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,6 +10,7 @@ import { criuPath } from '../../dist/engine/paths.js';
 import {
   cleanup,
   describeTree,
+  ended,
   freePort,
   removeDir,
   spawnSync,
@@ -25,15 +25,6 @@ after(async () => {
   removeDir(dir);
 });
 const patched = ownBuildHas('pdeathsig-from-env.patch');
-
-/** Gone, or a zombie: it runs no more. */
-const ended = (pid) => {
-  try {
-    return /^\S+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-};
 
 /**
  * A shell that starts `criu page-server` (a CRIU that waits for a connection: it runs until it is
