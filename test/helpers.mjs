@@ -468,13 +468,7 @@ export function releaseLocks(dir) {
 }
 
 /** Gone, or a zombie: `pid` runs no more. */
-export function ended(pid) {
-  try {
-    return /^\S+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
+export const ended = (pid) => startTime(pid) === undefined;
 
 export function pidAlive(pid) {
   try {
@@ -511,19 +505,21 @@ export function run(args, options = {}) {
   return start(process.execPath, [cli, 'run', ...args], options);
 }
 
+/** The file `pid` runs ('' once it is gone). */
+export function exeOf(pid) {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return '';
+  }
+}
+
 /**
  * The pid, as ps shows it, of the program a `checkpt run` or `checkpt -r` (child) runs: the first
  * descendant that is not checkpt's helper.
  */
 export async function programPid(child, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
-  const exeOf = (pid) => {
-    try {
-      return readlinkSync(`/proc/${pid}/exe`);
-    } catch {
-      return '';
-    }
-  };
   const ours = (exe) => exe.endsWith('/checkpt-helper') || exe.endsWith('/criu');
   for (;;) {
     // The program is the first process below checkpt's helper (or CRIU) that is neither: what

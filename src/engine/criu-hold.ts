@@ -3,6 +3,7 @@
  * native/checkpt-helper.c's criu_holds, for the dumps checkpt runs from outside).
  */
 import { closeSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs';
+import { procStatus } from '../common/procfs.js';
 
 /** compel's injected system call on x86_64: `syscall`, then `int3` six times. */
 const COMPEL_SYSCALL = Buffer.from([0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]);
@@ -37,7 +38,7 @@ function compelCodeAt(pid: number, addr: number): boolean {
  */
 export function criuHolds(pid: number, depth = 0): boolean {
   // Untraced, nothing of CRIU's can hurt it: a parasite mapping a killed CRIU left is inert.
-  const mine = /^TracerPid:\s*[1-9]/m.test(read(`/proc/${pid}/status`) ?? '');
+  const mine = Number(procStatus(pid)?.TracerPid ?? 0) !== 0;
   const maps = mine ? read(`/proc/${pid}/maps`) : '';
   if (maps === undefined) return false;
   if (maps.includes('CRIUMFD')) return true;

@@ -1,13 +1,5 @@
 import assert from 'node:assert/strict';
-import {
-  chmodSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import {
@@ -15,6 +7,7 @@ import {
   describe,
   describeTree,
   ended,
+  exeOf,
   fixture,
   nodeBinaries,
   realCriu,
@@ -29,15 +22,6 @@ import {
 } from '../helpers.mjs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cmdline, processTree, signalQuietly } from '../../dist/common/procfs.js';
-
-/** The file a pid runs ('' once it is gone). */
-const exeOf = (pid) => {
-  try {
-    return readlinkSync(`/proc/${pid}/exe`);
-  } catch {
-    return '';
-  }
-};
 
 const node = nodeBinaries()[0];
 
