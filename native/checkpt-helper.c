@@ -28,7 +28,7 @@
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  *     --lock-table 'inet CRIU-ID' --lock-method-at OFFSET:INVENTORY: see nft-lock.h.
  *
- *   checkpt-helper serve-pages [--stage-only] [--pagemaps DIR]
+ *   checkpt-helper serve-pages [--stage-only] [--pagemaps DIR] [--hold SOCKET]
  *     The page server of a lazy restore, checking memory chunks itself (native/page-server.c);
  *     --stage-only: no daemon, it checks and stages an eager restore's memory.
  */
@@ -949,14 +949,15 @@ static int post_dump_verdict(const char *path, long connect_ms, long until, int 
   return v;
 }
 
-/* checkpt listens before CRIU starts: a socket not there is checkpt gone. */
+/* checkpt's page server listens before CRIU starts: a socket not there is the server gone. */
 #define HOLD_CONNECT_MS 5000
 
 /*
  * CRIU's "post-restore" action script for a small image restored lazily (src/engine/restore.ts,
  * CHECKPT_HOLD_SOCK): the copy is restored but none of it has run. Says "restored" and waits,
- * without a deadline of its own, for checkpt's '1' (every block of its memory passed its check);
- * anything else, checkpt's death included, fails the step and CRIU kills the copy before it runs.
+ * without a deadline of its own, for the page server's '1' (every block of its memory passed its
+ * check; native/page-server.c, --hold); anything else, the server's end included (a damaged block,
+ * checkpt's death, checkpt's deadline), fails the step and CRIU kills the copy before it runs.
  */
 static int cmd_hold_script(const char *sock) {
   bench_trace("hold");
@@ -1540,14 +1541,15 @@ int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "rpc-request")) return cmd_rpc_request(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "serve-pages")) {
     int stage_only = 0;
-    const char *pagemaps = NULL;
+    const char *pagemaps = NULL, *hold = NULL;
     int i = 2;
     for (; i < argc; i++) {
       if (!strcmp(argv[i], "--stage-only")) stage_only = 1;
       else if (!strcmp(argv[i], "--pagemaps") && i + 1 < argc) pagemaps = argv[++i];
+      else if (!strcmp(argv[i], "--hold") && i + 1 < argc) hold = argv[++i];
       else break;
     }
-    if (i == argc) return cmd_serve_pages(stage_only, pagemaps);
+    if (i == argc) return cmd_serve_pages(stage_only, pagemaps, hold);
   }
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 3"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");

@@ -43,7 +43,12 @@
  *
  * CHECK_ALL (7), serving a daemon: every block is to be checked (the checker walks them all; the
  * blocks checkpt checks are asked for with NEED), and the server says ALL_CHECKED (8) once they
- * are. checkpt holds a small image's copy in CRIU's post-restore step until then.
+ * are. A small image's copy is held in CRIU's post-restore step until then: with --hold SOCKET
+ * the server listens there (bound before it reads the plan, so before checkpt can start CRIU)
+ * and answers that step ('1') itself the moment every block passed, without a turn of checkpt's
+ * event loop. A damaged block ends the server, and the step, reading no verdict, fails. The
+ * server then outlives its daemon until the step is answered, or gone, or checkpt says
+ * HOLD_OVER (9): CRIU is past that step, or failed before it.
  *
  * Exit status: 0 after the daemon's goodbye (answered, or the daemon gone after saying it), 3 when
  * the daemon hung up with nothing asked (no goodbye), 2 with one line on stderr for a request the
@@ -72,6 +77,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include "criu-rpc.h"
@@ -98,6 +104,7 @@
 #define MSG_EAGER_STAGED 6
 #define MSG_CHECK_ALL 7
 #define MSG_ALL_CHECKED 8
+#define MSG_HOLD_OVER 9
 #define MSG_SIZE 16
 /* The plan's flags (its fourth word): this server reads the page maps itself (--pagemaps). */
 #define PLAN_PAGEMAPS 1u
@@ -174,6 +181,13 @@ static uint32_t plan_flags;
 static int64_t eager_left = -1;
 /* Blocks of MSG_CHECK_ALL not yet checked; -1 before it was asked. */
 static int64_t held_left = -1;
+/* --hold: CRIU's post-restore script waits on this socket for the copy's verdict. The listener,
+ * then the script's connection; both -1 once the hold is over (answered, the script gone, or
+ * MSG_HOLD_OVER). The server outlives its daemon until then: a small copy's memory may all be in
+ * before the script connects. */
+static int hold_listen = -1, hold_conn = -1, hold_greeted;
+
+static void leave(int code) __attribute__((noreturn));
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void fail(const char *fmt, ...) {
@@ -458,11 +472,11 @@ static int is_goodbye(const uint8_t *iov) {
 static void peer_gone(int err) __attribute__((noreturn));
 static void peer_gone(int err) {
   if (err == EPIPE || err == ECONNRESET) {
-    if (closing) exit(EXIT_CLOSED);
+    if (closing) leave(EXIT_CLOSED);
     for (;;) {
       size_t whole = inlen - inlen % IOV_SIZE;
       for (size_t at = 0; at < whole; at += IOV_SIZE)
-        if (is_goodbye(in + at)) exit(EXIT_CLOSED);
+        if (is_goodbye(in + at)) leave(EXIT_CLOSED);
       memmove(in, in + whole, inlen - whole);
       inlen -= whole;
       ssize_t n = recv(DAEMON_FD, in + inlen, sizeof in - inlen, MSG_DONTWAIT);
@@ -919,12 +933,55 @@ static void report_if_staged(uint32_t fi, uint64_t b) {
   if (eager && --eager_left == 0) send_ctl(MSG_EAGER_STAGED, 0, 0);
 }
 
+/* Ends the hold without a verdict: a script still waiting reads end-of-file and fails its step. */
+static void hold_over(void) {
+  if (hold_listen >= 0) close(hold_listen);
+  if (hold_conn >= 0) close(hold_conn);
+  hold_listen = hold_conn = -1;
+}
+
+/* '1' to the waiting script once it has said its step and every block passed its check. */
+static void hold_answer(void) {
+  if (hold_conn < 0 || !hold_greeted || held_left != 0) return;
+  ssize_t w;
+  do w = send(hold_conn, "1", 1, MSG_NOSIGNAL); while (w < 0 && errno == EINTR);
+  hold_over();
+}
+
+/* The listener is readable: the script's connection (one; the listener is closed then). */
+static void hold_accept(void) {
+  int c = accept4(hold_listen, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (c < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) return;
+    fail("the post-restore step could not connect (%s)", strerror(errno));
+  }
+  close(hold_listen);
+  hold_listen = -1;
+  hold_conn = c;
+}
+
+/* The script's connection is readable: its step's name, or its end. */
+static void hold_read(void) {
+  char buf[64];
+  ssize_t n = read(hold_conn, buf, sizeof buf);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n <= 0) {
+    hold_over();
+    return;
+  }
+  hold_greeted = 1;
+  hold_answer();
+}
+
 /* Counts block b of fi as checked for MSG_CHECK_ALL, once it is. */
 static void release_if_checked(uint32_t fi, uint64_t b) {
   struct file *f = &files[fi];
   if (!f->held || !f->held[b] || __atomic_load_n(&f->staged[b], __ATOMIC_ACQUIRE) == STAGED_NO) return;
   f->held[b] = 0;
-  if (--held_left == 0) send_ctl(MSG_ALL_CHECKED, 0, 0);
+  if (--held_left == 0) {
+    send_ctl(MSG_ALL_CHECKED, 0, 0);
+    hold_answer();
+  }
 }
 
 /* MSG_CHECK_ALL: a copy held until all of its memory is checked (a small image restored lazily:
@@ -945,7 +1002,10 @@ static void check_all(void) {
       if (!checked_here(f, b)) ask(fi, b);
     }
   }
-  if (--held_left == 0) send_ctl(MSG_ALL_CHECKED, 0, 0);
+  if (--held_left == 0) {
+    send_ctl(MSG_ALL_CHECKED, 0, 0);
+    hold_answer();
+  }
 }
 
 /* MSG_STAGE_EAGER: stages what `criu restore` reads itself (all of it without a daemon), as if
@@ -1057,7 +1117,7 @@ static void serve_queue(void) {
       int32_t status = 0;
       write_all(DAEMON_FD, &status, sizeof status, 0);
       shutdown(DAEMON_FD, SHUT_WR);
-      exit(EXIT_CLOSED);
+      leave(EXIT_CLOSED);
     }
     if (!ready(r, 1)) return;
     answer(r);
@@ -1097,13 +1157,103 @@ static void take_request(const uint8_t *iov) {
   if (!r->close) ready(r, 0);
 }
 
-int cmd_serve_pages(int stage_only, const char *pagemaps) {
+/* checkpt's control messages; buffered across reads. Returns once what was there is handled. */
+static uint8_t ctl[MSG_SIZE * 256];
+static size_t ctllen;
+
+static void read_ctl(int stage_only) {
+  ssize_t n = read(CTL_FD, ctl + ctllen, sizeof ctl - ctllen);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  /* Staging only: checkpt closes its end when it has what it asked for. */
+  if (n <= 0) exit(stage_only ? EXIT_CLOSED : EXIT_GONE);
+  ctllen += (size_t)n;
+  size_t at = 0;
+  for (; ctllen - at >= MSG_SIZE; at += MSG_SIZE) {
+    uint32_t type = u32(ctl + at), file = u32(ctl + at + 4);
+    uint64_t blk = u64(ctl + at + 8);
+    if (type == MSG_STAGE_EAGER && plan_flags & PLAN_PAGEMAPS) {
+      stage_eager(stage_only);
+      continue;
+    }
+    if (type == MSG_CHECK_ALL && !stage_only) {
+      check_all();
+      continue;
+    }
+    if (type == MSG_HOLD_OVER) {
+      hold_over();
+      continue;
+    }
+    if ((type != MSG_STAGED && type != MSG_STAGE) || file >= nfiles || blk >= files[file].blocks)
+      fail("checkpt sent a malformed message");
+    if (type == MSG_STAGED) {
+      __atomic_store_n(&files[file].staged[blk], STAGED_MAP, __ATOMIC_RELEASE);
+      report_if_staged(file, blk);
+      release_if_checked(file, blk);
+      continue;
+    }
+    /* A block this server cannot check here (no Nettle or libzstd) comes back as NEED. */
+    pthread_mutex_lock(&lock);
+    files[file].want_map[blk] = 1;
+    pthread_mutex_unlock(&lock);
+    files[file].report[blk] = 1;
+    ask(file, blk);
+    report_if_staged(file, blk);
+  }
+  memmove(ctl, ctl + at, ctllen - at);
+  ctllen -= at;
+}
+
+/* One wait of the serving loop (daemon_fd -1 once the daemon is gone): control messages, the
+ * checker's staged blocks, the end of a direct read's lease, the hold; whether the daemon's
+ * socket is readable. */
+static int wait_once(int daemon_fd, int stage_only) {
+  struct pollfd p[6] = {{CTL_FD, POLLIN, 0},
+                        {daemon_fd, qlen < MAX_QUEUED ? POLLIN : 0, 0},
+                        {staged_fd, POLLIN, 0},
+                        {lease_sigfd, POLLIN, 0},
+                        {hold_listen, POLLIN, 0},
+                        {hold_conn, POLLIN, 0}};
+  if (poll(p, 6, -1) < 0) {
+    if (errno == EINTR) return 0;
+    fail("poll failed (%s)", strerror(errno));
+  }
+  if (p[3].revents) end_direct();
+  if (p[2].revents) {
+    uint64_t n;
+    if (read(staged_fd, &n, sizeof n) < 0 && errno != EAGAIN) fail("poll failed (%s)", strerror(errno));
+    report_staged();
+  }
+  if (p[4].revents && hold_listen >= 0) hold_accept();
+  if (p[5].revents && hold_conn >= 0) hold_read();
+  if (p[0].revents) read_ctl(stage_only);
+  return p[1].revents != 0;
+}
+
+/* The daemon is done (`code`): exits, once a hold still pending is over (see hold_listen). */
+static void leave(int code) {
+  while (hold_listen >= 0 || hold_conn >= 0) wait_once(-1, 0);
+  exit(code);
+}
+
+/* Listens at `path` (in checkpt's 0700 staging directory) for CRIU's post-restore script, before
+ * checkpt can start the restore: checkpt waits for this server's first answers first. */
+static void hold_listen_at(const char *path) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof a.sun_path) fail("the hold socket's path is too long: %s", path);
+  strcpy(a.sun_path, path);
+  hold_listen = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (hold_listen < 0 || bind(hold_listen, (struct sockaddr *)&a, sizeof a) < 0 || listen(hold_listen, 1) < 0)
+    fail("cannot listen for the post-restore step at %s (%s)", path, strerror(errno));
+}
+
+int cmd_serve_pages(int stage_only, const char *pagemaps, const char *hold) {
   signal(SIGPIPE, SIG_IGN);
   /* Node made the daemon's socket non-blocking; only this process holds it now. The control
    * socket stays as it is: checkpt's event loop shares it. */
   int fl = stage_only ? 0 : fcntl(DAEMON_FD, F_GETFL);
   if (fl < 0 || (!stage_only && fcntl(DAEMON_FD, F_SETFL, fl & ~O_NONBLOCK) < 0))
     fail("no socket to serve (%s)", strerror(errno));
+  if (hold && !stage_only) hold_listen_at(hold);
   const char *slow = getenv("CHECKPT_FAULT_SLOW_CHECK_MS");
   slow_check_ms = slow ? atol(slow) : 0;
   read_plan();
@@ -1122,8 +1272,6 @@ int cmd_serve_pages(int stage_only, const char *pagemaps) {
   }
   if (!stage_only) share_states();
   start_checker(stage_only);
-  uint8_t ctl[MSG_SIZE * 256];
-  size_t ctllen = 0;
   int daemon_open = !stage_only;
   for (;;) {
     serve_queue();
@@ -1134,70 +1282,18 @@ int cmd_serve_pages(int stage_only, const char *pagemaps) {
     if (at > 0) continue;
     if (!daemon_open && !stage_only) {
       /* After its goodbye the daemon may go without waiting for what it asked before it. */
-      if (closing) exit(EXIT_CLOSED);
+      if (closing) leave(EXIT_CLOSED);
       if (qlen > 0) fail("hung up with requests unanswered");
-      exit(EXIT_HUNG_UP);
+      leave(EXIT_HUNG_UP);
     }
-    struct pollfd p[4] = {{CTL_FD, POLLIN, 0},
-                          {daemon_open ? DAEMON_FD : -1, qlen < MAX_QUEUED ? POLLIN : 0, 0},
-                          {staged_fd, POLLIN, 0},
-                          {lease_sigfd, POLLIN, 0}};
-    if (poll(p, 4, -1) < 0) {
-      if (errno == EINTR) continue;
-      fail("poll failed (%s)", strerror(errno));
+    if (!wait_once(daemon_open ? DAEMON_FD : -1, stage_only)) continue;
+    ssize_t n = recv(DAEMON_FD, in + inlen, sizeof in - inlen, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("connection failed (%s)", strerror(errno));
+    if (n == 0) {
+      daemon_open = 0;
+      continue;
     }
-    if (p[3].revents) end_direct();
-    if (p[2].revents) {
-      uint64_t n;
-      if (read(staged_fd, &n, sizeof n) < 0 && errno != EAGAIN) fail("poll failed (%s)", strerror(errno));
-      report_staged();
-    }
-    if (p[0].revents) {
-      ssize_t n = read(CTL_FD, ctl + ctllen, sizeof ctl - ctllen);
-      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      /* Staging only: checkpt closes its end when it has what it asked for. */
-      if (n <= 0) exit(stage_only ? EXIT_CLOSED : EXIT_GONE);
-      ctllen += (size_t)n;
-      at = 0;
-      for (; ctllen - at >= MSG_SIZE; at += MSG_SIZE) {
-        uint32_t type = u32(ctl + at), file = u32(ctl + at + 4);
-        uint64_t blk = u64(ctl + at + 8);
-        if (type == MSG_STAGE_EAGER && plan_flags & PLAN_PAGEMAPS) {
-          stage_eager(stage_only);
-          continue;
-        }
-        if (type == MSG_CHECK_ALL && !stage_only) {
-          check_all();
-          continue;
-        }
-        if ((type != MSG_STAGED && type != MSG_STAGE) || file >= nfiles || blk >= files[file].blocks)
-          fail("checkpt sent a malformed message");
-        if (type == MSG_STAGED) {
-          __atomic_store_n(&files[file].staged[blk], STAGED_MAP, __ATOMIC_RELEASE);
-          report_if_staged(file, blk);
-          release_if_checked(file, blk);
-          continue;
-        }
-        /* A block this server cannot check here (no Nettle or libzstd) comes back as NEED. */
-        pthread_mutex_lock(&lock);
-        files[file].want_map[blk] = 1;
-        pthread_mutex_unlock(&lock);
-        files[file].report[blk] = 1;
-        ask(file, blk);
-        report_if_staged(file, blk);
-      }
-      memmove(ctl, ctl + at, ctllen - at);
-      ctllen -= at;
-    }
-    if (p[1].revents) {
-      ssize_t n = recv(DAEMON_FD, in + inlen, sizeof in - inlen, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) fail("connection failed (%s)", strerror(errno));
-      if (n == 0) {
-        daemon_open = 0;
-        continue;
-      }
-      inlen += (size_t)n;
-    }
+    inlen += (size_t)n;
   }
 }

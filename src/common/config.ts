@@ -445,7 +445,7 @@ note(
 export const HOLD_SOCK = note(
   'CHECKPT_HOLD_SOCK',
   'internal',
-  "For CRIU's post-restore action script (checkpt-helper) in a resume of an image with less than 32 MiB of memory: the Unix socket in the staging directory where it waits, the copy restored but not yet run, until checkpt says that every memory chunk passed its check.",
+  "For CRIU's post-restore action script (checkpt-helper) in a resume of an image with less than 32 MiB of memory: the Unix socket in the staging directory where it waits, the copy restored but not yet run, until checkpt's page server (which listens there) says that every memory chunk passed its check.",
 );
 
 export const SCRIPT_ACTIONS = note(

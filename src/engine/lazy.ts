@@ -52,6 +52,11 @@ export interface ServedPages {
   file: string;
   /** Called once, at once, when serving fails (the daemon is already being stopped). */
   onFailure(e: Error): void;
+  /**
+   * Where CRIU's post-restore step will wait for the copy's verdict: the server listens there and
+   * answers once every block passed its check (PageServer.allChecked).
+   */
+  hold?: string;
 }
 
 /** A lazy-pages daemon starting. */
@@ -125,6 +130,7 @@ export function startLazyPages(
         served.onFailure(e);
       },
       stagedMap,
+      served.hold,
     );
     server = s;
     // Checked and staged ahead of the daemon, from now on: most of a faulting copy's waits and the

@@ -36,6 +36,7 @@ const MSG_STAGE_EAGER = 5;
 const MSG_EAGER_STAGED = 6;
 const MSG_CHECK_ALL = 7;
 const MSG_ALL_CHECKED = 8;
+const MSG_HOLD_OVER = 9;
 const MSG_SIZE = 16;
 /** The plan's flags: the server reads the page maps itself (its --pagemaps). */
 const PLAN_PAGEMAPS = 1;
@@ -78,6 +79,11 @@ export interface PageServer {
    * the background anyway; this asks it to say so). Rejects as serving fails.
    */
   allChecked(): Promise<void>;
+  /**
+   * No post-restore step will wait on the server's hold socket any more (the restore is past it,
+   * or failed before it): the server may end with its daemon.
+   */
+  holdOver(): void;
   /** Stops answering and closes the connection. */
   stop(): void;
   /** Without a daemon: tells the server it is done; settles as `done`. */
@@ -196,6 +202,7 @@ export function servePages(
   file: string,
   onError: (e: Error) => void,
   stagedMap?: string,
+  hold?: string,
 ): PageServer {
   const mapsDir = 'pagemaps' in plan ? plan.pagemaps : undefined;
   const names = [...pages.entries.keys()];
@@ -217,6 +224,7 @@ export function servePages(
   if (stdio.length !== CKPT_FD + 1) throw new Error('internal: the page server fds are misplaced');
   const args = ['serve-pages', ...(socket ? [] : ['--stage-only'])];
   if (mapsDir !== undefined) args.push('--pagemaps', mapsDir);
+  if (hold !== undefined && socket) args.push('--hold', hold);
   const child = spawnFast(helperPath(), args, {
     stdio: [...stdio, ...names.map((n) => pages.fdOf(n))],
     ...(socket && stagedMap !== undefined
@@ -393,6 +401,9 @@ export function servePages(
     done,
     stage,
     allChecked: checkAll,
+    holdOver: () => {
+      if (hold !== undefined && !finished) send(MSG_HOLD_OVER, 0, 0);
+    },
     finish: () => {
       ctl.end();
       return done;

@@ -25,7 +25,7 @@ import { loadingOf, startLazyPages, type LazyPages, type Relay } from './lazy.js
 import { lockCheckArgs, skipLockRemoval } from './netlock.js';
 import { readMemoryPlan, type MemoryPlan, type Range } from './pagemap.js';
 import { serverMaps, stageBeforeRestore } from './page-server.js';
-import { HOLD_SOCK, listenForScript, type ScriptHook } from './post-dump.js';
+import { HOLD_SOCK } from './post-dump.js';
 import { HOLD_SOCK as HOLD_VAR, SCRIPT_ACTIONS } from '../common/config.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
@@ -151,7 +151,6 @@ async function restoreFrom(
   // Memory being checked and staged before CRIU's restore runs.
   let staging: { done: Promise<void>; stop(): void } | undefined;
   // A small image's copy waits in CRIU's post-restore step for this socket's '1'.
-  let hook: ScriptHook | undefined;
   // A chunk that failed its check (or a daemon that asked for what is not there): the copy is
   // stopped at once and this is the reason the resume fails.
   let pageFailure: Error | undefined;
@@ -257,12 +256,15 @@ async function restoreFrom(
     trace('staged-open');
     // Stopped while the image was unpacked: the handler has already looked for a daemon to stop.
     if (stopped) return await STOPPING_FOREVER;
+    // The server itself answers CRIU's post-restore step there, once every block passed its check.
+    const holdPath = held ? join(workDir, HOLD_SOCK) : undefined;
     const server =
       staged && plan
         ? starting?.serve({
             pages: staged,
             plan,
             file,
+            ...(holdPath === undefined ? {} : { hold: holdPath }),
             onFailure: (e) => {
               pageFailure ??= e;
               if (helper) killTree(helper);
@@ -280,10 +282,8 @@ async function restoreFrom(
           ? plan.eager
           : staged && whole(staged.entries);
     // Checking every block overlaps CRIU's restore; the copy runs only once it is done.
-    const holding = held && server ? listenForScript(join(workDir, HOLD_SOCK)) : undefined;
-    const checkedAll = holding && server ? server.allChecked() : undefined;
+    const checkedAll = held && server ? server.allChecked() : undefined;
     checkedAll?.catch(() => undefined);
-    holding?.catch(() => undefined);
     if (staged && plan && ranges)
       staging = server
         ? { done: server.stage(ranges), stop: () => undefined }
@@ -364,36 +364,23 @@ async function restoreFrom(
     let lockArgs: string[] = [];
     if (options.lockElsewhere || privateNet) skipLockRemoval(imagesDir);
     else lockArgs = lockCheckArgs(imagesDir);
-    if (holding) {
-      hook = await holding;
-      // Without a daemon every block was staged, and so checked, before the restore.
-      if (lazy && checkedAll) {
-        const answer = hook;
-        // Never a copy waiting for good: checking under 32 MiB takes well under a second.
-        const late = setTimeout(() => {
-          pageFailure ??= new CheckptError(
-            'ERESTORE',
-            `The memory of ${file} was not all checked within ${HOLD_LIMIT_MS / 1000} s, so its copy was stopped before it ran. Resume again; CHECKPT_LAZY=0 checks all of it before CRIU starts.`,
-            { path: file },
-          );
-          answer.verdict(false);
-        }, HOLD_LIMIT_MS);
-        late.unref();
-        void checkedAll.then(
-          () => {
-            clearTimeout(late);
-            answer.verdict(true);
-          },
-          () => {
-            clearTimeout(late);
-            answer.verdict(false);
-          },
+    // Without a daemon every block was staged, and so checked, before the restore.
+    const hold = lazy && checkedAll ? holdPath : undefined;
+    if (hold && server && checkedAll) {
+      // Never a copy waiting for good: checking under 32 MiB takes well under a second. The
+      // server's end makes the waiting step fail, and CRIU kills the copy before it runs.
+      const late = setTimeout(() => {
+        pageFailure ??= new CheckptError(
+          'ERESTORE',
+          `The memory of ${file} was not all checked within ${HOLD_LIMIT_MS / 1000} s, so its copy was stopped before it ran. Resume again; CHECKPT_LAZY=0 checks all of it before CRIU starts.`,
+          { path: file },
         );
-      } else {
-        hook.close();
-        hook = undefined;
-      }
-    }
+        server.stop();
+      }, HOLD_LIMIT_MS);
+      late.unref();
+      const settled = (): void => clearTimeout(late);
+      void checkedAll.then(settled, settled);
+    } else server?.holdOver();
     // Erased before the copy can write to the terminal.
     progress?.end();
     helper = spawnHelper(
@@ -410,7 +397,7 @@ async function restoreFrom(
             workDir,
             inherit,
             lazy: lazy !== undefined,
-            ...(hook ? { hold: true } : {}),
+            ...(hold ? { hold: true } : {}),
             tcpClose: sockets.tcpClose || manifest.tcp === 'closed',
             ...(onHost ? { granted: true } : {}),
           }),
@@ -425,11 +412,11 @@ async function restoreFrom(
         extraFds: stdinArgs.fds,
         ...(privateNet ? { netns: true } : {}),
         ...(onHost ? { host: true } : {}),
-        ...(hook
+        ...(hold
           ? {
               env: {
                 ...process.env,
-                [HOLD_VAR.name]: hook.path,
+                [HOLD_VAR.name]: hold,
                 [SCRIPT_ACTIONS.name]: 'post-restore',
               },
             }
@@ -437,7 +424,8 @@ async function restoreFrom(
       },
     );
     const first = await helper.next();
-    hook?.close();
+    // Past CRIU's post-restore step, or failed before it: no script comes any more.
+    server?.holdOver();
     if (pageFailure) throw pageFailure;
     trace(`status-${first.kind}`);
     if (first.kind !== 'restored') {
@@ -461,7 +449,6 @@ async function restoreFrom(
     if (stopped) return await STOPPING_FOREVER;
     staging?.stop();
     starting?.stop();
-    hook?.close();
     if (helper && helper.child.exitCode === null) helper.child.kill('SIGKILL');
     if (!handedOver) publisher?.close();
     await (staged ?? pages)?.close().catch(() => undefined);

@@ -14,6 +14,8 @@ import {
   writeSync,
 } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
@@ -56,7 +58,7 @@ async function checkpointFile(t, { fill = randomBytes, compress = false, key } =
 }
 
 /** Serves `file`'s memory to a fake daemon; `reads` counts the chunks this process read itself. */
-async function serve(root, file, key, { stage = true, stagedMap, maps = false } = {}) {
+async function serve(root, file, key, { stage = true, stagedMap, maps = false, hold } = {}) {
   const dir = join(root, 'restore');
   mkdirSync(dir);
   const lazy = await extractLazy(file, dir, key ? { key } : {});
@@ -78,7 +80,7 @@ async function serve(root, file, key, { stage = true, stagedMap, maps = false } 
   const staged = await StagedPages.create(dir, counting);
   const { server, daemon } = await pair();
   const errors = [];
-  const ps = servePages(server, staged, plan, file, (e) => errors.push(e), stagedMap);
+  const ps = servePages(server, staged, plan, file, (e) => errors.push(e), stagedMap, hold);
   // What CRIU's restore reads itself, staged before it runs, by whoever checks that image. (The
   // server's own pass through the file may find a damaged chunk first: then this fails with it.)
   const staging = ps.stage(maps ? 'eager' : plan.eager);
@@ -359,6 +361,105 @@ test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it
   assert.equal(errors.length, 1);
   const sent = await got;
   assert.ok(sent.length <= 32 + PAGE, `only the sound answer at most (${sent.length} bytes)`);
+  daemon.destroy();
+  await staged.close();
+});
+
+/**
+ * CRIU's post-restore step as checkpt's helper plays it: connects to `path` (for up to 5 s while
+ * it is not there yet), says "restored" and resolves with what comes back before the end ('1'
+ * lets the copy run; anything else fails the step).
+ */
+async function holdStep(path) {
+  for (const end = Date.now() + 5000; ; await sleep(5)) {
+    const s = connect(path);
+    const err = await Promise.race([
+      once(s, 'connect').then(() => undefined),
+      once(s, 'error').then(([e]) => e),
+    ]);
+    if (err) {
+      if (err.code !== 'ENOENT' && err.code !== 'ECONNREFUSED') throw err;
+      assert.ok(Date.now() < end, `nothing listens at ${path}`);
+      continue;
+    }
+    s.on('error', () => undefined);
+    s.end('restored\n');
+    let got = '';
+    s.setEncoding('utf8').on('data', (d) => (got += d));
+    await once(s, 'close');
+    return got;
+  }
+}
+
+/** Whether `p` is still pending after the server had `ms` to settle it. */
+async function pending(p, ms = 300) {
+  const marker = Symbol('pending');
+  return (
+    (await Promise.race([
+      p.then(
+        () => 'settled',
+        () => 'settled',
+      ),
+      sleep(ms, marker),
+    ])) === marker
+  );
+}
+
+test("the hold: the server answers CRIU's post-restore step once every block passed, even after its daemon's goodbye", async (t) => {
+  const { root, file } = await checkpointFile(t);
+  const hold = join(root, 'hold.sock');
+  const { ps, daemon, errors, staged } = await serve(root, file, undefined, { maps: true, hold });
+  await ps.allChecked();
+  // The daemon done before the step comes (all of a small copy's memory may be in by then): the
+  // server stays for the step.
+  await fetch(daemon, [[1, 1]]);
+  assert.ok(await pending(ps.done), 'the server waits for the post-restore step');
+  assert.equal(await holdStep(hold), '1');
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
+  daemon.destroy();
+  await staged.close();
+});
+
+test('the hold: no step comes (the restore is past it, or failed): holdOver() lets the server end', async (t) => {
+  const { root, file } = await checkpointFile(t);
+  const hold = join(root, 'hold.sock');
+  const { ps, daemon, errors, staged } = await serve(root, file, undefined, { maps: true, hold });
+  await fetch(daemon, [[1, 1]]);
+  assert.ok(await pending(ps.done), 'the server waits for the post-restore step');
+  ps.holdOver();
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
+  daemon.destroy();
+  await staged.close();
+});
+
+test('the hold: a damaged chunk ends the server, and the waiting step reads no verdict', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  const bytes = readFileSync(file);
+  const probe = memory.subarray(2 * MIB + 4096, 2 * MIB + 4160);
+  const at = bytes.indexOf(probe);
+  assert.ok(at > 0 && bytes.indexOf(probe, at + 1) < 0, 'chunk 32 found in the file');
+  const fd = openSync(file, 'r+');
+  writeSync(fd, Buffer.from([bytes[at] ^ 0xff]), 0, 1, at);
+  closeSync(fd);
+  const hold = join(root, 'hold.sock');
+  // Each block's check slowed (chunk 32 is found after ~0.6 s): the step is waiting by then.
+  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
+  let served;
+  try {
+    served = await serve(root, file, undefined, { maps: true, hold, stage: false });
+  } finally {
+    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
+  }
+  const { ps, daemon, staged } = served;
+  daemon.on('error', () => undefined);
+  const step = holdStep(hold);
+  const checked = ps.allChecked();
+  checked.catch(() => undefined);
+  await assert.rejects(ps.done, (e) => e.code === 'EBADIMAGE');
+  await assert.rejects(checked);
+  assert.equal(await step, '', 'no verdict: CRIU fails the step and kills the copy');
   daemon.destroy();
   await staged.close();
 });
