@@ -4,7 +4,7 @@
  * netlink cannot tell (no sock_diag here). The restore's socket preflight reads it instead of
  * /proc/net/tcp and tcp6, each of which walks the kernel's whole connection table (~4 ms of CPU
  * on a 2-core machine with 24 GiB; this dump takes well under 1 ms).
- * Built like checkpt-rand.c: the few N-API declarations written out, resolved from the node binary.
+ * Built like checkpt-openssl.c: the few N-API declarations written out, resolved from the node binary.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

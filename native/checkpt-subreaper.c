@@ -4,7 +4,7 @@
  * adopts the program's orphans so that they stay in its checkpoint; when that process is a Node
  * program checkpointing itself, its own dump front must still leave its tree (it detaches by
  * orphaning itself), so checkpt turns adoption off around starting the front.
- * Built like checkpt-rand.c: the few N-API declarations written out, resolved from the node binary.
+ * Built like checkpt-openssl.c: the few N-API declarations written out, resolved from the node binary.
  */
 #define _GNU_SOURCE
 #include <stdbool.h>

@@ -58,8 +58,8 @@ const targets = [
     flags: ['-shared', '-fPIC', '-fvisibility=hidden', '-pthread'],
   },
   {
-    name: 'checkpt-rand.node',
-    src: 'checkpt-rand.c',
+    name: 'checkpt-openssl.node',
+    src: 'checkpt-openssl.c',
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
 ];

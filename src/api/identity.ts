@@ -2,7 +2,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
 import { nativeAddon } from '../engine/native.js';
 
-/** The N-API addon (native/checkpt-rand.c) whose reseed() calls OpenSSL's RAND_poll(). */
+/** The N-API addon (native/checkpt-openssl.c) whose reseed() calls OpenSSL's RAND_poll(). */
 interface RandAddon {
   reseed(): boolean;
 }
@@ -21,7 +21,7 @@ export function setIdentityRefresh(on: boolean): void {
 function loadAddon(): RandAddon {
   if (!addon) {
     // Loaded with process.dlopen: a tenth of the time require() takes to set up and load it.
-    addon = nativeAddon<RandAddon>('checkpt-rand.node');
+    addon = nativeAddon<RandAddon>('checkpt-openssl.node');
   }
   return addon;
 }

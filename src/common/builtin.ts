@@ -1,4 +1,5 @@
 import type * as ChildProcess from 'node:child_process';
+import type * as Crypto from 'node:crypto';
 import { fstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type * as Readline from 'node:readline';
@@ -12,7 +13,7 @@ const load: (name: string) => unknown =
 /**
  * A built-in module loaded at its first use instead of at start-up. A resume's start loads every
  * module its imports name: `node:child_process` (with `dgram` and `cluster`), `readline` and `tty`
- * took ~9 ms of it (docs/PERFORMANCE.md) where a resume mostly needs none of them.
+ * took ~9 ms of it, `node:crypto` ~10 (docs/PERFORMANCE.md), where a resume needs none of them.
  */
 function lazy<T>(name: string): () => T {
   let m: T | undefined;
@@ -20,6 +21,8 @@ function lazy<T>(name: string): () => T {
 }
 
 export const childProcess = lazy<typeof ChildProcess>('node:child_process');
+// ~10 ms of Node 26's start: a resume hashes with checkpt's addon (common/sha256.ts) instead.
+export const crypto = lazy<typeof Crypto>('node:crypto');
 export const readline = lazy<typeof Readline>('node:readline');
 const tty = lazy<typeof Tty>('node:tty');
 

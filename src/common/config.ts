@@ -532,6 +532,12 @@ note(
   'milliseconds',
 );
 note(
+  'CHECKPT_TEST_BUILTINS',
+  'test',
+  "Where test/fixtures/builtins-at-exit.cjs, preloaded into `checkpt -r`, writes the Node built-in modules the command loaded (the test that a resume's checks load no node:crypto).",
+  'an absolute path',
+);
+note(
   'CHECKPT_TEST_MS',
   'test',
   'How long a test of real parts may run before it fails naming what still runs (default 180000).',

@@ -11,6 +11,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { setSha256Addon, type Sha256Addon } from '../common/sha256.js';
 import { HELPER, readAtLoad } from '../common/config.js';
 import { packageRoot } from './paths.js';
 
@@ -18,7 +19,7 @@ import { packageRoot } from './paths.js';
 export const NATIVE_PARTS = [
   'checkpt-helper',
   'libcheckpt-nouring.so',
-  'checkpt-rand.node',
+  'checkpt-openssl.node',
   'checkpt-subreaper.node',
   'checkpt-net.node',
   'checkpt-spawn.node',
@@ -28,7 +29,7 @@ export type NativePart = (typeof NATIVE_PARTS)[number];
 const WHAT: Record<NativePart, string> = {
   'checkpt-helper': "checkpt's native helper",
   'libcheckpt-nouring.so': "checkpt's io_uring blocker",
-  'checkpt-rand.node': "checkpt's random-state refresh addon",
+  'checkpt-openssl.node': "checkpt's OpenSSL addon (random-state refresh, SHA-256)",
   'checkpt-subreaper.node': "checkpt's orphan-adoption addon",
   'checkpt-net.node': "checkpt's socket-listing addon",
   'checkpt-spawn.node': "checkpt's process-starting addon",
@@ -245,11 +246,24 @@ export function nativePath(part: NativePart, quick = false): string {
 
 /** The exports of a working addon; throws EHELPER saying why there is none and what to do. */
 export function nativeAddon<T>(
-  part: 'checkpt-rand.node' | 'checkpt-subreaper.node' | 'checkpt-net.node' | 'checkpt-spawn.node',
+  part:
+    'checkpt-openssl.node' | 'checkpt-subreaper.node' | 'checkpt-net.node' | 'checkpt-spawn.node',
 ): T {
   const l = native(part);
   if (l.found === undefined) throw new CheckptError('EHELPER', unusableMessage(l));
   return l.exports as T;
+}
+
+/**
+ * Hashes with checkpt's OpenSSL addon from now on, where it loads and has SHA-256
+ * (common/sha256.ts); node:crypto otherwise, which gives the same digests.
+ */
+export function useNativeSha256(): void {
+  try {
+    setSha256Addon(nativeAddon<Partial<Sha256Addon>>('checkpt-openssl.node'));
+  } catch {
+    // node:crypto then
+  }
 }
 
 /** Whether `cc` runs, and if not, what happened. */

@@ -4,7 +4,7 @@
  * and the program goes on running (or, for "checkpoint and exit", is stopped once the file is
  * durable, and only then).
  */
-import { randomUUID } from 'node:crypto';
+import { crypto } from '../common/builtin.js';
 import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
@@ -152,7 +152,7 @@ async function dumpWithKey(
   const tcp = tcpModeFor(privateNet);
   const published = privateNet ? envOf(req.pid, PUBLISH.name) : '';
   const workDir = makeStagingDir('dump', rss, true);
-  const runId = randomUUID();
+  const runId = crypto().randomUUID();
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });

@@ -83,8 +83,8 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
   out.push(nativeFinding('io_uring blocker', 'io_uring blocker', native('libcheckpt-nouring.so')));
   // Without it resumed copies still work, but share OpenSSL's random state with the original.
   out.push(
-    nativeFinding('rand addon', 'random-state refresh addon', native('checkpt-rand.node'), {
-      warning: "resumed copies would share OpenSSL's random numbers",
+    nativeFinding('openssl addon', 'OpenSSL addon', native('checkpt-openssl.node'), {
+      warning: "resumed copies would share OpenSSL's random numbers, and resumes start slower",
     }),
   );
   // checkpt run takes checkpoints from outside by running CRIU inside the program's namespaces.

@@ -30,7 +30,7 @@ import { HOLD_SOCK as HOLD_VAR, SCRIPT_ACTIONS } from '../common/config.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { processTree, signalQuietly, untilEnded } from '../common/procfs.js';
-import { requireHelper } from './native.js';
+import { requireHelper, useNativeSha256 } from './native.js';
 import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
@@ -106,6 +106,8 @@ export async function resume(
   hooks: ResumeHooks = {},
 ): Promise<Resumed> {
   requireHelper();
+  // The file's checks without loading node:crypto.
+  useNativeSha256();
   // With a grant, an image made on the host needs no user namespace; which one it is comes later.
   if (rootless() && grantedCriu() === undefined) {
     const userns = userNamespacesAllowed();

@@ -4,7 +4,7 @@
  * PageSource that serves them on demand.
  */
 
-import { createHash } from 'node:crypto';
+import { sha256 } from '../common/sha256.js';
 import { readSync } from 'node:fs';
 import { CheckptError } from '../common/errors.js';
 import { zlibZstd } from '../common/zstd.js';
@@ -142,7 +142,7 @@ export async function readChunk(
   }
   if (sealing === undefined) {
     const want = e.hashes?.at(i);
-    if (want === undefined || !createHash('sha256').update(raw).digest().equals(want)) {
+    if (want === undefined || !sha256().update(raw).digest().equals(want)) {
       throw chunkDamaged(src.file, e, i, 'sha256');
     }
     return raw;

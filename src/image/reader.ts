@@ -1,6 +1,6 @@
 /** Where a file's bytes are read from, and the sequential reader the parser walks them with. */
 
-import { createHash, type Hash } from 'node:crypto';
+import { sha256, type Sha256 } from '../common/sha256.js';
 import type { FileHandle } from 'node:fs/promises';
 import { CheckptError } from '../common/errors.js';
 import { ioError, readNow } from './io.js';
@@ -57,7 +57,7 @@ export class SeqReader {
   private winStart = 0;
   private winLen = 0;
   pos = 0;
-  private readonly hash: Hash | undefined;
+  private readonly hash: Sha256 | undefined;
   private readonly readAll: boolean;
 
   constructor(
@@ -67,7 +67,7 @@ export class SeqReader {
     o: SeqOptions,
   ) {
     this.win = Buffer.allocUnsafe(o.window);
-    this.hash = o.hash ? createHash('sha256') : undefined;
+    this.hash = o.hash ? sha256() : undefined;
     this.readAll = o.hash || o.readAll;
   }
 

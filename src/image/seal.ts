@@ -2,13 +2,7 @@
  * Sealing (layout.ts, "Encrypted"): the keys a file's salt gives, its HEAD, and each chunk sealed
  * or opened with AES-256-GCM, bound to its index, to whether it is the last, and to HEAD.
  */
-import {
-  createCipheriv,
-  createDecipheriv,
-  hkdfSync,
-  randomBytes,
-  timingSafeEqual,
-} from 'node:crypto';
+import { crypto } from '../common/builtin.js';
 import { KEY_BYTES } from './key.js';
 import { CHECK_LEN, PREFIX_LEN, SALT_LEN, TAG_LEN } from './layout.js';
 
@@ -30,7 +24,9 @@ interface Keys {
 function deriveKeys(master: Buffer, salt: Buffer, version: number): Keys {
   if (master.length !== KEY_BYTES) throw new RangeError(`the key must be ${KEY_BYTES} bytes`);
   const info = hkdfInfo(version);
-  const okm = Buffer.from(hkdfSync('sha256', master, salt, info, 32 + NONCE_PREFIX_LEN + 16));
+  const okm = Buffer.from(
+    crypto().hkdfSync('sha256', master, salt, info, 32 + NONCE_PREFIX_LEN + 16),
+  );
   return {
     key: okm.subarray(0, 32),
     noncePrefix: okm.subarray(32, 32 + NONCE_PREFIX_LEN),
@@ -63,7 +59,7 @@ export interface Sealing {
 
 /** A new file's sealing: a fresh salt, so a fresh key; `prefix` is its signature, version and flags. */
 export function newSealing(master: Buffer, prefix: Buffer, chunkSize: number): Sealing {
-  const salt = randomBytes(SALT_LEN);
+  const salt = crypto().randomBytes(SALT_LEN);
   const keys = deriveKeys(master, salt, prefix.readUInt32BE(8));
   const size = Buffer.alloc(4);
   size.writeUInt32BE(chunkSize, 0);
@@ -75,7 +71,7 @@ export function sealingOf(master: Buffer, head: Buffer): Sealing | undefined {
   const salt = head.subarray(PREFIX_LEN + 4, PREFIX_LEN + 4 + SALT_LEN);
   const keys = deriveKeys(master, salt, head.readUInt32BE(8));
   const check = head.subarray(PREFIX_LEN + 4 + SALT_LEN, PREFIX_LEN + 4 + SALT_LEN + CHECK_LEN);
-  return timingSafeEqual(keys.check, check) ? { keys, head } : undefined;
+  return crypto().timingSafeEqual(keys.check, check) ? { keys, head } : undefined;
 }
 
 /** The same keys bound to other additional data: format 2 seals INDEX under HEAD | u64 D. */
@@ -137,7 +133,9 @@ export function sealChunk(s: Sealing, index: number, final: boolean, data: Buffe
 }
 
 function seal(keys: Keys, { nonce, aad }: { nonce: Buffer; aad: Buffer }, data: Buffer): Buffer {
-  const cipher = createCipheriv('aes-256-gcm', keys.key, nonce, { authTagLength: TAG_LEN });
+  const cipher = crypto().createCipheriv('aes-256-gcm', keys.key, nonce, {
+    authTagLength: TAG_LEN,
+  });
   cipher.setAAD(aad);
   for (let o = 0; o < data.length; o += CRYPT_PIECE) {
     cipher.update(data.subarray(o, o + CRYPT_PIECE)).copy(data, o);
@@ -168,7 +166,9 @@ function open(
   len: number,
   plain: Buffer,
 ): boolean {
-  const decipher = createDecipheriv('aes-256-gcm', keys.key, nonce, { authTagLength: TAG_LEN });
+  const decipher = crypto().createDecipheriv('aes-256-gcm', keys.key, nonce, {
+    authTagLength: TAG_LEN,
+  });
   decipher.setAAD(aad);
   decipher.setAuthTag(sealed.subarray(len, len + TAG_LEN));
   for (let o = 0; o < len; o += CRYPT_PIECE) {

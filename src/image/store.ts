@@ -12,7 +12,8 @@
  * appears shifts everything after it by whole pages, and content-defined cuts follow the shift.
  */
 
-import { createHash, randomBytes } from 'node:crypto';
+import { crypto } from '../common/builtin.js';
+import { sha256 } from '../common/sha256.js';
 import { constants as fsc } from 'node:fs';
 import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -106,7 +107,7 @@ export class StoreWriter {
 
   /** Stores `bytes` unless a chunk of the same hash is there; returns the hash. */
   async put(bytes: Buffer): Promise<Buffer> {
-    const hash = createHash('sha256').update(bytes).digest();
+    const hash = sha256().update(bytes).digest();
     const path = chunkPath(this.dir, hash);
     this.stats.chunks++;
     if (this.seen.has(path) || (await present(path))) {
@@ -127,7 +128,7 @@ export class StoreWriter {
       await mkdir(sub, { recursive: true, mode: 0o700 });
       this.dirs.add(sub);
     }
-    const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+    const tmp = `${path}.tmp-${crypto().randomBytes(6).toString('hex')}`;
     let fh: FileHandle | undefined;
     try {
       fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
@@ -285,7 +286,7 @@ export async function readStoredChunk(c: StoredChunk, scratch?: Buffer): Promise
       throw chunkError(c, 'does not decode');
     }
   } else throw chunkError(c, `has an unknown codec ${raw[0]}`);
-  if (bytes.length !== c.length || !createHash('sha256').update(bytes).digest().equals(c.hash)) {
+  if (bytes.length !== c.length || !sha256().update(bytes).digest().equals(c.hash)) {
     throw chunkError(c, 'is damaged (checksum mismatch)');
   }
   return bytes;

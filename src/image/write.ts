@@ -1,6 +1,7 @@
 /** Writing a checkpoint file: packed from a directory, plain or sealed, put in place atomically. */
 
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { crypto } from '../common/builtin.js';
+import { sha256, type Sha256 } from '../common/sha256.js';
 import { constants as fsc, readdirSync, statSync } from 'node:fs';
 import { lstat, open, readdir, rename, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -187,7 +188,7 @@ class ChunkWriter {
   private spare: Buffer;
   private len = 0;
   private pending: Promise<void> = Promise.resolve();
-  private readonly hash: Hash = createHash('sha256');
+  private readonly hash: Sha256 = sha256();
   private readonly probe = Buffer.allocUnsafe(1);
   private index = 0;
 
@@ -274,7 +275,10 @@ class ChunkWriter {
 
 /** The temporary name a checkpoint is written under before it is renamed over `target`. */
 export function tempNameFor(target: string): string {
-  return join(dirname(target), `.${basename(target)}.tmp-${randomBytes(6).toString('hex')}`);
+  return join(
+    dirname(target),
+    `.${basename(target)}.tmp-${crypto().randomBytes(6).toString('hex')}`,
+  );
 }
 
 /** A new file (mode 0600, never an existing one) beside `target`, to be renamed over it. */
@@ -558,7 +562,7 @@ async function writeV2(
           for (let k = i; k < i + n; k++) {
             const l = cut.lengths[k] ?? 0;
             hashes.push(
-              createHash('sha256')
+              sha256()
                 .update(buf.subarray(from, from + l))
                 .digest(),
             );

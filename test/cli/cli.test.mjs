@@ -229,7 +229,7 @@ describe('checkpt CLI errors', { unit: true }, () => {
       for (const [name, part] of [
         ['helper', 'checkpt-helper'],
         ['io_uring blocker', 'libcheckpt-nouring.so'],
-        ['rand addon', 'checkpt-rand.node'],
+        ['openssl addon', 'checkpt-openssl.node'],
       ]) {
         const f = j.findings.find((x) => x.name === name);
         assert.equal(f?.ok && !f.warning, true, `${name}: ${f?.detail}`);

@@ -108,6 +108,20 @@ describe('lazy restore', () => {
     assert.match(restore, /--action-script \S*checkpt-helper/);
   });
 
+  test("the file's checks load no node:crypto into checkpt -r (~10 ms of Node 26's start)", async () => {
+    const builtins = join(dir, 'builtins');
+    const { r } = resumeWith('no-crypto', {
+      NODE_OPTIONS: `--require ${fixture('builtins-at-exit.cjs')}`,
+      CHECKPT_TEST_BUILTINS: builtins,
+    });
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.deepEqual(back.mapSample, { i: 99999, sq: 99999 * 99999 });
+    assert.equal((await r.closed).code, 7, r.stderrText);
+    const loaded = readFileSync(builtins, 'utf8').split('\n');
+    assert.ok(loaded.includes('fs'), `the list is read: ${loaded.join(' ')}`);
+    assert.ok(!loaded.includes('crypto'), `node:crypto was loaded: ${loaded.join(' ')}`);
+  });
+
   for (const [name, env] of [
     ['CHECKPT_LAZY=0 loads all memory before the copy runs', { CHECKPT_LAZY: '0' }],
   ])

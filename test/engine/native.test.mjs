@@ -126,7 +126,7 @@ describe('looking the native parts up', () => {
   });
 
   test('a preload library that does not load, and an addon that does not dlopen, are refused', () => {
-    const r = fakeRoot({ prebuilt: ['libcheckpt-nouring.so', 'checkpt-rand.node'] });
+    const r = fakeRoot({ prebuilt: ['libcheckpt-nouring.so', 'checkpt-openssl.node'] });
     const lib = join(r, 'libgone.so');
     compile(lib, 'int gone(void) { return 1; }\n', ['-shared', '-fPIC']);
     const preload = join(r, 'build', 'libcheckpt-nouring.so');
@@ -143,8 +143,8 @@ describe('looking the native parts up', () => {
     assert.match(l.tried[0].problem, /^does not load here: .*libgone\.so/);
 
     // An executable is no addon: dlopen refuses it.
-    copyFileSync(join(root, 'build', 'checkpt-helper'), join(r, 'build', 'checkpt-rand.node'));
-    const a = lookUp('checkpt-rand.node', ctxFor(r));
+    copyFileSync(join(root, 'build', 'checkpt-helper'), join(r, 'build', 'checkpt-openssl.node'));
+    const a = lookUp('checkpt-openssl.node', ctxFor(r));
     assert.equal(a.found?.origin, 'prebuilt');
     assert.match(a.tried[0].problem, /^does not load here: /);
     assert.equal(typeof a.exports.reseed, 'function', 'the addon found is the one loaded');
@@ -153,7 +153,7 @@ describe('looking the native parts up', () => {
 
 describe('what checkpt says when a part is not usable', () => {
   test('install scripts blocked and the prebuilt one missing: the cause, and checkpt build', () => {
-    const r = fakeRoot({ prebuilt: ['checkpt-rand.node'] });
+    const r = fakeRoot({ prebuilt: ['checkpt-openssl.node'] });
     const msg = unusableMessage(lookUp('checkpt-helper', ctxFor(r)), ctxFor(r));
     assert.match(msg, /^checkpt's native helper is not usable: /);
     assert.match(

@@ -12,7 +12,7 @@ import { cleanup, removeDir, root, start, tempDir, waitFor, test, describe } fro
 const PARTS = [
   'checkpt-helper',
   'libcheckpt-nouring.so',
-  'checkpt-rand.node',
+  'checkpt-openssl.node',
   'checkpt-subreaper.node',
   'checkpt-net.node',
   'checkpt-spawn.node',

@@ -1,0 +1,128 @@
+/*
+ * checkpt-openssl.node: a tiny N-API addon over the OpenSSL inside the node binary that loads it.
+ *
+ * reseed() makes OpenSSL's random generator fresh in a process that was just checkpointed or
+ * resumed. OpenSSL 3 keeps its DRBG state in memory, so every copy of a checkpoint starts from the
+ * same state, and its fork detection (getpid()) does not notice a copy, since CRIU restores the
+ * old pid. RAND_poll() reseeds the primary DRBG from the operating system; the per-thread public
+ * and private DRBGs see that their parent was reseeded and reseed themselves on their next use.
+ *
+ * sha256Init(ctx), sha256Update(ctx, bytes), sha256Final(ctx, out): SHA-256 for the checks of a
+ * checkpoint file, so that `checkpt -r` needs no `node:crypto`, whose modules take ~10 ms of
+ * Node 26's start (docs/PERFORMANCE.md). The state lives in a Buffer of CTX_BYTES the caller
+ * owns: nothing here to free, nothing kept between calls.
+ *
+ * Built without node-gyp or Node's headers: the few N-API declarations are written out below, and
+ * every symbol is resolved at load time from the node binary that loads the addon (all official
+ * node binaries export N-API and OpenSSL's functions). The OpenSSL functions are looked up with
+ * dlsym, so a node without one makes reseed() return false, and leaves the sha256 functions out
+ * (checkpt then hashes with node:crypto).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "napi-min.h"
+
+#define NAPI_AUTO_LENGTH ((size_t)-1)
+
+/* napi_uint8_array in node_api.h's napi_typedarray_type (a Buffer is one). */
+#define UINT8_ARRAY 1
+
+extern napi_status napi_get_cb_info(napi_env env, napi_callback_info cbinfo, size_t *argc,
+                                    napi_value *argv, napi_value *this_arg, void **data);
+extern napi_status napi_get_typedarray_info(napi_env env, napi_value typedarray, int *type,
+                                            size_t *length, void **data, napi_value *arraybuffer,
+                                            size_t *byte_offset);
+
+/* OpenSSL's SHA256_CTX is 112 bytes (eight words of state, two of length, sixteen of block, two
+ * of counts); the caller's buffer leaves room to spare. */
+#define CTX_BYTES 256
+#define DIGEST_BYTES 32
+
+static int (*sha_init)(void *);
+static int (*sha_update)(void *, const void *, size_t);
+static int (*sha_final)(unsigned char *, void *);
+
+static napi_value boolean(napi_env env, bool v) {
+  napi_value r = NULL;
+  napi_get_boolean(env, v, &r);
+  return r;
+}
+
+/* reseed(): true when OpenSSL reseeded its primary DRBG from the operating system. */
+static napi_value reseed(napi_env env, napi_callback_info info) {
+  (void)info;
+  int (*rand_poll)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "RAND_poll");
+  int (*rand_status)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "RAND_status");
+  if (!rand_poll) return boolean(env, false);
+  bool ok = rand_poll() == 1;
+  if (ok && rand_status) ok = rand_status() == 1;
+  return boolean(env, ok);
+}
+
+/* The bytes of a Uint8Array (a Buffer) argument; false when it is none, or shorter than `min`. */
+static bool bytes_of(napi_env env, napi_value v, size_t min, uint8_t **data, size_t *len) {
+  int type = -1;
+  void *p = NULL;
+  size_t n = 0;
+  if (napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != 0) return false;
+  if (type != UINT8_ARRAY || n < min) return false;
+  *data = p;
+  *len = n;
+  return true;
+}
+
+/* Up to three arguments; false unless there are `want` and the first is a state buffer. */
+static bool args(napi_env env, napi_callback_info info, size_t want, napi_value *a, uint8_t **ctx) {
+  size_t argc = 3, len = 0;
+  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < want) return false;
+  return bytes_of(env, a[0], CTX_BYTES, ctx, &len);
+}
+
+static napi_value sha256_init(napi_env env, napi_callback_info info) {
+  napi_value a[3];
+  uint8_t *ctx;
+  if (!args(env, info, 1, a, &ctx)) return boolean(env, false);
+  return boolean(env, sha_init(ctx) == 1);
+}
+
+static napi_value sha256_update(napi_env env, napi_callback_info info) {
+  napi_value a[3];
+  uint8_t *ctx, *data;
+  size_t len;
+  if (!args(env, info, 2, a, &ctx) || !bytes_of(env, a[1], 0, &data, &len))
+    return boolean(env, false);
+  return boolean(env, sha_update(ctx, data, len) == 1);
+}
+
+static napi_value sha256_final(napi_env env, napi_callback_info info) {
+  napi_value a[3];
+  uint8_t *ctx, *out;
+  size_t len;
+  if (!args(env, info, 2, a, &ctx) || !bytes_of(env, a[1], DIGEST_BYTES, &out, &len))
+    return boolean(env, false);
+  return boolean(env, sha_final(out, ctx) == 1);
+}
+
+static bool export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
+  napi_value fn;
+  return napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn) == 0 &&
+         napi_set_named_property(env, exports, name, fn) == 0;
+}
+
+__attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env,
+                                                                          napi_value exports) {
+  if (!export_fn(env, exports, "reseed", reseed)) return NULL;
+  sha_init = (int (*)(void *))dlsym(RTLD_DEFAULT, "SHA256_Init");
+  sha_update = (int (*)(void *, const void *, size_t))dlsym(RTLD_DEFAULT, "SHA256_Update");
+  sha_final = (int (*)(unsigned char *, void *))dlsym(RTLD_DEFAULT, "SHA256_Final");
+  if (sha_init && sha_update && sha_final &&
+      !(export_fn(env, exports, "sha256Init", sha256_init) &&
+        export_fn(env, exports, "sha256Update", sha256_update) &&
+        export_fn(env, exports, "sha256Final", sha256_final)))
+    return NULL;
+  return exports;
+}
