@@ -29,7 +29,7 @@ test("the addon's digests are node:crypto's: empty, around the 64-byte block, 1 
       const want = createHash('sha256').update(data.subarray(0, n)).digest();
       assert.ok(sha256().update(data.subarray(0, n)).digest().equals(want), `${n} bytes whole`);
       const h = sha256();
-      for (let at = 0; at < n; ) {
+      for (let at = 0; at < n;) {
         const k = Math.min(n - at, 1 + Math.floor(Math.random() * 70_000));
         h.update(data.subarray(at, at + k));
         at += k;
