@@ -152,7 +152,6 @@ async function restoreFrom(
   let staged: StagedPages | undefined;
   // Memory being checked and staged before CRIU's restore runs.
   let staging: { done: Promise<void>; stop(): void } | undefined;
-  // A small image's copy waits in CRIU's post-restore step for this socket's '1'.
   // A chunk that failed its check (or a daemon that asked for what is not there): the copy is
   // stopped at once and this is the reason the resume fails.
   let pageFailure: Error | undefined;
