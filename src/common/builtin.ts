@@ -1,5 +1,6 @@
 import type * as ChildProcess from 'node:child_process';
 import type * as Crypto from 'node:crypto';
+import type * as FsPromises from 'node:fs/promises';
 import { fstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type * as Readline from 'node:readline';
@@ -23,6 +24,8 @@ function lazy<T>(name: string): () => T {
 export const childProcess = lazy<typeof ChildProcess>('node:child_process');
 // ~10 ms of Node 26's start: a resume hashes with checkpt's addon (common/sha256.ts) instead.
 export const crypto = lazy<typeof Crypto>('node:crypto');
+// With `readline`'s internals, ~4 ms of Node 26's start; a resume reads its file with fds.
+export const fsPromises = lazy<typeof FsPromises>('node:fs/promises');
 export const readline = lazy<typeof Readline>('node:readline');
 const tty = lazy<typeof Tty>('node:tty');
 

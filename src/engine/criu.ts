@@ -1,6 +1,5 @@
-import { childProcess } from '../common/builtin.js';
+import { childProcess, fsPromises } from '../common/builtin.js';
 import { readFileSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -467,7 +466,7 @@ export interface CriuLog {
 export async function readLog(file: string, lines = LOG_TAIL_LINES): Promise<CriuLog> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await fsPromises().readFile(file, 'utf8');
   } catch {
     return { tail: '' };
   }

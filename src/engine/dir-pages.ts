@@ -4,8 +4,9 @@
  * the lazy restore path without a checkpoint file.
  */
 
+import { fsPromises } from '../common/builtin.js';
 import { constants as fsc, statSync } from 'node:fs';
-import { open, readdir, rm, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { ioError } from '../image/io.js';
@@ -16,7 +17,7 @@ const MEMORY = /^pages-\d+\.img$/;
 /** Reads `dir`'s pages-N.img files; `close` also removes `dir` when `owned`. */
 export async function dirPageSource(dir: string, owned = false): Promise<PageSource> {
   const entries = new Map<string, number>();
-  for (const n of (await readdir(dir)).sort())
+  for (const n of (await fsPromises().readdir(dir)).sort())
     if (MEMORY.test(n)) entries.set(n, statSync(join(dir, n)).size);
   const handles = new Map<string, Promise<FileHandle>>();
   let closed = false;
@@ -33,7 +34,7 @@ export async function dirPageSource(dir: string, owned = false): Promise<PageSou
       const path = join(dir, entry);
       let fh = handles.get(entry);
       if (!fh) {
-        fh = open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+        fh = fsPromises().open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
         handles.set(entry, fh);
       }
       const buf = Buffer.allocUnsafe(length);
@@ -54,7 +55,7 @@ export async function dirPageSource(dir: string, owned = false): Promise<PageSou
       if (closed) return;
       closed = true;
       for (const fh of handles.values()) await (await fh.catch(() => undefined))?.close();
-      if (owned) await rm(dir, { recursive: true, force: true });
+      if (owned) await fsPromises().rm(dir, { recursive: true, force: true });
     },
   };
 }

@@ -10,8 +10,8 @@
  * only after the new file is in place (or after a failed one was removed), so a crash at any moment
  * loses no chunk a file names.
  */
+import { fsPromises } from '../common/builtin.js';
 import { constants as fsc } from 'node:fs';
-import { open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { STORE } from '../common/config.js';
 import { CheckptError } from '../common/errors.js';
@@ -52,7 +52,7 @@ export async function rotationFiles(base: string, pending = false): Promise<Rota
     : new RegExp(`^${escape(stem)}\\.([1-9][0-9]{0,14})${escape(ext)}$`);
   let names: string[];
   try {
-    names = await readdir(dir);
+    names = await fsPromises().readdir(dir);
   } catch {
     return [];
   }
@@ -143,10 +143,12 @@ export class Rotation {
         // checkpoint: it goes, so the next one writes it again (and the files naming it heal).
         const dropped =
           e instanceof StoreChunkError && !e.missing
-            ? await rm(e.chunk, { force: true }).then(
-                () => true,
-                () => false,
-              )
+            ? await fsPromises()
+                .rm(e.chunk, { force: true })
+                .then(
+                  () => true,
+                  () => false,
+                )
             : false;
         throw new CheckptError(
           'EBADIMAGE',
@@ -155,7 +157,7 @@ export class Rotation {
         );
       });
     } catch (e) {
-      await rm(pending, { force: true });
+      await fsPromises().rm(pending, { force: true });
       // The chunks only it named (a full disk: what it managed to write) go again.
       if (store !== undefined) await collectGarbage(store).catch(() => undefined);
       throw e;
@@ -163,11 +165,11 @@ export class Rotation {
     const removed: string[] = [];
     // The new one is durable and verified: room is made for it before it is visible.
     for (const old of (await rotationFiles(this.base)).slice(this.keep - 1)) {
-      await rm(old.path, { force: true });
+      await fsPromises().rm(old.path, { force: true });
       removed.push(old.path);
     }
     const file = rotationFile(this.base, seq);
-    await rename(pending, file);
+    await fsPromises().rename(pending, file);
     await syncDir(dirname(file));
     // Only now that the new one is durable: a crash in here leaves chunks, never loses one.
     if (store === undefined) return { file, result, copy: false, removed };
@@ -183,12 +185,13 @@ export class Rotation {
 
   /** Hidden files an earlier run left when it died mid-write (one program per rotation). */
   private async dropPending(): Promise<void> {
-    for (const f of await rotationFiles(this.base, true)) await rm(f.path, { force: true });
+    for (const f of await rotationFiles(this.base, true))
+      await fsPromises().rm(f.path, { force: true });
   }
 }
 
 async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  const fh = await fsPromises().open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
   try {
     await fh.sync();
   } catch {

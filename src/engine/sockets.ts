@@ -8,8 +8,8 @@
  * Connections whose 4-tuple the host still uses (the original runs on) are restored closed
  * (--tcp-close), so the copy never disturbs them.
  */
+import { fsPromises } from '../common/builtin.js';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { socketInodes } from '../common/procfs.js';
@@ -171,15 +171,26 @@ export function hostSockets(
 }
 
 /**
- * hostSockets(), without blocking: TCP from sock_diag netlink (the addon, well under 1 ms) where
- * it works, else from /proc/net/tcp and tcp6 in the thread pool, each of which walks the kernel's
- * whole connection table (~4 ms of CPU on a 24 GiB machine, taken from the rest of the resume).
+ * hostSockets(), without blocking: with the addon, TCP from sock_diag netlink and UDP from
+ * /proc/net, all in Node's thread pool (the dump walks the kernel's tables: ~3 ms here, which the
+ * resume's main thread goes on without); else TCP from netlink here, or from /proc/net/tcp and
+ * tcp6 in the thread pool, each of which walks the kernel's whole connection table (~4 ms of CPU
+ * on a 24 GiB machine). `diag` stands in for netlink (tests): then nothing goes to the addon.
  */
 export async function hostSocketsAsync(diag = tcpFromDiag): Promise<HostSocket[]> {
+  if (diag === tcpFromDiag) {
+    const listed = await listedByAddon();
+    if (listed !== undefined && listed[0] !== null)
+      return combine(listed[0], ['udp', 'udp6'], [listed[1] ?? '', listed[2] ?? '']);
+  }
   const tcp = diag();
   const names = procNetFiles(tcp);
   const texts = await Promise.all(
-    names.map((n) => readFile(`/proc/net/${n}`, 'utf8').catch(() => '')),
+    names.map((n) =>
+      fsPromises()
+        .readFile(`/proc/net/${n}`, 'utf8')
+        .catch(() => ''),
+    ),
   );
   return combine(tcp, names, texts);
 }
@@ -205,6 +216,17 @@ function combine(
 
 interface NetAddon {
   tcpSockets(): string | null;
+  /** TCP (netlink), /proc/net/udp and udp6, listed in the thread pool; a text or null each. */
+  hostSocketsAsync?(): Promise<[string | null, string | null, string | null]>;
+}
+
+/** The addon's listing; undefined without a working addon (or one of an older build). */
+async function listedByAddon(): Promise<[string | null, string | null, string | null] | undefined> {
+  try {
+    return await nativeAddon<NetAddon>('checkpt-net.node').hostSocketsAsync?.();
+  } catch {
+    return undefined;
+  }
 }
 
 /** The host's TCP sockets as /proc/net/tcp text, from sock_diag; undefined when that cannot tell. */

@@ -1,6 +1,6 @@
-import { childProcess } from '../common/builtin.js';
+import { childProcess, fsPromises } from '../common/builtin.js';
 import { readdirSync, rmSync, statSync } from 'node:fs';
-import { open, unlink, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
@@ -109,8 +109,8 @@ async function compressInFrames(path: string): Promise<void> {
   let out: FileHandle | undefined;
   const target = path + SUFFIX;
   try {
-    src = await open(path, 'r');
-    out = await open(target, 'wx', 0o600);
+    src = await fsPromises().open(path, 'r');
+    out = await fsPromises().open(target, 'wx', 0o600);
     const size = (await src.stat()).size;
     let at = 0;
     let written = 0;
@@ -129,7 +129,7 @@ async function compressInFrames(path: string): Promise<void> {
     }
     await out.close();
     out = undefined;
-    await unlink(path);
+    await fsPromises().unlink(path);
   } catch (e) {
     await closeQuietly(out);
     rmSync(target, { force: true });

@@ -1,11 +1,18 @@
 /** Opening a checkpoint file and checking it: header, structure, checksum or every sealed chunk. */
 
 import { constants as fsc, fstatSync, statSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { TextDecoder } from 'node:util';
 import { CheckptError } from '../common/errors.js';
-import { closeQuietly, errnoOf, ioError, messageOf, readNow } from './io.js';
+import {
+  closeQuietly,
+  errnoOf,
+  ioError,
+  messageOf,
+  openForReading,
+  readNow,
+  type ReadHandle,
+} from './io.js';
 import { KEY_ENV } from './key.js';
 import { checkTrusted } from './trust.js';
 import {
@@ -695,10 +702,10 @@ async function openImage(file: string): Promise<Source> {
   } catch (e) {
     throw e instanceof CheckptError ? e : openError(file, e);
   }
-  let fh: FileHandle;
+  let fh: ReadHandle;
   try {
     // O_NONBLOCK: should it have become a FIFO since, the open still cannot block.
-    fh = await open(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
+    fh = openForReading(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
   } catch (e) {
     throw openError(file, e);
   }

@@ -1,13 +1,12 @@
 /** Where a file's bytes are read from, and the sequential reader the parser walks them with. */
 
 import { sha256, type Sha256 } from '../common/sha256.js';
-import type { FileHandle } from 'node:fs/promises';
 import { CheckptError } from '../common/errors.js';
-import { ioError, readNow } from './io.js';
+import { ioError, readNow, type ReadHandle } from './io.js';
 import { truncated } from './layout.js';
 
 export interface Source {
-  fh: FileHandle;
+  fh: ReadHandle;
   size: number;
   file: string;
 }

@@ -12,10 +12,10 @@
  * appears shifts everything after it by whole pages, and content-defined cuts follow the shift.
  */
 
-import { crypto } from '../common/builtin.js';
+import { crypto, fsPromises } from '../common/builtin.js';
 import { sha256 } from '../common/sha256.js';
 import { constants as fsc } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { zlibZstd } from '../common/zstd.js';
@@ -125,13 +125,17 @@ export class StoreWriter {
     }
     const sub = dirname(path);
     if (!this.dirs.has(sub)) {
-      await mkdir(sub, { recursive: true, mode: 0o700 });
+      await fsPromises().mkdir(sub, { recursive: true, mode: 0o700 });
       this.dirs.add(sub);
     }
     const tmp = `${path}.tmp-${crypto().randomBytes(6).toString('hex')}`;
     let fh: FileHandle | undefined;
     try {
-      fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      fh = await fsPromises().open(
+        tmp,
+        fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW,
+        0o600,
+      );
       this.batch.push({ fh, tmp, path });
       await writeAll(fh, Buffer.from([codec]), 0);
       await writeAll(fh, payload, 1);
@@ -153,7 +157,7 @@ export class StoreWriter {
       await Promise.all(batch.map((c) => c.fh.sync()));
       await Promise.all(batch.map((c) => c.fh.close()));
       // Only a chunk whose bytes are durable gets its name: a present chunk is a whole one.
-      for (const c of batch) await rename(c.tmp, c.path);
+      for (const c of batch) await fsPromises().rename(c.tmp, c.path);
       this.batch = [];
     } catch (e) {
       await this.abandon();
@@ -183,7 +187,7 @@ const BATCH = 32;
 
 async function present(path: string): Promise<boolean> {
   try {
-    const st = await stat(path);
+    const st = await fsPromises().stat(path);
     return st.isFile() && st.size > 1;
   } catch {
     return false;
@@ -193,7 +197,7 @@ async function present(path: string): Promise<boolean> {
 async function syncDirQuietly(dir: string): Promise<void> {
   let fh: FileHandle | undefined;
   try {
-    fh = await open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+    fh = await fsPromises().open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
     await fh.sync();
   } catch (e) {
     if (errnoOf(e) !== 'EINVAL' && errnoOf(e) !== 'ENOTSUP' && errnoOf(e) !== 'ENOENT') {
@@ -246,7 +250,7 @@ export async function readStoredChunk(c: StoredChunk, scratch?: Buffer): Promise
   let fh: FileHandle | undefined;
   let raw: Buffer;
   try {
-    fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+    fh = await fsPromises().open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
     const st = await fh.stat();
     if (!st.isFile()) throw chunkError(c, 'is not a regular file');
     if (st.size < 2 || st.size > 1 + maxFrame(c.length)) {
@@ -306,7 +310,7 @@ export interface Collected {
 async function mayNameStore(file: string, flag: number): Promise<boolean> {
   let fh: FileHandle | undefined;
   try {
-    fh = await open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+    fh = await fsPromises().open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
     if (!(await fh.stat()).isFile()) return false;
     const head = Buffer.alloc(PREFIX_LEN);
     const { bytesRead } = await fh.read(head, 0, PREFIX_LEN, 0);
@@ -334,7 +338,7 @@ export async function collectStore(
   const keep = new Set<string>();
   let names: string[];
   try {
-    names = await readdir(dir);
+    names = await fsPromises().readdir(dir);
   } catch (e) {
     return { removed: 0, bytes: 0, skipped: `cannot list ${dir}: ${(e as Error).message}` };
   }
@@ -355,14 +359,14 @@ export async function collectStore(
   const chunks = join(store, 'chunks');
   let subs: string[];
   try {
-    subs = await readdir(chunks);
+    subs = await fsPromises().readdir(chunks);
   } catch {
     return { removed, bytes };
   }
   for (const s of subs) {
     let files: string[];
     try {
-      files = await readdir(join(chunks, s));
+      files = await fsPromises().readdir(join(chunks, s));
     } catch {
       continue;
     }
@@ -370,8 +374,8 @@ export async function collectStore(
       if (keep.has(f)) continue;
       const path = join(chunks, s, f);
       try {
-        bytes += (await stat(path)).size;
-        await unlink(path);
+        bytes += (await fsPromises().stat(path)).size;
+        await fsPromises().unlink(path);
         removed++;
       } catch {
         // Gone already, or not ours to remove: the next collection tries again.
@@ -386,9 +390,15 @@ export async function storeBytes(store: string): Promise<{ chunks: number; bytes
   let chunks = 0;
   let bytes = 0;
   const root = join(store, 'chunks');
-  for (const s of await readdir(root).catch(() => [] as string[])) {
-    for (const f of await readdir(join(root, s)).catch(() => [] as string[])) {
-      const st = await stat(join(root, s, f)).catch(() => undefined);
+  for (const s of await fsPromises()
+    .readdir(root)
+    .catch(() => [] as string[])) {
+    for (const f of await fsPromises()
+      .readdir(join(root, s))
+      .catch(() => [] as string[])) {
+      const st = await fsPromises()
+        .stat(join(root, s, f))
+        .catch(() => undefined);
       if (st?.isFile()) {
         chunks++;
         bytes += st.size;

@@ -1,9 +1,9 @@
 /** Writing a checkpoint file: packed from a directory, plain or sealed, put in place atomically. */
 
-import { crypto } from '../common/builtin.js';
+import { crypto, fsPromises } from '../common/builtin.js';
 import { sha256, type Sha256 } from '../common/sha256.js';
 import { constants as fsc, readdirSync, statSync } from 'node:fs';
-import { lstat, open, readdir, rename, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import {
@@ -89,7 +89,7 @@ async function listSources(source: { dir: string; files?: string[] }): Promise<S
       const path = resolve(source.dir, f);
       let st;
       try {
-        st = await lstat(path);
+        st = await fsPromises().lstat(path);
       } catch (e) {
         throw ioError(`reading ${path}`, path, e);
       }
@@ -103,7 +103,7 @@ async function listSources(source: { dir: string; files?: string[] }): Promise<S
   } else {
     let dirents;
     try {
-      dirents = await readdir(source.dir, { withFileTypes: true });
+      dirents = await fsPromises().readdir(source.dir, { withFileTypes: true });
     } catch (e) {
       throw ioError(`listing ${source.dir}`, source.dir, e);
     }
@@ -149,7 +149,7 @@ async function listSources(source: { dir: string; files?: string[] }): Promise<S
  * regular file (the handle is closed otherwise).
  */
 async function openEntry(path: string): Promise<{ fh: FileHandle; size: number }> {
-  const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  const fh = await fsPromises().open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
   try {
     const st = await fh.stat();
     if (st.isFile()) return { fh, size: st.size };
@@ -291,7 +291,7 @@ export async function createTemp(
     const tmp = given ?? tempNameFor(target);
     try {
       const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
-      const fh = await open(tmp, flags, 0o600);
+      const fh = await fsPromises().open(tmp, flags, 0o600);
       return { fh, tmp };
     } catch (e) {
       const code = errnoOf(e);
@@ -310,7 +310,7 @@ export async function createTemp(
 export async function syncDir(dir: string): Promise<void> {
   let fh: FileHandle | undefined;
   try {
-    fh = await open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+    fh = await fsPromises().open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
     await fh.sync();
   } catch (e) {
     // Some filesystems cannot fsync a directory at all; there is nothing more to do there.
@@ -424,7 +424,7 @@ export async function writeImage(
     }
     await fh.sync();
     await fh.close();
-    await rename(tmp, absTarget);
+    await fsPromises().rename(tmp, absTarget);
   } catch (e) {
     await out?.settle();
     await closeQuietly(fh);

@@ -366,19 +366,26 @@ test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it
 });
 
 /**
- * CRIU's post-restore step as checkpt's helper plays it: connects to `path` (for up to 5 s while
- * it is not there yet), says "restored" and resolves with what comes back before the end ('1'
- * lets the copy run; anything else fails the step).
+ * CRIU's post-restore step as checkpt's helper plays it: connects to `path` (retrying while
+ * nothing listens there, as the helper does, until `ended` says the server is gone), says
+ * "restored" and resolves with what comes back before the end ('1' lets the copy run; anything
+ * else, '' included, fails the step).
  */
-async function holdStep(path) {
+async function holdStep(path, ended = new Promise(() => undefined)) {
+  let gone = false;
+  ended.then(
+    () => (gone = true),
+    () => (gone = true),
+  );
   for (const end = Date.now() + 5000; ; await sleep(5)) {
     const s = connect(path);
-    const err = await Promise.race([
-      once(s, 'connect').then(() => undefined),
-      once(s, 'error').then(([e]) => e),
-    ]);
+    const err = await new Promise((resolve) => {
+      s.once('connect', () => resolve(undefined));
+      s.once('error', resolve);
+    });
     if (err) {
       if (err.code !== 'ENOENT' && err.code !== 'ECONNREFUSED') throw err;
+      if (gone) return '';
       assert.ok(Date.now() < end, `nothing listens at ${path}`);
       continue;
     }
@@ -454,7 +461,7 @@ test('the hold: a damaged chunk ends the server, and the waiting step reads no v
   }
   const { ps, daemon, staged } = served;
   daemon.on('error', () => undefined);
-  const step = holdStep(hold);
+  const step = holdStep(hold, ps.done);
   const checked = ps.allChecked();
   checked.catch(() => undefined);
   await assert.rejects(ps.done, (e) => e.code === 'EBADIMAGE');

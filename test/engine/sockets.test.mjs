@@ -2,6 +2,7 @@
 // the same on a real image of a Node server holding a listener and a keep-alive connection.
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
+import { createSocket } from 'node:dgram';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { after } from 'node:test';
@@ -23,6 +24,7 @@ import { extractImage } from '../../dist/image/format.js';
 import {
   addressText,
   hostSockets,
+  hostSocketsAsync,
   imageSockets,
   parseProcNet,
   planSockets,
@@ -250,6 +252,32 @@ test("sock_diag's listing of TCP sockets is /proc/net/tcp's and tcp6's, for a li
   } finally {
     for (const c of clients) c.destroy();
     await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  }
+});
+
+test("the resume's listing, made in the thread pool, is /proc/net's: TCP in each family and UDP", async () => {
+  const server = createServer();
+  await new Promise((r) => server.listen(0, '::1', r));
+  const udp = createSocket('udp4');
+  await new Promise((r) => udp.bind(0, '127.0.0.1', r));
+  try {
+    const mine = socketInodes(process.pid);
+    const ours = (list) =>
+      list
+        .filter((s) => mine.has(s.inode))
+        .map((s) => JSON.stringify([s.proto, s.local, s.remote, s.state, s.inode]))
+        .sort();
+    const fromProc = ours([
+      ...parseProcNet(readFileSync('/proc/net/tcp6', 'utf8'), 'tcp'),
+      ...parseProcNet(readFileSync('/proc/net/udp', 'utf8'), 'udp'),
+    ]);
+    assert.equal(fromProc.length, 2, 'the listener and the UDP socket');
+    assert.deepEqual(ours(await hostSocketsAsync()), fromProc);
+    // And the same through the path without the addon's listing (netlink here, /proc for UDP).
+    assert.deepEqual(ours(await hostSocketsAsync(() => tcpFromDiag())), fromProc);
+  } finally {
+    udp.close();
+    await new Promise((r) => server.close(r));
   }
 });
 

@@ -11,7 +11,7 @@ import {
 import assert from 'node:assert/strict';
 import { createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import { open as openFile } from 'node:fs/promises';
+import { observeReads } from '../../dist/image/io.js';
 import path from 'node:path';
 import * as zlib from 'node:zlib';
 import {
@@ -327,21 +327,13 @@ test('compressed memory: frames per chunk served lazily where zlib has zstd, els
 
 /** Bytes read through any FileHandle while `fn` runs. */
 async function bytesReadDuring(fn) {
-  const probe = await openFile('/dev/null');
-  const proto = Object.getPrototypeOf(probe);
-  await probe.close();
-  const read = proto.read;
   let total = 0;
-  proto.read = async function (...args) {
-    const r = await read.apply(this, args);
-    total += r.bytesRead;
-    return r;
-  };
+  observeReads((n) => (total += n));
   try {
     const result = await fn();
     return { result, total };
   } finally {
-    proto.read = read;
+    observeReads(undefined);
   }
 }
 
