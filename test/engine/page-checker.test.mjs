@@ -331,9 +331,8 @@ test('a checkpoint file someone holds open for writing is not sent from: its chu
   }
 });
 
-test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it', async (t) => {
-  const { root, file, memory } = await checkpointFile(t);
-  // Chunk 32 (64 KiB chunks: the first of the third MiB) damaged: only its first read can find it.
+/** Flips a byte of chunk 32 (64 KiB chunks: the first of the third MiB): only its first read can find it. */
+function damageChunk32(file, memory) {
   const bytes = readFileSync(file);
   const probe = memory.subarray(2 * MIB + 4096, 2 * MIB + 4160);
   const at = bytes.indexOf(probe);
@@ -341,6 +340,11 @@ test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it
   const fd = openSync(file, 'r+');
   writeSync(fd, Buffer.from([bytes[at] ^ 0xff]), 0, 1, at);
   closeSync(fd);
+}
+
+test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it', async (t) => {
+  const { root, file, memory } = await checkpointFile(t);
+  damageChunk32(file, memory);
   const { ps, daemon, errors, staged } = await serve(root, file, undefined, { stage: false });
   // The server may be gone before the requests are out.
   daemon.on('error', () => undefined);
@@ -443,13 +447,7 @@ test('the hold: no step comes (the restore is past it, or failed): holdOver() le
 
 test('the hold: a damaged chunk ends the server, and the waiting step reads no verdict', async (t) => {
   const { root, file, memory } = await checkpointFile(t);
-  const bytes = readFileSync(file);
-  const probe = memory.subarray(2 * MIB + 4096, 2 * MIB + 4160);
-  const at = bytes.indexOf(probe);
-  assert.ok(at > 0 && bytes.indexOf(probe, at + 1) < 0, 'chunk 32 found in the file');
-  const fd = openSync(file, 'r+');
-  writeSync(fd, Buffer.from([bytes[at] ^ 0xff]), 0, 1, at);
-  closeSync(fd);
+  damageChunk32(file, memory);
   const hold = join(root, 'hold.sock');
   // Each block's check slowed (chunk 32 is found after ~0.6 s): the step is waiting by then.
   process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
