@@ -5,6 +5,7 @@
  */
 import { constants } from 'node:os';
 import type { Command } from './args.js';
+import { isTerminal } from '../common/builtin.js';
 import { CheckptError } from '../common/errors.js';
 import type { ExitStatus, Running } from '../engine/helper.js';
 import { resume } from '../engine/restore.js';
@@ -39,7 +40,7 @@ function describe(st: ExitStatus): string {
 
 export async function runSupervised(c: SupervisedRun): Promise<number> {
   // A raw terminal (the program's own pseudo-terminal) needs the carriage return.
-  const raw = c.pty && process.stdin.isTTY === true;
+  const raw = c.pty && isTerminal(0);
   const say = (line: string): void =>
     void process.stderr.write(raw ? `\r${line}\r\n` : `${line}\n`);
   let rotation: Rotation | undefined;

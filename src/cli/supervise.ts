@@ -1,3 +1,4 @@
+import { isTerminal } from '../common/builtin.js';
 import { checkpointSignals } from '../common/signals.js';
 import type { ExitStatus, Running } from '../engine/helper.js';
 import { Supervisor, type SupervisorOptions } from '../launcher/supervisor.js';
@@ -70,7 +71,7 @@ export async function superviseOnce(
   o: SuperviseOptions,
 ): Promise<{ status: ExitStatus; stopped: boolean }> {
   // On its own pseudo-terminal our terminal is raw: a line needs its carriage return.
-  const raw = o.pty && process.stdin.isTTY === true;
+  const raw = o.pty && isTerminal(0);
   const sup = new Supervisor({
     running: r,
     generation: o.generation,
