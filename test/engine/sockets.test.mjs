@@ -188,6 +188,27 @@ test('addresses: IPv4, IPv6 in short form, v4-mapped IPv6 as IPv4', { unit: true
   assert.equal(addressText([u32le([0xfe, 0x80, 0, 0]), 0, 0, u32le([0, 0, 0, 0x2a])]), 'fe80::2a');
 });
 
+test(
+  'addresses: IPv6 in the short form the URL parser writes, for every run of zero groups',
+  { unit: true },
+  () => {
+    // Every way 8 groups can be zero or not (256), twice, with the words as /proc/net holds them.
+    for (let mask = 0; mask < 512; mask++) {
+      const g = Array.from({ length: 8 }, (_, i) =>
+        (mask >> i) & 1 ? 1 + Math.floor(Math.random() * 0xfffe) : 0,
+      );
+      const bytes = Buffer.alloc(16);
+      g.forEach((x, i) => bytes.writeUInt16BE(x, 2 * i));
+      const words = [0, 1, 2, 3].map((i) => bytes.readUInt32LE(4 * i));
+      const v4mapped = g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff;
+      const want = v4mapped
+        ? [...bytes.subarray(12)].join('.')
+        : new URL(`http://[${g.map((x) => x.toString(16)).join(':')}]/`).hostname.slice(1, -1);
+      assert.equal(addressText(words), want, g.join(':'));
+    }
+  },
+);
+
 const procTcp = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
    1: 0100007F:1F90 0100007F:C738 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
