@@ -394,7 +394,8 @@ async function holdStep(path, ended = new Promise(() => undefined)) {
       continue;
     }
     s.on('error', () => undefined);
-    s.end('restored\n');
+    // As the helper: no half-close; its end (EOF) would mean the step is gone.
+    s.write('restored\n');
     let got = '';
     s.setEncoding('utf8').on('data', (d) => (got += d));
     await once(s, 'close');
