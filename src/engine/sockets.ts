@@ -200,8 +200,10 @@ export function hostSockets(
 export async function hostSocketsAsync(diag = tcpFromDiag): Promise<HostSocket[]> {
   if (diag === tcpFromDiag) {
     const listed = await listedByAddon();
-    if (listed !== undefined && listed[0] !== null)
-      return combine(listed[0], ['udp', 'udp6'], [listed[1] ?? '', listed[2] ?? '']);
+    const tcp = listed?.[0];
+    // With TCP from netlink, the files left to read are UDP's, which the addon read.
+    if (listed !== undefined && typeof tcp === 'string')
+      return combine(tcp, procNetFiles(tcp), [listed[1] ?? '', listed[2] ?? '']);
   }
   const tcp = diag();
   const names = procNetFiles(tcp);
