@@ -1551,7 +1551,7 @@ int main(int argc, char **argv) {
     }
     if (i == argc) return cmd_serve_pages(stage_only, pagemaps, hold);
   }
-  if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 3"); return 0; }
+  if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 4"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");
   return EXIT_USAGE;
 }

@@ -5,7 +5,7 @@
  *
  * It only sends bytes that passed their check, from the staged pages images (block by block, as
  * src/engine/staged-pages.ts fills them). A block is staged either by checkpt, which says STAGED,
- * or, for a plain or zstd chunk whose SHA-256 the plan gives, by this server's checker thread:
+ * or, for a plain or zstd chunk whose digest the plan gives, by this server's checker thread:
  * read from the checkpoint file, hashed, decoded, written to the staged image, and only then
  * marked. The checker takes the blocks requests wait for first, then the rest in order, so most
  * faults find their page staged; the serving loop never waits for a check it does not need.
@@ -16,10 +16,12 @@
  *   fd 6+ the staged pages images, in the plan's order, readable and writable
  *
  * Plan (little-endian): u32 magic "CKPS", u32 files, u32 entries, u32 0; per file u64 size,
- * u32 checked here (0/1), u32 blocks, u32 block size, u32 codec (0 none, 1 zstd frames), u64
- * offset of the first chunk in the checkpoint file, and when checked here the file's chunk table
- * as the checkpoint stores it (one chunk a block, back to back from that offset): per block u32
- * stored length (big-endian) and SHA-256 of the stored bytes; then per lazy pagemap entry, sorted
+ * u32 checked here with (0 not, 1 SHA-256, 2 BLAKE3), u32 blocks, u32 block size, u32 codec (0
+ * none, 1 zstd frames), u64 offset of the first chunk in the checkpoint file, and when checked
+ * here the file's chunk table as the checkpoint stores it (one chunk a block, back to back from
+ * that offset): per block u32 stored length (big-endian) and the digest of the stored bytes
+ * (SHA-256 or BLAKE3, the checkpoint's flags bit 2, src/image/layout.ts); then per lazy pagemap
+ * entry, sorted
  * by pid then vaddr: u32 pid, u32 file,
  * u64 vaddr, u64 bytes, u64 offset in the file. Messages: u32 type, u32 file, u64 block. checkpt
  * sends STAGED for each block staged before, then PLANNED, then STAGED as it stages more, and
@@ -57,6 +59,7 @@
  * when checkpt's side went away.
  */
 #define _GNU_SOURCE
+#include "blake3/blake3.h"
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -108,6 +111,10 @@
 #define MSG_SIZE 16
 /* The plan's flags (its fourth word): this server reads the page maps itself (--pagemaps). */
 #define PLAN_PAGEMAPS 1u
+/* A file's table in the plan: none (checkpt checks it), SHA-256 or BLAKE3 digests. */
+#define HASH_NONE 0u
+#define HASH_SHA256 1u
+#define HASH_BLAKE3 2u
 #define IMG_COMMON_MAGIC 0x54564319u
 #define PAGEMAP_MAGIC 0x56084025u
 #define PE_PARENT 1
@@ -129,7 +136,7 @@ struct entry {
 struct chunk {
   uint64_t offset;
   uint32_t stored, codec;
-  uint8_t sha[32];
+  uint8_t digest[32];
 };
 
 struct file {
@@ -143,8 +150,9 @@ struct file {
   uint8_t *report;
   /* Taken by a checker thread (under lock). */
   uint8_t *claimed;
-  /* The checker's table, when this server checks the file itself. */
+  /* The checker's table, when this server checks the file itself, and its digests' kind. */
   struct chunk *chunks;
+  uint32_t hash;
   /* With --pagemaps: the image's number (pages-<id>.img), and its blocks `criu restore` reads
    * itself (the page maps' entries that are not lazy; all of an image no page map names). */
   uint32_t id;
@@ -248,7 +256,10 @@ static void read_plan(void) {
     f->report = calloc(f->blocks + 1, 1);
     if (!f->staged || !f->asked || !f->claimed || !f->want_map || !f->report)
       fail("out of memory for the plan");
-    if (!u32(b + 8)) continue;
+    f->hash = u32(b + 8);
+    if (f->hash == HASH_NONE) continue;
+    if (f->hash != HASH_SHA256 && f->hash != HASH_BLAKE3)
+      fail("the plan from checkpt is out of bounds");
     if (u32(b + 12) != f->blocks) fail("the plan from checkpt is malformed");
     uint32_t codec = u32(b + 20);
     uint64_t at = u64(b + 24);
@@ -262,7 +273,7 @@ static void read_plan(void) {
       f->chunks[c].offset = at;
       f->chunks[c].stored = (uint32_t)r[0] << 24 | (uint32_t)r[1] << 16 | (uint32_t)r[2] << 8 | r[3];
       f->chunks[c].codec = codec;
-      memcpy(f->chunks[c].sha, r + 4, 32);
+      memcpy(f->chunks[c].digest, r + 4, 32);
       if (f->chunks[c].stored > 2 * f->block + 65536) fail("the plan from checkpt is out of bounds");
       at += f->chunks[c].stored;
     }
@@ -592,7 +603,8 @@ static void load_codecs(void) {
 
 /* Whether this server checks block b of f itself (else checkpt does, on NEED). */
 static int checked_here(const struct file *f, uint64_t b) {
-  if (!f->chunks || f->size == 0 || !sha_init || !sha_update || !sha_digest) return 0;
+  if (!f->chunks || f->size == 0) return 0;
+  if (f->hash == HASH_SHA256 && (!sha_init || !sha_update || !sha_digest)) return 0;
   return f->chunks[b].codec == 0 || (zstd_decompress && zstd_is_error);
 }
 
@@ -624,12 +636,20 @@ static void read_chunk(uint32_t fi, uint64_t b, uint8_t *into) {
 
 static void hash_check(uint32_t fi, uint64_t b, const uint8_t *bytes) {
   const struct chunk *c = &files[fi].chunks[b];
-  uint64_t ctx[64]; /* nettle's sha256_ctx is smaller */
   uint8_t md[32];
+  if (files[fi].hash == HASH_BLAKE3) {
+    blake3_hasher h;
+    blake3_hasher_init(&h);
+    blake3_hasher_update(&h, bytes, c->stored);
+    blake3_hasher_finalize(&h, md, sizeof md);
+    if (memcmp(md, c->digest, 32)) damaged(fi, b, "blake3");
+    return;
+  }
+  uint64_t ctx[64]; /* nettle's sha256_ctx is smaller */
   sha_init(ctx);
   sha_update(ctx, c->stored, bytes);
   sha_digest(ctx, 32, md);
-  if (memcmp(md, c->sha, 32)) damaged(fi, b, "sha256");
+  if (memcmp(md, c->digest, 32)) damaged(fi, b, "sha256");
 }
 
 static void wake_server(uint32_t fi, uint64_t b) {

@@ -1,6 +1,6 @@
 // Builds native/*.c with the system C compiler: the helper, the io_uring blocker and the N-API
-// addons that reseed OpenSSL in resumed copies and switch orphan adoption (no node-gyp: they need
-// no Node headers).
+// addons that reseed OpenSSL in resumed copies, hash with BLAKE3 and switch orphan adoption (no
+// node-gyp: they need no Node headers).
 //   (no option)   into build/, what is out of date (npm run build, checkpt build)
 //   --prebuilt    into prebuilt/linux-x64/, the parts npm pack ships (prepack)
 //   --install     the install script: nothing when the prebuilt parts work here, else as above,
@@ -26,14 +26,30 @@ const failedFile = join(root, 'build', '.build-failed');
 
 if (install && (await prebuiltWork())) process.exit(0);
 
+// BLAKE3's reference C (native/blake3/): its x86-64 assembly where there is one, else portable C.
+const blake3Simd = ['sse2', 'sse41', 'avx2', 'avx512'];
+const blake3 =
+  process.arch === 'x64'
+    ? {
+        more: [
+          ...['blake3.c', 'blake3_dispatch.c', 'blake3_portable.c'],
+          ...blake3Simd.map((s) => `blake3_${s}_x86-64_unix.S`),
+        ].map((f) => `blake3/${f}`),
+        flags: [],
+      }
+    : {
+        more: ['blake3.c', 'blake3_dispatch.c', 'blake3_portable.c'].map((f) => `blake3/${f}`),
+        flags: blake3Simd.map((s) => `-DBLAKE3_NO_${s.toUpperCase()}`),
+      };
+
 const targets = [
   // CRIU's RPC messages (the dump front's) in a file of their own.
   {
     name: 'checkpt-helper',
     src: 'checkpt-helper.c',
-    more: ['criu-rpc.c', 'page-server.c', 'publish.c', 'nft-lock.c'],
+    more: ['criu-rpc.c', 'page-server.c', 'publish.c', 'nft-lock.c', ...blake3.more],
     // The page server's checker thread.
-    flags: ['-pthread'],
+    flags: ['-pthread', ...blake3.flags],
   },
   {
     name: 'libcheckpt-nouring.so',
@@ -62,11 +78,24 @@ const targets = [
     src: 'checkpt-openssl.c',
     flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   },
+  {
+    name: 'checkpt-blake3.node',
+    src: 'checkpt-blake3.c',
+    more: blake3.more,
+    flags: ['-shared', '-fPIC', '-fvisibility=hidden', ...blake3.flags],
+  },
 ];
 
 const cc = process.env.CC || 'cc';
 // A shared header changes every target that includes it.
-const headers = ['napi-min.h', 'criu-rpc.h', 'page-server.h', 'publish.h']
+const headers = [
+  'napi-min.h',
+  'criu-rpc.h',
+  'page-server.h',
+  'publish.h',
+  'blake3/blake3.h',
+  'blake3/blake3_impl.h',
+]
   .map((h) => join(root, 'native', h))
   .filter((h) => existsSync(h))
   .map((h) => statSync(h).mtimeMs);

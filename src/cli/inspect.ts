@@ -26,7 +26,7 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     ['file', file],
     [
       'format',
-      `checkpt image v${info.formatVersion}${info.encrypted ? ', encrypted (AES-256-GCM)' : ''}${info.verified ? (info.encrypted ? ', every chunk authenticated' : ', checksum verified') : ''}`,
+      `checkpt image v${info.formatVersion}${info.encrypted ? ', encrypted (AES-256-GCM)' : ''}${info.chunkHash ? `, memory chunks checked with ${info.chunkHash === 'blake3' ? 'BLAKE3' : 'SHA-256'}` : ''}${info.verified ? (info.encrypted ? ', every chunk authenticated' : ', checksum verified') : ''}`,
     ],
     ['created', String(m.createdAt ?? '?')],
     ['host', String(m.host ?? '?')],

@@ -11,6 +11,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { setBlake3Loader, type Blake3Addon } from '../common/blake3.js';
 import { setSha256Addon, type Sha256Addon } from '../common/sha256.js';
 import { HELPER, readAtLoad } from '../common/config.js';
 import { packageRoot } from './paths.js';
@@ -23,6 +24,7 @@ export const NATIVE_PARTS = [
   'checkpt-subreaper.node',
   'checkpt-net.node',
   'checkpt-spawn.node',
+  'checkpt-blake3.node',
 ] as const;
 export type NativePart = (typeof NATIVE_PARTS)[number];
 
@@ -33,10 +35,11 @@ const WHAT: Record<NativePart, string> = {
   'checkpt-subreaper.node': "checkpt's orphan-adoption addon",
   'checkpt-net.node': "checkpt's socket-listing addon",
   'checkpt-spawn.node': "checkpt's process-starting addon",
+  'checkpt-blake3.node': "checkpt's BLAKE3 addon (memory chunks' checks)",
 };
 
-/** What `checkpt-helper --version` answers; another answer is a helper of another checkpt (bumped with its command line: 3 has --netns, --host and publish). */
-const HELPER_VERSION = 'checkpt-helper 3';
+/** What `checkpt-helper --version` answers; another answer is a helper of another checkpt (bumped with its command line or its protocols: 3 has --netns, --host and publish; 4 checks BLAKE3 chunk tables). */
+const HELPER_VERSION = 'checkpt-helper 4';
 
 /** Written into build/ by scripts/build-helper.mjs when compiling failed, removed when it worked. */
 export const BUILD_FAILED_FILE = '.build-failed';
@@ -130,7 +133,7 @@ export function elfArch(path: string): { arch: string } | { problem: string } {
 
 /** Why the helper at `path` is not this checkpt's, judged from its file alone. */
 function helperBytesProblem(path: string): string | undefined {
-  // `puts("checkpt-helper 3")` keeps the answer NUL-terminated in the binary.
+  // `puts("checkpt-helper 4")` keeps the answer NUL-terminated in the binary.
   if (readFileSync(path).indexOf(`${HELPER_VERSION}\0`) < 0)
     return `does not answer '${HELPER_VERSION}' (from another checkpt version, or damaged)`;
   try {
@@ -247,12 +250,19 @@ export function nativePath(part: NativePart, quick = false): string {
 /** The exports of a working addon; throws EHELPER saying why there is none and what to do. */
 export function nativeAddon<T>(
   part:
-    'checkpt-openssl.node' | 'checkpt-subreaper.node' | 'checkpt-net.node' | 'checkpt-spawn.node',
+    | 'checkpt-openssl.node'
+    | 'checkpt-subreaper.node'
+    | 'checkpt-net.node'
+    | 'checkpt-spawn.node'
+    | 'checkpt-blake3.node',
 ): T {
   const l = native(part);
   if (l.found === undefined) throw new CheckptError('EHELPER', unusableMessage(l));
   return l.exports as T;
 }
+
+// The image layer hashes memory chunks with BLAKE3 through this addon, loaded at its first use.
+setBlake3Loader(() => nativeAddon<Blake3Addon>('checkpt-blake3.node'));
 
 /**
  * Hashes with checkpt's OpenSSL addon from now on, where it loads and has SHA-256

@@ -90,7 +90,7 @@ export interface PageServer {
   finish(): Promise<boolean>;
 }
 
-/** Bytes per chunk in a plain file's chunk table (and in the plan): u32 stored length, SHA-256. */
+/** Bytes per chunk in a plain file's chunk table (and in the plan): u32 stored length, digest. */
 const TABLE_ROW = 36;
 
 /** A safe integer as a little-endian u64, without a BigInt. */
@@ -135,7 +135,8 @@ export function encodePlan(
   names.forEach((n, i) => {
     const t = tables[i];
     u64(at, pages.entries.get(n) ?? 0);
-    u32[(at + 8) >> 2] = t ? 1 : 0;
+    // The table's kind: none, SHA-256 or BLAKE3 digests.
+    u32[(at + 8) >> 2] = t ? (t.blake3 ? 2 : 1) : 0;
     u32[(at + 12) >> 2] = t?.count ?? 0;
     u32[(at + 16) >> 2] = pages.blockOf(n);
     u32[(at + 20) >> 2] = t?.zstd ? 1 : 0;

@@ -87,6 +87,13 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
       warning: "resumed copies would share OpenSSL's random numbers, and resumes start slower",
     }),
   );
+  // Without it new files get SHA-256 chunk tables, and files with BLAKE3 ones cannot be read here.
+  out.push(
+    nativeFinding('blake3 addon', 'BLAKE3 addon', native('checkpt-blake3.node'), {
+      warning:
+        'new checkpoints get SHA-256 chunk tables (lazy resumes check them 4x slower), and checkpoints with BLAKE3 tables cannot be read here',
+    }),
+  );
   // checkpt run takes checkpoints from outside by running CRIU inside the program's namespaces.
   const ns = spawnSync('nsenter', ['--version'], { encoding: 'utf8' });
   out.push(

@@ -4,6 +4,7 @@
  * PageSource that serves them on demand.
  */
 
+import { blake3 } from '../common/blake3.js';
 import { sha256 } from '../common/sha256.js';
 import { readSync } from 'node:fs';
 import { CheckptError } from '../common/errors.js';
@@ -30,8 +31,10 @@ export interface ChunkedEntry {
   stored: ArrayLike<number> & Iterable<number>;
   /** File offset of each chunk. */
   offsets: ArrayLike<number> & Iterable<number>;
-  /** SHA-256 of each chunk's stored bytes (plain files). */
+  /** SHA-256 (BLAKE3 when `blake3`) of each chunk's stored bytes (plain files). */
   hashes: ChunkHashes | undefined;
+  /** The table's digests are BLAKE3 (the file's flags bit 2). */
+  blake3?: true;
   /** The stored table (plain files): TABLE_ROW bytes per chunk. */
   table?: Buffer;
   /** Sum of the stored lengths: the size of the entry as extracted. */
@@ -87,8 +90,9 @@ function chunkIndex(e: ChunkedEntry, offset: number): number {
 function chunkDamaged(file: string, e: ChunkedEntry, i: number, why: string): CheckptError {
   const which = `memory entry ${e.name}, chunk index ${i} of ${e.stored.length} chunks`;
   // A plain file's damage is said as format 1 says it: scripts and people know that phrase.
-  const detail = why === 'sha256' ? `checksum mismatch in ${which}` : `${which}, ${why}`;
-  const tampered = why === 'sha256' ? '' : ' or was tampered with';
+  const mismatch = why === 'sha256' || why === 'blake3';
+  const detail = mismatch ? `checksum mismatch in ${which}` : `${which}, ${why}`;
+  const tampered = mismatch ? '' : ' or was tampered with';
   return new CheckptError(
     'EBADIMAGE',
     `${file} is damaged${tampered} (${detail}): it was modified after it was written; use another checkpoint`,
@@ -142,8 +146,9 @@ export async function readChunk(
   }
   if (sealing === undefined) {
     const want = e.hashes?.at(i);
-    if (want === undefined || !sha256().update(raw).digest().equals(want)) {
-      throw chunkDamaged(src.file, e, i, 'sha256');
+    const got = e.blake3 ? blake3(raw) : sha256().update(raw).digest();
+    if (want === undefined || !got.equals(want)) {
+      throw chunkDamaged(src.file, e, i, e.blake3 ? 'blake3' : 'sha256');
     }
     return raw;
   }
@@ -269,6 +274,7 @@ export class FilePages implements PageSource {
       first: e.offsets[0] ?? 0,
       count: e.stored.length,
       table: e.table,
+      blake3: e.blake3 === true,
     };
   }
 

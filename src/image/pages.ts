@@ -33,11 +33,13 @@ export interface DirectChunks {
   /** File offset of the first chunk: the others follow it, back to back. */
   first: number;
   count: number;
-  /** The chunk table as the file stores it: per chunk u32 stored length (big-endian), SHA-256. */
+  /** The chunk table as the file stores it: per chunk u32 stored length (big-endian), digest. */
   table: Buffer;
+  /** The table's digests are BLAKE3, not SHA-256. */
+  blake3: boolean;
 }
 
-/** SHA-256 of each chunk's stored bytes, by chunk index (an array of them will do). */
+/** The digest of each chunk's stored bytes, by chunk index (an array of them will do). */
 export interface ChunkHashes {
   readonly length: number;
   at(index: number): Buffer | undefined;

@@ -18,6 +18,7 @@ import { checkTrusted } from './trust.js';
 import {
   CHUNK,
   FLAG_ENCRYPTED,
+  FLAG_BLAKE3,
   FLAG_STORE,
   INFO_WINDOW,
   MAX_ENTRIES,
@@ -192,6 +193,8 @@ interface DataRegion {
   sealed: boolean;
   /** FLAG_STORE: INDEX names a chunk store after the manifest. */
   stored?: boolean;
+  /** FLAG_BLAKE3: the chunk tables hold BLAKE3 digests. */
+  blake3?: boolean;
 }
 
 function needsKey(file: string): CheckptError {
@@ -224,7 +227,7 @@ export async function parseFile(src: Source, mode: ParseMode): Promise<Parsed> {
     );
   }
   if (mode.requireTrusted === true) checkTrusted(src.fh.fd, file);
-  if (version === 2) return parsePlainV2(src, mode, (flags & FLAG_STORE) !== 0);
+  if (version === 2) return parsePlainV2(src, mode, flags);
   if (size < MIN_FILE) throw truncated(file);
   const trailer = await readAt(src, size - TRAILER_LEN, TRAILER_LEN);
   if (!trailer.subarray(0, TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) throw truncated(file);
@@ -262,7 +265,7 @@ async function dataLength(src: Source, at: number, most: number): Promise<number
 }
 
 /** Format 2, plain: PREFIX | INDEX | u64 D is hashed; DATA's chunks have hashes of their own. */
-async function parsePlainV2(src: Source, mode: ParseMode, stored: boolean): Promise<Parsed> {
+async function parsePlainV2(src: Source, mode: ParseMode, flags: number): Promise<Parsed> {
   const { file, size } = src;
   if (size < MIN_FILE_V2) throw truncated(file);
   const tail = await readAt(src, size - TAIL_V2, TAIL_V2);
@@ -282,8 +285,17 @@ async function parsePlainV2(src: Source, mode: ParseMode, stored: boolean): Prom
     hash: mode.verify,
     readAll: mode.verify,
   });
-  checkHead(file, await r.take(PREFIX_LEN), size);
-  const region = { start: PREFIX_LEN, length: d, sealed: false, stored };
+  // The flags as hashed: what the tables are checked with is covered by the file's own hash.
+  const hashedFlags = checkHead(file, await r.take(PREFIX_LEN), size);
+  if (hashedFlags !== flags)
+    throw damaged(file, 'its header flags changed while it was being read');
+  const region = {
+    start: PREFIX_LEN,
+    length: d,
+    sealed: false,
+    stored: (flags & FLAG_STORE) !== 0,
+    blake3: (flags & FLAG_BLAKE3) !== 0,
+  };
   const { manifest, entries, chunked, store } = await parseBody(r, file, mode, 2, region);
   r.limit += 8;
   if ((await r.take(8)).readBigUInt64BE(0) !== BigInt(d)) throw shrank(file);
@@ -292,6 +304,7 @@ async function parsePlainV2(src: Source, mode: ParseMode, stored: boolean): Prom
   }
   const info: ImageInfo = { formatVersion: 2, manifest, entries, fileSize: size, encrypted: false };
   if (store !== undefined) info.store = store;
+  else info.chunkHash = region.blake3 ? 'blake3' : 'sha256';
   const parsed = { info, chunked, sealing: undefined };
   await readChunks(src, parsed, mode);
   return parsed;
@@ -659,6 +672,7 @@ async function chunkTable(
     hashes,
     size,
     ...(region.sealed ? {} : { table: table.subarray(0, count * row) }),
+    ...(region.blake3 === true ? { blake3: true as const } : {}),
   };
 }
 

@@ -1,6 +1,8 @@
 /** Writing a checkpoint file: packed from a directory, plain or sealed, put in place atomically. */
 
 import { crypto, fsPromises } from '../common/builtin.js';
+import { blake3, blake3Available } from '../common/blake3.js';
+import { CHUNK_HASH } from '../common/config.js';
 import { sha256, type Sha256 } from '../common/sha256.js';
 import { constants as fsc, readdirSync, statSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -20,6 +22,7 @@ import {
   CHUNK,
   CODEC_NONE,
   CODEC_ZSTD_FRAMES,
+  FLAG_BLAKE3,
   FLAG_ENCRYPTED,
   FLAG_STORE,
   FORMAT_VERSION,
@@ -64,6 +67,11 @@ export interface WriteOptions {
    * an encrypted file holds its memory itself.
    */
   store?: { dir: string; compress?: boolean } | undefined;
+  /**
+   * Format 2, plain, memory in the file: what its chunk tables hold. By default CHECKPT_CHUNK_HASH,
+   * else BLAKE3 where checkpt's addon loads, else SHA-256.
+   */
+  chunkHash?: 'sha256' | 'blake3';
 }
 
 interface SourceFile {
@@ -378,6 +386,14 @@ export async function writeImage(
     prefix.writeUInt32BE(FLAG_STORE, 12);
     store = new StoreWriter(dir, options.store.compress === true);
   }
+  // BLAKE3 tables where the file has them (plain, memory in the file) and the addon works here.
+  const useBlake3 =
+    version === 2 &&
+    sealing === undefined &&
+    store === undefined &&
+    (options.chunkHash ?? CHUNK_HASH.get() ?? (blake3Available() ? 'blake3' : 'sha256')) ===
+      'blake3';
+  if (useBlake3) prefix.writeUInt32BE(FLAG_BLAKE3, 12);
   const { fh, tmp } = await createTemp(absTarget, options.tmp);
   let bytes: number;
   let out: ChunkWriter | undefined;
@@ -390,6 +406,7 @@ export async function writeImage(
         plainChunk,
         zstdChunk,
         store,
+        blake3: useBlake3,
       });
     } else {
       // Format 1, kept for tests of files older versions wrote.
@@ -499,6 +516,8 @@ interface V2Options {
   plainChunk: number;
   zstdChunk: number;
   store: StoreWriter | undefined;
+  /** The chunk tables get BLAKE3 digests (flags bit 2), else SHA-256 ones. */
+  blake3: boolean;
 }
 
 /**
@@ -510,7 +529,7 @@ async function writeV2(
   prefix: Buffer,
   manifestBytes: Buffer,
   sources: SourceFile[],
-  { sealing, chunkSize, memoryChunk, plainChunk, zstdChunk, store }: V2Options,
+  { sealing, chunkSize, memoryChunk, plainChunk, zstdChunk, store, blake3: b3 }: V2Options,
 ): Promise<number> {
   const head = sealing ? sealing.head : prefix;
   await writeAll(fh, head, 0);
@@ -561,11 +580,8 @@ async function writeV2(
           let from = 0;
           for (let k = i; k < i + n; k++) {
             const l = cut.lengths[k] ?? 0;
-            hashes.push(
-              sha256()
-                .update(buf.subarray(from, from + l))
-                .digest(),
-            );
+            const bytes = buf.subarray(from, from + l);
+            hashes.push(b3 ? blake3(bytes) : sha256().update(bytes).digest());
             from += l;
           }
           out = [buf];

@@ -230,6 +230,7 @@ describe('checkpt CLI errors', { unit: true }, () => {
         ['helper', 'checkpt-helper'],
         ['io_uring blocker', 'libcheckpt-nouring.so'],
         ['openssl addon', 'checkpt-openssl.node'],
+        ['blake3 addon', 'checkpt-blake3.node'],
       ]) {
         const f = j.findings.find((x) => x.name === name);
         assert.equal(f?.ok && !f.warning, true, `${name}: ${f?.detail}`);

@@ -93,7 +93,7 @@ describe('looking the native parts up', () => {
     compile(helper, '#include <stdio.h>\nint main(void) { puts("checkpt-helper 0"); return 0; }\n');
     assert.match(
       lookUp('checkpt-helper', ctxFor(r)).tried[0].problem,
-      /answers 'checkpt-helper 0', not 'checkpt-helper 3'/,
+      /answers 'checkpt-helper 0', not 'checkpt-helper 4'/,
     );
 
     // Linked against a library that is then gone: the dynamic loader refuses to start it.
@@ -116,11 +116,11 @@ describe('looking the native parts up', () => {
       'is not executable (mode 644)',
     );
     // Another version's answer, and one that only begins like this version's.
-    for (const answer of ['checkpt-helper 0', 'checkpt-helper 31']) {
+    for (const answer of ['checkpt-helper 0', 'checkpt-helper 41']) {
       compile(helper, `#include <stdio.h>\nint main(void) { puts("${answer}"); return 0; }\n`);
       assert.equal(
         lookUp('checkpt-helper', ctxFor(r, { quick: true })).tried[0].problem,
-        "does not answer 'checkpt-helper 3' (from another checkpt version, or damaged)",
+        "does not answer 'checkpt-helper 4' (from another checkpt version, or damaged)",
       );
     }
   });

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import { scratchDir, unitTest as test } from '../helpers.mjs';
 import { compressImages } from '../../dist/image/compress.js';
-import { extractLazy, writeImage } from '../../dist/image/format.js';
+import { extractLazy, readImageInfo, writeImage } from '../../dist/image/format.js';
 import { readMemoryPlan } from '../../dist/engine/pagemap.js';
 import { serverMaps, servePages, stageBeforeRestore } from '../../dist/engine/page-server.js';
 import { StagedPages } from '../../dist/engine/staged-pages.js';
@@ -37,7 +37,7 @@ const VADDR = 0x7f0000000000;
  * A checkpoint file whose task 100 has 3 MiB of memory: one eager page, then the rest lazy.
  * `fill` makes the memory (random: stored as it is; repetitive: compressible).
  */
-async function checkpointFile(t, { fill = randomBytes, compress = false, key } = {}) {
+async function checkpointFile(t, { fill = randomBytes, compress = false, key, chunkHash } = {}) {
   const root = scratchDir(t, 'checkpt-checker-');
   const images = join(root, 'images');
   mkdirSync(images);
@@ -53,7 +53,12 @@ async function checkpointFile(t, { fill = randomBytes, compress = false, key } =
   writeFileSync(join(images, 'core-100.img'), 'core');
   if (compress) assert.equal(await compressImages(images), 1, 'pages-1.img compressed');
   const file = join(root, 'app.ckpt');
-  await writeImage(file, { program: 'test' }, { dir: images }, key ? { key } : {});
+  await writeImage(
+    file,
+    { program: 'test' },
+    { dir: images },
+    { ...(key ? { key } : {}), ...(chunkHash ? { chunkHash } : {}) },
+  );
   return { root, file, memory };
 }
 
@@ -103,6 +108,7 @@ async function fetch(daemon, requests) {
 
 for (const [name, opts, maps] of [
   ['plain chunks', {}, false],
+  ['plain chunks, SHA-256 tables', { chunkHash: 'sha256' }, false],
   ['zstd chunks', { compress: true, fill: (n) => Buffer.alloc(n, 'checkpt ') }, false],
   ['plain chunks, page maps read by the server', {}, true],
   [
@@ -342,32 +348,34 @@ function damageChunk32(file, memory) {
   closeSync(fd);
 }
 
-test('a damaged chunk: EBADIMAGE naming it, nothing of the answer that needed it', async (t) => {
-  const { root, file, memory } = await checkpointFile(t);
-  damageChunk32(file, memory);
-  const { ps, daemon, errors, staged } = await serve(root, file, undefined, { stage: false });
-  // The server may be gone before the requests are out.
-  daemon.on('error', () => undefined);
-  // The first answer may go out (its chunk is sound); the one in chunk 32 must not.
-  const got = readBytes(daemon, 32 + PAGE + 32 + PAGE + 1);
-  daemon.write(
-    Buffer.concat([iov(GET, 1, VADDR + PAGE, 100), iov(GET, 1, VADDR + 2 * MIB + PAGE, 100)]),
-  );
-  await assert.rejects(ps.done, (e) => {
-    assert.equal(e.code, 'EBADIMAGE');
-    assert.ok(e.message.includes(file), e.message);
-    assert.match(
-      e.message,
-      /checksum mismatch in memory entry pages-1\.img, chunk index 32 of 48 chunks/,
+for (const chunkHash of ['blake3', 'sha256'])
+  test(`a damaged chunk (${chunkHash} tables): EBADIMAGE naming it, nothing of the answer that needed it`, async (t) => {
+    const { root, file, memory } = await checkpointFile(t, { chunkHash });
+    assert.equal((await readImageInfo(file)).chunkHash, chunkHash);
+    damageChunk32(file, memory);
+    const { ps, daemon, errors, staged } = await serve(root, file, undefined, { stage: false });
+    // The server may be gone before the requests are out.
+    daemon.on('error', () => undefined);
+    // The first answer may go out (its chunk is sound); the one in chunk 32 must not.
+    const got = readBytes(daemon, 32 + PAGE + 32 + PAGE + 1);
+    daemon.write(
+      Buffer.concat([iov(GET, 1, VADDR + PAGE, 100), iov(GET, 1, VADDR + 2 * MIB + PAGE, 100)]),
     );
-    return true;
+    await assert.rejects(ps.done, (e) => {
+      assert.equal(e.code, 'EBADIMAGE');
+      assert.ok(e.message.includes(file), e.message);
+      assert.match(
+        e.message,
+        /checksum mismatch in memory entry pages-1\.img, chunk index 32 of 48 chunks/,
+      );
+      return true;
+    });
+    assert.equal(errors.length, 1);
+    const sent = await got;
+    assert.ok(sent.length <= 32 + PAGE, `only the sound answer at most (${sent.length} bytes)`);
+    daemon.destroy();
+    await staged.close();
   });
-  assert.equal(errors.length, 1);
-  const sent = await got;
-  assert.ok(sent.length <= 32 + PAGE, `only the sound answer at most (${sent.length} bytes)`);
-  daemon.destroy();
-  await staged.close();
-});
 
 /**
  * CRIU's post-restore step as checkpt's helper plays it: connects to `path` (retrying while

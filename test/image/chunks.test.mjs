@@ -69,7 +69,7 @@ function chunkMap(layout, sealed) {
   return out;
 }
 
-test('format 2 (plain) is the documented layout byte for byte', async (t) => {
+test('format 2 (plain) is the documented layout byte for byte: BLAKE3 tables by default, SHA-256 on request', async (t) => {
   const root = scratchDir(t, 'checkpt-v2-');
   const pages = randomBytes(2 * C + 300);
   const src = sources(root, {
@@ -78,24 +78,45 @@ test('format 2 (plain) is the documented layout byte for byte', async (t) => {
     'pages-2.img': Buffer.alloc(0),
     'zz.img': 'last',
   });
-  const file = path.join(root, 'x.ckpt');
   const manifest = { pid: 9 };
-  await writeImage(file, manifest, { dir: src }, { memoryChunk: C });
-  const expected = buildV2({
-    manifest: JSON.stringify(manifest),
-    entries: [
-      { name: 'core-1.img', data: 'core data' },
-      { name: 'pages-1.img', chunks: pieces(pages, C) },
-      { name: 'pages-2.img', chunks: [] },
-      { name: 'zz.img', data: 'last' },
-    ],
-  });
-  assert.ok(fs.readFileSync(file).equals(expected));
-  assert.deepEqual(await readImageHeader(file), {
-    formatVersion: 2,
-    encrypted: false,
-    fileSize: expected.length,
-  });
+  const layout = (blake3) =>
+    buildV2({
+      manifest: JSON.stringify(manifest),
+      entries: [
+        { name: 'core-1.img', data: 'core data' },
+        { name: 'pages-1.img', chunks: pieces(pages, C) },
+        { name: 'pages-2.img', chunks: [] },
+        { name: 'zz.img', data: 'last' },
+      ],
+      blake3,
+    });
+  for (const [label, options, env, blake3] of [
+    ['default', {}, undefined, true],
+    ['chunkHash sha256', { chunkHash: 'sha256' }, undefined, false],
+    ['CHECKPT_CHUNK_HASH=sha256', {}, 'sha256', false],
+    ['CHECKPT_CHUNK_HASH=blake3', {}, 'blake3', true],
+  ]) {
+    const file = path.join(root, `x-${blake3}.ckpt`);
+    fs.rmSync(file, { force: true });
+    const saved = process.env.CHECKPT_CHUNK_HASH;
+    if (env === undefined) delete process.env.CHECKPT_CHUNK_HASH;
+    else process.env.CHECKPT_CHUNK_HASH = env;
+    try {
+      await writeImage(file, manifest, { dir: src }, { memoryChunk: C, ...options });
+    } finally {
+      if (saved === undefined) delete process.env.CHECKPT_CHUNK_HASH;
+      else process.env.CHECKPT_CHUNK_HASH = saved;
+    }
+    const expected = layout(blake3);
+    assert.ok(fs.readFileSync(file).equals(expected), label);
+    assert.deepEqual(await readImageHeader(file), {
+      formatVersion: 2,
+      encrypted: false,
+      fileSize: expected.length,
+    });
+    const info = await verifyImage(file);
+    assert.equal(info.chunkHash, blake3 ? 'blake3' : 'sha256', label);
+  }
 });
 
 /** Opens a sealed format-2 file by hand, straight from the layout documented in layout.ts. */
@@ -248,6 +269,8 @@ test('format 2 round trips, plain and encrypted; extractLazy serves the same byt
       entries: names.map((name) => ({ name, size: Buffer.from(files[name]).length })),
       fileSize: bytes,
       encrypted: key !== undefined,
+      // A sealed file's chunks carry GCM tags instead.
+      ...(key === undefined ? { chunkHash: 'blake3' } : {}),
     });
     const out = fs.mkdtempSync(path.join(root, 'out-'));
     assert.deepEqual(await extractImage(file, out, { key }), info);
@@ -671,3 +694,63 @@ test(
     assert.ok(servedThenRefused > 0, 'no mutation reached a chunk');
   },
 );
+
+test('BLAKE3 tables (flags bit 2): a file made by hand from the layout is read, a damaged chunk is found by every reader, the flag is bound by the file hash', async (t) => {
+  const root = scratchDir(t, 'checkpt-v2-');
+  const chunks = pieces(randomBytes(3 * C + 10), C);
+  const entries = [
+    { name: 'core-1.img', data: 'core' },
+    { name: 'pages-1.img', chunks },
+  ];
+  const good = buildV2({ entries, blake3: true });
+  const file = path.join(root, 'b3.ckpt');
+  fs.writeFileSync(file, good);
+  assert.equal((await verifyImage(file)).chunkHash, 'blake3');
+  const out = fs.mkdtempSync(path.join(root, 'out-'));
+  await extractImage(file, out);
+  assert.ok(fs.readFileSync(path.join(out, 'pages-1.img')).equals(Buffer.concat(chunks)));
+  const lazy = await extractLazy(file, fs.mkdtempSync(path.join(root, 'lazy-')));
+  assert.ok((await lazy.pages.read('pages-1.img', 2 * C, C)).equals(chunks[2]));
+  await lazy.pages.close();
+
+  // One byte of chunk 2: the lazy read of it, and every eager reader, refuse.
+  const bad = Buffer.from(good);
+  bad[16 + 2 * C + 5] ^= 1;
+  fs.writeFileSync(file, bad);
+  const damaged = /checksum mismatch in memory entry pages-1\.img, chunk index 2 of 4 chunks/;
+  const l2 = await extractLazy(file, fs.mkdtempSync(path.join(root, 'lazy-')));
+  assert.ok((await l2.pages.read('pages-1.img', C, C)).equals(chunks[1]), 'a sound chunk');
+  await rejectsWith(l2.pages.read('pages-1.img', 2 * C, C), 'EBADIMAGE', 'lazy', damaged);
+  await l2.pages.close();
+  await rejectsWith(verifyImage(file), 'EBADIMAGE', 'verify', damaged);
+  const out2 = fs.mkdtempSync(path.join(root, 'out-'));
+  await rejectsWith(extractImage(file, out2), 'EBADIMAGE', 'extract', damaged);
+
+  // The flag cleared: the file's own hash fails; with the hash made to match, the SHA-256 check
+  // of the first chunk does. Never a chunk taken on the wrong hash.
+  const cleared = Buffer.from(good);
+  cleared.writeUInt32BE(0, 12);
+  fs.writeFileSync(file, cleared);
+  await rejectsWith(verifyImage(file), 'EBADIMAGE', 'flag cleared', /checksum mismatch/);
+  const tailAt = cleared.length - 48;
+  createHash('sha256')
+    .update(cleared.subarray(0, 16))
+    .update(cleared.subarray(16 + Buffer.concat(chunks).length, tailAt + 8))
+    .digest()
+    .copy(cleared, cleared.length - 32);
+  fs.writeFileSync(file, cleared);
+  await rejectsWith(
+    verifyImage(file),
+    'EBADIMAGE',
+    'flag cleared, hash fixed',
+    /checksum mismatch in memory entry pages-1\.img, chunk index 0/,
+  );
+
+  // Flags that do not go together: BLAKE3 with a store, or on an encrypted file.
+  for (const flags of [4 | 2, 4 | 1]) {
+    const odd = Buffer.from(good);
+    odd.writeUInt32BE(flags, 12);
+    fs.writeFileSync(file, odd);
+    await rejectsWith(readImageHeader(file), 'EBADIMAGE', `flags ${flags}`, /do not go together/);
+  }
+});

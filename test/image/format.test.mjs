@@ -51,6 +51,7 @@ test('round trip keeps manifest, entries and bytes, and the file has mode 0600',
     entries,
     fileSize: bytes,
     encrypted: false,
+    chunkHash: 'blake3',
   });
   const quick = await readImageInfo(target);
   assert.deepEqual(quick, { ...info, verified: false });

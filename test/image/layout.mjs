@@ -2,6 +2,7 @@
 // the check that every reader refuses one; shared by the tests of the format and of the manifest.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { blake3 as nobleBlake3 } from '@noble/hashes/blake3.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { extractImage, verifyImage } from '../../dist/image/format.js';
@@ -68,10 +69,13 @@ export const sampleManifest = JSON.stringify({ pid: 42, node: 'v20', tags: ['a',
  * Format 2 bytes by hand, straight from the documented layout (plain). `entries`: { name, data }
  * inline, or { name, chunks: [Buffer...], codec, chunk, decoded } chunked (defaults: codec 0,
  * chunk 4096, decoded = the sum); `table` overrides its header fields for tests of the limits.
+ * `blake3`: flags bit 2, the chunk tables in BLAKE3 (an independent implementation: @noble/hashes).
  */
-export function buildV2({ manifest = '{}', entries = [], dataLength, extraData } = {}) {
+export function buildV2({ manifest = '{}', entries = [], dataLength, extraData, blake3 } = {}) {
   const m = Buffer.from(manifest, 'utf8');
-  const prefix = Buffer.concat([Buffer.from('CHECKPT\n', 'latin1'), u32(2), u32(0)]);
+  const prefix = Buffer.concat([Buffer.from('CHECKPT\n', 'latin1'), u32(2), u32(blake3 ? 4 : 0)]);
+  const digest = (c) =>
+    blake3 ? Buffer.from(nobleBlake3(c)) : createHash('sha256').update(c).digest();
   const data = [];
   const index = [u32(m.length), m, u32(entries.length)];
   for (const e of entries) {
@@ -89,7 +93,7 @@ export function buildV2({ manifest = '{}', entries = [], dataLength, extraData }
     index.push(u32(t.chunk ?? e.chunk ?? 4096), u64(t.decoded ?? e.decoded ?? sum));
     index.push(u32(t.count ?? e.chunks.length));
     for (const c of e.chunks) {
-      index.push(u32(c.length), createHash('sha256').update(c).digest());
+      index.push(u32(c.length), digest(c));
       data.push(c);
     }
   }

@@ -119,12 +119,13 @@ function unpack(bytes) {
     }
     entries.push({ name, chunks, codec, chunk, decoded });
   }
-  return { manifest, entries };
+  // Flags bit 2: the chunk tables are BLAKE3.
+  return { manifest, entries, blake3: (bytes.readUInt32BE(12) & 4) !== 0 };
 }
 
 /** Packs with a correct checksum: whatever is wrong is wrong on purpose, not damage. */
-function pack({ manifest, entries }) {
-  return buildV2({ manifest: JSON.stringify(manifest), entries });
+function pack({ manifest, entries, blake3 }) {
+  return buildV2({ manifest: JSON.stringify(manifest), entries, blake3 });
 }
 
 async function checkpointSecret(file, env = {}) {
@@ -270,9 +271,9 @@ describe('encryption at rest', () => {
 describe('damaged and hostile real checkpoints', () => {
   test('each is refused by checkpt -r before any process is created', async () => {
     const good = readFileSync(plainFile);
-    const { manifest, entries } = unpack(good);
+    const { manifest, entries, blake3 } = unpack(good);
     // The repacking itself is right: the unchanged repack is accepted.
-    assert.ok(pack({ manifest, entries }).equals(good), 'repack is byte-identical');
+    assert.ok(pack({ blake3, manifest, entries }).equals(good), 'repack is byte-identical');
     const version = (v) => {
       const b = Buffer.from(good);
       b.writeUInt32BE(v, 8);
@@ -294,20 +295,33 @@ describe('damaged and hostile real checkpoints', () => {
       gzipped: [gzipSync(good.subarray(0, 65536)), /not a checkpt file \(it looks like a gzip/],
       'a text file': [Buffer.from('#!/bin/sh\necho hi\n'), /not a checkpt file/],
       'ELF binary': [readFileSync(process.execPath).subarray(0, 8192), /looks like an executable/],
-      'entry ../x': [pack({ manifest, entries: renamed('../escape.img') }), /path separator/],
-      'entry /etc/x': [pack({ manifest, entries: renamed('/etc/escape.img') }), /path separator/],
-      'entry a/b': [pack({ manifest, entries: renamed('a/escape.img') }), /path separator/],
-      'entry with NUL': [pack({ manifest, entries: renamed('x\0.img') }), /control character/],
+      'entry ../x': [
+        pack({ blake3, manifest, entries: renamed('../escape.img') }),
+        /path separator/,
+      ],
+      'entry /etc/x': [
+        pack({ blake3, manifest, entries: renamed('/etc/escape.img') }),
+        /path separator/,
+      ],
+      'entry a/b': [pack({ blake3, manifest, entries: renamed('a/escape.img') }), /path separator/],
+      'entry with NUL': [
+        pack({ blake3, manifest, entries: renamed('x\0.img') }),
+        /control character/,
+      ],
       'entry named twice': [
-        pack({ manifest, entries: [...entries, entries[0]] }),
+        pack({ blake3, manifest, entries: [...entries, entries[0]] }),
         /appears twice|CRIU images hold/,
       ],
       'imageBytes lies': [
-        pack({ manifest: { ...manifest, imageBytes: manifest.imageBytes + 4096 }, entries }),
+        pack({
+          blake3,
+          manifest: { ...manifest, imageBytes: manifest.imageBytes + 4096 },
+          entries,
+        }),
         /CRIU images hold/,
       ],
       'manifest without a pid': [
-        pack({ manifest: { ...manifest, pid: undefined }, entries }),
+        pack({ blake3, manifest: { ...manifest, pid: undefined }, entries }),
         /incomplete manifest/,
       ],
     };

