@@ -31,7 +31,7 @@ import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { processTree, signalQuietly, untilEnded } from '../common/procfs.js';
 import { requireHelper, useNativeSha256 } from './native.js';
-import { hostSocketsAsync, prepareSockets, type HostSocket } from './sockets.js';
+import { hostListingAsync, prepareSockets, type HostListing } from './sockets.js';
 import { makeStagingDir } from './staging.js';
 import { inheritPlan, type StdioDescriptor } from './stdio.js';
 import { resumeRefusal } from './ownership.js';
@@ -121,7 +121,7 @@ export async function resume(
   const version = criuVersionAsync();
   version.catch(() => undefined);
   // Read while the image unpacks: the host's sockets, for the preflight of the copy's.
-  const host = hostSocketsAsync();
+  const host = hostListingAsync();
   host.catch(() => undefined);
   const key = loadKey();
   try {
@@ -135,7 +135,7 @@ async function restoreFrom(
   source: string | RemoteImages,
   options: ResumeOptions,
   version: Promise<unknown>,
-  host: Promise<HostSocket[]>,
+  host: Promise<HostListing>,
   key: Buffer | undefined,
   hooks: ResumeHooks,
 ): Promise<Resumed> {

@@ -23,11 +23,13 @@ import { zstdDecoder } from '../../dist/image/compress.js';
 import { extractImage } from '../../dist/image/format.js';
 import {
   addressText,
+  hostListingAsync,
   hostSockets,
   hostSocketsAsync,
   imageSockets,
   parseProcNet,
   planSockets,
+  socketsOf,
   tcpFromDiag,
   withPortZero,
 } from '../../dist/engine/sockets.js';
@@ -228,6 +230,23 @@ test('/proc/net: local and remote endpoints, state and inode', { unit: true }, (
   });
   assert.deepEqual(tcp[1].remote, { address: '127.0.0.1', port: 51000 });
   assert.equal(parseProcNet(procUdp, 'udp')[0].local.port, 5353);
+  // Only the lines of the ports kept, each parsed whole, as without the filter.
+  for (const [text, proto] of [
+    [procTcp, 'tcp'],
+    [procUdp, 'udp'],
+  ]) {
+    const all = parseProcNet(text, proto);
+    for (const port of [...new Set(all.map((h) => h.local.port)), 1, 0])
+      assert.deepEqual(
+        parseProcNet(text, proto, (p) => p === port),
+        all.filter((h) => h.local.port === port),
+        `${proto} ${port}`,
+      );
+    assert.deepEqual(
+      parseProcNet(text, proto, () => false),
+      [],
+    );
+  }
   const host = hostSockets(
     (p) => (p === '/proc/net/tcp' ? procTcp : p === '/proc/net/udp' ? procUdp : ''),
     () => undefined,
@@ -391,6 +410,12 @@ test('a real image of a Node server: its listener and its keep-alive connection 
   assert.deepEqual(mine?.local, { address: '127.0.0.1', port }, JSON.stringify(socks));
   // While the original runs: its port is busy and the connection's tuple in use.
   const live = planSockets(socks, hostSockets(), true);
+  // The resume's way: the listing parsed for the image's local ports only gives the same plan.
+  const ports = new Set(socks.map((s) => s.local.port));
+  const listing = await hostListingAsync();
+  const kept = socketsOf(listing, (p) => ports.has(p));
+  assert.ok(kept.length >= 2 && kept.every((h) => ports.has(h.local.port)), JSON.stringify(kept));
+  assert.deepEqual(planSockets(socks, kept, true), live);
   assert.deepEqual([...live.moved], [listen.entry]);
   assert.equal(live.tcpClose, true);
   const moved = imageSockets(withPortZero(img, live.moved));
