@@ -16,33 +16,10 @@
 #include "blake3/blake3.h"
 #include "napi-min.h"
 
-#define NAPI_AUTO_LENGTH ((size_t)-1)
-
-/* napi_uint8_array in node_api.h's napi_typedarray_type (a Buffer is one). */
-#define UINT8_ARRAY 1
-
-extern napi_status napi_get_cb_info(napi_env env, napi_callback_info cbinfo, size_t *argc,
-                                    napi_value *argv, napi_value *this_arg, void **data);
-extern napi_status napi_get_typedarray_info(napi_env env, napi_value typedarray, int *type,
-                                            size_t *length, void **data, napi_value *arraybuffer,
-                                            size_t *byte_offset);
-
 static napi_value boolean(napi_env env, bool v) {
   napi_value r = NULL;
   napi_get_boolean(env, v, &r);
   return r;
-}
-
-/* The bytes of a Uint8Array (a Buffer) argument; false when it is none, or shorter than `min`. */
-static bool bytes_of(napi_env env, napi_value v, size_t min, uint8_t **data, size_t *len) {
-  int type = -1;
-  void *p = NULL;
-  size_t n = 0;
-  if (napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != 0) return false;
-  if (type != UINT8_ARRAY || n < min) return false;
-  *data = p;
-  *len = n;
-  return true;
 }
 
 static napi_value hash(napi_env env, napi_callback_info info) {
@@ -50,8 +27,8 @@ static napi_value hash(napi_env env, napi_callback_info info) {
   napi_value a[2];
   uint8_t *data = NULL, *out = NULL;
   if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 2 ||
-      !bytes_of(env, a[0], 0, &data, &len) ||
-      !bytes_of(env, a[1], BLAKE3_OUT_LEN, &out, &out_len))
+      !napi_bytes_of(env, a[0], 0, &data, &len) ||
+      !napi_bytes_of(env, a[1], BLAKE3_OUT_LEN, &out, &out_len))
     return boolean(env, false);
   blake3_hasher h;
   blake3_hasher_init(&h);

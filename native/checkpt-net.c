@@ -50,8 +50,6 @@ extern napi_status napi_create_array_with_length(napi_env env, size_t length, na
 extern napi_status napi_set_element(napi_env env, napi_value object, uint32_t index,
                                     napi_value value);
 
-#define NAPI_AUTO_LENGTH ((size_t)-1)
-
 struct text {
   char *buf;
   size_t len, cap;

@@ -26,17 +26,6 @@
 
 #include "napi-min.h"
 
-#define NAPI_AUTO_LENGTH ((size_t)-1)
-
-/* napi_uint8_array in node_api.h's napi_typedarray_type (a Buffer is one). */
-#define UINT8_ARRAY 1
-
-extern napi_status napi_get_cb_info(napi_env env, napi_callback_info cbinfo, size_t *argc,
-                                    napi_value *argv, napi_value *this_arg, void **data);
-extern napi_status napi_get_typedarray_info(napi_env env, napi_value typedarray, int *type,
-                                            size_t *length, void **data, napi_value *arraybuffer,
-                                            size_t *byte_offset);
-
 /* OpenSSL's SHA256_CTX is 112 bytes (eight words of state, two of length, sixteen of block, two
  * of counts); the caller's buffer leaves room to spare. */
 #define CTX_BYTES 256
@@ -63,23 +52,11 @@ static napi_value reseed(napi_env env, napi_callback_info info) {
   return boolean(env, ok);
 }
 
-/* The bytes of a Uint8Array (a Buffer) argument; false when it is none, or shorter than `min`. */
-static bool bytes_of(napi_env env, napi_value v, size_t min, uint8_t **data, size_t *len) {
-  int type = -1;
-  void *p = NULL;
-  size_t n = 0;
-  if (napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != 0) return false;
-  if (type != UINT8_ARRAY || n < min) return false;
-  *data = p;
-  *len = n;
-  return true;
-}
-
 /* Up to three arguments; false unless there are `want` and the first is a state buffer. */
 static bool args(napi_env env, napi_callback_info info, size_t want, napi_value *a, uint8_t **ctx) {
   size_t argc = 3, len = 0;
   if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < want) return false;
-  return bytes_of(env, a[0], CTX_BYTES, ctx, &len);
+  return napi_bytes_of(env, a[0], CTX_BYTES, ctx, &len);
 }
 
 static napi_value sha256_init(napi_env env, napi_callback_info info) {
@@ -93,7 +70,7 @@ static napi_value sha256_update(napi_env env, napi_callback_info info) {
   napi_value a[3];
   uint8_t *ctx, *data;
   size_t len;
-  if (!args(env, info, 2, a, &ctx) || !bytes_of(env, a[1], 0, &data, &len))
+  if (!args(env, info, 2, a, &ctx) || !napi_bytes_of(env, a[1], 0, &data, &len))
     return boolean(env, false);
   return boolean(env, sha_update(ctx, data, len) == 1);
 }
@@ -102,7 +79,7 @@ static napi_value sha256_final(napi_env env, napi_callback_info info) {
   napi_value a[3];
   uint8_t *ctx, *out;
   size_t len;
-  if (!args(env, info, 2, a, &ctx) || !bytes_of(env, a[1], DIGEST_BYTES, &out, &len))
+  if (!args(env, info, 2, a, &ctx) || !napi_bytes_of(env, a[1], DIGEST_BYTES, &out, &len))
     return boolean(env, false);
   return boolean(env, sha_final(out, ctx) == 1);
 }

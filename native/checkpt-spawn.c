@@ -22,10 +22,6 @@
 
 #include "napi-min.h"
 
-#define NAPI_AUTO_LENGTH ((size_t)-1)
-
-extern napi_status napi_get_cb_info(napi_env env, napi_callback_info cbinfo, size_t *argc,
-                                    napi_value *argv, napi_value *this_arg, void **data);
 extern napi_status napi_get_value_string_utf8(napi_env env, napi_value value, char *buf,
                                               size_t bufsize, size_t *result);
 extern napi_status napi_get_value_int32(napi_env env, napi_value value, int32_t *result);

@@ -18,5 +18,28 @@ extern napi_status napi_create_function(napi_env env, const char *utf8name, size
 extern napi_status napi_set_named_property(napi_env env, napi_value object, const char *utf8name,
                                            napi_value value);
 extern napi_status napi_get_boolean(napi_env env, bool value, napi_value *result);
+extern napi_status napi_get_cb_info(napi_env env, napi_callback_info cbinfo, size_t *argc,
+                                    napi_value *argv, napi_value *this_arg, void **data);
+extern napi_status napi_get_typedarray_info(napi_env env, napi_value typedarray, int *type,
+                                            size_t *length, void **data, napi_value *arraybuffer,
+                                            size_t *byte_offset);
+
+#define NAPI_AUTO_LENGTH ((size_t)-1)
+
+/* napi_uint8_array in node_api.h's napi_typedarray_type (a Buffer is one). */
+#define NAPI_UINT8_ARRAY 1
+
+/* The bytes of a Uint8Array (a Buffer) argument; false when it is none, or shorter than `min`. */
+static inline bool napi_bytes_of(napi_env env, napi_value v, size_t min, unsigned char **data,
+                                 size_t *len) {
+  int type = -1;
+  void *p = NULL;
+  size_t n = 0;
+  if (napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != 0) return false;
+  if (type != NAPI_UINT8_ARRAY || n < min) return false;
+  *data = p;
+  *len = n;
+  return true;
+}
 
 #endif
