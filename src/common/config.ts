@@ -606,6 +606,7 @@ export const CHECKPOINT_VARIABLES: readonly Variable[] = [
   TMPDIR,
   COMPRESS,
   STORE,
+  CHUNK_HASH,
   TAKEOVER_MS,
   DEBUG,
   CRIU_BREAKPOINTS,

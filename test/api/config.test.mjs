@@ -83,12 +83,24 @@ test('a bad CHECKPT_TIMEOUT fails checkpt() and checkpoint() with EBADCONFIG; th
       await assertIntact(prog, base);
       assert.equal(existsSync(file), false);
     }
+    // Read by the packing worker, checked here: refused before anything is frozen.
+    for (const op of ['checkpt', 'checkpoint']) {
+      const r = await prog.ask({
+        op,
+        file,
+        env: { CHECKPT_TIMEOUT: '', CHECKPT_CHUNK_HASH: 'md5' },
+      });
+      assert.equal(r.code, 'EBADCONFIG', JSON.stringify(r));
+      assert.match(r.message, /CHECKPT_CHUNK_HASH="md5" is not valid.*blake3 or sha256/);
+      await assertIntact(prog, base);
+      assert.equal(existsSync(file), false);
+    }
     // A system error on the way is a CheckptError too, its system code in errno.
     const missing = join(dir, 'missing');
     const r = await prog.ask({
       op: 'checkpt',
       file,
-      env: { CHECKPT_TIMEOUT: '', CHECKPT_TMPDIR: missing },
+      env: { CHECKPT_TIMEOUT: '', CHECKPT_CHUNK_HASH: '', CHECKPT_TMPDIR: missing },
     });
     assert.deepEqual(
       [r.name, r.code, r.errno],
