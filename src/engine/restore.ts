@@ -295,14 +295,14 @@ async function restoreFrom(
     // A private network namespace is new for each copy: nothing of the host's can be in its way.
     const privateNet = manifest.net === 'private';
     trace('host-wait');
-    const hostSockets = privateNet ? [] : await host;
+    const listing = privateNet ? { tcp: undefined, names: [], texts: [] } : await host;
     trace('host-sockets');
     // Its published ports again, into the copy's new namespace; a busy one fails before it starts.
     publisher = privateNet
       ? await openPublished((manifest.publish ?? []).map(parsePublish))
       : undefined;
     trace('published');
-    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', hostSockets);
+    const sockets = prepareSockets(imagesDir, file, manifest.network === 'takeover', listing);
     trace('sockets');
     const stdio = manifest.stdio;
     if (stdio.some((d) => d.kind === 'tty') && (options.detach || !isTerminal(0)))

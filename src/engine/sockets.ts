@@ -194,13 +194,17 @@ export function hostSockets(
   read: (path: string) => string = readProc,
   diag: () => string | undefined = tcpFromDiag,
 ): HostSocket[] {
+  return socketsOf(hostListing(read, diag));
+}
+
+/** hostSockets(), unparsed. */
+export function hostListing(
+  read: (path: string) => string = readProc,
+  diag: () => string | undefined = tcpFromDiag,
+): HostListing {
   const tcp = diag();
   const names = procNetFiles(tcp);
-  return combine(
-    tcp,
-    names,
-    names.map((n) => read(`/proc/net/${n}`)),
-  );
+  return { tcp, names, texts: names.map((n) => read(`/proc/net/${n}`)) };
 }
 
 /**
@@ -243,22 +247,8 @@ export async function hostListingAsync(diag = tcpFromDiag): Promise<HostListing>
 }
 
 /** The sockets of a listing; with `keep`, only those on the local ports it keeps. */
-export function socketsOf(l: HostListing, keep?: (localPort: number) => boolean): HostSocket[] {
-  return combine(l.tcp, l.names, l.texts, keep);
-}
-
-type ProcNetFile = 'tcp' | 'tcp6' | 'udp' | 'udp6';
-
-/** The /proc/net files still to read: TCP's only when sock_diag could not list it. */
-function procNetFiles(tcp: string | undefined): readonly ProcNetFile[] {
-  return tcp === undefined ? ['tcp', 'tcp6', 'udp', 'udp6'] : ['udp', 'udp6'];
-}
-
-/** sock_diag's TCP text (if any) and the texts of `names`, as one list. */
-function combine(
-  tcp: string | undefined,
-  names: readonly ProcNetFile[],
-  texts: readonly string[],
+export function socketsOf(
+  { tcp, names, texts }: HostListing,
   keep?: (localPort: number) => boolean,
 ): HostSocket[] {
   return [
@@ -267,6 +257,13 @@ function combine(
       parseProcNet(texts[i] ?? '', n.startsWith('tcp') ? 'tcp' : 'udp', keep),
     ),
   ];
+}
+
+type ProcNetFile = 'tcp' | 'tcp6' | 'udp' | 'udp6';
+
+/** The /proc/net files still to read: TCP's only when sock_diag could not list it. */
+function procNetFiles(tcp: string | undefined): readonly ProcNetFile[] {
+  return tcp === undefined ? ['tcp', 'tcp6', 'udp', 'udp6'] : ['udp', 'udp6'];
 }
 
 interface NetAddon {
@@ -396,7 +393,7 @@ export function prepareSockets(
   imagesDir: string,
   file: string,
   takeover: boolean,
-  host: readonly HostSocket[] | HostListing = hostSockets(),
+  host: HostListing = hostListing(),
 ): { tcpClose: boolean } {
   const path = join(imagesDir, 'files.img');
   let img: Buffer;
@@ -415,10 +412,11 @@ export function prepareSockets(
   if (!image.length) return { tcpClose: false };
   // Every comparison planSockets makes needs the same local port: only those lines are parsed.
   const ports = new Set(image.map((s) => s.local.port));
-  const hosts = Array.isArray(host)
-    ? (host as readonly HostSocket[])
-    : socketsOf(host as HostListing, (p) => ports.has(p));
-  const plan = planSockets(image, hosts, takeover);
+  const plan = planSockets(
+    image,
+    socketsOf(host, (p) => ports.has(p)),
+    takeover,
+  );
   if (plan.busy.length) throw busyError(file, plan.busy);
   if (plan.moved.size) writeFileSync(path, withPortZero(img, plan.moved));
   return { tcpClose: plan.tcpClose };
