@@ -64,6 +64,7 @@
 #include <unistd.h>
 #include "criu-rpc.h"
 #include "page-server.h"
+#include "resume-front.h"
 #include "publish.h"
 #include "nft-lock.h"
 
@@ -1531,12 +1532,14 @@ int main(int argc, char **argv) {
     if (hold && !strcmp(action, "post-restore")) return cmd_hold_script(hold);
     return 0; /* every other action: nothing to do */
   }
+  if (argc >= 3 && !strcmp(argv[1], "front")) return cmd_front(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (argc == 3 && !strcmp(argv[1], "unlock")) return cmd_unlock(argv[2]);
   if (argc == 2 && !strcmp(argv[1], "nft-list")) return cmd_nft_list();
   if (argc >= 3 && !strcmp(argv[1], "unrepair")) return cmd_unrepair(argc - 2, argv + 2);
   if (argc == 2 && !strcmp(argv[1], "rpc-decode")) return cmd_rpc_decode();
+  if (argc == 4 && !strcmp(argv[1], "unpack")) { int cmd_unpack(const char *, const char *); return cmd_unpack(argv[2], argv[3]); }
   if (argc >= 2 && !strcmp(argv[1], "publish")) return cmd_publish(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "rpc-request")) return cmd_rpc_request(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "serve-pages")) {

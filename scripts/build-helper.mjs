@@ -6,8 +6,8 @@
 //   --install     the install script: nothing when the prebuilt parts work here, else as above,
 //                 and a missing compiler does not fail the install (--if-sources: the old name)
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, mkdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -24,7 +24,10 @@ const outDir = prebuilt ? join(root, 'prebuilt', 'linux-x64') : join(root, 'buil
 // Same name as BUILD_FAILED_FILE in src/engine/native.ts, which reads it to say why nothing works.
 const failedFile = join(root, 'build', '.build-failed');
 
-if (install && (await prebuiltWork())) process.exit(0);
+if (install && (await prebuiltWork())) {
+  await linkFront();
+  process.exit(0);
+}
 
 // BLAKE3's reference C (native/blake3/): its x86-64 assembly where there is one, else portable C.
 const blake3Simd = ['sse2', 'sse41', 'avx2', 'avx512'];
@@ -47,7 +50,15 @@ const targets = [
   {
     name: 'checkpt-helper',
     src: 'checkpt-helper.c',
-    more: ['criu-rpc.c', 'page-server.c', 'publish.c', 'nft-lock.c', ...blake3.more],
+    more: [
+      'criu-rpc.c',
+      'page-server.c',
+      'publish.c',
+      'nft-lock.c',
+      'resume-front.c',
+      'front-image.c',
+      ...blake3.more,
+    ],
     // The page server's checker thread.
     flags: ['-pthread', ...blake3.flags],
   },
@@ -92,6 +103,8 @@ const headers = [
   'napi-min.h',
   'criu-rpc.h',
   'page-server.h',
+  'resume-front.h',
+  'front-image.h',
   'publish.h',
   'blake3/blake3.h',
   'blake3/blake3_impl.h',
@@ -130,7 +143,26 @@ for (const t of targets) {
   );
   process.exit(install ? 0 : 1);
 }
-if (!prebuilt) rmSync(failedFile, { force: true });
+if (!prebuilt) {
+  rmSync(failedFile, { force: true });
+  await linkFront();
+}
+
+/**
+ * dist/bin/checkpt-front: the helper checkpt uses here (build/ first, then prebuilt/, the one that
+ * runs), which dist/bin/checkpt.cjs runs for `checkpt -r FILE` before Node (native/resume-front.c).
+ * No link where no helper runs: the command is Node's alone then.
+ */
+async function linkFront() {
+  const module = join(root, 'dist', 'engine', 'native.js');
+  const bin = join(root, 'dist', 'bin');
+  if (!existsSync(module) || !existsSync(bin)) return;
+  const link = join(bin, 'checkpt-front');
+  rmSync(link, { force: true });
+  const { lookUp } = await import(pathToFileURL(module).href);
+  const found = lookUp('checkpt-helper').found;
+  if (found?.path) symlinkSync(relative(bin, found.path), link);
+}
 
 function lastLine(text) {
   const lines = (text ?? '').trim().split('\n');

@@ -217,9 +217,14 @@ async function run(c: RunnableCommand, started: () => void): Promise<number> {
         // Nothing else writes to the terminal until the copy runs, and the line is gone by then.
         progress: terminalProgress({ style: 'line' }),
       };
-      const r = isOciRef(c.file)
+      const engine = isOciRef(c.file) ? undefined : await import('../engine/restore.js');
+      // The native front has restored the copy already (native/resume-front.c): watched from here.
+      const front = engine?.takeFrontHandover();
+      const r = !engine
         ? await (await registry()).resumeFromRegistry(c.file, options)
-        : await (await import('../engine/restore.js')).resume(c.file, options);
+        : front
+          ? await engine.adoptFront(front, c.file, options)
+          : await engine.resume(c.file, options);
       started();
       if (c.detach) {
         // The copy runs on its own: a stopping signal meant for it now stops only us, as before.

@@ -5,6 +5,7 @@
  */
 import { createReadStream, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { frontRecipe } from './front.js';
 import { CheckptError } from '../common/errors.js';
 import { checkDump, criuVersion } from './criu.js';
 import type { ControlMessage, DumpJob, Manifest } from './job.js';
@@ -81,6 +82,8 @@ async function pack(job: DumpJob, criu: string, dumpMs: number, lock?: DumpLock)
   };
   // What `checkpt inspect` and `checkpt unlock` need: the table holding the connections.
   if (lock?.holds) manifest.networkLock = lock.table;
+  const front = frontRecipe(manifest, imagesDir);
+  if (front !== undefined) manifest.front = front;
   // Into a store, each new chunk is compressed alone: a whole compressed image would not dedup.
   const store = job.store !== undefined && job.keyFile === undefined ? job.store : undefined;
   if (job.compress && store === undefined && (await compressImages(imagesDir)) > 0) {

@@ -10,7 +10,7 @@ import { POST_DUMP_SOCK } from './post-dump.js';
 import { helperPath } from './native.js';
 import { dumpWorkerPath } from './paths.js';
 import { externalSockets } from './stdio.js';
-import { spawnFast, type Child } from './spawn.js';
+import { adoptChild, spawnFast, type Child } from './spawn.js';
 
 /** What the native helper reports on its status pipe (see native/checkpt-helper.c). */
 export type HelperStatus =
@@ -143,6 +143,15 @@ export function spawnHelper(args: string[], opts: HelperOptions): Helper {
     env: criuEnv(opts.env),
   });
   return statusOf(child);
+}
+
+/**
+ * The helper the resume front started before this process was exec'd (its status socket open on
+ * `statusFd`, its "restored" line already read): undefined without the spawn addon.
+ */
+export function adoptHelper(pid: number, statusFd: number): Helper | undefined {
+  const child = adoptChild(pid, [null, null, null, statusFd]);
+  return child ? statusOf(child) : undefined;
 }
 
 function statusOf(child: Child): Helper {

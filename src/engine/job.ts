@@ -85,6 +85,8 @@ export interface Manifest extends ManifestBase {
   /** The images as packed, after compression (imageBytes when they are not compressed). */
   packedBytes?: number;
   dumpMs: number;
+  /** What the native resume front needs to restore it without Node (src/engine/front.ts). */
+  front?: string;
 }
 
 /** Lines on the control channel, one JSON object each. */

@@ -9,6 +9,7 @@ import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
+import { frontRecipe } from './front.js';
 import type { ProgressSink } from '../common/progress.js';
 import { DEFAULT_TIMEOUT_MS, PUBLISH } from '../common/config.js';
 import { checkTarget } from '../common/target.js';
@@ -239,6 +240,8 @@ async function packImages(
   key: Buffer | undefined,
 ): Promise<{ bytes: number; store?: StoreWrite }> {
   const { target, progress } = req;
+  const front = frontRecipe(manifest, imagesDir);
+  if (front !== undefined) manifest.front = front;
   // A migrating program waits, frozen, for its file, as a synchronous checkpt() does.
   const compress = compressionWanted(req.handOff ? 'sync' : 'outside');
   // Into a store, each new chunk is compressed alone: a whole compressed image would not dedup.

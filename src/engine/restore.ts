@@ -7,7 +7,7 @@ import { trace } from '../common/trace.js';
 import { CheckptError } from '../common/errors.js';
 import type { ProgressSink } from '../common/progress.js';
 import { zstdDecoder } from '../image/compress.js';
-import { extractImage, extractLazy, type ExtractOptions } from '../image/format.js';
+import { extractImage, extractLazy, readImageInfo, type ExtractOptions } from '../image/format.js';
 import type { PageSource } from '../image/pages.js';
 import { manifestProblem } from './manifest.js';
 import { loadKey } from '../image/key.js';
@@ -20,7 +20,11 @@ import {
   RESTORE_LOG,
   type CriuLog,
 } from './criu.js';
-import { runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
+import { adoptHelper, runningUnder, spawnHelper, type Helper, type Running } from './helper.js';
+import { adoptChild } from './spawn.js';
+import { eachLine } from '../common/lines.js';
+import { Socket } from 'node:net';
+import { constants as osConstants, setPriority } from 'node:os';
 import { loadingOf, startLazyPages, type LazyPages, type Relay } from './lazy.js';
 import { lockCheckArgs, skipLockRemoval } from './netlock.js';
 import { readMemoryPlan, type MemoryPlan, type Range } from './pagemap.js';
@@ -457,6 +461,122 @@ async function restoreFrom(
     throw pageFailure ?? e;
   } finally {
     if (!handedOver) for (const s of STOPPING) process.off(s, onSignal);
+  }
+}
+
+/** What the resume front (native/resume-front.c) hands over when it has restored the copy. */
+export interface FrontHandover {
+  helper: number;
+  statusFd: number;
+  keeper: number;
+  reportFd: number;
+  innerPid: number;
+  /** Checkpoint requests and the program's signals that came before this process listened. */
+  signals: NodeJS.Signals[];
+  workDir: string;
+}
+
+const SIGNAL_NAMES: Record<number, NodeJS.Signals> = Object.fromEntries(
+  Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]),
+);
+
+/** The front's handover (CHECKPT_FRONT_HANDOVER), taken out of the environment: once. */
+export function takeFrontHandover(env: NodeJS.ProcessEnv = process.env): FrontHandover | undefined {
+  const text = env.CHECKPT_FRONT_HANDOVER;
+  if (text === undefined) return undefined;
+  delete env.CHECKPT_FRONT_HANDOVER;
+  const m = /^1 (\d+) (\d+) (\d+) (\d+) (\d+) ([\d,]+|-) (\/.+)$/.exec(text);
+  if (!m) throw new Error(`internal: a resume front handover this checkpt does not read: ${text}`);
+  const n = (i: number): number => Number(m[i]);
+  return {
+    helper: n(1),
+    statusFd: n(2),
+    keeper: n(3),
+    reportFd: n(4),
+    innerPid: n(5),
+    signals:
+      m[6] === '-' ? [] : (m[6] ?? '').split(',').flatMap((x) => SIGNAL_NAMES[Number(x)] ?? []),
+    workDir: m[7] as string,
+  };
+}
+
+/**
+ * A resume the native front did up to the running copy (its "restored"): from here on as
+ * resume()'s own. `loaded` is the front's keeper's report of how the memory loading ended.
+ */
+export async function adoptFront(
+  h: FrontHandover,
+  file: string,
+  options: ResumeOptions = {},
+): Promise<Resumed> {
+  trace('adopt');
+  // The front started this process at nice 10, for the copy's first steps (native/resume-front.c).
+  try {
+    setPriority(0);
+  } catch {
+    // not allowed: this process watches the copy at the lower priority
+  }
+  const helper = adoptHelper(h.helper, h.statusFd);
+  // The keeper reports once and ends: reaped by its watcher.
+  adoptChild(h.keeper, []);
+  if (!helper) {
+    // No spawn addon after all (the front checked the same build): the copy cannot be watched.
+    process.kill(h.helper, 'SIGKILL');
+    throw new CheckptError(
+      'EHELPER',
+      `checkpt's spawn addon could not be loaded to take over the resumed copy of ${file}, so it was stopped. Run 'npx checkpt build', or resume with CHECKPT_FRONT=0.`,
+    );
+  }
+  const report = new Socket({ fd: h.reportFd, readable: true, writable: false });
+  const loaded = new Promise<void>((resolve, reject) => {
+    let settled = false;
+    eachLine(
+      report,
+      (line) => {
+        if (settled) return;
+        settled = true;
+        if (line === 'ok') return resolve();
+        const m = /^fail (\w+) (.*)$/.exec(line);
+        killTree(helper);
+        reject(
+          new CheckptError(
+            m?.[1] === 'EBADIMAGE' ? 'EBADIMAGE' : 'ERESTORE',
+            m?.[2] ?? `The resume of ${file} failed while its memory loaded; the copy was stopped.`,
+            { path: file },
+          ),
+        );
+      },
+      () => {
+        if (settled) return;
+        settled = true;
+        killTree(helper);
+        reject(
+          new CheckptError(
+            'ERESTORE',
+            `checkpt's keeper of ${file}'s memory ended without a word; the copy was stopped. Resume again (CHECKPT_FRONT=0 resumes without the native front).`,
+            { path: file },
+          ),
+        );
+      },
+    );
+  });
+  loaded.catch(() => undefined);
+  useNativeSha256();
+  try {
+    // The front read the same manifest: read again here for what the supervisor needs of it.
+    const info = await readImageInfo(file, {
+      allowPlain: true,
+      requireTrusted: options.trustFile !== true,
+      checkManifest: manifestProblem,
+    });
+    const manifest = checkManifest(info.manifest, file);
+    const running = runningUnder(helper, manifest.pid, false);
+    const held = h.signals;
+    return { ...running, manifest, loaded, takeSignals: () => held.splice(0) };
+  } catch (e) {
+    // Nobody would watch the copy: it goes.
+    killTree(helper);
+    throw e;
   }
 }
 

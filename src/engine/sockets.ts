@@ -38,7 +38,12 @@ export interface ImageSocket {
   kind: 'tcp-listen' | 'tcp-established' | 'udp' | 'other';
   local: Endpoint;
   remote: Endpoint;
+  /** The addresses as /proc/net/tcp prints them: each 32-bit word as 8 hex digits, upper case. */
+  hex: { local: string; remote: string };
 }
+
+const procHex = (words: readonly number[]): string =>
+  words.map((w) => (w >>> 0).toString(16).toUpperCase().padStart(8, '0')).join('');
 
 /** An address as CRIU and /proc/net hold it: the raw bytes of in_addr/in6_addr as native u32s. */
 export function addressText(words: readonly number[]): string {
@@ -115,6 +120,7 @@ export function imageSockets(img: Buffer): ImageSocket[] {
       kind,
       local: { address: addressText(words(ISK.src)), port: int(ISK.srcPort) },
       remote: { address: addressText(words(ISK.dst)), port: int(ISK.dstPort) },
+      hex: { local: procHex(words(ISK.src)), remote: procHex(words(ISK.dst)) },
     });
   });
   return out;

@@ -66,6 +66,15 @@ export function spawnFast(file: string, args: string[], opts: SpawnOptions): Chi
   return new FastChild(a, file, args, opts);
 }
 
+/**
+ * A child this process has from before its exec (the resume front's: src/engine/restore.ts
+ * adoptFront): `fds[i]`, when given, is our end of its fd i. Without the spawn addon, undefined.
+ */
+export function adoptChild(pid: number, fds: ReadonlyArray<number | null>): Child | undefined {
+  const a = spawnAddon();
+  return a ? new FastChild(a, '', [], { stdio: [] }, { pid, fds }) : undefined;
+}
+
 /** How a command run to its end ended: child_process.spawnSync's status, signal and error. */
 export interface Waited {
   status: number | null;
@@ -162,8 +171,22 @@ class FastChild extends EventEmitter implements Child {
   private closesGot = 0;
   private exited = false;
 
-  constructor(a: SpawnAddon, file: string, args: string[], opts: SpawnOptions) {
+  constructor(
+    a: SpawnAddon,
+    file: string,
+    args: string[],
+    opts: SpawnOptions,
+    adopt?: { pid: number; fds: ReadonlyArray<number | null> },
+  ) {
     super();
+    if (adopt) {
+      this.pid = adopt.pid;
+      this.stdio = adopt.fds.map((fd) =>
+        fd === null ? null : new Socket({ fd, readable: true, writable: false }),
+      );
+      this.watchEnd(a);
+      return;
+    }
     const env = opts.env ?? process.env;
     const fds: number[] = [];
     const theirs: number[] = [];
@@ -196,12 +219,16 @@ class FastChild extends EventEmitter implements Child {
     } finally {
       for (const fd of theirs) closeSync(fd);
     }
+    this.watchEnd(a);
+  }
+
+  private watchEnd(a: SpawnAddon): void {
     for (const [i, s] of this.stdio.entries()) {
       if (!s || i === 0) continue;
       this.closesNeeded++;
       s.on('close', () => this.maybeClose());
     }
-    const pid = this.pid;
+    const pid = this.pid as number;
     const w = a.watch(pid);
     if (w < 0) {
       // No thread to wait with (none could be made): the end is looked for in /proc instead.

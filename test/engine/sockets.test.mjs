@@ -133,18 +133,22 @@ test(
         kind: 'tcp-listen',
         local: { address: '127.0.0.1', port: 8080 },
         remote: { address: '0.0.0.0', port: 0 },
+        // As /proc/net/tcp prints them (the resume front compares them so: src/engine/front.ts).
+        hex: { local: '0100007F', remote: '00000000' },
       },
       {
         entry: 2,
         kind: 'tcp-established',
         local: { address: '127.0.0.1', port: 8080 },
         remote: { address: '127.0.0.1', port: 51000 },
+        hex: { local: '0100007F', remote: '0100007F' },
       },
       {
         entry: 3,
         kind: 'udp',
         local: { address: '0.0.0.0', port: 5353 },
         remote: { address: '0.0.0.0', port: 0 },
+        hex: { local: '00000000', remote: '00000000' },
       },
     ]);
     // A connection half closed (CLOSE_WAIT) is a connection to CRIU too.

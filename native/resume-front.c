@@ -1,0 +1,1022 @@
+/*
+ * checkpt-helper front SCRIPT -r FILE: `checkpt -r FILE` up to the running copy, before Node has
+ * started (dist/bin/checkpt.cjs runs it when it is asked for a resume; docs/ARCHITECTURE.md).
+ *
+ * It does what src/engine/restore.ts does for the common case, and nothing else: a plain
+ * checkpoint file (front-image.c checks it as the TypeScript reader does) with the manifest's
+ * `front` recipe (src/engine/front.ts), resumed by root in the foreground, not on a terminal,
+ * with checkpt's own CRIU build, lazily (held below 32 MiB, one process), its ports free on the
+ * host. Anything else, and any failure before the copy runs, execs Node on SCRIPT instead, which
+ * resumes as before and says what is wrong: the front never reports an error itself.
+ *
+ * Processes: this one (P) checks and unpacks the file, forks the keeper (K), which starts CRIU's
+ * lazy-pages daemon and the page server (`serve-pages`, which checks every chunk) and watches
+ * them until the copy has all of its memory, then starts `checkpt-helper init` with CRIU's
+ * restore. Once the helper says "restored", P execs Node with CHECKPT_FRONT_HANDOVER, which
+ * supervises the copy as it would have after its own restore (restore.ts adoptFront): it reads
+ * the helper's status socket on, and K's report of how loading the memory ended.
+ */
+#define _GNU_SOURCE
+#include "resume-front.h"
+#include "front-image.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define LAZY_MIN_BYTES (32ull << 20)
+#define HOLD_LIMIT_MS 30000
+#define KDAT_DIR "/dev/shm/checkpt-criu"
+#define CTRL_E_KEY 5
+
+/* native/page-server.c's control messages and exits (src/engine/page-server.ts). */
+#define PLAN_MAGIC 0x53504b43u
+#define PLAN_PAGEMAPS 1u
+#define MSG_NEED 2u
+#define MSG_PLANNED 3u
+#define MSG_STAGE_EAGER 5u
+#define MSG_EAGER_STAGED 6u
+#define MSG_CHECK_ALL 7u
+#define MSG_ALL_CHECKED 8u
+#define MSG_HOLD_OVER 9u
+#define MSG_SIZE 16
+#define PS_EXIT_CLOSED 0
+#define PS_EXIT_HUNG_UP 3
+#define PS_EXIT_DAMAGED 4
+#define PS_EXIT_BAD_MAP 5
+
+static const char *script;
+static char **node_args; /* -r FILE */
+static int node_argc;
+static const char *file;
+static char self[PATH_MAX];
+static char work[PATH_MAX];
+static char images[PATH_MAX + 16];
+static struct front_image img;
+static int img_open;
+static volatile sig_atomic_t stopping;
+
+/* CHECKPT_BENCH_TRACE: the moments the bench reads (src/common/trace.ts writes the same lines). */
+static void trace(const char *name) {
+  const char *f = getenv("CHECKPT_BENCH_TRACE");
+  if (!f || !*f) return;
+  struct timespec t;
+  clock_gettime(CLOCK_REALTIME, &t);
+  char line[128];
+  int n = snprintf(line, sizeof line, "%s %.1f\n", name, (double)t.tv_sec * 1000.0 + (double)t.tv_nsec / 1e6);
+  int fd = open(f, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  if (write(fd, line, (size_t)n) < 0) { /* a trace only */ }
+  close(fd);
+}
+
+static void rm_tree(const char *path) {
+  DIR *d = opendir(path);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      char p[PATH_MAX];
+      if (snprintf(p, sizeof p, "%s/%s", path, e->d_name) >= (int)sizeof p) continue;
+      struct stat st;
+      if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_tree(p);
+      else unlink(p);
+    }
+    closedir(d);
+  }
+  rmdir(path);
+}
+
+/* Node resumes instead (and says what is wrong, if anything is): the front has left nothing. */
+static void fallback_because(const char *reason) {
+  const char *dbg = getenv("CHECKPT_FRONT");
+  if (dbg && !strcmp(dbg, "debug")) fprintf(stderr, "checkpt: the resume front leaves this resume to Node: %s\n", reason);
+  if (img_open) front_close(&img);
+  img_open = 0;
+  if (work[0]) rm_tree(work);
+  work[0] = 0;
+  char **argv = calloc((size_t)node_argc + 3, sizeof *argv);
+  if (!argv) _exit(127);
+  argv[0] = "node";
+  argv[1] = (char *)script;
+  for (int i = 0; i < node_argc; i++) argv[2 + i] = node_args[i];
+  unsetenv("CHECKPT_FRONT_HANDOVER");
+  signal(SIGPIPE, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGHUP, SIG_DFL);
+  execvp("node", argv);
+  fprintf(stderr, "checkpt: cannot run node (%s); is Node.js on the PATH?\n", strerror(errno));
+  _exit(127);
+}
+
+static void on_stop(int sig) { stopping = sig; }
+
+/* The program's signals and the checkpoint requests that came before Node listens: passed on to
+ * it in the handover, and raised again there (src/cli/supervise.ts holdRequests). */
+static volatile sig_atomic_t held_sigs[16];
+static volatile sig_atomic_t nheld;
+static void on_held(int sig) {
+  if (nheld < 16) held_sigs[nheld++] = sig;
+}
+
+/* Stopped before the copy ran: nothing stays, and this process ends by the signal. */
+static void stopped_exit(void) {
+  if (img_open) front_close(&img);
+  img_open = 0;
+  if (work[0]) rm_tree(work);
+  signal(stopping, SIG_DFL);
+  raise(stopping);
+  _exit(128 + stopping);
+}
+
+/* What a resume reads nothing of: the variables of kind 'test' in src/common/config.ts (a test
+ * keeps this list equal to them), and CHECKPT_FRONT itself. Any other CHECKPT_ variable is left
+ * to Node, which knows what it means. */
+static const char *const IGNORED_VARIABLES[] = {
+    "CHECKPT_FRONT", "CHECKPT_REAL_CRIU", "CHECKPT_ZDTM_DIR", "CHECKPT_ZDTM_ONLY",
+    "CHECKPT_FAULT_SLOW_CHECK_MS", "CHECKPT_FUZZ_SEED", "CHECKPT_TEST_NODES",
+    "CHECKPT_TEST_CLOSE_MS", "CHECKPT_TEST_BUILTINS", "CHECKPT_TEST_MS", "CHECKPT_BENCH_TRACE",
+    "CHECKPT_TEST_UNIT", NULL};
+
+/* The conditions under which Node would do more than the front does: left to Node. */
+static int applies(void) {
+  if (node_argc != 2 || strcmp(node_args[0], "-r") != 0) return 0;
+  if (node_args[1][0] == '-' || node_args[1][0] == 0 || strstr(node_args[1], "://")) return 0;
+  if (geteuid() != 0 || isatty(0)) return 0;
+  for (char **e = environ; *e; e++) {
+    if (!strncmp(*e, "CRIU_FAULT=", 11) || !strncmp(*e, "CRIU_BREAKPOINTS=", 17)) return 0;
+    if (strncmp(*e, "CHECKPT_", 8) != 0) continue;
+    int ignored = 0;
+    for (const char *const *n = IGNORED_VARIABLES; *n; n++) {
+      size_t len = strlen(*n);
+      if (!strncmp(*e, *n, len) && (*e)[len] == '=') ignored = 1;
+    }
+    if (!ignored) return 0;
+  }
+  /* Root of the host's user namespace only (a rootless run's root is the user). */
+  char map[128] = {0};
+  int fd = open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, map, sizeof map - 1);
+  close(fd);
+  unsigned a, b, c;
+  if (n <= 0 || sscanf(map, "%u %u %u", &a, &b, &c) != 3 || a != 0 || b != 0 || c != 4294967295u) return 0;
+  return 1;
+}
+
+/* checkpt's own CRIU build, with the patches the front relies on (scripts/install-criu.sh). */
+static const char *CRIU = "/opt/checkpt/criu/bin/criu";
+static int own_criu(void) {
+  if (access(CRIU, X_OK) != 0) return 0;
+  FILE *f = fopen("/opt/checkpt/criu/BUILD-INFO", "re");
+  if (!f) return 0;
+  char line[1024];
+  int ok = 0;
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, "patches=", 8) && strstr(line, "pdeathsig-from-env.patch") &&
+        strstr(line, "script-actions-from-env.patch") && strstr(line, "staged-local-reads.patch"))
+      ok = 1;
+  fclose(f);
+  return ok;
+}
+
+/* The manifest's recipe (src/engine/front.ts). */
+struct recipe {
+  long pid, gen;
+  int tcp_closed;
+  char mount[PATH_MAX], fifo[PATH_MAX];
+  struct { int fd; char key[PATH_MAX]; } in[3];
+  int nin;
+  char lock_family[32], lock_name[200], lock_table[240];
+  long lock_offset;
+  /* The image's sockets (sockets.ts planSockets compares the same): 'l' listening, 'u' UDP bound,
+   * 'c' a connection with its addresses as /proc/net/tcp prints them. */
+  struct { char kind; unsigned port, rport; char lhex[33], rhex[33]; } socks[64];
+  int nsocks;
+};
+
+static int recipe_of(const char *json, struct recipe *r) {
+  static const char key[] = "\"front\":\"";
+  const char *at = strstr(json, key);
+  if (!at || strstr(at + 1, key)) return 0;
+  at += sizeof key - 1;
+  const char *end = strchr(at, '"');
+  if (!end || end - at > 8192) return 0;
+  char text[8193];
+  memcpy(text, at, (size_t)(end - at));
+  text[end - at] = 0;
+  memset(r, 0, sizeof *r);
+  r->pid = -1;
+  r->gen = -1;
+  r->lock_offset = -1;
+  int tcp = 0;
+  char *save = NULL;
+  char *w = strtok_r(text, " ", &save);
+  if (!w || strcmp(w, "v1") != 0) return 0;
+  while ((w = strtok_r(NULL, " ", &save))) {
+    char *eq = strchr(w, '=');
+    if (!eq) return 0;
+    *eq = 0;
+    const char *v = eq + 1;
+    char *rest;
+    if (!strcmp(w, "pid")) {
+      r->pid = strtol(v, &rest, 10);
+      if (*rest || r->pid < 2) return 0;
+    } else if (!strcmp(w, "gen")) {
+      r->gen = strtol(v, &rest, 10);
+      if (*rest || r->gen < 0) return 0;
+    } else if (!strcmp(w, "tcp")) {
+      if (!strcmp(v, "closed")) r->tcp_closed = 1;
+      else if (strcmp(v, "est") != 0) return 0;
+      tcp = 1;
+    } else if (!strcmp(w, "mount")) {
+      if (strlen(v) >= sizeof r->mount) return 0;
+      strcpy(r->mount, v);
+    } else if (!strcmp(w, "fifo")) {
+      if (strlen(v) >= sizeof r->fifo) return 0;
+      strcpy(r->fifo, v);
+    } else if (!strcmp(w, "in")) {
+      if (r->nin == 3) return 0;
+      long fd = strtol(v, &rest, 10);
+      if (*rest != ':' || fd < 0 || fd > 2 || strlen(rest + 1) >= sizeof r->in[0].key) return 0;
+      r->in[r->nin].fd = (int)fd;
+      strcpy(r->in[r->nin].key, rest + 1);
+      r->nin++;
+    } else if (!strcmp(w, "lockfamily")) {
+      if (strlen(v) >= sizeof r->lock_family) return 0;
+      strcpy(r->lock_family, v);
+    } else if (!strcmp(w, "lockname")) {
+      if (strlen(v) >= sizeof r->lock_name) return 0;
+      strcpy(r->lock_name, v);
+    } else if (!strcmp(w, "lockat")) {
+      r->lock_offset = strtol(v, &rest, 10);
+      if (*rest || r->lock_offset < 0) return 0;
+    } else if (!strcmp(w, "listen") || !strcmp(w, "udp") || !strcmp(w, "conn")) {
+      if (r->nsocks == 64) return 0;
+      typeof(r->socks[0]) *k = &r->socks[r->nsocks];
+      memset(k, 0, sizeof *k);
+      k->kind = w[0];
+      long p = strtol(v, &rest, 10);
+      if (p < 0 || p > 65535) return 0;
+      k->port = (unsigned)p;
+      if (k->kind == 'c') {
+        if (*rest != ':') return 0;
+        long q = strtol(rest + 1, &rest, 10);
+        if (*rest != ':' || q < 0 || q > 65535) return 0;
+        k->rport = (unsigned)q;
+        if (sscanf(rest + 1, "%32[0-9A-F]:%32[0-9A-F]", k->lhex, k->rhex) != 2) return 0;
+        size_t ll = strlen(k->lhex), rl = strlen(k->rhex);
+        if ((ll != 8 && ll != 32) || ll != rl || strlen(rest + 1) != ll + 1 + rl) return 0;
+      } else if (*rest) return 0;
+      r->nsocks++;
+    }
+    /* An unknown word is a later checkpt's addition this front does not know: Node decides. */
+    else return 0;
+  }
+  if (r->pid < 0 || r->gen < 0 || !tcp) return 0;
+  if (!r->lock_family[0] != !r->lock_name[0] || !r->lock_family[0] != (r->lock_offset < 0)) return 0;
+  if (r->lock_family[0]) snprintf(r->lock_table, sizeof r->lock_table, "%s %s", r->lock_family, r->lock_name);
+  if (!r->mount[0] != !r->fifo[0]) return 0;
+  if (r->mount[0] && (strncmp(r->fifo, r->mount, strlen(r->mount)) != 0 || r->fifo[strlen(r->mount)] != '/' || strstr(r->fifo, "/../")))
+    return 0;
+  return 1;
+}
+
+/*
+ * The image's sockets against the host's, as sockets.ts planSockets decides, on ports alone
+ * where it compares addresses too: 1 when nothing is in the way (a connection whose very
+ * addresses are in use again sets tcp_closed, as there), 0 when Node is to decide.
+ */
+static int sockets_clear(struct recipe *r) {
+  if (!r->nsocks) return 1;
+  static const char *tables[] = {"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
+  for (int t = 0; t < 4; t++) {
+    int tcp = t < 2;
+    FILE *f = fopen(tables[t], "re");
+    if (!f) return 0;
+    char line[512];
+    if (!fgets(line, sizeof line, f)) {
+      fclose(f);
+      continue;
+    }
+    while (fgets(line, sizeof line, f)) {
+      char lhex[33], rhex[33];
+      unsigned lport, rport, st;
+      if (sscanf(line, " %*u: %32[0-9A-F]:%x %32[0-9A-F]:%x %x", lhex, &lport, rhex, &rport, &st) != 5) {
+        fclose(f);
+        return 0;
+      }
+      for (int i = 0; i < r->nsocks; i++) {
+        const typeof(r->socks[0]) *k = &r->socks[i];
+        if (k->port != lport) continue;
+        if (k->kind == 'u' && !tcp) { fclose(f); return 0; }
+        if (k->kind == 'l' && tcp && st == 0x0A) { fclose(f); return 0; }
+        if (k->kind == 'c' && tcp && st != 0x0A && k->rport == rport) {
+          if (strcmp(k->lhex, lhex) != 0 || strcmp(k->rhex, rhex) != 0) {
+            fclose(f);
+            return 0;
+          }
+          r->tcp_closed = 1;
+        }
+      }
+    }
+    fclose(f);
+  }
+  return 1;
+}
+
+static uint64_t mem_available(void) {
+  FILE *f = fopen("/proc/meminfo", "re");
+  if (!f) return 0;
+  char line[256];
+  uint64_t kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %lu kB", (unsigned long *)&kb) == 1) break;
+  fclose(f);
+  return kb * 1024;
+}
+
+/* src/engine/staging.ts: /dev/shm when it and free memory have ample room, else the temp dir. */
+static int make_staging(uint64_t bytes) {
+  const char *root = "/dev/shm";
+  double need = (double)bytes * 1.1 + 64.0 * 1024 * 1024;
+  struct statvfs vs;
+  if (statvfs(root, &vs) != 0 || (double)vs.f_bavail * (double)vs.f_bsize <= need ||
+      (double)mem_available() / 2 <= need) {
+    const char *t = getenv("TMPDIR");
+    root = t && *t ? t : "/tmp";
+  }
+  char ns[64] = "0";
+  char link[64];
+  ssize_t n = readlink("/proc/self/ns/pid", link, sizeof link - 1);
+  if (n > 0) {
+    link[n] = 0;
+    char *a = strchr(link, '['), *b = strchr(link, ']');
+    if (a && b && b > a + 1 && (size_t)(b - a - 1) < sizeof ns) {
+      memcpy(ns, a + 1, (size_t)(b - a - 1));
+      ns[b - a - 1] = 0;
+    }
+  }
+  if (snprintf(work, sizeof work, "%s/checkpt-restore-%d.%s-XXXXXX", root, (int)getpid(), ns) >= (int)sizeof work) return 0;
+  if (!mkdtemp(work)) {
+    work[0] = 0;
+    return 0;
+  }
+  snprintf(images, sizeof images, "%s/images", work);
+  return mkdir(images, 0700) == 0;
+}
+
+/* src/engine/kdat.ts: CRIU's cache of kernel probes, root's alone. */
+static void prepare_kdat(void) {
+  struct stat st;
+  if (lstat(KDAT_DIR, &st) == 0) {
+    if (S_ISDIR(st.st_mode) && st.st_uid == 0 && (st.st_mode & 077) == 0) return;
+    if (S_ISDIR(st.st_mode)) rm_tree(KDAT_DIR);
+    else unlink(KDAT_DIR);
+  }
+  mkdir(KDAT_DIR, 0700);
+}
+
+static int count_pagemaps(void) {
+  DIR *d = opendir(images);
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    unsigned id;
+    char tail[8];
+    if (sscanf(e->d_name, "pagemap-%u.im%7s", &id, tail) == 2 && !strcmp(tail, "g")) n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* Starts `argv` with `fds[i]` as its fd i (-1: /dev/null), everything else closed. */
+static pid_t start(char *const argv[], const int *fds, int nfds, char *const envp[]) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  int null = open("/dev/null", O_RDWR);
+  /* Above every target fd first, so that placing one cannot close another still to be placed. */
+  int moved[80];
+  if (nfds > 80) _exit(127);
+  for (int i = 0; i < nfds; i++) moved[i] = fds[i] < 0 ? null : fcntl(fds[i], F_DUPFD, 128);
+  for (int i = 0; i < nfds; i++)
+    if (moved[i] < 0 || dup2(moved[i], i) < 0) _exit(127);
+  if (syscall(SYS_close_range, (unsigned)nfds, ~0u, 0) != 0)
+    for (int fd = nfds; fd < 1024; fd++) close(fd);
+  signal(SIGPIPE, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGHUP, SIG_DFL);
+  execve(argv[0], argv, envp);
+  _exit(127);
+}
+
+/* The environment plus `extra` (NAME=VALUE strings, NULL-terminated). */
+static char **env_with(char **extra) {
+  size_t n = 0, m = 0;
+  while (environ[n]) n++;
+  while (extra[m]) m++;
+  char **out = calloc(n + m + 1, sizeof *out);
+  if (!out) return NULL;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    int replaced = 0;
+    for (size_t j = 0; j < m; j++) {
+      size_t len = strchr(extra[j], '=') - extra[j] + 1;
+      if (!strncmp(environ[i], extra[j], len)) replaced = 1;
+    }
+    if (!replaced) out[k++] = environ[i];
+  }
+  for (size_t j = 0; j < m; j++) out[k++] = extra[j];
+  return out;
+}
+
+static int pidfd(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+static void put32(uint8_t *b, uint32_t v) { memcpy(b, &v, 4); }
+static void put64(uint8_t *b, uint64_t v) { memcpy(b, &v, 8); }
+
+static int send_msg(int fd, uint32_t type) {
+  uint8_t m[MSG_SIZE] = {0};
+  put32(m, type);
+  return write(fd, m, sizeof m) == (ssize_t)sizeof m ? 0 : -1;
+}
+
+static int write_all(int fd, const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  while (len) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* The page server's plan (src/engine/page-server.ts encodePlan, with the page maps read by the server). */
+static int send_plan(int ctl) {
+  size_t size = 16;
+  for (size_t i = 0; i < img.nmem; i++) size += 32 + (size_t)img.mem[i].count * 36;
+  size += img.nmem * 4;
+  uint8_t *b = calloc(1, size);
+  if (!b) return -1;
+  put32(b, PLAN_MAGIC);
+  put32(b + 4, (uint32_t)img.nmem);
+  put32(b + 8, 0);
+  put32(b + 12, PLAN_PAGEMAPS);
+  size_t at = 16;
+  for (size_t i = 0; i < img.nmem; i++) {
+    const struct front_mem *m = &img.mem[i];
+    put64(b + at, m->size);
+    put32(b + at + 8, img.flags & 4 ? 2 : 1);
+    put32(b + at + 12, m->count);
+    put32(b + at + 16, m->chunk);
+    put32(b + at + 20, m->zstd ? 1 : 0);
+    put64(b + at + 24, m->first);
+    at += 32;
+    memcpy(b + at, m->table, (size_t)m->count * 36);
+    at += (size_t)m->count * 36;
+  }
+  for (size_t i = 0; i < img.nmem; i++, at += 4) put32(b + at, img.mem[i].id);
+  int r = write_all(ctl, b, size);
+  free(b);
+  return r;
+}
+
+/* One line (at most len-1 bytes) from fd, waiting at most ms (-1: no limit); 0 on EOF or timeout. */
+static int read_line(int fd, char *buf, size_t len, int ms) {
+  size_t at = 0;
+  while (at + 1 < len) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, ms);
+    if (r < 0 && errno == EINTR) {
+      if (stopping) return 0;
+      continue;
+    }
+    if (r <= 0) return 0;
+    ssize_t n = read(fd, buf + at, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;
+    if (buf[at] == '\n') {
+      buf[at] = 0;
+      return 1;
+    }
+    at++;
+  }
+  buf[at] = 0;
+  return 1;
+}
+
+static void say(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(int fd, const char *fmt, ...) {
+  char line[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+  /* One line: a newline inside the message would end it early. */
+  for (int i = 0; i < n; i++)
+    if (line[i] == '\n') line[i] = ' ';
+  line[n] = '\n';
+  if (write_all(fd, line, (size_t)n + 1) < 0) { /* nobody listens any more */ }
+}
+
+static void kill_tree(pid_t pid) {
+  if (pid <= 0) return;
+  /* The children first: CRIU's probes, the helper's init (which takes its namespace with it). */
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+  FILE *f = fopen(path, "re");
+  if (f) {
+    int c;
+    while (fscanf(f, "%d", &c) == 1) kill_tree(c);
+    fclose(f);
+  }
+  kill(pid, SIGKILL);
+}
+
+/*
+ * The keeper: the daemon and the page server are its children; it tells P when the restore may
+ * start, and the adopted Node how loading the memory ended (src/engine/lazy.ts's messages).
+ */
+static void keeper(int pk, int report, int held) {
+  int status[2], pages[2], ctl[2], err[2];
+  if (pipe2(status, O_CLOEXEC) || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pages) ||
+      socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) || pipe2(err, O_CLOEXEC)) {
+    say(pk, "fail");
+    _exit(0);
+  }
+  char staged_map[PATH_MAX + 32], pdeath[64], hold_sock[PATH_MAX + 32];
+  snprintf(staged_map, sizeof staged_map, "CHECKPT_STAGED_MAP=%s/staged.map", work);
+  snprintf(pdeath, sizeof pdeath, "CHECKPT_CRIU_PDEATHSIG=%d", (int)getpid());
+  snprintf(hold_sock, sizeof hold_sock, "%s/hold.sock", work);
+  char *daemon_extra[] = {staged_map, pdeath, "CRIU_FAULT=130", NULL};
+  char **daemon_env = env_with(daemon_extra);
+  char *daemon_argv[] = {(char *)CRIU, "lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log", "-v2",
+                         "--status-fd", "3", "--page-server", "--ps-socket", "4", NULL};
+  int dfds[] = {-1, -1, -1, status[1], pages[0]};
+  pid_t daemon = daemon_env ? start(daemon_argv, dfds, 5, daemon_env) : -1;
+  close(status[1]);
+  char *server_extra[] = {staged_map, NULL};
+  char **server_env = env_with(server_extra);
+  char *server_argv[] = {self, "serve-pages", "--pagemaps", images, held ? "--hold" : NULL, held ? hold_sock : NULL, NULL};
+  int sfds[6 + 64];
+  int nsfds = 6;
+  sfds[0] = -1;
+  sfds[1] = -1;
+  sfds[2] = err[1];
+  sfds[3] = pages[1];
+  sfds[4] = ctl[1];
+  sfds[5] = img.fd;
+  int staged_ok = img.nmem <= 64;
+  for (size_t i = 0; i < img.nmem && staged_ok; i++) {
+    char p[PATH_MAX + 64];
+    snprintf(p, sizeof p, "%s/pages-%u.img", images, img.mem[i].id);
+    int fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 || ftruncate(fd, (off_t)img.mem[i].size) != 0) staged_ok = 0;
+    sfds[nsfds++] = fd;
+  }
+  pid_t server = daemon > 0 && server_env && staged_ok ? start(server_argv, sfds, nsfds, server_env) : -1;
+  close(err[1]);
+  close(pages[0]);
+  close(pages[1]);
+  close(ctl[1]);
+  for (int i = 6; i < nsfds; i++)
+    if (sfds[i] >= 0) close(sfds[i]);
+  int ready = 0, eager = 0, checked = !held, over = 0, failed = 0, told = 0;
+  pid_t helper = 0;
+  char why[1024] = "";
+  const char *code = "ERESTORE";
+  int dfd = daemon > 0 ? pidfd(daemon) : -1, sfd = server > 0 ? pidfd(server) : -1;
+  int dstatus = -1, sstatus = -1;
+  int planned = dfd >= 0 && sfd >= 0 && !send_plan(ctl[0]);
+  /* The images' numbers, for the messages: the rest of the file's index is not needed any more. */
+  uint32_t ids[64];
+  size_t nids = img.nmem < 64 ? img.nmem : 64;
+  for (size_t i = 0; i < nids; i++) ids[i] = img.mem[i].id;
+  if (img_open) front_close(&img);
+  img_open = 0;
+  if (!planned || send_msg(ctl[0], MSG_PLANNED) || (held && send_msg(ctl[0], MSG_CHECK_ALL)) ||
+      send_msg(ctl[0], MSG_STAGE_EAGER)) {
+    kill_tree(daemon);
+    kill_tree(server);
+    say(pk, "fail");
+    _exit(0);
+  }
+  char errbuf[4096];
+  size_t errlen = 0;
+  uint8_t msgs[MSG_SIZE * 64];
+  size_t mlen = 0;
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  while (dstatus < 0 || sstatus < 0) {
+    struct pollfd p[6] = {
+        {.fd = dstatus < 0 ? dfd : -1, .events = POLLIN},
+        {.fd = sstatus < 0 ? sfd : -1, .events = POLLIN},
+        {.fd = ctl[0], .events = POLLIN},
+        {.fd = !ready ? status[0] : -1, .events = POLLIN},
+        {.fd = over ? -1 : pk, .events = POLLIN},
+        {.fd = err[0], .events = POLLIN},
+    };
+    int timeout = -1;
+    if (!checked) {
+      struct timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      long ms = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+      if (ms >= HOLD_LIMIT_MS) {
+        snprintf(why, sizeof why, "The memory of %s was not all checked within %d s, so its copy was stopped before it ran. Resume again; CHECKPT_LAZY=0 checks all of it before CRIU starts.", file, HOLD_LIMIT_MS / 1000);
+        failed = 1;
+        checked = 1;
+        kill(server, SIGKILL);
+        continue;
+      }
+      timeout = (int)(HOLD_LIMIT_MS - ms);
+    }
+    if (poll(p, 6, timeout) < 0 && errno != EINTR) break;
+    if (p[0].revents) {
+      siginfo_t si = {0};
+      if (waitid(P_PIDFD, (id_t)dfd, &si, WEXITED) == 0)
+        dstatus = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+    }
+    if (p[1].revents) {
+      siginfo_t si = {0};
+      if (waitid(P_PIDFD, (id_t)sfd, &si, WEXITED) == 0)
+        sstatus = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+    }
+    if (p[5].revents) {
+      ssize_t n = read(err[0], errbuf + errlen, sizeof errbuf - 1 - errlen);
+      if (n > 0) errlen += (size_t)n;
+      else {
+        close(err[0]);
+        err[0] = -1;
+      }
+      errbuf[errlen] = 0;
+    }
+    if (p[3].revents) {
+      char c;
+      ready = read(status[0], &c, 1) == 1 ? 1 : -1;
+      trace("k-daemon");
+      close(status[0]);
+      status[0] = -1;
+      if (ready < 0) ready = 0, dstatus = dstatus < 0 ? 255 : dstatus;
+    }
+    if (p[2].revents) {
+      ssize_t n = read(ctl[0], msgs + mlen, sizeof msgs - mlen);
+      if (n > 0) mlen += (size_t)n;
+      size_t at = 0;
+      for (; mlen - at >= MSG_SIZE; at += MSG_SIZE) {
+        uint32_t type;
+        memcpy(&type, msgs + at, 4);
+        if (type == MSG_EAGER_STAGED) eager = 1, trace("k-eager");
+        else if (type == MSG_ALL_CHECKED) checked = 1, trace("k-checked");
+        /* A block the server cannot check itself: only Node's reader could, and it is not here. */
+        else if (type == MSG_NEED && !failed) {
+          failed = 1;
+          snprintf(why, sizeof why, "checkpt's page server could not check a memory chunk of %s itself; the copy was stopped. Resume again with CHECKPT_FRONT=0.", file);
+          kill(server, SIGKILL);
+        }
+      }
+      memmove(msgs, msgs + at, mlen - at);
+      mlen -= at;
+      if (n <= 0) {
+        close(ctl[0]);
+        ctl[0] = -1;
+      }
+    }
+    if (p[4].revents) {
+      char line[64];
+      if (!read_line(pk, line, sizeof line, 0) || !strncmp(line, "stop", 4)) {
+        /* P gave up (or died) before the copy ran: nothing stays. */
+        kill_tree(daemon);
+        kill_tree(server);
+        rm_tree(work);
+        _exit(0);
+      }
+      if (!strncmp(line, "over ", 5)) {
+        over = 1;
+        helper = (pid_t)atoi(line + 5);
+        close(pk);
+        pk = -1;
+        if (held && ctl[0] >= 0) send_msg(ctl[0], MSG_HOLD_OVER);
+      }
+    }
+    if (!told && (dstatus >= 0 || sstatus >= 0) && !(ready && eager)) {
+      /* No daemon (no userfaultfd here), or no server: Node loads the memory another way. */
+      const char *dbg = getenv("CHECKPT_FRONT");
+      if (dbg && !strcmp(dbg, "debug"))
+        fprintf(stderr, "checkpt: resume front: daemon %d (ready %d), page server %d (eager staged %d): %s\n", dstatus, ready, sstatus, eager, errbuf);
+      kill_tree(daemon);
+      kill_tree(server);
+      say(pk, "fail");
+      told = 1;
+    }
+    if (!told && ready && eager) {
+      say(pk, "ready");
+      told = 1;
+      /* Non-held: nothing waits on the hold socket (restore.ts holdOver before the helper). */
+      if (!held && ctl[0] >= 0) send_msg(ctl[0], MSG_HOLD_OVER);
+    }
+    if (sstatus >= 0 && dstatus < 0 && sstatus != PS_EXIT_CLOSED && sstatus != PS_EXIT_HUNG_UP) kill_tree(daemon);
+  }
+  /* How loading ended, as src/engine/lazy.ts and page-server.ts judge it. */
+  if (!failed && sstatus == PS_EXIT_DAMAGED) {
+    unsigned entry = 0;
+    unsigned long long block = 0;
+    char reason[128] = "";
+    const char *d = strstr(errbuf, "damaged ");
+    if (d) sscanf(d, "damaged %u %llu %127s", &entry, &block, reason);
+    code = "EBADIMAGE";
+    snprintf(why, sizeof why, "%s is damaged (memory chunk %llu of pages-%u.img failed its check: %s); the copy was stopped before it used it. Use another checkpoint", file, block, entry < nids ? ids[entry] : entry, reason);
+    failed = 1;
+  } else if (!failed && sstatus == PS_EXIT_BAD_MAP) {
+    code = "EBADIMAGE";
+    snprintf(why, sizeof why, "%s is damaged (a page map does not fit its memory); the copy was stopped. Use another checkpoint", file);
+    failed = 1;
+  } else if (!failed && sstatus != PS_EXIT_CLOSED && sstatus != PS_EXIT_HUNG_UP) {
+    char *last = strrchr(errbuf, '\n');
+    while (last && last > errbuf && last[1] == 0) {
+      *last = 0;
+      last = strrchr(errbuf, '\n');
+    }
+    snprintf(why, sizeof why, "CRIU's lazy-pages daemon %.300s while resuming %.500s; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).", errlen ? (last ? last + 1 : errbuf) : "was served by a helper that ended", file);
+    failed = 1;
+  } else if (!failed && dstatus == 0 && sstatus != PS_EXIT_CLOSED) {
+    snprintf(why, sizeof why, "CRIU's lazy-pages daemon exited without closing its page server connection, so the copy may not have all of its memory; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).");
+    failed = 1;
+  } else if (!failed && dstatus != 0) {
+    snprintf(why, sizeof why, "CRIU's lazy-pages daemon exited with %d before the copy had all of its memory; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).", dstatus);
+    failed = 1;
+  }
+  /* A copy that restored meanwhile must not run on: P says which it is (or gives up). */
+  if (failed && !over && pk >= 0) {
+    char line[64];
+    if (read_line(pk, line, sizeof line, 10000) && !strncmp(line, "over ", 5)) helper = (pid_t)atoi(line + 5);
+  }
+  if (failed && helper > 0) kill_tree(helper);
+  rm_tree(work);
+  if (failed) say(report, "fail %s %s", code, why);
+  else say(report, "ok");
+  if (!told && pk >= 0) say(pk, "fail");
+  _exit(0);
+}
+
+/* The helper's options and CRIU's restore (restore.ts, criu.ts restoreCommand), from the recipe. */
+static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
+  char *argv[96];
+  int n = 0;
+  static char pidbuf[32], lockat[PATH_MAX + 64], message[PATH_MAX * 2 + 256], eof[8] = "4";
+  static char inherit[3][PATH_MAX + 16], relays[2][4];
+  int extra_stdin = 0;
+  argv[n++] = self;
+  argv[n++] = "init";
+  argv[n++] = "--attached";
+  /* Relays (restore.ts relaysFor): our stdout or stderr as a regular file, or a pipe in a socket. */
+  for (int i = 0; i < r->nin; i++) {
+    int fd = r->in[i].fd;
+    if (fd != 1 && fd != 2) continue;
+    struct stat st;
+    if (fstat(fd, &st) != 0) continue;
+    if (S_ISREG(st.st_mode) || (S_ISSOCK(st.st_mode) && !strncmp(r->in[i].key, "pipe:", 5))) {
+      snprintf(relays[fd - 1], sizeof relays[0], "%d", fd);
+      argv[n++] = "--relay";
+      argv[n++] = relays[fd - 1];
+    }
+  }
+  argv[n++] = "--status-fd";
+  argv[n++] = "3";
+  snprintf(pidbuf, sizeof pidbuf, "%ld", r->pid);
+  argv[n++] = "--pid";
+  argv[n++] = pidbuf;
+  if (r->mount[0]) {
+    /* The message the restored program reads (job.ts ControlMessage 'restored'), as JSON. */
+    char esc[PATH_MAX * 2];
+    size_t e = 0;
+    for (const char *c = file; *c && e + 8 < sizeof esc; c++) {
+      unsigned char ch = (unsigned char)*c;
+      if (ch == '"' || ch == '\\') esc[e++] = '\\', esc[e++] = (char)ch;
+      else if (ch < 0x20) e += (size_t)snprintf(esc + e, sizeof esc - e, "\\u%04x", ch);
+      else esc[e++] = (char)ch;
+    }
+    esc[e] = 0;
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    struct tm tm;
+    gmtime_r(&t.tv_sec, &tm);
+    char when[64];
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(message, sizeof message, "{\"t\":\"restored\",\"generation\":%ld,\"image\":\"%s\",\"restoredAt\":\"%s.%03ldZ\"}", r->gen + 1, esc, when, t.tv_nsec / 1000000);
+    argv[n++] = "--mount";
+    argv[n++] = (char *)r->mount;
+    argv[n++] = "--fifo";
+    argv[n++] = (char *)r->fifo;
+    argv[n++] = "--message";
+    argv[n++] = message;
+  }
+  for (int i = 0; i < r->nin; i++)
+    if (r->in[i].fd == 0) {
+      struct stat st;
+      if (fstat(0, &st) == 0 && S_ISCHR(st.st_mode)) {
+        argv[n++] = "--eof-fd";
+        argv[n++] = eof;
+      } else extra_stdin = 1;
+    }
+  if (r->lock_table[0]) {
+    snprintf(lockat, sizeof lockat, "%ld:%s/inventory.img", r->lock_offset, images);
+    argv[n++] = "--lock-table";
+    argv[n++] = (char *)r->lock_table;
+    argv[n++] = "--lock-method-at";
+    argv[n++] = lockat;
+  }
+  argv[n++] = "--";
+  argv[n++] = (char *)CRIU;
+  argv[n++] = "restore";
+  argv[n++] = "-D";
+  argv[n++] = images;
+  argv[n++] = "-W";
+  argv[n++] = work;
+  argv[n++] = "-o";
+  argv[n++] = "restore.log";
+  argv[n++] = "-v2";
+  argv[n++] = "--restore-detached";
+  argv[n++] = "--shell-job";
+  argv[n++] = "--file-locks";
+  argv[n++] = r->tcp_closed ? "--tcp-close" : "--tcp-established";
+  argv[n++] = "--lazy-pages";
+  if (held) {
+    argv[n++] = "--action-script";
+    argv[n++] = self;
+  }
+  for (int i = 0; i < r->nin; i++) {
+    /* CRIU's --shell-job keeps fd 0 for the terminal: the old stdin comes in on fd 4. */
+    snprintf(inherit[i], sizeof inherit[0], "fd[%d]:%s", r->in[i].fd == 0 ? 4 : r->in[i].fd, r->in[i].key);
+    argv[n++] = "--inherit-fd";
+    argv[n++] = inherit[i];
+  }
+  argv[n] = NULL;
+  static char hold_env[PATH_MAX + 64];
+  snprintf(hold_env, sizeof hold_env, "CHECKPT_HOLD_SOCK=%s/hold.sock", work);
+  char *held_extra[] = {"CRIU_FAULT=130", hold_env, "CHECKPT_CRIU_SCRIPT_ACTIONS=post-restore", NULL};
+  char *plain_extra[] = {"CRIU_FAULT=130", NULL};
+  char **envp = env_with(held ? held_extra : plain_extra);
+  if (!envp) return -1;
+  int fds[5] = {0, 1, 2, status_fd, 0};
+  return start(argv, fds, extra_stdin ? 5 : 4, envp);
+}
+
+static void stop_now(int pk, pid_t keeper_pid, pid_t helper) {
+  if (helper > 0) kill_tree(helper);
+  if (pk >= 0) say(pk, "stop");
+  if (keeper_pid > 0) waitpid(keeper_pid, NULL, 0);
+  if (helper > 0) waitpid(helper, NULL, 0);
+}
+
+int cmd_front(int argc, char **argv) {
+  if (argc < 1) return 2;
+  script = argv[0];
+  node_args = argv + 1;
+  node_argc = argc - 1;
+  trace("front");
+  if (!applies()) fallback_because("not a plain `checkpt -r FILE` by root, off a terminal, without CHECKPT_ variables");
+  if (!own_criu()) fallback_because("checkpt's own CRIU build is not at /opt/checkpt/criu");
+  ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (sn <= 0) fallback_because("its own path is unknown");
+  self[sn] = 0;
+  file = node_args[1];
+  /* The keeper may be gone (all memory in) when it is told the helper's pid: no SIGPIPE for that. */
+  signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa = {0};
+  sa.sa_handler = on_stop;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  struct sigaction sh = {0};
+  sh.sa_handler = on_held;
+  sigaction(SIGSTKFLT, &sh, NULL);
+  sigaction(SIGPWR, &sh, NULL);
+  sigaction(SIGUSR2, &sh, NULL);
+  sigaction(SIGQUIT, &sh, NULL);
+  char why[512];
+  if (front_open(file, &img, why, sizeof why) != FRONT_OK) fallback_because(why);
+  img_open = 1;
+  struct recipe r;
+  if (!img.nmem || !recipe_of(img.manifest, &r)) fallback_because("the file has no memory in it, or no recipe this front reads (an older checkpt wrote it, or it needs what only Node does)");
+  uint64_t page_bytes = 0;
+  for (size_t i = 0; i < img.nmem; i++) page_bytes += img.mem[i].size;
+  /* Checked by the server itself, every chunk: zstd frames need libzstd (SHA-256 tables Nettle,
+   * which front_open needed too). */
+  for (size_t i = 0; i < img.nmem; i++)
+    if (img.mem[i].zstd) {
+      void *z = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+      if (!z) fallback_because("libzstd is not here");
+      break;
+    }
+  struct stat st;
+  if (fstat(img.fd, &st) != 0 || !make_staging((uint64_t)st.st_size)) fallback_because("no staging directory could be made");
+  if (front_extract(&img, images, why, sizeof why) != FRONT_OK) fallback_because(why);
+  trace("extracted");
+  int held = page_bytes < LAZY_MIN_BYTES;
+  if (held && count_pagemaps() != 1) fallback_because("a small image of more than one process (loaded eagerly)");
+  if (!sockets_clear(&r)) fallback_because("a port of its sockets is in use on this host (Node plans them)");
+  if (stopping) stopped_exit();
+  prepare_kdat();
+  int pk[2], report[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pk) || socketpair(AF_UNIX, SOCK_STREAM, 0, report)) fallback_because("no socket pair");
+  trace("lazy-pages");
+  pid_t keeper_pid = fork();
+  if (keeper_pid < 0) fallback_because("no fork");
+  if (keeper_pid == 0) {
+    close(pk[0]);
+    close(report[0]);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    keeper(pk[1], report[1], held);
+  }
+  close(pk[1]);
+  close(report[1]);
+  front_close(&img);
+  img_open = 0;
+  char line[256];
+  if (!read_line(pk[0], line, sizeof line, -1) || strcmp(line, "ready") != 0 || stopping) {
+    stop_now(pk[0], keeper_pid, 0);
+    close(report[0]);
+    work[0] = 0; /* the keeper removed it */
+    if (stopping) stopped_exit();
+    fallback_because("the lazy-pages daemon or the page server did not start (no userfaultfd here?)");
+  }
+  trace("daemon-ready");
+  int status[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, status)) {
+    stop_now(pk[0], keeper_pid, 0);
+    work[0] = 0;
+    fallback_because("no socket pair");
+  }
+  fcntl(status[0], F_SETFD, FD_CLOEXEC);
+  trace("helper");
+  pid_t helper = start_helper(&r, held, status[1]);
+  close(status[1]);
+  if (helper < 0 || !read_line(status[0], line, sizeof line, -1) || strncmp(line, "restored ", 9) != 0 || stopping) {
+    stop_now(pk[0], keeper_pid, helper);
+    close(status[0]);
+    close(report[0]);
+    work[0] = 0;
+    if (stopping) stopped_exit();
+    /* CRIU failed: Node resumes again and, failing the same way, says why. */
+    fallback_because("CRIU could not restore the copy");
+  }
+  trace("status-restored");
+  say(pk[0], "over %d", (int)helper);
+  close(pk[0]);
+  signal(SIGPIPE, SIG_DFL);
+  /* Node takes over: the helper's status socket and the keeper's report stay open across exec. */
+  int flags = fcntl(status[0], F_GETFD);
+  fcntl(status[0], F_SETFD, flags & ~FD_CLOEXEC);
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGHUP, SIG_DFL);
+  /* A signal in the few instructions left before exec is lost, as one before Node's handlers. */
+  char sigs[80] = "";
+  for (int i = 0; i < nheld; i++)
+    snprintf(sigs + strlen(sigs), sizeof sigs - strlen(sigs), "%s%d", i ? "," : "", (int)held_sigs[i]);
+  char handover[PATH_MAX * 2];
+  snprintf(handover, sizeof handover, "1 %d %d %d %d %s %s %s", (int)helper, status[0], (int)keeper_pid, report[0], line + 9, sigs[0] ? sigs : "-", work);
+  setenv("CHECKPT_FRONT_HANDOVER", handover, 1);
+  /* Node's start takes a core for ~100 ms while the copy takes its first steps on its memory:
+   * the copy goes first (adoptFront puts Node back at 0). */
+  if (setpriority(PRIO_PROCESS, 0, 10) != 0) { /* the same race as before, then */ }
+  char **nargv = calloc((size_t)node_argc + 3, sizeof *nargv);
+  if (nargv) {
+    nargv[0] = "node";
+    nargv[1] = (char *)script;
+    for (int i = 0; i < node_argc; i++) nargv[2 + i] = node_args[i];
+    execvp("node", nargv);
+  }
+  fprintf(stderr, "checkpt: cannot run node to supervise the resumed program (%s); it was stopped.\n", strerror(errno));
+  kill_tree(helper);
+  _exit(127);
+}

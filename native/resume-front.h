@@ -1,0 +1,5 @@
+/* `checkpt-helper front` (native/resume-front.c): `checkpt -r FILE` up to the running copy, without Node. */
+#ifndef CHECKPT_RESUME_FRONT_H
+#define CHECKPT_RESUME_FRONT_H
+int cmd_front(int argc, char **argv);
+#endif

@@ -1,0 +1,226 @@
+// `checkpt -r FILE` run as a command: the native resume front (native/resume-front.c) restores the
+// copy before Node starts and hands it over; whatever it does not handle goes to Node, which
+// resumes as always. Real programs, real CRIU; the trace (CHECKPT_BENCH_TRACE) tells which way a
+// resume went: the front writes `front`, Node's own resume `extract`, the adoption `adopt`.
+import assert from 'node:assert/strict';
+import {
+  copyFileSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { createServer } from 'node:net';
+import { dirname, join } from 'node:path';
+import { after } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { readImageInfo } from '../../dist/image/format.js';
+import { VARIABLES } from '../../dist/common/config.js';
+import {
+  cleanup,
+  cli,
+  descendants,
+  fixture,
+  freePort,
+  killGroup,
+  nodeBinaries,
+  removeDir,
+  root,
+  start,
+  startNode,
+  tempDir,
+  test,
+  unitTest,
+  waitFor,
+} from '../helpers.mjs';
+
+const dir = tempDir();
+after(async () => {
+  await cleanup();
+  removeDir(dir);
+});
+
+/** The command as a shell runs it: the file itself, with this Node first on the PATH. */
+function resumeCommand(file, trace, env = {}) {
+  return start(cli, ['-r', file], {
+    env: {
+      ...process.env,
+      PATH: `${dirname(process.execPath)}:${process.env.PATH}`,
+      CHECKPT_BENCH_TRACE: trace,
+      ...env,
+    },
+  });
+}
+
+/** The marks once `step` is among them (Node may start after the copy answers: it waits). */
+async function marksBy(trace, step) {
+  for (const end = Date.now() + 20_000; Date.now() < end; await sleep(20))
+    if (marks(trace).includes(step)) break;
+  return marks(trace);
+}
+
+const marks = (trace) =>
+  existsSync(trace)
+    ? readFileSync(trace, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' ')[0])
+    : [];
+
+/** One HTTP request: its status and body. */
+function request(port, path = '/', method = 'GET') {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+const get = async (port) => JSON.parse((await request(port)).body);
+
+/** A server checkpointed by itself (checkpt()), then killed: the file and its port. */
+async function checkpointed(name, args = []) {
+  const port = await freePort();
+  const file = join(dir, `${name}.ckpt`);
+  const p = startNode(nodeBinaries()[0], fixture('server.mjs'), [
+    String(port),
+    file,
+    '--sync',
+    ...args,
+  ]);
+  await waitFor(p, (e) => e.event === 'listening', 'the server to listen');
+  const r = await request(port, '/checkpoint', 'POST');
+  assert.equal(r.status, 202);
+  await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
+  killGroup(p);
+  await p.closed;
+  return { file, port };
+}
+
+/** Resolves once `port` answers, or fails naming what the resume said. */
+async function answers(port, copy) {
+  for (const end = Date.now() + 30_000; Date.now() < end; await sleep(20)) {
+    if (copy.exitCode !== null || copy.signalCode !== null)
+      throw new Error(`checkpt -r ended (${copy.exitCode ?? copy.signalCode}): ${copy.stderrText}`);
+    try {
+      return await get(port);
+    } catch {
+      // not yet
+    }
+  }
+  throw new Error(`no answer on ${port} within 30 s: ${copy.stderrText}`);
+}
+
+const stagingLeft = (pid) =>
+  ['/dev/shm', '/tmp'].flatMap((d) =>
+    readdirSync(d).filter((n) => n.startsWith(`checkpt-restore-${pid}.`)),
+  );
+
+test('the front restores a small server before Node starts; Node watches it, passes a signal on and exits as it did', async () => {
+  const { file, port } = await checkpointed('small');
+  const { manifest } = await readImageInfo(file, { allowPlain: true });
+  assert.match(manifest.front, /^v1 pid=\d+ gen=0 tcp=est mount=\S+ fifo=\S+ .*listen=\d+/);
+  const trace = join(dir, 'small.trace');
+  const copy = resumeCommand(file, trace);
+  const state = await answers(port, copy);
+  assert.equal(state.gen, 1, 'the copy knows it was restored');
+  await waitFor(copy, (e) => e.event === 'checkpointed' && e.r === 1, 'checkpt() returning 1');
+  const m = await marksBy(trace, 'adopt');
+  for (const step of ['front', 'extracted', 'helper', 'status-restored', 'adopt'])
+    assert.ok(m.includes(step), `${step} in ${m}`);
+  assert.ok(!m.includes('extract'), `Node unpacked nothing itself: ${m}`);
+  // Handed over: SIGTERM to checkpt goes to the program, and checkpt ends as it did.
+  copy.kill('SIGTERM');
+  const end = await copy.closed;
+  assert.equal(end.signal ?? end.code, end.signal ? 'SIGTERM' : 143, JSON.stringify(end));
+  assert.deepEqual(descendants(copy.pid), []);
+  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(stagingLeft(copy.pid), [], 'the keeper removed the staging directory');
+});
+
+test('a lazy resume (48 MiB) through the front: the copy answers, and its memory all arrives', async () => {
+  const { file, port } = await checkpointed('lazy', ['--mb', '48']);
+  const trace = join(dir, 'lazy.trace');
+  const copy = resumeCommand(file, trace);
+  const state = await answers(port, copy);
+  assert.equal(state.gen, 1);
+  assert.ok((await marksBy(trace, 'adopt')).includes('adopt'), String(marks(trace)));
+  // The keeper reports once the daemon put every page in: the staging directory goes then.
+  for (const end = Date.now() + 30_000; stagingLeft(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(stagingLeft(copy.pid), []);
+  assert.equal((await get(port)).gen, 1);
+  copy.kill('SIGTERM');
+  await copy.closed;
+});
+
+test('CHECKPT_FRONT=0, another CHECKPT_ variable, or a port in use: Node resumes, as before', async () => {
+  const { file, port } = await checkpointed('aside');
+  for (const env of [{ CHECKPT_FRONT: '0' }, { CHECKPT_LAZY: '1' }]) {
+    const trace = join(dir, `aside-${Object.keys(env)[0]}.trace`);
+    const copy = resumeCommand(file, trace, env);
+    assert.equal((await answers(port, copy)).gen, 1);
+    const m = await marksBy(trace, 'extract');
+    assert.ok(m.includes('extract') && !m.includes('adopt'), `${JSON.stringify(env)}: ${m}`);
+    copy.kill('SIGTERM');
+    await copy.closed;
+    rmSync(trace, { force: true });
+  }
+  // Its port held by someone else: the front steps aside; Node resumes the copy, which takes the
+  // port over once it is free (the server uses checkpt's network resource).
+  const holder = createServer();
+  await new Promise((r) => holder.listen(port, '127.0.0.1', r));
+  const trace = join(dir, 'aside-busy.trace');
+  const copy = resumeCommand(file, trace, { CHECKPT_FRONT: 'debug' });
+  try {
+    const m = await marksBy(trace, 'extract');
+    assert.ok(m.includes('front') && !m.includes('adopt'), String(m));
+    assert.match(copy.stderrText, /leaves this resume to Node: a port/);
+  } finally {
+    holder.close();
+  }
+  assert.equal((await answers(port, copy)).gen, 1);
+  copy.kill('SIGTERM');
+  await copy.closed;
+  assert.deepEqual(descendants(copy.pid), []);
+});
+
+test('a damaged file: the front leaves it to Node, which refuses it; nothing runs, nothing stays', async () => {
+  const { file } = await checkpointed('damaged');
+  const bad = join(dir, 'damaged-copy.ckpt');
+  copyFileSync(file, bad);
+  // A byte of the index (the manifest sits right before the 48-byte tail's region): the file hash fails.
+  const buf = readFileSync(bad);
+  buf[buf.length - 200] ^= 0x40;
+  writeFileSync(bad, buf, { mode: 0o600 });
+  const trace = join(dir, 'damaged.trace');
+  const copy = resumeCommand(bad, trace, { CHECKPT_FRONT: 'debug' });
+  const end = await copy.closed;
+  assert.notEqual(end.code, 0);
+  assert.match(copy.stderrText, /damaged/);
+  assert.ok(!marks(trace).includes('adopt'));
+  assert.deepEqual(descendants(copy.pid), []);
+  assert.deepEqual(stagingLeft(copy.pid), []);
+});
+
+unitTest(
+  "the front ignores exactly the test variables (config.ts kind 'test') and CHECKPT_FRONT",
+  () => {
+    const source = readFileSync(join(root, 'native', 'resume-front.c'), 'utf8');
+    const list = /IGNORED_VARIABLES\[\] = \{([^}]*)\}/.exec(source)?.[1] ?? '';
+    const inC = [...list.matchAll(/"(CHECKPT_\w+)"/g)].map((m) => m[1]).sort();
+    const expected = [
+      'CHECKPT_FRONT',
+      ...VARIABLES.filter((v) => v.kind === 'test').map((v) => v.name),
+    ].sort();
+    assert.deepEqual(inC, expected);
+  },
+);
