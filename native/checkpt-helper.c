@@ -65,6 +65,7 @@
 #include "criu-rpc.h"
 #include "page-server.h"
 #include "resume-front.h"
+#include "front-image.h"
 #include "publish.h"
 #include "nft-lock.h"
 
@@ -1539,7 +1540,7 @@ int main(int argc, char **argv) {
   if (argc == 2 && !strcmp(argv[1], "nft-list")) return cmd_nft_list();
   if (argc >= 3 && !strcmp(argv[1], "unrepair")) return cmd_unrepair(argc - 2, argv + 2);
   if (argc == 2 && !strcmp(argv[1], "rpc-decode")) return cmd_rpc_decode();
-  if (argc == 4 && !strcmp(argv[1], "unpack")) { int cmd_unpack(const char *, const char *); return cmd_unpack(argv[2], argv[3]); }
+  if (argc == 4 && !strcmp(argv[1], "unpack")) return cmd_unpack(argv[2], argv[3]);
   if (argc >= 2 && !strcmp(argv[1], "publish")) return cmd_publish(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "rpc-request")) return cmd_rpc_request(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "serve-pages")) {

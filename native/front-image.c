@@ -36,6 +36,7 @@
 #define MAX_MEM_CHUNK (64u * 1024u * 1024u)
 #define ROW 36u
 #define WINDOW (1024u * 1024u)
+#define MAX_INLINE_KEPT (256u << 20)
 #define KIND_INLINE 0
 #define KIND_CHUNKED 1
 
@@ -665,13 +666,19 @@ static int parse_index(struct seq *s, struct front_image *img, struct nameset *s
     if (size > seq_left(s))
       return say(why, wl, FRONT_BAD, "entry \"%s\" claims %llu bytes but only %llu remain", name,
                  (unsigned long long)size, (unsigned long long)seq_left(s));
+    /* Kept as hashed (CRIU's images besides the memory are small): a large one is Node's. */
+    if (held + size > MAX_INLINE_KEPT)
+      return say(why, wl, FRONT_NOT_HERE, "its images besides the memory hold more than %u MiB", MAX_INLINE_KEPT >> 20);
     if (!grow((void **)&img->inl, &inlcap, img->ninl, sizeof *img->inl)) return NOMEM();
+    uint8_t *data = malloc(size ? (size_t)size : 1);
+    if (!data) return NOMEM();
     img->inl[img->ninl].name = name;
     img->inl[img->ninl].offset = s->pos + s->d;
     img->inl[img->ninl].size = size;
+    img->inl[img->ninl].data = data;
     img->ninl++;
     set->kept[set->n - 1] = 1;
-    TAKE(NULL, size);
+    TAKE(data, size);
     held += size;
   }
   if (seq_left(s) != 0)
@@ -820,7 +827,10 @@ static int check_file(struct front_image *img, char *why, size_t wl) {
 void front_close(struct front_image *img) {
   if (img->fd >= 0) close(img->fd);
   for (size_t i = 0; i < img->nmem; i++) free(img->mem[i].table);
-  for (size_t i = 0; i < img->ninl; i++) free(img->inl[i].name);
+  for (size_t i = 0; i < img->ninl; i++) {
+    free(img->inl[i].name);
+    free(img->inl[i].data);
+  }
   free(img->mem);
   free(img->inl);
   free(img->manifest);
@@ -900,15 +910,6 @@ int front_extract(const struct front_image *img, const char *dir, char *why, siz
     close(dfd);
     return say(why, wl, FRONT_IO, "cannot extract into %s: it is not empty; extract into a new empty directory", dir);
   }
-  uint64_t most = 1;
-  for (size_t i = 0; i < img->ninl; i++)
-    if (img->inl[i].size > most) most = img->inl[i].size;
-  size_t cap = most < WINDOW ? (size_t)most : WINDOW;
-  uint8_t *buf = malloc(cap);
-  if (!buf) {
-    close(dfd);
-    return NOMEM();
-  }
   int code = FRONT_OK;
   size_t created = 0;
   for (size_t i = 0; i < img->ninl && !code; i++) {
@@ -919,19 +920,12 @@ int front_extract(const struct front_image *img, const char *dir, char *why, siz
       break;
     }
     created++;
-    for (uint64_t done = 0; done < e->size && !code;) {
-      size_t k = e->size - done < cap ? (size_t)(e->size - done) : cap;
-      int r = pread_full(img->fd, buf, k, e->offset + done);
-      if (r < 0) code = say(why, wl, FRONT_IO, "reading the checkpoint failed: %s", strerror(errno));
-      else if (r > 0) code = say(why, wl, FRONT_BAD, SHRANK);
-      else if (write_all(ofd, buf, k)) code = say(why, wl, FRONT_IO, "writing %s/%s failed: %s", dir, e->name, strerror(errno));
-      done += k;
-    }
+    if (write_all(ofd, e->data, (size_t)e->size))
+      code = say(why, wl, FRONT_IO, "writing %s/%s failed: %s", dir, e->name, strerror(errno));
     if (close(ofd) && !code) code = say(why, wl, FRONT_IO, "writing %s/%s failed: %s", dir, e->name, strerror(errno));
   }
   if (code)
     for (size_t i = 0; i < created; i++) unlinkat(dfd, img->inl[i].name, 0);
-  free(buf);
   close(dfd);
   return code;
 }

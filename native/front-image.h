@@ -31,6 +31,7 @@ struct front_inline {
   char *name;      /* NUL-terminated (an entry name holds no NUL) */
   uint64_t offset; /* absolute file offset of its bytes */
   uint64_t size;
+  uint8_t *data;   /* its bytes as they were hashed: extraction writes these, not a second read */
 };
 
 struct front_image {

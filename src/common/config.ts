@@ -289,10 +289,10 @@ export const FRONT = define({
   name: 'CHECKPT_FRONT',
   when: 'call',
   defaultText: 'on',
-  accepts: '`0`, or `debug`',
-  does: "`checkpt -r FILE` run as a command first tries checkpt's native resume front (dist/bin/checkpt-front, native/resume-front.c), which restores the copy before Node has started and hands it to Node to watch: a plain file with the front's recipe in its manifest, resumed by root in the foreground off a terminal, with no other `CHECKPT_*` variable set, checkpt's own CRIU build, and its ports free. Anything else it leaves to Node at once, which resumes as always (and says what is wrong, if anything is). `0`: Node only. `debug`: the front says on stderr why it leaves a resume to Node.",
+  accepts: '`0`, `1` or `debug`',
+  does: "`checkpt -r FILE` run as a command first tries checkpt's native resume front (dist/bin/checkpt-front, native/resume-front.c), which restores the copy before Node has started and hands it to Node to watch: a plain file with the front's recipe in its manifest, resumed by root in the foreground off a terminal, with no other `CHECKPT_*` variable set, checkpt's own CRIU build, and its ports free. Anything else it leaves to Node at once, which resumes as always (and says what is wrong, if anything is). `0`: Node only; `1`: the default. `debug`: the front says on stderr why it leaves a resume to Node.",
   fallback: undefined as string | undefined,
-  parse: (v: string) => (v === '0' || v === 'debug' ? v : refuse()),
+  parse: (v: string) => (v === '0' || v === '1' || v === 'debug' ? v : refuse()),
 });
 
 export const HOOK_TIMEOUT_MS = define({

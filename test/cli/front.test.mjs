@@ -151,7 +151,9 @@ test('a lazy resume (48 MiB) through the front: the copy answers, and its memory
   const trace = join(dir, 'lazy.trace');
   const copy = resumeCommand(file, trace);
   const state = await answers(port, copy);
-  assert.equal(state.gen, 1);
+  assert.deepEqual([state.gen, state.mb], [1, 48]);
+  const { manifest } = await readImageInfo(file, { allowPlain: true });
+  assert.ok(manifest.imageBytes > 48 * 2 ** 20, `${manifest.imageBytes} bytes: a lazy resume`);
   assert.ok((await marksBy(trace, 'adopt')).includes('adopt'), String(marks(trace)));
   // The keeper reports once the daemon put every page in: the staging directory goes then.
   for (const end = Date.now() + 30_000; stagingLeft(copy.pid).length && Date.now() < end;)
@@ -208,6 +210,43 @@ test('a damaged file: the front leaves it to Node, which refuses it; nothing run
   assert.match(copy.stderrText, /damaged/);
   assert.ok(!marks(trace).includes('adopt'));
   assert.deepEqual(descendants(copy.pid), []);
+  assert.deepEqual(stagingLeft(copy.pid), []);
+});
+
+test('a memory chunk damaged in a lazy resume: the copy is stopped and checkpt -r fails with the reason', async () => {
+  const { file } = await checkpointed('lazy-bad', ['--mb', '40']);
+  const bad = join(dir, 'lazy-bad-copy.ckpt');
+  const buf = readFileSync(file);
+  // A byte in the memory part (DATA starts at 16): its chunk's check fails when first read.
+  assert.ok(buf.length > 36 * 2 ** 20, `${buf.length} bytes`);
+  buf[16 + 20 * 1024 * 1024] ^= 0x01;
+  writeFileSync(bad, buf, { mode: 0o600 });
+  const trace = join(dir, 'lazy-bad.trace');
+  const copy = resumeCommand(bad, trace);
+  const end = await copy.closed;
+  assert.notEqual(end.code, 0, copy.stderrText);
+  assert.match(copy.stderrText, /damaged/);
+  assert.ok(marks(trace).includes('front'), String(marks(trace)));
+  assert.deepEqual(descendants(copy.pid), []);
+  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(stagingLeft(copy.pid), []);
+});
+
+test('SIGTERM while the front restores: nothing runs on, nothing stays, and checkpt ends by the signal', async () => {
+  const { file } = await checkpointed('stopped', ['--mb', '40']);
+  const trace = join(dir, 'stopped.trace');
+  const copy = resumeCommand(file, trace);
+  for (const end = Date.now() + 10_000; !marks(trace).includes('extracted') && Date.now() < end;)
+    await sleep(1);
+  copy.kill('SIGTERM');
+  const end = await copy.closed;
+  assert.ok(end.signal === 'SIGTERM' || end.code === 143, JSON.stringify(end));
+  for (const end = Date.now() + 5000; descendants(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(descendants(copy.pid), []);
+  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
+    await sleep(50);
   assert.deepEqual(stagingLeft(copy.pid), []);
 });
 
