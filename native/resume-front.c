@@ -157,7 +157,7 @@ static const char *const IGNORED_VARIABLES[] = {
     "CHECKPT_FRONT", "CHECKPT_REAL_CRIU", "CHECKPT_ZDTM_DIR", "CHECKPT_ZDTM_ONLY",
     "CHECKPT_FAULT_SLOW_CHECK_MS", "CHECKPT_FUZZ_SEED", "CHECKPT_TEST_NODES",
     "CHECKPT_TEST_CLOSE_MS", "CHECKPT_TEST_BUILTINS", "CHECKPT_TEST_MS", "CHECKPT_BENCH_TRACE",
-    "CHECKPT_TEST_UNIT", NULL};
+    "CHECKPT_TEST_FRONT_HELPER", "CHECKPT_TEST_UNIT", NULL};
 
 /* The conditions under which Node would do more than the front does: left to Node. */
 static int applies(void) {

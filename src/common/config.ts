@@ -483,6 +483,12 @@ note(
   "For CRIU, one UUID per dump: checkpt's CRIU build takes it as its run id (scripts/criu-patches/run-id-from-env.patch), which names the dump's network-lock table `inet CRIU-<run id>`; if CRIU dies mid-dump, checkpt removes that table by name.",
 );
 
+note(
+  'CHECKPT_FRONT_HANDOVER',
+  'internal',
+  "Set by checkpt's native resume front (native/resume-front.c) for the Node it execs once the copy runs: the helper's pid and status socket, the keeper's pid and report socket, the copy's pid, the signals that came meanwhile and the staging directory. Read once and removed (src/engine/restore.ts takeFrontHandover).",
+  'words',
+);
 export const CRIU_PDEATHSIG = note(
   'CHECKPT_CRIU_PDEATHSIG',
   'internal',
@@ -575,6 +581,12 @@ export const BENCH_TRACE = define({
   fallback: undefined as string | undefined,
   parse: absolute,
 });
+note(
+  'CHECKPT_TEST_FRONT_HELPER',
+  'test',
+  "The checkpt-helper test/engine/front-image.test.mjs runs `unpack` with (a sanitizer build, say) instead of checkpt's own.",
+  'a path',
+);
 note(
   'CHECKPT_TEST_UNIT',
   'test',
