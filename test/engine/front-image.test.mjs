@@ -12,7 +12,7 @@ import { extractImage, extractLazy, writeImage } from '../../dist/image/format.j
 import { parseFile, withImage } from '../../dist/image/read.js';
 import { untrustedReason } from '../../dist/image/trust.js';
 import { mutate, root, scratchDir, spawnSync, unitTest, xorshift32 } from '../helpers.mjs';
-import { buildV2, pieces } from '../image/layout.mjs';
+import { buildV2, pieces, readV2 } from '../image/layout.mjs';
 
 // A sanitizer build of the same sources can be put in its place (CHECKPT_TEST_FRONT_HELPER).
 const HELPER = process.env.CHECKPT_TEST_FRONT_HELPER || path.join(root, 'build', 'checkpt-helper');
@@ -70,45 +70,15 @@ function snapshot(dir) {
     });
 }
 
-/** A format-2 plain file's INDEX, read straight from the documented layout (layout.ts). */
+/** A format-2 plain file's INDEX, by the documented layout (test/image/layout.mjs readV2). */
 function indexOf(bytes) {
-  const d = Number(bytes.readBigUInt64BE(bytes.length - 48));
-  let o = 16 + d;
-  const m = bytes.readUInt32BE(o);
-  o += 4;
-  const manifest = bytes.subarray(o, o + m);
-  o += m;
-  const n = bytes.readUInt32BE(o);
-  o += 4;
-  const entries = [];
-  let data = 16;
-  for (let i = 0; i < n; i++) {
-    const l = bytes.readUInt16BE(o);
-    const name = bytes.subarray(o + 2, o + 2 + l).toString('utf8');
-    o += 2 + l;
-    const kind = bytes[o++];
-    if (kind === 0) {
-      const size = Number(bytes.readBigUInt64BE(o));
-      entries.push({ name, kind, data: bytes.subarray(o + 8, o + 8 + size) });
-      o += 8 + size;
-      continue;
-    }
-    const codec = bytes[o];
-    const chunk = bytes.readUInt32BE(o + 1);
-    const decoded = Number(bytes.readBigUInt64BE(o + 5));
-    const count = bytes.readUInt32BE(o + 13);
-    const table = bytes.subarray(o + 17, o + 17 + count * 36);
-    o += 17 + count * 36;
-    const first = count > 0 ? data : 0;
-    const chunks = [];
-    for (let k = 0; k < count; k++) {
-      const len = table.readUInt32BE(k * 36);
-      chunks.push(bytes.subarray(data, data + len));
-      data += len;
-    }
-    entries.push({ name, kind, codec, chunk, decoded, count, table, first, chunks });
-  }
-  return { flags: bytes.readUInt32BE(12), manifest, entries, blake3: (bytes[15] & 4) !== 0 };
+  const x = readV2(bytes);
+  const entries = x.entries.map((e) =>
+    e.chunks === undefined
+      ? { name: e.name, kind: 0, data: e.data }
+      : { ...e, kind: 1, count: e.chunks.length, table: e.rows },
+  );
+  return { flags: x.flags, manifest: x.manifestBytes, entries, blake3: x.blake3 };
 }
 
 /** What `unpack` must print for a good file, from its bytes alone. */

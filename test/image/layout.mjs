@@ -112,6 +112,54 @@ export function buildV2({ manifest = '{}', entries = [], dataLength, extraData, 
   ]);
 }
 
+/**
+ * A plain format-2 file read back by hand, straight from the documented layout (no checks: the
+ * tests that use it repack what they change). Inline entries as { name, data }; chunked ones as
+ * buildV2 takes them, { name, chunks, codec, chunk, decoded }, with `rows` (their table as stored)
+ * and `first` (the file offset of their first chunk; 0 without chunks).
+ */
+export function readV2(bytes) {
+  const d = Number(bytes.readBigUInt64BE(bytes.length - 48));
+  let o = 16 + d;
+  const m = bytes.readUInt32BE(o);
+  o += 4;
+  const manifestBytes = bytes.subarray(o, o + m);
+  o += m;
+  const n = bytes.readUInt32BE(o);
+  o += 4;
+  const entries = [];
+  let data = 16;
+  for (let i = 0; i < n; i++) {
+    const l = bytes.readUInt16BE(o);
+    const name = bytes.subarray(o + 2, o + 2 + l).toString('utf8');
+    o += 2 + l;
+    const kind = bytes[o++];
+    if (kind === 0) {
+      const size = Number(bytes.readBigUInt64BE(o));
+      entries.push({ name, data: bytes.subarray(o + 8, o + 8 + size) });
+      o += 8 + size;
+      continue;
+    }
+    const codec = bytes[o];
+    const chunk = bytes.readUInt32BE(o + 1);
+    const decoded = Number(bytes.readBigUInt64BE(o + 5));
+    const count = bytes.readUInt32BE(o + 13);
+    const rows = bytes.subarray(o + 17, o + 17 + count * 36);
+    o += 17 + count * 36;
+    const first = count > 0 ? data : 0;
+    const chunks = [];
+    for (let k = 0; k < count; k++) {
+      const len = rows.readUInt32BE(k * 36);
+      chunks.push(bytes.subarray(data, data + len));
+      data += len;
+    }
+    entries.push({ name, chunks, codec, chunk, decoded, rows, first });
+  }
+  const flags = bytes.readUInt32BE(12);
+  // Flags bit 2: the chunk tables are BLAKE3.
+  return { flags, manifestBytes, entries, blake3: (flags & 4) !== 0 };
+}
+
 /** `bytes` cut in pieces of `size`. */
 export function pieces(bytes, size) {
   const out = [];

@@ -35,7 +35,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { buildV2 } from '../image/layout.mjs';
+import { buildV2, readV2 } from '../image/layout.mjs';
 import { after, before } from 'node:test';
 
 const node = nodeBinaries()[0];
@@ -82,45 +82,13 @@ function refusedBeforeAnyProcess(r, message, label) {
   assert.equal(r.stdout, '', `${label}: something ran`);
 }
 
-/** The container, straight from the documented layout (plain files only). */
-/** The entries of a plain format-2 file (layout: src/image/layout.ts), memory reassembled. */
+/** The entries of a plain format-2 file (test/image/layout.mjs readV2), memory reassembled. */
 function unpack(bytes) {
-  const d = Number(bytes.readBigUInt64BE(bytes.length - 48));
-  let data = 16;
-  let o = 16 + d;
-  const m = bytes.readUInt32BE(o);
-  o += 4;
-  const manifest = JSON.parse(bytes.subarray(o, o + m).toString('utf8'));
-  o += m;
-  const n = bytes.readUInt32BE(o);
-  o += 4;
-  const entries = [];
-  for (let i = 0; i < n; i++) {
-    const l = bytes.readUInt16BE(o);
-    const name = bytes.subarray(o + 2, o + 2 + l).toString('utf8');
-    o += 2 + l;
-    const kind = bytes[o++];
-    if (kind === 0) {
-      const size = Number(bytes.readBigUInt64BE(o));
-      entries.push({ name, data: bytes.subarray(o + 8, o + 8 + size) });
-      o += 8 + size;
-      continue;
-    }
-    const codec = bytes[o];
-    const chunk = bytes.readUInt32BE(o + 1);
-    const decoded = Number(bytes.readBigUInt64BE(o + 5));
-    const count = bytes.readUInt32BE(o + 13);
-    o += 17;
-    const chunks = [];
-    for (let k = 0; k < count; k++, o += 36) {
-      const len = bytes.readUInt32BE(o);
-      chunks.push(bytes.subarray(data, data + len));
-      data += len;
-    }
-    entries.push({ name, chunks, codec, chunk, decoded });
-  }
-  // Flags bit 2: the chunk tables are BLAKE3.
-  return { manifest, entries, blake3: (bytes.readUInt32BE(12) & 4) !== 0 };
+  const x = readV2(bytes);
+  const entries = x.entries.map(({ name, data, chunks, codec, chunk, decoded }) =>
+    chunks === undefined ? { name, data } : { name, chunks, codec, chunk, decoded },
+  );
+  return { manifest: JSON.parse(x.manifestBytes.toString('utf8')), entries, blake3: x.blake3 };
 }
 
 /** Packs with a correct checksum: whatever is wrong is wrong on purpose, not damage. */
