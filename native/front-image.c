@@ -621,7 +621,7 @@ static int parse_index(struct seq *s, struct front_image *img, struct nameset *s
   set->mask = slots - 1;
 
   size_t memcap = 0, inlcap = 0;
-  uint64_t data_at = 0, held = 0;
+  uint64_t data_at = 0, held = 0, kept = 0;
   for (uint32_t i = 0; i < count; i++) {
     if (seq_left(s) < 2) return say(why, wl, FRONT_BAD, "sizes do not add up at entry %u", i);
     TAKE(b, 2);
@@ -667,7 +667,7 @@ static int parse_index(struct seq *s, struct front_image *img, struct nameset *s
       return say(why, wl, FRONT_BAD, "entry \"%s\" claims %llu bytes but only %llu remain", name,
                  (unsigned long long)size, (unsigned long long)seq_left(s));
     /* Kept as hashed (CRIU's images besides the memory are small): a large one is Node's. */
-    if (held + size > MAX_INLINE_KEPT)
+    if (kept + size > MAX_INLINE_KEPT)
       return say(why, wl, FRONT_NOT_HERE, "its images besides the memory hold more than %u MiB", MAX_INLINE_KEPT >> 20);
     if (!grow((void **)&img->inl, &inlcap, img->ninl, sizeof *img->inl)) return NOMEM();
     uint8_t *data = malloc(size ? (size_t)size : 1);
@@ -680,6 +680,7 @@ static int parse_index(struct seq *s, struct front_image *img, struct nameset *s
     set->kept[set->n - 1] = 1;
     TAKE(data, size);
     held += size;
+    kept += size;
   }
   if (seq_left(s) != 0)
     return say(why, wl, FRONT_BAD, "sizes do not add up: %llu unexpected bytes after the last entry",

@@ -313,6 +313,20 @@ test('real files from writeImage unpack as extractLazy unpacks them: SHA-256, BL
     lines[1],
     /^mem pages-7\.img id=7 zstd=0 chunk=65536 size=0 count=0 first=0 table=e3b0c442/,
   );
+  // Memory beyond the front's 256 MiB for the other images (those it keeps as hashed): its own.
+  const big = path.join(rootDir, 'big');
+  fs.mkdirSync(big);
+  fs.writeFileSync(path.join(big, 'core-1.img'), 'c');
+  // After the memory in the index, as CRIU's names fall: pstree.img, seccomp.img, ...
+  fs.writeFileSync(path.join(big, 'pstree.img'), 'p');
+  fs.writeFileSync(path.join(big, 'pages-1.img'), '');
+  fs.truncateSync(path.join(big, 'pages-1.img'), 300 * 2 ** 20);
+  const bigFile = path.join(rootDir, 'big.ckpt');
+  await writeImage(bigFile, { pid: 1 }, { dir: big }, {});
+  const r = unpackC(bigFile, fs.mkdtempSync(path.join(rootDir, 'c-')));
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^mem pages-1\.img id=1 zstd=0 chunk=65536 size=314572800 /m);
+  fs.rmSync(bigFile);
 });
 
 test('damaged and hostile files are refused (exit 12) as extractLazy refuses them, nothing left behind', async (t) => {
