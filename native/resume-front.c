@@ -46,6 +46,7 @@ extern char **environ;
 
 #define LAZY_MIN_BYTES (32ull << 20)
 #define HOLD_LIMIT_MS 30000
+#define NODE_AFTER_MS 200
 #define KDAT_DIR "/dev/shm/checkpt-criu"
 #define CTRL_E_KEY 5
 
@@ -992,6 +993,14 @@ int cmd_front(int argc, char **argv) {
   trace("status-restored");
   say(pk[0], "over %d", (int)helper);
   close(pk[0]);
+  /* Node's start takes the machine the copy needs for its first steps (its first answer came
+   * 17-40 ms later with Node starting beside it, idle and heavy here): Node starts once the copy's
+   * memory is all in, the copy says something (it ended), a signal comes (Node passes it on), or
+   * after NODE_AFTER_MS. */
+  struct pollfd wait_for[2] = {{.fd = status[0], .events = POLLIN}, {.fd = report[0], .events = POLLIN}};
+  if (poll(wait_for, 2, NODE_AFTER_MS) < 0 && errno != EINTR) { /* Node starts now, then */ }
+  trace("node");
+  if (stopping && nheld < 16) held_sigs[nheld++] = stopping;
   signal(SIGPIPE, SIG_DFL);
   /* Node takes over: the helper's status socket and the keeper's report stay open across exec. */
   int flags = fcntl(status[0], F_GETFD);

@@ -250,6 +250,24 @@ test('SIGTERM while the front restores: nothing runs on, nothing stays, and chec
   assert.deepEqual(stagingLeft(copy.pid), []);
 });
 
+test('SIGTERM once the copy runs but before Node starts: the copy gets it, checkpt ends likewise', async () => {
+  const { file, port } = await checkpointed('early-term', ['--mb', '48']);
+  const trace = join(dir, 'early-term.trace');
+  const copy = resumeCommand(file, trace);
+  // The front waits for the copy's memory (or 200 ms) before it starts Node: stopped in between.
+  for (const end = Date.now() + 20_000; !marks(trace).includes('status-restored'); await sleep(1))
+    assert.ok(Date.now() < end, `no restore: ${copy.stderrText}`);
+  copy.kill('SIGTERM');
+  const end = await copy.closed;
+  assert.ok(end.signal === 'SIGTERM' || end.code === 143, JSON.stringify(end));
+  assert.ok(marks(trace).includes('adopt'), `Node took over and passed it on: ${marks(trace)}`);
+  assert.deepEqual(descendants(copy.pid), []);
+  await assert.rejects(get(port), 'nothing answers any more');
+  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(stagingLeft(copy.pid), []);
+});
+
 unitTest(
   "the front ignores exactly the test variables (config.ts kind 'test') and CHECKPT_FRONT",
   () => {
