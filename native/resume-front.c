@@ -192,14 +192,23 @@ static int own_criu(void) {
   if (access(CRIU, X_OK) != 0) return 0;
   FILE *f = fopen("/opt/checkpt/criu/BUILD-INFO", "re");
   if (!f) return 0;
+  /* The binary recorded (src/engine/criu.ts binaryIdentity): one replaced or copied over since is
+   * not the build the record describes, and Node runs it without the patches' variables. */
+  struct stat st;
+  char self_id[96] = "";
+  if (stat(CRIU, &st) == 0)
+    snprintf(self_id, sizeof self_id, "binary=%lu %lld %lld.%09ld\n", (unsigned long)st.st_ino,
+             (long long)st.st_size, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
   char line[1024];
-  int ok = 0;
-  while (fgets(line, sizeof line, f))
+  int patches = 0, same = 0;
+  while (fgets(line, sizeof line, f)) {
     if (!strncmp(line, "patches=", 8) && strstr(line, "pdeathsig-from-env.patch") &&
         strstr(line, "script-actions-from-env.patch") && strstr(line, "staged-local-reads.patch"))
-      ok = 1;
+      patches = 1;
+    if (self_id[0] && !strcmp(line, self_id)) same = 1;
+  }
   fclose(f);
-  return ok;
+  return patches && same;
 }
 
 /* The manifest's recipe (src/engine/front.ts). */
@@ -903,7 +912,7 @@ int cmd_front(int argc, char **argv) {
   node_argc = argc - 1;
   trace("front");
   if (!applies()) fallback_because("not a plain `checkpt -r FILE` by root, off a terminal, without CHECKPT_ variables");
-  if (!own_criu()) fallback_because("checkpt's own CRIU build is not at /opt/checkpt/criu");
+  if (!own_criu()) fallback_because("checkpt's own CRIU build is not at /opt/checkpt/criu (or was changed since it was built)");
   ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
   if (sn <= 0) fallback_because("its own path is unknown");
   self[sn] = 0;
