@@ -662,7 +662,7 @@ static void keeper(int pk, int report, int held) {
         snprintf(why, sizeof why, "The memory of %s was not all checked within %d s, so its copy was stopped before it ran. Resume again; CHECKPT_LAZY=0 checks all of it before CRIU starts.", file, HOLD_LIMIT_MS / 1000);
         failed = 1;
         checked = 1;
-        kill(server, SIGKILL);
+        if (server > 0) kill(server, SIGKILL);
         continue;
       }
       timeout = (int)(HOLD_LIMIT_MS - ms);
@@ -708,7 +708,7 @@ static void keeper(int pk, int report, int held) {
         else if (type == MSG_NEED && !failed) {
           failed = 1;
           snprintf(why, sizeof why, "checkpt's page server could not check a memory chunk of %s itself; the copy was stopped. Resume again with CHECKPT_FRONT=0.", file);
-          kill(server, SIGKILL);
+          if (server > 0) kill(server, SIGKILL);
         }
       }
       memmove(msgs, msgs + at, mlen - at);
