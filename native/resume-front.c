@@ -782,16 +782,21 @@ static void keeper(int pk, int report, int held) {
     snprintf(why, sizeof why, "CRIU's lazy-pages daemon exited with %d before the copy had all of its memory; the copy was stopped. Resume again (CHECKPT_LAZY=0 loads memory before the program runs).", dstatus);
     failed = 1;
   }
-  /* A copy that restored meanwhile must not run on: P says which it is (or gives up). */
-  if (failed && !over && pk >= 0) {
+  if (!told && pk >= 0) {
+    say(pk, "fail");
+    told = 1;
+  }
+  /* P's word first: a copy that restored meanwhile must not run on (failed), and CRIU's restore
+   * writes its stats into the staging directory after the copy runs, until the helper says
+   * "restored" (an emptied directory would come back with them). */
+  if (!over && pk >= 0) {
     char line[64];
-    if (read_line(pk, line, sizeof line, 10000) && !strncmp(line, "over ", 5)) helper = (pid_t)atoi(line + 5);
+    if (read_line(pk, line, sizeof line, -1) && !strncmp(line, "over ", 5)) helper = (pid_t)atoi(line + 5);
   }
   if (failed && helper > 0) kill_tree(helper);
   rm_tree(work);
   if (failed) say(report, "fail %s %s", code, why);
   else say(report, "ok");
-  if (!told && pk >= 0) say(pk, "fail");
   _exit(0);
 }
 
