@@ -66,6 +66,7 @@
 #include "page-server.h"
 #include "resume-front.h"
 #include "front-image.h"
+#include "fdio.h"
 #include "publish.h"
 #include "nft-lock.h"
 
@@ -362,7 +363,8 @@ static int cmd_init(int argc, char **argv) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-static int write_all(int fd, const char *buf, size_t n) {
+int write_all(int fd, const void *data, size_t n) {
+  const char *buf = data;
   while (n > 0) {
     ssize_t w = write(fd, buf, n);
     if (w < 0 && (errno == EINTR || errno == EAGAIN)) {

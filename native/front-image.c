@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "front-image.h"
+#include "fdio.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -877,17 +878,6 @@ int front_open(const char *path, struct front_image *img, char *why, size_t wl) 
 }
 
 /* ---- extraction (extract.ts: checkEmptyDir, DirSink) ---- */
-
-static int write_all(int fd, const uint8_t *p, size_t n) {
-  while (n) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return -1;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
 
 int front_extract(const struct front_image *img, const char *dir, char *why, size_t wl) {
   if (why && wl) why[0] = 0;

@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include "resume-front.h"
 #include "front-image.h"
+#include "fdio.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -472,18 +473,6 @@ static int send_msg(int fd, uint32_t type) {
   uint8_t m[MSG_SIZE] = {0};
   put32(m, type);
   return write(fd, m, sizeof m) == (ssize_t)sizeof m ? 0 : -1;
-}
-
-static int write_all(int fd, const void *buf, size_t len) {
-  const uint8_t *p = buf;
-  while (len) {
-    ssize_t n = write(fd, p, len);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return -1;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
 }
 
 /* The page server's plan (src/engine/page-server.ts encodePlan, with the page maps read by the server). */

@@ -105,6 +105,7 @@ const headers = [
   'page-server.h',
   'resume-front.h',
   'front-image.h',
+  'fdio.h',
   'publish.h',
   'blake3/blake3.h',
   'blake3/blake3_impl.h',

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { imageSockets } from './sockets.js';
-import { lockCheckArgs } from './netlock.js';
+import { lockToCheck } from './netlock.js';
 import { inheritPlan } from './stdio.js';
 import type { Manifest } from './job.js';
 
@@ -14,11 +14,12 @@ import type { Manifest } from './job.js';
  *   [lockfamily=F lockname=N lockat=OFFSET] [listen=PORT | udp=PORT | conn=LPORT:RPORT:LHEX:RHEX]...
  *
  * `in`: CRIU's --inherit-fd keys (stdio.ts inheritPlan); `lock*`: the nftables table and the offset
- * of inventory.img's lock method (netlock.ts lockCheckArgs); `listen`, `udp`, `conn`: the image's
+ * of inventory.img's lock method (netlock.ts lockToCheck); `listen`, `udp`, `conn`: the image's
  * listening and bound sockets and its connections (addresses as /proc/net/tcp prints them), which
- * the front compares with the host's as sockets.ts planSockets does, or leaves the resume to Node. Values use only RECIPE_CHARS, so the front finds the recipe in the manifest's
- * JSON as it is. A checkpoint the front cannot restore as Node would has no recipe: one with a
- * private network or published ports, a terminal, made without root.
+ * the front compares with the host's as sockets.ts planSockets does, or leaves the resume to Node.
+ * Values use only RECIPE_CHARS, so the front finds the recipe in the manifest's JSON as it is. A
+ * checkpoint the front cannot restore as Node would has no recipe: one with a private network or
+ * published ports, a terminal, made without root.
  */
 export const FRONT_RECIPE = 'v1';
 
@@ -37,13 +38,12 @@ export function frontRecipe(manifest: Manifest, imagesDir: string): string | und
   if (manifest.control)
     words.push(`mount=${manifest.control.mount}`, `fifo=${manifest.control.fifo}`);
   for (const { fd, key } of inheritPlan(manifest.stdio)) words.push(`in=${fd}:${key}`);
-  const lock = lockCheckArgs(imagesDir);
-  if (lock.length > 0) {
+  const lock = lockToCheck(imagesDir);
+  if (lock) {
     // The table as nftables names it, "FAMILY NAME": two words here.
-    const table = /^(\w+) (\S+)$/.exec(lock[1] ?? '');
-    const offset = /^(\d+):/.exec(lock[3] ?? '')?.[1];
-    if (!table || offset === undefined) return undefined;
-    words.push(`lockfamily=${table[1]}`, `lockname=${table[2]}`, `lockat=${offset}`);
+    const table = /^(\w+) (\S+)$/.exec(lock.table);
+    if (!table) return undefined;
+    words.push(`lockfamily=${table[1]}`, `lockname=${table[2]}`, `lockat=${lock.offset}`);
   }
   let files: Buffer | undefined;
   try {

@@ -152,11 +152,24 @@ export function skipLockRemoval(imagesDir: string): boolean {
  * checkpoint-and-exit that held connections leaves its table, until a restore removes it.
  */
 export function lockCheckArgs(imagesDir: string): string[] {
+  const lock = lockToCheck(imagesDir);
+  return lock === undefined
+    ? []
+    : ['--lock-table', lock.table, '--lock-method-at', `${lock.offset}:${lock.path}`];
+}
+
+/**
+ * The nftables table of the dump's lock and where inventory.img says its method (for
+ * lockCheckArgs, and the resume front's recipe: src/engine/front.ts); undefined without one.
+ */
+export function lockToCheck(
+  imagesDir: string,
+): { table: string; offset: number; path: string } | undefined {
   const at = lockMethodOf(imagesDir);
   const table = at && at.method === NETWORK_LOCK_NFTABLES ? lockTableName(at.inventory) : undefined;
   return table === undefined || at === undefined
-    ? []
-    : ['--lock-table', table, '--lock-method-at', `${at.offset}:${at.path}`];
+    ? undefined
+    : { table, offset: at.offset, path: at.path };
 }
 
 /** The table a dump's connections are locked by, from its inventory.img. */

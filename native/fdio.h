@@ -1,0 +1,7 @@
+/* Small fd helpers shared by the parts of checkpt-helper (defined in native/checkpt-helper.c). */
+#ifndef CHECKPT_FDIO_H
+#define CHECKPT_FDIO_H
+#include <stddef.h>
+/* Writes all of buf, through EINTR and EAGAIN (a non-blocking fd is polled); 0, or -1. */
+int write_all(int fd, const void *buf, size_t n);
+#endif
