@@ -1106,6 +1106,27 @@ static int interrupt_if_safe(pid_t criu, pid_t pid) {
   return safe;
 }
 
+/* The longest a checkpoint() waits for its packing worker to load before the program blocks. */
+#define WORKER_READY_MS 3000
+
+/*
+ * Until the packing worker (checkpoint()) has loaded: it says so on its end of `fd`, or closes it
+ * by ending. Bounded by WORKER_READY_MS and half of `left`: a slow worker lengthens the pause, it
+ * never fails the checkpoint.
+ */
+static void wait_worker_ready(int fd, long left) {
+  long bound = left / 2 < WORKER_READY_MS ? left / 2 : WORKER_READY_MS;
+  long until = now_ms() + bound;
+  for (;;) {
+    long wait = until - now_ms();
+    if (wait <= 0) return;
+    struct pollfd p = {fd, POLLIN, 0};
+    int n = poll(&p, 1, (int)wait);
+    if (n < 0 && errno == EINTR) continue;
+    return;
+  }
+}
+
 /*
  * checkpt-helper dump --pid P --fifo PATH --timeout-ms N [--async]
  *                    [--post-dump-sock PATH --post-dump-timeout-ms N]
@@ -1115,10 +1136,11 @@ static int interrupt_if_safe(pid_t criu, pid_t pid) {
  * swrk` and gets one DUMP request with what ARGS say (dump_opts_from_argv); without --async, only
  * once the program blocks on its control FIFO. The front answers CRIU's notifications itself:
  * "pre-dump" (--async: the program runs on through CRIU's start-up) writes {"t":"freeze"} on fd 3,
- * the FIFO, and answers once the program blocks there; "post-dump" with --async writes "dumped"
- * (the images are complete: the program reads it the moment CRIU lets it go), and with
- * --post-dump-sock asks checkpt whether the file is durable (checkpoint and exit). Then it tells
- * the worker how CRIU ended ("criu STATUS MS", "timeout MS" or "blocked WHY") on a pipe.
+ * the FIFO, once the worker has loaded (it closes its --ready-fd: Node's start beside a frozen
+ * program lengthened its pause), and answers once the program blocks there; "post-dump" with
+ * --async writes "dumped" (the images are complete: the program reads it the moment CRIU lets it
+ * go), and with --post-dump-sock asks checkpt whether the file is durable (checkpoint and exit).
+ * Then it tells the worker how CRIU ended ("criu STATUS MS", "timeout MS" or "blocked WHY") on a pipe.
  * --timeout-ms is one deadline for all of it, from the front's start: waiting for the program to
  * block, CRIU's pre-dump step and CRIU's run share it; CRIU is killed when it passes.
  */
@@ -1172,23 +1194,32 @@ static int cmd_dump(int argc, char **argv) {
   setsid();
   signal(SIGPIPE, SIG_IGN);
 
-  int go[2];
+  int go[2], ready[2] = {-1, -1};
   if (pipe2(go, O_CLOEXEC) < 0) die("pipe");
+  if (async && pipe2(ready, O_CLOEXEC) < 0) die("pipe");
   pid_t worker = fork();
   if (worker < 0) die("fork worker");
   if (worker == 0) {
     /* checkpoint(): Node's start-up would share the CPU with CRIU while the program is frozen; it
      * packs at this priority anyway (src/common/procfs.ts, lowerPriority). */
     if (async && setpriority(PRIO_PROCESS, 0, 10) < 0) { /* it only costs the pause some time */ }
-    char fdarg[16];
+    char fdarg[16], readyarg[16];
     int r = dup(go[0]); /* the one end the worker keeps */
     if (r < 0) _exit(127);
     snprintf(fdarg, sizeof fdarg, "%d", r);
-    execl(node, node, script, job, "--go-fd", fdarg, (char *)NULL);
+    if (async) {
+      int w = dup(ready[1]);
+      if (w < 0) _exit(127);
+      snprintf(readyarg, sizeof readyarg, "%d", w);
+      execl(node, node, script, job, "--go-fd", fdarg, "--ready-fd", readyarg, (char *)NULL);
+    } else {
+      execl(node, node, script, job, "--go-fd", fdarg, (char *)NULL);
+    }
     fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", node, strerror(errno));
     _exit(127);
   }
   close(go[0]);
+  if (async) close(ready[1]);
   char line[128];
   /* With --async the program runs on until CRIU's pre-dump notification tells it to block. */
   int b = async ? 1 : wait_blocked(pid, &fifo_st, deadline - now_ms(), 500);
@@ -1308,6 +1339,8 @@ static int cmd_dump(int argc, char **argv) {
       } else if (!strcmp(r.script, "pre-dump") && async) {
         /* Only now does the program block on its channel: it ran through CRIU's start-up. */
         const char *freeze = "{\"t\":\"freeze\"}\n";
+        /* Node's start beside CRIU while the program is frozen lengthened the pause by a third. */
+        wait_worker_ready(ready[0], kill_at - now_ms());
         if (write(3, freeze, strlen(freeze)) < 0) ok = 0;
         else {
           int blocked = wait_blocked(pid, &fifo_st, kill_at - now_ms(), 200);

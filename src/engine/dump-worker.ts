@@ -3,7 +3,7 @@
  * loads while the front waits for the process and runs CRIU, then packs the images into one file
  * and reports on fd 3, the FIFO's write end. If it and the front die, the process reads EOF.
  */
-import { createReadStream, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { frontRecipe } from './front.js';
 import { CheckptError } from '../common/errors.js';
@@ -163,16 +163,30 @@ async function exitAfterPacking(
   }
 }
 
+/** Closing the fd says it: the front reads end-of-file, as it does if this process ends. */
+function sayReady(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // Already closed: nothing else holds it.
+  }
+}
+
 async function main(): Promise<void> {
   const jobFile = process.argv[2];
   const goFd = Number(process.argv[process.argv.indexOf('--go-fd') + 1]);
-  if (!jobFile || !Number.isInteger(goFd))
-    throw new Error('usage: dump-worker JOB.json --go-fd FD');
+  const at = process.argv.indexOf('--ready-fd');
+  const readyFd = at > 0 ? Number(process.argv[at + 1]) : undefined;
+  if (!jobFile || !Number.isInteger(goFd) || (readyFd !== undefined && !Number.isInteger(readyFd)))
+    throw new Error('usage: dump-worker JOB.json --go-fd FD [--ready-fd FD]');
   const job = JSON.parse(readFileSync(jobFile, 'utf8')) as DumpJob;
   try {
     // Everything this needs is loaded while the front waits for the program and runs CRIU.
     const version = criuVersion();
     const front = awaitFront(goFd, job);
+    // checkpoint(): the front lets CRIU freeze the program only after this, once Node's start-up
+    // has run its course (its first turn of the event loop), so it never shares the pause.
+    if (readyFd !== undefined) setImmediate(() => sayReady(readyFd));
     if (job.exit) await exitAfterPacking(job, version.text, front);
     else {
       const ended = await front;
