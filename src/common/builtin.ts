@@ -1,6 +1,7 @@
 import type * as ChildProcess from 'node:child_process';
 import type * as Crypto from 'node:crypto';
 import type * as FsPromises from 'node:fs/promises';
+import type * as Net from 'node:net';
 import { fstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type * as Readline from 'node:readline';
@@ -26,6 +27,8 @@ export const childProcess = lazy<typeof ChildProcess>('node:child_process');
 export const crypto = lazy<typeof Crypto>('node:crypto');
 // With `readline`'s internals, ~4 ms of Node 26's start; a resume reads its file with fds.
 export const fsPromises = lazy<typeof FsPromises>('node:fs/promises');
+// With `stream`, ~9 ms of the packing worker's start; only a checkpoint-and-exit listens.
+export const net = lazy<typeof Net>('node:net');
 export const readline = lazy<typeof Readline>('node:readline');
 const tty = lazy<typeof Tty>('node:tty');
 

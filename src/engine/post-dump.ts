@@ -9,7 +9,8 @@
  * or this side's death (end-of-file), makes CRIU roll back: network unlocked, program resumed,
  * connections intact. The socket lives in the 0700 staging directory: only root reaches it.
  */
-import { createServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { net } from '../common/builtin.js';
 import { join } from 'node:path';
 
 export const POST_DUMP_SOCK = 'post-dump.sock';
@@ -28,7 +29,7 @@ export interface ScriptHook {
 
 /** Listens at `path` (in the 0700 staging directory: only root reaches it) for one script. */
 export async function listenForScript(path: string): Promise<ScriptHook> {
-  const server = createServer();
+  const server = net().createServer();
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(path, resolve);

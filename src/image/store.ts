@@ -19,7 +19,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import { zlibZstd } from '../common/zstd.js';
-import { closeQuietly, errnoOf, ioError, unlinkQuietly, writeAll } from './io.js';
+import { closeQuietly, errnoOf, ioError, unlinkQuietly, writeAll, type PackHandle } from './io.js';
 import { MAGIC, PREFIX_LEN, maxFrame } from './layout.js';
 
 export const PAGE = 4096;
@@ -52,7 +52,7 @@ function cutAfter(b: Buffer, at: number): boolean {
 
 /** The content-defined chunks of `size` bytes of `fh`, one after another (copies). */
 export async function* contentChunks(
-  fh: FileHandle,
+  fh: PackHandle,
   size: number,
   path: string,
 ): AsyncGenerator<Buffer> {

@@ -1,11 +1,10 @@
 /** Writing a checkpoint file: packed from a directory, plain or sealed, put in place atomically. */
 
-import { crypto, fsPromises } from '../common/builtin.js';
+import { crypto } from '../common/builtin.js';
 import { blake3, blake3Available } from '../common/blake3.js';
 import { CHUNK_HASH } from '../common/config.js';
 import { sha256, type Sha256 } from '../common/sha256.js';
-import { constants as fsc, readdirSync, statSync } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
+import { constants as fsc, fstatSync, readdirSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import {
@@ -13,9 +12,13 @@ import {
   ioError,
   messageOf,
   closeQuietly,
+  pooledOps,
+  directOps,
   unlinkQuietly,
   writeAll,
   writeAllv,
+  type FileOps,
+  type PackHandle,
 } from './io.js';
 import { scanFrames } from './chunks.js';
 import {
@@ -72,6 +75,11 @@ export interface WriteOptions {
    * else BLAKE3 where checkpt's addon loads, else SHA-256.
    */
   chunkHash?: 'sha256' | 'blake3';
+  /**
+   * Read, write and sync on the calling thread instead of Node's thread pool: for a process with
+   * nothing else to do meanwhile (the packing worker). See io.ts, directOps.
+   */
+  direct?: boolean;
 }
 
 interface SourceFile {
@@ -90,14 +98,17 @@ function encodeManifest(manifest: object): Buffer {
   return bytes;
 }
 
-async function listSources(source: { dir: string; files?: string[] }): Promise<SourceFile[]> {
+async function listSources(
+  source: { dir: string; files?: string[] },
+  ops: FileOps,
+): Promise<SourceFile[]> {
   const found: SourceFile[] = [];
   if (source.files !== undefined) {
     for (const f of source.files) {
       const path = resolve(source.dir, f);
       let st;
       try {
-        st = await fsPromises().lstat(path);
+        st = await ops.lstat(path);
       } catch (e) {
         throw ioError(`reading ${path}`, path, e);
       }
@@ -111,7 +122,7 @@ async function listSources(source: { dir: string; files?: string[] }): Promise<S
   } else {
     let dirents;
     try {
-      dirents = await fsPromises().readdir(source.dir, { withFileTypes: true });
+      dirents = await ops.readdir(source.dir);
     } catch (e) {
       throw ioError(`listing ${source.dir}`, source.dir, e);
     }
@@ -156,10 +167,10 @@ async function listSources(source: { dir: string; files?: string[] }): Promise<S
  * An image file to pack, and its size: opened without following links or blocking, and only a
  * regular file (the handle is closed otherwise).
  */
-async function openEntry(path: string): Promise<{ fh: FileHandle; size: number }> {
-  const fh = await fsPromises().open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+async function openEntry(path: string, ops: FileOps): Promise<{ fh: PackHandle; size: number }> {
+  const fh = await ops.open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
   try {
-    const st = await fh.stat();
+    const st = fstatSync(fh.fd);
     if (st.isFile()) return { fh, size: st.size };
   } catch (e) {
     await closeQuietly(fh);
@@ -201,7 +212,7 @@ class ChunkWriter {
   private index = 0;
 
   constructor(
-    private readonly fh: FileHandle,
+    private readonly fh: PackHandle,
     private position: number,
     size: number,
     private readonly sealing?: Sealing,
@@ -224,7 +235,7 @@ class ChunkWriter {
   }
 
   /** Copies exactly `size` bytes of `src`, reading straight into the output buffer. */
-  async copyFrom(src: FileHandle, size: number, path: string): Promise<void> {
+  async copyFrom(src: PackHandle, size: number, path: string): Promise<void> {
     let done = 0;
     while (done < size) {
       if (this.len === this.buf.length) await this.flush(false);
@@ -293,13 +304,14 @@ export function tempNameFor(target: string): string {
 export async function createTemp(
   target: string,
   given?: string,
-): Promise<{ fh: FileHandle; tmp: string }> {
+  ops: FileOps = pooledOps,
+): Promise<{ fh: PackHandle; tmp: string }> {
   const dir = dirname(target);
   for (let attempt = 0; ; attempt++) {
     const tmp = given ?? tempNameFor(target);
     try {
       const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
-      const fh = await fsPromises().open(tmp, flags, 0o600);
+      const fh = await ops.open(tmp, flags, 0o600);
       return { fh, tmp };
     } catch (e) {
       const code = errnoOf(e);
@@ -315,10 +327,10 @@ export async function createTemp(
 }
 
 /** fsyncs a directory, so that a rename in it lasts; EIO with `inPlace` when it cannot. */
-export async function syncDir(dir: string): Promise<void> {
-  let fh: FileHandle | undefined;
+export async function syncDir(dir: string, ops: FileOps = pooledOps): Promise<void> {
+  let fh: PackHandle | undefined;
   try {
-    fh = await fsPromises().open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+    fh = await ops.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
     await fh.sync();
   } catch (e) {
     // Some filesystems cannot fsync a directory at all; there is nothing more to do there.
@@ -369,7 +381,8 @@ export async function writeImage(
     throw new RangeError(`memoryChunk must be from ${MIN_MEM_CHUNK} to ${MAX_MEM_CHUNK} bytes`);
   }
   const version = options.formatVersion ?? FORMAT_VERSION;
-  const sources = await listSources(source);
+  const ops = options.direct === true ? directOps : pooledOps;
+  const sources = await listSources(source, ops);
   const absTarget = resolve(target);
   const prefix = Buffer.alloc(PREFIX_LEN);
   MAGIC.copy(prefix, 0);
@@ -394,7 +407,7 @@ export async function writeImage(
     (options.chunkHash ?? CHUNK_HASH.get() ?? (blake3Available() ? 'blake3' : 'sha256')) ===
       'blake3';
   if (useBlake3) prefix.writeUInt32BE(FLAG_BLAKE3, 12);
-  const { fh, tmp } = await createTemp(absTarget, options.tmp);
+  const { fh, tmp } = await createTemp(absTarget, options.tmp, ops);
   let bytes: number;
   let out: ChunkWriter | undefined;
   try {
@@ -407,6 +420,7 @@ export async function writeImage(
         zstdChunk,
         store,
         blake3: useBlake3,
+        ops,
       });
     } else {
       // Format 1, kept for tests of files older versions wrote.
@@ -419,9 +433,9 @@ export async function writeImage(
       }
       await putBodyHead(out, manifestBytes, sources.length);
       for (const s of sources) {
-        let src: FileHandle | undefined;
+        let src: PackHandle | undefined;
         try {
-          const opened = await openEntry(s.path);
+          const opened = await openEntry(s.path, ops);
           src = opened.fh;
           const fileSize = opened.size;
           const name = Buffer.from(s.name, 'utf8');
@@ -441,14 +455,14 @@ export async function writeImage(
     }
     await fh.sync();
     await fh.close();
-    await fsPromises().rename(tmp, absTarget);
+    await ops.rename(tmp, absTarget);
   } catch (e) {
     await out?.settle();
     await closeQuietly(fh);
     await unlinkQuietly(tmp);
     throw ioError(`writing ${absTarget}`, absTarget, e);
   }
-  await syncDir(dirname(absTarget));
+  await syncDir(dirname(absTarget), ops);
   return store ? { bytes, store: store.stats } : { bytes };
 }
 
@@ -481,10 +495,10 @@ interface Table {
 }
 
 /** A memory entry cut where its content says, each chunk put into the store. */
-async function storeEntry(store: StoreWriter, s: SourceFile): Promise<Table> {
-  let src: FileHandle | undefined;
+async function storeEntry(store: StoreWriter, s: SourceFile, ops: FileOps): Promise<Table> {
+  let src: PackHandle | undefined;
   try {
-    const opened = await openEntry(s.path);
+    const opened = await openEntry(s.path, ops);
     src = opened.fh;
     const lengths: number[] = [];
     const hashes: Buffer[] = [];
@@ -518,6 +532,7 @@ interface V2Options {
   store: StoreWriter | undefined;
   /** The chunk tables get BLAKE3 digests (flags bit 2), else SHA-256 ones. */
   blake3: boolean;
+  ops: FileOps;
 }
 
 /**
@@ -525,11 +540,11 @@ interface V2Options {
  * the other entries and the chunk tables) and TAIL. Returns the file size.
  */
 async function writeV2(
-  fh: FileHandle,
+  fh: PackHandle,
   prefix: Buffer,
   manifestBytes: Buffer,
   sources: SourceFile[],
-  { sealing, chunkSize, memoryChunk, plainChunk, zstdChunk, store, blake3: b3 }: V2Options,
+  { sealing, chunkSize, memoryChunk, plainChunk, zstdChunk, store, blake3: b3, ops }: V2Options,
 ): Promise<number> {
   const head = sealing ? sealing.head : prefix;
   await writeAll(fh, head, 0);
@@ -544,13 +559,13 @@ async function writeV2(
   for (const s of sources) {
     if (!MEMORY_NAME.test(s.name)) continue;
     if (store && !s.name.endsWith('.zst')) {
-      tables.set(s.name, await storeEntry(store, s));
+      tables.set(s.name, await storeEntry(store, s, ops));
       continue;
     }
-    let src: FileHandle | undefined;
+    let src: PackHandle | undefined;
     let pending: Promise<void> = Promise.resolve();
     try {
-      const opened = await openEntry(s.path);
+      const opened = await openEntry(s.path, ops);
       src = opened.fh;
       const fileSize = opened.size;
       // A .zst cut into frames by compressImages() has a chunk per frame (sealed or not); a .zst
@@ -649,9 +664,9 @@ async function writeV2(
         await out.put(Buffer.concat([nameHead, t]));
         continue;
       }
-      let src: FileHandle | undefined;
+      let src: PackHandle | undefined;
       try {
-        const opened = await openEntry(s.path);
+        const opened = await openEntry(s.path, ops);
         src = opened.fh;
         const fileSize = opened.size;
         nameHead[2 + name.length] = KIND_INLINE;
@@ -672,7 +687,7 @@ async function writeV2(
   }
 }
 
-async function readExactly(src: FileHandle, buf: Buffer, at: number, path: string): Promise<void> {
+async function readExactly(src: PackHandle, buf: Buffer, at: number, path: string): Promise<void> {
   let done = 0;
   while (done < buf.length) {
     const { bytesRead } = await src.read(buf, done, buf.length - done, at + done);

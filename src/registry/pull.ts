@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { open, rename, type FileHandle } from 'node:fs/promises';
+import { open, rename } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { TMPDIR } from '../common/config.js';
@@ -9,6 +9,7 @@ import type { ProgressSink } from '../common/progress.js';
 import { manifestProblem } from '../engine/manifest.js';
 import { ownerTag, sweepOrphans } from '../engine/staging.js';
 import { createTemp, readImageHeader, syncDir, verifyImage } from '../image/format.js';
+import { writeAll, type PackHandle } from '../image/io.js';
 import { loadKey } from '../image/key.js';
 import {
   MANIFEST_TYPE,
@@ -106,7 +107,7 @@ async function download(
   client: RegistryClient,
   manifest: Manifest,
   config: CheckpointConfig,
-  fh: FileHandle,
+  fh: PackHandle,
   tmp: string,
   progress: ProgressSink | undefined,
 ): Promise<void> {
@@ -146,13 +147,6 @@ async function download(
     );
 }
 
-async function writeAll(fh: FileHandle, buf: Buffer, position: number): Promise<void> {
-  for (let off = 0; off < buf.length;) {
-    const { bytesWritten } = await fh.write(buf, off, buf.length - off, position + off);
-    off += bytesWritten;
-  }
-}
-
 async function digestOf(file: string, size: number): Promise<string> {
   const fh = await open(file, 'r');
   try {
@@ -162,7 +156,7 @@ async function digestOf(file: string, size: number): Promise<string> {
   }
 }
 
-async function digestOfOpen(fh: FileHandle, size: number): Promise<string> {
+async function digestOfOpen(fh: PackHandle, size: number): Promise<string> {
   const hash = createHash('sha256');
   const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
   for (let pos = 0; pos < size;) {

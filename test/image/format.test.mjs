@@ -147,6 +147,46 @@ test('a failed write leaves the old target intact and no temporary file', async 
   );
 });
 
+test('written on the calling thread (direct), the file is the same, and fails the same ways', async (t) => {
+  const root = scratchDir(t, 'checkpt-img-');
+  const src = path.join(root, 'src');
+  fs.mkdirSync(src);
+  // Memory in plain chunks over several 1 MiB writes, and the entries besides it.
+  fs.writeFileSync(path.join(src, 'pages-1.img'), randomBytes(3 * 1024 * 1024 + 4096));
+  fs.writeFileSync(path.join(src, 'core-1.img'), randomBytes(5000));
+  fs.writeFileSync(path.join(src, 'empty.img'), Buffer.alloc(0));
+  const manifest = { pid: 1, direct: 'either way' };
+  const pooled = path.join(root, 'pooled.ckpt');
+  const direct = path.join(root, 'direct.ckpt');
+  await writeImage(pooled, manifest, { dir: src });
+  const { bytes } = await writeImage(direct, manifest, { dir: src }, { direct: true });
+  assert.equal(bytes, fs.statSync(direct).size);
+  assert.equal(fs.statSync(direct).mode & 0o777, 0o600);
+  assert.ok(fs.readFileSync(direct).equals(fs.readFileSync(pooled)));
+  assert.deepEqual((await verifyImage(direct)).manifest, manifest);
+
+  // A directory among the files, and a target directory that does not exist.
+  fs.mkdirSync(path.join(src, 'sub'));
+  await rejectsWith(
+    writeImage(direct, {}, { dir: src }, { direct: true }),
+    'EIO',
+    'a directory to pack',
+  );
+  fs.rmdirSync(path.join(src, 'sub'));
+  await rejectsWith(
+    writeImage(path.join(root, 'missing', 'x.ckpt'), {}, { dir: src }, { direct: true }),
+    'ETARGET',
+    'missing target directory',
+  );
+  // A failure at the rename leaves nothing behind, and the old file as it was.
+  const taken = path.join(root, 'taken');
+  fs.mkdirSync(taken);
+  fs.writeFileSync(path.join(taken, 'keep'), 'keep');
+  await assert.rejects(writeImage(taken, {}, { dir: src }, { direct: true }), CheckptError);
+  assert.deepEqual(fs.readdirSync(taken), ['keep']);
+  assert.deepEqual(fs.readdirSync(root).sort(), ['direct.ckpt', 'pooled.ckpt', 'src', 'taken']);
+});
+
 test('a symlink at the target is replaced, not followed', async (t) => {
   const root = scratchDir(t, 'checkpt-img-');
   const src = path.join(root, 'src');
