@@ -369,6 +369,35 @@ static uint64_t mem_available(void) {
 }
 
 /* src/engine/staging.ts: /dev/shm when it and free memory have ample room, else the temp dir. */
+/*
+ * staging.ts sweepOrphans: the staging directories in `root` of restores whose checkpt, in this
+ * PID namespace, no longer runs (killed with SIGKILL, it removed nothing). Node's resumes swept
+ * them; a machine whose resumes all go through the front needs it as much.
+ */
+static void sweep_orphans(const char *root, const char *ns) {
+  DIR *d = opendir(root);
+  if (!d) return;
+  static const char prefix[] = "checkpt-restore-";
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, prefix, sizeof prefix - 1) != 0) continue;
+    const char *tag = e->d_name + sizeof prefix - 1;
+    char *dot;
+    long pid = strtol(tag, &dot, 10);
+    if (dot == tag || *dot != '.' || pid <= 0 || pid == (long)getpid()) continue;
+    size_t nl = strlen(ns);
+    if (strncmp(dot + 1, ns, nl) != 0 || dot[1 + nl] != '-') continue;
+    if (kill((pid_t)pid, 0) == 0 || errno == EPERM) continue;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", root, e->d_name) >= (int)sizeof path) continue;
+    /* Only a directory of our own (not a link, nor another user's look-alike in a sticky /tmp). */
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) continue;
+    rm_tree(path);
+  }
+  closedir(d);
+}
+
 static int make_staging(uint64_t bytes) {
   const char *root = "/dev/shm";
   double need = (double)bytes * 1.1 + 64.0 * 1024 * 1024;
@@ -389,6 +418,7 @@ static int make_staging(uint64_t bytes) {
       ns[b - a - 1] = 0;
     }
   }
+  sweep_orphans(root, ns);
   if (snprintf(work, sizeof work, "%s/checkpt-restore-%d.%s-XXXXXX", root, (int)getpid(), ns) >= (int)sizeof work) return 0;
   if (!mkdtemp(work)) {
     work[0] = 0;

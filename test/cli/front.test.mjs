@@ -6,11 +6,15 @@ import assert from 'node:assert/strict';
 import {
   copyFileSync,
   existsSync,
+  mkdirSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { request as httpRequest } from 'node:http';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -144,6 +148,33 @@ test('the front restores a small server before Node starts; Node watches it, pas
   for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
     await sleep(50);
   assert.deepEqual(stagingLeft(copy.pid), [], 'the keeper removed the staging directory');
+});
+
+test('the front sweeps the staging that killed resumes left, and nothing else', async () => {
+  const { file, port } = await checkpointed('sweep');
+  const ns = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))[1];
+  const gone = spawnSync('true').pid; // a pid that no longer runs
+  const orphan = join('/dev/shm', `checkpt-restore-${gone}.${ns}-test`);
+  const owned = join('/dev/shm', `checkpt-restore-${process.pid}.${ns}-test`);
+  const link = join('/dev/shm', `checkpt-restore-${gone}.${ns}-link`);
+  const keep = join(dir, 'keep');
+  for (const d of [orphan, owned, keep]) {
+    mkdirSync(d, { recursive: true });
+    writeFileSync(join(d, 'x.img'), 'x');
+  }
+  symlinkSync(keep, link);
+  const copy = resumeCommand(file, join(dir, 'sweep.trace'));
+  try {
+    assert.equal((await answers(port, copy)).gen, 1);
+    assert.ok((await marksBy(join(dir, 'sweep.trace'), 'adopt')).includes('adopt'));
+    assert.ok(!existsSync(orphan), "the dead resume's directory is gone");
+    assert.ok(existsSync(join(owned, 'x.img')), "a running owner's directory stays");
+    assert.ok(existsSync(join(keep, 'x.img')), 'a link is not followed');
+  } finally {
+    copy.kill('SIGTERM');
+    await copy.closed;
+    for (const p of [orphan, owned, link]) rmSync(p, { recursive: true, force: true });
+  }
 });
 
 test('a lazy resume (48 MiB) through the front: the copy answers, and its memory all arrives', async () => {
