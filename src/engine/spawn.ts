@@ -63,7 +63,7 @@ const SIGNAL: Record<number, NodeJS.Signals> = Object.fromEntries(
 export function spawnFast(file: string, args: string[], opts: SpawnOptions): Child {
   const a = spawnAddon();
   if (!a) return spawnNode(file, args, opts);
-  return new FastChild(a, file, args, opts);
+  return FastChild.start(a, file, args, opts);
 }
 
 /**
@@ -72,7 +72,7 @@ export function spawnFast(file: string, args: string[], opts: SpawnOptions): Chi
  */
 export function adoptChild(pid: number, fds: ReadonlyArray<number | null>): Child | undefined {
   const a = spawnAddon();
-  return a ? new FastChild(a, '', [], { stdio: [] }, { pid, fds }) : undefined;
+  return a ? FastChild.adopt(a, pid, fds) : undefined;
 }
 
 /** How a command run to its end ended: child_process.spawnSync's status, signal and error. */
@@ -171,22 +171,29 @@ class FastChild extends EventEmitter implements Child {
   private closesGot = 0;
   private exited = false;
 
-  constructor(
-    a: SpawnAddon,
-    file: string,
-    args: string[],
-    opts: SpawnOptions,
-    adopt?: { pid: number; fds: ReadonlyArray<number | null> },
-  ) {
+  private constructor() {
     super();
-    if (adopt) {
-      this.pid = adopt.pid;
-      this.stdio = adopt.fds.map((fd) =>
-        fd === null ? null : new Socket({ fd, readable: true, writable: false }),
-      );
-      this.watchEnd(a);
-      return;
-    }
+  }
+
+  /** `file` started now. */
+  static start(a: SpawnAddon, file: string, args: string[], opts: SpawnOptions): FastChild {
+    const c = new FastChild();
+    c.launch(a, file, args, opts);
+    return c;
+  }
+
+  /** A child started before this process's exec, watched from now on (our ends of its fds). */
+  static adopt(a: SpawnAddon, pid: number, fds: ReadonlyArray<number | null>): FastChild {
+    const c = new FastChild();
+    c.pid = pid;
+    c.stdio = fds.map((fd) =>
+      fd === null ? null : new Socket({ fd, readable: true, writable: false }),
+    );
+    c.watchEnd(a);
+    return c;
+  }
+
+  private launch(a: SpawnAddon, file: string, args: string[], opts: SpawnOptions): void {
     const env = opts.env ?? process.env;
     const fds: number[] = [];
     const theirs: number[] = [];
