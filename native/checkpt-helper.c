@@ -1339,7 +1339,7 @@ static int cmd_dump(int argc, char **argv) {
       } else if (!strcmp(r.script, "pre-dump") && async) {
         /* Only now does the program block on its channel: it ran through CRIU's start-up. */
         const char *freeze = "{\"t\":\"freeze\"}\n";
-        /* Node's start beside CRIU while the program is frozen lengthened the pause by a third. */
+        /* Node's start beside CRIU while the program is frozen lengthened the pause by half. */
         wait_worker_ready(ready[0], kill_at - now_ms());
         if (write(3, freeze, strlen(freeze)) < 0) ok = 0;
         else {

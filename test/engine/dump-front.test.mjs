@@ -1,6 +1,6 @@
 // checkpoint()'s dump front (checkpt-helper dump --async) with real CRIU: the program is told to
 // block for the freeze only once the packing worker has loaded (Node's start beside a frozen
-// program lengthened its pause by a third), and a worker that never says so delays the
+// program lengthened its pause by half), and a worker that never says so delays the
 // checkpoint, bounded, without failing it. The program is a shell script that reads its control
 // FIFO as the API does; the worker, a stand-in that records when it says it is ready.
 import assert from 'node:assert/strict';
