@@ -1204,17 +1204,12 @@ static int cmd_dump(int argc, char **argv) {
      * packs at this priority anyway (src/common/procfs.ts, lowerPriority). */
     if (async && setpriority(PRIO_PROCESS, 0, 10) < 0) { /* it only costs the pause some time */ }
     char fdarg[16], readyarg[16];
-    int r = dup(go[0]); /* the one end the worker keeps */
-    if (r < 0) _exit(127);
+    int r = dup(go[0]), w = async ? dup(ready[1]) : 0; /* the ends the worker keeps */
+    if (r < 0 || w < 0) _exit(127);
     snprintf(fdarg, sizeof fdarg, "%d", r);
-    if (async) {
-      int w = dup(ready[1]);
-      if (w < 0) _exit(127);
-      snprintf(readyarg, sizeof readyarg, "%d", w);
-      execl(node, node, script, job, "--go-fd", fdarg, "--ready-fd", readyarg, (char *)NULL);
-    } else {
-      execl(node, node, script, job, "--go-fd", fdarg, (char *)NULL);
-    }
+    snprintf(readyarg, sizeof readyarg, "%d", w);
+    char *args[] = {node, script, job, "--go-fd", fdarg, async ? "--ready-fd" : NULL, readyarg, NULL};
+    execv(node, args);
     fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", node, strerror(errno));
     _exit(127);
   }

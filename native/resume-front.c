@@ -368,7 +368,6 @@ static uint64_t mem_available(void) {
   return kb * 1024;
 }
 
-/* src/engine/staging.ts: /dev/shm when it and free memory have ample room, else the temp dir. */
 /*
  * staging.ts sweepOrphans: the staging directories in `root` of restores whose checkpt, in this
  * PID namespace, no longer runs (killed with SIGKILL, it removed nothing). Node's resumes swept
@@ -378,6 +377,7 @@ static void sweep_orphans(const char *root, const char *ns) {
   DIR *d = opendir(root);
   if (!d) return;
   static const char prefix[] = "checkpt-restore-";
+  size_t nl = strlen(ns);
   struct dirent *e;
   while ((e = readdir(d))) {
     if (strncmp(e->d_name, prefix, sizeof prefix - 1) != 0) continue;
@@ -385,7 +385,6 @@ static void sweep_orphans(const char *root, const char *ns) {
     char *dot;
     long pid = strtol(tag, &dot, 10);
     if (dot == tag || *dot != '.' || pid <= 0 || pid == (long)getpid()) continue;
-    size_t nl = strlen(ns);
     if (strncmp(dot + 1, ns, nl) != 0 || dot[1 + nl] != '-') continue;
     if (kill((pid_t)pid, 0) == 0 || errno == EPERM) continue;
     char path[PATH_MAX];
@@ -398,6 +397,7 @@ static void sweep_orphans(const char *root, const char *ns) {
   closedir(d);
 }
 
+/* src/engine/staging.ts: /dev/shm when it and free memory have ample room, else the temp dir. */
 static int make_staging(uint64_t bytes) {
   const char *root = "/dev/shm";
   double need = (double)bytes * 1.1 + 64.0 * 1024 * 1024;

@@ -17,6 +17,7 @@ import { listenForPostDump } from './post-dump.js';
 import { lowerPriority, processTree, signalQuietly } from '../common/procfs.js';
 import { writeFailed } from './write-failed.js';
 import { useNativeSha256 } from './native.js';
+import { closeFdQuietly } from '../image/io.js';
 
 const CONTROL_FD = 3;
 
@@ -176,15 +177,6 @@ async function exitAfterPacking(
   }
 }
 
-/** Closing the fd says it: the front reads end-of-file, as it does if this process ends. */
-function sayReady(fd: number): void {
-  try {
-    closeSync(fd);
-  } catch {
-    // Already closed: nothing else holds it.
-  }
-}
-
 async function main(): Promise<void> {
   const jobFile = process.argv[2];
   const goFd = Number(process.argv[process.argv.indexOf('--go-fd') + 1]);
@@ -199,9 +191,9 @@ async function main(): Promise<void> {
     // The file's SHA-256 without node:crypto (~10 ms to load, after CRIU).
     useNativeSha256();
     const front = awaitFront(goFd, job);
-    // checkpoint(): the front lets CRIU freeze the program only after this, once Node's start-up
-    // has run its course (its first turn of the event loop), so it never shares the pause.
-    if (readyFd !== undefined) setImmediate(() => sayReady(readyFd));
+    // checkpoint(): the front lets CRIU freeze the program only once this fd is closed, after
+    // Node's start-up has run its course (its first turn of the event loop): never in the pause.
+    if (readyFd !== undefined) setImmediate(() => closeFdQuietly(readyFd));
     if (job.exit) await exitAfterPacking(job, version.text, front);
     else {
       const ended = await front;
