@@ -34,6 +34,8 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <ftw.h>
+#include <libgen.h>
 #include <limits.h>
 #include <dlfcn.h>
 #include <errno.h>
@@ -1128,11 +1130,67 @@ static void wait_worker_ready(int fd, long left) {
 }
 
 /*
+ * How CRIU ended ("criu STATUS MS", "timeout MS", "blocked WHY"): a line on the worker's pipe, or,
+ * with no worker (go = -1), a message on the control FIFO (fd 3) to the program, which packs.
+ */
+static void say_end(int go, const char *word) {
+  char line[192];
+  int n = go >= 0 ? snprintf(line, sizeof line, "%s\n", word)
+                  : snprintf(line, sizeof line, "{\"t\":\"front\",\"said\":\"%s\"}\n", word);
+  if (write(go >= 0 ? go : 3, line, (size_t)n) < 0) { /* the reader is gone: nobody to tell */ }
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st; (void)flag; (void)ftw;
+  if (remove(path) < 0) { /* what cannot go stays for the next sweep (staging.ts) */ }
+  return 0;
+}
+
+/* How often the front looks whether a program packing its own file is done, or gone. */
+#define TIDY_POLL_MS 50
+
+/*
+ * A program that packs its own file (no worker) may die before it is done: then the front removes
+ * what it left, the staging directory `work` (only a checkpt-dump-* one) and the temporary file
+ * `tmp` (a file already renamed into place stays). Done is the program removing its control FIFO;
+ * the front looks until then, the program's end, or `bound_ms`.
+ */
+static void tidy_after(pid_t pid, int pidfd, const char *fifo, const struct stat *fifo_st,
+                       const char *work, const char *tmp, long bound_ms) {
+  long until = now_ms() + bound_ms;
+  for (;;) {
+    struct stat st;
+    if (stat(fifo, &st) < 0 || st.st_ino != fifo_st->st_ino || st.st_dev != fifo_st->st_dev) return;
+    int gone;
+    if (pidfd >= 0) {
+      struct pollfd p = {pidfd, POLLIN, 0};
+      gone = poll(&p, 1, TIDY_POLL_MS) == 1;
+    } else {
+      gone = kill(pid, 0) < 0 && errno == ESRCH;
+      if (!gone) poll(NULL, 0, TIDY_POLL_MS);
+    }
+    if (gone) break;
+    if (now_ms() >= until) return;
+  }
+  if (tmp && unlink(tmp) < 0) { /* never made, or already in place */ }
+  char copy[PATH_MAX];
+  if (work && snprintf(copy, sizeof copy, "%s", work) < (int)sizeof copy &&
+      !strncmp(basename(copy), "checkpt-dump-", 13))
+    nftw(work, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  /* And its channel, which staging.ts would otherwise sweep at the next checkpoint. */
+  if (unlink(fifo) == 0 && snprintf(copy, sizeof copy, "%s", fifo) < (int)sizeof copy)
+    rmdir(dirname(copy));
+}
+
+/*
  * checkpt-helper dump --pid P --fifo PATH --timeout-ms N [--async]
  *                    [--post-dump-sock PATH --post-dump-timeout-ms N]
- *                    --worker NODE SCRIPT JOB -- CRIU dump ARGS...
+ *                    [--worker NODE SCRIPT JOB | --work-dir DIR --tmp FILE] -- CRIU dump ARGS...
  * The front of a checkpoint, started by the program itself (it detaches from the program's tree at
- * once). The packing worker (Node) starts loading right away, in parallel. CRIU runs as `criu
+ * once). The packing worker (Node) starts loading right away, in parallel. Without --worker
+ * (checkpt() of a plain file: the program packs it itself) there is none, and the last word goes
+ * on the FIFO as {"t":"front","said":"..."}; should the program die before it is done, the front
+ * removes its --work-dir and --tmp (tidy_after). CRIU runs as `criu
  * swrk` and gets one DUMP request with what ARGS say (dump_opts_from_argv); without --async, only
  * once the program blocks on its control FIFO. The front answers CRIU's notifications itself:
  * "pre-dump" (--async: the program runs on through CRIU's start-up) writes {"t":"freeze"} on fd 3,
@@ -1150,6 +1208,7 @@ static int cmd_dump(int argc, char **argv) {
   long timeout = 0; /* checkpt always gives it: its default lives in src/common/config.ts */
   long post_dump_ms = 0;
   char *node = NULL, *script = NULL, *job = NULL, *fifo = NULL, *post_dump_sock = NULL;
+  char *work = NULL, *tmp = NULL;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
     if (!strcmp(argv[i], "--async")) { async = 1; continue; }
@@ -1163,10 +1222,16 @@ static int cmd_dump(int argc, char **argv) {
     else if (!strcmp(argv[i], "--fifo")) fifo = argv[++i];
     else if (!strcmp(argv[i], "--post-dump-sock")) post_dump_sock = argv[++i];
     else if (!strcmp(argv[i], "--post-dump-timeout-ms")) post_dump_ms = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--work-dir")) work = argv[++i];
+    else if (!strcmp(argv[i], "--tmp")) tmp = argv[++i];
     else { fprintf(stderr, "checkpt-helper dump: unknown option %s\n", argv[i]); return EXIT_USAGE; }
   }
-  if (pid <= 0 || !fifo || !node || timeout <= 0 || i >= argc || (post_dump_sock && post_dump_ms <= 0)) {
-    fprintf(stderr, "usage: checkpt-helper dump --pid P --fifo PATH --timeout-ms MS [--async] [--post-dump-sock PATH --post-dump-timeout-ms MS] --worker NODE SCRIPT JOB -- criu dump ...\n");
+  /* Only a program that waits for the whole checkpoint can pack the file itself. */
+  int self = !node;
+  if (pid <= 0 || !fifo || timeout <= 0 || i >= argc || (post_dump_sock && post_dump_ms <= 0) ||
+      (self && (async || post_dump_sock)) || (!self && (work || tmp))) {
+    fprintf(stderr, "usage: checkpt-helper dump --pid P --fifo PATH --timeout-ms MS [--async] [--post-dump-sock PATH --post-dump-timeout-ms MS] [--worker NODE SCRIPT JOB] -- criu dump ...\n"
+                    "  (without --worker: neither --async nor --post-dump-sock; --work-dir and --tmp only without it)\n");
     return EXIT_USAGE;
   }
   char **criu_argv = argv + i;
@@ -1193,13 +1258,15 @@ static int cmd_dump(int argc, char **argv) {
   if (d > 0) _exit(0);
   setsid();
   signal(SIGPIPE, SIG_IGN);
+  /* Before anything can end the program: its pid is then never another's. */
+  int prog_pidfd = self ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
 
-  int go[2], ready[2] = {-1, -1};
-  if (pipe2(go, O_CLOEXEC) < 0) die("pipe");
+  int go[2] = {-1, -1}, ready[2] = {-1, -1};
+  if (!self && pipe2(go, O_CLOEXEC) < 0) die("pipe");
   if (async && pipe2(ready, O_CLOEXEC) < 0) die("pipe");
-  pid_t worker = fork();
+  pid_t worker = self ? 0 : fork();
   if (worker < 0) die("fork worker");
-  if (worker == 0) {
+  if (!self && worker == 0) {
     /* checkpoint(): Node's start-up would share the CPU with CRIU while the program is frozen; it
      * packs at this priority anyway (src/common/procfs.ts, lowerPriority). */
     if (async && setpriority(PRIO_PROCESS, 0, 10) < 0) { /* it only costs the pause some time */ }
@@ -1213,14 +1280,14 @@ static int cmd_dump(int argc, char **argv) {
     fprintf(stderr, "checkpt-helper: cannot run %s: %s\n", node, strerror(errno));
     _exit(127);
   }
-  close(go[0]);
+  if (!self) close(go[0]);
   if (async) close(ready[1]);
   char line[128];
   /* With --async the program runs on until CRIU's pre-dump notification tells it to block. */
   int b = async ? 1 : wait_blocked(pid, &fifo_st, deadline - now_ms(), 500);
   if (b != 1) {
-    int n = snprintf(line, sizeof line, "blocked %s\n", b < 0 ? "vanished" : "timeout");
-    if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone: it reports nothing either way */ }
+    say_end(self ? -1 : go[1], b < 0 ? "blocked vanished" : "blocked timeout");
+    if (self) tidy_after(pid, prog_pidfd, fifo, &fifo_st, work, tmp, timeout);
     return 0;
   }
 
@@ -1382,9 +1449,10 @@ static int cmd_dump(int argc, char **argv) {
   if (!told && ok) {
     if (write(3, DUMPED, strlen(DUMPED)) < 0) { /* the program is gone */ }
   }
-  int n = timed_out ? snprintf(line, sizeof line, "timeout %ld\n", ms)
-                    : snprintf(line, sizeof line, "criu %d %ld\n", status, ms);
-  if (write(go[1], line, (size_t)n) < 0) { /* the worker is gone */ }
+  if (timed_out) snprintf(line, sizeof line, "timeout %ld", ms);
+  else snprintf(line, sizeof line, "criu %d %ld", status, ms);
+  say_end(self ? -1 : go[1], line);
+  if (self) tidy_after(pid, prog_pidfd, fifo, &fifo_st, work, tmp, timeout);
   return 0;
 }
 

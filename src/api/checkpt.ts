@@ -12,6 +12,7 @@ import { networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { criuVersion } from '../engine/criu.js';
 import { dumpFrontCommand } from '../engine/helper.js';
+import { packHere, packsHere } from '../engine/pack-here.js';
 import { noLockWarning, releaseLocksAfter, tcpModeFor } from '../engine/netlock.js';
 import {
   imagesDirOf,
@@ -87,6 +88,8 @@ interface Session {
   ctlDir: string;
   workDir: string;
   channel: ControlChannel;
+  /** Set when this program packs the file itself (pack-here.ts): the front starts no worker. */
+  packJob?: DumpJob;
 }
 
 /**
@@ -108,6 +111,9 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
       let msg: ControlMessage | undefined;
       try {
         msg = s.channel.readSync();
+        // The original: CRIU is done and the file is ours to write (a resumed copy hears "restored").
+        if (msg?.t === 'front' && s.packJob)
+          msg = { t: 'ok', file: target, ...packHere(s.packJob, msg.said) };
       } finally {
         finish(s);
       }
@@ -280,7 +286,8 @@ function begin(
     writeFileSync(jobFile, JSON.stringify(job), { mode: 0o600 });
     mkdirSync(imagesDirOf(workDir), { mode: 0o700 });
     prepareIdentity();
-    const front = dumpFrontCommand(job, jobFile, fifo, mode);
+    const packer = packsHere(job, mode) ? 'program' : 'worker';
+    const front = dumpFrontCommand(job, jobFile, fifo, mode, packer);
     const log = openSync(join(workDir, 'worker.log'), 'w', 0o600);
     // The front makes the FIFO and holds it open, then detaches: it must not be our child, or CRIU
     // would dump it along with us. One process start, before anything is frozen.
@@ -295,7 +302,9 @@ function begin(
         { cause: r.error },
       );
     channel = ControlChannel.open(fifo);
-    return { target, tmp: job.tmp, ctlDir, workDir, channel };
+    const s: Session = { target, tmp: job.tmp, ctlDir, workDir, channel };
+    if (packer === 'program') s.packJob = job;
+    return s;
   } catch (e) {
     channel?.close();
     rmSync(ctlDir, { recursive: true, force: true });

@@ -443,7 +443,7 @@ function stopped(pid: number): boolean {
 /** `criu dump` run by checkpt itself (from outside the program): nothing when it worked, else why not. */
 export async function dump(req: DumpRequest): Promise<void> {
   const r = await startDump(req).result;
-  await checkDump(shellStatus(r), r.timedOut, req.workDir, req.timeoutMs, r.stderr);
+  checkDump(shellStatus(r), r.timedOut, req.workDir, req.timeoutMs, r.stderr);
 }
 
 /** `criu dump` started for a caller that acts while it runs (checkpoint and exit's post-dump step). */
@@ -470,6 +470,19 @@ export async function readLog(file: string, lines = LOG_TAIL_LINES): Promise<Cri
   } catch {
     return { tail: '' };
   }
+  return logOf(text, lines);
+}
+
+/** readLog() where nothing else could run meanwhile: a failed dump's short log. */
+function readLogSync(file: string, lines = LOG_TAIL_LINES): CriuLog {
+  try {
+    return logOf(readFileSync(file, 'utf8'), lines);
+  } catch {
+    return { tail: '' };
+  }
+}
+
+function logOf(text: string, lines: number): CriuLog {
   const useful = usefulLines(text);
   const reason = firstError(useful.join('\n'));
   const tail = useful.slice(-lines).join('\n');
@@ -527,15 +540,16 @@ export function tcpDumpArgs(tcp: TcpMode): string[] {
 }
 
 /** Turns how `criu dump` ended into nothing (it worked) or the CheckptError that says why not. */
-export async function checkDump(
+export function checkDump(
   status: number | null,
   timedOut: boolean,
   workDir: string,
   timeoutMs: number,
   stderr = '',
-): Promise<void> {
+): void {
   if (status === 0 && !timedOut) return;
-  const { tail, reason } = await readLog(join(workDir, DUMP_LOG));
+  // Synchronous: checkpt() reads it inside the call that the program waits on.
+  const { tail, reason } = readLogSync(join(workDir, DUMP_LOG));
   // The front interrupted CRIU only after its grace, and said what held the program that long.
   const late = /^checkpt: (CRIU still held the program .*)$/m.exec(stderr)?.[1];
   if (timedOut)

@@ -4,18 +4,18 @@
  * and reports on fd 3, the FIFO's write end. If it and the front die, the process reads EOF.
  */
 import { closeSync, read, readFileSync, rmSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
-import { frontRecipe } from './front.js';
 import { CheckptError } from '../common/errors.js';
-import { checkDump, criuVersion } from './criu.js';
-import type { ControlMessage, DumpJob, Manifest } from './job.js';
+import { criuVersion } from './criu.js';
+import { checkFront, frontEnd, type FrontEnd } from './dump-end.js';
+import { packedManifest } from './packed-manifest.js';
+import { imagesDirOf, type ControlMessage, type DumpJob } from './job.js';
 import { compressImages } from '../image/compress.js';
 import { dirBytes, writeImage } from '../image/format.js';
 import { readKeyFile } from '../image/key.js';
 import { dropEmptyLock, dumpLock, type DumpLock } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
 import { lowerPriority, processTree, signalQuietly } from '../common/procfs.js';
-import { writeFailed } from './write-failed.js';
+import { packingFailed, writeFailed } from './write-failed.js';
 import { useNativeSha256 } from './native.js';
 import { closeFdQuietly } from '../image/io.js';
 
@@ -39,63 +39,22 @@ function awaitFront(fd: number, job: DumpJob): Promise<FrontEnd> {
           return more();
         }
         closeSync(fd);
-        ended();
+        try {
+          resolve(frontEnd(text, job));
+        } catch (err) {
+          reject(err);
+        }
       });
-    const ended = (): void => {
-      const [word, a, b] = text.trim().split(' ');
-      if (word === 'criu') resolve({ status: Number(a), timedOut: false, ms: Number(b) });
-      else if (word === 'timeout') resolve({ status: null, timedOut: true, ms: Number(a) });
-      else if (word === 'blocked' && a === 'timeout')
-        reject(
-          new CheckptError(
-            'ETIMEOUT',
-            `Process ${job.pid} did not wait on its checkpoint channel within ${job.timeoutMs} ms; nothing was written and it keeps running.`,
-          ),
-        );
-      else
-        reject(
-          new CheckptError(
-            'EHELPER',
-            `The checkpoint front (checkpt-helper dump) ended before it said how CRIU ended (${text.trim() || 'it said nothing'}); nothing was written and the program keeps running.`,
-          ),
-        );
-    };
     more();
   });
 }
 
-function readQuietly(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
-type FrontEnd = { status: number | null; timedOut: boolean; ms: number };
-
-/** CRIU's end as the front saw it: nothing when the dump worked, else the error that says why. */
-async function checkFront(job: DumpJob, ended: FrontEnd): Promise<void> {
-  // CRIU's own stderr (a CRIU that fails before it opens its log) went to the worker's log.
-  const stderr = ended.status === 0 ? '' : readQuietly(join(job.workDir, 'worker.log'));
-  await checkDump(ended.status, ended.timedOut, job.workDir, job.timeoutMs, stderr);
-}
-
 /** Packs CRIU's images into the checkpoint file; resolves with its size once it is durable. */
 async function pack(job: DumpJob, criu: string, dumpMs: number, lock?: DumpLock): Promise<number> {
-  const imagesDir = join(job.workDir, 'images');
+  const imagesDir = imagesDirOf(job.workDir);
   // On a small machine the program would otherwise wait for CPU while its image is packed.
   if (job.background) lowerPriority();
-  const manifest: Manifest = {
-    ...job.manifest,
-    criu,
-    imageBytes: dirBytes(imagesDir),
-    dumpMs: Math.round(dumpMs),
-  };
-  // What `checkpt inspect` and `checkpt unlock` need: the table holding the connections.
-  if (lock?.holds) manifest.networkLock = lock.table;
-  const front = frontRecipe(manifest, imagesDir);
-  if (front !== undefined) manifest.front = front;
+  const manifest = packedManifest(job, criu, dumpMs, lock);
   // Into a store, each new chunk is compressed alone: a whole compressed image would not dedup.
   const store = job.store !== undefined && job.keyFile === undefined ? job.store : undefined;
   if (job.compress && store === undefined && (await compressImages(imagesDir)) > 0) {
@@ -142,13 +101,13 @@ async function exitAfterPacking(
     ended.catch(() => undefined); // awaited below; it may fail while the images are awaited
     const ready = await Promise.race([hook.dumped.then(() => true), ended.then(() => false)]);
     if (!ready) {
-      await checkFront(job, await ended);
+      checkFront(job, await ended);
       throw new CheckptError(
         'EHELPER',
         "CRIU finished without running checkpt's post-dump step; nothing was written and the program keeps running.",
       );
     }
-    const images = join(job.workDir, 'images');
+    const images = imagesDirOf(job.workDir);
     const lock = dumpLock(images);
     let bytes: number;
     try {
@@ -164,7 +123,7 @@ async function exitAfterPacking(
     if (last.status !== 0 || last.timedOut) {
       // CRIU failed after the file was written (it then resumes the program): no half-done exit.
       rmSync(job.target, { force: true });
-      await checkFront(job, last);
+      checkFront(job, last);
     }
     removeStaging(job);
     send({ t: 'ok', bytes, file: job.target });
@@ -197,20 +156,13 @@ async function main(): Promise<void> {
     if (job.exit) await exitAfterPacking(job, version.text, front);
     else {
       const ended = await front;
-      await checkFront(job, ended);
+      checkFront(job, ended);
       const bytes = await pack(job, version.text, ended.ms);
       removeStaging(job);
       send({ t: 'ok', bytes, file: job.target });
     }
   } catch (e) {
-    const err =
-      e instanceof CheckptError
-        ? e
-        : new CheckptError(
-            'EIO',
-            `Writing the checkpoint failed: ${(e as Error).message}. Nothing was written to ${job.target}; the program keeps running.`,
-            { cause: e },
-          );
+    const err = packingFailed(e, job.target);
     const msg: ControlMessage = { t: 'err', code: err.code, message: err.message };
     if (err.logTail !== undefined) msg.logTail = err.logTail;
     if (err.errno !== undefined) msg.errno = err.errno;

@@ -65,6 +65,7 @@ export function dumpFrontCommand(
   jobFile: string,
   fifo: string,
   mode: 'sync' | 'async',
+  packer: 'worker' | 'program' = 'worker',
 ): Command {
   const criu = dumpCommand({
     pid: job.pid,
@@ -103,10 +104,11 @@ export function dumpFrontCommand(
             String(job.timeoutMs),
           ]
         : []),
-      '--worker',
-      process.execPath,
-      dumpWorkerPath,
-      jobFile,
+      // A program that packs its own file (pack-here.ts) needs no worker; should it die before
+      // it is done, the front removes what it left.
+      ...(packer === 'worker'
+        ? ['--worker', process.execPath, dumpWorkerPath, jobFile]
+        : ['--work-dir', job.workDir, '--tmp', job.tmp]),
       '--',
       ...argvOf(criu),
     ],

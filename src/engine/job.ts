@@ -93,6 +93,8 @@ export interface Manifest extends ManifestBase {
 export type ControlMessage =
   | { t: 'freeze' }
   | { t: 'dumped' }
+  /** The dump front's last word when the program packs the file itself (dump-end.ts). */
+  | { t: 'front'; said: string }
   | { t: 'ok'; bytes: number; file: string }
   | { t: 'err'; code: string; message: string; logTail?: string; errno?: string }
   | { t: 'restored'; generation: number; image: string; restoredAt: string };

@@ -356,7 +356,7 @@ async function dumpThenExit(
     ]).finally(unwatch);
     if (!dumped) {
       const r = await run.result;
-      await checkDump(shellStatus(r), r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
+      checkDump(shellStatus(r), r.timedOut, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
       throw new CheckptError(
         'EDUMP',
         `CRIU finished the dump without asking whether the checkpoint was kept; nothing was written and the program keeps running. Is the native helper (${helperPath()}) up to date? Run 'npx checkpt build' (npm run build in a checkout).`,
@@ -366,7 +366,7 @@ async function dumpThenExit(
     if (run.timedOut()) {
       hook.verdict(false);
       const r = await run.result;
-      await checkDump(shellStatus(r), true, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
+      checkDump(shellStatus(r), true, dumpReq.workDir, dumpReq.timeoutMs, r.stderr);
     }
     // Packing is ours to time, not CRIU's: killing CRIU now would leave sockets in repair mode.
     run.stopTimer();

@@ -25,3 +25,13 @@ export function writeFailed(e: unknown, target: string, imageBytes: number): Che
     { cause: e, path: target },
   );
 }
+
+/** Anything else that went wrong while packing, said as EIO; a CheckptError stays as it is. */
+export function packingFailed(e: unknown, target: string): CheckptError {
+  if (e instanceof CheckptError) return e;
+  return new CheckptError(
+    'EIO',
+    `Writing the checkpoint failed: ${(e as Error)?.message ?? String(e)}. Nothing was written to ${target}; the program keeps running.`,
+    { cause: e, path: target },
+  );
+}

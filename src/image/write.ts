@@ -4,7 +4,7 @@ import { crypto } from '../common/builtin.js';
 import { blake3, blake3Available } from '../common/blake3.js';
 import { CHUNK_HASH } from '../common/config.js';
 import { sha256, type Sha256 } from '../common/sha256.js';
-import { constants as fsc, fstatSync, readdirSync, statSync } from 'node:fs';
+import { constants as fsc, fstatSync, readdirSync, statSync, type Dirent } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CheckptError } from '../common/errors.js';
 import {
@@ -82,12 +82,12 @@ export interface WriteOptions {
   direct?: boolean;
 }
 
-interface SourceFile {
+export interface SourceFile {
   name: string;
   path: string;
 }
 
-function encodeManifest(manifest: object): Buffer {
+export function encodeManifest(manifest: object): Buffer {
   if (typeof manifest !== 'object' || manifest === null || Array.isArray(manifest)) {
     throw new TypeError('checkpoint manifest must be a plain object');
   }
@@ -126,23 +126,36 @@ async function listSources(
     } catch (e) {
       throw ioError(`listing ${source.dir}`, source.dir, e);
     }
-    for (const d of dirents) {
-      const path = join(source.dir, d.name);
-      if (!d.isFile()) {
-        const kind = d.isDirectory() ? 'a directory' : d.isSymbolicLink() ? 'a symlink' : 'special';
-        throw new CheckptError(
-          'EIO',
-          `${path} is ${kind}, not a regular file; the directory to pack must contain only files`,
-          { path },
-        );
-      }
-      found.push({ name: d.name, path });
-    }
-    found.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    found.push(...filesOf(source.dir, dirents));
   }
+  return checkedSources(found, source.dir);
+}
+
+/** A directory's entries to pack, sorted by name: only regular files. */
+export function filesOf(dir: string, dirents: Dirent[]): SourceFile[] {
+  const found = dirents.map((d) => fileOf(dir, d));
+  return found.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/** A directory's entry to pack: only a regular file. */
+function fileOf(dir: string, d: Dirent): SourceFile {
+  const path = join(dir, d.name);
+  if (!d.isFile()) {
+    const kind = d.isDirectory() ? 'a directory' : d.isSymbolicLink() ? 'a symlink' : 'special';
+    throw new CheckptError(
+      'EIO',
+      `${path} is ${kind}, not a regular file; the directory to pack must contain only files`,
+      { path },
+    );
+  }
+  return { name: d.name, path };
+}
+
+/** The files to pack, if they are not too many and their names can be stored. */
+export function checkedSources(found: SourceFile[], dir: string): SourceFile[] {
   if (found.length > MAX_ENTRIES) {
     throw new CheckptError('EIO', `${found.length} files to pack; the limit is ${MAX_ENTRIES}`, {
-      path: source.dir,
+      path: dir,
     });
   }
   const seen = new Set<string>();
@@ -181,25 +194,20 @@ async function openEntry(path: string, ops: FileOps): Promise<{ fh: PackHandle; 
 }
 
 /** What every format's body starts with: u32 manifest length, the manifest, u32 entry count. */
-async function putBodyHead(
-  out: ChunkWriter,
-  manifest: Buffer,
-  entries: number,
-  store?: string,
-): Promise<void> {
+export function bodyHead(manifest: Buffer, entries: number, store?: string): Buffer {
   const length = Buffer.alloc(4);
   length.writeUInt32BE(manifest.length, 0);
-  await out.put(length);
-  await out.put(manifest);
+  const parts = [length, manifest];
   if (store !== undefined) {
     const name = Buffer.from(store, 'utf8');
     const len = Buffer.alloc(2);
     len.writeUInt16BE(name.length, 0);
-    await out.put(Buffer.concat([len, name]));
+    parts.push(len, name);
   }
   const count = Buffer.alloc(4);
   count.writeUInt32BE(entries, 0);
-  await out.put(count);
+  parts.push(count);
+  return Buffer.concat(parts);
 }
 
 class ChunkWriter {
@@ -314,16 +322,21 @@ export async function createTemp(
       const fh = await ops.open(tmp, flags, 0o600);
       return { fh, tmp };
     } catch (e) {
-      const code = errnoOf(e);
-      if (code === 'EEXIST' && given === undefined && attempt < 5) continue;
-      const targetProblem = ['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EROFS'];
-      throw new CheckptError(
-        code !== undefined && targetProblem.includes(code) ? 'ETARGET' : 'EIO',
-        `cannot create a file in ${dir} (${messageOf(e)}); check that the directory exists and is writable`,
-        { cause: e, path: dir },
-      );
+      if (errnoOf(e) === 'EEXIST' && given === undefined && attempt < 5) continue;
+      throw tempFailed(e, dir);
     }
   }
+}
+
+/** Why no new file could be made in `dir`: ETARGET when the directory is the problem. */
+export function tempFailed(e: unknown, dir: string): CheckptError {
+  const code = errnoOf(e);
+  const targetProblem = ['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'EROFS'];
+  return new CheckptError(
+    code !== undefined && targetProblem.includes(code) ? 'ETARGET' : 'EIO',
+    `cannot create a file in ${dir} (${messageOf(e)}); check that the directory exists and is writable`,
+    { cause: e, path: dir },
+  );
 }
 
 /** fsyncs a directory, so that a rename in it lasts; EIO with `inPlace` when it cannot. */
@@ -333,19 +346,24 @@ export async function syncDir(dir: string, ops: FileOps = pooledOps): Promise<vo
     fh = await ops.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
     await fh.sync();
   } catch (e) {
-    // Some filesystems cannot fsync a directory at all; there is nothing more to do there.
-    if (errnoOf(e) !== 'EINVAL' && errnoOf(e) !== 'ENOTSUP') {
-      const err = ioError(
-        `syncing directory ${dir} (the checkpoint file is in place but may not be durable)`,
-        dir,
-        e,
-      );
-      err.inPlace = true;
-      throw err;
-    }
+    const err = dirSyncFailed(e, dir);
+    if (err) throw err;
   } finally {
     await closeQuietly(fh);
   }
+}
+
+/** A directory's failed fsync as EIO with `inPlace`, or nothing where it cannot be done at all. */
+export function dirSyncFailed(e: unknown, dir: string): CheckptError | undefined {
+  // Some filesystems cannot fsync a directory at all; there is nothing more to do there.
+  if (errnoOf(e) === 'EINVAL' || errnoOf(e) === 'ENOTSUP') return undefined;
+  const err = ioError(
+    `syncing directory ${dir} (the checkpoint file is in place but may not be durable)`,
+    dir,
+    e,
+  );
+  err.inPlace = true;
+  return err;
 }
 
 /**
@@ -401,11 +419,7 @@ export async function writeImage(
   }
   // BLAKE3 tables where the file has them (plain, memory in the file) and the addon works here.
   const useBlake3 =
-    version === 2 &&
-    sealing === undefined &&
-    store === undefined &&
-    (options.chunkHash ?? CHUNK_HASH.get() ?? (blake3Available() ? 'blake3' : 'sha256')) ===
-      'blake3';
+    version === 2 && sealing === undefined && store === undefined && wantsBlake3(options.chunkHash);
   if (useBlake3) prefix.writeUInt32BE(FLAG_BLAKE3, 12);
   const { fh, tmp } = await createTemp(absTarget, options.tmp, ops);
   let bytes: number;
@@ -431,7 +445,7 @@ export async function writeImage(
         out = new ChunkWriter(fh, 0, CHUNK);
         await out.put(prefix);
       }
-      await putBodyHead(out, manifestBytes, sources.length);
+      await out.put(bodyHead(manifestBytes, sources.length));
       for (const s of sources) {
         let src: PackHandle | undefined;
         try {
@@ -467,13 +481,13 @@ export async function writeImage(
 }
 
 /** How a memory entry is cut: its codec, decoded size and each chunk's stored length. */
-interface Cut {
+export interface Cut {
   codec: number;
   decoded: number;
   lengths: number[];
 }
 
-function cutOf(fd: number, name: string, size: number, chunk: number): Cut {
+export function cutOf(fd: number, name: string, size: number, chunk: number): Cut {
   if (name.endsWith('.zst')) {
     const frames = scanFrames(fd, size, chunk);
     if (frames !== undefined) {
@@ -485,7 +499,7 @@ function cutOf(fd: number, name: string, size: number, chunk: number): Cut {
   return { codec: CODEC_NONE, decoded: size, lengths };
 }
 
-interface Table {
+export interface Table {
   cut: Cut;
   hashes: Buffer[];
   /** Bytes per chunk (decoded), as the table says; 0 for a store's (cut by content). */
@@ -596,7 +610,7 @@ async function writeV2(
           for (let k = i; k < i + n; k++) {
             const l = cut.lengths[k] ?? 0;
             const bytes = buf.subarray(from, from + l);
-            hashes.push(b3 ? blake3(bytes) : sha256().update(bytes).digest());
+            hashes.push(chunkDigest(bytes, b3));
             from += l;
           }
           out = [buf];
@@ -628,52 +642,19 @@ async function writeV2(
     ? new ChunkWriter(fh, position, chunkSize, rebound(sealing, Buffer.concat([head, dataLen])))
     : new ChunkWriter(fh, position, CHUNK, undefined, prefix);
   try {
-    await putBodyHead(out, manifestBytes, sources.length, store && basename(store.dir));
+    await out.put(bodyHead(manifestBytes, sources.length, store && basename(store.dir)));
     for (const s of sources) {
-      const name = Buffer.from(s.name, 'utf8');
-      const nameHead = Buffer.alloc(2 + name.length + 1);
-      nameHead.writeUInt16BE(name.length, 0);
-      name.copy(nameHead, 2);
       const table = tables.get(s.name);
-      if (table?.stored === true) {
-        nameHead[2 + name.length] = KIND_STORED;
-        const { cut, hashes } = table;
-        const t = Buffer.alloc(8 + 4 + cut.lengths.length * 36);
-        t.writeBigUInt64BE(BigInt(cut.decoded), 0);
-        t.writeUInt32BE(cut.lengths.length, 8);
-        cut.lengths.forEach((len, i) => {
-          t.writeUInt32BE(len, 12 + i * 36);
-          hashes[i]?.copy(t, 12 + i * 36 + 4);
-        });
-        await out.put(Buffer.concat([nameHead, t]));
-        continue;
-      }
       if (table) {
-        nameHead[2 + name.length] = KIND_CHUNKED;
-        const { cut, hashes, chunk } = table;
-        const row = sealing ? 4 : 4 + 32;
-        const t = Buffer.alloc(1 + 4 + 8 + 4 + cut.lengths.length * row);
-        t[0] = cut.codec;
-        t.writeUInt32BE(chunk, 1);
-        t.writeBigUInt64BE(BigInt(cut.decoded), 5);
-        t.writeUInt32BE(cut.lengths.length, 13);
-        cut.lengths.forEach((len, i) => {
-          t.writeUInt32BE(len, 17 + i * row);
-          hashes[i]?.copy(t, 17 + i * row + 4);
-        });
-        await out.put(Buffer.concat([nameHead, t]));
+        await out.put(tableRow(s.name, table, sealing !== undefined));
         continue;
       }
       let src: PackHandle | undefined;
       try {
         const opened = await openEntry(s.path, ops);
         src = opened.fh;
-        const fileSize = opened.size;
-        nameHead[2 + name.length] = KIND_INLINE;
-        const size = Buffer.alloc(8);
-        size.writeBigUInt64BE(BigInt(fileSize), 0);
-        await out.put(Buffer.concat([nameHead, size]));
-        await out.copyFrom(src, fileSize, s.path);
+        await out.put(inlineRow(s.name, opened.size));
+        await out.copyFrom(src, opened.size, s.path);
       } catch (e) {
         throw ioError(`packing ${s.path}`, s.path, e);
       } finally {
@@ -685,6 +666,59 @@ async function writeV2(
     await out.settle();
     throw e;
   }
+}
+
+/** INDEX's ENTRY up to its kind (layout.ts). */
+function rowHead(name: string, kind: number): Buffer {
+  const bytes = Buffer.from(name, 'utf8');
+  const head = Buffer.alloc(2 + bytes.length + 1);
+  head.writeUInt16BE(bytes.length, 0);
+  bytes.copy(head, 2);
+  head[2 + bytes.length] = kind;
+  return head;
+}
+
+/** INDEX's ENTRY for a file stored whole after it (kind 0): its head and size. */
+export function inlineRow(name: string, size: number): Buffer {
+  const sized = Buffer.alloc(8);
+  sized.writeBigUInt64BE(BigInt(size), 0);
+  return Buffer.concat([rowHead(name, KIND_INLINE), sized]);
+}
+
+/** INDEX's ENTRY for a memory image: its chunk table (kind 1), or its store's (kind 2). */
+export function tableRow(name: string, table: Table, sealed: boolean): Buffer {
+  const { cut, hashes } = table;
+  if (table.stored === true) {
+    const t = Buffer.alloc(8 + 4 + cut.lengths.length * 36);
+    t.writeBigUInt64BE(BigInt(cut.decoded), 0);
+    t.writeUInt32BE(cut.lengths.length, 8);
+    cut.lengths.forEach((len, i) => {
+      t.writeUInt32BE(len, 12 + i * 36);
+      hashes[i]?.copy(t, 12 + i * 36 + 4);
+    });
+    return Buffer.concat([rowHead(name, KIND_STORED), t]);
+  }
+  const row = sealed ? 4 : 4 + 32;
+  const t = Buffer.alloc(1 + 4 + 8 + 4 + cut.lengths.length * row);
+  t[0] = cut.codec;
+  t.writeUInt32BE(table.chunk, 1);
+  t.writeBigUInt64BE(BigInt(cut.decoded), 5);
+  t.writeUInt32BE(cut.lengths.length, 13);
+  cut.lengths.forEach((len, i) => {
+    t.writeUInt32BE(len, 17 + i * row);
+    hashes[i]?.copy(t, 17 + i * row + 4);
+  });
+  return Buffer.concat([rowHead(name, KIND_CHUNKED), t]);
+}
+
+/** Whether a plain file's chunk tables hold BLAKE3 digests (WriteOptions.chunkHash). */
+export function wantsBlake3(chunkHash: WriteOptions['chunkHash']): boolean {
+  return (chunkHash ?? CHUNK_HASH.get() ?? (blake3Available() ? 'blake3' : 'sha256')) === 'blake3';
+}
+
+/** A plain memory chunk's row digest: BLAKE3 with flags bit 2, else SHA-256. */
+export function chunkDigest(bytes: Buffer, b3: boolean): Buffer {
+  return b3 ? blake3(bytes) : sha256().update(bytes).digest();
 }
 
 async function readExactly(src: PackHandle, buf: Buffer, at: number, path: string): Promise<void> {

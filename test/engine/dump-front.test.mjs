@@ -22,8 +22,12 @@ IFS= read -r -u 3 line; echo "$EPOCHREALTIME $line" >> "$2"
 IFS= read -r -u 3 line; echo "$EPOCHREALTIME $line" >> "$2"
 `;
 
-/** One checkpoint() front over a real program and CRIU; what the program and worker recorded. */
-async function dumpWith(readyMs, timeoutMs) {
+/**
+ * One checkpoint() front over a real program and CRIU; what the program and worker recorded.
+ * `packer` 'program': checkpt()'s front for a program that packs its own file (no worker, no
+ * --async).
+ */
+async function dumpWith(readyMs, timeoutMs, packer = 'worker') {
   const dir = tempDir();
   try {
     const out = join(dir, 'out');
@@ -45,11 +49,9 @@ async function dumpWith(readyMs, timeoutMs) {
         fifo,
         '--timeout-ms',
         String(timeoutMs),
-        '--async',
-        '--worker',
-        process.execPath,
-        fixture('slow-worker.mjs'),
-        job,
+        ...(packer === 'worker'
+          ? ['--async', '--worker', process.execPath, fixture('slow-worker.mjs'), job]
+          : []),
         '--',
         ...argvOf(cmd),
       ],
@@ -59,7 +61,7 @@ async function dumpWith(readyMs, timeoutMs) {
     let lines = [];
     for (const end = Date.now() + 20_000; Date.now() < end; await sleep(50)) {
       lines = readFileSync(out, 'utf8').split('\n').filter(Boolean);
-      if (lines.some((l) => l.startsWith('go '))) break;
+      if (lines.some((l) => l.startsWith('go ') || l.includes('"front"'))) break;
     }
     const worker = Number(lines.find((l) => l.startsWith('worker '))?.split(' ')[1]);
     const at = (what) => {
@@ -68,6 +70,7 @@ async function dumpWith(readyMs, timeoutMs) {
     };
     const result = {
       lines,
+      said: lines.map((l) => /"t":"front","said":"([^"]*)"/.exec(l)?.[1]).find(Boolean),
       since: (t) => (t === undefined ? undefined : t - t0),
       ready: at('ready '),
       freeze: at('{"t":"freeze"}'),
@@ -108,5 +111,46 @@ describe("checkpoint()'s dump front and its packing worker", () => {
     assert.equal(r.ready, undefined);
     const waited = r.since(r.freeze);
     assert.ok(waited >= 1.5 && waited < 3, `the freeze came ${waited} s after the front started`);
+  });
+});
+
+describe("checkpt()'s dump front for a program that packs its own file", () => {
+  test("without a worker, the front says how CRIU ended on the program's own channel", async () => {
+    const r = await dumpWith(0, 20_000, 'program');
+    assert.match(r.said ?? '', /^criu 0 \d+$/, r.lines.join('\n'));
+    assert.ok(r.inventory, 'CRIU wrote its images');
+    // Nothing else came first: no freeze, no "dumped" (the program waits in one read).
+    assert.equal(r.lines.filter((l) => l.includes('{')).length, 1, r.lines.join('\n'));
+  });
+
+  test('a front without a worker refuses what only a worker can do', () => {
+    for (const extra of [
+      ['--async'],
+      ['--post-dump-sock', '/nowhere', '--post-dump-timeout-ms', '100'],
+    ]) {
+      const r = spawnSync(
+        helper,
+        [
+          'dump',
+          '--pid',
+          String(process.pid),
+          '--fifo',
+          '/nowhere/ctl',
+          '--timeout-ms',
+          '1000',
+          ...extra,
+          '--',
+          'criu',
+          'dump',
+          '-t',
+          String(process.pid),
+          '-D',
+          '/nowhere',
+        ],
+        { encoding: 'utf8', timeout: 5000 },
+      );
+      assert.equal(r.status, 126, `${extra[0]}: ${r.stderr}`); // EXIT_USAGE
+      assert.match(r.stderr, /without --worker: neither --async nor --post-dump-sock/);
+    }
   });
 });

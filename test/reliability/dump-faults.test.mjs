@@ -67,7 +67,7 @@ function remount(dir, opts) {
 }
 
 describe('faults while checkpointing', () => {
-  let dir, target, staging, faultDir, prog, base, keep, keepSha, tables;
+  let dir, target, staging, faultDir, prog, base, keep, keepSha, tables, env;
   const mounts = [];
   const setFault = (mode) => writeFileSync(join(faultDir, 'mode'), mode);
 
@@ -82,13 +82,14 @@ describe('faults while checkpointing', () => {
     mount(target, 'size=512m');
     mounts.push(target);
     setFault('');
-    prog = await driven({
+    env = {
       CHECKPT_CRIU: fakeCriu,
       CHECKPT_HELPER: fixture('fake-helper.sh'),
       REAL_HELPER: join(root, 'build', 'checkpt-helper'),
       FAULT_DIR: faultDir,
       CHECKPT_TMPDIR: staging,
-    });
+    };
+    prog = await driven(env);
     base = await prog.ask({ op: 'ping' });
     keep = join(target, 'keep.ckpt');
     const first = await prog.ask({ op: 'checkpt', file: keep });
@@ -302,37 +303,74 @@ describe('faults while checkpointing', () => {
         assert.match(r.message, /checkpt-helper was killed by SIGKILL/);
       });
 
-      test('the packing worker killed as it starts: EHELPER', async () => {
-        await faulted(op, 'EHELPER', () => signalWhen(roles.worker(staging)));
-      });
+      // checkpt() of a plain file has no worker: the program packs it itself.
+      if (op === 'checkpoint') {
+        test('the packing worker killed as it starts: EHELPER', async () => {
+          await faulted(op, 'EHELPER', () => signalWhen(roles.worker(staging)));
+        });
 
-      test('the packing worker killed while it writes the file: EHELPER, its temporary file removed', async () => {
-        // The write is short: when it ends before the kill lands, the new file replaced the old one
-        // whole (verify it), and the next try aims again.
-        const writing = () => readdirSync(target).some((f) => f.includes('.tmp-'));
-        for (let attempt = 1; ; attempt++) {
-          const pending = prog.ask({ op, file: keep });
-          const hit = signalWhen(roles.worker(staging), writing);
-          const r = await pending;
-          if (r.event === 'returned' && attempt < 4) {
-            await assertVerifies(keep);
-            keepSha = sha(keep);
-            base = await prog.ask({ op: 'ping' });
-            continue;
+        test('the packing worker killed while it writes the file: EHELPER, its temporary file removed', async () => {
+          // The write is short: when it ends before the kill lands, the new file replaced the old one
+          // whole (verify it), and the next try aims again.
+          const writing = () => readdirSync(target).some((f) => f.includes('.tmp-'));
+          for (let attempt = 1; ; attempt++) {
+            const pending = prog.ask({ op, file: keep });
+            const hit = signalWhen(roles.worker(staging), writing);
+            const r = await pending;
+            if (r.event === 'returned' && attempt < 4) {
+              await assertVerifies(keep);
+              keepSha = sha(keep);
+              base = await prog.ask({ op: 'ping' });
+              continue;
+            }
+            assert.ok(hit, 'killed the worker');
+            assert.equal(r.code, 'EHELPER', JSON.stringify(r));
+            await assertIntact(prog, base);
+            assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'no temporary file left');
+            assert.deepEqual(leftovers(staging), []);
+            // Killed between its rename and its report, the worker leaves the new file, whole.
+            if (sha(keep) !== keepSha) {
+              await assertVerifies(keep);
+              keepSha = sha(keep);
+            }
+            break;
           }
-          assert.ok(hit, 'killed the worker');
-          assert.equal(r.code, 'EHELPER', JSON.stringify(r));
-          await assertIntact(prog, base);
-          assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'no temporary file left');
-          assert.deepEqual(leftovers(staging), []);
-          // Killed between its rename and its report, the worker leaves the new file, whole.
-          if (sha(keep) !== keepSha) {
-            await assertVerifies(keep);
-            keepSha = sha(keep);
+        });
+      } else {
+        test('the program killed while it writes its own file: the front removes its temporary file and staging', async () => {
+          const file = join(target, 'victim.ckpt');
+          const writing = () => readdirSync(target).some((f) => f.startsWith('.victim.ckpt.tmp-'));
+          for (let attempt = 1; ; attempt++) {
+            const victim = await driven(env);
+            const pending = victim.ask({ op, file });
+            pending.catch(() => undefined); // it dies before it answers, or the try missed
+            const hit = signalWhen((x) => x.pid === victim.pid, writing);
+            if (!hit) {
+              const r = await pending;
+              assert.equal(r.event, 'returned', JSON.stringify(r));
+              assert.ok(attempt < 5, 'the program was never killed while it wrote');
+              killGroup(victim.p);
+              rmSync(file, { force: true });
+              continue;
+            }
+            const gone = (d) => !existsSync(join(runDir, d));
+            let left;
+            for (const end = Date.now() + 5000; Date.now() < end; await sleep(50)) {
+              left = {
+                target: leftovers(target, ['keep.ckpt', 'victim.ckpt']),
+                staging: leftovers(staging),
+                ctl: readdirSync(runDir).filter((d) => d.startsWith(`${victim.pid}.`) && !gone(d)),
+              };
+              if (!left.target.length && !left.staging.length && !left.ctl.length) break;
+            }
+            assert.deepEqual(left, { target: [], staging: [], ctl: [] }, 'the front tidied up');
+            // Killed after its rename, the program left the new file in place, whole.
+            if (existsSync(file)) await assertVerifies(file);
+            rmSync(file, { force: true });
+            break;
           }
-          break;
-        }
-      });
+        });
+      }
 
       test('the target directory becomes read-only mid-way: ETARGET', async () => {
         setFault(`run:mount -o remount,ro ${target}`);
