@@ -333,11 +333,11 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
   if (msg === undefined) {
     const log = readTail(join(s.workDir, 'worker.log'));
     rmSync(s.workDir, { recursive: true, force: true });
-    // The worker is gone (it held the FIFO): a file it was killed in the middle of writing stays.
+    // The worker (or the front) is gone, it held the FIFO: a file it was killed writing stays.
     rmSync(s.tmp, { force: true });
     throw new CheckptError(
       'EHELPER',
-      `The checkpoint worker exited without finishing; no checkpoint was written to ${s.target} and the program keeps running.${log ? ' Its last output: ' + log : ''}`,
+      `The checkpoint ${s.packJob ? 'front (checkpt-helper dump)' : 'worker'} exited without finishing; no checkpoint was written to ${s.target} and the program keeps running.${log ? ' Its last output: ' + log : ''}`,
       { path: s.target, logTail: log },
     );
   }

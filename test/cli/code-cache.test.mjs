@@ -200,11 +200,12 @@ test("a program's checkpoints: the first worker writes its code cache, the later
   const where = join(home, 'checkpt', 'compile-cache');
   const workerCaches = () =>
     readdirSync(where).filter((n) => n.startsWith('checkpt-commands-dump-worker-'));
-  // A program that checkpoints itself twice, then ends.
+  // A program that checkpoints itself twice, then ends; compressed, so that a worker packs each
+  // (a plain checkpt() file the program packs itself).
   const twice = async (tag) => {
     const files = [join(dir, `${tag}-1.ckpt`), join(dir, `${tag}-2.ckpt`)];
     const p = start(process.execPath, [fixture('twice.mjs'), ...files], {
-      env: { ...process.env, XDG_CACHE_HOME: home },
+      env: { ...process.env, XDG_CACHE_HOME: home, CHECKPT_COMPRESS: '1' },
     });
     await waitFor(p, (e) => e.event === 'done', `${tag}: both checkpoints`);
     assert.deepEqual(await within(p.closed, `${tag}: the program to end`), {

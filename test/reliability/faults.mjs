@@ -291,7 +291,14 @@ export function signalWhen(find, when = () => true, sig = 'SIGKILL', ms = 20_000
         v = undefined;
         continue;
       }
-      process.kill(v.pid, sig);
+      try {
+        process.kill(v.pid, sig);
+      } catch (e) {
+        // It exited between the look and the kill: as if it had been gone at the look.
+        if (e.code !== 'ESRCH') throw e;
+        v = undefined;
+        continue;
+      }
       return v;
     }
   }

@@ -124,7 +124,12 @@ function stopCriuAtItsTable(find, front, before, ms = 10_000) {
     while (Date.now() < deadline && running(criu.pid)) {
       const table = [...criuTables().keys()].find((n) => !before.has(n));
       if (table) {
-        process.kill(criu.pid, 'SIGSTOP');
+        try {
+          process.kill(criu.pid, 'SIGSTOP');
+        } catch (e) {
+          if (e.code === 'ESRCH') return undefined; // done meanwhile: the moment was missed
+          throw e;
+        }
         return { criu, table };
       }
     }
