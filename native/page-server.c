@@ -226,6 +226,18 @@ static void read_ctl_exact(void *buf, size_t n) {
   }
 }
 
+/* Rows of a chunk table read at once (64 KiB less a little). */
+#define ROWS_AT_ONCE 1820
+
+/*
+ * Zeroed memory for the plan's largest table, its pages populated in one call: first touches one
+ * by one trap on a 2-core guest (~40 µs each here, 400 for 2 GB of memory).
+ */
+static void *populated(size_t n) {
+  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
 static void read_plan(void) {
   uint8_t h[16];
   read_ctl_exact(h, sizeof h);
@@ -264,12 +276,16 @@ static void read_plan(void) {
     uint32_t codec = u32(b + 20);
     uint64_t at = u64(b + 24);
     if (codec > 1) fail("the plan from checkpt is out of bounds");
-    f->chunks = calloc(f->blocks + 1, sizeof *f->chunks);
-    uint8_t *table = malloc(f->blocks * 36 + 1);
-    if (!f->chunks || !table) fail("out of memory for the plan");
-    read_ctl_exact(table, f->blocks * 36);
+    f->chunks = populated((f->blocks + 1) * sizeof *f->chunks);
+    if (!f->chunks) fail("out of memory for the plan");
+    /* Row by row through one small buffer: no copy of the whole table to touch. */
+    static uint8_t table[ROWS_AT_ONCE * 36];
     for (uint64_t c = 0; c < f->blocks; c++) {
-      const uint8_t *r = table + c * 36;
+      if (c % ROWS_AT_ONCE == 0) {
+        uint64_t rows = f->blocks - c < ROWS_AT_ONCE ? f->blocks - c : ROWS_AT_ONCE;
+        read_ctl_exact(table, rows * 36);
+      }
+      const uint8_t *r = table + (c % ROWS_AT_ONCE) * 36;
       f->chunks[c].offset = at;
       f->chunks[c].stored = (uint32_t)r[0] << 24 | (uint32_t)r[1] << 16 | (uint32_t)r[2] << 8 | r[3];
       f->chunks[c].codec = codec;
@@ -277,7 +293,6 @@ static void read_plan(void) {
       if (f->chunks[c].stored > 2 * f->block + 65536) fail("the plan from checkpt is out of bounds");
       at += f->chunks[c].stored;
     }
-    free(table);
   }
   for (uint32_t i = 0; i < nentries; i++) {
     uint8_t b[32];
