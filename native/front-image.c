@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -527,6 +528,16 @@ static int cmp_u32(const void *a, const void *b) {
 #define NOMEM() say(why, wl, FRONT_IO, "out of memory")
 #define TAKE(dst, n) do { int r_ = seq_take(s, (dst), (n), why, wl); if (r_) return r_; } while (0)
 
+/*
+ * A memory entry's chunk table (36 bytes a chunk: 1.2 MB for 2 GB of memory), its pages populated
+ * in one call: touched one by one, each first touch traps on a 2-core guest (~40 µs here).
+ */
+static uint8_t *table_alloc(uint32_t count) {
+  void *p = mmap(NULL, count ? (size_t)count * ROW : 1, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
 /* A chunked entry's row after its kind (read.ts: chunkTable); *at is DATA used so far. */
 static int chunk_table(struct seq *s, struct front_image *img, size_t *memcap, const char *name,
                        size_t namelen, uint64_t *data_at, uint64_t *held, char *why, size_t wl) {
@@ -555,7 +566,7 @@ static int chunk_table(struct seq *s, struct front_image *img, size_t *memcap, c
   if (!grow((void **)&img->mem, memcap, img->nmem, sizeof *img->mem)) return NOMEM();
   struct front_mem *m = &img->mem[img->nmem];
   memset(m, 0, sizeof *m);
-  m->table = malloc(count ? (size_t)count * ROW : 1);
+  m->table = table_alloc(count);
   if (!m->table) return NOMEM();
   img->nmem++; /* owned by img from here on */
   memcpy(m->name, name, namelen + 1);
@@ -828,7 +839,8 @@ static int check_file(struct front_image *img, char *why, size_t wl) {
 
 void front_close(struct front_image *img) {
   if (img->fd >= 0) close(img->fd);
-  for (size_t i = 0; i < img->nmem; i++) free(img->mem[i].table);
+  for (size_t i = 0; i < img->nmem; i++)
+    munmap(img->mem[i].table, img->mem[i].count ? (size_t)img->mem[i].count * ROW : 1);
   for (size_t i = 0; i < img->ninl; i++) {
     free(img->inl[i].name);
     free(img->inl[i].data);
