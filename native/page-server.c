@@ -575,8 +575,10 @@ static int staged_fd = -1; /* eventfd: the checker staged a block */
  * among them. Each block is staged at most twice (in the file, then copied out). */
 static struct { uint32_t file; uint64_t block; } *done;
 static size_t done_cap, done_head, done_len;
-/* Set once the daemon asks for its first page: the copy runs, and the checkers' background work
- * yields to it (a checker found the copy waiting behind it on a 2-core machine). */
+/* Set once the daemon asks for its first page (the copy runs), or once what CRIU's restore reads
+ * itself is staged, unless the copy is held until every block is checked: the checkers'
+ * background work then yields to CRIU's restore and the copy (a checker found the copy waiting
+ * behind it on a 2-core machine, and CRIU's restore of 2 GB took up to twice its time beside it). */
 static int copy_runs;
 
 /* The background order: every block checked here, file by file (under lock). */
@@ -968,6 +970,12 @@ static void end_direct(void) {
   lease_sigfd = -1;
 }
 
+/* What CRIU's restore reads itself is staged: CRIU may start, and the background may yield. */
+static void eager_staged(void) {
+  if (held_left < 0) __atomic_store_n(&copy_runs, 1, __ATOMIC_RELAXED);
+  send_ctl(MSG_EAGER_STAGED, 0, 0);
+}
+
 /* Answers a STAGE request for block b of fi once the block is in its staged image. */
 static void report_if_staged(uint32_t fi, uint64_t b) {
   struct file *f = &files[fi];
@@ -979,7 +987,7 @@ static void report_if_staged(uint32_t fi, uint64_t b) {
   int eager = f->report[b] == 2;
   f->report[b] = 0;
   send_ctl(MSG_STAGED, fi, b);
-  if (eager && --eager_left == 0) send_ctl(MSG_EAGER_STAGED, 0, 0);
+  if (eager && --eager_left == 0) eager_staged();
 }
 
 /* Ends the hold without a verdict: a script still waiting reads end-of-file and fails its step. */
@@ -1077,7 +1085,7 @@ static void stage_eager(int stage_only) {
       report_if_staged(fi, b);
     }
   }
-  if (--eager_left == 0) send_ctl(MSG_EAGER_STAGED, 0, 0);
+  if (--eager_left == 0) eager_staged();
 }
 
 /* Answers the STAGE requests among the blocks staged since the last look. */
