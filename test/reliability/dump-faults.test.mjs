@@ -30,6 +30,7 @@ import { after, before } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import { criuHolds } from '../../dist/engine/criu-hold.js';
+import { signalQuietly } from '../../dist/common/procfs.js';
 import {
   HANG_GUARD_MS,
   assertIntact,
@@ -250,7 +251,7 @@ describe('faults while checkpointing', () => {
                 }
                 return criu;
               }
-              process.kill(criu.pid, 'SIGCONT');
+              signalQuietly(criu.pid, 'SIGCONT'); // it may have ended meanwhile
               return attempt >= 5 ? false : MISSED;
             },
             { timeout: 3000 },
@@ -281,7 +282,7 @@ describe('faults while checkpointing', () => {
             if (!criu) return false;
             const front = procs().find(roles.front(prog.pid, staging));
             if (!front || !stepCriuToTrap(criu, prog.pid, () => parasiteIn(prog.pid))) {
-              process.kill(criu.pid, 'SIGCONT');
+              signalQuietly(criu.pid, 'SIGCONT'); // it may have ended meanwhile
               return attempt >= 5 ? false : MISSED;
             }
             process.kill(front.pid, 'SIGKILL');

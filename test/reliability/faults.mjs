@@ -176,7 +176,7 @@ const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 
 /**
  * Lets `criu`, stopped by the caller, run a millisecond at a time until it holds `pid` at a trap
  * (criuHold), while `going()` holds and for at most two seconds. Leaves it stopped; true when
- * it stopped at a trap.
+ * it stopped at a trap, false when it did not (or ended meanwhile).
  */
 export function stepCriuToTrap(criu, pid, going) {
   const deadline = Date.now() + 2000;
@@ -187,9 +187,15 @@ export function stepCriuToTrap(criu, pid, going) {
       hold = criuHold(pid);
     }
     if (hold === 'trap') return true;
-    process.kill(criu.pid, 'SIGCONT');
-    pause(1);
-    process.kill(criu.pid, 'SIGSTOP');
+    try {
+      process.kill(criu.pid, 'SIGCONT');
+      pause(1);
+      process.kill(criu.pid, 'SIGSTOP');
+    } catch (e) {
+      // CRIU ended within its millisecond: the moment was missed.
+      if (e.code === 'ESRCH') return false;
+      throw e;
+    }
   }
   return false;
 }
