@@ -1632,6 +1632,7 @@ int main(int argc, char **argv) {
     return 0; /* every other action: nothing to do */
   }
   if (argc >= 3 && !strcmp(argv[1], "front")) return cmd_front(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "front-sockets")) return cmd_front_sockets(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "init")) return cmd_init(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "dump")) return cmd_dump(argc - 2, argv + 2);
   if (argc == 3 && !strcmp(argv[1], "unlock")) return cmd_unlock(argv[2]);

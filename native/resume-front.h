@@ -2,4 +2,6 @@
 #ifndef CHECKPT_RESUME_FRONT_H
 #define CHECKPT_RESUME_FRONT_H
 int cmd_front(int argc, char **argv);
+/* `checkpt-helper front-sockets`: the front's socket check alone, for the tests. */
+int cmd_front_sockets(int argc, char **argv);
 #endif

@@ -38,6 +38,7 @@ import {
   test,
   unitTest,
   waitFor,
+  within,
 } from '../helpers.mjs';
 
 const dir = tempDir();
@@ -207,23 +208,29 @@ test('CHECKPT_FRONT=0, another CHECKPT_ variable, or a port in use: Node resumes
     await copy.closed;
     rmSync(trace, { force: true });
   }
-  // Its port held by someone else: the front steps aside; Node resumes the copy, which takes the
-  // port over once it is free (the server uses checkpt's network resource).
-  const holder = createServer();
-  await new Promise((r) => holder.listen(port, '127.0.0.1', r));
-  const trace = join(dir, 'aside-busy.trace');
-  const copy = resumeCommand(file, trace, { CHECKPT_FRONT: 'debug' });
-  try {
-    const m = await marksBy(trace, 'extract');
-    assert.ok(m.includes('front') && !m.includes('adopt'), String(m));
-    assert.match(copy.stderrText, /leaves this resume to Node: a port/);
-  } finally {
-    holder.close();
+  // Its port held by someone else, on IPv4 or IPv6 (the front asks sock_diag for both families'
+  // listeners): the front steps aside; Node resumes the copy, which takes the port over once it
+  // is free (the server uses checkpt's network resource).
+  for (const host of ['127.0.0.1', '::']) {
+    const holder = createServer();
+    await within(
+      new Promise((r, j) => holder.once('error', j).listen(port, host, r)),
+      `a holder on ${host}`,
+    );
+    const trace = join(dir, `aside-busy-${host === '::' ? 'v6' : 'v4'}.trace`);
+    const copy = resumeCommand(file, trace, { CHECKPT_FRONT: 'debug' });
+    try {
+      const m = await marksBy(trace, 'extract');
+      assert.ok(m.includes('front') && !m.includes('adopt'), `${host}: ${m}`);
+      assert.match(copy.stderrText, /leaves this resume to Node: a port/, host);
+    } finally {
+      holder.close();
+    }
+    assert.equal((await answers(port, copy)).gen, 1);
+    copy.kill('SIGTERM');
+    await copy.closed;
+    assert.deepEqual(descendants(copy.pid), []);
   }
-  assert.equal((await answers(port, copy)).gen, 1);
-  copy.kill('SIGTERM');
-  await copy.closed;
-  assert.deepEqual(descendants(copy.pid), []);
 });
 
 test('a damaged file: the front leaves it to Node, which refuses it; nothing runs, nothing stays', async () => {
