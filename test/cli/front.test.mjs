@@ -196,6 +196,39 @@ test('a lazy resume (48 MiB) through the front: the copy answers, and its memory
   await copy.closed;
 });
 
+test('a lazy resume of thousands of separate runs of memory, read in a shuffled order: every page is right', async () => {
+  // Each page the copy touches is found among the image's page map entries (uffd-seek-index.patch
+  // in checkpt's CRIU build): a page from the wrong place, or a hole that is not zero, counts.
+  const port = await freePort();
+  const file = join(dir, 'sparse.ckpt');
+  const p = startNode(nodeBinaries()[0], fixture('server.mjs'), [
+    String(port),
+    file,
+    '--sync',
+    '--sparse',
+    '96',
+  ]);
+  await waitFor(p, (e) => e.event === 'listening', 'the server to listen');
+  const before = JSON.parse((await request(port, '/sparse')).body);
+  assert.deepEqual(before, { pages: 96 * 256, bad: 0 }, 'the original reads its own pages back');
+  assert.equal((await request(port, '/checkpoint', 'POST')).status, 202);
+  await waitFor(p, (e) => e.event === 'checkpointed' && e.r === 0, 'the checkpoint');
+  killGroup(p);
+  await p.closed;
+  const { manifest } = await readImageInfo(file, { allowPlain: true });
+  assert.ok(manifest.imageBytes > 32 * 2 ** 20, `${manifest.imageBytes} bytes: a lazy resume`);
+  const trace = join(dir, 'sparse.trace');
+  const copy = resumeCommand(file, trace);
+  try {
+    assert.equal((await answers(port, copy)).gen, 1);
+    assert.deepEqual(JSON.parse((await request(port, '/sparse')).body), before);
+    assert.ok((await marksBy(trace, 'adopt')).includes('front'), String(marks(trace)));
+  } finally {
+    copy.kill('SIGTERM');
+    await copy.closed;
+  }
+});
+
 test('CHECKPT_FRONT=0, another CHECKPT_ variable, or a port in use: Node resumes, as before', async () => {
   const { file, port } = await checkpointed('aside');
   for (const env of [{ CHECKPT_FRONT: '0' }, { CHECKPT_LAZY: '1' }]) {
