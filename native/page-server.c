@@ -903,7 +903,7 @@ static void stop_daemon_direct(void) {
   }
 }
 
-static void start_checker(int stage_only) {
+static void start_checker(int stage_only, int held) {
   load_codecs();
   if (!stage_only) take_lease();
   uint64_t total = 0;
@@ -915,9 +915,10 @@ static void start_checker(int stage_only) {
   staged_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (!urgent || !done || staged_fd < 0) fail("cannot start the checker (%s)", strerror(errno));
   /* Half the CPUs (1 to 4): the copy, CRIU and its daemon need the rest while it runs; all of
-   * them (up to 4) for staging before CRIU starts, when nothing else runs. */
+   * them (up to 4) for staging before CRIU starts, when nothing else runs, and for a small copy
+   * held until every block is checked: it runs none of its code before, and CRIU waits for it. */
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  long threads = stage_only ? (cpus > 4 ? 4 : cpus < 1 ? 1 : cpus) : cpus >= 8 ? 4 : cpus >= 4 ? cpus / 2 : 1;
+  long threads = stage_only || held ? (cpus > 4 ? 4 : cpus < 1 ? 1 : cpus) : cpus >= 8 ? 4 : cpus >= 4 ? cpus / 2 : 1;
   for (long i = 0; i < threads; i++) {
     pthread_t t;
     if (pthread_create(&t, NULL, checker, NULL)) fail("cannot start the checker thread");
@@ -1328,7 +1329,7 @@ int cmd_serve_pages(int stage_only, const char *pagemaps, const char *hold) {
     files[file].staged[blk] = 1;
   }
   if (!stage_only) share_states();
-  start_checker(stage_only);
+  start_checker(stage_only, hold != NULL);
   int daemon_open = !stage_only;
   for (;;) {
     serve_queue();
