@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "napi-min.h"
+#include "sock-diag.h"
 extern napi_status napi_create_string_utf8(napi_env env, const char *str, size_t length,
                                            napi_value *result);
 extern napi_status napi_get_null(napi_env env, napi_value *result);
@@ -93,20 +94,7 @@ static void address(struct text *t, const uint32_t *words, int n, uint16_t port_
 static int dump(struct text *t, uint8_t family, unsigned *row) {
   int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
   if (fd < 0) return -1;
-  struct {
-    struct nlmsghdr nlh;
-    struct inet_diag_req_v2 r;
-  } req;
-  memset(&req, 0, sizeof req);
-  req.nlh.nlmsg_len = sizeof req;
-  req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  req.nlh.nlmsg_seq = 1;
-  req.r.sdiag_family = family;
-  req.r.sdiag_protocol = IPPROTO_TCP;
-  req.r.idiag_states = ~0u;
-  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-  if (sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)sizeof req) {
+  if (sock_diag_ask(fd, family, ~0u, NULL)) {
     close(fd);
     return -1;
   }

@@ -20,6 +20,7 @@
 #include "resume-front.h"
 #include "front-image.h"
 #include "fdio.h"
+#include "sock-diag.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -366,32 +367,13 @@ static int same_address(const uint32_t *a, int an, const uint32_t *b, int bn) {
   return !memcmp(a, b, 16);
 }
 
-/* One sock_diag request for TCP sockets of `family`: a dump of the states in `states`, or (id
- * set) the lookup of one socket. */
-static int diag_ask(int fd, uint8_t family, uint32_t states, const struct inet_diag_sockid *id) {
-  struct {
-    struct nlmsghdr nlh;
-    struct inet_diag_req_v2 r;
-  } req;
-  memset(&req, 0, sizeof req);
-  req.nlh.nlmsg_len = sizeof req;
-  req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.nlh.nlmsg_flags = NLM_F_REQUEST | (id ? 0 : NLM_F_DUMP);
-  req.r.sdiag_family = family;
-  req.r.sdiag_protocol = IPPROTO_TCP;
-  req.r.idiag_states = states;
-  if (id) req.r.id = *id;
-  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-  return sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) == (ssize_t)sizeof req ? 0 : -1;
-}
-
 static long diag_buf[8192];
 
 /* 1 when a TCP socket of `family` listens on the port of one of the image's listeners, 0 when none
  * does, -1 when netlink cannot tell. Asked for LISTEN alone, the kernel walks only its listening
  * table. On ports alone where planSockets compares addresses too: Node decides any such case. */
 static int listener_in_way(int fd, uint8_t family, const struct recipe *r) {
-  if (diag_ask(fd, family, 1u << TCP_LISTEN, NULL)) return -1;
+  if (sock_diag_ask(fd, family, 1u << TCP_LISTEN, NULL)) return -1;
   int found = 0;
   for (;;) {
     ssize_t n;
@@ -427,7 +409,7 @@ static int connection_in_use(int fd, const struct image_sock *k, const struct if
   if (!ifs[0].if_index) return -1;
   for (const struct if_nameindex *i = ifs; i->if_index; i++) {
     id.idiag_if = i->if_index;
-    if (diag_ask(fd, n == 1 ? AF_INET : AF_INET6, ~0u, &id)) return -1;
+    if (sock_diag_ask(fd, n == 1 ? AF_INET : AF_INET6, ~0u, &id)) return -1;
     ssize_t got;
     do got = recv(fd, diag_buf, sizeof diag_buf, 0); while (got < 0 && errno == EINTR);
     const struct nlmsghdr *h = (struct nlmsghdr *)diag_buf;

@@ -107,6 +107,7 @@ const headers = [
   'front-image.h',
   'fdio.h',
   'publish.h',
+  'sock-diag.h',
   'blake3/blake3.h',
   'blake3/blake3_impl.h',
 ]
