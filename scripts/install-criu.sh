@@ -11,8 +11,8 @@
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 #
-# checkpt's build differs from Debian's in ten things: it is built without GnuTLS (below), and
-# nine patches (scripts/criu-patches/):
+# checkpt's build differs from Debian's in eleven things: it is built without GnuTLS (below), and
+# ten patches (scripts/criu-patches/):
 # - CRIU keeps its cache of kernel probes (40-70 ms at each start without it) in $kdat_dir, on
 #   tmpfs everywhere, containers included, instead of /run, which is not tmpfs in most containers
 #   (CRIU then keeps none). kdat-cache-owner.patch makes CRIU use a cache only when the file and
@@ -35,6 +35,9 @@
 #   glibc (__rseq_offset, __rseq_size: CRIU's own code for kernels without the ptrace request), and
 #   restore and lazy-pages keep the cache's answer on PTRACE_GET_RSEQ_CONFIGURATION, instead of
 #   asking a forked, ptraced child at each start: 3-10 ms of each of a resume's two CRIU starts.
+# - uffd-remove-race.patch: the lazy-pages daemon no longer ends when a range the program gave
+#   back (MADV_DONTNEED) was unmapped and mapped again before it read the event (an exited
+#   thread's stack taken by a new thread); it drops the range's pending pages as before.
 # - uffd-seek-index.patch: the lazy-pages daemon finds a request's pagemap entry by a binary
 #   search instead of walking every entry before it (a 2 GB Node heap has 8,000 and more) at each
 #   page fault and each background transfer.
@@ -47,7 +50,7 @@ home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=11
+recipe=12
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }
