@@ -344,6 +344,45 @@ test("checked blocks are shared with CRIU's daemon; a writer waits for the daemo
   assert.deepEqual(errors, []);
 });
 
+test('the background walk checks a file from its end: the top of the address space comes first', async (t) => {
+  // 16 MiB in 256 blocks, each check slowed: the walk is caught part of the way.
+  const { root, file } = await checkpointFile(t, { mib: 16 });
+  const map = join(root, 'staged.map');
+  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
+  let served;
+  try {
+    served = await serve(root, file, undefined, { stagedMap: map });
+  } finally {
+    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
+  }
+  const { ps, daemon, errors, staged } = served;
+  t.after(async () => {
+    daemon.destroy();
+    await staged.close().catch(() => undefined);
+  });
+  const checked = () =>
+    readMap(map)
+      .files[0].states.map((s, b) => (s && b > 0 ? b : -1))
+      .filter((b) => b >= 0);
+  const deadline = Date.now() + 10_000;
+  while (checked().length < 4) {
+    assert.ok(Date.now() < deadline, `the walk checked ${checked().length} blocks in 10 s`);
+    await sleep(20);
+  }
+  const got = checked();
+  const blocks = readMap(map).files[0].states.length;
+  assert.ok(got.includes(blocks - 1), `the last block is among the first checked: ${got}`);
+  assert.ok(
+    got.every((b) => b >= blocks / 2),
+    `only blocks of the file's second half so far: ${got}`,
+  );
+  const bye = readBytes(daemon, 4);
+  daemon.write(iov(CLOSE, 0, 0, 0));
+  assert.deepEqual(await bye, Buffer.alloc(4));
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
+});
+
 test('a checkpoint file someone holds open for writing is not sent from: its chunks are staged, checked, as before', async (t) => {
   const { root, file, memory } = await checkpointFile(t);
   // No read lease while a writer has the file open: the server must not send from it.
