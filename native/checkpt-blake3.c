@@ -8,6 +8,10 @@
  * The hash is the reference C implementation (native/blake3/, CC0 or Apache-2.0, from the blake3
  * 1.3.1 crate as Debian bookworm ships it in librust-blake3-dev), which picks SSE2, SSE4.1, AVX2
  * or AVX-512 at run time. Built without node-gyp or Node's headers, as the other addons.
+ *
+ * checkpt_blake3 is the same hash for C: CRIU's lazy-pages daemon loads this file with dlopen
+ * (CHECKPT_BLAKE3_LIB, scripts/criu-patches/staged-local-reads.patch) to check a page fault's
+ * block itself. Node's functions above are bound lazily, so it loads outside Node too.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,6 +19,14 @@
 
 #include "blake3/blake3.h"
 #include "napi-min.h"
+
+__attribute__((visibility("default"))) void checkpt_blake3(const void *data, size_t len,
+                                                           uint8_t out[BLAKE3_OUT_LEN]) {
+  blake3_hasher h;
+  blake3_hasher_init(&h);
+  blake3_hasher_update(&h, data, len);
+  blake3_hasher_finalize(&h, out, BLAKE3_OUT_LEN);
+}
 
 static napi_value boolean(napi_env env, bool v) {
   napi_value r = NULL;
@@ -30,10 +42,7 @@ static napi_value hash(napi_env env, napi_callback_info info) {
       !napi_bytes_of(env, a[0], 0, &data, &len) ||
       !napi_bytes_of(env, a[1], BLAKE3_OUT_LEN, &out, &out_len))
     return boolean(env, false);
-  blake3_hasher h;
-  blake3_hasher_init(&h);
-  blake3_hasher_update(&h, data, len);
-  blake3_hasher_finalize(&h, out, BLAKE3_OUT_LEN);
+  checkpt_blake3(data, len, out);
   return boolean(env, true);
 }
 

@@ -123,20 +123,6 @@ static void relay_signals(void) {
   for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaction(relayed[k], &sa, NULL);
 }
 
-/* For the bench (CHECKPT_BENCH_TRACE, as src/common/trace.ts): appends `STEP EPOCH_MS`. */
-static void bench_trace(const char *step) {
-  const char *file = getenv("CHECKPT_BENCH_TRACE");
-  if (!file || !*file) return;
-  struct timespec t;
-  clock_gettime(CLOCK_REALTIME, &t);
-  int fd = open(file, O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd < 0) return;
-  char line[96];
-  int n = snprintf(line, sizeof line, "%s %lld.%03ld\n", step, (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000, (t.tv_nsec / 1000) % 1000);
-  if (write(fd, line, (size_t)n) < 0) { /* a measurement aid only */ }
-  close(fd);
-}
-
 static void mkdirs(const char *path) {
   char buf[4096];
   if (strlen(path) >= sizeof buf) die("path too long");

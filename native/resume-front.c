@@ -87,7 +87,7 @@ static int img_open;
 static volatile sig_atomic_t stopping;
 
 /* CHECKPT_BENCH_TRACE: the moments the bench reads (src/common/trace.ts writes the same lines). */
-static void trace(const char *name) {
+void bench_trace(const char *name) {
   const char *f = getenv("CHECKPT_BENCH_TRACE");
   if (!f || !*f) return;
   struct timespec t;
@@ -779,7 +779,12 @@ static void keeper(int pk, int report, int held) {
   snprintf(staged_map, sizeof staged_map, "CHECKPT_STAGED_MAP=%s/staged.map", work);
   snprintf(pdeath, sizeof pdeath, "CHECKPT_CRIU_PDEATHSIG=%d", (int)getpid());
   snprintf(hold_sock, sizeof hold_sock, "%s/hold.sock", work);
-  char *daemon_extra[] = {staged_map, pdeath, "CRIU_FAULT=130", NULL};
+  /* checkpt's BLAKE3 beside this helper, for the daemon to check a fault's block itself. */
+  char blake3_lib[PATH_MAX + 32];
+  const char *slash = strrchr(self, '/');
+  snprintf(blake3_lib, sizeof blake3_lib, "CHECKPT_BLAKE3_LIB=%.*s/checkpt-blake3.node",
+           slash ? (int)(slash - self) : 1, slash ? self : ".");
+  char *daemon_extra[] = {staged_map, pdeath, "CRIU_FAULT=130", blake3_lib, NULL};
   char **daemon_env = env_with(daemon_extra);
   char *daemon_argv[] = {(char *)CRIU, "lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log", "-v2",
                          "--status-fd", "3", "--page-server", "--ps-socket", "4", NULL};
@@ -884,7 +889,7 @@ static void keeper(int pk, int report, int held) {
     if (p[3].revents) {
       char c;
       ready = read(status[0], &c, 1) == 1 ? 1 : -1;
-      trace("k-daemon");
+      bench_trace("k-daemon");
       close(status[0]);
       status[0] = -1;
       if (ready < 0) ready = 0, dstatus = dstatus < 0 ? 255 : dstatus;
@@ -896,8 +901,8 @@ static void keeper(int pk, int report, int held) {
       for (; mlen - at >= MSG_SIZE; at += MSG_SIZE) {
         uint32_t type;
         memcpy(&type, msgs + at, 4);
-        if (type == MSG_EAGER_STAGED) eager = 1, trace("k-eager");
-        else if (type == MSG_ALL_CHECKED) checked = 1, trace("k-checked");
+        if (type == MSG_EAGER_STAGED) eager = 1, bench_trace("k-eager");
+        else if (type == MSG_ALL_CHECKED) checked = 1, bench_trace("k-checked");
         /* A block the server cannot check itself: only Node's reader could, and it is not here. */
         else if (type == MSG_NEED && !failed) {
           failed = 1;
@@ -1109,7 +1114,7 @@ int cmd_front(int argc, char **argv) {
   script = argv[0];
   node_args = argv + 1;
   node_argc = argc - 1;
-  trace("front");
+  bench_trace("front");
   if (!applies()) fallback_because("not a plain `checkpt -r FILE` by root, off a terminal, without CHECKPT_ variables");
   if (!own_criu()) fallback_because("checkpt's own CRIU build is not at /opt/checkpt/criu (or was changed since it was built)");
   ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -1147,7 +1152,7 @@ int cmd_front(int argc, char **argv) {
   struct stat st;
   if (fstat(img.fd, &st) != 0 || !make_staging((uint64_t)st.st_size)) fallback_because("no staging directory could be made");
   if (front_extract(&img, images, why, sizeof why) != FRONT_OK) fallback_because(why);
-  trace("extracted");
+  bench_trace("extracted");
   int held = page_bytes < LAZY_MIN_BYTES;
   if (held && count_pagemaps() != 1) fallback_because("a small image of more than one process (loaded eagerly)");
   if (!sockets_clear(&r)) fallback_because("a port of its sockets is in use on this host (Node plans them)");
@@ -1155,7 +1160,7 @@ int cmd_front(int argc, char **argv) {
   prepare_kdat();
   int pk[2], report[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pk) || socketpair(AF_UNIX, SOCK_STREAM, 0, report)) fallback_because("no socket pair");
-  trace("lazy-pages");
+  bench_trace("lazy-pages");
   pid_t keeper_pid = fork();
   if (keeper_pid < 0) fallback_because("no fork");
   if (keeper_pid == 0) {
@@ -1178,7 +1183,7 @@ int cmd_front(int argc, char **argv) {
     if (stopping) stopped_exit();
     fallback_because("the lazy-pages daemon or the page server did not start (no userfaultfd here?)");
   }
-  trace("daemon-ready");
+  bench_trace("daemon-ready");
   int status[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, status)) {
     stop_now(pk[0], keeper_pid, 0);
@@ -1186,7 +1191,7 @@ int cmd_front(int argc, char **argv) {
     fallback_because("no socket pair");
   }
   fcntl(status[0], F_SETFD, FD_CLOEXEC);
-  trace("helper");
+  bench_trace("helper");
   pid_t helper = start_helper(&r, held, status[1]);
   close(status[1]);
   if (helper < 0 || !read_line(status[0], line, sizeof line, -1) || strncmp(line, "restored ", 9) != 0 || stopping) {
@@ -1198,7 +1203,7 @@ int cmd_front(int argc, char **argv) {
     /* CRIU failed: Node resumes again and, failing the same way, says why. */
     fallback_because("CRIU could not restore the copy");
   }
-  trace("status-restored");
+  bench_trace("status-restored");
   say(pk[0], "over %d", (int)helper);
   close(pk[0]);
   /* Node's start takes the machine the copy needs for its first steps (its first answer came
@@ -1207,7 +1212,7 @@ int cmd_front(int argc, char **argv) {
    * after NODE_AFTER_MS. */
   struct pollfd wait_for[2] = {{.fd = status[0], .events = POLLIN}, {.fd = report[0], .events = POLLIN}};
   if (poll(wait_for, 2, NODE_AFTER_MS) < 0 && errno != EINTR) { /* Node starts now, then */ }
-  trace("node");
+  bench_trace("node");
   if (stopping && nheld < 16) held_sigs[nheld++] = stopping;
   signal(SIGPIPE, SIG_DFL);
   /* Node takes over: the helper's status socket and the keeper's report stay open across exec. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import {
+  BLAKE3_LIB,
   CRIU_BREAKPOINTS,
   CRIU_PDEATHSIG,
   DEBUG,
@@ -15,7 +16,7 @@ import { rootless } from '../common/privilege.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
 import { criuHolds } from './criu-hold.js';
 import { ioUringAdvice } from './iouring.js';
-import { helperPath } from './native.js';
+import { helperPath, native } from './native.js';
 import { prepareKdatDir } from './kdat.js';
 import { criuPath, criuSource, ownCriuHome, type CriuSource } from './paths.js';
 import { grantedCriu, grantedCriuPath } from './grant.js';
@@ -243,9 +244,18 @@ export function lazyPagesCommand(
     dirs: { images: imagesDir, work: workDir, log: LAZY_PAGES_LOG },
     args,
     dieWithUs: true,
-    // Checked blocks the daemon may read itself (checkpt's CRIU build; others ignore it).
-    ...(pageServer && stagedMap !== undefined ? { env: { [STAGED_MAP.name]: stagedMap } } : {}),
+    // Checked blocks the daemon may read itself, and the BLAKE3 to check a fault's block with
+    // (checkpt's CRIU build; others ignore both).
+    ...(pageServer && stagedMap !== undefined
+      ? { env: { [STAGED_MAP.name]: stagedMap, ...blake3Library() } }
+      : {}),
   });
+}
+
+/** checkpt's BLAKE3 addon for the daemon, where there is one that works. */
+function blake3Library(): Record<string, string> {
+  const path = native('checkpt-blake3.node', true).found?.path;
+  return path === undefined ? {} : { [BLAKE3_LIB.name]: path };
 }
 
 /** `criu check`, or `criu check --feature NAME`. */

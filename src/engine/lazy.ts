@@ -1,8 +1,7 @@
-import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import { BENCH_TRACE, LAZY } from '../common/config.js';
+import { LAZY } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
 import { trace } from '../common/trace.js';
@@ -158,7 +157,6 @@ export function startLazyPages(
     daemon.status?.once('data', () => {
       listening = true;
       const done = exited.then(async ({ code, signal }) => {
-        if (stagedMap !== undefined) traceLocalPages(stagedMap);
         if (pageServer) {
           // The server ends with the daemon's end of the socket: a failed read stopped the daemon,
           // and that failure is the reason, not its death.
@@ -189,20 +187,3 @@ export function startLazyPages(
 /** The file of checked blocks in the staging directory (native/page-server.c, share_states). */
 export const STAGED_MAP_FILE = 'staged.map';
 
-/** Where the map's header keeps the pages the daemon read itself (u64, native/page-server.c). */
-const LOCAL_PAGES_AT = 32;
-
-/** For the bench's trace: how many pages the daemon read from checked blocks itself. */
-function traceLocalPages(stagedMap: string): void {
-  if (BENCH_TRACE.get() === undefined) return;
-  let fd: number | undefined;
-  try {
-    fd = openSync(stagedMap, 'r');
-    const b = Buffer.alloc(8);
-    if (readSync(fd, b, 0, 8, LOCAL_PAGES_AT) === 8) trace(`local-pages-${b.readBigUInt64LE(0)}`);
-  } catch {
-    // No map (no server, or no room for it): the daemon asked the server for every page.
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
-}

@@ -169,6 +169,37 @@ describe('lazy restore', () => {
     assert.ok(tree.every(ended), tree.map((p) => describeTree(p)).join('\n'));
   });
 
+  test("blocks the page server has not checked yet: CRIU's daemon checks a fault's block itself", async () => {
+    const big = join(dir, 'self-check.ckpt');
+    const p = startNode(node, fixture('state.mjs'), [big, '--ballast', '40']);
+    await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+    await p.closed;
+    const staging = join(dir, 'self-check');
+    mkdirSync(staging);
+    const trace = join(dir, 'self-check.trace');
+    // The server's checks slowed (5 ms a block): the copy faults on blocks it has not reached.
+    const r = resume(big, {
+      env: {
+        ...process.env,
+        CHECKPT_TMPDIR: staging,
+        CHECKPT_LAZY: '1',
+        CHECKPT_FAULT_SLOW_CHECK_MS: '5',
+        CHECKPT_BENCH_TRACE: trace,
+      },
+    });
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.r, 1);
+    assert.equal(back.ballastSame, true, 'every byte of the 40 MiB came back');
+    assert.equal((await r.closed).code, 7, r.stderrText);
+    const text = readFileSync(trace, 'utf8');
+    const checked = /^checked-pages-(\d+) /m.exec(text);
+    assert.ok(
+      checked && Number(checked[1]) > 0,
+      `the daemon checked blocks itself (checkpt's BLAKE3, staged-local-reads.patch): ${checked?.[0]}`,
+    );
+    rmSync(big, { force: true });
+  });
+
   test('32 MiB of memory or more: lazy by default, served from the file, every byte back', async () => {
     const big = join(dir, 'ballast.ckpt');
     const p = startNode(node, fixture('state.mjs'), [big, '--ballast', '48']);

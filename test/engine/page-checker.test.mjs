@@ -20,6 +20,7 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import { scratchDir, unitTest as test } from '../helpers.mjs';
+import { blake3 } from '../../dist/common/blake3.js';
 import { compressImages } from '../../dist/image/compress.js';
 import { extractLazy, readImageInfo, writeImage } from '../../dist/image/format.js';
 import { readMemoryPlan } from '../../dist/engine/pagemap.js';
@@ -246,9 +247,11 @@ function readMap(path) {
   const m = readFileSync(path);
   const files = [];
   for (let i = 0; i < m.readUInt32LE(8); i++) {
-    const at = 40 + i * 56;
+    const at = 48 + i * 72;
     const field = (k) => Number(m.readBigUInt64LE(at + 8 * k));
-    const [dev, ino, size, block, blocks, statesOff, offsetsOff] = [0, 1, 2, 3, 4, 5, 6].map(field);
+    const [dev, ino, size, block, blocks, statesOff, offsetsOff, digestsOff] = [
+      0, 1, 2, 3, 4, 5, 6, 7,
+    ].map(field);
     files.push({
       dev,
       ino,
@@ -258,10 +261,17 @@ function readMap(path) {
       offsets: offsetsOff
         ? [...Array(blocks).keys()].map((b) => Number(m.readBigUInt64LE(offsetsOff + 8 * b)))
         : [],
+      hash: m.readUInt32LE(at + 64),
+      digests: digestsOff
+        ? [...Array(blocks).keys()].map((b) =>
+            m.subarray(digestsOff + 32 * b, digestsOff + 32 * b + 32),
+          )
+        : [],
     });
   }
   return {
     magic: m.readUInt32LE(0),
+    version: m.readUInt32LE(4),
     serverPid: m.readUInt32LE(12),
     directOk: m.readUInt32LE(16),
     files,
@@ -300,6 +310,7 @@ test("checked blocks are shared with CRIU's daemon; a writer waits for the daemo
     "the server's pid, for the daemon to open its file",
   );
   assert.equal(shared.directOk, 1, 'reading from the checkpoint file allowed: the lease is held');
+  assert.equal(shared.version, 2);
   const [f] = shared.files;
   const st = statSync(join(root, 'restore', 'pages-1.img'));
   assert.deepEqual(
@@ -317,6 +328,15 @@ test("checked blocks are shared with CRIU's daemon; a writer waits for the daemo
       .equals(memory.subarray(b * f.block, (b + 1) * f.block)),
     'the offset of its chunk in the checkpoint file',
   );
+  // Every block's BLAKE3 digest, for the daemon to check a fault's block itself.
+  assert.equal(f.hash, 2, 'BLAKE3 digests');
+  assert.equal(f.digests.length, f.states.length);
+  for (const i of [0, b, f.states.length - 1]) {
+    const want = blake3(
+      bytes.subarray(f.offsets[i], f.offsets[i] + Math.min(f.block, f.size - i * f.block)),
+    );
+    assert.ok(f.digests[i].equals(want), `block ${i}'s digest`);
+  }
   // A read of the daemon's from the file is under way: a writer's open waits until it ends.
   setReaders(map, 1);
   let opened = false;

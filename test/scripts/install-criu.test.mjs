@@ -102,6 +102,7 @@ describe('scripts/install-criu.sh', () => {
       Makefile:
         '.PHONY: criu\ncriu:\n\tgrep -q FAULT_AROUND_LEN criu/uffd.c\n' +
         '\tgrep -q ckpt_staged_read criu/uffd.c\n' +
+        '\tgrep -q ckpt_self_check criu/uffd.c\n' +
         '\tgrep -q ckpt_seek criu/uffd.c\n' +
         "\tgrep -q 'changed before its removal' criu/uffd.c\n" +
         '\tprintf \'#!/bin/sh\\necho "Version: 4.2.9"\\n\' > criu/criu && chmod +x criu/criu\n',
