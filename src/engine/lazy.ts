@@ -186,4 +186,3 @@ export function startLazyPages(
 
 /** The file of checked blocks in the staging directory (native/page-server.c, share_states). */
 export const STAGED_MAP_FILE = 'staged.map';
-
