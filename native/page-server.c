@@ -614,7 +614,7 @@ static int lease_sigfd = -1;
  * (while direct_ok) from the checkpoint file, instead of crossing this server. The daemon counts
  * itself in `readers` while it reads from the file, so end_direct lets the lease go only after. */
 #define SMAP_MAGIC 0x50414d53u
-#define SMAP_VERSION 2
+#define SMAP_VERSION 3
 struct smap_head {
   uint32_t magic, version, nfiles, server_pid;
   uint32_t direct_ok, readers;
@@ -624,9 +624,10 @@ struct smap_head {
 };
 struct smap_file {
   uint64_t dev, ino, size, block, blocks, states_off, offsets_off;
-  /* A plain file's BLAKE3 digests, 32 bytes a block: the daemon checks a fault's block itself. */
-  uint64_t digests_off;
-  uint32_t hash, pad;
+  /* BLAKE3 digests of the blocks as stored, 32 bytes each: the daemon checks a fault's block
+   * itself; for zstd frames (codec 1) also their stored lengths, a u32 each. */
+  uint64_t digests_off, stored_off;
+  uint32_t hash, codec;
 };
 static struct smap_head *smap;
 
@@ -847,13 +848,14 @@ static void take_lease(void) {
   }
 }
 
-/* Whether the daemon may check f's blocks itself (staged-local-reads.patch): plain 64 KiB chunks
- * with BLAKE3 digests, whose stored bytes are the memory itself. */
+/* Whether the daemon may check f's blocks itself (staged-local-reads.patch): chunks of 64 KiB at
+ * most with BLAKE3 digests, all plain (the stored bytes are the memory) or all zstd frames. */
 static int self_checkable(const struct file *f) {
   if (!f->chunks || f->hash != HASH_BLAKE3 || f->block > (64u << 10)) return 0;
   for (uint64_t b = 0; b < f->blocks; b++) {
     uint64_t want = f->size - b * f->block < f->block ? f->size - b * f->block : f->block;
-    if (f->chunks[b].codec != 0 || f->chunks[b].stored != want) return 0;
+    if (f->chunks[b].codec != f->chunks[0].codec || f->chunks[b].codec > 1) return 0;
+    if (f->chunks[b].codec == 0 && f->chunks[b].stored != want) return 0;
   }
   return 1;
 }
@@ -867,7 +869,7 @@ static void share_states(void) {
   for (uint32_t i = 0; i < nfiles; i++) {
     size += (files[i].blocks + 8) & ~7ULL;
     if (files[i].chunks) size += 8 * files[i].blocks;
-    if (self_checkable(&files[i])) size += 32 * files[i].blocks;
+    if (self_checkable(&files[i])) size += 32 * files[i].blocks + ((4 * files[i].blocks + 7) & ~7ULL);
   }
   int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return;
@@ -908,6 +910,12 @@ static void share_states(void) {
       mf[i].hash = HASH_BLAKE3;
       for (uint64_t b = 0; b < f->blocks; b++) memcpy((uint8_t *)m + at + 32 * b, f->chunks[b].digest, 32);
       at += 32 * f->blocks;
+      mf[i].codec = f->chunks[0].codec;
+      if (mf[i].codec == 1) {
+        mf[i].stored_off = at;
+        for (uint64_t b = 0; b < f->blocks; b++) memcpy((uint8_t *)m + at + 4 * b, &f->chunks[b].stored, 4);
+      }
+      at += (4 * f->blocks + 7) & ~7ULL;
     }
   }
   h->version = SMAP_VERSION;

@@ -247,10 +247,10 @@ function readMap(path) {
   const m = readFileSync(path);
   const files = [];
   for (let i = 0; i < m.readUInt32LE(8); i++) {
-    const at = 48 + i * 72;
+    const at = 48 + i * 80;
     const field = (k) => Number(m.readBigUInt64LE(at + 8 * k));
-    const [dev, ino, size, block, blocks, statesOff, offsetsOff, digestsOff] = [
-      0, 1, 2, 3, 4, 5, 6, 7,
+    const [dev, ino, size, block, blocks, statesOff, offsetsOff, digestsOff, storedOff] = [
+      0, 1, 2, 3, 4, 5, 6, 7, 8,
     ].map(field);
     files.push({
       dev,
@@ -261,7 +261,11 @@ function readMap(path) {
       offsets: offsetsOff
         ? [...Array(blocks).keys()].map((b) => Number(m.readBigUInt64LE(offsetsOff + 8 * b)))
         : [],
-      hash: m.readUInt32LE(at + 64),
+      hash: m.readUInt32LE(at + 72),
+      codec: m.readUInt32LE(at + 76),
+      stored: storedOff
+        ? [...Array(blocks).keys()].map((b) => m.readUInt32LE(storedOff + 4 * b))
+        : [],
       digests: digestsOff
         ? [...Array(blocks).keys()].map((b) =>
             m.subarray(digestsOff + 32 * b, digestsOff + 32 * b + 32),
@@ -310,7 +314,7 @@ test("checked blocks are shared with CRIU's daemon; a writer waits for the daemo
     "the server's pid, for the daemon to open its file",
   );
   assert.equal(shared.directOk, 1, 'reading from the checkpoint file allowed: the lease is held');
-  assert.equal(shared.version, 2);
+  assert.equal(shared.version, 3);
   const [f] = shared.files;
   const st = statSync(join(root, 'restore', 'pages-1.img'));
   assert.deepEqual(
@@ -357,6 +361,38 @@ test("checked blocks are shared with CRIU's daemon; a writer waits for the daemo
     'copied to the staged image (checked again) before the writer got the file',
   );
   assert.ok(!after.states.includes(2), 'nothing is left to be read from the file');
+  const bye = readBytes(daemon, 4);
+  daemon.write(iov(CLOSE, 0, 0, 0));
+  assert.deepEqual(await bye, Buffer.alloc(4));
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
+});
+
+test("a zstd file's map gives each frame's digest and stored length, for the daemon's own check", async (t) => {
+  if (typeof zlib.zstdDecompressSync !== 'function')
+    return t.skip('this Node serves zstd chunks only with zlib zstd (Node 22.15+)');
+  const { root, file, memory } = await checkpointFile(t, {
+    compress: true,
+    fill: (n) => Buffer.alloc(n, 'checkpt '),
+  });
+  const map = join(root, 'staged.map');
+  const { ps, daemon, errors, staged } = await serve(root, file, undefined, { stagedMap: map });
+  t.after(async () => {
+    daemon.destroy();
+    await staged.close().catch(() => undefined);
+  });
+  const [f] = readMap(map).files;
+  assert.deepEqual([f.hash, f.codec], [2, 1], 'BLAKE3 digests of zstd frames');
+  assert.equal(f.stored.length, f.states.length);
+  const bytes = readFileSync(file);
+  for (let b = 0; b < f.states.length; b++) {
+    const frame = bytes.subarray(f.offsets[b], f.offsets[b] + f.stored[b]);
+    assert.ok(f.digests[b].equals(blake3(frame)), `block ${b}'s digest`);
+    assert.ok(
+      zlib.zstdDecompressSync(frame).equals(memory.subarray(b * f.block, (b + 1) * f.block)),
+      `block ${b}'s frame`,
+    );
+  }
   const bye = readBytes(daemon, 4);
   daemon.write(iov(CLOSE, 0, 0, 0));
   assert.deepEqual(await bye, Buffer.alloc(4));
