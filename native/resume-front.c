@@ -432,6 +432,48 @@ static int connection_in_use(int fd, const struct image_sock *k, const struct if
 }
 
 /*
+ * Whether any of the image's connections has its very addresses and ports in use by a TCP socket
+ * of `family` in any state but LISTEN, from one dump of them all (the kernel then walks its whole
+ * connection table, however many connections the image has): 0 (tcp_closed set when one is), -1
+ * when netlink cannot tell.
+ */
+static int connections_dumped(int fd, uint8_t family, struct recipe *r) {
+  if (sock_diag_ask(fd, family, ~(1u << TCP_LISTEN), NULL)) return -1;
+  struct image_addr {
+    uint32_t l[4], rem[4];
+    int n;
+  } want[sizeof r->socks / sizeof r->socks[0]];
+  for (int i = 0; i < r->nsocks; i++) {
+    want[i].n = 0;
+    if (r->socks[i].kind != 'c') continue;
+    want[i].n = proc_hex_address(r->socks[i].lhex, want[i].l);
+    if (!want[i].n || proc_hex_address(r->socks[i].rhex, want[i].rem) != want[i].n) return -1;
+  }
+  for (;;) {
+    ssize_t n;
+    do n = recv(fd, diag_buf, sizeof diag_buf, 0); while (n < 0 && errno == EINTR);
+    if (n <= 0) return -1;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)diag_buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE)
+        return h->nlmsg_len >= NLMSG_LENGTH(sizeof(int)) && *(int *)NLMSG_DATA(h) ? -1 : 0;
+      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return -1;
+      const struct inet_diag_msg *m = NLMSG_DATA(h);
+      if (m->idiag_state == TCP_LISTEN) continue;
+      int mn = m->idiag_family == AF_INET ? 1 : 4;
+      for (int i = 0; i < r->nsocks; i++)
+        if (want[i].n && ntohs(m->id.idiag_sport) == r->socks[i].port && ntohs(m->id.idiag_dport) == r->socks[i].rport &&
+            same_address(m->id.idiag_src, mn, want[i].l, want[i].n) &&
+            same_address(m->id.idiag_dst, mn, want[i].rem, want[i].n))
+          r->tcp_closed = 1;
+    }
+  }
+}
+
+/* Above this many lookups (connections × interfaces, ~5 µs each) one dump of each family's table
+ * costs less (~4.6 ms for both on a 24 GiB machine): the check stays within ~5 ms either way. */
+static long lookup_cap = 1024;
+
+/*
  * The image's TCP sockets against the host's, through sock_diag netlink: /proc/net/tcp and tcp6
  * walk every bucket of the kernel's connection table, however few sockets it holds (~3.2 ms each
  * on a 24 GiB machine, on every resume's path), where a dump of listeners walks the listening
@@ -445,9 +487,18 @@ static int tcp_clear(struct recipe *r) {
    * showed that the kernel's TCP diag answers (it says ENOENT too when it is not there). */
   int clear = listener_in_way(fd, AF_INET, r) == 0 && listener_in_way(fd, AF_INET6, r) == 0;
   struct if_nameindex *ifs = NULL;
-  for (int i = 0; clear && i < r->nsocks; i++) {
+  long conns = 0, nifs = 0;
+  for (int i = 0; i < r->nsocks; i++) conns += r->socks[i].kind == 'c';
+  if (clear && conns > 0) {
+    ifs = if_nameindex();
+    for (const struct if_nameindex *i = ifs; i && i->if_index; i++) nifs++;
+  }
+  if (clear && conns * nifs > lookup_cap) {
+    clear = connections_dumped(fd, AF_INET, r) == 0 && connections_dumped(fd, AF_INET6, r) == 0;
+    conns = 0;
+  }
+  for (int i = 0; clear && conns > 0 && i < r->nsocks; i++) {
     if (r->socks[i].kind != 'c') continue;
-    if (!ifs) ifs = if_nameindex();
     int used = ifs ? connection_in_use(fd, &r->socks[i], ifs) : -1;
     if (used < 0) clear = 0;
     else if (used) r->tcp_closed = 1;
@@ -514,6 +565,12 @@ int cmd_front_sockets(int argc, char **argv) {
     puts(text);
     return 0;
   }
+  /* --dump: the connections through one dump of the table, as with many connections or interfaces. */
+  if (argc > 0 && !strcmp(argv[0], "--dump")) {
+    lookup_cap = -1;
+    argc--;
+    argv++;
+  }
   char json[8192] = "{\"front\":\"v1 pid=2 gen=0 tcp=est";
   size_t len = strlen(json);
   for (int i = 0; i < argc; i++) {
@@ -523,7 +580,7 @@ int cmd_front_sockets(int argc, char **argv) {
   strcpy(json + len, "\"}");
   struct recipe r;
   if (!recipe_of(json, &r)) {
-    fprintf(stderr, "usage: checkpt-helper front-sockets [listen=P | udp=P | conn=LP:RP:LHEX:RHEX]... | --address HEX\n");
+    fprintf(stderr, "usage: checkpt-helper front-sockets [--dump] [listen=P | udp=P | conn=LP:RP:LHEX:RHEX]... | --address HEX\n");
     return 126;
   }
   if (sockets_clear(&r)) printf("clear %s\n", r.tcp_closed ? "closed" : "est");

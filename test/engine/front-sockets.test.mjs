@@ -1,8 +1,9 @@
 // The resume front's socket check (native/resume-front.c sockets_clear, through the helper's test
 // mode `front-sockets`) against real sockets of this host: listeners found through sock_diag's
-// listening table, connections by an exact lookup of their addresses and ports. Whatever the front
-// finds clear, sockets.ts planSockets finds clear too, with the same --tcp-close decision; where
-// it finds a port in the way it leaves the resume to Node ("node").
+// listening table, connections by an exact lookup of their addresses and ports (or, with many,
+// one dump of the connection table). Whatever the front finds clear, sockets.ts planSockets finds
+// clear too, with the same --tcp-close decision; where it finds a port in the way it leaves the
+// resume to Node ("node").
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
@@ -41,9 +42,14 @@ function node(...words) {
   return planSockets(image, hostSockets(), false);
 }
 
-/** front() for these words, checked against Node's plan: the same, or left to Node. */
+/**
+ * front() for these words, checked against Node's plan: the same, or left to Node. The
+ * connections are looked up one by one, or with --dump found in one dump of the kernel's table (as
+ * the front does with many connections or interfaces): both ways must answer alike.
+ */
 function decide(...words) {
   const said = front(...words);
+  assert.equal(front('--dump', ...words), said, `${words}: a dump decides otherwise than lookups`);
   const plan = node(...words);
   if (said !== 'node') {
     assert.deepEqual(plan.busy, [], `${words}: the front found clear what Node refuses`);
