@@ -10,7 +10,7 @@
  * or AVX-512 at run time. Built without node-gyp or Node's headers, as the other addons.
  *
  * checkpt_blake3 is the same hash for C: CRIU's lazy-pages daemon loads this file with dlopen
- * (CHECKPT_BLAKE3_LIB, scripts/criu-patches/staged-local-reads.patch) to check a page fault's
+ * (CHECKPT_HASH_LIBRARY, scripts/criu-patches/staged-local-reads.patch) to check a page fault's
  * block itself. Node's functions above are bound lazily, so it loads outside Node too.
  */
 #include <stdbool.h>

@@ -839,7 +839,7 @@ static void keeper(int pk, int report, int held) {
   /* checkpt's BLAKE3 beside this helper, for the daemon to check a fault's block itself. */
   char blake3_lib[PATH_MAX + 32];
   const char *slash = strrchr(self, '/');
-  snprintf(blake3_lib, sizeof blake3_lib, "CHECKPT_BLAKE3_LIB=%.*s/checkpt-blake3.node",
+  snprintf(blake3_lib, sizeof blake3_lib, "CHECKPT_HASH_LIBRARY=%.*s/checkpt-blake3.node",
            slash ? (int)(slash - self) : 1, slash ? self : ".");
   char *daemon_extra[] = {staged_map, pdeath, "CRIU_FAULT=130", blake3_lib, NULL};
   char **daemon_env = env_with(daemon_extra);

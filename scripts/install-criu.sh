@@ -50,7 +50,7 @@ home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=14
+recipe=15
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }

@@ -501,8 +501,8 @@ export const STAGED_MAP = note(
   "For CRIU's lazy-pages daemon and checkpt's page server, during a lazy resume: a file in the staging directory where the server says which memory blocks it has checked; checkpt's CRIU build (scripts/criu-patches/staged-local-reads.patch) reads those itself instead of asking the server.",
 );
 
-export const BLAKE3_LIB = note(
-  'CHECKPT_BLAKE3_LIB',
+export const HASH_LIBRARY = note(
+  'CHECKPT_HASH_LIBRARY',
   'internal',
   "For CRIU's lazy-pages daemon, during a lazy resume: the path of checkpt's BLAKE3 addon (checkpt-blake3.node), which checkpt's CRIU build loads to check a page fault's memory block itself when the page server has not checked it yet (scripts/criu-patches/staged-local-reads.patch).",
 );

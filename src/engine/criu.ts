@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
 import {
-  BLAKE3_LIB,
+  HASH_LIBRARY,
   CRIU_BREAKPOINTS,
   CRIU_PDEATHSIG,
   DEBUG,
@@ -255,7 +255,7 @@ export function lazyPagesCommand(
 /** checkpt's BLAKE3 addon for the daemon, where there is one that works. */
 function blake3Library(): Record<string, string> {
   const path = native('checkpt-blake3.node', true).found?.path;
-  return path === undefined ? {} : { [BLAKE3_LIB.name]: path };
+  return path === undefined ? {} : { [HASH_LIBRARY.name]: path };
 }
 
 /** `criu check`, or `criu check --feature NAME`. */
