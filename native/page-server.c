@@ -594,8 +594,17 @@ static uint32_t cursor_file;
 static uint64_t cursor;
 static int backward;
 
-/* The block the background walk is at. */
-static uint64_t cursor_block(void) { return backward ? files[cursor_file].blocks - 1 - cursor : cursor; }
+/* Backward, the walk takes the file's blocks in runs of this many, each run in file order: reads
+ * from a disk stay sequential within a run (the kernel reads ahead only forward). */
+#define WALK_RUN 64u
+
+/* The block the background walk is at: runs from the file's end back to its start, the first
+ * run (shorter) last. */
+static uint64_t cursor_block(void) {
+  uint64_t blocks = files[cursor_file].blocks, run = cursor / WALK_RUN, at = cursor % WALK_RUN;
+  if (!backward) return cursor;
+  return blocks >= (run + 1) * WALK_RUN ? blocks - (run + 1) * WALK_RUN + at : at;
+}
 
 /* Plain blocks are checked in the checkpoint file and sent from it, with no copy to stage, while
  * this server holds a read lease on the file: nobody can open it for writing or truncate it
