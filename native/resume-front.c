@@ -369,12 +369,11 @@ static int same_address(const uint32_t *a, int an, const uint32_t *b, int bn) {
 
 static long diag_buf[8192];
 
-/* 1 when a TCP socket of `family` listens on the port of one of the image's listeners, 0 when none
- * does, -1 when netlink cannot tell. Asked for LISTEN alone, the kernel walks only its listening
- * table. On ports alone where planSockets compares addresses too: Node decides any such case. */
-static int listener_in_way(int fd, uint8_t family, const struct recipe *r) {
-  if (sock_diag_ask(fd, family, 1u << TCP_LISTEN, NULL)) return -1;
-  int found = 0;
+/* One sock_diag dump of `family`'s TCP sockets in `states`, each handed to `each`: 0 once it
+ * ended well, -1 when netlink cannot tell. */
+static int diag_dump(int fd, uint8_t family, uint32_t states, void (*each)(const struct inet_diag_msg *, void *),
+                     void *ctx) {
+  if (sock_diag_ask(fd, family, states, NULL)) return -1;
   for (;;) {
     ssize_t n;
     do n = recv(fd, diag_buf, sizeof diag_buf, 0); while (n < 0 && errno == EINTR);
@@ -382,13 +381,30 @@ static int listener_in_way(int fd, uint8_t family, const struct recipe *r) {
     for (struct nlmsghdr *h = (struct nlmsghdr *)diag_buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
       /* The dump's end carries its error, if it failed part way. */
       if (h->nlmsg_type == NLMSG_DONE)
-        return h->nlmsg_len >= NLMSG_LENGTH(sizeof(int)) && *(int *)NLMSG_DATA(h) ? -1 : found;
+        return h->nlmsg_len >= NLMSG_LENGTH(sizeof(int)) && *(int *)NLMSG_DATA(h) ? -1 : 0;
       if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return -1;
-      const struct inet_diag_msg *m = NLMSG_DATA(h);
-      for (int i = 0; i < r->nsocks; i++)
-        if (r->socks[i].kind == 'l' && r->socks[i].port == ntohs(m->id.idiag_sport)) found = 1;
+      each(NLMSG_DATA(h), ctx);
     }
   }
+}
+
+struct listeners {
+  const struct recipe *r;
+  int found;
+};
+
+static void listener_seen(const struct inet_diag_msg *m, void *ctx) {
+  struct listeners *l = ctx;
+  for (int i = 0; i < l->r->nsocks; i++)
+    if (l->r->socks[i].kind == 'l' && l->r->socks[i].port == ntohs(m->id.idiag_sport)) l->found = 1;
+}
+
+/* 1 when a TCP socket of `family` listens on the port of one of the image's listeners, 0 when none
+ * does, -1 when netlink cannot tell. Asked for LISTEN alone, the kernel walks only its listening
+ * table. On ports alone where planSockets compares addresses too: Node decides any such case. */
+static int listener_in_way(int fd, uint8_t family, const struct recipe *r) {
+  struct listeners l = {r, 0};
+  return diag_dump(fd, family, 1u << TCP_LISTEN, listener_seen, &l) ? -1 : l.found;
 }
 
 /*
@@ -431,6 +447,26 @@ static int connection_in_use(int fd, const struct image_sock *k, const struct if
   return 0;
 }
 
+/* The image's connections as addresses, for connection_seen. */
+struct connections {
+  struct recipe *r;
+  struct {
+    uint32_t l[4], rem[4];
+    int n;
+  } want[sizeof ((struct recipe *)0)->socks / sizeof ((struct recipe *)0)->socks[0]];
+};
+
+static void connection_seen(const struct inet_diag_msg *m, void *ctx) {
+  struct connections *c = ctx;
+  if (m->idiag_state == TCP_LISTEN) return;
+  int mn = m->idiag_family == AF_INET ? 1 : 4;
+  for (int i = 0; i < c->r->nsocks; i++)
+    if (c->want[i].n && ntohs(m->id.idiag_sport) == c->r->socks[i].port &&
+        ntohs(m->id.idiag_dport) == c->r->socks[i].rport && same_address(m->id.idiag_src, mn, c->want[i].l, c->want[i].n) &&
+        same_address(m->id.idiag_dst, mn, c->want[i].rem, c->want[i].n))
+      c->r->tcp_closed = 1;
+}
+
 /*
  * Whether any of the image's connections has its very addresses and ports in use by a TCP socket
  * of `family` in any state but LISTEN, from one dump of them all (the kernel then walks its whole
@@ -438,35 +474,15 @@ static int connection_in_use(int fd, const struct image_sock *k, const struct if
  * when netlink cannot tell.
  */
 static int connections_dumped(int fd, uint8_t family, struct recipe *r) {
-  if (sock_diag_ask(fd, family, ~(1u << TCP_LISTEN), NULL)) return -1;
-  struct image_addr {
-    uint32_t l[4], rem[4];
-    int n;
-  } want[sizeof r->socks / sizeof r->socks[0]];
+  static struct connections c;
+  c.r = r;
   for (int i = 0; i < r->nsocks; i++) {
-    want[i].n = 0;
+    c.want[i].n = 0;
     if (r->socks[i].kind != 'c') continue;
-    want[i].n = proc_hex_address(r->socks[i].lhex, want[i].l);
-    if (!want[i].n || proc_hex_address(r->socks[i].rhex, want[i].rem) != want[i].n) return -1;
+    c.want[i].n = proc_hex_address(r->socks[i].lhex, c.want[i].l);
+    if (!c.want[i].n || proc_hex_address(r->socks[i].rhex, c.want[i].rem) != c.want[i].n) return -1;
   }
-  for (;;) {
-    ssize_t n;
-    do n = recv(fd, diag_buf, sizeof diag_buf, 0); while (n < 0 && errno == EINTR);
-    if (n <= 0) return -1;
-    for (struct nlmsghdr *h = (struct nlmsghdr *)diag_buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
-      if (h->nlmsg_type == NLMSG_DONE)
-        return h->nlmsg_len >= NLMSG_LENGTH(sizeof(int)) && *(int *)NLMSG_DATA(h) ? -1 : 0;
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return -1;
-      const struct inet_diag_msg *m = NLMSG_DATA(h);
-      if (m->idiag_state == TCP_LISTEN) continue;
-      int mn = m->idiag_family == AF_INET ? 1 : 4;
-      for (int i = 0; i < r->nsocks; i++)
-        if (want[i].n && ntohs(m->id.idiag_sport) == r->socks[i].port && ntohs(m->id.idiag_dport) == r->socks[i].rport &&
-            same_address(m->id.idiag_src, mn, want[i].l, want[i].n) &&
-            same_address(m->id.idiag_dst, mn, want[i].rem, want[i].n))
-          r->tcp_closed = 1;
-    }
-  }
+  return diag_dump(fd, family, ~(1u << TCP_LISTEN), connection_seen, &c);
 }
 
 /* Above this many lookups (connections × interfaces, ~5 µs each) one dump of each family's table

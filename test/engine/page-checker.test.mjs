@@ -233,14 +233,19 @@ test('plain chunks are sent from the checkpoint file itself until someone opens 
       `pages at ${first}`,
     );
   }
+  await goodbye(daemon, ps, errors);
+  daemon.destroy();
+  await staged.close();
+});
+
+/** The daemon's goodbye: answered with status 0, and the server ends having reported nothing. */
+async function goodbye(daemon, ps, errors) {
   const bye = readBytes(daemon, 4);
   daemon.write(iov(CLOSE, 0, 0, 0));
   assert.deepEqual(await bye, Buffer.alloc(4));
   assert.equal(await ps.done, true);
   assert.deepEqual(errors, []);
-  daemon.destroy();
-  await staged.close();
-});
+}
 
 /** The map of checked blocks the server shares with CRIU's daemon (native/page-server.c). */
 function readMap(path) {
@@ -361,11 +366,7 @@ test("checked blocks are shared with CRIU's daemon; a writer waits for the daemo
     'copied to the staged image (checked again) before the writer got the file',
   );
   assert.ok(!after.states.includes(2), 'nothing is left to be read from the file');
-  const bye = readBytes(daemon, 4);
-  daemon.write(iov(CLOSE, 0, 0, 0));
-  assert.deepEqual(await bye, Buffer.alloc(4));
-  assert.equal(await ps.done, true);
-  assert.deepEqual(errors, []);
+  await goodbye(daemon, ps, errors);
 });
 
 test("a zstd file's map gives each frame's digest and stored length, for the daemon's own check", async (t) => {
@@ -393,11 +394,7 @@ test("a zstd file's map gives each frame's digest and stored length, for the dae
       `block ${b}'s frame`,
     );
   }
-  const bye = readBytes(daemon, 4);
-  daemon.write(iov(CLOSE, 0, 0, 0));
-  assert.deepEqual(await bye, Buffer.alloc(4));
-  assert.equal(await ps.done, true);
-  assert.deepEqual(errors, []);
+  await goodbye(daemon, ps, errors);
 });
 
 test('the background walk checks a file from its end (4 MiB at a time): the top of the address space comes first', async (t) => {
@@ -432,11 +429,7 @@ test('the background walk checks a file from its end (4 MiB at a time): the top 
     got.every((b) => b >= blocks - 64),
     `only blocks of the file's last 4 MiB so far: ${got}`,
   );
-  const bye = readBytes(daemon, 4);
-  daemon.write(iov(CLOSE, 0, 0, 0));
-  assert.deepEqual(await bye, Buffer.alloc(4));
-  assert.equal(await ps.done, true);
-  assert.deepEqual(errors, []);
+  await goodbye(daemon, ps, errors);
 });
 
 test('a checkpoint file someone holds open for writing is not sent from: its chunks are staged, checked, as before', async (t) => {
