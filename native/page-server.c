@@ -722,6 +722,11 @@ static void wake_server(uint32_t fi, uint64_t b) {
  * longer, so that what waits for checking can be seen waiting. */
 static long slow_check_ms;
 
+/* The bytes of memory block b of f holds (the last may hold fewer). */
+static uint64_t block_bytes(const struct file *f, uint64_t b) {
+  return f->size - b * f->block < f->block ? f->size - b * f->block : f->block;
+}
+
 static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, int to_map) {
   struct file *f = &files[fi];
   if (slow_check_ms > 0) {
@@ -730,7 +735,7 @@ static void check_block(uint32_t fi, uint64_t b, uint8_t *raw, int to_map) {
     }
   }
   const struct chunk *c = &f->chunks[b];
-  uint64_t want = f->size - b * f->block < f->block ? f->size - b * f->block : f->block;
+  uint64_t want = block_bytes(f, b);
   if (!to_map && c->codec == 0) {
     /* Checked where it lies: the lease keeps the file as it is until the block is copied out. */
     if (c->stored != want) damaged(fi, b, "size");
@@ -862,7 +867,7 @@ static void take_lease(void) {
 static int self_checkable(const struct file *f) {
   if (!f->chunks || f->hash != HASH_BLAKE3 || f->block > (64u << 10)) return 0;
   for (uint64_t b = 0; b < f->blocks; b++) {
-    uint64_t want = f->size - b * f->block < f->block ? f->size - b * f->block : f->block;
+    uint64_t want = block_bytes(f, b);
     if (f->chunks[b].codec != f->chunks[0].codec || f->chunks[b].codec > 1) return 0;
     if (f->chunks[b].codec == 0 && f->chunks[b].stored != want) return 0;
   }
