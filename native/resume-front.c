@@ -1,11 +1,11 @@
 /*
- * checkpt-helper front SCRIPT -r FILE: `checkpt -r FILE` up to the running copy, before Node has
+ * checkpt-helper front SCRIPT -r [-d] FILE: `checkpt -r [-d] FILE` up to the running copy, before Node has
  * started (dist/bin/checkpt.cjs runs it when it is asked for a resume; docs/ARCHITECTURE.md).
  *
  * It does what src/engine/restore.ts does for the common case, and nothing else: a plain
  * checkpoint file (front-image.c checks it as the TypeScript reader does) with the manifest's
- * `front` recipe (src/engine/front.ts), resumed by root in the foreground, not on a terminal,
- * with checkpt's own CRIU build, lazily (held below 32 MiB, one process), its ports free on the
+ * `front` recipe (src/engine/front.ts), resumed by root in the foreground off a terminal or
+ * detached (-d), with checkpt's own CRIU build, lazily (held below 32 MiB, one process), its ports free on the
  * host. Anything else, and any failure before the copy runs, execs Node on SCRIPT instead, which
  * resumes as before and says what is wrong: the front never reports an error itself.
  *
@@ -76,9 +76,11 @@ extern char **environ;
 #define PS_EXIT_BAD_MAP 5
 
 static const char *script;
-static char **node_args; /* -r FILE */
+static char **node_args; /* -r FILE, or with -d (--detach) */
 static int node_argc;
 static const char *file;
+/* -d: the copy goes on in a session of its own once its memory is in (commands.ts prints its pid). */
+static int detach;
 static char self[PATH_MAX];
 static char work[PATH_MAX];
 static char images[PATH_MAX + 16];
@@ -171,9 +173,19 @@ static const char *const IGNORED_VARIABLES[] = {
 
 /* The conditions under which Node would do more than the front does: left to Node. */
 static int applies(void) {
-  if (node_argc != 2 || strcmp(node_args[0], "-r") != 0) return 0;
-  if (node_args[1][0] == '-' || node_args[1][0] == 0 || strstr(node_args[1], "://")) return 0;
-  if (geteuid() != 0 || isatty(0)) return 0;
+  /* As src/cli/args.ts reads them: -r or -d first, then each of -r, -d and the file once. */
+  if (node_argc < 2 || node_argc > 3 || (strcmp(node_args[0], "-r") && strcmp(node_args[0], "-d"))) return 0;
+  int r = 0;
+  for (int i = 0; i < node_argc; i++) {
+    const char *a = node_args[i];
+    if (!strcmp(a, "-r") && !r) r = 1;
+    else if ((!strcmp(a, "-d") || !strcmp(a, "--detach")) && !detach) detach = 1;
+    else if (a[0] != '-' && a[0] && !strstr(a, "://") && !file) file = a;
+    else return 0;
+  }
+  if (!r || !file || node_argc != 2 + detach) return 0;
+  /* On a terminal only detached: the copy's stdin is then /dev/null, and the terminal not its. */
+  if (geteuid() != 0 || (isatty(0) && !detach)) return 0;
   for (char **e = environ; *e; e++) {
     if (!strncmp(*e, "CRIU_FAULT=", 11) || !strncmp(*e, "CRIU_BREAKPOINTS=", 17)) return 0;
     if (strncmp(*e, "CHECKPT_", 8) != 0) continue;
@@ -701,9 +713,11 @@ static int count_pagemaps(void) {
 }
 
 /* Starts `argv` with `fds[i]` as its fd i (-1: /dev/null), everything else closed. */
-static pid_t start(char *const argv[], const int *fds, int nfds, char *const envp[]) {
+static pid_t start(char *const argv[], const int *fds, int nfds, char *const envp[], int session) {
   pid_t pid = fork();
   if (pid != 0) return pid;
+  /* A detached copy's init: the terminal's signals and its hang-up are not the copy's any more. */
+  if (session && setsid() < 0) _exit(127);
   int null = open("/dev/null", O_RDWR);
   /* Above every target fd first, so that placing one cannot close another still to be placed. */
   int moved[80];
@@ -862,7 +876,7 @@ static void keeper(int pk, int report, int held) {
   char *daemon_argv[] = {(char *)CRIU, "lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log", "-v2",
                          "--status-fd", "3", "--page-server", "--ps-socket", "4", NULL};
   int dfds[] = {-1, -1, -1, status[1], pages[0]};
-  pid_t daemon = daemon_env ? start(daemon_argv, dfds, 5, daemon_env) : -1;
+  pid_t daemon = daemon_env ? start(daemon_argv, dfds, 5, daemon_env, 0) : -1;
   close(status[1]);
   char *server_extra[] = {staged_map, NULL};
   char **server_env = env_with(server_extra);
@@ -883,7 +897,7 @@ static void keeper(int pk, int report, int held) {
     if (fd < 0 || ftruncate(fd, (off_t)img.mem[i].size) != 0) staged_ok = 0;
     sfds[nsfds++] = fd;
   }
-  pid_t server = daemon > 0 && server_env && staged_ok ? start(server_argv, sfds, nsfds, server_env) : -1;
+  pid_t server = daemon > 0 && server_env && staged_ok ? start(server_argv, sfds, nsfds, server_env, 0) : -1;
   close(err[1]);
   close(pages[0]);
   close(pages[1]);
@@ -1081,7 +1095,8 @@ static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
   int extra_stdin = 0;
   argv[n++] = self;
   argv[n++] = "init";
-  argv[n++] = "--attached";
+  /* Attached, it dies with checkpt (PR_SET_PDEATHSIG); detached, it is the copy's for good. */
+  if (!detach) argv[n++] = "--attached";
   /* Relays (restore.ts relaysFor): our stdout or stderr as a regular file, or a pipe in a socket. */
   for (int i = 0; i < r->nin; i++) {
     int fd = r->in[i].fd;
@@ -1127,7 +1142,7 @@ static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
   for (int i = 0; i < r->nin; i++)
     if (r->in[i].fd == 0) {
       struct stat st;
-      if (fstat(0, &st) == 0 && S_ISCHR(st.st_mode)) {
+      if (detach || (fstat(0, &st) == 0 && S_ISCHR(st.st_mode))) {
         argv[n++] = "--eof-fd";
         argv[n++] = eof;
       } else extra_stdin = 1;
@@ -1171,8 +1186,9 @@ static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
   char *plain_extra[] = {"CRIU_FAULT=130", NULL};
   char **envp = env_with(held ? held_extra : plain_extra);
   if (!envp) return -1;
-  int fds[5] = {0, 1, 2, status_fd, 0};
-  return start(argv, fds, extra_stdin ? 5 : 4, envp);
+  /* Detached, its stdin is /dev/null (restore.ts spawnHelper's 'ignore'). */
+  int fds[5] = {detach ? -1 : 0, 1, 2, status_fd, 0};
+  return start(argv, fds, extra_stdin ? 5 : 4, envp, detach);
 }
 
 static void stop_now(int pk, pid_t keeper_pid, pid_t helper) {
@@ -1188,12 +1204,11 @@ int cmd_front(int argc, char **argv) {
   node_args = argv + 1;
   node_argc = argc - 1;
   bench_trace("front");
-  if (!applies()) fallback_because("not a plain `checkpt -r FILE` by root, off a terminal, without CHECKPT_ variables");
+  if (!applies()) fallback_because("not a plain `checkpt -r [-d] FILE` by root, off a terminal unless detached, without CHECKPT_ variables");
   if (!own_criu()) fallback_because("checkpt's own CRIU build is not at /opt/checkpt/criu (or was changed since it was built)");
   ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
   if (sn <= 0) fallback_because("its own path is unknown");
   self[sn] = 0;
-  file = node_args[1];
   /* The keeper may be gone (all memory in) when it is told the helper's pid: no SIGPIPE for that. */
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sa = {0};

@@ -66,7 +66,7 @@ await build({
   entryPoints: [join(root, 'src', 'engine', 'dump-worker-start.ts')],
   outfile: join(outdir, 'dump-worker.cjs'),
 });
-// The entry is also a shell script: run as a command, `checkpt -r FILE` goes to the native resume
+// The entry is also a shell script: run as a command, `checkpt -r FILE` (or `-d -r`) goes to the native resume
 // front first (dist/bin/checkpt-front, a link build-helper.mjs makes; native/resume-front.c), which
 // restores the copy before Node starts and runs Node on this file for the rest; everything else,
 // and CHECKPT_FRONT=0, goes to Node at once. To Node the second line is a string and a comment.
@@ -75,7 +75,7 @@ const js = readFileSync(entry, 'utf8');
 if (!js.startsWith('#!/usr/bin/env node\n')) throw new Error('checkpt.cjs: no #! line to replace');
 const sh = [
   '#!/bin/sh',
-  `':' //; case "$1:$CHECKPT_FRONT" in -r:0) ;; -r:*) f=$0; [ -L "$f" ] && f=$(readlink -f -- "$f"); [ -x "\${f%/*}/checkpt-front" ] && exec "\${f%/*}/checkpt-front" front "$f" "$@";; esac; exec node "$0" "$@"`,
+  `':' //; case "$1:$CHECKPT_FRONT" in -r:0|-d:0) ;; -r:*|-d:*) f=$0; [ -L "$f" ] && f=$(readlink -f -- "$f"); [ -x "\${f%/*}/checkpt-front" ] && exec "\${f%/*}/checkpt-front" front "$f" "$@";; esac; exec node "$0" "$@"`,
 ];
 writeFileSync(entry, sh.join('\n') + '\n' + js.slice(js.indexOf('\n') + 1));
 chmodSync(entry, 0o755);

@@ -570,7 +570,7 @@ export async function adoptFront(
       checkManifest: manifestProblem,
     });
     const manifest = checkManifest(info.manifest, file);
-    const running = runningUnder(helper, manifest.pid, false);
+    const running = runningUnder(helper, manifest.pid, options.detach === true);
     const held = h.signals;
     return { ...running, manifest, loaded, takeSignals: () => held.splice(0) };
   } catch (e) {

@@ -4,9 +4,11 @@
 // resume went: the front writes `front`, Node's own resume `extract`, the adoption `adopt`.
 import assert from 'node:assert/strict';
 import {
+  closeSync,
   copyFileSync,
   existsSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readFileSync,
   readlinkSync,
@@ -26,6 +28,7 @@ import {
   cleanup,
   cli,
   descendants,
+  ended,
   fixture,
   freePort,
   killGroup,
@@ -40,9 +43,12 @@ import {
   waitFor,
   within,
 } from '../helpers.mjs';
+import { hasTmux, terminal } from '../tmux.mjs';
 
 const dir = tempDir();
+const tty = terminal(dir);
 after(async () => {
+  tty.close();
   await cleanup();
   removeDir(dir);
 });
@@ -228,6 +234,97 @@ test('a lazy resume of thousands of separate runs of memory, read in a shuffled 
     await copy.closed;
   }
 });
+
+/** /proc/PID/stat's fields after the name: [state, ppid, pgrp, session, ...]. */
+const statOf = (pid) => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+
+/** A detached copy and the helper's inits above it, up to the one whose parent is pid 1. */
+function detachedTree(pid) {
+  const tree = [pid];
+  for (let p = Number(statOf(pid)[1]); p > 1 && tree.length < 4; p = Number(statOf(p)[1]))
+    tree.push(p);
+  return tree;
+}
+
+/** Kills, by pid, what a detached resume left running, and waits until it is gone. */
+async function stopDetached(tree) {
+  for (const p of tree) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+  for (const end = Date.now() + 10_000; tree.some((p) => !ended(p)); await sleep(20))
+    assert.ok(Date.now() < end, `still running: ${tree.filter((p) => !ended(p))}`);
+}
+
+const printedPid = (text) => Number(text.split('\n').find((l) => /^\d+$/.test(l)));
+
+test('checkpt -r -d through the front: it prints the pid, ends once the memory is in, and the copy runs on in a session of its own', async () => {
+  const { file, port } = await checkpointed('detached', ['--mb', '48']);
+  const trace = join(dir, 'detached.trace');
+  const out = join(dir, 'detached.out');
+  const fd = openSync(out, 'w');
+  let r;
+  try {
+    r = spawnSync(cli, ['-r', '-d', file], {
+      stdio: ['ignore', fd, fd],
+      env: {
+        ...process.env,
+        PATH: `${dirname(process.execPath)}:${process.env.PATH}`,
+        CHECKPT_BENCH_TRACE: trace,
+      },
+      timeout: 60_000,
+    });
+  } finally {
+    closeSync(fd);
+  }
+  const text = readFileSync(out, 'utf8');
+  const pid = printedPid(text);
+  assert.ok(pid > 1, `a pid printed: ${text}`);
+  const tree = detachedTree(pid);
+  try {
+    assert.equal(r.status, 0, text);
+    const m = marks(trace);
+    for (const step of ['front', 'status-restored', 'adopt'])
+      assert.ok(m.includes(step), `${step} in ${m}`);
+    assert.ok(!m.includes('extract'), `Node unpacked nothing itself: ${m}`);
+    assert.deepEqual([(await get(port)).gen, (await get(port)).mb], [1, 48]);
+    assert.notEqual(statOf(pid)[3], statOf(process.pid)[3], 'not in our session');
+    assert.deepEqual(stagingLeft(r.pid), [], 'checkpt ended after the memory was all in');
+  } finally {
+    await stopDetached(tree);
+  }
+});
+
+test(
+  'checkpt -r -d on a terminal goes through the front too; the copy outlives the terminal',
+  { skip: !hasTmux && 'tmux is not installed (scripts/setup.sh installs it)' },
+  async () => {
+    const { file, port } = await checkpointed('detached-tty');
+    const trace = join(dir, 'detached-tty.trace');
+    tty.open(
+      'dtty',
+      `PATH=${dirname(process.execPath)}:$PATH CHECKPT_BENCH_TRACE=${trace} ${cli} -r -d ${file}`,
+    );
+    await tty.until('checkpt -r -d to end', () => tty.status('dtty') !== undefined);
+    assert.equal(tty.status('dtty'), '0', tty.screen('dtty'));
+    const pid = printedPid(tty.screen('dtty'));
+    assert.ok(pid > 1, tty.screen('dtty'));
+    const tree = detachedTree(pid);
+    try {
+      assert.ok(marks(trace).includes('adopt'), String(marks(trace)));
+      assert.ok(!marks(trace).includes('extract'), String(marks(trace)));
+      // The terminal goes away (its session gets SIGHUP): the copy is not of that session.
+      tty.tmux('kill-session', '-t', 'dtty');
+      await sleep(300);
+      assert.equal((await get(port)).gen, 1);
+    } finally {
+      await stopDetached(tree);
+    }
+  },
+);
 
 test('CHECKPT_FRONT=0, another CHECKPT_ variable, or a port in use: Node resumes, as before', async () => {
   const { file, port } = await checkpointed('aside');
