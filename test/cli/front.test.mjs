@@ -261,6 +261,29 @@ async function stopDetached(tree) {
 
 const printedPid = (text) => Number(text.split('\n').find((l) => /^\d+$/.test(l)));
 
+test('a lazy resume of a heap of thousands of mappings (each mapped in place by the restorer): every string is right', async () => {
+  // vma-lazy-in-place.patch: CRIU's restorer maps each lazy-only mapping where it belongs and
+  // registers it with userfaultfd there, instead of premapping and moving it.
+  const { file, port } = await checkpointed('heap', ['--heap', '64']);
+  const copy = resumeCommand(file, join(dir, 'heap.trace'));
+  try {
+    assert.equal((await answers(port, copy)).gen, 1);
+    // The copy's pid here (it has its old one in its own PID namespace).
+    const pid = descendants(copy.pid).find((p) =>
+      readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('server.mjs'),
+    );
+    const maps = readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n');
+    assert.ok(maps.length > 300, `${maps.length} mappings`);
+    assert.deepEqual(JSON.parse((await request(port, '/heap')).body), {
+      strings: 64 * 8192,
+      same: true,
+    });
+  } finally {
+    copy.kill('SIGTERM');
+    await copy.closed;
+  }
+});
+
 test('checkpt -r -d through the front: it prints the pid, ends once the memory is in, and the copy runs on in a session of its own', async () => {
   const { file, port } = await checkpointed('detached', ['--mb', '48']);
   const trace = join(dir, 'detached.trace');
