@@ -154,6 +154,8 @@ struct file {
   /* The checker's table, when this server checks the file itself, and its digests' kind. */
   struct chunk *chunks;
   uint32_t hash;
+  /* Its digests (and frames' lengths) go into the map shared with the daemon (share_states). */
+  int self_check;
   /* With --pagemaps: the image's number (pages-<id>.img), and its blocks `criu restore` reads
    * itself (the page maps' entries that are not lazy; all of an image no page map names). */
   uint32_t id;
@@ -811,18 +813,20 @@ static void *checker(void *arg) {
         if (files[f].claimed[b]) continue;
         break;
       }
-      while (cursor_file < nfiles &&
-             (cursor >= files[cursor_file].blocks || !checked_here(&files[cursor_file], cursor_block()) ||
-              files[cursor_file].claimed[cursor_block()] ||
-              __atomic_load_n(&files[cursor_file].staged[cursor_block()], __ATOMIC_ACQUIRE))) {
-        if (++cursor >= files[cursor_file].blocks) {
+      int found = 0;
+      while (cursor_file < nfiles && !found) {
+        struct file *cf = &files[cursor_file];
+        if (cursor < cf->blocks) {
+          b = cursor_block();
+          found = checked_here(cf, b) && !cf->claimed[b] && !__atomic_load_n(&cf->staged[b], __ATOMIC_ACQUIRE);
+        }
+        if (!found && ++cursor >= cf->blocks) {
           cursor_file++;
           cursor = 0;
         }
       }
-      if (cursor_file < nfiles) {
+      if (found) {
         f = cursor_file;
-        b = cursor_block();
         break;
       }
       pthread_cond_wait(&wake, &lock);
@@ -883,7 +887,8 @@ static void share_states(void) {
   for (uint32_t i = 0; i < nfiles; i++) {
     size += (files[i].blocks + 8) & ~7ULL;
     if (files[i].chunks) size += 8 * files[i].blocks;
-    if (self_checkable(&files[i])) size += 32 * files[i].blocks + ((4 * files[i].blocks + 7) & ~7ULL);
+    files[i].self_check = self_checkable(&files[i]);
+    if (files[i].self_check) size += 32 * files[i].blocks + ((4 * files[i].blocks + 7) & ~7ULL);
   }
   int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return;
@@ -919,7 +924,7 @@ static void share_states(void) {
       for (uint64_t b = 0; b < f->blocks; b++) offsets[b] = f->chunks[b].offset;
       at += 8 * f->blocks;
     }
-    if (self_checkable(f)) {
+    if (f->self_check) {
       mf[i].digests_off = at;
       mf[i].hash = HASH_BLAKE3;
       for (uint64_t b = 0; b < f->blocks; b++) memcpy((uint8_t *)m + at + 32 * b, f->chunks[b].digest, 32);

@@ -1,12 +1,13 @@
 /*
- * checkpt-helper front SCRIPT -r [-d] FILE: `checkpt -r [-d] FILE` up to the running copy, before Node has
- * started (dist/bin/checkpt.cjs runs it when it is asked for a resume; docs/ARCHITECTURE.md).
+ * checkpt-helper front SCRIPT -r [-d] FILE: `checkpt -r [-d] FILE` up to the running copy, before
+ * Node has started (dist/bin/checkpt.cjs runs it when it is asked for a resume;
+ * docs/ARCHITECTURE.md).
  *
  * It does what src/engine/restore.ts does for the common case, and nothing else: a plain
  * checkpoint file (front-image.c checks it as the TypeScript reader does) with the manifest's
  * `front` recipe (src/engine/front.ts), resumed by root in the foreground off a terminal or
- * detached (-d), with checkpt's own CRIU build, lazily (held below 32 MiB, one process), its ports free on the
- * host. Anything else, and any failure before the copy runs, execs Node on SCRIPT instead, which
+ * detached (-d), with checkpt's own CRIU build, lazily (held below 32 MiB, one process), its
+ * ports free on the host. Anything else, and any failure before the copy runs, execs Node on SCRIPT instead, which
  * resumes as before and says what is wrong: the front never reports an error itself.
  *
  * Processes: this one (P) checks and unpacks the file, forks the keeper (K), which starts CRIU's
@@ -521,11 +522,13 @@ static int tcp_clear(struct recipe *r) {
     ifs = if_nameindex();
     for (const struct if_nameindex *i = ifs; i && i->if_index; i++) nifs++;
   }
+  /* Beyond the cap one dump per family answers for every connection, and no lookup is made. */
+  int lookups = conns > 0;
   if (clear && conns * nifs > lookup_cap) {
     clear = connections_dumped(fd, AF_INET, r) == 0 && connections_dumped(fd, AF_INET6, r) == 0;
-    conns = 0;
+    lookups = 0;
   }
-  for (int i = 0; clear && conns > 0 && i < r->nsocks; i++) {
+  for (int i = 0; clear && lookups && i < r->nsocks; i++) {
     if (r->socks[i].kind != 'c') continue;
     int used = ifs ? connection_in_use(fd, &r->socks[i], ifs) : -1;
     if (used < 0) clear = 0;

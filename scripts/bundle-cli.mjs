@@ -66,8 +66,8 @@ await build({
   entryPoints: [join(root, 'src', 'engine', 'dump-worker-start.ts')],
   outfile: join(outdir, 'dump-worker.cjs'),
 });
-// The entry is also a shell script: run as a command, `checkpt -r FILE` (or `-d -r`) goes to the native resume
-// front first (dist/bin/checkpt-front, a link build-helper.mjs makes; native/resume-front.c), which
+// The entry is also a shell script: run as a command, `checkpt -r FILE` (or `-d -r FILE`) goes to
+// the native resume front first (dist/bin/checkpt-front, a link build-helper.mjs makes; native/resume-front.c), which
 // restores the copy before Node starts and runs Node on this file for the rest; everything else,
 // and CHECKPT_FRONT=0, goes to Node at once. To Node the second line is a string and a comment.
 const entry = join(outdir, 'checkpt.cjs');

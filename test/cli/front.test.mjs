@@ -322,14 +322,14 @@ test('checkpt -r -d through the front: it prints the pid, ends once the memory i
 });
 
 test(
-  'checkpt -r -d on a terminal goes through the front too; the copy outlives the terminal',
+  'checkpt -d -r on a terminal goes through the front too; the copy outlives the terminal',
   { skip: !hasTmux && 'tmux is not installed (scripts/setup.sh installs it)' },
   async () => {
     const { file, port } = await checkpointed('detached-tty');
     const trace = join(dir, 'detached-tty.trace');
     tty.open(
       'dtty',
-      `PATH=${dirname(process.execPath)}:$PATH CHECKPT_BENCH_TRACE=${trace} ${cli} -r -d ${file}`,
+      `PATH=${dirname(process.execPath)}:$PATH CHECKPT_BENCH_TRACE=${trace} ${cli} -d -r ${file}`,
     );
     await tty.until('checkpt -r -d to end', () => tty.status('dtty') !== undefined);
     assert.equal(tty.status('dtty'), '0', tty.screen('dtty'));
