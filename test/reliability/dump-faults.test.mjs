@@ -26,7 +26,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { after, before } from 'node:test';
+import { after, before, beforeEach } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runDir } from '../../dist/engine/paths.js';
 import { criuHolds } from '../../dist/engine/criu-hold.js';
@@ -35,6 +35,7 @@ import {
   HANG_GUARD_MS,
   assertIntact,
   assertVerifies,
+  criuHold,
   criuTables,
   removeNewEmptyTables,
   tablesLeft,
@@ -69,6 +70,8 @@ function remount(dir, opts) {
 
 describe('faults while checkpointing', () => {
   let dir, target, staging, faultDir, prog, base, keep, keepSha, tables, env;
+  /** Why an `inject` gave up, for the failure's message. */
+  let why = '';
   const mounts = [];
   const setFault = (mode) => writeFileSync(join(faultDir, 'mode'), mode);
 
@@ -99,6 +102,15 @@ describe('faults while checkpointing', () => {
     keepSha = sha(keep);
   });
 
+  // A test that failed part-way (a fault that missed its moment lets a checkpoint through) must not
+  // fail the ones after it: each starts from the program's state and the file as they are then.
+  beforeEach(async () => {
+    if (!prog || !keep) return;
+    await settled(prog.pid);
+    base = await prog.ask({ op: 'ping' });
+    keepSha = sha(keep);
+  });
+
   after(async () => {
     await cleanup();
     if (tables) removeNewEmptyTables(tables);
@@ -112,13 +124,14 @@ describe('faults while checkpointing', () => {
    */
   async function faulted(op, code, inject = () => true, extra = {}) {
     const t0 = Date.now();
+    why = '';
     const pending = prog.ask({ op, file: keep, ...extra });
     const injected = inject();
     const r = await pending;
     assert.ok(Date.now() - t0 < HANG_GUARD_MS);
     setFault('');
     if (injected === MISSED) return MISSED;
-    assert.ok(injected, 'the fault was injected at the intended moment');
+    assert.ok(injected, `the fault was injected at the intended moment${why && `: ${why}`}`);
     assert.equal(r.event, 'failed', `a fault must fail the checkpoint: ${JSON.stringify(r)}`);
     assert.equal(r.name, 'CheckptError');
     assert.equal(r.code, code, r.message);
@@ -241,17 +254,22 @@ describe('faults while checkpointing', () => {
                 'SIGSTOP',
                 10_000,
               );
-              if (!criu) return false;
+              if (!criu) {
+                why = 'CRIU with its parasite in the program was not seen within 10 s';
+                return false;
+              }
               // Left stopped at the trap: the deadline finds it there. The outside dumps' test
               // (src/engine/criu-hold.ts) must see it too.
               if (stepCriuToTrap(criu, prog.pid, () => parasiteIn(prog.pid))) {
                 if (!criuHolds(prog.pid)) {
+                  why = `CRIU stopped with the program at a trap (the test's look: ${criuHold(prog.pid)}), and criu-hold.ts's criuHolds() said it is not held`;
                   process.kill(criu.pid, 'SIGCONT');
                   return false;
                 }
                 return criu;
               }
               signalQuietly(criu.pid, 'SIGCONT'); // it may have ended meanwhile
+              why = 'CRIU was never caught at a trap in 5 attempts';
               return attempt >= 5 ? false : MISSED;
             },
             { timeout: 3000 },
