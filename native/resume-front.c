@@ -7,8 +7,9 @@
  * checkpoint file (front-image.c checks it as the TypeScript reader does) with the manifest's
  * `front` recipe (src/engine/front.ts), resumed by root in the foreground off a terminal or
  * detached (-d), with checkpt's own CRIU build, lazily (held below 32 MiB, one process), its
- * ports free on the host. Anything else, and any failure before the copy runs, execs Node on SCRIPT instead, which
- * resumes as before and says what is wrong: the front never reports an error itself.
+ * ports free on the host. Anything else, and any failure before the copy runs, execs Node on
+ * SCRIPT instead, which resumes as before and says what is wrong: the front never reports an error
+ * itself.
  *
  * Processes: this one (P) checks and unpacks the file, forks the keeper (K), which starts CRIU's
  * lazy-pages daemon and the page server (`serve-pages`, which checks every chunk) and watches

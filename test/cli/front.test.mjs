@@ -23,6 +23,7 @@ import { dirname, join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readImageInfo } from '../../dist/image/format.js';
+import { signalQuietly } from '../../dist/common/procfs.js';
 import { VARIABLES } from '../../dist/common/config.js';
 import {
   cleanup,
@@ -33,6 +34,7 @@ import {
   freePort,
   killGroup,
   nodeBinaries,
+  programPid,
   removeDir,
   root,
   start,
@@ -248,13 +250,7 @@ function detachedTree(pid) {
 
 /** Kills, by pid, what a detached resume left running, and waits until it is gone. */
 async function stopDetached(tree) {
-  for (const p of tree) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
+  for (const p of tree) signalQuietly(p, 'SIGKILL');
   for (const end = Date.now() + 10_000; tree.some((p) => !ended(p)); await sleep(20))
     assert.ok(Date.now() < end, `still running: ${tree.filter((p) => !ended(p))}`);
 }
@@ -269,9 +265,7 @@ test('a lazy resume of a heap of thousands of mappings (each mapped in place by 
   try {
     assert.equal((await answers(port, copy)).gen, 1);
     // The copy's pid here (it has its old one in its own PID namespace).
-    const pid = descendants(copy.pid).find((p) =>
-      readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('server.mjs'),
-    );
+    const pid = await programPid(copy);
     const maps = readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n');
     assert.ok(maps.length > 300, `${maps.length} mappings`);
     assert.deepEqual(JSON.parse((await request(port, '/heap')).body), {
