@@ -27,6 +27,8 @@
  *     --eof-fd FD: FD becomes the read end of an empty pipe whose write end is closed (for CRIU's
  *     --inherit-fd, when the program's old stdin pipe must read end-of-file).
  *     --lock-table 'inet CRIU-ID' --lock-method-at OFFSET:INVENTORY: see nft-lock.h.
+ *     --pin-cpu C --pin-ms MS: CRIU and the copy run on CPU C (beside a lazy-pages daemon held
+ *     there) until MS after the restore, then get back this process's CPUs.
  *
  *   checkpt-helper serve-pages [--stage-only] [--pagemaps DIR] [--hold SOCKET]
  *     The page server of a lazy restore, checking memory chunks itself (native/page-server.c);
@@ -46,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <termios.h>
@@ -155,6 +158,63 @@ struct init_opts {
 static int run_init(struct init_opts *o);
 
 /*
+ * --pin-cpu C --pin-ms MS (a lazy resume, native/resume-front.c): CRIU and the copy run on CPU C
+ * beside CRIU's lazy-pages daemon (CHECKPT_CRIU_LAZY_HOLD), so that a page fault is answered on
+ * the CPU that took it instead of waking another (~50 us a wake-up on a VM whose idle CPUs halt).
+ * MS after the restore, every thread of the copy still on C alone gets back the CPUs checkpt had.
+ */
+static int pin_cpu = -1;
+static long pin_ms = 0;
+static cpu_set_t pin_saved;
+
+static void pin_self(void) {
+  cpu_set_t one;
+  if (sched_getaffinity(0, sizeof pin_saved, &pin_saved) != 0 || !CPU_ISSET(pin_cpu, &pin_saved) || CPU_COUNT(&pin_saved) < 2) {
+    pin_cpu = -1;
+    return;
+  }
+  CPU_ZERO(&one);
+  CPU_SET(pin_cpu, &one);
+  if (sched_setaffinity(0, sizeof one, &one) != 0) pin_cpu = -1;
+}
+
+/* Gives back the saved CPUs to each thread of `pid` and below pinned to pin_cpu alone; how many. */
+static int unpin_tree(pid_t pid, int depth) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  DIR *d = opendir(path);
+  if (!d) return 0;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    pid_t tid = (pid_t)atoi(e->d_name);
+    if (tid <= 0) continue;
+    cpu_set_t m;
+    if (sched_getaffinity(tid, sizeof m, &m) == 0 && CPU_COUNT(&m) == 1 && CPU_ISSET(pin_cpu, &m) &&
+        sched_setaffinity(tid, sizeof pin_saved, &pin_saved) == 0)
+      n++;
+    if (depth > 64) continue;
+    char cpath[96];
+    snprintf(cpath, sizeof cpath, "/proc/%d/task/%d/children", (int)pid, (int)tid);
+    FILE *c = fopen(cpath, "r");
+    int child;
+    while (c && fscanf(c, "%d", &child) == 1) n += unpin_tree(child, depth + 1);
+    if (c) fclose(c);
+  }
+  closedir(d);
+  return n;
+}
+
+static void *unpin_later(void *arg) {
+  (void)arg;
+  struct timespec t = {pin_ms / 1000, (pin_ms % 1000) * 1000000L};
+  while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
+  /* Again while a pass finds any: a thread started during one inherits its creator's old mask. */
+  for (int pass = 0; pass < 8 && unpin_tree(getpid(), 0) > 0; pass++) {}
+  return NULL;
+}
+
+/*
  * The program's terminal: a pseudo-terminal from a devpts instance of its own, mounted over
  * /dev/pts in its mount namespace. A resumed copy gets the same /dev/pts/N it had (CRIU reopens
  * a terminal's other open files by that path), and never anyone else's terminal.
@@ -255,6 +315,8 @@ static int cmd_init(int argc, char **argv) {
     if (!strcmp(argv[i], "--host")) { host = 1; continue; }
     if (i + 1 >= argc) { fprintf(stderr, "checkpt-helper init: %s needs a value\n", argv[i]); return EXIT_USAGE; }
     if (!strcmp(argv[i], "--pid")) o.pid = (pid_t)atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--pin-cpu")) pin_cpu = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--pin-ms")) pin_ms = atol(argv[++i]);
     else if (!strcmp(argv[i], "--relay")) {
       int fd = atoi(argv[++i]);
       if ((fd != 1 && fd != 2) || nrelay >= 2) { fprintf(stderr, "checkpt-helper init: --relay takes 1 or 2\n"); return EXIT_USAGE; }
@@ -285,6 +347,8 @@ static int cmd_init(int argc, char **argv) {
   o.argv = argv + i;
   bench_trace("init");
   if (o.status_fd >= 0) fcntl(o.status_fd, F_SETFD, FD_CLOEXEC);
+  if (pin_cpu >= 0 && (o.run || pin_cpu >= CPU_SETSIZE || pin_ms <= 0)) pin_cpu = -1;
+  if (pin_cpu >= 0) pin_self();
   signal(SIGPIPE, SIG_IGN);
   if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
   if (pty_mode && !(attached && isatty(0))) pty_mode = 0;
@@ -335,6 +399,8 @@ static int cmd_init(int argc, char **argv) {
     return run_init(&o);
   }
   if (!pty_mode && o.status_fd >= 0) close(o.status_fd);
+  /* Only the init and what it starts run on the one CPU; this process just waits. */
+  if (pin_cpu >= 0) sched_setaffinity(0, sizeof pin_saved, &pin_saved);
   target_pid = init;
   relay_signals();
   int st;
@@ -688,6 +754,12 @@ static int run_init(struct init_opts *o) {
       }
     }
     report(o->status_fd, "restored %d\n", (int)pid);
+    pthread_t unpin;
+    if (pin_cpu >= 0 && pthread_create(&unpin, NULL, unpin_later, NULL) == 0) pthread_detach(unpin);
+    else if (pin_cpu >= 0) {
+      pin_ms = 0;
+      unpin_later(NULL);
+    }
     if (isatty(0)) {
       /* CRIU restores an external terminal without its foreground group: give it the program's. */
       pid_t pg = getpgid(pid);

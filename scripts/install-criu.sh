@@ -11,8 +11,8 @@
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 #
-# checkpt's build differs from Debian's in twelve things: it is built without GnuTLS (below), and
-# eleven patches (scripts/criu-patches/):
+# checkpt's build differs from Debian's in thirteen things: it is built without GnuTLS (below),
+# and twelve patches (scripts/criu-patches/):
 # - CRIU keeps its cache of kernel probes (40-70 ms at each start without it) in $kdat_dir, on
 #   tmpfs everywhere, containers included, instead of /run, which is not tmpfs in most containers
 #   (CRIU then keeps none). kdat-cache-owner.patch makes CRIU use a cache only when the file and
@@ -47,13 +47,16 @@
 # - vma-lazy-in-place.patch: a lazily restored process's anonymous mappings that hold only lazy
 #   pages are mapped in place by CRIU's restorer instead of premapped and moved there (two system
 #   calls fewer for each; a 2 GB Node heap has 8,000 and more).
+# - xfer-hold-while-faulting.patch: with CHECKPT_CRIU_LAZY_HOLD, for a window after the restore
+#   the lazy-pages daemon runs on the copy's CPU alone and holds its background transfers while
+#   the copy faults, so that each fault is answered without waking the other CPU.
 set -euo pipefail
 
 home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=16
+recipe=17
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }

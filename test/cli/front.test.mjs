@@ -23,7 +23,7 @@ import { dirname, join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readImageInfo } from '../../dist/image/format.js';
-import { signalQuietly } from '../../dist/common/procfs.js';
+import { cmdline, processTree, signalQuietly } from '../../dist/common/procfs.js';
 import { VARIABLES } from '../../dist/common/config.js';
 import {
   cleanup,
@@ -56,15 +56,19 @@ after(async () => {
 });
 
 /** The command as a shell runs it: the file itself, with this Node first on the PATH. */
-function resumeCommand(file, trace, env = {}) {
-  return start(cli, ['-r', file], {
-    env: {
-      ...process.env,
-      PATH: `${dirname(process.execPath)}:${process.env.PATH}`,
-      CHECKPT_BENCH_TRACE: trace,
-      ...env,
+function resumeCommand(file, trace, env = {}, prefix = []) {
+  return start(
+    prefix[0] ?? cli,
+    [...prefix.slice(1), ...(prefix.length ? [cli] : []), '-r', file],
+    {
+      env: {
+        ...process.env,
+        PATH: `${dirname(process.execPath)}:${process.env.PATH}`,
+        CHECKPT_BENCH_TRACE: trace,
+        ...env,
+      },
     },
-  });
+  );
 }
 
 /** The marks once `step` is among them (Node may start after the copy answers: it waits). */
@@ -277,6 +281,72 @@ test('a lazy resume of a heap of thousands of mappings (each mapped in place by 
     await copy.closed;
   }
 });
+
+/** The CPUs each thread of `pid` may run on, as /proc writes them ("0-1"). */
+const cpusOf = (pid) =>
+  readdirSync(`/proc/${pid}/task`).map(
+    (t) =>
+      /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8'))[1],
+  );
+const ourCpus = cpusOf(process.pid)[0];
+const oneCpu = !/[-,]/.test(ourCpus);
+
+/** The value of `--pin-cpu` the copy's init was started with, or undefined. */
+function pinOf(copy) {
+  for (const p of processTree(copy.pid)) {
+    const args = cmdline(p);
+    if (args[1] === 'init' && args.includes('--pin-cpu'))
+      return args[args.indexOf('--pin-cpu') + 1];
+  }
+  return undefined;
+}
+
+test(
+  "a lazy resume runs the copy on one CPU beside CRIU's daemon for its first steps, then gives every thread back the CPUs checkpt had",
+  { skip: oneCpu && 'this machine lets the tests use one CPU only' },
+  async () => {
+    // xfer-hold-while-faulting.patch and checkpt-helper init --pin-cpu (native/resume-front.c PIN_MS).
+    const { file, port } = await checkpointed('pinned', ['--mb', '48']);
+    const copy = resumeCommand(file, join(dir, 'pinned.trace'));
+    try {
+      assert.equal((await answers(port, copy)).gen, 1);
+      const cpu = pinOf(copy);
+      assert.match(String(cpu), /^\d+$/, 'the init was told a CPU');
+      const pid = await programPid(copy);
+      // The window is 300 ms after the restore; a loaded machine gets 10 s.
+      let cpus = cpusOf(pid);
+      for (const end = Date.now() + 10_000; cpus.some((c) => c !== ourCpus) && Date.now() < end;) {
+        await sleep(50);
+        cpus = cpusOf(pid);
+      }
+      assert.deepEqual([...new Set(cpus)], [ourCpus], `every thread of the copy on ${ourCpus}`);
+      assert.equal((await get(port)).gen, 1);
+    } finally {
+      copy.kill('SIGTERM');
+      await copy.closed;
+    }
+  },
+);
+
+test(
+  'a resume under taskset -c 0 pins nothing, and the copy keeps the one CPU it was given',
+  { skip: oneCpu && 'this machine lets the tests use one CPU only' },
+  async () => {
+    const { file, port } = await checkpointed('taskset', ['--mb', '48']);
+    const trace = join(dir, 'taskset.trace');
+    const copy = resumeCommand(file, trace, {}, ['taskset', '-c', '0']);
+    try {
+      assert.equal((await answers(port, copy)).gen, 1);
+      assert.ok(marks(trace).includes('front'), String(marks(trace)));
+      assert.equal(pinOf(copy), undefined, 'no --pin-cpu with one CPU allowed');
+      await sleep(500);
+      assert.deepEqual([...new Set(cpusOf(await programPid(copy)))], ['0']);
+    } finally {
+      copy.kill('SIGTERM');
+      await copy.closed;
+    }
+  },
+);
 
 test('checkpt -r -d through the front: it prints the pid, ends once the memory is in, and the copy runs on in a session of its own', async () => {
   const { file, port } = await checkpointed('detached', ['--mb', '48']);
