@@ -507,6 +507,12 @@ export const HASH_LIBRARY = note(
   "For CRIU's lazy-pages daemon, during a lazy resume: the path of checkpt's BLAKE3 addon (checkpt-blake3.node), which checkpt's CRIU build loads to check a page fault's memory block itself when the page server has not checked it yet (scripts/criu-patches/staged-local-reads.patch).",
 );
 
+export const LAZY_HOLD = note(
+  'CHECKPT_CRIU_LAZY_HOLD',
+  'internal',
+  'For CRIU\'s lazy-pages daemon, during a lazy resume: "QUIET WINDOW CPU". For WINDOW ms after the restore checkpt\'s CRIU build (scripts/criu-patches/xfer-hold-while-faulting.patch) runs the daemon on CPU alone, where checkpt runs the copy too, and holds its background transfers until the copy has not faulted for QUIET ms, so that each fault is answered without waking another CPU.',
+);
+
 export const PRIVATE_NET = note(
   'CHECKPT_PRIVATE_NET',
   'internal',

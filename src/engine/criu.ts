@@ -10,6 +10,7 @@ import {
   CRIU_PDEATHSIG,
   DEBUG,
   SCRIPT_ACTIONS,
+  LAZY_HOLD,
   STAGED_MAP,
 } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
@@ -20,6 +21,7 @@ import { helperPath, native } from './native.js';
 import { prepareKdatDir } from './kdat.js';
 import { criuPath, criuSource, ownCriuHome, type CriuSource } from './paths.js';
 import { grantedCriu, grantedCriuPath } from './grant.js';
+import { lazyHold } from './pin.js';
 import { spawnFast } from './spawn.js';
 
 export const MIN_CRIU_MAJOR = 4;
@@ -236,6 +238,7 @@ export function lazyPagesCommand(
   workDir: string,
   pageServer = false,
   stagedMap?: string,
+  pin?: number,
 ): Command {
   const args = ['--status-fd', '3'];
   if (pageServer) args.push('--page-server', '--ps-socket', String(PAGE_SERVER_FD));
@@ -247,7 +250,13 @@ export function lazyPagesCommand(
     // Checked blocks the daemon may read itself, and the BLAKE3 to check a fault's block with
     // (checkpt's CRIU build; others ignore both).
     ...(pageServer && stagedMap !== undefined
-      ? { env: { [STAGED_MAP.name]: stagedMap, ...blake3Library() } }
+      ? {
+          env: {
+            [STAGED_MAP.name]: stagedMap,
+            ...blake3Library(),
+            ...(pin === undefined ? {} : { [LAZY_HOLD.name]: lazyHold(pin) }),
+          },
+        }
       : {}),
   });
 }

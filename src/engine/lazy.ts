@@ -97,11 +97,12 @@ export function startLazyPages(
   workDir: string,
   pageServer = false,
   shareChecked = pageServer,
+  pin?: number,
 ): LazyStart {
   trace('lazy-pages');
   // Where checkpt's page server will say which blocks it checked: the daemon reads those itself.
   const stagedMap = pageServer && shareChecked ? join(workDir, STAGED_MAP_FILE) : undefined;
-  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, pageServer, stagedMap), {
+  const daemon = startCriu(lazyPagesCommand(imagesDir, workDir, pageServer, stagedMap, pin), {
     statusFd: true,
     pageSocket: pageServer,
   });

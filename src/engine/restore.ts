@@ -26,6 +26,7 @@ import { eachLine } from '../common/lines.js';
 import { Socket } from 'node:net';
 import { constants as osConstants, setPriority } from 'node:os';
 import { loadingOf, startLazyPages, type LazyPages, type Relay } from './lazy.js';
+import { pinArgs, pinCpu } from './pin.js';
 import { lockCheckArgs, skipLockRemoval } from './netlock.js';
 import { readMemoryPlan, type MemoryPlan, type Range } from './pagemap.js';
 import { serverMaps, stageBeforeRestore } from './page-server.js';
@@ -234,8 +235,10 @@ async function restoreFrom(
     if (onHost) requirePidFree(manifest.pid, file);
     // The daemon needs only the images unpacked by now: its own start (CRIU's probes of the
     // kernel) overlaps the rest of the preparation. Stopped on any failure below.
+    // Local memory only: a fault answered from another machine gains nothing from it.
+    const pin = wantLazy && !remote && pages !== undefined ? pinCpu() : undefined;
     if (wantLazy)
-      starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote, !remote);
+      starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote, !remote, pin);
     if (remote && starting && !starting.relay((sock, fail) => remote.relay(sock, imagesDir, fail)))
       throw new CheckptError(
         'ERESTORE',
@@ -395,6 +398,7 @@ async function restoreFrom(
         ...control,
         ...stdinArgs.args,
         ...lockArgs,
+        ...(lazy !== undefined && pin !== undefined ? pinArgs(pin) : []),
         '--',
         ...argvOf(
           restoreCommand({

@@ -301,32 +301,41 @@ function pinOf(copy) {
   return undefined;
 }
 
-test(
-  "a lazy resume runs the copy on one CPU beside CRIU's daemon for its first steps, then gives every thread back the CPUs checkpt had",
-  { skip: oneCpu && 'this machine lets the tests use one CPU only' },
-  async () => {
-    // xfer-hold-while-faulting.patch and checkpt-helper init --pin-cpu (native/resume-front.c PIN_MS).
-    const { file, port } = await checkpointed('pinned', ['--mb', '48']);
-    const copy = resumeCommand(file, join(dir, 'pinned.trace'));
-    try {
-      assert.equal((await answers(port, copy)).gen, 1);
-      const cpu = pinOf(copy);
-      assert.match(String(cpu), /^\d+$/, 'the init was told a CPU');
-      const pid = await programPid(copy);
-      // The window is 300 ms after the restore; a loaded machine gets 10 s.
-      let cpus = cpusOf(pid);
-      for (const end = Date.now() + 10_000; cpus.some((c) => c !== ourCpus) && Date.now() < end;) {
-        await sleep(50);
-        cpus = cpusOf(pid);
+for (const [way, env] of [
+  ['the front', {}],
+  ["Node's resume (CHECKPT_FRONT=0)", { CHECKPT_FRONT: '0' }],
+])
+  test(
+    `a lazy resume through ${way} runs the copy on one CPU beside CRIU's daemon for its first steps, then gives every thread back the CPUs checkpt had`,
+    { skip: oneCpu && 'this machine lets the tests use one CPU only' },
+    async () => {
+      // xfer-hold-while-faulting.patch and checkpt-helper init --pin-cpu (src/engine/pin.ts).
+      const { file, port } = await checkpointed('pinned', ['--mb', '48']);
+      const trace = join(dir, 'pinned.trace');
+      rmSync(trace, { force: true });
+      const copy = resumeCommand(file, trace, env);
+      try {
+        assert.equal((await answers(port, copy)).gen, 1);
+        assert.equal(marks(trace).includes('extract'), way !== 'the front', String(marks(trace)));
+        assert.match(String(pinOf(copy)), /^\d+$/, 'the init was told a CPU');
+        const pid = await programPid(copy);
+        // The window is 300 ms after the restore; a loaded machine gets 10 s.
+        let cpus = cpusOf(pid);
+        for (
+          const end = Date.now() + 10_000;
+          cpus.some((c) => c !== ourCpus) && Date.now() < end;
+        ) {
+          await sleep(50);
+          cpus = cpusOf(pid);
+        }
+        assert.deepEqual([...new Set(cpus)], [ourCpus], `every thread of the copy on ${ourCpus}`);
+        assert.equal((await get(port)).gen, 1);
+      } finally {
+        copy.kill('SIGTERM');
+        await copy.closed;
       }
-      assert.deepEqual([...new Set(cpus)], [ourCpus], `every thread of the copy on ${ourCpus}`);
-      assert.equal((await get(port)).gen, 1);
-    } finally {
-      copy.kill('SIGTERM');
-      await copy.closed;
-    }
-  },
-);
+    },
+  );
 
 test(
   'a resume under taskset -c 0 pins nothing, and the copy keeps the one CPU it was given',
