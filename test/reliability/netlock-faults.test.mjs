@@ -156,8 +156,14 @@ describe('CRIU killed once it locked the network, with no connection yet', () =>
     test(`${op}(): EDUMP, and that run's lock table is gone`, async () => {
       const file = join(target, `${op}.ckpt`);
       let r, held;
+      // Each round's miss, for the message: the moment passed before CRIU was stopped, or CRIU
+      // held the program then (CI run 154 missed eight rounds in a row on a loaded machine).
+      const misses = [];
       for (let attempt = 1; ; attempt++) {
-        assert.ok(attempt <= 8, 'CRIU was never stopped where killing it spares the program');
+        assert.ok(
+          attempt <= 16,
+          `CRIU was never stopped where killing it spares the program: ${misses.join(', ')}`,
+        );
         const before = criuTables();
         const pending = prog.ask({ op, file });
         held = stopCriuAtItsTable(
@@ -169,6 +175,7 @@ describe('CRIU killed once it locked the network, with no connection yet', () =>
           r = await pending;
           break;
         }
+        misses.push(held ? 'held' : 'passed');
         assert.equal((await pending).event, 'returned', 'a round let finish checkpoints');
         rmSync(file, { force: true });
         await settled(prog.pid);
