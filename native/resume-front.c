@@ -862,10 +862,6 @@ static void kill_tree(pid_t pid) {
   kill(pid, SIGKILL);
 }
 
-/*
- * The keeper: the daemon and the page server are its children; it tells P when the restore may
- * start, and the adopted Node how loading the memory ended (src/engine/lazy.ts's messages).
- */
 /* The CPU the copy's first steps and CRIU's daemon share; -1: none (one CPU, or unknown). */
 static int pin_cpu = -1;
 
@@ -876,6 +872,10 @@ static int choose_pin_cpu(void) {
   return c >= 0 && c < CPU_SETSIZE && CPU_ISSET(c, &m) ? c : -1;
 }
 
+/*
+ * The keeper: the daemon and the page server are its children; it tells P when the restore may
+ * start, and the adopted Node how loading the memory ended (src/engine/lazy.ts's messages).
+ */
 static void keeper(int pk, int report, int held) {
   int status[2], pages[2], ctl[2], err[2];
   if (pipe2(status, O_CLOEXEC) || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pages) ||
