@@ -892,9 +892,9 @@ static void keeper(int pk, int report, int held) {
   const char *slash = strrchr(self, '/');
   snprintf(blake3_lib, sizeof blake3_lib, "CHECKPT_HASH_LIBRARY=%.*s/checkpt-blake3.node",
            slash ? (int)(slash - self) : 1, slash ? self : ".");
-  char lazy_hold[64] = "CHECKPT_CRIU_LAZY_HOLD=0 0 -1";
-  if (pin_cpu >= 0) snprintf(lazy_hold, sizeof lazy_hold, "CHECKPT_CRIU_LAZY_HOLD=%d %d %d", HOLD_QUIET_MS, PIN_MS, pin_cpu);
-  char *daemon_extra[] = {staged_map, pdeath, "CRIU_FAULT=130", blake3_lib, lazy_hold, NULL};
+  char lazy_hold[64];
+  snprintf(lazy_hold, sizeof lazy_hold, "CHECKPT_CRIU_LAZY_HOLD=%d %d %d", HOLD_QUIET_MS, PIN_MS, pin_cpu);
+  char *daemon_extra[] = {staged_map, pdeath, "CRIU_FAULT=130", blake3_lib, pin_cpu >= 0 ? lazy_hold : NULL, NULL};
   char **daemon_env = env_with(daemon_extra);
   char *daemon_argv[] = {(char *)CRIU, "lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log", "-v2",
                          "--status-fd", "3", "--page-server", "--ps-socket", "4", NULL};

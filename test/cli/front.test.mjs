@@ -57,18 +57,15 @@ after(async () => {
 
 /** The command as a shell runs it: the file itself, with this Node first on the PATH. */
 function resumeCommand(file, trace, env = {}, prefix = []) {
-  return start(
-    prefix[0] ?? cli,
-    [...prefix.slice(1), ...(prefix.length ? [cli] : []), '-r', file],
-    {
-      env: {
-        ...process.env,
-        PATH: `${dirname(process.execPath)}:${process.env.PATH}`,
-        CHECKPT_BENCH_TRACE: trace,
-        ...env,
-      },
+  const [command, ...args] = [...prefix, cli, '-r', file];
+  return start(command, args, {
+    env: {
+      ...process.env,
+      PATH: `${dirname(process.execPath)}:${process.env.PATH}`,
+      CHECKPT_BENCH_TRACE: trace,
+      ...env,
     },
-  );
+  });
 }
 
 /** The marks once `step` is among them (Node may start after the copy answers: it waits). */
