@@ -305,10 +305,12 @@ static void on_child(int sig) {
 static int cmd_init(int argc, char **argv) {
   struct init_opts o = {0, 0, NULL, NULL, "", -1, NULL, NULL};
   int attached = 0, key = 5, pty_index = 0, i;
+  pid_t parent = 0;
   const char *lock_table = NULL, *lock_method_at = NULL;
   for (i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--")) { i++; break; }
     if (!strcmp(argv[i], "--attached")) { attached = 1; continue; }
+    if (!strcmp(argv[i], "--parent") && i + 1 < argc) { parent = (pid_t)atoi(argv[++i]); continue; }
     if (!strcmp(argv[i], "--run")) { o.run = 1; continue; }
     if (!strcmp(argv[i], "--pty")) { pty_mode = 1; continue; }
     if (!strcmp(argv[i], "--netns")) { netns = 1; continue; }
@@ -351,6 +353,8 @@ static int cmd_init(int argc, char **argv) {
   if (pin_cpu >= 0) pin_self();
   signal(SIGPIPE, SIG_IGN);
   if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
+  /* Our launcher died before that took effect: nothing would kill us with it. */
+  if (attached && parent > 0 && getppid() != parent) _exit(128 + SIGKILL);
   if (pty_mode && !(attached && isatty(0))) pty_mode = 0;
   int tty = attached && isatty(0) && !pty_mode;
   pid_t fg = tty ? tcgetpgrp(0) : -1;
@@ -685,10 +689,17 @@ static int run_init(struct init_opts *o) {
   pid_t pid;
   if (o->run) {
     reopen_inside();
+    /* Until the child has its own handlers and we know its pid, a signal relayed to either would
+     * be lost in forward(): it waits blocked instead. */
+    sigset_t relayset, oldmask;
+    sigemptyset(&relayset);
+    for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaddset(&relayset, relayed[k]);
+    sigprocmask(SIG_BLOCK, &relayset, &oldmask);
     pid = fork();
     if (pid < 0) die("fork");
     if (pid == 0) {
       default_signals();
+      sigprocmask(SIG_SETMASK, &oldmask, NULL);
       adopt_orphans();
       /* Without root, CRIU cannot dump an fd the launcher opened in a mount namespace outside. */
       if (rootless) close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
@@ -704,6 +715,7 @@ static int run_init(struct init_opts *o) {
     }
     setpgid(pid, pid);
     target_pid = pid;
+    sigprocmask(SIG_SETMASK, &oldmask, NULL);
     report(o->status_fd, "started %d\n", (int)pid);
   } else {
     pid = o->pid;

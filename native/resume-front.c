@@ -1122,13 +1122,18 @@ static void keeper(int pk, int report, int held) {
 static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
   char *argv[96];
   int n = 0;
-  static char pidbuf[32], lockat[PATH_MAX + 64], message[PATH_MAX * 2 + 256], eof[8] = "4";
+  static char pidbuf[32], parentbuf[16], lockat[PATH_MAX + 64], message[PATH_MAX * 2 + 256], eof[8] = "4";
   static char inherit[3][PATH_MAX + 16], relays[2][4];
   int extra_stdin = 0;
   argv[n++] = self;
   argv[n++] = "init";
   /* Attached, it dies with checkpt (PR_SET_PDEATHSIG); detached, it is the copy's for good. */
-  if (!detach) argv[n++] = "--attached";
+  if (!detach) {
+    argv[n++] = "--attached";
+    snprintf(parentbuf, sizeof parentbuf, "%d", (int)getpid());
+    argv[n++] = "--parent";
+    argv[n++] = parentbuf;
+  }
   /* Relays (restore.ts relaysFor): our stdout or stderr as a regular file, or a pipe in a socket. */
   for (int i = 0; i < r->nin; i++) {
     int fd = r->in[i].fd;

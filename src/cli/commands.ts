@@ -250,7 +250,7 @@ async function run(c: RunnableCommand, started: () => void): Promise<number> {
         const { runSupervised } = await import('./restart.js');
         return runSupervised({ ...c, keep: c.keep ?? 3 });
       }
-      const held = holdRequests();
+      const held = holdRequests({ stopping: true });
       const { runProgram } = await import('../launcher/run.js');
       const r = await runProgram({
         command: c.command,

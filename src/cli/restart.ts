@@ -64,7 +64,8 @@ export async function runSupervised(c: SupervisedRun): Promise<number> {
 
   let from: RotationFile | undefined;
   let next: Next | undefined;
-  let held = holdRequests();
+  // Without a policy there is one start; with one, onStop keeps a stopping signal meanwhile.
+  let held = holdRequests({ stopping: policy === undefined });
   let generation = 0;
   for (;;) {
     const r: Next =
@@ -78,6 +79,8 @@ export async function runSupervised(c: SupervisedRun): Promise<number> {
         ...(c.privateNet === true ? { privateNet: true } : {}),
         ...(c.publish === undefined ? {} : { publish: c.publish }),
       }));
+    // Asked to stop while it started: the program is told, as the relay would have told it.
+    if (stopSignal !== undefined && next === undefined) process.kill(r.initPid, stopSignal);
     const t0 = Date.now();
     const { status, stopped } = await superviseOnce(r, {
       generation,

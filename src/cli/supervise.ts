@@ -20,11 +20,18 @@ export interface HeldRequests {
  */
 const HELD_FOR_PROGRAM: NodeJS.Signals[] = ['SIGUSR2', 'SIGQUIT'];
 
+/** What `checkpt run` holds as well while its program starts: nothing of ours to stop yet. */
+const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+
 /**
  * Catches SIGCKPT/SIGCKPTEXIT and the program's own signals while the program starts, so an early
- * request is not lost and an early SIGUSR2 does not kill checkpt (its default action).
+ * request is not lost and an early SIGUSR2 does not kill checkpt (its default action). With
+ * `stopping` (a program started anew, not a resume, which stops itself on them) SIGTERM, SIGINT
+ * and SIGHUP are kept for the program too: one that came before the relay listened killed checkpt
+ * and left the program running without it.
  */
-export function holdRequests(): HeldRequests {
+export function holdRequests(opts: { stopping?: boolean } = {}): HeldRequests {
+  const forProgram = opts.stopping === true ? [...HELD_FOR_PROGRAM, ...STOPPING] : HELD_FOR_PROGRAM;
   const sig = checkpointSignals();
   const got: boolean[] = [];
   const signals: NodeJS.Signals[] = [];
@@ -33,13 +40,13 @@ export function holdRequests(): HeldRequests {
   const keep = (s: NodeJS.Signals): void => void signals.push(s);
   process.on(sig.ckpt, ckpt);
   process.on(sig.exit, exit);
-  for (const s of HELD_FOR_PROGRAM) process.on(s, keep);
+  for (const s of forProgram) process.on(s, keep);
   return {
     signals,
     release: () => {
       process.off(sig.ckpt, ckpt);
       process.off(sig.exit, exit);
-      for (const s of HELD_FOR_PROGRAM) process.off(s, keep);
+      for (const s of forProgram) process.off(s, keep);
       return got;
     },
   };

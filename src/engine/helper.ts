@@ -121,7 +121,8 @@ export function dumpFrontCommand(
 export function spawnHelper(args: string[], opts: HelperOptions): Helper {
   const full = [
     'init',
-    ...(opts.detach ? [] : ['--attached']),
+    // --parent: the helper sees whether we died before its PR_SET_PDEATHSIG took effect.
+    ...(opts.detach ? [] : ['--attached', '--parent', String(process.pid)]),
     ...(opts.pty
       ? ['--pty', '--key', String(opts.key ?? -1), '--pty-index', String(opts.ptyIndex ?? 0)]
       : []),

@@ -3,8 +3,11 @@ import {
   checkptCli,
   cleanup,
   cli,
+  describeTree,
   descendants,
+  ended,
   events,
+  exeOf,
   fixture,
   freePort,
   nodeBinaries,
@@ -18,12 +21,13 @@ import {
   tempDir,
   test,
   waitFor,
+  within,
 } from '../helpers.mjs';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { signalQuietly } from '../../dist/common/procfs.js';
+import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
+import { childrenOf, signalQuietly } from '../../dist/common/procfs.js';
 import {
   criuTables,
   killCriuIfSpared,
@@ -136,6 +140,64 @@ test('checkpt run passes on the exit status and signals, and the pid the program
     process.kill(p.pid, sig);
     assert.deepEqual(await p.closed, { code: null, signal: sig }, p.stderrText);
     assert.ok(!pidAlive(pid));
+  }
+});
+
+test('a stopping signal that comes while checkpt run starts its program is passed on, not lost with checkpt', async () => {
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
+    const p = run(['--', 'sh', fixture('loop.sh')]);
+    // Not p.closed: a program left running would hold checkpt's output open.
+    const exited = new Promise((r) => p.once('exit', (code, signal) => r({ code, signal })));
+    // The first moment there is a program to leave behind: checkpt's helper exists, its relay
+    // of signals to the program does not yet (it listens once the program runs).
+    let helper;
+    for (const end = Date.now() + 30_000; !helper;) {
+      helper = childrenOf(p.pid).find((c) => exeOf(c).endsWith('/checkpt-helper'));
+      if (Date.now() > end)
+        throw new Error(`checkpt run started no helper:\n${describeTree(p.pid)}`);
+      if (!helper) await nextTurn();
+    }
+    try {
+      process.kill(p.pid, sig);
+      assert.deepEqual(await within(exited, `checkpt run after ${sig}`), {
+        code: null,
+        signal: sig,
+      });
+      // The helper ends once everything in the program's namespace has (a zombie: nobody reaps it).
+      for (const end = Date.now() + 5000; !ended(helper) && Date.now() < end;) await sleep(20);
+      assert.ok(
+        ended(helper),
+        `${sig}: the program outlived checkpt run:\n${describeTree(helper)}`,
+      );
+    } finally {
+      // Its namespace's init dies with it (PR_SET_PDEATHSIG), and the program with the init.
+      signalQuietly(helper, 'SIGKILL');
+    }
+  }
+});
+
+test('checkpt run killed (SIGKILL) while it starts its program leaves nothing running', async () => {
+  for (let round = 0; round < 6; round++) {
+    const p = run(['--', 'sh', fixture('loop.sh')]);
+    const exited = new Promise((r) => p.once('exit', (code, signal) => r({ code, signal })));
+    let helper;
+    for (const end = Date.now() + 30_000; !helper;) {
+      helper = childrenOf(p.pid).find((c) => exeOf(c).endsWith('/checkpt-helper'));
+      if (Date.now() > end)
+        throw new Error(`checkpt run started no helper:\n${describeTree(p.pid)}`);
+      if (!helper) await nextTurn();
+    }
+    // At its birth the helper may not yet have asked to die with checkpt (PR_SET_PDEATHSIG).
+    const tree = [helper, ...descendants(helper)];
+    try {
+      process.kill(p.pid, 'SIGKILL');
+      await within(exited, 'checkpt run after SIGKILL');
+      const live = () => tree.filter((pid) => !ended(pid));
+      for (const end = Date.now() + 5000; live().length && Date.now() < end;) await sleep(20);
+      assert.deepEqual(live(), [], `round ${round}: left running:\n${describeTree(helper)}`);
+    } finally {
+      for (const pid of tree) signalQuietly(pid, 'SIGKILL');
+    }
   }
 });
 
