@@ -642,6 +642,21 @@ struct smap_file {
 };
 static struct smap_head *smap;
 
+/* Where the copy faults, from the daemon (CRIU's xfer-ordered-by-faults.patch): a ring in a file
+ * beside the staged map, `CHECKPT_STAGED_MAP` plus ".hints", made before the map is published.
+ * Each slot names the lazy range [lo, hi) of pid around one fault; the newest is at w - 1. */
+#define HINTS_MAGIC 0x544e4948u
+#define HINT_SLOTS 64
+struct hints_ring {
+  uint32_t magic, slots;
+  uint64_t w;
+  struct {
+    uint32_t pid, pad;
+    uint64_t lo, hi;
+  } ring[HINT_SLOTS];
+};
+static struct hints_ring *hints;
+
 static void load_codecs(void) {
   void *ne = dlopen("libnettle.so.8", RTLD_NOW | RTLD_LOCAL);
   if (ne) {
@@ -785,6 +800,50 @@ static void check_claimed(uint32_t fi, uint64_t b, uint8_t *raw) {
   }
 }
 
+/* The range of the daemon's hint the walk takes blocks from first (under lock): the next page of
+ * [hint_at, hint_hi) in hint_pid's memory. Hints older than the newest few are passed over: the
+ * copy has moved on from them. */
+static uint64_t hint_r, hint_at, hint_hi;
+static uint32_t hint_pid;
+#define HINTS_KEPT 4
+
+/* The next block near the copy's latest faults that nobody has checked or claimed, in *fi and
+ * *b; 0 if none. With the lock held. */
+static int next_hinted(uint32_t *fi, uint64_t *b) {
+  if (!hints) return 0;
+  for (int budget = 256; budget > 0; budget--) {
+    if (hint_at >= hint_hi) {
+      uint64_t w = __atomic_load_n(&hints->w, __ATOMIC_ACQUIRE);
+      if (hint_r >= w) return 0;
+      if (w - hint_r > HINTS_KEPT) hint_r = w - HINTS_KEPT;
+      unsigned slot = (unsigned)(hint_r++ % HINT_SLOTS);
+      uint64_t lo = hints->ring[slot].lo, hi = hints->ring[slot].hi;
+      /* Only an order for the walk, never trusted further: nonsense is passed over. */
+      if (lo % PAGE || hi <= lo || hi - lo > (64ULL << 20)) continue;
+      hint_pid = hints->ring[slot].pid;
+      hint_at = lo;
+      hint_hi = hi;
+    }
+    uint64_t va = hint_at;
+    const struct entry *e = locate(hint_pid, va, 1);
+    if (!e || e->file >= nfiles) {
+      hint_at += PAGE;
+      continue;
+    }
+    struct file *f = &files[e->file];
+    uint64_t off = e->offset + (va - e->vaddr), blk = off / f->block;
+    /* On to the first page of the next block. */
+    hint_at = va - off % f->block + f->block;
+    if (blk >= f->blocks || !checked_here(f, blk) || f->claimed[blk] ||
+        __atomic_load_n(&f->staged[blk], __ATOMIC_ACQUIRE))
+      continue;
+    *fi = e->file;
+    *b = blk;
+    return 1;
+  }
+  return 0;
+}
+
 static void *checker(void *arg) {
   (void)arg;
   uint8_t *raw = malloc(RAW_SIZE);
@@ -813,6 +872,7 @@ static void *checker(void *arg) {
         if (files[f].claimed[b]) continue;
         break;
       }
+      if (next_hinted(&f, &b)) break;
       int found = 0;
       while (cursor_file < nfiles && !found) {
         struct file *cf = &files[cursor_file];
@@ -880,6 +940,22 @@ static int self_checkable(const struct file *f) {
 
 /* Moves the blocks' states into the map shared with the daemon; without one (no variable, no
  * room) the daemon asks this server for every page, as CRIU alone does. */
+static void share_hints(const char *map_path) {
+  char path[PATH_MAX];
+  if (snprintf(path, sizeof path, "%s.hints", map_path) >= (int)sizeof path) return;
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return;
+  void *m = ftruncate(fd, sizeof *hints) == 0 ? mmap(NULL, sizeof *hints, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+  close(fd);
+  if (m == MAP_FAILED) {
+    unlink(path);
+    return;
+  }
+  hints = m;
+  hints->slots = HINT_SLOTS;
+  hints->magic = HINTS_MAGIC;
+}
+
 static void share_states(void) {
   const char *path = getenv("CHECKPT_STAGED_MAP");
   if (!path || !*path) return;
@@ -937,6 +1013,7 @@ static void share_states(void) {
       at += (4 * f->blocks + 7) & ~7ULL;
     }
   }
+  share_hints(path);
   h->version = SMAP_VERSION;
   h->nfiles = nfiles;
   h->server_pid = (uint32_t)getpid();

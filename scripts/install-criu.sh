@@ -11,8 +11,8 @@
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 #
-# checkpt's build differs from Debian's in thirteen things: it is built without GnuTLS (below),
-# and twelve patches (scripts/criu-patches/):
+# checkpt's build differs from Debian's in fourteen things: it is built without GnuTLS (below),
+# and thirteen patches (scripts/criu-patches/):
 # - CRIU keeps its cache of kernel probes (40-70 ms at each start without it) in $kdat_dir, on
 #   tmpfs everywhere, containers included, instead of /run, which is not tmpfs in most containers
 #   (CRIU then keeps none). kdat-cache-owner.patch makes CRIU use a cache only when the file and
@@ -50,13 +50,16 @@
 # - xfer-hold-while-faulting.patch: with CHECKPT_CRIU_LAZY_HOLD, for a window after the restore
 #   the lazy-pages daemon runs on the copy's CPU alone and holds its background transfers while
 #   the copy faults, so that each fault is answered without waking the other CPU.
+# - xfer-ordered-by-faults.patch: the lazy-pages daemon tells checkpt's page server the lazy range
+#   around each page fault (a ring in a file beside the staged map), and the server's checker takes
+#   those blocks first, so the copy's next fault nearby finds its block checked and decoded.
 set -euo pipefail
 
 home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=17
+recipe=18
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
   closeSync,
+  existsSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -429,6 +430,56 @@ test('the background walk checks a file from its end (4 MiB at a time): the top 
     got.every((b) => b >= blocks - 64),
     `only blocks of the file's last 4 MiB so far: ${got}`,
   );
+  await goodbye(daemon, ps, errors);
+});
+
+test("the walk takes first the blocks around the copy's latest faults, as CRIU's daemon writes them beside the map", async (t) => {
+  // As above: 256 blocks of 64 KiB checked 20 ms each, the walk from the file's end.
+  const { root, file } = await checkpointFile(t, { mib: 16 });
+  const map = join(root, 'staged.map');
+  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
+  let served;
+  try {
+    served = await serve(root, file, undefined, { stagedMap: map });
+  } finally {
+    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
+  }
+  const { ps, daemon, errors, staged } = served;
+  t.after(async () => {
+    daemon.destroy();
+    await staged.close().catch(() => undefined);
+  });
+  // The daemon's side (xfer-ordered-by-faults.patch): one fault's lazy range, blocks 40 to 43.
+  const hints = `${map}.hints`;
+  // Made with the map, once the server shares its states.
+  for (const end = Date.now() + 10_000; !existsSync(hints); await sleep(10))
+    assert.ok(Date.now() < end, `no ${hints} in 10 s`);
+  const ring = readFileSync(hints);
+  assert.equal(ring.readUInt32LE(0), 0x544e4948, 'the ring is marked');
+  assert.ok(ring.readUInt32LE(4) > 0, 'the ring has slots');
+  const slot = Buffer.alloc(24);
+  slot.writeUInt32LE(100, 0);
+  slot.writeBigUInt64LE(BigInt(VADDR + 40 * 65536), 8);
+  slot.writeBigUInt64LE(BigInt(VADDR + 44 * 65536), 16);
+  const fd = openSync(hints, 'r+');
+  writeSync(fd, slot, 0, 24, 16);
+  const w = Buffer.alloc(8);
+  w.writeBigUInt64LE(1n);
+  writeSync(fd, w, 0, 8, 8);
+  closeSync(fd);
+  const checked = () =>
+    readMap(map)
+      .files[0].states.map((s, b) => (s && b > 0 ? b : -1))
+      .filter((b) => b >= 0);
+  const hinted = [40, 41, 42, 43];
+  const deadline = Date.now() + 10_000;
+  while (!hinted.every((b) => checked().includes(b))) {
+    assert.ok(Date.now() < deadline, `blocks 40-43 not checked in 10 s: ${checked()}`);
+    await sleep(20);
+  }
+  // The walk alone would reach them after the 200 blocks above them (4 s at 20 ms each).
+  const got = checked();
+  assert.ok(got.length < 40, `the hinted blocks came before most of the walk: ${got}`);
   await goodbye(daemon, ps, errors);
 });
 
