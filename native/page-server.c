@@ -938,8 +938,8 @@ static int self_checkable(const struct file *f) {
   return 1;
 }
 
-/* Moves the blocks' states into the map shared with the daemon; without one (no variable, no
- * room) the daemon asks this server for every page, as CRIU alone does. */
+/* The ring the daemon writes its faults to (struct hints_ring), beside the map at map_path; none
+ * when it cannot be made, and the walk keeps its own order. */
 static void share_hints(const char *map_path) {
   char path[PATH_MAX];
   if (snprintf(path, sizeof path, "%s.hints", map_path) >= (int)sizeof path) return;
@@ -956,6 +956,8 @@ static void share_hints(const char *map_path) {
   hints->magic = HINTS_MAGIC;
 }
 
+/* Moves the blocks' states into the map shared with the daemon; without one (no variable, no
+ * room) the daemon asks this server for every page, as CRIU alone does. */
 static void share_states(void) {
   const char *path = getenv("CHECKPT_STAGED_MAP");
   if (!path || !*path) return;
