@@ -398,8 +398,11 @@ test("a zstd file's map gives each frame's digest and stored length, for the dae
   await goodbye(daemon, ps, errors);
 });
 
-test('the background walk checks a file from its end (4 MiB at a time): the top of the address space comes first', async (t) => {
-  // 16 MiB in 256 blocks, each check slowed: the walk is caught part of the way.
+/**
+ * 16 MiB in 256 blocks of 64 KiB served with a shared map, each check slowed to 20 ms so that the
+ * background walk is caught part of the way; `checked()` lists the lazy blocks checked so far.
+ */
+async function slowWalk(t) {
   const { root, file } = await checkpointFile(t, { mib: 16 });
   const map = join(root, 'staged.map');
   process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
@@ -409,7 +412,7 @@ test('the background walk checks a file from its end (4 MiB at a time): the top 
   } finally {
     delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
   }
-  const { ps, daemon, errors, staged } = served;
+  const { daemon, staged } = served;
   t.after(async () => {
     daemon.destroy();
     await staged.close().catch(() => undefined);
@@ -418,6 +421,11 @@ test('the background walk checks a file from its end (4 MiB at a time): the top 
     readMap(map)
       .files[0].states.map((s, b) => (s && b > 0 ? b : -1))
       .filter((b) => b >= 0);
+  return { ...served, map, checked };
+}
+
+test('the background walk checks a file from its end (4 MiB at a time): the top of the address space comes first', async (t) => {
+  const { ps, daemon, errors, map, checked } = await slowWalk(t);
   const deadline = Date.now() + 10_000;
   while (checked().length < 4) {
     assert.ok(Date.now() < deadline, `the walk checked ${checked().length} blocks in 10 s`);
@@ -434,21 +442,7 @@ test('the background walk checks a file from its end (4 MiB at a time): the top 
 });
 
 test("the walk takes first the blocks around the copy's latest faults, as CRIU's daemon writes them beside the map", async (t) => {
-  // As above: 256 blocks of 64 KiB checked 20 ms each, the walk from the file's end.
-  const { root, file } = await checkpointFile(t, { mib: 16 });
-  const map = join(root, 'staged.map');
-  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
-  let served;
-  try {
-    served = await serve(root, file, undefined, { stagedMap: map });
-  } finally {
-    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
-  }
-  const { ps, daemon, errors, staged } = served;
-  t.after(async () => {
-    daemon.destroy();
-    await staged.close().catch(() => undefined);
-  });
+  const { ps, daemon, errors, map, checked } = await slowWalk(t);
   // The daemon's side (xfer-ordered-by-faults.patch): one fault's lazy range, blocks 40 to 43.
   const hints = `${map}.hints`;
   // Made with the map, once the server shares its states.
@@ -467,10 +461,6 @@ test("the walk takes first the blocks around the copy's latest faults, as CRIU's
   w.writeBigUInt64LE(1n);
   writeSync(fd, w, 0, 8, 8);
   closeSync(fd);
-  const checked = () =>
-    readMap(map)
-      .files[0].states.map((s, b) => (s && b > 0 ? b : -1))
-      .filter((b) => b >= 0);
   const hinted = [40, 41, 42, 43];
   const deadline = Date.now() + 10_000;
   while (!hinted.every((b) => checked().includes(b))) {

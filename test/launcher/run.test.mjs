@@ -143,20 +143,24 @@ test('checkpt run passes on the exit status and signals, and the pid the program
   }
 });
 
+/**
+ * `checkpt run` of loop.sh caught at the first moment there is a program to leave behind: its
+ * native helper exists, its relay of signals to the program does not yet (that listens once the
+ * program runs). `exited`: its exit, not p.closed, which a program left running would hold open.
+ */
+async function atHelperBirth() {
+  const p = run(['--', 'sh', fixture('loop.sh')]);
+  const exited = new Promise((r) => p.once('exit', (code, signal) => r({ code, signal })));
+  for (const end = Date.now() + 30_000; ; await nextTurn()) {
+    const helper = childrenOf(p.pid).find((c) => exeOf(c).endsWith('/checkpt-helper'));
+    if (helper) return { p, exited, helper };
+    if (Date.now() > end) throw new Error(`checkpt run started no helper:\n${describeTree(p.pid)}`);
+  }
+}
+
 test('a stopping signal that comes while checkpt run starts its program is passed on, not lost with checkpt', async () => {
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
-    const p = run(['--', 'sh', fixture('loop.sh')]);
-    // Not p.closed: a program left running would hold checkpt's output open.
-    const exited = new Promise((r) => p.once('exit', (code, signal) => r({ code, signal })));
-    // The first moment there is a program to leave behind: checkpt's helper exists, its relay
-    // of signals to the program does not yet (it listens once the program runs).
-    let helper;
-    for (const end = Date.now() + 30_000; !helper;) {
-      helper = childrenOf(p.pid).find((c) => exeOf(c).endsWith('/checkpt-helper'));
-      if (Date.now() > end)
-        throw new Error(`checkpt run started no helper:\n${describeTree(p.pid)}`);
-      if (!helper) await nextTurn();
-    }
+    const { p, exited, helper } = await atHelperBirth();
     try {
       process.kill(p.pid, sig);
       assert.deepEqual(await within(exited, `checkpt run after ${sig}`), {
@@ -178,15 +182,7 @@ test('a stopping signal that comes while checkpt run starts its program is passe
 
 test('checkpt run killed (SIGKILL) while it starts its program leaves nothing running', async () => {
   for (let round = 0; round < 6; round++) {
-    const p = run(['--', 'sh', fixture('loop.sh')]);
-    const exited = new Promise((r) => p.once('exit', (code, signal) => r({ code, signal })));
-    let helper;
-    for (const end = Date.now() + 30_000; !helper;) {
-      helper = childrenOf(p.pid).find((c) => exeOf(c).endsWith('/checkpt-helper'));
-      if (Date.now() > end)
-        throw new Error(`checkpt run started no helper:\n${describeTree(p.pid)}`);
-      if (!helper) await nextTurn();
-    }
+    const { p, exited, helper } = await atHelperBirth();
     // At its birth the helper may not yet have asked to die with checkpt (PR_SET_PDEATHSIG).
     const tree = [helper, ...descendants(helper)];
     try {
