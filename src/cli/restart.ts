@@ -80,7 +80,8 @@ export async function runSupervised(c: SupervisedRun): Promise<number> {
         ...(c.publish === undefined ? {} : { publish: c.publish }),
       }));
     // Asked to stop while it started: the program is told, as the relay would have told it.
-    if (stopSignal !== undefined && next === undefined) process.kill(r.initPid, stopSignal);
+    if (stopSignal !== undefined && next === undefined && r.initPid > 0)
+      process.kill(r.initPid, stopSignal);
     const t0 = Date.now();
     const { status, stopped } = await superviseOnce(r, {
       generation,

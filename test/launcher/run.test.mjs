@@ -148,8 +148,8 @@ test('checkpt run passes on the exit status and signals, and the pid the program
  * native helper exists, its relay of signals to the program does not yet (that listens once the
  * program runs). `exited`: its exit, not p.closed, which a program left running would hold open.
  */
-async function atHelperBirth() {
-  const p = run(['--', 'sh', fixture('loop.sh')]);
+async function atHelperBirth(options = []) {
+  const p = run([...options, '--', 'sh', fixture('loop.sh')]);
   const exited = new Promise((r) => p.once('exit', (code, signal) => r({ code, signal })));
   for (const end = Date.now() + 30_000; ; await nextTurn()) {
     const helper = childrenOf(p.pid).find((c) => exeOf(c).endsWith('/checkpt-helper'));
@@ -159,8 +159,14 @@ async function atHelperBirth() {
 }
 
 test('a stopping signal that comes while checkpt run starts its program is passed on, not lost with checkpt', async () => {
-  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
-    const { p, exited, helper } = await atHelperBirth();
+  // With --restart a stopping signal also means: do not start it again.
+  for (const [sig, options] of [
+    ['SIGTERM', []],
+    ['SIGINT', []],
+    ['SIGHUP', []],
+    ['SIGTERM', ['--restart']],
+  ]) {
+    const { p, exited, helper } = await atHelperBirth(options);
     try {
       process.kill(p.pid, sig);
       assert.deepEqual(await within(exited, `checkpt run after ${sig}`), {
