@@ -13,6 +13,7 @@ import { Rotation, type RotationFile } from '../engine/rotation.js';
 import { RestartPolicy } from '../launcher/restart.js';
 import { runProgram } from '../launcher/run.js';
 import { exitLike } from '../launcher/signals.js';
+import { STOPPING } from '../common/signals.js';
 import { holdRequests, superviseOnce, type SuperviseOptions } from './supervise.js';
 
 /** `checkpt run`'s command, with the number of checkpoints kept settled. */
@@ -21,8 +22,6 @@ export type SupervisedRun = Omit<Extract<Command, { cmd: 'run' }>, 'cmd' | 'keep
 };
 
 type Next = Running & Pick<SuperviseOptions, 'beforeExit' | 'takeSignals'>;
-
-const STOPPING = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 
 // As systemd's on-failure: these signals ask a program to stop (^C, kill, a hang-up), not a crash.
 const CLEAN_SIGNALS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGPIPE'].map(
@@ -53,19 +52,19 @@ export async function runSupervised(c: SupervisedRun): Promise<number> {
           rotation: (base: string) => (rotation ??= new Rotation(base, c.keep)),
         };
   const policy = c.restart === undefined ? undefined : new RestartPolicy(c.restart);
-  // A stopping signal for the program means stop, not restart (the relay passes it on as well).
+  // A stopping signal for the program means stop, not restart (the relay passes it on as well;
+  // one that came while the program started is passed on below).
   let stopSignal: NodeJS.Signals | undefined;
   let wake: (() => void) | undefined;
   const onStop = (s: NodeJS.Signals): void => {
     stopSignal ??= s;
     wake?.();
   };
-  if (policy) for (const s of STOPPING) process.on(s, onStop);
+  for (const s of STOPPING) process.on(s, onStop);
 
   let from: RotationFile | undefined;
   let next: Next | undefined;
-  // Without a policy there is one start; with one, onStop keeps a stopping signal meanwhile.
-  let held = holdRequests({ stopping: policy === undefined });
+  let held = holdRequests();
   let generation = 0;
   for (;;) {
     const r: Next =

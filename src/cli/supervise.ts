@@ -1,5 +1,5 @@
 import { isTerminal } from '../common/builtin.js';
-import { checkpointSignals } from '../common/signals.js';
+import { checkpointSignals, STOPPING } from '../common/signals.js';
 import type { ExitStatus, Running } from '../engine/helper.js';
 import { Supervisor, type SupervisorOptions } from '../launcher/supervisor.js';
 import { terminalProgress } from './progress.js';
@@ -19,9 +19,6 @@ export interface HeldRequests {
  * loop dispatches it, and that lost SIGTERM left `checkpt -r` and its copy running for good.
  */
 const HELD_FOR_PROGRAM: NodeJS.Signals[] = ['SIGUSR2', 'SIGQUIT'];
-
-/** What `checkpt run` holds as well while its program starts: nothing of ours to stop yet. */
-const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 
 /**
  * Catches SIGCKPT/SIGCKPTEXIT and the program's own signals while the program starts, so an early

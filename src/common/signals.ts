@@ -24,6 +24,9 @@ export function checkpointSignals(env: NodeJS.ProcessEnv = process.env): Checkpo
   return { ckpt, exit };
 }
 
+/** The signals that ask a program to stop (kill, ^C, a hang-up), as opposed to a crash. */
+export const STOPPING: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+
 /** The signal number, for comparing with /proc/PID/status masks. */
 export function signalNumber(sig: NodeJS.Signals): number {
   return constants.signals[sig];

@@ -35,6 +35,7 @@ import { HOLD_SOCK as HOLD_VAR, SCRIPT_ACTIONS } from '../common/config.js';
 import { StagedPages } from './staged-pages.js';
 import type { ControlMessage, Manifest } from './job.js';
 import { processTree, signalQuietly, untilEnded } from '../common/procfs.js';
+import { STOPPING } from '../common/signals.js';
 import { requireHelper, useNativeSha256 } from './native.js';
 import { hostListingAsync, prepareSockets, type HostListing } from './sockets.js';
 import { makeStagingDir } from './staging.js';
@@ -634,7 +635,6 @@ function sizeOf(file: string): number {
 /** How long a held copy may wait for its memory's check before the resume fails. */
 const HOLD_LIMIT_MS = 30_000;
 
-const STOPPING: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 const STOPPING_FOREVER = new Promise<never>(() => undefined);
 
 /** SIGKILL to the helper and everything below it (the copy included); returns who was signalled. */
