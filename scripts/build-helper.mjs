@@ -65,6 +65,8 @@ const targets = [
   {
     name: 'libcheckpt-nouring.so',
     src: 'nouring.c',
+    // checkpt's one preload: io_uring off, and the JS heap's pages packed.
+    more: ['packheap.c'],
     // No vector registers in code that runs inside every syscall() of the program.
     flags: ['-shared', '-fPIC', '-mgeneral-regs-only'],
   },

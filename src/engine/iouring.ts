@@ -1,3 +1,4 @@
+import { PACK_HEAP, readAtLoad } from '../common/config.js';
 import { nativePath } from './native.js';
 
 /**
@@ -15,8 +16,13 @@ export function ioUringAdvice(nodeVersion: string, notRestarted?: string): strin
   );
 }
 
-/** The environment that keeps a program (and what it starts) off io_uring. */
+/**
+ * The environment that keeps a program (and what it starts) off io_uring, with its JS heap packed
+ * (native/packheap.c, in the same preload).
+ */
 export function checkpointableEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  // The preload reads it itself; a bad value is reported as any variable read at load is.
+  readAtLoad(PACK_HEAP, env);
   const nouringLibPath = nativePath('libcheckpt-nouring.so');
   const preload = env.LD_PRELOAD ? `${nouringLibPath}:${env.LD_PRELOAD}` : nouringLibPath;
   return { ...env, LD_PRELOAD: preload };

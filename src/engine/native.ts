@@ -30,7 +30,7 @@ export type NativePart = (typeof NATIVE_PARTS)[number];
 
 const WHAT: Record<NativePart, string> = {
   'checkpt-helper': "checkpt's native helper",
-  'libcheckpt-nouring.so': "checkpt's io_uring blocker",
+  'libcheckpt-nouring.so': "checkpt's preload (io_uring blocker, packed heap)",
   'checkpt-openssl.node': "checkpt's OpenSSL addon (random-state refresh, SHA-256)",
   'checkpt-subreaper.node': "checkpt's orphan-adoption addon",
   'checkpt-net.node': "checkpt's socket-listing addon",

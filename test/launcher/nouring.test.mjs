@@ -37,3 +37,64 @@ test('the io_uring preload is glibc syscall() to its callers: results, errno, si
   // Without the preload the kernel's io_uring_setup answers (not ENOSYS), so the test above means something.
   assert.notEqual(plain.uringErrno, 38);
 });
+
+function mmapsUnder(env) {
+  const r = spawnSync(join(dir, 'mmaps'), [], { env, encoding: 'utf8', timeout: 10_000 });
+  assert.equal(r.status, 0, `mmaps: ${r.error ?? ''} ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+test('the packed heap: a hinted private anonymous mapping of up to 16 MiB lands beside the one before, marked nohugepage; every other mmap is as without the preload', () => {
+  const cc = spawnSync(
+    process.env.CC || 'cc',
+    ['-O2', '-o', join(dir, 'mmaps'), fixture('mmaps.c')],
+    { encoding: 'utf8', timeout: 30_000 },
+  );
+  assert.equal(cc.status, 0, cc.stderr);
+  const plain = mmapsUnder({});
+  const packed = mmapsUnder({ LD_PRELOAD: preload });
+  const off = mmapsUnder({ LD_PRELOAD: preload, CHECKPT_PACK_HEAP: ' Off ' });
+  for (const r of [plain, packed, off]) {
+    assert.equal(r.rwOk, 1);
+    assert.equal(r.kept, 1, 'xmm7 changed across mmap()');
+    assert.deepEqual([r.bad, r.badErrno], [1, 22], 'mmap of 0 bytes: MAP_FAILED, EINVAL');
+    assert.deepEqual([r.unhinted, r.okErrno], [1, 1234], 'success leaves errno alone');
+    for (const k of ['bigAtHint', 'bigRwAtHint', 'sharedAtHint', 'fileAtHint', 'fixedAtHint'])
+      assert.equal(r[k], 1, k);
+  }
+  // Without the preload, or with it switched off, a free hint is where the kernel puts it.
+  for (const r of [plain, off]) {
+    assert.deepEqual([r.rwAtHint, r.noneAtHint, r.adjacent], [1, 1, 0]);
+    assert.doesNotMatch(r.rwFlags, /\bnh\b/);
+  }
+  assert.deepEqual([packed.rwAtHint, packed.noneAtHint, packed.adjacent], [0, 0, 1]);
+  assert.match(packed.rwFlags, /\bnh\b/, 'packed memory never gets transparent huge pages');
+});
+
+test("a Node program under checkpt's preload keeps its JS heap in a few mappings (CHECKPT_PACK_HEAP=off: V8's own hundreds)", async () => {
+  const { checkpointableEnv } = await import('../../dist/engine/iouring.js');
+  // ~150 MB of strings, in V8 pages of 256 KiB, as bench/apps/heap.mjs holds.
+  const program = `const keep = [];
+for (let b = 0; b < 150; b++) {
+  const s = new Array(1000);
+  for (let i = 0; i < 1000; i++) s[i] = (b * 1000 + i).toString(36).repeat(100);
+  keep.push(s);
+}
+console.log(require('fs').readFileSync('/proc/self/maps', 'utf8').trim().split('\\n').length);`;
+  const count = (env) => {
+    const r = spawnSync(process.execPath, ['-e', program], {
+      env,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 0, `node: ${r.error ?? ''} ${r.stderr}`);
+    return Number(r.stdout.trim());
+  };
+  const packed = count(checkpointableEnv({ ...process.env, CHECKPT_PACK_HEAP: '' }));
+  const scattered = count(checkpointableEnv({ ...process.env, CHECKPT_PACK_HEAP: 'off' }));
+  assert.ok(
+    scattered > 300,
+    `V8 scatters its pages over ${scattered} mappings here: too few to tell`,
+  );
+  assert.ok(packed * 2 < scattered, `packed: ${packed} mappings, scattered: ${scattered}`);
+});
