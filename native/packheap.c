@@ -14,9 +14,10 @@
  * "always" the kernel could fill 2 MiB around a page the program never touched).
  *
  * Like nouring.c: the kernel's syscall instruction, glibc's errno rule, no other libc call in
- * mmap (built with -mgeneral-regs-only).
+ * mmap (built with -mgeneral-regs-only); the constructor looks the rest up once, at load.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -29,10 +30,14 @@
 #error "the packed heap is written for x86-64"
 #endif
 
-static int packing = 1;
+static int packing;
 
-/* Off as src/common/config.ts reads a switch: 0, false, no or off, in any case, spaces around. */
+/* Only in a process that embeds Node (its executable exports N-API): the preload reaches every
+ * program `checkpt run` starts and all they start, and other programs' hints may matter (a JIT
+ * keeping its code within a jump of its other code, as LuaJIT does, retries until its hint is
+ * met). Off as src/common/config.ts reads a switch: 0, false, no or off, any case, spaces around. */
 __attribute__((constructor)) static void packheap_setting(void) {
+  packing = dlsym(RTLD_DEFAULT, "napi_module_register") != NULL;
   const char *v = getenv("CHECKPT_PACK_HEAP");
   if (!v) return;
   while (*v == ' ' || *v == '\t') v++;

@@ -330,7 +330,7 @@ export const PACK_HEAP = define({
   when: 'load',
   defaultText: 'on',
   accepts: SWITCH,
-  does: "On: in a program started with checkpt's preload (the restart at the import, `checkpt run`, `checkpt exec`), V8's heap pages are placed next to each other instead of at V8's random addresses, so a 2 GB heap is ~190 mappings instead of ~8,000 and checkpoints and resumes are faster (README, \"The packed heap\"). 0: V8's own placement. Read by the preload when the program starts.",
+  does: "On: in a Node program started with checkpt's preload (the restart at the import, `checkpt run`, `checkpt exec`), V8's heap pages are placed next to each other instead of at V8's random addresses, so a 2 GB heap is ~190 mappings instead of ~8,000 and checkpoints and resumes are faster (README, \"The packed heap\"). 0: V8's own placement. Read by the preload when the program starts.",
   fallback: true,
   parse: onOff,
 });
