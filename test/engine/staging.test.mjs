@@ -1,5 +1,13 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readlinkSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statfsSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ownerTag, stagingRoot, sweepOrphans } from '../../dist/engine/staging.js';
 import { removeDir, spawnSync, tempDir, unitTest as test } from '../helpers.mjs';
@@ -46,6 +54,30 @@ test('CHECKPT_TMPDIR wins; a huge image is not staged in memory', () => {
     assert.equal(stagingRoot(1), '/somewhere');
     delete process.env.CHECKPT_TMPDIR;
     assert.notEqual(stagingRoot(2 ** 50), '/dev/shm');
+  } finally {
+    if (saved === undefined) delete process.env.CHECKPT_TMPDIR;
+    else process.env.CHECKPT_TMPDIR = saved;
+  }
+});
+
+test("a dump is staged in the page cache of the temp dir's disk (when it is one), a larger one and a restore in /dev/shm", () => {
+  const saved = process.env.CHECKPT_TMPDIR;
+  try {
+    delete process.env.CHECKPT_TMPDIR;
+    const TMPFS = 0x01021994;
+    const tmpInMemory = statfsSync(tmpdir()).type === TMPFS;
+    assert.ok(
+      existsSync('/dev/shm') && statfsSync('/dev/shm').type === TMPFS,
+      'this test needs /dev/shm',
+    );
+    const available =
+      Number(/^MemAvailable:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'))[1]) * 1024;
+    assert.equal(stagingRoot(1 << 20), '/dev/shm', 'a restore');
+    // A megabyte is far below what the kernel lets wait for the disk on any machine that runs this.
+    assert.equal(stagingRoot(1 << 20, 'dump'), tmpInMemory ? '/dev/shm' : tmpdir(), 'a dump');
+    // A third of the available memory is more than the kernel keeps dirty (a tenth by default)
+    // and less than half of it: /dev/shm.
+    assert.equal(stagingRoot(Math.floor(available / 3), 'dump'), '/dev/shm', 'a large dump');
   } finally {
     if (saved === undefined) delete process.env.CHECKPT_TMPDIR;
     else process.env.CHECKPT_TMPDIR = saved;
