@@ -1,7 +1,7 @@
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TMPDIR } from '../common/config.js';
+import { KEY_FILE, TMPDIR } from '../common/config.js';
 
 const SHM = '/dev/shm';
 const MARGIN = 64 * 1024 * 1024;
@@ -40,6 +40,15 @@ function dirtyNow(): number {
   }
 }
 
+/** Whether CHECKPT_KEY_FILE asks for encrypted checkpoints (a bad value counts as asking). */
+function keyConfigured(): boolean {
+  try {
+    return KEY_FILE.get() !== undefined;
+  } catch {
+    return true;
+  }
+}
+
 const TMPFS_MAGIC = 0x01021994;
 const RAMFS_MAGIC = 0x858458f6;
 
@@ -47,9 +56,12 @@ const RAMFS_MAGIC = 0x858458f6;
  * Where a dump of `bytes` is staged in the page cache of a disk's file system: the system's temp
  * dir when it is not in memory already, has room, and the image and what is dirty now fit in half
  * of what the kernel lets wait before it writes back. The images are packed and removed within
- * seconds, before any of them reaches the disk. Undefined otherwise.
+ * seconds, before any of them reaches the disk. Undefined otherwise, and always for an encrypted
+ * checkpoint.
  */
 function diskPageCache(bytes: number): string | undefined {
+  // The images are the program's memory in the clear: with a key they never go near a disk.
+  if (keyConfigured()) return undefined;
   const dir = tmpdir();
   const need = bytes * 1.1 + MARGIN;
   try {

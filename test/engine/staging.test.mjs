@@ -60,10 +60,12 @@ test('CHECKPT_TMPDIR wins; a huge image is not staged in memory', () => {
   }
 });
 
-test("a dump is staged in the page cache of the temp dir's disk (when it is one), a larger one and a restore in /dev/shm", () => {
+test("a dump is staged in the page cache of the temp dir's disk (when it is one), a larger one, an encrypted one and a restore in /dev/shm", () => {
   const saved = process.env.CHECKPT_TMPDIR;
+  const savedKey = process.env.CHECKPT_KEY_FILE;
   try {
     delete process.env.CHECKPT_TMPDIR;
+    delete process.env.CHECKPT_KEY_FILE;
     const TMPFS = 0x01021994;
     const tmpInMemory = statfsSync(tmpdir()).type === TMPFS;
     assert.ok(
@@ -78,8 +80,13 @@ test("a dump is staged in the page cache of the temp dir's disk (when it is one)
     // A third of the available memory is more than the kernel keeps dirty (a tenth by default)
     // and less than half of it: /dev/shm.
     assert.equal(stagingRoot(Math.floor(available / 3), 'dump'), '/dev/shm', 'a large dump');
+    // The images of an encrypted checkpoint are the program's memory in the clear: memory only.
+    process.env.CHECKPT_KEY_FILE = '/etc/checkpt-test-key';
+    assert.equal(stagingRoot(1 << 20, 'dump'), '/dev/shm', 'a dump to be encrypted');
   } finally {
     if (saved === undefined) delete process.env.CHECKPT_TMPDIR;
     else process.env.CHECKPT_TMPDIR = saved;
+    if (savedKey === undefined) delete process.env.CHECKPT_KEY_FILE;
+    else process.env.CHECKPT_KEY_FILE = savedKey;
   }
 });
