@@ -226,9 +226,9 @@ export const TMPDIR = define({
   name: 'CHECKPT_TMPDIR',
   when: 'call',
   defaultText:
-    'a dump: the temporary directory when it is on a disk and the image fits in its page cache; else /dev/shm when it has room, else the temporary directory',
+    'a dump: the temporary directory when it is on ext4 or XFS and the image fits in its page cache; else /dev/shm when it has room, else the temporary directory',
   accepts: 'a directory',
-  does: 'Where a dump is staged before it is packed into the file, and where `checkpt -r` unpacks one. By default a dump goes to the system temporary directory when that is on a disk, the checkpoint is not to be encrypted (`CHECKPT_KEY_FILE` unset), and the image, with what already waits for the disk, fits in half of what the kernel keeps before it starts writing back (it is packed and removed before any of it is written: tmpfs takes a page at a time where ext4 takes large folios, and writing the images costs the frozen program twice as much in `/dev/shm`); otherwise, and for `checkpt -r`, `/dev/shm` when it and free memory have room for the image (CRIU then never waits for the disk).',
+  does: 'Where a dump is staged before it is packed into the file, and where `checkpt -r` unpacks one. By default a dump goes to the system temporary directory when that is on ext4 or XFS, the checkpoint is not to be encrypted (`CHECKPT_KEY_FILE` unset), and the image, with what already waits for the disk, fits in half of what the kernel keeps before it starts writing back (it is packed and removed before any of it is written: tmpfs takes a page at a time where ext4 takes large folios, and writing the images costs the frozen program twice as much in `/dev/shm`); otherwise, and for `checkpt -r`, `/dev/shm` when it and free memory have room for the image (CRIU then never waits for the disk).',
   fallback: undefined as string | undefined,
   parse: anyText,
 });

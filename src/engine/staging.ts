@@ -49,12 +49,13 @@ function keyConfigured(): boolean {
   }
 }
 
-const TMPFS_MAGIC = 0x01021994;
-const RAMFS_MAGIC = 0x858458f6;
+// Local disk file systems whose page cache takes large folios (ext2/3/4 share a magic, XFS): not
+// NFS, which writes a file back when it is closed, nor tmpfs, the slow case itself.
+const LOCAL_DISK_FS = new Set([0xef53, 0x58465342]);
 
 /**
  * Where a dump of `bytes` is staged in the page cache of a disk's file system: the system's temp
- * dir when it is not in memory already, has room, and the image and what is dirty now fit in half
+ * dir when it is on ext4 or XFS, has room, and the image and what is dirty now fit in half
  * of what the kernel lets wait before it writes back. The images are packed and removed within
  * seconds, before any of them reaches the disk. Undefined otherwise, and always for an encrypted
  * checkpoint.
@@ -66,8 +67,7 @@ function diskPageCache(bytes: number): string | undefined {
   const need = bytes * 1.1 + MARGIN;
   try {
     const fs = statfsSync(dir);
-    if (fs.type === TMPFS_MAGIC || fs.type === RAMFS_MAGIC || fs.bavail * fs.bsize <= need)
-      return undefined;
+    if (!LOCAL_DISK_FS.has(fs.type) || fs.bavail * fs.bsize <= need) return undefined;
   } catch {
     return undefined;
   }
