@@ -60,9 +60,9 @@ static long raw6(long nr, long a, long b, long c, long d, long e, long f) {
   return ret;
 }
 
-/* V8 asks for a page as 512 KiB less 4 (read-write from Node 24 on, reserved with PROT_NONE and
- * opened page by page before); its large reservations (the code range, 64 MiB and more, hinted
- * near the binary for short calls) and other programs' heaps keep their hints. */
+/* V8 maps each 256 KiB page as 512 KiB less 4 and trims it to an aligned page: read-write from
+ * Node 24 on, PROT_NONE and opened afterwards before. Its large reservations (the code range, 64
+ * MiB and more, hinted near Node's binary for short calls) keep their hints. */
 #define PACK_MAX (16UL << 20)
 
 #define NR_MMAP 9
