@@ -80,7 +80,13 @@ export function probe(nodeBinaries: string[] = [process.execPath]): Finding[] {
   if (version !== undefined && root) out.push(...probeTcp());
   out.push(nativeFinding('helper', 'native helper', native('checkpt-helper')));
   // checkpt run and checkpt exec preload it; a program checkpointing itself needs it on Node 22+.
-  out.push(nativeFinding('io_uring blocker', 'io_uring blocker', native('libcheckpt-nouring.so')));
+  out.push(
+    nativeFinding(
+      'io_uring blocker',
+      'preload (io_uring blocker, packed heap)',
+      native('libcheckpt-nouring.so'),
+    ),
+  );
   // Without it resumed copies still work, but share OpenSSL's random state with the original.
   out.push(
     nativeFinding('openssl addon', 'OpenSSL addon', native('checkpt-openssl.node'), {
