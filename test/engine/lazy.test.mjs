@@ -211,6 +211,41 @@ describe('lazy restore', () => {
       rmSync(big, { force: true });
     });
 
+  test("a small image of zstd frames runs once every frame's stored bytes passed, and decodes the rest as it faults", async (t) => {
+    if (framing === undefined) return t.skip('no Node 22 or later here to write zstd frames');
+    const small = join(dir, 'small-async.ckpt');
+    const p = startNode(framing, fixture('small-async.mjs'), [small]);
+    await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
+    await p.closed;
+    const staging = join(dir, 'small-async');
+    mkdirSync(staging);
+    const criu = criuWrapper(staging);
+    const trace = join(dir, 'small-async.trace');
+    // Each frame's decoding slowed (20 ms): the copy is not held for them, its daemon decodes
+    // those it faults on itself.
+    const r = start(framing.bin, [cli, '-r', small], {
+      env: {
+        ...process.env,
+        CHECKPT_TMPDIR: staging,
+        CHECKPT_CRIU: criu.path,
+        CHECKPT_FAULT_SLOW_CHECK_MS: '20',
+        CHECKPT_BENCH_TRACE: trace,
+      },
+    });
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.r, 1);
+    assert.equal(back.same, true, 'every byte of the text came back');
+    assert.equal((await r.closed).code, 7, r.stderrText);
+    const restore = criu.calls().find((c) => c.startsWith('restore '));
+    assert.match(restore, /--action-script \S*checkpt-helper/, 'held: under 32 MiB of memory');
+    const checked = /^checked-pages-(\d+) /m.exec(readFileSync(trace, 'utf8'));
+    assert.ok(
+      checked && Number(checked[1]) >= 160,
+      `the daemon decoded the frames the copy faulted on, ten at least (16 pages each; 2 MiB of text is 32): ${checked?.[0]}`,
+    );
+    rmSync(small, { force: true });
+  });
+
   test('32 MiB of memory or more: lazy by default, served from the file, every byte back', async () => {
     const big = join(dir, 'ballast.ckpt');
     const p = startNode(node, fixture('state.mjs'), [big, '--ballast', '48']);

@@ -30,6 +30,7 @@ import { StagedPages } from '../../dist/engine/staged-pages.js';
 import { iov, LAZY, PAGE, pagemap, pair, PRESENT, readBytes } from './fake-daemon.mjs';
 
 const MIB = 1024 * 1024;
+
 const PAGES_PER_MIB = MIB / PAGE;
 const GET = 7;
 const CLOSE = 0x1024;
@@ -634,6 +635,89 @@ test('the hold: a damaged chunk ends the server, and the waiting step reads no v
   const checked = ps.allChecked();
   checked.catch(() => undefined);
   await assert.rejects(ps.done, (e) => e.code === 'EBADIMAGE');
+  await assert.rejects(checked);
+  assert.equal(await step, '', 'no verdict: CRIU fails the step and kills the copy');
+  daemon.destroy();
+  await staged.close();
+});
+
+/** A file of 48 zstd frames, each 64 KiB of its own text, so that no two frames are alike. */
+const framed = {
+  compress: true,
+  fill: (n) =>
+    Buffer.concat(
+      Array.from({ length: n / (64 * 1024) }, (_, b) => Buffer.alloc(64 * 1024, `frame ${b} `)),
+    ),
+};
+
+/** Serves `file` for a held copy, every block's decoding slowed to `slowMs`; the map is at `map`. */
+async function serveHeld(root, file, slowMs) {
+  const hold = join(root, 'hold.sock');
+  const map = join(root, 'staged.map');
+  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = String(slowMs);
+  try {
+    return {
+      hold,
+      map,
+      ...(await serve(root, file, undefined, { maps: true, hold, stagedMap: map, stage: false })),
+    };
+  } finally {
+    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
+  }
+}
+
+test("the hold, zstd frames: the copy runs once every frame's stored bytes passed, before they are decoded", async (t) => {
+  if (typeof zlib.zstdDecompressSync !== 'function')
+    return t.skip('this Node serves zstd chunks only with zlib zstd (Node 22.15+)');
+  const { root, file, memory } = await checkpointFile(t, framed);
+  // Decoding a frame takes 200 ms here (48 frames: seconds); checking its stored bytes does not.
+  const { ps, daemon, errors, staged, hold, map } = await serveHeld(root, file, 200);
+  t.after(async () => {
+    daemon.destroy();
+    await staged.close().catch(() => undefined);
+  });
+  const checked = ps.allChecked();
+  assert.equal(await holdStep(hold, ps.done), '1', 'the step is answered');
+  await checked;
+  const decoded = readMap(map).files[0].states.filter((s) => s !== 0).length;
+  assert.ok(decoded < 24, `the copy may run before its frames are decoded (${decoded} of 48 were)`);
+  // Asked for, they are decoded (and checked again) on the way: every byte as it was.
+  const got = await fetch(daemon, [
+    [1, 3],
+    [2 * PAGES_PER_MIB + 17, 2],
+  ]);
+  assert.ok(got.subarray(32, 32 + 3 * PAGE).equals(memory.subarray(PAGE, 4 * PAGE)));
+  const second = 32 + 3 * PAGE + 32;
+  const at = (2 * PAGES_PER_MIB + 17) * PAGE;
+  assert.ok(got.subarray(second, second + 2 * PAGE).equals(memory.subarray(at, at + 2 * PAGE)));
+  assert.equal(await ps.done, true);
+  assert.deepEqual(errors, []);
+});
+
+test('the hold, zstd frames: a damaged frame ends the server before the copy runs, however late its decoding would come', async (t) => {
+  if (typeof zlib.zstdDecompressSync !== 'function')
+    return t.skip('this Node serves zstd chunks only with zlib zstd (Node 22.15+)');
+  const { root, file } = await checkpointFile(t, framed);
+  // Frame 32 (the 33rd zstd magic number in the file): a byte of its compressed data flipped.
+  const bytes = readFileSync(file);
+  const magic = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+  let at = -1;
+  for (let i = 0; i <= 32; i++) at = bytes.indexOf(magic, at + 1);
+  assert.ok(at > 0, 'frame 32 found in the file');
+  const fd = openSync(file, 'r+');
+  writeSync(fd, Buffer.from([bytes[at + 12] ^ 0xff]), 0, 1, at + 12);
+  closeSync(fd);
+  // Decoding slowed to 200 ms a frame: the walk alone would reach frame 32 only after seconds.
+  const { ps, daemon, staged, hold } = await serveHeld(root, file, 200);
+  daemon.on('error', () => undefined);
+  const step = holdStep(hold, ps.done);
+  const checked = ps.allChecked();
+  checked.catch(() => undefined);
+  await assert.rejects(ps.done, (e) => {
+    assert.equal(e.code, 'EBADIMAGE');
+    assert.match(e.message, /chunk index 32 of 48 chunks/);
+    return true;
+  });
   await assert.rejects(checked);
   assert.equal(await step, '', 'no verdict: CRIU fails the step and kills the copy');
   daemon.destroy();
