@@ -17,7 +17,6 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
-  readSync,
   readdirSync,
   rmSync,
   statSync,
@@ -32,6 +31,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { decodeMessage } from '../dist/engine/criu-image.js';
+import { readImageInfo } from '../dist/image/read.js';
 import { tcpDumpArgs } from '../dist/engine/criu.js';
 import { criuPath, criuSource } from '../dist/engine/paths.js';
 import { processTree } from '../dist/common/procfs.js';
@@ -342,19 +342,11 @@ function writeAndSync(bytes, target) {
 }
 
 /** The manifest of a .ckpt file (format: docs/ARCHITECTURE.md); undefined when unreadable. */
-function manifestOf(file) {
-  let fd;
+async function manifestOf(file) {
   try {
-    fd = openSync(file, 'r');
-    const head = Buffer.alloc(20);
-    readSync(fd, head, 0, 20, 0); // magic, version, flags, manifest length
-    const body = Buffer.alloc(head.readUInt32BE(16));
-    readSync(fd, body, 0, body.length, 20);
-    return JSON.parse(body.toString('utf8'));
+    return (await readImageInfo(file)).manifest;
   } catch {
     return undefined;
-  } finally {
-    if (fd !== undefined) closeSync(fd);
   }
 }
 
@@ -426,6 +418,8 @@ async function cycle(app, i) {
       r.asyncCallMs = last.callMs;
       // Compressed by default (it is written while the program runs): resumed below as well.
       r.asyncBytes = statSync(file).size;
+      // CRIU's own frozen time inside checkpoint(): the rest of the pause is checkpt's.
+      r.asyncFrozenMs = (await manifestOf(file))?.frozenMs;
     } else if (what === 'checkpt') {
       const res = await http('POST', port, `/checkpoint?file=${encodeURIComponent(ckpt)}`);
       if (res.status !== 202) throw new Error(`checkpoint request: ${JSON.stringify(res.body)}`);
@@ -438,7 +432,7 @@ async function cycle(app, i) {
       r.checkptGapMs = last.maxGapMs;
       r.checkptCallMs = last.callMs;
       r.ckptBytes = statSync(ckpt).size;
-      r.checkptCriuDumpMs = manifestOf(ckpt)?.dumpMs; // the worker's wall time for `criu dump`
+      r.checkptCriuDumpMs = (await manifestOf(ckpt))?.dumpMs; // the front's wall time for CRIU's dump
     } else {
       // The same process as checkpt dumps, listener and all, with the same socket flags.
       await http('POST', port, '/arm');
@@ -691,6 +685,7 @@ const METRICS = [
   ['rawWriteMs', 'write + fsync of the raw images bytes', 'ms'],
   ['physicalMs', 'physical baseline: raw dump wall + write + fsync', 'ms'],
   ['checkptCriuDumpMs', 'criu dump wall inside checkpt()', 'ms'],
+  ['asyncFrozenMs', 'CRIU frozen time inside checkpoint()', 'ms'],
   ['resumeMs', 'resume, checkpt -r to first answer (checkpt() file)', 'ms'],
   ['resumeZMs', 'resume, checkpt -r to first answer (checkpoint() file)', 'ms'],
   ['rawRestoreCriuMs', 'raw criu restore done', 'ms'],
@@ -834,6 +829,10 @@ async function main() {
   ratioRow(
     'ratio pause checkpoint() / raw heartbeat gap',
     (s) => md(s, 'asyncGapMs') / md(s, 'rawGapMs'),
+  );
+  ratioRow(
+    'ratio pause checkpoint() / its own CRIU frozen time',
+    (s) => md(s, 'asyncGapMs') / md(s, 'asyncFrozenMs'),
   );
   for (const [k, f] of [
     ['resumeMs', 'checkpt() file'],

@@ -37,6 +37,9 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
     ['node', String(m.node ?? '?')],
     ['criu', String(m.criu ?? '?')],
     ['kernel', String(m.kernel ?? '?')],
+    ...(typeof m.dumpMs === 'number'
+      ? [['dump', dumpLine(m.dumpMs, m.frozenMs)] as [string, string]]
+      : []),
     ['memory', `rss ${size(m.rssBytes)}, heap used ${size(m.heapUsedBytes)}`],
     [
       'image',
@@ -52,6 +55,13 @@ export function formatInspect(file: string, info: ImageInfo & { verified?: boole
   const network = networkLine(m);
   if (network !== undefined) lines.push(['network', network]);
   return table(lines);
+}
+
+/** How long CRIU's dump took, and of that how long the program was frozen, when CRIU said. */
+function dumpLine(dumpMs: number, frozenMs: unknown): string {
+  const frozen =
+    typeof frozenMs === 'number' ? `, the program frozen for ${frozenMs} ms of it` : '';
+  return `CRIU took ${dumpMs} ms${frozen}`;
 }
 
 /** What became of the TCP connections, when the manifest says anything about them. */

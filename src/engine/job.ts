@@ -85,6 +85,8 @@ export interface Manifest extends ManifestBase {
   /** The images as packed, after compression (imageBytes when they are not compressed). */
   packedBytes?: number;
   dumpMs: number;
+  /** How long CRIU kept the program frozen (its stats-dump's frozen_time), when it said. */
+  frozenMs?: number;
   /** What the native resume front needs to restore it without Node (src/engine/front.ts). */
   front?: string;
 }

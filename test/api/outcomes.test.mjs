@@ -301,6 +301,11 @@ test('a resumed copy checkpoints itself again: clones of clones know their gener
       }).stdout,
     ).manifest;
     assert.equal(manifest.generation, 1);
+    // CRIU's own account of the pause it caused, from its stats-dump, inside its run's time.
+    assert.ok(
+      manifest.frozenMs > 0 && manifest.frozenMs <= manifest.dumpMs,
+      `frozen ${manifest.frozenMs} ms of a ${manifest.dumpMs} ms dump`,
+    );
     const two = resume(join(dir, 'gen1.ckpt'));
     const back2 = await waitFor(two, (e) => e.r === 1, 'resume of the copy');
     assert.deepEqual([back2.hop, back2.generation, back2.trail], [1, 2, [1, 1]]);
