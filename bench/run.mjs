@@ -477,6 +477,8 @@ async function cycle(app, i) {
     ['resumeZMs', `${ckpt}.async`],
   ]) {
     settleDisk();
+    // How much of the file the page cache holds (a resume reads what it lacks from the disk).
+    r[`${key}Cached`] = cachedShare(file);
     t0 = performance.now();
     const copy = start(cli, ['-r', file], { stdio: ['ignore', 'ignore', 'pipe'], env: commandEnv });
     let copyErr = '';
@@ -513,6 +515,16 @@ async function cycle(app, i) {
  */
 function settleDisk() {
   spawnSync('sync', [], { stdio: 'ignore', timeout: 120_000 });
+}
+
+/** The share of `file` in the page cache (util-linux's fincore); undefined without one. */
+function cachedShare(file) {
+  const r = spawnSync('fincore', ['--bytes', '--noheadings', '-o', 'RES,SIZE', file], {
+    encoding: 'utf8',
+    timeout: 10_000,
+  });
+  const [res, size] = (r.stdout ?? '').trim().split(/\s+/).map(Number);
+  return r.status === 0 && size > 0 ? res / size : undefined;
 }
 
 /**
@@ -706,6 +718,13 @@ function summarize(results) {
   return out;
 }
 
+/** " (N% of the file cached)" when a resumed file was not all in the page cache, else nothing. */
+function uncached(share) {
+  return share !== undefined && share < 0.99
+    ? ` (${(share * 100).toFixed(0)}% of the file cached)`
+    : '';
+}
+
 function fmt(s, unit) {
   if (!s || !Number.isFinite(s.median)) return '-';
   const f = (x) =>
@@ -783,7 +802,7 @@ async function main() {
       const r = await cycle(app, i);
       results[app.name].push(r);
       console.log(
-        ` cold ${r.coldMs.toFixed(0)} ms, pause ${r.checkptGapMs.toFixed(0)} / ${r.asyncGapMs.toFixed(0)} vs physical ${r.physicalMs.toFixed(0)} / frozen ${r.rawFrozenMs?.toFixed(0) ?? '-'} ms, resume ${r.resumeMs.toFixed(0)} / ${r.resumeZMs.toFixed(0)} vs raw ${r.rawRestoreMs.toFixed(0)} / lazy ${r.rawLazyMs.toFixed(0)} ms`,
+        ` cold ${r.coldMs.toFixed(0)} ms, pause ${r.checkptGapMs.toFixed(0)} / ${r.asyncGapMs.toFixed(0)} vs physical ${r.physicalMs.toFixed(0)} / frozen ${r.rawFrozenMs?.toFixed(0) ?? '-'} ms, resume ${r.resumeMs.toFixed(0)}${uncached(r.resumeMsCached)} / ${r.resumeZMs.toFixed(0)}${uncached(r.resumeZMsCached)} vs raw ${r.rawRestoreMs.toFixed(0)} / lazy ${r.rawLazyMs.toFixed(0)} ms`,
       );
     }
   }
