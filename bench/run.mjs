@@ -30,7 +30,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { decodeMessage } from '../dist/engine/criu-image.js';
+import { decodeStats } from '../dist/engine/criu-stats.js';
 import { readImageInfo } from '../dist/image/read.js';
 import { tcpDumpArgs } from '../dist/engine/criu.js';
 import { criuPath, criuSource } from '../dist/engine/paths.js';
@@ -279,33 +279,11 @@ function run(cmd, args, options = {}) {
   });
 }
 
-// CRIU's stats images: a service image (two magics), one StatsEntry (images/stats.proto).
-const SERVICE_MAGIC = 0x55105940;
-const STATS_MAGIC = 0x57093306;
-
 /** CRIU's own stats (stats-dump / stats-restore), times in ms; undefined when unreadable. */
 function criuStats(file) {
   try {
-    const img = readFileSync(file);
-    if (img.readUInt32LE(0) !== SERVICE_MAGIC || img.readUInt32LE(4) !== STATS_MAGIC)
-      return undefined;
-    const entry = decodeMessage(img.subarray(12, 12 + img.readUInt32LE(8)));
-    const sub = entry.find((f) => f.no === 1 || f.no === 2);
-    if (!sub) return undefined;
-    const fields = decodeMessage(sub.bytes);
-    const int = (no) => fields.find((f) => f.no === no)?.int;
-    const ms = (no) => (int(no) === undefined ? undefined : int(no) / 1000);
-    // DumpStatsEntry: freezing_time 1, frozen_time 2, memdump_time 3, memwrite_time 4, pages_written 7.
-    if (sub.no === 1)
-      return {
-        freezingMs: ms(1),
-        frozenMs: ms(2),
-        memdumpMs: ms(3),
-        memwriteMs: ms(4),
-        pagesWritten: int(7),
-      };
-    // RestoreStatsEntry: forking_time 3, restore_time 4, pages_restored 5.
-    return { forkingMs: ms(3), restoreMs: ms(4), pagesRestored: int(5) };
+    const s = decodeStats(readFileSync(file));
+    return s?.dump ?? s?.restore;
   } catch {
     return undefined;
   }

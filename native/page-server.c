@@ -46,12 +46,12 @@
  * CHECK_ALL (7), serving a daemon: every block is to be checked (the checker walks them all; the
  * blocks checkpt checks are asked for with NEED), and the server says ALL_CHECKED (8) once they
  * are (a zstd frame once its stored bytes passed: with --hold the checker hashes every frame
- * first, and decodes it later, checking it again). A small image's copy is held in CRIU's post-restore step until then: with --hold SOCKET
- * the server listens there (bound before it reads the plan, so before checkpt can start CRIU)
- * and answers that step ('1') itself the moment every block passed, without a turn of checkpt's
- * event loop. A damaged block ends the server, and the step, reading no verdict, fails. The
- * server then outlives its daemon until the step is answered, or gone, or checkpt says
- * HOLD_OVER (9): CRIU is past that step, or failed before it.
+ * first, and decodes it later, checking it again). A small image's copy is held in CRIU's
+ * post-restore step until then: with --hold SOCKET the server listens there (bound before it
+ * reads the plan, so before checkpt can start CRIU) and answers that step ('1') itself the moment
+ * every block passed, without a turn of checkpt's event loop. A damaged block ends the server,
+ * and the step, reading no verdict, fails. The server then outlives its daemon until the step is
+ * answered, or gone, or checkpt says HOLD_OVER (9): CRIU is past that step, or failed before it.
  *
  * Exit status: 0 after the daemon's goodbye (answered, or the daemon gone after saying it), 3 when
  * the daemon hung up with nothing asked (no goodbye), 2 with one line on stderr for a request the
@@ -809,8 +809,9 @@ static int next_to_verify(uint32_t *fi, uint64_t *b) {
     struct file *f = &files[verify_file];
     if (!f->chunks) continue;
     for (; verify_block < f->blocks; verify_block++) {
-      if (f->chunks[verify_block].codec != 1 || !checked_here(f, verify_block) || f->claimed[verify_block] ||
-          __atomic_load_n(&f->staged[verify_block], __ATOMIC_ACQUIRE))
+      uint64_t vb = verify_block;
+      if (f->chunks[vb].codec != 1 || !checked_here(f, vb) || f->claimed[vb] ||
+          __atomic_load_n(&f->staged[vb], __ATOMIC_ACQUIRE))
         continue;
       *fi = verify_file;
       *b = verify_block++;
