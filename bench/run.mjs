@@ -457,8 +457,14 @@ async function cycle(app, i) {
     settleDisk();
     // How much of the file the page cache holds (a resume reads what it lacks from the disk).
     r[`${key}Cached`] = cachedShare(file);
+    // The resume's own marks (front, CRIU, the page server's counts), kept for a slow one.
+    const traceFile = join(dir, `trace-${key}`);
     t0 = performance.now();
-    const copy = start(cli, ['-r', file], { stdio: ['ignore', 'ignore', 'pipe'], env: commandEnv });
+    const epoch0 = performance.timeOrigin + t0;
+    const copy = start(cli, ['-r', file], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...commandEnv, CHECKPT_BENCH_TRACE: traceFile },
+    });
     let copyErr = '';
     copy.stderr.setEncoding('utf8');
     copy.stderr.on('data', (d) => (copyErr += d));
@@ -471,6 +477,12 @@ async function cycle(app, i) {
     await stop(copy, 'SIGTERM');
     await untilClosed(port);
     rmSync(file, { force: true });
+    const steps = traceOf(traceFile);
+    r[`${key}Steps`] = Object.fromEntries(
+      Object.entries(steps).map(([step, at]) => [step, Math.round((at - epoch0) * 10) / 10]),
+    );
+    if (steps.extract !== undefined)
+      console.error(`\n  checkpt -r ${file} did not go through the native front`);
   }
 
   // Raw CRIU restores of the raw images: eager, then lazy.
