@@ -174,6 +174,30 @@ describe('lazy restore', () => {
   // A zstd file needs a Node that writes zstd frames (22.15 and later), for the program and for
   // checkpt -r alike; the machine's own may be older.
   const framing = nodeBinaries().find((n) => n.major >= 22);
+
+  /**
+   * `checkpt -r file` under Node `by`, its page server's checks slowed to `slowMs` a block, with
+   * `env(staging)` added; the copy's `returned` event (it exits 7) and the command's trace marks.
+   */
+  async function resumeSlowed(by, file, name, slowMs, env) {
+    const staging = join(dir, name);
+    mkdirSync(staging);
+    const trace = join(dir, `${name}.trace`);
+    const r = start(by.bin, [cli, '-r', file], {
+      env: {
+        ...process.env,
+        CHECKPT_TMPDIR: staging,
+        CHECKPT_FAULT_SLOW_CHECK_MS: String(slowMs),
+        CHECKPT_BENCH_TRACE: trace,
+        ...env(staging),
+      },
+    });
+    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
+    assert.equal(back.r, 1);
+    assert.equal((await r.closed).code, 7, r.stderrText);
+    return { back, text: readFileSync(trace, 'utf8') };
+  }
+
   for (const [what, how, by] of [
     ['plain chunks (checkpt())', [], node],
     ['zstd frames (checkpoint())', ['--async'], framing],
@@ -184,24 +208,11 @@ describe('lazy restore', () => {
       const p = startNode(by, fixture('state.mjs'), [big, ...how, '--ballast', '40']);
       await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
       await p.closed;
-      const staging = join(dir, `self-check${how.join('')}`);
-      mkdirSync(staging);
-      const trace = join(dir, `self-check${how.join('')}.trace`);
       // The server's checks slowed (5 ms a block): the copy faults on blocks it has not reached.
-      const r = start(by.bin, [cli, '-r', big], {
-        env: {
-          ...process.env,
-          CHECKPT_TMPDIR: staging,
-          CHECKPT_LAZY: '1',
-          CHECKPT_FAULT_SLOW_CHECK_MS: '5',
-          CHECKPT_BENCH_TRACE: trace,
-        },
-      });
-      const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
-      assert.equal(back.r, 1);
+      const { back, text } = await resumeSlowed(by, big, `self-check${how.join('')}`, 5, () => ({
+        CHECKPT_LAZY: '1',
+      }));
       assert.equal(back.ballastSame, true, 'every byte of the 40 MiB came back');
-      assert.equal((await r.closed).code, 7, r.stderrText);
-      const text = readFileSync(trace, 'utf8');
       assert.doesNotMatch(text, /^extracted-whole /m, 'served from the file, not unpacked first');
       const checked = /^checked-pages-(\d+) /m.exec(text);
       assert.ok(
@@ -217,28 +228,17 @@ describe('lazy restore', () => {
     const p = startNode(framing, fixture('small-async.mjs'), [small]);
     await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
     await p.closed;
-    const staging = join(dir, 'small-async');
-    mkdirSync(staging);
-    const criu = criuWrapper(staging);
-    const trace = join(dir, 'small-async.trace');
     // Each frame's decoding slowed (20 ms): the copy is not held for them, its daemon decodes
     // those it faults on itself.
-    const r = start(framing.bin, [cli, '-r', small], {
-      env: {
-        ...process.env,
-        CHECKPT_TMPDIR: staging,
-        CHECKPT_CRIU: criu.path,
-        CHECKPT_FAULT_SLOW_CHECK_MS: '20',
-        CHECKPT_BENCH_TRACE: trace,
-      },
+    let criu;
+    const { back, text } = await resumeSlowed(framing, small, 'small-async', 20, (staging) => {
+      criu = criuWrapper(staging);
+      return { CHECKPT_CRIU: criu.path };
     });
-    const back = await waitFor(r, (e) => e.event === 'returned', 'the resumed copy');
-    assert.equal(back.r, 1);
     assert.equal(back.same, true, 'every byte of the text came back');
-    assert.equal((await r.closed).code, 7, r.stderrText);
     const restore = criu.calls().find((c) => c.startsWith('restore '));
     assert.match(restore, /--action-script \S*checkpt-helper/, 'held: under 32 MiB of memory');
-    const checked = /^checked-pages-(\d+) /m.exec(readFileSync(trace, 'utf8'));
+    const checked = /^checked-pages-(\d+) /m.exec(text);
     assert.ok(
       checked && Number(checked[1]) >= 160,
       `the daemon decoded the frames the copy faulted on, ten at least (16 pages each; 2 MiB of text is 32): ${checked?.[0]}`,
