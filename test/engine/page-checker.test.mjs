@@ -73,8 +73,21 @@ async function checkpointFile(
   return { root, file, memory };
 }
 
-/** Serves `file`'s memory to a fake daemon; `reads` counts the chunks this process read itself. */
-async function serve(root, file, key, { stage = true, stagedMap, maps = false, hold } = {}) {
+/**
+ * Serves `file`'s memory to a fake daemon; `reads` counts the chunks this process read itself.
+ * With `slowMs`, each block's check by the server takes that much longer.
+ */
+async function serve(root, file, key, { slowMs, ...opts } = {}) {
+  if (slowMs === undefined) return serveNow(root, file, key, opts);
+  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = String(slowMs);
+  try {
+    return await serveNow(root, file, key, opts);
+  } finally {
+    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
+  }
+}
+
+async function serveNow(root, file, key, { stage = true, stagedMap, maps = false, hold } = {}) {
   const dir = join(root, 'restore');
   mkdirSync(dir);
   const lazy = await extractLazy(file, dir, key ? { key } : {});
@@ -407,13 +420,7 @@ test("a zstd file's map gives each frame's digest and stored length, for the dae
 async function slowWalk(t) {
   const { root, file } = await checkpointFile(t, { mib: 16 });
   const map = join(root, 'staged.map');
-  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
-  let served;
-  try {
-    served = await serve(root, file, undefined, { stagedMap: map });
-  } finally {
-    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
-  }
+  const served = await serve(root, file, undefined, { stagedMap: map, slowMs: 20 });
   const { daemon, staged } = served;
   t.after(async () => {
     daemon.destroy();
@@ -625,14 +632,12 @@ test('the hold: a damaged chunk ends the server, and the waiting step reads no v
   damageChunk32(file, memory);
   const hold = join(root, 'hold.sock');
   // Each block's check slowed (chunk 32 is found after ~0.6 s): the step is waiting by then.
-  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = '20';
-  let served;
-  try {
-    served = await serve(root, file, undefined, { maps: true, hold, stage: false });
-  } finally {
-    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
-  }
-  const { ps, daemon, staged } = served;
+  const { ps, daemon, staged } = await serve(root, file, undefined, {
+    maps: true,
+    hold,
+    stage: false,
+    slowMs: 20,
+  });
   daemon.on('error', () => undefined);
   const step = holdStep(hold, ps.done);
   const checked = ps.allChecked();
@@ -657,16 +662,8 @@ const framed = {
 async function serveHeld(root, file, slowMs) {
   const hold = join(root, 'hold.sock');
   const map = join(root, 'staged.map');
-  process.env.CHECKPT_FAULT_SLOW_CHECK_MS = String(slowMs);
-  try {
-    return {
-      hold,
-      map,
-      ...(await serve(root, file, undefined, { maps: true, hold, stagedMap: map, stage: false })),
-    };
-  } finally {
-    delete process.env.CHECKPT_FAULT_SLOW_CHECK_MS;
-  }
+  const opts = { maps: true, hold, stagedMap: map, stage: false, slowMs };
+  return { hold, map, ...(await serve(root, file, undefined, opts)) };
 }
 
 test("the hold, zstd frames: the copy runs once every frame's stored bytes passed, before they are decoded", async (t) => {
