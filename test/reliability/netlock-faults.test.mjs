@@ -138,8 +138,9 @@ function stopCriuAtItsTable(find, front, before, ms = 10_000) {
   return undefined;
 }
 
-// CRIU makes its lock table at the freeze, before it knows of any connection: killed then, it
-// leaves an empty table, found by no connection. checkpt names the run, and removes it by name.
+// CRIU makes its lock table around the freeze (checkpt's build: just before it), before it knows of
+// any connection: killed then, it leaves an empty table, found by no connection. checkpt names the
+// run, and removes it by name.
 describe('CRIU killed once it locked the network, with no connection yet', () => {
   let dir, staging, target, prog;
 
