@@ -370,9 +370,14 @@ function samplesOf(r, key) {
 }
 
 /** checkpoint() inside the program: its pause (heartbeat gap), its time until durable, CRIU's freeze. */
-async function asyncDump(port, file) {
+async function asyncDump(port, file, trace) {
   // The program runs again as soon as CRIU lets go of it; the file follows.
-  const res = await http('POST', port, `/checkpoint?file=${encodeURIComponent(file)}&mode=async`);
+  const traced = trace === undefined ? '' : `&trace=${encodeURIComponent(trace)}`;
+  const res = await http(
+    'POST',
+    port,
+    `/checkpoint?file=${encodeURIComponent(file)}&mode=async${traced}`,
+  );
   if (res.status !== 202) throw new Error(`checkpoint request: ${JSON.stringify(res.body)}`);
   const last = await poll(
     async () => {
@@ -453,14 +458,20 @@ async function cycle(app, i) {
     // dump's images are never fsynced), whichever order the run takes.
     settleDisk();
     if (what === 'async') {
-      const a = await asyncDump(port, `${ckpt}.async`);
+      // Its copy marks its own steps in the trace of its resume (below).
+      const a = await asyncDump(port, `${ckpt}.async`, join(dir, 'trace-resumeZMs'));
       r.asyncGapMs = a.gapMs;
       r.asyncCallMs = a.callMs;
       // Compressed by default (it is written while the program runs): resumed below as well.
       r.asyncBytes = a.bytes;
       r.asyncFrozenMs = a.frozenMs;
     } else if (what === 'checkpt') {
-      const res = await http('POST', port, `/checkpoint?file=${encodeURIComponent(ckpt)}`);
+      const trace = encodeURIComponent(join(dir, 'trace-resumeMs'));
+      const res = await http(
+        'POST',
+        port,
+        `/checkpoint?file=${encodeURIComponent(ckpt)}&trace=${trace}`,
+      );
       if (res.status !== 202) throw new Error(`checkpoint request: ${JSON.stringify(res.body)}`);
       const last = await poll(
         async () => (await http('GET', port, '/last')).body,
@@ -555,7 +566,10 @@ async function cycle(app, i) {
   r.rawRestoreCriuMs = eager.criuMs;
   r.rawRestoreMs = eager.answerMs;
   r.rawRestoreCriuStats = criuStats(join(rawDir, 'stats-restore'));
-  r.rawLazyMs = await rawLazyRestore(rawDir, origPid, port, timeout);
+  const lazy = await rawLazyRestore(rawDir, origPid, port, timeout);
+  r.rawLazyMs = lazy.answerMs;
+  // Its steps, beside checkpt's trace marks: the daemon listening, CRIU's restore done.
+  r.rawLazySteps = { daemonReady: lazy.daemonReadyMs, restored: lazy.criuMs };
   rmSync(dir, { recursive: true, force: true });
   return r;
 }
@@ -599,9 +613,10 @@ async function rawLazyRestore(rawDir, origPid, port, timeout) {
     daemon.stdio[3].once('data', resolve);
     daemon.once('exit', () => reject(new Error(`criu lazy-pages: ${tail(join(w, 'lazy.log'))}`)));
   });
-  const { answerMs } = await rawRestore(rawDir, origPid, port, timeout, w, t0);
+  const daemonReadyMs = performance.now() - t0;
+  const { answerMs, criuMs } = await rawRestore(rawDir, origPid, port, timeout, w, t0);
   await stop(daemon);
-  return answerMs;
+  return { answerMs, criuMs, daemonReadyMs };
 }
 
 /**

@@ -5,10 +5,13 @@
 //   GET  /stats                 pid, rss, heap, and the app's own figures
 //   POST /arm                   start watching the heartbeat (before a raw CRIU dump)
 //   GET  /gap                   the largest heartbeat gap since /arm, in ms
-//   POST /checkpoint?file=F     answers 202, then checkpt(F) (or checkpoint(F) with &mode=async)
+//   POST /checkpoint?file=F     answers 202, then checkpt(F) (or checkpoint(F) with &mode=async);
+//                               with &trace=T a copy resumed from F appends to T when its call
+//                               returned and when it answered its first GET / (the bench's marks)
 //   GET  /last                  what the last checkpoint saw: call time and largest gap
 //
 // Output goes nowhere (the bench starts apps with stdio on /dev/null): everything is over HTTP.
+import { appendFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { setImmediate } from 'node:timers';
@@ -39,8 +42,19 @@ function arm() {
 const settle = (ms) => new Promise((r) => setTimeout(r, ms));
 
 let last;
+// A resumed copy's trace file, until it has answered its first GET /.
+let copyTrace;
 
-async function selfCheckpoint(file, mode) {
+/** `STEP EPOCH_MS` into a copy's trace file, as checkpt's own marks (src/common/trace.ts). */
+function mark(file, step) {
+  try {
+    appendFileSync(file, `${step} ${Date.now() + 0.5}\n`);
+  } catch {
+    // a measurement aid only
+  }
+}
+
+async function selfCheckpoint(file, mode, trace) {
   arm();
   const t0 = performance.now();
   let result;
@@ -54,6 +68,10 @@ async function selfCheckpoint(file, mode) {
     error = `${e.code ?? ''} ${e.message}`;
   }
   const callMs = performance.now() - t0;
+  if (result === 1 && trace) {
+    mark(trace, 'copy-returned');
+    copyTrace = trace;
+  }
   firstTick = (await probe) - t0;
   await settle(50);
   last = { file, mode, result, error, callMs, firstTickMs: firstTick, maxGapMs: maxGap };
@@ -68,7 +86,11 @@ export function serve(extra = () => ({})) {
       res.writeHead(code, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body));
     };
-    if (req.method === 'GET' && url.pathname === '/') return json(200, { ok: true });
+    if (req.method === 'GET' && url.pathname === '/') {
+      if (copyTrace) res.on('finish', () => void mark(copyTrace, 'copy-answer'));
+      copyTrace = undefined;
+      return json(200, { ok: true });
+    }
     if (url.pathname === '/stats') {
       const m = process.memoryUsage();
       return json(200, { pid: process.pid, rss: m.rss, heapUsed: m.heapUsed, ...extra() });
@@ -85,7 +107,9 @@ export function serve(extra = () => ({})) {
       const file = url.searchParams.get('file');
       if (!file) return json(400, { error: 'file= needed' });
       last = undefined;
-      res.on('finish', () => void selfCheckpoint(file, url.searchParams.get('mode') ?? 'sync'));
+      const mode = url.searchParams.get('mode') ?? 'sync';
+      const trace = url.searchParams.get('trace') ?? undefined;
+      res.on('finish', () => void selfCheckpoint(file, mode, trace));
       res.setHeader('connection', 'close');
       return json(202, { accepted: file });
     }
