@@ -7,6 +7,10 @@
  * old pid. RAND_poll() reseeds the primary DRBG from the operating system; the per-thread public
  * and private DRBGs see that their parent was reseeded and reseed themselves on their next use.
  *
+ * kernelBytes(buf) fills buf with bytes from the kernel's generator (getrandom), independent of any
+ * state in the process: a resumed copy seeds its Math.random from them in one call, where reading
+ * /dev/urandom through node:fs ran cold code in a copy whose memory comes in page by page.
+ *
  * sha256Init(ctx), sha256Update(ctx, bytes), sha256Final(ctx, out): SHA-256 for the checks of a
  * checkpoint file, so that `checkpt -r` needs no `node:crypto`, whose modules take ~10 ms of
  * Node 26's start (docs/PERFORMANCE.md). The state lives in a Buffer of CTX_BYTES the caller
@@ -23,6 +27,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/random.h>
 
 #include "napi-min.h"
 
@@ -53,6 +58,21 @@ static napi_value reseed(napi_env env, napi_callback_info info) {
 }
 
 /* Up to three arguments; false unless there are `want` and the first is a state buffer. */
+static napi_value kernel_bytes(napi_env env, napi_callback_info info) {
+  size_t argc = 1, len = 0, got = 0;
+  napi_value a[1];
+  uint8_t *buf;
+  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 1 ||
+      !napi_bytes_of(env, a[0], 0, &buf, &len))
+    return boolean(env, false);
+  while (got < len) {
+    ssize_t n = getrandom(buf + got, len - got, 0);
+    if (n <= 0) return boolean(env, false);
+    got += (size_t)n;
+  }
+  return boolean(env, true);
+}
+
 static bool args(napi_env env, napi_callback_info info, size_t want, napi_value *a, uint8_t **ctx) {
   size_t argc = 3, len = 0;
   if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < want) return false;
@@ -92,7 +112,9 @@ static bool export_fn(napi_env env, napi_value exports, const char *name, napi_c
 
 __attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env,
                                                                           napi_value exports) {
-  if (!export_fn(env, exports, "reseed", reseed)) return NULL;
+  if (!export_fn(env, exports, "reseed", reseed) ||
+      !export_fn(env, exports, "kernelBytes", kernel_bytes))
+    return NULL;
   sha_init = (int (*)(void *))dlsym(RTLD_DEFAULT, "SHA256_Init");
   sha_update = (int (*)(void *, const void *, size_t))dlsym(RTLD_DEFAULT, "SHA256_Update");
   sha_final = (int (*)(unsigned char *, void *))dlsym(RTLD_DEFAULT, "SHA256_Final");

@@ -5,6 +5,8 @@ import { nativeAddon } from '../engine/native.js';
 /** The N-API addon (native/checkpt-openssl.c) whose reseed() calls OpenSSL's RAND_poll(). */
 interface RandAddon {
   reseed(): boolean;
+  /** Fills `buf` from getrandom(2); an addon built before it has none. */
+  kernelBytes?(buf: Buffer): boolean;
 }
 
 let addon: RandAddon | undefined;
@@ -77,10 +79,23 @@ function kernelBytes(): Buffer {
   return Buffer.alloc(0);
 }
 
+/** 16 bytes from getrandom(2) through the addon: one call, no JavaScript of node:fs or node:crypto. */
+function addonKernelBytes(): Buffer | undefined {
+  try {
+    const buf = Buffer.alloc(16);
+    return loadAddon().kernelBytes?.(buf) === true ? buf : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function seedMathRandom(): void {
-  const seed = randomBytes(16);
-  const extra = kernelBytes();
-  for (let i = 0; i < extra.length; i++) seed[i]! ^= extra[i]!;
+  let seed = addonKernelBytes();
+  if (seed === undefined) {
+    seed = randomBytes(16);
+    const extra = kernelBytes();
+    for (let i = 0; i < extra.length; i++) seed[i]! ^= extra[i]!;
+  }
   s0 = seed.readInt32LE(0);
   s1 = seed.readInt32LE(4);
   s2 = seed.readInt32LE(8);

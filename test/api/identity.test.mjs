@@ -13,8 +13,23 @@ import {
   test,
   waitFor,
 } from '../helpers.mjs';
+import { nativeAddon } from '../../dist/engine/native.js';
 
 after(cleanup);
+
+test("the addon's kernelBytes() fills a buffer of any size from the kernel, each call anew", () => {
+  const addon = nativeAddon('checkpt-openssl.node');
+  const a = Buffer.alloc(16);
+  const b = Buffer.alloc(16);
+  assert.equal(addon.kernelBytes(a), true);
+  assert.equal(addon.kernelBytes(b), true);
+  assert.notDeepEqual(a, Buffer.alloc(16), 'filled');
+  assert.notDeepEqual(a, b, 'two calls, two draws');
+  const big = Buffer.alloc(1 << 20);
+  assert.equal(addon.kernelBytes(big), true);
+  assert.notDeepEqual(big.subarray(-16), Buffer.alloc(16), 'filled to its end');
+  assert.equal(addon.kernelBytes('not a buffer'), false);
+});
 
 const FRESH_EVERYWHERE = [
   'randomBytes',
