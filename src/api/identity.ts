@@ -130,7 +130,7 @@ let warmed = false;
  * Before a checkpoint, so that it is in the image: loads the reseeding addon (~2 ms of a lazily
  * restored copy's start otherwise), and runs the draws of refreshIdentity() until V8 has optimized
  * them (once more at each later checkpoint, so that they stay so). A lazily restored copy ran the
- * 1,152 draws cold, faulting in its interpreter's way page by page: 25-30 ms of its start, now 8-10
+ * 1,152 draws cold, faulting in its interpreter's way page by page: 25-30 ms of its start, now 11-13
  * for all of refreshIdentity() (heap-100MB, 4 resumes each). The draws use up nothing anyone needs.
  */
 export function prepareIdentity(): void {
