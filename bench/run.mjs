@@ -577,9 +577,9 @@ async function cycle(app, i) {
 /**
  * Before each timed dump and resume, raw or not, and before the physical baseline's write: the
  * bench's own writes just before it (the raw dump's images, gigabytes unsynced) are flushed, so
- * that no step pays for the writeback of what came before it. Without it the first resume after a raw dump of heap-2GB took 359-486 ms against
- * 212 after one whose raw dump came earlier (2026-12-03 13:33 run); the raw restores, last, paid
- * nothing.
+ * that no step pays for the writeback of what came before it. Without it the first resume after a
+ * raw dump of heap-2GB took 359-486 ms against 212 after one whose raw dump came earlier
+ * (2026-12-03 13:33 run); the raw restores, last, paid nothing.
  */
 function settleDisk() {
   spawnSync('sync', [], { stdio: 'ignore', timeout: 120_000 });

@@ -57,7 +57,6 @@ static napi_value reseed(napi_env env, napi_callback_info info) {
   return boolean(env, ok);
 }
 
-/* Up to three arguments; false unless there are `want` and the first is a state buffer. */
 static napi_value kernel_bytes(napi_env env, napi_callback_info info) {
   size_t argc = 1, len = 0, got = 0;
   napi_value a[1];
@@ -73,6 +72,7 @@ static napi_value kernel_bytes(napi_env env, napi_callback_info info) {
   return boolean(env, true);
 }
 
+/* Up to three arguments; false unless there are `want` and the first is a state buffer. */
 static bool args(napi_env env, napi_callback_info info, size_t want, napi_value *a, uint8_t **ctx) {
   size_t argc = 3, len = 0;
   if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < want) return false;
