@@ -122,30 +122,18 @@ function drawInts(): void {
   for (let i = 0; i < RANDOM_INT_DRAWS; i++) randomInt(1);
 }
 
-// Rounds of the draws before a process's first checkpoint: V8 had optimized them by the third.
-const WARM_ROUNDS = 4;
-let warmed = false;
-
 /**
- * Before a checkpoint, so that it is in the image: loads the reseeding addon (~2 ms of a lazily
- * restored copy's start otherwise), and runs the draws of refreshIdentity() until V8 has optimized
- * them (once more at each later checkpoint, so that they stay so). A lazily restored copy ran the
- * 1,152 draws cold, faulting in its interpreter's way page by page: 25-30 ms of its start, now 11-13
- * for all of refreshIdentity() (heap-100MB, 4 resumes each). The draws use up nothing anyone needs.
+ * Loads the reseeding addon before a checkpoint, so that it is in the image: each resumed copy
+ * then reseeds at once instead of loading it first (~2 ms of a lazily restored copy's start).
+ * Running the draws of refreshIdentity() here too, until V8 had optimized them, cut a lazily restored copy's
+ * refresh from 25-30 to 11-13 ms, but their garbage made copies give memory back before the
+ * lazy-pages daemon had moved it (test/engine/page-server-restore.test.mjs, 2 failures in 6): not
+ * kept (docs/PERFORMANCE.md).
  */
 export function prepareIdentity(): void {
   if (!enabled) return;
   try {
     loadAddon();
-  } catch {
-    // refreshIdentity() says so, where it matters
-  }
-  try {
-    for (let k = warmed ? 1 : WARM_ROUNDS; k > 0; k--) {
-      drawUuids();
-      drawInts();
-    }
-    warmed = true;
   } catch {
     // refreshIdentity() says so, where it matters
   }
