@@ -368,10 +368,18 @@ static int cmd_init(int argc, char **argv) {
   if (!host && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("make mounts private");
   int master = -1;
   if (pty_mode) master = open_private_pty(pty_index, &o.slave);
+  /* The init is pid 1 of its namespace, where getppid() says 0: it watches us through a pidfd. */
+  int self_fd = attached ? (int)syscall(SYS_pidfd_open, getpid(), 0) : -1;
   pid_t init = fork();
   if (init < 0) die("fork init");
   if (init == 0) {
+    /* Tests widen the window below to kill us inside it (test/launcher/run.test.mjs). */
+    const char *stall = getenv("CHECKPT_TEST_INIT_STALL_MS");
+    if (stall) usleep((useconds_t)atoi(stall) * 1000);
     if (attached && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PDEATHSIG)");
+    /* Killed between the fork and that, we would leave the program running with nobody above it. */
+    if (self_fd >= 0 && poll(&(struct pollfd){self_fd, POLLIN, 0}, 1, 0) > 0) _exit(128 + SIGKILL);
+    if (self_fd >= 0) close(self_fd);
     /* On the host the restored program is CRIU's child; when CRIU exits it comes to us. */
     if (host && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) die("prctl(CHILD_SUBREAPER)");
     if (!host && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die("mount /proc");
@@ -402,6 +410,7 @@ static int cmd_init(int argc, char **argv) {
     }
     return run_init(&o);
   }
+  if (self_fd >= 0) close(self_fd);
   if (!pty_mode && o.status_fd >= 0) close(o.status_fd);
   /* Only the init and what it starts run on the one CPU; this process just waits. */
   if (pin_cpu >= 0) sched_setaffinity(0, sizeof pin_saved, &pin_saved);

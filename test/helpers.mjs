@@ -221,6 +221,11 @@ export function describeTree(pid) {
     .join('\n');
 }
 
+/** describeTree of each of `pids`, each process once. */
+export function describeAll(pids) {
+  return [...new Set(pids.flatMap((pid) => describeTree(pid).split('\n')))].join('\n');
+}
+
 /**
  * A process's end as a thenable whose every await has a deadline, counted from that await: a test
  * never waits for a process without a bound, and a timeout says what was still running.
@@ -248,6 +253,47 @@ function boundedEnd(child, what, done) {
 }
 
 /**
+ * The child's ends of its stdout and stderr (Node gives it sockets), as /proc names them
+ * ("socket:[INODE]"): whoever holds one keeps the child's 'close' from coming. Read at the spawn,
+ * which returns once the child exec'd.
+ */
+function outputsOf(child) {
+  const piped = [child.stdout && 1, child.stderr && 2].filter(Boolean);
+  return piped.flatMap((fd) => {
+    try {
+      return [readlinkSync(`/proc/${child.pid}/fd/${fd}`)];
+    } catch {
+      return []; // already gone
+    }
+  });
+}
+
+/**
+ * The processes holding `child`'s stdout or stderr open: what keeps its 'close' from
+ * coming (and this test file from ending) once it exited, whichever session they escaped to.
+ */
+export function outputHolders(child) {
+  const holders = new Set();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    let fds = [];
+    try {
+      fds = readdirSync(`/proc/${d}/fd`);
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    for (const fd of fds) {
+      try {
+        if (child.outputs.includes(readlinkSync(`/proc/${d}/fd/${fd}`))) holders.add(Number(d));
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return [...holders];
+}
+
+/**
  * Starts a process in a process group of its own, so that everything it leads to (a resumed
  * copy included: CRIU puts it in the restorer's group) is killed by one signal at cleanup.
  */
@@ -256,10 +302,16 @@ export function start(cmd, args, options = {}) {
   started.add(child);
   child.lines = [];
   child.stderrText = '';
+  child.outputs = outputsOf(child);
   child.closed = boundedEnd(
     child,
     [cmd, ...args].join(' '),
-    new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal }))),
+    new Promise((resolve) =>
+      child.on('close', (code, signal) => {
+        child.isClosed = true;
+        resolve({ code, signal });
+      }),
+    ),
   );
   let buf = '';
   child.stdout?.setEncoding('utf8');
@@ -374,16 +426,42 @@ export async function cleanup() {
       }
     if (c.exitCode === null && c.signalCode === null) await c.closed;
   }
+  const children = [...started];
   started.clear();
   const live = () => killed.filter(({ pid, since }) => since && startTime(pid) === since);
-  for (const end = Date.now() + 5000; live().length && Date.now() < end;) await sleep(50);
+  const open = () => children.filter((c) => !c.isClosed);
+  for (const end = Date.now() + 5000; (live().length || open().length) && Date.now() < end;)
+    await sleep(50);
   const left = live();
+  // Something outside the process groups killed above (a session of its own) still holds a
+  // child's output: it would keep this file from ever ending. Say what, and end it.
+  const escaped = open().map((c) => {
+    const holders = outputHolders(c);
+    const what = describeAll(holders) || '  (none found)';
+    for (const pid of holders) killQuietly(pid);
+    c.stdout?.destroy();
+    c.stderr?.destroy();
+    return `  the output of ${c.pid} (${c.spawnargs.join(' ')}) held open by:\n${what}`;
+  });
   for (const dir of dirs) releaseLocks(dir);
   assert.deepEqual(
     left.map((p) => p.pid),
     [],
     `processes the tests started survived SIGKILL:\n${left.map((p) => describeTree(p.pid)).join('\n')}`,
   );
+  assert.deepEqual(
+    escaped,
+    [],
+    `processes the tests started escaped cleanup:\n${escaped.join('\n')}`,
+  );
+}
+
+function killQuietly(pid) {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
 }
 
 /** Directories of tempDir() and scratchDir() not yet removed: checkpoints in them are ours. */
