@@ -584,6 +584,12 @@ note(
   'milliseconds',
 );
 note(
+  'CHECKPT_TEST_INIT_STALL_MS',
+  'test',
+  "For the helper's namespace init: how long it sleeps between its fork and its asking to die with the helper, so that a test can kill `checkpt run` in that window.",
+  'milliseconds',
+);
+note(
   'CHECKPT_TEST_BUILTINS',
   'test',
   "Where test/fixtures/builtins-at-exit.cjs, preloaded into `checkpt -r`, writes the Node built-in modules the command loaded (the test that a resume's checks load no node:crypto).",
