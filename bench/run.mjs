@@ -369,31 +369,42 @@ function samplesOf(r, key) {
   return [r[key], ...(r.more?.[key] ?? [])];
 }
 
-/** checkpoint() inside the program: its pause (heartbeat gap), its time until durable, CRIU's freeze. */
-async function asyncDump(port, file, trace) {
-  // The program runs again as soon as CRIU lets go of it; the file follows.
-  const traced = trace === undefined ? '' : `&trace=${encodeURIComponent(trace)}`;
-  const res = await http(
-    'POST',
-    port,
-    `/checkpoint?file=${encodeURIComponent(file)}&mode=async${traced}`,
-  );
+/**
+ * A checkpoint the program takes of itself at the bench's request: checkpt() (mode 'sync') or
+ * checkpoint() ('async'). What the program saw (its pause as a heartbeat gap, its call time), the
+ * file's size, and its manifest (CRIU's own times in it).
+ */
+async function dumpInProgram(port, file, { mode = 'sync', trace } = {}) {
+  const query = [
+    `file=${encodeURIComponent(file)}`,
+    `mode=${mode}`,
+    ...(trace === undefined ? [] : [`trace=${encodeURIComponent(trace)}`]),
+  ].join('&');
+  const res = await http('POST', port, `/checkpoint?${query}`);
   if (res.status !== 202) throw new Error(`checkpoint request: ${JSON.stringify(res.body)}`);
+  const call = mode === 'async' ? 'checkpoint()' : 'checkpt()';
   const last = await poll(
     async () => {
       const b = (await http('GET', port, '/last')).body;
-      return b && b.mode === 'async' && b.file === file ? b : undefined;
+      return b && b.mode === mode && b.file === file ? b : undefined;
     },
-    'checkpoint()',
+    call,
     300_000,
   );
-  if (last.error || last.result !== 0) throw new Error(`checkpoint() failed: ${last.error}`);
+  if (last.error || last.result !== 0) throw new Error(`${call} failed: ${last.error}`);
+  return { last, bytes: statSync(file).size, manifest: await manifestOf(file) };
+}
+
+/** checkpoint() inside the program: its pause (heartbeat gap), its time until durable, CRIU's freeze. */
+async function asyncDump(port, file, trace) {
+  // The program runs again as soon as CRIU lets go of it; the file follows.
+  const { last, bytes, manifest } = await dumpInProgram(port, file, { mode: 'async', trace });
   return {
     gapMs: last.maxGapMs,
     callMs: last.callMs,
-    bytes: statSync(file).size,
+    bytes,
     // CRIU's own frozen time inside checkpoint(): the rest of the pause is checkpt's.
-    frozenMs: (await manifestOf(file))?.frozenMs,
+    frozenMs: manifest?.frozenMs,
   };
 }
 
@@ -466,23 +477,13 @@ async function cycle(app, i) {
       r.asyncBytes = a.bytes;
       r.asyncFrozenMs = a.frozenMs;
     } else if (what === 'checkpt') {
-      const trace = encodeURIComponent(join(dir, 'trace-resumeMs'));
-      const res = await http(
-        'POST',
-        port,
-        `/checkpoint?file=${encodeURIComponent(ckpt)}&trace=${trace}`,
-      );
-      if (res.status !== 202) throw new Error(`checkpoint request: ${JSON.stringify(res.body)}`);
-      const last = await poll(
-        async () => (await http('GET', port, '/last')).body,
-        'checkpt()',
-        300_000,
-      );
-      if (last.error || last.result !== 0) throw new Error(`checkpt() failed: ${last.error}`);
+      const { last, bytes, manifest } = await dumpInProgram(port, ckpt, {
+        trace: join(dir, 'trace-resumeMs'),
+      });
       r.checkptGapMs = last.maxGapMs;
       r.checkptCallMs = last.callMs;
-      r.ckptBytes = statSync(ckpt).size;
-      r.checkptCriuDumpMs = (await manifestOf(ckpt))?.dumpMs; // the front's wall time for CRIU's dump
+      r.ckptBytes = bytes;
+      r.checkptCriuDumpMs = manifest?.dumpMs; // the front's wall time for CRIU's dump
     } else {
       const d = await rawDump(port, orig, rawDir);
       r.rawDumpWallMs = d.wallMs;

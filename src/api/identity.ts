@@ -63,9 +63,17 @@ const random = {
   },
 }.random;
 
-/** 16 bytes straight from the kernel, independent of OpenSSL's state (empty if unreadable). */
-function kernelBytes(): Buffer {
+/**
+ * 16 bytes straight from the kernel, independent of OpenSSL's state: getrandom(2) through the
+ * addon (one call, no JavaScript of node:fs), else /dev/urandom; undefined if neither answers.
+ */
+function kernelBytes(): Buffer | undefined {
   const buf = Buffer.alloc(16);
+  try {
+    if (loadAddon().kernelBytes?.(buf) === true) return buf;
+  } catch {
+    // an addon that does not load: /dev/urandom below
+  }
   try {
     const fd = openSync('/dev/urandom', 'r');
     try {
@@ -74,28 +82,14 @@ function kernelBytes(): Buffer {
       closeSync(fd);
     }
   } catch {
-    // fall back to OpenSSL's bytes alone
+    // OpenSSL's bytes alone, below
   }
-  return Buffer.alloc(0);
-}
-
-/** 16 bytes from getrandom(2) through the addon: one call, no JavaScript of node:fs or node:crypto. */
-function addonKernelBytes(): Buffer | undefined {
-  try {
-    const buf = Buffer.alloc(16);
-    return loadAddon().kernelBytes?.(buf) === true ? buf : undefined;
-  } catch {
-    return undefined;
-  }
+  return undefined;
 }
 
 function seedMathRandom(): void {
-  let seed = addonKernelBytes();
-  if (seed === undefined) {
-    seed = randomBytes(16);
-    const extra = kernelBytes();
-    for (let i = 0; i < extra.length; i++) seed[i]! ^= extra[i]!;
-  }
+  // OpenSSL's generator was reseeded just before (or refreshIdentity() warns that it was not).
+  const seed = kernelBytes() ?? randomBytes(16);
   s0 = seed.readInt32LE(0);
   s1 = seed.readInt32LE(4);
   s2 = seed.readInt32LE(8);
