@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import {
   cleanup,
   cli,
+  describeAll,
   descendants,
   killGroup,
   pidAlive,
@@ -34,6 +35,7 @@ import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { criuEnv, dumpCommand, restoreCommand } from '../../dist/engine/criu.js';
 import { processTree } from '../../dist/common/procfs.js';
+import { criuTables } from '../netlock.mjs';
 
 const zdtmDir = process.env.CHECKPT_ZDTM_DIR || join(root, '.cache', 'zdtm');
 const dir = tempDir('checkpt-zdtm-');
@@ -195,6 +197,28 @@ async function rawCriu(name, args) {
   }
 }
 
+/**
+ * For a copy that hangs: its processes (state, kernel wait point), CRIU's lock tables still in
+ * the kernel (one naming zdtm's port 8880 would drop its packets), and the host's TCP sockets on
+ * that port with their queues.
+ */
+function networkState(pid) {
+  let tables;
+  try {
+    tables = [...criuTables()]
+      .map(([name, text]) => `${name}${/\b8880\b/.test(text) ? ' (locks port 8880)' : ''}`)
+      .join(', ');
+  } catch (e) {
+    tables = `unreadable: ${e.message}`;
+  }
+  const port = ':22B0 ';
+  const sockets = ['/proc/net/tcp', '/proc/net/tcp6']
+    .flatMap((f) => (readText(f) ?? '').split('\n').slice(1))
+    .filter((l) => l.includes(port))
+    .map((l) => l.trim().split(/\s+/).slice(1, 7).join(' '));
+  return `processes:\n${describeAll([pid])}\nCRIU tables: ${tables || 'none'}\nTCP on 8880 (local remote state tx:rx timer:expires retransmits; a peer backed off by a long lock retransmits late): ${sockets.join('; ') || 'none'}`;
+}
+
 /** (b) checkpt, as a user: `checkpt run` a shell that starts it and waits, `signal --exit`, `-r`. */
 async function underCheckpt(name, args) {
   const cwd = join(dir, `${name}.checkpt`);
@@ -238,7 +262,7 @@ async function underCheckpt(name, args) {
     const inner = readPid(pidfile);
     const copy = resume(file, { cwd });
     mine.push(copy);
-    const copyRunning = () => `checkpt -r stderr: ${copy.stderrText}`;
+    const copyRunning = () => `checkpt -r stderr: ${copy.stderrText}; ${networkState(copy.pid)}`;
     const host = await until(
       `test ${name} (pid ${inner} in its namespace) in the resumed copy`,
       () => {
