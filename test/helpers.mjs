@@ -21,9 +21,8 @@ import { describe as nodeDescribe, test as nodeTest } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckptError } from '../dist/common/errors.js';
-import { childrenOf } from '../dist/common/procfs.js';
+import { childrenOf, processTree, signalQuietly } from '../dist/common/procfs.js';
 import { extractImage, extractLazy, readImageInfo, verifyImage } from '../dist/image/format.js';
-import { processTree } from '../dist/common/procfs.js';
 import { MIN_CRIU_MAJOR, MIN_CRIU_MINOR } from '../dist/engine/criu.js';
 import { findCriu } from '../dist/engine/paths.js';
 import { requireHelper } from '../dist/engine/native.js';
@@ -438,7 +437,7 @@ export async function cleanup() {
   const escaped = open().map((c) => {
     const holders = outputHolders(c);
     const what = describeAll(holders) || '  (none found)';
-    for (const pid of holders) killQuietly(pid);
+    for (const pid of holders) signalQuietly(pid, 'SIGKILL');
     c.stdout?.destroy();
     c.stderr?.destroy();
     return `  the output of ${c.pid} (${c.spawnargs.join(' ')}) held open by:\n${what}`;
@@ -454,14 +453,6 @@ export async function cleanup() {
     [],
     `processes the tests started escaped cleanup:\n${escaped.join('\n')}`,
   );
-}
-
-function killQuietly(pid) {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
 }
 
 /** Directories of tempDir() and scratchDir() not yet removed: checkpoints in them are ours. */
