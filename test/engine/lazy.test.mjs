@@ -208,8 +208,9 @@ describe('lazy restore', () => {
       const p = startNode(by, fixture('state.mjs'), [big, ...how, '--ballast', '40']);
       await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
       await p.closed;
-      // The server's checks slowed (5 ms a block): the copy faults on blocks it has not reached.
-      const { back, text } = await resumeSlowed(by, big, `self-check${how.join('')}`, 5, () => ({
+      // The server's checks slowed (20 ms a block; at 5 CI emulation 9 once saw the server reach
+      // every block before the copy did): the copy faults on blocks it has not reached.
+      const { back, text } = await resumeSlowed(by, big, `self-check${how.join('')}`, 20, () => ({
         CHECKPT_LAZY: '1',
       }));
       assert.equal(back.ballastSame, true, 'every byte of the 40 MiB came back');
