@@ -221,7 +221,7 @@ export function describeTree(pid) {
 }
 
 /** describeTree of each of `pids`, each process once. */
-export function describeAll(pids) {
+function describeAll(pids) {
   return [...new Set(pids.flatMap((pid) => describeTree(pid).split('\n')))].join('\n');
 }
 
@@ -290,6 +290,19 @@ export function outputHolders(child) {
     }
   }
   return [...holders];
+}
+
+/**
+ * Kills whatever holds `child`'s output open (outputHolders) and lets go of that output, so this
+ * file can end: which processes they were, and what they ran.
+ */
+export function endHolders(child) {
+  const holders = outputHolders(child);
+  const what = describeAll(holders);
+  for (const pid of holders) signalQuietly(pid, 'SIGKILL');
+  child.stdout?.destroy();
+  child.stderr?.destroy();
+  return { holders, what };
 }
 
 /**
@@ -434,14 +447,10 @@ export async function cleanup() {
   const left = live();
   // Something outside the process groups killed above (a session of its own) still holds a
   // child's output: it would keep this file from ever ending. Say what, and end it.
-  const escaped = open().map((c) => {
-    const holders = outputHolders(c);
-    const what = describeAll(holders) || '  (none found)';
-    for (const pid of holders) signalQuietly(pid, 'SIGKILL');
-    c.stdout?.destroy();
-    c.stderr?.destroy();
-    return `  the output of ${c.pid} (${c.spawnargs.join(' ')}) held open by:\n${what}`;
-  });
+  const escaped = open().map(
+    (c) =>
+      `  the output of ${c.pid} (${c.spawnargs.join(' ')}) held open by:\n${endHolders(c).what || '  (none found)'}`,
+  );
   for (const dir of dirs) releaseLocks(dir);
   assert.deepEqual(
     left.map((p) => p.pid),

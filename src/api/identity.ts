@@ -119,10 +119,10 @@ function drawInts(): void {
 /**
  * Loads the reseeding addon before a checkpoint, so that it is in the image: each resumed copy
  * then reseeds at once instead of loading it first (~2 ms of a lazily restored copy's start).
- * Running the draws of refreshIdentity() here too, until V8 had optimized them, cut a lazily restored copy's
- * refresh from 25-30 to 11-13 ms, but their garbage made copies give memory back before the
- * lazy-pages daemon had moved it (test/engine/page-server-restore.test.mjs, 2 failures in 6): not
- * kept (docs/PERFORMANCE.md).
+ * Running the draws of refreshIdentity() here too, until V8 had optimized them, cut a lazily
+ * restored copy's refresh from 25-30 to 11-13 ms, but their garbage made copies give memory back
+ * before the lazy-pages daemon had moved it (test/engine/page-server-restore.test.mjs, 2 failures
+ * in 6): not kept (docs/PERFORMANCE.md).
  */
 export function prepareIdentity(): void {
   if (!enabled) return;

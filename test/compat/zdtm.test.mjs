@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import {
   cleanup,
   cli,
-  describeAll,
+  describeTree,
   descendants,
   killGroup,
   pidAlive,
@@ -216,7 +216,7 @@ function networkState(pid) {
     .flatMap((f) => (readText(f) ?? '').split('\n').slice(1))
     .filter((l) => l.includes(port))
     .map((l) => l.trim().split(/\s+/).slice(1, 7).join(' '));
-  return `processes:\n${describeAll([pid])}\nCRIU tables: ${tables || 'none'}\nTCP on 8880 (local remote state tx:rx timer:expires retransmits; a peer backed off by a long lock retransmits late): ${sockets.join('; ') || 'none'}`;
+  return `processes:\n${describeTree(pid)}\nCRIU tables: ${tables || 'none'}\nTCP on 8880 (local remote state tx:rx timer:expires retransmits; a peer backed off by a long lock retransmits late): ${sockets.join('; ') || 'none'}`;
 }
 
 /** (b) checkpt, as a user: `checkpt run` a shell that starts it and waits, `signal --exit`, `-r`. */
