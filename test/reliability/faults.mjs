@@ -173,20 +173,26 @@ export function criuHold(pid) {
 
 const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
+/** criuHold(pid), looked at again (5 times, 2 ms apart) while a thread of the program runs. */
+export function settledHold(pid) {
+  let hold = 'unsure';
+  for (let i = 0; i < 5 && hold === 'unsure'; i++) {
+    pause(2);
+    hold = criuHold(pid);
+  }
+  return hold;
+}
+
 /**
- * Lets `criu`, stopped by the caller, run a millisecond at a time until it holds `pid` at a trap
- * (criuHold), while `going()` holds and for at most two seconds. Leaves it stopped; true when
- * it stopped at a trap, false when it did not (or ended meanwhile).
+ * Lets `criu`, stopped by the caller, run a millisecond at a time, looking with it stopped
+ * between slices, until `until()` holds (true), or CRIU ends, `ms` pass or `going()` no longer
+ * holds (false). Leaves it stopped. A step lasts as long as this process takes to wake: on a
+ * loaded machine one can cover tens of milliseconds of CRIU's way, so a caller retries.
  */
-export function stepCriuToTrap(criu, pid, going) {
-  const deadline = Date.now() + 2000;
+export function stepCriu(criu, until, ms = 2000, going = () => true) {
+  const deadline = Date.now() + ms;
   while (Date.now() < deadline && going()) {
-    let hold = 'unsure';
-    for (let i = 0; i < 5 && hold === 'unsure'; i++) {
-      pause(2);
-      hold = criuHold(pid);
-    }
-    if (hold === 'trap') return true;
+    if (until()) return true;
     try {
       process.kill(criu.pid, 'SIGCONT');
       pause(1);
@@ -196,8 +202,20 @@ export function stepCriuToTrap(criu, pid, going) {
       if (e.code === 'ESRCH') return false;
       throw e;
     }
+    // A signal sent is not yet a stop: look only at a CRIU that is really stopped.
+    for (let s = stateOf(criu.pid); !/^[Tt]$/.test(s); s = stateOf(criu.pid)) {
+      if (s === '' || s === 'Z' || Date.now() > deadline) return false;
+    }
   }
   return false;
+}
+
+/**
+ * Steps `criu`, stopped by the caller, until it holds `pid` at a trap (criuHold), while `going()`
+ * holds and for at most two seconds. Leaves it stopped; true when it stopped at a trap.
+ */
+export function stepCriuToTrap(criu, pid, going) {
+  return stepCriu(criu, () => settledHold(pid) === 'trap', 2000, going);
 }
 
 /**
