@@ -159,7 +159,17 @@ exec '${realCriu}' "$@"
     const log = readFileSync(join(seen, 'log'), 'utf8');
     assert.match(log, /Reusing ps socket 4/);
     const moved = /UFFD transferred pages: \((\d+)\/(\d+)\)/.exec(log);
-    assert.ok(moved && moved[1] === moved[2] && Number(moved[1]) > 1000, moved?.[0]);
+    assert.ok(moved && Number(moved[1]) > 1000, moved?.[0]);
+    // Memory the copy gave back (its garbage collector's madvise or munmap) before the daemon
+    // moved it is never moved: every page is moved or given back.
+    const givenBack = [...log.matchAll(/(?:REMOVE|UNMAP): [0-9a-f]+\(([0-9a-f]+)\)/g)].reduce(
+      (pages, m) => pages + parseInt(m[1], 16) / 4096,
+      0,
+    );
+    assert.ok(
+      Number(moved[1]) + givenBack >= Number(moved[2]),
+      `${moved[0]}, ${givenBack} pages given back: some were neither`,
+    );
     await noneLeft(file, staging);
   });
 
