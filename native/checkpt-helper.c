@@ -646,6 +646,77 @@ static void end_leftovers(void) {
   closedir(d);
 }
 
+/* The fields of a /proc stat file from the third (the state) on, after the command in parentheses,
+ * which may hold anything; NULL when the process is gone. */
+static char *stat_fields(const char *path, char *buf, size_t len) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NULL;
+  ssize_t n = read(fd, buf, len - 1);
+  close(fd);
+  if (n <= 0) return NULL;
+  buf[n] = 0;
+  char *at = strrchr(buf, ')');
+  return at && at[1] == ' ' ? at + 2 : NULL;
+}
+
+/* Who traces `pid` (TracerPid in its status, in the pids of our /proc); 0 when nobody or gone. */
+static pid_t tracer_of(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  long tracer = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "TracerPid: %ld", &tracer) == 1) break;
+  fclose(f);
+  return (pid_t)tracer;
+}
+
+static long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/*
+ * The CRIU that holds `pid` dead: every thread of it a zombie, traced by a process named criu.
+ * Killed while CRIU dumped it, a multi-threaded program can stay so for good: CRIU waiting for a
+ * process that will not stop again, its parent unable to reap it until CRIU lets go (CI emulation
+ * 12 of stop 48: a restart under `checkpt run --restart` held to the dump's 120 s deadline).
+ * Returns that CRIU's pid, else 0.
+ */
+static pid_t criu_holding_dead(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  char *f = stat_fields(path, buf, sizeof buf);
+  if (!f || f[0] != 'Z') return 0;
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  DIR *d = opendir(path);
+  if (!d) return 0;
+  int alive = 0;
+  struct dirent *e;
+  while (!alive && (e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char tpath[320];
+    snprintf(tpath, sizeof tpath, "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+    char *t = stat_fields(tpath, buf, sizeof buf);
+    alive = t && t[0] != 'Z' && t[0] != 'X';
+  }
+  closedir(d);
+  if (alive) return 0;
+  pid_t tracer = tracer_of(pid);
+  if (tracer <= 0) return 0;
+  snprintf(path, sizeof path, "/proc/%d/comm", (int)tracer);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  return n == 5 && !memcmp(buf, "criu\n", 5) ? tracer : 0;
+}
+
+/* How long the program may lie dead in a CRIU's hands before that CRIU is ended. */
+#define DEAD_HELD_MS 1000
+
 /*
  * Reaps until nothing is left in the namespace: the program's first process, what it left (killed
  * then), and the relays, which end once all its output is through. Returns whether the first
@@ -653,11 +724,30 @@ static void end_leftovers(void) {
  */
 static int wait_program(pid_t pid, int *status) {
   int done = 0, st;
+  /* Blocked, SIGCHLD waits for sigtimedwait below, which also wakes every 250 ms to look. */
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  long dead_since = 0;
   for (;;) {
-    pid_t w = waitpid(-1, &st, 0);
+    pid_t w = waitpid(-1, &st, WNOHANG);
     if (w < 0) {
       if (errno == EINTR) continue;
       return done;
+    }
+    if (w == 0) {
+      pid_t criu = done ? 0 : criu_holding_dead(pid);
+      if (!criu) dead_since = 0;
+      else if (!dead_since) dead_since = now_ms();
+      else if (now_ms() - dead_since >= DEAD_HELD_MS) {
+        fprintf(stderr, "checkpt: the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: ending CRIU\n", (int)criu, DEAD_HELD_MS);
+        kill(criu, SIGKILL);
+        dead_since = 0;
+      }
+      struct timespec tick = {0, 250 * 1000000L};
+      sigtimedwait(&chld, NULL, &tick);
+      continue;
     }
     if (w == pid) {
       done = 1;
@@ -775,6 +865,11 @@ static int run_init(struct init_opts *o) {
       }
     }
     report(o->status_fd, "restored %d\n", (int)pid);
+    /* The unpinning thread must not take the SIGCHLD wait_program() waits for. */
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
     pthread_t unpin;
     if (pin_cpu >= 0 && pthread_create(&unpin, NULL, unpin_later, NULL) == 0) pthread_detach(unpin);
     else if (pin_cpu >= 0) {
@@ -820,12 +915,6 @@ static int run_init(struct init_opts *o) {
 }
 
 #define DUMPED "{\"t\":\"dumped\"}\n"
-
-static long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
 
 static void nap_us(long us) {
   struct timespec ts = {0, us * 1000L};
@@ -1066,19 +1155,6 @@ static int cmd_hold_script(const char *sock) {
 /* compel's injected system call on x86_64: `syscall`, then `int3` six times. */
 static const unsigned char compel_syscall_code[8] = {0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc};
 
-/* The fields of a /proc stat file from the third (the state) on, after the command in parentheses,
- * which may hold anything; NULL when the process is gone. */
-static char *stat_fields(const char *path, char *buf, size_t len) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NULL;
-  ssize_t n = read(fd, buf, len - 1);
-  close(fd);
-  if (n <= 0) return NULL;
-  buf[n] = 0;
-  char *at = strrchr(buf, ')');
-  return at && at[1] == ' ' ? at + 2 : NULL;
-}
-
 /* Whether CRIU holds `pid` (or a process below it) where interrupting or losing CRIU would kill
  * it: traced, with its parasite mapped (compel's memfd), compel's system call written over the first
  * executable page, or a thread in a ptrace stop whose signal CRIU has not collected yet (a trap's
@@ -1086,18 +1162,8 @@ static char *stat_fields(const char *path, char *buf, size_t len) {
 /* Why criu_holds last said "held", for the line the dump front writes when its grace runs out. */
 static char hold_why[160];
 
-/* Whether anyone traces `pid` (TracerPid in its status). */
-static int traced(pid_t pid) {
-  char path[64], line[256];
-  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return 0;
-  long tracer = 0;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "TracerPid: %ld", &tracer) == 1) break;
-  fclose(f);
-  return tracer != 0;
-}
+/* Whether anyone traces `pid`. */
+static int traced(pid_t pid) { return tracer_of(pid) != 0; }
 
 static int criu_holds(pid_t pid, int depth) {
   char path[64], line[512];

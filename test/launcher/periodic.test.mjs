@@ -1,7 +1,7 @@
 // `checkpt run --every --keep --restart`: real programs checkpointed on a schedule, killed at
 // random moments (some in the middle of a checkpoint), and brought back from the newest good one.
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -24,7 +24,8 @@ import {
   within,
   xorshift32,
 } from '../helpers.mjs';
-import { cmdline } from '../../dist/common/procfs.js';
+import { cmdline, signalQuietly } from '../../dist/common/procfs.js';
+import { parentOf, stateOf, tracerOf } from '../reliability/faults.mjs';
 
 const dir = tempDir();
 after(async () => {
@@ -406,4 +407,69 @@ test('--restart leaves alone a program stopped by SIGTERM or by checkpoint and e
   assert.deepEqual(await q.closed, { code: 0, signal: null }, q.stderrText);
   assert.match(q.stderrText, /the program was stopped/);
   assert.doesNotMatch(q.stderrText, /resumed|starts anew/);
+});
+
+const exeOf = (pid) => {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return '';
+  }
+};
+
+// CI emulation 12 of stop 48: a Node server killed in the middle of a checkpoint from outside lay
+// dead in CRIU's hands (CRIU waiting for it, its init unable to reap it) until the dump's 120 s
+// deadline. A CRIU stopped while it traces the program is the same for good: it never lets go.
+test('a Node program killed while the CRIU checkpointing it holds on to it: the init ends that CRIU, and --restart starts the program again', async () => {
+  const where = join(dir, 'held');
+  mkdirSync(where);
+  const port = await freePort();
+  const p = run(
+    [
+      '--restart',
+      '--file',
+      join(where, 'h.ckpt'),
+      '--',
+      process.execPath,
+      fixture('counter.mjs'),
+      String(port),
+    ],
+    { cwd: where },
+  );
+  let criu, nsenter;
+  try {
+    const pid = await programOf(p, 'counter.mjs');
+    await waitFor(p, (e) => e.event === 'tick', 'ticks');
+    process.kill(p.pid, 'SIGSTKFLT');
+    // Its traced window lasts tens of milliseconds: looked for without yielding.
+    for (const end = Date.now() + 10_000; !criu && Date.now() < end;) {
+      const t = tracerOf(pid);
+      if (t && exeOf(t).endsWith('/criu')) criu = t;
+    }
+    assert.ok(criu, `no CRIU traced the program:\n${p.stderrText}`);
+    nsenter = parentOf(criu);
+    process.kill(criu, 'SIGSTOP');
+    process.kill(pid, 'SIGKILL');
+    const killedAt = Date.now() / 1000;
+    const ended = () => /^Z?$/.test(stateOf(criu));
+    await until(
+      'the restart',
+      () => {
+        // nsenter stops itself when its child stops, and wakes it when woken: only once CRIU
+        // has ended may it run again, to see that end.
+        if (ended() && /^[Tt]/.test(stateOf(nsenter))) signalQuietly(nsenter, 'SIGCONT');
+        return /the program was killed by SIGKILL \(restart 1 of/.test(p.stderrText);
+      },
+      p,
+      15_000,
+    );
+    assert.match(p.stderrText, /the program died while CRIU \(pid \d+\) checkpointed it/);
+    assert.ok(ended(), 'that CRIU is gone');
+    await waitFor(p, (e) => e.event === 'tick' && e.t > killedAt, 'the program started again');
+  } finally {
+    if (criu) signalQuietly(criu, 'SIGKILL');
+    if (nsenter && /^[Tt]/.test(stateOf(nsenter))) signalQuietly(nsenter, 'SIGCONT');
+    process.kill(p.pid, 'SIGTERM');
+  }
+  assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' }, p.stderrText);
 });
