@@ -718,23 +718,6 @@ static pid_t criu_holding_dead(pid_t pid) {
 #define DEAD_HELD_MS 1000
 
 /*
- * Called every 250 ms or so: the CRIU (`only`, or any) that has held `pid` dead for DEAD_HELD_MS,
- * said on stderr, to be ended by the caller; else 0. `*since` keeps when it was first seen so.
- */
-static pid_t criu_to_end(pid_t pid, pid_t only, long *since) {
-  pid_t criu = criu_holding_dead(pid);
-  if (!criu || (only && criu != only)) {
-    *since = 0;
-    return 0;
-  }
-  if (!*since) *since = now_ms();
-  if (now_ms() - *since < DEAD_HELD_MS) return 0;
-  *since = 0;
-  fprintf(stderr, "checkpt: the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: ending CRIU\n", (int)criu, DEAD_HELD_MS);
-  return criu;
-}
-
-/*
  * Reaps until nothing is left in the namespace: the program's first process, what it left (killed
  * then), and the relays, which end once all its output is through. Returns whether the first
  * process was seen, its status in *status.
@@ -754,8 +737,14 @@ static int wait_program(pid_t pid, int *status) {
       return done;
     }
     if (w == 0) {
-      pid_t criu = done ? 0 : criu_to_end(pid, 0, &dead_since);
-      if (criu) kill(criu, SIGKILL);
+      pid_t criu = done ? 0 : criu_holding_dead(pid);
+      if (!criu) dead_since = 0;
+      else if (!dead_since) dead_since = now_ms();
+      else if (now_ms() - dead_since >= DEAD_HELD_MS) {
+        fprintf(stderr, "checkpt: the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: ending CRIU\n", (int)criu, DEAD_HELD_MS);
+        kill(criu, SIGKILL);
+        dead_since = 0;
+      }
       struct timespec tick = {0, 250 * 1000000L};
       sigtimedwait(&chld, NULL, &tick);
       continue;
@@ -1479,7 +1468,7 @@ static int cmd_dump(int argc, char **argv) {
   int st = 0, told = !async, timed_out = 0, killed = 0, answered = 0, dumped_ok = 0;
   /* Past the deadline, looking for a moment to interrupt CRIU, until hold_until. */
   int holding = 0;
-  long kill_at = deadline, hold_until = 0, dead_since = 0;
+  long kill_at = deadline, hold_until = 0;
   static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
     if (!killed && now_ms() >= kill_at) {
@@ -1513,17 +1502,11 @@ static int cmd_dump(int argc, char **argv) {
       killed = timed_out = 1;
     }
     long left = kill_at - now_ms();
-    /* Not longer than 250 ms: the program may die in CRIU's hands (criu_to_end). */
-    int wait_ms = killed ? 60000 : (int)(left < 0 ? 0 : left > 250 ? 250 : left);
+    int wait_ms = killed ? 60000 : (int)(left < 0 ? 0 : left > 60000 ? 60000 : left);
     if (criu_pidfd < 0 && wait_ms > 10) wait_ms = 10;
     struct pollfd p[2] = {{sk_open ? sk : -1, POLLIN, 0}, {criu_pidfd, POLLIN, 0}};
     int n = poll(p, 2, wait_ms);
     if (n < 0 && errno != EINTR) die("poll");
-    if (n == 0 && !killed && !reaped && criu_to_end(pid, criu, &dead_since)) {
-      kill(criu, SIGKILL);
-      killed = 1;
-      continue;
-    }
     if (criu_pidfd < 0 && !reaped && waitpid(criu, &st, WNOHANG) == criu) reaped = 1;
     if (n <= 0 && !reaped) continue;
     /* A message CRIU sent just before it exited is still read. */
