@@ -717,6 +717,13 @@ static pid_t criu_holding_dead(pid_t pid) {
 /* How long the program may lie dead in a CRIU's hands before that CRIU is ended. */
 #define DEAD_HELD_MS 1000
 
+/* Blocks SIGCHLD in this thread (and threads it starts after); `*set` holds just SIGCHLD. */
+static void block_sigchld(sigset_t *set) {
+  sigemptyset(set);
+  sigaddset(set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, set, NULL);
+}
+
 /*
  * Reaps until nothing is left in the namespace: the program's first process, what it left (killed
  * then), and the relays, which end once all its output is through. Returns whether the first
@@ -726,9 +733,7 @@ static int wait_program(pid_t pid, int *status) {
   int done = 0, st;
   /* Blocked, SIGCHLD waits for sigtimedwait below, which also wakes every 250 ms to look. */
   sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &chld, NULL);
+  block_sigchld(&chld);
   long dead_since = 0;
   for (;;) {
     pid_t w = waitpid(-1, &st, WNOHANG);
@@ -867,9 +872,7 @@ static int run_init(struct init_opts *o) {
     report(o->status_fd, "restored %d\n", (int)pid);
     /* The unpinning thread must not take the SIGCHLD wait_program() waits for. */
     sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
+    block_sigchld(&chld);
     pthread_t unpin;
     if (pin_cpu >= 0 && pthread_create(&unpin, NULL, unpin_later, NULL) == 0) pthread_detach(unpin);
     else if (pin_cpu >= 0) {

@@ -1,7 +1,7 @@
 // `checkpt run --every --keep --restart`: real programs checkpointed on a schedule, killed at
 // random moments (some in the middle of a checkpoint), and brought back from the newest good one.
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,6 +10,7 @@ import {
   cleanup,
   describeTree,
   events,
+  exeOf,
   fixture,
   freePort,
   nodeBinaries,
@@ -408,14 +409,6 @@ test('--restart leaves alone a program stopped by SIGTERM or by checkpoint and e
   assert.match(q.stderrText, /the program was stopped/);
   assert.doesNotMatch(q.stderrText, /resumed|starts anew/);
 });
-
-const exeOf = (pid) => {
-  try {
-    return readlinkSync(`/proc/${pid}/exe`);
-  } catch {
-    return '';
-  }
-};
 
 // CI emulation 12 of stop 48: a Node server killed in the middle of a checkpoint from outside lay
 // dead in CRIU's hands (CRIU waiting for it, its init unable to reap it) until the dump's 120 s
