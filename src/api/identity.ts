@@ -1,6 +1,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import { randomBytes, randomInt, randomUUID } from 'node:crypto';
+import { randomBytes, randomFillSync, randomInt, randomUUID } from 'node:crypto';
 import { nativeAddon } from '../engine/native.js';
+import { locateRandomCaches, type RandomCaches } from './random-caches.js';
 
 /** The N-API addon (native/checkpt-openssl.c) whose reseed() calls OpenSSL's RAND_poll(). */
 interface RandAddon {
@@ -11,6 +12,10 @@ interface RandAddon {
 
 let addon: RandAddon | undefined;
 let enabled = true;
+/** Node's randomUUID()/randomInt() buffers once looked for: null when they could not be found. */
+let caches: RandomCaches | null | undefined;
+let locating = true;
+let lastWay: 'caches' | 'draws' | undefined;
 
 /**
  * @internal For tests: turns refreshIdentity() into a no-op, to show what copies of one checkpoint
@@ -18,6 +23,25 @@ let enabled = true;
  */
 export function setIdentityRefresh(on: boolean): void {
   enabled = on;
+}
+
+/**
+ * @internal For tests: `false` makes refreshIdentity() flush Node's caches with draws, as on a Node
+ * whose buffers cannot be found.
+ */
+export function setCacheLocating(on: boolean): void {
+  locating = on;
+}
+
+/** @internal For tests: how the last refreshIdentity() flushed Node's caches. */
+export function lastCacheFlush(): 'caches' | 'draws' | undefined {
+  return lastWay;
+}
+
+function cachesOf(): RandomCaches | null {
+  if (!locating) return null;
+  if (caches === undefined) caches = locateRandomCaches() ?? null;
+  return caches;
 }
 
 function loadAddon(): RandAddon {
@@ -117,12 +141,10 @@ function drawInts(): void {
 }
 
 /**
- * Loads the reseeding addon before a checkpoint, so that it is in the image: each resumed copy
- * then reseeds at once instead of loading it first (~2 ms of a lazily restored copy's start).
- * Running the draws of refreshIdentity() here too, until V8 had optimized them, cut a lazily
- * restored copy's refresh from 25-30 to 11-13 ms, but their garbage made copies give memory back
- * before the lazy-pages daemon had moved it (test/engine/page-server-restore.test.mjs, 2 failures
- * in 6): not kept (docs/PERFORMANCE.md).
+ * Before a checkpoint, so that both are in the image: loads the reseeding addon (~2 ms of a lazily
+ * restored copy's start otherwise) and finds Node's random caches (once, 3-7 ms), which each copy
+ * then overwrites with fresh bytes instead of using them up with 1,152 draws (25-30 ms of a lazily
+ * restored copy's start: docs/PERFORMANCE.md).
  */
 export function prepareIdentity(): void {
   if (!enabled) return;
@@ -131,6 +153,27 @@ export function prepareIdentity(): void {
   } catch {
     // refreshIdentity() says so, where it matters
   }
+  cachesOf();
+}
+
+/** Makes every randomUUID() and randomInt() from now on come from bytes drawn after the reseed. */
+function flushCaches(): void {
+  const found = cachesOf();
+  if (found) {
+    // What was left in each buffer is replaced, wherever Node's position in it is.
+    randomFillSync(found.uuid);
+    randomFillSync(found.int);
+    lastWay = 'caches';
+    return;
+  }
+  lastWay = 'draws';
+  // getBufferedUUID() refills its buffer exactly when its slot counter is 0 and the counter goes
+  // round 128 slots, so 128 calls from any position include one refill, and every UUID after
+  // them comes from that post-reseed refill (same code in Node 20 to 26; v7 shares it).
+  drawUuids();
+  // randomInt() reads 6 bytes per draw from a 6 KiB buffer and refills it only when it is used
+  // up, so 1024 draws use up what was left from before and anything after comes from a refill.
+  drawInts();
 }
 
 /**
@@ -149,19 +192,9 @@ export function refreshIdentity(): void {
     failed.push(`OpenSSL not reseeded: ${(e as Error).message}`);
   }
   try {
-    // getBufferedUUID() refills its buffer exactly when its slot counter is 0 and the counter goes
-    // round 128 slots, so 128 calls from any position include one refill, and every UUID after
-    // them comes from that post-reseed refill (same code in Node 20, 22 and 24; v7 shares it).
-    drawUuids();
+    flushCaches();
   } catch (e) {
-    failed.push(`randomUUID cache: ${(e as Error).message}`);
-  }
-  try {
-    // randomInt() reads 6 bytes per draw from a 6 KiB buffer and refills it only when it is used
-    // up, so 1024 draws use up what was left from before and anything after comes from a refill.
-    drawInts();
-  } catch (e) {
-    failed.push(`randomInt cache: ${(e as Error).message}`);
+    failed.push(`randomUUID and randomInt caches: ${(e as Error).message}`);
   }
   try {
     seedMathRandom();
