@@ -590,9 +590,9 @@ static size_t done_cap, done_head, done_len;
  * behind it on a 2-core machine, and CRIU's restore of 2 GB took up to twice its time beside it). */
 static int copy_runs;
 /* From then on, for COPY_FIRST_MS (as long as checkpt keeps the copy and CRIU's daemon on one CPU,
- * src/engine/pin.ts), the checkers check only blocks a request waits for: their background walk
- * slowed the copy's first steps on the other CPU too (heap-100MB's first answer 143 -> 120 ms,
- * 10 resumes alternated), and the daemon checks a fault's block itself meanwhile. */
+ * src/engine/pin.ts), the checkers check only blocks a request waits for and those around the
+ * copy's latest faults: their walk through the file slowed CRIU's restore and the copy's first
+ * steps from the other CPU (docs/PERFORMANCE.md), and the daemon checks a fault's block itself. */
 #define COPY_FIRST_MS 300
 static struct timespec background_from; /* CLOCK_MONOTONIC, under lock */
 
@@ -609,14 +609,15 @@ static void copy_starts(void) {
   pthread_mutex_unlock(&lock);
 }
 
-/* Under lock: whether the background walk waits still, and until when (CLOCK_REALTIME, for
- * pthread_cond_timedwait). */
+/* Under lock: whether the background walk waits still, and until when to look again
+ * (CLOCK_REALTIME, for pthread_cond_timedwait): every 2 ms, for the daemon's new hints. */
 static int background_waits(struct timespec *until) {
   if (!copy_runs) return 0;
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   long long left = (background_from.tv_sec - now.tv_sec) * 1000000000LL + (background_from.tv_nsec - now.tv_nsec);
   if (left <= 0) return 0;
+  if (left > 2000000LL) left = 2000000LL;
   clock_gettime(CLOCK_REALTIME, until);
   left += until->tv_nsec;
   until->tv_sec += (time_t)(left / 1000000000LL);
@@ -957,6 +958,9 @@ static void *checker(void *arg) {
       }
       struct timespec until;
       if (background_waits(&until)) {
+        /* The blocks around the copy's latest faults still: a compressed one is then decoded
+         * before the copy asks for it (plain files did as well either way). */
+        if (next_hinted(&f, &b)) break;
         pthread_cond_timedwait(&wake, &lock, &until);
         continue;
       }
