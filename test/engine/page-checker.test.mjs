@@ -225,6 +225,12 @@ test('plain chunks are sent from the checkpoint file itself until someone opens 
     (PAGES_PER_MIB + 7) * PAGE,
   );
   assert.ok(hole.equals(Buffer.alloc(2 * PAGE)), 'sent from the checkpoint file, not staged');
+  // Another block, checked because it was asked for: the background walk waits while a copy's
+  // first requests come (COPY_FIRST_MS), so it may not have reached it.
+  const other = await ask(2 * PAGES_PER_MIB + 3, 4);
+  assert.ok(
+    other.equals(memory.subarray((2 * PAGES_PER_MIB + 3) * PAGE, (2 * PAGES_PER_MIB + 7) * PAGE)),
+  );
   // A writer: its open waits until the server has copied and checked what it sent from the file.
   const writer = await open(file, 'r+');
   try {
