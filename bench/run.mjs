@@ -201,14 +201,20 @@ function answersOk(port, timeoutMs) {
   return new Promise((resolve) => {
     const s = connect(port, '127.0.0.1');
     let got = '';
+    // A SYN dropped while CRIU's lock still holds the restored port is sent again only after 1 s:
+    // a probe that is not connected at once gives way to the next (one such probe kept a
+    // heap-2GB resume's first answer waiting 2 s, 12-05 at 01:38).
+    const connectTimer = setTimeout(() => done(false), 50);
     const done = (ok) => {
+      clearTimeout(connectTimer);
       s.destroy();
       resolve(ok);
     };
     s.setTimeout(timeoutMs, () => done(false));
-    s.on('connect', () =>
-      s.write('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'),
-    );
+    s.on('connect', () => {
+      clearTimeout(connectTimer);
+      s.write('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+    });
     s.on('data', (d) => {
       got += d.toString('latin1');
       if (got.includes('\r\n')) done(/^HTTP\/1\.[01] 200 /.test(got));
