@@ -589,41 +589,6 @@ static size_t done_cap, done_head, done_len;
  * background work then yields to CRIU's restore and the copy (a checker found the copy waiting
  * behind it on a 2-core machine, and CRIU's restore of 2 GB took up to twice its time beside it). */
 static int copy_runs;
-/* From then on, for COPY_FIRST_MS (as long as checkpt keeps the copy and CRIU's daemon on one CPU,
- * src/engine/pin.ts), the checkers check only blocks a request waits for and those around the
- * copy's latest faults: their walk through the file slowed CRIU's restore and the copy's first
- * steps from the other CPU (docs/PERFORMANCE.md), and the daemon checks a fault's block itself. */
-#define COPY_FIRST_MS 300
-static struct timespec background_from; /* CLOCK_MONOTONIC, under lock */
-
-/* The copy runs, or is about to: see copy_runs. */
-static void copy_starts(void) {
-  pthread_mutex_lock(&lock);
-  if (!copy_runs) {
-    clock_gettime(CLOCK_MONOTONIC, &background_from);
-    background_from.tv_sec += COPY_FIRST_MS / 1000;
-    background_from.tv_nsec += (COPY_FIRST_MS % 1000) * 1000000L;
-    if (background_from.tv_nsec >= 1000000000L) background_from.tv_sec++, background_from.tv_nsec -= 1000000000L;
-  }
-  __atomic_store_n(&copy_runs, 1, __ATOMIC_RELAXED);
-  pthread_mutex_unlock(&lock);
-}
-
-/* Under lock: whether the background walk waits still, and until when to look again
- * (CLOCK_REALTIME, for pthread_cond_timedwait): every 2 ms, for the daemon's new hints. */
-static int background_waits(struct timespec *until) {
-  if (!copy_runs) return 0;
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  long long left = (background_from.tv_sec - now.tv_sec) * 1000000000LL + (background_from.tv_nsec - now.tv_nsec);
-  if (left <= 0) return 0;
-  if (left > 2000000LL) left = 2000000LL;
-  clock_gettime(CLOCK_REALTIME, until);
-  left += until->tv_nsec;
-  until->tv_sec += (time_t)(left / 1000000000LL);
-  until->tv_nsec = (long)(left % 1000000000LL);
-  return 1;
-}
 
 /* The background order: every block checked here, file by file (under lock), each file from its
  * end back to its start when serving a daemon (`backward`). A pages image holds its process's
@@ -956,14 +921,6 @@ static void *checker(void *arg) {
         if (files[f].claimed[b]) continue;
         break;
       }
-      struct timespec until;
-      if (background_waits(&until)) {
-        /* The blocks around the copy's latest faults still: a compressed one is then decoded
-         * before the copy asks for it (plain files did as well either way). */
-        if (next_hinted(&f, &b)) break;
-        pthread_cond_timedwait(&wake, &lock, &until);
-        continue;
-      }
       if (next_to_verify(&f, &b)) {
         verifying = 1;
         break;
@@ -1217,7 +1174,7 @@ static void end_direct(void) {
 
 /* What CRIU's restore reads itself is staged: CRIU may start, and the background may yield. */
 static void eager_staged(void) {
-  if (held_left < 0) copy_starts();
+  if (held_left < 0) __atomic_store_n(&copy_runs, 1, __ATOMIC_RELAXED);
   send_ctl(MSG_EAGER_STAGED, 0, 0);
 }
 
@@ -1457,7 +1414,7 @@ static void take_request(const uint8_t *iov) {
     fail("sent an unknown command (%u)", cmd);
   }
   qlen++;
-  if (!__atomic_load_n(&copy_runs, __ATOMIC_RELAXED)) copy_starts();
+  __atomic_store_n(&copy_runs, 1, __ATOMIC_RELAXED);
   /* Asked for at once, so checkpt stages it while earlier answers go out. */
   if (!r->close) ready(r, 0);
 }
