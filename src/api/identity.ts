@@ -1,5 +1,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { randomBytes, randomFillSync, randomInt, randomUUID } from 'node:crypto';
+import { LAZY_MIN_BYTES } from '../common/config.js';
+import { anonBytes, procStatus } from '../common/procfs.js';
 import { nativeAddon } from '../engine/native.js';
 import { locateRandomCaches, type RandomCaches } from './random-caches.js';
 
@@ -14,7 +16,6 @@ let addon: RandAddon | undefined;
 let enabled = true;
 /** Node's randomUUID()/randomInt() buffers once looked for: null when they could not be found. */
 let caches: RandomCaches | null | undefined;
-let locating = true;
 let lastWay: 'caches' | 'draws' | undefined;
 
 /**
@@ -25,23 +26,21 @@ export function setIdentityRefresh(on: boolean): void {
   enabled = on;
 }
 
-/**
- * @internal For tests: `false` makes refreshIdentity() flush Node's caches with draws, as on a Node
- * whose buffers cannot be found.
- */
-export function setCacheLocating(on: boolean): void {
-  locating = on;
-}
-
 /** @internal For tests: how the last refreshIdentity() flushed Node's caches. */
 export function lastCacheFlush(): 'caches' | 'draws' | undefined {
   return lastWay;
 }
 
-function cachesOf(): RandomCaches | null {
-  if (!locating) return null;
-  if (caches === undefined) caches = locateRandomCaches() ?? null;
-  return caches;
+/**
+ * Looks for Node's random caches once the program is big enough to be resumed lazily: its copies
+ * then save the draws' 25-30 ms of faults. The inspector session that finds them leaves 2-4 MB of
+ * its own state in the program, dumped with every checkpoint: a small program, whose copies run
+ * with all of their memory in, drains its caches in ~5 ms instead (docs/PERFORMANCE.md).
+ */
+function locateIfLazy(): void {
+  if (caches !== undefined) return;
+  if (anonBytes(procStatus(process.pid)) < LAZY_MIN_BYTES) return;
+  caches = locateRandomCaches() ?? null;
 }
 
 function loadAddon(): RandAddon {
@@ -142,9 +141,9 @@ function drawInts(): void {
 
 /**
  * Before a checkpoint, so that both are in the image: loads the reseeding addon (~2 ms of a lazily
- * restored copy's start otherwise) and finds Node's random caches (once, 3-7 ms), which each copy
- * then overwrites with fresh bytes instead of using them up with 1,152 draws (25-30 ms of a lazily
- * restored copy's start: docs/PERFORMANCE.md).
+ * restored copy's start otherwise) and, in a program of 32 MiB and more, finds Node's random caches
+ * (once, 3-7 ms), which each copy then overwrites with fresh bytes instead of using them up with
+ * 1,152 draws (25-30 ms of a lazily restored copy's start: docs/PERFORMANCE.md).
  */
 export function prepareIdentity(): void {
   if (!enabled) return;
@@ -153,16 +152,16 @@ export function prepareIdentity(): void {
   } catch {
     // refreshIdentity() says so, where it matters
   }
-  cachesOf();
+  locateIfLazy();
 }
 
 /** Makes every randomUUID() and randomInt() from now on come from bytes drawn after the reseed. */
 function flushCaches(): void {
-  const found = cachesOf();
-  if (found) {
+  // Only as found before the checkpoint: a copy looking for them now would pay more than the draws.
+  if (caches) {
     // What was left in each buffer is replaced, wherever Node's position in it is.
-    randomFillSync(found.uuid);
-    randomFillSync(found.int);
+    randomFillSync(caches.uuid);
+    randomFillSync(caches.int);
     lastWay = 'caches';
     return;
   }

@@ -19,6 +19,12 @@ export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 export const DEFAULT_TEMPLATE = '%N.ckpt';
 export const DEFAULT_SIGCKPT = 'SIGSTKFLT';
 export const DEFAULT_SIGCKPTEXIT = 'SIGPWR';
+/**
+ * From this much memory in the image the copy runs while its memory streams in, each chunk checked
+ * when first read. Below it the copy is held, restored, until all of its memory is checked: a
+ * damaged small image never starts a process (src/engine/lazy.ts; the front's LAZY_MIN_BYTES).
+ */
+export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
 
 /**
  * `public`: for users; `internal`: a handshake between checkpt's own processes, set by checkpt;

@@ -64,6 +64,11 @@ export function rssBytes(status: Record<string, string> | undefined): number {
   return (Number(/^(\d+)/.exec(status?.VmRSS ?? '')?.[1]) || 0) * 1024;
 }
 
+/** Resident anonymous memory (what a dump holds, mostly) from a status record, in bytes. */
+export function anonBytes(status: Record<string, string> | undefined): number {
+  return (Number(/^(\d+)/.exec(status?.RssAnon ?? '')?.[1]) || 0) * 1024;
+}
+
 export function catchesSignal(pid: number, sig: number): boolean {
   return catches(procStatus(pid), sig);
 }

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { CheckptError } from '../common/errors.js';
-import { LAZY } from '../common/config.js';
+import { LAZY, LAZY_MIN_BYTES } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
 import { processTree, signalQuietly } from '../common/procfs.js';
 import { trace } from '../common/trace.js';
@@ -19,13 +19,6 @@ export interface LazyPages {
   /** Settles when every page is in the copy (or the copy ended); rejects if the daemon failed. */
   done: Promise<void>;
 }
-
-/**
- * From this much memory in the image the copy runs while its memory streams in, each chunk checked
- * when first read. Below it the copy is held, restored, until all of its memory is checked: a
- * damaged small image never starts a process.
- */
-export const LAZY_MIN_BYTES = 32 * 1024 * 1024;
 
 /**
  * How a restore of `pageBytes` of memory loads it: 'lazy' (the copy runs at once), 'held' (lazily,

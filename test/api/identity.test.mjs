@@ -98,15 +98,16 @@ function assertAllEqual(copies, keys) {
 
 for (const node of nodeBinaries()) {
   describe(`identity of resumed copies on Node ${node.major}`, () => {
-    test("after checkpt() the original and two concurrent copies draw different random values, UUIDs, keys and signatures, Node's random caches overwritten in place", async () => {
+    test("after checkpt() the original and two concurrent copies of a 40 MiB program draw different random values, UUIDs, keys and signatures, Node's random caches overwritten in place", async () => {
       const { copies, flushes } = await threeCopies(node, 'refresh');
-      // Found through the inspector on every supported Node: else each copy pays 1,152 draws.
+      // Found through the inspector on every supported Node: else each lazily resumed copy pays
+      // 1,152 draws.
       assert.deepEqual(flushes, ['caches', 'caches', 'caches']);
       assertAllDiffer(copies, FRESH_EVERYWHERE);
     });
 
-    test("where Node's random caches cannot be found, draws use them up: the copies still draw different values", async () => {
-      const { copies, flushes } = await threeCopies(node, 'refresh-draws');
+    test("in a small program (its copies held until their memory is checked) draws use Node's random caches up: the copies still draw different values", async () => {
+      const { copies, flushes } = await threeCopies(node, 'refresh-small');
       assert.deepEqual(flushes, ['draws', 'draws', 'draws']);
       assertAllDiffer(copies, FRESH_EVERYWHERE);
     });
