@@ -59,14 +59,19 @@ export function catches(status: Record<string, string> | undefined, sig: number)
   return ((BigInt(`0x${mask}`) >> BigInt(sig - 1)) & 1n) === 1n;
 }
 
+/** A "N kB" field of a /proc/PID/status record, in bytes (0 when unknown). */
+function statusBytes(status: Record<string, string> | undefined, field: string): number {
+  return (Number(/^(\d+)/.exec(status?.[field] ?? '')?.[1]) || 0) * 1024;
+}
+
 /** Resident memory from a /proc/PID/status record, in bytes (0 when unknown). */
 export function rssBytes(status: Record<string, string> | undefined): number {
-  return (Number(/^(\d+)/.exec(status?.VmRSS ?? '')?.[1]) || 0) * 1024;
+  return statusBytes(status, 'VmRSS');
 }
 
 /** Resident anonymous memory (what a dump holds, mostly) from a status record, in bytes. */
 export function anonBytes(status: Record<string, string> | undefined): number {
-  return (Number(/^(\d+)/.exec(status?.RssAnon ?? '')?.[1]) || 0) * 1024;
+  return statusBytes(status, 'RssAnon');
 }
 
 export function catchesSignal(pid: number, sig: number): boolean {

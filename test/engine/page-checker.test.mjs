@@ -225,8 +225,8 @@ test('plain chunks are sent from the checkpoint file itself until someone opens 
     (PAGES_PER_MIB + 7) * PAGE,
   );
   assert.ok(hole.equals(Buffer.alloc(2 * PAGE)), 'sent from the checkpoint file, not staged');
-  // Another block, checked because it was asked for: the background walk waits while a copy's
-  // first requests come (COPY_FIRST_MS), so it may not have reached it.
+  // Another block, checked because it was asked for: the background walk may not have reached it
+  // yet, and a block checked by no one before the writer comes cannot be served after it.
   const other = await ask(2 * PAGES_PER_MIB + 3, 4);
   assert.ok(
     other.equals(memory.subarray((2 * PAGES_PER_MIB + 3) * PAGE, (2 * PAGES_PER_MIB + 7) * PAGE)),
