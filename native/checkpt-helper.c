@@ -717,6 +717,23 @@ static pid_t criu_holding_dead(pid_t pid) {
 /* How long the program may lie dead in a CRIU's hands before that CRIU is ended. */
 #define DEAD_HELD_MS 1000
 
+/*
+ * Called every 250 ms or so: the CRIU (`only`, or any) that has held `pid` dead for DEAD_HELD_MS,
+ * said on stderr, for the caller to end; else 0. `*since` keeps when it was first seen so.
+ */
+static pid_t criu_to_end(pid_t pid, pid_t only, long *since) {
+  pid_t criu = criu_holding_dead(pid);
+  if (!criu || (only && criu != only)) {
+    *since = 0;
+    return 0;
+  }
+  if (!*since) *since = now_ms();
+  if (now_ms() - *since < DEAD_HELD_MS) return 0;
+  *since = 0;
+  fprintf(stderr, "checkpt: the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: ending CRIU\n", (int)criu, DEAD_HELD_MS);
+  return criu;
+}
+
 /* Blocks SIGCHLD in this thread (and threads it starts after); `*set` holds just SIGCHLD. */
 static void block_sigchld(sigset_t *set) {
   sigemptyset(set);
@@ -742,14 +759,8 @@ static int wait_program(pid_t pid, int *status) {
       return done;
     }
     if (w == 0) {
-      pid_t criu = done ? 0 : criu_holding_dead(pid);
-      if (!criu) dead_since = 0;
-      else if (!dead_since) dead_since = now_ms();
-      else if (now_ms() - dead_since >= DEAD_HELD_MS) {
-        fprintf(stderr, "checkpt: the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: ending CRIU\n", (int)criu, DEAD_HELD_MS);
-        kill(criu, SIGKILL);
-        dead_since = 0;
-      }
+      pid_t criu = done ? 0 : criu_to_end(pid, 0, &dead_since);
+      if (criu) kill(criu, SIGKILL);
       struct timespec tick = {0, 250 * 1000000L};
       sigtimedwait(&chld, NULL, &tick);
       continue;
@@ -1303,6 +1314,29 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
  * `tmp` (a file already renamed into place stays). Done is the program removing its control FIFO;
  * the front looks until then, the program's end, or `bound_ms`.
  */
+static int unlock_table(const char *table);
+
+/* Removes the lock table of this dump's CRIU (`inet CRIU-<run id>`, its name cut as nftables cuts
+ * it, src/engine/netlock.ts), if it made one. */
+static void drop_run_lock(void) {
+  const char *id = getenv("CHECKPT_CRIU_RUN_ID");
+  if (!id || !*id) return;
+  char table[64];
+  snprintf(table, sizeof table, "inet CRIU-%s", id);
+  table[31] = '\0';
+  if (unlock_table(table) == 1) fprintf(stderr, "checkpt: could not remove the network lock %s of the ended CRIU\n", table);
+}
+
+/* Waits for child `child` to end, at most `bound_ms`. */
+static void wait_child(pid_t child, long bound_ms) {
+  long until = now_ms() + bound_ms;
+  while (child > 0) {
+    pid_t w = waitpid(child, NULL, WNOHANG);
+    if (w == child || (w < 0 && errno != EINTR) || now_ms() >= until) return;
+    poll(NULL, 0, 20);
+  }
+}
+
 static void tidy_after(pid_t pid, int pidfd, const char *fifo, const struct stat *fifo_st,
                        const char *work, const char *tmp, long bound_ms) {
   long until = now_ms() + bound_ms;
@@ -1407,7 +1441,7 @@ static int cmd_dump(int argc, char **argv) {
   setsid();
   signal(SIGPIPE, SIG_IGN);
   /* Before anything can end the program: its pid is then never another's. */
-  int prog_pidfd = self ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+  int prog_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 
   int go[2] = {-1, -1}, ready[2] = {-1, -1};
   if (!self && pipe2(go, O_CLOEXEC) < 0) die("pipe");
@@ -1436,6 +1470,11 @@ static int cmd_dump(int argc, char **argv) {
   if (b != 1) {
     say_end(self ? -1 : go[1], b < 0 ? "blocked vanished" : "blocked timeout");
     if (self) tidy_after(pid, prog_pidfd, fifo, &fifo_st, work, tmp, timeout);
+    else if (b < 0) {
+      close(go[1]); /* the worker reads it to its end */
+      wait_child(worker, timeout);
+      tidy_after(pid, prog_pidfd, fifo, &fifo_st, NULL, NULL, timeout);
+    }
     return 0;
   }
 
@@ -1471,7 +1510,9 @@ static int cmd_dump(int argc, char **argv) {
   int st = 0, told = !async, timed_out = 0, killed = 0, answered = 0, dumped_ok = 0;
   /* Past the deadline, looking for a moment to interrupt CRIU, until hold_until. */
   int holding = 0;
-  long kill_at = deadline, hold_until = 0;
+  long kill_at = deadline, hold_until = 0, dead_since = 0;
+  /* The program died while CRIU held it, and this front ended that CRIU (criu_to_end). */
+  int died_held = 0;
   static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
     if (!killed && now_ms() >= kill_at) {
@@ -1505,11 +1546,17 @@ static int cmd_dump(int argc, char **argv) {
       killed = timed_out = 1;
     }
     long left = kill_at - now_ms();
-    int wait_ms = killed ? 60000 : (int)(left < 0 ? 0 : left > 60000 ? 60000 : left);
+    /* At most 250 ms: the program may die in CRIU's hands, its parent unable to reap it. */
+    int wait_ms = killed ? 60000 : (int)(left < 0 ? 0 : left > 250 ? 250 : left);
     if (criu_pidfd < 0 && wait_ms > 10) wait_ms = 10;
     struct pollfd p[2] = {{sk_open ? sk : -1, POLLIN, 0}, {criu_pidfd, POLLIN, 0}};
     int n = poll(p, 2, wait_ms);
     if (n < 0 && errno != EINTR) die("poll");
+    if (n == 0 && !killed && !reaped && criu_to_end(pid, criu, &dead_since)) {
+      kill(criu, SIGKILL);
+      killed = died_held = 1;
+      continue;
+    }
     if (criu_pidfd < 0 && !reaped && waitpid(criu, &st, WNOHANG) == criu) reaped = 1;
     if (n <= 0 && !reaped) continue;
     /* A message CRIU sent just before it exited is still read. */
@@ -1599,8 +1646,16 @@ static int cmd_dump(int argc, char **argv) {
   }
   if (timed_out) snprintf(line, sizeof line, "timeout %ld", ms);
   else snprintf(line, sizeof line, "criu %d %ld", status, ms);
+  /* The killed CRIU's lock table: a living program removes it by its run id (releaseLocksAfter). */
+  if (died_held) drop_run_lock();
   say_end(self ? -1 : go[1], line);
   if (self) tidy_after(pid, prog_pidfd, fifo, &fifo_st, work, tmp, timeout);
+  else if (died_held) {
+    /* The worker reports the failure on the channel, then the channel goes, as the program would. */
+    close(go[1]); /* the worker reads it to its end */
+    wait_child(worker, timeout);
+    tidy_after(pid, prog_pidfd, fifo, &fifo_st, NULL, NULL, timeout);
+  }
   return 0;
 }
 
@@ -1673,6 +1728,11 @@ static int cmd_unlock(const char *table) {
     fprintf(stderr, "checkpt-helper unlock: not a CRIU lock table: %s\n", table);
     return EXIT_USAGE;
   }
+  return unlock_table(table);
+}
+
+/* Deletes nftables table `table`: 0 deleted, 3 no such table, 1 failed (the reason on stderr). */
+static int unlock_table(const char *table) {
   void *lib = dlopen("libnftables.so.1", RTLD_NOW);
   if (!lib) { fprintf(stderr, "checkpt-helper unlock: %s\n", dlerror()); return 1; }
   void *(*ctx_new)(unsigned) = (void *(*)(unsigned))dlsym(lib, "nft_ctx_new");

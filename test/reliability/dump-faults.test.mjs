@@ -15,6 +15,7 @@ import {
   spawnSync,
   tempDir,
   test,
+  within,
 } from '../helpers.mjs';
 import {
   existsSync,
@@ -393,6 +394,42 @@ describe('faults while checkpointing', () => {
           }
         });
       }
+
+      // A CRIU stopped while it traces the program never lets the program's end be seen (the
+      // state CI emulation 12 of stop 48 found a CRIU in without a stop); its parent could not
+      // reap it before the deadline (120 s here).
+      test('the program killed while CRIU holds it: the front ends CRIU within seconds, and tidies up', async () => {
+        const victim = await driven(env);
+        const pending = victim.ask({ op, file: join(target, 'held.ckpt') });
+        pending.catch(() => undefined); // it dies before it answers
+        const criu = signalWhen(
+          roles.criu(victim.pid, staging),
+          () => tracerOf(victim.pid) !== 0,
+          'SIGSTOP',
+          10_000,
+        );
+        try {
+          assert.ok(criu, 'CRIU was seen tracing the program');
+          process.kill(victim.pid, 'SIGKILL');
+          const end = await within(victim.p.closed, 'the killed program reaped', 10_000);
+          assert.equal(end.signal, 'SIGKILL');
+          assert.equal(running(criu.pid), false, 'that CRIU ended');
+          let left;
+          for (const until = Date.now() + 5000; Date.now() < until; await sleep(50)) {
+            left = {
+              target: leftovers(target, ['keep.ckpt']),
+              staging: leftovers(staging),
+              ctl: readdirSync(runDir).filter((d) => d.startsWith(`${victim.pid}.`)),
+            };
+            if (!left.target.length && !left.staging.length && !left.ctl.length) break;
+          }
+          assert.deepEqual(left, { target: [], staging: [], ctl: [] }, 'the front tidied up');
+          // The dead program can no longer remove the lock table of the CRIU ended for it.
+          assert.deepEqual(await tablesLeft(tables), [], 'no lock table left');
+        } finally {
+          if (criu) signalQuietly(criu.pid, 'SIGKILL');
+        }
+      });
 
       test('the target directory becomes read-only mid-way: ETARGET', async () => {
         setFault(`run:mount -o remount,ro ${target}`);
