@@ -734,6 +734,34 @@ static pid_t criu_to_end(pid_t pid, pid_t only, long *since) {
   return criu;
 }
 
+/* A process below `root` (not `root` itself) that lies dead in CRIU `criu`'s hands, else 0. */
+static pid_t dead_below(pid_t root, pid_t criu) {
+  pid_t queue[1024];
+  int head = 0, tail = 0;
+  queue[tail++] = root;
+  while (head < tail) {
+    pid_t p = queue[head++];
+    if (p != root && criu_holding_dead(p) == criu) return p;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)p);
+    DIR *d = opendir(path);
+    if (!d) continue;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char cpath[320];
+      snprintf(cpath, sizeof cpath, "/proc/%d/task/%s/children", (int)p, e->d_name);
+      FILE *f = fopen(cpath, "re");
+      if (!f) continue;
+      int c;
+      while (tail < (int)(sizeof queue / sizeof queue[0]) && fscanf(f, "%d", &c) == 1) queue[tail++] = c;
+      fclose(f);
+    }
+    closedir(d);
+  }
+  return 0;
+}
+
 /* Blocks SIGCHLD in this thread (and threads it starts after); `*set` holds just SIGCHLD. */
 static void block_sigchld(sigset_t *set) {
   sigemptyset(set);
@@ -1513,6 +1541,10 @@ static int cmd_dump(int argc, char **argv) {
   long kill_at = deadline, hold_until = 0, dead_since = 0;
   /* The program died while CRIU held it, and this front ended that CRIU (criu_to_end). */
   int died_held = 0;
+  /* Another process of the program's seen dead in CRIU's hands (since when), and the one that
+   * stopped the checkpoint. */
+  pid_t dead_child = 0, child_died = 0;
+  long child_dead_since = 0;
   static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
     if (!killed && now_ms() >= kill_at) {
@@ -1556,6 +1588,19 @@ static int cmd_dump(int argc, char **argv) {
       kill(criu, SIGKILL);
       killed = died_held = 1;
       continue;
+    }
+    /* A process of the program's, not the first, dead in CRIU's hands: the program lives, so CRIU
+     * is interrupted where that spares it, as at the deadline, and the failure says who died. */
+    if (n == 0 && !killed && !reaped && !timed_out) {
+      pid_t dead = dead_below(pid, criu);
+      if (dead != dead_child) child_dead_since = dead ? now_ms() : 0;
+      dead_child = dead;
+      if (dead && now_ms() - child_dead_since >= DEAD_HELD_MS) {
+        fprintf(stderr, "checkpt: process %d of the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: stopping the checkpoint\n", (int)dead, (int)criu, DEAD_HELD_MS);
+        child_died = dead;
+        kill_at = now_ms();
+        continue;
+      }
     }
     if (criu_pidfd < 0 && !reaped && waitpid(criu, &st, WNOHANG) == criu) reaped = 1;
     if (n <= 0 && !reaped) continue;
@@ -1644,7 +1689,8 @@ static int cmd_dump(int argc, char **argv) {
   if (!told && ok) {
     if (write(3, DUMPED, strlen(DUMPED)) < 0) { /* the program is gone */ }
   }
-  if (timed_out) snprintf(line, sizeof line, "timeout %ld", ms);
+  if (child_died) snprintf(line, sizeof line, "died %d %ld", (int)child_died, ms);
+  else if (timed_out) snprintf(line, sizeof line, "timeout %ld", ms);
   else snprintf(line, sizeof line, "criu %d %ld", status, ms);
   /* The killed CRIU's lock table: a living program removes it by its run id (releaseLocksAfter). */
   if (died_held) drop_run_lock();

@@ -3,7 +3,7 @@
  * native/checkpt-helper.c's criu_holds, for the dumps checkpt runs from outside).
  */
 import { closeSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs';
-import { procStatus } from '../common/procfs.js';
+import { procStatus, processTree } from '../common/procfs.js';
 
 /** compel's injected system call on x86_64: `syscall`, then `int3` six times. */
 const COMPEL_SYSCALL = Buffer.from([0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]);
@@ -70,4 +70,31 @@ export function criuHolds(pid: number, depth = 0): boolean {
     }
   }
   return false;
+}
+
+/**
+ * A process below `program` (not `program` itself) that lies dead in the hands of a CRIU in
+ * `criuPids`: every thread a zombie, and traced by that CRIU (the same test as
+ * native/checkpt-helper.c's dead_below). Such a CRIU can wait for it until its deadline, the
+ * program frozen all that time.
+ */
+export function deadInCriuHands(program: number, criuPids: readonly number[]): number | undefined {
+  for (const pid of processTree(program).slice(1)) {
+    const status = procStatus(pid);
+    if (!status?.State?.startsWith('Z') || !criuPids.includes(Number(status.TracerPid ?? 0)))
+      continue;
+    let tids: string[];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    // A thread whose stat is gone has been reaped: dead too.
+    const dead = tids.every((tid) => {
+      const stat = read(`/proc/${pid}/task/${tid}/stat`);
+      return stat === undefined || /\) [ZX] /.test(stat.slice(stat.lastIndexOf(')')));
+    });
+    if (dead) return pid;
+  }
+  return undefined;
 }

@@ -15,7 +15,7 @@ import {
 } from '../common/config.js';
 import { rootless } from '../common/privilege.js';
 import { procStatus, processTree, signalQuietly } from '../common/procfs.js';
-import { criuHolds } from './criu-hold.js';
+import { criuHolds, deadInCriuHands } from './criu-hold.js';
 import { ioUringAdvice } from './iouring.js';
 import { helperPath, native } from './native.js';
 import { prepareKdatDir } from './kdat.js';
@@ -350,6 +350,7 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
     env: cmd.env,
   });
   let timer: NodeJS.Timeout | undefined;
+  let watch: NodeJS.Timeout | undefined;
   let ended = false;
   let timedOut = false;
   const result = new Promise<CriuResult>((resolve) => {
@@ -370,9 +371,29 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
         timedOut = true;
         interrupt(child.pid, cmd.file === 'nsenter', opts.program, (t) => (timer = t));
       }, opts.timeoutMs);
+    // A process below the program dead in CRIU's hands: stopped as at the deadline, and said.
+    if (opts.timeoutMs !== undefined && opts.program !== undefined) {
+      const program = opts.program;
+      let seen: { pid: number; at: number } | undefined;
+      watch = setInterval(() => {
+        if (ended || timedOut || child.pid === undefined) return;
+        const dead = deadInCriuHands(program, processTree(child.pid));
+        if (dead === undefined || dead !== seen?.pid) {
+          seen = dead === undefined ? undefined : { pid: dead, at: Date.now() };
+          return;
+        }
+        if (Date.now() - seen.at < DEAD_HELD_MS) return;
+        clearInterval(watch);
+        clearTimeout(timer);
+        timedOut = true;
+        stderr += `checkpt: process ${dead} of the program died while CRIU checkpointed it, and CRIU held on to it for ${DEAD_HELD_MS} ms: stopping the checkpoint\n`;
+        interrupt(child.pid, cmd.file === 'nsenter', program, (t) => (timer = t));
+      }, DEAD_POLL_MS);
+    }
     child.on('error', (error) => {
       ended = true;
       clearTimeout(timer);
+      clearInterval(watch);
       resolve({
         status: null,
         signal: null,
@@ -386,6 +407,7 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
     child.on(capture ? 'close' : 'exit', (status: number | null, signal: NodeJS.Signals | null) => {
       ended = true;
       clearTimeout(timer);
+      clearInterval(watch);
       resolve({ status, signal, timedOut, stdout, stderr });
     });
   });
@@ -402,6 +424,10 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
   if (opts.pageSocket) run.pageSocket = child.stdio[PAGE_SERVER_FD] as Duplex;
   return run;
 }
+
+/** How long a process of the program's may lie dead in CRIU's hands before the dump is stopped, and how often that is looked at (the native front's DEAD_HELD_MS). */
+const DEAD_HELD_MS = 1000;
+const DEAD_POLL_MS = 250;
 
 /** From CRIU's SIGALRM to SIGKILL: its handler fails the call it waits in and retries each second, five times. */
 const INTERRUPT_GRACE_MS = 5500;
@@ -571,6 +597,8 @@ export function checkDump(
   const { tail, reason } = readLogSync(join(workDir, DUMP_LOG));
   // The front interrupted CRIU only after its grace, and said what held the program that long.
   const late = /^checkpt: (CRIU still held the program .*)$/m.exec(stderr)?.[1];
+  const died = /^checkpt: process (\d+) of the program died while CRIU/m.exec(stderr)?.[1];
+  if (died !== undefined) throw diedInCriuHands(Number(died), tail || stderr);
   if (timedOut)
     throw new CheckptError(
       'ETIMEOUT',
@@ -581,6 +609,15 @@ export function checkDump(
     'EDUMP',
     dumpFailureMessage(reason ?? firstError(stderr) ?? killedBy(status), tail),
     { logTail: tail || stderr },
+  );
+}
+
+/** A process of the program's died in CRIU's hands, and the dump was stopped for it. */
+export function diedInCriuHands(pid: number, logTail: string): CheckptError {
+  return new CheckptError(
+    'EDUMP',
+    `Process ${pid}, one of the program's own, died while CRIU checkpointed it, and CRIU held on to it, so the checkpoint was stopped; nothing was written and the program keeps running. Take the checkpoint again.`,
+    { logTail },
   );
 }
 

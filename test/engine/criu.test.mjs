@@ -371,3 +371,27 @@ test('a dump interrupted only after the front held off: ETIMEOUT says what held 
     },
   );
 });
+
+test("the front's words: a process of the program's that died in CRIU's hands is EDUMP naming it, not a timeout", async (t) => {
+  const { frontEnd, checkFront } = await import('../../dist/engine/dump-end.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const job = { pid: 42, timeoutMs: 2000 };
+  assert.deepEqual(frontEnd('died 4242 1375\n', job), {
+    status: null,
+    timedOut: false,
+    ms: 1375,
+    died: 4242,
+  });
+  assert.deepEqual(frontEnd('timeout 2000', job), { status: null, timedOut: true, ms: 2000 });
+  assert.deepEqual(frontEnd('criu 0 80', job), { status: 0, timedOut: false, ms: 80 });
+  // A word the front never says is the front's failure, whatever follows it.
+  assert.throws(() => frontEnd('died soon', job), { code: 'EHELPER' });
+  const workDir = mkdtempSync(join(tmpdir(), 'checkpt-test-dump-'));
+  t.after(() => rmSync(workDir, { recursive: true, force: true }));
+  assert.throws(() => checkFront({ ...job, workDir }, frontEnd('died 4242 1375', job)), {
+    code: 'EDUMP',
+    message: /^Process 4242, one of the program's own, died while CRIU .*keeps running/,
+  });
+});

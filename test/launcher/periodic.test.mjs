@@ -25,7 +25,7 @@ import {
   within,
   xorshift32,
 } from '../helpers.mjs';
-import { cmdline, signalQuietly } from '../../dist/common/procfs.js';
+import { childrenOf, cmdline, signalQuietly } from '../../dist/common/procfs.js';
 import { parentOf, stateOf, tracerOf } from '../reliability/faults.mjs';
 
 const dir = tempDir();
@@ -459,6 +459,62 @@ test('a Node program killed while the CRIU checkpointing it holds on to it: the 
     assert.match(p.stderrText, /the program died while CRIU \(pid \d+\) checkpointed it/);
     assert.ok(ended(), 'that CRIU is gone');
     await waitFor(p, (e) => e.event === 'tick' && e.t > killedAt, 'the program started again');
+  } finally {
+    if (criu) signalQuietly(criu, 'SIGKILL');
+    if (nsenter && /^[Tt]/.test(stateOf(nsenter))) signalQuietly(nsenter, 'SIGCONT');
+    process.kill(p.pid, 'SIGTERM');
+  }
+  assert.deepEqual(await p.closed, { code: null, signal: 'SIGTERM' }, p.stderrText);
+});
+
+test('a child of the program killed while the CRIU checkpointing it from outside holds on to it: the dump is stopped within seconds, EDUMP names the child, and the program runs on', async () => {
+  const where = join(dir, 'orphan');
+  mkdirSync(where);
+  const port = await freePort();
+  const p = run(
+    [
+      '--file',
+      join(where, 'o.ckpt'),
+      '--',
+      'sh',
+      '-c',
+      `sleep 600 & exec "${process.execPath}" "${fixture('counter.mjs')}" ${port}`,
+    ],
+    { cwd: where },
+  );
+  let criu, nsenter;
+  try {
+    const pid = await programOf(p, 'counter.mjs');
+    await waitFor(p, (e) => e.event === 'tick', 'ticks');
+    const child = await until(
+      'the sleep below the program',
+      () => childrenOf(pid).find((c) => cmdline(c)[0] === 'sleep'),
+      p,
+    );
+    process.kill(p.pid, 'SIGSTKFLT');
+    // Its traced window lasts tens of milliseconds: looked for without yielding.
+    for (const end = Date.now() + 10_000; !criu && Date.now() < end;) {
+      const t = tracerOf(child);
+      if (t && exeOf(t).endsWith('/criu')) criu = t;
+    }
+    assert.ok(criu, `no CRIU traced the child:\n${p.stderrText}`);
+    nsenter = parentOf(criu);
+    process.kill(criu, 'SIGSTOP');
+    process.kill(child, 'SIGKILL');
+    const killedAt = Date.now() / 1000;
+    await until(
+      'the failed checkpoint',
+      () =>
+        /checkpt: checkpoint to \S+ failed: Process \d+, one of the program's own, died/.test(
+          p.stderrText,
+        ),
+      p,
+      15_000,
+    );
+    assert.match(p.stderrText, new RegExp(`failed: Process ${child}, .*keeps running`));
+    await until('that CRIU gone', () => /^Z?$/.test(stateOf(criu)), p, 10_000);
+    await waitFor(p, (e) => e.event === 'tick' && e.t > killedAt + 1, 'the program ticking on');
+    assert.equal(await programPid(p), pid, 'the same program, never restarted');
   } finally {
     if (criu) signalQuietly(criu, 'SIGKILL');
     if (nsenter && /^[Tt]/.test(stateOf(nsenter))) signalQuietly(nsenter, 'SIGCONT');

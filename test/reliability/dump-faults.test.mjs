@@ -431,6 +431,44 @@ describe('faults while checkpointing', () => {
         }
       });
 
+      // A child dead in CRIU's hands holds the program frozen as long as CRIU waits (the deadline,
+      // 120 s here); the program lives, so the front stops the dump where that spares it.
+      test('a child of the program killed while CRIU holds it: the front stops the checkpoint within seconds, EDUMP names the child, and the program runs on', async () => {
+        const victim = await driven(env);
+        let criu;
+        try {
+          const child = await victim.ask({
+            op: 'spawn',
+            cmd: ['sh', '-c', 'echo ready; exec sleep 600'],
+          });
+          const before = await victim.ask({ op: 'ping' });
+          const pending = victim.ask({ op, file: join(target, 'orphan.ckpt') });
+          criu = signalWhen(
+            roles.criu(victim.pid, staging),
+            () => tracerOf(child.pid) !== 0,
+            'SIGSTOP',
+            10_000,
+          );
+          assert.ok(criu, 'CRIU was seen tracing the child');
+          process.kill(child.pid, 'SIGKILL');
+          const r = await within(pending, "the checkpoint's failure", 15_000);
+          assert.equal(r.event, 'failed', JSON.stringify(r));
+          assert.equal(r.code, 'EDUMP', r.message);
+          assert.match(r.message, new RegExp(`Process ${child.pid}, .* died while CRIU`));
+          assert.match(r.message, /keeps running/);
+          assert.equal(running(criu.pid), false, 'that CRIU ended');
+          await assertIntact(victim, before);
+          assert.deepEqual(leftovers(target, ['keep.ckpt']), [], 'nothing left beside the target');
+          assert.deepEqual(leftovers(staging), [], 'no staging directory left');
+          const ctl = readdirSync(runDir).filter((d) => d.startsWith(`${victim.pid}.`));
+          assert.deepEqual(ctl, [], 'no control FIFO left');
+          assert.deepEqual(await tablesLeft(tables), [], 'no lock table left');
+        } finally {
+          if (criu) signalQuietly(criu.pid, 'SIGKILL');
+          killGroup(victim.p);
+        }
+      });
+
       test('the target directory becomes read-only mid-way: ETARGET', async () => {
         setFault(`run:mount -o remount,ro ${target}`);
         try {
