@@ -3,7 +3,7 @@
  * native/checkpt-helper.c's criu_holds, for the dumps checkpt runs from outside).
  */
 import { closeSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs';
-import { procStatus, processTree } from '../common/procfs.js';
+import { childrenOf, procStatus } from '../common/procfs.js';
 
 /** compel's injected system call on x86_64: `syscall`, then `int3` six times. */
 const COMPEL_SYSCALL = Buffer.from([0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]);
@@ -73,28 +73,38 @@ export function criuHolds(pid: number, depth = 0): boolean {
 }
 
 /**
- * A process below `program` (not `program` itself) that lies dead in the hands of a CRIU in
+ * A process at least `depth` levels below `root` that lies dead in the hands of a CRIU in
  * `criuPids`: every thread a zombie, and traced by that CRIU (the same test as
  * native/checkpt-helper.c's dead_below). Such a CRIU can wait for it until its deadline, the
  * program frozen all that time.
  */
-export function deadInCriuHands(program: number, criuPids: readonly number[]): number | undefined {
-  for (const pid of processTree(program).slice(1)) {
-    const status = procStatus(pid);
-    if (!status?.State?.startsWith('Z') || !criuPids.includes(Number(status.TracerPid ?? 0)))
-      continue;
-    let tids: string[];
-    try {
-      tids = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue;
-    }
-    // A thread whose stat is gone has been reaped: dead too.
-    const dead = tids.every((tid) => {
-      const stat = read(`/proc/${pid}/task/${tid}/stat`);
-      return stat === undefined || /\) [ZX] /.test(stat.slice(stat.lastIndexOf(')')));
-    });
-    if (dead) return pid;
+export function deadInCriuHands(
+  root: number,
+  depth: number,
+  criuPids: readonly number[],
+): number | undefined {
+  let level = [root];
+  for (let d = 1; level.length > 0 && d < 64; d++) {
+    level = level.flatMap(childrenOf);
+    if (d < depth) continue;
+    for (const pid of level) if (deadIn(pid, criuPids)) return pid;
   }
   return undefined;
+}
+
+function deadIn(pid: number, criuPids: readonly number[]): boolean {
+  const status = procStatus(pid);
+  if (!status?.State?.startsWith('Z') || !criuPids.includes(Number(status.TracerPid ?? 0)))
+    return false;
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return false;
+  }
+  // A thread whose stat is gone has been reaped: dead too.
+  return tids.every((tid) => {
+    const stat = read(`/proc/${pid}/task/${tid}/stat`);
+    return stat === undefined || /\) [ZX] /.test(stat.slice(stat.lastIndexOf(')')));
+  });
 }

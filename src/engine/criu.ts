@@ -333,6 +333,11 @@ export interface StartOptions {
   timeoutMs?: number;
   /** The (host) pid of the process tree it dumps: past the deadline, interrupted only where that spares it. */
   program?: number;
+  /**
+   * Where the program's processes other than its first are: `depth` levels and more below `root`
+   * (host pids). One of them dead in CRIU's hands stops the dump; the first's death is the init's.
+   */
+  below?: { root: number; depth: number };
   /** Give it a pipe as fd 3 and no output (a daemon's status fd), instead of capturing its output. */
   statusFd?: boolean;
   /** Also a connected Unix stream socket as fd 4 (libuv makes it with socketpair). */
@@ -372,12 +377,13 @@ export function startCriu(cmd: Command, opts: StartOptions = {}): CriuRun {
         interrupt(child.pid, cmd.file === 'nsenter', opts.program, (t) => (timer = t));
       }, opts.timeoutMs);
     // A process below the program dead in CRIU's hands: stopped as at the deadline, and said.
-    if (opts.timeoutMs !== undefined && opts.program !== undefined) {
+    if (opts.timeoutMs !== undefined && opts.below !== undefined) {
+      const { root, depth } = opts.below;
       const program = opts.program;
       let seen: { pid: number; at: number } | undefined;
       watch = setInterval(() => {
         if (ended || timedOut || child.pid === undefined) return;
-        const dead = deadInCriuHands(program, processTree(child.pid));
+        const dead = deadInCriuHands(root, depth, processTree(child.pid));
         if (dead === undefined || dead !== seen?.pid) {
           seen = dead === undefined ? undefined : { pid: dead, at: Date.now() };
           return;
@@ -496,6 +502,8 @@ export function startDump(req: DumpRequest): CriuRun {
   return startCriu(dumpCommand(req), {
     timeoutMs: req.timeoutMs,
     program: req.enter ?? req.pid,
+    // Under nsenter `pid` is the namespace's: the program's first process is a child of `enter`.
+    below: req.enter === undefined ? { root: req.pid, depth: 1 } : { root: req.enter, depth: 2 },
     ...(req.lazyMemory ? { pageSocket: true } : {}),
   });
 }
