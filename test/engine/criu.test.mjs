@@ -394,4 +394,12 @@ test("the front's words: a process of the program's that died in CRIU's hands is
     code: 'EDUMP',
     message: /^Process 4242, one of the program's own, died while CRIU .*keeps running/,
   });
+  // A dump from outside says it on stderr, and was stopped as at the deadline: still not ETIMEOUT.
+  const { checkDump } = await import('../../dist/engine/criu.js');
+  const said =
+    'checkpt: process 77 of the program died while CRIU checkpointed it, and CRIU held on to it for 1000 ms: stopping the checkpoint\n';
+  assert.throws(() => checkDump(null, true, workDir, 120_000, said), {
+    code: 'EDUMP',
+    message: /^Process 77, one of the program's own, died/,
+  });
 });
