@@ -1336,12 +1336,6 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 /* How often the front looks whether a program packing its own file is done, or gone. */
 #define TIDY_POLL_MS 50
 
-/*
- * A program that packs its own file (no worker) may die before it is done: then the front removes
- * what it left, the staging directory `work` (only a checkpt-dump-* one) and the temporary file
- * `tmp` (a file already renamed into place stays). Done is the program removing its control FIFO;
- * the front looks until then, the program's end, or `bound_ms`.
- */
 static int unlock_table(const char *table);
 
 /* Removes the lock table of this dump's CRIU (`inet CRIU-<run id>`, its name cut as nftables cuts
@@ -1365,6 +1359,13 @@ static void wait_child(pid_t child, long bound_ms) {
   }
 }
 
+/*
+ * A program that packs its own file (no worker) may die before it is done: then the front removes
+ * what it left, the staging directory `work` (only a checkpt-dump-* one) and the temporary file
+ * `tmp` (a file already renamed into place stays). Done is the program removing its control FIFO;
+ * the front looks until then, the program's end, or `bound_ms`. With neither (a worker's dump whose
+ * program died), only the control FIFO and its directory go.
+ */
 static void tidy_after(pid_t pid, int pidfd, const char *fifo, const struct stat *fifo_st,
                        const char *work, const char *tmp, long bound_ms) {
   long until = now_ms() + bound_ms;
@@ -1408,7 +1409,11 @@ static void tidy_after(pid_t pid, int pidfd, const char *fifo, const struct stat
  * program lengthened its pause), and answers once the program blocks there; "post-dump" with
  * --async writes "dumped" (the images are complete: the program reads it the moment CRIU lets it
  * go), and with --post-dump-sock asks checkpt whether the file is durable (checkpoint and exit).
- * Then it tells the worker how CRIU ended ("criu STATUS MS", "timeout MS" or "blocked WHY") on a pipe.
+ * Then it tells the worker how CRIU ended ("criu STATUS MS", "timeout MS", "died PID MS" or
+ * "blocked WHY") on a pipe. While CRIU runs it looks every 250 ms whether the program lies dead in
+ * CRIU's hands (criu_to_end: CRIU is killed, and its lock table and the program's channel removed
+ * for the dead program) or a process below it does (dead_below: the dump is stopped as at the
+ * deadline, and the end word is "died").
  * --timeout-ms is one deadline for all of it, from the front's start: waiting for the program to
  * block, CRIU's pre-dump step and CRIU's run share it; CRIU is killed when it passes.
  */
