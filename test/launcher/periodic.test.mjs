@@ -83,6 +83,15 @@ async function programOf(p, script) {
   );
 }
 
+/** The CRIU that traces `pid`, looked for without yielding: its traced window lasts tens of ms. */
+function criuTracing(pid, ms = 10_000) {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    const t = tracerOf(pid);
+    if (t && exeOf(t).endsWith('/criu')) return t;
+  }
+  return undefined;
+}
+
 function verify(file) {
   const r = checkptCli(['inspect', '--verify', '--json', file]);
   assert.equal(r.status, 0, r.stderr);
@@ -434,11 +443,7 @@ test('a Node program killed while the CRIU checkpointing it holds on to it: the 
     const pid = await programOf(p, 'counter.mjs');
     await waitFor(p, (e) => e.event === 'tick', 'ticks');
     process.kill(p.pid, 'SIGSTKFLT');
-    // Its traced window lasts tens of milliseconds: looked for without yielding.
-    for (const end = Date.now() + 10_000; !criu && Date.now() < end;) {
-      const t = tracerOf(pid);
-      if (t && exeOf(t).endsWith('/criu')) criu = t;
-    }
+    criu = criuTracing(pid);
     assert.ok(criu, `no CRIU traced the program:\n${p.stderrText}`);
     nsenter = parentOf(criu);
     process.kill(criu, 'SIGSTOP');
@@ -492,11 +497,7 @@ test('a child of the program killed while the CRIU checkpointing it from outside
       p,
     );
     process.kill(p.pid, 'SIGSTKFLT');
-    // Its traced window lasts tens of milliseconds: looked for without yielding.
-    for (const end = Date.now() + 10_000; !criu && Date.now() < end;) {
-      const t = tracerOf(child);
-      if (t && exeOf(t).endsWith('/criu')) criu = t;
-    }
+    criu = criuTracing(child);
     assert.ok(criu, `no CRIU traced the child:\n${p.stderrText}`);
     nsenter = parentOf(criu);
     process.kill(criu, 'SIGSTOP');
