@@ -717,19 +717,36 @@ static pid_t criu_holding_dead(pid_t pid) {
 /* How long the program may lie dead in a CRIU's hands before that CRIU is ended. */
 #define DEAD_HELD_MS 1000
 
+/* What a caller's looks (every 250 ms or so) have seen lie dead in CRIU's hands, and since when. */
+struct dead_watch {
+  pid_t seen;
+  long since;
+};
+
 /*
- * Called every 250 ms or so: the CRIU (`only`, or any) that has held `pid` dead for DEAD_HELD_MS,
- * said on stderr, for the caller to end; else 0. `*since` keeps when it was first seen so.
+ * Whether this look's `seen` (0: nothing) is what every look has seen for DEAD_HELD_MS; then the
+ * watch starts over, so that a caller acts on it once.
  */
-static pid_t criu_to_end(pid_t pid, pid_t only, long *since) {
-  pid_t criu = criu_holding_dead(pid);
-  if (!criu || (only && criu != only)) {
-    *since = 0;
+static int dead_for_long(struct dead_watch *w, pid_t seen) {
+  if (!seen || seen != w->seen) {
+    w->seen = seen;
+    w->since = seen ? now_ms() : 0;
     return 0;
   }
-  if (!*since) *since = now_ms();
-  if (now_ms() - *since < DEAD_HELD_MS) return 0;
-  *since = 0;
+  if (now_ms() - w->since < DEAD_HELD_MS) return 0;
+  w->seen = 0;
+  w->since = 0;
+  return 1;
+}
+
+/*
+ * The CRIU (`only`, or any) that has held `pid` dead for DEAD_HELD_MS, said on stderr, for the
+ * caller to end; else 0.
+ */
+static pid_t criu_to_end(pid_t pid, pid_t only, struct dead_watch *w) {
+  pid_t criu = criu_holding_dead(pid);
+  if (only && criu != only) criu = 0;
+  if (!dead_for_long(w, criu)) return 0;
   fprintf(stderr, "checkpt: the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: ending CRIU\n", (int)criu, DEAD_HELD_MS);
   return criu;
 }
@@ -779,7 +796,7 @@ static int wait_program(pid_t pid, int *status) {
   /* Blocked, SIGCHLD waits for sigtimedwait below, which also wakes every 250 ms to look. */
   sigset_t chld;
   block_sigchld(&chld);
-  long dead_since = 0;
+  struct dead_watch watch = {0, 0};
   for (;;) {
     pid_t w = waitpid(-1, &st, WNOHANG);
     if (w < 0) {
@@ -787,7 +804,7 @@ static int wait_program(pid_t pid, int *status) {
       return done;
     }
     if (w == 0) {
-      pid_t criu = done ? 0 : criu_to_end(pid, 0, &dead_since);
+      pid_t criu = done ? 0 : criu_to_end(pid, 0, &watch);
       if (criu) kill(criu, SIGKILL);
       struct timespec tick = {0, 250 * 1000000L};
       sigtimedwait(&chld, NULL, &tick);
@@ -1543,13 +1560,13 @@ static int cmd_dump(int argc, char **argv) {
   int st = 0, told = !async, timed_out = 0, killed = 0, answered = 0, dumped_ok = 0;
   /* Past the deadline, looking for a moment to interrupt CRIU, until hold_until. */
   int holding = 0;
-  long kill_at = deadline, hold_until = 0, dead_since = 0;
+  long kill_at = deadline, hold_until = 0;
+  /* The program, and the processes below it, as seen dead in CRIU's hands. */
+  struct dead_watch prog_watch = {0, 0}, child_watch = {0, 0};
   /* The program died while CRIU held it, and this front ended that CRIU (criu_to_end). */
   int died_held = 0;
-  /* Another process of the program's seen dead in CRIU's hands (since when), and the one that
-   * stopped the checkpoint. */
-  pid_t dead_child = 0, child_died = 0;
-  long child_dead_since = 0;
+  /* The process below the program whose death in CRIU's hands stopped the checkpoint. */
+  pid_t child_died = 0;
   static uint8_t msg[RPC_MAX_MSG];
   for (;;) {
     if (!killed && now_ms() >= kill_at) {
@@ -1589,7 +1606,7 @@ static int cmd_dump(int argc, char **argv) {
     struct pollfd p[2] = {{sk_open ? sk : -1, POLLIN, 0}, {criu_pidfd, POLLIN, 0}};
     int n = poll(p, 2, wait_ms);
     if (n < 0 && errno != EINTR) die("poll");
-    if (n == 0 && !killed && !reaped && criu_to_end(pid, criu, &dead_since)) {
+    if (n == 0 && !killed && !reaped && criu_to_end(pid, criu, &prog_watch)) {
       kill(criu, SIGKILL);
       killed = died_held = 1;
       continue;
@@ -1598,9 +1615,7 @@ static int cmd_dump(int argc, char **argv) {
      * is interrupted where that spares it, as at the deadline, and the failure says who died. */
     if (n == 0 && !killed && !reaped && !timed_out) {
       pid_t dead = dead_below(pid, criu);
-      if (dead != dead_child) child_dead_since = dead ? now_ms() : 0;
-      dead_child = dead;
-      if (dead && now_ms() - child_dead_since >= DEAD_HELD_MS) {
+      if (dead_for_long(&child_watch, dead)) {
         fprintf(stderr, "checkpt: process %d of the program died while CRIU (pid %d) checkpointed it, and CRIU held on to it for %d ms: stopping the checkpoint\n", (int)dead, (int)criu, DEAD_HELD_MS);
         child_died = dead;
         kill_at = now_ms();

@@ -3,7 +3,7 @@
  * native/checkpt-helper.c's criu_holds, for the dumps checkpt runs from outside).
  */
 import { closeSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs';
-import { childrenOf, procStatus } from '../common/procfs.js';
+import { childrenOf, procStatus, processTree } from '../common/procfs.js';
 
 /** compel's injected system call on x86_64: `syscall`, then `int3` six times. */
 const COMPEL_SYSCALL = Buffer.from([0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]);
@@ -73,23 +73,21 @@ export function criuHolds(pid: number, depth = 0): boolean {
 }
 
 /**
- * A process at least `depth` levels below `root` that lies dead in the hands of a CRIU in
- * `criuPids`: every thread a zombie, and traced by that CRIU (the same test as
+ * A process at least `depth` levels below `root` (1: `root` is the program's first process; 2: the
+ * namespace's init, whose children the first process is one of) that lies dead in the hands of a
+ * CRIU in `criuPids`: every thread a zombie, and traced by that CRIU (the same test as
  * native/checkpt-helper.c's dead_below). Such a CRIU can wait for it until its deadline, the
  * program frozen all that time.
  */
 export function deadInCriuHands(
   root: number,
-  depth: number,
+  depth: 1 | 2,
   criuPids: readonly number[],
 ): number | undefined {
-  let level = [root];
-  for (let d = 1; level.length > 0 && d < 64; d++) {
-    level = level.flatMap(childrenOf);
-    if (d < depth) continue;
-    for (const pid of level) if (deadIn(pid, criuPids)) return pid;
-  }
-  return undefined;
+  const firsts = depth === 1 ? [root] : childrenOf(root);
+  return firsts
+    .flatMap((first) => processTree(first).slice(1))
+    .find((pid) => deadIn(pid, criuPids));
 }
 
 function deadIn(pid: number, criuPids: readonly number[]): boolean {

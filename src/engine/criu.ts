@@ -337,7 +337,7 @@ export interface StartOptions {
    * Where the program's processes other than its first are: `depth` levels and more below `root`
    * (host pids). One of them dead in CRIU's hands stops the dump; the first's death is the init's.
    */
-  below?: { root: number; depth: number };
+  below?: { root: number; depth: 1 | 2 };
   /** Give it a pipe as fd 3 and no output (a daemon's status fd), instead of capturing its output. */
   statusFd?: boolean;
   /** Also a connected Unix stream socket as fd 4 (libuv makes it with socketpair). */
