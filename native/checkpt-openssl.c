@@ -11,6 +11,11 @@
  * state in the process: a resumed copy seeds its Math.random from them in one call, where reading
  * /dev/urandom through node:fs ran cold code in a copy whose memory comes in page by page.
  *
+ * refresh(seed, ...caches) does both in one call, and fills up to four Uint8Arrays from the kernel:
+ * a lazily resumed copy's every step through JavaScript it has not run since the checkpoint is page
+ * faults (Node's randomFillSync took ~125 of them, 9 ms), so the copy's caches and its Math.random
+ * seed are filled here. Returns 0, or REFRESH_NO_RESEED and/or REFRESH_NO_FILL set.
+ *
  * sha256Init(ctx), sha256Update(ctx, bytes), sha256Final(ctx, out): SHA-256 for the checks of a
  * checkpoint file, so that `checkpt -r` needs no `node:crypto`, whose modules take ~10 ms of
  * Node 26's start (docs/PERFORMANCE.md). The state lives in a Buffer of CTX_BYTES the caller
@@ -39,6 +44,9 @@
 static int (*sha_init)(void *);
 static int (*sha_update)(void *, const void *, size_t);
 static int (*sha_final)(unsigned char *, void *);
+/* Looked up when the addon loads, before any checkpoint: a copy's dlsym would walk cold memory. */
+static int (*rand_poll)(void);
+static int (*rand_status)(void);
 
 static napi_value boolean(napi_env env, bool v) {
   napi_value r = NULL;
@@ -46,30 +54,54 @@ static napi_value boolean(napi_env env, bool v) {
   return r;
 }
 
+static bool reseeded(void) {
+  return rand_poll && rand_poll() == 1 && (!rand_status || rand_status() == 1);
+}
+
 /* reseed(): true when OpenSSL reseeded its primary DRBG from the operating system. */
 static napi_value reseed(napi_env env, napi_callback_info info) {
   (void)info;
-  int (*rand_poll)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "RAND_poll");
-  int (*rand_status)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "RAND_status");
-  if (!rand_poll) return boolean(env, false);
-  bool ok = rand_poll() == 1;
-  if (ok && rand_status) ok = rand_status() == 1;
-  return boolean(env, ok);
+  return boolean(env, reseeded());
+}
+
+static bool fill_from_kernel(uint8_t *buf, size_t len) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = getrandom(buf + got, len - got, 0);
+    if (n <= 0) return false;
+    got += (size_t)n;
+  }
+  return true;
 }
 
 static napi_value kernel_bytes(napi_env env, napi_callback_info info) {
-  size_t argc = 1, len = 0, got = 0;
+  size_t argc = 1, len = 0;
   napi_value a[1];
   uint8_t *buf;
   if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 1 ||
       !napi_bytes_of(env, a[0], 0, &buf, &len))
     return boolean(env, false);
-  while (got < len) {
-    ssize_t n = getrandom(buf + got, len - got, 0);
-    if (n <= 0) return boolean(env, false);
-    got += (size_t)n;
+  return boolean(env, fill_from_kernel(buf, len));
+}
+
+#define REFRESH_NO_RESEED 1
+#define REFRESH_NO_FILL 2
+#define REFRESH_MAX_BUFS 4
+
+/* refresh(buf...): RAND_poll, then every argument (a Uint8Array) filled by getrandom. */
+static napi_value refresh(napi_env env, napi_callback_info info) {
+  size_t argc = REFRESH_MAX_BUFS;
+  napi_value a[REFRESH_MAX_BUFS];
+  int r = reseeded() ? 0 : REFRESH_NO_RESEED;
+  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc > REFRESH_MAX_BUFS) argc = 0, r |= REFRESH_NO_FILL;
+  for (size_t i = 0; i < argc; i++) {
+    uint8_t *buf;
+    size_t len;
+    if (!napi_bytes_of(env, a[i], 0, &buf, &len) || !fill_from_kernel(buf, len)) r |= REFRESH_NO_FILL;
   }
-  return boolean(env, true);
+  napi_value out = NULL;
+  napi_create_int32(env, r, &out);
+  return out;
 }
 
 /* Up to three arguments; false unless there are `want` and the first is a state buffer. */
@@ -113,8 +145,11 @@ static bool export_fn(napi_env env, napi_value exports, const char *name, napi_c
 __attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env,
                                                                           napi_value exports) {
   if (!export_fn(env, exports, "reseed", reseed) ||
-      !export_fn(env, exports, "kernelBytes", kernel_bytes))
+      !export_fn(env, exports, "kernelBytes", kernel_bytes) ||
+      !export_fn(env, exports, "refresh", refresh))
     return NULL;
+  rand_poll = (int (*)(void))dlsym(RTLD_DEFAULT, "RAND_poll");
+  rand_status = (int (*)(void))dlsym(RTLD_DEFAULT, "RAND_status");
   sha_init = (int (*)(void *))dlsym(RTLD_DEFAULT, "SHA256_Init");
   sha_update = (int (*)(void *, const void *, size_t))dlsym(RTLD_DEFAULT, "SHA256_Update");
   sha_final = (int (*)(unsigned char *, void *))dlsym(RTLD_DEFAULT, "SHA256_Final");

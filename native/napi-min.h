@@ -6,6 +6,7 @@
 #define CHECKPT_NAPI_MIN_H
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct napi_env__ *napi_env;
 typedef struct napi_value__ *napi_value;
@@ -18,6 +19,7 @@ extern napi_status napi_create_function(napi_env env, const char *utf8name, size
 extern napi_status napi_set_named_property(napi_env env, napi_value object, const char *utf8name,
                                            napi_value value);
 extern napi_status napi_get_boolean(napi_env env, bool value, napi_value *result);
+extern napi_status napi_create_int32(napi_env env, int32_t value, napi_value *result);
 extern napi_status napi_get_cb_info(napi_env env, napi_callback_info cbinfo, size_t *argc,
                                     napi_value *argv, napi_value *this_arg, void **data);
 extern napi_status napi_get_typedarray_info(napi_env env, napi_value typedarray, int *type,

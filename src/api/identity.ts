@@ -10,7 +10,12 @@ interface RandAddon {
   reseed(): boolean;
   /** Fills `buf` from getrandom(2); an addon built before it has none. */
   kernelBytes?(buf: Buffer): boolean;
+  /** reseed() and kernelBytes() of each argument in one call: 0, or REFRESH_* bits set. */
+  refresh?(...bufs: Uint8Array[]): number;
 }
+
+const REFRESH_NO_RESEED = 1;
+const REFRESH_NO_FILL = 2;
 
 let addon: RandAddon | undefined;
 let enabled = true;
@@ -61,6 +66,9 @@ let s0 = 0,
   s1 = 0,
   s2 = 0,
   s3 = 0;
+// Made with the module, so in every image: a copy fills them without allocating (x64: little-endian).
+const seedBytes = new Uint8Array(16);
+const seedWords = new Int32Array(seedBytes.buffer);
 let mathRandomInstalled = false;
 
 function next32(): number {
@@ -110,13 +118,14 @@ function kernelBytes(): Buffer | undefined {
   return undefined;
 }
 
-function seedMathRandom(): void {
+/** Seeds Math.random from `seedBytes`, drawn already by refresh() when `drawn`. */
+function seedMathRandom(drawn: boolean): void {
   // OpenSSL's generator was reseeded just before (or refreshIdentity() warns that it was not).
-  const seed = kernelBytes() ?? randomBytes(16);
-  s0 = seed.readInt32LE(0);
-  s1 = seed.readInt32LE(4);
-  s2 = seed.readInt32LE(8);
-  s3 = seed.readInt32LE(12);
+  if (!drawn) seedBytes.set(kernelBytes() ?? randomBytes(16));
+  s0 = seedWords[0]!;
+  s1 = seedWords[1]!;
+  s2 = seedWords[2]!;
+  s3 = seedWords[3]!;
   if ((s0 | s1 | s2 | s3) === 0) s0 = 1; // the one state xoshiro never leaves
   if (!mathRandomInstalled) {
     Object.defineProperty(Math, 'random', {
@@ -153,6 +162,9 @@ export function prepareIdentity(): void {
     // refreshIdentity() says so, where it matters
   }
   locateIfLazy();
+  // A lazily resumed copy refreshes first thing: run once here, its code is compiled in the image
+  // instead of in the copy, on heap pages each a fault (~35 fewer: docs/PERFORMANCE.md).
+  if (caches) refresh(false);
 }
 
 /** Makes every randomUUID() and randomInt() from now on come from bytes drawn after the reseed. */
@@ -183,24 +195,36 @@ function flushCaches(): void {
  * a failure it writes one warning line to stderr and does the rest.
  */
 export function refreshIdentity(): void {
-  if (!enabled) return;
+  if (enabled) refresh(true);
+}
+
+function refresh(warn: boolean): void {
   const failed: string[] = [];
+  let drawn = false;
   try {
-    if (!loadAddon().reseed()) failed.push('OpenSSL reseed (RAND_poll) failed');
+    const a = loadAddon();
+    if (typeof a.refresh === 'function') {
+      // One native call: in a lazily resumed copy each step through cold JavaScript is page
+      // faults (randomFillSync's two calls took ~125, 9 ms: docs/PERFORMANCE.md).
+      const r = caches ? a.refresh(seedBytes, caches.uuid, caches.int) : a.refresh(seedBytes);
+      if (r & REFRESH_NO_RESEED) failed.push('OpenSSL reseed (RAND_poll) failed');
+      drawn = (r & REFRESH_NO_FILL) === 0;
+      if (drawn && caches) lastWay = 'caches';
+    } else if (!a.reseed()) failed.push('OpenSSL reseed (RAND_poll) failed');
   } catch (e) {
     failed.push(`OpenSSL not reseeded: ${(e as Error).message}`);
   }
   try {
-    flushCaches();
+    if (!drawn || !caches) flushCaches();
   } catch (e) {
     failed.push(`randomUUID and randomInt caches: ${(e as Error).message}`);
   }
   try {
-    seedMathRandom();
+    seedMathRandom(drawn);
   } catch (e) {
     failed.push(`Math.random: ${(e as Error).message}`);
   }
-  if (failed.length === 0) return;
+  if (failed.length === 0 || !warn) return;
   try {
     process.stderr.write(
       `checkpt: warning: this copy may share random values with other copies of its checkpoint: ${failed.join('; ')}\n`,

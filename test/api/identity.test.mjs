@@ -31,6 +31,27 @@ test("the addon's kernelBytes() fills a buffer of any size from the kernel, each
   assert.equal(addon.kernelBytes('not a buffer'), false);
 });
 
+test("the addon's refresh() reseeds OpenSSL and fills every buffer it is given from the kernel, in one call", () => {
+  const addon = nativeAddon('checkpt-openssl.node');
+  const seed = new Uint8Array(16);
+  const uuid = Buffer.alloc(16 * 128);
+  const int = new Uint8Array(6 * 1024);
+  assert.equal(addon.refresh(seed, uuid, int), 0, 'reseeded and filled');
+  for (const [name, b] of Object.entries({ seed, uuid, int }))
+    assert.notDeepEqual(
+      Buffer.from(b).subarray(-16),
+      Buffer.alloc(16),
+      `${name} filled to its end`,
+    );
+  const before = Buffer.from(seed);
+  assert.equal(addon.refresh(seed), 0);
+  assert.notDeepEqual(Buffer.from(seed), before, 'each call draws anew');
+  assert.equal(addon.refresh(), 0, 'a reseed alone');
+  // REFRESH_NO_FILL: something that is not a Uint8Array, or more than four buffers.
+  assert.equal(addon.refresh(seed, 'not a buffer'), 2);
+  assert.equal(addon.refresh(seed, seed, seed, seed, seed), 2);
+});
+
 const FRESH_EVERYWHERE = [
   'randomBytes',
   'randomUUID',
