@@ -24,11 +24,24 @@ export class ControlChannel {
    * and when the front and its worker are gone a read returns end-of-file instead of hanging.
    */
   static open(fifo: string): ControlChannel {
+    ControlChannel.warm();
     try {
       return new ControlChannel(openSync(fifo, constants.O_RDONLY));
     } catch (e) {
       throw lostChannel(e);
     }
+  }
+
+  /**
+   * Takes a line the way readSync() does, before the process blocks to be dumped: its code is then
+   * compiled in the image, where a copy resumed lazily would compile it on pages that each cost a
+   * fault (~30 fewer, 3 ms: docs/PERFORMANCE.md).
+   */
+  private static warm(): void {
+    const c = new ControlChannel(-1);
+    c.take(WARM_LINE, WARM_LINE.length);
+    const line = c.takeLine();
+    if (line !== undefined) parse(line);
   }
 
   get readFd(): number {
@@ -52,8 +65,13 @@ export class ControlChannel {
         throw lostChannel(e);
       }
       if (n === 0) return undefined;
-      this.buffered += this.decoder.write(buf.subarray(0, n));
+      this.take(buf, n);
     }
+  }
+
+  /** Adds what a read brought to the lines not yet taken. */
+  private take(buf: Buffer, n: number): void {
+    this.buffered += this.decoder.write(buf.subarray(0, n));
   }
 
   /**
@@ -72,7 +90,7 @@ export class ControlChannel {
             return reject(lostChannel(err));
           }
           if (n === 0) return resolve(undefined);
-          this.buffered += this.decoder.write(buf.subarray(0, n));
+          this.take(buf, n);
           const l = this.takeLine();
           if (l === undefined) return again();
           try {
@@ -142,6 +160,11 @@ export class ControlChannel {
     return line;
   }
 }
+
+/** A line as a resumed copy reads first, made with the module so that it is in every image. */
+const WARM_LINE = Buffer.from(
+  '{"t":"restored","generation":1,"image":"/warm.ckpt","restoredAt":"1970-01-01T00:00:00.000Z"}\n',
+);
 
 function lostChannel(cause: unknown): CheckptError {
   return new CheckptError(
