@@ -916,14 +916,13 @@ static int run_init(struct init_opts *o) {
     target_pid = pid;
     if (ctl >= 0) {
       close(ctl);
-      /* The program holds it open; its name on the host is no longer needed. */
-      if (host) {
-        unlink(o->fifo);
-        char d[4096];
-        snprintf(d, sizeof d, "%s", o->fifo);
-        char *sl = strrchr(d, '/');
-        if (sl && sl != d) { *sl = '\0'; rmdir(d); }
-      }
+      /* The program holds it open; its name is no longer needed, here or in our tmpfs (where the
+       * copy would otherwise remove it itself, each step of that a page fault when resumed lazily). */
+      unlink(o->fifo);
+      char d[4096];
+      snprintf(d, sizeof d, "%s", o->fifo);
+      char *sl = strrchr(d, '/');
+      if (sl && sl != d) { *sl = '\0'; rmdir(d); }
     }
     report(o->status_fd, "restored %d\n", (int)pid);
     /* The unpinning thread must not take the SIGCHLD wait_program() waits for. */

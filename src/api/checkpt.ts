@@ -326,14 +326,30 @@ function asCheckptError(e: unknown): CheckptError {
 /** The worker removes its own work dir; only one that died leaves it, and conclude() cleans that. */
 function finish(s: Session, msg: ControlMessage | undefined): void {
   s.channel.close();
-  const remove = (): void => rmSync(s.ctlDir, { recursive: true, force: true });
-  // A resumed copy's control directory is in the tmpfs of its own namespace: removing it can wait
-  // until after the copy's first steps, where each new page of code is a fault (2-3 ms lazily).
-  if (msg?.t === 'restored') setImmediate(remove).unref();
-  else remove();
+  // A resumed copy's control directory was made, and is removed, by the restore's init (the
+  // helper), once CRIU is done: the copy spends no page faults on it.
+  if (msg?.t !== 'restored') rmSync(s.ctlDir, { recursive: true, force: true });
 }
 
+// A lazily resumed copy compiles what it runs first on pages that each cost a fault: conclude()
+// is kept to the two outcomes that return, and failed() holds what only a failure needs.
 function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptOptions): number {
+  if (msg?.t === 'restored') {
+    lastRestore = { generation: msg.generation, image: msg.image, restoredAt: msg.restoredAt };
+    refreshIdentity(); // each copy: random generators of its own
+    return 1;
+  }
+  if (msg?.t === 'ok') {
+    // Stopped by CRIU with its sockets in repair mode: gone now, its connections send nothing.
+    if (options.exit) process.exit(0);
+    refreshIdentity(); // the original: no longer the same generators as the image
+    return 0;
+  }
+  return failed(s, msg);
+}
+
+/** Throws the error a worker's word (or its silence) stands for. */
+function failed(s: Session, msg: ControlMessage | undefined): never {
   if (msg === undefined) {
     const log = readTail(join(s.workDir, 'worker.log'));
     rmSync(s.workDir, { recursive: true, force: true });
@@ -345,35 +361,19 @@ function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptO
       { path: s.target, logTail: log },
     );
   }
-  switch (msg.t) {
-    case 'restored':
-      lastRestore = { generation: msg.generation, image: msg.image, restoredAt: msg.restoredAt };
-      refreshIdentity(); // each copy: random generators of its own
-      return 1;
-    case 'ok':
-      // Stopped by CRIU with its sockets in repair mode: gone now, its connections send nothing.
-      if (options.exit) process.exit(0);
-      refreshIdentity(); // the original: no longer the same generators as the image
-      return 0;
-    case 'err': {
-      const opts = {
-        path: s.target,
-        ...(msg.logTail === undefined ? {} : { logTail: msg.logTail }),
-        ...(msg.errno === undefined ? {} : { errno: msg.errno }),
-      };
-      // A worker of another version may send a code this one does not know.
-      throw new CheckptError(
-        isCheckptErrorCode(msg.code) ? msg.code : 'EHELPER',
-        msg.message,
-        opts,
-      );
-    }
-    default:
-      throw new CheckptError(
-        'EHELPER',
-        `Unexpected message from the checkpoint worker: ${JSON.stringify(msg)}`,
-      );
+  if (msg.t === 'err') {
+    const opts = {
+      path: s.target,
+      ...(msg.logTail === undefined ? {} : { logTail: msg.logTail }),
+      ...(msg.errno === undefined ? {} : { errno: msg.errno }),
+    };
+    // A worker of another version may send a code this one does not know.
+    throw new CheckptError(isCheckptErrorCode(msg.code) ? msg.code : 'EHELPER', msg.message, opts);
   }
+  throw new CheckptError(
+    'EHELPER',
+    `Unexpected message from the checkpoint worker: ${JSON.stringify(msg)}`,
+  );
 }
 
 function readTail(file: string): string {
