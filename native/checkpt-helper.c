@@ -178,30 +178,72 @@ static void pin_self(void) {
   if (sched_setaffinity(0, sizeof one, &one) != 0) pin_cpu = -1;
 }
 
-/* Gives back the saved CPUs to each thread of `pid` and below pinned to pin_cpu alone; how many. */
-static int unpin_tree(pid_t pid, int depth) {
+/*
+ * The process tree walks (unpin_tree, dead_below, criu_holds) share these: visit(pid, ctx) for
+ * `root` and each process below it, breadth first (the children of every thread), until a visit
+ * returns non-zero, which walk_tree returns; 0 when none did.
+ */
+#define TREE_MAX 1024
+typedef int (*tree_visit)(pid_t pid, void *ctx);
+static int walk_tree(pid_t root, tree_visit visit, void *ctx) {
+  pid_t queue[TREE_MAX];
+  int head = 0, tail = 0;
+  queue[tail++] = root;
+  while (head < tail) {
+    pid_t p = queue[head++];
+    int r = visit(p, ctx);
+    if (r) return r;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)p);
+    DIR *d = opendir(path);
+    if (!d) continue;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+      char cpath[320];
+      snprintf(cpath, sizeof cpath, "/proc/%d/task/%s/children", (int)p, e->d_name);
+      FILE *f = fopen(cpath, "re");
+      if (!f) continue;
+      int c;
+      while (tail < TREE_MAX && fscanf(f, "%d", &c) == 1) queue[tail++] = c;
+      fclose(f);
+    }
+    closedir(d);
+  }
+  return 0;
+}
+
+/* Calls visit(tid, ctx) for each thread of `pid` until one returns non-zero, and returns that. */
+static int each_thread(pid_t pid, tree_visit visit, void *ctx) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
   DIR *d = opendir(path);
   if (!d) return 0;
-  int n = 0;
+  int r = 0;
   struct dirent *e;
-  while ((e = readdir(d))) {
+  while (!r && (e = readdir(d))) {
     pid_t tid = (pid_t)atoi(e->d_name);
-    if (tid <= 0) continue;
-    cpu_set_t m;
-    if (sched_getaffinity(tid, sizeof m, &m) == 0 && CPU_COUNT(&m) == 1 && CPU_ISSET(pin_cpu, &m) &&
-        sched_setaffinity(tid, sizeof pin_saved, &pin_saved) == 0)
-      n++;
-    if (depth > 64) continue;
-    char cpath[96];
-    snprintf(cpath, sizeof cpath, "/proc/%d/task/%d/children", (int)pid, (int)tid);
-    FILE *c = fopen(cpath, "r");
-    int child;
-    while (c && fscanf(c, "%d", &child) == 1) n += unpin_tree(child, depth + 1);
-    if (c) fclose(c);
+    if (tid > 0) r = visit(tid, ctx);
   }
   closedir(d);
+  return r;
+}
+
+/* Gives back the saved CPUs to a thread pinned to pin_cpu alone; counts it in *(int *)ctx. */
+static int unpin_thread(pid_t tid, void *ctx) {
+  cpu_set_t m;
+  if (sched_getaffinity(tid, sizeof m, &m) == 0 && CPU_COUNT(&m) == 1 && CPU_ISSET(pin_cpu, &m) &&
+      sched_setaffinity(tid, sizeof pin_saved, &pin_saved) == 0)
+    ++*(int *)ctx;
+  return 0;
+}
+
+static int unpin_process(pid_t pid, void *ctx) { return each_thread(pid, unpin_thread, ctx); }
+
+/* Gives back the saved CPUs to each thread of `pid` and below pinned to pin_cpu alone; how many. */
+static int unpin_tree(pid_t pid) {
+  int n = 0;
+  walk_tree(pid, unpin_process, &n);
   return n;
 }
 
@@ -210,7 +252,7 @@ static void *unpin_later(void *arg) {
   struct timespec t = {pin_ms / 1000, (pin_ms % 1000) * 1000000L};
   while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
   /* Again while a pass finds any: a thread started during one inherits its creator's old mask. */
-  for (int pass = 0; pass < 8 && unpin_tree(getpid(), 0) > 0; pass++) {}
+  for (int pass = 0; pass < 8 && unpin_tree(getpid()) > 0; pass++) {}
   return NULL;
 }
 
@@ -751,32 +793,19 @@ static pid_t criu_to_end(pid_t pid, pid_t only, struct dead_watch *w) {
   return criu;
 }
 
+struct dead_look {
+  pid_t root, criu;
+};
+
+static int dead_in_hands(pid_t p, void *ctx) {
+  const struct dead_look *l = ctx;
+  return p != l->root && criu_holding_dead(p) == l->criu ? (int)p : 0;
+}
+
 /* A process below `root` (not `root` itself) that lies dead in CRIU `criu`'s hands, else 0. */
 static pid_t dead_below(pid_t root, pid_t criu) {
-  pid_t queue[1024];
-  int head = 0, tail = 0;
-  queue[tail++] = root;
-  while (head < tail) {
-    pid_t p = queue[head++];
-    if (p != root && criu_holding_dead(p) == criu) return p;
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task", (int)p);
-    DIR *d = opendir(path);
-    if (!d) continue;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-      if (e->d_name[0] == '.') continue;
-      char cpath[320];
-      snprintf(cpath, sizeof cpath, "/proc/%d/task/%s/children", (int)p, e->d_name);
-      FILE *f = fopen(cpath, "re");
-      if (!f) continue;
-      int c;
-      while (tail < (int)(sizeof queue / sizeof queue[0]) && fscanf(f, "%d", &c) == 1) queue[tail++] = c;
-      fclose(f);
-    }
-    closedir(d);
-  }
-  return 0;
+  struct dead_look l = {root, criu};
+  return (pid_t)walk_tree(root, dead_in_hands, &l);
 }
 
 /* Blocks SIGCHLD in this thread (and threads it starts after); `*set` holds just SIGCHLD. */
@@ -1223,13 +1252,36 @@ static char hold_why[160];
 /* Whether anyone traces `pid`. */
 static int traced(pid_t pid) { return tracer_of(pid) != 0; }
 
-static int criu_holds(pid_t pid, int depth) {
+/* A thread of a traced process in a ptrace stop whose signal its tracer has not collected. */
+static int stopped_with_signal(pid_t tid, void *ctx) {
+  pid_t pid = *(const pid_t *)ctx;
+  char tpath[96], stat[1024];
+  snprintf(tpath, sizeof tpath, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
+  /* Field 3, the state, ... field 52, exit_code: the signal of a ptrace stop until the tracer
+   * collects it (events carry bits above the low byte). */
+  char *fields = stat_fields(tpath, stat, sizeof stat);
+  if (!fields) return 0;
+  char state = 0;
+  long code = 0;
+  int field = 2;
+  for (char *tok = strtok(fields, " "); tok; tok = strtok(NULL, " ")) {
+    if (++field == 3) state = tok[0];
+    if (field == 52) { code = atol(tok); break; }
+  }
+  if (state != 't' || code == 0 || (code >> 8) != 0) return 0;
+  snprintf(hold_why, sizeof hold_why, "thread %d of pid %d is in a ptrace stop with signal %ld", (int)tid, (int)pid, code);
+  return 1;
+}
+
+/* Whether CRIU holds `pid` itself where an interruption would kill it (hold_why says how). */
+static int criu_holds_process(pid_t pid, void *ctx) {
+  (void)ctx;
   char path[64], line[512];
   /* Untraced, nothing of CRIU's can hurt it: a parasite mapping a killed CRIU left behind is inert,
    * and waiting for it to go cost every later timed-out checkpoint the whole grace. */
-  int mine = traced(pid);
+  if (!traced(pid)) return 0;
   snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
-  FILE *f = mine ? fopen(path, "r") : NULL;
+  FILE *f = fopen(path, "r");
   unsigned long exec_start = 0;
   int held = 0;
   while (f && fgets(line, sizeof line, f)) {
@@ -1258,39 +1310,11 @@ static int criu_holds(pid_t pid, int depth) {
       }
     }
   }
-  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
-  DIR *d = opendir(path);
-  if (!d) return 0;
-  struct dirent *e;
-  while (!held && (e = readdir(d))) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    char tpath[300], stat[1024];
-    snprintf(tpath, sizeof tpath, "/proc/%d/task/%s/stat", (int)pid, e->d_name);
-    /* Field 3, the state, ... field 52, exit_code: the signal of a ptrace stop until the tracer
-     * collects it (events carry bits above the low byte). */
-    char *fields = stat_fields(tpath, stat, sizeof stat);
-    if (!fields) continue;
-    char state = 0;
-    long code = 0;
-    int field = 2;
-    for (char *tok = strtok(fields, " "); tok; tok = strtok(NULL, " ")) {
-      if (++field == 3) state = tok[0];
-      if (field == 52) { code = atol(tok); break; }
-    }
-    if (mine && state == 't' && code != 0 && (code >> 8) == 0) {
-      held = 1;
-      snprintf(hold_why, sizeof hold_why, "thread %.20s of pid %d is in a ptrace stop with signal %ld", e->d_name, (int)pid, code);
-    }
-    /* The processes below it, which CRIU dumps too. */
-    snprintf(tpath, sizeof tpath, "/proc/%d/task/%s/children", (int)pid, e->d_name);
-    FILE *c = depth < 8 ? fopen(tpath, "r") : NULL;
-    int child;
-    while (c && !held && fscanf(c, "%d", &child) == 1) held = criu_holds(child, depth + 1);
-    if (c) fclose(c);
-  }
-  closedir(d);
-  return held;
+  return each_thread(pid, stopped_with_signal, &pid);
 }
+
+/* The same for `pid` and every process below it, which CRIU dumps too. */
+static int criu_holds(pid_t pid) { return walk_tree(pid, criu_holds_process, NULL); }
 
 /* Stops CRIU and, if it holds nothing of the program where an interruption would kill it, leaves
  * SIGALRM pending for it and lets it go on: its dump then fails and puts the program back. */
@@ -1305,7 +1329,7 @@ static int interrupt_if_safe(pid_t criu, pid_t pid) {
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
   }
-  int safe = !criu_holds(pid, 0);
+  int safe = !criu_holds(pid);
   if (safe) kill(criu, SIGALRM);
   kill(criu, SIGCONT);
   return safe;
