@@ -13,8 +13,9 @@
  *
  * refresh(seed, ...caches) does both in one call, and fills up to four Uint8Arrays from the kernel:
  * a lazily resumed copy's every step through JavaScript it has not run since the checkpoint is page
- * faults (Node's randomFillSync took ~125 of them, 9 ms), so the copy's caches and its Math.random
- * seed are filled here. Returns 0, or REFRESH_NO_RESEED and/or REFRESH_NO_FILL set.
+ * faults (the reseed, two randomFillSync and the seed through JavaScript took ~120 of them, 6 ms),
+ * so the copy's caches and its Math.random seed are filled here. Returns 0, or REFRESH_NO_RESEED
+ * and/or REFRESH_NO_FILL set.
  *
  * sha256Init(ctx), sha256Update(ctx, bytes), sha256Final(ctx, out): SHA-256 for the checks of a
  * checkpoint file, so that `checkpt -r` needs no `node:crypto`, whose modules take ~10 ms of

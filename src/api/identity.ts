@@ -205,7 +205,7 @@ function refresh(warn: boolean): void {
     const a = loadAddon();
     if (typeof a.refresh === 'function') {
       // One native call: in a lazily resumed copy each step through cold JavaScript is page
-      // faults (randomFillSync's two calls took ~125, 9 ms: docs/PERFORMANCE.md).
+      // faults (the reseed, randomFillSync and the seed apart took ~120, 6 ms: docs/PERFORMANCE.md).
       const r = caches ? a.refresh(seedBytes, caches.uuid, caches.int) : a.refresh(seedBytes);
       if (r & REFRESH_NO_RESEED) failed.push('OpenSSL reseed (RAND_poll) failed');
       drawn = (r & REFRESH_NO_FILL) === 0;
