@@ -110,7 +110,7 @@ export class ControlChannel {
       const socket = this.socket ?? new Socket({ fd: this.fd, readable: true, writable: false });
       this.socket = socket;
       const onData = (d: Buffer): void => {
-        this.buffered += this.decoder.write(d);
+        this.take(d, d.length);
         const l = this.takeLine();
         if (l === undefined) return;
         cleanup();
