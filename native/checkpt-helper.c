@@ -1918,7 +1918,9 @@ static int cmd_unrepair(int argc, char **argv) {
   return bad;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv) { return helper_main(argc, argv); }
+
+int helper_main(int argc, char **argv) {
   /* CRIU runs an action script by its path alone, with the event in its environment. */
   const char *action = getenv("CRTOOLS_SCRIPT_ACTION");
   if (argc == 1 && action) {
