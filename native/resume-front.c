@@ -1238,7 +1238,8 @@ static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
     gmtime_r(&t.tv_sec, &tm);
     char when[64];
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(message, sizeof message, "{\"t\":\"restored\",\"generation\":%ld,\"image\":\"%s\",\"restoredAt\":\"%s.%03ldZ\"}", r->gen + 1, esc, when, t.tv_nsec / 1000000);
+    /* portsKept: the front restores only when no port is in the way, and moves none. */
+    snprintf(message, sizeof message, "{\"t\":\"restored\",\"generation\":%ld,\"image\":\"%s\",\"restoredAt\":\"%s.%03ldZ\",\"portsKept\":true}", r->gen + 1, esc, when, t.tv_nsec / 1000000);
     argv[n++] = "--mount";
     argv[n++] = (char *)r->mount;
     argv[n++] = "--fifo";

@@ -163,7 +163,7 @@ export class ControlChannel {
 
 /** A line as a resumed copy reads first, made with the module so that it is in every image. */
 const WARM_LINE = Buffer.from(
-  '{"t":"restored","generation":1,"image":"/warm.ckpt","restoredAt":"1970-01-01T00:00:00.000Z"}\n',
+  '{"t":"restored","generation":1,"image":"/warm.ckpt","restoredAt":"1970-01-01T00:00:00.000Z","portsKept":true}\n',
 );
 
 function lostChannel(cause: unknown): CheckptError {

@@ -8,7 +8,7 @@ import { prepareIdentity, refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
 import { hostUid, rootless, userRunDir } from '../common/privilege.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
-import { networkResource } from './network.js';
+import { listenersKept, networkResource } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { criuVersion } from '../engine/criu.js';
 import { dumpFrontCommand } from '../engine/helper.js';
@@ -336,6 +336,7 @@ function finish(s: Session, msg: ControlMessage | undefined): void {
 function conclude(s: Session, msg: ControlMessage | undefined, options: CheckptOptions): number {
   if (msg?.t === 'restored') {
     lastRestore = { generation: msg.generation, image: msg.image, restoredAt: msg.restoredAt };
+    if (msg.portsKept === true) listenersKept();
     refreshIdentity(); // each copy: random generators of its own
     return 1;
   }

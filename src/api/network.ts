@@ -209,6 +209,12 @@ async function takeOver(r: Recorded): Promise<void> {
   }
 }
 
+/** Set by a copy's checkpt() when its restore moved no listener: there is then nothing to look at. */
+let portsKept = false;
+export function listenersKept(): void {
+  portsKept = true;
+}
+
 export const networkResource: Resource = {
   name: 'checkpt:network',
   beforeCheckpoint(_ctx: CheckpointContext): void {
@@ -217,7 +223,10 @@ export const networkResource: Resource = {
   afterRestore(ctx: RestoreContext): void {
     const list = recorded;
     recorded = [];
-    if (!ctx.restored) return;
+    const kept = portsKept;
+    portsKept = false;
+    // Each server.address() costs a lazily resumed copy 20-40 page faults (docs/PERFORMANCE.md).
+    if (!ctx.restored || kept) return;
     for (const r of list) {
       const a = r.server.address();
       const moved = a !== null && typeof a === 'object' && a.port !== r.port;

@@ -99,4 +99,5 @@ export type ControlMessage =
   | { t: 'front'; said: string }
   | { t: 'ok'; bytes: number; file: string }
   | { t: 'err'; code: string; message: string; logTail?: string; errno?: string }
-  | { t: 'restored'; generation: number; image: string; restoredAt: string };
+  /** `portsKept`: the restore moved no listener to a spare port (the native front never does). */
+  | { t: 'restored'; generation: number; image: string; restoredAt: string; portsKept?: boolean };

@@ -323,6 +323,7 @@ async function restoreFrom(
       generation: manifest.generation + 1,
       image: file,
       restoredAt: new Date().toISOString(),
+      ...(sockets.moved ? {} : { portsKept: true }),
     };
     // CRIU's --shell-job keeps its own fd 0 for the terminal and fails when fd 0 is inherited
     // ("Can't send fd 0 into store"): the program's old stdin comes in on another fd.

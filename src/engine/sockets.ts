@@ -400,22 +400,22 @@ export function prepareSockets(
   file: string,
   takeover: boolean,
   host: HostListing = hostListing(),
-): { tcpClose: boolean } {
+): { tcpClose: boolean; moved: boolean } {
   const path = join(imagesDir, 'files.img');
   let img: Buffer;
   try {
     img = readFileSync(path);
   } catch {
-    return { tcpClose: false };
+    return { tcpClose: false, moved: false };
   }
   let image: ImageSocket[];
   try {
     image = imageSockets(img);
   } catch {
     // The file passed its checksum: a table this reader does not follow is left to CRIU to judge.
-    return { tcpClose: false };
+    return { tcpClose: false, moved: false };
   }
-  if (!image.length) return { tcpClose: false };
+  if (!image.length) return { tcpClose: false, moved: false };
   // Every comparison planSockets makes needs the same local port: only those lines are parsed.
   const ports = new Set(image.map((s) => s.local.port));
   const plan = planSockets(
@@ -425,5 +425,5 @@ export function prepareSockets(
   );
   if (plan.busy.length) throw busyError(file, plan.busy);
   if (plan.moved.size) writeFileSync(path, withPortZero(img, plan.moved));
-  return { tcpClose: plan.tcpClose };
+  return { tcpClose: plan.tcpClose, moved: plan.moved.size > 0 };
 }
