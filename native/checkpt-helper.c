@@ -30,7 +30,7 @@
  *     --pin-cpu C --pin-ms MS: CRIU and the copy run on CPU C (beside a lazy-pages daemon held
  *     there) until MS after the restore, then get back this process's CPUs.
  *
- *   checkpt-helper serve-pages [--stage-only] [--pagemaps DIR] [--hold SOCKET]
+ *   checkpt-helper serve-pages [--stage-only] [--off-cpu C] [--pagemaps DIR] [--hold SOCKET]
  *     The page server of a lazy restore, checking memory chunks itself (native/page-server.c);
  *     --stage-only: no daemon, it checks and stages an eager restore's memory.
  */
@@ -1944,14 +1944,15 @@ int helper_main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "serve-pages")) {
     int stage_only = 0;
     const char *pagemaps = NULL, *hold = NULL;
-    int i = 2;
+    int i = 2, off_cpu = -1;
     for (; i < argc; i++) {
       if (!strcmp(argv[i], "--stage-only")) stage_only = 1;
+      else if (!strcmp(argv[i], "--off-cpu") && i + 1 < argc) off_cpu = atoi(argv[++i]);
       else if (!strcmp(argv[i], "--pagemaps") && i + 1 < argc) pagemaps = argv[++i];
       else if (!strcmp(argv[i], "--hold") && i + 1 < argc) hold = argv[++i];
       else break;
     }
-    if (i == argc) return cmd_serve_pages(stage_only, pagemaps, hold);
+    if (i == argc) return cmd_serve_pages(stage_only, pagemaps, hold, off_cpu);
   }
   if (argc >= 2 && !strcmp(argv[1], "--version")) { puts("checkpt-helper 4"); return 0; }
   fprintf(stderr, "usage: checkpt-helper init ... (internal to checkpt)\n");

@@ -1516,7 +1516,7 @@ static void hold_listen_at(const char *path) {
     fail("cannot listen for the post-restore step at %s (%s)", path, strerror(errno));
 }
 
-int cmd_serve_pages(int stage_only, const char *pagemaps, const char *hold) {
+int cmd_serve_pages(int stage_only, const char *pagemaps, const char *hold, int off_cpu) {
   signal(SIGPIPE, SIG_IGN);
   /* Node made the daemon's socket non-blocking; only this process holds it now. The control
    * socket stays as it is: checkpt's event loop shares it. */
@@ -1541,6 +1541,12 @@ int cmd_serve_pages(int stage_only, const char *pagemaps, const char *hold) {
     files[file].staged[blk] = 1;
   }
   if (!stage_only) share_states();
+  /* Off CPU off_cpu from here on, the checker thread with it (it inherits this thread's CPUs). */
+  cpu_set_t cpus;
+  if (off_cpu >= 0 && off_cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof cpus, &cpus) == 0) {
+    CPU_CLR(off_cpu, &cpus);
+    if (CPU_COUNT(&cpus) > 0) sched_setaffinity(0, sizeof cpus, &cpus);
+  }
   start_checker(stage_only, hold != NULL);
   int daemon_open = !stage_only;
   for (;;) {

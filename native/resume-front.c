@@ -960,11 +960,14 @@ static void keeper(int pk, int report, int held) {
   char *daemon_argv[] = {(char *)CRIU, "lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log", "-v2",
                          "--status-fd", "3", "--page-server", "--ps-socket", "4", NULL};
   int dfds[] = {-1, -1, -1, status[1], pages[0]};
-  pid_t daemon = daemon_env ? start(daemon_argv, dfds, 5, daemon_env, 0) : -1;
-  close(status[1]);
   char *server_extra[] = {staged_map, NULL};
   char **server_env = env_with(server_extra);
-  char *server_argv[] = {self, "serve-pages", "--pagemaps", images, held ? "--hold" : NULL, held ? hold_sock : NULL, NULL};
+  /* The server's checks stay off the CPU of the copy's first steps (heavy's first answer: 71 -> 63
+   * ms here); a held copy waits for all of them, which get every CPU. The server moves itself,
+   * once its plan is read: made to start on one CPU, it waited there behind this keeper. */
+  char off_cpu[16];
+  snprintf(off_cpu, sizeof off_cpu, "%d", pin_cpu >= 0 && !held ? pin_cpu : -1);
+  char *server_argv[] = {self, "serve-pages", "--off-cpu", off_cpu, "--pagemaps", images, held ? "--hold" : NULL, held ? hold_sock : NULL, NULL};
   int sfds[6 + 64];
   int nsfds = 6;
   sfds[0] = -1;
@@ -981,37 +984,40 @@ static void keeper(int pk, int report, int held) {
     if (fd < 0 || ftruncate(fd, (off_t)img.mem[i].size) != 0) staged_ok = 0;
     sfds[nsfds++] = fd;
   }
-  /* The server's checks stay off the CPU of the copy's first steps (heavy's first answer: 71 -> 63
-   * ms here); a held copy waits for all of them, which get every CPU. */
-  if (pin_cpu >= 0 && !held) {
-    cpu_set_t m;
-    if (sched_getaffinity(0, sizeof m, &m) == 0) {
-      CPU_CLR(pin_cpu, &m);
-      if (CPU_COUNT(&m) > 0) sched_setaffinity(0, sizeof m, &m);
-    }
-  }
-  pid_t server = daemon > 0 && server_env && staged_ok ? start(server_argv, sfds, nsfds, server_env, 0) : -1;
+  /* The server first: the restore waits for both, and the daemon, CRIU's start (~10 ms), was
+   * ready sooner than the server's staging of what restore reads itself in most resumes here. */
+  pid_t server = server_env && staged_ok ? start(server_argv, sfds, nsfds, server_env, 0) : -1;
   close(err[1]);
-  close(pages[0]);
   close(pages[1]);
   close(ctl[1]);
   for (int i = 6; i < nsfds; i++)
     if (sfds[i] >= 0) close(sfds[i]);
+  /* Its plan and orders at once, so that it stages what restore reads itself while the daemon
+   * starts: a send buffer as large as the plan (heap-2GB's tables: 1.2 MB) keeps this keeper from
+   * waiting for the server to read it. */
+  size_t plan_bytes = 16 + 4 * (size_t)img.nmem + 3 * MSG_SIZE;
+  for (size_t i = 0; i < img.nmem; i++) plan_bytes += 32 + (size_t)img.mem[i].count * 36;
+  int sndbuf = plan_bytes < (1u << 28) ? (int)plan_bytes * 2 : 1 << 29;
+  if (setsockopt(ctl[0], SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) != 0)
+    setsockopt(ctl[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+  int planned = server > 0 && !send_plan(ctl[0]) && !send_msg(ctl[0], MSG_PLANNED) &&
+                !(held && send_msg(ctl[0], MSG_CHECK_ALL)) && !send_msg(ctl[0], MSG_STAGE_EAGER);
+  pid_t daemon = daemon_env && planned ? start(daemon_argv, dfds, 5, daemon_env, 0) : -1;
+  close(status[1]);
+  close(pages[0]);
   int ready = 0, eager = 0, checked = !held, over = 0, failed = 0, told = 0;
   pid_t helper = 0;
   char why[1024] = "";
   const char *code = "ERESTORE";
   int dfd = daemon > 0 ? pidfd(daemon) : -1, sfd = server > 0 ? pidfd(server) : -1;
   int dstatus = -1, sstatus = -1;
-  int planned = dfd >= 0 && sfd >= 0 && !send_plan(ctl[0]);
   /* The images' numbers, for the messages: the rest of the file's index is not needed any more. */
   uint32_t ids[64];
   size_t nids = img.nmem < 64 ? img.nmem : 64;
   for (size_t i = 0; i < nids; i++) ids[i] = img.mem[i].id;
   if (img_open) front_close(&img);
   img_open = 0;
-  if (!planned || send_msg(ctl[0], MSG_PLANNED) || (held && send_msg(ctl[0], MSG_CHECK_ALL)) ||
-      send_msg(ctl[0], MSG_STAGE_EAGER)) {
+  if (!planned || dfd < 0 || sfd < 0) {
     kill_tree(daemon);
     kill_tree(server);
     say(pk, "fail");
