@@ -3,6 +3,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } f
 import { hostname, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
+import { collectBeforeDump } from './gc.js';
 import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
 import { prepareIdentity, refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
@@ -302,6 +303,8 @@ function begin(
         { cause: r.error },
       );
     channel = ControlChannel.open(fifo);
+    // Last before the dump (checkpoint(): while CRIU starts), after the warm-ups' garbage.
+    collectBeforeDump();
     const s: Session = { target, tmp: job.tmp, ctlDir, workDir, channel };
     if (packer === 'program') s.packJob = job;
     return s;

@@ -477,30 +477,34 @@ for (const n of nodeBinaries()) {
     });
 }
 
-test("a copy whose restore kept its listeners' ports (portsKept) does not look at them; one whose restore may have moved one does", async () => {
-  // In-process: the built-in resource's steps over a real listener, its address() counted.
-  const { networkResource, listenersKept } = await import('../../dist/api/network.js');
-  const server = createServer();
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const address = server.address.bind(server);
-  let looked = 0;
-  server.address = () => {
-    looked++;
-    return address();
-  };
-  const ctx = { restored: true, checkpointed: true, generation: 1, sync: true };
-  try {
-    // Recording where it listens looks at it once.
-    networkResource.beforeCheckpoint({ exit: false, file: '/x.ckpt', sync: true });
-    looked = 0;
-    listenersKept();
-    networkResource.afterRestore(ctx);
-    assert.equal(looked, 0, 'nothing to look at when the restore kept every port');
-    networkResource.beforeCheckpoint({ exit: false, file: '/x.ckpt', sync: true });
-    looked = 0;
-    networkResource.afterRestore(ctx);
-    assert.equal(looked, 1, 'without the word, each recorded listener is looked at');
-  } finally {
-    await new Promise((r) => server.close(r));
-  }
-});
+test(
+  "a copy whose restore kept its listeners' ports (portsKept) does not look at them; one whose restore may have moved one does",
+  { unit: true },
+  async () => {
+    // In-process: the built-in resource's steps over a real listener, its address() counted.
+    const { networkResource, listenersKept } = await import('../../dist/api/network.js');
+    const server = createServer();
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const address = server.address.bind(server);
+    let looked = 0;
+    server.address = () => {
+      looked++;
+      return address();
+    };
+    const ctx = { restored: true, checkpointed: true, generation: 1, sync: true };
+    try {
+      // Recording where it listens looks at it once.
+      networkResource.beforeCheckpoint({ exit: false, file: '/x.ckpt', sync: true });
+      looked = 0;
+      listenersKept();
+      networkResource.afterRestore(ctx);
+      assert.equal(looked, 0, 'nothing to look at when the restore kept every port');
+      networkResource.beforeCheckpoint({ exit: false, file: '/x.ckpt', sync: true });
+      looked = 0;
+      networkResource.afterRestore(ctx);
+      assert.equal(looked, 1, 'without the word, each recorded listener is looked at');
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  },
+);

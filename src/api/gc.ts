@@ -1,0 +1,33 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { GC } from '../common/config.js';
+
+type Collect = () => void;
+let collect: Collect | null | undefined;
+
+/**
+ * A full garbage collection, right before the process is dumped (CHECKPT_GC), as OpenJDK CRaC does.
+ * Dumped in the middle of an incremental mark-compact, a copy finishes it over memory it loads
+ * lazily, page by page: 150-250 ms before a 160 MB server's first answer, against 11 ms for the
+ * same collection in the original (docs/PERFORMANCE.md). Done here it takes a few ms, and the
+ * image holds no garbage.
+ */
+export function collectBeforeDump(): void {
+  if (!GC.get()) return;
+  if (collect === undefined) collect = gcFunction();
+  collect?.();
+}
+
+/** V8's gc(), from a context made while --expose-gc was on; null where this Node will not give it. */
+function gcFunction(): Collect | null {
+  try {
+    setFlagsFromString('--expose-gc');
+    const fn = runInNewContext('typeof gc === "function" ? gc : null') as Collect | null;
+    return fn;
+  } catch {
+    return null;
+  } finally {
+    // Contexts the program makes later get no gc() from us.
+    setFlagsFromString('--no-expose-gc');
+  }
+}
