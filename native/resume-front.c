@@ -725,7 +725,6 @@ static int count_pagemaps(void) {
   return n;
 }
 
-/* Starts `argv` with `fds[i]` as its fd i (-1: /dev/null), everything else closed. */
 /*
  * The command line /proc shows for a helper run without an exec: its own, as if exec'd, where the
  * front's would be (tests and `ps` read it). PR_SET_MM_MAP, which takes every field at once, needs
@@ -767,6 +766,7 @@ static void retitle(char *const argv[]) {
   if (prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0) != 0) free(buf);
 }
 
+/* Starts `argv` with `fds[i]` as its fd i (-1: /dev/null), everything else closed. */
 static pid_t start(char *const argv[], const int *fds, int nfds, char *const envp[], int session) {
   pid_t pid = fork();
   if (pid != 0) return pid;
