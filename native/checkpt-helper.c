@@ -659,15 +659,9 @@ static void keep_pids_free(pid_t pid) {
 static pid_t parent_of(pid_t pid) {
   char path[64], buf[512];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  int f = open(path, O_RDONLY | O_CLOEXEC);
-  if (f < 0) return -1;
-  ssize_t n = read(f, buf, sizeof buf - 1);
-  close(f);
-  if (n <= 0) return -1;
-  buf[n] = '\0';
-  char *rp = strrchr(buf, ')');
+  char *f = stat_fields(path, buf, sizeof buf);
   int ppid;
-  if (!rp || sscanf(rp + 1, " %*c %d", &ppid) != 1) return -1;
+  if (!f || sscanf(f, "%*c %d", &ppid) != 1) return -1;
   return (pid_t)ppid;
 }
 
@@ -688,9 +682,7 @@ static void end_leftovers(void) {
   closedir(d);
 }
 
-/* The fields of a /proc stat file from the third (the state) on, after the command in parentheses,
- * which may hold anything; NULL when the process is gone. */
-static char *stat_fields(const char *path, char *buf, size_t len) {
+char *stat_fields(const char *path, char *buf, size_t len) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return NULL;
   ssize_t n = read(fd, buf, len - 1);

@@ -4,4 +4,7 @@
 #include <stddef.h>
 /* Writes all of buf, through EINTR and EAGAIN (a non-blocking fd is polled); 0, or -1. */
 int write_all(int fd, const void *buf, size_t n);
+/* The fields of a /proc stat file from the third (the state) on, after the command in parentheses,
+ * which may hold anything; NULL when the process is gone. */
+char *stat_fields(const char *path, char *buf, size_t len);
 #endif

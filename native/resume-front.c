@@ -735,10 +735,7 @@ static void retitle(char *const argv[]) {
   size_t len = 0;
   for (int i = 0; argv[i]; i++) len += strlen(argv[i]) + 1;
   char *buf = malloc(len), st[2048];
-  int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-  ssize_t n = fd >= 0 ? read(fd, st, sizeof st - 1) : -1;
-  if (fd >= 0) close(fd);
-  char *at = n > 0 ? (st[n] = 0, strrchr(st, ')')) : NULL;
+  char *at = stat_fields("/proc/self/stat", st, sizeof st);
   if (!buf || !at) {
     free(buf);
     return;
@@ -753,7 +750,7 @@ static void retitle(char *const argv[]) {
   unsigned long long f[52] = {0};
   char *save = NULL;
   int k = 3;
-  for (char *t = strtok_r(at + 1, " ", &save); t && k < 52; t = strtok_r(NULL, " ", &save)) f[k++] = strtoull(t, NULL, 10);
+  for (char *t = strtok_r(at, " ", &save); t && k < 52; t = strtok_r(NULL, " ", &save)) f[k++] = strtoull(t, NULL, 10);
   if (k < 52) {
     free(buf);
     return;
@@ -844,7 +841,14 @@ static int send_msg(int fd, uint32_t type) {
  * 2 GB of memory) cost 10-15 ms of first touches on a 2-core guest, where each one traps.
  */
 static int send_plan(int ctl) {
-  uint8_t h[16];
+  uint8_t h[16], f[32], id[4];
+  /* A send buffer as large as the plan and the orders after it (heap-2GB's tables: 1.2 MB), so
+   * that the keeper goes on to start the daemon without waiting for the server to read them. */
+  size_t bytes = sizeof h + 4 * MSG_SIZE;
+  for (size_t i = 0; i < img.nmem; i++) bytes += sizeof f + sizeof id + (size_t)img.mem[i].count * 36;
+  int sndbuf = bytes < (1u << 28) ? (int)bytes * 2 : 1 << 29;
+  if (setsockopt(ctl, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) != 0)
+    setsockopt(ctl, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   put32(h, PLAN_MAGIC);
   put32(h + 4, (uint32_t)img.nmem);
   put32(h + 8, 0);
@@ -852,7 +856,6 @@ static int send_plan(int ctl) {
   if (write_all(ctl, h, sizeof h)) return -1;
   for (size_t i = 0; i < img.nmem; i++) {
     const struct front_mem *m = &img.mem[i];
-    uint8_t f[32];
     put64(f, m->size);
     put32(f + 8, img.flags & 4 ? 2 : 1);
     put32(f + 12, m->count);
@@ -862,7 +865,6 @@ static int send_plan(int ctl) {
     if (write_all(ctl, f, sizeof f) || write_all(ctl, m->table, (size_t)m->count * 36)) return -1;
   }
   for (size_t i = 0; i < img.nmem; i++) {
-    uint8_t id[4];
     put32(id, img.mem[i].id);
     if (write_all(ctl, id, sizeof id)) return -1;
   }
@@ -993,13 +995,7 @@ static void keeper(int pk, int report, int held) {
   for (int i = 6; i < nsfds; i++)
     if (sfds[i] >= 0) close(sfds[i]);
   /* Its plan and orders at once, so that it stages what restore reads itself while the daemon
-   * starts: a send buffer as large as the plan (heap-2GB's tables: 1.2 MB) keeps this keeper from
-   * waiting for the server to read it. */
-  size_t plan_bytes = 16 + 4 * (size_t)img.nmem + 3 * MSG_SIZE;
-  for (size_t i = 0; i < img.nmem; i++) plan_bytes += 32 + (size_t)img.mem[i].count * 36;
-  int sndbuf = plan_bytes < (1u << 28) ? (int)plan_bytes * 2 : 1 << 29;
-  if (setsockopt(ctl[0], SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) != 0)
-    setsockopt(ctl[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+   * starts. */
   int planned = server > 0 && !send_plan(ctl[0]) && !send_msg(ctl[0], MSG_PLANNED) &&
                 !(held && send_msg(ctl[0], MSG_CHECK_ALL)) && !send_msg(ctl[0], MSG_STAGE_EAGER);
   pid_t daemon = daemon_env && planned ? start(daemon_argv, dfds, 5, daemon_env, 0) : -1;

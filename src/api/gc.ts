@@ -4,7 +4,7 @@ import { GC } from '../common/config.js';
 
 type Collect = () => void;
 
-export const GC_MAX_HEAP = 1024 * 1024 * 1024;
+const GC_MAX_HEAP = 1024 * 1024 * 1024;
 let collect: Collect | null | undefined;
 
 /**
@@ -25,8 +25,7 @@ export function collectBeforeDump(): void {
 function gcFunction(): Collect | null {
   try {
     setFlagsFromString('--expose-gc');
-    const fn = runInNewContext('typeof gc === "function" ? gc : null') as Collect | null;
-    return fn;
+    return runInNewContext('typeof gc === "function" ? gc : null') as Collect | null;
   } catch {
     return null;
   } finally {

@@ -395,6 +395,9 @@ function busyError(file: string, busy: readonly Busy[]): CheckptError {
  * will take over, and says whether connections must be restored closed. Throws ERESTORE when a
  * port is busy and nothing can be done about it.
  */
+/** What prepareSockets() says of an image with no socket of its own to plan. */
+const UNTOUCHED = { tcpClose: false, moved: false } as const;
+
 export function prepareSockets(
   imagesDir: string,
   file: string,
@@ -406,16 +409,16 @@ export function prepareSockets(
   try {
     img = readFileSync(path);
   } catch {
-    return { tcpClose: false, moved: false };
+    return UNTOUCHED;
   }
   let image: ImageSocket[];
   try {
     image = imageSockets(img);
   } catch {
     // The file passed its checksum: a table this reader does not follow is left to CRIU to judge.
-    return { tcpClose: false, moved: false };
+    return UNTOUCHED;
   }
-  if (!image.length) return { tcpClose: false, moved: false };
+  if (!image.length) return UNTOUCHED;
   // Every comparison planSockets makes needs the same local port: only those lines are parsed.
   const ports = new Set(image.map((s) => s.local.port));
   const plan = planSockets(
