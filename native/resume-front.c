@@ -97,6 +97,9 @@ static char work[PATH_MAX];
 static char images[PATH_MAX + 16];
 static struct front_image img;
 static int img_open;
+/* checkpt's CRIU waits at CHECKPT_CRIU_LAZY_GATE (scripts/criu-patches/lazy-gate-from-env.patch):
+ * its restore can start beside the lazy-pages daemon instead of after it. */
+static int lazy_gate;
 static volatile sig_atomic_t stopping;
 
 /* CHECKPT_BENCH_TRACE: the moments the bench reads (src/common/trace.ts writes the same lines). */
@@ -180,7 +183,8 @@ static const char *const IGNORED_VARIABLES[] = {
     "CHECKPT_FRONT", "CHECKPT_REAL_CRIU", "CHECKPT_ZDTM_DIR", "CHECKPT_ZDTM_ONLY",
     "CHECKPT_FAULT_SLOW_CHECK_MS", "CHECKPT_FUZZ_SEED", "CHECKPT_TEST_NODES",
     "CHECKPT_TEST_CLOSE_MS", "CHECKPT_TEST_BUILTINS", "CHECKPT_TEST_MS", "CHECKPT_BENCH_TRACE",
-    "CHECKPT_TEST_FRONT_HELPER", "CHECKPT_TEST_UNIT", "CHECKPT_TEST_INIT_STALL_MS", NULL};
+    "CHECKPT_TEST_FRONT_HELPER", "CHECKPT_TEST_UNIT", "CHECKPT_TEST_INIT_STALL_MS",
+    "CHECKPT_TEST_FRONT_NO_DAEMON", NULL};
 
 /* The conditions under which Node would do more than the front does: left to Node. */
 static int applies(void) {
@@ -235,8 +239,10 @@ static int own_criu(void) {
   int patches = 0, same = 0;
   while (fgets(line, sizeof line, f)) {
     if (!strncmp(line, "patches=", 8) && strstr(line, "pdeathsig-from-env.patch") &&
-        strstr(line, "script-actions-from-env.patch") && strstr(line, "staged-local-reads.patch"))
+        strstr(line, "script-actions-from-env.patch") && strstr(line, "staged-local-reads.patch")) {
       patches = 1;
+      lazy_gate = strstr(line, "lazy-gate-from-env.patch") != NULL;
+    }
     if (self_id[0] && !strcmp(line, self_id)) same = 1;
   }
   fclose(f);
@@ -939,7 +945,7 @@ static int choose_pin_cpu(void) {
  * The keeper: the daemon and the page server are its children; it tells P when the restore may
  * start, and the adopted Node how loading the memory ended (src/engine/lazy.ts's messages).
  */
-static void keeper(int pk, int report, int held) {
+static void keeper(int pk, int report, int held, int gate) {
   int status[2], pages[2], ctl[2], err[2];
   if (pipe2(status, O_CLOEXEC) || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pages) ||
       socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) || pipe2(err, O_CLOEXEC)) {
@@ -961,6 +967,8 @@ static void keeper(int pk, int report, int held) {
   char **daemon_env = env_with(daemon_extra);
   char *daemon_argv[] = {(char *)CRIU, "lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log", "-v2",
                          "--status-fd", "3", "--page-server", "--ps-socket", "4", NULL};
+  /* Tests: a daemon that cannot start, once the restore already waits for it. */
+  if (getenv("CHECKPT_TEST_FRONT_NO_DAEMON")) daemon_argv[0] = "/nonexistent/criu";
   int dfds[] = {-1, -1, -1, status[1], pages[0]};
   char *server_extra[] = {staged_map, NULL};
   char **server_env = env_with(server_extra);
@@ -1128,6 +1136,12 @@ static void keeper(int pk, int report, int held) {
     }
     if (!told && ready && eager) {
       say(pk, "ready");
+      /* The restore started beside us goes on: it connects to the daemon now. */
+      if (gate >= 0) {
+        if (write(gate, "1", 1) != 1) { /* the restore is gone; P hears of it from the helper */ }
+        close(gate);
+        gate = -1;
+      }
       told = 1;
       /* Non-held: nothing waits on the hold socket (restore.ts holdOver before the helper). */
       if (!held && ctl[0] >= 0) send_msg(ctl[0], MSG_HOLD_OVER);
@@ -1182,7 +1196,7 @@ static void keeper(int pk, int report, int held) {
 }
 
 /* The helper's options and CRIU's restore (restore.ts, criu.ts restoreCommand), from the recipe. */
-static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
+static pid_t start_helper(const struct recipe *r, int held, int status_fd, int gate) {
   char *argv[96];
   int n = 0;
   static char pidbuf[32], parentbuf[16], lockat[PATH_MAX + 64], message[PATH_MAX * 2 + 256], eof[8] = "4";
@@ -1292,13 +1306,18 @@ static pid_t start_helper(const struct recipe *r, int held, int status_fd) {
   argv[n] = NULL;
   static char hold_env[PATH_MAX + 64];
   snprintf(hold_env, sizeof hold_env, "CHECKPT_HOLD_SOCK=%s/hold.sock", work);
-  char *held_extra[] = {"CRIU_FAULT=130", hold_env, "CHECKPT_CRIU_SCRIPT_ACTIONS=post-restore", NULL};
-  char *plain_extra[] = {"CRIU_FAULT=130", NULL};
+  /* The gate goes to CRIU on the fd after the others; CRIU reads its byte, then closes it. */
+  int nfds = extra_stdin ? 5 : 4;
+  static char gate_env[48];
+  snprintf(gate_env, sizeof gate_env, "CHECKPT_CRIU_LAZY_GATE=%d", nfds);
+  char *held_extra[] = {"CRIU_FAULT=130", hold_env, "CHECKPT_CRIU_SCRIPT_ACTIONS=post-restore", gate >= 0 ? gate_env : NULL, NULL};
+  char *plain_extra[] = {"CRIU_FAULT=130", gate >= 0 ? gate_env : NULL, NULL};
   char **envp = env_with(held ? held_extra : plain_extra);
   if (!envp) return -1;
   /* Detached, its stdin is /dev/null (restore.ts spawnHelper's 'ignore'). */
-  int fds[5] = {detach ? -1 : 0, 1, 2, status_fd, 0};
-  return start(argv, fds, extra_stdin ? 5 : 4, envp, detach);
+  int fds[6] = {detach ? -1 : 0, 1, 2, status_fd, 0, -1};
+  if (gate >= 0) fds[nfds++] = gate;
+  return start(argv, fds, nfds, envp, detach);
 }
 
 static void stop_now(int pk, pid_t keeper_pid, pid_t helper) {
@@ -1357,41 +1376,57 @@ int cmd_front(int argc, char **argv) {
   if (stopping) stopped_exit();
   prepare_kdat();
   pin_cpu = choose_pin_cpu();
-  int pk[2], report[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pk) || socketpair(AF_UNIX, SOCK_STREAM, 0, report)) fallback_because("no socket pair");
+  int pk[2], report[2], status[2], gate[2] = {-1, -1};
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pk) || socketpair(AF_UNIX, SOCK_STREAM, 0, report) ||
+      socketpair(AF_UNIX, SOCK_STREAM, 0, status))
+    fallback_because("no socket pair");
+  fcntl(status[0], F_SETFD, FD_CLOEXEC);
+  if (lazy_gate && pipe2(gate, O_CLOEXEC) != 0) gate[0] = gate[1] = -1;
   bench_trace("lazy-pages");
   pid_t keeper_pid = fork();
   if (keeper_pid < 0) fallback_because("no fork");
   if (keeper_pid == 0) {
     close(pk[0]);
     close(report[0]);
+    close(status[0]);
+    close(status[1]);
+    if (gate[0] >= 0) close(gate[0]);
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
-    keeper(pk[1], report[1], held);
+    keeper(pk[1], report[1], held, gate[1]);
   }
   close(pk[1]);
   close(report[1]);
+  if (gate[1] >= 0) close(gate[1]);
+  /* CRIU's start, its reading of the images and the init's namespaces (~10 ms here) go on while
+   * the keeper starts the daemon and stages the pages; CRIU waits at the gate for both. */
+  pid_t helper = 0;
+  if (gate[0] >= 0) {
+    bench_trace("helper");
+    helper = start_helper(&r, held, status[1], gate[0]);
+    close(gate[0]);
+    if (helper < 0) {
+      stop_now(pk[0], keeper_pid, 0);
+      work[0] = 0;
+      fallback_because("no fork");
+    }
+  }
   front_close(&img);
   img_open = 0;
   char line[256];
   if (!read_line(pk[0], line, sizeof line, -1) || strcmp(line, "ready") != 0 || stopping) {
-    stop_now(pk[0], keeper_pid, 0);
+    stop_now(pk[0], keeper_pid, helper);
     close(report[0]);
     work[0] = 0; /* the keeper removed it */
     if (stopping) stopped_exit();
     fallback_because("the lazy-pages daemon or the page server did not start (no userfaultfd here?)");
   }
   bench_trace("daemon-ready");
-  int status[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, status)) {
-    stop_now(pk[0], keeper_pid, 0);
-    work[0] = 0;
-    fallback_because("no socket pair");
+  if (!helper) {
+    bench_trace("helper");
+    helper = start_helper(&r, held, status[1], -1);
   }
-  fcntl(status[0], F_SETFD, FD_CLOEXEC);
-  bench_trace("helper");
-  pid_t helper = start_helper(&r, held, status[1]);
   close(status[1]);
   if (helper < 0 || !read_line(status[0], line, sizeof line, -1) || strncmp(line, "restored ", 9) != 0 || stopping) {
     stop_now(pk[0], keeper_pid, helper);

@@ -11,8 +11,8 @@
 #   CHECKPT_CRIU_SUITES   Debian suites to look for the source in (default "forky sid")
 #   CHECKPT_CRIU_FORCE=1  build even when a working CRIU is already there
 #
-# checkpt's build differs from Debian's in eighteen things: it is built without GnuTLS, with the
-# libraries Debian also ships as archives linked in (below), and sixteen patches
+# checkpt's build differs from Debian's in nineteen things: it is built without GnuTLS, with the
+# libraries Debian also ships as archives linked in (below), and seventeen patches
 # (scripts/criu-patches/):
 # - CRIU keeps its cache of kernel probes (40-70 ms at each start without it) in $kdat_dir, on
 #   tmpfs everywhere, containers included, instead of /run, which is not tmpfs in most containers
@@ -21,6 +21,9 @@
 #   root's and 0700, before CRIU runs.
 # - lazy-fault-around.patch: the lazy-pages daemon answers a page fault with the 64 KiB around
 #   the page rather than the page alone (half the round trips to checkpt's page server).
+# - lazy-gate-from-env.patch: with CHECKPT_CRIU_LAZY_GATE naming an fd, `criu restore --lazy-pages`
+#   does its own set-up, then waits for a byte on that fd before it connects to the lazy-pages
+#   daemon: checkpt starts the restore beside the daemon instead of after it.
 # - nft-lock-fast.patch: the nftables network lock is made in one libnftables batch and removed
 #   with one netlink message, its socket closed at CRIU's exit (the close waits ~10 ms for the
 #   kernel): 10-15 ms less of a small program's frozen time.
@@ -69,7 +72,7 @@ home=${CHECKPT_CRIU_HOME:-/opt/checkpt/criu}
 here=$(cd "$(dirname "$0")" && pwd)
 kdat_dir=/dev/shm/checkpt-criu
 # Bumped when the build changes: an older build of checkpt's own is then rebuilt.
-recipe=20
+recipe=21
 need_major=4
 need_minor=2
 say() { echo "install-criu: $*"; }

@@ -522,6 +522,12 @@ export const CRIU_PDEATHSIG = note(
   "For CRIU: the pid of its parent, checkpt. checkpt's CRIU build (scripts/criu-patches/pdeathsig-from-env.patch) then dies with it, as `setpriv --pdeathsig KILL` would make it (which checkpt runs in front of another CRIU), and exits at once if that parent is already gone. Set for the lazy-pages daemon.",
 );
 
+note(
+  'CHECKPT_CRIU_LAZY_GATE',
+  'internal',
+  "For `criu restore --lazy-pages` started by checkpt's native resume front: an fd on which CRIU waits for one byte before it connects to the lazy-pages daemon (checkpt's CRIU build, scripts/criu-patches/lazy-gate-from-env.patch), so that the restore starts beside the daemon instead of after it; end of file there fails the restore before any task is made.",
+);
+
 export const STAGED_MAP = note(
   'CHECKPT_STAGED_MAP',
   'internal',
@@ -598,6 +604,12 @@ note(
   'test',
   'How long a test waits for a process it started to end (default 60000).',
   'milliseconds',
+);
+note(
+  'CHECKPT_TEST_FRONT_NO_DAEMON',
+  'test',
+  'For the native resume front: its lazy-pages daemon cannot start (a binary that is not there), so that a test sees the front stop the restore it started beside the daemon and leave the resume to Node.',
+  'any value',
 );
 note(
   'CHECKPT_TEST_INIT_STALL_MS',

@@ -511,6 +511,34 @@ test('SIGTERM while the front restores: nothing runs on, nothing stays, and chec
   assert.deepEqual(stagingLeft(copy.pid), []);
 });
 
+test('a lazy-pages daemon that does not start: the restore begun beside it is stopped, and Node resumes', async () => {
+  const { file, port } = await checkpointed('no-daemon', ['--mb', '40']);
+  const trace = join(dir, 'no-daemon.trace');
+  const copy = resumeCommand(file, trace, { CHECKPT_TEST_FRONT_NO_DAEMON: '1' });
+  assert.equal((await answers(port, copy)).gen, 1);
+  const steps = await marksBy(trace, 'extract');
+  assert.ok(steps.includes('front') && steps.includes('extract'), steps.join(' '));
+  // The front's `criu restore`, which waited for the daemon, is gone (Node's own daemon may still
+  // be loading memory; no restore is left once the copy answers).
+  const restores = descendants(copy.pid).filter((p) => {
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      return readlinkSync(`/proc/${p}/exe`).endsWith('/criu') && argv.includes('restore');
+    } catch {
+      return false;
+    }
+  });
+  assert.deepEqual(restores, [], 'no criu restore runs on once the copy answers');
+  copy.kill('SIGTERM');
+  await copy.closed;
+  for (const end = Date.now() + 5000; descendants(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(descendants(copy.pid), []);
+  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(stagingLeft(copy.pid), []);
+});
+
 test('SIGTERM once the copy runs but before Node starts: the copy gets it, checkpt ends likewise', async () => {
   const { file, port } = await checkpointed('early-term', ['--mb', '48']);
   const trace = join(dir, 'early-term.trace');
