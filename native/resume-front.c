@@ -769,10 +769,13 @@ static void retitle(char *const argv[]) {
   if (prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0) != 0) free(buf);
 }
 
-/* Starts `argv` with `fds[i]` as its fd i (-1: /dev/null), everything else closed. */
-static pid_t start(char *const argv[], const int *fds, int nfds, char *const envp[], int session) {
-  pid_t pid = fork();
-  if (pid != 0) return pid;
+/*
+ * In a child about to become `argv`: `fds[i]` as its fd i (-1: /dev/null), everything else closed,
+ * the signals the front catches or ignores at their default; the file's tables unmapped first when
+ * the child is this helper again (their fd was moved above if the child is given it). _exit(127)
+ * on failure.
+ */
+static void become(const int *fds, int nfds, int session, int drop_img) {
   /* A detached copy's init: the terminal's signals and its hang-up are not the copy's any more. */
   if (session && setsid() < 0) _exit(127);
   int null = open("/dev/null", O_RDWR);
@@ -780,11 +783,7 @@ static pid_t start(char *const argv[], const int *fds, int nfds, char *const env
   int moved[80];
   if (nfds > 80) _exit(127);
   for (int i = 0; i < nfds; i++) moved[i] = fds[i] < 0 ? null : fcntl(fds[i], F_DUPFD, 128);
-  /* This helper itself (the page server, the init) runs here without an exec, which costs 3-5 ms
-   * on a guest where every mapping does: nothing of the front may stay with it but what an exec
-   * would keep. The file's tables go (its fd was moved above if the child is given it). */
-  int self_again = !strcmp(argv[0], self);
-  if (self_again && img_open) front_close(&img);
+  if (drop_img && img_open) front_close(&img);
   for (int i = 0; i < nfds; i++)
     if (moved[i] < 0 || dup2(moved[i], i) < 0) _exit(127);
   if (syscall(SYS_close_range, (unsigned)nfds, ~0u, 0) != 0)
@@ -793,21 +792,52 @@ static pid_t start(char *const argv[], const int *fds, int nfds, char *const env
   signal(SIGTERM, SIG_DFL);
   signal(SIGINT, SIG_DFL);
   signal(SIGHUP, SIG_DFL);
-  if (self_again) {
-    /* What an exec does to signals: those caught go back to their default, ignored ones stay. */
-    for (int sig = 1; sig < NSIG; sig++) {
-      struct sigaction sa;
-      if (sigaction(sig, NULL, &sa) != 0) continue;
-      if ((sa.sa_flags & SA_SIGINFO) || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)) signal(sig, SIG_DFL);
-    }
-    environ = (char **)envp;
-    retitle(argv);
-    int argc = 0;
-    while (argv[argc]) argc++;
-    exit(helper_main(argc, (char **)argv));
-  }
-  execve(argv[0], argv, envp);
+}
+
+struct spawned {
+  char *const *argv;
+  const int *fds;
+  int nfds;
+  char *const *envp;
+  int session;
+};
+
+static int spawned_main(void *arg) {
+  const struct spawned *a = arg;
+  become(a->fds, a->nfds, a->session, 0);
+  execve(a->argv[0], a->argv, a->envp);
   _exit(127);
+}
+
+/* Starts `argv` with `fds[i]` as its fd i (-1: /dev/null), everything else closed. */
+static pid_t start(char *const argv[], const int *fds, int nfds, char *const envp[], int session) {
+  /* This helper itself (the page server, the init) runs here without an exec, which costs 3-5 ms
+   * on a guest where every mapping does: nothing of the front may stay with it but what an exec
+   * would keep. */
+  int self_again = !strcmp(argv[0], self);
+  if (!self_again) {
+    /* Another program (CRIU's daemon): its child shares this process's memory until its exec
+     * (vfork semantics), where a fork copied the page tables and the exec tore the copy down again,
+     * each step a trap on a guest where page tables cost (the daemon's fork to exec: ~6 ms here).
+     * Its own stack; this process waits until the exec. */
+    static char stack[64 * 1024] __attribute__((aligned(16)));
+    struct spawned a = {argv, fds, nfds, envp, session};
+    return clone(spawned_main, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+  }
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  become(fds, nfds, session, 1);
+  /* What an exec does to signals: those caught go back to their default, ignored ones stay. */
+  for (int sig = 1; sig < NSIG; sig++) {
+    struct sigaction sa;
+    if (sigaction(sig, NULL, &sa) != 0) continue;
+    if ((sa.sa_flags & SA_SIGINFO) || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)) signal(sig, SIG_DFL);
+  }
+  environ = (char **)envp;
+  retitle(argv);
+  int argc = 0;
+  while (argv[argc]) argc++;
+  exit(helper_main(argc, (char **)argv));
 }
 
 /* The environment plus `extra` (NAME=VALUE strings, NULL-terminated). */
