@@ -96,7 +96,7 @@ describe('scripts/install-criu.sh', () => {
       maxBuffer: 1 << 24,
     });
     assert.equal(x.status, 0, String(x.stderr));
-    // The build succeeds only on a uffd.c with its six patches; the "binary" answers as a CRIU
+    // The build succeeds only on a uffd.c with its seven patches; the "binary" answers as a CRIU
     // would.
     const { home, tarball } = fakeSource('criu_4.2.9.orig.tar.xz', {
       Makefile:
@@ -107,6 +107,7 @@ describe('scripts/install-criu.sh', () => {
         "\tgrep -q 'changed before its removal' criu/uffd.c\n" +
         '\tgrep -q CHECKPT_CRIU_LAZY_HOLD criu/uffd.c\n' +
         '\tgrep -q ckpt_hints_get criu/uffd.c\n' +
+        '\tgrep -q CHECKPT_CRIU_LAZY_GATE criu/uffd.c\n' +
         '\tprintf \'#!/bin/sh\\necho "Version: 4.2.9"\\n\' > criu/criu && chmod +x criu/criu\n',
     });
     const tree = join(dirs.at(-1), 'tree', 'criu-x');
@@ -128,7 +129,7 @@ describe('scripts/install-criu.sh', () => {
     const info = readFileSync(join(home, 'BUILD-INFO'), 'utf8');
     assert.match(
       info,
-      /^patches=lazy-fault-around\.patch staged-local-reads\.patch uffd-remove-race\.patch uffd-seek-index\.patch xfer-hold-while-faulting\.patch xfer-ordered-by-faults\.patch$/m,
+      /^patches=lazy-fault-around\.patch lazy-gate-from-env\.patch staged-local-reads\.patch uffd-remove-race\.patch uffd-seek-index\.patch xfer-hold-while-faulting\.patch xfer-ordered-by-faults\.patch$/m,
     );
     assert.match(info, /^kdat=\/run$/m);
     assert.match(info, /^version=4\.2\.9$/m);
