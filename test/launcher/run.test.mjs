@@ -24,7 +24,19 @@ import {
   waitFor,
   within,
 } from '../helpers.mjs';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
@@ -36,7 +48,6 @@ import {
   parentOf,
   procs,
   runIdOf,
-  running,
   stateOf,
   tablesLeft,
 } from '../reliability/faults.mjs';
@@ -329,13 +340,47 @@ test('a checkpoint from outside whose CRIU hangs with its parasite in the progra
   }
 });
 
+/**
+ * A CRIU config file (CRIU_CONFIG_FILE) whose action script, at post-dump only, makes `mark` and
+ * waits (20 s at most) for a line on `fifo`: CRIU's dump done, its network lock still in place.
+ */
+function postDumpHook(name) {
+  const hook = {
+    script: join(dir, `${name}-hook.sh`),
+    config: join(dir, `${name}-criu.conf`),
+    mark: join(dir, `${name}-at-post-dump`),
+    fifo: join(dir, `${name}-go`),
+  };
+  spawnSync('mkfifo', [hook.fifo]);
+  writeFileSync(
+    hook.script,
+    `#!/bin/bash\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0\nexec 3<>'${hook.fifo}'\n: > '${hook.mark}'\nread -r -t 20 _ <&3\nexit 0\n`,
+    { mode: 0o755 },
+  );
+  writeFileSync(hook.config, `action-script ${hook.script}\n`);
+  return hook;
+}
+
+/** Lets the hook go on; nothing when it has already ended (no reader: ENXIO). */
+function release(hook) {
+  try {
+    const fd = openSync(hook.fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+    writeSync(fd, 'go\n');
+    closeSync(fd);
+  } catch {
+    // ended already
+  }
+}
+
 for (const net of ['', '--private-net']) {
   test(`a checkpoint from outside${net && ` (${net})`} whose CRIU is killed once it locked the network: it fails, the program goes on, and the lock table is removed by name`, async () => {
     // CRIU makes its table at the freeze; a sh loop holds no connection, so only the run id checkpt
     // gave CRIU finds that table again.
     const file = join(dir, 'killed.ckpt');
+    const hook = postDumpHook(`killed${net}`);
     const p = run(['--file', file, ...(net ? [net] : []), '--', 'sh', fixture('loop.sh')], {
       cwd: dir,
+      env: { ...process.env, CRIU_CONFIG_FILE: hook.config },
     });
     await waitFor(p, (e) => e.event === 'tick', 'ticks');
     const pid = await programPid(p);
@@ -343,47 +388,33 @@ for (const net of ['', '--private-net']) {
     const netns = net ? pid : undefined;
     const isCriu = (x) =>
       x.exe.endsWith('/criu') && x.cmd.includes('dump') && descendants(p.pid).includes(x.pid);
-    let table;
-    for (let attempt = 1; ; attempt++) {
-      // A small program's lock lasts tens of milliseconds and a look at nft takes some: on a quiet
-      // machine most rounds miss it (CI emulation 99 missed 8 in a row).
-      assert.ok(attempt <= 30, 'CRIU was never stopped where killing it spares the program');
-      // Checkpoint and continue: a round missed (the dump done before CRIU could be stopped)
-      // leaves the program running for the next one. Checkpoint-and-exit ended it there.
-      process.kill(p.pid, 'SIGSTKFLT');
-      const deadline = Date.now() + 10_000;
-      let criu, stopped;
-      while (!criu && Date.now() < deadline) criu = procs().find(isCriu);
-      assert.ok(criu, 'CRIU ran');
-      const id = runIdOf(criu.pid);
-      assert.ok(id, 'CRIU runs with the run id checkpt chose (CHECKPT_CRIU_RUN_ID)');
-      // CRIU formats "inet CRIU-<run id>" into 32 bytes: the name keeps the id's first 21 characters.
-      table = `CRIU-${id}`.slice(0, 26);
-      const nsenter = parentOf(criu.pid);
-      while (!stopped && running(criu.pid) && Date.now() < deadline) {
-        if (criuTables(netns).has(table)) {
-          // nsenter would wake a CRIU stopped alone. Either may have ended meanwhile: missed.
-          try {
-            process.kill(nsenter, 'SIGSTOP');
-            process.kill(criu.pid, 'SIGSTOP');
-            stopped = true;
-          } catch {
-            signalQuietly(nsenter, 'SIGCONT');
-            break;
-          }
-        }
-      }
-      if (stopped) {
-        // Stopped after its unlock, CRIU has removed the table and may have answered already.
-        const killed = killCriuIfSpared(criu, pid, () => criuTables(netns).has(table));
-        // nsenter stops itself again when it sees its child stopped before it sees it end.
-        for (const end = Date.now() + 2000; Date.now() < end; await sleep(50))
-          if (/^[Tt]/.test(procState(nsenter))) signalQuietly(nsenter, 'SIGCONT');
-        if (killed) break;
-      }
-      await until('the checkpoint let finish', () => written(p) === attempt, p);
-      rmSync(file, { force: true });
-    }
+    // CRIU made the table at the freeze and removes it once the dump is done: a hook of CRIU's own
+    // (its config file from CRIU_CONFIG_FILE, an action script at post-dump, which runs in
+    // between) holds it there, so that it is stopped and killed at that moment every time.
+    const deadline = Date.now() + 10_000;
+    process.kill(p.pid, 'SIGSTKFLT');
+    while (!existsSync(hook.mark) && Date.now() < deadline) await sleep(5);
+    assert.ok(existsSync(hook.mark), `CRIU never reached its post-dump step: ${p.stderrText}`);
+    const criu = procs().find(isCriu);
+    assert.ok(criu, 'CRIU runs');
+    const id = runIdOf(criu.pid);
+    assert.ok(id, 'CRIU runs with the run id checkpt chose (CHECKPT_CRIU_RUN_ID)');
+    // CRIU formats "inet CRIU-<run id>" into 32 bytes: the name keeps the id's first 21 characters.
+    const table = `CRIU-${id}`.slice(0, 26);
+    assert.ok(criuTables(netns).has(table), `${table} is there while CRIU waits at post-dump`);
+    const nsenter = parentOf(criu.pid);
+    // nsenter would wake a CRIU stopped alone.
+    process.kill(nsenter, 'SIGSTOP');
+    process.kill(criu.pid, 'SIGSTOP');
+    assert.ok(
+      killCriuIfSpared(criu, pid, () => criuTables(netns).has(table)),
+      'CRIU, stopped at post-dump, holds the program in a state it can be killed in',
+    );
+    // nsenter stops itself again when it sees its child stopped before it sees it end.
+    for (const end = Date.now() + 2000; Date.now() < end; await sleep(50))
+      if (/^[Tt]/.test(procState(nsenter))) signalQuietly(nsenter, 'SIGCONT');
+    // The hook, orphaned in the program's namespace, ends when told.
+    release(hook);
     await until(
       'the failure',
       () => /killed.ckpt failed: .*CRIU was killed by SIGKILL/.test(p.stderrText),
