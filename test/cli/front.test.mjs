@@ -137,6 +137,16 @@ const stagingLeft = (pid) =>
     readdirSync(d).filter((n) => n.startsWith(`checkpt-restore-${pid}.`)),
   );
 
+/** Once `copy` (checkpt -r) has ended: no process left below it, no staging directory of its. */
+async function nothingStays(copy) {
+  for (const end = Date.now() + 5000; descendants(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(descendants(copy.pid), []);
+  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
+    await sleep(50);
+  assert.deepEqual(stagingLeft(copy.pid), []);
+}
+
 test('the front restores a small server before Node starts; Node watches it, passes a signal on and exits as it did', async () => {
   const { file, port } = await checkpointed('small');
   const { manifest } = await readImageInfo(file, { allowPlain: true });
@@ -503,12 +513,7 @@ test('SIGTERM while the front restores: nothing runs on, nothing stays, and chec
   copy.kill('SIGTERM');
   const end = await copy.closed;
   assert.ok(end.signal === 'SIGTERM' || end.code === 143, JSON.stringify(end));
-  for (const end = Date.now() + 5000; descendants(copy.pid).length && Date.now() < end;)
-    await sleep(50);
-  assert.deepEqual(descendants(copy.pid), []);
-  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
-    await sleep(50);
-  assert.deepEqual(stagingLeft(copy.pid), []);
+  await nothingStays(copy);
 });
 
 test('a lazy-pages daemon that does not start: the restore begun beside it is stopped, and Node resumes', async () => {
@@ -531,12 +536,7 @@ test('a lazy-pages daemon that does not start: the restore begun beside it is st
   assert.deepEqual(restores, [], 'no criu restore runs on once the copy answers');
   copy.kill('SIGTERM');
   await copy.closed;
-  for (const end = Date.now() + 5000; descendants(copy.pid).length && Date.now() < end;)
-    await sleep(50);
-  assert.deepEqual(descendants(copy.pid), []);
-  for (const end = Date.now() + 5000; stagingLeft(copy.pid).length && Date.now() < end;)
-    await sleep(50);
-  assert.deepEqual(stagingLeft(copy.pid), []);
+  await nothingStays(copy);
 });
 
 test('SIGTERM once the copy runs but before Node starts: the copy gets it, checkpt ends likewise', async () => {
