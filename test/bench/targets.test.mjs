@@ -49,6 +49,36 @@ test('verdicts: met, missed by how many times the goal, not measured with the re
   assert.equal(verdict(missing), 'not measured (why)');
 });
 
+test('a baseline whose median is more than twice its best run judges no resume', () => {
+  // The 14:36 run of 2026-12-05: CRIU's own lazy restore of heap-2GB stalled in two runs of three.
+  const ts = targets({
+    'heap-2GB': {
+      rawPagesBytes: summary([2e9, 2e9, 2e9]),
+      rawLazyMs: summary([75, 663, 1031]),
+      rawRestoreMs: summary([6500, 6600, 6700]),
+      resumeMs: summary([143, 148, 1609]),
+      resumeZMs: summary([136, 137, 188]),
+    },
+    steady: {
+      rawPagesBytes: summary([2e9, 2e9, 2e9]),
+      rawLazyMs: summary([89, 96, 591]),
+      rawRestoreMs: summary([6500, 6600, 6700]),
+      resumeMs: summary([140, 151, 350]),
+      resumeZMs: summary([124, 130, 217]),
+    },
+  });
+  const t = find(ts, 'resume ≤ 1.3 × raw restore (checkpt() file)', 'heap-2GB');
+  assert.equal(t.met, undefined);
+  assert.match(
+    verdict(t),
+    /^not measured \(the raw lazy restore took 75-1031 ms in this run, its median 663 more than 2× its best: no baseline\)$/,
+  );
+  // One slow run of three leaves the median where the others are: judged as always.
+  const s = find(ts, 'resume ≤ 1.3 × raw restore (checkpt() file)', 'steady');
+  assert.equal(s.met, false);
+  assert.equal(verdict(s), 'missed (by 1.2×)');
+});
+
 test('a resume is judged against raw lazy restore from 32 MiB of memory, eager below', () => {
   const base = { rawRestoreMs: 200, rawLazyMs: 100, resumeMs: 250, resumeZMs: 250 };
   const ts = targets({
