@@ -391,10 +391,13 @@ for (const net of ['', '--private-net']) {
     // CRIU made the table at the freeze and removes it once the dump is done: a hook of CRIU's own
     // (its config file from CRIU_CONFIG_FILE, an action script at post-dump, which runs in
     // between) holds it there, so that it is stopped and killed at that moment every time.
-    const deadline = Date.now() + 10_000;
     process.kill(p.pid, 'SIGSTKFLT');
-    while (!existsSync(hook.mark) && Date.now() < deadline) await sleep(5);
-    assert.ok(existsSync(hook.mark), `CRIU never reached its post-dump step: ${p.stderrText}`);
+    await until(
+      "CRIU at its post-dump step (the hook's mark)",
+      () => existsSync(hook.mark),
+      p,
+      10_000,
+    );
     const criu = procs().find(isCriu);
     assert.ok(criu, 'CRIU runs');
     const id = runIdOf(criu.pid);
