@@ -41,7 +41,18 @@ export class ControlChannel {
     const c = new ControlChannel(-1);
     c.take(WARM_LINE, WARM_LINE.length);
     const line = c.takeLine();
-    if (line !== undefined) parse(line);
+    // Kept: a collection would otherwise drop the object shapes its parse made, to be made again.
+    if (line !== undefined) warmMessage = parse(line);
+  }
+
+  /** The message warm() parsed, as a copy's checkpt() reads it ("restored"). */
+  static get warmed(): ControlMessage | undefined {
+    return warmMessage;
+  }
+
+  /** A channel on /dev/null for the rehearsal of a copy's way out (checkpt.ts): its close() is real. */
+  static rehearsal(): ControlChannel {
+    return new ControlChannel(openSync('/dev/null', constants.O_RDONLY));
   }
 
   get readFd(): number {
@@ -160,6 +171,8 @@ export class ControlChannel {
     return line;
   }
 }
+
+let warmMessage: ControlMessage | undefined;
 
 /** A line as a resumed copy reads first, made with the module so that it is in every image. */
 const WARM_LINE = Buffer.from(

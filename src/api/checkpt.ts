@@ -5,11 +5,11 @@ import { join, resolve } from 'node:path';
 import { ControlChannel } from './channel.js';
 import { collectBeforeDump } from './gc.js';
 import { CheckptError, isCheckptErrorCode } from '../common/errors.js';
-import { prepareIdentity, refreshIdentity } from './identity.js';
+import { lazySized, prepareIdentity, refreshIdentity } from './identity.js';
 import { checkTarget } from '../common/target.js';
 import { hostUid, rootless, userRunDir } from '../common/privilege.js';
 import { hasBuiltIn, hookError, runSteps, runStepsSync, type HookFailure } from './hooks.js';
-import { listenersKept, networkResource } from './network.js';
+import { listenersKept, networkResource, networkState } from './network.js';
 import { defaultCheckpointFile } from '../common/template.js';
 import { criuVersion } from '../engine/criu.js';
 import { dumpFrontCommand } from '../engine/helper.js';
@@ -157,6 +157,7 @@ export async function checkpointInto(
     try {
       // Exiting, the program has nothing to run meanwhile: it waits as checkpt() does.
       const mode = options.exit ? 'sync' : 'async';
+      if (mode === 'async' && lazySized()) await rehearseSteps();
       const s = begin(target, options, mode, runId, store);
       let msg: ControlMessage | undefined;
       try {
@@ -303,6 +304,7 @@ function begin(
         { cause: r.error },
       );
     channel = ControlChannel.open(fifo);
+    if (lazySized()) rehearseReturn(target, mode);
     // Last before the dump (checkpoint(): while CRIU starts), after the warm-ups' garbage.
     collectBeforeDump();
     const s: Session = { target, tmp: job.tmp, ctlDir, workDir, channel };
@@ -313,6 +315,53 @@ function begin(
     rmSync(ctlDir, { recursive: true, force: true });
     if (workDir) rmSync(workDir, { recursive: true, force: true });
     throw asCheckptError(e);
+  }
+}
+
+/**
+ * A resumed copy's way out of checkpt() (checkpoint()'s but for its steps, rehearseSteps()), run
+ * in the original right before the dump with nothing changed: each of its functions is then
+ * compiled, its object shapes and literals made, in the image. A copy resumed lazily would parse
+ * and compile them first, each page V8's parser and the source touch a page fault
+ * (docs/PERFORMANCE.md). The program's own steps are not run. Only for a program resumed lazily:
+ * a small one's copy has its memory in, and its random caches drained here would cost ~5 ms.
+ */
+function rehearseReturn(target: string, mode: 'sync' | 'async'): void {
+  const msg = ControlChannel.warmed;
+  if (msg === undefined) return;
+  const saved = { lastRestore, busy, idleWaiters };
+  const putBack = networkState();
+  idleWaiters = [];
+  try {
+    const s: Session = {
+      target,
+      tmp: '',
+      ctlDir: '',
+      workDir: '',
+      channel: ControlChannel.rehearsal(),
+    };
+    finish(s, msg);
+    const result = conclude(s, msg, {});
+    const after = mode === 'sync' ? runStepsSync('afterRestore', taken(result), 'built-in') : [];
+    settle(result, after, target);
+    setIdle();
+  } catch {
+    // a rehearsal only: the copy meets what failed here as it would have without it
+  } finally {
+    lastRestore = saved.lastRestore;
+    busy = saved.busy;
+    idleWaiters = saved.idleWaiters;
+    putBack();
+  }
+}
+
+/** checkpoint()'s steps after a restore, checkpt's own only, rehearsed as rehearseReturn() does. */
+async function rehearseSteps(): Promise<void> {
+  const putBack = networkState();
+  try {
+    await runSteps('afterRestore', taken(1), 'built-in');
+  } finally {
+    putBack();
   }
 }
 

@@ -116,8 +116,12 @@ export function hasBuiltIn(resource: Resource): boolean {
   return builtIn.includes(resource);
 }
 
-function ordered(step: Step): Entry[] {
-  const user = step === 'beforeCheckpoint' ? [...entries].reverse() : [...entries];
+/** Whose steps run: everyone's, or only checkpt's own (a rehearsal's, checkpt.ts). */
+export type Whose = 'all' | 'built-in';
+
+function ordered(step: Step, whose: Whose): Entry[] {
+  const all = whose === 'all' ? entries : [];
+  const user = step === 'beforeCheckpoint' ? [...all].reverse() : [...all];
   const inner = builtIn.map((resource, i) => ({
     resource,
     timeoutMs: undefined,
@@ -151,9 +155,13 @@ function overrun(started: number, ms: number, abort: AbortController): Error | u
  * Runs every step; resolves with the failures (none thrown). An async step is cut off when its
  * time is up; one that blocks past it fails as overrun when it returns.
  */
-export async function runSteps<S extends Step>(step: S, ctx: Ctx<S>): Promise<HookFailure[]> {
+export async function runSteps<S extends Step>(
+  step: S,
+  ctx: Ctx<S>,
+  whose: Whose = 'all',
+): Promise<HookFailure[]> {
   const failures: HookFailure[] = [];
-  const list = ordered(step);
+  const list = ordered(step, whose);
   for (const e of list) {
     const fn = e.resource[step] as ((c: unknown) => unknown) | undefined;
     if (!fn) continue;
@@ -190,9 +198,13 @@ export async function runSteps<S extends Step>(step: S, ctx: Ctx<S>): Promise<Ho
  * returns a promise counts as failed (its work may still be going on). Nothing can cut a step off
  * here: one that returns after its time is counted as failed (overrun).
  */
-export function runStepsSync<S extends Step>(step: S, ctx: Ctx<S>): HookFailure[] {
+export function runStepsSync<S extends Step>(
+  step: S,
+  ctx: Ctx<S>,
+  whose: Whose = 'all',
+): HookFailure[] {
   const failures: HookFailure[] = [];
-  for (const e of ordered(step)) {
+  for (const e of ordered(step, whose)) {
     const fn = e.resource[step] as ((c: unknown) => unknown) | undefined;
     if (!fn) continue;
     const name = nameOf(e);

@@ -44,8 +44,13 @@ export function lastCacheFlush(): 'caches' | 'draws' | undefined {
  */
 function locateIfLazy(): void {
   if (caches !== undefined) return;
-  if (anonBytes(procStatus(process.pid)) < LAZY_MIN_BYTES) return;
+  if (!lazySized()) return;
   caches = locateRandomCaches() ?? null;
+}
+
+/** Whether this program's copies would run while their memory streams in (src/engine/lazy.ts). */
+export function lazySized(): boolean {
+  return anonBytes(procStatus(process.pid)) >= LAZY_MIN_BYTES;
 }
 
 function loadAddon(): RandAddon {

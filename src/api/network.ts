@@ -215,6 +215,16 @@ export function listenersKept(): void {
   portsKept = true;
 }
 
+/** @internal This resource's state now, and a function that puts it back (for a rehearsal, checkpt.ts). */
+export function networkState(): () => void {
+  const list = recorded;
+  const kept = portsKept;
+  return () => {
+    recorded = list;
+    portsKept = kept;
+  };
+}
+
 export const networkResource: Resource = {
   name: 'checkpt:network',
   beforeCheckpoint(_ctx: CheckpointContext): void {
