@@ -1210,6 +1210,10 @@ static void keeper(int pk, int report, int held, int gate) {
   if (!told && pk >= 0) {
     say(pk, "fail");
     told = 1;
+  } else if (failed && !over && pk >= 0) {
+    /* P waits for the restore to be over, which may never come: the copy's tasks, still being
+     * restored, can wait on memory whose daemon is gone. P stops the restore itself. */
+    say(pk, "fail");
   }
   /* P's word first: a copy that restored meanwhile must not run on (failed), and CRIU's restore
    * writes its stats into the staging directory after the copy runs, until the helper says
@@ -1350,6 +1354,24 @@ static pid_t start_helper(const struct recipe *r, int held, int status_fd, int g
   return start(argv, fds, nfds, envp, detach);
 }
 
+/* 1 once the helper says the copy is restored (its line in `line`), 0 if the helper ended or said
+ * otherwise, -1 if the keeper said "fail" first (or ended): the copy's memory failed its check or
+ * its daemon ended while CRIU was still restoring, a restore that may then never end. */
+static int restored_or_failed(int status, int pk, char *line, size_t len) {
+  for (;;) {
+    struct pollfd p[2] = {{.fd = status, .events = POLLIN}, {.fd = pk, .events = POLLIN}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR && !stopping) continue;
+      return 0;
+    }
+    if (p[1].revents) {
+      char word[64];
+      if (!read_line(pk, word, sizeof word, 0) || !strncmp(word, "fail", 4)) return -1;
+    }
+    if (p[0].revents) return read_line(status, line, len, -1) && !strncmp(line, "restored ", 9) ? 1 : 0;
+  }
+}
+
 static void stop_now(int pk, pid_t keeper_pid, pid_t helper) {
   if (helper > 0) kill_tree(helper);
   if (pk >= 0) say(pk, "stop");
@@ -1458,14 +1480,15 @@ int cmd_front(int argc, char **argv) {
     helper = start_helper(&r, held, status[1], -1);
   }
   close(status[1]);
-  if (helper < 0 || !read_line(status[0], line, sizeof line, -1) || strncmp(line, "restored ", 9) != 0 || stopping) {
+  int restored = helper < 0 ? 0 : restored_or_failed(status[0], pk[0], line, sizeof line);
+  if (restored <= 0 || stopping) {
     stop_now(pk[0], keeper_pid, helper);
     close(status[0]);
     close(report[0]);
     work[0] = 0;
     if (stopping) stopped_exit();
-    /* CRIU failed: Node resumes again and, failing the same way, says why. */
-    fallback_because("CRIU could not restore the copy");
+    /* Node resumes again and, failing the same way, says why. */
+    fallback_because(restored < 0 ? "the copy's memory failed its check (or its daemon ended) before CRIU was done" : "CRIU could not restore the copy");
   }
   bench_trace("status-restored");
   say(pk[0], "over %d", (int)helper);

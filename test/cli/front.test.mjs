@@ -504,6 +504,28 @@ test('a memory chunk damaged in a lazy resume: the copy is stopped and checkpt -
   assert.deepEqual(stagingLeft(copy.pid), []);
 });
 
+test('a memory chunk found damaged while CRIU still restores: the restore is stopped, not waited for', async () => {
+  const { file } = await checkpointed('lazy-bad-early', ['--mb', '40']);
+  const bad = join(dir, 'lazy-bad-early-copy.ckpt');
+  const buf = readFileSync(file);
+  buf[16 + 20 * 1024 * 1024] ^= 0x01;
+  writeFileSync(bad, buf, { mode: 0o600 });
+  // The restore's init holds CRIU back 3 s, long enough for the page server's background check to
+  // find the damage while the restore is still under way (a restore that then may never end: its
+  // tasks can wait on memory whose daemon is gone).
+  const trace = join(dir, 'lazy-bad-early.trace');
+  const copy = resumeCommand(bad, trace, { CHECKPT_TEST_INIT_STALL_MS: '3000' });
+  const end = await copy.closed;
+  assert.notEqual(end.code, 0, copy.stderrText);
+  assert.match(copy.stderrText, /damaged/);
+  // The front stopped its restore before CRIU started, and left the resume to Node.
+  const m = marks(trace);
+  const ready = m.indexOf('daemon-ready');
+  assert.ok(ready >= 0 && m.indexOf('main', ready) > ready, m.join(' '));
+  assert.ok(!m.slice(ready, m.indexOf('main', ready)).includes('criu-exec'), m.join(' '));
+  await nothingStays(copy);
+});
+
 test('SIGTERM while the front restores: nothing runs on, nothing stays, and checkpt ends by the signal', async () => {
   const { file } = await checkpointed('stopped', ['--mb', '40']);
   const trace = join(dir, 'stopped.trace');
