@@ -327,7 +327,7 @@ export const GC = define({
   when: 'call',
   defaultText: 'on',
   accepts: SWITCH,
-  does: "On: `checkpt()` and `checkpoint()` run a full garbage collection just before the process is dumped, as OpenJDK CRaC does. A copy then never resumes in the middle of a collection the original had begun, which it would finish over memory it loads page by page (a 160 MB server's first answer 150-250 ms later), and the image holds no garbage. Only while the JS heap holds at most 1 GiB (a 2 GB heap's copies resumed slower after one). It takes a few ms for 100-500 MB of strings here, more for heaps of many small objects: off for a program whose heap is too large to collect at each checkpoint.",
+  does: "On: `checkpt()` and `checkpoint()` run a full garbage collection just before the process is dumped, as OpenJDK CRaC does. A copy then never resumes in the middle of a collection the original had begun, which it would finish over memory it loads page by page (a 160 MB server's first answer 150-250 ms later), and the image holds no garbage. The sweeping after it is left to the main thread, as allocation needs it, not to V8's workers (which went on sweeping in a 2 GB heap's copies over their lazily loaded memory, 2-3 times slower to answer). It takes a few ms for 100-500 MB of strings here, more for heaps of many small objects: off for a program whose heap is too large to collect at each checkpoint.",
   fallback: true,
   parse: onOff,
 });
