@@ -894,9 +894,14 @@ static int run_init(struct init_opts *o) {
     sigemptyset(&relayset);
     for (size_t k = 0; k < sizeof relayed / sizeof relayed[0]; k++) sigaddset(&relayset, relayed[k]);
     sigprocmask(SIG_BLOCK, &relayset, &oldmask);
+    /* Closed by the child's exec: until then the child holds our fds (the status socket among
+     * them), and a checkpoint taken meanwhile found them ("External socket is used"). */
+    int execd[2];
+    if (pipe2(execd, O_CLOEXEC) < 0) execd[0] = execd[1] = -1;
     pid = fork();
     if (pid < 0) die("fork");
     if (pid == 0) {
+      if (execd[0] >= 0) close(execd[0]);
       default_signals();
       sigprocmask(SIG_SETMASK, &oldmask, NULL);
       adopt_orphans();
@@ -908,12 +913,21 @@ static int run_init(struct init_opts *o) {
         tcsetpgrp(0, getpid());
         signal(SIGTTOU, SIG_DFL);
       }
+      const char *stall = getenv("CHECKPT_TEST_RUN_EXEC_STALL_MS");
+      if (stall) usleep((useconds_t)atoi(stall) * 1000);
       execvp(o->argv[0], o->argv);
       fprintf(stderr, "checkpt: cannot run %s: %s\n", o->argv[0], strerror(errno));
       _exit(errno == ENOENT ? 127 : 126);
     }
     setpgid(pid, pid);
     target_pid = pid;
+    if (execd[1] >= 0) close(execd[1]);
+    if (execd[0] >= 0) {
+      char c;
+      while (read(execd[0], &c, 1) < 0 && errno == EINTR) {
+      }
+      close(execd[0]);
+    }
     sigprocmask(SIG_SETMASK, &oldmask, NULL);
     report(o->status_fd, "started %d\n", (int)pid);
   } else {

@@ -612,6 +612,12 @@ note(
   'any value',
 );
 note(
+  'CHECKPT_TEST_RUN_EXEC_STALL_MS',
+  'test',
+  "For `checkpt run`: how long the program's process waits before it execs the program, so that a test can checkpoint it in that window (the helper reports the program started only once it exec'd).",
+  'milliseconds',
+);
+note(
   'CHECKPT_TEST_INIT_STALL_MS',
   'test',
   "For the helper's namespace init: how long it sleeps between its fork and its asking to die with the helper, so that a test can kill `checkpt run` in that window.",

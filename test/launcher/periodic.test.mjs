@@ -283,11 +283,11 @@ test('without a checkpoint yet, a failed program starts anew; a clean exit is no
 test('an interval shorter than a checkpoint takes is refused, naming what it took; the program runs on', async () => {
   const where = join(dir, 'short');
   mkdirSync(where);
+  // The program's process waits 300 ms before its exec: the first checkpoint, due 1 ms after the
+  // program started, must not come before it runs (then it found the launcher's fds, still open).
   const p = run(
     ['--every', '1ms', '--file', join(where, 's.ckpt'), '--', 'python3', fixture('counter.py')],
-    {
-      cwd: where,
-    },
+    { cwd: where, env: { ...process.env, CHECKPT_TEST_RUN_EXEC_STALL_MS: '300' } },
   );
   await until('the refusal', () => /Periodic checkpoints stopped/.test(p.stderrText), p);
   assert.match(
