@@ -461,7 +461,12 @@ test('a Node program killed while the CRIU checkpointing it holds on to it: the 
       p,
       15_000,
     );
-    assert.match(p.stderrText, /the program died while CRIU \(pid \d+\) checkpointed it/);
+    // Which end checkpt run hears first, the program's death or the init ending the stopped CRIU,
+    // is a race (CI emulation 41 of stop 54 heard CRIU's): either is named, and the restart follows.
+    assert.match(
+      p.stderrText,
+      /the program died while CRIU \(pid \d+\) checkpointed it|CRIU was killed by SIGKILL before it finished/,
+    );
     assert.ok(ended(), 'that CRIU is gone');
     await waitFor(p, (e) => e.event === 'tick' && e.t > killedAt, 'the program started again');
   } finally {
