@@ -484,14 +484,20 @@ test('a damaged file: the front leaves it to Node, which refuses it; nothing run
   assert.deepEqual(stagingLeft(copy.pid), []);
 });
 
-test('a memory chunk damaged in a lazy resume: the copy is stopped and checkpt -r fails with the reason', async () => {
-  const { file } = await checkpointed('lazy-bad', ['--mb', '40']);
-  const bad = join(dir, 'lazy-bad-copy.ckpt');
+/** A fresh lazy checkpoint (40 MB of heap) with one byte of its memory flipped: its path. */
+async function damagedInMemory(name) {
+  const { file } = await checkpointed(name, ['--mb', '40']);
+  const bad = join(dir, `${name}-copy.ckpt`);
   const buf = readFileSync(file);
   // A byte in the memory part (DATA starts at 16): its chunk's check fails when first read.
   assert.ok(buf.length > 36 * 2 ** 20, `${buf.length} bytes`);
   buf[16 + 20 * 1024 * 1024] ^= 0x01;
   writeFileSync(bad, buf, { mode: 0o600 });
+  return bad;
+}
+
+test('a memory chunk damaged in a lazy resume: the copy is stopped and checkpt -r fails with the reason', async () => {
+  const bad = await damagedInMemory('lazy-bad');
   const trace = join(dir, 'lazy-bad.trace');
   const copy = resumeCommand(bad, trace);
   const end = await copy.closed;
@@ -505,11 +511,7 @@ test('a memory chunk damaged in a lazy resume: the copy is stopped and checkpt -
 });
 
 test('a memory chunk found damaged while CRIU still restores: the restore is stopped, not waited for', async () => {
-  const { file } = await checkpointed('lazy-bad-early', ['--mb', '40']);
-  const bad = join(dir, 'lazy-bad-early-copy.ckpt');
-  const buf = readFileSync(file);
-  buf[16 + 20 * 1024 * 1024] ^= 0x01;
-  writeFileSync(bad, buf, { mode: 0o600 });
+  const bad = await damagedInMemory('lazy-bad-early');
   // The restore's init holds CRIU back 3 s, long enough for the page server's background check to
   // find the damage while the restore is still under way (a restore that then may never end: its
   // tasks can wait on memory whose daemon is gone).
@@ -521,8 +523,9 @@ test('a memory chunk found damaged while CRIU still restores: the restore is sto
   // The front stopped its restore before CRIU started, and left the resume to Node.
   const m = marks(trace);
   const ready = m.indexOf('daemon-ready');
-  assert.ok(ready >= 0 && m.indexOf('main', ready) > ready, m.join(' '));
-  assert.ok(!m.slice(ready, m.indexOf('main', ready)).includes('criu-exec'), m.join(' '));
+  const node = m.indexOf('main', ready);
+  assert.ok(ready >= 0 && node > ready, m.join(' '));
+  assert.ok(!m.slice(ready, node).includes('criu-exec'), m.join(' '));
   await nothingStays(copy);
 });
 
