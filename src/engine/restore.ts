@@ -94,7 +94,8 @@ export interface RemoteImages {
   /** About how much the images take on disk (where to stage them). */
   bytes: number;
   write(imagesDir: string): Promise<Record<string, unknown>>;
-  relay(daemonSocket: Duplex, imagesDir: string, fail: () => void): Relay;
+  /** `fail` stops the daemon; its error, when given, is the reason the resume fails with. */
+  relay(daemonSocket: Duplex, imagesDir: string, fail: (reason?: Error) => void): Relay;
   /** Awaited right before CRIU's restore starts (the service address taken meanwhile). */
   beforeRestore?: () => Promise<void>;
 }
@@ -240,7 +241,16 @@ async function restoreFrom(
     const pin = wantLazy && !remote && pages !== undefined ? pinCpu() : undefined;
     if (wantLazy)
       starting = startLazyPages(imagesDir, workDir, pages !== undefined || !!remote, !remote, pin);
-    if (remote && starting && !starting.relay((sock, fail) => remote.relay(sock, imagesDir, fail)))
+    const relayed =
+      remote &&
+      starting?.relay((sock, fail) =>
+        remote.relay(sock, imagesDir, (reason) => {
+          // The daemon's death is the consequence; the relay's reason is what the user needs.
+          if (reason) pageFailure ??= reason;
+          fail();
+        }),
+      );
+    if (remote && starting && !relayed)
       throw new CheckptError(
         'ERESTORE',
         `CRIU's lazy-pages daemon ended at once, so ${file} cannot get its memory here; nothing was started.`,

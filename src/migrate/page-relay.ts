@@ -11,6 +11,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { dirPageSource } from '../engine/dir-pages.js';
+import { CheckptError } from '../common/errors.js';
 import type { Relay } from '../engine/lazy.js';
 import {
   locate,
@@ -63,7 +64,7 @@ export function relayPages(
   channel: Duplex,
   imagesDir: string,
   files: readonly ImageFile[],
-  fail: () => void,
+  fail: (reason: Error) => void,
   /** Resolves when the push may start: not while the images still come, on the same link. */
   start: Promise<unknown> = Promise.resolve(),
   /** A daemon request may wait this long without a byte from the source (a partition). */
@@ -79,25 +80,36 @@ export function relayPages(
   const queue: Request[] = [];
   let ended = false;
   let unacked = 0;
+  // Whether the source was told to push: before, a request waits for the copy to run.
+  let go = false;
   let settle: ((closed: boolean) => void) | undefined;
   const done = new Promise<boolean>((res) => (settle = res));
   // Reset by every byte from the source; fires only while a request waits.
   let lastHeard = Date.now();
   const watchdog = setInterval(
     () => {
-      if (queue.length > 0 && Date.now() - lastHeard > stallMs) finish(false);
+      if (queue.length > 0 && Date.now() - lastHeard > stallMs)
+        finish(
+          false,
+          `the copy waited ${stallMs >= 1000 ? `${Math.round(stallMs / 1000)} s` : `${stallMs} ms`} for memory while nothing came from the source (${go ? 'a partition, or the source stopped' : 'the copy never ran here, so its memory was never asked to come'})`,
+        );
     },
     Math.min(1000, stallMs),
   );
   watchdog.unref();
-  const finish = (closed: boolean): void => {
+  const finish = (closed: boolean, why = ''): void => {
     if (ended) return;
     ended = true;
     clearInterval(watchdog);
     for (const fd of fds.splice(0)) closeSync(fd);
     if (!closed) {
       channel.destroy();
-      fail();
+      fail(
+        new CheckptError(
+          'EMIGRATE',
+          `The migrated copy's memory could not be completed here: ${why}; the copy was stopped.`,
+        ),
+      );
     }
     settle?.(closed);
   };
@@ -163,7 +175,8 @@ export function relayPages(
           ? locate(plan, Number(head.readBigUInt64LE(24)), Number(head.readBigUInt64LE(16)), nr)
           : undefined;
       const file = at && index.get(at.pages);
-      if (at === undefined || file === undefined) return finish(false);
+      if (at === undefined || file === undefined)
+        return finish(false, "CRIU's lazy-pages daemon asked for memory the images do not have");
       queue.push({ head, close: false, file, offset: at.offset, length: at.length, asked: false });
     }
     answer();
@@ -179,7 +192,7 @@ export function relayPages(
       }
       const size = files[f.file]?.size ?? -1;
       if (f.kind !== DATA || f.offset % PAGE_SIZE !== 0 || f.offset + f.length > size)
-        return finish(false);
+        return finish(false, 'the source sent a malformed frame');
       if (fromSource.size < FRAME_HEAD + f.length) break;
       fromSource.take(FRAME_HEAD);
       const data = fromSource.take(f.length);
@@ -197,8 +210,8 @@ export function relayPages(
   };
   try {
     for (const f of files) fds.push(openSync(join(imagesDir, f.name), 'r+'));
-  } catch {
-    finish(false);
+  } catch (e) {
+    finish(false, `its images could not be opened (${(e as Error).message})`);
     return { done, stop: () => channel.destroy() };
   }
   void (async () => {
@@ -212,11 +225,15 @@ export function relayPages(
       const file = index.get(name);
       if (file !== undefined) for (const r of ranges) mark(file, r.offset, r.length, 0);
     }
-    await start;
-    channel.write(frameHead({ kind: GO, file: 0, offset: 0, length: 0 }));
+    // Requests that came meanwhile are answered now, not once the copy runs: CRIU may wait on them.
     onSource();
     onDaemon();
-  })().catch(() => finish(false));
+    await start;
+    go = true;
+    channel.write(frameHead({ kind: GO, file: 0, offset: 0, length: 0 }));
+  })().catch((e: unknown) =>
+    finish(false, `its page maps could not be read (${(e as Error).message})`),
+  );
   daemon.on('data', (d: Buffer) => {
     fromDaemon.push(d);
     onDaemon();
@@ -231,9 +248,9 @@ export function relayPages(
     onSource();
   });
   channel.on('error', () => undefined);
-  channel.once('close', () => finish(false));
+  channel.once('close', () => finish(false, 'the page connection from the source closed'));
   daemon.once('close', () => {
-    if (!ended) finish(false);
+    if (!ended) finish(false, "CRIU's lazy-pages daemon went away");
   });
   channel.resume();
   return { done, stop: () => channel.destroy() };

@@ -98,15 +98,17 @@ export function servePagesOver(
     writeDrained(socket, b, 'the connection closed while pages went out');
   let pushed = false;
   const pump = async (): Promise<void> => {
-    if (busy || !go) return;
+    if (busy) return;
     busy = true;
     try {
       for (;;) {
         if (finished) return;
-        // Bulk waits for the window; what the copy waits for does not.
-        const next = urgent.shift() ?? (unacked < WINDOW ? nextBulk() : undefined);
+        // Bulk waits for the copy to run (GO) and for the window; what the copy waits for does
+        // not: it faults as soon as CRIU lets it go, tens of ms before the receiver's GO, and a
+        // fault CRIU's restore itself waited on would never see a GO.
+        const next = urgent.shift() ?? (go && unacked < WINDOW ? nextBulk() : undefined);
         if (next === undefined) {
-          if (left > 0) return;
+          if (left > 0 || !go) return;
           break;
         }
         const data = await pages.read(next.name, next.offset, next.length);

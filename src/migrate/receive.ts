@@ -289,7 +289,8 @@ async function postCopy(
       () => guard.stdin?.end(),
     );
     r.takeSignals();
-    if (opts.hook !== undefined) runHook(opts.hook, 'announce');
+    // Not spawnSync: this process answers the running copy's faults meanwhile.
+    if (opts.hook !== undefined) await runHookAsync(opts.hook, 'announce');
     trace('receive-announced');
     send(socket, { type: 'restored', pid: r.pid });
     socket.end();
@@ -300,8 +301,9 @@ async function postCopy(
         say(`checkpt: the copy ${r.pid} failed while loading its memory: ${(e as Error).message}`),
     );
   } catch (e) {
-    pages?.destroy();
+    // The reason first: the sender takes a page connection closed before it as the failure.
     failed(socket, e, took, opts, say);
+    pages?.destroy();
   }
 }
 

@@ -12,6 +12,7 @@ import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 import { connect, type TLSSocket } from 'node:tls';
 import { TIMEOUT_MS } from '../common/config.js';
 import { trace } from '../common/trace.js';
@@ -26,7 +27,7 @@ import { completeLazyDump } from './frozen-memory.js';
 import { imageFilesFor, servePagesOver } from './page-source.js';
 import { loadSmallRegionsEagerly } from './small-memory.js';
 import { loadIdentity, trustedPeer, type Identity, type IdentityFiles } from './peer.js';
-import { readMessage, send, writeDrained } from './wire.js';
+import { readMessage, send, writeDrained, type Message } from './wire.js';
 
 export interface MigrateOptions extends IdentityFiles {
   /** The receiver: host name or address, and port. */
@@ -63,6 +64,8 @@ export interface Migrated {
 }
 
 const CONNECT_TIMEOUT_MS = 10_000;
+/** How long a receiver whose page connection closed has to say why, on the other one. */
+const WORD_GRACE_MS = 5_000;
 
 /**
  * Live migration, stop-and-copy: the program (under `checkpt run`) is frozen and dumped as for
@@ -220,9 +223,20 @@ async function handOffImages(
       () => undefined,
     );
     sending.catch(() => undefined);
+    // A receiver that fails closes the page connection, then says why on the other: its word is
+    // the reason, the closed connection only the consequence.
+    const word = (e: unknown): Promise<Message> =>
+      Promise.race([
+        answer.then(
+          (m) => (m.type === 'failed' ? m : Promise.reject(e)),
+          () => Promise.reject(e),
+        ),
+        delay(WORD_GRACE_MS, undefined, { ref: false }).then(() => Promise.reject(e)),
+      ]);
+    const served = service.done.then(() => answer, word);
     // A receiver that fails early (disk full) answers before it has read everything.
-    await Promise.race([sending, answer, service.done]);
-    const m = await Promise.race([answer, service.done.then(() => answer)]);
+    await Promise.race([sending.catch(word), answer, served]);
+    const m = await Promise.race([answer, served]);
     if (m.type === 'failed')
       throw new CheckptError(
         'EMIGRATE',

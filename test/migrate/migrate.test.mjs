@@ -245,6 +245,25 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     const incoming = join(dir, `incoming-${port}`);
     mkdirSync(incoming);
     const receiver = startReceiver(join(dir, 'trust-receiver'), hookScript(service), incoming);
+    try {
+      await moveUnderLoad({ postCopy, service, baseline, port, live, twin, incoming, receiver });
+    } finally {
+      // A failure here must not leave the receiver's port taken for the tests after it.
+      killTree(receiver.pid);
+      await ended(receiver, 'the receiver killed');
+    }
+  }
+
+  async function moveUnderLoad({
+    postCopy,
+    service,
+    baseline,
+    port,
+    live,
+    twin,
+    incoming,
+    receiver,
+  }) {
     await receiving(receiver);
     const client = startClient(service, port);
     const twinClient = startClient(baseline, port + 1);
@@ -254,7 +273,11 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
 
     const m = migrateCmd(live.pid, undefined, undefined, postCopy ? ['--post-copy'] : []);
     const mr = await ended(m, 'checkpt migrate');
-    assert.equal(mr.code, 0, `migrate failed: ${m.stderrText}`);
+    assert.equal(
+      mr.code,
+      0,
+      `migrate failed: ${m.stderrText}\nthe receiver said: ${receiver.lines.join('\n')}\n${receiver.stderrText}`,
+    );
     const said = m.lines.join('\n');
     const remote = Number(/runs as pid (\d+)/.exec(said)?.[1]);
     copies.push(remote);
@@ -309,8 +332,6 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
     // The counter went on: the memory came along, no fresh server answered.
     assert.equal(t.lastHits, t.ok, 'every request counted by the one server, before and after');
     assert.deepEqual(readdirSync(incoming), [], 'nothing left in the receiver directory');
-    killTree(receiver.pid);
-    await ended(receiver, 'the receiver killed');
   }
 
   test('a loaded server moves to B with its connections and state; stop-and-copy measured beside it', async () => {

@@ -143,6 +143,58 @@ describe('post-copy memory', { unit: true }, () => {
     for (const s of [link.server, link.daemon, criu.server, criu.daemon]) s.destroy();
   });
 
+  test('a fault while CRIU still restores (before the copy runs) is answered; the push waits', async () => {
+    const source = makeImages();
+    const src = await dirPageSource(source);
+    const plan = await readMemoryPlan(source, src, 'test');
+    const files = imageFilesFor(source, plan);
+    const dest = tempDir('checkpt-pc-dest-');
+    dirs.push(dest);
+    for (const f of files) {
+      const whole = readFileSync(join(source, f.name));
+      const b = Buffer.alloc(f.size);
+      for (const [o, l] of f.ranges) whole.copy(b, o, o, o + l);
+      writeFileSync(join(dest, f.name), b);
+    }
+    const link = await pair();
+    const criu = await pair();
+    const service = servePagesOver(link.server, files, plan, src);
+    let failed;
+    // The copy does not run yet: no GO, so no push; the restore's own fault must still be served.
+    let runs;
+    const running = new Promise((res) => (runs = res));
+    const relay = relayPages(
+      criu.server,
+      link.daemon,
+      dest,
+      files,
+      (e) => (failed = e),
+      running,
+      5000,
+    );
+    const readBytes = reader(criu.daemon);
+    criu.daemon.write(iov(GET, 1, 0x100000 + 10 * PAGE, 100));
+    const answer = await Promise.race([
+      readBytes(32 + PAGE),
+      relay.done.then(() => assert.fail(`the relay gave up: ${failed?.message}`)),
+    ]);
+    assert.equal(Number(answer.readBigUInt64LE(8)), 1);
+    assert.deepEqual(answer.subarray(32), pagesOf(69, 1).subarray(15 * PAGE, 16 * PAGE));
+    assert.equal(service.sent(), PAGE, 'only the page asked for went out before the copy ran');
+    // Once it runs, the rest comes.
+    runs();
+    for (const until = Date.now() + 5000; service.sent() < 68 * PAGE && Date.now() < until;)
+      await new Promise((r) => setTimeout(r, 10));
+    assert.ok(service.sent() >= 68 * PAGE, `pushed once the copy ran: ${service.sent()} bytes`);
+    criu.daemon.write(iov(FORCE_CLOSE, 0, 0, 0));
+    assert.equal((await readBytes(4)).readInt32LE(0), 0);
+    assert.equal(await relay.done, true);
+    await service.done;
+    assert.equal(failed, undefined);
+    await src.close();
+    for (const s of [link.server, link.daemon, criu.server, criu.daemon]) s.destroy();
+  });
+
   test('a page connection that breaks stops the daemon and fails the source', async () => {
     const source = makeImages();
     const src = await dirPageSource(source);
@@ -151,11 +203,12 @@ describe('post-copy memory', { unit: true }, () => {
     const link = await pair();
     const criu = await pair();
     const service = servePagesOver(link.server, files, plan, src);
-    let failed = false;
-    const relay = relayPages(criu.server, link.daemon, source, files, () => (failed = true));
+    let failed;
+    const relay = relayPages(criu.server, link.daemon, source, files, (e) => (failed = e));
     link.daemon.destroy();
     assert.equal(await relay.done, false);
-    assert.equal(failed, true, "the daemon is stopped: the copy's memory cannot be completed");
+    assert.ok(failed, "the daemon is stopped: the copy's memory cannot be completed");
+    assert.match(failed.message, /page connection from the source closed; the copy was stopped/);
     await assert.rejects(service.done, /page connection/);
     await src.close();
     for (const s of [link.server, criu.server, criu.daemon]) s.destroy();
@@ -170,19 +223,24 @@ describe('post-copy memory', { unit: true }, () => {
     // The source's end is open but never answers: no push, no NEED served.
     const link = await pair();
     const criu = await pair();
-    let failed = false;
+    let failed;
     const relay = relayPages(
       criu.server,
       link.daemon,
       source,
       files,
-      () => (failed = true),
+      (e) => (failed = e),
       undefined,
       200,
     );
     criu.daemon.write(iov(GET, 1, 0x20000, 100));
     assert.equal(await relay.done, false);
-    assert.equal(failed, true, 'the daemon is stopped');
+    assert.ok(failed, 'the daemon is stopped');
+    // The source was told to push (GO): its silence is a partition, and the message says which wait.
+    assert.match(
+      failed.message,
+      /waited 200 ms for memory while nothing came from the source \(a partition/,
+    );
     for (const s of [link.server, link.daemon, criu.server, criu.daemon]) s.destroy();
   });
 });
