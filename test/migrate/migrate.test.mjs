@@ -530,6 +530,30 @@ describe('live migration between network namespaces', { skip: realMissing }, () 
       spawnSync('ip', ['-n', hosts.ns.b, 'addr', 'del', `${SERVICE}/32`, 'dev', hosts.dev.b]);
       assert.deepEqual(readdirSync(incoming), [], 'nothing left in the receiver directory');
     }
+    // The receiver fails by itself (its take hook exits 1): the source names the receiver's reason,
+    // not the page connection the failing receiver closed.
+    {
+      const hook = join(dir, 'hook-fail-take.sh');
+      writeFileSync(
+        hook,
+        `#!/bin/sh\nif [ "$1" = take ]; then exit 1; fi\nexec ${hookScript(SERVICE)} "$1"\n`,
+      );
+      chmodSync(hook, 0o755);
+      const receiver = startReceiver(join(dir, 'trust-receiver'), hook, incoming);
+      try {
+        await receiving(receiver);
+        await failsAndRunsOn(
+          server,
+          migrateCmd(server.pid, undefined, undefined, ['--post-copy']),
+          /could not resume the program: The address hook '.*take' failed \(exit status 1\)/,
+          port,
+        );
+      } finally {
+        killTree(receiver.pid);
+        await ended(receiver, 'the receiver killed');
+      }
+      assert.deepEqual(readdirSync(incoming), [], 'nothing left in the receiver directory');
+    }
     // The sender killed while the receiver takes the address (CRIU's dump left the memory in the
     // program, unwritten): CRIU's post-dump hook loses its checkpt and rolls back.
     {
