@@ -225,7 +225,85 @@ function answersOk(port, timeoutMs) {
 }
 
 /** Milliseconds from t0 until the program answers GET / (polled every millisecond or so). */
+/**
+ * The native probe (bench/prober.c), built here once: undefined where no C compiler works, and the
+ * Node probe below is used instead (the JSON's `prober` says which).
+ */
+let prober;
+let proberBuilt;
+function startProber() {
+  const bin = join(work, 'prober');
+  if (proberBuilt === undefined) {
+    const cc = spawnSync('cc', ['-O2', '-o', bin, join(root, 'bench', 'prober.c')], {
+      encoding: 'utf8',
+    });
+    proberBuilt = cc.status === 0;
+    if (!proberBuilt)
+      console.error(
+        `bench: the native probe did not build (${cc.stderr || cc.error}); Node's instead`,
+      );
+  }
+  if (!proberBuilt) {
+    prober = { none: true };
+    return;
+  }
+  const child = start(bin, [], { stdio: ['pipe', 'pipe', 'ignore'] });
+  child.stdout.setEncoding('utf8');
+  let text = '';
+  const waiters = [];
+  child.stdout.on('data', (d) => {
+    text += d;
+    for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n')) {
+      const line = text.slice(0, nl);
+      text = text.slice(nl + 1);
+      waiters.shift()?.(line);
+    }
+  });
+  child.on('exit', () => {
+    for (const w of waiters.splice(0)) w('ended');
+  });
+  prober = {
+    child,
+    /** The answer's time on performance.now()'s clock, or undefined on a timeout. */
+    probe(port, timeoutMs) {
+      const line = new Promise((res) => waiters.push(res));
+      // process.hrtime and the probe's CLOCK_MONOTONIC are one clock; performance.now() an offset of it.
+      const offset = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+      child.stdin.write(`${port} ${Math.ceil(timeoutMs)}\n`);
+      return line.then((l) => {
+        const m = /^ok (\d+)$/.exec(l);
+        return m ? Number(m[1]) / 1e6 - offset : undefined;
+      });
+    },
+  };
+}
+
+/**
+ * The first "200" on `port` after `t0`: the native probe costs the machine ~10x less CPU a try than
+ * a Node socket, in the window where a resume is CPU-bound (bench/prober.c). The same probe for
+ * every baseline and every checkpt step.
+ */
 async function firstAnswer(port, t0, timeoutMs, child) {
+  if (!prober) startProber();
+  if (prober.none) return firstAnswerNode(port, t0, timeoutMs, child);
+  const p = prober;
+  const exited = child
+    ? new Promise((res) => {
+        if (child.exitCode !== null || child.signalCode !== null) res(true);
+        child.once('exit', () => res(true));
+      })
+    : new Promise(() => undefined);
+  const at = await Promise.race([p.probe(port, timeoutMs - (performance.now() - t0)), exited]);
+  if (typeof at === 'number') return at - t0;
+  // The probe may still be trying: a fresh one for the next step.
+  p.child.kill('SIGKILL');
+  startProber();
+  if (at === true)
+    throw new Error(`process exited (${child.exitCode ?? child.signalCode}) before answering`);
+  throw new Error(`no answer on port ${port}`);
+}
+
+async function firstAnswerNode(port, t0, timeoutMs, child) {
   const deadline = t0 + timeoutMs;
   for (;;) {
     if (await answersOk(port, 2000)) return performance.now() - t0;
@@ -963,6 +1041,8 @@ async function main() {
         {
           mode: quick ? 'quick' : 'full',
           machine: m,
+          // Which first-answer probe measured every step: 'native' (bench/prober.c) or 'node'.
+          prober: proberBuilt ? 'native' : 'node',
           elapsedS,
           startup: { summary: st.sum, runs: st.runs },
           summary: sum,
