@@ -12,7 +12,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PageSource } from '../image/pages.js';
 import type { MemoryPlan } from '../engine/pagemap.js';
-import { writeDrained, type ImageFile } from './wire.js';
+import { ConnectionLost, writeDrained, type ImageFile } from './wire.js';
 import {
   ACK,
   Bytes,
@@ -162,9 +162,11 @@ export function servePagesOver(
     onFrames();
     void pump();
   });
-  socket.on('error', (e: Error) => fail(new Error(`the page connection failed: ${e.message}`)));
+  socket.on('error', (e: Error) =>
+    fail(new ConnectionLost(`the page connection failed: ${e.message}`)),
+  );
   socket.on('close', () =>
-    fail(new Error('the page connection closed (did the receiver go away?)')),
+    fail(new ConnectionLost('the page connection closed (did the receiver go away?)')),
   );
   socket.resume();
   return { done, sent: () => bytes, stop: () => fail(new Error('the page service was stopped')) };

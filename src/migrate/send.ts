@@ -27,7 +27,7 @@ import { completeLazyDump } from './frozen-memory.js';
 import { imageFilesFor, servePagesOver } from './page-source.js';
 import { loadSmallRegionsEagerly } from './small-memory.js';
 import { loadIdentity, trustedPeer, type Identity, type IdentityFiles } from './peer.js';
-import { readMessage, send, writeDrained, type Message } from './wire.js';
+import { ConnectionLost, readMessage, send, writeDrained, type Message } from './wire.js';
 
 export interface MigrateOptions extends IdentityFiles {
   /** The receiver: host name or address, and port. */
@@ -224,15 +224,17 @@ async function handOffImages(
     );
     sending.catch(() => undefined);
     // A receiver that fails closes the page connection, then says why on the other: its word is
-    // the reason, the closed connection only the consequence.
+    // the reason, the closed connection only the consequence. A failure here is its own reason.
     const word = (e: unknown): Promise<Message> =>
-      Promise.race([
-        answer.then(
-          (m) => (m.type === 'failed' ? m : Promise.reject(e)),
-          () => Promise.reject(e),
-        ),
-        delay(WORD_GRACE_MS, undefined, { ref: false }).then(() => Promise.reject(e)),
-      ]);
+      !(e instanceof ConnectionLost)
+        ? Promise.reject(e)
+        : Promise.race([
+            answer.then(
+              (m) => (m.type === 'failed' ? m : Promise.reject(e)),
+              () => Promise.reject(e),
+            ),
+            delay(WORD_GRACE_MS, undefined, { ref: false }).then(() => Promise.reject(e)),
+          ]);
     const served = service.done.then(() => answer, word);
     // A receiver that fails early (disk full) answers before it has read everything.
     await Promise.race([sending.catch(word), answer, served]);

@@ -90,6 +90,9 @@ export function readMessage(socket: Duplex, timeoutMs: number, what: string): Pr
 }
 
 /** Writes `data`: resolved at once, or once the socket drains; rejected with `closed` if it closes first. */
+/** The peer closed or broke the connection: the peer's own word, if any, says why. */
+export class ConnectionLost extends Error {}
+
 export function writeDrained(socket: Duplex, data: Buffer, closed: string): Promise<void> {
   if (socket.write(data)) return Promise.resolve();
   return new Promise((res, rej) => {
@@ -99,7 +102,7 @@ export function writeDrained(socket: Duplex, data: Buffer, closed: string): Prom
     };
     const onClose = (): void => {
       socket.off('drain', onDrain);
-      rej(new Error(closed));
+      rej(new ConnectionLost(closed));
     };
     socket.once('drain', onDrain);
     socket.once('close', onClose);
