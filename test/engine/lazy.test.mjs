@@ -229,10 +229,11 @@ describe('lazy restore', () => {
     const p = startNode(framing, fixture('small-async.mjs'), [small]);
     await waitFor(p, (e) => e.event === 'returned', 'checkpoint');
     await p.closed;
-    // Each frame's decoding slowed (20 ms): the copy is not held for them, its daemon decodes
-    // those it faults on itself.
+    // Each frame's decoding slowed (200 ms): the copy is not held for them, its daemon decodes
+    // those it faults on itself. (At 20 ms, CI emulation 43 saw a copy that started late find every
+    // frame it faulted on decoded by the server's walk already.)
     let criu;
-    const { back, text } = await resumeSlowed(framing, small, 'small-async', 20, (staging) => {
+    const { back, text } = await resumeSlowed(framing, small, 'small-async', 200, (staging) => {
       criu = criuWrapper(staging);
       return { CHECKPT_CRIU: criu.path };
     });
