@@ -67,6 +67,28 @@ function makeImages() {
   return dir;
 }
 
+/**
+ * A post-copy link: the source's images and push, the destination's images (what the offer
+ * carries, the lazy ranges left as holes), the page connection and the daemon's socket.
+ */
+async function migrating() {
+  const source = makeImages();
+  const src = await dirPageSource(source);
+  const plan = await readMemoryPlan(source, src, 'test');
+  const files = imageFilesFor(source, plan);
+  const dest = tempDir('checkpt-pc-dest-');
+  dirs.push(dest);
+  for (const f of files) {
+    const whole = readFileSync(join(source, f.name));
+    const b = Buffer.alloc(f.size);
+    for (const [o, l] of f.ranges) whole.copy(b, o, o, o + l);
+    writeFileSync(join(dest, f.name), b);
+  }
+  const link = await pair();
+  const criu = await pair();
+  return { src, files, dest, link, criu, service: servePagesOver(link.server, files, plan, src) };
+}
+
 describe('post-copy memory', { unit: true }, () => {
   test('the smallest lazy regions, up to the budget, are restored by CRIU itself', async () => {
     const dir = makeImages();
@@ -95,22 +117,7 @@ describe('post-copy memory', { unit: true }, () => {
   });
 
   test("the destination answers the daemon from the source's push, and says when it has everything", async () => {
-    const source = makeImages();
-    const src = await dirPageSource(source);
-    const plan = await readMemoryPlan(source, src, 'test');
-    const files = imageFilesFor(source, plan);
-    // The destination's images: what the offer carries, the lazy ranges left as holes.
-    const dest = tempDir('checkpt-pc-dest-');
-    dirs.push(dest);
-    for (const f of files) {
-      const whole = readFileSync(join(source, f.name));
-      const b = Buffer.alloc(f.size);
-      for (const [o, l] of f.ranges) whole.copy(b, o, o, o + l);
-      writeFileSync(join(dest, f.name), b);
-    }
-    const link = await pair();
-    const criu = await pair();
-    const service = servePagesOver(link.server, files, plan, src);
+    const { src, files, dest, link, criu, service } = await migrating();
     let failed = false;
     const relay = relayPages(criu.server, link.daemon, dest, files, () => (failed = true));
     // A fault in the middle entry, then the whole big entry (the daemon's background fill).
@@ -144,21 +151,7 @@ describe('post-copy memory', { unit: true }, () => {
   });
 
   test('a fault while CRIU still restores (before the copy runs) is answered; the push waits', async () => {
-    const source = makeImages();
-    const src = await dirPageSource(source);
-    const plan = await readMemoryPlan(source, src, 'test');
-    const files = imageFilesFor(source, plan);
-    const dest = tempDir('checkpt-pc-dest-');
-    dirs.push(dest);
-    for (const f of files) {
-      const whole = readFileSync(join(source, f.name));
-      const b = Buffer.alloc(f.size);
-      for (const [o, l] of f.ranges) whole.copy(b, o, o, o + l);
-      writeFileSync(join(dest, f.name), b);
-    }
-    const link = await pair();
-    const criu = await pair();
-    const service = servePagesOver(link.server, files, plan, src);
+    const { src, files, dest, link, criu, service } = await migrating();
     let failed;
     // The copy does not run yet: no GO, so no push; the restore's own fault must still be served.
     let runs;
