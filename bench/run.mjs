@@ -226,8 +226,8 @@ function answersOk(port, timeoutMs) {
 
 /** Milliseconds from t0 until the program answers GET / (polled every millisecond or so). */
 /**
- * The native probe (bench/prober.c), built here once: undefined where no C compiler works, and the
- * Node probe below is used instead (the JSON's `prober` says which).
+ * The native probe (bench/prober.c), built here once; `{ none: true }` where no C compiler works,
+ * and the Node probe below is used instead (the JSON's `prober` says which).
  */
 let prober;
 let proberBuilt;
