@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "front-image.h"
+#include "bigmem.h"
 #include "fdio.h"
 
 #include <dirent.h>
@@ -37,7 +38,8 @@
 #define MIN_MEM_CHUNK 4096u
 #define MAX_MEM_CHUNK (64u * 1024u * 1024u)
 #define ROW 36u
-#define WINDOW (1024u * 1024u)
+/* Small reads go through this window; a take this large or more is read straight into place. */
+#define WINDOW (64u * 1024u)
 #define MAX_INLINE_KEPT (256u << 20)
 #define KIND_INLINE 0
 #define KIND_CHUNKED 1
@@ -437,12 +439,11 @@ struct seq {
 
 static uint64_t seq_left(const struct seq *s) { return s->limit - s->pos; }
 
-static int seq_fill(struct seq *s, char *why, size_t wl) {
-  uint64_t left = seq_left(s);
-  size_t want = left < s->cap ? (size_t)left : s->cap;
+/* `want` bytes of the hashed range from position `from` into dst (the file holds DATA between). */
+static int seq_read(const struct seq *s, uint8_t *dst, uint64_t from, size_t want, char *why, size_t wl) {
   size_t done = 0;
   while (done < want) {
-    uint64_t v = s->pos + done, at;
+    uint64_t v = from + done, at;
     size_t k;
     if (v < PREFIX_LEN) {
       at = v;
@@ -451,11 +452,19 @@ static int seq_fill(struct seq *s, char *why, size_t wl) {
       at = v + s->d;
       k = want - done;
     }
-    int r = pread_full(s->fd, s->win + done, k, at);
+    int r = pread_full(s->fd, dst + done, k, at);
     if (r < 0) return say(why, wl, FRONT_IO, "reading it failed: %s", strerror(errno));
     if (r > 0) return say(why, wl, FRONT_BAD, SHRANK);
     done += k;
   }
+  return FRONT_OK;
+}
+
+static int seq_fill(struct seq *s, char *why, size_t wl) {
+  uint64_t left = seq_left(s);
+  size_t want = left < s->cap ? (size_t)left : s->cap;
+  int r = seq_read(s, s->win, s->pos, want, why, wl);
+  if (r) return r;
   sha_update(s->ctx, want, s->win);
   s->wstart = s->pos;
   s->wlen = want;
@@ -466,6 +475,19 @@ static int seq_fill(struct seq *s, char *why, size_t wl) {
 static int seq_take(struct seq *s, uint8_t *dst, uint64_t n, char *why, size_t wl) {
   if (n > seq_left(s)) return say(why, wl, FRONT_BAD, "internal: a read beyond the hashed range");
   while (n) {
+    if (s->pos == s->wstart + s->wlen && dst && n >= WINDOW) {
+      /* A chunk table: read into place and hashed there, with no copy through the window. */
+      size_t k = (size_t)(n / WINDOW * WINDOW);
+      int r = seq_read(s, dst, s->pos, k, why, wl);
+      if (r) return r;
+      sha_update(s->ctx, k, dst);
+      s->pos += k;
+      s->wstart = s->pos;
+      s->wlen = 0;
+      dst += k;
+      n -= k;
+      continue;
+    }
     if (s->pos == s->wstart + s->wlen) {
       int r = seq_fill(s, why, wl);
       if (r) return r;
@@ -532,11 +554,7 @@ static int cmp_u32(const void *a, const void *b) {
  * A memory entry's chunk table (36 bytes a chunk: 1.2 MB for 2 GB of memory), its pages populated
  * in one call: touched one by one, each first touch traps on a 2-core guest (~40 µs here).
  */
-static uint8_t *table_alloc(uint32_t count) {
-  void *p = mmap(NULL, count ? (size_t)count * ROW : 1, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  return p == MAP_FAILED ? NULL : p;
-}
+static uint8_t *table_alloc(uint32_t count) { return bigmem_alloc((size_t)count * ROW); }
 
 /* A chunked entry's row after its kind (read.ts: chunkTable); *at is DATA used so far. */
 static int chunk_table(struct seq *s, struct front_image *img, size_t *memcap, const char *name,
@@ -840,7 +858,7 @@ static int check_file(struct front_image *img, char *why, size_t wl) {
 void front_close(struct front_image *img) {
   if (img->fd >= 0) close(img->fd);
   for (size_t i = 0; i < img->nmem; i++)
-    munmap(img->mem[i].table, img->mem[i].count ? (size_t)img->mem[i].count * ROW : 1);
+    bigmem_free(img->mem[i].table, (size_t)img->mem[i].count * ROW);
   for (size_t i = 0; i < img->ninl; i++) {
     free(img->inl[i].name);
     free(img->inl[i].data);

@@ -84,6 +84,7 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include "bigmem.h"
 #include "criu-rpc.h"
 #include "page-server.h"
 #include "resume-front.h"
@@ -236,15 +237,6 @@ static void read_ctl_exact(void *buf, size_t n) {
 /* Rows of a chunk table read at once (64 KiB less a little). */
 #define ROWS_AT_ONCE 1820
 
-/*
- * Zeroed memory for the plan's largest table, its pages populated in one call: first touches one
- * by one trap on a 2-core guest (~40 µs each here, 400 for 2 GB of memory).
- */
-static void *populated(size_t n) {
-  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  return p == MAP_FAILED ? NULL : p;
-}
-
 static void read_plan(void) {
   uint8_t h[16];
   read_ctl_exact(h, sizeof h);
@@ -284,7 +276,8 @@ static void read_plan(void) {
     uint32_t codec = u32(b + 20);
     uint64_t at = u64(b + 24);
     if (codec > 1) fail("the plan from checkpt is out of bounds");
-    f->chunks = populated((f->blocks + 1) * sizeof *f->chunks);
+    /* Huge pages: first touches one by one trap on a 2-core guest (400 for 2 GB of memory). */
+    f->chunks = bigmem_alloc((f->blocks + 1) * sizeof *f->chunks);
     if (!f->chunks) fail("out of memory for the plan");
     /* Row by row through one small buffer: no copy of the whole table to touch. */
     static uint8_t table[ROWS_AT_ONCE * 36];

@@ -1406,6 +1406,7 @@ int cmd_front(int argc, char **argv) {
   char why[512];
   if (front_open(file, &img, why, sizeof why) != FRONT_OK) fallback_because(why);
   img_open = 1;
+  bench_trace("opened");
   struct recipe r;
   if (!img.nmem || !recipe_of(img.manifest, &r)) fallback_because("the file has no memory in it, or no recipe this front reads (an older checkpt wrote it, or it needs what only Node does)");
   uint64_t page_bytes = 0;

@@ -108,6 +108,7 @@ const headers = [
   'resume-front.h',
   'front-image.h',
   'fdio.h',
+  'bigmem.h',
   'publish.h',
   'sock-diag.h',
   'blake3/blake3.h',

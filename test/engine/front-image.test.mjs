@@ -150,7 +150,7 @@ function images(rootDir, name, { mib = 3, zstd } = {}) {
     'core-1.img': randomBytes(2500),
     'mm-1.img': randomBytes(900),
     'fs-1.img': Buffer.alloc(0),
-    // More than the helper's 1 MiB window: read and copied in pieces.
+    // More than the helper's 64 KiB window: read into place, its last piece through the window.
     'tmpfs-dev-12.tar.gz.img': randomBytes(1024 * 1024 + 4321),
     'fdinfo-2 é ünïcode.img': Buffer.from('names need not be ASCII'),
     'pages-2.img': randomBytes(5000),
@@ -267,10 +267,18 @@ test('real files from writeImage unpack as extractLazy unpacks them: SHA-256, BL
   const rootDir = scratchDir(t, 'checkpt-front-');
   const plain = images(rootDir, 'plain');
   const frames = images(rootDir, 'frames', { zstd: 'frames', mib: 2 });
+  // 2,305 chunks of 4 KiB: a chunk table of 82,980 bytes, read into place past the window.
+  const long = images(rootDir, 'long', { mib: 9 });
   const cases = [
     ['SHA-256 tables', plain, { chunkHash: 'sha256' }, { flags: 0, chunk: 65536, zstd: 0 }],
     ['BLAKE3 tables', plain, { chunkHash: 'blake3' }, { flags: 4, chunk: 65536, zstd: 0 }],
     ['4 KiB chunks', plain, { chunkHash: 'sha256', memoryChunk: 4096 }, { flags: 0, chunk: 4096 }],
+    [
+      'a chunk table longer than the window',
+      long,
+      { chunkHash: 'blake3', memoryChunk: 4096 },
+      { flags: 4, chunk: 4096, zstd: 0, mib: 9 },
+    ],
     ['zstd frames', frames, { chunkHash: 'sha256' }, { flags: 0, chunk: 65536, zstd: 1 }],
     ['zstd frames, BLAKE3', frames, { chunkHash: 'blake3' }, { flags: 4, zstd: 1 }],
   ];
@@ -285,7 +293,7 @@ test('real files from writeImage unpack as extractLazy unpacks them: SHA-256, BL
     if (want.zstd !== undefined) assert.match(mem[0], new RegExp(` zstd=${want.zstd} `), label);
     if (want.chunk) assert.match(mem[0], new RegExp(` chunk=${want.chunk} `), label);
     if (want.zstd !== 1) {
-      const size = src === plain ? 3 * 1024 * 1024 + 1234 : 2 * 1024 * 1024 + 1234;
+      const size = (want.mib ?? (src === plain ? 3 : 2)) * 1024 * 1024 + 1234;
       const count = Math.ceil(size / (want.chunk ?? 65536));
       assert.match(
         mem[0],
