@@ -551,8 +551,8 @@ static int cmp_u32(const void *a, const void *b) {
 #define TAKE(dst, n) do { int r_ = seq_take(s, (dst), (n), why, wl); if (r_) return r_; } while (0)
 
 /*
- * A memory entry's chunk table (36 bytes a chunk: 1.2 MB for 2 GB of memory), its pages populated
- * in one call: touched one by one, each first touch traps on a 2-core guest (~40 µs here).
+ * A memory entry's chunk table (36 bytes a chunk: 1.2 MB for 2 GB of memory) in huge pages where
+ * the kernel allows them (bigmem.h): 4 KiB pages touched one by one each trap on a 2-core guest.
  */
 static uint8_t *table_alloc(uint32_t count) { return bigmem_alloc((size_t)count * ROW); }
 
