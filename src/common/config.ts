@@ -640,7 +640,7 @@ export const BENCH_TRACE = define({
   kind: 'test',
   when: 'call',
   accepts: 'an absolute path',
-  does: "Set by `npm run bench` only: the command appends a line to this file, `STEP EPOCH_MS`, when its `main` begins (`main`) and when it starts its native helper (`helper`) or CRIU's lazy-pages daemon (`lazy-pages`), for the bench's start-up measurement; a resume also marks its other steps there (the native front's `front`, `opened`, `extracted`, `daemon-ready`, CRIU's `criu-exited`, the page server's `s-start` to `s-eager`: docs/PERFORMANCE.md reads them).",
+  does: "Set by `npm run bench` only: the command appends a line to this file, `STEP EPOCH_MS`, when its `main` begins (`main`) and when it starts its native helper (`helper`) or CRIU's lazy-pages daemon (`lazy-pages`), for the bench's start-up measurement; a resume also marks its other steps there (the native front's `front`, `opened`, `extracted`, `daemon-ready`, CRIU's `criu-exited`, the page server's `s-start` to `s-eager`, and `s-walk-held` and `s-walk` when its background walk first waits and first goes on: docs/PERFORMANCE.md reads them).",
   fallback: undefined as string | undefined,
   parse: absolute,
 });
