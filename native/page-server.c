@@ -1159,11 +1159,9 @@ static void share_states(void) {
 static void stop_daemon_direct(void) {
   if (!smap) return;
   __atomic_store_n(&smap->direct_ok, 0, __ATOMIC_SEQ_CST);
-  struct timespec t0, now;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int64_t t0 = clock_ns(CLOCK_MONOTONIC);
   while (__atomic_load_n(&smap->readers, __ATOMIC_SEQ_CST)) {
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if ((now.tv_sec - t0.tv_sec) * 1000000000L + (now.tv_nsec - t0.tv_nsec) > 2000000000L) {
+    if (clock_ns(CLOCK_MONOTONIC) - t0 > 2000000000L) {
       fprintf(stderr, "CRIU's lazy-pages daemon did not finish reading the checkpoint file within 2 s of a writer opening it\n");
       fflush(stderr);
       _exit(EXIT_PROTOCOL);
