@@ -646,8 +646,9 @@ async function cycle(app, i) {
   // Raw CRIU restores of the raw images, eager and lazy.
   const resumeRaw = async (kinds) => {
     for (const kind of kinds) {
-      settleDisk();
       if (kind === 'eager') {
+        // rawLazyRestore() settles the disk itself.
+        settleDisk();
         const eager = await rawRestore(rawDir, origPid, port, timeout, undefined);
         r.rawRestoreCriuMs = eager.criuMs;
         r.rawRestoreMs = eager.answerMs;
