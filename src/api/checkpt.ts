@@ -111,6 +111,8 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
       const s = begin(target, options, 'sync', runId);
       let msg: ControlMessage | undefined;
       try {
+        if (lazySized()) rehearseReturn(target, 'sync');
+        collectBeforeDump();
         msg = s.channel.readSync();
         // The original: CRIU is done and the file is ours to write (a resumed copy hears "restored").
         if (msg?.t === 'front' && s.packJob)
@@ -161,8 +163,18 @@ export async function checkpointInto(
       const s = begin(target, options, mode, runId, store);
       let msg: ControlMessage | undefined;
       try {
-        if (mode === 'sync') msg = s.channel.readSync();
-        else {
+        if (mode === 'sync') {
+          if (lazySized()) rehearseReturn(target, mode);
+          collectBeforeDump();
+          msg = s.channel.readSync();
+        } else {
+          // Each warm-up in an event-loop turn of its own, while CRIU starts: the program's timers
+          // and I/O run between them, and its pause is the longest of them, not their sum.
+          await nextTurn();
+          if (lazySized()) rehearseReturn(target, mode);
+          await nextTurn();
+          // Last before the dump, after the warm-ups' garbage.
+          collectBeforeDump();
           // The program runs on until CRIU is about to freeze it; then it blocks, to be frozen there.
           msg = await s.channel.readFirst();
           if (msg?.t === 'freeze') msg = s.channel.readSync();
@@ -181,6 +193,9 @@ export async function checkpointInto(
     setIdle();
   }
 }
+
+/** Resolves in the next turn of the event loop, after its timers phase (setImmediate would not). */
+const nextTurn = (): Promise<void> => new Promise((r) => setTimeout(r, 0));
 
 /** Fails fast (EBUSY, bad name, preflight) before any step runs, then marks a checkpoint in progress. */
 function claim(file: string | undefined): string {
@@ -304,9 +319,6 @@ function begin(
         { cause: r.error },
       );
     channel = ControlChannel.open(fifo);
-    if (lazySized()) rehearseReturn(target, mode);
-    // Last before the dump (checkpoint(): while CRIU starts), after the warm-ups' garbage.
-    collectBeforeDump();
     const s: Session = { target, tmp: job.tmp, ctlDir, workDir, channel };
     if (packer === 'program') s.packJob = job;
     return s;
