@@ -20,7 +20,7 @@ after(cleanup);
 for (const node of nodeBinaries()) {
   describe(`checkpoint()'s start on Node ${node.major}`, () => {
     for (const mb of [0, 48])
-      test(`${mb ? 'a program resumed lazily' : 'a small program'}: its timers run before checkpt's collection`, async () => {
+      test(`${mb ? 'a program large enough to be resumed lazily' : 'a small program'}: its timers run before checkpt's collection`, async () => {
         const dir = tempDir();
         try {
           const orig = startNode(node, fixture('turns.mjs'), [join(dir, 'turns.ckpt'), String(mb)]);
