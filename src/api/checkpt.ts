@@ -111,8 +111,7 @@ export function checkpt(file?: string, options: CheckptOptions = {}): number {
       const s = begin(target, options, 'sync', runId);
       let msg: ControlMessage | undefined;
       try {
-        if (lazySized()) rehearseReturn(target, 'sync');
-        collectBeforeDump();
+        warmUp(target, 'sync');
         msg = s.channel.readSync();
         // The original: CRIU is done and the file is ours to write (a resumed copy hears "restored").
         if (msg?.t === 'front' && s.packJob)
@@ -164,8 +163,7 @@ export async function checkpointInto(
       let msg: ControlMessage | undefined;
       try {
         if (mode === 'sync') {
-          if (lazySized()) rehearseReturn(target, mode);
-          collectBeforeDump();
+          warmUp(target, mode);
           msg = s.channel.readSync();
         } else {
           // Each warm-up in an event-loop turn of its own, while CRIU starts: the program's timers
@@ -192,6 +190,12 @@ export async function checkpointInto(
   } finally {
     setIdle();
   }
+}
+
+/** The way out rehearsed, then the collection, last before the dump (after the rehearsal's garbage). */
+function warmUp(target: string, mode: 'sync' | 'async'): void {
+  if (lazySized()) rehearseReturn(target, mode);
+  collectBeforeDump();
 }
 
 /** Resolves in the next turn of the event loop, after its timers phase (setImmediate would not). */
