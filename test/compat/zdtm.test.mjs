@@ -222,7 +222,13 @@ function networkState(pid) {
     .flatMap((f) => (readText(f) ?? '').split('\n').slice(1))
     .filter((l) => l.includes(port))
     .map((l) => l.trim().split(/\s+/).slice(1, 7).join(' '));
-  return `processes:\n${describeTree(pid)}\nCRIU tables: ${tables || 'none'}\nTCP on 8880 (local remote state tx:rx timer:expires retransmits; a peer backed off by a long lock retransmits late): ${sockets.join('; ') || 'none'}`;
+  // ss adds what /proc/net/tcp lacks: each side's window scale, cwnd, rto, backoff and probes.
+  const ss = spawnSync('ss', ['-tinoem', 'sport = :8880 or dport = :8880'], {
+    encoding: 'utf8',
+    timeout: 5_000,
+  });
+  const detail = ss.status === 0 ? ss.stdout.trim() : `ss: ${ss.error?.message ?? ss.stderr}`;
+  return `processes:\n${describeTree(pid)}\nCRIU tables: ${tables || 'none'}\nTCP on 8880 (local remote state tx:rx timer:expires retransmits; a peer backed off by a long lock retransmits late): ${sockets.join('; ') || 'none'}\nss:\n${detail}`;
 }
 
 /** (b) checkpt, as a user: `checkpt run` a shell that starts it and waits, `signal --exit`, `-r`. */
