@@ -28,19 +28,16 @@ async function take(node, dir, mode) {
 
 // checkpt() collects the thorough way before the dump (V8's last-resort collection, from V8 12):
 // a program that churned through garbage has its young generation and V8's reserve given back,
-// where checkpoint()'s one collection, the program running on, keeps them (src/api/gc.ts).
+// where checkpoint() keeps them (one regular collection at most, the program running on:
+// test/api/quiet.test.mjs).
 for (const node of nodeBinaries()) {
   describe(`the collection before a dump on Node ${node.major}`, () => {
-    test('checkpt() leaves less memory to dump than checkpoint(), and always collects', async () => {
+    test('checkpt() leaves less memory to dump than checkpoint(), and always collects first', async () => {
       const dir = tempDir();
       try {
         const sync = await take(node, dir, 'sync');
         const async = await take(node, dir, 'async');
         const sizes = `checkpt() ${sync.bytes} bytes, checkpoint() ${async.bytes}; full collections ${JSON.stringify(sync.majors)} and ${JSON.stringify(async.majors)}`;
-        assert.ok(
-          async.majors.some((g) => g.forced),
-          `checkpoint() collected: ${sizes}`,
-        );
         if (node.major >= 22) {
           // V8's last-resort collection: two full collections or more, not flagged as forced.
           assert.ok(sync.majors.length >= 2, `checkpt() collected thoroughly: ${sizes}`);
