@@ -34,7 +34,7 @@ const v8Says = { markingSince: Number.NaN, fullEndedAt: Number.NEGATIVE_INFINITY
 let watchingSince = Number.NaN;
 // Longer than V8 takes to sweep after a full collection of a 2 GB heap here (a copy that swept
 // on over lazily loaded memory took ~155 ms more), and than a marking begun before checkpt loaded.
-const QUIET_MS = 1000;
+const QUIET_MS = 2000;
 
 function watch(): void {
   try {

@@ -22,7 +22,7 @@ for (const node of nodeBinaries()) {
     for (const mode of ['quiet', 'marking'])
       test(
         mode === 'quiet'
-          ? 'V8 quiet (no collection for 1.5 s): no collection in the call'
+          ? 'V8 quiet (no collection for 3 s): no collection in the call'
           : "V8's incremental marking under way: the call collects",
         async () => {
           const dir = tempDir();
