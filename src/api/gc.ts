@@ -32,6 +32,8 @@ let collect: Collect | null | undefined;
  */
 const v8Says = { markingSince: Number.NaN, fullEndedAt: Number.NEGATIVE_INFINITY };
 let watchingSince = Number.NaN;
+// checkpt's own last collection: it leaves no sweeping to V8's workers (collectBeforeDump).
+const own = { from: Number.NaN, to: Number.NaN };
 // Longer than V8 takes to sweep after a full collection of a 2 GB heap here (a copy that swept
 // on over lazily loaded memory took ~155 ms more), and than a marking begun before checkpt loaded.
 const QUIET_MS = 2000;
@@ -44,7 +46,8 @@ function watch(): void {
         if (kind === constants.NODE_PERFORMANCE_GC_INCREMENTAL) v8Says.markingSince = e.startTime;
         else if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) {
           v8Says.markingSince = Number.NaN;
-          v8Says.fullEndedAt = e.startTime + e.duration;
+          if (!(e.startTime >= own.from && e.startTime <= own.to))
+            v8Says.fullEndedAt = e.startTime + e.duration;
         }
       }
     }).observe({ entryTypes: ['gc'] });
@@ -57,7 +60,7 @@ watch();
 
 /**
  * Whether `checkpoint()`'s collection may be left out: V8 marks nothing, its last full collection
- * (and the sweeping after it) is over, and checkpt has watched long enough to know. A marking V8
+ * of its own (and the sweeping after it) is over, and checkpt has watched long enough to know. A marking V8
  * begins after this look, while CRIU starts, is dumped with the program: its copies finish it over
  * memory they load page by page (slower to answer, nothing worse).
  */
@@ -97,12 +100,14 @@ export function collectBeforeDump(how: Collection = 'regular'): void {
   if (!collect) return;
   const concurrent = !process.execArgv.some((a) => SWEEPS_ALONE.test(a));
   if (concurrent) setFlagsFromString('--no-concurrent-sweeping');
+  own.from = performance.now();
   try {
     // Forced, like the regular one: V8 drops no compiled code for it (a copy runs warm).
     if (how === 'compact' && thoroughHere)
       collect({ type: 'major', execution: 'sync', flavor: 'last-resort' });
     else collect();
   } finally {
+    own.to = performance.now();
     if (concurrent) setFlagsFromString('--concurrent-sweeping');
   }
 }
