@@ -59,10 +59,10 @@ function watch(): void {
 watch();
 
 /**
- * Whether `checkpoint()`'s collection may be left out: V8 marks nothing, its last full collection
- * of its own (and the sweeping after it) is over, and checkpt has watched long enough to know. A marking V8
- * begins after this look, while CRIU starts, is dumped with the program: its copies finish it over
- * memory they load page by page (slower to answer, nothing worse).
+ * Whether `checkpoint()`'s collection may be left out: V8 marks nothing, its own last full
+ * collection (and the sweeping after it) is over, and checkpt has watched long enough to know. A
+ * marking V8 begins after this look, while CRIU starts, is dumped with the program: its copies
+ * finish it over memory they load page by page (slower to answer, nothing worse).
  */
 function v8Quiet(): boolean {
   const now = performance.now();
