@@ -6,9 +6,8 @@ import {
   describe,
   fixture,
   nodeBinaries,
-  removeDir,
+  scratchDir,
   startNode,
-  tempDir,
   test,
   waitFor,
 } from '../helpers.mjs';
@@ -32,25 +31,21 @@ async function take(node, dir, mode) {
 // test/api/quiet.test.mjs).
 for (const node of nodeBinaries()) {
   describe(`the collection before a dump on Node ${node.major}`, () => {
-    test('checkpt() leaves less memory to dump than checkpoint(), and always collects first', async () => {
-      const dir = tempDir();
-      try {
-        const sync = await take(node, dir, 'sync');
-        const async = await take(node, dir, 'async');
-        const sizes = `checkpt() ${sync.bytes} bytes, checkpoint() ${async.bytes}; full collections ${JSON.stringify(sync.majors)} and ${JSON.stringify(async.majors)}`;
-        if (node.major >= 22) {
-          // V8's last-resort collection: two full collections or more, not flagged as forced.
-          assert.ok(sync.majors.length >= 2, `checkpt() collected thoroughly: ${sizes}`);
-          assert.ok(sync.bytes * 2 < async.bytes, `checkpt()'s file is less than half: ${sizes}`);
-        } else {
-          // Node 20's V8 takes these options otherwise: the regular collection, as checkpoint()'s.
-          assert.ok(
-            sync.majors.some((g) => g.forced),
-            `checkpt() collected: ${sizes}`,
-          );
-        }
-      } finally {
-        removeDir(dir);
+    test('checkpt() leaves less memory to dump than checkpoint(), and always collects first', async (t) => {
+      const dir = scratchDir(t);
+      const sync = await take(node, dir, 'sync');
+      const async = await take(node, dir, 'async');
+      const sizes = `checkpt() ${sync.bytes} bytes, checkpoint() ${async.bytes}; full collections ${JSON.stringify(sync.majors)} and ${JSON.stringify(async.majors)}`;
+      if (node.major >= 22) {
+        // V8's last-resort collection: two full collections or more, not flagged as forced.
+        assert.ok(sync.majors.length >= 2, `checkpt() collected thoroughly: ${sizes}`);
+        assert.ok(sync.bytes * 2 < async.bytes, `checkpt()'s file is less than half: ${sizes}`);
+      } else {
+        // Node 20's V8 takes these options otherwise: the regular collection, as checkpoint()'s.
+        assert.ok(
+          sync.majors.some((g) => g.forced),
+          `checkpt() collected: ${sizes}`,
+        );
       }
     });
   });

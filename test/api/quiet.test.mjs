@@ -6,9 +6,8 @@ import {
   describe,
   fixture,
   nodeBinaries,
-  removeDir,
+  scratchDir,
   startNode,
-  tempDir,
   test,
   waitFor,
 } from '../helpers.mjs';
@@ -24,21 +23,17 @@ for (const node of nodeBinaries()) {
         mode === 'quiet'
           ? 'V8 quiet (no collection for 3 s): no collection in the call'
           : "V8's incremental marking under way: the call collects",
-        async () => {
-          const dir = tempDir();
-          try {
-            const orig = startNode(node, fixture('quiet.mjs'), [join(dir, 'q.ckpt'), mode]);
-            const q = await waitFor(orig, (e) => e.event === 'quiet', 'the checkpoint');
-            assert.equal((await orig.closed).code, 0, orig.stderrText);
-            assert.equal(q.r, 0);
-            assert.equal(
-              q.forced,
-              mode === 'quiet' ? 0 : 1,
-              `forced full collections in the call: ${JSON.stringify(q)}`,
-            );
-          } finally {
-            removeDir(dir);
-          }
+        async (t) => {
+          const dir = scratchDir(t);
+          const orig = startNode(node, fixture('quiet.mjs'), [join(dir, 'q.ckpt'), mode]);
+          const q = await waitFor(orig, (e) => e.event === 'quiet', 'the checkpoint');
+          assert.equal((await orig.closed).code, 0, orig.stderrText);
+          assert.equal(q.r, 0);
+          assert.equal(
+            q.forced,
+            mode === 'quiet' ? 0 : 1,
+            `forced full collections in the call: ${JSON.stringify(q)}`,
+          );
         },
       );
   });

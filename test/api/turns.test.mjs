@@ -6,9 +6,8 @@ import {
   describe,
   fixture,
   nodeBinaries,
-  removeDir,
+  scratchDir,
   startNode,
-  tempDir,
   test,
   waitFor,
 } from '../helpers.mjs';
@@ -20,26 +19,22 @@ after(cleanup);
 for (const node of nodeBinaries()) {
   describe(`checkpoint()'s start on Node ${node.major}`, () => {
     for (const mb of [0, 48])
-      test(`${mb ? 'a program large enough to be resumed lazily' : 'a small program'}: its timers run before checkpt's collection`, async () => {
-        const dir = tempDir();
-        try {
-          const orig = startNode(node, fixture('turns.mjs'), [join(dir, 'turns.ckpt'), String(mb)]);
-          const t = await waitFor(orig, (e) => e.event === 'turns', 'the checkpoint to be durable');
-          assert.equal((await orig.closed).code, 0, orig.stderrText);
-          assert.equal(t.r, 0);
-          const gc = t.forced.find((g) => g.start > t.callAt);
-          assert.ok(gc, `checkpt collected before the dump: ${JSON.stringify(t.forced)}`);
-          const between = t.beats.filter((b) => b > t.callAt && b < gc.start);
-          assert.ok(
-            between.length > 0,
-            `the timer beat between the call (${t.callAt.toFixed(1)}) and the collection (${gc.start.toFixed(1)}); beats until it ended: ${t.beats
-              .filter((b) => b < gc.end)
-              .map((b) => b.toFixed(1))
-              .join(' ')}`,
-          );
-        } finally {
-          removeDir(dir);
-        }
+      test(`${mb ? 'a program large enough to be resumed lazily' : 'a small program'}: its timers run before checkpt's collection`, async (ctx) => {
+        const dir = scratchDir(ctx);
+        const orig = startNode(node, fixture('turns.mjs'), [join(dir, 'turns.ckpt'), String(mb)]);
+        const t = await waitFor(orig, (e) => e.event === 'turns', 'the checkpoint to be durable');
+        assert.equal((await orig.closed).code, 0, orig.stderrText);
+        assert.equal(t.r, 0);
+        const gc = t.forced.find((g) => g.start > t.callAt);
+        assert.ok(gc, `checkpt collected before the dump: ${JSON.stringify(t.forced)}`);
+        const between = t.beats.filter((b) => b > t.callAt && b < gc.start);
+        assert.ok(
+          between.length > 0,
+          `the timer beat between the call (${t.callAt.toFixed(1)}) and the collection (${gc.start.toFixed(1)}); beats until it ended: ${t.beats
+            .filter((b) => b < gc.end)
+            .map((b) => b.toFixed(1))
+            .join(' ')}`,
+        );
       });
   });
 }
