@@ -1008,6 +1008,47 @@ static void *checker(void *arg) {
   return NULL;
 }
 
+/* For the trace only, when no lease could be had (EAGAIN: open for writing): each process that
+ * holds the file open for writing, as "s-writer-PID-COMM". */
+static void trace_writers(int fd) {
+  struct stat want;
+  DIR *procs = getenv("CHECKPT_BENCH_TRACE") && fstat(fd, &want) == 0 ? opendir("/proc") : NULL;
+  if (!procs) return;
+  struct dirent *p;
+  while ((p = readdir(procs))) {
+    if (p->d_name[0] < '0' || p->d_name[0] > '9') continue;
+    char path[300];
+    snprintf(path, sizeof path, "/proc/%s/fd", p->d_name);
+    DIR *fds = opendir(path);
+    if (!fds) continue;
+    struct dirent *e;
+    while ((e = readdir(fds))) {
+      struct stat st;
+      char at[600], info[1024];
+      snprintf(at, sizeof at, "/proc/%s/fd/%s", p->d_name, e->d_name);
+      if (e->d_name[0] == '.' || stat(at, &st) || st.st_dev != want.st_dev || st.st_ino != want.st_ino) continue;
+      snprintf(at, sizeof at, "/proc/%s/fdinfo/%s", p->d_name, e->d_name);
+      int i = open(at, O_RDONLY | O_CLOEXEC);
+      ssize_t n = i < 0 ? -1 : read(i, info, sizeof info - 1);
+      if (i >= 0) close(i);
+      if (n <= 0) continue;
+      info[n] = 0;
+      const char *flags = strstr(info, "flags:");
+      if (!flags || !(strtoul(flags + 6, NULL, 8) & (O_WRONLY | O_RDWR))) continue;
+      char comm[32] = "?", line[340];
+      snprintf(at, sizeof at, "/proc/%s/comm", p->d_name);
+      i = open(at, O_RDONLY | O_CLOEXEC);
+      n = i < 0 ? -1 : read(i, comm, sizeof comm - 1);
+      if (i >= 0) close(i);
+      if (n > 0) comm[n - (comm[n - 1] == '\n')] = 0;
+      snprintf(line, sizeof line, "s-writer-%s-%s", p->d_name, comm);
+      bench_trace(line);
+    }
+    closedir(fds);
+  }
+  closedir(procs);
+}
+
 /* Takes the read lease on a description of the checkpoint file of this server's own (one shared
  * with checkpt would outlive this process), with its break reported on a signalfd. */
 static void take_lease(void) {
@@ -1024,10 +1065,16 @@ static void take_lease(void) {
   int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
   /* No lease where the file system has none, or the file is open for writing: staged as before. */
   if (sfd < 0 || fcntl(fd, F_SETSIG, LEASE_SIGNAL) < 0 || fcntl(fd, F_SETLEASE, F_RDLCK) < 0) {
+    int why = errno;
+    char line[32];
+    snprintf(line, sizeof line, "s-no-lease-errno-%d", why);
+    bench_trace(line);
+    if (why == EAGAIN) trace_writers(fd);
     if (sfd >= 0) close(sfd);
     close(fd);
     return;
   }
+  bench_trace("s-lease");
   lease_fd = fd;
   lease_sigfd = sfd;
   direct_mode = 1;
@@ -1227,6 +1274,7 @@ static void materialize(uint32_t fi, uint64_t b) {
 /* The lease is being broken (someone opens the file for writing): every block checked in the file
  * is copied out and checked again before the lease is let go, and the rest is staged from now on. */
 static void end_direct(void) {
+  bench_trace("s-lease-broken");
   struct signalfd_siginfo si;
   while (read(lease_sigfd, &si, sizeof si) > 0) {
   }

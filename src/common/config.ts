@@ -640,7 +640,7 @@ export const BENCH_TRACE = define({
   kind: 'test',
   when: 'call',
   accepts: 'an absolute path',
-  does: "Set by `npm run bench` only: the command appends a line to this file, `STEP EPOCH_MS`, when its `main` begins (`main`) and when it starts its native helper (`helper`) or CRIU's lazy-pages daemon (`lazy-pages`), for the bench's start-up measurement; a resume also marks its other steps there (the native front's `front`, `opened`, `extracted`, `daemon-ready`, CRIU's `criu-exited`, the page server's `s-start` to `s-eager`, and `s-walk-held` and `s-walk` when its background walk first waits and first goes on: docs/PERFORMANCE.md reads them).",
+  does: "Set by `npm run bench` only: the command appends a line to this file, `STEP EPOCH_MS`, when its `main` begins (`main`) and when it starts its native helper (`helper`) or CRIU's lazy-pages daemon (`lazy-pages`), for the bench's start-up measurement; a resume also marks its other steps there (the native front's `front`, `opened`, `extracted`, `daemon-ready`, CRIU's `criu-exited`, the page server's `s-start` to `s-eager`, `s-walk-held` and `s-walk` when its background walk first waits and first goes on, `s-lease` or `s-no-lease-errno-N` (with `s-writer-PID-COMM` for each process that holds the file open for writing) when it did or did not get its read lease on the checkpoint file, `s-lease-broken` when that lease was broken, and `local-pages-N` and `checked-pages-N`, the pages CRIU's daemon read and checked itself: docs/PERFORMANCE.md and the tests read them).",
   fallback: undefined as string | undefined,
   parse: absolute,
 });

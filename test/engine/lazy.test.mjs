@@ -217,10 +217,16 @@ describe('lazy restore', () => {
       assert.doesNotMatch(text, /^extracted-whole /m, 'served from the file, not unpacked first');
       // zstd frames: the walk decodes ahead of the copy's faults from the start, never held.
       if (how.length) assert.doesNotMatch(text, /^s-walk-held /m, 'the walk over zstd frames runs');
+      // Without its read lease the server cannot let the daemon read the file; the trace names writers.
+      assert.match(
+        text,
+        /^s-lease /m,
+        `the page server took its lease on the file; the trace:\n${text}`,
+      );
       const checked = /^checked-pages-(\d+) /m.exec(text);
       assert.ok(
         checked && Number(checked[1]) > 0,
-        `the daemon checked blocks itself (checkpt's BLAKE3, staged-local-reads.patch): ${checked?.[0]}`,
+        `the daemon checked blocks itself (checkpt's BLAKE3, staged-local-reads.patch): ${checked?.[0]}; the resume's trace:\n${text}`,
       );
       rmSync(big, { force: true });
     });
