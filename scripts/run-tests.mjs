@@ -27,7 +27,7 @@ const r = spawnSync(
   [
     '--test',
     `--test-concurrency=${unit ? 2 : 1}`,
-    `--test-timeout=${unit ? 60_000 : 300_000}`,
+    `--test-timeout=${unit ? 60_000 : 400_000}`,
     ...files,
   ],
   {

@@ -232,8 +232,8 @@ function networkState(pid) {
 }
 
 /** (b) checkpt, as a user: `checkpt run` a shell that starts it and waits, `signal --exit`, `-r`. */
-async function underCheckpt(name, args) {
-  const cwd = join(dir, `${name}.checkpt`);
+async function underCheckpt(name, args, attempt = 1) {
+  const cwd = join(dir, `${name}.checkpt${attempt > 1 ? `-${attempt}` : ''}`);
   mkdirSync(cwd);
   const pidfile = join(cwd, `${name}.pid`);
   const out = join(cwd, `${name}.out`);
@@ -326,10 +326,11 @@ function loadList() {
   return { build, list: build.status === 0 ? readText(join(zdtmDir, 'tests.tsv')) : undefined };
 }
 
-// Dozens of programs checkpointed and resumed twice each: the one test that needs the runner's 300 s.
+// Dozens of programs checkpointed and resumed twice each, a lost one once more: the one test that
+// needs most of the runner's 400 s (scripts/run-tests.mjs).
 test(
   "CRIU's zdtm static tests: under checkpt run + signal --exit + checkpt -r, every one that passes with raw CRIU (same flags, same run) passes",
-  { timeout: 290_000 },
+  { timeout: 360_000 },
   async (t) => {
     const { build, list } = loadList();
     if (list === undefined && /no CRIU source tarball/.test(build.stderr)) {
@@ -384,6 +385,19 @@ test(
       }
     };
     await Promise.all([worker(), worker()]);
+    // A test lost under checkpt runs once more, alone: socket-tcpbuf's copy went without a verdict
+    // twice in ~60 CI runs (docs/COMPATIBILITY.md). The first failure is still said, in full.
+    for (const r of results.filter((x) => x.raw.ok && !x.checkpt.ok)) {
+      const { args } = tests.find((x) => x.name === r.name);
+      const again = await underCheckpt(r.name, args, 2).catch((e) => ({
+        ok: false,
+        why: `harness: ${e.message}`,
+      }));
+      t.diagnostic(
+        `${r.name} failed under checkpt, then ${again.ok ? 'passed' : 'failed again'} run alone; the first time: ${r.checkpt.why}`,
+      );
+      r.checkpt = again.ok ? { ok: true, why: '', first: r.checkpt.why } : again;
+    }
     results.sort(
       (a, b) =>
         tests.findIndex((x) => x.name === a.name) - tests.findIndex((x) => x.name === b.name),
@@ -394,7 +408,7 @@ test(
       '| --- | --- | --- | --- |',
       ...results.map(
         (r) =>
-          `| ${r.name} | ${mark(r.raw)} | ${mark(r.checkpt)} | ${[r.raw.ok ? '' : `raw: ${r.raw.why}`, r.checkpt.ok ? '' : `checkpt: ${r.checkpt.why}`].filter(Boolean).join('; ').replaceAll('|', '\\|')} |`,
+          `| ${r.name} | ${mark(r.raw)} | ${mark(r.checkpt)}${r.checkpt.first ? ' (run again)' : ''} | ${[r.raw.ok ? '' : `raw: ${r.raw.why}`, r.checkpt.ok ? '' : `checkpt: ${r.checkpt.why}`, r.checkpt.first ? `checkpt, the first time: ${r.checkpt.first}` : ''].filter(Boolean).join('; ').replaceAll('|', '\\|')} |`,
       ),
     ];
     const rawPass = results.filter((r) => r.raw.ok).length;
