@@ -1,7 +1,7 @@
 // Runs every test file under test/ with Node's own runner, whose summary counts passes and failures.
 // --unit: only the pure-logic tests (CHECKPT_TEST_UNIT=1 skips the rest, each saying so), in seconds.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 
@@ -22,6 +22,8 @@ const files = (named.length > 0 ? named : find(join(root, 'test'))).map((f) => r
 // little longer than the longest test's own, is the last net.
 // The checkpt commands the tests run keep their compile cache here, not in the user's.
 const cache = mkdtempSync(join(tmpdir(), 'checkpt-test-cache-'));
+// Failures seen once and gone when run again (test/helpers.mjs, sighting()), said after the summary.
+const sightings = join(cache, 'sightings');
 const r = spawnSync(
   process.execPath,
   [
@@ -36,9 +38,14 @@ const r = spawnSync(
     env: {
       ...process.env,
       XDG_CACHE_HOME: cache,
+      CHECKPT_TEST_SIGHTINGS: sightings,
       ...(unit ? { CHECKPT_TEST_UNIT: '1' } : {}),
     },
   },
 );
+if (existsSync(sightings))
+  process.stdout.write(
+    `# sightings: failed once, passed when run again (each test says how)\n${readFileSync(sightings, 'utf8').replace(/^/gm, '# ')}`,
+  );
 rmSync(cache, { recursive: true, force: true });
 process.exit(r.status ?? 1);

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync as nodeSpawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import {
+  appendFileSync,
   closeSync,
   existsSync,
   lstatSync,
@@ -135,6 +136,18 @@ export function describe(...args) {
       unitScope = outer;
     }
   });
+}
+
+/**
+ * A failure seen once and gone when the test ran again: a diagnostic of `t`, and a line after the
+ * runner's summary (CHECKPT_TEST_SIGHTINGS, scripts/run-tests.mjs), where the end of a long
+ * output, all a CI report may keep, still shows it.
+ */
+export function sighting(t, text) {
+  t.diagnostic(text);
+  const file = process.env.CHECKPT_TEST_SIGHTINGS;
+  if (file)
+    appendFileSync(file, `${t.fullName ?? t.name}: ${text.trimEnd().replaceAll('\n', '\n  ')}\n`);
 }
 
 /** How long a command run to its end (spawnSync below) may take unless the test says otherwise. */

