@@ -172,7 +172,7 @@ export async function checkpointInto(
           if (lazySized()) rehearseReturn(target, mode);
           await nextTurn();
           // Last before the dump, after the warm-ups' garbage; one collection, the program runs on.
-          collectBeforeDump('regular');
+          collectBeforeDump('running');
           // The program runs on until CRIU is about to freeze it; then it blocks, to be frozen there.
           msg = await s.channel.readFirst();
           if (msg?.t === 'freeze') msg = s.channel.readSync();
@@ -194,11 +194,11 @@ export async function checkpointInto(
 
 /**
  * The way out rehearsed, then the collection, last before the dump (after the rehearsal's garbage):
- * the thorough one, the program waiting for its file anyway (src/api/gc.ts).
+ * the program waits for its file anyway (the thorough one with CHECKPT_GC=compact, src/api/gc.ts).
  */
 function warmUp(target: string, mode: 'sync' | 'async'): void {
   if (lazySized()) rehearseReturn(target, mode);
-  collectBeforeDump('compact');
+  collectBeforeDump('waiting');
 }
 
 /** Resolves in the next turn of the event loop, after its timers phase (setImmediate would not). */

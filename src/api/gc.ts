@@ -13,15 +13,16 @@ interface GcOptions {
 }
 
 /**
- * How thoroughly: `regular`, one full collection, the program running on right after it
- * (`checkpoint()`: its pause is its longest turn); `compact`, V8's most thorough one (what it
- * does before giving up on memory: every fragmented page compacted, the young generation and
- * the pages V8 keeps in reserve given back, its compilation cache cleared; two collections or
- * more), where the program waits for its file anyway (`checkpt()`, a checkpoint-and-exit): each
- * byte it frees is a byte not dumped, written or read back (the heavy server's file 120 -> 73
- * MB, docs/PERFORMANCE.md). Node 20 collects the regular way for both.
+ * Who asks: `running`, `checkpoint()`, whose program runs on right after it (its pause is its
+ * longest turn: it collects only when V8 is not quiet); `waiting`, `checkpt()` or a
+ * checkpoint-and-exit, whose program waits for its file anyway. Each runs one regular full
+ * collection; with CHECKPT_GC=compact a waiting one runs V8's most thorough (what it does before
+ * giving up on memory: every fragmented page compacted, the young generation and the pages V8
+ * keeps in reserve given back; two collections or more): smaller files (the heavy server's 107-119
+ * -> 73 MB), but copies that answered later (idle ~10 ms, heavy ~45 ms in half the resumes;
+ * docs/PERFORMANCE.md, stop 60). Node 20 collects the regular way either way.
  */
-export type Collection = 'regular' | 'compact';
+export type Collection = 'running' | 'waiting';
 
 let collect: Collect | null | undefined;
 
@@ -95,12 +96,13 @@ const SWEEPS_ALONE =
  * dumped meanwhile, a copy's workers swept on over lazily loaded memory (a 2 GB heap's copies
  * answered after ~280 ms instead of ~125). So this one collection leaves its sweeping to the main
  * thread, page by page as allocation needs it, in the original and in each copy alike.
- * `regular` (checkpoint()) collects only when V8 is not quiet (v8Quiet): in a lean program its
- * turn was the pause's longest stretch (heavy: 52-63 ms against a 43-51 ms freeze).
+ * `checkpoint()` collects only when V8 is not quiet (v8Quiet): in a lean program its turn was the
+ * pause's longest stretch (heavy: 52-63 ms against a 43-51 ms freeze).
  */
-export function collectBeforeDump(how: Collection = 'regular'): void {
-  if (!GC.get()) return;
-  if (how === 'regular' && v8Quiet()) return;
+export function collectBeforeDump(who: Collection = 'running'): void {
+  const mode = GC.get();
+  if (mode === 'off') return;
+  if (who === 'running' && v8Quiet()) return;
   if (collect === undefined) collect = gcFunction();
   if (!collect) return;
   const concurrent = !process.execArgv.some((a) => SWEEPS_ALONE.test(a));
@@ -108,7 +110,7 @@ export function collectBeforeDump(how: Collection = 'regular'): void {
   own.from = performance.now();
   try {
     // Forced, like the regular one: V8 drops no compiled code for it (a copy runs warm).
-    if (how === 'compact' && thoroughHere)
+    if (who === 'waiting' && mode === 'compact' && thoroughHere)
       collect({ type: 'major', execution: 'sync', flavor: 'last-resort' });
     else collect();
   } finally {

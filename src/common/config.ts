@@ -322,14 +322,23 @@ export const NETWORK = define({
   parse: onOff,
 });
 
-export const GC = define({
+/** CHECKPT_GC: off, on (one regular collection) or compact (the thorough one where the program waits). */
+export type GcMode = 'off' | 'on' | 'compact';
+
+function gcMode(s: string): GcMode | Refused {
+  if (/^compact$/i.test(s.trim())) return 'compact';
+  const on = onOff(s);
+  return on === true ? 'on' : on === false ? 'off' : on;
+}
+
+export const GC = define<GcMode>({
   name: 'CHECKPT_GC',
   when: 'call',
   defaultText: 'on',
-  accepts: SWITCH,
-  does: "On: `checkpt()` and `checkpoint()` run a full garbage collection just before the process is dumped, as OpenJDK CRaC does. A copy then never resumes in the middle of a collection the original had begun, which it would finish over memory it loads page by page (a 160 MB server's first answer 150-250 ms later), and the image holds no garbage. The sweeping after it is left to the main thread, as allocation needs it, not to V8's workers (which went on sweeping in a 2 GB heap's copies over their lazily loaded memory, 2-3 times slower to answer). `checkpt()` and a checkpoint-and-exit, whose program waits for its file anyway, run V8's most thorough collection on Node 22 and later (two or more, the young generation and V8's reserve given back: smaller files); `checkpoint()` one regular collection, whose program runs on, and only when V8 is not quiet (a marking under way, a full collection of V8's own less than two seconds ago, or checkpt loaded less than two seconds ago). It takes a few ms for 100-500 MB of strings here, more for heaps of many small objects: off for a program whose heap is too large to collect at each checkpoint.",
-  fallback: true,
-  parse: onOff,
+  accepts: `${SWITCH}; or compact`,
+  does: "On: `checkpt()` and `checkpoint()` run a full garbage collection just before the process is dumped, as OpenJDK CRaC does. A copy then never resumes in the middle of a collection the original had begun, which it would finish over memory it loads page by page (a 160 MB server's first answer 150-250 ms later), and the image holds no garbage. The sweeping after it is left to the main thread, as allocation needs it, not to V8's workers (which went on sweeping in a 2 GB heap's copies over their lazily loaded memory, 2-3 times slower to answer). `checkpoint()`, whose program runs on, collects only when V8 is not quiet (a marking under way, a full collection of V8's own less than two seconds ago, or checkpt loaded less than two seconds ago). It takes a few ms for 100-500 MB of strings here, more for heaps of many small objects: off for a program whose heap is too large to collect at each checkpoint. `compact`: `checkpt()` and a checkpoint-and-exit, whose program waits for its file anyway, run V8's most thorough collection instead on Node 22 and later (two or more, the young generation and V8's reserve given back): smaller files (a 166 MB server's 107-119 MB file 73 MB), but copies that answer later (an idle server's first answer ~10 ms later, that server's sometimes ~45 ms; docs/PERFORMANCE.md).",
+  fallback: 'on',
+  parse: gcMode,
 });
 
 export const REEXEC = define({
