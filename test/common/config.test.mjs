@@ -6,6 +6,7 @@ import {
   COMPRESS,
   DEFAULT_TIMEOUT_MS,
   FILE,
+  GC,
   HOOK_TIMEOUT_MS,
   LAZY,
   NETWORK,
@@ -101,6 +102,14 @@ describe('values', { unit: true }, () => {
       /1, true, yes or on; 0, false, no or off/,
     );
     refused(() => NETWORK.get({ CHECKPT_NETWORK: '2' }), 'CHECKPT_NETWORK', '2', /0, false/);
+  });
+
+  test('CHECKPT_GC: a switch, or compact', () => {
+    assert.equal(GC.get({}), 'on');
+    assert.equal(GC.get({ CHECKPT_GC: 'yes' }), 'on');
+    assert.equal(GC.get({ CHECKPT_GC: '0' }), 'off');
+    assert.equal(GC.get({ CHECKPT_GC: ' Compact ' }), 'compact');
+    refused(() => GC.get({ CHECKPT_GC: 'thorough' }), 'CHECKPT_GC', 'thorough', /or compact/);
   });
 
   test('signals: names Linux knows and nothing Node, the kernel or a terminal uses', () => {
