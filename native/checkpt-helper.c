@@ -1027,7 +1027,7 @@ static void nap_us(long us) {
 }
 
 /* One /proc/PID/NAME file, NUL-terminated, into buf; -1 when the process is gone. */
-static ssize_t read_proc(pid_t pid, const char *name, char *buf, size_t size) {
+ssize_t read_proc(pid_t pid, const char *name, char *buf, size_t size) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
   int f = open(path, O_RDONLY | O_CLOEXEC);

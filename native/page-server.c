@@ -1008,6 +1008,9 @@ static void *checker(void *arg) {
   return NULL;
 }
 
+/* native/fdio.h's, which this file cannot include: its write_all is another. */
+ssize_t read_proc(pid_t pid, const char *name, char *buf, size_t size);
+
 /* For the trace only, when no lease could be had (EAGAIN: open for writing): each process that
  * holds the file open for writing, as "s-writer-PID-COMM". */
 static void trace_writers(int fd) {
@@ -1017,31 +1020,25 @@ static void trace_writers(int fd) {
   struct dirent *p;
   while ((p = readdir(procs))) {
     if (p->d_name[0] < '0' || p->d_name[0] > '9') continue;
-    char path[300];
-    snprintf(path, sizeof path, "/proc/%s/fd", p->d_name);
+    pid_t pid = (pid_t)atoi(p->d_name);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
     DIR *fds = opendir(path);
     if (!fds) continue;
     struct dirent *e;
     while ((e = readdir(fds))) {
       struct stat st;
-      char at[600], info[1024];
-      snprintf(at, sizeof at, "/proc/%s/fd/%s", p->d_name, e->d_name);
+      char at[330], info[1024];
+      snprintf(at, sizeof at, "%s/%s", path, e->d_name);
       if (e->d_name[0] == '.' || stat(at, &st) || st.st_dev != want.st_dev || st.st_ino != want.st_ino) continue;
-      snprintf(at, sizeof at, "/proc/%s/fdinfo/%s", p->d_name, e->d_name);
-      int i = open(at, O_RDONLY | O_CLOEXEC);
-      ssize_t n = i < 0 ? -1 : read(i, info, sizeof info - 1);
-      if (i >= 0) close(i);
-      if (n <= 0) continue;
-      info[n] = 0;
+      snprintf(at, sizeof at, "fdinfo/%s", e->d_name);
+      if (read_proc(pid, at, info, sizeof info) < 0) continue;
       const char *flags = strstr(info, "flags:");
       if (!flags || !(strtoul(flags + 6, NULL, 8) & (O_WRONLY | O_RDWR))) continue;
-      char comm[32] = "?", line[340];
-      snprintf(at, sizeof at, "/proc/%s/comm", p->d_name);
-      i = open(at, O_RDONLY | O_CLOEXEC);
-      n = i < 0 ? -1 : read(i, comm, sizeof comm - 1);
-      if (i >= 0) close(i);
-      if (n > 0) comm[n - (comm[n - 1] == '\n')] = 0;
-      snprintf(line, sizeof line, "s-writer-%s-%s", p->d_name, comm);
+      char comm[32] = "?", line[96];
+      ssize_t n = read_proc(pid, "comm", comm, sizeof comm);
+      if (n > 0 && comm[n - 1] == '\n') comm[n - 1] = 0;
+      snprintf(line, sizeof line, "s-writer-%d-%s", (int)pid, comm);
       bench_trace(line);
     }
     closedir(fds);
