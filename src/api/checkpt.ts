@@ -26,7 +26,7 @@ import { spawnWait } from '../engine/spawn.js';
 import { requireHelper } from '../engine/native.js';
 import { runDir } from '../engine/paths.js';
 import { GRANT_ADVICE, grantedCriu, grantedCriuPath, grantState } from '../engine/grant.js';
-import { makeStagingDir, ownerTag, sweepOrphans } from '../engine/staging.js';
+import { makeStagingDir, ownerTag, pagesSpare, sweepOrphans } from '../engine/staging.js';
 import { describeStdio } from '../engine/stdio.js';
 import { hasIoUring, processTree } from '../common/procfs.js';
 import { ioUringAdvice } from '../engine/iouring.js';
@@ -279,7 +279,9 @@ function begin(
     sweepOrphans(runDir, '');
     mkdirSync(ctlDir, { recursive: true, mode: 0o700 });
     const fifo = join(ctlDir, 'ctl');
-    workDir = makeStagingDir('dump', process.memoryUsage.rss());
+    const rss = process.memoryUsage.rss();
+    workDir = makeStagingDir('dump', rss);
+    const spare = pagesSpare(workDir, rss);
     const job: DumpJob = {
       pid: process.pid,
       target,
@@ -290,6 +292,7 @@ function begin(
       background: mode === 'async',
       manifest: manifestBase(fifo),
       runId,
+      ...(spare === undefined ? {} : { spareBytes: spare }),
     };
     // Under `checkpt run --private-net` the network namespace is the program's own.
     const privateNet = PRIVATE_NET.get() === '1';

@@ -520,6 +520,12 @@ note(
 );
 
 note(
+  'CHECKPT_CRIU_PAGES_SPARE',
+  'internal',
+  "For CRIU, on a dump of more than 32 MiB staged on tmpfs: how many bytes (the program's RSS) checkpt's CRIU build allocates for the first pages image while the program still runs (scripts/criu-patches/xfer-spare-pages-image.patch); tmpfs would otherwise allocate each page inside the freeze. What the pages do not fill is given back when CRIU closes the image.",
+);
+
+note(
   'CHECKPT_FRONT_HANDOVER',
   'internal',
   "Set by checkpt's native resume front (native/resume-front.c) for the Node it execs once the copy runs: the helper's pid and status socket, the keeper's pid and report socket, the copy's pid, the signals that came meanwhile and the staging directory. Read once and removed (src/engine/restore.ts takeFrontHandover).",

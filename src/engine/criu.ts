@@ -93,6 +93,12 @@ export interface DumpRequest {
    * if CRIU dies before it does (netlock.ts, releaseStrayLocks).
    */
   runId?: string;
+  /**
+   * Bytes CRIU allocates for the first pages image at its start, while the program still runs
+   * (CHECKPT_CRIU_PAGES_SPARE; checkpt's CRIU build, xfer-spare-pages-image.patch): for images on
+   * tmpfs, which otherwise allocates them a page at a time inside the freeze (staging.ts pagesSpare).
+   */
+  spareBytes?: number;
 }
 
 export interface RestoreArgsRequest {
@@ -188,6 +194,8 @@ export function dumpCommand(req: Omit<DumpRequest, 'timeoutMs'>): Command {
   if (req.lazyMemory) args.push('--lazy-pages', '--ps-socket', String(PAGE_SERVER_FD));
   const env: Record<string, string> = {};
   if (req.runId !== undefined) env.CHECKPT_CRIU_RUN_ID = req.runId;
+  if (req.spareBytes !== undefined && !req.lazyMemory)
+    env.CHECKPT_CRIU_PAGES_SPARE = String(Math.ceil(req.spareBytes));
   if (req.postDump) {
     env.CHECKPT_POST_DUMP_SOCK = req.postDump.sock;
     env[SCRIPT_ACTIONS.name] = 'post-dump';

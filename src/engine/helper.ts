@@ -81,6 +81,7 @@ export function dumpFrontCommand(
     // Exiting, the program stays frozen with its sockets in repair mode until the file is durable.
     leave: job.exit ? 'stopped' : 'running',
     runId: job.runId,
+    ...(job.spareBytes === undefined ? {} : { spareBytes: job.spareBytes }),
   });
   // Exiting, CRIU's post-dump step waits for the packed file: the front's limit covers both.
   const frontMs = job.exit ? 2 * job.timeoutMs : job.timeoutMs;

@@ -30,6 +30,8 @@ export interface DumpJob {
   exit?: boolean;
   /** CRIU's run id for this dump (DumpRequest.runId): its lock table's name. */
   runId: string;
+  /** What CRIU allocates for the pages before the freeze (DumpRequest.spareBytes). */
+  spareBytes?: number;
 }
 
 /** The manifest fields the process knows; the worker adds CRIU's version and the sizes. */

@@ -58,7 +58,7 @@ import {
 } from './netlock.js';
 import { listenForPostDump } from './post-dump.js';
 import type { Manifest } from './job.js';
-import { makeStagingDir } from './staging.js';
+import { makeStagingDir, pagesSpare } from './staging.js';
 import { describeStdio, externalSockets } from './stdio.js';
 import { writeFailed } from './write-failed.js';
 import { requireWholeProgram } from './whole-program.js';
@@ -157,6 +157,7 @@ async function dumpWithKey(
   try {
     const imagesDir = join(workDir, 'images');
     mkdirSync(imagesDir, { mode: 0o700 });
+    const spare = pagesSpare(imagesDir, rss);
     const stdio = describeStdio(req.pid);
     const argv = cmdline(req.pid);
     const dumpReq: DumpRequest = {
@@ -170,6 +171,7 @@ async function dumpWithKey(
       leave: req.exit ? 'stopped' : 'running',
       tcp,
       runId,
+      ...(spare === undefined ? {} : { spareBytes: spare }),
       ...(req.lazyMemory && req.handOffImages && req.exit && lazyDumpFits(rss)
         ? { lazyMemory: true }
         : {}),

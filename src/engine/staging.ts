@@ -74,6 +74,26 @@ function diskPageCache(bytes: number): string | undefined {
   return dirtyNow() + need < backgroundDirtyLimit() / 2 ? dir : undefined;
 }
 
+const TMPFS = 0x01021994;
+/** Below this the spare's own allocation costs about what it saves. */
+const SPARE_FROM = 32 * 1024 * 1024;
+
+/**
+ * How many bytes CRIU should allocate for the pages of a dump of `bytes` (its RSS) staged in `dir`
+ * before it freezes the program (DumpRequest.spareBytes): on tmpfs, whose writes allocate one 4
+ * KiB page at a time, all of them inside the freeze (a 2 GB heap froze 949-970 ms, 781-797 with
+ * the spare; docs/PERFORMANCE.md). Undefined on other file systems and for small dumps. What the
+ * pages do not fill is given back when CRIU closes the image.
+ */
+export function pagesSpare(dir: string, bytes: number): number | undefined {
+  if (bytes < SPARE_FROM) return undefined;
+  try {
+    return statfsSync(dir).type === TMPFS ? bytes : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Where CRIU's images are staged: `CHECKPT_TMPDIR`; for a dump, the page cache of the temp dir's
  * disk when it has room for `bytes` without starting writeback (diskPageCache); else /dev/shm
