@@ -45,7 +45,8 @@ function patternPages(file) {
 }
 
 async function dumpInto(dir, spare) {
-  const ready = `${dir}.ready`;
+  // In the images directory: CRIU minds only its own files there.
+  const ready = join(dir, 'ready');
   const p = start('python3', holder(ready), { stdio: 'ignore' });
   for (const end = Date.now() + 10_000; !existsSync(ready); await sleep(10))
     assert.ok(Date.now() < end, 'python3 did not start');
