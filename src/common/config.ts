@@ -522,7 +522,7 @@ note(
 note(
   'CHECKPT_CRIU_PAGES_SPARE',
   'internal',
-  "For CRIU, on a dump of more than 32 MiB staged on tmpfs: how many bytes (the program's RSS) checkpt's CRIU build allocates for the first pages image while the program still runs (scripts/criu-patches/xfer-spare-pages-image.patch); tmpfs would otherwise allocate each page inside the freeze. What the pages do not fill is given back when CRIU closes the image.",
+  "For CRIU, on a dump of 32 MiB or more staged on tmpfs: how many bytes (the program's RSS) checkpt's CRIU build allocates for the first pages image while the program still runs (scripts/criu-patches/xfer-spare-pages-image.patch); tmpfs would otherwise allocate each page inside the freeze. What the pages do not fill is given back when CRIU closes the image.",
 );
 
 note(
